@@ -1,0 +1,224 @@
+//! The versioned envelope and its codec.
+//!
+//! Wire layout of every Muster payload (telemetry, state, ack):
+//!
+//! ```text
+//! +--------+---------------------------------------------+
+//! | u8     | schema version (SCHEMA_VERSION)             |
+//! +--------+---------------------------------------------+
+//! | bytes  | bincode 2, standard config (little endian,  |
+//! |        | varint integers) of `Message`               |
+//! +--------+---------------------------------------------+
+//! ```
+//!
+//! The version byte comes first so that a reader can refuse a version it does
+//! not know before it looks at anything else. The collector accepts every
+//! version in [`ACCEPTED_VERSIONS`]: the current one and, once there is one,
+//! the previous one, so a fleet can upgrade unit by unit. It answers each unit
+//! in the version that unit spoke ([`encode_version`]).
+//!
+//! Limits: a payload is at most [`MAX_MESSAGE_BYTES`]. `decode` refuses a
+//! longer input up front and runs bincode with the same limit, so a hostile
+//! length prefix can neither allocate past it nor panic; trailing bytes and
+//! invalid identities are errors too.
+
+use std::ops::RangeInclusive;
+
+use bincode::config::{Configuration, Limit, LittleEndian, Varint};
+
+use crate::ids::IdentityError;
+use crate::message::{Body, Message};
+
+/// The schema version this build writes.
+pub const SCHEMA_VERSION: u8 = 1;
+
+/// The schema versions this build reads: N and N-1 while a fleet upgrades.
+/// Version 1 is the first, so today it is the only one.
+pub const ACCEPTED_VERSIONS: RangeInclusive<u8> = 1..=SCHEMA_VERSION;
+
+/// Largest encoded payload, version byte included. A replay batch is sized
+/// by the agent to stay under it.
+pub const MAX_MESSAGE_BYTES: usize = 256 * 1024;
+
+/// Most records in one batch.
+pub const MAX_BATCH_RECORDS: usize = 1000;
+
+type Config = Configuration<LittleEndian, Varint, Limit<MAX_MESSAGE_BYTES>>;
+
+fn config() -> Config {
+    bincode::config::standard().with_limit::<MAX_MESSAGE_BYTES>()
+}
+
+#[derive(Debug, thiserror::Error)]
+pub enum EncodeError {
+    #[error("schema version {0} cannot be written by this build")]
+    UnknownVersion(u8),
+    #[error("message is {len} bytes; the limit is {MAX_MESSAGE_BYTES}")]
+    TooLarge { len: usize },
+    #[error("batch holds {0} records; the limit is {MAX_BATCH_RECORDS}")]
+    BatchTooLong(usize),
+    #[error("invalid identity: {0}")]
+    Identity(#[from] IdentityError),
+    #[error("bincode: {0}")]
+    Bincode(#[from] bincode::error::EncodeError),
+}
+
+/// Why a payload was refused. Each variant is a counted reason at the collector.
+#[derive(Debug, Clone, PartialEq, Eq, thiserror::Error)]
+pub enum DecodeError {
+    #[error("empty payload")]
+    Empty,
+    #[error("payload is {len} bytes; the limit is {MAX_MESSAGE_BYTES}")]
+    TooLarge { len: usize },
+    #[error("schema version {got} is not accepted (this build reads {}..={})", ACCEPTED_VERSIONS.start(), ACCEPTED_VERSIONS.end())]
+    UnknownVersion { got: u8 },
+    #[error("malformed payload: {0}")]
+    Malformed(String),
+    #[error("{0} trailing bytes after the message")]
+    TrailingBytes(usize),
+    #[error("batch holds {0} records; the limit is {MAX_BATCH_RECORDS}")]
+    BatchTooLong(usize),
+    #[error("invalid identity: {0}")]
+    Identity(#[from] IdentityError),
+}
+
+impl DecodeError {
+    /// A short, stable label for counting refusals by reason (a metric label).
+    pub fn reason(&self) -> &'static str {
+        match self {
+            DecodeError::Empty | DecodeError::Malformed(_) | DecodeError::TrailingBytes(_) => {
+                "malformed"
+            }
+            DecodeError::TooLarge { .. } | DecodeError::BatchTooLong(_) => "oversized",
+            DecodeError::UnknownVersion { .. } => "unknown_version",
+            DecodeError::Identity(_) => "bad_identity",
+        }
+    }
+}
+
+/// Encodes `msg` at the current [`SCHEMA_VERSION`].
+pub fn encode(msg: &Message) -> Result<Vec<u8>, EncodeError> {
+    encode_version(msg, SCHEMA_VERSION)
+}
+
+/// Encodes `msg` at `version`, one of [`ACCEPTED_VERSIONS`]: the collector
+/// answers a unit in the version that unit spoke.
+pub fn encode_version(msg: &Message, version: u8) -> Result<Vec<u8>, EncodeError> {
+    if !ACCEPTED_VERSIONS.contains(&version) {
+        return Err(EncodeError::UnknownVersion(version));
+    }
+    msg.unit.validate()?;
+    if let Body::Batch(records) = &msg.body
+        && records.len() > MAX_BATCH_RECORDS
+    {
+        return Err(EncodeError::BatchTooLong(records.len()));
+    }
+    let mut out = Vec::with_capacity(256);
+    out.push(version);
+    // Only one version exists; a second one adds its conversion here.
+    bincode::serde::encode_into_std_write(msg, &mut out, config())?;
+    if out.len() > MAX_MESSAGE_BYTES {
+        return Err(EncodeError::TooLarge { len: out.len() });
+    }
+    Ok(out)
+}
+
+/// The encoded size of `msg`, without keeping the bytes. The agent uses it to
+/// fill a replay batch up to a byte budget.
+pub fn encoded_len(msg: &Message) -> Result<usize, EncodeError> {
+    let mut counter = Counter(1);
+    bincode::serde::encode_into_std_write(msg, &mut counter, config())?;
+    Ok(counter.0)
+}
+
+struct Counter(usize);
+
+impl std::io::Write for Counter {
+    fn write(&mut self, buf: &[u8]) -> std::io::Result<usize> {
+        self.0 += buf.len();
+        Ok(buf.len())
+    }
+    fn flush(&mut self) -> std::io::Result<()> {
+        Ok(())
+    }
+}
+
+/// A decoded payload and the schema version it was written in.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct Decoded {
+    pub version: u8,
+    pub message: Message,
+}
+
+/// Decodes a payload of any accepted version. Never panics; every failure is
+/// a [`DecodeError`].
+pub fn decode(bytes: &[u8]) -> Result<Decoded, DecodeError> {
+    let (&version, body) = bytes.split_first().ok_or(DecodeError::Empty)?;
+    if bytes.len() > MAX_MESSAGE_BYTES {
+        return Err(DecodeError::TooLarge { len: bytes.len() });
+    }
+    if !ACCEPTED_VERSIONS.contains(&version) {
+        return Err(DecodeError::UnknownVersion { got: version });
+    }
+    let (message, used): (Message, usize) = bincode::serde::decode_from_slice(body, config())
+        .map_err(|e| match e {
+            bincode::error::DecodeError::LimitExceeded => {
+                DecodeError::TooLarge { len: bytes.len() }
+            }
+            other => DecodeError::Malformed(other.to_string()),
+        })?;
+    if used != body.len() {
+        return Err(DecodeError::TrailingBytes(body.len() - used));
+    }
+    if let Body::Batch(records) = &message.body
+        && records.len() > MAX_BATCH_RECORDS
+    {
+        return Err(DecodeError::BatchTooLong(records.len()));
+    }
+    message.unit.validate()?;
+    Ok(Decoded { version, message })
+}
+
+/// Most entries in any list inside a message (cores, disks, records, ...).
+pub const MAX_LIST_LEN: usize = 1024;
+
+/// Bytes a list may preallocate on the strength of its length prefix alone;
+/// past that it grows only with entries actually decoded.
+const PREALLOC_BYTES: usize = 4096;
+
+/// `deserialize_with` for every `Vec` in the schema: refuses more than
+/// [`MAX_LIST_LEN`] entries and never trusts a length prefix for more than
+/// [`PREALLOC_BYTES`] of preallocation (serde's own cap is 1 MiB, four times
+/// the whole payload limit).
+pub(crate) fn bounded_vec<'de, D, T>(d: D) -> Result<Vec<T>, D::Error>
+where
+    D: serde::Deserializer<'de>,
+    T: serde::Deserialize<'de>,
+{
+    struct BoundedVec<T>(std::marker::PhantomData<T>);
+
+    impl<'de, T: serde::Deserialize<'de>> serde::de::Visitor<'de> for BoundedVec<T> {
+        type Value = Vec<T>;
+
+        fn expecting(&self, f: &mut std::fmt::Formatter) -> std::fmt::Result {
+            write!(f, "a list of at most {MAX_LIST_LEN} entries")
+        }
+
+        fn visit_seq<A: serde::de::SeqAccess<'de>>(self, mut seq: A) -> Result<Vec<T>, A::Error> {
+            let claimed = seq.size_hint().unwrap_or(0);
+            if claimed > MAX_LIST_LEN {
+                return Err(serde::de::Error::invalid_length(claimed, &self));
+            }
+            let mut out = Vec::with_capacity(claimed.min(PREALLOC_BYTES / size_of::<T>().max(1)));
+            while let Some(item) = seq.next_element()? {
+                if out.len() == MAX_LIST_LEN {
+                    return Err(serde::de::Error::invalid_length(out.len() + 1, &self));
+                }
+                out.push(item);
+            }
+            Ok(out)
+        }
+    }
+
+    d.deserialize_seq(BoundedVec(std::marker::PhantomData))
+}

@@ -1,0 +1,576 @@
+//! The wire contract's tests: round trips for every message kind, golden
+//! vectors, hostile input, and the decode allocation bound.
+
+use std::alloc::{GlobalAlloc, Layout, System};
+use std::net::IpAddr;
+use std::path::PathBuf;
+use std::sync::atomic::{AtomicBool, AtomicUsize, Ordering};
+
+use muster_proto::*;
+use proptest::collection::vec;
+use proptest::prelude::*;
+
+// ------------------------------------------------------------ strategies
+
+fn ident() -> impl Strategy<Value = String> {
+    "[A-Za-z0-9._-]{1,24}"
+}
+
+fn unit_id() -> impl Strategy<Value = UnitId> {
+    (ident(), ident()).prop_map(|(agency, unit)| UnitId { agency, unit })
+}
+
+fn text() -> impl Strategy<Value = String> {
+    ".{0,40}"
+}
+
+fn host_sample() -> impl Strategy<Value = HostSample> {
+    let cpu = (0u16..=10_000, vec(0u8..=100, 0..64)).prop_map(|(total_bp, per_core_pct)| Cpu {
+        total_bp,
+        per_core_pct,
+    });
+    let memory = (any::<u64>(), any::<u64>(), any::<u64>(), any::<u64>()).prop_map(
+        |(total_kib, used_kib, swap_total_kib, swap_used_kib)| Memory {
+            total_kib,
+            used_kib,
+            swap_total_kib,
+            swap_used_kib,
+        },
+    );
+    let disk = (
+        text(),
+        any::<u64>(),
+        any::<u64>(),
+        any::<u64>(),
+        any::<u64>(),
+    )
+        .prop_map(|(mount, total_kib, used_kib, read_bps, write_bps)| Disk {
+            mount,
+            total_kib,
+            used_kib,
+            read_bps,
+            write_bps,
+        });
+    let net = (
+        text(),
+        any::<bool>(),
+        any::<u64>(),
+        any::<u64>(),
+        any::<u32>(),
+        any::<u32>(),
+    )
+        .prop_map(|(name, up, rx_bps, tx_bps, rx_errors, tx_errors)| NetIf {
+            name,
+            up,
+            rx_bps,
+            tx_bps,
+            rx_errors,
+            tx_errors,
+        });
+    let process = (
+        text(),
+        any::<bool>(),
+        any::<Option<u32>>(),
+        any::<u32>(),
+        any::<u64>(),
+        any::<u32>(),
+    )
+        .prop_map(|(name, running, pid, cpu_bp, rss_kib, restarts)| Process {
+            name,
+            running,
+            pid,
+            cpu_bp,
+            rss_kib,
+            restarts,
+        });
+    let collector = prop_oneof![
+        Just(Collector::Cpu),
+        Just(Collector::Load),
+        Just(Collector::Memory),
+        Just(Collector::Disks),
+        Just(Collector::Networks),
+        Just(Collector::Processes),
+        Just(Collector::Uptime),
+    ];
+    let failure =
+        (collector, text()).prop_map(|(collector, reason)| CollectorFailure { collector, reason });
+    (
+        any::<u32>(),
+        proptest::option::of(cpu),
+        any::<Option<[u32; 3]>>(),
+        proptest::option::of(memory),
+        vec(disk, 0..6),
+        vec(net, 0..6),
+        any::<u64>(),
+        vec(process, 0..6),
+        vec(failure, 0..3),
+    )
+        .prop_map(
+            |(interval_ms, cpu, load_x100, memory, disks, nets, uptime_s, processes, failures)| {
+                HostSample {
+                    interval_ms,
+                    cpu,
+                    load_x100,
+                    memory,
+                    disks,
+                    nets,
+                    uptime_s,
+                    processes,
+                    failures,
+                }
+            },
+        )
+}
+
+fn error_class() -> impl Strategy<Value = ErrorClass> {
+    prop_oneof![
+        Just(ErrorClass::Timeout),
+        Just(ErrorClass::Refused),
+        Just(ErrorClass::Dns),
+        Just(ErrorClass::Tls),
+        Just(ErrorClass::BadStatus),
+        Just(ErrorClass::BodyMismatch),
+        Just(ErrorClass::Unreachable),
+        Just(ErrorClass::Reset),
+        Just(ErrorClass::Permission),
+        Just(ErrorClass::Protocol),
+        Just(ErrorClass::Reported),
+    ]
+}
+
+fn probe_result() -> impl Strategy<Value = ProbeResult> {
+    let kind = prop_oneof![
+        Just(ProbeKind::Http),
+        Just(ProbeKind::Tcp),
+        Just(ProbeKind::Dns),
+        Just(ProbeKind::Icmp),
+        Just(ProbeKind::Reported),
+    ];
+    let outcome = prop_oneof![Just(Outcome::Ok), error_class().prop_map(Outcome::Fail)];
+    let phases = (
+        any::<Option<u32>>(),
+        any::<Option<u32>>(),
+        any::<Option<u32>>(),
+        any::<Option<u32>>(),
+        any::<u32>(),
+    )
+        .prop_map(|(dns_us, connect_us, tls_us, ttfb_us, total_us)| Phases {
+            dns_us,
+            connect_us,
+            tls_us,
+            ttfb_us,
+            total_us,
+        });
+    let icmp = (
+        any::<u16>(),
+        any::<u16>(),
+        any::<Option<u32>>(),
+        any::<Option<u32>>(),
+        any::<Option<u32>>(),
+    )
+        .prop_map(|(sent, lost, min_us, avg_us, max_us)| IcmpStats {
+            sent,
+            lost,
+            min_us,
+            avg_us,
+            max_us,
+        });
+    (
+        (text(), kind, text(), outcome, phases),
+        (
+            any::<Option<u16>>(),
+            any::<Option<i32>>(),
+            vec(any::<IpAddr>(), 0..4),
+            proptest::option::of(icmp),
+            text(),
+        ),
+    )
+        .prop_map(
+            |(
+                (name, kind, target, outcome, phases),
+                (status, cert_days_left, addrs, icmp, detail),
+            )| {
+                ProbeResult {
+                    name,
+                    kind,
+                    target,
+                    outcome,
+                    phases,
+                    status,
+                    cert_days_left,
+                    addrs,
+                    icmp,
+                    detail,
+                }
+            },
+        )
+}
+
+fn agent_status() -> impl Strategy<Value = AgentStatus> {
+    let dropped = (
+        any::<u64>(),
+        any::<u64>(),
+        any::<u64>(),
+        any::<u64>(),
+        any::<u32>(),
+    )
+        .prop_map(|(full, expired, thinned, corrupt, resets)| DropCounts {
+            full,
+            expired,
+            thinned,
+            corrupt,
+            resets,
+        });
+    (
+        text(),
+        any::<u32>(),
+        any::<u64>(),
+        any::<u64>(),
+        any::<Option<u64>>(),
+        dropped,
+        any::<u32>(),
+        any::<Option<i64>>(),
+    )
+        .prop_map(
+            |(
+                version,
+                interval_ms,
+                backlog_records,
+                backlog_bytes,
+                oldest_unsent_ms,
+                dropped,
+                reconnects,
+                clock_offset_ms,
+            )| AgentStatus {
+                version,
+                interval_ms,
+                backlog_records,
+                backlog_bytes,
+                oldest_unsent_ms,
+                dropped,
+                reconnects,
+                clock_offset_ms,
+            },
+        )
+}
+
+fn payload() -> impl Strategy<Value = Payload> {
+    prop_oneof![
+        host_sample().prop_map(Payload::Host),
+        probe_result().prop_map(Payload::Probe),
+        agent_status().prop_map(Payload::Status),
+    ]
+}
+
+fn record() -> impl Strategy<Value = Record> {
+    (any::<u64>(), any::<u64>(), any::<u64>(), payload()).prop_map(|(boot, seq, at_ms, payload)| {
+        Record {
+            boot: BootId(boot),
+            seq,
+            at_ms,
+            payload,
+        }
+    })
+}
+
+fn ack() -> impl Strategy<Value = Ack> {
+    let range = (any::<u64>(), any::<u64>()).prop_map(|(first, last)| SeqRange { first, last });
+    (any::<u64>(), any::<u64>(), vec(range, 0..8), any::<u64>()).prop_map(
+        |(boot, upto, ranges, collector_ms)| Ack {
+            boot: BootId(boot),
+            upto,
+            ranges,
+            collector_ms,
+        },
+    )
+}
+
+fn presence() -> impl Strategy<Value = Presence> {
+    (any::<bool>(), any::<u64>(), any::<u32>(), any::<u64>()).prop_map(
+        |(online, boot, connection, at_ms)| Presence {
+            online,
+            boot: BootId(boot),
+            connection,
+            at_ms,
+        },
+    )
+}
+
+fn message(body: impl Strategy<Value = Body>) -> impl Strategy<Value = Message> {
+    (unit_id(), body).prop_map(|(unit, body)| Message { unit, body })
+}
+
+fn round_trip(msg: &Message) {
+    let bytes = encode(msg).expect("encode");
+    assert_eq!(bytes[0], SCHEMA_VERSION);
+    assert_eq!(encoded_len(msg).unwrap(), bytes.len());
+    let back = decode(&bytes).expect("decode");
+    assert_eq!(back.version, SCHEMA_VERSION);
+    assert_eq!(&back.message, msg);
+}
+
+proptest! {
+    #[test]
+    fn host_sample_round_trips(m in message(host_sample().prop_map(|h| Body::Record(Record { boot: BootId(7), seq: 1, at_ms: 2, payload: Payload::Host(h) })))) {
+        round_trip(&m);
+    }
+
+    #[test]
+    fn probe_result_round_trips(m in message(probe_result().prop_map(|p| Body::Record(Record { boot: BootId(7), seq: 1, at_ms: 2, payload: Payload::Probe(p) })))) {
+        round_trip(&m);
+    }
+
+    #[test]
+    fn agent_status_round_trips(m in message(agent_status().prop_map(|s| Body::Record(Record { boot: BootId(7), seq: 1, at_ms: 2, payload: Payload::Status(s) })))) {
+        round_trip(&m);
+    }
+
+    #[test]
+    fn record_round_trips(m in message(record().prop_map(Body::Record))) {
+        round_trip(&m);
+    }
+
+    #[test]
+    fn batch_round_trips(m in message(vec(record(), 0..20).prop_map(Body::Batch))) {
+        round_trip(&m);
+    }
+
+    #[test]
+    fn ack_round_trips(m in message(ack().prop_map(Body::Ack))) {
+        round_trip(&m);
+    }
+
+    #[test]
+    fn presence_round_trips(m in message(presence().prop_map(Body::Presence))) {
+        round_trip(&m);
+    }
+
+    /// Arbitrary bytes never panic, and whatever decodes re-encodes to bytes
+    /// that decode the same (varints may be non-minimal on input).
+    #[test]
+    fn arbitrary_bytes_never_panic(bytes in vec(any::<u8>(), 0..512)) {
+        if let Ok(d) = decode(&bytes) {
+            let again = encode(&d.message).unwrap();
+            prop_assert!(again.len() <= bytes.len());
+            prop_assert_eq!(decode(&again).unwrap(), d);
+        }
+    }
+
+    /// Every strict prefix of a valid payload is refused, never mis-decoded.
+    #[test]
+    fn truncation_is_an_error(m in message(record().prop_map(Body::Record)), cut in any::<prop::sample::Index>()) {
+        let bytes = encode(&m).unwrap();
+        let cut = cut.index(bytes.len());
+        prop_assert!(decode(&bytes[..cut]).is_err());
+    }
+}
+
+// --------------------------------------------------------- golden vectors
+
+fn golden_dir(version: u8) -> PathBuf {
+    PathBuf::from(env!("CARGO_MANIFEST_DIR"))
+        .join("tests/golden")
+        .join(format!("v{version}"))
+}
+
+/// The wire format of every message kind is pinned: a change to a field, its
+/// order or its type fails here. `proto/tests/golden/README.md` says how to
+/// change it on purpose.
+#[test]
+fn golden_vectors_match() {
+    let dir = golden_dir(SCHEMA_VERSION);
+    let bless = std::env::var_os("MUSTER_BLESS_GOLDEN").is_some();
+    if bless {
+        std::fs::create_dir_all(&dir).unwrap();
+    }
+    for (name, msg) in fixtures::all_named() {
+        let path = dir.join(format!("{name}.bin"));
+        let bytes = encode(&msg).unwrap();
+        if bless {
+            std::fs::write(&path, &bytes).unwrap();
+            continue;
+        }
+        let want = std::fs::read(&path)
+            .unwrap_or_else(|e| panic!("{}: {e}; see tests/golden/README.md", path.display()));
+        assert_eq!(
+            bytes, want,
+            "the encoding of {name} changed: see tests/golden/README.md"
+        );
+        assert_eq!(
+            decode(&want).unwrap().message,
+            msg,
+            "{name} decodes differently"
+        );
+    }
+}
+
+/// Every accepted version's vectors still decode (N and N-1 during an upgrade).
+#[test]
+fn every_accepted_version_decodes_its_vectors() {
+    for version in ACCEPTED_VERSIONS {
+        let dir = golden_dir(version);
+        let mut seen = 0;
+        for entry in std::fs::read_dir(&dir).unwrap_or_else(|e| panic!("{}: {e}", dir.display())) {
+            let bytes = std::fs::read(entry.unwrap().path()).unwrap();
+            let d = decode(&bytes).unwrap();
+            assert_eq!(d.version, version);
+            seen += 1;
+        }
+        assert!(
+            seen >= fixtures::all_named().len(),
+            "v{version}: only {seen} vectors"
+        );
+    }
+}
+
+// ----------------------------------------------------------- hostile input
+
+#[test]
+fn refusals_are_typed_and_counted_by_reason() {
+    let good = encode(&fixtures::host_message()).unwrap();
+    let mut v0 = good.clone();
+    v0[0] = 0;
+    let mut v9 = good.clone();
+    v9[0] = SCHEMA_VERSION + 1;
+    let mut trailing = good.clone();
+    trailing.push(0);
+    let big = vec![SCHEMA_VERSION; MAX_MESSAGE_BYTES + 1];
+
+    let cases: Vec<(&str, Vec<u8>, &str)> = vec![
+        ("empty", vec![], "malformed"),
+        ("version 0", v0, "unknown_version"),
+        ("next version", v9, "unknown_version"),
+        ("trailing", trailing, "malformed"),
+        ("truncated", good[..good.len() - 1].to_vec(), "malformed"),
+        ("oversized", big, "oversized"),
+    ];
+    for (name, bytes, reason) in cases {
+        let err = decode(&bytes).unwrap_err();
+        assert_eq!(err.reason(), reason, "{name}: {err}");
+    }
+    assert!(matches!(
+        decode(&v9_bytes()).unwrap_err(),
+        DecodeError::UnknownVersion { got } if got == SCHEMA_VERSION + 1
+    ));
+}
+
+fn v9_bytes() -> Vec<u8> {
+    let mut b = encode(&fixtures::ack_message()).unwrap();
+    b[0] = SCHEMA_VERSION + 1;
+    b
+}
+
+#[test]
+fn identity_is_validated_on_both_sides() {
+    let mut msg = fixtures::ack_message();
+    msg.unit.unit = "E12/#".into();
+    assert!(matches!(encode(&msg), Err(EncodeError::Identity(_))));
+    // Forge the same bytes by hand: the decoder refuses them too.
+    let mut good = fixtures::ack_message();
+    good.unit.unit = "E12xx".into();
+    let mut bytes = encode(&good).unwrap();
+    let pos = bytes.windows(5).position(|w| w == b"E12xx").unwrap();
+    bytes[pos + 3..pos + 5].copy_from_slice(b"/#");
+    let err = decode(&bytes).unwrap_err();
+    assert_eq!(err.reason(), "bad_identity", "{err}");
+}
+
+#[test]
+fn batch_limits() {
+    let too_many = fixtures::batch_message(MAX_BATCH_RECORDS as u64 + 1);
+    assert!(matches!(
+        encode(&too_many),
+        Err(EncodeError::BatchTooLong(_))
+    ));
+    let ok = fixtures::batch_message(100);
+    round_trip(&ok);
+}
+
+// ------------------------------------------------------ allocation bound
+
+struct Counting;
+static TRACK: AtomicBool = AtomicBool::new(false);
+static LIVE: AtomicUsize = AtomicUsize::new(0);
+static PEAK: AtomicUsize = AtomicUsize::new(0);
+static LARGEST: AtomicUsize = AtomicUsize::new(0);
+
+unsafe impl GlobalAlloc for Counting {
+    unsafe fn alloc(&self, layout: Layout) -> *mut u8 {
+        if TRACK.load(Ordering::Relaxed) {
+            let now = LIVE.fetch_add(layout.size(), Ordering::Relaxed) + layout.size();
+            PEAK.fetch_max(now, Ordering::Relaxed);
+            LARGEST.fetch_max(layout.size(), Ordering::Relaxed);
+        }
+        unsafe { System.alloc(layout) }
+    }
+    unsafe fn dealloc(&self, ptr: *mut u8, layout: Layout) {
+        if TRACK.load(Ordering::Relaxed) {
+            LIVE.fetch_sub(layout.size(), Ordering::Relaxed);
+        }
+        unsafe { System.dealloc(ptr, layout) }
+    }
+}
+
+#[global_allocator]
+static GLOBAL: Counting = Counting;
+
+static ALLOC_LOCK: std::sync::Mutex<()> = std::sync::Mutex::new(());
+
+/// Peak bytes allocated while decoding `bytes`.
+fn decode_peak(bytes: &[u8]) -> usize {
+    let _g = ALLOC_LOCK.lock().unwrap_or_else(|e| e.into_inner());
+    LIVE.store(0, Ordering::SeqCst);
+    PEAK.store(0, Ordering::SeqCst);
+    LARGEST.store(0, Ordering::SeqCst);
+    TRACK.store(true, Ordering::SeqCst);
+    let r = decode(bytes);
+    TRACK.store(false, Ordering::SeqCst);
+    drop(r);
+    PEAK.load(Ordering::SeqCst)
+}
+
+/// Length prefixes that claim huge sequences and strings allocate no more
+/// than the payload limit.
+#[test]
+fn hostile_length_prefixes_do_not_allocate_past_the_limit() {
+    let unit = fixtures::unit();
+    // version, agency, unit, Body::Batch variant (1), then a varint u64 length of 2^60.
+    let mut batch = vec![SCHEMA_VERSION];
+    for s in [&unit.agency, &unit.unit] {
+        batch.push(s.len() as u8);
+        batch.extend_from_slice(s.as_bytes());
+    }
+    batch.push(1);
+    batch.push(253);
+    batch.extend_from_slice(&(1u64 << 60).to_le_bytes());
+    // The same with a string length of 2^60 in place of the agency.
+    let mut string = vec![SCHEMA_VERSION, 253];
+    string.extend_from_slice(&(1u64 << 60).to_le_bytes());
+    // A real batch whose first record's per-core list claims 2^32 entries.
+    let mut cores = encode(&fixtures::batch_message(2)).unwrap();
+    let pos = cores
+        .windows(8)
+        .position(|w| w == [8, 31, 12, 40, 8, 22, 19, 35])
+        .unwrap();
+    cores.splice(pos..pos + 1, [252, 0, 0, 0, 0x01].iter().copied());
+
+    for (name, bytes) in [
+        ("batch", batch),
+        ("string", string),
+        ("per-core list", cores),
+    ] {
+        let err = decode(&bytes).unwrap_err();
+        let peak = decode_peak(&bytes);
+        assert!(
+            peak <= MAX_MESSAGE_BYTES,
+            "{name}: decode peaked at {peak} bytes ({err})"
+        );
+    }
+}
+
+/// A full-size legitimate payload: decoded size is what the data needs.
+#[test]
+fn typical_sample_size_is_under_300_bytes() {
+    let len = encode(&fixtures::host_message()).unwrap().len();
+    assert!(len < 300, "a typical host sample is {len} bytes");
+}

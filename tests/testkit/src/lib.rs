@@ -1,0 +1,245 @@
+//! Shared test helpers. Real parts only: [`Mosquitto`] starts Debian's
+//! `mosquitto` on a free loopback port; a missing binary is a test failure,
+//! never a skip.
+
+use std::io::{BufRead, BufReader, Read};
+use std::net::{SocketAddr, TcpListener, TcpStream};
+use std::path::{Path, PathBuf};
+use std::process::{Child, Command, Stdio};
+use std::time::{Duration, Instant};
+
+pub use tempfile::TempDir;
+
+/// A free TCP port on 127.0.0.1. The port is free when this returns; a
+/// process that binds it right away wins it in practice (the kernel does not
+/// hand out the same ephemeral port again at once).
+pub fn free_port() -> u16 {
+    TcpListener::bind("127.0.0.1:0")
+        .and_then(|l| l.local_addr())
+        .expect("bind 127.0.0.1:0")
+        .port()
+}
+
+/// Polls `cond` every 10 ms until it holds or `timeout` passes. This waits on
+/// an observable condition (a port open, a count reached); it is not a sleep
+/// standing in for synchronisation.
+pub fn wait_until(what: &str, timeout: Duration, mut cond: impl FnMut() -> bool) {
+    let deadline = Instant::now() + timeout;
+    while !cond() {
+        assert!(
+            Instant::now() < deadline,
+            "timed out after {timeout:?} waiting for {what}"
+        );
+        std::thread::sleep(Duration::from_millis(10));
+    }
+}
+
+/// Options for a test broker.
+#[derive(Debug, Clone, Default)]
+pub struct MosquittoOptions {
+    /// Keep messages and sessions on disk across a restart.
+    pub persistence: bool,
+    /// Extra lines appended to the generated mosquitto.conf.
+    pub extra: Vec<String>,
+}
+
+/// A real Mosquitto broker on a loopback port, killed on drop.
+pub struct Mosquitto {
+    port: u16,
+    dir: TempDir,
+    child: Option<Child>,
+    opts: MosquittoOptions,
+}
+
+/// Where the broker binary is: `MOSQUITTO` in the environment, else Debian's path.
+pub fn mosquitto_binary() -> PathBuf {
+    std::env::var_os("MOSQUITTO")
+        .map(PathBuf::from)
+        .unwrap_or_else(|| PathBuf::from("/usr/sbin/mosquitto"))
+}
+
+impl Mosquitto {
+    pub fn start() -> Mosquitto {
+        Mosquitto::start_with(MosquittoOptions::default())
+    }
+
+    pub fn start_with(opts: MosquittoOptions) -> Mosquitto {
+        let dir = tempfile::tempdir().expect("tempdir");
+        let mut m = Mosquitto {
+            port: free_port(),
+            dir,
+            child: None,
+            opts,
+        };
+        m.spawn();
+        m
+    }
+
+    pub fn port(&self) -> u16 {
+        self.port
+    }
+
+    pub fn addr(&self) -> SocketAddr {
+        SocketAddr::from(([127, 0, 0, 1], self.port))
+    }
+
+    /// `mqtt://127.0.0.1:PORT`
+    pub fn url(&self) -> String {
+        format!("mqtt://127.0.0.1:{}", self.port)
+    }
+
+    pub fn dir(&self) -> &Path {
+        self.dir.path()
+    }
+
+    fn config(&self) -> String {
+        let data = self.dir.path();
+        let mut c = vec![
+            format!("listener {} 127.0.0.1", self.port),
+            "allow_anonymous true".into(),
+            // The shipped production config raises these too: Mosquitto's
+            // default of 1000 queued QoS 1 messages drops silently.
+            "max_queued_messages 1000000".into(),
+            "max_inflight_messages 0".into(),
+            format!("persistence {}", self.opts.persistence),
+            format!("persistence_location {}/", data.display()),
+            "log_dest stderr".into(),
+            "log_type error".into(),
+            "log_type warning".into(),
+        ];
+        c.extend(self.opts.extra.iter().cloned());
+        c.join("\n") + "\n"
+    }
+
+    fn spawn(&mut self) {
+        let conf = self.dir.path().join("mosquitto.conf");
+        std::fs::write(&conf, self.config()).expect("write mosquitto.conf");
+        let bin = mosquitto_binary();
+        let mut child = Command::new(&bin)
+            .arg("-c")
+            .arg(&conf)
+            .stdin(Stdio::null())
+            .stdout(Stdio::null())
+            .stderr(Stdio::piped())
+            .spawn()
+            .unwrap_or_else(|e| {
+                panic!(
+                    "cannot start {}: {e}. Mosquitto is a required test dependency: \
+                     apt-get install -y mosquitto (the README's test command does this)",
+                    bin.display()
+                )
+            });
+        let addr = self.addr();
+        let deadline = Instant::now() + Duration::from_secs(10);
+        loop {
+            if TcpStream::connect_timeout(&addr, Duration::from_millis(200)).is_ok() {
+                break;
+            }
+            if let Ok(Some(status)) = child.try_wait() {
+                let mut err = String::new();
+                if let Some(mut e) = child.stderr.take() {
+                    let _ = e.read_to_string(&mut err);
+                }
+                panic!("mosquitto exited with {status} before listening on {addr}: {err}");
+            }
+            assert!(
+                Instant::now() < deadline,
+                "mosquitto did not listen on {addr} within 10 s"
+            );
+            std::thread::sleep(Duration::from_millis(10));
+        }
+        // Drain stderr so the broker never blocks on a full pipe.
+        if let Some(e) = child.stderr.take() {
+            std::thread::spawn(move || {
+                for line in BufReader::new(e).lines().map_while(Result::ok) {
+                    eprintln!("[mosquitto] {line}");
+                }
+            });
+        }
+        self.child = Some(child);
+    }
+
+    /// Kills the broker (SIGKILL: no clean shutdown, no persistence flush
+    /// beyond what it already wrote) and waits for it to exit.
+    pub fn kill(&mut self) {
+        if let Some(mut c) = self.child.take() {
+            let _ = c.kill();
+            let _ = c.wait();
+        }
+    }
+
+    /// Stops the broker cleanly (SIGTERM), which saves persistence if on.
+    pub fn stop(&mut self) {
+        if let Some(mut c) = self.child.take() {
+            signal(c.id(), "TERM");
+            let _ = c.wait();
+        }
+    }
+
+    /// Starts the broker again on the same port with the same data directory.
+    pub fn restart(&mut self) {
+        self.stop();
+        self.spawn();
+    }
+
+    /// Starts a stopped or killed broker again on the same port.
+    pub fn start_again(&mut self) {
+        assert!(self.child.is_none(), "broker is still running");
+        self.spawn();
+    }
+
+    pub fn is_running(&mut self) -> bool {
+        self.child
+            .as_mut()
+            .is_some_and(|c| matches!(c.try_wait(), Ok(None)))
+    }
+}
+
+impl Drop for Mosquitto {
+    fn drop(&mut self) {
+        self.kill();
+    }
+}
+
+/// Sends a signal by name (`TERM`, `KILL`, `STOP`, `CONT`) to a pid with kill(1).
+pub fn signal(pid: u32, sig: &str) {
+    let status = Command::new("kill")
+        .arg(format!("-{sig}"))
+        .arg(pid.to_string())
+        .status()
+        .expect("run kill(1)");
+    assert!(status.success(), "kill -{sig} {pid} failed");
+}
+
+/// Reads a process's resident set size and peak (VmRSS, VmHWM) in KiB from /proc.
+pub fn rss_kib(pid: u32) -> Option<(u64, u64)> {
+    let status = std::fs::read_to_string(format!("/proc/{pid}/status")).ok()?;
+    let field = |name: &str| {
+        status
+            .lines()
+            .find(|l| l.starts_with(name))
+            .and_then(|l| l.split_whitespace().nth(1))
+            .and_then(|v| v.parse().ok())
+    };
+    Some((field("VmRSS:")?, field("VmHWM:")?))
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn broker_starts_listens_and_restarts_on_the_same_port() {
+        let mut m = Mosquitto::start();
+        assert!(TcpStream::connect(m.addr()).is_ok());
+        let port = m.port();
+        m.kill();
+        assert!(
+            TcpStream::connect(m.addr()).is_err(),
+            "killed broker still listens"
+        );
+        m.start_again();
+        assert_eq!(m.port(), port);
+        assert!(TcpStream::connect(m.addr()).is_ok());
+    }
+}
