@@ -26,8 +26,8 @@ use std::ops::RangeInclusive;
 
 use bincode::config::{Configuration, Limit, LittleEndian, Varint};
 
-use crate::ids::IdentityError;
-use crate::message::{Body, Message};
+use crate::ids::{IdentityError, UnitId};
+use crate::message::{Body, Message, Record};
 
 /// The schema version this build writes.
 pub const SCHEMA_VERSION: u8 = 1;
@@ -59,6 +59,10 @@ pub enum EncodeError {
     BatchTooLong(usize),
     #[error("invalid identity: {0}")]
     Identity(#[from] IdentityError),
+    #[error("a single-record message needs exactly one record, not {0}")]
+    NotSingle(usize),
+    #[error("a stored record does not decode: {0}")]
+    BadStoredRecord(DecodeError),
     #[error("bincode: {0}")]
     Bincode(#[from] bincode::error::EncodeError),
 }
@@ -221,4 +225,82 @@ where
     }
 
     d.deserialize_seq(BoundedVec(std::marker::PhantomData))
+}
+
+// ------------------------------------------------- pre-encoded records
+//
+// The agent's disk buffer stores each record encoded once, as
+// `[version][bincode(Record)]`. Replay splices stored records into a batch
+// without decoding them again: a `Batch` body is the variant index followed
+// by the record count and the records' bincode bytes back to back.
+
+/// Encodes one record on its own, for the agent's disk buffer.
+pub fn encode_record(rec: &Record) -> Result<Vec<u8>, EncodeError> {
+    let mut out = Vec::with_capacity(256);
+    out.push(SCHEMA_VERSION);
+    bincode::serde::encode_into_std_write(rec, &mut out, config())?;
+    if out.len() > MAX_MESSAGE_BYTES {
+        return Err(EncodeError::TooLarge { len: out.len() });
+    }
+    Ok(out)
+}
+
+/// Decodes a record written by [`encode_record`] (any accepted version).
+pub fn decode_record(bytes: &[u8]) -> Result<Record, DecodeError> {
+    let (&version, body) = bytes.split_first().ok_or(DecodeError::Empty)?;
+    if bytes.len() > MAX_MESSAGE_BYTES {
+        return Err(DecodeError::TooLarge { len: bytes.len() });
+    }
+    if !ACCEPTED_VERSIONS.contains(&version) {
+        return Err(DecodeError::UnknownVersion { got: version });
+    }
+    let (rec, used): (Record, usize) = bincode::serde::decode_from_slice(body, config())
+        .map_err(|e| DecodeError::Malformed(e.to_string()))?;
+    if used != body.len() {
+        return Err(DecodeError::TrailingBytes(body.len() - used));
+    }
+    Ok(rec)
+}
+
+/// Builds the payload of a `Body::Batch` (or, for one record and
+/// `single = true`, a `Body::Record`) for `unit` from records encoded by
+/// [`encode_record`], without decoding them. Records of another schema
+/// version are decoded and re-encoded. The result is exactly what
+/// [`encode`] gives for the same message.
+pub fn message_from_encoded(
+    unit: &UnitId,
+    records: &[&[u8]],
+    single: bool,
+) -> Result<Vec<u8>, EncodeError> {
+    unit.validate()?;
+    if records.len() > MAX_BATCH_RECORDS {
+        return Err(EncodeError::BatchTooLong(records.len()));
+    }
+    if single && records.len() != 1 {
+        return Err(EncodeError::NotSingle(records.len()));
+    }
+    let total: usize = records.iter().map(|r| r.len()).sum();
+    let mut out = Vec::with_capacity(total + 64);
+    out.push(SCHEMA_VERSION);
+    bincode::serde::encode_into_std_write(unit, &mut out, config())?;
+    // Variant index of Body::Record (0) or Body::Batch (1), then the count.
+    if single {
+        bincode::serde::encode_into_std_write(0u32, &mut out, config())?;
+    } else {
+        bincode::serde::encode_into_std_write(1u32, &mut out, config())?;
+        bincode::serde::encode_into_std_write(records.len() as u64, &mut out, config())?;
+    }
+    for rec in records {
+        match rec.split_first() {
+            Some((&v, body)) if v == SCHEMA_VERSION => out.extend_from_slice(body),
+            _ => {
+                let decoded = decode_record(rec).map_err(EncodeError::BadStoredRecord)?;
+                bincode::serde::encode_into_std_write(&decoded, &mut out, config())?;
+            }
+        }
+        if out.len() > MAX_MESSAGE_BYTES {
+            return Err(EncodeError::TooLarge { len: out.len() });
+        }
+    }
+    Ok(out)
 }

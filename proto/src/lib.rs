@@ -18,7 +18,8 @@ pub mod topic;
 
 pub use codec::{
     ACCEPTED_VERSIONS, DecodeError, Decoded, EncodeError, MAX_BATCH_RECORDS, MAX_MESSAGE_BYTES,
-    SCHEMA_VERSION, decode, encode, encode_version, encoded_len,
+    SCHEMA_VERSION, decode, decode_record, encode, encode_record, encode_version, encoded_len,
+    message_from_encoded,
 };
 pub use ids::{BootId, IdentityError, UnitId};
 pub use message::*;

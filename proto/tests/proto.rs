@@ -574,3 +574,66 @@ fn typical_sample_size_is_under_300_bytes() {
     let len = encode(&fixtures::host_message()).unwrap().len();
     assert!(len < 300, "a typical host sample is {len} bytes");
 }
+
+// ---------------------------------------------------- pre-encoded records
+
+proptest! {
+    /// Splicing stored records gives exactly what encoding the message gives.
+    #[test]
+    fn spliced_batches_equal_encoded_batches(unit in unit_id(), recs in vec(record(), 0..12)) {
+        let stored: Vec<Vec<u8>> = recs.iter().map(|r| encode_record(r).unwrap()).collect();
+        for r in &stored {
+            prop_assert_eq!(&decode_record(r).unwrap(), &recs[stored.iter().position(|s| s == r).unwrap()]);
+        }
+        let refs: Vec<&[u8]> = stored.iter().map(|v| v.as_slice()).collect();
+        let spliced = message_from_encoded(&unit, &refs, false).unwrap();
+        let msg = Message { unit: unit.clone(), body: Body::Batch(recs.clone()) };
+        prop_assert_eq!(&spliced, &encode(&msg).unwrap());
+        if let [one] = recs.as_slice() {
+            let single = message_from_encoded(&unit, &refs, true).unwrap();
+            let msg = Message { unit, body: Body::Record(one.clone()) };
+            prop_assert_eq!(single, encode(&msg).unwrap());
+        }
+    }
+}
+
+#[test]
+fn splicing_refuses_bad_input() {
+    let unit = fixtures::unit();
+    let good = encode_record(&fixtures::record(1, Payload::Status(fixtures::status()))).unwrap();
+    let mut bad_version = good.clone();
+    bad_version[0] = 0;
+    assert!(matches!(
+        message_from_encoded(&unit, &[&bad_version], false),
+        Err(EncodeError::BadStoredRecord(DecodeError::UnknownVersion { got: 0 }))
+    ));
+    assert!(matches!(
+        message_from_encoded(&unit, &[&good, &good], true),
+        Err(EncodeError::NotSingle(2))
+    ));
+    assert!(decode_record(&good[..good.len() - 1]).is_err());
+}
+
+// ------------------------------------------------- fuzz corpus regression
+
+/// The fuzz target's invariant, over the committed seed corpus and every
+/// input that once crashed it (`proto/fuzz/regressions/`): runs on stable in
+/// every test run, so a fixed crash stays fixed without nightly.
+#[test]
+fn fuzz_corpus_and_regressions_hold_the_invariant() {
+    let root = PathBuf::from(env!("CARGO_MANIFEST_DIR")).join("fuzz");
+    let mut n = 0;
+    for dir in ["corpus/decode", "regressions"] {
+        for entry in std::fs::read_dir(root.join(dir)).unwrap() {
+            let path = entry.unwrap().path();
+            let data = std::fs::read(&path).unwrap();
+            if let Ok(decoded) = decode(&data) {
+                let again = encode_version(&decoded.message, decoded.version).unwrap();
+                assert!(again.len() <= data.len(), "{}", path.display());
+                assert_eq!(decode(&again).unwrap(), decoded, "{}", path.display());
+            }
+            n += 1;
+        }
+    }
+    assert!(n >= fixtures::all_named().len() + 1, "only {n} corpus files");
+}

@@ -1,0 +1,29 @@
+#!/usr/bin/env bash
+# Muster's test suite, from a fresh Debian machine with the Rust toolchain.
+# Installs the Debian packages the tests run against (real Mosquitto, its
+# clients, promtool), then runs every test in the workspace. A missing
+# dependency is a failure here, never a skipped test.
+set -euo pipefail
+cd "$(dirname "$0")/.."
+
+packages=(mosquitto mosquitto-clients prometheus)
+missing=()
+for p in "${packages[@]}"; do
+    dpkg-query -W -f='${Status}' "$p" 2>/dev/null | grep -q "install ok installed" || missing+=("$p")
+done
+if ((${#missing[@]})); then
+    if [ "$(id -u)" -ne 0 ]; then
+        echo "tests/run.sh: needs Debian packages: ${missing[*]}" >&2
+        echo "install them (sudo apt-get install -y ${missing[*]}) or run this as root" >&2
+        exit 1
+    fi
+    echo "tests/run.sh: installing ${missing[*]}"
+    apt-get update -qq
+    DEBIAN_FRONTEND=noninteractive apt-get install -y -qq --no-install-recommends "${missing[@]}"
+fi
+# The packaged broker must not hold 1883 or interfere: tests start their own
+# on free loopback ports.
+export MOSQUITTO=/usr/sbin/mosquitto
+test -x "$MOSQUITTO" || { echo "tests/run.sh: $MOSQUITTO missing" >&2; exit 1; }
+
+cargo test --workspace --locked "$@"
