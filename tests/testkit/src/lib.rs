@@ -41,6 +41,10 @@ pub struct MosquittoOptions {
     pub persistence: bool,
     /// Extra lines appended to the generated mosquitto.conf.
     pub extra: Vec<String>,
+    /// A whole configuration instead of the generated one: `{port}` and
+    /// `{dir}` (the broker's temp dir) are substituted. It must listen on
+    /// 127.0.0.1:{port}.
+    pub config: Option<String>,
 }
 
 /// A real Mosquitto broker on a loopback port, killed on drop.
@@ -94,6 +98,15 @@ impl Mosquitto {
 
     fn config(&self) -> String {
         let data = self.dir.path();
+        // Started as root, mosquitto drops to the `mosquitto` user, which
+        // cannot read the test's 0700 temp dirs: keep root for tests.
+        let user = if running_as_root() { "user root\n" } else { "" };
+        if let Some(c) = &self.opts.config {
+            return c
+                .replace("{port}", &self.port.to_string())
+                .replace("{dir}", &data.display().to_string())
+                + user;
+        }
         let mut c = vec![
             format!("listener {} 127.0.0.1", self.port),
             "allow_anonymous true".into(),
@@ -108,7 +121,7 @@ impl Mosquitto {
             "log_type warning".into(),
         ];
         c.extend(self.opts.extra.iter().cloned());
-        c.join("\n") + "\n"
+        c.join("\n") + "\n" + user
     }
 
     fn spawn(&mut self) {
@@ -199,6 +212,17 @@ impl Drop for Mosquitto {
     fn drop(&mut self) {
         self.kill();
     }
+}
+
+fn running_as_root() -> bool {
+    std::fs::read_to_string("/proc/self/status")
+        .ok()
+        .and_then(|s| {
+            s.lines()
+                .find(|l| l.starts_with("Uid:"))
+                .and_then(|l| l.split_whitespace().nth(1).map(|u| u == "0"))
+        })
+        .unwrap_or(false)
 }
 
 /// Sends a signal by name (`TERM`, `KILL`, `STOP`, `CONT`) to a pid with kill(1).

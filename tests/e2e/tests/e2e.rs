@@ -1,0 +1,6 @@
+//! End-to-end tests: real processes, real brokers, loopback only. Module
+//! files live in `tests/e2e/` (a test crate root resolves `mod x;` next to
+//! itself, hence the `#[path]`s).
+
+#[path = "e2e/broker_acl.rs"]
+mod broker_acl;
