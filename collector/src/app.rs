@@ -1,0 +1,207 @@
+//! Wires the collector together: store, rules engine, ingest (MQTT loop,
+//! worker, publisher), retention pruning and the HTTP feed. The caller
+//! injects the HTTP listener, the clock and the shutdown future (mini-redis
+//! style), so tests run the real thing on `127.0.0.1:0`.
+//!
+//! Shutdown order: the feed stops accepting and open streams end; ingest
+//! stops taking messages, commits what it holds and publishes the last
+//! acks; the publisher drains and disconnects cleanly; the store is
+//! flushed and closed. A broker that is gone cannot hold this up past
+//! [`SHUTDOWN_GRACE`].
+
+use std::future::Future;
+use std::sync::Arc;
+use std::sync::atomic::Ordering;
+use std::time::Duration;
+
+use rumqttc::v5::AsyncClient;
+use tokio::net::TcpListener;
+use tokio::sync::mpsc;
+use tokio_util::sync::CancellationToken;
+use tracing::{info, warn};
+
+use crate::clock::SharedClock;
+use crate::config::Config;
+use crate::feed::{self, Auth, FeedState};
+use crate::ingest::mqtt::{self, MqttError};
+use crate::ingest::worker::Worker;
+use crate::rules::Engine;
+use crate::state::Shared;
+use crate::store::{SledStore, Store, StoreError};
+
+/// How long shutdown waits for the broker to take the last acks.
+pub const SHUTDOWN_GRACE: Duration = Duration::from_secs(10);
+
+#[derive(Debug, thiserror::Error)]
+pub enum AppError {
+    #[error("store at {path}: {source}")]
+    Store { path: String, source: StoreError },
+    #[error(transparent)]
+    Mqtt(#[from] MqttError),
+    #[error("http server: {0}")]
+    Http(std::io::Error),
+    #[error("task failed: {0}")]
+    Task(String),
+}
+
+/// Runs the collector until `shutdown` completes, then stops cleanly.
+pub async fn run(
+    cfg: Config,
+    listener: TcpListener,
+    clock: SharedClock,
+    shutdown: impl Future<Output = ()> + Send + 'static,
+) -> Result<(), AppError> {
+    let store_path = cfg.store.path.clone();
+    let cache = cfg.store.cache_bytes;
+    let store = tokio::task::spawn_blocking(move || SledStore::open(&store_path, cache))
+        .await
+        .map_err(|e| AppError::Task(e.to_string()))?
+        .map_err(|source| AppError::Store {
+            path: cfg.store.path.display().to_string(),
+            source,
+        })?;
+    let store: Arc<dyn Store> = Arc::new(store);
+    let shared = Shared::new(Arc::clone(&store));
+
+    let opts = mqtt::options(&cfg.mqtt, cfg.ingest.receive_maximum)?;
+    let filters = mqtt::filters(cfg.mqtt.shared_group.as_deref())?;
+    let (client, eventloop) = AsyncClient::new(opts, 65_536);
+    let (in_tx, in_rx) = mpsc::channel(cfg.ingest.queue);
+    let (out_tx, out_rx) = mpsc::unbounded_channel();
+
+    let engine = Engine::new(cfg.rules);
+    let worker = Worker::new(
+        engine,
+        Arc::clone(&shared),
+        Arc::clone(&clock),
+        out_tx,
+        cfg.ingest.clone(),
+        cfg.mqtt.publish_status,
+    )
+    .map_err(|source| AppError::Store {
+        path: cfg.store.path.display().to_string(),
+        source,
+    })?;
+
+    let stop_ingest = CancellationToken::new();
+    let hard_stop = CancellationToken::new();
+    let stop_feed = CancellationToken::new();
+
+    let event_loop = tokio::spawn(mqtt::run_event_loop(
+        eventloop,
+        client.clone(),
+        filters,
+        in_tx,
+        Arc::clone(&shared),
+        stop_ingest.clone(),
+        hard_stop.clone(),
+    ));
+    let publisher = tokio::spawn(mqtt::run_publisher(client, out_rx, Arc::clone(&shared)));
+    let worker = tokio::spawn(worker.run(in_rx, stop_ingest.clone()));
+    let pruner = tokio::spawn(prune_loop(
+        Arc::clone(&shared),
+        Arc::clone(&clock),
+        cfg.store.sample_retention,
+        cfg.store.event_retention,
+        cfg.store.prune_interval,
+        stop_ingest.clone(),
+    ));
+
+    let state = FeedState {
+        shared: Arc::clone(&shared),
+        auth: Arc::new(Auth::new(cfg.admin_token.clone(), cfg.agencies.clone())),
+        clock: Arc::clone(&clock),
+        sse_keep_alive: cfg.http.sse_keep_alive,
+        metrics_require_token: cfg.http.metrics_require_token,
+        shutdown: stop_feed.clone(),
+    };
+    if let Ok(addr) = listener.local_addr() {
+        info!(%addr, broker = %format!("{}:{}", cfg.mqtt.host, cfg.mqtt.port), "Collector started.");
+    }
+    let feed_stop = stop_feed.clone();
+    let http = tokio::spawn(async move {
+        axum::serve(listener, feed::router(state))
+            .with_graceful_shutdown(async move { feed_stop.cancelled().await })
+            .await
+    });
+
+    shutdown.await;
+    info!("Shutting down.");
+    stop_feed.cancel();
+    stop_ingest.cancel();
+    let grace = tokio::spawn({
+        let hard_stop = hard_stop.clone();
+        async move {
+            tokio::time::sleep(SHUTDOWN_GRACE).await;
+            warn!("Shutdown grace period over; dropping the MQTT connection.");
+            hard_stop.cancel();
+        }
+    });
+    let mut result = Ok(());
+    match http.await {
+        Ok(Ok(())) => {}
+        Ok(Err(e)) => result = Err(AppError::Http(e)),
+        Err(e) => result = Err(AppError::Task(e.to_string())),
+    }
+    for (name, t) in [("ingest worker", worker), ("pruner", pruner)] {
+        if let Err(e) = t.await {
+            warn!(task = name, error = %e, "Task failed.");
+        }
+    }
+    if let Err(e) = publisher.await {
+        warn!(error = %e, "Publisher task failed.");
+    }
+    if let Err(e) = event_loop.await {
+        warn!(error = %e, "MQTT task failed.");
+    }
+    grace.abort();
+    let store = Arc::clone(&shared.store);
+    drop(shared);
+    // Everything acked is already flushed; this closes the store.
+    drop(store);
+    info!("Stopped.");
+    result
+}
+
+async fn prune_loop(
+    shared: Arc<Shared>,
+    clock: SharedClock,
+    sample_retention: Duration,
+    event_retention: Duration,
+    every: Duration,
+    stop: CancellationToken,
+) {
+    let mut t = tokio::time::interval(every);
+    t.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
+    loop {
+        tokio::select! {
+            _ = stop.cancelled() => return,
+            _ = t.tick() => {}
+        }
+        let now = clock.now_ms();
+        let samples_before = now.saturating_sub(sample_retention.as_millis() as u64);
+        let events_before = now.saturating_sub(event_retention.as_millis() as u64);
+        let store = Arc::clone(&shared.store);
+        match tokio::task::spawn_blocking(move || store.prune(samples_before, events_before)).await
+        {
+            Ok(Ok(st)) => {
+                let m = &shared.metrics.store;
+                m.pruned_samples.fetch_add(st.samples, Ordering::Relaxed);
+                m.pruned_events.fetch_add(st.events, Ordering::Relaxed);
+                if st.samples + st.events + st.incidents > 0 {
+                    info!(
+                        samples = st.samples,
+                        events = st.events,
+                        incidents = st.incidents,
+                        "Pruned."
+                    );
+                }
+            }
+            Ok(Err(e)) => {
+                shared.metrics.store.errors.fetch_add(1, Ordering::Relaxed);
+                warn!(error = %e, "Prune failed.");
+            }
+            Err(e) => warn!(error = %e, "Prune task failed."),
+        }
+    }
+}

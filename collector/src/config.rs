@@ -1,0 +1,634 @@
+//! Configuration: raw TOML (serde, `deny_unknown_fields`) validated into a
+//! typed [`Config`]. Every validation error names the key it is about, e.g.
+//! `mqtt.url: "htp://x" is not an mqtt:// or mqtts:// URL`.
+
+use std::collections::BTreeMap;
+use std::net::SocketAddr;
+use std::path::{Path, PathBuf};
+use std::time::Duration;
+
+use serde::Deserialize;
+
+use crate::rules::{RawRules, RulesConfig};
+
+/// Shortest accepted bearer token: a guessable token is no access control.
+pub const MIN_TOKEN_LEN: usize = 16;
+
+#[derive(Debug, thiserror::Error)]
+pub enum ConfigError {
+    #[error("cannot read {path}: {source}")]
+    Read {
+        path: PathBuf,
+        source: std::io::Error,
+    },
+    #[error("{0}")]
+    Toml(String),
+    #[error("{key}: {message}")]
+    Invalid { key: String, message: String },
+    #[error("{0}")]
+    Rules(String),
+}
+
+fn invalid(key: impl Into<String>, message: impl Into<String>) -> ConfigError {
+    ConfigError::Invalid {
+        key: key.into(),
+        message: message.into(),
+    }
+}
+
+// ---------------------------------------------------------------- raw form
+
+#[derive(Debug, Deserialize, Default)]
+#[serde(deny_unknown_fields)]
+pub struct RawConfig {
+    pub admin_token: Option<String>,
+    #[serde(default)]
+    pub mqtt: RawMqtt,
+    #[serde(default)]
+    pub http: RawHttp,
+    #[serde(default)]
+    pub store: RawStore,
+    #[serde(default)]
+    pub ingest: RawIngest,
+    #[serde(default)]
+    pub agency: Vec<RawAgency>,
+    #[serde(default)]
+    pub rules: RawRules,
+}
+
+#[derive(Debug, Deserialize, Default)]
+#[serde(deny_unknown_fields)]
+pub struct RawMqtt {
+    pub url: Option<String>,
+    pub client_id: Option<String>,
+    pub shared_group: Option<String>,
+    pub username: Option<String>,
+    pub password: Option<String>,
+    pub ca_file: Option<PathBuf>,
+    pub keep_alive: Option<String>,
+    pub session_expiry: Option<String>,
+    pub publish_status: Option<bool>,
+}
+
+#[derive(Debug, Deserialize, Default)]
+#[serde(deny_unknown_fields)]
+pub struct RawHttp {
+    pub listen: Option<String>,
+    pub sse_keep_alive: Option<String>,
+    pub metrics_require_token: Option<bool>,
+}
+
+#[derive(Debug, Deserialize, Default)]
+#[serde(deny_unknown_fields)]
+pub struct RawStore {
+    pub path: Option<PathBuf>,
+    pub sample_retention: Option<String>,
+    pub event_retention: Option<String>,
+    pub prune_interval: Option<String>,
+    pub cache_mib: Option<u64>,
+}
+
+#[derive(Debug, Deserialize, Default)]
+#[serde(deny_unknown_fields)]
+pub struct RawIngest {
+    pub commit_interval: Option<String>,
+    pub commit_max_records: Option<usize>,
+    pub queue: Option<usize>,
+    pub receive_maximum: Option<u16>,
+    pub tick_interval: Option<String>,
+    pub refusal_log_interval: Option<String>,
+}
+
+#[derive(Debug, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct RawAgency {
+    pub name: String,
+    pub token: String,
+}
+
+// ------------------------------------------------------------- typed form
+
+/// A secret that never shows in `Debug` output.
+#[derive(Clone, PartialEq, Eq)]
+pub struct Secret(pub String);
+
+impl std::fmt::Debug for Secret {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.write_str("\"***\"")
+    }
+}
+
+pub struct Config {
+    pub admin_token: Option<String>,
+    pub mqtt: MqttConfig,
+    pub http: HttpConfig,
+    pub store: StoreConfig,
+    pub ingest: IngestConfig,
+    /// Agency name -> bearer token.
+    pub agencies: BTreeMap<String, String>,
+    pub rules: RulesConfig,
+}
+
+impl std::fmt::Debug for Config {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        // Tokens are secrets: never in a log line.
+        f.debug_struct("Config")
+            .field("admin_token", &self.admin_token.as_ref().map(|_| "***"))
+            .field("mqtt", &self.mqtt)
+            .field("http", &self.http)
+            .field("store", &self.store)
+            .field("ingest", &self.ingest)
+            .field("agencies", &self.agencies.keys().collect::<Vec<_>>())
+            .finish_non_exhaustive()
+    }
+}
+
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub enum MqttScheme {
+    Tcp,
+    Tls,
+}
+
+#[derive(Debug, Clone)]
+pub struct MqttConfig {
+    pub scheme: MqttScheme,
+    pub host: String,
+    pub port: u16,
+    pub client_id: String,
+    pub shared_group: Option<String>,
+    /// Username and password.
+    pub credentials: Option<(String, Secret)>,
+    pub ca_file: Option<PathBuf>,
+    pub keep_alive: Duration,
+    /// How long the broker keeps our session (and queues telemetry for us)
+    /// while we are disconnected.
+    pub session_expiry: Duration,
+    pub publish_status: bool,
+}
+
+#[derive(Debug, Clone)]
+pub struct HttpConfig {
+    pub listen: SocketAddr,
+    pub sse_keep_alive: Duration,
+    pub metrics_require_token: bool,
+}
+
+#[derive(Debug, Clone)]
+pub struct StoreConfig {
+    pub path: PathBuf,
+    pub sample_retention: Duration,
+    pub event_retention: Duration,
+    pub prune_interval: Duration,
+    pub cache_bytes: u64,
+}
+
+#[derive(Debug, Clone)]
+pub struct IngestConfig {
+    /// Group commit: at most this long between a record's arrival and the
+    /// flush that makes it durable (and acked).
+    pub commit_interval: Duration,
+    /// ...or sooner, once this many records are waiting.
+    pub commit_max_records: usize,
+    /// Messages buffered between the MQTT event loop and the ingest worker.
+    pub queue: usize,
+    /// MQTT v5 receive maximum: QoS 1 messages the broker may have in flight to us.
+    pub receive_maximum: u16,
+    /// How often the rules engine's `tick` runs (staleness, incidents).
+    pub tick_interval: Duration,
+    /// At most one log line per refusal reason per this interval.
+    pub refusal_log_interval: Duration,
+}
+
+impl Config {
+    /// Reads, parses and validates a config file.
+    pub fn load(path: &Path) -> Result<Config, ConfigError> {
+        let text = std::fs::read_to_string(path).map_err(|source| ConfigError::Read {
+            path: path.to_owned(),
+            source,
+        })?;
+        Config::parse(&text)
+    }
+
+    pub fn parse(text: &str) -> Result<Config, ConfigError> {
+        let raw: RawConfig = toml::from_str(text).map_err(|e| ConfigError::Toml(e.to_string()))?;
+        raw.validate()
+    }
+}
+
+fn duration(key: &str, v: Option<&str>, default: Duration) -> Result<Duration, ConfigError> {
+    match v {
+        None => Ok(default),
+        Some(s) => humantime::parse_duration(s.trim()).map_err(|_| {
+            invalid(
+                key,
+                format!("{s:?} is not a duration (e.g. \"30s\", \"5m\")"),
+            )
+        }),
+    }
+}
+
+fn token(key: &str, t: &str) -> Result<String, ConfigError> {
+    if t.len() < MIN_TOKEN_LEN {
+        return Err(invalid(
+            key,
+            format!("must be at least {MIN_TOKEN_LEN} characters"),
+        ));
+    }
+    if t.chars().any(|c| c.is_whitespace() || c.is_control()) {
+        return Err(invalid(key, "must not contain whitespace"));
+    }
+    Ok(t.to_owned())
+}
+
+/// Parses `mqtt://host[:port]` / `mqtts://host[:port]` (IPv6 in brackets).
+pub fn parse_mqtt_url(url: &str) -> Result<(MqttScheme, String, u16), String> {
+    let bad = || format!("{url:?} is not an mqtt:// or mqtts:// URL");
+    let (scheme, rest) = if let Some(r) = url.strip_prefix("mqtt://") {
+        (MqttScheme::Tcp, r)
+    } else if let Some(r) = url.strip_prefix("tcp://") {
+        (MqttScheme::Tcp, r)
+    } else if let Some(r) = url.strip_prefix("mqtts://") {
+        (MqttScheme::Tls, r)
+    } else if let Some(r) = url.strip_prefix("ssl://") {
+        (MqttScheme::Tls, r)
+    } else {
+        return Err(bad());
+    };
+    let rest = rest.strip_suffix('/').unwrap_or(rest);
+    if rest.is_empty() || rest.contains(['/', '?', '@', '#']) {
+        return Err(bad());
+    }
+    let default_port = if scheme == MqttScheme::Tls {
+        8883
+    } else {
+        1883
+    };
+    let (host, port) = if let Some(r) = rest.strip_prefix('[') {
+        let (h, tail) = r.split_once(']').ok_or_else(bad)?;
+        match tail.strip_prefix(':') {
+            Some(p) => (h.to_owned(), p.parse().map_err(|_| bad())?),
+            None if tail.is_empty() => (h.to_owned(), default_port),
+            None => return Err(bad()),
+        }
+    } else {
+        match rest.rsplit_once(':') {
+            Some((h, p)) => (h.to_owned(), p.parse().map_err(|_| bad())?),
+            None => (rest.to_owned(), default_port),
+        }
+    };
+    if host.is_empty() || port == 0 {
+        return Err(bad());
+    }
+    Ok((scheme, host, port))
+}
+
+impl RawConfig {
+    pub fn validate(self) -> Result<Config, ConfigError> {
+        let RawConfig {
+            admin_token,
+            mqtt,
+            http,
+            store,
+            ingest,
+            agency,
+            rules,
+        } = self;
+
+        let admin_token = admin_token.map(|t| token("admin_token", &t)).transpose()?;
+
+        // [mqtt]
+        let url = mqtt.url.as_deref().unwrap_or("mqtt://127.0.0.1:1883");
+        let (scheme, host, port) = parse_mqtt_url(url).map_err(|m| invalid("mqtt.url", m))?;
+        let client_id = mqtt
+            .client_id
+            .clone()
+            .unwrap_or_else(|| "muster-collector".to_owned());
+        if client_id.is_empty() || client_id.len() > 128 {
+            return Err(invalid("mqtt.client_id", "must be 1 to 128 characters"));
+        }
+        let shared_group = match mqtt.shared_group {
+            Some(g) => {
+                muster_proto::topic::fleet_filter(muster_proto::TopicKind::Telemetry, Some(&g))
+                    .map_err(|e| invalid("mqtt.shared_group", e.to_string()))?;
+                Some(g)
+            }
+            None => None,
+        };
+        let credentials = match (mqtt.username, mqtt.password) {
+            (Some(u), Some(p)) => Some((u, Secret(p))),
+            (None, None) => None,
+            (Some(_), None) => {
+                return Err(invalid("mqtt.password", "is required with mqtt.username"));
+            }
+            (None, Some(_)) => {
+                return Err(invalid("mqtt.username", "is required with mqtt.password"));
+            }
+        };
+        if let Some(ca) = &mqtt.ca_file {
+            if scheme != MqttScheme::Tls {
+                return Err(invalid("mqtt.ca_file", "is only used with an mqtts:// url"));
+            }
+            if !ca.is_file() {
+                return Err(invalid(
+                    "mqtt.ca_file",
+                    format!("{} is not a readable file", ca.display()),
+                ));
+            }
+        }
+        if scheme == MqttScheme::Tls && mqtt.ca_file.is_none() {
+            return Err(invalid(
+                "mqtt.ca_file",
+                "is required with an mqtts:// url (the CA that signed the broker's certificate)",
+            ));
+        }
+        let keep_alive = duration(
+            "mqtt.keep_alive",
+            mqtt.keep_alive.as_deref(),
+            Duration::from_secs(30),
+        )?;
+        if keep_alive < Duration::from_secs(5) {
+            return Err(invalid("mqtt.keep_alive", "must be at least 5s"));
+        }
+        let session_expiry = duration(
+            "mqtt.session_expiry",
+            mqtt.session_expiry.as_deref(),
+            Duration::from_secs(3600),
+        )?;
+        if session_expiry.as_secs() > u32::MAX as u64 {
+            return Err(invalid("mqtt.session_expiry", "is too long"));
+        }
+
+        // [http]
+        let listen_s = http.listen.as_deref().unwrap_or("127.0.0.1:8080");
+        let listen: SocketAddr = listen_s.parse().map_err(|_| {
+            invalid(
+                "http.listen",
+                format!("{listen_s:?} is not an address:port (e.g. \"0.0.0.0:8080\")"),
+            )
+        })?;
+        let sse_keep_alive = duration(
+            "http.sse_keep_alive",
+            http.sse_keep_alive.as_deref(),
+            Duration::from_secs(15),
+        )?;
+        if sse_keep_alive.is_zero() {
+            return Err(invalid("http.sse_keep_alive", "must be more than 0"));
+        }
+
+        // [store]
+        let path = store
+            .path
+            .ok_or_else(|| invalid("store.path", "is required (the data directory)"))?;
+        let sample_retention = duration(
+            "store.sample_retention",
+            store.sample_retention.as_deref(),
+            Duration::from_secs(24 * 3600),
+        )?;
+        let event_retention = duration(
+            "store.event_retention",
+            store.event_retention.as_deref(),
+            Duration::from_secs(30 * 24 * 3600),
+        )?;
+        let prune_interval = duration(
+            "store.prune_interval",
+            store.prune_interval.as_deref(),
+            Duration::from_secs(60),
+        )?;
+        if prune_interval.is_zero() {
+            return Err(invalid("store.prune_interval", "must be more than 0"));
+        }
+        let cache_mib = store.cache_mib.unwrap_or(64);
+        if !(1..=65_536).contains(&cache_mib) {
+            return Err(invalid("store.cache_mib", "must be 1 to 65536"));
+        }
+
+        // [ingest]
+        let commit_interval = duration(
+            "ingest.commit_interval",
+            ingest.commit_interval.as_deref(),
+            Duration::from_millis(50),
+        )?;
+        if commit_interval.is_zero() || commit_interval > Duration::from_secs(5) {
+            return Err(invalid(
+                "ingest.commit_interval",
+                "must be more than 0 and at most 5s",
+            ));
+        }
+        let commit_max_records = ingest.commit_max_records.unwrap_or(10_000);
+        if commit_max_records == 0 {
+            return Err(invalid("ingest.commit_max_records", "must be more than 0"));
+        }
+        let queue = ingest.queue.unwrap_or(65_536);
+        if queue < 16 {
+            return Err(invalid("ingest.queue", "must be at least 16"));
+        }
+        let receive_maximum = ingest.receive_maximum.unwrap_or(4096);
+        if receive_maximum == 0 {
+            return Err(invalid("ingest.receive_maximum", "must be more than 0"));
+        }
+        let tick_interval = duration(
+            "ingest.tick_interval",
+            ingest.tick_interval.as_deref(),
+            Duration::from_secs(1),
+        )?;
+        if tick_interval.is_zero() {
+            return Err(invalid("ingest.tick_interval", "must be more than 0"));
+        }
+        let refusal_log_interval = duration(
+            "ingest.refusal_log_interval",
+            ingest.refusal_log_interval.as_deref(),
+            Duration::from_secs(10),
+        )?;
+
+        // [[agency]]
+        let mut agencies = BTreeMap::new();
+        for (i, a) in agency.into_iter().enumerate() {
+            muster_proto::ids::validate_part("agency", &a.name)
+                .map_err(|e| invalid(format!("agency[{i}].name"), e.to_string()))?;
+            let t = token(&format!("agency[{i}].token"), &a.token)?;
+            if agencies.contains_key(&a.name) {
+                return Err(invalid(
+                    format!("agency[{i}].name"),
+                    format!("{:?} is listed twice", a.name),
+                ));
+            }
+            if agencies.values().any(|v| *v == t) || admin_token.as_deref() == Some(t.as_str()) {
+                return Err(invalid(
+                    format!("agency[{i}].token"),
+                    "is already used by another agency or the admin",
+                ));
+            }
+            agencies.insert(a.name, t);
+        }
+
+        let rules = rules
+            .validate()
+            .map_err(|e| ConfigError::Rules(e.to_string()))?;
+
+        Ok(Config {
+            admin_token,
+            mqtt: MqttConfig {
+                scheme,
+                host,
+                port,
+                client_id,
+                shared_group,
+                credentials,
+                ca_file: mqtt.ca_file,
+                keep_alive,
+                session_expiry,
+                publish_status: mqtt.publish_status.unwrap_or(true),
+            },
+            http: HttpConfig {
+                listen,
+                sse_keep_alive,
+                metrics_require_token: http.metrics_require_token.unwrap_or(true),
+            },
+            store: StoreConfig {
+                path,
+                sample_retention,
+                event_retention,
+                prune_interval,
+                cache_bytes: cache_mib * 1024 * 1024,
+            },
+            ingest: IngestConfig {
+                commit_interval,
+                commit_max_records,
+                queue,
+                receive_maximum,
+                tick_interval,
+                refusal_log_interval,
+            },
+            agencies,
+            rules,
+        })
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    const GOOD: &str = r#"
+admin_token = "admin-token-0123456789"
+[mqtt]
+url = "mqtt://127.0.0.1:1884"
+shared_group = "collectors"
+[http]
+listen = "127.0.0.1:0"
+[store]
+path = "/tmp/x"
+sample_retention = "2h"
+[[agency]]
+name = "metro-fire"
+token = "fire-token-0123456789"
+[[agency]]
+name = "county-police"
+token = "police-token-0123456789"
+"#;
+
+    #[test]
+    fn good_config_validates() {
+        let c = Config::parse(GOOD).unwrap();
+        assert_eq!(c.mqtt.port, 1884);
+        assert_eq!(c.mqtt.host, "127.0.0.1");
+        assert_eq!(c.mqtt.shared_group.as_deref(), Some("collectors"));
+        assert_eq!(c.store.sample_retention, Duration::from_secs(7200));
+        assert_eq!(c.agencies.len(), 2);
+        assert_eq!(c.agencies["metro-fire"], "fire-token-0123456789");
+    }
+
+    #[test]
+    fn errors_name_the_key() {
+        let cases: &[(&str, &str, &str)] = &[
+            (
+                "url = \"mqtt://127.0.0.1:1884\"",
+                "url = \"http://x\"",
+                "mqtt.url:",
+            ),
+            (
+                "shared_group = \"collectors\"",
+                "shared_group = \"a/b\"",
+                "mqtt.shared_group:",
+            ),
+            (
+                "listen = \"127.0.0.1:0\"",
+                "listen = \"localhost\"",
+                "http.listen:",
+            ),
+            (
+                "sample_retention = \"2h\"",
+                "sample_retention = \"3x\"",
+                "store.sample_retention: \"3x\" is not a duration",
+            ),
+            (
+                "token = \"police-token-0123456789\"",
+                "token = \"short\"",
+                "agency[1].token:",
+            ),
+            (
+                "token = \"police-token-0123456789\"",
+                "token = \"fire-token-0123456789\"",
+                "agency[1].token: is already used",
+            ),
+            (
+                "name = \"county-police\"",
+                "name = \"metro-fire\"",
+                "agency[1].name:",
+            ),
+            (
+                "name = \"county-police\"",
+                "name = \"county police\"",
+                "agency[1].name:",
+            ),
+            (
+                "path = \"/tmp/x\"",
+                "path = \"/tmp/x\"\nbogus = 1",
+                "unknown field `bogus`",
+            ),
+            (
+                "admin_token = \"admin-token-0123456789\"",
+                "admin_token = \"admin\"",
+                "admin_token:",
+            ),
+        ];
+        for (from, to, want) in cases {
+            let text = GOOD.replacen(from, to, 1);
+            assert_ne!(text, GOOD, "case {from} did not apply");
+            let err = Config::parse(&text).unwrap_err().to_string();
+            assert!(err.contains(want), "{to}: got {err:?}, want {want:?}");
+        }
+    }
+
+    #[test]
+    fn store_path_is_required() {
+        let err = Config::parse("").unwrap_err().to_string();
+        assert!(err.starts_with("store.path:"), "{err}");
+    }
+
+    #[test]
+    fn mqtt_urls_table() {
+        type Parsed<'a> = Option<(MqttScheme, &'a str, u16)>;
+        let cases: &[(&str, Parsed)] = &[
+            ("mqtt://broker", Some((MqttScheme::Tcp, "broker", 1883))),
+            (
+                "mqtt://broker:1999",
+                Some((MqttScheme::Tcp, "broker", 1999)),
+            ),
+            ("mqtts://broker", Some((MqttScheme::Tls, "broker", 8883))),
+            ("tcp://[::1]:1884", Some((MqttScheme::Tcp, "::1", 1884))),
+            ("mqtt://", None),
+            ("mqtt://h:x", None),
+            ("mqtt://h:0", None),
+            ("http://h", None),
+            ("mqtt://h/path", None),
+        ];
+        for (url, want) in cases {
+            let got = parse_mqtt_url(url).ok();
+            let want = want
+                .as_ref()
+                .map(|(s, h, p)| (s.clone(), h.to_string(), *p));
+            assert_eq!(got, want, "{url}");
+        }
+    }
+}

@@ -1,0 +1,136 @@
+//! `muster-collector demo`: the embedded broker, the collector and the feed
+//! in one process, on a printed URL, with generated tokens and a temporary
+//! data directory. [`DemoTask`] is the seam for what runs alongside (the
+//! in-process agent, once it exists): it gets the broker address and the
+//! demo agency, and is stopped with everything else.
+
+use std::future::Future;
+use std::net::SocketAddr;
+use std::path::PathBuf;
+use std::pin::Pin;
+use std::sync::Arc;
+
+use tokio::net::TcpListener;
+use tokio_util::sync::CancellationToken;
+
+use crate::app::{self, AppError};
+use crate::broker::{BrokerError, EmbeddedBroker};
+use crate::clock::TokioClock;
+use crate::config::{Config, ConfigError};
+
+/// The demo agency.
+pub const DEMO_AGENCY: &str = "demo";
+
+/// What a task running alongside the demo collector gets.
+#[derive(Debug, Clone)]
+pub struct DemoEnv {
+    /// Where agents connect (MQTT 3.1.1; MQTT 5 on the next port).
+    pub broker: SocketAddr,
+    pub agency: String,
+    pub feed_url: String,
+    /// Cancelled when the demo stops.
+    pub shutdown: CancellationToken,
+}
+
+pub type DemoTask = Box<dyn FnOnce(DemoEnv) -> Pin<Box<dyn Future<Output = ()> + Send>> + Send>;
+
+#[derive(Debug, thiserror::Error)]
+pub enum DemoError {
+    #[error(transparent)]
+    Broker(#[from] BrokerError),
+    #[error(transparent)]
+    Config(#[from] ConfigError),
+    #[error(transparent)]
+    App(#[from] AppError),
+    #[error("{0}")]
+    Io(#[from] std::io::Error),
+}
+
+/// Options of the demo.
+#[derive(Debug, Clone)]
+pub struct DemoOptions {
+    pub broker: SocketAddr,
+    pub http: SocketAddr,
+    pub data_dir: PathBuf,
+}
+
+fn token(prefix: &str) -> String {
+    use std::hash::{BuildHasher, Hasher};
+    let mut h = std::collections::hash_map::RandomState::new().build_hasher();
+    h.write_u64(std::process::id() as u64);
+    let a = h.finish();
+    let b = std::collections::hash_map::RandomState::new()
+        .build_hasher()
+        .finish();
+    format!("{prefix}-{a:016x}{b:016x}")
+}
+
+/// Runs the demo until `shutdown` completes.
+pub async fn run(
+    opts: DemoOptions,
+    alongside: Option<DemoTask>,
+    shutdown: impl Future<Output = ()> + Send + 'static,
+) -> Result<(), DemoError> {
+    let broker = tokio::task::spawn_blocking(move || EmbeddedBroker::start(opts.broker))
+        .await
+        .map_err(|e| std::io::Error::other(e.to_string()))??;
+    let admin = token("admin");
+    let agency_token = token(DEMO_AGENCY);
+    let v5 = broker.v5_addr();
+    let text = format!(
+        r#"
+admin_token = "{admin}"
+[mqtt]
+url = "mqtt://{v5}"
+client_id = "muster-collector-demo"
+[http]
+listen = "{http}"
+metrics_require_token = false
+[store]
+path = "{path}"
+[[agency]]
+name = "{DEMO_AGENCY}"
+token = "{agency_token}"
+"#,
+        http = opts.http,
+        path = opts.data_dir.display(),
+    );
+    let cfg = Config::parse(&text)?;
+    let listener = TcpListener::bind(opts.http).await?;
+    let addr = listener.local_addr()?;
+    let feed_url = format!("http://{addr}");
+    println!("Muster demo");
+    println!("  feed:          {feed_url}/api/v1/units");
+    println!("  stream:        {feed_url}/api/v1/stream");
+    println!("  metrics:       {feed_url}/metrics");
+    println!("  admin token:   {admin}");
+    println!("  agency token:  {agency_token}  (agency \"{DEMO_AGENCY}\")");
+    println!(
+        "  MQTT broker:   mqtt://{}  (MQTT 5: mqtt://{v5})",
+        broker.addr
+    );
+    println!("  data:          {}", opts.data_dir.display());
+    println!(
+        "  try:           curl -H 'Authorization: Bearer {agency_token}' {feed_url}/api/v1/units"
+    );
+    let stop = CancellationToken::new();
+    let side = alongside.map(|task| {
+        tokio::spawn(task(DemoEnv {
+            broker: broker.addr,
+            agency: DEMO_AGENCY.to_owned(),
+            feed_url: feed_url.clone(),
+            shutdown: stop.clone(),
+        }))
+    });
+    let stop2 = stop.clone();
+    let collector = app::run(cfg, listener, Arc::new(TokioClock::new()), async move {
+        shutdown.await;
+        stop2.cancel();
+    });
+    let r = collector.await;
+    stop.cancel();
+    if let Some(t) = side {
+        let _ = t.await;
+    }
+    Ok(r?)
+}

@@ -1,0 +1,64 @@
+//! The agencies' feed over HTTP (axum):
+//!
+//! | endpoint | what |
+//! |---|---|
+//! | `GET /api/v1/units` | units with status, reasons, last seen, seq accounting (paginated) |
+//! | `GET /api/v1/units/{agency}/{unit}` | one unit, with boots and its latest sample of each kind |
+//! | `GET /api/v1/units/{agency}/{unit}/samples?since=` | stored samples (paginated) |
+//! | `GET /api/v1/events` | status transitions and incident changes, newest first (paginated) |
+//! | `GET /api/v1/incidents` | agency-wide incidents (paginated) |
+//! | `GET /api/v1/stream` | Server-Sent Events of transitions and incidents |
+//! | `GET /metrics` | Prometheus exposition |
+//! | `GET /healthz`, `GET /readyz` | liveness, readiness |
+//!
+//! Every `/api/v1` request needs `Authorization: Bearer <token>`; an
+//! agency's token sees only its units, on every endpoint and the stream.
+
+mod auth;
+mod error;
+mod events;
+mod ops;
+mod query;
+mod stream;
+mod units;
+pub mod views;
+
+use std::sync::Arc;
+use std::time::Duration;
+
+use axum::Router;
+use axum::routing::get;
+
+pub use auth::{Auth, Scope};
+pub use error::ApiError;
+
+use crate::clock::SharedClock;
+use crate::state::Shared;
+
+/// What every handler gets.
+#[derive(Clone)]
+pub struct FeedState {
+    pub shared: Arc<Shared>,
+    pub auth: Arc<Auth>,
+    pub clock: SharedClock,
+    pub sse_keep_alive: Duration,
+    pub metrics_require_token: bool,
+    /// Cancelled at shutdown: open streams end so the server can stop.
+    pub shutdown: tokio_util::sync::CancellationToken,
+}
+
+pub fn router(state: FeedState) -> Router {
+    Router::new()
+        .route("/api/v1/units", get(units::list))
+        .route("/api/v1/units/{agency}/{unit}", get(units::detail))
+        .route("/api/v1/units/{agency}/{unit}/samples", get(units::samples))
+        .route("/api/v1/events", get(events::list))
+        .route("/api/v1/incidents", get(events::incidents))
+        .route("/api/v1/stream", get(stream::stream))
+        .route("/metrics", get(ops::metrics))
+        .route("/healthz", get(ops::healthz))
+        .route("/readyz", get(ops::readyz))
+        .fallback(ops::not_found)
+        .method_not_allowed_fallback(ops::method_not_allowed)
+        .with_state(state)
+}

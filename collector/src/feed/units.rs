@@ -1,0 +1,195 @@
+//! `/api/v1/units`, one unit, and its samples.
+
+use std::collections::HashMap;
+use std::ops::Bound;
+
+use axum::Json;
+use axum::extract::rejection::QueryRejection;
+use axum::extract::{Path, Query, State};
+use axum::http::HeaderMap;
+use muster_proto::UnitId;
+
+use super::FeedState;
+use super::error::ApiError;
+use super::query::Params;
+use super::views::{BootView, Page, SampleView, UnitDetail, UnitView};
+use crate::model::Status;
+use crate::store::{SampleCursor, SampleQuery};
+
+fn parse_status(s: &str) -> Result<Status, ApiError> {
+    match s {
+        "ok" => Ok(Status::Ok),
+        "degraded" => Ok(Status::Degraded),
+        "critical" => Ok(Status::Critical),
+        "offline" => Ok(Status::Offline),
+        _ => Err(ApiError::bad_request(format!(
+            "status: {s:?} is not one of ok, degraded, critical, offline"
+        ))),
+    }
+}
+
+/// `agency/unit` cursors; neither part can contain '/'.
+fn parse_unit_cursor(s: &str) -> Result<UnitId, ApiError> {
+    s.split_once('/')
+        .and_then(|(a, u)| UnitId::new(a, u).ok())
+        .ok_or_else(|| ApiError::bad_request("cursor: not a cursor this endpoint gave out"))
+}
+
+pub async fn list(
+    State(st): State<FeedState>,
+    headers: HeaderMap,
+    q: Result<Query<HashMap<String, String>>, QueryRejection>,
+) -> Result<Json<Page<UnitView>>, ApiError> {
+    let scope = st.auth.authenticate(&headers)?;
+    let q = Params::from(q)?;
+    q.only(&["agency", "status", "limit", "cursor"])?;
+    let limit = q.limit()?;
+    let agency = q.str("agency");
+    if let Some(a) = agency {
+        scope.check(a)?;
+    }
+    let status = q.str("status").map(parse_status).transpose()?;
+    let after = q.str("cursor").map(parse_unit_cursor).transpose()?;
+    let units = st.shared.units.read().unwrap_or_else(|e| e.into_inner());
+    let start = match &after {
+        Some(c) => Bound::Excluded(c),
+        None => Bound::Unbounded,
+    };
+    let mut items = Vec::new();
+    let mut next_cursor = None;
+    for (id, u) in units.range::<UnitId, _>((start, Bound::Unbounded)) {
+        if !scope.sees(&id.agency)
+            || agency.is_some_and(|a| a != id.agency)
+            || status.is_some_and(|s| s != u.health.status)
+        {
+            continue;
+        }
+        if items.len() == limit {
+            next_cursor = items
+                .last()
+                .map(|v: &UnitView| format!("{}/{}", v.agency, v.unit));
+            break;
+        }
+        items.push(UnitView::from(&**u));
+    }
+    Ok(Json(Page { items, next_cursor }))
+}
+
+fn unit_id(agency: String, unit: String) -> Result<UnitId, ApiError> {
+    UnitId::new(agency, unit).map_err(|e| ApiError::bad_request(format!("unit: {e}")))
+}
+
+pub async fn detail(
+    State(st): State<FeedState>,
+    headers: HeaderMap,
+    Path((agency, unit)): Path<(String, String)>,
+) -> Result<Json<UnitDetail>, ApiError> {
+    let scope = st.auth.authenticate(&headers)?;
+    scope.check(&agency)?;
+    let id = unit_id(agency, unit)?;
+    let rec = st
+        .shared
+        .units
+        .read()
+        .unwrap_or_else(|e| e.into_inner())
+        .get(&id)
+        .cloned()
+        .ok_or_else(|| ApiError::not_found(format!("no unit {id}")))?;
+    let store = st.shared.store.clone();
+    let latest = tokio::task::spawn_blocking(move || store.latest(&id))
+        .await
+        .map_err(|e| ApiError::internal(&e))?
+        .map_err(|e| ApiError::internal(&e))?;
+    let mut boots: Vec<_> = rec.seq.boots.iter().collect();
+    boots.sort_by_key(|b| std::cmp::Reverse(b.order));
+    Ok(Json(UnitDetail {
+        unit: UnitView::from(&*rec),
+        boots: boots.into_iter().map(BootView::from).collect(),
+        latest: latest.into(),
+    }))
+}
+
+pub async fn samples(
+    State(st): State<FeedState>,
+    headers: HeaderMap,
+    Path((agency, unit)): Path<(String, String)>,
+    q: Result<Query<HashMap<String, String>>, QueryRejection>,
+) -> Result<Json<Page<SampleView>>, ApiError> {
+    let scope = st.auth.authenticate(&headers)?;
+    scope.check(&agency)?;
+    let id = unit_id(agency, unit)?;
+    let q = Params::from(q)?;
+    q.only(&["since", "until", "kind", "limit", "cursor"])?;
+    let now = st.clock.now_ms();
+    let limit = q.limit()?;
+    let since_ms = q.time("since", now)?.unwrap_or(0);
+    let until_ms = q.time("until", now)?.unwrap_or(u64::MAX);
+    let kind = q.str("kind").map(str::to_owned);
+    if let Some(k) = &kind
+        && !["host", "probe", "status"].contains(&k.as_str())
+    {
+        return Err(ApiError::bad_request(format!(
+            "kind: {k:?} is not one of host, probe, status"
+        )));
+    }
+    let after = q
+        .str("cursor")
+        .map(|c| {
+            SampleCursor::decode(c)
+                .map_err(|_| ApiError::bad_request("cursor: not a cursor this endpoint gave out"))
+        })
+        .transpose()?;
+    if !st
+        .shared
+        .units
+        .read()
+        .unwrap_or_else(|e| e.into_inner())
+        .contains_key(&id)
+    {
+        return Err(ApiError::not_found(format!("no unit {id}")));
+    }
+    let store = st.shared.store.clone();
+    let (items, next) = tokio::task::spawn_blocking(move || {
+        // With a kind filter, read pages until the page is full.
+        let mut out = Vec::new();
+        let mut cursor = after;
+        loop {
+            let (batch, next) = store.samples(
+                &id,
+                SampleQuery {
+                    since_ms,
+                    until_ms,
+                    after: cursor,
+                    limit,
+                },
+            )?;
+            for s in batch {
+                if out.len() == limit {
+                    return Ok((out, cursor));
+                }
+                let consumed = SampleCursor {
+                    at_ms: s.at_ms,
+                    boot: s.boot.0,
+                    seq: s.seq,
+                };
+                if kind.as_deref().is_none_or(|k| s.payload.kind_name() == k) {
+                    out.push(s);
+                }
+                cursor = Some(consumed);
+            }
+            if next.is_none() {
+                return Ok((out, None));
+            }
+            if out.len() == limit {
+                return Ok((out, next));
+            }
+        }
+    })
+    .await
+    .map_err(|e| ApiError::internal(&e))?
+    .map_err(|e: crate::store::StoreError| ApiError::internal(&e))?;
+    Ok(Json(Page {
+        items: items.into_iter().map(SampleView::from).collect(),
+        next_cursor: next.map(|c| c.encode()),
+    }))
+}

@@ -1,0 +1,212 @@
+//! The collector's MQTT v5 connection (rumqttc): subscribes to the fleet's
+//! telemetry and state topics (as a shared subscription when
+//! `mqtt.shared_group` is set), forwards every publish to the ingest
+//! worker, and publishes acks and status messages.
+//!
+//! The event loop is polled continuously by its own task, so the broker
+//! never queues for us because we are slow to read; its only wait is on
+//! the bounded hand-off to the ingest worker (`ingest.queue`). Publishing
+//! goes through a separate task and an unbounded queue, so the worker never
+//! waits on the event loop and the two cannot deadlock.
+
+use std::sync::Arc;
+use std::sync::atomic::Ordering;
+use std::time::Duration;
+
+use bytes::Bytes;
+use muster_proto::TopicKind;
+use muster_proto::topic::fleet_filter;
+use rumqttc::v5::mqttbytes::QoS;
+use rumqttc::v5::mqttbytes::v5::{Filter, Packet};
+use rumqttc::v5::{AsyncClient, Event, EventLoop, MqttOptions};
+use rumqttc::{Outgoing, Transport};
+use tokio::sync::mpsc;
+use tokio_util::sync::CancellationToken;
+use tracing::{debug, info, warn};
+
+use crate::config::{MqttConfig, MqttScheme};
+use crate::state::Shared;
+use crate::status_pub::{Outbound, OutboundKind};
+
+#[derive(Debug, thiserror::Error)]
+pub enum MqttError {
+    #[error("cannot read mqtt.ca_file {path}: {source}")]
+    Ca {
+        path: String,
+        source: std::io::Error,
+    },
+    #[error("bad subscription filter: {0}")]
+    Filter(String),
+}
+
+/// One message from the broker.
+#[derive(Debug)]
+pub struct Inbound {
+    pub topic: Bytes,
+    pub payload: Bytes,
+    pub received: tokio::time::Instant,
+}
+
+/// Largest packet we accept from the broker: well above the wire limit, so
+/// an oversized message reaches us and is counted as `oversized` instead
+/// of vanishing at the broker.
+pub const MAX_PACKET_BYTES: u32 = (muster_proto::MAX_MESSAGE_BYTES as u32) * 4;
+
+pub fn options(cfg: &MqttConfig, receive_maximum: u16) -> Result<MqttOptions, MqttError> {
+    let mut o = MqttOptions::new(cfg.client_id.clone(), cfg.host.clone(), cfg.port);
+    o.set_keep_alive(cfg.keep_alive);
+    // A persistent session: the broker queues telemetry for us while we
+    // restart, and re-sends what it had in flight.
+    o.set_clean_start(false);
+    o.set_session_expiry_interval(Some(cfg.session_expiry.as_secs() as u32));
+    o.set_receive_maximum(Some(receive_maximum));
+    o.set_max_packet_size(Some(MAX_PACKET_BYTES));
+    o.set_request_channel_capacity(65_536);
+    if let Some((user, pass)) = &cfg.credentials {
+        o.set_credentials(user.clone(), pass.0.clone());
+    }
+    if cfg.scheme == MqttScheme::Tls {
+        let _ = rustls::crypto::ring::default_provider().install_default();
+        let path = cfg.ca_file.clone().unwrap_or_default();
+        let ca = std::fs::read(&path).map_err(|source| MqttError::Ca {
+            path: path.display().to_string(),
+            source,
+        })?;
+        o.set_transport(Transport::tls(ca, None, None));
+    }
+    Ok(o)
+}
+
+/// The filters we subscribe to.
+pub fn filters(group: Option<&str>) -> Result<Vec<Filter>, MqttError> {
+    [TopicKind::Telemetry, TopicKind::State]
+        .into_iter()
+        .map(|k| {
+            fleet_filter(k, group)
+                .map(|f| Filter::new(f, QoS::AtLeastOnce))
+                .map_err(|e| MqttError::Filter(e.to_string()))
+        })
+        .collect()
+}
+
+/// Polls the event loop until the client disconnects (after the publisher
+/// has sent everything) or `hard_stop` fires. While `stop_forwarding` is
+/// cancelled, new publishes are no longer handed on (they are not acked
+/// end to end, so agents resend them).
+pub async fn run_event_loop(
+    mut eventloop: EventLoop,
+    client: AsyncClient,
+    filters: Vec<Filter>,
+    inbound: mpsc::Sender<Inbound>,
+    shared: Arc<Shared>,
+    stop_forwarding: CancellationToken,
+    hard_stop: CancellationToken,
+) {
+    let metrics = &shared.metrics.mqtt;
+    let mut backoff = Duration::from_millis(250);
+    let mut last_error_log: Option<tokio::time::Instant> = None;
+    loop {
+        let ev = tokio::select! {
+            ev = eventloop.poll() => ev,
+            _ = hard_stop.cancelled() => break,
+        };
+        match ev {
+            Ok(Event::Incoming(Packet::Publish(p))) => {
+                if stop_forwarding.is_cancelled() {
+                    continue;
+                }
+                let msg = Inbound {
+                    topic: p.topic,
+                    payload: p.payload,
+                    received: tokio::time::Instant::now(),
+                };
+                shared.queue_depth.fetch_add(1, Ordering::Relaxed);
+                let sent = tokio::select! {
+                    r = inbound.send(msg) => r.is_ok(),
+                    _ = stop_forwarding.cancelled() => false,
+                };
+                if !sent {
+                    shared.queue_depth.fetch_sub(1, Ordering::Relaxed);
+                }
+            }
+            Ok(Event::Incoming(Packet::ConnAck(ack))) => {
+                info!(
+                    session_present = ack.session_present,
+                    "Connected to the MQTT broker."
+                );
+                metrics.connects.fetch_add(1, Ordering::Relaxed);
+                backoff = Duration::from_millis(250);
+                if let Err(e) = client.try_subscribe_many(filters.clone()) {
+                    warn!(error = %e, "Cannot queue the subscription.");
+                }
+            }
+            Ok(Event::Incoming(Packet::SubAck(s))) => {
+                debug!(codes = ?s.return_codes, "Subscribed.");
+                metrics.connected.store(true, Ordering::Relaxed);
+            }
+            Ok(Event::Incoming(Packet::Disconnect(d))) => {
+                warn!(reason = ?d.reason_code, "The broker disconnected us.");
+                metrics.connected.store(false, Ordering::Relaxed);
+            }
+            Ok(Event::Outgoing(Outgoing::Disconnect)) => {
+                metrics.connected.store(false, Ordering::Relaxed);
+                break;
+            }
+            Ok(_) => {}
+            Err(e) => {
+                metrics.connected.store(false, Ordering::Relaxed);
+                metrics.connection_errors.fetch_add(1, Ordering::Relaxed);
+                if stop_forwarding.is_cancelled() {
+                    // Shutting down and the broker is gone: nothing to send.
+                    break;
+                }
+                let now = tokio::time::Instant::now();
+                if last_error_log.is_none_or(|t| now.duration_since(t) >= Duration::from_secs(10)) {
+                    warn!(error = %e, retry_in = ?backoff, "MQTT connection failed.");
+                    last_error_log = Some(now);
+                }
+                tokio::select! {
+                    _ = tokio::time::sleep(backoff) => {}
+                    _ = hard_stop.cancelled() => break,
+                }
+                backoff = (backoff * 2).min(Duration::from_secs(10));
+            }
+        }
+    }
+    metrics.connected.store(false, Ordering::Relaxed);
+}
+
+/// Publishes everything queued on `outbound` (QoS 1), then disconnects
+/// once the queue's senders are gone.
+pub async fn run_publisher(
+    client: AsyncClient,
+    mut outbound: mpsc::UnboundedReceiver<Outbound>,
+    shared: Arc<Shared>,
+) {
+    let m = &shared.metrics;
+    while let Some(o) = outbound.recv().await {
+        let r = client
+            .publish(o.topic, QoS::AtLeastOnce, o.retain, o.payload)
+            .await;
+        match (o.kind, r) {
+            (OutboundKind::Ack, Ok(())) => {
+                m.ack.published.fetch_add(1, Ordering::Relaxed);
+                if let Some(since) = o.since {
+                    m.ack.latency.observe(since.elapsed());
+                }
+            }
+            (OutboundKind::Status, Ok(())) => {
+                m.mqtt.status_published.fetch_add(1, Ordering::Relaxed);
+            }
+            (OutboundKind::Ack, Err(e)) => {
+                m.ack.errors.fetch_add(1, Ordering::Relaxed);
+                debug!(error = %e, "Ack not queued.");
+            }
+            (OutboundKind::Status, Err(e)) => {
+                m.mqtt.status_errors.fetch_add(1, Ordering::Relaxed);
+                debug!(error = %e, "Status not queued.");
+            }
+        }
+    }
+    let _ = client.disconnect().await;
+}

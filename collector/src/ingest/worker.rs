@@ -1,0 +1,585 @@
+//! The ingest worker: one task that owns the rules engine and the units'
+//! state. For each message: validate, dedup, account seqs, feed the engine,
+//! queue for the store. Every `ingest.commit_interval` (or
+//! `ingest.commit_max_records`) it seals a group commit, hands it to a
+//! blocking thread that writes and flushes it, keeps ingesting meanwhile,
+//! and publishes that commit's acks (one per unit and boot) only once the
+//! flush returned. Commits are sequential and a failed one is retried, never
+//! skipped, so an ack never covers a record that is not on disk.
+
+use std::collections::{HashMap, HashSet};
+use std::sync::Arc;
+use std::sync::atomic::Ordering;
+use std::time::Duration;
+
+use muster_proto::{
+    Ack, Body, BootId, Message, Payload, Presence, Record, Topic, TopicKind, UnitId, topic,
+};
+use tokio::sync::mpsc;
+use tokio::task::JoinHandle;
+use tokio::time::Instant;
+use tokio_util::sync::CancellationToken;
+use tracing::{error, info, warn};
+
+use super::mqtt::Inbound;
+use super::presence::supersedes;
+use super::refusal::{Refusal, RefusalLog};
+use super::seq::Observed;
+use crate::clock::SharedClock;
+use crate::config::IngestConfig;
+use crate::model::{Change, Incident};
+use crate::rules::Engine;
+use crate::state::Shared;
+use crate::status_pub::{self, Outbound, OutboundKind};
+use crate::store::{CommitBatch, StoreError, StoredEvent, UnitRecord};
+
+#[derive(Default)]
+struct Pending {
+    samples: Vec<(UnitId, Record)>,
+    events: Vec<StoredEvent>,
+    incidents: Vec<Incident>,
+    /// Seqs stored or seen again in this commit, per unit and boot.
+    touched: HashMap<(UnitId, BootId), Vec<u64>>,
+    /// When the first message of each unit in this commit arrived.
+    first_rx: HashMap<UnitId, Instant>,
+    records: usize,
+}
+
+struct InFlight {
+    task: JoinHandle<(CommitBatch, Result<(), StoreError>)>,
+    acks: Vec<Outbound>,
+    started: Instant,
+}
+
+pub struct Worker {
+    engine: Engine,
+    units: HashMap<UnitId, UnitRecord>,
+    dirty: HashSet<UnitId>,
+    /// Units whose presence the engine has been given since start.
+    presence_told: HashSet<UnitId>,
+    pending: Pending,
+    next_event_id: u64,
+    shared: Arc<Shared>,
+    clock: SharedClock,
+    out: mpsc::UnboundedSender<Outbound>,
+    refusals: RefusalLog,
+    cfg: IngestConfig,
+    publish_status: bool,
+}
+
+impl Worker {
+    /// Restores units from the store into the engine and the live view.
+    pub fn new(
+        mut engine: Engine,
+        shared: Arc<Shared>,
+        clock: SharedClock,
+        out: mpsc::UnboundedSender<Outbound>,
+        cfg: IngestConfig,
+        publish_status: bool,
+    ) -> Result<Worker, StoreError> {
+        let now = clock.now_ms();
+        let stored = shared.store.load_units()?;
+        let mut units = HashMap::with_capacity(stored.len());
+        {
+            let mut view = shared.units.write().unwrap_or_else(|e| e.into_inner());
+            for u in stored {
+                engine.restore(&u.unit, u.health.clone());
+                view.insert(u.unit.clone(), Arc::new(u.clone()));
+                units.insert(u.unit.clone(), u);
+            }
+        }
+        // Incidents open when we stopped are closed: the engine recomputes
+        // the ones still going on from fresh data.
+        let mut pending = Pending::default();
+        {
+            let mut incidents = shared.incidents.write().unwrap_or_else(|e| e.into_inner());
+            for mut i in shared.store.incidents()? {
+                if i.ended_ms.is_none() {
+                    i.ended_ms = Some(now);
+                    pending.incidents.push(i.clone());
+                }
+                incidents.insert(i.id.clone(), i);
+            }
+        }
+        let next_event_id = shared.store.last_event_id()? + 1;
+        info!(
+            units = units.len(),
+            next_event_id, "Restored state from the store."
+        );
+        Ok(Worker {
+            engine,
+            units,
+            dirty: HashSet::new(),
+            presence_told: HashSet::new(),
+            pending,
+            next_event_id,
+            refusals: RefusalLog::new(cfg.refusal_log_interval.as_millis() as u64),
+            shared,
+            clock,
+            out,
+            cfg,
+            publish_status,
+        })
+    }
+
+    /// Runs until `shutdown`, then commits what it holds and publishes the
+    /// last acks.
+    pub async fn run(mut self, mut inbound: mpsc::Receiver<Inbound>, shutdown: CancellationToken) {
+        self.shared.started.store(true, Ordering::Relaxed);
+        let mut commit_timer = tokio::time::interval(self.cfg.commit_interval);
+        commit_timer.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
+        let mut tick_timer = tokio::time::interval(self.cfg.tick_interval);
+        tick_timer.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
+        let mut in_flight: Option<InFlight> = None;
+        let mut retry_at: Option<Instant> = None;
+        loop {
+            // Timers come before the inbound queue so that a sustained flood
+            // of messages cannot starve commits (acks) or ticks (staleness).
+            tokio::select! {
+                biased;
+                _ = shutdown.cancelled() => break,
+                r = async { (&mut in_flight.as_mut().expect("guarded").task).await }, if in_flight.is_some() => {
+                    let f = in_flight.take().expect("guarded");
+                    match self.finish_commit(f.acks, f.started, r) {
+                        Ok(()) => {
+                            retry_at = None;
+                            if self.pending.records >= self.cfg.commit_max_records {
+                                in_flight = self.seal();
+                            }
+                        }
+                        Err(again) => {
+                            retry_at = Some(Instant::now() + Duration::from_secs(1));
+                            self.requeue(again);
+                        }
+                    }
+                }
+                _ = commit_timer.tick() => {
+                    if in_flight.is_none() && retry_at.is_none_or(|t| Instant::now() >= t) {
+                        retry_at = None;
+                        in_flight = self.seal();
+                    }
+                }
+                _ = tick_timer.tick() => {
+                    let now = self.clock.now_ms();
+                    let changes = self.engine.tick(now);
+                    self.apply_changes(changes);
+                }
+                msg = inbound.recv() => {
+                    let Some(msg) = msg else { break };
+                    self.shared.queue_depth.fetch_sub(1, Ordering::Relaxed);
+                    self.handle(msg);
+                    if in_flight.is_none()
+                        && retry_at.is_none()
+                        && self.pending.records >= self.cfg.commit_max_records
+                    {
+                        in_flight = self.seal();
+                    }
+                }
+            }
+        }
+        // Shutdown: finish the commit in flight, then commit the rest.
+        if let Some(f) = in_flight.take() {
+            let r = f.task.await;
+            if let Err(again) = self.finish_commit(f.acks, f.started, r) {
+                self.requeue(again);
+            }
+        }
+        for _ in 0..3 {
+            let Some(f) = self.seal() else { break };
+            let r = f.task.await;
+            match self.finish_commit(f.acks, f.started, r) {
+                Ok(()) => break,
+                Err(again) => self.requeue(again),
+            }
+        }
+        info!("Ingest stopped; state committed.");
+    }
+
+    fn refuse(&mut self, r: Refusal, topic: &str, detail: &dyn std::fmt::Display) {
+        self.shared.metrics.ingest.refuse(r);
+        if let Some(suppressed) = self.refusals.admit(r, self.clock.now_ms()) {
+            warn!(reason = r.as_str(), topic, suppressed, %detail, "Refused a message.");
+        }
+    }
+
+    /// One message from the broker.
+    pub fn handle(&mut self, msg: Inbound) {
+        self.shared
+            .metrics
+            .ingest
+            .messages
+            .fetch_add(1, Ordering::Relaxed);
+        let Ok(topic_s) = std::str::from_utf8(&msg.topic) else {
+            self.refuse(Refusal::BadTopic, "<not utf-8>", &"topic is not UTF-8");
+            return;
+        };
+        let topic = match Topic::parse(topic_s) {
+            Ok(t) if matches!(t.kind, TopicKind::Telemetry | TopicKind::State) => t,
+            Ok(t) => {
+                self.refuse(
+                    Refusal::BadTopic,
+                    topic_s,
+                    &format!("kind {}", t.kind.as_str()),
+                );
+                return;
+            }
+            Err(e) => {
+                self.refuse(Refusal::BadTopic, topic_s, &e);
+                return;
+            }
+        };
+        let decoded = match muster_proto::decode(&msg.payload) {
+            Ok(d) => d,
+            Err(e) => {
+                let topic_s = topic_s.to_owned();
+                self.refuse(Refusal::from_decode(&e), &topic_s, &e);
+                return;
+            }
+        };
+        let Message { unit, body } = decoded.message;
+        if unit != topic.unit {
+            let detail = format!("payload says {unit}");
+            self.refuse(Refusal::Spoofed, topic_s, &detail);
+            return;
+        }
+        match (topic.kind, body) {
+            (TopicKind::Telemetry, Body::Record(r)) => {
+                self.records(unit, decoded.version, vec![r], msg.received)
+            }
+            (TopicKind::Telemetry, Body::Batch(rs)) => {
+                self.records(unit, decoded.version, rs, msg.received)
+            }
+            (TopicKind::State, Body::Presence(p)) => self.presence(unit, p),
+            (_, b) => {
+                let detail = format!("{} body", body_name(&b));
+                let topic_s = topic_s.to_owned();
+                self.refuse(Refusal::UnexpectedBody, &topic_s, &detail);
+            }
+        }
+    }
+
+    fn unit_entry(&mut self, unit: &UnitId, now: u64) -> &mut UnitRecord {
+        if !self.units.contains_key(unit) {
+            info!(%unit, "New unit.");
+            let rec = UnitRecord::new(unit.clone(), now);
+            if self.publish_status {
+                let _ = self.out.send(status_pub::unit_status(&rec));
+            }
+            self.units.insert(unit.clone(), rec);
+        }
+        self.units.get_mut(unit).expect("inserted")
+    }
+
+    fn records(&mut self, unit: UnitId, version: u8, records: Vec<Record>, received: Instant) {
+        let now = self.clock.now_ms();
+        let metrics = Arc::clone(&self.shared);
+        let m = &metrics.metrics.ingest;
+        let mut bad_seq = 0;
+        self.unit_entry(&unit, now);
+        for r in records {
+            if r.seq == 0 {
+                bad_seq += 1;
+                continue;
+            }
+            let Some(state) = self.units.get_mut(&unit) else {
+                return;
+            };
+            state.last_seen_ms = now;
+            state.wire_version = version;
+            let obs = state.seq.observe(r.boot, r.seq);
+            self.pending
+                .touched
+                .entry((unit.clone(), r.boot))
+                .or_default()
+                .push(r.seq);
+            if obs == Observed::Duplicate {
+                m.duplicates.fetch_add(1, Ordering::Relaxed);
+                continue;
+            }
+            m.records.fetch_add(1, Ordering::Relaxed);
+            state.last_at_ms = Some(state.last_at_ms.map_or(r.at_ms, |t| t.max(r.at_ms)));
+            match &r.payload {
+                Payload::Host(h) if h.interval_ms > 0 => state.interval_ms = Some(h.interval_ms),
+                Payload::Status(s) => {
+                    if s.interval_ms > 0 {
+                        state.interval_ms = Some(s.interval_ms);
+                    }
+                    state.agent = Some(s.clone());
+                }
+                _ => {}
+            }
+            let changes = self.engine.on_record(&unit, &r, now);
+            self.pending.samples.push((unit.clone(), r));
+            self.pending.records += 1;
+            self.apply_changes(changes);
+        }
+        if bad_seq > 0 {
+            for _ in 0..bad_seq {
+                self.refuse(Refusal::Malformed, &unit.to_string(), &"record with seq 0");
+            }
+        }
+        if self.units.contains_key(&unit) {
+            self.refresh_health(&unit);
+            self.dirty.insert(unit.clone());
+            self.pending.first_rx.entry(unit).or_insert(received);
+        }
+    }
+
+    fn presence(&mut self, unit: UnitId, p: Presence) {
+        let now = self.clock.now_ms();
+        self.shared
+            .metrics
+            .ingest
+            .presence
+            .fetch_add(1, Ordering::Relaxed);
+        let current = self.unit_entry(&unit, now).presence;
+        // After a restart the retained state message arrives again, equal to
+        // the stored one: the engine still needs it once to decide.
+        let replay = current == Some(p) && !self.presence_told.contains(&unit);
+        if !supersedes(current.as_ref(), &p) && !replay {
+            return;
+        }
+        self.presence_told.insert(unit.clone());
+        let Some(state) = self.units.get_mut(&unit) else {
+            return;
+        };
+        state.presence = Some(p);
+        if p.online && !replay {
+            state.last_seen_ms = now;
+        }
+        let changes = self.engine.on_presence(&unit, &p, now);
+        self.apply_changes(changes);
+        self.refresh_health(&unit);
+        self.dirty.insert(unit);
+    }
+
+    fn refresh_health(&mut self, unit: &UnitId) {
+        let (Some(h), Some(state)) = (self.engine.health(unit), self.units.get_mut(unit)) else {
+            return;
+        };
+        if state.health != *h {
+            state.health = h.clone();
+            self.dirty.insert(unit.clone());
+        }
+    }
+
+    fn apply_changes(&mut self, changes: Vec<Change>) {
+        for change in changes {
+            let mut touched_agency = None;
+            match &change {
+                Change::Transition(t) => {
+                    self.shared.metrics.transitions.count(t.to);
+                    let unit = t.unit_id();
+                    info!(%unit, from = t.from.as_str(), to = t.to.as_str(), "Status changed.");
+                    self.refresh_health(&unit);
+                    if self.publish_status
+                        && let Some(state) = self.units.get(&unit)
+                    {
+                        let _ = self.out.send(status_pub::unit_status(state));
+                    }
+                }
+                Change::Incident(i) => {
+                    self.shared
+                        .metrics
+                        .transitions
+                        .incidents
+                        .fetch_add(1, Ordering::Relaxed);
+                    info!(id = %i.id, affected = i.affected.len(), of = i.of_units, ended = i.ended_ms.is_some(), "Incident changed.");
+                    self.shared
+                        .incidents
+                        .write()
+                        .unwrap_or_else(|e| e.into_inner())
+                        .insert(i.id.clone(), i.clone());
+                    self.pending.incidents.push(i.clone());
+                    for u in &i.affected {
+                        if let Ok(id) = UnitId::new(i.agency.clone(), u.clone()) {
+                            self.refresh_health(&id);
+                        }
+                    }
+                    touched_agency = Some(i.agency.clone());
+                }
+            }
+            let ev = StoredEvent {
+                id: self.next_event_id,
+                change,
+            };
+            self.next_event_id += 1;
+            let ev = Arc::new(ev);
+            let _ = self.shared.changes.send(Arc::clone(&ev));
+            self.pending.events.push((*ev).clone());
+            if let (true, Some(agency)) = (self.publish_status, touched_agency) {
+                let incidents = self
+                    .shared
+                    .incidents
+                    .read()
+                    .unwrap_or_else(|e| e.into_inner());
+                if let Some(o) = status_pub::agency_incidents(&agency, incidents.values()) {
+                    let _ = self.out.send(o);
+                }
+            }
+        }
+    }
+
+    /// Seals the pending commit and starts writing it.
+    fn seal(&mut self) -> Option<InFlight> {
+        if self.dirty.is_empty()
+            && self.pending.samples.is_empty()
+            && self.pending.events.is_empty()
+            && self.pending.incidents.is_empty()
+        {
+            return None;
+        }
+        let now = self.clock.now_ms();
+        let p = std::mem::take(&mut self.pending);
+        let mut batch = CommitBatch {
+            samples: p.samples,
+            events: p.events,
+            incidents: p.incidents,
+            units: Vec::with_capacity(self.dirty.len()),
+        };
+        {
+            let mut view = self.shared.units.write().unwrap_or_else(|e| e.into_inner());
+            for id in self.dirty.drain() {
+                if let Some(u) = self.units.get(&id) {
+                    batch.units.push(u.clone());
+                    view.insert(id, Arc::new(u.clone()));
+                }
+            }
+        }
+        // The acks are computed now, from seq state that holds exactly what
+        // this and earlier commits hold.
+        let mut acks = Vec::with_capacity(p.touched.len());
+        for ((unit, boot), seqs) in p.touched {
+            let Some(state) = self.units.get(&unit) else {
+                continue;
+            };
+            let Some(b) = state.seq.boot(boot) else {
+                continue;
+            };
+            let ack: Ack = b.ack(&seqs, now);
+            let msg = Message {
+                unit: unit.clone(),
+                body: Body::Ack(ack),
+            };
+            match muster_proto::encode_version(&msg, state.wire_version) {
+                Ok(payload) => acks.push(Outbound {
+                    topic: topic::unit_topic(&unit, TopicKind::Ack),
+                    payload,
+                    retain: false,
+                    since: p.first_rx.get(&unit).copied(),
+                    kind: OutboundKind::Ack,
+                }),
+                Err(e) => error!(%unit, error = %e, "Cannot encode an ack."),
+            }
+        }
+        Some(self.start_commit(batch, acks))
+    }
+
+    fn start_commit(&self, batch: CommitBatch, acks: Vec<Outbound>) -> InFlight {
+        let store = Arc::clone(&self.shared.store);
+        InFlight {
+            task: tokio::task::spawn_blocking(move || {
+                let r = store.commit(&batch);
+                (batch, r)
+            }),
+            acks,
+            started: Instant::now(),
+        }
+    }
+
+    /// Publishes the acks of a commit that is durable; hands a failed one back.
+    fn finish_commit(
+        &mut self,
+        acks: Vec<Outbound>,
+        started: Instant,
+        r: Result<(CommitBatch, Result<(), StoreError>), tokio::task::JoinError>,
+    ) -> Result<(), (Option<CommitBatch>, Vec<Outbound>)> {
+        let m = &self.shared.metrics.store;
+        match r {
+            Ok((_, Ok(()))) => {
+                m.commits.fetch_add(1, Ordering::Relaxed);
+                m.commit_seconds.observe(started.elapsed());
+                self.shared.store_ok.store(true, Ordering::Relaxed);
+                for a in acks {
+                    let _ = self.out.send(a);
+                }
+                Ok(())
+            }
+            Ok((batch, Err(e))) => {
+                m.errors.fetch_add(1, Ordering::Relaxed);
+                self.shared.store_ok.store(false, Ordering::Relaxed);
+                error!(error = %e, "Store commit failed; retrying, acks held back.");
+                Err((Some(batch), acks))
+            }
+            Err(e) => {
+                m.errors.fetch_add(1, Ordering::Relaxed);
+                self.shared.store_ok.store(false, Ordering::Relaxed);
+                error!(error = %e, "Store commit task failed; retrying, acks held back.");
+                Err((None, acks))
+            }
+        }
+    }
+
+    /// Puts a failed commit back in front of what is pending, so the next
+    /// commit writes it again (writes are idempotent) before anything newer
+    /// is acked.
+    fn requeue(&mut self, (batch, acks): (Option<CommitBatch>, Vec<Outbound>)) {
+        let Some(batch) = batch else {
+            // The batch was lost with its task: re-dirty every unit so the
+            // seq state is rewritten; its records are resent by agents since
+            // they were never acked.
+            self.dirty.extend(self.units.keys().cloned());
+            self.held_acks_dropped(acks.len());
+            return;
+        };
+        let mut samples = batch.samples;
+        samples.append(&mut self.pending.samples);
+        self.pending.samples = samples;
+        let mut events = batch.events;
+        events.append(&mut self.pending.events);
+        self.pending.events = events;
+        let mut incidents = batch.incidents;
+        incidents.append(&mut self.pending.incidents);
+        self.pending.incidents = incidents;
+        for u in batch.units {
+            self.dirty.insert(u.unit);
+        }
+        // Re-ack the requeued seqs with the next commit.
+        for a in acks {
+            if let Ok(d) = muster_proto::decode(&a.payload)
+                && let Body::Ack(ack) = d.message.body
+            {
+                let seqs = self
+                    .pending
+                    .touched
+                    .entry((d.message.unit.clone(), ack.boot))
+                    .or_default();
+                if ack.upto > 0 {
+                    seqs.push(ack.upto);
+                }
+                seqs.extend(ack.ranges.iter().map(|r| r.last));
+                if let Some(s) = a.since {
+                    self.pending.first_rx.entry(d.message.unit).or_insert(s);
+                }
+            }
+        }
+    }
+
+    fn held_acks_dropped(&self, n: usize) {
+        if n > 0 {
+            warn!(
+                acks = n,
+                "Acks of a failed commit dropped; agents will resend."
+            );
+        }
+    }
+}
+
+fn body_name(b: &Body) -> &'static str {
+    match b {
+        Body::Record(_) => "record",
+        Body::Batch(_) => "batch",
+        Body::Ack(_) => "ack",
+        Body::Presence(_) => "presence",
+    }
+}

@@ -1,0 +1,25 @@
+//! Muster collector library: everything but argument parsing lives here, so
+//! tests drive the real thing with injected listeners, clock and shutdown.
+//!
+//! * [`config`]: TOML config, validated with errors naming the key.
+//! * [`ingest`]: MQTT in, dedup, seq accounting, rules, group commit, acks.
+//! * [`rules`]: the pure rules engine (health, transitions, incidents).
+//! * [`store`]: durable state behind the [`store::Store`] trait (sled).
+//! * [`feed`]: the agencies' HTTP API, SSE stream, /metrics, health.
+//! * [`status_pub`]: retained JSON status and incidents over MQTT.
+//! * [`broker`]: the optional embedded MQTT broker (rumqttd).
+//! * [`app`]: wires it all together with a clean shutdown.
+
+pub mod app;
+pub mod broker;
+pub mod clock;
+pub mod config;
+pub mod demo;
+pub mod feed;
+pub mod ingest;
+pub mod metrics;
+pub mod model;
+pub mod rules;
+pub mod state;
+pub mod status_pub;
+pub mod store;

@@ -1,0 +1,136 @@
+//! `muster-collector`: argument parsing only; everything else is the library.
+
+use std::net::SocketAddr;
+use std::path::PathBuf;
+use std::sync::Arc;
+
+use anyhow::Context;
+use clap::{Parser, Subcommand};
+use muster_collector::broker::{self, EmbeddedBroker};
+use muster_collector::clock::TokioClock;
+use muster_collector::config::Config;
+use muster_collector::{app, demo};
+
+#[derive(Parser)]
+#[command(
+    name = "muster-collector",
+    version,
+    about = "Muster collector: flags degraded and offline terminals and serves the agencies' feed."
+)]
+struct Cli {
+    #[command(subcommand)]
+    cmd: Cmd,
+}
+
+#[derive(Subcommand)]
+enum Cmd {
+    /// Run the collector.
+    Run {
+        #[arg(long)]
+        config: PathBuf,
+        /// Also run an embedded MQTT broker on this address (agents: MQTT
+        /// 3.1.1 here; the collector uses MQTT 5 on the next port).
+        #[arg(long)]
+        embedded_broker: Option<SocketAddr>,
+    },
+    /// Validate a config file; names the bad key.
+    CheckConfig {
+        #[arg(long)]
+        config: PathBuf,
+    },
+    /// Embedded broker + collector + feed on a printed URL.
+    Demo {
+        #[arg(long, default_value = "127.0.0.1:1883")]
+        broker: SocketAddr,
+        #[arg(long, default_value = "127.0.0.1:8080")]
+        http: SocketAddr,
+        /// Data directory (default: a temporary one).
+        #[arg(long)]
+        data: Option<PathBuf>,
+    },
+}
+
+async fn ctrl_c() {
+    let term = async {
+        #[cfg(unix)]
+        {
+            if let Ok(mut s) =
+                tokio::signal::unix::signal(tokio::signal::unix::SignalKind::terminate())
+            {
+                s.recv().await;
+                return;
+            }
+        }
+        std::future::pending::<()>().await
+    };
+    tokio::select! {
+        _ = tokio::signal::ctrl_c() => {}
+        _ = term => {}
+    }
+}
+
+fn main() -> anyhow::Result<()> {
+    tracing_subscriber::fmt()
+        .with_writer(std::io::stderr)
+        .with_env_filter(
+            tracing_subscriber::EnvFilter::try_from_default_env()
+                .unwrap_or_else(|_| "info,rumqttd=warn".into()),
+        )
+        .init();
+    let cli = Cli::parse();
+    let rt = tokio::runtime::Builder::new_multi_thread()
+        .enable_all()
+        .build()?;
+    match cli.cmd {
+        Cmd::CheckConfig { config } => match Config::load(&config) {
+            Ok(_) => {
+                println!("{}: ok", config.display());
+                Ok(())
+            }
+            Err(e) => {
+                // One line naming the file and the bad key, for people and scripts.
+                eprintln!("{}: {e}", config.display());
+                std::process::exit(1);
+            }
+        },
+        Cmd::Run {
+            config,
+            embedded_broker,
+        } => {
+            let mut cfg = Config::load(&config).with_context(|| format!("{}", config.display()))?;
+            if let Some(addr) = embedded_broker {
+                EmbeddedBroker::start(addr)?;
+                let v5 = broker::v5_addr(addr);
+                cfg.mqtt.host = v5.ip().to_string();
+                cfg.mqtt.port = v5.port();
+                cfg.mqtt.scheme = muster_collector::config::MqttScheme::Tcp;
+            }
+            rt.block_on(async move {
+                let listener = tokio::net::TcpListener::bind(cfg.http.listen)
+                    .await
+                    .with_context(|| format!("http.listen {}", cfg.http.listen))?;
+                let addr = listener.local_addr()?;
+                println!("muster-collector listening on http://{addr}");
+                app::run(cfg, listener, Arc::new(TokioClock::new()), ctrl_c()).await?;
+                anyhow::Ok(())
+            })
+        }
+        Cmd::Demo { broker, http, data } => {
+            let tmp;
+            let data_dir = match data {
+                Some(d) => d,
+                None => {
+                    tmp = std::env::temp_dir().join(format!("muster-demo-{}", std::process::id()));
+                    tmp
+                }
+            };
+            let opts = demo::DemoOptions {
+                broker,
+                http,
+                data_dir,
+            };
+            rt.block_on(demo::run(opts, None, ctrl_c()))?;
+            Ok(())
+        }
+    }
+}

@@ -1,0 +1,52 @@
+//! Self and fleet metrics in the Prometheus text exposition format (valid
+//! under `promtool check metrics`). One file per metric family group;
+//! counters are atomics bumped on the hot path, fleet gauges are computed
+//! from the live view at scrape time.
+
+pub mod ack;
+pub mod expo;
+pub mod fleet;
+pub mod histogram;
+pub mod ingest;
+pub mod mqtt;
+pub mod store;
+pub mod stream;
+
+use std::collections::BTreeMap;
+
+use muster_proto::UnitId;
+
+use crate::model::Incident;
+use crate::store::UnitRecord;
+
+/// Every self-metric of the collector.
+#[derive(Debug, Default)]
+pub struct Metrics {
+    pub ingest: ingest::IngestMetrics,
+    pub ack: ack::AckMetrics,
+    pub store: store::StoreMetrics,
+    pub stream: stream::StreamMetrics,
+    pub mqtt: mqtt::MqttMetrics,
+    pub transitions: fleet::TransitionMetrics,
+}
+
+impl Metrics {
+    /// The whole exposition.
+    pub fn render<'a>(
+        &self,
+        units: &BTreeMap<UnitId, std::sync::Arc<UnitRecord>>,
+        incidents: impl Iterator<Item = &'a Incident>,
+        queue_depth: usize,
+        store_bytes: u64,
+    ) -> String {
+        let mut e = expo::Exposition::default();
+        fleet::render(&mut e, units, incidents);
+        self.transitions.render(&mut e);
+        self.ingest.render(&mut e, queue_depth);
+        self.ack.render(&mut e);
+        self.store.render(&mut e, store_bytes);
+        self.stream.render(&mut e);
+        self.mqtt.render(&mut e);
+        e.finish()
+    }
+}

@@ -1,0 +1,139 @@
+//! The collector's view of a unit's health: the types the rules engine
+//! produces and the feed (HTTP JSON, SSE stream, MQTT status topics) carries.
+//! Their JSON form is an API boundary (see ARCHITECTURE.md): add fields, do
+//! not rename or remove them.
+
+use muster_proto::UnitId;
+use serde::{Deserialize, Serialize};
+
+/// A unit's status, ordered by how bad it is (`Ok < Degraded < Critical < Offline`).
+#[derive(Debug, Clone, Copy, PartialEq, Eq, PartialOrd, Ord, Hash, Serialize, Deserialize)]
+#[serde(rename_all = "snake_case")]
+pub enum Status {
+    Ok,
+    Degraded,
+    Critical,
+    Offline,
+}
+
+impl Status {
+    pub fn as_str(self) -> &'static str {
+        match self {
+            Status::Ok => "ok",
+            Status::Degraded => "degraded",
+            Status::Critical => "critical",
+            Status::Offline => "offline",
+        }
+    }
+}
+
+/// How bad a flag is. A unit's status is its worst active flag's severity,
+/// or `offline`, which outranks both.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, PartialOrd, Ord, Hash, Serialize, Deserialize)]
+#[serde(rename_all = "snake_case")]
+pub enum Severity {
+    Degraded,
+    Critical,
+}
+
+impl From<Severity> for Status {
+    fn from(s: Severity) -> Status {
+        match s {
+            Severity::Degraded => Status::Degraded,
+            Severity::Critical => Status::Critical,
+        }
+    }
+}
+
+/// Why a unit is not `ok`: one active flag.
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+pub struct Reason {
+    /// The rule's name from config (`cpu-high`), or a built-in one:
+    /// `offline.will`, `offline.stale`, `clock_skew`.
+    pub rule: String,
+    pub severity: Severity,
+    /// What the rule looks at, as written in config (`cpu.total`,
+    /// `probe["cad-api"].total_ms`).
+    pub field: String,
+    /// The value that tripped the rule (latest while active), when numeric.
+    pub observed: Option<f64>,
+    /// The threshold it crossed.
+    pub threshold: Option<f64>,
+    /// Event time (unix ms) the condition started to hold.
+    pub since_ms: u64,
+    pub runbook: Option<String>,
+    /// One line for people: `cpu.total 96.2 > 90 for 2m`.
+    pub message: String,
+    /// Set when this flag is part of an agency-wide incident.
+    pub incident: Option<String>,
+}
+
+/// A unit's current health as the rules engine sees it.
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+pub struct UnitHealth {
+    pub status: Status,
+    /// Since when (unix ms) the unit has had this status.
+    pub since_ms: u64,
+    pub reasons: Vec<Reason>,
+}
+
+impl UnitHealth {
+    pub fn ok(since_ms: u64) -> Self {
+        UnitHealth {
+            status: Status::Ok,
+            since_ms,
+            reasons: Vec::new(),
+        }
+    }
+}
+
+/// A unit's status changed.
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+pub struct Transition {
+    pub agency: String,
+    pub unit: String,
+    pub from: Status,
+    pub to: Status,
+    /// When it changed (unix ms).
+    pub at_ms: u64,
+    pub reasons: Vec<Reason>,
+}
+
+impl Transition {
+    pub fn unit_id(&self) -> UnitId {
+        UnitId {
+            agency: self.agency.clone(),
+            unit: self.unit.clone(),
+        }
+    }
+}
+
+/// Many units of one agency failing the same probe target at the same time.
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+pub struct Incident {
+    /// Stable while the incident lasts: `{agency}:{probe}:{since_ms}`.
+    pub id: String,
+    pub agency: String,
+    /// The probe's name and target the units fail.
+    pub probe: String,
+    pub target: String,
+    /// Affected unit ids, sorted.
+    pub affected: Vec<String>,
+    /// Units of the agency that run this probe.
+    pub of_units: usize,
+    pub since_ms: u64,
+    /// Set once the incident is over.
+    pub ended_ms: Option<u64>,
+    /// For people: `cad-api (https://cad/health) failing from 37 of 40 units`.
+    pub summary: String,
+}
+
+/// What the engine reports after an input: the feed streams these and the
+/// store keeps them.
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+#[serde(tag = "type", rename_all = "snake_case")]
+pub enum Change {
+    Transition(Transition),
+    /// An incident opened, changed its affected set, or ended.
+    Incident(Incident),
+}

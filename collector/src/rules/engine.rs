@@ -1,0 +1,966 @@
+//! The engine: per-unit rule state, presence, staleness, clock skew, and
+//! the incidents they feed. See the `rules` module documentation.
+
+use std::collections::{HashMap, VecDeque};
+use std::sync::Arc;
+use std::time::Duration;
+
+use muster_proto::{
+    AgentStatus, BootId, HostSample, Outcome, Payload, Presence, ProbeResult, Record, UnitId,
+};
+
+use super::config::{RulesConfig, ThresholdRule};
+use super::field::{Field, ProbeM, Selector, Source, selects};
+use super::incident::{Incidents, Membership};
+use super::skew::{self, SkewTracker};
+use crate::model::{Change, Incident, Reason, Severity, Status, Transition, UnitHealth};
+
+/// Most probe results kept per (unit, probe) for windowed rules.
+const MAX_WINDOW_RESULTS: usize = 4_096;
+
+/// The newest record of a stream: (boot, seq, event time).
+type Newest = (BootId, u64, u64);
+
+/// Is `rec` newer than the stream's newest? Within one boot the sequence
+/// number decides (an agent whose clock is stepped back by NTP keeps being
+/// current); across boots, event time (a late record of the previous boot
+/// is history).
+fn newer(rec: &Record, newest: &Newest) -> bool {
+    let (boot, seq, at) = *newest;
+    if rec.boot == boot {
+        rec.seq > seq
+    } else {
+        rec.at_ms >= at
+    }
+}
+
+/// A threshold rule's state for one unit (and one instance, for `[*]`
+/// rules). Only kept while the condition holds (pending) or the flag is up.
+#[derive(Debug)]
+struct Slot {
+    rule: u16,
+    /// The instance (disk, process, probe name) of a `[*]` rule.
+    instance: Option<Box<str>>,
+    /// The field as shown: the rule's text, or with `[*]` resolved.
+    field: Arc<str>,
+    /// Event time the condition started to hold.
+    pending_since: u64,
+    observed: f64,
+    active: bool,
+    /// Evaluation stamp, to find `[*]` instances gone from a sample.
+    seen: u32,
+    /// The message, fixed when the flag went up.
+    message: String,
+}
+
+#[derive(Debug)]
+struct ProbeStream {
+    name: Box<str>,
+    target: Box<str>,
+    newest: Newest,
+    /// (event time, failed) of recent results, oldest first.
+    window: VecDeque<(u64, bool)>,
+    group: Option<usize>,
+}
+
+#[derive(Debug)]
+struct Membered {
+    group: usize,
+    id: String,
+    probe: String,
+    message: String,
+}
+
+#[derive(Debug)]
+struct UnitState {
+    id: UnitId,
+    health: UnitHealth,
+    slots: Vec<Slot>,
+    stamp: u32,
+    host_at: Option<Newest>,
+    status_at: Option<Newest>,
+    probes: Vec<ProbeStream>,
+    /// Collector time anything was last received from the unit.
+    last_rx_ms: Option<u64>,
+    host_interval_ms: Option<u64>,
+    status_interval_ms: Option<u64>,
+    presence: Option<Presence>,
+    /// Boot and event time of the newest record.
+    newest: Option<(BootId, u64)>,
+    /// `offline.will` since (collector ms).
+    will: Option<(u64, Presence)>,
+    /// `offline.stale` since (collector ms of the last receipt).
+    stale: Option<u64>,
+    skew: SkewTracker,
+    /// `clock_skew`: (since, estimate).
+    skew_flag: Option<(u64, i64)>,
+    prev_dropped: Option<u64>,
+    incidents: Vec<Membered>,
+    /// Restored from the store, not heard from since.
+    restored: bool,
+}
+
+impl UnitState {
+    fn new(id: UnitId, since_ms: u64) -> Self {
+        UnitState {
+            id,
+            health: UnitHealth::ok(since_ms),
+            slots: Vec::new(),
+            stamp: 0,
+            host_at: None,
+            status_at: None,
+            probes: Vec::new(),
+            last_rx_ms: None,
+            host_interval_ms: None,
+            status_interval_ms: None,
+            presence: None,
+            newest: None,
+            will: None,
+            stale: None,
+            skew: SkewTracker::default(),
+            skew_flag: None,
+            prev_dropped: None,
+            incidents: Vec::new(),
+            restored: false,
+        }
+    }
+
+    fn stale_after_ms(&self, cfg: &RulesConfig) -> u64 {
+        let interval = match (self.host_interval_ms, self.status_interval_ms) {
+            (Some(a), Some(b)) => a.min(b),
+            (a, b) => a.or(b).unwrap_or(cfg.offline.default_interval_ms),
+        };
+        (interval.saturating_mul(u64::from(cfg.offline.stale_factor))).max(cfg.offline.min_stale_ms)
+    }
+
+    /// Record this record as the newest of its stream; `false` when it is
+    /// older than what the stream already has (replayed history).
+    fn is_current(&mut self, rec: &Record) -> bool {
+        let me = (rec.boot, rec.seq, rec.at_ms);
+        let newest = match &rec.payload {
+            Payload::Host(_) => &mut self.host_at,
+            Payload::Status(_) => &mut self.status_at,
+            Payload::Probe(p) => {
+                return match self.probes.iter_mut().find(|s| *s.name == *p.name) {
+                    Some(s) if !newer(rec, &s.newest) => false,
+                    Some(s) => {
+                        s.newest = me;
+                        true
+                    }
+                    None => {
+                        self.probes.push(ProbeStream {
+                            name: p.name.as_str().into(),
+                            target: p.target.as_str().into(),
+                            newest: me,
+                            window: VecDeque::new(),
+                            group: None,
+                        });
+                        true
+                    }
+                };
+            }
+        };
+        match newest {
+            Some(n) if !newer(rec, n) => false,
+            _ => {
+                *newest = Some(me);
+                true
+            }
+        }
+    }
+}
+
+/// What evaluating a value did to a slot.
+#[derive(Default)]
+struct Effect {
+    /// The set of raised flags changed.
+    structural: bool,
+    /// An observed value of a raised flag changed.
+    observed: bool,
+}
+
+/// The rules engine. Pure: every entry point takes the collector's clock as
+/// `now_ms`; nothing reads the clock, nothing does I/O.
+#[derive(Debug)]
+pub struct Engine {
+    cfg: RulesConfig,
+    host_rules: Vec<u16>,
+    probe_rules: Vec<u16>,
+    status_rules: Vec<u16>,
+    /// The longest window of any windowed rule.
+    max_window_ms: u64,
+    index: HashMap<UnitId, usize>,
+    units: Vec<UnitState>,
+    incidents: Incidents,
+}
+
+impl Engine {
+    pub fn new(cfg: RulesConfig) -> Engine {
+        let by = |src: Source| -> Vec<u16> {
+            cfg.threshold
+                .iter()
+                .enumerate()
+                .filter(|(_, r)| r.field.source() == src)
+                .map(|(i, _)| i as u16)
+                .collect()
+        };
+        Engine {
+            host_rules: by(Source::Host),
+            probe_rules: by(Source::Probe),
+            status_rules: by(Source::Status),
+            max_window_ms: cfg.threshold.iter().map(|r| r.window_ms).max().unwrap_or(0),
+            index: HashMap::new(),
+            units: Vec::new(),
+            incidents: Incidents::new(cfg.incidents.clone()),
+            cfg,
+        }
+    }
+
+    /// The rules in force.
+    pub fn config(&self) -> &RulesConfig {
+        &self.cfg
+    }
+
+    fn unit_index(&mut self, unit: &UnitId, since_ms: u64) -> usize {
+        if let Some(&i) = self.index.get(unit) {
+            return i;
+        }
+        let i = self.units.len();
+        self.units.push(UnitState::new(unit.clone(), since_ms));
+        self.index.insert(unit.clone(), i);
+        i
+    }
+
+    /// Re-seed a unit's health from the store at collector start. Pending
+    /// `for` timers are not persisted; flags of rules no longer configured
+    /// and incident tags are dropped (incidents are re-derived from live
+    /// data). The unit counts as silent from the first `tick` on, so one
+    /// that never reports again goes `offline.stale`.
+    pub fn restore(&mut self, unit: &UnitId, health: UnitHealth) {
+        let i = self.unit_index(unit, health.since_ms);
+        let cfg = &self.cfg;
+        let u = &mut self.units[i];
+        u.restored = true;
+        u.slots.clear();
+        u.will = None;
+        u.stale = None;
+        u.skew_flag = None;
+        u.incidents.clear();
+        for r in &health.reasons {
+            match r.rule.as_str() {
+                "offline.will" => {
+                    // The retained state topic is delivered again on
+                    // subscribe and decides; until then the unit stays offline.
+                    u.will = Some((
+                        r.since_ms,
+                        Presence {
+                            online: false,
+                            boot: BootId(0),
+                            connection: 0,
+                            at_ms: 0,
+                        },
+                    ));
+                }
+                "offline.stale" => u.stale = Some(r.since_ms),
+                "clock_skew" => {
+                    if cfg.clock_skew.is_some() {
+                        let est = r.observed.unwrap_or(0.0) as i64;
+                        u.skew_flag = Some((r.since_ms, est));
+                    }
+                }
+                "incident" => {}
+                name => {
+                    let Some(ri) = cfg.threshold.iter().position(|x| &*x.name == name) else {
+                        continue;
+                    };
+                    let rule = &cfg.threshold[ri];
+                    let instance = match rule.field.selector() {
+                        Some(Selector::Any) => match Field::parse(&r.field) {
+                            Ok(f) => match f.selector() {
+                                Some(Selector::Name(n)) => Some(n.as_str().into()),
+                                _ => continue,
+                            },
+                            Err(_) => continue,
+                        },
+                        _ => None,
+                    };
+                    let field: Arc<str> = match &instance {
+                        Some(_) => r.field.as_str().into(),
+                        None => rule.field_text.clone(),
+                    };
+                    u.slots.push(Slot {
+                        rule: ri as u16,
+                        instance,
+                        field,
+                        pending_since: r.since_ms,
+                        observed: r.observed.unwrap_or(rule.threshold),
+                        active: true,
+                        seen: 0,
+                        message: r.message.clone(),
+                    });
+                }
+            }
+        }
+        let reasons = build_reasons(cfg, u);
+        let status = status_of(&reasons);
+        u.health = UnitHealth {
+            status,
+            since_ms: if status == health.status {
+                health.since_ms
+            } else {
+                // Config changed what the stored reasons mean.
+                health
+                    .since_ms
+                    .max(reasons.iter().map(|r| r.since_ms).max().unwrap_or(0))
+            },
+            reasons,
+        };
+    }
+
+    /// A record arrived (live or replayed). Rules use the record's own event
+    /// time `rec.at_ms`; `now_ms` is the collector's clock at receipt.
+    ///
+    /// A record older than the newest of its stream (host samples, agent
+    /// status, each probe by name) is replayed history: it shows the link is
+    /// alive (it clears `offline.stale`) but is ignored for the unit's
+    /// current state: it neither raises nor clears flags and is not used to
+    /// judge clock skew.
+    pub fn on_record(&mut self, unit: &UnitId, rec: &Record, now_ms: u64) -> Vec<Change> {
+        let ui = self.unit_index(unit, now_ms);
+        let cfg = &self.cfg;
+        let u = &mut self.units[ui];
+        u.restored = false;
+        u.last_rx_ms = Some(u.last_rx_ms.map_or(now_ms, |t| t.max(now_ms)));
+        let mut fx = Effect::default();
+        let mut at = now_ms;
+        if u.stale.take().is_some() {
+            fx.structural = true;
+        }
+        if u.is_current(rec) {
+            at = rec.at_ms;
+            u.newest = Some((rec.boot, rec.at_ms));
+            if cfg.clock_skew.is_some() {
+                u.skew.observe(rec.at_ms, now_ms);
+            }
+            match &rec.payload {
+                Payload::Host(s) => {
+                    if s.interval_ms > 0 {
+                        u.host_interval_ms = Some(u64::from(s.interval_ms));
+                    }
+                    eval_host(cfg, &self.host_rules, u, s, rec.at_ms, &mut fx);
+                }
+                Payload::Status(s) => {
+                    if s.interval_ms > 0 {
+                        u.status_interval_ms = Some(u64::from(s.interval_ms));
+                    }
+                    if let Some(off) = s.clock_offset_ms {
+                        u.skew.agent_estimate(off, now_ms);
+                    }
+                    eval_status(cfg, &self.status_rules, u, s, rec.at_ms, &mut fx);
+                    u.prev_dropped = Some(s.dropped.total());
+                }
+                Payload::Probe(p) => {
+                    let group =
+                        probe_window(u, p, rec.at_ms, self.max_window_ms, &mut self.incidents);
+                    eval_probe(cfg, &self.probe_rules, u, p, rec.at_ms, &mut fx);
+                    if let Some(g) = group {
+                        let failing = p.outcome != Outcome::Ok;
+                        self.incidents.result(g, ui, &u.id.unit, failing, now_ms);
+                    }
+                }
+            }
+            eval_skew(cfg, u, now_ms, &mut fx);
+        }
+        let mut out = Vec::new();
+        refresh(cfg, u, at, &fx, &mut out);
+        out
+    }
+
+    /// The unit's retained state topic (birth / will) changed.
+    ///
+    /// Presences are ordered: within one boot by connection number (and a
+    /// will after the birth of the same connection); across boots by the
+    /// agent's connect time, and a will of another boot than the newest
+    /// data's is ignored when that data is newer. So a late will of an older
+    /// connection never overrides a newer birth.
+    pub fn on_presence(&mut self, unit: &UnitId, p: &Presence, now_ms: u64) -> Vec<Change> {
+        let ui = self.unit_index(unit, now_ms);
+        let cfg = &self.cfg;
+        let u = &mut self.units[ui];
+        let newer = match &u.presence {
+            None => true,
+            Some(cur) if cur.boot == p.boot => {
+                p.connection > cur.connection
+                    || (p.connection == cur.connection && cur.online && !p.online)
+            }
+            Some(cur) => p.at_ms > cur.at_ms,
+        };
+        let superseded_by_data = !p.online
+            && u.newest
+                .is_some_and(|(boot, at)| boot != p.boot && at > p.at_ms);
+        if !newer || superseded_by_data {
+            return Vec::new();
+        }
+        u.presence = Some(*p);
+        let mut fx = Effect::default();
+        if p.online {
+            u.restored = false;
+            u.last_rx_ms = Some(u.last_rx_ms.map_or(now_ms, |t| t.max(now_ms)));
+            fx.structural |= u.will.take().is_some();
+            fx.structural |= u.stale.take().is_some();
+        } else if u.will.is_none() {
+            u.will = Some((now_ms, *p));
+            // Continuity is lost: a `for` timer starts again with new data.
+            u.slots.retain(|s| s.active);
+            fx.structural = true;
+        } else {
+            u.will = Some((u.will.map_or(now_ms, |(t, _)| t), *p));
+        }
+        let mut out = Vec::new();
+        refresh(cfg, u, now_ms, &fx, &mut out);
+        out
+    }
+
+    /// Called about once a second: staleness, incident aggregation/expiry.
+    pub fn tick(&mut self, now_ms: u64) -> Vec<Change> {
+        let cfg = &self.cfg;
+        let mut out = Vec::new();
+        for u in &mut self.units {
+            if u.restored && u.last_rx_ms.is_none() {
+                // Restored at start: silent from now on unless it reports.
+                u.last_rx_ms = Some(now_ms);
+            }
+            let Some(rx) = u.last_rx_ms else { continue };
+            if u.stale.is_none()
+                && u.will.is_none()
+                && now_ms.saturating_sub(rx) >= u.stale_after_ms(cfg)
+            {
+                u.stale = Some(rx);
+                u.slots.retain(|s| s.active);
+                let fx = Effect {
+                    structural: true,
+                    observed: false,
+                };
+                refresh(cfg, u, now_ms, &fx, &mut out);
+            }
+        }
+        if self.incidents.enabled() {
+            let mut changed: Vec<Incident> = Vec::new();
+            let mut members: Vec<Membership> = Vec::new();
+            self.incidents.tick(now_ms, &mut changed, &mut members);
+            // Units first, so a feed that sees the incident finds its units tagged.
+            let mut touched: Vec<usize> = Vec::new();
+            for (ui, group, id) in members {
+                let u = &mut self.units[ui];
+                u.incidents.retain(|m| m.group != group);
+                if let Some(id) = id {
+                    let (agency, probe, target) = self.incidents.summary_of(group);
+                    u.incidents.push(Membered {
+                        group,
+                        message: format!(
+                            "{probe} ({target}) is failing for many units of {agency}: incident {id}"
+                        ),
+                        id,
+                        probe: probe.to_string(),
+                    });
+                }
+                touched.push(ui);
+            }
+            touched.sort_unstable();
+            touched.dedup();
+            let fx = Effect {
+                structural: true,
+                observed: false,
+            };
+            for ui in touched {
+                refresh(cfg, &mut self.units[ui], now_ms, &fx, &mut out);
+            }
+            out.extend(changed.into_iter().map(Change::Incident));
+        }
+        out
+    }
+
+    pub fn health(&self, unit: &UnitId) -> Option<&UnitHealth> {
+        self.index.get(unit).map(|&i| &self.units[i].health)
+    }
+
+    /// Every unit the engine knows, with its health.
+    pub fn units(&self) -> impl Iterator<Item = (&UnitId, &UnitHealth)> {
+        self.units.iter().map(|u| (&u.id, &u.health))
+    }
+
+    /// Open incidents.
+    pub fn incidents(&self) -> impl Iterator<Item = &Incident> {
+        self.incidents.open()
+    }
+}
+
+/// One rule being evaluated on one record.
+#[derive(Clone, Copy)]
+struct Eval<'a> {
+    idx: u16,
+    rule: &'a ThresholdRule,
+    /// The unit's evaluation stamp for this rule and record.
+    stamp: u32,
+    /// The record's event time.
+    at: u64,
+}
+
+/// Updates one slot with a value taken at event time `ev.at`.
+fn eval_value(
+    ev: Eval<'_>,
+    slots: &mut Vec<Slot>,
+    instance: Option<&str>,
+    v: f64,
+    fx: &mut Effect,
+) {
+    let Eval {
+        idx: rule_idx,
+        rule,
+        stamp,
+        at,
+    } = ev;
+    let pos = slots
+        .iter()
+        .position(|s| s.rule == rule_idx && s.instance.as_deref() == instance);
+    match pos {
+        Some(i) => {
+            let s = &mut slots[i];
+            s.seen = stamp;
+            if s.active {
+                if rule.op.holds(v, rule.clear) {
+                    if s.observed.to_bits() != v.to_bits() {
+                        s.observed = v;
+                        fx.observed = true;
+                    }
+                } else {
+                    slots.swap_remove(i);
+                    fx.structural = true;
+                }
+            } else if rule.op.holds(v, rule.threshold) {
+                s.observed = v;
+                if at.saturating_sub(s.pending_since) >= rule.for_ms {
+                    raise(rule, s);
+                    fx.structural = true;
+                }
+            } else {
+                slots.swap_remove(i);
+            }
+        }
+        None => {
+            if rule.op.holds(v, rule.threshold) {
+                let field = match instance {
+                    Some(name) => Field::instance_text(&rule.field_text, name).into(),
+                    None => rule.field_text.clone(),
+                };
+                let mut s = Slot {
+                    rule: rule_idx,
+                    instance: instance.map(Into::into),
+                    field,
+                    pending_since: at,
+                    observed: v,
+                    active: false,
+                    seen: stamp,
+                    message: String::new(),
+                };
+                if rule.for_ms == 0 {
+                    raise(rule, &mut s);
+                    fx.structural = true;
+                }
+                slots.push(s);
+            }
+        }
+    }
+}
+
+fn raise(rule: &ThresholdRule, s: &mut Slot) {
+    s.active = true;
+    let mut m = format!(
+        "{} {} {} {}",
+        s.field,
+        rule.show(s.observed),
+        rule.op.as_str(),
+        rule.show(rule.threshold)
+    );
+    if rule.field.is_bool() {
+        m = format!(
+            "{} {} {}",
+            s.field,
+            rule.op.as_str(),
+            rule.show(rule.threshold)
+        );
+    }
+    if rule.window_ms > 0 {
+        m.push_str(&format!(
+            " over {}",
+            humantime::format_duration(Duration::from_millis(rule.window_ms))
+        ));
+    }
+    if rule.for_ms > 0 {
+        m.push_str(&format!(
+            " for {}",
+            humantime::format_duration(Duration::from_millis(rule.for_ms))
+        ));
+    }
+    s.message = m;
+}
+
+fn eval_host(
+    cfg: &RulesConfig,
+    rules: &[u16],
+    u: &mut UnitState,
+    s: &HostSample,
+    at: u64,
+    fx: &mut Effect,
+) {
+    for &ri in rules {
+        let rule = &cfg.threshold[usize::from(ri)];
+        if !rule.applies_to(&u.id.agency) {
+            continue;
+        }
+        u.stamp = u.stamp.wrapping_add(1);
+        let stamp = u.stamp;
+        let ev = Eval {
+            idx: ri,
+            rule,
+            stamp,
+            at,
+        };
+        let slots = &mut u.slots;
+        let had_data = rule
+            .field
+            .host_values(s, |inst, v| eval_value(ev, slots, inst, v, fx));
+        if had_data && matches!(rule.field.selector(), Some(Selector::Any)) {
+            // Instances gone from the sample (a disk unmounted): their flags go.
+            let before = slots.len();
+            slots.retain(|x| x.rule != ri || x.seen == stamp);
+            if slots.len() != before {
+                fx.structural = true;
+            }
+        }
+    }
+}
+
+fn eval_status(
+    cfg: &RulesConfig,
+    rules: &[u16],
+    u: &mut UnitState,
+    s: &AgentStatus,
+    at: u64,
+    fx: &mut Effect,
+) {
+    for &ri in rules {
+        let rule = &cfg.threshold[usize::from(ri)];
+        if !rule.applies_to(&u.id.agency) {
+            continue;
+        }
+        let Field::Agent(m) = rule.field else {
+            continue;
+        };
+        if let Some(v) = Field::agent_value(m, s, u.prev_dropped) {
+            let ev = Eval {
+                idx: ri,
+                rule,
+                stamp: u.stamp,
+                at,
+            };
+            eval_value(ev, &mut u.slots, None, v, fx);
+        }
+    }
+}
+
+/// Adds a current probe result to its stream's window; returns the stream's
+/// incident group (resolved once per stream and target).
+fn probe_window(
+    u: &mut UnitState,
+    p: &ProbeResult,
+    at: u64,
+    max_window_ms: u64,
+    inc: &mut Incidents,
+) -> Option<usize> {
+    let s = u.probes.iter_mut().find(|s| *s.name == *p.name)?;
+    if *s.target != *p.target {
+        // Reconfigured: another target is another series.
+        s.target = p.target.as_str().into();
+        s.window.clear();
+        s.group = None;
+    }
+    if max_window_ms > 0 {
+        let horizon = at.saturating_sub(max_window_ms);
+        while s.window.front().is_some_and(|(t, _)| *t <= horizon)
+            || s.window.len() >= MAX_WINDOW_RESULTS
+        {
+            s.window.pop_front();
+        }
+        s.window.push_back((at, p.outcome != Outcome::Ok));
+    }
+    if !inc.enabled() {
+        return None;
+    }
+    if s.group.is_none() {
+        s.group = Some(inc.group(&u.id.agency, &p.name, &p.target));
+    }
+    s.group
+}
+
+fn eval_probe(
+    cfg: &RulesConfig,
+    rules: &[u16],
+    u: &mut UnitState,
+    p: &ProbeResult,
+    at: u64,
+    fx: &mut Effect,
+) {
+    let stream = u.probes.iter().position(|s| *s.name == *p.name);
+    for &ri in rules {
+        let rule = &cfg.threshold[usize::from(ri)];
+        let Field::Probe(sel, m) = &rule.field else {
+            continue;
+        };
+        if !selects(sel, &p.name) || !rule.applies_to(&u.id.agency) {
+            continue;
+        }
+        let v = if *m == ProbeM::FailureRatio {
+            stream.and_then(|i| {
+                let w = &u.probes[i].window;
+                let horizon = at.saturating_sub(rule.window_ms);
+                let (n, failed) = w
+                    .iter()
+                    .rev()
+                    .take_while(|(t, _)| *t > horizon)
+                    .fold((0u32, 0u32), |(n, f), (_, failed)| {
+                        (n + 1, f + u32::from(*failed))
+                    });
+                (n > 0).then(|| f64::from(failed) / f64::from(n))
+            })
+        } else {
+            Field::probe_value(*m, p)
+        };
+        let Some(v) = v else { continue };
+        let instance = match sel {
+            Selector::Any => Some(p.name.as_str()),
+            Selector::Name(_) => None,
+        };
+        let ev = Eval {
+            idx: ri,
+            rule,
+            stamp: u.stamp,
+            at,
+        };
+        eval_value(ev, &mut u.slots, instance, v, fx);
+    }
+}
+
+fn eval_skew(cfg: &RulesConfig, u: &mut UnitState, now_ms: u64, fx: &mut Effect) {
+    let Some(sk) = &cfg.clock_skew else { return };
+    let Some(est) = u.skew.estimate(now_ms) else {
+        return;
+    };
+    let limit = i64::try_from(sk.threshold_ms).unwrap_or(i64::MAX);
+    match &mut u.skew_flag {
+        None if est.abs() > limit => {
+            u.skew_flag = Some((now_ms, est));
+            fx.structural = true;
+        }
+        // Hysteresis: clears at three quarters of the threshold.
+        Some(_) if est.abs() <= limit / 4 * 3 => {
+            u.skew_flag = None;
+            fx.structural = true;
+        }
+        Some((_, e)) if *e != est => {
+            *e = est;
+            fx.observed = true;
+        }
+        _ => {}
+    }
+}
+
+fn status_of(reasons: &[Reason]) -> Status {
+    if reasons.iter().any(|r| r.rule.starts_with("offline.")) {
+        return Status::Offline;
+    }
+    reasons
+        .iter()
+        .map(|r| Status::from(r.severity))
+        .max()
+        .unwrap_or(Status::Ok)
+}
+
+/// The unit's reasons, offline first, then worst first, then by rule name.
+fn build_reasons(cfg: &RulesConfig, u: &UnitState) -> Vec<Reason> {
+    let mut out = Vec::new();
+    if let Some((since, p)) = &u.will {
+        out.push(Reason {
+            rule: "offline.will".into(),
+            severity: Severity::Critical,
+            field: "presence".into(),
+            observed: None,
+            threshold: None,
+            since_ms: *since,
+            runbook: cfg.offline.runbook.clone(),
+            message: if p.connection > 0 {
+                format!(
+                    "the agent's MQTT will: connection {} of boot {} was lost",
+                    p.connection, p.boot
+                )
+            } else {
+                "the agent's MQTT will: its connection was lost".into()
+            },
+            incident: None,
+        });
+    }
+    if let Some(rx) = u.stale {
+        let after = u.stale_after_ms(cfg);
+        out.push(Reason {
+            rule: "offline.stale".into(),
+            severity: Severity::Critical,
+            field: "last_seen".into(),
+            observed: None,
+            threshold: Some(after as f64),
+            since_ms: rx,
+            runbook: cfg.offline.runbook.clone(),
+            message: format!(
+                "no data for {} (allowed {} x interval)",
+                humantime::format_duration(Duration::from_secs(after / 1000)),
+                cfg.offline.stale_factor
+            ),
+            incident: None,
+        });
+    }
+    if let (Some((since, est)), Some(sk)) = (u.skew_flag, &cfg.clock_skew) {
+        out.push(Reason {
+            rule: "clock_skew".into(),
+            severity: sk.severity,
+            field: "clock_offset_ms".into(),
+            observed: Some(est as f64),
+            threshold: Some(sk.threshold_ms as f64),
+            since_ms: since,
+            runbook: sk.runbook.clone(),
+            message: format!(
+                "{} (more than {})",
+                skew::describe(est),
+                humantime::format_duration(Duration::from_millis(sk.threshold_ms))
+            ),
+            incident: None,
+        });
+    }
+    for s in u.slots.iter().filter(|s| s.active) {
+        let rule = &cfg.threshold[usize::from(s.rule)];
+        let incident = match &rule.field {
+            Field::Probe(sel, _) => u
+                .incidents
+                .iter()
+                .find(|m| match (sel, &s.instance) {
+                    (Selector::Name(n), _) => *n == m.probe,
+                    (Selector::Any, Some(i)) => **i == *m.probe,
+                    (Selector::Any, None) => false,
+                })
+                .map(|m| m.id.clone()),
+            _ => None,
+        };
+        out.push(Reason {
+            rule: rule.name.to_string(),
+            severity: rule.severity,
+            field: s.field.to_string(),
+            observed: Some(s.observed),
+            threshold: Some(rule.threshold),
+            since_ms: s.pending_since,
+            runbook: rule.runbook.as_deref().map(str::to_string),
+            message: s.message.clone(),
+            incident,
+        });
+    }
+    if let Some(ic) = &cfg.incidents {
+        for m in &u.incidents {
+            out.push(Reason {
+                rule: "incident".into(),
+                severity: ic.severity,
+                field: format!(
+                    "probe[\"{}\"]",
+                    m.probe.replace('\\', "\\\\").replace('"', "\\\"")
+                ),
+                observed: None,
+                threshold: None,
+                since_ms: incident_since(&m.id),
+                runbook: ic.runbook.clone(),
+                message: m.message.clone(),
+                incident: Some(m.id.clone()),
+            });
+        }
+    }
+    out.sort_by(|a, b| {
+        let off = |r: &Reason| !r.rule.starts_with("offline.");
+        (off(a), std::cmp::Reverse(a.severity), &a.rule, &a.field).cmp(&(
+            off(b),
+            std::cmp::Reverse(b.severity),
+            &b.rule,
+            &b.field,
+        ))
+    });
+    out
+}
+
+/// The incident id ends with its start time.
+fn incident_since(id: &str) -> u64 {
+    id.rsplit(':')
+        .next()
+        .and_then(|t| t.parse().ok())
+        .unwrap_or(0)
+}
+
+/// After an input: rebuild the unit's reasons if flags changed and emit a
+/// transition when the status, the set of flags (rule and field) or their
+/// incident tags changed; otherwise just refresh the observed values.
+fn refresh(cfg: &RulesConfig, u: &mut UnitState, at: u64, fx: &Effect, out: &mut Vec<Change>) {
+    if fx.structural {
+        let reasons = build_reasons(cfg, u);
+        let status = status_of(&reasons);
+        let same_set = reasons.len() == u.health.reasons.len()
+            && reasons.iter().zip(&u.health.reasons).all(|(a, b)| {
+                a.rule == b.rule
+                    && a.field == b.field
+                    && a.incident == b.incident
+                    && a.severity == b.severity
+            });
+        if same_set && status == u.health.status {
+            u.health.reasons = reasons;
+            return;
+        }
+        let from = u.health.status;
+        let since_ms = if status == from {
+            u.health.since_ms
+        } else {
+            at
+        };
+        u.health = UnitHealth {
+            status,
+            since_ms,
+            reasons,
+        };
+        out.push(Change::Transition(Transition {
+            agency: u.id.agency.clone(),
+            unit: u.id.unit.clone(),
+            from,
+            to: status,
+            at_ms: at,
+            reasons: u.health.reasons.clone(),
+        }));
+    } else if fx.observed {
+        for s in u.slots.iter().filter(|s| s.active) {
+            let name = &cfg.threshold[usize::from(s.rule)].name;
+            if let Some(r) = u
+                .health
+                .reasons
+                .iter_mut()
+                .find(|r| *r.rule == **name && *r.field == *s.field)
+            {
+                r.observed = Some(s.observed);
+            }
+        }
+        if let Some((_, est)) = u.skew_flag
+            && let Some(r) = u.health.reasons.iter_mut().find(|r| r.rule == "clock_skew")
+        {
+            r.observed = Some(est as f64);
+        }
+    }
+}

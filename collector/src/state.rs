@@ -1,0 +1,65 @@
+//! The live view the feed reads and ingest writes: units, incidents, the
+//! change broadcast, metrics and readiness. Ingest updates the unit view
+//! once per group commit (every `ingest.commit_interval`), never per
+//! message, so readers rarely contend with it.
+
+use std::collections::BTreeMap;
+use std::sync::atomic::{AtomicBool, AtomicUsize, Ordering};
+use std::sync::{Arc, RwLock};
+
+use muster_proto::UnitId;
+use tokio::sync::broadcast;
+
+use crate::metrics::Metrics;
+use crate::model::Incident;
+use crate::store::{Store, StoredEvent, UnitRecord};
+
+/// Changes buffered per stream client before it counts as lagging.
+pub const STREAM_BUFFER: usize = 4096;
+
+pub struct Shared {
+    pub units: RwLock<BTreeMap<UnitId, Arc<UnitRecord>>>,
+    /// Incidents by id: open ones and those ended since start.
+    pub incidents: RwLock<BTreeMap<String, Incident>>,
+    pub changes: broadcast::Sender<Arc<StoredEvent>>,
+    pub metrics: Metrics,
+    pub store: Arc<dyn Store>,
+    /// Messages handed from the MQTT loop to the ingest worker, not yet taken.
+    pub queue_depth: AtomicUsize,
+    /// The last group commit succeeded.
+    pub store_ok: AtomicBool,
+    /// Units restored from the store and the engine are ready.
+    pub started: AtomicBool,
+}
+
+impl Shared {
+    pub fn new(store: Arc<dyn Store>) -> Arc<Shared> {
+        let (changes, _) = broadcast::channel(STREAM_BUFFER);
+        Arc::new(Shared {
+            units: RwLock::new(BTreeMap::new()),
+            incidents: RwLock::new(BTreeMap::new()),
+            changes,
+            metrics: Metrics::default(),
+            store,
+            queue_depth: AtomicUsize::new(0),
+            store_ok: AtomicBool::new(true),
+            started: AtomicBool::new(false),
+        })
+    }
+
+    pub fn mqtt_ready(&self) -> bool {
+        self.metrics.mqtt.connected.load(Ordering::Relaxed)
+    }
+
+    /// The Prometheus exposition of everything.
+    pub fn render_metrics(&self) -> String {
+        let units = self.units.read().unwrap_or_else(|e| e.into_inner());
+        let incidents = self.incidents.read().unwrap_or_else(|e| e.into_inner());
+        self.metrics.render(
+            &units,
+            incidents.values(),
+            self.queue_depth.load(Ordering::Relaxed),
+            self.store.size_on_disk(),
+        )
+    }
+}

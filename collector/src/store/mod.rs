@@ -1,0 +1,203 @@
+//! Durable state: the unit registry with each unit's current state and seq
+//! accounting, status transitions, incidents and recent samples. Behind the
+//! [`Store`] trait so a shared database can replace the embedded sled one
+//! ([`SledStore`]) for several collectors.
+//!
+//! Contract: [`Store::commit`] returns only once everything in the batch is
+//! durable; ingest acks records to agents only after that.
+
+mod sled_store;
+
+pub use sled_store::SledStore;
+
+use muster_proto::{AgentStatus, BootId, Payload, Presence, Record, UnitId};
+use serde::{Deserialize, Serialize};
+
+use crate::ingest::seq::SeqAccount;
+use crate::model::{Change, Incident, UnitHealth};
+
+#[derive(Debug, thiserror::Error)]
+pub enum StoreError {
+    #[error("sled: {0}")]
+    Sled(#[from] sled::Error),
+    #[error("corrupt entry in {tree}: {detail}")]
+    Corrupt { tree: &'static str, detail: String },
+    #[error("invalid cursor")]
+    Cursor,
+    #[error("store task failed: {0}")]
+    Task(String),
+}
+
+/// A unit in the registry, with everything the collector must remember
+/// about it across a restart.
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+pub struct UnitRecord {
+    pub unit: UnitId,
+    /// Collector time (unix ms) the unit was first heard of.
+    pub first_seen_ms: u64,
+    /// Collector time of the unit's last message of any kind.
+    pub last_seen_ms: u64,
+    /// Event time of the unit's newest record.
+    pub last_at_ms: Option<u64>,
+    pub health: UnitHealth,
+    pub presence: Option<Presence>,
+    pub seq: SeqAccount,
+    /// The agent's sampling interval, from its host samples or heartbeat.
+    pub interval_ms: Option<u32>,
+    /// The agent's latest heartbeat (version, backlog, drops...).
+    pub agent: Option<AgentStatus>,
+    /// Wire schema version the unit last spoke (acks answer in it).
+    pub wire_version: u8,
+}
+
+impl UnitRecord {
+    pub fn new(unit: UnitId, now_ms: u64) -> Self {
+        UnitRecord {
+            unit,
+            first_seen_ms: now_ms,
+            last_seen_ms: now_ms,
+            last_at_ms: None,
+            health: UnitHealth::ok(now_ms),
+            presence: None,
+            seq: SeqAccount::default(),
+            interval_ms: None,
+            agent: None,
+            wire_version: muster_proto::SCHEMA_VERSION,
+        }
+    }
+}
+
+/// A stored record.
+#[derive(Debug, Clone, PartialEq)]
+pub struct StoredSample {
+    pub boot: BootId,
+    pub seq: u64,
+    pub at_ms: u64,
+    pub payload: Payload,
+}
+
+/// A stored change with its feed-wide id (ids grow; the SSE stream uses them).
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+pub struct StoredEvent {
+    pub id: u64,
+    pub change: Change,
+}
+
+impl StoredEvent {
+    pub fn agency(&self) -> &str {
+        match &self.change {
+            Change::Transition(t) => &t.agency,
+            Change::Incident(i) => &i.agency,
+        }
+    }
+}
+
+/// One group commit.
+#[derive(Debug, Default)]
+pub struct CommitBatch {
+    pub samples: Vec<(UnitId, Record)>,
+    pub events: Vec<StoredEvent>,
+    pub incidents: Vec<Incident>,
+    pub units: Vec<UnitRecord>,
+}
+
+impl CommitBatch {
+    pub fn is_empty(&self) -> bool {
+        self.samples.is_empty()
+            && self.events.is_empty()
+            && self.incidents.is_empty()
+            && self.units.is_empty()
+    }
+}
+
+/// What a prune removed.
+#[derive(Debug, Default, Clone, Copy, PartialEq, Eq)]
+pub struct PruneStats {
+    pub samples: u64,
+    pub events: u64,
+    pub incidents: u64,
+}
+
+/// Where a sample listing continues: after this (at_ms, boot, seq).
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct SampleCursor {
+    pub at_ms: u64,
+    pub boot: u64,
+    pub seq: u64,
+}
+
+impl SampleCursor {
+    pub fn encode(&self) -> String {
+        format!("{:x}.{:x}.{:x}", self.at_ms, self.boot, self.seq)
+    }
+
+    pub fn decode(s: &str) -> Result<Self, StoreError> {
+        let mut it = s.split('.').map(|p| u64::from_str_radix(p, 16));
+        match (it.next(), it.next(), it.next(), it.next()) {
+            (Some(Ok(at_ms)), Some(Ok(boot)), Some(Ok(seq)), None) => {
+                Ok(SampleCursor { at_ms, boot, seq })
+            }
+            _ => Err(StoreError::Cursor),
+        }
+    }
+}
+
+/// A query over samples of one unit.
+#[derive(Debug, Clone, Copy)]
+pub struct SampleQuery {
+    pub since_ms: u64,
+    pub until_ms: u64,
+    pub after: Option<SampleCursor>,
+    pub limit: usize,
+}
+
+/// A query over stored events, newest first.
+#[derive(Debug, Clone)]
+pub struct EventQuery {
+    /// Only this agency's events (`None`: all, for the admin).
+    pub agency: Option<String>,
+    /// Only this unit's transitions.
+    pub unit: Option<UnitId>,
+    /// Only ids below this (the cursor).
+    pub before_id: Option<u64>,
+    pub limit: usize,
+}
+
+/// The unit's newest data, for the unit detail view.
+#[derive(Debug, Clone, Default)]
+pub struct Latest {
+    pub host: Option<StoredSample>,
+    /// Newest result of each probe, by probe name.
+    pub probes: Vec<StoredSample>,
+    pub status: Option<StoredSample>,
+}
+
+pub trait Store: Send + Sync + 'static {
+    /// Every unit in the registry.
+    fn load_units(&self) -> Result<Vec<UnitRecord>, StoreError>;
+    /// The highest event id stored (0 when none).
+    fn last_event_id(&self) -> Result<u64, StoreError>;
+    /// Writes the batch and makes it durable before returning.
+    fn commit(&self, batch: &CommitBatch) -> Result<(), StoreError>;
+    /// Samples of a unit in event-time order, at most `limit`; with the
+    /// cursor to continue from when more remain.
+    fn samples(
+        &self,
+        unit: &UnitId,
+        q: SampleQuery,
+    ) -> Result<(Vec<StoredSample>, Option<SampleCursor>), StoreError>;
+    fn latest(&self, unit: &UnitId) -> Result<Latest, StoreError>;
+    /// Events newest first, and whether more remain.
+    fn events(&self, q: &EventQuery) -> Result<(Vec<StoredEvent>, bool), StoreError>;
+    /// Every stored incident (open, and ended within retention).
+    fn incidents(&self) -> Result<Vec<Incident>, StoreError>;
+    /// Drops samples with event time before `samples_before_ms`, and events
+    /// and ended incidents before `events_before_ms`.
+    fn prune(
+        &self,
+        samples_before_ms: u64,
+        events_before_ms: u64,
+    ) -> Result<PruneStats, StoreError>;
+    /// Bytes the store takes on disk.
+    fn size_on_disk(&self) -> u64;
+}

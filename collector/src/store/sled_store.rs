@@ -1,0 +1,461 @@
+//! The embedded store: one sled database under the data directory.
+//!
+//! Trees and keys:
+//! * `units`: `agency 0x00 unit` -> JSON [`UnitRecord`].
+//! * `samples`: `agency 0x00 unit 0x00 at_ms(be) boot(be) seq(be)` -> the
+//!   record in the wire encoding (`muster_proto::encode` of a one-record
+//!   message: compact, and versioned like everything else on the wire).
+//! * `events`: `id(be)` -> JSON [`StoredEvent`]; `events_by_agency`:
+//!   `agency 0x00 id(be)` -> empty, the index agency-scoped listings use.
+//! * `incidents`: incident id -> JSON [`Incident`] (latest version).
+//!
+//! A commit writes samples, then events and incidents, then units (which
+//! hold the seq accounting), then flushes. sled recovers a prefix of its
+//! log after a crash, so the seq state on disk never claims a record whose
+//! sample is not there; what was not flushed was not acked and is resent.
+
+use std::path::Path;
+
+use muster_proto::{Body, Message, Payload, UnitId};
+
+use super::{
+    CommitBatch, EventQuery, Latest, PruneStats, SampleCursor, SampleQuery, Store, StoreError,
+    StoredEvent, StoredSample, UnitRecord,
+};
+use crate::model::{Change, Incident};
+
+pub struct SledStore {
+    db: sled::Db,
+    units: sled::Tree,
+    samples: sled::Tree,
+    events: sled::Tree,
+    events_by_agency: sled::Tree,
+    incidents: sled::Tree,
+}
+
+fn unit_key(u: &UnitId) -> Vec<u8> {
+    let mut k = Vec::with_capacity(u.agency.len() + u.unit.len() + 1);
+    k.extend_from_slice(u.agency.as_bytes());
+    k.push(0);
+    k.extend_from_slice(u.unit.as_bytes());
+    k
+}
+
+fn sample_prefix(u: &UnitId) -> Vec<u8> {
+    let mut k = unit_key(u);
+    k.push(0);
+    k
+}
+
+fn sample_key(prefix: &[u8], at_ms: u64, boot: u64, seq: u64) -> Vec<u8> {
+    let mut k = Vec::with_capacity(prefix.len() + 24);
+    k.extend_from_slice(prefix);
+    k.extend_from_slice(&at_ms.to_be_bytes());
+    k.extend_from_slice(&boot.to_be_bytes());
+    k.extend_from_slice(&seq.to_be_bytes());
+    k
+}
+
+fn corrupt(tree: &'static str, detail: impl ToString) -> StoreError {
+    StoreError::Corrupt {
+        tree,
+        detail: detail.to_string(),
+    }
+}
+
+fn decode_sample(v: &[u8]) -> Result<StoredSample, StoreError> {
+    let d = muster_proto::decode(v).map_err(|e| corrupt("samples", e))?;
+    match d.message.body {
+        Body::Record(r) => Ok(StoredSample {
+            boot: r.boot,
+            seq: r.seq,
+            at_ms: r.at_ms,
+            payload: r.payload,
+        }),
+        _ => Err(corrupt("samples", "not a record")),
+    }
+}
+
+fn be_u64(b: &[u8]) -> u64 {
+    let mut a = [0u8; 8];
+    a.copy_from_slice(&b[..8]);
+    u64::from_be_bytes(a)
+}
+
+impl SledStore {
+    pub fn open(path: &Path, cache_bytes: u64) -> Result<SledStore, StoreError> {
+        let db = sled::Config::new()
+            .path(path)
+            .cache_capacity(cache_bytes)
+            .mode(sled::Mode::HighThroughput)
+            // Durability comes from the explicit flush of each group commit.
+            .flush_every_ms(None)
+            .open()?;
+        Ok(SledStore {
+            units: db.open_tree("units")?,
+            samples: db.open_tree("samples")?,
+            events: db.open_tree("events")?,
+            events_by_agency: db.open_tree("events_by_agency")?,
+            incidents: db.open_tree("incidents")?,
+            db,
+        })
+    }
+
+    fn event_at(ev: &StoredEvent) -> u64 {
+        match &ev.change {
+            Change::Transition(t) => t.at_ms,
+            Change::Incident(i) => i.ended_ms.unwrap_or(i.since_ms),
+        }
+    }
+}
+
+impl Store for SledStore {
+    fn load_units(&self) -> Result<Vec<UnitRecord>, StoreError> {
+        self.units
+            .iter()
+            .map(|kv| {
+                let (_, v) = kv?;
+                serde_json::from_slice(&v).map_err(|e| corrupt("units", e))
+            })
+            .collect()
+    }
+
+    fn last_event_id(&self) -> Result<u64, StoreError> {
+        Ok(self.events.last()?.map(|(k, _)| be_u64(&k)).unwrap_or(0))
+    }
+
+    fn commit(&self, batch: &CommitBatch) -> Result<(), StoreError> {
+        if !batch.samples.is_empty() {
+            let mut b = sled::Batch::default();
+            for (unit, rec) in &batch.samples {
+                let key = sample_key(&sample_prefix(unit), rec.at_ms, rec.boot.0, rec.seq);
+                let msg = Message {
+                    unit: unit.clone(),
+                    body: Body::Record(rec.clone()),
+                };
+                let v = muster_proto::encode(&msg).map_err(|e| corrupt("samples", e))?;
+                b.insert(key, v);
+            }
+            self.samples.apply_batch(b)?;
+        }
+        if !batch.events.is_empty() {
+            let mut b = sled::Batch::default();
+            let mut ix = sled::Batch::default();
+            for ev in &batch.events {
+                let v = serde_json::to_vec(ev).map_err(|e| corrupt("events", e))?;
+                b.insert(&ev.id.to_be_bytes(), v);
+                let mut k = ev.agency().as_bytes().to_vec();
+                k.push(0);
+                k.extend_from_slice(&ev.id.to_be_bytes());
+                ix.insert(k, &[][..]);
+            }
+            self.events.apply_batch(b)?;
+            self.events_by_agency.apply_batch(ix)?;
+        }
+        if !batch.incidents.is_empty() {
+            let mut b = sled::Batch::default();
+            for i in &batch.incidents {
+                let v = serde_json::to_vec(i).map_err(|e| corrupt("incidents", e))?;
+                b.insert(i.id.as_bytes(), v);
+            }
+            self.incidents.apply_batch(b)?;
+        }
+        if !batch.units.is_empty() {
+            let mut b = sled::Batch::default();
+            for u in &batch.units {
+                let v = serde_json::to_vec(u).map_err(|e| corrupt("units", e))?;
+                b.insert(unit_key(&u.unit), v);
+            }
+            self.units.apply_batch(b)?;
+        }
+        self.db.flush()?;
+        Ok(())
+    }
+
+    fn samples(
+        &self,
+        unit: &UnitId,
+        q: SampleQuery,
+    ) -> Result<(Vec<StoredSample>, Option<SampleCursor>), StoreError> {
+        let prefix = sample_prefix(unit);
+        let start = match q.after {
+            Some(c) => {
+                let mut k = sample_key(&prefix, c.at_ms, c.boot, c.seq);
+                k.push(0); // strictly after the cursor's key
+                k
+            }
+            None => sample_key(&prefix, q.since_ms, 0, 0),
+        };
+        let end = sample_key(&prefix, q.until_ms, u64::MAX, u64::MAX);
+        let mut out = Vec::new();
+        for kv in self.samples.range(start..=end) {
+            let (_, v) = kv?;
+            if out.len() == q.limit {
+                let cursor = out.last().map(|last: &StoredSample| SampleCursor {
+                    at_ms: last.at_ms,
+                    boot: last.boot.0,
+                    seq: last.seq,
+                });
+                return Ok((out, cursor));
+            }
+            out.push(decode_sample(&v)?);
+        }
+        Ok((out, None))
+    }
+
+    fn latest(&self, unit: &UnitId) -> Result<Latest, StoreError> {
+        /// How far back to look for the newest result of each probe.
+        const SCAN: usize = 500;
+        let mut latest = Latest::default();
+        let mut seen_probes = std::collections::HashSet::new();
+        for kv in self
+            .samples
+            .scan_prefix(sample_prefix(unit))
+            .rev()
+            .take(SCAN)
+        {
+            let (_, v) = kv?;
+            let s = decode_sample(&v)?;
+            match &s.payload {
+                Payload::Host(_) if latest.host.is_none() => latest.host = Some(s),
+                Payload::Status(_) if latest.status.is_none() => latest.status = Some(s),
+                Payload::Probe(p) if seen_probes.insert(p.name.clone()) => latest.probes.push(s),
+                _ => {}
+            }
+        }
+        latest
+            .probes
+            .sort_by(|a, b| match (&a.payload, &b.payload) {
+                (Payload::Probe(x), Payload::Probe(y)) => x.name.cmp(&y.name),
+                _ => std::cmp::Ordering::Equal,
+            });
+        Ok(latest)
+    }
+
+    fn events(&self, q: &EventQuery) -> Result<(Vec<StoredEvent>, bool), StoreError> {
+        let before = q.before_id.unwrap_or(u64::MAX);
+        let mut out = Vec::new();
+        let mut push = |ev: StoredEvent| -> bool {
+            if let Some(u) = &q.unit {
+                match &ev.change {
+                    Change::Transition(t) if t.agency == u.agency && t.unit == u.unit => {}
+                    _ => return true,
+                }
+            }
+            if out.len() == q.limit {
+                return false;
+            }
+            out.push(ev);
+            true
+        };
+        let mut more = false;
+        match &q.agency {
+            None => {
+                for kv in self.events.range(..before.to_be_bytes()).rev() {
+                    let (_, v) = kv?;
+                    let ev = serde_json::from_slice(&v).map_err(|e| corrupt("events", e))?;
+                    if !push(ev) {
+                        more = true;
+                        break;
+                    }
+                }
+            }
+            Some(agency) => {
+                let mut lo = agency.as_bytes().to_vec();
+                lo.push(0);
+                let mut hi = lo.clone();
+                hi.extend_from_slice(&before.to_be_bytes());
+                for kv in self.events_by_agency.range(lo.clone()..hi).rev() {
+                    let (k, _) = kv?;
+                    let id = be_u64(&k[lo.len()..]);
+                    let Some(v) = self.events.get(id.to_be_bytes())? else {
+                        continue; // pruned between the index and the event
+                    };
+                    let ev = serde_json::from_slice(&v).map_err(|e| corrupt("events", e))?;
+                    if !push(ev) {
+                        more = true;
+                        break;
+                    }
+                }
+            }
+        }
+        Ok((out, more))
+    }
+
+    fn incidents(&self) -> Result<Vec<Incident>, StoreError> {
+        self.incidents
+            .iter()
+            .map(|kv| {
+                let (_, v) = kv?;
+                serde_json::from_slice(&v).map_err(|e| corrupt("incidents", e))
+            })
+            .collect()
+    }
+
+    fn prune(
+        &self,
+        samples_before_ms: u64,
+        events_before_ms: u64,
+    ) -> Result<PruneStats, StoreError> {
+        let mut stats = PruneStats::default();
+        for kv in self.units.iter() {
+            let (k, _) = kv?;
+            let mut prefix = k.to_vec();
+            prefix.push(0);
+            let end = sample_key(&prefix, samples_before_ms, 0, 0);
+            let mut b = sled::Batch::default();
+            for kv in self.samples.range(prefix.clone()..end) {
+                let (k, _) = kv?;
+                b.remove(k);
+                stats.samples += 1;
+            }
+            self.samples.apply_batch(b)?;
+        }
+        let mut b = sled::Batch::default();
+        let mut ix = sled::Batch::default();
+        for kv in self.events.iter() {
+            let (k, v) = kv?;
+            let ev: StoredEvent = serde_json::from_slice(&v).map_err(|e| corrupt("events", e))?;
+            if Self::event_at(&ev) >= events_before_ms {
+                break;
+            }
+            b.remove(k.clone());
+            let mut ik = ev.agency().as_bytes().to_vec();
+            ik.push(0);
+            ik.extend_from_slice(&k);
+            ix.remove(ik);
+            stats.events += 1;
+        }
+        self.events.apply_batch(b)?;
+        self.events_by_agency.apply_batch(ix)?;
+        for inc in self.incidents()? {
+            if inc.ended_ms.is_some_and(|e| e < events_before_ms) {
+                self.incidents.remove(inc.id.as_bytes())?;
+                stats.incidents += 1;
+            }
+        }
+        if stats != PruneStats::default() {
+            self.db.flush()?;
+        }
+        Ok(stats)
+    }
+
+    fn size_on_disk(&self) -> u64 {
+        self.db.size_on_disk().unwrap_or(0)
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::model::{Status, Transition};
+    use muster_proto::fixtures;
+
+    fn unit(a: &str, u: &str) -> UnitId {
+        UnitId::new(a, u).unwrap()
+    }
+
+    fn transition(a: &str, u: &str, at_ms: u64) -> Change {
+        Change::Transition(Transition {
+            agency: a.into(),
+            unit: u.into(),
+            from: Status::Ok,
+            to: Status::Degraded,
+            at_ms,
+            reasons: vec![],
+        })
+    }
+
+    #[test]
+    fn commit_survives_reopen_and_queries_page() {
+        let dir = muster_testkit::TempDir::new().unwrap();
+        let u = unit("metro-fire", "E12");
+        {
+            let s = SledStore::open(dir.path(), 1 << 20).unwrap();
+            let mut batch = CommitBatch::default();
+            for seq in 1..=10 {
+                let rec = fixtures::record(seq, Payload::Host(fixtures::host_sample()));
+                batch.samples.push((u.clone(), rec));
+            }
+            batch.units.push(UnitRecord::new(u.clone(), 5));
+            batch.events = (1..=5)
+                .map(|id| StoredEvent {
+                    id,
+                    change: transition(if id % 2 == 0 { "a" } else { "b" }, "E1", id * 10),
+                })
+                .collect();
+            s.commit(&batch).unwrap();
+        }
+        let s = SledStore::open(dir.path(), 1 << 20).unwrap();
+        assert_eq!(s.load_units().unwrap().len(), 1);
+        assert_eq!(s.last_event_id().unwrap(), 5);
+        let q = SampleQuery {
+            since_ms: 0,
+            until_ms: u64::MAX,
+            after: None,
+            limit: 4,
+        };
+        let (page1, c) = s.samples(&u, q).unwrap();
+        assert_eq!(
+            page1.iter().map(|x| x.seq).collect::<Vec<_>>(),
+            [1, 2, 3, 4]
+        );
+        let c = SampleCursor::decode(&c.unwrap().encode()).unwrap();
+        let (page2, _) = s
+            .samples(
+                &u,
+                SampleQuery {
+                    after: Some(c),
+                    ..q
+                },
+            )
+            .unwrap();
+        assert_eq!(
+            page2.iter().map(|x| x.seq).collect::<Vec<_>>(),
+            [5, 6, 7, 8]
+        );
+        // since filters by event time.
+        let since = fixtures::AT_MS + 9 * 5_000;
+        let (tail, more) = s
+            .samples(
+                &u,
+                SampleQuery {
+                    since_ms: since,
+                    ..q
+                },
+            )
+            .unwrap();
+        assert_eq!(tail.iter().map(|x| x.seq).collect::<Vec<_>>(), [9, 10]);
+        assert!(more.is_none());
+        let latest = s.latest(&u).unwrap();
+        assert_eq!(latest.host.unwrap().seq, 10);
+
+        let evq = |agency: Option<&str>, before_id, limit| EventQuery {
+            agency: agency.map(str::to_owned),
+            unit: None,
+            before_id,
+            limit,
+        };
+        let (all, more) = s.events(&evq(None, None, 3)).unwrap();
+        assert_eq!(all.iter().map(|e| e.id).collect::<Vec<_>>(), [5, 4, 3]);
+        assert!(more);
+        let (a, more) = s.events(&evq(Some("a"), None, 10)).unwrap();
+        assert_eq!(a.iter().map(|e| e.id).collect::<Vec<_>>(), [4, 2]);
+        assert!(!more);
+        let (b, _) = s.events(&evq(Some("b"), Some(5), 10)).unwrap();
+        assert_eq!(b.iter().map(|e| e.id).collect::<Vec<_>>(), [3, 1]);
+
+        let st = s.prune(fixtures::AT_MS + 3 * 5_000, 25).unwrap();
+        assert_eq!(st.samples, 2);
+        assert_eq!(st.events, 2);
+        let (a, _) = s.events(&evq(Some("a"), None, 10)).unwrap();
+        assert_eq!(a.iter().map(|e| e.id).collect::<Vec<_>>(), [4]);
+    }
+
+    #[test]
+    fn bad_cursors_are_refused() {
+        for c in ["", "x", "1.2", "1.2.3.4", "g.1.1"] {
+            assert!(SampleCursor::decode(c).is_err(), "{c}");
+        }
+    }
+}

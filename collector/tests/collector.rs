@@ -1,0 +1,23 @@
+//! The collector's integration tests: a real Mosquitto per test, the
+//! collector in-process on `127.0.0.1:0` with a fed clock, test agents
+//! publishing real wire messages with rumqttc.
+
+#[path = "collector/harness.rs"]
+mod harness;
+#[path = "collector/http.rs"]
+mod http;
+
+#[path = "collector/fuzz.rs"]
+mod fuzz;
+#[path = "collector/ingest.rs"]
+mod ingest;
+#[path = "collector/presence.rs"]
+mod presence;
+#[path = "collector/restart.rs"]
+mod restart;
+#[path = "collector/rules.rs"]
+mod rules;
+#[path = "collector/scoping.rs"]
+mod scoping;
+#[path = "collector/tls.rs"]
+mod tls;
