@@ -25,6 +25,7 @@ use crate::config::Config;
 use crate::feed::{self, Auth, FeedState};
 use crate::ingest::mqtt::{self, MqttError};
 use crate::ingest::worker::Worker;
+use crate::notify::{self, Notifier};
 use crate::rules::Engine;
 use crate::state::Shared;
 use crate::store::{SledStore, Store, StoreError};
@@ -42,6 +43,8 @@ pub enum AppError {
     Http(std::io::Error),
     #[error("task failed: {0}")]
     Task(String),
+    #[error(transparent)]
+    Notify(#[from] crate::notify::NotifyError),
 }
 
 /// Runs the collector until `shutdown` completes, then stops cleanly.
@@ -68,6 +71,18 @@ pub async fn run(
     let (client, eventloop) = AsyncClient::new(opts, 65_536);
     let (in_tx, in_rx) = mpsc::channel(cfg.ingest.queue);
     let (out_tx, out_rx) = mpsc::unbounded_channel();
+
+    // Webhooks read the change broadcast: subscribed before ingest starts,
+    // so they miss nothing, and never in ingest's way.
+    let notifier = Notifier::new(&cfg.webhooks, Arc::clone(&shared), Arc::clone(&clock))?;
+    let stop_notify = CancellationToken::new();
+    let notifier = (!notifier.is_empty()).then(|| {
+        tokio::spawn(notifier.run(
+            shared.changes.subscribe(),
+            stop_notify.clone(),
+            notify::DRAIN_DEADLINE,
+        ))
+    });
 
     let engine = Engine::new(cfg.rules);
     let worker = Worker::new(
@@ -147,6 +162,13 @@ pub async fn run(
         if let Err(e) = t.await {
             warn!(task = name, error = %e, "Task failed.");
         }
+    }
+    // Ingest has broadcast its last changes: the webhooks drain them.
+    stop_notify.cancel();
+    if let Some(n) = notifier
+        && let Err(e) = n.await
+    {
+        warn!(error = %e, "Webhook notifier failed.");
     }
     if let Err(e) = publisher.await {
         warn!(error = %e, "Publisher task failed.");

@@ -104,6 +104,8 @@ pub struct RawIngest {
 pub struct RawAgency {
     pub name: String,
     pub token: String,
+    /// `[agency.webhook]`: notifications of this agency's changes.
+    pub webhook: Option<crate::notify::RawWebhook>,
 }
 
 // ------------------------------------------------------------- typed form
@@ -126,6 +128,8 @@ pub struct Config {
     pub ingest: IngestConfig,
     /// Agency name -> bearer token.
     pub agencies: BTreeMap<String, String>,
+    /// Agency name -> its webhook, for agencies that have one.
+    pub webhooks: BTreeMap<String, crate::notify::WebhookConfig>,
     pub rules: RulesConfig,
 }
 
@@ -442,6 +446,7 @@ impl RawConfig {
 
         // [[agency]]
         let mut agencies = BTreeMap::new();
+        let mut webhooks = BTreeMap::new();
         for (i, a) in agency.into_iter().enumerate() {
             muster_proto::ids::validate_part("agency", &a.name)
                 .map_err(|e| invalid(format!("agency[{i}].name"), e.to_string()))?;
@@ -457,6 +462,9 @@ impl RawConfig {
                     format!("agency[{i}].token"),
                     "is already used by another agency or the admin",
                 ));
+            }
+            if let Some(w) = a.webhook {
+                webhooks.insert(a.name.clone(), w.validate(&format!("agency[{i}].webhook"))?);
             }
             agencies.insert(a.name, t);
         }
@@ -500,6 +508,7 @@ impl RawConfig {
                 refusal_log_interval,
             },
             agencies,
+            webhooks,
             rules,
         })
     }

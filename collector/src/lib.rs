@@ -7,6 +7,7 @@
 //! * [`store`]: durable state behind the [`store::Store`] trait (sled).
 //! * [`feed`]: the agencies' HTTP API, SSE stream, /metrics, health.
 //! * [`status_pub`]: retained JSON status and incidents over MQTT.
+//! * [`notify`]: webhook notifications of transitions and incidents.
 //! * [`broker`]: the optional embedded MQTT broker (rumqttd).
 //! * [`app`]: wires it all together with a clean shutdown.
 
@@ -19,6 +20,7 @@ pub mod feed;
 pub mod ingest;
 pub mod metrics;
 pub mod model;
+pub mod notify;
 pub mod rules;
 pub mod state;
 pub mod status_pub;

@@ -11,6 +11,8 @@ mod http;
 mod fuzz;
 #[path = "collector/ingest.rs"]
 mod ingest;
+#[path = "collector/openapi.rs"]
+mod openapi;
 #[path = "collector/presence.rs"]
 mod presence;
 #[path = "collector/restart.rs"]
@@ -21,3 +23,9 @@ mod rules;
 mod scoping;
 #[path = "collector/tls.rs"]
 mod tls;
+#[path = "collector/webhook.rs"]
+mod webhook;
+#[path = "collector/dashboard.rs"]
+mod dashboard;
+#[path = "collector/problems.rs"]
+mod problems;

@@ -8,6 +8,9 @@
 //! | `GET /api/v1/events` | status transitions and incident changes, newest first (paginated) |
 //! | `GET /api/v1/incidents` | agency-wide incidents (paginated) |
 //! | `GET /api/v1/stream` | Server-Sent Events of transitions and incidents |
+//! | `GET /api/v1/problems?hours=` | rules and probe targets ranked by degraded unit-minutes (paginated) |
+//! | `GET /`, `GET /assets/{name}` | the supervisor's dashboard (no token needed to load it) |
+//! | `GET /api/v1/openapi.json` | the OpenAPI 3.1 document of all of this (no token) |
 //! | `GET /metrics` | Prometheus exposition |
 //! | `GET /healthz`, `GET /readyz` | liveness, readiness |
 //!
@@ -15,9 +18,12 @@
 //! agency's token sees only its units, on every endpoint and the stream.
 
 mod auth;
+mod dashboard;
 mod error;
 mod events;
+pub mod openapi;
 mod ops;
+mod problems;
 mod query;
 mod stream;
 mod units;
@@ -54,11 +60,15 @@ pub fn router(state: FeedState) -> Router {
         .route("/api/v1/units/{agency}/{unit}/samples", get(units::samples))
         .route("/api/v1/events", get(events::list))
         .route("/api/v1/incidents", get(events::incidents))
+        .route("/api/v1/problems", get(problems::list))
         .route("/api/v1/stream", get(stream::stream))
         .route("/metrics", get(ops::metrics))
         .route("/healthz", get(ops::healthz))
         .route("/readyz", get(ops::readyz))
+        .route("/api/v1/openapi.json", get(openapi::document))
+        .merge(dashboard::routes())
         .fallback(ops::not_found)
         .method_not_allowed_fallback(ops::method_not_allowed)
+        .layer(axum::middleware::map_response(openapi::uniform_errors))
         .with_state(state)
 }

@@ -4,6 +4,8 @@
 //! The first event is `ready` (the stream is subscribed); a client too slow
 //! to keep up gets `lagged` with how many it missed, and should reload.
 //! Comments keep the connection alive every `http.sse_keep_alive`.
+//! Authenticates with the bearer header or, for browsers' `EventSource`,
+//! `?access_token=<token>`.
 
 use std::collections::HashMap;
 use std::convert::Infallible;
@@ -12,7 +14,7 @@ use std::sync::atomic::Ordering;
 
 use axum::extract::rejection::QueryRejection;
 use axum::extract::{Query, State};
-use axum::http::HeaderMap;
+use axum::http::{HeaderMap, header};
 use axum::response::sse::{Event, KeepAlive, Sse};
 use futures_util::Stream;
 use futures_util::stream::{self, StreamExt};
@@ -51,9 +53,21 @@ pub async fn stream(
     headers: HeaderMap,
     q: Result<Query<HashMap<String, String>>, QueryRejection>,
 ) -> Result<Sse<impl Stream<Item = Result<Event, Infallible>>>, ApiError> {
-    let scope = st.auth.authenticate(&headers)?;
     let q = Params::from(q)?;
-    q.only(&["agency"])?;
+    q.only(&["agency", "access_token"])?;
+    // Browsers' EventSource cannot send headers: the stream (only) also
+    // takes the token as `?access_token=`, with the same scoping. The
+    // query string is never logged.
+    let scope = match (
+        headers.contains_key(header::AUTHORIZATION),
+        q.str("access_token"),
+    ) {
+        (false, Some(t)) => st
+            .auth
+            .scope_of(t)
+            .ok_or_else(|| ApiError::unauthorized("unknown token"))?,
+        _ => st.auth.authenticate(&headers)?,
+    };
     let agency = q.str("agency").map(str::to_owned);
     if let Some(a) = &agency {
         scope.check(a)?;

@@ -9,6 +9,7 @@ pub mod fleet;
 pub mod histogram;
 pub mod ingest;
 pub mod mqtt;
+pub mod notify;
 pub mod store;
 pub mod stream;
 
@@ -28,6 +29,7 @@ pub struct Metrics {
     pub stream: stream::StreamMetrics,
     pub mqtt: mqtt::MqttMetrics,
     pub transitions: fleet::TransitionMetrics,
+    pub notify: notify::NotifyMetrics,
 }
 
 impl Metrics {
@@ -47,6 +49,7 @@ impl Metrics {
         self.store.render(&mut e, store_bytes);
         self.stream.render(&mut e);
         self.mqtt.render(&mut e);
+        self.notify.render(&mut e);
         e.finish()
     }
 }

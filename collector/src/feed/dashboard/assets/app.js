@@ -1,0 +1,678 @@
+// Muster dashboard: plain JS, no build step, no external resources.
+// Reads the collector's /api/v1 feed with the token kept in sessionStorage
+// and follows /api/v1/stream (SSE) for live changes.
+"use strict";
+
+const TOKEN_KEY = "muster.token";
+const STATUS_ORDER = { offline: 0, critical: 1, degraded: 2, ok: 3 };
+const STATUS_LABEL = { offline: "Offline", critical: "Critical", degraded: "Degraded", ok: "OK" };
+
+const state = {
+  units: new Map(),      // "agency/unit" -> UnitView
+  incidents: new Map(),  // id -> Incident
+  problems: [],
+  stream: null,
+  detail: null,          // "agency/unit" shown in the unit view
+  flashed: new Set(),
+  refreshTimer: null,
+};
+
+const $ = (id) => document.getElementById(id);
+
+/** Builds an element; children are nodes or strings (always text, never HTML). */
+function h(tag, attrs, ...children) {
+  const el = document.createElement(tag);
+  for (const [k, v] of Object.entries(attrs || {})) {
+    if (v === null || v === undefined || v === false) continue;
+    if (k === "class") el.className = v;
+    else if (k.startsWith("on")) el.addEventListener(k.slice(2), v);
+    else el.setAttribute(k, v === true ? "" : String(v));
+  }
+  for (const c of children.flat()) {
+    if (c === null || c === undefined || c === false) continue;
+    el.append(c instanceof Node ? c : document.createTextNode(String(c)));
+  }
+  return el;
+}
+
+const SVGNS = "http://www.w3.org/2000/svg";
+function s(tag, attrs, ...children) {
+  const el = document.createElementNS(SVGNS, tag);
+  for (const [k, v] of Object.entries(attrs || {})) el.setAttribute(k, String(v));
+  for (const c of children.flat()) {
+    if (c === null || c === undefined) continue;
+    el.append(c instanceof Node ? c : document.createTextNode(String(c)));
+  }
+  return el;
+}
+
+// ---------------------------------------------------------------- time
+
+function ago(ms) {
+  if (!ms) return "never";
+  const d = Math.max(0, Date.now() - ms) / 1000;
+  if (d < 45) return "just now";
+  if (d < 90) return "1 min ago";
+  if (d < 3600) return Math.round(d / 60) + " min ago";
+  if (d < 5400) return "1 h ago";
+  if (d < 86400) return Math.round(d / 3600) + " h ago";
+  return Math.round(d / 86400) + " d ago";
+}
+
+function absolute(ms) {
+  const d = new Date(ms);
+  const p = (n) => String(n).padStart(2, "0");
+  return `${d.getFullYear()}-${p(d.getMonth() + 1)}-${p(d.getDate())} ${p(d.getHours())}:${p(d.getMinutes())}:${p(d.getSeconds())}`;
+}
+
+/** A relative time with the absolute one on hover; re-rendered every 15 s. */
+function when(ms, prefix) {
+  if (!ms) return h("span", { class: "when" }, "never");
+  return h("time", { datetime: new Date(ms).toISOString(), title: absolute(ms), "data-ms": ms, "data-prefix": prefix || "" }, (prefix || "") + ago(ms));
+}
+
+function tickTimes() {
+  for (const t of document.querySelectorAll("time[data-ms]")) {
+    t.textContent = t.dataset.prefix + ago(Number(t.dataset.ms));
+  }
+}
+
+function bytes(n) {
+  if (n === null || n === undefined) return "—";
+  const u = ["B", "KiB", "MiB", "GiB"];
+  let i = 0;
+  while (n >= 1024 && i < u.length - 1) { n /= 1024; i++; }
+  return (i ? n.toFixed(1) : n) + " " + u[i];
+}
+
+function badge(status) {
+  return h("span", { class: "badge " + status, "data-status": status }, STATUS_LABEL[status] || status);
+}
+
+// ---------------------------------------------------------------- access
+
+function token() { return sessionStorage.getItem(TOKEN_KEY); }
+
+class AuthError extends Error {}
+
+async function api(path) {
+  const t = token();
+  if (!t) throw new AuthError("no token");
+  const r = await fetch(path, { headers: { Authorization: "Bearer " + t }, cache: "no-store" });
+  if (r.status === 401 || r.status === 403) {
+    let msg = r.status === 401 ? "That token is not valid." : "That token may not see this.";
+    try { msg = (await r.json()).error.message || msg; } catch (_) { /* keep the default */ }
+    throw new AuthError(msg);
+  }
+  if (!r.ok) {
+    let msg = "HTTP " + r.status;
+    try { msg = (await r.json()).error.message || msg; } catch (_) { /* keep */ }
+    throw new Error(msg);
+  }
+  return r.json();
+}
+
+/** Every page of a list endpoint (at most `maxPages`). */
+async function all(path, maxPages) {
+  const out = [];
+  let cursor = null;
+  for (let i = 0; i < (maxPages || 50); i++) {
+    const sep = path.includes("?") ? "&" : "?";
+    const page = await api(path + sep + "limit=1000" + (cursor ? "&cursor=" + encodeURIComponent(cursor) : ""));
+    out.push(...page.items);
+    cursor = page.next_cursor;
+    if (!cursor) break;
+  }
+  return out;
+}
+
+function askToken(message) {
+  stopStream();
+  sessionStorage.removeItem(TOKEN_KEY);
+  $("main").hidden = true;
+  $("detail").hidden = true;
+  $("signout").hidden = true;
+  $("scope").textContent = "";
+  setLive("connecting", "signed out");
+  $("login-error").textContent = message || "";
+  $("login").hidden = false;
+  $("token").value = "";
+  $("token").focus();
+}
+
+function handleError(e) {
+  if (e instanceof AuthError) askToken(e.message);
+  else console.error(e);
+}
+
+// ---------------------------------------------------------------- loading
+
+async function loadAll() {
+  const [units, incidents] = await Promise.all([all("/api/v1/units"), all("/api/v1/incidents?state=open")]);
+  state.units = new Map(units.map((u) => [u.agency + "/" + u.unit, u]));
+  state.incidents = new Map(incidents.map((i) => [i.id, i]));
+  $("login").hidden = true;
+  $("main").hidden = false;
+  $("signout").hidden = false;
+  const agencies = [...new Set(units.map((u) => u.agency))].sort();
+  $("scope").textContent = agencies.length ? "Showing: " + agencies.join(", ") : "No units visible to this token";
+  renderAll();
+  loadProblems();
+}
+
+async function loadProblems() {
+  try {
+    const page = await api("/api/v1/problems?hours=24&limit=10");
+    state.problems = page.items;
+    renderProblems();
+  } catch (e) { handleError(e); }
+}
+
+async function refreshUnits() {
+  try {
+    const units = await all("/api/v1/units");
+    state.units = new Map(units.map((u) => [u.agency + "/" + u.unit, u]));
+    renderAll();
+  } catch (e) { handleError(e); }
+}
+
+// ---------------------------------------------------------------- live stream
+
+function setLive(st, text) {
+  const el = $("live");
+  el.dataset.state = st;
+  el.textContent = text;
+}
+
+function stopStream() {
+  if (state.stream) { state.stream.close(); state.stream = null; }
+}
+
+function startStream() {
+  stopStream();
+  const es = new EventSource("/api/v1/stream?access_token=" + encodeURIComponent(token()));
+  state.stream = es;
+  setLive("connecting", "connecting…");
+  es.addEventListener("ready", () => {
+    setLive("live", "live");
+    // Catch up on whatever happened while we were not subscribed.
+    refreshUnits();
+    loadIncidents();
+  });
+  es.addEventListener("transition", (ev) => onTransition(JSON.parse(ev.data)));
+  es.addEventListener("incident", (ev) => onIncident(JSON.parse(ev.data)));
+  es.addEventListener("lagged", () => { refreshUnits(); loadIncidents(); });
+  es.onerror = async () => {
+    if (es.readyState === EventSource.CLOSED) {
+      setLive("down", "disconnected");
+      // Closed for good: a refused token, or the collector is gone. Check which.
+      try {
+        await api("/api/v1/units?limit=1");
+        setTimeout(() => { if (state.stream === es) startStream(); }, 3000);
+      } catch (e) {
+        if (e instanceof AuthError) askToken(e.message);
+        else setTimeout(() => { if (state.stream === es) startStream(); }, 5000);
+      }
+    } else {
+      setLive("down", "reconnecting…");
+    }
+  };
+}
+
+async function loadIncidents() {
+  try {
+    const incidents = await all("/api/v1/incidents?state=open");
+    state.incidents = new Map(incidents.map((i) => [i.id, i]));
+    renderIncidents();
+  } catch (e) { handleError(e); }
+}
+
+async function onTransition(t) {
+  const key = t.agency + "/" + t.unit;
+  const u = state.units.get(key);
+  if (u) {
+    u.status = t.to;
+    u.reasons = t.reasons;
+    if (t.from !== t.to) u.since_ms = t.at_ms;
+    u.last_seen_ms = Math.max(u.last_seen_ms || 0, t.at_ms);
+    u.incidents = [...new Set(t.reasons.map((r) => r.incident).filter(Boolean))].sort();
+  } else {
+    try {
+      const d = await api(`/api/v1/units/${encodeURIComponent(t.agency)}/${encodeURIComponent(t.unit)}`);
+      state.units.set(key, d);
+    } catch (e) { handleError(e); return; }
+  }
+  state.flashed.add(key);
+  scheduleRender();
+  if (state.detail === key) openDetail(key, true);
+}
+
+function onIncident(i) {
+  if (i.ended_ms) state.incidents.delete(i.id);
+  else state.incidents.set(i.id, i);
+  renderIncidents();
+}
+
+// ---------------------------------------------------------------- rendering
+
+const filters = { agency: "", status: "", text: "", sort: "severity" };
+
+function matches(u) {
+  if (filters.agency && u.agency !== filters.agency) return false;
+  if (filters.status === "problem" && u.status === "ok") return false;
+  if (filters.status && filters.status !== "problem" && u.status !== filters.status) return false;
+  if (filters.text) {
+    const hay = [u.agency, u.unit, u.status, ...u.reasons.map((r) => r.rule + " " + r.message)].join(" ").toLowerCase();
+    if (!hay.includes(filters.text.toLowerCase())) return false;
+  }
+  return true;
+}
+
+function backlog(u) { return u.agent ? u.agent.backlog_records : null; }
+
+const SORTS = {
+  severity: (a, b) => STATUS_ORDER[a.status] - STATUS_ORDER[b.status] || a.since_ms - b.since_ms || a.unit.localeCompare(b.unit),
+  unit: (a, b) => a.unit.localeCompare(b.unit, undefined, { numeric: true }),
+  since: (a, b) => a.since_ms - b.since_ms,
+  seen: (a, b) => a.last_seen_ms - b.last_seen_ms,
+  backlog: (a, b) => (backlog(b) || 0) - (backlog(a) || 0),
+};
+
+/** Coalesces renders: a burst of transitions re-renders once per frame. */
+let renderPending = false;
+function scheduleRender() {
+  if (renderPending) return;
+  renderPending = true;
+  requestAnimationFrame(() => { renderPending = false; renderAll(); });
+}
+
+function renderAll() {
+  renderCounts();
+  renderIncidents();
+  renderFleet();
+}
+
+function renderCounts() {
+  const visible = [...state.units.values()].filter((u) => !filters.agency || u.agency === filters.agency);
+  const n = { offline: 0, critical: 0, degraded: 0, ok: 0 };
+  for (const u of visible) n[u.status] = (n[u.status] || 0) + 1;
+  const tile = (st, label, count) => h("button", {
+    type: "button", class: `count ${st}${count ? "" : " zero"}`, id: "count-" + st,
+    "aria-pressed": filters.status === (st === "total" ? "" : st) ? "true" : "false",
+    onclick: () => { filters.status = st === "total" ? "" : (filters.status === st ? "" : st); $("f-status").value = filters.status; renderAll(); },
+  }, h("span", { class: "n" }, count), h("span", { class: "l" }, label));
+  $("counts").replaceChildren(
+    tile("offline", "Offline", n.offline),
+    tile("critical", "Critical", n.critical),
+    tile("degraded", "Degraded", n.degraded),
+    tile("ok", "OK", n.ok),
+    tile("total", "All units", visible.length),
+  );
+}
+
+function renderIncidents() {
+  const list = [...state.incidents.values()].sort((a, b) => a.since_ms - b.since_ms);
+  const box = $("incident-list");
+  if (!list.length) {
+    box.replaceChildren(h("p", { class: "empty" }, "No open incidents."));
+    return;
+  }
+  box.replaceChildren(...list.map((i) => h("div", { class: "incident", "data-incident": i.id },
+    h("h3", {}, i.summary),
+    h("div", { class: "meta" }, i.agency, " · ", i.probe, " → ", i.target, " · since ", when(i.since_ms),
+      ` · ${i.affected.length} of ${i.of_units} units`),
+    h("div", { class: "chips" }, i.affected.map((id) => h("button", {
+      type: "button", class: "chip", onclick: () => openDetail(id.includes("/") ? id : i.agency + "/" + id),
+    }, id))),
+  )));
+}
+
+/** `probe["cad-api"].total_ms` -> `cad-api`. */
+function probeName(field) {
+  const m = /^probe\["((?:[^"\\]|\\.)*)"\]/.exec(field || "");
+  return m ? m[1].replace(/\\(.)/g, "$1") : null;
+}
+
+/** One line per reason; an agency-wide incident is already explained at the top. */
+function reasonText(r) {
+  if (r.rule === "incident" && r.incident) return (probeName(r.field) || "a probe") + " failing for many units (see Incidents)";
+  return r.message;
+}
+
+function reasonsCell(u) {
+  if (!u.reasons.length) return h("td", { class: "reasons" }, "—");
+  return h("td", { class: "reasons" }, h("ul", {}, u.reasons.map((r) =>
+    h("li", { "data-rule": r.rule, title: r.message }, h("strong", {}, r.rule), ": ", reasonText(r)))));
+}
+
+function staleness(u) {
+  const iv = u.interval_ms || 30000;
+  return Date.now() - u.last_seen_ms > 3 * iv;
+}
+
+function unitRow(u) {
+  const key = u.agency + "/" + u.unit;
+  const b = backlog(u);
+  const tr = h("tr", {
+    class: "unit " + u.status + (state.flashed.has(key) ? " flash" : ""), tabindex: 0, "data-unit": key, "data-status": u.status,
+    onclick: () => openDetail(key),
+    onkeydown: (e) => { if (e.key === "Enter") openDetail(key); },
+  },
+  h("td", {}, badge(u.status)),
+  h("td", { class: "name" }, u.unit),
+  reasonsCell(u),
+  h("td", { class: "when" }, when(u.since_ms)),
+  h("td", { class: "when" + (staleness(u) ? " stale" : "") }, when(u.last_seen_ms)),
+  h("td", { class: "num", title: b === null ? "no heartbeat yet" : bytes(u.agent.backlog_bytes) + " waiting on the unit" }, b === null ? "—" : b.toLocaleString()),
+  h("td", { class: "num opt", title: "records that never arrived" }, u.seq.missing ? u.seq.missing.toLocaleString() : "0"),
+  );
+  return tr;
+}
+
+function renderFleet() {
+  const units = [...state.units.values()].filter(matches).sort(SORTS[filters.sort]);
+  const byAgency = new Map();
+  for (const u of units) {
+    if (!byAgency.has(u.agency)) byAgency.set(u.agency, []);
+    byAgency.get(u.agency).push(u);
+  }
+  // Agency picker keeps every agency the token sees.
+  const sel = $("f-agency");
+  const agencies = [...new Set([...state.units.values()].map((u) => u.agency))].sort();
+  const have = [...sel.options].map((o) => o.value).slice(1);
+  if (have.join("\n") !== agencies.join("\n")) {
+    sel.replaceChildren(h("option", { value: "" }, "All"), ...agencies.map((a) => h("option", { value: a }, a)));
+    sel.value = agencies.includes(filters.agency) ? filters.agency : "";
+  }
+  const box = $("fleet");
+  if (!units.length) {
+    box.replaceChildren(h("p", { class: "empty" }, state.units.size ? "No unit matches the filters." : "No units have reported yet."));
+    return;
+  }
+  // Agencies with the worst units first.
+  const worst = (list) => Math.min(...list.map((u) => STATUS_ORDER[u.status]));
+  const groups = [...byAgency.entries()].sort((a, b) => worst(a[1]) - worst(b[1]) || a[0].localeCompare(b[0]));
+  box.replaceChildren(...groups.map(([agency, list]) => {
+    const tally = { offline: 0, critical: 0, degraded: 0, ok: 0 };
+    for (const u of list) tally[u.status]++;
+    const t = Object.entries(tally).filter(([, c]) => c).map(([st, c]) => `${c} ${STATUS_LABEL[st].toLowerCase()}`).join(" · ");
+    return h("section", { class: "agency", "data-agency": agency },
+      h("h3", {}, agency, h("span", { class: "tally" }, t)),
+      h("table", {},
+        h("thead", {}, h("tr", {},
+          h("th", {}, "Status"), h("th", {}, "Unit"), h("th", {}, "Why"), h("th", {}, "Since"),
+          h("th", {}, "Last seen"), h("th", { class: "num" }, "Backlog"), h("th", { class: "num opt" }, "Missing"))),
+        h("tbody", {}, list.map(unitRow))));
+  }));
+  setTimeout(() => state.flashed.clear(), 2500);
+}
+
+function renderProblems() {
+  const box = $("problem-list");
+  const list = state.problems;
+  if (!list.length) {
+    box.replaceChildren(h("p", { class: "empty" }, "No unit was degraded in the last 24 h."));
+    return;
+  }
+  const max = Math.max(...list.map((p) => p.unit_minutes), 1);
+  box.replaceChildren(h("table", {},
+    h("thead", {}, h("tr", {}, h("th", {}, "#"), h("th", {}, "Cause"), h("th", { class: "num" }, "Unit-minutes"),
+      h("th", {}, ""), h("th", { class: "num" }, "Units"), h("th", { class: "opt" }, "Agencies"))),
+    h("tbody", {}, list.map((p, i) => {
+      const bar = h("div", { class: "barfill" });
+      bar.style.width = Math.max(2, (100 * p.unit_minutes) / max).toFixed(1) + "%";
+      return h("tr", { class: "problem", "data-rule": p.rule },
+        h("td", {}, i + 1),
+        h("td", {}, h("span", { class: "cause" }, p.cause), " ", h("strong", {}, p.rule),
+          p.probe ? [" · probe ", h("strong", {}, p.probe)] : null, p.target ? [" → ", p.target] : null),
+        h("td", { class: "num" }, Math.round(p.unit_minutes).toLocaleString()),
+        h("td", { class: "bar" }, bar),
+        h("td", { class: "num" }, p.units),
+        h("td", { class: "opt" }, p.agencies.join(", ")));
+    }))));
+}
+
+// ---------------------------------------------------------------- unit view
+
+async function openDetail(key, refresh) {
+  const [agency, unit] = key.split("/");
+  state.detail = key;
+  const hours = Number($("d-hours").value);
+  if (!refresh) {
+    $("detail-title").replaceChildren(agency + " / " + unit);
+    $("detail-body").replaceChildren(h("p", { class: "empty" }, "Loading…"));
+    $("detail").hidden = false;
+    history.replaceState(null, "", "#unit=" + encodeURIComponent(key));
+  }
+  const base = `/api/v1/units/${encodeURIComponent(agency)}/${encodeURIComponent(unit)}`;
+  try {
+    const [d, host, probes, events] = await Promise.all([
+      api(base),
+      all(`${base}/samples?since=${hours}h&kind=host`, 20),
+      all(`${base}/samples?since=${hours}h&kind=probe`, 20),
+      api(`/api/v1/events?unit=${encodeURIComponent(key)}&limit=50`),
+    ]);
+    if (state.detail !== key) return;
+    renderDetail(d, host, probes, events.items, hours);
+  } catch (e) {
+    if (e instanceof AuthError) handleError(e);
+    else $("detail-body").replaceChildren(h("p", { class: "error" }, "Could not load this unit: " + e.message));
+  }
+}
+
+function closeDetail() {
+  state.detail = null;
+  $("detail").hidden = true;
+  history.replaceState(null, "", location.pathname);
+}
+
+function renderDetail(d, host, probes, events, hours) {
+  $("detail-title").replaceChildren(badge(d.status), d.agency + " / " + d.unit);
+  const a = d.agent;
+  const facts = h("div", { class: "facts" },
+    h("div", {}, h("span", {}, "Status since"), when(d.since_ms)),
+    h("div", {}, h("span", {}, "Last seen"), when(d.last_seen_ms)),
+    h("div", {}, h("span", {}, "Connection"), d.online === null ? "unknown" : d.online ? "online" : "offline (MQTT will)"),
+    h("div", {}, h("span", {}, "Backlog on the unit"), a ? `${a.backlog_records.toLocaleString()} records (${bytes(a.backlog_bytes)})` : "—"),
+    h("div", {}, h("span", {}, "Agent"), a ? a.version : "—"),
+    h("div", {}, h("span", {}, "Records"), `${d.seq.received.toLocaleString()} received, ${d.seq.missing} missing, ${d.seq.duplicates} duplicate`),
+    h("div", {}, h("span", {}, "First seen"), when(d.first_seen_ms)),
+    h("div", {}, h("span", {}, "Reconnects"), a ? a.reconnects : "—"),
+  );
+  const reasons = d.reasons.length
+    ? h("ul", { class: "reason-list", id: "detail-reasons" }, d.reasons.map((r) => h("li", { "data-rule": r.rule },
+      badge(r.severity), h("span", { class: "rule" }, r.rule), h("span", { class: "msg" }, r.message),
+      h("span", {}, "since ", when(r.since_ms)),
+      r.runbook ? h("a", { href: r.runbook, target: "_blank", rel: "noopener noreferrer", class: "runbook" }, "Runbook ↗") : h("span", { class: "empty" }, "no runbook"))))
+    : h("p", { class: "empty", id: "detail-reasons" }, "No active flags: the unit is OK.");
+  const now = Date.now();
+  const t0 = now - hours * 3600000;
+  W = chartWidth();
+  const hostPts = host.map((x) => ({ t: x.at_ms, d: x.data }));
+  const pct = (f) => hostPts.map((p) => [p.t, f(p.d)]).filter((p) => p[1] !== null && p[1] !== undefined);
+  const cpu = pct((d) => (d.cpu ? d.cpu.total_bp / 100 : null));
+  const mem = pct((d) => (d.memory && d.memory.total_kib ? (100 * d.memory.used_kib) / d.memory.total_kib : null));
+  const mounts = [...new Set(hostPts.flatMap((p) => p.d.disks.map((x) => x.mount)))].slice(0, 5);
+  const disks = mounts.map((m) => ({
+    name: m,
+    points: pct((d) => { const x = d.disks.find((k) => k.mount === m); return x && x.total_kib ? (100 * x.used_kib) / x.total_kib : null; }),
+  }));
+  const byProbe = new Map();
+  for (const p of probes) {
+    if (!byProbe.has(p.data.name)) byProbe.set(p.data.name, []);
+    byProbe.get(p.data.name).push(p);
+  }
+  const charts = h("div", { class: "charts" },
+    chart("CPU (%)", [{ name: "cpu", points: cpu }], t0, now, 100),
+    chart("Memory used (%)", [{ name: "memory", points: mem }], t0, now, 100),
+    chart("Disk used (%)", disks, t0, now, 100),
+    ...[...byProbe.entries()].map(([name, list]) => probeChart(name, list, t0, now)),
+  );
+  const transitions = events.filter((e) => e.type === "transition");
+  const trTable = transitions.length
+    ? h("table", { id: "detail-transitions" },
+      h("thead", {}, h("tr", {}, h("th", {}, "When"), h("th", {}, "From"), h("th", {}, "To"), h("th", {}, "Reasons"))),
+      h("tbody", {}, transitions.map((t) => h("tr", {},
+        h("td", { class: "when" }, when(t.at_ms)), h("td", {}, badge(t.from)), h("td", {}, badge(t.to)),
+        h("td", {}, t.reasons.map((r) => r.rule).join(", ") || "cleared")))))
+    : h("p", { class: "empty", id: "detail-transitions" }, "No transitions stored.");
+  $("detail-body").replaceChildren(facts, h("h3", {}, "Active flags"), reasons,
+    h("h3", {}, `Last ${hours} h`), charts, h("h3", {}, "Transitions"), trTable);
+}
+
+// Charts are drawn at their on-screen width (set per render), so text is
+// never stretched.
+let W = 520;
+const H = 160, PL = 38, PR = 8, PT = 8, PB = 20;
+
+function chartWidth() {
+  const inner = $("detail-body").clientWidth || 1000;
+  const twoCols = !window.matchMedia("(max-width: 1000px)").matches;
+  return Math.max(300, Math.round((twoCols ? (inner - 16) / 2 : inner) - 24));
+}
+
+function frame(t0, t1, yMax, unit) {
+  const g = [];
+  for (let i = 0; i <= 4; i++) {
+    const v = (yMax * i) / 4;
+    const y = PT + (H - PT - PB) * (1 - i / 4);
+    g.push(s("line", { class: "grid", x1: PL, x2: W - PR, y1: y, y2: y }));
+    g.push(s("text", { class: "axis", x: PL - 4, y: y + 3, "text-anchor": "end" }, fmtNum(v) + unit));
+  }
+  for (let i = 0; i <= 4; i++) {
+    const t = t0 + ((t1 - t0) * i) / 4;
+    const x = PL + ((W - PL - PR) * i) / 4;
+    const d = new Date(t);
+    g.push(s("text", { class: "axis", x, y: H - 5, "text-anchor": i === 0 ? "start" : i === 4 ? "end" : "middle" },
+      String(d.getHours()).padStart(2, "0") + ":" + String(d.getMinutes()).padStart(2, "0")));
+  }
+  return g;
+}
+
+function fmtNum(v) { return v >= 1000 ? (v / 1000).toFixed(1).replace(/\.0$/, "") + "k" : String(Math.round(v)); }
+
+/** Averages points into at most `n` buckets so long ranges stay light. */
+function thin(points, n) {
+  if (points.length <= n) return points;
+  const out = [];
+  const step = points.length / n;
+  for (let i = 0; i < n; i++) {
+    const chunk = points.slice(Math.floor(i * step), Math.floor((i + 1) * step));
+    if (!chunk.length) continue;
+    out.push([chunk[chunk.length - 1][0], chunk.reduce((a, p) => a + p[1], 0) / chunk.length]);
+  }
+  return out;
+}
+
+function chart(title, series, t0, t1, yMax) {
+  const x = (t) => PL + ((W - PL - PR) * (t - t0)) / (t1 - t0);
+  const y = (v) => PT + (H - PT - PB) * (1 - Math.min(v, yMax) / yMax);
+  const svg = s("svg", { viewBox: `0 0 ${W} ${H}`, role: "img", "aria-label": title }, frame(t0, t1, yMax, "%"));
+  let any = false;
+  series.forEach((se, i) => {
+    const pts = thin(se.points.filter((p) => p[0] >= t0), 400);
+    if (!pts.length) return;
+    any = true;
+    if (pts.length === 1) svg.append(s("circle", { class: "c" + i, cx: x(pts[0][0]), cy: y(pts[0][1]), r: 2.5 }));
+    else svg.append(s("polyline", { class: "line c" + i, points: pts.map((p) => `${x(p[0]).toFixed(1)},${y(p[1]).toFixed(1)}`).join(" ") }));
+  });
+  const last = series.map((se) => se.points[se.points.length - 1]).filter(Boolean);
+  return h("div", { class: "chart" },
+    h("h4", {}, title, last.length === 1 ? ` — now ${last[0][1].toFixed(1)}` : ""),
+    any ? svg : h("p", { class: "empty" }, "No samples in this range."),
+    series.length > 1 ? h("div", { class: "legend" }, series.map((se, i) => h("span", {}, h("i", { class: "c" + i }), se.name))) : null);
+}
+
+const PHASES = [["dns_us", "DNS"], ["connect_us", "connect"], ["tls_us", "TLS"], ["ttfb_us", "first byte"], ["rest", "rest"]];
+
+function probeChart(name, list, t0, t1) {
+  const rows = list.filter((p) => p.at_ms >= t0).map((p) => {
+    const ph = p.data.phases;
+    const parts = PHASES.slice(0, 4).map(([k]) => (ph[k] || 0) / 1000);
+    const known = parts.reduce((a, b) => a + b, 0);
+    parts.push(Math.max(0, ph.total_us / 1000 - known));
+    return { t: p.at_ms, parts, ok: p.data.outcome === "Ok" };
+  });
+  const target = list.length ? list[list.length - 1].data.target : "";
+  const maxTotal = Math.max(10, ...rows.map((r) => r.parts.reduce((a, b) => a + b, 0)));
+  const nice = [20, 40, 100, 200, 400, 1000, 2000, 4000, 10000, 20000, 40000, 60000].find((v) => v >= maxTotal) || maxTotal;
+  const x = (t) => PL + ((W - PL - PR) * (t - t0)) / (t1 - t0);
+  const y = (v) => PT + (H - PT - PB) * (1 - Math.min(v, nice) / nice);
+  const svg = s("svg", { viewBox: `0 0 ${W} ${H}`, role: "img", "aria-label": "latency of " + name }, frame(t0, t1, nice, ""));
+  const thinned = rows.length > 300 ? rows.filter((_, i) => i % Math.ceil(rows.length / 300) === 0) : rows;
+  // Stacked areas, bottom phase first.
+  for (let k = 0; k < PHASES.length; k++) {
+    if (thinned.length < 2) break;
+    const top = thinned.map((r) => [x(r.t), y(r.parts.slice(0, k + 1).reduce((a, b) => a + b, 0))]);
+    const bottom = thinned.map((r) => [x(r.t), y(r.parts.slice(0, k).reduce((a, b) => a + b, 0))]).reverse();
+    const d = "M" + top.concat(bottom).map((p) => p[0].toFixed(1) + "," + p[1].toFixed(1)).join("L") + "Z";
+    svg.append(s("path", { class: "area c" + k, d }));
+  }
+  if (thinned.length === 1) {
+    let base = 0;
+    thinned[0].parts.forEach((v, k) => {
+      svg.append(s("rect", { class: "c" + k, x: x(thinned[0].t) - 3, width: 6, y: y(base + v), height: Math.max(0, y(base) - y(base + v)) }));
+      base += v;
+    });
+  }
+  for (const r of rows.filter((r) => !r.ok)) {
+    svg.append(s("line", { class: "fail", x1: x(r.t), x2: x(r.t), y1: H - PB, y2: H - PB - 8 }));
+  }
+  const failed = rows.filter((r) => !r.ok).length;
+  return h("div", { class: "chart", "data-probe": name },
+    h("h4", {}, `Probe ${name} latency (ms)`, target ? h("span", { class: "hint" }, target) : null),
+    rows.length ? svg : h("p", { class: "empty" }, "No results in this range."),
+    h("div", { class: "legend" }, PHASES.map(([, label], i) => h("span", {}, h("i", { class: "c" + i }), label)),
+      failed ? h("span", { class: "stale" }, `${failed} failed (red ticks)`) : null));
+}
+
+// ---------------------------------------------------------------- wiring
+
+function start() {
+  $("login-form").addEventListener("submit", async (e) => {
+    e.preventDefault();
+    const t = $("token").value.trim();
+    if (!t) return;
+    sessionStorage.setItem(TOKEN_KEY, t);
+    $("login-error").textContent = "";
+    await begin();
+  });
+  $("signout").addEventListener("click", () => askToken("Signed out."));
+  $("f-agency").addEventListener("change", (e) => { filters.agency = e.target.value; renderAll(); });
+  $("f-status").addEventListener("change", (e) => { filters.status = e.target.value; renderAll(); });
+  for (const ev of ["input", "change"]) {
+    $("f-text").addEventListener(ev, (e) => { filters.text = e.target.value.trim(); renderFleet(); });
+  }
+  $("f-sort").addEventListener("change", (e) => { filters.sort = e.target.value; renderFleet(); });
+  $("detail-close").addEventListener("click", closeDetail);
+  $("detail").addEventListener("click", (e) => { if (e.target === $("detail")) closeDetail(); });
+  $("d-hours").addEventListener("change", () => { if (state.detail) openDetail(state.detail); });
+  document.addEventListener("keydown", (e) => { if (e.key === "Escape" && state.detail) closeDetail(); });
+  let resize = null;
+  window.addEventListener("resize", () => {
+    clearTimeout(resize);
+    resize = setTimeout(() => { if (state.detail) openDetail(state.detail, true); }, 250);
+  });
+  setInterval(tickTimes, 15000);
+  if (token()) begin();
+  else askToken("");
+}
+
+async function begin() {
+  try {
+    await loadAll();
+  } catch (e) {
+    if (e instanceof AuthError) { askToken(e.message); return; }
+    $("login-error").textContent = "Could not reach the collector: " + e.message;
+    $("login").hidden = false;
+    return;
+  }
+  startStream();
+  clearInterval(state.refreshTimer);
+  // Last seen and backlog are not on the stream: refresh them quietly.
+  state.refreshTimer = setInterval(() => { refreshUnits(); loadProblems(); }, 30000);
+  const m = location.hash.match(/^#unit=(.+)$/);
+  if (m) openDetail(decodeURIComponent(m[1]));
+}
+
+document.addEventListener("DOMContentLoaded", start);

@@ -1,0 +1,687 @@
+//! The feed contract: every endpoint's real responses, from a collector fed
+//! realistic traffic over a real Mosquitto, validate against the schemas of
+//! the OpenAPI document it serves; the document lists exactly the routes
+//! the router serves; errors have one shape; lists are paginated.
+//!
+//! The validator is a small JSON Schema subset (the keywords the document
+//! uses); a keyword it does not know fails the test rather than pass
+//! unchecked, and a self-check proves a renamed field is caught.
+
+use std::collections::BTreeSet;
+use std::time::Duration;
+
+use muster_proto::{BootId, Payload, fixtures};
+use serde_json::{Value, json};
+
+use crate::harness::*;
+use crate::http::{self, Response};
+
+// ------------------------------------------------------------ validator
+
+pub struct Validator<'a> {
+    doc: &'a Value,
+    /// Schema nodes checked, to prove the walk went somewhere.
+    checks: usize,
+}
+
+fn type_ok(t: &str, v: &Value) -> bool {
+    match t {
+        "object" => v.is_object(),
+        "array" => v.is_array(),
+        "string" => v.is_string(),
+        "boolean" => v.is_boolean(),
+        "null" => v.is_null(),
+        "number" => v.is_number(),
+        "integer" => v.is_i64() || v.is_u64(),
+        other => panic!("schema uses unknown type {other:?}"),
+    }
+}
+
+/// The regular expressions the document uses, checked by hand.
+fn pattern_ok(p: &str, s: &str) -> bool {
+    let hex = |s: &str, n: usize| {
+        s.len() == n
+            && s.bytes()
+                .all(|b| b.is_ascii_digit() || (b'a'..=b'f').contains(&b))
+    };
+    match p {
+        "^[0-9a-f]{16}$" => hex(s, 16),
+        "^[0-9]+$" => !s.is_empty() && s.bytes().all(|b| b.is_ascii_digit()),
+        "^sha256=[0-9a-f]{64}$" => s.strip_prefix("sha256=").is_some_and(|h| hex(h, 64)),
+        other => panic!("schema uses a pattern the test validator does not know: {other}"),
+    }
+}
+
+impl<'a> Validator<'a> {
+    pub fn new(doc: &'a Value) -> Self {
+        Validator { doc, checks: 0 }
+    }
+
+    fn resolve(&self, r: &str) -> &'a Value {
+        let ptr = r
+            .strip_prefix('#')
+            .unwrap_or_else(|| panic!("external $ref {r}"));
+        self.doc
+            .pointer(ptr)
+            .unwrap_or_else(|| panic!("dangling $ref {r}"))
+    }
+
+    fn validate(&mut self, schema: &Value, v: &Value, at: &str) -> Result<(), String> {
+        self.checks += 1;
+        let s = schema
+            .as_object()
+            .unwrap_or_else(|| panic!("schema at {at} is not an object: {schema}"));
+        for k in s.keys() {
+            let known = [
+                "$ref",
+                "type",
+                "enum",
+                "const",
+                "properties",
+                "required",
+                "additionalProperties",
+                "items",
+                "minItems",
+                "maxItems",
+                "minimum",
+                "maximum",
+                "pattern",
+                "oneOf",
+                "anyOf",
+                "allOf",
+                "description",
+                "format",
+                "title",
+                "example",
+            ];
+            assert!(
+                known.contains(&k.as_str()),
+                "schema keyword {k:?} at {at} is not checked by the test validator"
+            );
+        }
+        if let Some(r) = s.get("$ref") {
+            let target = self.resolve(r.as_str().unwrap());
+            return self.validate(target, v, at);
+        }
+        if let Some(t) = s.get("type") {
+            let ok = match t {
+                Value::String(t) => type_ok(t, v),
+                Value::Array(ts) => ts.iter().any(|t| type_ok(t.as_str().unwrap(), v)),
+                _ => panic!("bad type at {at}"),
+            };
+            if !ok {
+                return Err(format!("{at}: {v} is not of type {t}"));
+            }
+        }
+        if let Some(e) = s.get("enum")
+            && !e.as_array().unwrap().contains(v)
+        {
+            return Err(format!("{at}: {v} is not one of {e}"));
+        }
+        if let Some(c) = s.get("const")
+            && c != v
+        {
+            return Err(format!("{at}: {v} is not {c}"));
+        }
+        if let Some(n) = v.as_f64() {
+            if let Some(m) = s.get("minimum").and_then(Value::as_f64)
+                && n < m
+            {
+                return Err(format!("{at}: {n} < minimum {m}"));
+            }
+            if let Some(m) = s.get("maximum").and_then(Value::as_f64)
+                && n > m
+            {
+                return Err(format!("{at}: {n} > maximum {m}"));
+            }
+        }
+        if let (Some(p), Some(st)) = (s.get("pattern"), v.as_str())
+            && !pattern_ok(p.as_str().unwrap(), st)
+        {
+            return Err(format!("{at}: {st:?} does not match {p}"));
+        }
+        if let Some(o) = v.as_object() {
+            let props = s.get("properties").and_then(Value::as_object);
+            if let Some(req) = s.get("required") {
+                for k in req.as_array().unwrap() {
+                    let k = k.as_str().unwrap();
+                    if !o.contains_key(k) {
+                        return Err(format!("{at}: required field {k:?} is missing"));
+                    }
+                }
+            }
+            for (k, fv) in o {
+                let sub = format!("{at}.{k}");
+                match props.and_then(|p| p.get(k)) {
+                    Some(ps) => self.validate(ps, fv, &sub)?,
+                    None => match s.get("additionalProperties") {
+                        Some(Value::Bool(false)) => {
+                            return Err(format!("{at}: field {k:?} is not in the schema"));
+                        }
+                        Some(ap @ Value::Object(_)) => self.validate(ap, fv, &sub)?,
+                        _ => {}
+                    },
+                }
+            }
+        }
+        if let Some(a) = v.as_array() {
+            if let Some(n) = s.get("minItems").and_then(Value::as_u64)
+                && (a.len() as u64) < n
+            {
+                return Err(format!("{at}: fewer than {n} items"));
+            }
+            if let Some(n) = s.get("maxItems").and_then(Value::as_u64)
+                && (a.len() as u64) > n
+            {
+                return Err(format!("{at}: more than {n} items"));
+            }
+            if let Some(items) = s.get("items") {
+                for (i, x) in a.iter().enumerate() {
+                    self.validate(items, x, &format!("{at}[{i}]"))?;
+                }
+            }
+        }
+        if let Some(all) = s.get("allOf") {
+            for (i, sub) in all.as_array().unwrap().iter().enumerate() {
+                self.validate(sub, v, &format!("{at}/allOf[{i}]"))?;
+            }
+        }
+        if let Some(any) = s.get("anyOf") {
+            let errs: Vec<String> = any
+                .as_array()
+                .unwrap()
+                .iter()
+                .filter_map(|sub| self.validate(sub, v, at).err())
+                .collect();
+            if errs.len() == any.as_array().unwrap().len() {
+                return Err(format!("{at}: matches none of anyOf: {errs:?}"));
+            }
+        }
+        if let Some(one) = s.get("oneOf") {
+            let subs = one.as_array().unwrap();
+            let mut errs = Vec::new();
+            let mut matched = 0;
+            for sub in subs {
+                match self.validate(sub, v, at) {
+                    Ok(()) => matched += 1,
+                    Err(e) => errs.push(e),
+                }
+            }
+            if matched != 1 {
+                return Err(format!("{at}: matches {matched} of oneOf, not 1: {errs:?}"));
+            }
+        }
+        Ok(())
+    }
+
+    pub fn schema(&mut self, name: &str, v: &Value) -> Result<(), String> {
+        let s = json!({ "$ref": format!("#/components/schemas/{name}") });
+        self.validate(&s, v, name)
+    }
+}
+
+// ------------------------------------------------------------ the spec side
+
+/// The `responses` entry of `GET {template}` for a status.
+fn response_spec<'a>(doc: &'a Value, template: &str, status: u16) -> &'a Value {
+    let op = doc["paths"][template]["get"]
+        .as_object()
+        .unwrap_or_else(|| panic!("the document has no GET {template}"));
+    let r = op["responses"]
+        .get(status.to_string())
+        .or_else(|| op["responses"].get(format!("{}XX", status / 100)))
+        .unwrap_or_else(|| {
+            panic!("GET {template} answered {status}, which the document does not list")
+        });
+    match r.get("$ref").and_then(Value::as_str) {
+        Some(p) => doc.pointer(p.strip_prefix('#').unwrap()).unwrap(),
+        None => r,
+    }
+}
+
+/// Checks one real response against the document: its status and content
+/// type are listed, and a JSON body validates. Returns the JSON body.
+fn check(v: &mut Validator, template: &str, path: &str, r: &Response) -> Option<Value> {
+    let spec = response_spec(v.doc, template, r.status);
+    let ctype = r
+        .header("content-type")
+        .unwrap_or_default()
+        .split(';')
+        .next()
+        .unwrap()
+        .trim()
+        .to_owned();
+    let Some(content) = spec.get("content") else {
+        assert!(
+            r.body.is_empty(),
+            "GET {path}: {} has no content in the document",
+            r.status
+        );
+        return None;
+    };
+    let media = content.get(&ctype).unwrap_or_else(|| {
+        panic!(
+            "GET {path}: content type {ctype:?} of a {} is not in the document ({:?})",
+            r.status,
+            content.as_object().unwrap().keys().collect::<Vec<_>>()
+        )
+    });
+    if ctype != "application/json" {
+        return None;
+    }
+    let body = r.json();
+    let schema = &media["schema"];
+    if let Err(e) = v.validate(schema, &body, &format!("GET {path} {}", r.status)) {
+        panic!("GET {path}: the response does not match the document: {e}\n{body:#}");
+    }
+    Some(body)
+}
+
+/// Routes the router serves, read from the router's source: every
+/// `.route("...")` in the feed and the dashboard.
+fn served_routes() -> BTreeSet<String> {
+    let dir = concat!(env!("CARGO_MANIFEST_DIR"), "/src/feed");
+    let mut out = BTreeSet::new();
+    for f in ["mod.rs", "dashboard/mod.rs"] {
+        let text = std::fs::read_to_string(format!("{dir}/{f}")).unwrap();
+        for part in text.split(".route(\"").skip(1) {
+            out.insert(part.split('"').next().unwrap().to_owned());
+        }
+    }
+    out
+}
+
+// ------------------------------------------------------------ the traffic
+
+const RULE: &str = r#"
+[[rules.threshold]]
+name = "cpu-hot"
+field = "cpu.total"
+op = ">"
+threshold = 50
+clear = 40
+severity = "degraded"
+runbook = "https://runbooks.example.org/muster/cpu-hot"
+"#;
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn real_responses_of_every_endpoint_validate_against_the_served_document() {
+    let w = World::start(RULE).await;
+    let c = w.c();
+    let mut stream = c.stream(FIRE).await;
+
+    let r = http::get(c.addr, "/api/v1/openapi.json", None).await;
+    assert_eq!(r.status, 200, "the document needs no token");
+    let doc = r.json();
+    assert!(doc["openapi"].as_str().unwrap().starts_with("3."));
+    let mut v = Validator::new(&doc);
+    check(&mut v, "/api/v1/openapi.json", "/api/v1/openapi.json", &r);
+
+    // Exactly the routes the router serves.
+    let documented: BTreeSet<String> = doc["paths"].as_object().unwrap().keys().cloned().collect();
+    assert_eq!(
+        documented,
+        served_routes(),
+        "document paths vs router routes"
+    );
+
+    // Traffic: a host that runs hot, its agent's heartbeat, a police unit,
+    // and four fire units of which three fail the same probe target (an
+    // incident).
+    let a = w.agent("agent").await;
+    let h1 = unit("metro-fire", "H1");
+    let boot = BootId(0xdead_beef);
+    a.presence(&h1, online(boot, 1, T0, true)).await;
+    a.record(&h1, rec(boot, 1, T0, host(20.0))).await;
+    a.record(
+        &h1,
+        rec(boot, 2, T0 + 1_000, Payload::Status(fixtures::status())),
+    )
+    .await;
+    w.clock.set(T0 + 5_000);
+    a.record(&h1, rec(boot, 3, T0 + 5_000, host(97.0))).await;
+    a.record(
+        &h1,
+        rec(
+            boot,
+            4,
+            T0 + 5_500,
+            probe("cad-api", "https://cad/health", true),
+        ),
+    )
+    .await;
+    c.wait_unit(&h1, "degraded", |v| v["status"] == "degraded")
+        .await;
+    let p1 = unit("county-police", "P1");
+    a.record(&p1, rec(BootId(2), 1, T0, host(12.0))).await;
+    c.wait_unit(&p1, "in", |v| v["seq"]["received"] == 1).await;
+    let target = "https://cad.metro.example/api/health";
+    let es: Vec<_> = (1..=4)
+        .map(|i| unit("metro-fire", &format!("E{i}")))
+        .collect();
+    for u in &es {
+        a.record(
+            u,
+            rec(BootId(1), 1, T0 + 5_000, probe("cad-api", target, true)),
+        )
+        .await;
+    }
+    for seq in 2..=4 {
+        let at = T0 + 5_000 + seq * 5_000;
+        w.clock.set(at);
+        for (i, u) in es.iter().enumerate() {
+            a.record(u, rec(BootId(1), seq, at, probe("cad-api", target, i == 3)))
+                .await;
+        }
+        for u in &es {
+            c.wait_unit(u, "probe in", |v| v["seq"]["received"] == seq)
+                .await;
+        }
+    }
+    // H1 reports again at the clock's time (else it would be stale by now).
+    a.record(&h1, rec(boot, 5, T0 + 25_000, host(98.0))).await;
+    c.wait_unit(&h1, "fresh and hot", |v| {
+        v["seq"]["received"] == 5 && v["status"] == "degraded"
+    })
+    .await;
+    let deadline = tokio::time::Instant::now() + Duration::from_secs(20);
+    while c.json("/api/v1/incidents?state=open", ADMIN).await["items"]
+        .as_array()
+        .unwrap()
+        .is_empty()
+    {
+        assert!(tokio::time::Instant::now() < deadline, "no incident");
+        tokio::time::sleep(Duration::from_millis(20)).await;
+    }
+
+    // Every endpoint, successful answers.
+    let ok: &[(&str, &str, &str)] = &[
+        ("/api/v1/units", "/api/v1/units", ADMIN),
+        ("/api/v1/units", "/api/v1/units?status=degraded", FIRE),
+        (
+            "/api/v1/units",
+            "/api/v1/units?agency=county-police",
+            POLICE,
+        ),
+        (
+            "/api/v1/units/{agency}/{unit}",
+            "/api/v1/units/metro-fire/H1",
+            FIRE,
+        ),
+        (
+            "/api/v1/units/{agency}/{unit}",
+            "/api/v1/units/metro-fire/E1",
+            ADMIN,
+        ),
+        (
+            "/api/v1/units/{agency}/{unit}/samples",
+            "/api/v1/units/metro-fire/H1/samples",
+            FIRE,
+        ),
+        (
+            "/api/v1/units/{agency}/{unit}/samples",
+            "/api/v1/units/metro-fire/H1/samples?kind=status",
+            FIRE,
+        ),
+        (
+            "/api/v1/units/{agency}/{unit}/samples",
+            "/api/v1/units/metro-fire/E2/samples?since=1h",
+            ADMIN,
+        ),
+        ("/api/v1/events", "/api/v1/events", ADMIN),
+        ("/api/v1/events", "/api/v1/events?unit=metro-fire/H1", FIRE),
+        ("/api/v1/incidents", "/api/v1/incidents", FIRE),
+        ("/api/v1/incidents", "/api/v1/incidents?state=open", ADMIN),
+        ("/api/v1/problems", "/api/v1/problems", ADMIN),
+        (
+            "/api/v1/problems",
+            "/api/v1/problems?hours=1&agency=metro-fire",
+            FIRE,
+        ),
+        ("/metrics", "/metrics", ADMIN),
+        ("/healthz", "/healthz", ADMIN),
+        ("/readyz", "/readyz", ADMIN),
+        ("/", "/", ADMIN),
+        ("/index.html", "/index.html", ADMIN),
+    ];
+    let mut bodies = std::collections::BTreeMap::new();
+    for (template, path, token) in ok {
+        let r = c.get(path, token).await;
+        assert_eq!(r.status, 200, "GET {path}: {}", r.text());
+        if let Some(b) = check(&mut v, template, path, &r) {
+            bodies.insert(path.to_string(), b);
+        }
+    }
+    // The traffic shows up where the schemas can see it.
+    let h = &bodies["/api/v1/units/metro-fire/H1"];
+    assert_eq!(h["status"], "degraded");
+    assert!(h["agent"].is_object(), "{h:#}");
+    assert!(h["latest"]["host"].is_object() && h["latest"]["status"].is_object());
+    assert_eq!(h["latest"]["probes"].as_array().unwrap().len(), 1);
+    let kinds: BTreeSet<&str> = bodies["/api/v1/units/metro-fire/H1/samples"]["items"]
+        .as_array()
+        .unwrap()
+        .iter()
+        .map(|s| s["kind"].as_str().unwrap())
+        .collect();
+    assert_eq!(kinds, BTreeSet::from(["host", "probe", "status"]));
+    let types: BTreeSet<&str> = bodies["/api/v1/events"]["items"]
+        .as_array()
+        .unwrap()
+        .iter()
+        .map(|e| e["type"].as_str().unwrap())
+        .collect();
+    assert_eq!(types, BTreeSet::from(["incident", "transition"]));
+    assert!(
+        !bodies["/api/v1/problems"]["items"]
+            .as_array()
+            .unwrap()
+            .is_empty()
+    );
+
+    // A dashboard asset, named as the page names it.
+    let page = c.get("/", ADMIN).await.text();
+    let asset = page
+        .split("/assets/")
+        .nth(1)
+        .and_then(|s| s.split(['"', '?']).next())
+        .expect("the page names an asset")
+        .to_owned();
+    let r = http::get(c.addr, &format!("/assets/{asset}"), None).await;
+    assert_eq!(r.status, 200);
+    check(&mut v, "/assets/{name}", &format!("/assets/{asset}"), &r);
+
+    // Pagination: every list hands out a cursor that leads to the rest.
+    for (template, path, token) in [
+        ("/api/v1/units", "/api/v1/units?limit=2", ADMIN),
+        (
+            "/api/v1/units/{agency}/{unit}/samples",
+            "/api/v1/units/metro-fire/H1/samples?limit=1",
+            FIRE,
+        ),
+        ("/api/v1/events", "/api/v1/events?limit=1", ADMIN),
+    ] {
+        let mut seen = 0;
+        let mut path = path.to_owned();
+        let mut pages = 0;
+        loop {
+            let r = c.get(&path, token).await;
+            assert_eq!(r.status, 200, "GET {path}: {}", r.text());
+            let b = check(&mut v, template, &path, &r).unwrap();
+            seen += b["items"].as_array().unwrap().len();
+            pages += 1;
+            match b["next_cursor"].as_str() {
+                Some(cur) => {
+                    let base = path.split("&cursor=").next().unwrap().to_owned();
+                    path = format!("{base}&cursor={}", encode(cur));
+                }
+                None => break,
+            }
+            assert!(pages < 100, "GET {path}: the cursor never ends");
+        }
+        assert!(
+            pages > 1,
+            "{template}: one page only; pagination not exercised"
+        );
+        assert!(seen > 1);
+    }
+
+    // Errors: one shape, listed for the endpoint.
+    let errors: &[(&str, &str, Option<&str>, u16)] = &[
+        ("/api/v1/units", "/api/v1/units", None, 401),
+        ("/api/v1/units", "/api/v1/units?limit=0", Some(FIRE), 400),
+        ("/api/v1/units", "/api/v1/units?bogus=1", Some(FIRE), 400),
+        (
+            "/api/v1/units",
+            "/api/v1/units?agency=county-police",
+            Some(FIRE),
+            403,
+        ),
+        (
+            "/api/v1/units/{agency}/{unit}",
+            "/api/v1/units/county-police/P1",
+            Some(FIRE),
+            403,
+        ),
+        (
+            "/api/v1/units/{agency}/{unit}",
+            "/api/v1/units/metro-fire/NOPE",
+            Some(FIRE),
+            404,
+        ),
+        (
+            "/api/v1/units/{agency}/{unit}",
+            "/api/v1/units/metro-fire/%FF",
+            Some(FIRE),
+            400,
+        ),
+        (
+            "/api/v1/units/{agency}/{unit}/samples",
+            "/api/v1/units/metro-fire/H1/samples?kind=x",
+            Some(FIRE),
+            400,
+        ),
+        (
+            "/api/v1/units/{agency}/{unit}/samples",
+            "/api/v1/units/metro-fire/NOPE/samples",
+            Some(FIRE),
+            404,
+        ),
+        ("/api/v1/events", "/api/v1/events?cursor=x", Some(FIRE), 400),
+        (
+            "/api/v1/events",
+            "/api/v1/events",
+            Some("not-a-token-0123456789"),
+            401,
+        ),
+        (
+            "/api/v1/incidents",
+            "/api/v1/incidents?state=x",
+            Some(FIRE),
+            400,
+        ),
+        (
+            "/api/v1/problems",
+            "/api/v1/problems?hours=0",
+            Some(FIRE),
+            400,
+        ),
+        (
+            "/api/v1/problems",
+            "/api/v1/problems?agency=county-police",
+            Some(FIRE),
+            403,
+        ),
+        (
+            "/api/v1/stream",
+            "/api/v1/stream?agency=county-police",
+            Some(FIRE),
+            403,
+        ),
+        ("/api/v1/stream", "/api/v1/stream", None, 401),
+        ("/metrics", "/metrics", Some(FIRE), 403),
+        ("/metrics", "/metrics", None, 401),
+        ("/assets/{name}", "/assets/nope.js", None, 404),
+    ];
+    for (template, path, token, want) in errors {
+        let r = http::get(c.addr, path, *token).await;
+        assert_eq!(r.status, *want, "GET {path}: {}", r.text());
+        let b = check(&mut v, template, path, &r).expect("errors are JSON");
+        assert!(v.schema("Error", &b).is_ok());
+    }
+    // Not in the document, same shape: an unknown path.
+    let r = c.get("/api/v1/nope", FIRE).await;
+    assert_eq!(r.status, 404);
+    v.schema("Error", &r.json()).unwrap();
+
+    // The stream's events validate against the schemas the document names.
+    let events = &doc["paths"]["/api/v1/stream"]["get"]["responses"]["200"]["content"]["text/event-stream"]
+        ["x-sse-events"];
+    let mut kinds = BTreeSet::new();
+    while kinds.len() < 2 {
+        let ev = stream
+            .next(Duration::from_secs(10))
+            .await
+            .expect("transition and incident events on the stream");
+        let schema = events
+            .get(&ev.event)
+            .unwrap_or_else(|| panic!("stream event {:?} is not in the document", ev.event));
+        if let Err(e) = v.validate(schema, &ev.json(), &ev.event) {
+            panic!("stream event {}: {e}\n{}", ev.event, ev.data);
+        }
+        kinds.insert(ev.event.clone());
+    }
+    assert!(
+        v.checks > 2_000,
+        "only {} schema checks: the walk went nowhere",
+        v.checks
+    );
+
+    // The validator catches drift: a renamed field, a nested renamed field,
+    // a changed type, a wrong enum value.
+    let detail = &bodies["/api/v1/units/metro-fire/H1"];
+    let mut renamed = detail.clone();
+    let x = renamed
+        .as_object_mut()
+        .unwrap()
+        .remove("last_seen_ms")
+        .unwrap();
+    renamed["last_seen"] = x;
+    assert!(
+        v.schema("UnitDetail", &renamed).is_err(),
+        "a renamed field passed"
+    );
+    let mut nested = detail.clone();
+    let r0 = nested["reasons"][0].as_object_mut().unwrap();
+    let x = r0.remove("rule").unwrap();
+    r0.insert("rules".into(), x);
+    assert!(
+        v.schema("UnitDetail", &nested).is_err(),
+        "a renamed nested field passed"
+    );
+    let mut typed = detail.clone();
+    typed["latest"]["host"]["data"]["uptime_s"] = json!("long");
+    assert!(
+        v.schema("UnitDetail", &typed).is_err(),
+        "a changed type passed"
+    );
+    let mut status = detail.clone();
+    status["status"] = json!("broken");
+    assert!(
+        v.schema("UnitDetail", &status).is_err(),
+        "a bad enum value passed"
+    );
+    v.schema("UnitDetail", detail).unwrap();
+}
+
+/// Percent-encodes a cursor for the query string.
+fn encode(s: &str) -> String {
+    s.bytes()
+        .map(|b| match b {
+            b'A'..=b'Z' | b'a'..=b'z' | b'0'..=b'9' | b'-' | b'_' | b'.' | b'~' => {
+                (b as char).to_string()
+            }
+            _ => format!("%{b:02X}"),
+        })
+        .collect()
+}
