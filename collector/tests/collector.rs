@@ -7,6 +7,8 @@ mod harness;
 #[path = "collector/http.rs"]
 mod http;
 
+#[path = "collector/dashboard.rs"]
+mod dashboard;
 #[path = "collector/fuzz.rs"]
 mod fuzz;
 #[path = "collector/ingest.rs"]
@@ -15,6 +17,8 @@ mod ingest;
 mod openapi;
 #[path = "collector/presence.rs"]
 mod presence;
+#[path = "collector/problems.rs"]
+mod problems;
 #[path = "collector/restart.rs"]
 mod restart;
 #[path = "collector/rules.rs"]
@@ -25,7 +29,3 @@ mod scoping;
 mod tls;
 #[path = "collector/webhook.rs"]
 mod webhook;
-#[path = "collector/dashboard.rs"]
-mod dashboard;
-#[path = "collector/problems.rs"]
-mod problems;
