@@ -11,6 +11,8 @@ mod http;
 mod dashboard;
 #[path = "collector/fuzz.rs"]
 mod fuzz;
+#[path = "collector/grafana.rs"]
+mod grafana;
 #[path = "collector/ingest.rs"]
 mod ingest;
 #[path = "collector/openapi.rs"]
