@@ -140,9 +140,15 @@ pub async fn run(
             .await
     });
 
+    let systemd = tokio::spawn(crate::service::systemd(
+        Arc::clone(&shared),
+        stop_feed.clone(),
+    ));
+
     shutdown.await;
     info!("Shutting down.");
     stop_feed.cancel();
+    let _ = systemd.await;
     stop_ingest.cancel();
     let grace = tokio::spawn({
         let hard_stop = hard_stop.clone();

@@ -65,6 +65,59 @@ fn token(prefix: &str) -> String {
     format!("{prefix}-{a:016x}{b:016x}")
 }
 
+/// The demo's in-process agent: real sampling of this machine, an HTTP
+/// and a TCP probe of the demo's own feed, shipped
+/// through the embedded broker like any terminal's.
+pub fn local_agent(data_dir: PathBuf) -> DemoTask {
+    Box::new(move |env: DemoEnv| {
+        Box::pin(async move {
+            let text = format!(
+                r#"
+agency = "{agency}"
+data_dir = "{dir}"
+[mqtt]
+url = "mqtt://{broker}"
+[sampling]
+interval = "5s"
+processes = ["muster-collector"]
+[uplink]
+heartbeat_interval = "15s"
+[[probe]]
+name = "feed"
+kind = "http"
+target = "{feed}/healthz"
+interval = "10s"
+timeout = "3s"
+[[probe]]
+name = "feed-tcp"
+kind = "tcp"
+target = "{feed_addr}"
+interval = "10s"
+timeout = "3s"
+"#,
+                agency = env.agency,
+                dir = data_dir.display(),
+                broker = env.broker,
+                feed = env.feed_url,
+                feed_addr = env.feed_url.trim_start_matches("http://"),
+            );
+            let cfg = match muster_agent::config::Config::parse(&text) {
+                Ok(c) => c,
+                Err(e) => {
+                    tracing::error!(error = %e, "Demo agent config refused.");
+                    return;
+                }
+            };
+            println!("  local agent:   {} (sampling this machine)", cfg.unit);
+            let clock = Arc::new(muster_agent::clock::SystemClock);
+            let stop = env.shutdown.clone();
+            if let Err(e) = muster_agent::run::run(cfg, clock, stop.cancelled_owned()).await {
+                tracing::error!(error = %e, "Demo agent stopped.");
+            }
+        })
+    })
+}
+
 /// Runs the demo until `shutdown` completes.
 pub async fn run(
     opts: DemoOptions,
@@ -100,6 +153,7 @@ token = "{agency_token}"
     let addr = listener.local_addr()?;
     let feed_url = format!("http://{addr}");
     println!("Muster demo");
+    println!("  dashboard:     {feed_url}/  (sign in with a token below)");
     println!("  feed:          {feed_url}/api/v1/units");
     println!("  stream:        {feed_url}/api/v1/stream");
     println!("  metrics:       {feed_url}/metrics");

@@ -9,6 +9,7 @@
 //! * [`status_pub`]: retained JSON status and incidents over MQTT.
 //! * [`notify`]: webhook notifications of transitions and incidents.
 //! * [`broker`]: the optional embedded MQTT broker (rumqttd).
+//! * [`service`]: systemd readiness and watchdog.
 //! * [`app`]: wires it all together with a clean shutdown.
 
 pub mod app;
@@ -22,6 +23,7 @@ pub mod metrics;
 pub mod model;
 pub mod notify;
 pub mod rules;
+pub mod service;
 pub mod state;
 pub mod status_pub;
 pub mod store;

@@ -124,12 +124,13 @@ fn main() -> anyhow::Result<()> {
                     tmp
                 }
             };
+            let agent = demo::local_agent(data_dir.join("agent"));
             let opts = demo::DemoOptions {
                 broker,
                 http,
                 data_dir,
             };
-            rt.block_on(demo::run(opts, None, ctrl_c()))?;
+            rt.block_on(demo::run(opts, Some(agent), ctrl_c()))?;
             Ok(())
         }
     }

@@ -4,7 +4,7 @@
 //! message, so readers rarely contend with it.
 
 use std::collections::BTreeMap;
-use std::sync::atomic::{AtomicBool, AtomicUsize, Ordering};
+use std::sync::atomic::{AtomicBool, AtomicU64, AtomicUsize, Ordering};
 use std::sync::{Arc, RwLock};
 
 use muster_proto::UnitId;
@@ -30,6 +30,9 @@ pub struct Shared {
     pub store_ok: AtomicBool,
     /// Units restored from the store and the engine are ready.
     pub started: AtomicBool,
+    /// Rules-engine ticks the ingest worker has run: the systemd watchdog
+    /// is fed only while this moves.
+    pub worker_ticks: AtomicU64,
 }
 
 impl Shared {
@@ -44,6 +47,7 @@ impl Shared {
             queue_depth: AtomicUsize::new(0),
             store_ok: AtomicBool::new(true),
             started: AtomicBool::new(false),
+            worker_ticks: AtomicU64::new(0),
         })
     }
 

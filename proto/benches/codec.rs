@@ -83,12 +83,23 @@ fn main() {
         black_box(decode(black_box(&batch_bytes)).unwrap());
     });
 
-    println!("muster-proto codec benchmark (typical MCT host sample: 8 cores, 2 disks, 3 interfaces, 2 processes)");
+    println!(
+        "muster-proto codec benchmark (typical MCT host sample: 8 cores, 2 disks, 3 interfaces, 2 processes)"
+    );
     println!();
     println!("size per typical host sample");
-    println!("  bincode message (envelope + identity + record): {:>6} bytes", sample_bytes.len());
-    println!("  JSON message (serde_json, same data):           {:>6} bytes", json.len());
-    println!("  JSON record only (no identity):                 {:>6} bytes", json_record.len());
+    println!(
+        "  bincode message (envelope + identity + record): {:>6} bytes",
+        sample_bytes.len()
+    );
+    println!(
+        "  JSON message (serde_json, same data):           {:>6} bytes",
+        json.len()
+    );
+    println!(
+        "  JSON record only (no identity):                 {:>6} bytes",
+        json_record.len()
+    );
     println!(
         "  bincode / JSON:                                 {:>6.2}  ({:.1}x smaller)",
         sample_bytes.len() as f64 / json.len() as f64,
@@ -96,7 +107,11 @@ fn main() {
     );
     println!(
         "  goal < 300 bytes:                               {}",
-        if sample_bytes.len() < 300 { "met" } else { "NOT MET" }
+        if sample_bytes.len() < 300 {
+            "met"
+        } else {
+            "NOT MET"
+        }
     );
     println!(
         "  100-record batch:                               {:>6} bytes ({:.1} bytes/record)",
@@ -105,15 +120,27 @@ fn main() {
     );
     println!();
     println!("time per typical host sample");
-    println!("  encode  {enc:>9.0} ns   (JSON {json_enc:>7.0} ns, ratio {:.2})", enc / json_enc);
-    println!("  decode  {dec:>9.0} ns   (JSON {json_dec:>7.0} ns, ratio {:.2})", dec / json_dec);
+    println!(
+        "  encode  {enc:>9.0} ns   (JSON {json_enc:>7.0} ns, ratio {:.2})",
+        enc / json_enc
+    );
+    println!(
+        "  decode  {dec:>9.0} ns   (JSON {json_dec:>7.0} ns, ratio {:.2})",
+        dec / json_dec
+    );
     println!();
     println!("time per 100-record batch");
-    println!("  encode                  {benc:>9.0} ns  ({:.0} ns/record)", benc / 100.0);
+    println!(
+        "  encode                  {benc:>9.0} ns  ({:.0} ns/record)",
+        benc / 100.0
+    );
     println!(
         "  splice stored records   {bsplice:>9.0} ns  ({:.0} ns/record, {:.2} of encode)",
         bsplice / 100.0,
         bsplice / benc
     );
-    println!("  decode                  {bdec:>9.0} ns  ({:.0} ns/record)", bdec / 100.0);
+    println!(
+        "  decode                  {bdec:>9.0} ns  ({:.0} ns/record)",
+        bdec / 100.0
+    );
 }

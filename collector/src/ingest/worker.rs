@@ -163,6 +163,7 @@ impl Worker {
                     let now = self.clock.now_ms();
                     let changes = self.engine.tick(now);
                     self.apply_changes(changes);
+                    self.shared.worker_ticks.fetch_add(1, Ordering::Relaxed);
                 }
                 msg = inbound.recv() => {
                     let Some(msg) = msg else { break };

@@ -1,0 +1,1145 @@
+//! The agent's configuration: TOML parsed into raw structs (serde,
+//! `deny_unknown_fields`), then validated into the typed [`Config`]. Every
+//! validation error names the key it is about, e.g.
+//! `probe[2].timeout: "3x" is not a duration`.
+
+use std::collections::HashSet;
+use std::fmt;
+use std::net::{IpAddr, SocketAddr};
+use std::path::{Path, PathBuf};
+use std::time::Duration;
+
+use muster_proto::{Collector, UnitId};
+use serde::Deserialize;
+
+use crate::buffer::settings::{BufferSettings, FullPolicy};
+use crate::uplink::settings::{MqttSettings, UplinkSettings};
+
+/// Why a configuration was refused.
+#[derive(Debug, thiserror::Error)]
+pub enum ConfigError {
+    #[error("cannot read {path}: {source}")]
+    Read {
+        path: PathBuf,
+        source: std::io::Error,
+    },
+    #[error("{0}")]
+    Parse(String),
+    /// A key with a bad value: `key: message`.
+    #[error("{key}: {msg}")]
+    Invalid { key: String, msg: String },
+}
+
+impl ConfigError {
+    fn invalid(key: impl Into<String>, msg: impl fmt::Display) -> Self {
+        ConfigError::Invalid {
+            key: key.into(),
+            msg: msg.to_string(),
+        }
+    }
+
+    /// The key an `Invalid` error is about.
+    pub fn key(&self) -> Option<&str> {
+        match self {
+            ConfigError::Invalid { key, .. } => Some(key),
+            _ => None,
+        }
+    }
+}
+
+// ------------------------------------------------------------------ raw TOML
+
+#[derive(Debug, Deserialize, Default)]
+#[serde(deny_unknown_fields)]
+struct RawConfig {
+    unit_id: Option<String>,
+    agency: Option<String>,
+    data_dir: Option<PathBuf>,
+    mqtt: Option<RawMqtt>,
+    #[serde(default)]
+    buffer: RawBuffer,
+    #[serde(default)]
+    uplink: RawUplink,
+    #[serde(default)]
+    sampling: RawSampling,
+    #[serde(default)]
+    report: RawReport,
+    #[serde(default)]
+    log: RawLog,
+    #[serde(default, rename = "probe")]
+    probes: Vec<RawProbe>,
+}
+
+#[derive(Debug, Deserialize, Default)]
+#[serde(deny_unknown_fields)]
+struct RawMqtt {
+    url: Option<String>,
+    client_id: Option<String>,
+    keepalive: Option<String>,
+    connect_timeout: Option<String>,
+    username: Option<String>,
+    password: Option<String>,
+    password_file: Option<PathBuf>,
+    ca_file: Option<PathBuf>,
+    cert_file: Option<PathBuf>,
+    key_file: Option<PathBuf>,
+}
+
+#[derive(Debug, Deserialize, Default)]
+#[serde(deny_unknown_fields)]
+struct RawBuffer {
+    path: Option<PathBuf>,
+    max_bytes: Option<String>,
+    max_age: Option<String>,
+    on_full: Option<String>,
+    thin_keep_one_in: Option<u32>,
+    flush_interval: Option<String>,
+}
+
+#[derive(Debug, Deserialize, Default)]
+#[serde(deny_unknown_fields)]
+struct RawUplink {
+    max_inflight: Option<u16>,
+    batch_max_bytes: Option<String>,
+    replay_bytes_per_sec: Option<String>,
+    ack_timeout: Option<String>,
+    reconnect_min: Option<String>,
+    reconnect_max: Option<String>,
+    heartbeat_interval: Option<String>,
+    channel_capacity: Option<usize>,
+}
+
+#[derive(Debug, Deserialize, Default)]
+#[serde(deny_unknown_fields)]
+struct RawSampling {
+    interval: Option<String>,
+    processes: Option<Vec<String>>,
+    collectors: Option<Vec<String>>,
+}
+
+#[derive(Debug, Deserialize, Default)]
+#[serde(deny_unknown_fields)]
+struct RawReport {
+    listen: Option<String>,
+    max_per_sec: Option<u32>,
+}
+
+#[derive(Debug, Deserialize, Default)]
+#[serde(deny_unknown_fields)]
+struct RawLog {
+    level: Option<String>,
+    to: Option<String>,
+    dir: Option<PathBuf>,
+    rotation: Option<String>,
+    max_files: Option<usize>,
+}
+
+#[derive(Debug, Deserialize, Default)]
+#[serde(deny_unknown_fields)]
+struct RawProbe {
+    name: Option<String>,
+    kind: Option<String>,
+    target: Option<String>,
+    interval: Option<String>,
+    timeout: Option<String>,
+    // http
+    method: Option<String>,
+    expect_status: Option<StatusSpec>,
+    body_contains: Option<String>,
+    body_max_bytes: Option<String>,
+    ca_file: Option<PathBuf>,
+    insecure_skip_verify: Option<bool>,
+    // icmp
+    count: Option<u16>,
+}
+
+#[derive(Debug, Deserialize)]
+#[serde(untagged)]
+enum StatusSpec {
+    One(u16),
+    Many(Vec<u16>),
+    Range(String),
+}
+
+// ---------------------------------------------------------------- typed config
+
+/// The validated configuration.
+#[derive(Debug, Clone)]
+pub struct Config {
+    pub unit: UnitId,
+    /// `data_dir`: where the buffer and log files live by default.
+    pub data_dir: PathBuf,
+    pub mqtt: MqttSettings,
+    pub buffer: BufferSettings,
+    pub uplink: UplinkSettings,
+    /// `uplink.channel_capacity`: observations queued between the measuring
+    /// tasks and the uplink, default 1024.
+    pub channel_capacity: usize,
+    pub sampling: SamplingConfig,
+    pub report: Option<ReportConfig>,
+    pub log: LogConfig,
+    pub probes: Vec<ProbeSpec>,
+}
+
+/// `[sampling]`
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct SamplingConfig {
+    /// `sampling.interval`, default 5 s, at least 1 s.
+    pub interval: Duration,
+    /// `sampling.processes`: watched process names (`cadclient`, `cadclient.exe`).
+    pub processes: Vec<String>,
+    /// `sampling.collectors`: which host collectors run, default all of
+    /// `cpu load memory disks networks processes uptime`.
+    pub collectors: Vec<Collector>,
+}
+
+impl SamplingConfig {
+    pub fn enabled(&self, c: Collector) -> bool {
+        self.collectors.contains(&c)
+    }
+}
+
+/// `[report]`: the CAD client's loopback self-report endpoint.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct ReportConfig {
+    /// `report.listen`: a loopback UDP address, e.g. `127.0.0.1:8125`.
+    pub listen: SocketAddr,
+    /// `report.max_per_sec`: reports accepted per second, beyond that counted
+    /// and dropped (default 50).
+    pub max_per_sec: u32,
+}
+
+/// Where logs go.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub enum LogTarget {
+    Stderr,
+    /// A rotating file in `dir`.
+    File {
+        dir: PathBuf,
+        rotation: Rotation,
+        max_files: usize,
+    },
+}
+
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Rotation {
+    Hourly,
+    Daily,
+}
+
+/// `[log]`
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct LogConfig {
+    /// `log.level`: a tracing filter (`info`, `muster_agent=debug,info`).
+    pub level: String,
+    /// `log.to = "stderr" | "file"`, with `log.dir`, `log.rotation`, `log.max_files`.
+    pub target: LogTarget,
+}
+
+/// One `[[probe]]`.
+#[derive(Debug, Clone)]
+pub struct ProbeSpec {
+    pub name: String,
+    pub interval: Duration,
+    pub timeout: Duration,
+    pub target: ProbeTarget,
+}
+
+impl ProbeSpec {
+    /// The target as configured (URL, `host:port`, name).
+    pub fn target_text(&self) -> String {
+        match &self.target {
+            ProbeTarget::Http(h) => h.url.to_string(),
+            ProbeTarget::Tcp { host, port } => format_host_port(host, *port),
+            ProbeTarget::Dns { name } => name.clone(),
+            ProbeTarget::Icmp { host, .. } => host.clone(),
+        }
+    }
+
+    pub fn kind(&self) -> muster_proto::ProbeKind {
+        use muster_proto::ProbeKind as K;
+        match self.target {
+            ProbeTarget::Http(_) => K::Http,
+            ProbeTarget::Tcp { .. } => K::Tcp,
+            ProbeTarget::Dns { .. } => K::Dns,
+            ProbeTarget::Icmp { .. } => K::Icmp,
+        }
+    }
+}
+
+fn format_host_port(host: &str, port: u16) -> String {
+    if host.contains(':') {
+        format!("[{host}]:{port}")
+    } else {
+        format!("{host}:{port}")
+    }
+}
+
+#[derive(Debug, Clone)]
+pub enum ProbeTarget {
+    Http(HttpSpec),
+    Tcp { host: String, port: u16 },
+    Dns { name: String },
+    Icmp { host: String, count: u16 },
+}
+
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum HttpMethod {
+    Get,
+    Head,
+}
+
+/// An `http` probe's settings.
+#[derive(Debug, Clone)]
+pub struct HttpSpec {
+    pub url: hyper::Uri,
+    pub host: String,
+    pub port: u16,
+    pub tls: bool,
+    pub method: HttpMethod,
+    /// Accepted status codes, as inclusive ranges (default 200..=399).
+    pub expect_status: Vec<(u16, u16)>,
+    pub body_contains: Option<String>,
+    /// The most body bytes read for `body_contains` (default 64 KiB).
+    pub body_max_bytes: usize,
+    /// PEM CA bundle that replaces the built-in web roots for this probe.
+    pub ca_file: Option<PathBuf>,
+    /// Accept any certificate: only when explicitly configured.
+    pub insecure_skip_verify: bool,
+}
+
+impl HttpSpec {
+    pub fn status_ok(&self, status: u16) -> bool {
+        self.expect_status
+            .iter()
+            .any(|(lo, hi)| *lo <= status && status <= *hi)
+    }
+}
+
+// ------------------------------------------------------------------ parsing
+
+/// The platform's default data directory.
+pub fn default_data_dir() -> PathBuf {
+    if cfg!(windows) {
+        PathBuf::from(r"C:\ProgramData\Muster\agent")
+    } else {
+        PathBuf::from("/var/lib/muster/agent")
+    }
+}
+
+impl Config {
+    /// Reads and validates a config file.
+    pub fn load(path: &Path) -> Result<Config, ConfigError> {
+        let text = std::fs::read_to_string(path).map_err(|source| ConfigError::Read {
+            path: path.to_owned(),
+            source,
+        })?;
+        Config::parse(&text)
+    }
+
+    /// Parses and validates TOML text.
+    pub fn parse(text: &str) -> Result<Config, ConfigError> {
+        let raw: RawConfig =
+            toml::from_str(text).map_err(|e| ConfigError::Parse(e.to_string().trim().into()))?;
+        validate(raw)
+    }
+}
+
+fn duration(key: &str, v: &Option<String>, default: Duration) -> Result<Duration, ConfigError> {
+    match v {
+        None => Ok(default),
+        Some(s) => parse_duration(s)
+            .ok_or_else(|| ConfigError::invalid(key, format!("{s:?} is not a duration"))),
+    }
+}
+
+fn opt_duration(key: &str, v: &Option<String>) -> Result<Option<Duration>, ConfigError> {
+    v.as_ref()
+        .map(|s| {
+            parse_duration(s)
+                .ok_or_else(|| ConfigError::invalid(key, format!("{s:?} is not a duration")))
+        })
+        .transpose()
+}
+
+/// `"5s"`, `"250ms"`, `"1m 30s"` (humantime).
+pub fn parse_duration(s: &str) -> Option<Duration> {
+    humantime::parse_duration(s.trim()).ok()
+}
+
+/// `"64MiB"`, `"512 KiB"`, `"1GB"`, `"4096"` (bytes).
+pub fn parse_bytes(s: &str) -> Option<u64> {
+    let s = s.trim();
+    let split = s
+        .find(|c: char| !(c.is_ascii_digit() || c == '.'))
+        .unwrap_or(s.len());
+    let (num, unit) = s.split_at(split);
+    if num.is_empty() {
+        return None;
+    }
+    let mult: u64 = match unit.trim().to_ascii_lowercase().as_str() {
+        "" | "b" => 1,
+        "k" | "kib" => 1 << 10,
+        "kb" => 1_000,
+        "m" | "mib" => 1 << 20,
+        "mb" => 1_000_000,
+        "g" | "gib" => 1 << 30,
+        "gb" => 1_000_000_000,
+        _ => return None,
+    };
+    if num.contains('.') {
+        let f: f64 = num.parse().ok()?;
+        let v = f * mult as f64;
+        (v.is_finite() && v >= 0.0 && v < u64::MAX as f64).then_some(v as u64)
+    } else {
+        num.parse::<u64>().ok()?.checked_mul(mult)
+    }
+}
+
+fn bytes(key: &str, v: &Option<String>) -> Result<Option<u64>, ConfigError> {
+    v.as_ref()
+        .map(|s| {
+            parse_bytes(s)
+                .ok_or_else(|| ConfigError::invalid(key, format!("{s:?} is not a byte size")))
+        })
+        .transpose()
+}
+
+fn check_file(key: &str, p: &Path) -> Result<(), ConfigError> {
+    std::fs::metadata(p)
+        .map(|_| ())
+        .map_err(|e| ConfigError::invalid(key, format!("{}: {e}", p.display())))
+}
+
+fn validate(raw: RawConfig) -> Result<Config, ConfigError> {
+    let agency = raw
+        .agency
+        .ok_or_else(|| ConfigError::invalid("agency", "missing"))?;
+    let unit_id = match raw.unit_id {
+        Some(u) => u,
+        None => sysinfo::System::host_name().map_err(|e| {
+            ConfigError::invalid("unit_id", format!("not set, and no hostname: {e}"))
+        })?,
+    };
+    let unit = UnitId::new(agency, unit_id).map_err(|e| {
+        let key = match &e {
+            muster_proto::IdentityError::Empty { field }
+            | muster_proto::IdentityError::TooLong { field, .. }
+            | muster_proto::IdentityError::BadChar { field, .. } => *field,
+        };
+        ConfigError::invalid(key, e)
+    })?;
+    let data_dir = raw.data_dir.unwrap_or_else(default_data_dir);
+
+    let mqtt = validate_mqtt(raw.mqtt, &unit)?;
+    let buffer = validate_buffer(raw.buffer, &data_dir)?;
+    let (uplink, channel_capacity) = validate_uplink(raw.uplink)?;
+    let sampling = validate_sampling(raw.sampling)?;
+    let report = validate_report(raw.report)?;
+    let log = validate_log(raw.log, &data_dir)?;
+
+    let mut probes = Vec::with_capacity(raw.probes.len());
+    let mut names = HashSet::new();
+    for (i, p) in raw.probes.into_iter().enumerate() {
+        let spec = validate_probe(i, p)?;
+        if !names.insert(spec.name.clone()) {
+            return Err(ConfigError::invalid(
+                format!("probe[{i}].name"),
+                format!("{:?} is used by another probe", spec.name),
+            ));
+        }
+        probes.push(spec);
+    }
+
+    Ok(Config {
+        unit,
+        data_dir,
+        mqtt,
+        buffer,
+        uplink,
+        channel_capacity,
+        sampling,
+        report,
+        log,
+        probes,
+    })
+}
+
+/// Splits a URL's authority into (host without brackets, port).
+fn uri_host_port(uri: &hyper::Uri, default_port: u16) -> Option<(String, u16)> {
+    let host = uri.host()?;
+    let host = host.trim_start_matches('[').trim_end_matches(']');
+    if host.is_empty() {
+        return None;
+    }
+    // `http` drops a port that does not fit in u16 instead of refusing it.
+    let auth = uri.authority()?.as_str();
+    let auth = auth.rsplit_once('@').map_or(auth, |(_, h)| h);
+    let after_host = auth.rsplit_once(']').map_or(auth, |(_, p)| p);
+    let port = match uri.port() {
+        None if after_host.contains(':') => return None,
+        None => default_port,
+        Some(p) => p.as_str().parse::<u16>().ok().filter(|p| *p != 0)?,
+    };
+    Some((host.to_owned(), port))
+}
+
+fn validate_mqtt(raw: Option<RawMqtt>, unit: &UnitId) -> Result<MqttSettings, ConfigError> {
+    let raw = raw.ok_or_else(|| ConfigError::invalid("mqtt.url", "missing ([mqtt] table)"))?;
+    let url = raw
+        .url
+        .ok_or_else(|| ConfigError::invalid("mqtt.url", "missing"))?;
+    let bad = |why: &str| ConfigError::invalid("mqtt.url", format!("{url:?} {why}"));
+    let uri: hyper::Uri = url.parse().map_err(|_| bad("is not a URL"))?;
+    let tls = match uri.scheme_str() {
+        Some("mqtt") | Some("tcp") => false,
+        Some("mqtts") | Some("ssl") => true,
+        _ => return Err(bad("must start with mqtt:// or mqtts://")),
+    };
+    if !matches!(uri.path(), "" | "/") || uri.query().is_some() {
+        return Err(bad("must not have a path"));
+    }
+    let (host, port) = uri_host_port(&uri, if tls { 8883 } else { 1883 })
+        .ok_or_else(|| bad("has no host or a bad port"))?;
+    let client_id = raw
+        .client_id
+        .unwrap_or_else(|| format!("muster-{}-{}", unit.agency, unit.unit));
+    if client_id.is_empty() || client_id.len() > 128 {
+        return Err(ConfigError::invalid(
+            "mqtt.client_id",
+            "must be 1 to 128 bytes",
+        ));
+    }
+    let keepalive = duration("mqtt.keepalive", &raw.keepalive, Duration::from_secs(30))?;
+    if keepalive < Duration::from_secs(5) || keepalive > Duration::from_secs(65535) {
+        return Err(ConfigError::invalid(
+            "mqtt.keepalive",
+            "must be between 5s and 65535s",
+        ));
+    }
+    let connect_timeout = duration(
+        "mqtt.connect_timeout",
+        &raw.connect_timeout,
+        Duration::from_secs(15),
+    )?;
+    if connect_timeout.is_zero() {
+        return Err(ConfigError::invalid("mqtt.connect_timeout", "must be > 0"));
+    }
+    let password = match (raw.password, raw.password_file) {
+        (Some(_), Some(_)) => {
+            return Err(ConfigError::invalid(
+                "mqtt.password_file",
+                "set either mqtt.password or mqtt.password_file, not both",
+            ));
+        }
+        (Some(p), None) => Some(p),
+        (None, Some(f)) => Some(
+            std::fs::read_to_string(&f)
+                .map_err(|e| {
+                    ConfigError::invalid("mqtt.password_file", format!("{}: {e}", f.display()))
+                })?
+                .trim_end_matches(['\r', '\n'])
+                .to_owned(),
+        ),
+        (None, None) => None,
+    };
+    if password.is_some() && raw.username.is_none() {
+        return Err(ConfigError::invalid(
+            "mqtt.username",
+            "missing (a password needs a username)",
+        ));
+    }
+    if let Some(ca) = &raw.ca_file {
+        check_file("mqtt.ca_file", ca)?;
+    }
+    let client_cert = match (raw.cert_file, raw.key_file) {
+        (Some(c), Some(k)) => {
+            check_file("mqtt.cert_file", &c)?;
+            check_file("mqtt.key_file", &k)?;
+            Some((c, k))
+        }
+        (Some(_), None) => {
+            return Err(ConfigError::invalid(
+                "mqtt.key_file",
+                "missing (mqtt.cert_file is set)",
+            ));
+        }
+        (None, Some(_)) => {
+            return Err(ConfigError::invalid(
+                "mqtt.cert_file",
+                "missing (mqtt.key_file is set)",
+            ));
+        }
+        (None, None) => None,
+    };
+    if !tls && (raw.ca_file.is_some() || client_cert.is_some()) {
+        return Err(ConfigError::invalid(
+            "mqtt.url",
+            "TLS files are set but the URL is not mqtts://",
+        ));
+    }
+    Ok(MqttSettings {
+        host,
+        port,
+        tls,
+        client_id,
+        keepalive,
+        connect_timeout,
+        username: raw.username,
+        password,
+        ca_file: raw.ca_file,
+        client_cert,
+    })
+}
+
+fn validate_buffer(raw: RawBuffer, data_dir: &Path) -> Result<BufferSettings, ConfigError> {
+    let mut b = BufferSettings::new(raw.path.unwrap_or_else(|| data_dir.join("buffer")));
+    if let Some(max) = bytes("buffer.max_bytes", &raw.max_bytes)? {
+        if max < 1 << 20 {
+            return Err(ConfigError::invalid(
+                "buffer.max_bytes",
+                "must be at least 1MiB",
+            ));
+        }
+        b.max_bytes = max;
+    }
+    b.max_age = opt_duration("buffer.max_age", &raw.max_age)?;
+    if b.max_age.is_some_and(|d| d.is_zero()) {
+        return Err(ConfigError::invalid("buffer.max_age", "must be > 0"));
+    }
+    b.on_full = match raw.on_full.as_deref() {
+        None | Some("drop_oldest") => {
+            if raw.thin_keep_one_in.is_some() {
+                return Err(ConfigError::invalid(
+                    "buffer.thin_keep_one_in",
+                    "only applies with buffer.on_full = \"thin\"",
+                ));
+            }
+            FullPolicy::DropOldest
+        }
+        Some("thin") => {
+            let n = raw.thin_keep_one_in.unwrap_or(4);
+            if n < 2 {
+                return Err(ConfigError::invalid(
+                    "buffer.thin_keep_one_in",
+                    "must be at least 2",
+                ));
+            }
+            FullPolicy::Thin { keep_one_in: n }
+        }
+        Some(other) => {
+            return Err(ConfigError::invalid(
+                "buffer.on_full",
+                format!("{other:?} is not one of \"drop_oldest\", \"thin\""),
+            ));
+        }
+    };
+    b.flush_interval = duration(
+        "buffer.flush_interval",
+        &raw.flush_interval,
+        BufferSettings::DEFAULT_FLUSH_INTERVAL,
+    )?;
+    if b.flush_interval.is_zero() || b.flush_interval > Duration::from_secs(60) {
+        return Err(ConfigError::invalid(
+            "buffer.flush_interval",
+            "must be between 1ms and 60s",
+        ));
+    }
+    Ok(b)
+}
+
+fn validate_uplink(raw: RawUplink) -> Result<(UplinkSettings, usize), ConfigError> {
+    let d = UplinkSettings::default();
+    let max_inflight = raw.max_inflight.unwrap_or(d.max_inflight);
+    if max_inflight == 0 {
+        return Err(ConfigError::invalid("uplink.max_inflight", "must be >= 1"));
+    }
+    let batch_max_bytes = match bytes("uplink.batch_max_bytes", &raw.batch_max_bytes)? {
+        None => d.batch_max_bytes,
+        Some(b) if (1024..=muster_proto::MAX_MESSAGE_BYTES as u64).contains(&b) => b as u32,
+        Some(_) => {
+            return Err(ConfigError::invalid(
+                "uplink.batch_max_bytes",
+                format!(
+                    "must be between 1KiB and {} bytes",
+                    muster_proto::MAX_MESSAGE_BYTES
+                ),
+            ));
+        }
+    };
+    let replay_bytes_per_sec = bytes("uplink.replay_bytes_per_sec", &raw.replay_bytes_per_sec)?;
+    if replay_bytes_per_sec == Some(0) {
+        return Err(ConfigError::invalid(
+            "uplink.replay_bytes_per_sec",
+            "must be > 0 (leave it out for no cap)",
+        ));
+    }
+    let u = UplinkSettings {
+        max_inflight,
+        batch_max_bytes,
+        replay_bytes_per_sec,
+        ack_timeout: duration("uplink.ack_timeout", &raw.ack_timeout, d.ack_timeout)?,
+        reconnect_min: duration("uplink.reconnect_min", &raw.reconnect_min, d.reconnect_min)?,
+        reconnect_max: duration("uplink.reconnect_max", &raw.reconnect_max, d.reconnect_max)?,
+        heartbeat_interval: duration(
+            "uplink.heartbeat_interval",
+            &raw.heartbeat_interval,
+            d.heartbeat_interval,
+        )?,
+    };
+    if u.ack_timeout.is_zero() {
+        return Err(ConfigError::invalid("uplink.ack_timeout", "must be > 0"));
+    }
+    if u.reconnect_min.is_zero() {
+        return Err(ConfigError::invalid("uplink.reconnect_min", "must be > 0"));
+    }
+    if u.reconnect_max < u.reconnect_min {
+        return Err(ConfigError::invalid(
+            "uplink.reconnect_max",
+            "must not be below uplink.reconnect_min",
+        ));
+    }
+    if u.heartbeat_interval < Duration::from_secs(1) {
+        return Err(ConfigError::invalid(
+            "uplink.heartbeat_interval",
+            "must be at least 1s",
+        ));
+    }
+    let cap = raw.channel_capacity.unwrap_or(1024);
+    if !(16..=1_000_000).contains(&cap) {
+        return Err(ConfigError::invalid(
+            "uplink.channel_capacity",
+            "must be between 16 and 1000000",
+        ));
+    }
+    Ok((u, cap))
+}
+
+const COLLECTOR_NAMES: [(&str, Collector); 7] = [
+    ("cpu", Collector::Cpu),
+    ("load", Collector::Load),
+    ("memory", Collector::Memory),
+    ("disks", Collector::Disks),
+    ("networks", Collector::Networks),
+    ("processes", Collector::Processes),
+    ("uptime", Collector::Uptime),
+];
+
+/// The config name of a collector (`cpu`, `disks`, ...).
+pub fn collector_name(c: Collector) -> &'static str {
+    COLLECTOR_NAMES
+        .iter()
+        .find(|(_, k)| *k == c)
+        .map(|(n, _)| *n)
+        .unwrap_or("?")
+}
+
+fn validate_sampling(raw: RawSampling) -> Result<SamplingConfig, ConfigError> {
+    let interval = duration("sampling.interval", &raw.interval, Duration::from_secs(5))?;
+    if interval < Duration::from_secs(1) || interval > Duration::from_secs(3600) {
+        return Err(ConfigError::invalid(
+            "sampling.interval",
+            "must be between 1s and 1h",
+        ));
+    }
+    let processes = raw.processes.unwrap_or_default();
+    for (i, p) in processes.iter().enumerate() {
+        if p.trim().is_empty() || p.len() > 255 {
+            return Err(ConfigError::invalid(
+                format!("sampling.processes[{i}]"),
+                "must be a non-empty process name",
+            ));
+        }
+    }
+    let collectors = match raw.collectors {
+        None => COLLECTOR_NAMES.iter().map(|(_, c)| *c).collect(),
+        Some(names) => {
+            let mut out = Vec::new();
+            for (i, n) in names.iter().enumerate() {
+                let c = COLLECTOR_NAMES
+                    .iter()
+                    .find(|(k, _)| k == n)
+                    .map(|(_, c)| *c)
+                    .ok_or_else(|| {
+                        ConfigError::invalid(
+                            format!("sampling.collectors[{i}]"),
+                            format!(
+                                "{n:?} is not one of cpu, load, memory, disks, networks, processes, uptime"
+                            ),
+                        )
+                    })?;
+                if !out.contains(&c) {
+                    out.push(c);
+                }
+            }
+            out
+        }
+    };
+    Ok(SamplingConfig {
+        interval,
+        processes,
+        collectors,
+    })
+}
+
+fn validate_report(raw: RawReport) -> Result<Option<ReportConfig>, ConfigError> {
+    let Some(listen) = raw.listen else {
+        if raw.max_per_sec.is_some() {
+            return Err(ConfigError::invalid(
+                "report.listen",
+                "missing (report.max_per_sec is set)",
+            ));
+        }
+        return Ok(None);
+    };
+    let addr: SocketAddr = listen.parse().map_err(|_| {
+        ConfigError::invalid(
+            "report.listen",
+            format!("{listen:?} is not an address like \"127.0.0.1:8125\""),
+        )
+    })?;
+    if !addr.ip().is_loopback() {
+        return Err(ConfigError::invalid(
+            "report.listen",
+            format!("{listen:?} is not a loopback address (the endpoint is loopback-only)"),
+        ));
+    }
+    let max_per_sec = raw.max_per_sec.unwrap_or(50);
+    if max_per_sec == 0 {
+        return Err(ConfigError::invalid("report.max_per_sec", "must be >= 1"));
+    }
+    Ok(Some(ReportConfig {
+        listen: addr,
+        max_per_sec,
+    }))
+}
+
+fn validate_log(raw: RawLog, data_dir: &Path) -> Result<LogConfig, ConfigError> {
+    let level = raw.level.unwrap_or_else(|| "info".into());
+    if tracing_subscriber::EnvFilter::try_new(&level).is_err() {
+        return Err(ConfigError::invalid(
+            "log.level",
+            format!("{level:?} is not a log filter (e.g. \"info\" or \"muster_agent=debug\")"),
+        ));
+    }
+    let target = match raw.to.as_deref() {
+        None | Some("stderr") => {
+            if raw.dir.is_some() || raw.rotation.is_some() || raw.max_files.is_some() {
+                return Err(ConfigError::invalid(
+                    "log.to",
+                    "log.dir/rotation/max_files need log.to = \"file\"",
+                ));
+            }
+            LogTarget::Stderr
+        }
+        Some("file") => {
+            let rotation = match raw.rotation.as_deref() {
+                None | Some("daily") => Rotation::Daily,
+                Some("hourly") => Rotation::Hourly,
+                Some(o) => {
+                    return Err(ConfigError::invalid(
+                        "log.rotation",
+                        format!("{o:?} is not one of \"daily\", \"hourly\""),
+                    ));
+                }
+            };
+            let max_files = raw.max_files.unwrap_or(7);
+            if max_files == 0 {
+                return Err(ConfigError::invalid("log.max_files", "must be >= 1"));
+            }
+            LogTarget::File {
+                dir: raw.dir.unwrap_or_else(|| data_dir.join("log")),
+                rotation,
+                max_files,
+            }
+        }
+        Some(o) => {
+            return Err(ConfigError::invalid(
+                "log.to",
+                format!("{o:?} is not one of \"stderr\", \"file\""),
+            ));
+        }
+    };
+    Ok(LogConfig { level, target })
+}
+
+fn parse_status(key: &str, spec: &StatusSpec) -> Result<Vec<(u16, u16)>, ConfigError> {
+    let check = |c: u16| {
+        if (100..=599).contains(&c) {
+            Ok(c)
+        } else {
+            Err(ConfigError::invalid(
+                key,
+                format!("{c} is not an HTTP status"),
+            ))
+        }
+    };
+    match spec {
+        StatusSpec::One(c) => Ok(vec![(check(*c)?, *c)]),
+        StatusSpec::Many(cs) if !cs.is_empty() => {
+            cs.iter().map(|c| check(*c).map(|c| (c, c))).collect()
+        }
+        StatusSpec::Many(_) => Err(ConfigError::invalid(key, "is empty")),
+        StatusSpec::Range(s) => {
+            let bad = || {
+                ConfigError::invalid(
+                    key,
+                    format!("{s:?} is not a status, a list, or a range like \"200-299\""),
+                )
+            };
+            let (lo, hi) = s.split_once('-').ok_or_else(bad)?;
+            let lo = check(lo.trim().parse().map_err(|_| bad())?)?;
+            let hi = check(hi.trim().parse().map_err(|_| bad())?)?;
+            if lo > hi {
+                return Err(bad());
+            }
+            Ok(vec![(lo, hi)])
+        }
+    }
+}
+
+/// Splits `host:port` / `[v6]:port`.
+fn split_host_port(s: &str) -> Option<(String, u16)> {
+    let (host, port) = if let Some(rest) = s.strip_prefix('[') {
+        let (h, p) = rest.split_once("]:")?;
+        (h, p)
+    } else {
+        let (h, p) = s.rsplit_once(':')?;
+        if h.contains(':') {
+            return None;
+        }
+        (h, p)
+    };
+    let port: u16 = port.parse().ok()?;
+    (!host.is_empty() && port != 0).then(|| (host.to_owned(), port))
+}
+
+fn valid_hostname(s: &str) -> bool {
+    if s.parse::<IpAddr>().is_ok() {
+        return true;
+    }
+    !s.is_empty()
+        && s.len() <= 253
+        && s.split('.').all(|l| {
+            !l.is_empty()
+                && l.len() <= 63
+                && l.chars()
+                    .all(|c| c.is_ascii_alphanumeric() || c == '-' || c == '_')
+        })
+}
+
+fn validate_probe(i: usize, raw: RawProbe) -> Result<ProbeSpec, ConfigError> {
+    let k = |f: &str| format!("probe[{i}].{f}");
+    let name = raw
+        .name
+        .ok_or_else(|| ConfigError::invalid(k("name"), "missing"))?;
+    if name.is_empty()
+        || name.len() > 64
+        || !name
+            .chars()
+            .all(|c| c.is_ascii_alphanumeric() || matches!(c, '-' | '_' | '.'))
+    {
+        return Err(ConfigError::invalid(
+            k("name"),
+            format!("{name:?} must be 1 to 64 of A-Z a-z 0-9 - _ ."),
+        ));
+    }
+    let kind = raw
+        .kind
+        .ok_or_else(|| ConfigError::invalid(k("kind"), "missing"))?;
+    let target = raw
+        .target
+        .ok_or_else(|| ConfigError::invalid(k("target"), "missing"))?;
+    let interval = duration(&k("interval"), &raw.interval, Duration::from_secs(30))?;
+    let timeout = duration(&k("timeout"), &raw.timeout, Duration::from_secs(5))?;
+    if interval < Duration::from_secs(1) {
+        return Err(ConfigError::invalid(k("interval"), "must be at least 1s"));
+    }
+    if timeout.is_zero() {
+        return Err(ConfigError::invalid(k("timeout"), "must be > 0"));
+    }
+    if timeout > interval {
+        return Err(ConfigError::invalid(
+            k("timeout"),
+            format!(
+                "{} is longer than the probe's interval ({})",
+                humantime::format_duration(timeout),
+                humantime::format_duration(interval)
+            ),
+        ));
+    }
+    let is_http = matches!(kind.as_str(), "http" | "https");
+    let http_only = [
+        ("method", raw.method.is_some()),
+        ("expect_status", raw.expect_status.is_some()),
+        ("body_contains", raw.body_contains.is_some()),
+        ("body_max_bytes", raw.body_max_bytes.is_some()),
+        ("ca_file", raw.ca_file.is_some()),
+        ("insecure_skip_verify", raw.insecure_skip_verify.is_some()),
+    ];
+    if !is_http && let Some((f, _)) = http_only.iter().find(|(_, set)| *set) {
+        return Err(ConfigError::invalid(
+            k(f),
+            format!("only applies to http probes, not {kind:?}"),
+        ));
+    }
+    if kind != "icmp" && raw.count.is_some() {
+        return Err(ConfigError::invalid(
+            k("count"),
+            "only applies to icmp probes",
+        ));
+    }
+    let target = match kind.as_str() {
+        "http" | "https" => {
+            let bad = |why: &str| ConfigError::invalid(k("target"), format!("{target:?} {why}"));
+            let url: hyper::Uri = target.parse().map_err(|_| bad("is not a URL"))?;
+            let tls = match url.scheme_str() {
+                Some("http") => false,
+                Some("https") => true,
+                _ => return Err(bad("must start with http:// or https://")),
+            };
+            let (host, port) = uri_host_port(&url, if tls { 443 } else { 80 })
+                .ok_or_else(|| bad("has no host or a bad port"))?;
+            if !valid_hostname(&host) {
+                return Err(bad("has an invalid host name"));
+            }
+            if !tls && (raw.ca_file.is_some() || raw.insecure_skip_verify.is_some()) {
+                return Err(ConfigError::invalid(
+                    k(if raw.ca_file.is_some() {
+                        "ca_file"
+                    } else {
+                        "insecure_skip_verify"
+                    }),
+                    "only applies to https:// targets",
+                ));
+            }
+            if let Some(ca) = &raw.ca_file {
+                check_file(&k("ca_file"), ca)?;
+            }
+            let method = match raw.method.as_deref() {
+                None | Some("GET") | Some("get") => HttpMethod::Get,
+                Some("HEAD") | Some("head") => HttpMethod::Head,
+                Some(o) => {
+                    return Err(ConfigError::invalid(
+                        k("method"),
+                        format!("{o:?} is not GET or HEAD"),
+                    ));
+                }
+            };
+            if method == HttpMethod::Head && raw.body_contains.is_some() {
+                return Err(ConfigError::invalid(
+                    k("body_contains"),
+                    "a HEAD request has no body",
+                ));
+            }
+            let expect_status = match &raw.expect_status {
+                None => vec![(200, 399)],
+                Some(s) => parse_status(&k("expect_status"), s)?,
+            };
+            let body_max_bytes = match bytes(&k("body_max_bytes"), &raw.body_max_bytes)? {
+                None => 64 * 1024,
+                Some(b) if (1..=16 << 20).contains(&b) => b as usize,
+                Some(_) => {
+                    return Err(ConfigError::invalid(
+                        k("body_max_bytes"),
+                        "must be between 1 byte and 16MiB",
+                    ));
+                }
+            };
+            if raw.body_contains.as_deref() == Some("") {
+                return Err(ConfigError::invalid(k("body_contains"), "is empty"));
+            }
+            ProbeTarget::Http(HttpSpec {
+                url,
+                host,
+                port,
+                tls,
+                method,
+                expect_status,
+                body_contains: raw.body_contains,
+                body_max_bytes,
+                ca_file: raw.ca_file,
+                insecure_skip_verify: raw.insecure_skip_verify.unwrap_or(false),
+            })
+        }
+        "tcp" => {
+            let (host, port) = split_host_port(&target)
+                .filter(|(h, _)| valid_hostname(h))
+                .ok_or_else(|| {
+                    ConfigError::invalid(k("target"), format!("{target:?} is not host:port"))
+                })?;
+            ProbeTarget::Tcp { host, port }
+        }
+        "dns" => {
+            if !valid_hostname(&target) || target.parse::<IpAddr>().is_ok() {
+                return Err(ConfigError::invalid(
+                    k("target"),
+                    format!("{target:?} is not a host name"),
+                ));
+            }
+            ProbeTarget::Dns { name: target }
+        }
+        "icmp" => {
+            if !valid_hostname(&target) {
+                return Err(ConfigError::invalid(
+                    k("target"),
+                    format!("{target:?} is not a host name or address"),
+                ));
+            }
+            let count = raw.count.unwrap_or(3);
+            if !(1..=20).contains(&count) {
+                return Err(ConfigError::invalid(k("count"), "must be between 1 and 20"));
+            }
+            ProbeTarget::Icmp {
+                host: target,
+                count,
+            }
+        }
+        other => {
+            return Err(ConfigError::invalid(
+                k("kind"),
+                format!("{other:?} is not one of http, https, tcp, dns, icmp"),
+            ));
+        }
+    };
+    Ok(ProbeSpec {
+        name,
+        interval,
+        timeout,
+        target,
+    })
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn byte_sizes() {
+        let cases: &[(&str, Option<u64>)] = &[
+            ("64MiB", Some(64 << 20)),
+            ("64 MiB", Some(64 << 20)),
+            ("1GB", Some(1_000_000_000)),
+            ("512k", Some(512 << 10)),
+            ("4096", Some(4096)),
+            ("1.5MiB", Some(3 << 19)),
+            ("", None),
+            ("MiB", None),
+            ("12 parsecs", None),
+            ("-1", None),
+        ];
+        for (s, want) in cases {
+            assert_eq!(parse_bytes(s), *want, "{s:?}");
+        }
+    }
+
+    #[test]
+    fn host_ports() {
+        assert_eq!(split_host_port("a.b:80"), Some(("a.b".into(), 80)));
+        assert_eq!(split_host_port("[::1]:53"), Some(("::1".into(), 53)));
+        assert_eq!(split_host_port("a.b"), None);
+        assert_eq!(split_host_port("a.b:0"), None);
+        assert_eq!(split_host_port("::1:53"), None);
+        assert_eq!(split_host_port(":80"), None);
+    }
+}

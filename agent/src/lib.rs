@@ -1,0 +1,20 @@
+//! Muster agent library: everything but argument parsing lives here.
+//!
+//! * [`sample`]: host health (sysinfo), one file per metric family.
+//! * [`probe`]: synthetic transactions (http/https, tcp, dns, icmp), their
+//!   failure classification and scheduler.
+//! * [`report`]: the CAD client's loopback self-report endpoint.
+//! * [`observation`]: the seam: measuring sends `Observation`s to the uplink.
+//! * [`buffer`] + [`uplink`]: store-and-forward over MQTT.
+//! * [`config`], [`run`], [`service`]: configuration, wiring, running as a service.
+
+pub mod buffer;
+pub mod clock;
+pub mod config;
+pub mod observation;
+pub mod probe;
+pub mod report;
+pub mod run;
+pub mod sample;
+pub mod service;
+pub mod uplink;

@@ -1,0 +1,177 @@
+//! `muster-agent`: parses arguments and calls the library.
+
+use std::path::{Path, PathBuf};
+use std::process::ExitCode;
+use std::sync::Arc;
+
+use anyhow::Context;
+use clap::{Parser, Subcommand};
+use muster_agent::clock::SystemClock;
+use muster_agent::config::Config;
+use muster_agent::{run, service};
+
+#[derive(Parser)]
+#[command(
+    name = "muster-agent",
+    version,
+    about = "Muster agent: terminal health and CAD latency, shipped over MQTT."
+)]
+struct Cli {
+    #[command(subcommand)]
+    cmd: Cmd,
+}
+
+#[derive(Subcommand)]
+enum Cmd {
+    /// Run in the foreground until SIGTERM/SIGINT (the systemd entry).
+    Run {
+        #[arg(long, short)]
+        config: PathBuf,
+    },
+    /// Take one sample and run every probe once; print JSON and exit.
+    Once {
+        #[arg(long, short)]
+        config: PathBuf,
+        /// One line of JSON instead of pretty-printed.
+        #[arg(long)]
+        compact: bool,
+    },
+    /// Validate a config file and exit (0: valid, 2: invalid).
+    CheckConfig {
+        #[arg(long, short)]
+        config: PathBuf,
+    },
+    /// Windows service management.
+    #[cfg(windows)]
+    Service {
+        #[command(subcommand)]
+        cmd: ServiceCmd,
+    },
+}
+
+#[cfg(windows)]
+#[derive(Subcommand)]
+enum ServiceCmd {
+    /// Register the service (auto start, restart on failure).
+    Install {
+        #[arg(long, short)]
+        config: PathBuf,
+    },
+    /// Stop and remove the service.
+    Uninstall,
+    /// The entry the service control manager starts.
+    Run {
+        #[arg(long, short)]
+        config: PathBuf,
+    },
+}
+
+fn load(path: &Path) -> Result<Config, ExitCode> {
+    Config::load(path).map_err(|e| {
+        eprintln!("muster-agent: config {}: {e}", path.display());
+        ExitCode::from(2)
+    })
+}
+
+fn main() -> ExitCode {
+    let cli = Cli::parse();
+    match cli.cmd {
+        Cmd::CheckConfig { config } => match load(&config) {
+            Ok(c) => {
+                println!(
+                    "{}: valid. unit {}, mqtt {}:{}{}, buffer {} ({} bytes), sampling every {:?}, {} probe(s), report endpoint {}",
+                    config.display(),
+                    c.unit,
+                    c.mqtt.host,
+                    c.mqtt.port,
+                    if c.mqtt.tls { " (TLS)" } else { "" },
+                    c.buffer.path.display(),
+                    c.buffer.max_bytes,
+                    c.sampling.interval,
+                    c.probes.len(),
+                    c.report
+                        .as_ref()
+                        .map(|r| r.listen.to_string())
+                        .unwrap_or_else(|| "off".into()),
+                );
+                ExitCode::SUCCESS
+            }
+            Err(code) => code,
+        },
+        Cmd::Once { config, compact } => {
+            let cfg = match load(&config) {
+                Ok(c) => c,
+                Err(code) => return code,
+            };
+            service::log::init_quiet();
+            let r = (|| -> anyhow::Result<()> {
+                let rt = run::runtime().context("starting the runtime")?;
+                let report = rt.block_on(run::once(&cfg, Arc::new(SystemClock)))?;
+                let json = if compact {
+                    serde_json::to_string(&report)?
+                } else {
+                    serde_json::to_string_pretty(&report)?
+                };
+                println!("{json}");
+                Ok(())
+            })();
+            match r {
+                Ok(()) => ExitCode::SUCCESS,
+                Err(e) => {
+                    eprintln!("muster-agent: {e:#}");
+                    ExitCode::FAILURE
+                }
+            }
+        }
+        Cmd::Run { config } => {
+            let cfg = match load(&config) {
+                Ok(c) => c,
+                Err(code) => return code,
+            };
+            if let Err(e) = service::log::init(&cfg.log) {
+                eprintln!("muster-agent: {e}");
+                return ExitCode::from(2);
+            }
+            let r = (|| -> anyhow::Result<()> {
+                let rt = run::runtime().context("starting the runtime")?;
+                rt.block_on(run::run(
+                    cfg,
+                    Arc::new(SystemClock),
+                    service::shutdown_signal(),
+                ))?;
+                rt.shutdown_timeout(std::time::Duration::from_secs(5));
+                Ok(())
+            })();
+            match r {
+                Ok(()) => ExitCode::SUCCESS,
+                Err(e) => {
+                    tracing::error!(error = %format!("{e:#}"), "Agent failed.");
+                    eprintln!("muster-agent: {e:#}");
+                    ExitCode::FAILURE
+                }
+            }
+        }
+        #[cfg(windows)]
+        Cmd::Service { cmd } => {
+            use muster_agent::service::windows;
+            let r = match cmd {
+                ServiceCmd::Install { config } => windows::install(&config).map(|()| {
+                    println!(
+                        "Service {} installed (auto start, restarts on failure).",
+                        windows::SERVICE_NAME
+                    )
+                }),
+                ServiceCmd::Uninstall => windows::uninstall()
+                    .map(|()| println!("Service {} removed.", windows::SERVICE_NAME)),
+                ServiceCmd::Run { config } => windows::dispatch(&config),
+            };
+            match r {
+                Ok(()) => ExitCode::SUCCESS,
+                Err(e) => {
+                    eprintln!("muster-agent: {e}");
+                    ExitCode::FAILURE
+                }
+            }
+        }
+    }
+}

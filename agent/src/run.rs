@@ -1,0 +1,315 @@
+//! Wiring: config → sampling thread + probe scheduler + report endpoint →
+//! bounded observation channel → the uplink (`crate::uplink::run`).
+//!
+//! The channel (`uplink.channel_capacity`, default 1024) decouples measuring
+//! from shipping: producers use `try_send`, so a stalled uplink never blocks
+//! sampling; an observation refused by a full channel is a counted, logged
+//! drop (`observations_dropped`). 1024 observations is minutes of data at a
+//! 1 s interval with a handful of probes, while the uplink normally takes
+//! each one to the disk buffer within milliseconds.
+
+use std::future::Future;
+use std::sync::Arc;
+use std::sync::atomic::Ordering;
+use std::time::Duration;
+
+use muster_proto::{HostSample, ProbeResult, UnitId};
+use serde::Serialize;
+use tokio::sync::{mpsc, watch};
+
+use crate::clock::Clock;
+use crate::config::Config;
+use crate::probe::schedule::{self, ScheduleStats, stopped};
+use crate::probe::{Probe, ProbeError, Runnable};
+use crate::report::{self, ReportStats};
+use crate::sample::{self, DropCounter, SampleError, Sampler};
+use crate::service::notify::{self, Notifier};
+use crate::uplink::{self, UplinkConfig, UplinkError};
+
+pub const AGENT_VERSION: &str = env!("CARGO_PKG_VERSION");
+
+#[derive(Debug, thiserror::Error)]
+pub enum RunError {
+    #[error("sampling: {0}")]
+    Sample(#[from] SampleError),
+    #[error("probe {name}: {source}")]
+    Probe { name: String, source: ProbeError },
+    #[error("uplink: {0}")]
+    Uplink(#[from] UplinkError),
+    #[error("runtime: {0}")]
+    Runtime(std::io::Error),
+}
+
+/// The agent's tokio runtime: two workers are plenty beside a CAD client.
+pub fn runtime() -> std::io::Result<tokio::runtime::Runtime> {
+    tokio::runtime::Builder::new_multi_thread()
+        .worker_threads(2)
+        .max_blocking_threads(8)
+        .thread_stack_size(1 << 20)
+        .enable_all()
+        .build()
+}
+
+/// Builds every configured probe (TLS configs, CA files) once.
+pub fn build_probes(cfg: &Config) -> Result<Vec<Arc<Probe>>, RunError> {
+    cfg.probes
+        .iter()
+        .map(|spec| {
+            Probe::new(spec.clone())
+                .map(Arc::new)
+                .map_err(|source| RunError::Probe {
+                    name: spec.name.clone(),
+                    source,
+                })
+        })
+        .collect()
+}
+
+/// Self-metrics of the measuring side, logged at shutdown and on demand.
+#[derive(Debug, Default)]
+pub struct RunStats {
+    pub drops: Arc<DropCounter>,
+    pub schedule: Arc<ScheduleStats>,
+    pub report: Arc<ReportStats>,
+}
+
+/// `muster-agent run`: runs until `shutdown` resolves, then stops the
+/// producers, lets the uplink take what they produced, and returns.
+pub async fn run(
+    cfg: Config,
+    clock: Arc<dyn Clock>,
+    shutdown: impl Future<Output = ()> + Send,
+) -> Result<(), RunError> {
+    let stats = RunStats::default();
+    let (tx, rx) = mpsc::channel(cfg.channel_capacity);
+    let (stop_tx, stop_rx) = watch::channel(false);
+    let interval_ms = cfg.sampling.interval.as_millis().min(u32::MAX as u128) as u32;
+
+    // The uplink first, so nothing waits on a missing consumer.
+    let (uplink_stop_tx, uplink_stop_rx) = tokio::sync::oneshot::channel::<()>();
+    let ucfg = UplinkConfig {
+        unit: cfg.unit.clone(),
+        mqtt: cfg.mqtt.clone(),
+        uplink: cfg.uplink.clone(),
+        buffer: cfg.buffer.clone(),
+        interval_ms,
+        agent_version: AGENT_VERSION.to_owned(),
+    };
+    let mut uplink_task = tokio::spawn(uplink::run(ucfg, rx, clock.clone(), async move {
+        let _ = uplink_stop_rx.await;
+    }));
+
+    let probes = build_probes(&cfg)?;
+    let sampler = Sampler::new(cfg.sampling.clone())?;
+    let sampler = sample::spawn(
+        sampler,
+        cfg.sampling.interval,
+        tx.clone(),
+        clock.clone(),
+        stats.drops.clone(),
+    )?;
+    let liveness = sampler.liveness();
+    let mut probe_tasks = schedule::spawn_all(
+        probes.into_iter().map(|p| p as Arc<dyn Runnable>).collect(),
+        tx.clone(),
+        clock.clone(),
+        stats.drops.clone(),
+        stats.schedule.clone(),
+        stop_rx.clone(),
+    );
+    let report_task = cfg.report.clone().map(|r| {
+        tokio::spawn(report_endpoint(
+            r.listen,
+            r.max_per_sec,
+            tx.clone(),
+            clock.clone(),
+            stats.drops.clone(),
+            stats.report.clone(),
+            stop_rx.clone(),
+        ))
+    });
+    drop(tx);
+
+    let notifier = Notifier::from_env().map(Arc::new);
+    let watchdog = notify::watchdog_interval().and_then(|wd| {
+        notifier.clone().map(|n| {
+            tokio::spawn(watchdog_loop(
+                n,
+                wd,
+                liveness,
+                cfg.sampling.interval,
+                stop_rx.clone(),
+            ))
+        })
+    });
+    if let Some(n) = &notifier {
+        n.notify("READY=1");
+    }
+    tracing::info!(
+        unit = %cfg.unit,
+        interval = ?cfg.sampling.interval,
+        probes = cfg.probes.len(),
+        report = ?cfg.report.as_ref().map(|r| r.listen),
+        "Agent running."
+    );
+
+    let uplink_early = tokio::select! {
+        _ = shutdown => None,
+        r = &mut uplink_task => Some(r),
+    };
+    if let Some(n) = &notifier {
+        n.notify("STOPPING=1");
+    }
+    let _ = stop_tx.send(true);
+    let _ = tokio::task::spawn_blocking(move || sampler.stop()).await;
+    while probe_tasks.join_next().await.is_some() {}
+    if let Some(t) = report_task {
+        let _ = t.await;
+    }
+    if let Some(t) = watchdog {
+        let _ = t.await;
+    }
+    tracing::info!(
+        observations_dropped = stats.drops.get(),
+        probe_runs = stats.schedule.runs.load(Ordering::Relaxed),
+        probe_timeouts = stats.schedule.timeouts.load(Ordering::Relaxed),
+        reports_accepted = stats.report.accepted.load(Ordering::Relaxed),
+        reports_malformed = stats.report.malformed.load(Ordering::Relaxed),
+        "Measuring stopped."
+    );
+    let r = match uplink_early {
+        Some(r) => r,
+        None => {
+            let _ = uplink_stop_tx.send(());
+            match tokio::time::timeout(Duration::from_secs(15), &mut uplink_task).await {
+                Ok(r) => r,
+                Err(_) => {
+                    tracing::error!("The uplink did not stop within 15s; abandoning it.");
+                    uplink_task.abort();
+                    return Ok(());
+                }
+            }
+        }
+    };
+    match r {
+        Ok(Ok(())) => {
+            tracing::info!("Agent stopped.");
+            Ok(())
+        }
+        Ok(Err(e)) => Err(RunError::Uplink(e)),
+        Err(e) => {
+            tracing::error!(error = %e, "The uplink task panicked.");
+            Ok(())
+        }
+    }
+}
+
+/// Binds the report endpoint, retrying every 30 s while the port is taken
+/// (the agent keeps measuring meanwhile), then serves it.
+async fn report_endpoint(
+    listen: std::net::SocketAddr,
+    max_per_sec: u32,
+    tx: crate::observation::ObservationTx,
+    clock: Arc<dyn Clock>,
+    drops: Arc<DropCounter>,
+    stats: Arc<ReportStats>,
+    mut stop: watch::Receiver<bool>,
+) {
+    let sock = loop {
+        match report::bind(listen).await {
+            Ok(s) => break s,
+            Err(e) => {
+                tracing::error!(error = %e, "Report endpoint unavailable; retrying in 30s.");
+                tokio::select! {
+                    _ = tokio::time::sleep(Duration::from_secs(30)) => {}
+                    _ = stopped(&mut stop) => return,
+                }
+            }
+        }
+    };
+    tracing::info!(%listen, "Report endpoint listening.");
+    report::serve(sock, max_per_sec, tx, clock, drops, stats, stop).await;
+}
+
+/// Pings systemd's watchdog at half its interval, but only while the sampling
+/// thread keeps completing passes: a hung sampler gets the agent restarted.
+async fn watchdog_loop(
+    n: Arc<Notifier>,
+    every: Duration,
+    liveness: Arc<sample::Liveness>,
+    interval: Duration,
+    mut stop: watch::Receiver<bool>,
+) {
+    let stale_after = (interval * 3).max(Duration::from_secs(10));
+    let mut tick = tokio::time::interval(every / 2);
+    loop {
+        tokio::select! {
+            _ = tick.tick() => {}
+            _ = stopped(&mut stop) => return,
+        }
+        let age = liveness.since_last_pass();
+        if age <= stale_after {
+            n.notify("WATCHDOG=1");
+        } else {
+            tracing::error!(
+                ?age,
+                "Sampling thread is stuck; withholding the watchdog ping."
+            );
+        }
+    }
+}
+
+/// What `muster-agent once` prints.
+#[derive(Debug, Serialize)]
+pub struct OnceReport {
+    pub unit: UnitId,
+    pub agent_version: &'static str,
+    /// When the host sample was taken, unix ms.
+    pub at_ms: u64,
+    pub host: HostSample,
+    pub probes: Vec<ProbeResult>,
+}
+
+/// `muster-agent once`: one host sample and every probe once, concurrently.
+pub async fn once(cfg: &Config, clock: Arc<dyn Clock>) -> Result<OnceReport, RunError> {
+    let probes = build_probes(cfg)?;
+    let interval_ms = cfg.sampling.interval.as_millis().min(u32::MAX as u128) as u32;
+    let sampling = cfg.sampling.clone();
+    let host = tokio::task::spawn_blocking(move || -> Result<HostSample, SampleError> {
+        let mut s = Sampler::new(sampling)?;
+        s.prime();
+        // CPU usage and rates need two refreshes some time apart.
+        std::thread::sleep(sysinfo::MINIMUM_CPU_UPDATE_INTERVAL.max(Duration::from_millis(500)));
+        Ok(s.sample(interval_ms))
+    });
+    let probe_runs: Vec<_> = probes
+        .iter()
+        .map(|p| {
+            let p = p.clone();
+            tokio::spawn(async move {
+                match tokio::time::timeout(p.spec().timeout, p.run()).await {
+                    Ok(r) => r,
+                    Err(_) => p.timed_out(),
+                }
+            })
+        })
+        .collect();
+    let at_ms = clock.now_ms();
+    let host = host
+        .await
+        .map_err(|e| RunError::Runtime(std::io::Error::other(e.to_string())))??;
+    let mut results = Vec::with_capacity(probe_runs.len());
+    for r in probe_runs {
+        results.push(
+            r.await
+                .map_err(|e| RunError::Runtime(std::io::Error::other(e.to_string())))?,
+        );
+    }
+    Ok(OnceReport {
+        unit: cfg.unit.clone(),
+        agent_version: AGENT_VERSION,
+        at_ms,
+        host,
+        probes: results,
+    })
+}

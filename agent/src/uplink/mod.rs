@@ -1,0 +1,536 @@
+//! The uplink: stamps observations into records (boot id, seq), writes each
+//! to the disk buffer first, and ships them over MQTT until the collector's
+//! ack frees them.
+//!
+//! * QoS 1, stable client id, `clean_session = false`; a retained birth
+//!   `Presence{online: true}` and a will `Presence{online: false}` on the
+//!   state topic, numbered by connection; the birth is republished if the
+//!   state topic says offline while connected (a late will of an old
+//!   connection).
+//! * Reconnects with exponential backoff and full jitter ([`backoff`]).
+//! * Live first, then the backlog oldest-first in batches, under
+//!   `max_inflight` and an optional byte rate ([`schedule`]).
+//! * Acks free buffer keys; unacked publishes are resent after a reconnect
+//!   or `ack_timeout` ([`inflight`]).
+//! * An `AgentStatus` heartbeat record every `heartbeat_interval`.
+//!
+//! The pure cores (`backoff`, `inflight`, `schedule`, `buffer::evict`) take
+//! `now`; this module is the I/O around them.
+
+pub mod backoff;
+pub mod inflight;
+pub mod mqtt;
+pub mod schedule;
+pub mod settings;
+
+use std::future::Future;
+use std::sync::Arc;
+use std::time::Duration;
+
+use muster_proto::{
+    AgentStatus, Body, BootId, MAX_BATCH_RECORDS, MAX_MESSAGE_BYTES, Payload, Record, TopicKind,
+    UnitId, decode, encode_record, message_from_encoded, topic::unit_topic,
+};
+use rumqttc::{AsyncClient, QoS};
+use tokio::sync::mpsc;
+use tracing::{debug, info, warn};
+
+use crate::buffer::{Appended, Buffer, BufferSettings, Kind, Meta, Stored};
+use crate::clock::Clock;
+use crate::observation::ObservationRx;
+use inflight::{Inflight, Sent};
+use mqtt::LinkEvent;
+use schedule::{Next, Scheduler};
+pub use settings::{MqttSettings, UplinkSettings};
+
+/// Everything `run` needs.
+#[derive(Debug, Clone)]
+pub struct UplinkConfig {
+    pub unit: UnitId,
+    pub mqtt: MqttSettings,
+    pub uplink: UplinkSettings,
+    pub buffer: BufferSettings,
+    /// The sampling interval, reported in the heartbeat.
+    pub interval_ms: u32,
+    pub agent_version: String,
+}
+
+#[derive(Debug, thiserror::Error)]
+pub enum UplinkError {
+    #[error("disk buffer: {0}")]
+    Buffer(#[from] crate::buffer::BufferError),
+    #[error("mqtt TLS: {0}")]
+    Tls(String),
+}
+
+/// Self-metrics, also logged with each heartbeat.
+#[derive(Debug, Clone, Copy, Default)]
+struct Counters {
+    reconnects: u32,
+    connects: u32,
+    published: u64,
+    acked: u64,
+    resent: u64,
+    bad_inbound: u64,
+}
+
+/// The uplink's state: everything but the sockets.
+struct Uplink {
+    unit: UnitId,
+    boot: BootId,
+    seq: u64,
+    cfg: UplinkConfig,
+    clock: Arc<dyn Clock>,
+    buffer: Buffer,
+    inflight: Inflight,
+    sched: Scheduler,
+    client: AsyncClient,
+    telemetry_topic: String,
+    state_topic: String,
+    ack_topic: String,
+    connection: Option<u32>,
+    last_host_key: Option<u64>,
+    clock_offset_ms: Option<i64>,
+    counters: Counters,
+    /// When the pump must run again (token bucket), unix ms.
+    wake_ms: Option<u64>,
+}
+
+/// Runs the store-and-forward uplink until `shutdown` resolves, then flushes
+/// the buffer, marks the unit offline and disconnects cleanly.
+pub async fn run(
+    cfg: UplinkConfig,
+    mut rx: ObservationRx,
+    clock: Arc<dyn Clock>,
+    shutdown: impl Future<Output = ()> + Send,
+) -> Result<(), UplinkError> {
+    let boot = BootId(rand::random());
+    let now = clock.now_ms();
+    let buffer = Buffer::open(cfg.buffer.clone(), now)?;
+    let opts = mqtt::options(&cfg.unit, boot, &cfg.mqtt, &cfg.uplink, now)?;
+    let (client, mut eventloop) = AsyncClient::new(opts, usize::from(cfg.uplink.max_inflight) + 64);
+    let mut net = rumqttc::NetworkOptions::new();
+    net.set_connection_timeout(cfg.mqtt.connect_timeout.as_secs().max(1));
+    eventloop.set_network_options(net);
+    let (ev_tx, mut ev_rx) = mpsc::channel(1024);
+    let poller = tokio::spawn(mqtt::poll_loop(
+        eventloop,
+        ev_tx,
+        cfg.unit.clone(),
+        boot,
+        cfg.uplink.clone(),
+        clock.clone(),
+    ));
+    info!(unit = %cfg.unit, %boot, backlog = buffer.records(), broker = %format!("{}:{}", cfg.mqtt.host, cfg.mqtt.port), "Uplink starting.");
+
+    let mut up = Uplink {
+        unit: cfg.unit.clone(),
+        boot,
+        seq: 0,
+        telemetry_topic: unit_topic(&cfg.unit, TopicKind::Telemetry),
+        state_topic: unit_topic(&cfg.unit, TopicKind::State),
+        ack_topic: unit_topic(&cfg.unit, TopicKind::Ack),
+        sched: Scheduler::new(
+            cfg.uplink.max_inflight,
+            cfg.uplink
+                .batch_max_bytes
+                .min((MAX_MESSAGE_BYTES - 4096) as u32),
+            cfg.uplink.replay_bytes_per_sec,
+            now,
+        ),
+        cfg,
+        clock,
+        buffer,
+        inflight: Inflight::new(),
+        client,
+        connection: None,
+        last_host_key: None,
+        clock_offset_ms: None,
+        counters: Counters::default(),
+        wake_ms: None,
+    };
+
+    let mut flush =
+        tokio::time::interval(up.cfg.buffer.flush_interval.max(Duration::from_millis(10)));
+    flush.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
+    let mut heartbeat = tokio::time::interval(
+        up.cfg
+            .uplink
+            .heartbeat_interval
+            .max(Duration::from_millis(100)),
+    );
+    heartbeat.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
+    let mut rx_open = true;
+    tokio::pin!(shutdown);
+
+    loop {
+        up.pump();
+        let wake = up.next_wake();
+        tokio::select! {
+            biased;
+            _ = &mut shutdown => break,
+            ev = ev_rx.recv() => match ev {
+                Some(ev) => up.on_link(ev),
+                None => {
+                    warn!("MQTT event loop ended.");
+                    break;
+                }
+            },
+            obs = rx.recv(), if rx_open => match obs {
+                Some(o) => up.record(o.at_ms, o.payload),
+                None => rx_open = false,
+            },
+            _ = heartbeat.tick() => up.heartbeat(),
+            _ = flush.tick() => up.flush(),
+            _ = sleep_for(wake) => up.on_timer(),
+        }
+    }
+
+    // Clean shutdown: take what is already queued, flush, say offline, disconnect.
+    while let Ok(o) = rx.try_recv() {
+        up.record(o.at_ms, o.payload);
+    }
+    up.flush();
+    if let Some(connection) = up.connection {
+        let payload = mqtt::presence(&up.unit, up.boot, connection, false, up.clock.now_ms());
+        let _ = up
+            .client
+            .try_publish(up.state_topic.clone(), QoS::AtLeastOnce, true, payload);
+        let _ = up.client.try_disconnect();
+        // Let the event loop send both; it ends when the client is gone.
+        let drain = async {
+            while let Some(ev) = ev_rx.recv().await {
+                if matches!(ev, LinkEvent::Disconnected { .. }) {
+                    break;
+                }
+            }
+        };
+        let _ = tokio::time::timeout(Duration::from_secs(2), drain).await;
+    }
+    poller.abort();
+    let stats = up.buffer.stats();
+    info!(unit = %up.unit, backlog_records = stats.records, backlog_bytes = stats.bytes, last_seq = up.seq, "Uplink stopped.");
+    Ok(())
+}
+
+async fn sleep_for(ms: Option<u64>) {
+    match ms {
+        Some(ms) => tokio::time::sleep(Duration::from_millis(ms)).await,
+        None => std::future::pending().await,
+    }
+}
+
+impl Uplink {
+    fn now(&self) -> u64 {
+        self.clock.now_ms()
+    }
+
+    /// Milliseconds until the next timer: the bucket or an ack deadline.
+    fn next_wake(&self) -> Option<u64> {
+        let now = self.now();
+        let timeout = self.cfg.uplink.ack_timeout.as_millis() as u64;
+        let deadline = self.inflight.next_deadline(timeout);
+        [self.wake_ms, deadline]
+            .into_iter()
+            .flatten()
+            .min()
+            .map(|t| t.saturating_sub(now))
+    }
+
+    fn on_timer(&mut self) {
+        let now = self.now();
+        self.wake_ms = None;
+        let timeout = self.cfg.uplink.ack_timeout.as_millis() as u64;
+        let late = self.inflight.expire(now, timeout);
+        if !late.is_empty() {
+            self.counters.resent += late.len() as u64;
+            warn!(
+                records = late.len(),
+                "No ack from the collector in time; resending."
+            );
+            self.sched.resend(&late);
+        }
+        if self.cfg.buffer.max_age.is_some() {
+            let inflight = &self.inflight;
+            self.buffer.expire(now, &|k| inflight.contains_key(k));
+        }
+    }
+
+    /// Stamps and buffers one observation.
+    fn record(&mut self, at_ms: u64, payload: Payload) {
+        let rec = Record {
+            boot: self.boot,
+            seq: self.seq + 1,
+            at_ms,
+            payload,
+        };
+        let encoded = match encode_record(&rec) {
+            Ok(e) => e,
+            Err(e) => {
+                warn!(error = %e, kind = rec.payload.kind_name(), "Observation cannot be encoded; skipped (no seq used).");
+                return;
+            }
+        };
+        self.seq = rec.seq;
+        let meta = Meta::of(&rec);
+        let now = self.now();
+        let inflight = &self.inflight;
+        match self
+            .buffer
+            .append(meta, &encoded, now, &|k| inflight.contains_key(k))
+        {
+            Appended::Stored { key } => {
+                if meta.kind == Kind::Host {
+                    self.last_host_key = Some(key);
+                }
+                self.sched.appended(key);
+            }
+            Appended::Dropped { .. } => {}
+        }
+    }
+
+    /// Takes an `AgentStatus` heartbeat record.
+    fn heartbeat(&mut self) {
+        let now = self.now();
+        let stats = self.buffer.stats();
+        let status = AgentStatus {
+            version: self.cfg.agent_version.clone(),
+            interval_ms: self.cfg.interval_ms,
+            backlog_records: stats.records,
+            backlog_bytes: stats.bytes,
+            oldest_unsent_ms: stats.oldest_at_ms.map(|t| now.saturating_sub(t)),
+            dropped: self.buffer.drops(),
+            reconnects: self.counters.reconnects,
+            clock_offset_ms: self.clock_offset_ms,
+        };
+        let (segments, open) = self.buffer.segments();
+        info!(
+            unit = %self.unit,
+            seq = self.seq,
+            backlog_records = stats.records,
+            backlog_bytes = stats.bytes,
+            oldest_unsent_ms = ?status.oldest_unsent_ms,
+            dropped_total = status.dropped.total(),
+            dropped_full = status.dropped.full,
+            dropped_expired = status.dropped.expired,
+            dropped_thinned = status.dropped.thinned,
+            dropped_corrupt = status.dropped.corrupt,
+            buffer_resets = status.dropped.resets,
+            reconnects = self.counters.reconnects,
+            inflight = self.inflight.len(),
+            published = self.counters.published,
+            acked = self.counters.acked,
+            resent = self.counters.resent,
+            segments,
+            open_segments = open,
+            connected = self.connection.is_some(),
+            "Uplink status."
+        );
+        self.record(now, Payload::Status(status));
+    }
+
+    fn flush(&mut self) {
+        if let Err(e) = self.buffer.flush() {
+            warn!(error = %e, "Disk buffer flush failed.");
+        }
+    }
+
+    fn on_link(&mut self, ev: LinkEvent) {
+        match ev {
+            LinkEvent::Connected {
+                connection,
+                session_present,
+            } => {
+                self.counters.connects += 1;
+                if self.counters.connects > 1 {
+                    self.counters.reconnects += 1;
+                }
+                self.connection = Some(connection);
+                self.inflight.clear();
+                info!(unit = %self.unit, connection, session_present, backlog_records = self.buffer.records(), reconnects = self.counters.reconnects, "Connected to the broker.");
+                let _ = self
+                    .client
+                    .try_subscribe(self.ack_topic.clone(), QoS::AtLeastOnce);
+                let _ = self
+                    .client
+                    .try_subscribe(self.state_topic.clone(), QoS::AtLeastOnce);
+                self.publish_birth();
+                // Live first: the newest host sample, then a fresh heartbeat.
+                let newest: Vec<u64> = self.last_host_key.into_iter().collect();
+                self.sched.connected(&newest);
+                self.heartbeat();
+            }
+            LinkEvent::Disconnected { error } => {
+                if self.connection.take().is_some() {
+                    warn!(unit = %self.unit, %error, inflight = self.inflight.len(), "Disconnected from the broker; buffering.");
+                }
+                self.inflight.clear();
+                self.sched.disconnected();
+            }
+            LinkEvent::Message { topic, payload } => self.on_message(&topic, &payload),
+        }
+    }
+
+    fn publish_birth(&mut self) {
+        if let Some(connection) = self.connection {
+            let payload = mqtt::presence(&self.unit, self.boot, connection, true, self.now());
+            if let Err(e) =
+                self.client
+                    .try_publish(self.state_topic.clone(), QoS::AtLeastOnce, true, payload)
+            {
+                warn!(error = %e, "Cannot queue the birth message.");
+            }
+        }
+    }
+
+    fn on_message(&mut self, topic: &str, payload: &[u8]) {
+        let msg = match decode(payload) {
+            Ok(d) => d.message,
+            Err(e) => {
+                self.counters.bad_inbound += 1;
+                warn!(%topic, reason = e.reason(), error = %e, "Undecodable message on a subscribed topic.");
+                return;
+            }
+        };
+        if msg.unit != self.unit {
+            self.counters.bad_inbound += 1;
+            warn!(%topic, about = %msg.unit, "Message about another unit; ignored.");
+            return;
+        }
+        match msg.body {
+            Body::Ack(ack) if topic == self.ack_topic => {
+                let now = self.now();
+                let acked = self.inflight.ack(&ack, now);
+                if let Some(off) = acked.clock_offset_ms {
+                    self.clock_offset_ms = Some(off);
+                }
+                if !acked.freed.is_empty() {
+                    let n = self.buffer.remove(&acked.freed);
+                    self.counters.acked += n as u64;
+                    debug!(
+                        freed = acked.freed.len(),
+                        deleted = n,
+                        upto = ack.upto,
+                        "Collector ack."
+                    );
+                }
+            }
+            Body::Presence(p) if topic == self.state_topic => {
+                if !p.online && self.connection.is_some() {
+                    info!(unit = %self.unit, will_boot = %p.boot, will_connection = p.connection, "State topic says offline while connected (a late will); republishing the birth.");
+                    self.publish_birth();
+                }
+            }
+            _ => {
+                self.counters.bad_inbound += 1;
+                warn!(%topic, "Unexpected message kind on a subscribed topic.");
+            }
+        }
+    }
+
+    /// Publishes what the scheduler allows.
+    fn pump(&mut self) {
+        loop {
+            let now = self.now();
+            match self.sched.next(now, self.inflight.len()) {
+                Next::Idle => return,
+                Next::WaitUntil(t) => {
+                    self.wake_ms = Some(t);
+                    return;
+                }
+                Next::Live(key) => {
+                    if self.inflight.contains_key(key) {
+                        continue;
+                    }
+                    let Some(rec) = self.buffer.get(key) else {
+                        continue;
+                    };
+                    match self.publish(&[rec], true) {
+                        Published::Sent | Published::Retry => {}
+                        Published::Blocked => {
+                            self.sched.resend(&[key]);
+                            return;
+                        }
+                    }
+                }
+                Next::Backlog { from, max_bytes } => {
+                    let inflight = &self.inflight;
+                    let recs =
+                        self.buffer
+                            .read_filtered(from, max_bytes, MAX_BATCH_RECORDS, &|k| {
+                                inflight.contains_key(k)
+                            });
+                    let Some(last) = recs.last() else {
+                        self.sched.backlog_empty();
+                        continue;
+                    };
+                    let last_key = last.key;
+                    let bytes: u64 = recs.iter().map(Stored::stored_len).sum();
+                    match self.publish(&recs, false) {
+                        Published::Sent => self.sched.backlog_sent(last_key, bytes, now),
+                        Published::Retry => {}
+                        Published::Blocked => return,
+                    }
+                }
+            }
+        }
+    }
+
+    /// Hands one publish to MQTT and records it in flight.
+    fn publish(&mut self, recs: &[Stored], single: bool) -> Published {
+        let slices: Vec<&[u8]> = recs.iter().map(Stored::encoded).collect();
+        let payload = match message_from_encoded(&self.unit, &slices, single) {
+            Ok(p) => p,
+            Err(e) => {
+                // A stored record proto cannot splice (e.g. of an unknown
+                // schema version): find it, count it corrupt, go on.
+                warn!(error = %e, "Stored records cannot be sent; checking them one by one.");
+                let mut bad = 0;
+                for r in recs {
+                    if message_from_encoded(&self.unit, &[r.encoded()], true).is_err() {
+                        self.buffer.discard_corrupt(r.key);
+                        bad += 1;
+                    }
+                }
+                return if bad > 0 {
+                    Published::Retry
+                } else {
+                    Published::Blocked
+                };
+            }
+        };
+        let len = payload.len();
+        match self.client.try_publish(
+            self.telemetry_topic.clone(),
+            QoS::AtLeastOnce,
+            false,
+            payload,
+        ) {
+            Ok(()) => {
+                let sent = recs
+                    .iter()
+                    .map(|r| Sent {
+                        key: r.key,
+                        boot: r.meta.boot,
+                        seq: r.meta.seq,
+                    })
+                    .collect();
+                self.inflight.insert(sent, len, self.now());
+                self.counters.published += recs.len() as u64;
+                Published::Sent
+            }
+            Err(e) => {
+                debug!(error = %e, "MQTT client queue full; will retry.");
+                Published::Blocked
+            }
+        }
+    }
+}
+
+enum Published {
+    Sent,
+    /// Bad records were removed: read again.
+    Retry,
+    /// Cannot publish now (client queue full): wait for the next event.
+    Blocked,
+}

@@ -1,0 +1,22 @@
+//! The agent's integration tests: one binary, one module per area.
+
+#[path = "agent/buffer.rs"]
+mod buffer;
+#[path = "agent/uplink.rs"]
+mod uplink;
+
+#[path = "agent/cli.rs"]
+mod cli;
+#[path = "agent/config.rs"]
+mod config;
+#[path = "agent/probes.rs"]
+mod probes;
+#[path = "agent/report.rs"]
+mod report;
+#[cfg(unix)]
+#[path = "agent/run.rs"]
+mod run;
+#[path = "agent/schedule.rs"]
+mod schedule;
+#[path = "agent/servers.rs"]
+mod servers;

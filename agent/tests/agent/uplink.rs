@@ -1,0 +1,959 @@
+//! Uplink integration tests against a real Mosquitto. The test plays the
+//! collector: it subscribes to every unit's telemetry, decodes, and (when
+//! told to) publishes `Ack`s, exactly as the collector does after storing.
+
+use std::collections::{BTreeMap, BTreeSet};
+use std::path::Path;
+use std::sync::atomic::{AtomicBool, Ordering};
+use std::sync::{Arc, Mutex};
+use std::time::Duration;
+
+use muster_agent::buffer::{Buffer, BufferSettings};
+use muster_agent::clock::SystemClock;
+use muster_agent::observation::Observation;
+use muster_agent::uplink::{self, MqttSettings, UplinkConfig, UplinkSettings};
+use muster_proto::{
+    Ack, Body, BootId, Message, Payload, Presence, SeqRange, TopicKind, UnitId, decode, encode,
+    fixtures, topic::unit_topic,
+};
+use muster_testkit::{Mosquitto, MosquittoOptions, TempDir, free_port};
+use rumqttc::{AsyncClient, Event, MqttOptions, Packet, QoS};
+use tokio::io::{AsyncReadExt, AsyncWriteExt};
+use tokio::net::{TcpListener, TcpStream};
+use tokio::sync::{oneshot, watch};
+use tokio::task::JoinHandle;
+
+fn unit() -> UnitId {
+    UnitId::new("metro-fire", "E12").unwrap()
+}
+
+fn now_ms() -> u64 {
+    std::time::SystemTime::now()
+        .duration_since(std::time::UNIX_EPOCH)
+        .unwrap()
+        .as_millis() as u64
+}
+
+/// Polls an observable condition until it holds or the deadline passes.
+async fn eventually(what: &str, timeout: Duration, mut cond: impl FnMut() -> bool) {
+    let deadline = tokio::time::Instant::now() + timeout;
+    while !cond() {
+        assert!(
+            tokio::time::Instant::now() < deadline,
+            "timed out after {timeout:?} waiting for {what}"
+        );
+        tokio::time::sleep(Duration::from_millis(20)).await;
+    }
+}
+
+// ------------------------------------------------------------ the collector
+
+/// One telemetry publish as the collector saw it.
+#[derive(Debug, Clone)]
+struct Seen {
+    batch: bool,
+    /// (boot, seq, kind)
+    records: Vec<(BootId, u64, &'static str)>,
+}
+
+#[derive(Default)]
+struct Log {
+    messages: Vec<Seen>,
+    states: Vec<Presence>,
+    /// `backlog_records` of each heartbeat, per boot, in arrival order.
+    backlogs: BTreeMap<BootId, Vec<u64>>,
+    /// The drop counts of the latest heartbeat, per boot.
+    drops: BTreeMap<BootId, muster_proto::DropCounts>,
+    /// Per boot: seqs received, and how many times each.
+    got: BTreeMap<BootId, BTreeMap<u64, u32>>,
+}
+
+impl Log {
+    fn distinct(&self, boot: BootId) -> BTreeSet<u64> {
+        self.got
+            .get(&boot)
+            .map(|m| m.keys().copied().collect())
+            .unwrap_or_default()
+    }
+    fn boots(&self) -> Vec<BootId> {
+        self.got.keys().copied().collect()
+    }
+    fn max_times(&self) -> u32 {
+        self.got
+            .values()
+            .flat_map(|m| m.values())
+            .copied()
+            .max()
+            .unwrap_or(0)
+    }
+}
+
+/// The test's stand-in for the collector: subscribes, records, acks.
+struct Collector {
+    log: Arc<Mutex<Log>>,
+    acking: Arc<AtomicBool>,
+    client: AsyncClient,
+    task: JoinHandle<()>,
+}
+
+impl Collector {
+    async fn start(port: u16) -> Collector {
+        let mut o = MqttOptions::new(
+            format!("test-collector-{}", rand::random::<u32>()),
+            "127.0.0.1",
+            port,
+        );
+        o.set_keep_alive(Duration::from_secs(5));
+        o.set_max_packet_size(1 << 20, 1 << 20);
+        let (client, mut el) = AsyncClient::new(o, 1000);
+        let log = Arc::new(Mutex::new(Log::default()));
+        let acking = Arc::new(AtomicBool::new(true));
+        let (subscribed_tx, mut subscribed_rx) = watch::channel(false);
+        let task = {
+            let log = log.clone();
+            let acking = acking.clone();
+            let client = client.clone();
+            tokio::spawn(async move {
+                loop {
+                    match el.poll().await {
+                        Ok(Event::Incoming(Packet::ConnAck(_))) => {
+                            client
+                                .subscribe("muster/v1/+/+/telemetry", QoS::AtLeastOnce)
+                                .await
+                                .unwrap();
+                            client
+                                .subscribe("muster/v1/+/+/state", QoS::AtLeastOnce)
+                                .await
+                                .unwrap();
+                        }
+                        Ok(Event::Incoming(Packet::SubAck(_))) => {
+                            let _ = subscribed_tx.send(true);
+                        }
+                        Ok(Event::Incoming(Packet::Publish(p))) => {
+                            let Ok(d) = decode(&p.payload) else {
+                                panic!("collector got an undecodable payload on {}", p.topic)
+                            };
+                            let unit = d.message.unit.clone();
+                            let recs = match d.message.body {
+                                Body::Record(r) => (false, vec![r]),
+                                Body::Batch(rs) => (true, rs),
+                                Body::Presence(pr) => {
+                                    log.lock().unwrap().states.push(pr);
+                                    continue;
+                                }
+                                other => panic!("unexpected {other:?}"),
+                            };
+                            let mut acks = Vec::new();
+                            {
+                                let mut l = log.lock().unwrap();
+                                l.messages.push(Seen {
+                                    batch: recs.0,
+                                    records: recs
+                                        .1
+                                        .iter()
+                                        .map(|r| (r.boot, r.seq, r.payload.kind_name()))
+                                        .collect(),
+                                });
+                                for r in &recs.1 {
+                                    if let Payload::Status(st) = &r.payload {
+                                        l.backlogs
+                                            .entry(r.boot)
+                                            .or_default()
+                                            .push(st.backlog_records);
+                                        l.drops.insert(r.boot, st.dropped);
+                                    }
+                                    *l.got.entry(r.boot).or_default().entry(r.seq).or_default() +=
+                                        1;
+                                }
+                                if acking.load(Ordering::SeqCst) {
+                                    let boots: BTreeSet<BootId> =
+                                        recs.1.iter().map(|r| r.boot).collect();
+                                    for boot in boots {
+                                        acks.push(ack_for(boot, &l.distinct(boot)));
+                                    }
+                                }
+                            }
+                            for ack in acks {
+                                let msg = Message {
+                                    unit: unit.clone(),
+                                    body: Body::Ack(ack),
+                                };
+                                let topic = unit_topic(&unit, TopicKind::Ack);
+                                let _ = client
+                                    .publish(topic, QoS::AtLeastOnce, false, encode(&msg).unwrap())
+                                    .await;
+                            }
+                        }
+                        Ok(_) => {}
+                        Err(_) => tokio::time::sleep(Duration::from_millis(50)).await,
+                    }
+                }
+            })
+        };
+        // Wait for both subscriptions.
+        tokio::time::timeout(Duration::from_secs(10), subscribed_rx.wait_for(|s| *s))
+            .await
+            .expect("collector subscribed")
+            .unwrap();
+        Collector {
+            log,
+            acking,
+            client,
+            task,
+        }
+    }
+
+    fn log(&self) -> std::sync::MutexGuard<'_, Log> {
+        self.log.lock().unwrap()
+    }
+}
+
+impl Drop for Collector {
+    fn drop(&mut self) {
+        self.task.abort();
+    }
+}
+
+/// What the collector acks after storing: everything up to the first gap,
+/// plus the ranges above it.
+fn ack_for(boot: BootId, got: &BTreeSet<u64>) -> Ack {
+    let mut upto = 0;
+    while got.contains(&(upto + 1)) {
+        upto += 1;
+    }
+    let mut ranges: Vec<SeqRange> = Vec::new();
+    for &s in got.range(upto + 1..) {
+        match ranges.last_mut() {
+            Some(r) if r.last + 1 == s => r.last = s,
+            _ => ranges.push(SeqRange { first: s, last: s }),
+        }
+    }
+    ranges.truncate(1000);
+    Ack {
+        boot,
+        upto,
+        ranges,
+        collector_ms: now_ms(),
+    }
+}
+
+// ------------------------------------------------------------ the agent
+
+fn config(dir: &Path, port: u16) -> UplinkConfig {
+    let unit = unit();
+    let mut buffer = BufferSettings::new(dir.join("buffer"));
+    buffer.flush_interval = Duration::from_millis(100);
+    UplinkConfig {
+        mqtt: MqttSettings {
+            host: "127.0.0.1".into(),
+            port,
+            tls: false,
+            client_id: format!("muster-{}-{}", unit.agency, unit.unit),
+            keepalive: Duration::from_secs(2),
+            connect_timeout: Duration::from_secs(2),
+            username: None,
+            password: None,
+            ca_file: None,
+            client_cert: None,
+        },
+        uplink: UplinkSettings {
+            reconnect_min: Duration::from_millis(50),
+            reconnect_max: Duration::from_millis(400),
+            ack_timeout: Duration::from_secs(3),
+            heartbeat_interval: Duration::from_secs(1),
+            ..UplinkSettings::default()
+        },
+        buffer,
+        interval_ms: 50,
+        agent_version: "test".into(),
+        unit,
+    }
+}
+
+struct Agent {
+    tx: tokio::sync::mpsc::Sender<Observation>,
+    stop: Option<oneshot::Sender<()>>,
+    task: Option<JoinHandle<Result<(), uplink::UplinkError>>>,
+    host_sent: u64,
+}
+
+impl Agent {
+    fn start(cfg: UplinkConfig) -> Agent {
+        let (tx, rx) = tokio::sync::mpsc::channel(1024);
+        let (stop, stopped) = oneshot::channel::<()>();
+        let task = tokio::spawn(uplink::run(cfg, rx, Arc::new(SystemClock), async move {
+            let _ = stopped.await;
+        }));
+        Agent {
+            tx,
+            stop: Some(stop),
+            task: Some(task),
+            host_sent: 0,
+        }
+    }
+
+    async fn sample(&mut self) {
+        self.host_sent += 1;
+        self.tx
+            .send(Observation {
+                at_ms: now_ms(),
+                payload: Payload::Host(fixtures::host_sample()),
+            })
+            .await
+            .unwrap();
+    }
+
+    /// Samples every `every` for `n` samples.
+    async fn sample_for(&mut self, n: u64, every: Duration) {
+        for _ in 0..n {
+            self.sample().await;
+            tokio::time::sleep(every).await;
+        }
+    }
+
+    async fn stop(mut self) {
+        let _ = self.stop.take().unwrap().send(());
+        let res = tokio::time::timeout(Duration::from_secs(10), self.task.take().unwrap())
+            .await
+            .expect("uplink shuts down within 10 s")
+            .expect("uplink task did not panic");
+        res.expect("uplink returned an error");
+    }
+}
+
+/// The host-sample seqs of a boot the collector has.
+fn host_seqs(log: &Log, boot: BootId) -> BTreeSet<u64> {
+    log.messages
+        .iter()
+        .flat_map(|m| m.records.iter())
+        .filter(|r| r.0 == boot && r.2 == "host")
+        .map(|r| r.1)
+        .collect()
+}
+
+fn only_boot(log: &Log) -> BootId {
+    let boots = log.boots();
+    assert_eq!(boots.len(), 1, "{boots:?}");
+    boots[0]
+}
+
+/// Every seq from 1 to the highest received arrived.
+fn no_gaps(log: &Log, boot: BootId) -> bool {
+    let d = log.distinct(boot);
+    d.last().is_some_and(|&max| d.len() as u64 == max)
+}
+
+/// Waits until a heartbeat of `boot` says the buffer is empty (acks
+/// arrived and freed everything), then a little more for that heartbeat.
+async fn drained(collector: &Collector, boot: BootId) {
+    let seen = collector.log().backlogs.get(&boot).map_or(0, Vec::len);
+    let deadline = tokio::time::Instant::now() + Duration::from_secs(15);
+    loop {
+        {
+            let l = collector.log();
+            let b = l.backlogs.get(&boot);
+            if b.is_some_and(|b| b.len() > seen && b.last() == Some(&0)) {
+                return;
+            }
+            assert!(
+                tokio::time::Instant::now() < deadline,
+                "timed out waiting for a heartbeat reporting an empty buffer; backlogs: {b:?}"
+            );
+        }
+        tokio::time::sleep(Duration::from_millis(20)).await;
+    }
+}
+
+fn buffered(dir: &Path) -> u64 {
+    let b = Buffer::open(BufferSettings::new(dir.join("buffer")), 0).unwrap();
+    b.records()
+}
+
+// ------------------------------------------------------------ tests
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn every_seq_arrives_through_a_broker_kill_and_restart_and_the_buffer_drains() {
+    let t = TempDir::new().unwrap();
+    let mut broker = Mosquitto::start_with(MosquittoOptions {
+        persistence: false,
+        ..Default::default()
+    });
+    let collector = Collector::start(broker.port()).await;
+    let mut agent = Agent::start(config(t.path(), broker.port()));
+    agent.sample_for(40, Duration::from_millis(20)).await;
+    eventually("first records", Duration::from_secs(10), || {
+        collector.log().got.len() == 1
+    })
+    .await;
+
+    // Broker dies mid-stream (persistence off: what it held is lost).
+    broker.kill();
+    agent.sample_for(60, Duration::from_millis(20)).await;
+    broker.start_again();
+    agent.sample_for(40, Duration::from_millis(20)).await;
+
+    let boot = only_boot(&collector.log());
+    eventually("all 140 host samples", Duration::from_secs(30), || {
+        host_seqs(&collector.log(), boot).len() == 140
+    })
+    .await;
+    eventually("no gap in seq", Duration::from_secs(10), || {
+        no_gaps(&collector.log(), boot)
+    })
+    .await;
+    drained(&collector, boot).await;
+    agent.stop().await;
+    // Everything was acked except, at most, what was taken at shutdown.
+    let left = buffered(t.path());
+    assert!(left <= 2, "{left} records left on disk after acks");
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn without_acks_records_stay_on_disk_and_are_resent() {
+    let t = TempDir::new().unwrap();
+    let broker = Mosquitto::start();
+    let collector = Collector::start(broker.port()).await;
+    collector.acking.store(false, Ordering::SeqCst);
+
+    let mut cfg = config(t.path(), broker.port());
+    cfg.uplink.ack_timeout = Duration::from_millis(700);
+    let mut agent = Agent::start(cfg.clone());
+    agent.sample_for(10, Duration::from_millis(10)).await;
+    // A PUBACK from the broker is not enough: with no collector ack, the
+    // records are sent again after the ack timeout...
+    eventually(
+        "a resend after the ack timeout",
+        Duration::from_secs(10),
+        || collector.log().max_times() >= 2,
+    )
+    .await;
+    agent.stop().await;
+    let boot1 = only_boot(&collector.log());
+    assert!(host_seqs(&collector.log(), boot1).len() == 10);
+    // ... and stay on disk.
+    let left = buffered(t.path());
+    assert!(left >= 10, "only {left} records on disk without any ack");
+
+    // Next start (a new boot) with the collector acking: the old boot's
+    // records go again, are acked, and the buffer drains.
+    collector.acking.store(true, Ordering::SeqCst);
+    let before: BTreeMap<u64, u32> = collector.log().got[&boot1].clone();
+    let mut agent = Agent::start(cfg);
+    agent.sample_for(5, Duration::from_millis(10)).await;
+    eventually(
+        "the old boot's records resent",
+        Duration::from_secs(15),
+        || {
+            let l = collector.log();
+            before
+                .iter()
+                .all(|(seq, n)| l.got[&boot1].get(seq).copied().unwrap_or(0) > *n)
+        },
+    )
+    .await;
+    eventually("the new boot's samples", Duration::from_secs(10), || {
+        let l = collector.log();
+        l.boots().len() == 2
+            && l.boots()
+                .iter()
+                .any(|b| *b != boot1 && host_seqs(&l, *b).len() == 5)
+    })
+    .await;
+    let boot2 = *collector
+        .log()
+        .boots()
+        .iter()
+        .find(|b| **b != boot1)
+        .unwrap();
+    drained(&collector, boot2).await;
+    agent.stop().await;
+    let left = buffered(t.path());
+    assert!(left <= 2, "{left} records left on disk after acks");
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn live_first_after_reconnect_then_backlog_oldest_first() {
+    let t = TempDir::new().unwrap();
+    let broker = Mosquitto::start();
+    let collector = Collector::start(broker.port()).await;
+    let proxy = Proxy::start(broker.port()).await;
+    proxy.set(Mode::Refuse);
+
+    let mut cfg = config(t.path(), proxy.port);
+    // A metered link: the backlog trickles, so "live first" is visible.
+    cfg.uplink.replay_bytes_per_sec = Some(20_000);
+    cfg.uplink.batch_max_bytes = 4096;
+    cfg.uplink.heartbeat_interval = Duration::from_secs(3600);
+    let mut agent = Agent::start(cfg);
+    // An outage: 300 samples buffered.
+    agent.sample_for(300, Duration::from_millis(2)).await;
+    let newest = agent.host_sent + 1; // seq 1 is the start-up heartbeat
+    proxy.set(Mode::Forward);
+
+    eventually("the first messages", Duration::from_secs(15), || {
+        collector.log().messages.len() >= 3
+    })
+    .await;
+    {
+        let l = collector.log();
+        let first = &l.messages[0];
+        assert!(!first.batch, "{first:?}");
+        assert_eq!(
+            first.records[0].1, newest,
+            "the newest host sample goes first: {first:?}"
+        );
+        assert_eq!(first.records[0].2, "host");
+        let second = &l.messages[1];
+        assert!(!second.batch);
+        assert_eq!(
+            second.records[0].2, "status",
+            "then a fresh heartbeat: {second:?}"
+        );
+        let third = &l.messages[2];
+        assert!(third.batch, "then the backlog, in batches: {third:?}");
+        assert_eq!(third.records[0].1, 1, "oldest first: {third:?}");
+    }
+    // While the backlog drains, new samples still go out at once.
+    agent.sample().await;
+    let live = agent.host_sent + 2;
+    eventually("the live sample", Duration::from_secs(5), || {
+        collector
+            .log()
+            .messages
+            .iter()
+            .any(|m| !m.batch && m.records[0].1 == live)
+    })
+    .await;
+    let boot = only_boot(&collector.log());
+    assert!(
+        host_seqs(&collector.log(), boot).len() < 301,
+        "backlog is still draining when the live sample arrived"
+    );
+    eventually("the whole backlog", Duration::from_secs(30), || {
+        no_gaps(&collector.log(), boot)
+    })
+    .await;
+    // Batches came oldest first.
+    let firsts: Vec<u64> = collector
+        .log()
+        .messages
+        .iter()
+        .filter(|m| m.batch)
+        .map(|m| m.records[0].1)
+        .collect();
+    assert!(firsts.windows(2).all(|w| w[0] < w[1]), "{firsts:?}");
+    agent.stop().await;
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn the_will_fires_when_the_link_is_black_holed_and_the_buffer_takes_over() {
+    let t = TempDir::new().unwrap();
+    let broker = Mosquitto::start();
+    let collector = Collector::start(broker.port()).await;
+    let proxy = Proxy::start(broker.port()).await;
+    let mut cfg = config(t.path(), proxy.port);
+    cfg.mqtt.keepalive = Duration::from_secs(1);
+    let mut agent = Agent::start(cfg);
+    agent.sample_for(10, Duration::from_millis(10)).await;
+    eventually("birth", Duration::from_secs(10), || {
+        collector
+            .log()
+            .states
+            .iter()
+            .any(|p| p.online && p.connection == 1)
+    })
+    .await;
+
+    // Black-hole the link: no RST, no FIN, nothing gets through.
+    proxy.set(Mode::BlackHole);
+    let cut = tokio::time::Instant::now();
+    agent.sample_for(50, Duration::from_millis(40)).await;
+    eventually("the will", Duration::from_secs(10), || {
+        collector
+            .log()
+            .states
+            .iter()
+            .any(|p| !p.online && p.connection == 1)
+    })
+    .await;
+    let will_after = cut.elapsed();
+    eprintln!("will seen {will_after:?} after the link was black-holed (keepalive 1 s)");
+
+    proxy.set(Mode::Forward);
+    agent.sample_for(10, Duration::from_millis(10)).await;
+    eventually("a new birth", Duration::from_secs(15), || {
+        collector
+            .log()
+            .states
+            .iter()
+            .any(|p| p.online && p.connection >= 2)
+    })
+    .await;
+    let boot = only_boot(&collector.log());
+    eventually(
+        "every sample after the partition",
+        Duration::from_secs(20),
+        || host_seqs(&collector.log(), boot).len() == 70 && no_gaps(&collector.log(), boot),
+    )
+    .await;
+
+    // A late will of an old connection overwrites the retained state: the
+    // agent sees its own state say offline and republishes its birth.
+    let births = collector.log().states.iter().filter(|p| p.online).count();
+    let late_will = Message {
+        unit: unit(),
+        body: Body::Presence(Presence {
+            online: false,
+            boot,
+            connection: 1,
+            at_ms: now_ms(),
+        }),
+    };
+    collector
+        .client
+        .publish(
+            unit_topic(&unit(), TopicKind::State),
+            QoS::AtLeastOnce,
+            true,
+            encode(&late_will).unwrap(),
+        )
+        .await
+        .unwrap();
+    eventually("the birth republished", Duration::from_secs(10), || {
+        collector.log().states.iter().filter(|p| p.online).count() > births
+    })
+    .await;
+    agent.stop().await;
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn mutual_tls_with_a_ca_file_client_certificate_and_password() {
+    let t = TempDir::new().unwrap();
+    let pki = Pki::new(t.path());
+    let port = free_port();
+    // A plain listener for the test's collector, a TLS one requiring a client certificate for the agent.
+    let broker = Mosquitto::start_with(MosquittoOptions {
+        persistence: false,
+        extra: vec![
+            format!("listener {port} 127.0.0.1"),
+            format!("cafile {}", pki.ca.display()),
+            format!("certfile {}", pki.server_cert.display()),
+            format!("keyfile {}", pki.server_key.display()),
+            "require_certificate true".into(),
+            "use_identity_as_username false".into(),
+        ],
+        ..Default::default()
+    });
+    let collector = Collector::start(broker.port()).await;
+    let mut cfg = config(t.path(), port);
+    cfg.mqtt.tls = true;
+    cfg.mqtt.host = "localhost".into();
+    cfg.mqtt.ca_file = Some(pki.ca.clone());
+    cfg.mqtt.client_cert = Some((pki.client_cert.clone(), pki.client_key.clone()));
+    cfg.mqtt.username = Some("e12".into());
+    cfg.mqtt.password = Some("secret".into());
+    let mut agent = Agent::start(cfg.clone());
+    agent.sample_for(5, Duration::from_millis(10)).await;
+    eventually("records over mTLS", Duration::from_secs(15), || {
+        let l = collector.log();
+        l.boots().len() == 1 && host_seqs(&l, l.boots()[0]).len() == 5
+    })
+    .await;
+    agent.stop().await;
+
+    // Without the client certificate the broker refuses; the agent keeps
+    // buffering and retrying instead of failing.
+    let proxy = Proxy::start(port).await;
+    let mut no_cert = cfg;
+    no_cert.mqtt.client_cert = None;
+    no_cert.mqtt.port = proxy.port;
+    let mut agent = Agent::start(no_cert);
+    agent.sample_for(3, Duration::from_millis(10)).await;
+    eventually("three refused attempts", Duration::from_secs(15), || {
+        proxy.accepted.load(Ordering::SeqCst) >= 3
+    })
+    .await;
+    assert_eq!(
+        collector.log().boots().len(),
+        1,
+        "nothing arrived without a client certificate"
+    );
+    agent.stop().await;
+    assert!(buffered(t.path()) >= 3);
+}
+
+#[test]
+fn a_bad_ca_file_is_a_clear_error() {
+    let t = TempDir::new().unwrap();
+    let mut cfg = config(t.path(), 1);
+    cfg.mqtt.tls = true;
+    cfg.mqtt.ca_file = Some(t.path().join("missing.pem"));
+    let e = uplink::mqtt::tls_config(&cfg.mqtt).unwrap_err().to_string();
+    assert!(
+        e.contains("mqtt.ca_file") && e.contains("missing.pem"),
+        "{e}"
+    );
+    std::fs::write(t.path().join("empty.pem"), "").unwrap();
+    cfg.mqtt.ca_file = Some(t.path().join("empty.pem"));
+    let e = uplink::mqtt::tls_config(&cfg.mqtt).unwrap_err().to_string();
+    assert!(e.contains("no certificate"), "{e}");
+}
+
+// ------------------------------------------------------------ a TCP proxy
+
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+enum Mode {
+    /// Pass bytes both ways.
+    Forward,
+    /// Accept and close at once (a link that refuses).
+    Refuse,
+    /// Accept and keep, but pass nothing either way, and stall existing
+    /// connections: a partition without a clean close.
+    BlackHole,
+}
+
+struct Proxy {
+    port: u16,
+    /// Connections accepted so far.
+    accepted: Arc<std::sync::atomic::AtomicU64>,
+    mode: watch::Sender<Mode>,
+    task: JoinHandle<()>,
+}
+
+impl Proxy {
+    async fn start(upstream: u16) -> Proxy {
+        let l = TcpListener::bind("127.0.0.1:0").await.unwrap();
+        let port = l.local_addr().unwrap().port();
+        let (mode, rx) = watch::channel(Mode::Forward);
+        let accepted = Arc::new(std::sync::atomic::AtomicU64::new(0));
+        let counter = accepted.clone();
+        let task = tokio::spawn(async move {
+            while let Ok((s, _)) = l.accept().await {
+                counter.fetch_add(1, Ordering::SeqCst);
+                let m = *rx.borrow();
+                match m {
+                    Mode::Refuse => drop(s),
+                    Mode::BlackHole => {
+                        // Hold it open; say nothing.
+                        tokio::spawn(async move {
+                            let _s = s;
+                            std::future::pending::<()>().await;
+                        });
+                    }
+                    Mode::Forward => {
+                        let Ok(up) = TcpStream::connect(("127.0.0.1", upstream)).await else {
+                            continue;
+                        };
+                        let (ar, aw) = s.into_split();
+                        let (br, bw) = up.into_split();
+                        tokio::spawn(pipe(ar, bw, rx.clone()));
+                        tokio::spawn(pipe(br, aw, rx.clone()));
+                    }
+                }
+            }
+        });
+        Proxy {
+            port,
+            accepted,
+            mode,
+            task,
+        }
+    }
+
+    fn set(&self, m: Mode) {
+        self.mode.send_replace(m);
+    }
+}
+
+impl Drop for Proxy {
+    fn drop(&mut self) {
+        self.task.abort();
+    }
+}
+
+/// Copies bytes while the mode is Forward; once black-holed, it stops
+/// reading and writing for good (the connection hangs, never closes).
+async fn pipe(
+    mut r: tokio::net::tcp::OwnedReadHalf,
+    mut w: tokio::net::tcp::OwnedWriteHalf,
+    mut mode: watch::Receiver<Mode>,
+) {
+    let mut buf = vec![0u8; 16 * 1024];
+    loop {
+        if *mode.borrow() == Mode::BlackHole {
+            let _keep = (r, w);
+            std::future::pending::<()>().await;
+            return;
+        }
+        tokio::select! {
+            n = r.read(&mut buf) => match n {
+                Ok(0) | Err(_) => return,
+                Ok(n) => {
+                    if *mode.borrow() == Mode::BlackHole {
+                        continue;
+                    }
+                    if w.write_all(&buf[..n]).await.is_err() {
+                        return;
+                    }
+                }
+            },
+            _ = mode.changed() => {}
+        }
+    }
+}
+
+// ------------------------------------------------------------ test PKI
+
+struct Pki {
+    ca: std::path::PathBuf,
+    server_cert: std::path::PathBuf,
+    server_key: std::path::PathBuf,
+    client_cert: std::path::PathBuf,
+    client_key: std::path::PathBuf,
+}
+
+impl Pki {
+    fn new(dir: &Path) -> Pki {
+        let mut ca_params = rcgen::CertificateParams::new(Vec::<String>::new()).unwrap();
+        ca_params.is_ca = rcgen::IsCa::Ca(rcgen::BasicConstraints::Unconstrained);
+        ca_params
+            .distinguished_name
+            .push(rcgen::DnType::CommonName, "muster test CA");
+        let ca_key = rcgen::KeyPair::generate().unwrap();
+        let ca = rcgen::CertifiedIssuer::self_signed(ca_params, ca_key).unwrap();
+
+        let mut sp = rcgen::CertificateParams::new(vec!["localhost".to_string()]).unwrap();
+        sp.subject_alt_names
+            .push(rcgen::SanType::IpAddress("127.0.0.1".parse().unwrap()));
+        let sk = rcgen::KeyPair::generate().unwrap();
+        let server = sp.signed_by(&sk, &ca).unwrap();
+
+        let mut cp = rcgen::CertificateParams::new(Vec::<String>::new()).unwrap();
+        cp.distinguished_name
+            .push(rcgen::DnType::CommonName, "metro-fire/E12");
+        cp.extended_key_usages = vec![rcgen::ExtendedKeyUsagePurpose::ClientAuth];
+        let ck = rcgen::KeyPair::generate().unwrap();
+        let client = cp.signed_by(&ck, &ca).unwrap();
+
+        let w = |name: &str, body: String| {
+            let p = dir.join(name);
+            std::fs::write(&p, body).unwrap();
+            p
+        };
+        Pki {
+            ca: w("ca.pem", ca.pem()),
+            server_cert: w("server.pem", server.pem()),
+            server_key: w("server.key", sk.serialize_pem()),
+            client_cert: w("client.pem", client.pem()),
+            client_key: w("client.key", ck.serialize_pem()),
+        }
+    }
+}
+
+// ------------------------------------------------------------ kill -9
+
+/// The built agent, `kill -9`ed again and again at random moments during an
+/// outage and during replay: no boot ever shows a gap (sled recovers a
+/// prefix of what was written, and every record kept is delivered), and in
+/// the end the buffer drains.
+#[cfg(unix)]
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn kill_9_during_outage_and_replay_loses_no_flushed_record() {
+    use rand::Rng;
+    let t = TempDir::new().unwrap();
+    let broker = Mosquitto::start();
+    let collector = Collector::start(broker.port()).await;
+    let proxy = Proxy::start(broker.port()).await;
+    let cfg = t.path().join("agent.toml");
+    std::fs::write(
+        &cfg,
+        format!(
+            r#"
+agency = "metro-fire"
+unit_id = "E12"
+data_dir = {:?}
+[mqtt]
+url = "mqtt://127.0.0.1:{}"
+keepalive = "5s"
+[sampling]
+interval = "1s"
+[buffer]
+flush_interval = "200ms"
+[uplink]
+reconnect_min = "50ms"
+reconnect_max = "300ms"
+heartbeat_interval = "1s"
+ack_timeout = "2s"
+"#,
+            t.path().display().to_string(),
+            proxy.port
+        ),
+    )
+    .unwrap();
+    let start = || {
+        std::process::Command::new(env!("CARGO_BIN_EXE_muster-agent"))
+            .args(["run", "--config"])
+            .arg(&cfg)
+            .stdin(std::process::Stdio::null())
+            .stdout(std::process::Stdio::null())
+            .stderr(std::process::Stdio::null())
+            .spawn()
+            .expect("start muster-agent")
+    };
+    let mut rng = rand::rng();
+    for round in 0..20 {
+        // Even rounds: an outage; odd rounds: the link is up (replay).
+        proxy.set(if round % 2 == 0 {
+            Mode::Refuse
+        } else {
+            Mode::Forward
+        });
+        let mut child = start();
+        let ms = rng.random_range(1200..2600);
+        tokio::time::sleep(Duration::from_millis(ms)).await;
+        child.kill().unwrap(); // SIGKILL
+        child.wait().unwrap();
+    }
+    proxy.set(Mode::Forward);
+    let before: BTreeSet<BootId> = collector.log().boots().into_iter().collect();
+    assert!(
+        before.len() >= 5,
+        "only {} boots seen during the kill rounds",
+        before.len()
+    );
+    let mut child = start();
+    // Wait until the final boot reports an empty buffer.
+    eventually(
+        "the final boot's empty-buffer heartbeat",
+        Duration::from_secs(60),
+        || {
+            let l = collector.log();
+            l.backlogs
+                .iter()
+                .any(|(boot, b)| !before.contains(boot) && b.len() > 1 && b.last() == Some(&0))
+        },
+    )
+    .await;
+    muster_testkit::signal(child.id(), "TERM");
+    child.wait().unwrap();
+    let l = collector.log();
+    for boot in l.boots() {
+        let d = l.distinct(boot);
+        assert!(
+            no_gaps(&l, boot),
+            "boot {boot}: {} distinct seqs up to {:?}: a gap",
+            d.len(),
+            d.last()
+        );
+    }
+    let total: usize = l.boots().iter().map(|b| l.distinct(*b).len()).sum();
+    let last = l.boots().into_iter().find(|b| !before.contains(b)).unwrap();
+    let drops = l.drops[&last];
+    eprintln!(
+        "{} boots, {total} records delivered; drops reported by the last boot: {drops:?}",
+        l.boots().len()
+    );
+    assert_eq!(drops.total(), 0, "nothing was dropped: {drops:?}");
+    drop(l);
+    assert!(buffered(t.path()) <= 2, "the buffer drained");
+}
