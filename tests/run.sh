@@ -1,12 +1,13 @@
 #!/usr/bin/env bash
 # Muster's test suite, from a fresh Debian machine with the Rust toolchain.
 # Installs the Debian packages the tests run against (real Mosquitto, its
-# clients, promtool), then runs every test in the workspace. A missing
+# clients, promtool, Chromium and its WebDriver for the dashboard test,
+# openssl for test certificates), then runs every test in the workspace. A missing
 # dependency is a failure here, never a skipped test.
 set -euo pipefail
 cd "$(dirname "$0")/.."
 
-packages=(mosquitto mosquitto-clients prometheus)
+packages=(mosquitto mosquitto-clients prometheus chromium chromium-driver openssl iproute2)
 missing=()
 for p in "${packages[@]}"; do
     dpkg-query -W -f='${Status}' "$p" 2>/dev/null | grep -q "install ok installed" || missing+=("$p")

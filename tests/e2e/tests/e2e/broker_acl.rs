@@ -203,6 +203,22 @@ impl Sub {
     }
 }
 
+impl Sub {
+    /// Lines containing `needle` up to and including the one ending in
+    /// `marker`; fails if the marker does not come within 10 s.
+    fn until(&self, needle: &str, marker: &str) -> Vec<String> {
+        let mut seen = Vec::new();
+        while let Some(l) = self.next_matching(needle, Duration::from_secs(10)) {
+            let done = l.ends_with(marker);
+            seen.push(l);
+            if done {
+                return seen;
+            }
+        }
+        panic!("{marker} not received: {seen:?}");
+    }
+}
+
 impl Drop for Sub {
     fn drop(&mut self) {
         let _ = self.child.kill();
@@ -305,18 +321,7 @@ fn shipped_acl_keeps_units_and_agencies_in_their_lanes() {
         "marker",
     );
     assert!(ok, "{out}");
-    let mut seen = Vec::new();
-    while let Some(l) = collector.next_matching("telemetry", Duration::from_secs(10)) {
-        let done = l.ends_with("marker");
-        seen.push(l);
-        if done {
-            break;
-        }
-    }
-    assert!(
-        seen.last().is_some_and(|l| l.ends_with("marker")),
-        "marker not received: {seen:?}"
-    );
+    let seen = collector.until("telemetry", "marker");
     assert!(
         !seen.iter().any(|l| l.contains("spoof")),
         "spoofed message delivered: {seen:?}"
@@ -373,18 +378,7 @@ fn shipped_acl_keeps_units_and_agencies_in_their_lanes() {
         "county-m7",
     );
     assert!(ok, "{out}");
-    let mut seen = Vec::new();
-    while let Some(l) = nosy.next_matching("status", Duration::from_secs(10)) {
-        let done = l.ends_with("county-m7");
-        seen.push(l);
-        if done {
-            break;
-        }
-    }
-    assert!(
-        seen.last().is_some_and(|l| l.ends_with("county-m7")),
-        "own status not received: {seen:?}"
-    );
+    let seen = nosy.until("status", "county-m7");
     assert!(
         !seen.iter().any(|l| l.contains("e12")),
         "another agency read metro-fire's status: {seen:?}"
