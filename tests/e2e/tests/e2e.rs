@@ -4,3 +4,7 @@
 
 #[path = "e2e/broker_acl.rs"]
 mod broker_acl;
+#[path = "e2e/procs.rs"]
+mod procs;
+#[path = "e2e/store_forward.rs"]
+mod store_forward;

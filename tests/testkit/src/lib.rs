@@ -248,6 +248,172 @@ pub fn rss_kib(pid: u32) -> Option<(u64, u64)> {
     Some((field("VmRSS:")?, field("VmHWM:")?))
 }
 
+/// What a [`TcpProxy`] does with the bytes of its connections.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum ProxyMode {
+    /// Pass bytes both ways.
+    Forward,
+    /// Accept and keep, but pass nothing either way: a partition without a
+    /// clean close (no FIN, no RST), as a cellular link that drops out.
+    /// Connections that see this mode stay dead for good, even after the
+    /// proxy forwards again (their peers must notice by keepalive).
+    BlackHole,
+}
+
+/// A loopback TCP proxy to `127.0.0.1:upstream` that a test can black-hole
+/// and heal. Plain threads, no runtime: usable from any test. Stopped (its
+/// connections closed) on drop.
+pub struct TcpProxy {
+    port: u16,
+    shared: std::sync::Arc<ProxyShared>,
+}
+
+struct ProxyShared {
+    /// 0 = forward, 1 = black hole.
+    mode: std::sync::atomic::AtomicU8,
+    stop: std::sync::atomic::AtomicBool,
+    accepted: std::sync::atomic::AtomicU64,
+}
+
+impl TcpProxy {
+    pub fn start(upstream: u16) -> TcpProxy {
+        use std::sync::atomic::Ordering::SeqCst;
+        let l = TcpListener::bind("127.0.0.1:0").expect("bind proxy");
+        let port = l.local_addr().expect("proxy addr").port();
+        l.set_nonblocking(true).expect("nonblocking listener");
+        let shared = std::sync::Arc::new(ProxyShared {
+            mode: std::sync::atomic::AtomicU8::new(0),
+            stop: std::sync::atomic::AtomicBool::new(false),
+            accepted: std::sync::atomic::AtomicU64::new(0),
+        });
+        let sh = shared.clone();
+        std::thread::spawn(move || {
+            while !sh.stop.load(SeqCst) {
+                let s = match l.accept() {
+                    Ok((s, _)) => s,
+                    Err(e) if e.kind() == std::io::ErrorKind::WouldBlock => {
+                        std::thread::sleep(Duration::from_millis(5));
+                        continue;
+                    }
+                    Err(_) => continue,
+                };
+                sh.accepted.fetch_add(1, SeqCst);
+                let _ = s.set_nonblocking(false);
+                let up = if sh.mode.load(SeqCst) == 0 {
+                    TcpStream::connect(("127.0.0.1", upstream)).ok()
+                } else {
+                    None
+                };
+                let Some(up) = up else {
+                    // Black-holed (or no upstream): hold it open, say nothing.
+                    let sh2 = sh.clone();
+                    std::thread::spawn(move || {
+                        let _s = s;
+                        while !sh2.stop.load(SeqCst) {
+                            std::thread::sleep(Duration::from_millis(20));
+                        }
+                    });
+                    continue;
+                };
+                let dead = std::sync::Arc::new(std::sync::atomic::AtomicBool::new(false));
+                for (r, w) in [
+                    (s.try_clone(), up.try_clone()),
+                    (up.try_clone(), s.try_clone()),
+                ] {
+                    let (Ok(r), Ok(w)) = (r, w) else { continue };
+                    let (sh2, dead) = (sh.clone(), dead.clone());
+                    std::thread::spawn(move || proxy_pump(r, w, &sh2, &dead));
+                }
+            }
+        });
+        TcpProxy { port, shared }
+    }
+
+    pub fn port(&self) -> u16 {
+        self.port
+    }
+
+    /// `mqtt://127.0.0.1:PORT`
+    pub fn url(&self) -> String {
+        format!("mqtt://127.0.0.1:{}", self.port)
+    }
+
+    pub fn set(&self, mode: ProxyMode) {
+        let v = match mode {
+            ProxyMode::Forward => 0,
+            ProxyMode::BlackHole => 1,
+        };
+        self.shared
+            .mode
+            .store(v, std::sync::atomic::Ordering::SeqCst);
+    }
+
+    /// Connections accepted so far.
+    pub fn accepted(&self) -> u64 {
+        self.shared
+            .accepted
+            .load(std::sync::atomic::Ordering::SeqCst)
+    }
+}
+
+impl Drop for TcpProxy {
+    fn drop(&mut self) {
+        self.shared
+            .stop
+            .store(true, std::sync::atomic::Ordering::SeqCst);
+    }
+}
+
+/// Copies `r` to `w` while the proxy forwards; once it sees the black hole
+/// it stops reading and writing for good and holds both sockets open.
+fn proxy_pump(
+    mut r: TcpStream,
+    mut w: TcpStream,
+    sh: &ProxyShared,
+    dead: &std::sync::atomic::AtomicBool,
+) {
+    use std::io::Write;
+    use std::sync::atomic::Ordering::SeqCst;
+    let _ = r.set_read_timeout(Some(Duration::from_millis(20)));
+    let mut buf = vec![0u8; 64 * 1024];
+    loop {
+        if sh.stop.load(SeqCst) {
+            return;
+        }
+        if sh.mode.load(SeqCst) == 1 {
+            dead.store(true, SeqCst);
+        }
+        if dead.load(SeqCst) {
+            std::thread::sleep(Duration::from_millis(20));
+            continue;
+        }
+        match r.read(&mut buf) {
+            Ok(0) => {
+                let _ = w.shutdown(std::net::Shutdown::Write);
+                return;
+            }
+            Ok(n) => {
+                if sh.mode.load(SeqCst) == 1 {
+                    dead.store(true, SeqCst);
+                    continue;
+                }
+                if w.write_all(&buf[..n]).is_err() {
+                    return;
+                }
+            }
+            Err(e)
+                if matches!(
+                    e.kind(),
+                    std::io::ErrorKind::WouldBlock | std::io::ErrorKind::TimedOut
+                ) => {}
+            Err(_) => {
+                let _ = w.shutdown(std::net::Shutdown::Both);
+                return;
+            }
+        }
+    }
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;

@@ -1,0 +1,598 @@
+//! The real binaries as processes: `muster-agent run --config` and
+//! `muster-collector run --config`, with configs generated per test, on free
+//! loopback ports, killed (SIGKILL) on drop.
+//!
+//! **How the binaries get built.** An integration test cannot use
+//! `CARGO_BIN_EXE_*` of another package, and cargo never builds the bin
+//! targets of dependencies. So the first call to [`bins`] runs
+//! `cargo build -p muster-agent -p muster-collector --bins` (with `--release`
+//! for the benchmark) once per test binary, with the cargo that runs the
+//! tests (`$CARGO`) and the workspace manifest, and then uses
+//! `$CARGO_TARGET_DIR` (default `<workspace>/target`)`/{debug,release}/`.
+//! A build failure fails the test with cargo's output.
+//!
+//! Everything is checked through the collector's feed API
+//! (`GET /api/v1/units/{agency}/{unit}` and `.../samples`), never by peeking
+//! into the agent.
+
+#![allow(dead_code)]
+
+use std::io::{BufRead, BufReader, Read, Write};
+use std::net::{SocketAddr, TcpStream};
+use std::path::{Path, PathBuf};
+use std::process::{Child, Command, Stdio};
+use std::sync::OnceLock;
+use std::time::{Duration, Instant, SystemTime, UNIX_EPOCH};
+
+use serde_json::Value;
+
+pub const ADMIN: &str = "e2e-admin-token-0123456789";
+pub const AGENCY: &str = "metro-fire";
+pub const FIRE: &str = "e2e-fire-token-0123456789";
+
+pub fn now_ms() -> u64 {
+    SystemTime::now()
+        .duration_since(UNIX_EPOCH)
+        .unwrap()
+        .as_millis() as u64
+}
+
+// ------------------------------------------------------------ building
+
+pub struct Bins {
+    pub agent: PathBuf,
+    pub collector: PathBuf,
+}
+
+fn workspace() -> PathBuf {
+    Path::new(env!("CARGO_MANIFEST_DIR"))
+        .join("../..")
+        .canonicalize()
+        .expect("workspace dir")
+}
+
+fn build(release: bool) -> Bins {
+    let cargo = std::env::var_os("CARGO")
+        .map(PathBuf::from)
+        .unwrap_or_else(|| PathBuf::from(env!("CARGO")));
+    let ws = workspace();
+    let mut cmd = Command::new(&cargo);
+    cmd.args([
+        "build",
+        "-p",
+        "muster-agent",
+        "-p",
+        "muster-collector",
+        "--bins",
+    ])
+    .arg("--manifest-path")
+    .arg(ws.join("Cargo.toml"));
+    if release {
+        cmd.arg("--release");
+    }
+    let out = cmd.output().expect("run cargo build");
+    assert!(
+        out.status.success(),
+        "`cargo build -p muster-agent -p muster-collector --bins{}` failed:\n{}",
+        if release { " --release" } else { "" },
+        String::from_utf8_lossy(&out.stderr)
+    );
+    let target = std::env::var_os("CARGO_TARGET_DIR")
+        .map(PathBuf::from)
+        .unwrap_or_else(|| ws.join("target"));
+    let dir = target.join(if release { "release" } else { "debug" });
+    let bins = Bins {
+        agent: dir.join("muster-agent"),
+        collector: dir.join("muster-collector"),
+    };
+    for b in [&bins.agent, &bins.collector] {
+        assert!(b.exists(), "{} missing after cargo build", b.display());
+    }
+    bins
+}
+
+/// The agent and collector binaries, built once per process.
+pub fn bins(release: bool) -> &'static Bins {
+    static DEBUG: OnceLock<Bins> = OnceLock::new();
+    static RELEASE: OnceLock<Bins> = OnceLock::new();
+    if release {
+        RELEASE.get_or_init(|| build(true))
+    } else {
+        DEBUG.get_or_init(|| build(false))
+    }
+}
+
+// ------------------------------------------------------------ the agent
+
+/// An agent's config; `text()` renders it. Durations as the config writes them.
+#[derive(Clone)]
+pub struct AgentSpec {
+    pub unit: String,
+    pub url: String,
+    pub data_dir: PathBuf,
+    pub interval: String,
+    pub keepalive: String,
+    pub flush_interval: String,
+    pub heartbeat: String,
+    pub ack_timeout: String,
+    pub max_bytes: Option<String>,
+    pub replay_bytes_per_sec: Option<String>,
+    pub batch_max_bytes: Option<String>,
+    pub max_inflight: Option<u16>,
+    /// Extra top-level TOML (e.g. `[[probe]]` tables), appended.
+    pub extra: String,
+}
+
+impl AgentSpec {
+    pub fn new(unit: &str, url: &str, data_dir: &Path) -> AgentSpec {
+        AgentSpec {
+            unit: unit.into(),
+            url: url.into(),
+            data_dir: data_dir.into(),
+            interval: "1s".into(),
+            keepalive: "5s".into(),
+            flush_interval: "200ms".into(),
+            heartbeat: "1s".into(),
+            ack_timeout: "2s".into(),
+            max_bytes: None,
+            replay_bytes_per_sec: None,
+            batch_max_bytes: None,
+            max_inflight: None,
+            extra: String::new(),
+        }
+    }
+
+    pub fn buffer_dir(&self) -> PathBuf {
+        self.data_dir.join("buffer")
+    }
+
+    pub fn text(&self) -> String {
+        let mut buffer = format!("flush_interval = {:?}\n", self.flush_interval);
+        if let Some(m) = &self.max_bytes {
+            buffer += &format!("max_bytes = {m:?}\n");
+        }
+        let mut uplink = String::new();
+        if let Some(r) = &self.replay_bytes_per_sec {
+            uplink += &format!("replay_bytes_per_sec = {r:?}\n");
+        }
+        if let Some(b) = &self.batch_max_bytes {
+            uplink += &format!("batch_max_bytes = {b:?}\n");
+        }
+        if let Some(n) = self.max_inflight {
+            uplink += &format!("max_inflight = {n}\n");
+        }
+        format!(
+            r#"
+agency = "{AGENCY}"
+unit_id = "{unit}"
+data_dir = {data_dir:?}
+[mqtt]
+url = "{url}"
+keepalive = "{keepalive}"
+connect_timeout = "2s"
+[buffer]
+{buffer}
+[uplink]
+reconnect_min = "50ms"
+reconnect_max = "500ms"
+heartbeat_interval = "{heartbeat}"
+ack_timeout = "{ack_timeout}"
+{uplink}
+[sampling]
+interval = "{interval}"
+processes = ["mosquitto"]
+[log]
+level = "info"
+to = "stderr"
+{extra}
+"#,
+            unit = self.unit,
+            data_dir = self.data_dir.display().to_string(),
+            url = self.url,
+            keepalive = self.keepalive,
+            heartbeat = self.heartbeat,
+            ack_timeout = self.ack_timeout,
+            interval = self.interval,
+            extra = self.extra,
+        )
+    }
+}
+
+/// A running `muster-agent run`. SIGKILLed on drop.
+pub struct AgentProc {
+    pub child: Child,
+    pub log: PathBuf,
+}
+
+static SPAWNED: std::sync::atomic::AtomicU64 = std::sync::atomic::AtomicU64::new(0);
+
+impl AgentProc {
+    pub fn spawn(spec: &AgentSpec, release: bool) -> AgentProc {
+        std::fs::create_dir_all(&spec.data_dir).unwrap();
+        let cfg = spec.data_dir.join("agent.toml");
+        std::fs::write(&cfg, spec.text()).unwrap();
+        let n = SPAWNED.fetch_add(1, std::sync::atomic::Ordering::SeqCst);
+        let log = spec.data_dir.join(format!("agent-{n}.log"));
+        let child = Command::new(&bins(release).agent)
+            .args(["run", "--config"])
+            .arg(&cfg)
+            .stdin(Stdio::null())
+            .stdout(Stdio::null())
+            .stderr(std::fs::File::create(&log).unwrap())
+            .spawn()
+            .expect("start muster-agent");
+        AgentProc { child, log }
+    }
+
+    pub fn pid(&self) -> u32 {
+        self.child.id()
+    }
+
+    /// `kill -9`: a power cut, as far as the process can tell.
+    pub fn kill9(&mut self) {
+        let _ = self.child.kill();
+        let _ = self.child.wait();
+    }
+
+    /// SIGTERM and wait; the exit must be clean.
+    pub fn stop(mut self) {
+        muster_testkit::signal(self.child.id(), "TERM");
+        let st = self.child.wait().unwrap();
+        assert!(
+            st.success(),
+            "agent exit on SIGTERM: {st}\n{}",
+            self.log_tail()
+        );
+    }
+
+    /// Still running (a crash fails the caller's assertion with the log).
+    pub fn alive(&mut self) -> bool {
+        matches!(self.child.try_wait(), Ok(None))
+    }
+
+    pub fn log_tail(&self) -> String {
+        let s = std::fs::read_to_string(&self.log).unwrap_or_default();
+        let lines: Vec<&str> = s.lines().collect();
+        lines[lines.len().saturating_sub(30)..].join("\n")
+    }
+}
+
+impl Drop for AgentProc {
+    fn drop(&mut self) {
+        let _ = self.child.kill();
+        let _ = self.child.wait();
+    }
+}
+
+// ------------------------------------------------------------ the collector
+
+/// The collector's config on `broker_url`, its store in `store`.
+pub fn collector_text(broker_url: &str, store: &Path, extra: &str) -> String {
+    format!(
+        r#"
+admin_token = "{ADMIN}"
+[mqtt]
+url = "{broker_url}"
+client_id = "e2e-collector"
+keep_alive = "5s"
+[http]
+listen = "127.0.0.1:0"
+[store]
+path = {store:?}
+{extra}
+[ingest]
+commit_interval = "20ms"
+tick_interval = "200ms"
+[[agency]]
+name = "{AGENCY}"
+token = "{FIRE}"
+"#,
+        store = store.display().to_string(),
+    )
+}
+
+/// A running `muster-collector run`. SIGKILLed on drop.
+pub struct CollectorProc {
+    pub child: Child,
+    pub addr: SocketAddr,
+    pub config: PathBuf,
+    release: bool,
+}
+
+impl CollectorProc {
+    /// Starts the collector with the config at `config` and waits for /readyz.
+    pub fn spawn(config: &Path, release: bool) -> CollectorProc {
+        let log = config.with_extension(format!(
+            "{}.log",
+            SPAWNED.fetch_add(1, std::sync::atomic::Ordering::SeqCst)
+        ));
+        let mut child = Command::new(&bins(release).collector)
+            .args(["run", "--config"])
+            .arg(config)
+            .env("RUST_LOG", "warn")
+            .stdin(Stdio::null())
+            .stdout(Stdio::piped())
+            .stderr(std::fs::File::create(&log).unwrap())
+            .spawn()
+            .expect("start muster-collector");
+        let mut out = BufReader::new(child.stdout.take().unwrap());
+        let mut line = String::new();
+        let addr: SocketAddr = loop {
+            line.clear();
+            if out.read_line(&mut line).unwrap_or(0) == 0 {
+                let _ = child.kill();
+                panic!(
+                    "muster-collector exited before saying where it listens:\n{}",
+                    std::fs::read_to_string(&log).unwrap_or_default()
+                );
+            }
+            if let Some(a) = line
+                .trim()
+                .strip_prefix("muster-collector listening on http://")
+            {
+                break a.parse().expect("collector address");
+            }
+        };
+        std::thread::spawn(move || for _ in out.lines() {});
+        let c = CollectorProc {
+            child,
+            addr,
+            config: config.into(),
+            release,
+        };
+        muster_testkit::wait_until("collector /readyz", Duration::from_secs(30), || {
+            http_get(addr, "/readyz", None).is_some_and(|(s, _)| s == 200)
+        });
+        c
+    }
+
+    pub fn kill9(&mut self) {
+        let _ = self.child.kill();
+        let _ = self.child.wait();
+    }
+
+    /// Starts it again with the same config (and store).
+    pub fn start_again(&mut self) {
+        let c = CollectorProc::spawn(&self.config.clone(), self.release);
+        *self = c;
+    }
+
+    pub fn get(&self, path: &str) -> Value {
+        let (status, body) =
+            http_get(self.addr, path, Some(ADMIN)).unwrap_or_else(|| panic!("GET {path} failed"));
+        assert_eq!(status, 200, "GET {path}: {body}");
+        serde_json::from_str(&body).unwrap_or_else(|e| panic!("GET {path}: {e}: {body}"))
+    }
+
+    /// The unit's detail, or None before the collector knows it.
+    pub fn unit(&self, unit: &str) -> Option<Value> {
+        let path = format!("/api/v1/units/{AGENCY}/{unit}");
+        let (status, body) = http_get(self.addr, &path, Some(ADMIN))?;
+        match status {
+            200 => Some(serde_json::from_str(&body).expect("unit json")),
+            404 => None,
+            s => panic!("GET {path}: {s} {body}"),
+        }
+    }
+
+    /// Polls the unit until `cond` holds; returns that view. On timeout the
+    /// panic shows the last view.
+    pub fn wait_unit(
+        &self,
+        unit: &str,
+        what: &str,
+        timeout: Duration,
+        mut cond: impl FnMut(&Value) -> bool,
+    ) -> Value {
+        let deadline = Instant::now() + timeout;
+        loop {
+            let v = self.unit(unit);
+            if let Some(v) = &v
+                && cond(v)
+            {
+                return v.clone();
+            }
+            assert!(
+                Instant::now() < deadline,
+                "timed out after {timeout:?} waiting for {unit}: {what}; last view: {}",
+                v.map(|v| brief(&v)).unwrap_or_else(|| "none".into())
+            );
+            std::thread::sleep(Duration::from_millis(50));
+        }
+    }
+
+    /// Every stored record of the unit: (boot, seq, at_ms, kind).
+    pub fn samples(&self, unit: &str) -> Vec<(String, u64, u64, String)> {
+        let mut out = Vec::new();
+        let base = format!("/api/v1/units/{AGENCY}/{unit}/samples?limit=1000");
+        let mut path = base.clone();
+        loop {
+            let p = self.get(&path);
+            for x in p["items"].as_array().unwrap() {
+                out.push((
+                    x["boot"].as_str().unwrap().to_owned(),
+                    x["seq"].as_u64().unwrap(),
+                    x["at_ms"].as_u64().unwrap(),
+                    x["kind"].as_str().unwrap().to_owned(),
+                ));
+            }
+            match p["next_cursor"].as_str() {
+                Some(c) => path = format!("{base}&cursor={c}"),
+                None => return out,
+            }
+        }
+    }
+}
+
+impl Drop for CollectorProc {
+    fn drop(&mut self) {
+        let _ = self.child.kill();
+        let _ = self.child.wait();
+    }
+}
+
+/// The parts of a unit view a failure message needs.
+pub fn brief(v: &Value) -> String {
+    format!(
+        "status={} online={} last_at_ms={} seq={} agent.backlog={} agent.dropped={} boots={}",
+        v["status"],
+        v["online"],
+        v["last_at_ms"],
+        v["seq"],
+        v["agent"]["backlog_records"],
+        v["agent"]["dropped"],
+        v["boots"]
+    )
+}
+
+/// Per boot: (received, duplicates, missing, max_seq).
+pub fn boots(v: &Value) -> Vec<(String, u64, u64, u64, u64)> {
+    v["boots"]
+        .as_array()
+        .map(|a| {
+            a.iter()
+                .map(|b| {
+                    (
+                        b["boot"].as_str().unwrap().to_owned(),
+                        b["received"].as_u64().unwrap(),
+                        b["duplicates"].as_u64().unwrap(),
+                        b["missing"].as_u64().unwrap(),
+                        b["max_seq"].as_u64().unwrap(),
+                    )
+                })
+                .collect()
+        })
+        .unwrap_or_default()
+}
+
+/// Every boot complete: nothing missing, each seq in the feed once
+/// (`received == max_seq`, so duplicates were absorbed, not stored twice).
+pub fn all_complete(v: &Value) -> bool {
+    let b = boots(v);
+    !b.is_empty()
+        && b.iter()
+            .all(|(_, rx, _, miss, max)| *miss == 0 && rx == max)
+}
+
+/// The newest heartbeat says the agent's buffer holds at most the live
+/// records of the moment: sample and heartbeat both run every interval, and
+/// when their phases line up the sample taken just before each heartbeat is
+/// always still awaiting its ack (seen: a steady `backlog_records == 1`).
+/// The backlog itself is checked by the seqs that must have arrived.
+pub fn drained(v: &Value) -> bool {
+    v["agent"]["backlog_records"].as_u64() <= Some(2)
+}
+
+// ------------------------------------------------------------ HTTP
+
+/// A blocking HTTP/1.1 GET (Connection: close): (status, body).
+pub fn http_get(addr: SocketAddr, path: &str, token: Option<&str>) -> Option<(u16, String)> {
+    let mut s = TcpStream::connect_timeout(&addr, Duration::from_secs(2)).ok()?;
+    s.set_read_timeout(Some(Duration::from_secs(10))).ok()?;
+    let auth = token
+        .map(|t| format!("Authorization: Bearer {t}\r\n"))
+        .unwrap_or_default();
+    write!(
+        s,
+        "GET {path} HTTP/1.1\r\nHost: {addr}\r\n{auth}Connection: close\r\n\r\n"
+    )
+    .ok()?;
+    let mut raw = Vec::new();
+    s.read_to_end(&mut raw).ok()?;
+    let text = String::from_utf8_lossy(&raw);
+    let (head, body) = text.split_once("\r\n\r\n")?;
+    let status: u16 = head.split_whitespace().nth(1)?.parse().ok()?;
+    let chunked = head
+        .to_ascii_lowercase()
+        .contains("transfer-encoding: chunked");
+    let body = if chunked {
+        dechunk(body)?
+    } else {
+        body.to_owned()
+    };
+    Some((status, body))
+}
+
+fn dechunk(mut s: &str) -> Option<String> {
+    let mut out = String::new();
+    loop {
+        let (size, rest) = s.split_once("\r\n")?;
+        let n = usize::from_str_radix(size.split(';').next()?.trim(), 16).ok()?;
+        if n == 0 {
+            return Some(out);
+        }
+        out.push_str(rest.get(..n)?);
+        s = rest.get(n + 2..)?;
+    }
+}
+
+// ------------------------------------------------------------ disk
+
+/// Bytes of every file under `dir`.
+pub fn dir_bytes(dir: &Path) -> u64 {
+    let Ok(rd) = std::fs::read_dir(dir) else {
+        return 0;
+    };
+    rd.flatten()
+        .map(|e| match e.metadata() {
+            Ok(m) if m.is_dir() => dir_bytes(&e.path()),
+            Ok(m) => m.len(),
+            Err(_) => 0,
+        })
+        .sum()
+}
+
+// ------------------------------------------------------------ pre-filling
+
+/// How much [`prefill`] writes.
+#[derive(Debug, Clone, Copy)]
+pub enum Fill {
+    /// Exactly this many records.
+    Records(u64),
+    /// As many records as fit in this many stored bytes.
+    Bytes(u64),
+}
+
+/// Writes a backlog of host samples of boot `boot` (seq 1..=n, event times
+/// `first_at_ms + (seq - 1) * step_ms`) into an agent's buffer directory
+/// with the agent's own buffer API, as a previous run of the agent during
+/// an outage would have left it. Returns (n, bytes stored). Panics if the
+/// buffer dropped anything (the cap must fit the backlog).
+pub fn prefill(
+    buffer_dir: &Path,
+    max_bytes: u64,
+    boot: u64,
+    fill: Fill,
+    first_at_ms: u64,
+    step_ms: u64,
+) -> (u64, u64) {
+    use muster_agent::buffer::{Buffer, BufferSettings, Meta};
+    use muster_proto::{BootId, Payload, Record, encode_record, fixtures};
+    let mut s = BufferSettings::new(buffer_dir.into());
+    s.max_bytes = max_bytes;
+    let mut b = Buffer::open(s, now_ms()).expect("open buffer");
+    let mut sample = fixtures::host_sample();
+    sample.interval_ms = step_ms as u32;
+    let mut seq = 0;
+    loop {
+        let r = Record {
+            boot: BootId(boot),
+            seq: seq + 1,
+            at_ms: first_at_ms + seq * step_ms,
+            payload: Payload::Host(sample.clone()),
+        };
+        let enc = encode_record(&r).expect("encode");
+        match fill {
+            Fill::Records(n) if seq >= n => break,
+            // 30: the buffer's record header.
+            Fill::Bytes(t) if b.bytes() + enc.len() as u64 + 30 > t => break,
+            _ => {}
+        }
+        b.append(Meta::of(&r), &enc, now_ms(), &|_| false);
+        seq += 1;
+    }
+    b.flush().expect("flush buffer");
+    assert_eq!(b.drops().total(), 0, "pre-fill must fit under the cap");
+    assert_eq!(b.records(), seq);
+    (seq, b.bytes())
+}
