@@ -10,8 +10,11 @@
 use muster_proto::{Ack, BootId, SeqRange};
 use serde::{Deserialize, Serialize};
 
-/// Boots remembered per unit; older ones are folded into `retired` totals.
-pub const MAX_BOOTS: usize = 8;
+/// Boots remembered per unit; the one quiet the longest is folded into
+/// `retired` totals. An MCT can power-cycle many times in one outage, and
+/// all those boots replay after it: each must be remembered until it has
+/// drained, or its resent records would count again.
+pub const MAX_BOOTS: usize = 64;
 /// Ranges above `upto` listed in one ack (the wire's list bound is 1024).
 pub const MAX_ACK_RANGES: usize = 512;
 
@@ -51,6 +54,14 @@ pub struct BootSeq {
     pub duplicates: u64,
     /// Order of first appearance among this unit's boots.
     pub order: u64,
+    /// Order of the latest record observed (any boot of the unit counts):
+    /// the boot quiet the longest is the one retired.
+    #[serde(default)]
+    pub active: u64,
+    /// Newest event time (unix ms) among this boot's records: the unit's
+    /// current boot is the one with the newest data, not a replayed one.
+    #[serde(default)]
+    pub newest_at_ms: u64,
 }
 
 impl BootSeq {
@@ -61,6 +72,8 @@ impl BootSeq {
             received: 0,
             duplicates: 0,
             order,
+            active: order,
+            newest_at_ms: 0,
         }
     }
 
@@ -150,23 +163,30 @@ pub struct SeqAccount {
 }
 
 impl SeqAccount {
-    pub fn observe(&mut self, boot: BootId, seq: u64) -> Observed {
+    /// Records `seq` of `boot`, taken at `at_ms` (event time).
+    pub fn observe(&mut self, boot: BootId, seq: u64, at_ms: u64) -> Observed {
+        let tick = self.next_order;
+        self.next_order += 1;
         if let Some(b) = self.boots.iter_mut().find(|b| b.boot == boot) {
+            b.active = tick;
+            b.newest_at_ms = b.newest_at_ms.max(at_ms);
             return b.observe(seq);
         }
         if self.boots.len() >= MAX_BOOTS {
-            let oldest = self
+            // Retire the boot quiet the longest: never the running one,
+            // whose live records keep arriving while old boots replay.
+            let quiet = self
                 .boots
                 .iter()
                 .enumerate()
-                .min_by_key(|(_, b)| b.order)
+                .min_by_key(|(_, b)| b.active)
                 .map(|(i, _)| i)
                 .unwrap_or(0);
-            let gone = self.boots.remove(oldest);
+            let gone = self.boots.remove(quiet);
             self.retired += gone.totals();
         }
-        let mut b = BootSeq::new(boot, self.next_order);
-        self.next_order += 1;
+        let mut b = BootSeq::new(boot, tick);
+        b.newest_at_ms = at_ms;
         let o = b.observe(seq);
         self.boots.push(b);
         o
@@ -184,9 +204,10 @@ impl SeqAccount {
         t
     }
 
-    /// The boot seen most recently for the first time (the unit's current one).
+    /// The unit's current boot: the one with the newest data (event time),
+    /// not one whose backlog is replaying; ties go to the newer boot.
     pub fn current_boot(&self) -> Option<&BootSeq> {
-        self.boots.iter().max_by_key(|b| b.order)
+        self.boots.iter().max_by_key(|b| (b.newest_at_ms, b.order))
     }
 }
 
@@ -277,10 +298,10 @@ mod tests {
     #[test]
     fn boots_are_separate_and_old_ones_retire() {
         let mut a = SeqAccount::default();
-        a.observe(BootId(1), 1);
-        a.observe(BootId(1), 3);
-        a.observe(BootId(2), 1);
-        assert_eq!(a.observe(BootId(2), 1), Observed::Duplicate);
+        a.observe(BootId(1), 1, 0);
+        a.observe(BootId(1), 3, 0);
+        a.observe(BootId(2), 1, 0);
+        assert_eq!(a.observe(BootId(2), 1, 0), Observed::Duplicate);
         assert_eq!(
             a.totals(),
             SeqTotals {
@@ -291,10 +312,10 @@ mod tests {
         );
         assert_eq!(a.current_boot().unwrap().boot, BootId(2));
         for b in 3..(3 + MAX_BOOTS as u64) {
-            a.observe(BootId(b), 1);
+            a.observe(BootId(b), 1, 0);
         }
         assert_eq!(a.boots.len(), MAX_BOOTS);
-        assert!(a.boot(BootId(1)).is_none(), "oldest boot retired");
+        assert!(a.boot(BootId(1)).is_none(), "the quietest boot retired");
         // Totals survive retirement.
         let t = a.totals();
         assert_eq!(t.received, 3 + MAX_BOOTS as u64);
@@ -302,11 +323,53 @@ mod tests {
         assert_eq!(t.duplicates, 1);
     }
 
+    /// Ten power cycles in one outage, then the running boot's live records
+    /// arrive between the replays of more old boots than `MAX_BOOTS` used to
+    /// hold: the running boot is never retired, is the current one, and
+    /// nothing is counted twice or missing.
+    #[test]
+    fn running_boot_survives_replay_of_many_old_boots() {
+        let running = BootId(1_000);
+        let mut a = SeqAccount::default();
+        let mut live = 0;
+        for old in 0..(MAX_BOOTS as u64 + 10) {
+            live += 1;
+            a.observe(running, live, 10_000 + live);
+            for seq in 1..=3 {
+                a.observe(BootId(old), seq, old * 10 + seq);
+            }
+        }
+        let r = a.boot(running).expect("running boot remembered");
+        assert_eq!(
+            r.totals(),
+            SeqTotals {
+                received: live,
+                duplicates: 0,
+                missing: 0
+            }
+        );
+        assert_eq!(a.current_boot().unwrap().boot, running);
+        // A resend of the running boot is a duplicate, not a new record.
+        assert_eq!(a.observe(running, 1, 10_001), Observed::Duplicate);
+        let t = a.totals();
+        assert_eq!(t.received, live + 3 * (MAX_BOOTS as u64 + 10));
+        assert_eq!(t.missing, 0);
+    }
+
+    #[test]
+    fn current_boot_is_the_one_with_the_newest_data() {
+        let mut a = SeqAccount::default();
+        a.observe(BootId(2), 1, 5_000); // the running boot, live first
+        a.observe(BootId(1), 1, 1_000); // then an older boot's replay
+        a.observe(BootId(1), 2, 1_100);
+        assert_eq!(a.current_boot().unwrap().boot, BootId(2));
+    }
+
     #[test]
     fn survives_a_json_round_trip() {
         let mut a = SeqAccount::default();
         for s in [1, 2, 5, 9] {
-            a.observe(BootId(u64::MAX), s);
+            a.observe(BootId(u64::MAX), s, 0);
         }
         let j = serde_json::to_string(&a).unwrap();
         let b: SeqAccount = serde_json::from_str(&j).unwrap();

@@ -287,7 +287,7 @@ impl Worker {
             };
             state.last_seen_ms = now;
             state.wire_version = version;
-            let obs = state.seq.observe(r.boot, r.seq);
+            let obs = state.seq.observe(r.boot, r.seq, r.at_ms);
             self.pending
                 .touched
                 .entry((unit.clone(), r.boot))
