@@ -27,4 +27,9 @@ fi
 export MOSQUITTO=/usr/sbin/mosquitto
 test -x "$MOSQUITTO" || { echo "tests/run.sh: $MOSQUITTO missing" >&2; exit 1; }
 
-cargo test --workspace --locked "$@"
+mkdir -p target
+log=target/test-output.log
+cargo test --workspace --locked "$@" 2>&1 | tee "$log"
+# One closing line for the whole run (cargo prints one per test binary).
+awk '/^test result:/ { for (i = 1; i <= NF; i++) { if ($i ~ /^passed;?$/) p += $(i-1); if ($i ~ /^failed;?$/) f += $(i-1) } }
+     END { printf "tests: %d passed, %d failed\n", p, f }' "$log" | tee target/test-summary.txt
