@@ -16,10 +16,9 @@ use muster_proto::{
     Ack, Body, BootId, Message, Payload, Presence, SeqRange, TopicKind, UnitId, decode, encode,
     fixtures, topic::unit_topic,
 };
-use muster_testkit::{Mosquitto, MosquittoOptions, TempDir, free_port};
+use muster_testkit::{Mosquitto, MosquittoOptions, ProxyMode, TcpProxy, TempDir, free_port};
 use rumqttc::{AsyncClient, Event, MqttOptions, Packet, QoS};
-use tokio::io::{AsyncReadExt, AsyncWriteExt};
-use tokio::net::{TcpListener, TcpStream};
+
 use tokio::sync::{oneshot, watch};
 use tokio::task::JoinHandle;
 
@@ -476,10 +475,10 @@ async fn live_first_after_reconnect_then_backlog_oldest_first() {
     let t = TempDir::new().unwrap();
     let broker = Mosquitto::start();
     let collector = Collector::start(broker.port()).await;
-    let proxy = Proxy::start(broker.port()).await;
-    proxy.set(Mode::Refuse);
+    let proxy = TcpProxy::start(broker.port());
+    proxy.set(ProxyMode::Refuse);
 
-    let mut cfg = config(t.path(), proxy.port);
+    let mut cfg = config(t.path(), proxy.port());
     // A metered link: the backlog trickles, so "live first" is visible.
     cfg.uplink.replay_bytes_per_sec = Some(20_000);
     cfg.uplink.batch_max_bytes = 4096;
@@ -488,7 +487,7 @@ async fn live_first_after_reconnect_then_backlog_oldest_first() {
     // An outage: 300 samples buffered.
     agent.sample_for(300, Duration::from_millis(2)).await;
     let newest = agent.host_sent + 1; // seq 1 is the start-up heartbeat
-    proxy.set(Mode::Forward);
+    proxy.set(ProxyMode::Forward);
 
     eventually("the first messages", Duration::from_secs(15), || {
         collector.log().messages.len() >= 3
@@ -550,8 +549,8 @@ async fn the_will_fires_when_the_link_is_black_holed_and_the_buffer_takes_over()
     let t = TempDir::new().unwrap();
     let broker = Mosquitto::start();
     let collector = Collector::start(broker.port()).await;
-    let proxy = Proxy::start(broker.port()).await;
-    let mut cfg = config(t.path(), proxy.port);
+    let proxy = TcpProxy::start(broker.port());
+    let mut cfg = config(t.path(), proxy.port());
     cfg.mqtt.keepalive = Duration::from_secs(1);
     let mut agent = Agent::start(cfg);
     agent.sample_for(10, Duration::from_millis(10)).await;
@@ -565,7 +564,7 @@ async fn the_will_fires_when_the_link_is_black_holed_and_the_buffer_takes_over()
     .await;
 
     // Black-hole the link: no RST, no FIN, nothing gets through.
-    proxy.set(Mode::BlackHole);
+    proxy.set(ProxyMode::BlackHole);
     let cut = tokio::time::Instant::now();
     agent.sample_for(50, Duration::from_millis(40)).await;
     eventually("the will", Duration::from_secs(10), || {
@@ -579,7 +578,7 @@ async fn the_will_fires_when_the_link_is_black_holed_and_the_buffer_takes_over()
     let will_after = cut.elapsed();
     eprintln!("will seen {will_after:?} after the link was black-holed (keepalive 1 s)");
 
-    proxy.set(Mode::Forward);
+    proxy.set(ProxyMode::Forward);
     agent.sample_for(10, Duration::from_millis(10)).await;
     eventually("a new birth", Duration::from_secs(15), || {
         collector
@@ -663,14 +662,14 @@ async fn mutual_tls_with_a_ca_file_client_certificate_and_password() {
 
     // Without the client certificate the broker refuses; the agent keeps
     // buffering and retrying instead of failing.
-    let proxy = Proxy::start(port).await;
+    let proxy = TcpProxy::start(port);
     let mut no_cert = cfg;
     no_cert.mqtt.client_cert = None;
-    no_cert.mqtt.port = proxy.port;
+    no_cert.mqtt.port = proxy.port();
     let mut agent = Agent::start(no_cert);
     agent.sample_for(3, Duration::from_millis(10)).await;
     eventually("three refused attempts", Duration::from_secs(15), || {
-        proxy.accepted.load(Ordering::SeqCst) >= 3
+        proxy.accepted() >= 3
     })
     .await;
     assert_eq!(
@@ -697,109 +696,6 @@ fn a_bad_ca_file_is_a_clear_error() {
     cfg.mqtt.ca_file = Some(t.path().join("empty.pem"));
     let e = uplink::mqtt::tls_config(&cfg.mqtt).unwrap_err().to_string();
     assert!(e.contains("no certificate"), "{e}");
-}
-
-// ------------------------------------------------------------ a TCP proxy
-
-#[derive(Debug, Clone, Copy, PartialEq, Eq)]
-enum Mode {
-    /// Pass bytes both ways.
-    Forward,
-    /// Accept and close at once (a link that refuses).
-    Refuse,
-    /// Accept and keep, but pass nothing either way, and stall existing
-    /// connections: a partition without a clean close.
-    BlackHole,
-}
-
-struct Proxy {
-    port: u16,
-    /// Connections accepted so far.
-    accepted: Arc<std::sync::atomic::AtomicU64>,
-    mode: watch::Sender<Mode>,
-    task: JoinHandle<()>,
-}
-
-impl Proxy {
-    async fn start(upstream: u16) -> Proxy {
-        let l = TcpListener::bind("127.0.0.1:0").await.unwrap();
-        let port = l.local_addr().unwrap().port();
-        let (mode, rx) = watch::channel(Mode::Forward);
-        let accepted = Arc::new(std::sync::atomic::AtomicU64::new(0));
-        let counter = accepted.clone();
-        let task = tokio::spawn(async move {
-            while let Ok((s, _)) = l.accept().await {
-                counter.fetch_add(1, Ordering::SeqCst);
-                let m = *rx.borrow();
-                match m {
-                    Mode::Refuse => drop(s),
-                    Mode::BlackHole => {
-                        // Hold it open; say nothing.
-                        tokio::spawn(async move {
-                            let _s = s;
-                            std::future::pending::<()>().await;
-                        });
-                    }
-                    Mode::Forward => {
-                        let Ok(up) = TcpStream::connect(("127.0.0.1", upstream)).await else {
-                            continue;
-                        };
-                        let (ar, aw) = s.into_split();
-                        let (br, bw) = up.into_split();
-                        tokio::spawn(pipe(ar, bw, rx.clone()));
-                        tokio::spawn(pipe(br, aw, rx.clone()));
-                    }
-                }
-            }
-        });
-        Proxy {
-            port,
-            accepted,
-            mode,
-            task,
-        }
-    }
-
-    fn set(&self, m: Mode) {
-        self.mode.send_replace(m);
-    }
-}
-
-impl Drop for Proxy {
-    fn drop(&mut self) {
-        self.task.abort();
-    }
-}
-
-/// Copies bytes while the mode is Forward; once black-holed, it stops
-/// reading and writing for good (the connection hangs, never closes).
-async fn pipe(
-    mut r: tokio::net::tcp::OwnedReadHalf,
-    mut w: tokio::net::tcp::OwnedWriteHalf,
-    mut mode: watch::Receiver<Mode>,
-) {
-    let mut buf = vec![0u8; 16 * 1024];
-    loop {
-        if *mode.borrow() == Mode::BlackHole {
-            let _keep = (r, w);
-            std::future::pending::<()>().await;
-            return;
-        }
-        tokio::select! {
-            n = r.read(&mut buf) => match n {
-                Ok(0) | Err(_) => return,
-                Ok(n) => {
-                    if *mode.borrow() == Mode::BlackHole {
-                        continue;
-                    }
-                    if w.write_all(&buf[..n]).await.is_err() {
-                        return;
-                    }
-                }
-            },
-            _ = mode.changed() => {}
-        }
-    }
 }
 
 // ------------------------------------------------------------ test PKI
@@ -863,7 +759,7 @@ async fn kill_9_during_outage_and_replay_loses_no_flushed_record() {
     let t = TempDir::new().unwrap();
     let broker = Mosquitto::start();
     let collector = Collector::start(broker.port()).await;
-    let proxy = Proxy::start(broker.port()).await;
+    let proxy = TcpProxy::start(broker.port());
     let cfg = t.path().join("agent.toml");
     std::fs::write(
         &cfg,
@@ -886,7 +782,7 @@ heartbeat_interval = "1s"
 ack_timeout = "2s"
 "#,
             t.path().display().to_string(),
-            proxy.port
+            proxy.port()
         ),
     )
     .unwrap();
@@ -904,9 +800,9 @@ ack_timeout = "2s"
     for round in 0..20 {
         // Even rounds: an outage; odd rounds: the link is up (replay).
         proxy.set(if round % 2 == 0 {
-            Mode::Refuse
+            ProxyMode::Refuse
         } else {
-            Mode::Forward
+            ProxyMode::Forward
         });
         let mut child = start();
         let ms = rng.random_range(1200..2600);
@@ -914,7 +810,7 @@ ack_timeout = "2s"
         child.kill().unwrap(); // SIGKILL
         child.wait().unwrap();
     }
-    proxy.set(Mode::Forward);
+    proxy.set(ProxyMode::Forward);
     let before: BTreeSet<BootId> = collector.log().boots().into_iter().collect();
     assert!(
         before.len() >= 5,

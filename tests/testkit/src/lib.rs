@@ -258,6 +258,9 @@ pub enum ProxyMode {
     /// Connections that see this mode stay dead for good, even after the
     /// proxy forwards again (their peers must notice by keepalive).
     BlackHole,
+    /// Accept new connections and close them at once (a link that refuses);
+    /// connections already forwarding go on.
+    Refuse,
 }
 
 /// A loopback TCP proxy to `127.0.0.1:upstream` that a test can black-hole
@@ -269,7 +272,7 @@ pub struct TcpProxy {
 }
 
 struct ProxyShared {
-    /// 0 = forward, 1 = black hole.
+    /// 0 = forward, 1 = black hole, 2 = refuse.
     mode: std::sync::atomic::AtomicU8,
     stop: std::sync::atomic::AtomicBool,
     accepted: std::sync::atomic::AtomicU64,
@@ -298,6 +301,10 @@ impl TcpProxy {
                     Err(_) => continue,
                 };
                 sh.accepted.fetch_add(1, SeqCst);
+                if sh.mode.load(SeqCst) == 2 {
+                    drop(s);
+                    continue;
+                }
                 let _ = s.set_nonblocking(false);
                 let up = if sh.mode.load(SeqCst) == 0 {
                     TcpStream::connect(("127.0.0.1", upstream)).ok()
@@ -342,6 +349,7 @@ impl TcpProxy {
         let v = match mode {
             ProxyMode::Forward => 0,
             ProxyMode::BlackHole => 1,
+            ProxyMode::Refuse => 2,
         };
         self.shared
             .mode
