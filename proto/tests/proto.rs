@@ -2,9 +2,9 @@
 //! vectors, hostile input, and the decode allocation bound.
 
 use std::alloc::{GlobalAlloc, Layout, System};
+use std::cell::Cell;
 use std::net::IpAddr;
 use std::path::PathBuf;
-use std::sync::atomic::{AtomicBool, AtomicUsize, Ordering};
 
 use muster_proto::*;
 use proptest::collection::vec;
@@ -489,23 +489,30 @@ fn batch_limits() {
 // ------------------------------------------------------ allocation bound
 
 struct Counting;
-static TRACK: AtomicBool = AtomicBool::new(false);
-static LIVE: AtomicUsize = AtomicUsize::new(0);
-static PEAK: AtomicUsize = AtomicUsize::new(0);
-static LARGEST: AtomicUsize = AtomicUsize::new(0);
+
+// Per thread: the other tests of this binary allocate and free on their own
+// threads at the same time, and must not count (a free of memory allocated
+// before tracking began would otherwise drive the count below zero).
+thread_local! {
+    static TRACK: Cell<bool> = const { Cell::new(false) };
+    static LIVE: Cell<isize> = const { Cell::new(0) };
+    static PEAK: Cell<isize> = const { Cell::new(0) };
+}
 
 unsafe impl GlobalAlloc for Counting {
     unsafe fn alloc(&self, layout: Layout) -> *mut u8 {
-        if TRACK.load(Ordering::Relaxed) {
-            let now = LIVE.fetch_add(layout.size(), Ordering::Relaxed) + layout.size();
-            PEAK.fetch_max(now, Ordering::Relaxed);
-            LARGEST.fetch_max(layout.size(), Ordering::Relaxed);
+        if TRACK.with(Cell::get) {
+            let now = LIVE.with(|l| {
+                l.set(l.get() + layout.size() as isize);
+                l.get()
+            });
+            PEAK.with(|p| p.set(p.get().max(now)));
         }
         unsafe { System.alloc(layout) }
     }
     unsafe fn dealloc(&self, ptr: *mut u8, layout: Layout) {
-        if TRACK.load(Ordering::Relaxed) {
-            LIVE.fetch_sub(layout.size(), Ordering::Relaxed);
+        if TRACK.with(Cell::get) {
+            LIVE.with(|l| l.set(l.get() - layout.size() as isize));
         }
         unsafe { System.dealloc(ptr, layout) }
     }
@@ -514,19 +521,15 @@ unsafe impl GlobalAlloc for Counting {
 #[global_allocator]
 static GLOBAL: Counting = Counting;
 
-static ALLOC_LOCK: std::sync::Mutex<()> = std::sync::Mutex::new(());
-
-/// Peak bytes allocated while decoding `bytes`.
+/// Peak bytes allocated on this thread while decoding `bytes`.
 fn decode_peak(bytes: &[u8]) -> usize {
-    let _g = ALLOC_LOCK.lock().unwrap_or_else(|e| e.into_inner());
-    LIVE.store(0, Ordering::SeqCst);
-    PEAK.store(0, Ordering::SeqCst);
-    LARGEST.store(0, Ordering::SeqCst);
-    TRACK.store(true, Ordering::SeqCst);
+    LIVE.with(|l| l.set(0));
+    PEAK.with(|p| p.set(0));
+    TRACK.with(|t| t.set(true));
     let r = decode(bytes);
-    TRACK.store(false, Ordering::SeqCst);
+    TRACK.with(|t| t.set(false));
     drop(r);
-    PEAK.load(Ordering::SeqCst)
+    PEAK.with(Cell::get).max(0) as usize
 }
 
 /// Length prefixes that claim huge sequences and strings allocate no more
