@@ -83,12 +83,13 @@ fn agent_child() {
         agent_version: "bench".into(),
         unit,
     };
+    use tracing_subscriber::layer::SubscriberExt;
+    use tracing_subscriber::util::SubscriberInitExt;
+    let filter = std::env::var("MUSTER_BENCH_LOG").unwrap_or_else(|_| "warn".into());
     tracing_subscriber::fmt()
-        .with_env_filter(
-            tracing_subscriber::EnvFilter::try_from_env("MUSTER_BENCH_LOG")
-                .unwrap_or_else(|_| tracing_subscriber::EnvFilter::new("warn")),
-        )
         .with_writer(std::io::stderr)
+        .finish()
+        .with(muster_agent::service::log::parse_filter(&filter).expect("MUSTER_BENCH_LOG"))
         .init();
     let rt = tokio::runtime::Builder::new_current_thread()
         .enable_all()

@@ -816,10 +816,12 @@ fn validate_report(raw: RawReport) -> Result<Option<ReportConfig>, ConfigError> 
 
 fn validate_log(raw: RawLog, data_dir: &Path) -> Result<LogConfig, ConfigError> {
     let level = raw.level.unwrap_or_else(|| "info".into());
-    if tracing_subscriber::EnvFilter::try_new(&level).is_err() {
+    if let Err(e) = crate::service::log::parse_filter(&level) {
         return Err(ConfigError::invalid(
             "log.level",
-            format!("{level:?} is not a log filter (e.g. \"info\" or \"muster_agent=debug\")"),
+            format!(
+                "{level:?} is not a log filter: {e} (e.g. \"info\" or \"warn,muster_agent=debug\")"
+            ),
         ));
     }
     let target = match raw.to.as_deref() {
