@@ -118,7 +118,7 @@ fn main() -> ExitCode {
             match r {
                 Ok(()) => ExitCode::SUCCESS,
                 Err(e) => {
-                    eprintln!("muster-agent: {e:#}");
+                    eprintln!("muster-agent: {}", chain(&e));
                     ExitCode::FAILURE
                 }
             }
@@ -145,8 +145,8 @@ fn main() -> ExitCode {
             match r {
                 Ok(()) => ExitCode::SUCCESS,
                 Err(e) => {
-                    tracing::error!(error = %format!("{e:#}"), "Agent failed.");
-                    eprintln!("muster-agent: {e:#}");
+                    tracing::error!(error = %chain(&e), "Agent failed.");
+                    eprintln!("muster-agent: {}", chain(&e));
                     ExitCode::FAILURE
                 }
             }
@@ -174,4 +174,21 @@ fn main() -> ExitCode {
             }
         }
     }
+}
+
+/// An error and its causes on one line. Our error enums already show their
+/// source in their own message, so a cause already said is not said again
+/// (`{:#}` would print "buffer: in use: in use").
+fn chain(e: &anyhow::Error) -> String {
+    let mut out = String::new();
+    for cause in e.chain() {
+        let s = cause.to_string();
+        if !out.contains(&s) {
+            if !out.is_empty() {
+                out.push_str(": ");
+            }
+            out.push_str(&s);
+        }
+    }
+    out
 }

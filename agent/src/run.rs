@@ -7,6 +7,13 @@
 //! drop (`observations_dropped`). 1024 observations is minutes of data at a
 //! 1 s interval with a handful of probes, while the uplink normally takes
 //! each one to the disk buffer within milliseconds.
+//!
+//! Threads: the measuring side (probes, report endpoint, watchdog, signals)
+//! runs on one current-thread runtime; host sampling has its own thread
+//! (`sample::spawn`); the uplink has its own thread and current-thread
+//! runtime (`spawn_uplink`), so a slow fsync or a big replay batch never
+//! delays a probe's clock. No work-stealing pool: the agent does little work
+//! and sits beside a CAD client, so threads and their stacks are kept few.
 
 use std::future::Future;
 use std::sync::Arc;
@@ -36,18 +43,54 @@ pub enum RunError {
     Probe { name: String, source: ProbeError },
     #[error("uplink: {0}")]
     Uplink(#[from] UplinkError),
+    #[error("disk buffer: {0}")]
+    Buffer(#[from] crate::buffer::BufferError),
     #[error("runtime: {0}")]
     Runtime(std::io::Error),
 }
 
-/// The agent's tokio runtime: two workers are plenty beside a CAD client.
+/// The measuring side's runtime (probes, report endpoint, watchdog): one
+/// thread, plus blocking threads for getaddrinfo and the raw ICMP fallback.
 pub fn runtime() -> std::io::Result<tokio::runtime::Runtime> {
-    tokio::runtime::Builder::new_multi_thread()
-        .worker_threads(2)
+    tokio::runtime::Builder::new_current_thread()
         .max_blocking_threads(8)
         .thread_stack_size(1 << 20)
         .enable_all()
         .build()
+}
+
+/// The uplink on its own thread and runtime. Resolves with the uplink's
+/// result, or `RecvError` if the thread panicked.
+fn spawn_uplink(
+    cfg: UplinkConfig,
+    buffer: crate::buffer::Buffer,
+    rx: crate::observation::ObservationRx,
+    clock: Arc<dyn Clock>,
+    stop: tokio::sync::oneshot::Receiver<()>,
+) -> Result<tokio::sync::oneshot::Receiver<Result<(), UplinkError>>, RunError> {
+    let rt = tokio::runtime::Builder::new_current_thread()
+        .enable_all()
+        .build()
+        .map_err(RunError::Runtime)?;
+    let (done_tx, done_rx) = tokio::sync::oneshot::channel();
+    std::thread::Builder::new()
+        .name("uplink".into())
+        .spawn(move || {
+            let r = rt.block_on(uplink::run_with_buffer(
+                cfg,
+                buffer,
+                rx,
+                clock,
+                async move {
+                    let _ = stop.await;
+                },
+            ));
+            // The MQTT poller ends with the client; give it a moment.
+            rt.shutdown_timeout(Duration::from_secs(2));
+            let _ = done_tx.send(r);
+        })
+        .map_err(RunError::Runtime)?;
+    Ok(done_rx)
 }
 
 /// Builds every configured probe (TLS configs, CA files) once.
@@ -95,9 +138,9 @@ pub async fn run(
         interval_ms,
         agent_version: AGENT_VERSION.to_owned(),
     };
-    let mut uplink_task = tokio::spawn(uplink::run(ucfg, rx, clock.clone(), async move {
-        let _ = uplink_stop_rx.await;
-    }));
+    // Opened here, before READY: a buffer in use or unreadable fails the start.
+    let buffer = crate::buffer::Buffer::open(ucfg.buffer.clone(), clock.now_ms())?;
+    let mut uplink_task = spawn_uplink(ucfg, buffer, rx, clock.clone(), uplink_stop_rx)?;
 
     let probes = build_probes(&cfg)?;
     let sampler = Sampler::new(cfg.sampling.clone())?;
@@ -184,8 +227,9 @@ pub async fn run(
             match tokio::time::timeout(Duration::from_secs(15), &mut uplink_task).await {
                 Ok(r) => r,
                 Err(_) => {
+                    // Its thread is left to the process exit; the buffer's
+                    // contract covers a stop at any point.
                     tracing::error!("The uplink did not stop within 15s; abandoning it.");
-                    uplink_task.abort();
                     return Ok(());
                 }
             }
@@ -197,8 +241,8 @@ pub async fn run(
             Ok(())
         }
         Ok(Err(e)) => Err(RunError::Uplink(e)),
-        Err(e) => {
-            tracing::error!(error = %e, "The uplink task panicked.");
+        Err(_) => {
+            tracing::error!("The uplink thread panicked.");
             Ok(())
         }
     }

@@ -100,13 +100,26 @@ struct Uplink {
 /// the buffer, marks the unit offline and disconnects cleanly.
 pub async fn run(
     cfg: UplinkConfig,
+    rx: ObservationRx,
+    clock: Arc<dyn Clock>,
+    shutdown: impl Future<Output = ()> + Send,
+) -> Result<(), UplinkError> {
+    let buffer = Buffer::open(cfg.buffer.clone(), clock.now_ms())?;
+    run_with_buffer(cfg, buffer, rx, clock, shutdown).await
+}
+
+/// [`run`] on a buffer the caller opened: `muster-agent run` opens it before
+/// telling systemd it is ready, so a buffer in use or unreadable fails the
+/// start instead of a running service.
+pub async fn run_with_buffer(
+    cfg: UplinkConfig,
+    buffer: Buffer,
     mut rx: ObservationRx,
     clock: Arc<dyn Clock>,
     shutdown: impl Future<Output = ()> + Send,
 ) -> Result<(), UplinkError> {
     let boot = BootId(rand::random());
     let now = clock.now_ms();
-    let buffer = Buffer::open(cfg.buffer.clone(), now)?;
     let opts = mqtt::options(&cfg.unit, boot, &cfg.mqtt, &cfg.uplink, now)?;
     let (client, mut eventloop) = AsyncClient::new(opts, usize::from(cfg.uplink.max_inflight) + 64);
     let mut net = rumqttc::NetworkOptions::new();

@@ -156,6 +156,54 @@ fn check_config_names_the_bad_key() {
     let _ = std::fs::remove_dir_all(&dir);
 }
 
+/// A second agent on the same data directory is refused with one clear
+/// line, and the first keeps running.
+#[test]
+fn a_second_agent_on_the_same_buffer_is_refused_clearly() {
+    let dir = servers::scratch("locked");
+    // The broker address is a closed port: the first agent buffers.
+    let cfg = write_config(&dir, "");
+    let mut first = muster_testkit::KillOnDrop(
+        Command::new(BIN)
+            .args(["run", "--config"])
+            .arg(&cfg)
+            .stdout(std::process::Stdio::null())
+            .stderr(std::process::Stdio::null())
+            .spawn()
+            .unwrap(),
+    );
+    let lock = dir.join("buffer").join("LOCK");
+    muster_testkit::wait_until(
+        "the first agent opened its buffer",
+        std::time::Duration::from_secs(20),
+        || lock.exists(),
+    );
+    let out = Command::new(BIN)
+        .args(["run", "--config"])
+        .arg(&cfg)
+        .output()
+        .unwrap();
+    let err = String::from_utf8_lossy(&out.stderr);
+    assert_eq!(out.status.code(), Some(1), "{err}");
+    let last = err.lines().last().unwrap_or_default();
+    assert!(last.starts_with("muster-agent: "), "{err}");
+    assert_eq!(
+        last.matches("is in use by another process").count(),
+        1,
+        "the cause is said once: {last}"
+    );
+    // Refused before it said it was running (and before READY to systemd).
+    assert!(!err.contains("Agent running."), "{err}");
+    assert!(
+        first.try_wait().unwrap().is_none(),
+        "the first agent still runs"
+    );
+    muster_testkit::signal(first.id(), "TERM");
+    let status = first.wait().unwrap();
+    assert!(status.success(), "{status}");
+    let _ = std::fs::remove_dir_all(&dir);
+}
+
 #[test]
 fn example_config_passes_check_config() {
     let path = std::path::Path::new(env!("CARGO_MANIFEST_DIR")).join("config/agent.toml");
