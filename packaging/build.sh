@@ -8,7 +8,8 @@
 #   muster-mosquitto-example-<v>.tar.gz                              (production broker config + ACL)
 #
 # Usage: packaging/build.sh [DIST_DIR]
-# Needs: cargo-deb, the x86_64-pc-windows-gnu Rust target, mingw-w64,
+# Needs: cargo-deb, the x86_64-pc-windows-gnu and x86_64-unknown-linux-musl
+# Rust targets, musl-tools, mingw-w64,
 # msitools + wixl. Signing happens outside this repository (see
 # packaging/README.md); to ship a signed .exe inside the MSI, sign it and
 # rebuild the MSI with MUSTER_EXE=signed.exe packaging/msi/build-msi.sh dist/.
@@ -25,9 +26,10 @@ rm -rf "$dist"
 mkdir -p "$dist"
 
 echo "== Linux binaries and Debian packages ($version)"
-cargo build --release -p muster-agent -p muster-collector
-cargo deb -p muster-agent --no-build -o "$dist/"
-cargo deb -p muster-collector --no-build -o "$dist/"
+. "$here/linux.sh"
+build_linux
+deb_agent "$dist"
+deb_collector "$dist"
 
 echo "== Windows agent and MSI"
 cargo build --release --target x86_64-pc-windows-gnu -p muster-agent

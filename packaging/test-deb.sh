@@ -7,8 +7,8 @@
 # config but keeps /var/lib/muster. Exits non-zero at the first failure.
 #
 # Usage: packaging/test-deb.sh [DEB_DIR]
-#   DEB_DIR: where the .debs are (built with `cargo deb --no-build` into a
-#   temporary directory when absent, after `cargo build --release`).
+#   DEB_DIR: where the .debs are (built as packaging/linux.sh says into a
+#   temporary directory when absent).
 # Systemd need not be PID 1: nothing here starts a service.
 set -euo pipefail
 
@@ -27,13 +27,14 @@ for tool in dpkg lintian systemd-analyze runuser setpriv; do
 done
 
 cd "$root"
+. "$here/linux.sh"
 deb_dir=${1:-}
 if [ -z "$deb_dir" ]; then
     step "build"
-    cargo build --release -p muster-agent -p muster-collector
+    build_linux
     deb_dir=$work/deb
-    cargo deb -p muster-agent --no-build -o "$deb_dir/" >/dev/null
-    cargo deb -p muster-collector --no-build -o "$deb_dir/" >/dev/null
+    deb_agent "$deb_dir" >/dev/null
+    deb_collector "$deb_dir" >/dev/null
 fi
 agent_deb=$(ls "$deb_dir"/muster-agent_*.deb)
 collector_deb=$(ls "$deb_dir"/muster-collector_*.deb)
@@ -101,6 +102,13 @@ echo "muster-agent with icmp-raw.conf: exposure $score (max $max_exposure)"
 awk -v s="$score" -v m="$max_exposure" 'BEGIN { exit !(s != "" && s <= m) }' \
     || fail "muster-agent with the drop-in: exposure $score > $max_exposure"
 
+step "the agent is the static build"
+# packaging/linux.sh: no shared libraries, so no program interpreter.
+if readelf -l /usr/bin/muster-agent | grep -q 'program interpreter'; then
+    fail "/usr/bin/muster-agent is dynamically linked; expected the static musl build"
+fi
+echo "muster-agent: static ($(readelf -h /usr/bin/muster-agent | sed -n 's/ *Type: *//p'))"
+
 step "the agent runs as its user with the shipped config and writes its buffer"
 # What StateDirectory= does when systemd starts the unit.
 install -d -o muster-agent -g muster-agent -m 0750 /var/lib/muster /var/lib/muster/agent
@@ -128,8 +136,7 @@ grep -q '^agency = "metro-fire"' /etc/muster/agent.toml || fail "edit did not ap
 version=$(dpkg-deb -f "$agent_deb" Version)
 if command -v cargo >/dev/null && [ -z "${1:-}" ]; then
     # A rebuilt package with a newer version: a real upgrade.
-    cargo deb -p muster-agent --no-build --deb-version "${version}+upgradetest" \
-        -o "$work/upgrade/" >/dev/null
+    deb_agent "$work/upgrade" --deb-version "${version}+upgradetest" >/dev/null
     upgrade_deb=$(ls "$work"/upgrade/muster-agent_*.deb)
 else
     upgrade_deb=$agent_deb   # reinstall the same version

@@ -2,12 +2,14 @@
 # Muster's test suite, from a fresh Debian machine with the Rust toolchain.
 # Installs the Debian packages the tests run against (real Mosquitto, its
 # clients, promtool, Chromium and its WebDriver for the dashboard test,
-# openssl for test certificates), then runs every test in the workspace. A missing
-# dependency is a failure here, never a skipped test.
+# openssl for test certificates, musl-tools for the shipped agent build), then
+# runs every test in the workspace, and the agent's tests again on the static
+# musl target it ships as (packaging/linux.sh). A missing dependency is a
+# failure here, never a skipped test.
 set -euo pipefail
 cd "$(dirname "$0")/.."
 
-packages=(mosquitto mosquitto-clients prometheus chromium chromium-driver openssl iproute2)
+packages=(mosquitto mosquitto-clients prometheus chromium chromium-driver openssl iproute2 musl-tools)
 missing=()
 for p in "${packages[@]}"; do
     dpkg-query -W -f='${Status}' "$p" 2>/dev/null | grep -q "install ok installed" || missing+=("$p")
@@ -27,9 +29,20 @@ fi
 export MOSQUITTO=/usr/sbin/mosquitto
 test -x "$MOSQUITTO" || { echo "tests/run.sh: $MOSQUITTO missing" >&2; exit 1; }
 
+musl=x86_64-unknown-linux-musl
+if ! rustup target list --installed 2>/dev/null | grep -qx "$musl"; then
+    echo "tests/run.sh: adding the Rust target $musl"
+    rustup target add "$musl"
+fi
+
 mkdir -p target
 log=target/test-output.log
-cargo test --workspace --locked "$@" 2>&1 | tee "$log"
+status=0
+cargo test --workspace --locked "$@" 2>&1 | tee "$log" || status=1
+# The agent as it ships: static musl (its resolver, allocator and libc).
+echo "tests/run.sh: the agent's tests on $musl"
+cargo test -p muster-agent --target "$musl" --locked "$@" 2>&1 | tee -a "$log" || status=1
 # One closing line for the whole run (cargo prints one per test binary).
 awk '/^test result:/ { for (i = 1; i <= NF; i++) { if ($i ~ /^passed;?$/) p += $(i-1); if ($i ~ /^failed;?$/) f += $(i-1) } }
      END { printf "tests: %d passed, %d failed\n", p, f }' "$log" | tee target/test-summary.txt
+exit "$status"

@@ -20,7 +20,13 @@
 //! peak RSS (VmHWM), CPU seconds per hour and bytes sent per hour over the
 //! measured window, and the agent's figures as ratios to collectd's. RSS is
 //! also split into anonymous (the process's own heap and stacks) and file
-//! pages (mapped code of the binary and shared libraries, clean and shared).
+//! pages (mapped code of the binary and shared libraries, clean and shared),
+//! and PSS (shared pages divided among the processes mapping them) is
+//! printed beside it, since a dynamically linked process shares libc.
+//!
+//! The agent measured is the shipped build: `MUSTER_AGENT` (footprint.sh
+//! builds the static musl `agent` profile, as packaging does), else the
+//! bench profile's own binary.
 //!
 //! Run: `agent/benches/footprint.sh` (or `cargo bench -p muster-agent --bench footprint`).
 
@@ -34,7 +40,9 @@ use std::time::{Duration, Instant};
 
 use muster_testkit::{Mosquitto, TempDir};
 
-const AGENT: &str = env!("CARGO_BIN_EXE_muster-agent");
+fn agent_bin() -> String {
+    std::env::var("MUSTER_AGENT").unwrap_or_else(|_| env!("CARGO_BIN_EXE_muster-agent").into())
+}
 
 fn env_secs(name: &str, default: u64) -> u64 {
     std::env::var(name)
@@ -120,6 +128,7 @@ struct ProcSample {
     rss_kib: u64,
     anon_kib: u64,
     file_kib: u64,
+    pss_kib: u64,
     hwm_kib: u64,
     cpu_ticks: u64,
 }
@@ -135,6 +144,14 @@ fn proc_sample(pid: u32) -> Option<ProcSample> {
             .parse()
             .ok()
     };
+    let rollup = std::fs::read_to_string(format!("/proc/{pid}/smaps_rollup")).ok()?;
+    let pss_kib = rollup
+        .lines()
+        .find(|l| l.starts_with("Pss:"))?
+        .split_whitespace()
+        .nth(1)?
+        .parse()
+        .ok()?;
     let stat = std::fs::read_to_string(format!("/proc/{pid}/stat")).ok()?;
     // Fields after the command name (which may contain spaces) start after ')'.
     let rest = &stat[stat.rfind(')')? + 2..];
@@ -146,6 +163,7 @@ fn proc_sample(pid: u32) -> Option<ProcSample> {
         rss_kib: field("VmRSS:")?,
         anon_kib: field("RssAnon:")?,
         file_kib: field("RssFile:")? + field("RssShmem:").unwrap_or(0),
+        pss_kib,
         hwm_kib: field("VmHWM:")?,
         cpu_ticks: utime + stime,
     })
@@ -165,6 +183,7 @@ struct Figures {
     steady_rss_kib: u64,
     anon_kib: u64,
     file_kib: u64,
+    pss_kib: u64,
     peak_rss_kib: u64,
     cpu_s_per_hour: f64,
     bytes_per_hour: f64,
@@ -174,7 +193,7 @@ struct Tracked {
     name: &'static str,
     child: Child,
     sent: Arc<AtomicU64>,
-    rss: Vec<(u64, u64, u64)>,
+    rss: Vec<(u64, u64, u64, u64)>,
     start: Option<(Instant, ProcSample, u64)>,
     last: ProcSample,
 }
@@ -190,6 +209,7 @@ impl Tracked {
             steady_rss_kib: median.0,
             anon_kib: median.1,
             file_kib: median.2,
+            pss_kib: median.3,
             peak_rss_kib: self.last.hwm_kib,
             cpu_s_per_hour: (self.last.cpu_ticks - s0.cpu_ticks) as f64 / tck / hours,
             bytes_per_hour: (self.sent.load(Ordering::Relaxed) - b0) as f64 / hours,
@@ -303,6 +323,8 @@ fn main() {
     let total = env_secs("FOOTPRINT_SECS", 330);
     let warmup = env_secs("FOOTPRINT_WARMUP_SECS", 30).min(total / 2);
     let probe_interval = env_secs("FOOTPRINT_PROBE_INTERVAL", 5);
+    let agent_bin = agent_bin();
+    println!("footprint: agent binary {agent_bin}");
     let collectd_bin = std::env::var("COLLECTD").unwrap_or_else(|_| "/usr/sbin/collectd".into());
     let collector_bin = std::env::var("MUSTER_COLLECTOR").unwrap_or_else(|_| {
         Path::new(env!("CARGO_MANIFEST_DIR"))
@@ -338,7 +360,7 @@ fn main() {
     let collectd_cfg = collectd_dir.join("collectd.conf");
     std::fs::write(&collectd_cfg, collectd_config(&collectd_dir, collectd_port)).unwrap();
 
-    let check = Command::new(AGENT)
+    let check = Command::new(&agent_bin)
         .args(["check-config", "--config"])
         .arg(&agent_cfg)
         .output()
@@ -366,7 +388,7 @@ fn main() {
         .spawn()
         .unwrap();
 
-    let agent = Command::new(AGENT)
+    let agent = Command::new(&agent_bin)
         .args(["run", "--config"])
         .arg(&agent_cfg)
         .stdin(Stdio::null())
@@ -424,7 +446,7 @@ fn main() {
                 if t.start.is_none() {
                     t.start = Some((Instant::now(), s, t.sent.load(Ordering::Relaxed)));
                 }
-                t.rss.push((s.rss_kib, s.anon_kib, s.file_kib));
+                t.rss.push((s.rss_kib, s.anon_kib, s.file_kib, s.pss_kib));
             }
         }
     }
@@ -452,22 +474,24 @@ fn main() {
         (total - warmup) as f64
     );
     println!(
-        "{:<14} {:>15} {:>10} {:>10} {:>13} {:>11} {:>16}",
+        "{:<14} {:>15} {:>10} {:>10} {:>10} {:>13} {:>11} {:>16}",
         "process",
         "steady RSS KiB",
         "anon KiB",
         "file KiB",
+        "PSS KiB",
         "peak RSS KiB",
         "CPU s/hour",
         "bytes sent/hour"
     );
     for (t, f) in tracked.iter().zip(&figs) {
         println!(
-            "{:<14} {:>15} {:>10} {:>10} {:>13} {:>11.1} {:>16.0}",
+            "{:<14} {:>15} {:>10} {:>10} {:>10} {:>13} {:>11.1} {:>16.0}",
             t.name,
             f.steady_rss_kib,
             f.anon_kib,
             f.file_kib,
+            f.pss_kib,
             f.peak_rss_kib,
             f.cpu_s_per_hour,
             f.bytes_per_hour
@@ -476,11 +500,12 @@ fn main() {
     let (a, c) = (&figs[0], &figs[1]);
     let ratio = |x: f64, y: f64| if y > 0.0 { x / y } else { f64::NAN };
     println!(
-        "{:<14} {:>15.2} {:>10.2} {:>10.2} {:>13.2} {:>11.2} {:>16.2}",
+        "{:<14} {:>15.2} {:>10.2} {:>10.2} {:>10.2} {:>13.2} {:>11.2} {:>16.2}",
         "agent/collectd",
         ratio(a.steady_rss_kib as f64, c.steady_rss_kib as f64),
         ratio(a.anon_kib as f64, c.anon_kib as f64),
         ratio(a.file_kib as f64, c.file_kib as f64),
+        ratio(a.pss_kib as f64, c.pss_kib as f64),
         ratio(a.peak_rss_kib as f64, c.peak_rss_kib as f64),
         ratio(a.cpu_s_per_hour, c.cpu_s_per_hour),
         ratio(a.bytes_per_hour, c.bytes_per_hour),

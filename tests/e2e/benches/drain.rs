@@ -13,7 +13,8 @@
 //! * the agent's RSS (peak over the drain, sampled every 100 ms, and VmHWM).
 //!
 //! Goal: drain rate at least half of raw. `DRAIN_RECORDS` overrides the
-//! backlog size for a quick run.
+//! backlog size for a quick run; `MUSTER_AGENT` runs another agent build
+//! (e.g. the shipped static musl one, `target/x86_64-unknown-linux-musl/agent/`).
 
 #[path = "../tests/e2e/procs.rs"]
 mod procs;

@@ -9,7 +9,8 @@
 //! for the benchmark) once per test binary, with the cargo that runs the
 //! tests (`$CARGO`) and the workspace manifest, and then uses
 //! `$CARGO_TARGET_DIR` (default `<workspace>/target`)`/{debug,release}/`.
-//! A build failure fails the test with cargo's output.
+//! A build failure fails the test with cargo's output. `MUSTER_AGENT`, when
+//! set, names the agent binary to run instead.
 //!
 //! Everything is checked through the collector's feed API
 //! (`GET /api/v1/units/{agency}/{unit}` and `.../samples`), never by peeking
@@ -81,8 +82,12 @@ fn build(release: bool) -> Bins {
         .map(PathBuf::from)
         .unwrap_or_else(|| ws.join("target"));
     let dir = target.join(if release { "release" } else { "debug" });
+    // `MUSTER_AGENT` points at another agent build, e.g. the shipped static
+    // one (packaging/linux.sh), for the drain benchmark.
     let bins = Bins {
-        agent: dir.join("muster-agent"),
+        agent: std::env::var_os("MUSTER_AGENT")
+            .map(PathBuf::from)
+            .unwrap_or_else(|| dir.join("muster-agent")),
         collector: dir.join("muster-collector"),
     };
     for b in [&bins.agent, &bins.collector] {
