@@ -2,7 +2,7 @@
 
 use std::io::{BufRead, BufReader};
 use std::net::SocketAddr;
-use std::process::{Child, Command, Stdio};
+use std::process::{Command, Stdio};
 use std::time::Duration;
 
 use muster_proto::{Body, BootId};
@@ -90,17 +90,10 @@ async fn a_clean_restart_keeps_units_samples_events_and_seq_state() {
     assert!(ev["items"][0]["id"].as_u64() >= events_before["items"][0]["id"].as_u64());
 }
 
+/// Never leaves a collector behind, whatever the test did.
 struct Proc {
-    child: Child,
+    child: muster_testkit::KillOnDrop,
     addr: SocketAddr,
-}
-
-impl Drop for Proc {
-    fn drop(&mut self) {
-        // Never leave a collector behind, whatever the test did.
-        let _ = self.child.kill();
-        let _ = self.child.wait();
-    }
 }
 
 fn spawn_collector(config: &std::path::Path) -> Proc {
@@ -128,7 +121,7 @@ fn spawn_collector(config: &std::path::Path) -> Proc {
     }
     std::thread::spawn(move || for _ in out.lines() {});
     Proc {
-        child,
+        child: muster_testkit::KillOnDrop(child),
         addr: addr.expect("checked"),
     }
 }

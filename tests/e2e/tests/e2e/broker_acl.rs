@@ -4,7 +4,7 @@
 
 use std::io::{BufRead, BufReader};
 use std::path::{Path, PathBuf};
-use std::process::{Child, Command, Stdio};
+use std::process::{Command, Stdio};
 use std::sync::mpsc;
 use std::time::Duration;
 
@@ -147,7 +147,7 @@ fn tls_args(pki: &Path, who: &str, port: u16) -> Vec<String> {
 
 /// A mosquitto_sub that has its SUBACK; lines it prints arrive on `rx`.
 struct Sub {
-    child: Child,
+    _child: muster_testkit::KillOnDrop,
     rx: mpsc::Receiver<String>,
 }
 
@@ -183,7 +183,10 @@ impl Sub {
                 let _ = tx2.send(l);
             }
         });
-        let sub = Sub { child, rx };
+        let sub = Sub {
+            _child: muster_testkit::KillOnDrop(child),
+            rx,
+        };
         let suback = sub.next_matching("SUBACK", Duration::from_secs(10));
         assert!(suback.is_some(), "{who}: no SUBACK for {filter}");
         sub
@@ -216,13 +219,6 @@ impl Sub {
             }
         }
         panic!("{marker} not received: {seen:?}");
-    }
-}
-
-impl Drop for Sub {
-    fn drop(&mut self) {
-        let _ = self.child.kill();
-        let _ = self.child.wait();
     }
 }
 

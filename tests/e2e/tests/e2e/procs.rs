@@ -21,7 +21,9 @@
 use std::io::{BufRead, BufReader, Read, Write};
 use std::net::{SocketAddr, TcpStream};
 use std::path::{Path, PathBuf};
-use std::process::{Child, Command, Stdio};
+use std::process::{Command, Stdio};
+
+use muster_testkit::KillOnDrop;
 use std::sync::OnceLock;
 use std::time::{Duration, Instant, SystemTime, UNIX_EPOCH};
 
@@ -205,7 +207,7 @@ to = "stderr"
 
 /// A running `muster-agent run`. SIGKILLed on drop.
 pub struct AgentProc {
-    pub child: Child,
+    pub child: KillOnDrop,
     pub log: PathBuf,
 }
 
@@ -226,7 +228,10 @@ impl AgentProc {
             .stderr(std::fs::File::create(&log).unwrap())
             .spawn()
             .expect("start muster-agent");
-        AgentProc { child, log }
+        AgentProc {
+            child: KillOnDrop(child),
+            log,
+        }
     }
 
     pub fn pid(&self) -> u32 {
@@ -262,13 +267,6 @@ impl AgentProc {
     }
 }
 
-impl Drop for AgentProc {
-    fn drop(&mut self) {
-        let _ = self.child.kill();
-        let _ = self.child.wait();
-    }
-}
-
 // ------------------------------------------------------------ the collector
 
 /// The collector's config on `broker_url`, its store in `store`.
@@ -298,7 +296,7 @@ token = "{FIRE}"
 
 /// A running `muster-collector run`. SIGKILLed on drop.
 pub struct CollectorProc {
-    pub child: Child,
+    pub child: KillOnDrop,
     pub addr: SocketAddr,
     pub config: PathBuf,
     release: bool,
@@ -340,7 +338,7 @@ impl CollectorProc {
         };
         std::thread::spawn(move || for _ in out.lines() {});
         let c = CollectorProc {
-            child,
+            child: KillOnDrop(child),
             addr,
             config: config.into(),
             release,
@@ -426,13 +424,6 @@ impl CollectorProc {
                 None => return out,
             }
         }
-    }
-}
-
-impl Drop for CollectorProc {
-    fn drop(&mut self) {
-        let _ = self.child.kill();
-        let _ = self.child.wait();
     }
 }
 
