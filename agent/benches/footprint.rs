@@ -133,25 +133,20 @@ struct ProcSample {
     cpu_ticks: u64,
 }
 
-fn proc_sample(pid: u32) -> Option<ProcSample> {
-    let status = std::fs::read_to_string(format!("/proc/{pid}/status")).ok()?;
-    let field = |name: &str| -> Option<u64> {
-        status
-            .lines()
-            .find(|l| l.starts_with(name))?
-            .split_whitespace()
-            .nth(1)?
-            .parse()
-            .ok()
-    };
-    let rollup = std::fs::read_to_string(format!("/proc/{pid}/smaps_rollup")).ok()?;
-    let pss_kib = rollup
-        .lines()
-        .find(|l| l.starts_with("Pss:"))?
+/// The number after `name` in a `/proc` "Name:   1234 kB" listing.
+fn kib_field(text: &str, name: &str) -> Option<u64> {
+    text.lines()
+        .find(|l| l.starts_with(name))?
         .split_whitespace()
         .nth(1)?
         .parse()
-        .ok()?;
+        .ok()
+}
+
+fn proc_sample(pid: u32) -> Option<ProcSample> {
+    let status = std::fs::read_to_string(format!("/proc/{pid}/status")).ok()?;
+    let field = |name: &str| kib_field(&status, name);
+    let rollup = std::fs::read_to_string(format!("/proc/{pid}/smaps_rollup")).ok()?;
     let stat = std::fs::read_to_string(format!("/proc/{pid}/stat")).ok()?;
     // Fields after the command name (which may contain spaces) start after ')'.
     let rest = &stat[stat.rfind(')')? + 2..];
@@ -163,7 +158,7 @@ fn proc_sample(pid: u32) -> Option<ProcSample> {
         rss_kib: field("VmRSS:")?,
         anon_kib: field("RssAnon:")?,
         file_kib: field("RssFile:")? + field("RssShmem:").unwrap_or(0),
-        pss_kib,
+        pss_kib: kib_field(&rollup, "Pss:")?,
         hwm_kib: field("VmHWM:")?,
         cpu_ticks: utime + stime,
     })
@@ -193,7 +188,8 @@ struct Tracked {
     name: &'static str,
     child: Child,
     sent: Arc<AtomicU64>,
-    rss: Vec<(u64, u64, u64, u64)>,
+    /// Samples in the measured window.
+    window: Vec<ProcSample>,
     start: Option<(Instant, ProcSample, u64)>,
     last: ProcSample,
 }
@@ -202,14 +198,14 @@ impl Tracked {
     fn figures(&self, tck: f64) -> Figures {
         let (t0, s0, b0) = self.start.expect("measured window started");
         let hours = t0.elapsed().as_secs_f64() / 3600.0;
-        let mut rss = self.rss.clone();
-        rss.sort_unstable();
-        let median = rss.get(rss.len() / 2).copied().unwrap_or_default();
+        let mut window = self.window.clone();
+        window.sort_unstable_by_key(|s| (s.rss_kib, s.anon_kib, s.file_kib, s.pss_kib));
+        let median = window.get(window.len() / 2).copied().unwrap_or_default();
         Figures {
-            steady_rss_kib: median.0,
-            anon_kib: median.1,
-            file_kib: median.2,
-            pss_kib: median.3,
+            steady_rss_kib: median.rss_kib,
+            anon_kib: median.anon_kib,
+            file_kib: median.file_kib,
+            pss_kib: median.pss_kib,
             peak_rss_kib: self.last.hwm_kib,
             cpu_s_per_hour: (self.last.cpu_ticks - s0.cpu_ticks) as f64 / tck / hours,
             bytes_per_hour: (self.sent.load(Ordering::Relaxed) - b0) as f64 / hours,
@@ -407,7 +403,7 @@ fn main() {
             name: "muster-agent",
             child: agent,
             sent: agent_sent,
-            rss: Vec::new(),
+            window: Vec::new(),
             start: None,
             last: ProcSample::default(),
         },
@@ -415,7 +411,7 @@ fn main() {
             name: "collectd",
             child: collectd,
             sent: collectd_sent,
-            rss: Vec::new(),
+            window: Vec::new(),
             start: None,
             last: ProcSample::default(),
         },
@@ -446,7 +442,7 @@ fn main() {
                 if t.start.is_none() {
                     t.start = Some((Instant::now(), s, t.sent.load(Ordering::Relaxed)));
                 }
-                t.rss.push((s.rss_kib, s.anon_kib, s.file_kib, s.pss_kib));
+                t.window.push(s);
             }
         }
     }
