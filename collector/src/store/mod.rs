@@ -65,6 +65,14 @@ impl UnitRecord {
             wire_version: muster_proto::SCHEMA_VERSION,
         }
     }
+
+    /// Is the unit connected, as far as the collector believes? Its
+    /// presence says so, unless that presence is a will that newer records
+    /// overruled (the engine then raises no `offline.will`).
+    pub fn online(&self) -> Option<bool> {
+        self.presence
+            .map(|p| p.online || !self.health.reasons.iter().any(|r| r.rule == "offline.will"))
+    }
 }
 
 /// A stored record.
