@@ -22,6 +22,7 @@ use tracing::{info, warn};
 
 use crate::clock::SharedClock;
 use crate::config::Config;
+use crate::enroll::{CollectorKeys, Enroll, NoKeys, Registry};
 use crate::feed::{self, Auth, FeedState};
 use crate::ingest::mqtt::{self, MqttError};
 use crate::ingest::worker::Worker;
@@ -54,6 +55,19 @@ pub async fn run(
     clock: SharedClock,
     shutdown: impl Future<Output = ()> + Send + 'static,
 ) -> Result<(), AppError> {
+    // MERGE: pass the ack-signing public keys once the signing work lands.
+    run_with_keys(cfg, listener, clock, shutdown, Arc::new(NoKeys)).await
+}
+
+/// As [`run`], with the collector's ack-signing public keys that enrolment
+/// hands to new units.
+pub async fn run_with_keys(
+    cfg: Config,
+    listener: TcpListener,
+    clock: SharedClock,
+    shutdown: impl Future<Output = ()> + Send + 'static,
+    keys: Arc<dyn CollectorKeys>,
+) -> Result<(), AppError> {
     let store_path = cfg.store.path.clone();
     let cache = cfg.store.cache_bytes;
     let store = tokio::task::spawn_blocking(move || SledStore::open(&store_path, cache))
@@ -65,6 +79,20 @@ pub async fn run(
         })?;
     let store: Arc<dyn Store> = Arc::new(store);
     let shared = Shared::new(Arc::clone(&store));
+    let registry = {
+        let store = Arc::clone(&store);
+        let max_pending = cfg.enroll.max_pending;
+        tokio::task::spawn_blocking(move || Registry::open(store, max_pending, keys))
+            .await
+            .map_err(|e| AppError::Task(e.to_string()))?
+            .map_err(|source| AppError::Store {
+                path: cfg.store.path.display().to_string(),
+                source,
+            })?
+    };
+    // MERGE: the broker gate takes `Arc::clone(&registry)` as its
+    // `UnitCredentials`.
+    let registry = Arc::new(registry);
 
     let opts = mqtt::options(&cfg.mqtt, cfg.ingest.receive_maximum)?;
     let filters = mqtt::filters(cfg.mqtt.shared_group.as_deref())?;
@@ -129,6 +157,11 @@ pub async fn run(
         sse_keep_alive: cfg.http.sse_keep_alive,
         metrics_require_token: cfg.http.metrics_require_token,
         shutdown: stop_feed.clone(),
+        enroll: Arc::new(Enroll::new(
+            Arc::clone(&registry),
+            &cfg.enroll,
+            cfg.ingest.refusal_log_interval.as_millis() as u64,
+        )),
     };
     if let Ok(addr) = listener.local_addr() {
         info!(%addr, broker = %format!("{}:{}", cfg.mqtt.host, cfg.mqtt.port), "Collector started.");
