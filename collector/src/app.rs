@@ -48,6 +48,18 @@ pub enum AppError {
     Notify(#[from] crate::notify::NotifyError),
 }
 
+/// Optional wiring of [`run_with`].
+#[derive(Default)]
+pub struct Wiring {
+    /// The collector's ack-signing public keys, handed to units whose
+    /// enrolment is active (default: none).
+    // MERGE: the ack-signing work passes its keys here (or from `cfg`).
+    pub collector_keys: Option<Arc<dyn CollectorKeys>>,
+    /// Receives the enrolment registry once it is open: the
+    /// `UnitCredentials` the broker gate checks (tests use it too).
+    pub registry: Option<tokio::sync::oneshot::Sender<Arc<Registry>>>,
+}
+
 /// Runs the collector until `shutdown` completes, then stops cleanly.
 pub async fn run(
     cfg: Config,
@@ -55,18 +67,16 @@ pub async fn run(
     clock: SharedClock,
     shutdown: impl Future<Output = ()> + Send + 'static,
 ) -> Result<(), AppError> {
-    // MERGE: pass the ack-signing public keys once the signing work lands.
-    run_with_keys(cfg, listener, clock, shutdown, Arc::new(NoKeys)).await
+    run_with(cfg, listener, clock, shutdown, Wiring::default()).await
 }
 
-/// As [`run`], with the collector's ack-signing public keys that enrolment
-/// hands to new units.
-pub async fn run_with_keys(
+/// As [`run`], with the optional [`Wiring`].
+pub async fn run_with(
     cfg: Config,
     listener: TcpListener,
     clock: SharedClock,
     shutdown: impl Future<Output = ()> + Send + 'static,
-    keys: Arc<dyn CollectorKeys>,
+    wiring: Wiring,
 ) -> Result<(), AppError> {
     let store_path = cfg.store.path.clone();
     let cache = cfg.store.cache_bytes;
@@ -82,6 +92,7 @@ pub async fn run_with_keys(
     let registry = {
         let store = Arc::clone(&store);
         let max_pending = cfg.enroll.max_pending;
+        let keys = wiring.collector_keys.unwrap_or_else(|| Arc::new(NoKeys));
         tokio::task::spawn_blocking(move || Registry::open(store, max_pending, keys))
             .await
             .map_err(|e| AppError::Task(e.to_string()))?
@@ -93,6 +104,9 @@ pub async fn run_with_keys(
     // MERGE: the broker gate takes `Arc::clone(&registry)` as its
     // `UnitCredentials`.
     let registry = Arc::new(registry);
+    if let Some(tx) = wiring.registry {
+        let _ = tx.send(Arc::clone(&registry));
+    }
 
     let opts = mqtt::options(&cfg.mqtt, cfg.ingest.receive_maximum)?;
     let filters = mqtt::filters(cfg.mqtt.shared_group.as_deref())?;
