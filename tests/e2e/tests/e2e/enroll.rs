@@ -7,6 +7,7 @@
 //! `{agency}/{unit}` and ships; a second start reuses the credential and
 //! does not claim again.
 
+use std::io::{Read, Write};
 use std::path::Path;
 use std::sync::Arc;
 use std::time::Duration;
@@ -35,7 +36,7 @@ struct InProcessCollector {
 }
 
 impl InProcessCollector {
-    fn start(broker: &Mosquitto, store: &Path, keys: Vec<String>) -> Self {
+    fn start(broker: &Mosquitto, store: &Path, keys: Vec<String>, mode: &str) -> Self {
         let text = format!(
             r#"
 admin_token = "{ADMIN}"
@@ -52,7 +53,7 @@ commit_interval = "20ms"
 name = "{AGENCY}"
 token = "{FIRE}"
 enroll_token = "{ENROL}"
-enroll = "auto"
+enroll = "{mode}"
 "#,
             url = broker.url(),
             store = store.display().to_string(),
@@ -103,6 +104,24 @@ enroll = "auto"
         serde_json::from_str(&body).unwrap()
     }
 
+    fn post(&self, path: &str) -> (u16, String) {
+        let mut s = std::net::TcpStream::connect(self.addr).unwrap();
+        s.set_read_timeout(Some(Duration::from_secs(10))).unwrap();
+        write!(
+            s,
+            "POST {path} HTTP/1.1\r\nHost: c\r\nAuthorization: Bearer {ADMIN}\r\nContent-Length: 0\r\nConnection: close\r\n\r\n"
+        )
+        .unwrap();
+        let mut raw = String::new();
+        let _ = s.read_to_string(&mut raw);
+        let status = raw
+            .split_whitespace()
+            .nth(1)
+            .and_then(|c| c.parse().ok())
+            .unwrap_or(0);
+        (status, raw)
+    }
+
     fn metric(&self, line_prefix: &str) -> Option<f64> {
         let (_, body) = http_get(self.addr, "/metrics", Some(ADMIN)).expect("metrics");
         body.lines()
@@ -144,7 +163,7 @@ fn a_new_agent_enrols_trusts_the_collector_and_reuses_its_credential() {
     let broker = Mosquitto::start();
     let dir = TempDir::new().unwrap();
     let keys = vec![key(0xa1), key(0xb2)];
-    let col = InProcessCollector::start(&broker, &dir.path().join("store"), keys.clone());
+    let col = InProcessCollector::start(&broker, &dir.path().join("store"), keys.clone(), "auto");
     let data = dir.path().join("agent");
     let mut spec = AgentSpec::new("E21", &broker.url(), &data);
     spec.extra = format!(
@@ -230,4 +249,57 @@ fn a_new_agent_enrols_trusts_the_collector_and_reuses_its_credential() {
     assert_eq!(std::fs::read(data.join("trusted_keys")).unwrap(), before);
     assert_eq!(col.metric(&active), Some(1.0), "no second enrolment");
     assert_eq!(col.metric(&repeat), None, "not even a repeated claim");
+}
+
+#[test]
+fn a_pending_agent_keeps_claiming_until_approved() {
+    let broker = Mosquitto::start();
+    let dir = TempDir::new().unwrap();
+    let col = InProcessCollector::start(
+        &broker,
+        &dir.path().join("store"),
+        vec![key(0xc3)],
+        "approve",
+    );
+    let data = dir.path().join("agent");
+    let mut spec = AgentSpec::new("E22", &broker.url(), &data);
+    spec.extra = format!(
+        "[enroll]\nurl = \"http://{}\"\ntoken = \"{ENROL}\"\n",
+        col.addr
+    );
+    let unit = UnitId::new(AGENCY, "E22").unwrap();
+    let agent = AgentProc::spawn(&spec, false);
+
+    let repeat = format!("muster_enrollments_total{{agency=\"{AGENCY}\",result=\"repeat\"}}");
+    wait_until(
+        "the claim is pending and polled again",
+        Duration::from_secs(30),
+        || col.metric(&repeat).is_some_and(|n| n >= 2.0),
+    );
+    let pending = col.get("/api/v1/enrollments?state=pending");
+    assert_eq!(pending["items"][0]["unit"], "E22");
+    assert!(!data.join("enrolled").exists());
+    assert!(
+        !data.join("trusted_keys").exists(),
+        "no keys before approval"
+    );
+    let password = std::fs::read_to_string(data.join("credential"))
+        .unwrap()
+        .trim()
+        .to_owned();
+    assert!(!col.registry.verify(&unit, password.as_bytes()));
+
+    let (s, body) = col.post(&format!("/api/v1/enrollments/{AGENCY}/E22/approve"));
+    assert_eq!(s, 200, "{body}");
+    assert!(col.registry.verify(&unit, password.as_bytes()));
+    wait_until(
+        "the agent learns it is active",
+        Duration::from_secs(30),
+        || data.join("enrolled").exists(),
+    );
+    assert_eq!(
+        std::fs::read_to_string(data.join("trusted_keys")).unwrap(),
+        format!("{}\n", key(0xc3))
+    );
+    agent.stop();
 }
