@@ -9,6 +9,8 @@ mod http;
 
 #[path = "collector/dashboard.rs"]
 mod dashboard;
+#[path = "collector/enroll.rs"]
+mod enroll;
 #[path = "collector/fuzz.rs"]
 mod fuzz;
 #[path = "collector/grafana.rs"]

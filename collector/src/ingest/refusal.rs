@@ -62,26 +62,37 @@ impl Refusal {
 }
 
 /// Lets through at most one log line per reason per interval, and says how
-/// many were suppressed since the last one.
+/// many were suppressed since the last one. Reasons are slots `0..n`: the
+/// [`Refusal`]s here, other refusal sets (enrolment) through
+/// [`RefusalLog::with_slots`].
 #[derive(Debug)]
 pub struct RefusalLog {
     interval_ms: u64,
-    last: [Option<u64>; Refusal::ALL.len()],
-    suppressed: [u64; Refusal::ALL.len()],
+    last: Vec<Option<u64>>,
+    suppressed: Vec<u64>,
 }
 
 impl RefusalLog {
     pub fn new(interval_ms: u64) -> Self {
+        Self::with_slots(interval_ms, Refusal::ALL.len())
+    }
+
+    /// A log for `n` reasons, admitted by index with [`RefusalLog::admit_slot`].
+    pub fn with_slots(interval_ms: u64, n: usize) -> Self {
         RefusalLog {
             interval_ms,
-            last: [None; Refusal::ALL.len()],
-            suppressed: [0; Refusal::ALL.len()],
+            last: vec![None; n],
+            suppressed: vec![0; n],
         }
     }
 
     /// `Some(suppressed_since_last_line)` when this refusal should be logged.
     pub fn admit(&mut self, r: Refusal, now_ms: u64) -> Option<u64> {
-        let i = r.index();
+        self.admit_slot(r.index(), now_ms)
+    }
+
+    /// As [`RefusalLog::admit`], for reason slot `i` (< the `n` it was made with).
+    pub fn admit_slot(&mut self, i: usize, now_ms: u64) -> Option<u64> {
         match self.last[i] {
             Some(t) if now_ms < t.saturating_add(self.interval_ms) => {
                 self.suppressed[i] += 1;

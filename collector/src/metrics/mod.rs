@@ -4,6 +4,7 @@
 //! from the live view at scrape time.
 
 pub mod ack;
+pub mod enroll;
 pub mod expo;
 pub mod fleet;
 pub mod histogram;
@@ -30,6 +31,7 @@ pub struct Metrics {
     pub mqtt: mqtt::MqttMetrics,
     pub transitions: fleet::TransitionMetrics,
     pub notify: notify::NotifyMetrics,
+    pub enroll: enroll::EnrollMetrics,
 }
 
 impl Metrics {
@@ -50,6 +52,7 @@ impl Metrics {
         self.stream.render(&mut e);
         self.mqtt.render(&mut e);
         self.notify.render(&mut e);
+        self.enroll.render(&mut e);
         e.finish()
     }
 }
