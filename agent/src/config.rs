@@ -13,6 +13,7 @@ use muster_proto::{Collector, UnitId};
 use serde::Deserialize;
 
 use crate::buffer::settings::{BufferSettings, FullPolicy};
+use crate::trust::TrustConfig;
 use crate::uplink::settings::{MqttSettings, UplinkSettings};
 
 /// Why a configuration was refused.
@@ -68,6 +69,14 @@ struct RawConfig {
     log: RawLog,
     #[serde(default, rename = "probe")]
     probes: Vec<RawProbe>,
+    #[serde(default)]
+    trust: RawTrust,
+}
+
+#[derive(Debug, Deserialize, Default)]
+#[serde(deny_unknown_fields)]
+struct RawTrust {
+    collector_keys: Option<Vec<String>>,
 }
 
 #[derive(Debug, Deserialize, Default)]
@@ -179,6 +188,9 @@ pub struct Config {
     pub report: Option<ReportConfig>,
     pub log: LogConfig,
     pub probes: Vec<ProbeSpec>,
+    /// `[trust]`: collector keys (more may be persisted in
+    /// `<data_dir>/trusted_keys`, see [`crate::trust`]).
+    pub trust: TrustConfig,
 }
 
 /// `[sampling]`
@@ -437,6 +449,7 @@ fn validate(raw: RawConfig) -> Result<Config, ConfigError> {
     let sampling = validate_sampling(raw.sampling)?;
     let report = validate_report(raw.report)?;
     let log = validate_log(raw.log, &data_dir)?;
+    let trust = validate_trust(raw.trust)?;
 
     let mut probes = Vec::with_capacity(raw.probes.len());
     let mut names = HashSet::new();
@@ -462,6 +475,31 @@ fn validate(raw: RawConfig) -> Result<Config, ConfigError> {
         report,
         log,
         probes,
+        trust,
+    })
+}
+
+fn validate_trust(raw: RawTrust) -> Result<TrustConfig, ConfigError> {
+    let texts = raw.collector_keys.unwrap_or_default();
+    if texts.len() > muster_proto::sign::MAX_TRUSTED_KEYS {
+        return Err(ConfigError::invalid(
+            "trust.collector_keys",
+            format!("at most {} keys", muster_proto::sign::MAX_TRUSTED_KEYS),
+        ));
+    }
+    let mut collector_keys = Vec::with_capacity(texts.len());
+    for (i, t) in texts.iter().enumerate() {
+        let k: muster_proto::PublicKey = t
+            .parse()
+            .map_err(|e| ConfigError::invalid(format!("trust.collector_keys[{i}]"), e))?;
+        if !collector_keys.contains(&k) {
+            collector_keys.push(k);
+        }
+    }
+    Ok(TrustConfig {
+        collector_keys,
+        // HOOK(enroll): set from the `[enroll]` section once it exists.
+        enrolling: false,
     })
 }
 

@@ -47,6 +47,8 @@ pub enum RunError {
     Buffer(#[from] crate::buffer::BufferError),
     #[error("runtime: {0}")]
     Runtime(std::io::Error),
+    #[error("trusted collector keys: {0}")]
+    Trust(#[from] crate::trust::TrustError),
 }
 
 /// The measuring side's runtime (probes, report endpoint, watchdog): one
@@ -130,6 +132,8 @@ pub async fn run(
 
     // The uplink first, so nothing waits on a missing consumer.
     let (uplink_stop_tx, uplink_stop_rx) = tokio::sync::oneshot::channel::<()>();
+    // No trusted collector key: nothing could ever be freed; refuse to start.
+    let trust = crate::trust::load(&cfg.trust, &cfg.data_dir)?;
     let ucfg = UplinkConfig {
         unit: cfg.unit.clone(),
         mqtt: cfg.mqtt.clone(),
@@ -137,6 +141,8 @@ pub async fn run(
         buffer: cfg.buffer.clone(),
         interval_ms,
         agent_version: AGENT_VERSION.to_owned(),
+        trust,
+        trusted_keys_file: Some(crate::trust::trusted_keys_path(&cfg.data_dir)),
     };
     // Opened here, before READY: a buffer in use or unreadable fails the start.
     let buffer = crate::buffer::Buffer::open(ucfg.buffer.clone(), clock.now_ms())?;

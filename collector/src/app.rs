@@ -27,6 +27,7 @@ use crate::ingest::mqtt::{self, MqttError};
 use crate::ingest::worker::Worker;
 use crate::notify::{self, Notifier};
 use crate::rules::Engine;
+use crate::signing::Signer;
 use crate::state::Shared;
 use crate::store::{SledStore, Store, StoreError};
 
@@ -45,6 +46,8 @@ pub enum AppError {
     Task(String),
     #[error(transparent)]
     Notify(#[from] crate::notify::NotifyError),
+    #[error(transparent)]
+    Signing(#[from] crate::signing::SigningError),
 }
 
 /// Runs the collector until `shutdown` completes, then stops cleanly.
@@ -64,6 +67,13 @@ pub async fn run(
             source,
         })?;
     let store: Arc<dyn Store> = Arc::new(store);
+    let signer = Arc::new(Signer::load(&cfg.signing)?);
+    info!(
+        public_key = %signer.public_key(),
+        next_key = %signer.next_public_key().map(|k| k.to_string()).unwrap_or_else(|| "none".into()),
+        key_file = %cfg.signing.key_file.display(),
+        "Signing acks and hellos."
+    );
     let shared = Shared::new(Arc::clone(&store));
 
     let opts = mqtt::options(&cfg.mqtt, cfg.ingest.receive_maximum)?;
@@ -92,6 +102,7 @@ pub async fn run(
         out_tx,
         cfg.ingest.clone(),
         cfg.mqtt.publish_status,
+        Arc::clone(&signer),
     )
     .map_err(|source| AppError::Store {
         path: cfg.store.path.display().to_string(),
@@ -110,6 +121,11 @@ pub async fn run(
         Arc::clone(&shared),
         stop_ingest.clone(),
         hard_stop.clone(),
+        mqtt::HelloState {
+            signer,
+            started_ms: clock.now_ms(),
+            counter: 0,
+        },
     ));
     let publisher = tokio::spawn(mqtt::run_publisher(client, out_rx, Arc::clone(&shared)));
     let worker = tokio::spawn(worker.run(in_rx, stop_ingest.clone()));

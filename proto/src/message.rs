@@ -264,7 +264,10 @@ pub struct AgentStatus {
     pub clock_offset_ms: Option<i64>,
     /// Acks and collector hellos refused since the agent started: unsigned,
     /// signed by an untrusted key, a signature that does not verify, or an
-    /// older hello replayed (schema v2).
+    /// older hello replayed (schema v2). `serde(default)` only for JSON
+    /// written before v2 (the collector's stored unit records); bincode
+    /// always carries the field.
+    #[serde(default)]
     pub acks_refused: u64,
 }
 
