@@ -792,9 +792,11 @@ reconnect_min = "50ms"
 reconnect_max = "300ms"
 heartbeat_interval = "1s"
 ack_timeout = "2s"
+{}
 "#,
             t.path().display().to_string(),
-            proxy.port()
+            proxy.port(),
+            muster_testkit::agent_trust_toml()
         ),
     )
     .unwrap();
