@@ -81,7 +81,10 @@ fn main() -> ExitCode {
                 let trusted = match muster_agent::trust::load(&c.trust, &c.data_dir) {
                     Ok(t) => t,
                     Err(e) => {
-                        eprintln!("muster-agent: config {}: trust.collector_keys: {e}", config.display());
+                        eprintln!(
+                            "muster-agent: config {}: trust.collector_keys: {e}",
+                            config.display()
+                        );
                         return ExitCode::from(2);
                     }
                 };

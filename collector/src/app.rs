@@ -116,12 +116,12 @@ pub async fn run(
     let event_loop = tokio::spawn(mqtt::run_event_loop(
         eventloop,
         client.clone(),
-        filters,
         in_tx,
         Arc::clone(&shared),
         stop_ingest.clone(),
         hard_stop.clone(),
-        mqtt::HelloState {
+        mqtt::OnConnect {
+            filters,
             signer,
             started_ms: clock.now_ms(),
             counter: 0,

@@ -420,9 +420,7 @@ impl RawConfig {
         }
 
         // [signing]
-        let key_file = signing
-            .key_file
-            .unwrap_or_else(|| path.join("signing.key"));
+        let key_file = signing.key_file.unwrap_or_else(|| path.join("signing.key"));
         if key_file.as_os_str().is_empty() {
             return Err(invalid("signing.key_file", "must not be empty"));
         }

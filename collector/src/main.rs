@@ -104,8 +104,13 @@ fn main() -> anyhow::Result<()> {
         Cmd::Keys { config } => {
             let cfg = Config::load(&config).with_context(|| format!("{}", config.display()))?;
             let signer = Signer::load(&cfg.signing)?;
-            println!("{}  key_file {}", signer.public_key(), cfg.signing.key_file.display());
-            if let (Some(next), Some(path)) = (signer.next_public_key(), &cfg.signing.next_key_file) {
+            println!(
+                "{}  key_file {}",
+                signer.public_key(),
+                cfg.signing.key_file.display()
+            );
+            if let (Some(next), Some(path)) = (signer.next_public_key(), &cfg.signing.next_key_file)
+            {
                 println!("{next}  next_key_file {} (announced)", path.display());
             }
             Ok(())

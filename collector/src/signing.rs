@@ -46,9 +46,7 @@ pub enum SigningError {
         path: PathBuf,
         len: u64,
     },
-    #[error(
-        "{key} {path}: mode {mode:o} lets group or others read it; run: chmod 600 {path}"
-    )]
+    #[error("{key} {path}: mode {mode:o} lets group or others read it; run: chmod 600 {path}")]
     Permissions {
         key: &'static str,
         path: PathBuf,
@@ -145,11 +143,14 @@ fn read_key(key: &'static str, path: &Path) -> Result<SigningKey, SigningError> 
         });
     }
     let bytes = std::fs::read(path).map_err(io(key, path))?;
-    let seed: [u8; 32] = bytes.as_slice().try_into().map_err(|_| SigningError::Length {
-        key,
-        path: path.to_owned(),
-        len: bytes.len() as u64,
-    })?;
+    let seed: [u8; 32] = bytes
+        .as_slice()
+        .try_into()
+        .map_err(|_| SigningError::Length {
+            key,
+            path: path.to_owned(),
+            len: bytes.len() as u64,
+        })?;
     Ok(SigningKey::from_seed(&seed))
 }
 
@@ -216,7 +217,10 @@ mod tests {
         #[cfg(unix)]
         {
             use std::os::unix::fs::PermissionsExt;
-            let mode = std::fs::metadata(&cfg.key_file).unwrap().permissions().mode();
+            let mode = std::fs::metadata(&cfg.key_file)
+                .unwrap()
+                .permissions()
+                .mode();
             assert_eq!(mode & 0o777, 0o600);
         }
         let h = a.hello(1, 2);
@@ -237,7 +241,10 @@ mod tests {
             next_key_file: None,
         };
         let err = Signer::load(&cfg).unwrap_err().to_string();
-        assert!(err.starts_with("signing.key_file") && err.contains("chmod 600"), "{err}");
+        assert!(
+            err.starts_with("signing.key_file") && err.contains("chmod 600"),
+            "{err}"
+        );
         std::fs::set_permissions(&p, std::fs::Permissions::from_mode(0o600)).unwrap();
         Signer::load(&cfg).unwrap();
         std::fs::write(&p, [1u8; 31]).unwrap();

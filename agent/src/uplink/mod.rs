@@ -420,9 +420,7 @@ impl Uplink {
                 let _ = self
                     .client
                     .try_subscribe(self.state_topic.clone(), QoS::AtLeastOnce);
-                let _ = self
-                    .client
-                    .try_subscribe(COLLECTOR_TOPIC, QoS::AtLeastOnce);
+                let _ = self.client.try_subscribe(COLLECTOR_TOPIC, QoS::AtLeastOnce);
                 self.publish_birth();
                 // Live first: the newest host sample, then a fresh heartbeat.
                 let newest: Vec<u64> = self.last_host_key.into_iter().collect();
@@ -493,7 +491,10 @@ impl Uplink {
                 }
                 if !self.inflight.is_empty() {
                     let due = self.replay.request(self.now());
-                    debug!(due, "Collector hello: resend of what is in flight requested.");
+                    debug!(
+                        due,
+                        "Collector hello: resend of what is in flight requested."
+                    );
                 }
             }
         }
@@ -540,7 +541,8 @@ impl Uplink {
             Body::Ack(ack) if topic == self.ack_topic => {
                 let now = self.now();
                 let acked =
-                    match verify::apply_ack(&mut self.inflight, &self.trust, &self.unit, &ack, now) {
+                    match verify::apply_ack(&mut self.inflight, &self.trust, &self.unit, &ack, now)
+                    {
                         Ok(a) => a,
                         Err(e) => {
                             self.refuse(&format_args!("ack: {e}"));

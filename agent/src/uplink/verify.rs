@@ -211,7 +211,8 @@ mod tests {
         let good = sign_ack(&key(), &unit(), unsigned(1 << 62));
         let mut garbage = good.clone();
         garbage.sig = Signature([0xab; 32], [0xcd; 32]);
-        let cases: Vec<(&str, Ack, Result<Vec<u64>, VerifyError>)> = vec![
+        type Case = (&'static str, Ack, Result<Vec<u64>, VerifyError>);
+        let cases: Vec<Case> = vec![
             ("unsigned", unsigned(1 << 62), Err(VerifyError::Unsigned)),
             (
                 "garbage signature",
@@ -253,7 +254,8 @@ mod tests {
         let stranger = SigningKey::from_seed(&[2; 32]);
         let mut forged = h(10, 1, vec![next]);
         forged.counter = 99;
-        let cases: Vec<(&str, Option<(u64, u64)>, Hello, HelloVerdict)> = vec![
+        type Case = (&'static str, Option<(u64, u64)>, Hello, HelloVerdict);
+        let cases: Vec<Case> = vec![
             (
                 "first",
                 None,
@@ -262,7 +264,12 @@ mod tests {
                     announced: vec![next],
                 },
             ),
-            ("same again", Some((10, 1)), h(10, 1, vec![]), HelloVerdict::Same),
+            (
+                "same again",
+                Some((10, 1)),
+                h(10, 1, vec![]),
+                HelloVerdict::Same,
+            ),
             (
                 "resubscribed",
                 Some((10, 1)),
@@ -281,7 +288,12 @@ mod tests {
                 h(10, 1, vec![key().public_key()]),
                 HelloVerdict::New { announced: vec![] },
             ),
-            ("replayed old", Some((10, 2)), h(10, 1, vec![]), HelloVerdict::Old),
+            (
+                "replayed old",
+                Some((10, 2)),
+                h(10, 1, vec![]),
+                HelloVerdict::Old,
+            ),
             (
                 "forged counter",
                 None,

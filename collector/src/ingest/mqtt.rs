@@ -95,8 +95,10 @@ pub fn filters(group: Option<&str>) -> Result<Vec<Filter>, MqttError> {
         .collect()
 }
 
-/// What the event loop needs to say hello.
-pub struct HelloState {
+/// What the event loop does on every connection: subscribe to `filters`,
+/// and once subscribed, say hello.
+pub struct OnConnect {
+    pub filters: Vec<Filter>,
     pub signer: Arc<crate::signing::Signer>,
     /// This process's start, unix ms.
     pub started_ms: u64,
@@ -104,7 +106,7 @@ pub struct HelloState {
     pub counter: u64,
 }
 
-impl HelloState {
+impl OnConnect {
     /// The next hello's payload.
     fn next_payload(&mut self) -> Result<Vec<u8>, muster_proto::EncodeError> {
         self.counter += 1;
@@ -119,12 +121,11 @@ impl HelloState {
 pub async fn run_event_loop(
     mut eventloop: EventLoop,
     client: AsyncClient,
-    filters: Vec<Filter>,
     inbound: mpsc::Sender<Inbound>,
     shared: Arc<Shared>,
     stop_forwarding: CancellationToken,
     hard_stop: CancellationToken,
-    mut hello: HelloState,
+    mut hello: OnConnect,
 ) {
     let metrics = &shared.metrics.mqtt;
     let mut backoff = Duration::from_millis(250);
@@ -160,7 +161,7 @@ pub async fn run_event_loop(
                 );
                 metrics.connects.fetch_add(1, Ordering::Relaxed);
                 backoff = Duration::from_millis(250);
-                if let Err(e) = client.try_subscribe_many(filters.clone()) {
+                if let Err(e) = client.try_subscribe_many(hello.filters.clone()) {
                     warn!(error = %e, "Cannot queue the subscription.");
                 }
             }

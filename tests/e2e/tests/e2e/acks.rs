@@ -124,7 +124,9 @@ impl Watcher {
     }
 
     fn publish(&self, topic: String, payload: Vec<u8>) {
-        let _ = self.client.try_publish(topic, QoS::AtLeastOnce, false, payload);
+        let _ = self
+            .client
+            .try_publish(topic, QoS::AtLeastOnce, false, payload);
     }
 }
 
@@ -153,7 +155,7 @@ fn forged_acks_free_nothing_and_are_counted() {
     let dir = TempDir::new().unwrap();
     let victim = "V1";
     let attacker_unit = "X9";
-    let mut spec = AgentSpec::new(victim, &broker.url(), &dir.path().join("agent"));
+    let spec = AgentSpec::new(victim, &broker.url(), &dir.path().join("agent"));
     let mut agent = AgentProc::spawn(&spec, false);
 
     let watch = Watcher::start(
@@ -227,12 +229,9 @@ fn forged_acks_free_nothing_and_are_counted() {
         attack(&watch, None);
         std::thread::sleep(Duration::from_millis(100));
     }
-    let boot = watch.boot(victim).unwrap_or_else(|| {
-        panic!(
-            "the victim published no telemetry:\n{}",
-            agent.log_tail()
-        )
-    });
+    let boot = watch
+        .boot(victim)
+        .unwrap_or_else(|| panic!("the victim published no telemetry:\n{}", agent.log_tail()));
     assert!(agent.alive(), "{}", agent.log_tail());
 
     // The collector comes up late: everything so far was published to nobody.
@@ -279,7 +278,10 @@ fn forged_acks_free_nothing_and_are_counted() {
         {
             break a;
         }
-        assert!(Instant::now() < deadline, "no real ack for the attacker's unit");
+        assert!(
+            Instant::now() < deadline,
+            "no real ack for the attacker's unit"
+        );
     };
     assert_eq!(real_other.boot, boot);
     assert_eq!(real_other.key_id, trusted_id, "the real ack is signed");
@@ -412,7 +414,10 @@ fn broker_restart_drains_on_the_collector_hello_not_the_ack_timeout() {
         OUTAGE + Duration::from_secs(1),
         agent.log_tail()
     );
-    assert!(drained < Duration::from_secs(10), "far under the 30 s ack timeout");
+    assert!(
+        drained < Duration::from_secs(10),
+        "far under the 30 s ack timeout"
+    );
     assert!(agent.alive());
     agent.stop();
 }
