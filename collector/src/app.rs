@@ -54,6 +54,18 @@ pub async fn run(
     clock: SharedClock,
     shutdown: impl Future<Output = ()> + Send + 'static,
 ) -> Result<(), AppError> {
+    run_with(cfg, listener, clock, shutdown, None).await
+}
+
+/// [`run`], with the embedded broker's metrics (when this process runs
+/// it) served in `/metrics`.
+pub async fn run_with(
+    cfg: Config,
+    listener: TcpListener,
+    clock: SharedClock,
+    shutdown: impl Future<Output = ()> + Send + 'static,
+    broker_metrics: Option<Arc<crate::metrics::broker::BrokerMetrics>>,
+) -> Result<(), AppError> {
     let store_path = cfg.store.path.clone();
     let cache = cfg.store.cache_bytes;
     let store = tokio::task::spawn_blocking(move || SledStore::open(&store_path, cache))
@@ -65,6 +77,9 @@ pub async fn run(
         })?;
     let store: Arc<dyn Store> = Arc::new(store);
     let shared = Shared::new(Arc::clone(&store));
+    if let Some(m) = broker_metrics {
+        let _ = shared.metrics.broker.set(m);
+    }
 
     let opts = mqtt::options(&cfg.mqtt, cfg.ingest.receive_maximum)?;
     let filters = mqtt::filters(cfg.mqtt.shared_group.as_deref())?;

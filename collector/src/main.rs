@@ -6,7 +6,8 @@ use std::sync::Arc;
 
 use anyhow::Context;
 use clap::{Parser, Subcommand};
-use muster_collector::broker::{self, EmbeddedBroker};
+use muster_collector::broker::EmbeddedBroker;
+use muster_collector::broker::auth::{Authenticator, StaticUnitCredentials};
 use muster_collector::clock::TokioClock;
 use muster_collector::config::Config;
 use muster_collector::{app, demo};
@@ -28,8 +29,8 @@ enum Cmd {
     Run {
         #[arg(long)]
         config: PathBuf,
-        /// Also run an embedded MQTT broker on this address (agents: MQTT
-        /// 3.1.1 here; the collector uses MQTT 5 on the next port).
+        /// Also run the embedded MQTT broker on this address (MQTT 3.1.1,
+        /// authenticated: units and agency readers, each kept to its topics).
         #[arg(long)]
         embedded_broker: Option<SocketAddr>,
     },
@@ -98,20 +99,41 @@ fn main() -> anyhow::Result<()> {
             embedded_broker,
         } => {
             let mut cfg = Config::load(&config).with_context(|| format!("{}", config.display()))?;
-            if let Some(addr) = embedded_broker {
-                EmbeddedBroker::start(addr)?;
-                let v5 = broker::v5_addr(addr);
-                cfg.mqtt.host = v5.ip().to_string();
-                cfg.mqtt.port = v5.port();
-                cfg.mqtt.scheme = muster_collector::config::MqttScheme::Tcp;
-            }
             rt.block_on(async move {
+                let broker = match embedded_broker {
+                    Some(addr) => {
+                        let units = Arc::new(StaticUnitCredentials::from_config(&cfg.broker.units));
+                        let auth = Authenticator::new(units, cfg.agencies.clone());
+                        let b = EmbeddedBroker::start(
+                            addr,
+                            &cfg.broker,
+                            auth,
+                            cfg.ingest.refusal_log_interval,
+                        )
+                        .await?;
+                        b.configure_collector(&mut cfg.mqtt);
+                        Some(b)
+                    }
+                    None => None,
+                };
                 let listener = tokio::net::TcpListener::bind(cfg.http.listen)
                     .await
                     .with_context(|| format!("http.listen {}", cfg.http.listen))?;
                 let addr = listener.local_addr()?;
                 println!("muster-collector listening on http://{addr}");
-                app::run(cfg, listener, Arc::new(TokioClock::new()), ctrl_c()).await?;
+                let metrics = broker.as_ref().map(|b| Arc::clone(&b.metrics));
+                let r = app::run_with(
+                    cfg,
+                    listener,
+                    Arc::new(TokioClock::new()),
+                    ctrl_c(),
+                    metrics,
+                )
+                .await;
+                if let Some(b) = broker {
+                    b.stop().await;
+                }
+                r?;
                 anyhow::Ok(())
             })
         }

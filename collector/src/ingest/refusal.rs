@@ -61,26 +61,42 @@ impl Refusal {
     }
 }
 
+/// A closed set of refusal reasons, each with a dense index: ingest's
+/// [`Refusal`] and the embedded broker gate's `broker::acl::Refusal`.
+pub trait LogReason: Copy {
+    const COUNT: usize;
+    fn index(self) -> usize;
+}
+
+impl LogReason for Refusal {
+    const COUNT: usize = Refusal::ALL.len();
+    fn index(self) -> usize {
+        Refusal::index(self)
+    }
+}
+
 /// Lets through at most one log line per reason per interval, and says how
 /// many were suppressed since the last one.
 #[derive(Debug)]
-pub struct RefusalLog {
+pub struct RefusalLog<R: LogReason = Refusal> {
     interval_ms: u64,
-    last: [Option<u64>; Refusal::ALL.len()],
-    suppressed: [u64; Refusal::ALL.len()],
+    last: Vec<Option<u64>>,
+    suppressed: Vec<u64>,
+    _reason: std::marker::PhantomData<R>,
 }
 
-impl RefusalLog {
+impl<R: LogReason> RefusalLog<R> {
     pub fn new(interval_ms: u64) -> Self {
         RefusalLog {
             interval_ms,
-            last: [None; Refusal::ALL.len()],
-            suppressed: [0; Refusal::ALL.len()],
+            last: vec![None; R::COUNT],
+            suppressed: vec![0; R::COUNT],
+            _reason: std::marker::PhantomData,
         }
     }
 
     /// `Some(suppressed_since_last_line)` when this refusal should be logged.
-    pub fn admit(&mut self, r: Refusal, now_ms: u64) -> Option<u64> {
+    pub fn admit(&mut self, r: R, now_ms: u64) -> Option<u64> {
         let i = r.index();
         match self.last[i] {
             Some(t) if now_ms < t.saturating_add(self.interval_ms) => {
@@ -101,7 +117,7 @@ mod tests {
 
     #[test]
     fn rate_limit_per_reason() {
-        let mut log = RefusalLog::new(10_000);
+        let mut log = RefusalLog::<Refusal>::new(10_000);
         assert_eq!(log.admit(Refusal::Malformed, 0), Some(0));
         assert_eq!(log.admit(Refusal::Malformed, 1), None);
         assert_eq!(log.admit(Refusal::Malformed, 9_999), None);

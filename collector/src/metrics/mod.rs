@@ -4,6 +4,7 @@
 //! from the live view at scrape time.
 
 pub mod ack;
+pub mod broker;
 pub mod expo;
 pub mod fleet;
 pub mod histogram;
@@ -30,6 +31,8 @@ pub struct Metrics {
     pub mqtt: mqtt::MqttMetrics,
     pub transitions: fleet::TransitionMetrics,
     pub notify: notify::NotifyMetrics,
+    /// Set when this process runs the embedded broker.
+    pub broker: std::sync::OnceLock<std::sync::Arc<broker::BrokerMetrics>>,
 }
 
 impl Metrics {
@@ -50,6 +53,9 @@ impl Metrics {
         self.stream.render(&mut e);
         self.mqtt.render(&mut e);
         self.notify.render(&mut e);
+        if let Some(b) = self.broker.get() {
+            b.render(&mut e);
+        }
         e.finish()
     }
 }
