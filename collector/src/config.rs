@@ -67,6 +67,8 @@ pub struct RawMqtt {
     pub username: Option<String>,
     pub password: Option<String>,
     pub ca_file: Option<PathBuf>,
+    pub cert_file: Option<PathBuf>,
+    pub key_file: Option<PathBuf>,
     pub keep_alive: Option<String>,
     pub session_expiry: Option<String>,
     pub publish_status: Option<bool>,
@@ -189,6 +191,9 @@ pub struct MqttConfig {
     /// Username and password.
     pub credentials: Option<(String, Secret)>,
     pub ca_file: Option<PathBuf>,
+    /// A client certificate and key (PEM) for brokers that require one
+    /// (the shipped Mosquitto config).
+    pub client_cert: Option<(PathBuf, PathBuf)>,
     pub keep_alive: Duration,
     /// How long the broker keeps our session (and queues telemetry for us)
     /// while we are disconnected.
@@ -465,6 +470,29 @@ impl RawConfig {
                 ));
             }
         }
+        let client_cert = match (mqtt.cert_file, mqtt.key_file) {
+            (Some(c), Some(k)) => {
+                if scheme != MqttScheme::Tls {
+                    return Err(invalid("mqtt.cert_file", "is only used with an mqtts:// url"));
+                }
+                for (key, f) in [("mqtt.cert_file", &c), ("mqtt.key_file", &k)] {
+                    if !f.is_file() {
+                        return Err(invalid(
+                            key,
+                            format!("{} is not a readable file", f.display()),
+                        ));
+                    }
+                }
+                Some((c, k))
+            }
+            (None, None) => None,
+            (Some(_), None) => {
+                return Err(invalid("mqtt.key_file", "is required with mqtt.cert_file"));
+            }
+            (None, Some(_)) => {
+                return Err(invalid("mqtt.cert_file", "is required with mqtt.key_file"));
+            }
+        };
         if scheme == MqttScheme::Tls && mqtt.ca_file.is_none() {
             return Err(invalid(
                 "mqtt.ca_file",
@@ -609,6 +637,7 @@ impl RawConfig {
                 shared_group,
                 credentials,
                 ca_file: mqtt.ca_file,
+                client_cert,
                 keep_alive,
                 session_expiry,
                 publish_status: mqtt.publish_status.unwrap_or(true),

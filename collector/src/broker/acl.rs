@@ -17,9 +17,11 @@
 //! `$share/…` are not.
 //!
 //! Client ids are namespaced ([`client_id`]): whatever a client sends, the
-//! broker sees `u/{agency}/{unit}` or `a/{agency}/{hash}`, which never
-//! equals the collector's own id (`c/…`), so nobody can take over another
-//! principal's session or kick the collector off.
+//! broker sees `u:{agency}:{unit}` or `a:{agency}:{hash}`, which never
+//! equals the collector's own id (`c:…`), so nobody can take over another
+//! principal's session or kick the collector off. Parts are escaped
+//! ([`escape_id`]) so that two identities never make the same id and
+//! rumqttd's forbidden characters (`+ $ # /`) never appear.
 
 use muster_proto::topic::{PREFIX, unit_topic};
 use muster_proto::{TopicKind, UnitId};
@@ -174,22 +176,36 @@ pub fn is_subset(filter: &str, pattern: &str) -> bool {
 /// told apart by a hash of their own id.
 pub fn client_id(p: &Principal, requested: &str) -> String {
     match p {
-        Principal::Unit(u) => format!("u/{}/{}", u.agency, u.unit),
+        Principal::Unit(u) => format!("u:{}:{}", escape_id(&u.agency), escape_id(&u.unit)),
         Principal::Agency(a) => {
             let d = ring::digest::digest(&ring::digest::SHA256, requested.as_bytes());
             let hex: String = d.as_ref()[..12]
                 .iter()
                 .map(|b| format!("{b:02x}"))
                 .collect();
-            format!("a/{a}/{hex}")
+            format!("a:{}:{hex}", escape_id(a))
         }
     }
 }
 
-/// The collector's own client id on the embedded broker: the `c/` prefix
+/// The collector's own client id on the embedded broker: the `c:` prefix
 /// is one no gate client can be given.
 pub fn collector_client_id(configured: &str) -> String {
-    format!("c/{configured}")
+    format!("c:{}", escape_id(configured))
+}
+
+/// `%XX` for `%`, `:` (the separator) and rumqttd's forbidden client id
+/// characters `+ $ # /`; everything else as is. Injective.
+pub fn escape_id(s: &str) -> String {
+    let mut out = String::with_capacity(s.len());
+    for c in s.chars() {
+        if matches!(c, '%' | ':' | '+' | '$' | '#' | '/') {
+            out.push_str(&format!("%{:02X}", c as u32));
+        } else {
+            out.push(c);
+        }
+    }
+    out
 }
 
 #[cfg(test)]
@@ -306,15 +322,27 @@ mod tests {
     fn client_ids_are_namespaced() {
         let e12 = unit("metro-fire", "E12");
         let fire = Principal::Agency("metro-fire".into());
-        assert_eq!(client_id(&e12, "anything"), "u/metro-fire/E12");
-        assert_eq!(client_id(&e12, "muster-collector"), "u/metro-fire/E12");
+        assert_eq!(client_id(&e12, "anything"), "u:metro-fire:E12");
+        assert_eq!(client_id(&e12, "muster-collector"), "u:metro-fire:E12");
         let a = client_id(&fire, "muster-collector");
-        assert!(a.starts_with("a/metro-fire/"), "{a}");
+        assert!(a.starts_with("a:metro-fire:"), "{a}");
         assert_ne!(a, client_id(&fire, "other"));
         assert_eq!(a, client_id(&fire, "muster-collector"));
-        for id in [client_id(&e12, "c/x"), a] {
+        for id in [client_id(&e12, "c:x"), a] {
             assert_ne!(id, collector_client_id("muster-collector"));
-            assert!(!id.starts_with("c/"));
+            assert!(!id.starts_with("c:"));
+        }
+        // Separators inside identities cannot make two units one id.
+        assert_ne!(
+            client_id(&unit("x", "a:b"), ""),
+            client_id(&unit("x:a", "b"), "")
+        );
+        assert_eq!(client_id(&unit("x$", "a%3A"), ""), "u:x%24:a%253A");
+        for id in [
+            client_id(&unit("x$", "a:b"), ""),
+            collector_client_id("c/$x#+"),
+        ] {
+            assert!(!id.contains(['+', '$', '#', '/']), "{id}");
         }
     }
 
