@@ -868,7 +868,8 @@ fn shipped_mosquitto_refuses_every_attack() {
     attacks(&Site::start(Kind::Mosquitto));
 }
 
-/// QoS 1 publishes with remaining length LIMIT-1, LIMIT and LIMIT+1: each is
+/// QoS 1 publishes with remaining length LIMIT-1, LIMIT, LIMIT+1 (and
+/// 1 MiB, issue 11's size): each is
 /// refused at the broker or counted by the collector as `oversized`, and
 /// ingest goes on (a record after them is stored, the collector never
 /// reconnected).
@@ -884,7 +885,9 @@ fn packet_limit_boundary(site: &Site) {
     let mut broker_refused = 0;
     // Remaining length = topic length (2 + topic) + packet id (2) + payload.
     let payload_for = |rl: usize| rl - 2 - topic.len() - 2;
-    let mut sizes = vec![LIMIT - 1, LIMIT, LIMIT + 1];
+    // Issue 11: exactly 1 MiB reached the collector one byte over its
+    // client's limit and made it reconnect forever.
+    let mut sizes = vec![LIMIT - 1, LIMIT, LIMIT + 1, 1_048_576];
     if kind == Kind::Embedded {
         // The gate's limit is on the whole packet: this one is exactly it
         // (1 byte of type, 3 of remaining length) and passes, to reach the
@@ -917,7 +920,7 @@ fn packet_limit_boundary(site: &Site) {
     assert_eq!(ingest + broker_refused, sizes.len() as u64, "{kind:?}");
     match kind {
         Kind::Embedded => {
-            assert_eq!(gate, 3, "the gate refuses LIMIT-1, LIMIT and LIMIT+1");
+            assert_eq!(gate, 4, "the gate refuses LIMIT-1, LIMIT, LIMIT+1 and 1 MiB");
             assert_eq!(ingest, 1, "the packet of exactly LIMIT bytes passes");
         }
         Kind::Mosquitto => {
