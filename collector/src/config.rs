@@ -473,7 +473,10 @@ impl RawConfig {
         let client_cert = match (mqtt.cert_file, mqtt.key_file) {
             (Some(c), Some(k)) => {
                 if scheme != MqttScheme::Tls {
-                    return Err(invalid("mqtt.cert_file", "is only used with an mqtts:// url"));
+                    return Err(invalid(
+                        "mqtt.cert_file",
+                        "is only used with an mqtts:// url",
+                    ));
                 }
                 for (key, f) in [("mqtt.cert_file", &c), ("mqtt.key_file", &k)] {
                     if !f.is_file() {

@@ -97,17 +97,27 @@ impl crate::ingest::refusal::LogReason for Refusal {
 /// May `p` publish to `topic` with this QoS (0, 1, 2) and retain flag?
 pub fn check_publish(p: &Principal, topic: &str, qos: u8, retain: bool) -> Result<(), Refusal> {
     match p {
-        Principal::Unit(u) if qos <= 1 => {
-            if topic == unit_topic(u, TopicKind::Telemetry) && !retain {
-                return Ok(());
-            }
-            if topic == unit_topic(u, TopicKind::State) {
-                return Ok(());
-            }
-            Err(Refusal::PublishDenied)
-        }
+        Principal::Unit(u) if qos <= 1 => match own_topic_kind(u, topic) {
+            Some(TopicKind::Telemetry) if !retain => Ok(()),
+            Some(TopicKind::State) => Ok(()),
+            _ => Err(Refusal::PublishDenied),
+        },
         _ => Err(Refusal::PublishDenied),
     }
+}
+
+/// The kind of `topic` when it is exactly one of `u`'s own unit topics
+/// (`muster/v1/{agency}/{unit}/{kind}`); compared without allocating, as
+/// this runs for every publish.
+fn own_topic_kind(u: &UnitId, topic: &str) -> Option<TopicKind> {
+    let kind = topic
+        .strip_prefix(PREFIX)?
+        .strip_prefix('/')?
+        .strip_prefix(u.agency.as_str())?
+        .strip_prefix('/')?
+        .strip_prefix(u.unit.as_str())?
+        .strip_prefix('/')?;
+    TopicKind::ALL.into_iter().find(|k| k.as_str() == kind)
 }
 
 /// May `p` connect with this will?

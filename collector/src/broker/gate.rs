@@ -34,7 +34,7 @@ use std::sync::atomic::Ordering;
 use std::sync::{Arc, Mutex};
 use std::time::{Duration, Instant};
 
-use bytes::{Bytes, BytesMut};
+use bytes::BytesMut;
 use rumqttc::mqttbytes::v4::{
     ConnAck, ConnectReturnCode, Login, Packet, PubAck, SubAck, SubscribeReasonCode,
 };
@@ -191,28 +191,39 @@ pub fn fixed_header(buf: &[u8]) -> Result<Option<(usize, usize)>, ()> {
     Err(())
 }
 
-/// Reads one whole packet of at most `max` bytes (fixed header included).
-/// A packet announced larger than `max` fails at once, before its body
-/// is read.
+/// Takes the whole packet at the start of `buf` when it is there (at most
+/// `max` bytes, fixed header included); None while incomplete. A packet
+/// announced larger than `max` fails at once, before its body is read.
+fn take_frame(buf: &mut BytesMut, max: usize) -> Result<Option<BytesMut>, ReadError> {
+    match fixed_header(buf) {
+        Err(()) => Err(ReadError::Malformed),
+        Ok(Some((h, rem))) => {
+            let total = h + rem;
+            if total > max {
+                return Err(ReadError::Oversized(total));
+            }
+            if buf.len() >= total {
+                return Ok(Some(buf.split_to(total)));
+            }
+            buf.reserve(total - buf.len());
+            Ok(None)
+        }
+        Ok(None) => {
+            buf.reserve(64);
+            Ok(None)
+        }
+    }
+}
+
+/// Reads one whole packet of at most `max` bytes.
 async fn read_frame<R: AsyncRead + Unpin>(
     r: &mut R,
     buf: &mut BytesMut,
     max: usize,
-) -> Result<Bytes, ReadError> {
+) -> Result<BytesMut, ReadError> {
     loop {
-        match fixed_header(buf) {
-            Err(()) => return Err(ReadError::Malformed),
-            Ok(Some((h, rem))) => {
-                let total = h + rem;
-                if total > max {
-                    return Err(ReadError::Oversized(total));
-                }
-                if buf.len() >= total {
-                    return Ok(buf.split_to(total).freeze());
-                }
-                buf.reserve(total - buf.len());
-            }
-            Ok(None) => buf.reserve(64),
+        if let Some(f) = take_frame(buf, max)? {
+            return Ok(f);
         }
         match r.read_buf(buf).await {
             Ok(0) | Err(_) => return Err(ReadError::Closed),
@@ -221,9 +232,15 @@ async fn read_frame<R: AsyncRead + Unpin>(
     }
 }
 
-fn decode(frame: Bytes) -> Result<Packet, ReadError> {
-    let mut b = BytesMut::from(&frame[..]);
-    Packet::read(&mut b, usize::MAX).map_err(|_| ReadError::Malformed)
+/// Parses a whole frame (no copy: the payload stays in the read buffer).
+fn decode(mut frame: BytesMut) -> Result<Packet, ReadError> {
+    Packet::read(&mut frame, usize::MAX).map_err(|_| ReadError::Malformed)
+}
+
+/// Appends `p`'s encoding to `out`.
+fn encode(out: &mut BytesMut, p: &Packet) {
+    // Writing to a BytesMut cannot fail below usize::MAX.
+    let _ = p.write(out, usize::MAX);
 }
 
 async fn write_packet<W: AsyncWrite + Unpin>(
@@ -232,10 +249,21 @@ async fn write_packet<W: AsyncWrite + Unpin>(
     p: &Packet,
 ) -> std::io::Result<()> {
     out.clear();
-    p.write(out, usize::MAX)
-        .map_err(|e| std::io::Error::other(e.to_string()))?;
+    encode(out, p);
     w.write_all(out).await
 }
+
+/// Writes out what `out` holds and empties it.
+async fn flush<W: AsyncWrite + Unpin>(w: &mut W, out: &mut BytesMut) -> std::io::Result<()> {
+    if !out.is_empty() {
+        w.write_all(out).await?;
+        out.clear();
+    }
+    Ok(())
+}
+
+/// Encoded bytes gathered before a write, at most (more is written at once).
+const WRITE_BATCH: usize = 64 * 1024;
 
 async fn connack(client: &mut TcpStream, code: ConnectReturnCode) {
     let mut out = BytesMut::new();
@@ -371,6 +399,100 @@ enum ToClient {
     Merge { pkid: u16, allowed: Vec<bool> },
 }
 
+/// What to do with one client packet.
+enum Verdict {
+    Forward(Packet),
+    /// Dropped (refused, answered by the gate if needed).
+    Drop,
+    /// Close the connection.
+    Close,
+}
+
+/// Checks one client packet against the ACL (and tells the broker →
+/// client side what to answer or merge).
+async fn check_packet(
+    gate: &Gate,
+    peer: SocketAddr,
+    principal: &Principal,
+    packet: Packet,
+    tx: &mpsc::Sender<ToClient>,
+) -> Verdict {
+    match packet {
+        Packet::Publish(p) => {
+            match acl::check_publish(principal, &p.topic, p.qos as u8, p.retain) {
+                Ok(()) => Verdict::Forward(Packet::Publish(p)),
+                Err(r) => {
+                    gate.refuse(r, peer, &format!("{principal:?} publish to {:?}", p.topic));
+                    match p.qos {
+                        QoS::AtMostOnce => Verdict::Drop,
+                        QoS::AtLeastOnce => {
+                            let ack = ToClient::Inject(Packet::PubAck(PubAck::new(p.pkid)));
+                            if tx.send(ack).await.is_err() {
+                                return Verdict::Close;
+                            }
+                            Verdict::Drop
+                        }
+                        QoS::ExactlyOnce => Verdict::Close,
+                    }
+                }
+            }
+        }
+        Packet::Subscribe(mut sub) => {
+            let allowed: Vec<bool> = sub
+                .filters
+                .iter()
+                .map(|f| match acl::check_subscribe(principal, &f.path) {
+                    Ok(()) => true,
+                    Err(r) => {
+                        gate.refuse(r, peer, &format!("{principal:?} subscribe to {:?}", f.path));
+                        false
+                    }
+                })
+                .collect();
+            if allowed.iter().all(|a| !a) {
+                let codes = vec![SubscribeReasonCode::Failure; allowed.len()];
+                let ack = ToClient::Inject(Packet::SubAck(SubAck::new(sub.pkid, codes)));
+                if tx.send(ack).await.is_err() {
+                    return Verdict::Close;
+                }
+                return Verdict::Drop;
+            }
+            if allowed.iter().any(|a| !a) {
+                let mut i = 0;
+                sub.filters.retain(|_| {
+                    i += 1;
+                    allowed[i - 1]
+                });
+                let merge = ToClient::Merge {
+                    pkid: sub.pkid,
+                    allowed,
+                };
+                if tx.send(merge).await.is_err() {
+                    return Verdict::Close;
+                }
+            }
+            for f in &mut sub.filters {
+                if f.qos == QoS::ExactlyOnce {
+                    f.qos = QoS::AtLeastOnce;
+                }
+            }
+            Verdict::Forward(Packet::Subscribe(sub))
+        }
+        p @ (Packet::PubAck(_)
+        | Packet::PubRec(_)
+        | Packet::PubRel(_)
+        | Packet::PubComp(_)
+        | Packet::Unsubscribe(_)
+        | Packet::PingReq
+        | Packet::Disconnect) => Verdict::Forward(p),
+        other => {
+            let what = format!("unexpected {} from a client", packet_name(&other));
+            gate.refuse(Refusal::Protocol, peer, &what);
+            Verdict::Close
+        }
+    }
+}
+
 #[allow(clippy::too_many_arguments)]
 async fn client_to_broker(
     gate: &Gate,
@@ -383,101 +505,54 @@ async fn client_to_broker(
     tx: mpsc::Sender<ToClient>,
 ) {
     let max = gate.settings.max_packet_bytes;
+    out.clear();
     loop {
-        let frame = match read_frame(&mut client, &mut buf, max).await {
-            Ok(f) => f,
-            Err(ReadError::Closed) => return,
-            Err(ReadError::Oversized(n)) => {
-                return gate.refuse(Refusal::Oversized, peer, &format!("{n} byte packet"));
-            }
-            Err(ReadError::Malformed) => {
-                return gate.refuse(Refusal::Protocol, peer, "malformed packet");
-            }
-        };
-        let packet = match decode(frame) {
-            Ok(p) => p,
-            Err(_) => return gate.refuse(Refusal::Protocol, peer, "malformed packet"),
-        };
-        let forward = match packet {
-            Packet::Publish(p) => {
-                match acl::check_publish(principal, &p.topic, p.qos as u8, p.retain) {
-                    Ok(()) => Packet::Publish(p),
-                    Err(r) => {
-                        gate.refuse(r, peer, &format!("{principal:?} publish to {:?}", p.topic));
-                        match p.qos {
-                            QoS::AtMostOnce => continue,
-                            QoS::AtLeastOnce => {
-                                let ack = ToClient::Inject(Packet::PubAck(PubAck::new(p.pkid)));
-                                if tx.send(ack).await.is_err() {
-                                    return;
-                                }
-                                continue;
-                            }
-                            QoS::ExactlyOnce => return,
+        // Every whole packet already read, then one write for all of them.
+        loop {
+            let frame = match take_frame(&mut buf, max) {
+                Ok(Some(f)) => f,
+                Ok(None) => break,
+                Err(e) => {
+                    let _ = flush(&mut up, &mut out).await;
+                    return match e {
+                        ReadError::Oversized(n) => {
+                            gate.refuse(Refusal::Oversized, peer, &format!("{n} byte packet"))
                         }
-                    }
-                }
-            }
-            Packet::Subscribe(mut sub) => {
-                let allowed: Vec<bool> = sub
-                    .filters
-                    .iter()
-                    .map(|f| match acl::check_subscribe(principal, &f.path) {
-                        Ok(()) => true,
-                        Err(r) => {
-                            gate.refuse(
-                                r,
-                                peer,
-                                &format!("{principal:?} subscribe to {:?}", f.path),
-                            );
-                            false
-                        }
-                    })
-                    .collect();
-                if allowed.iter().all(|a| !a) {
-                    let codes = vec![SubscribeReasonCode::Failure; allowed.len()];
-                    let ack = ToClient::Inject(Packet::SubAck(SubAck::new(sub.pkid, codes)));
-                    if tx.send(ack).await.is_err() {
-                        return;
-                    }
-                    continue;
-                }
-                if allowed.iter().any(|a| !a) {
-                    let mut i = 0;
-                    sub.filters.retain(|_| {
-                        i += 1;
-                        allowed[i - 1]
-                    });
-                    let merge = ToClient::Merge {
-                        pkid: sub.pkid,
-                        allowed,
+                        _ => gate.refuse(Refusal::Protocol, peer, "malformed packet"),
                     };
-                    if tx.send(merge).await.is_err() {
+                }
+            };
+            let packet = match decode(frame) {
+                Ok(p) => p,
+                Err(_) => {
+                    let _ = flush(&mut up, &mut out).await;
+                    return gate.refuse(Refusal::Protocol, peer, "malformed packet");
+                }
+            };
+            match check_packet(gate, peer, principal, packet, &tx).await {
+                Verdict::Forward(p) => {
+                    encode(&mut out, &p);
+                    if matches!(p, Packet::Disconnect) {
+                        let _ = flush(&mut up, &mut out).await;
                         return;
                     }
                 }
-                for f in &mut sub.filters {
-                    if f.qos == QoS::ExactlyOnce {
-                        f.qos = QoS::AtLeastOnce;
-                    }
+                Verdict::Drop => {}
+                Verdict::Close => {
+                    let _ = flush(&mut up, &mut out).await;
+                    return;
                 }
-                Packet::Subscribe(sub)
             }
-            p @ (Packet::PubAck(_)
-            | Packet::PubRec(_)
-            | Packet::PubRel(_)
-            | Packet::PubComp(_)
-            | Packet::Unsubscribe(_)
-            | Packet::PingReq
-            | Packet::Disconnect) => p,
-            other => {
-                let what = format!("unexpected {:?} from a client", packet_name(&other));
-                return gate.refuse(Refusal::Protocol, peer, &what);
+            if out.len() >= WRITE_BATCH && flush(&mut up, &mut out).await.is_err() {
+                return;
             }
-        };
-        let disconnect = matches!(forward, Packet::Disconnect);
-        if write_packet(&mut up, &mut out, &forward).await.is_err() || disconnect {
+        }
+        if flush(&mut up, &mut out).await.is_err() {
             return;
+        }
+        match client.read_buf(&mut buf).await {
+            Ok(0) | Err(_) => return,
+            Ok(_) => {}
         }
     }
 }
@@ -503,17 +578,15 @@ async fn broker_to_client(
     mut rx: mpsc::Receiver<ToClient>,
 ) {
     let mut buf = BytesMut::with_capacity(4096);
-    let mut out = BytesMut::with_capacity(256);
+    let mut out = BytesMut::with_capacity(4096);
     let mut pending: HashMap<u16, Vec<bool>> = HashMap::new();
     // Applies one message from the other side; false ends the connection.
-    async fn apply(
-        m: ToClient,
-        pending: &mut HashMap<u16, Vec<bool>>,
-        client: &mut tokio::net::tcp::OwnedWriteHalf,
-        out: &mut BytesMut,
-    ) -> bool {
+    fn apply(m: ToClient, pending: &mut HashMap<u16, Vec<bool>>, out: &mut BytesMut) -> bool {
         match m {
-            ToClient::Inject(p) => write_packet(client, out, &p).await.is_ok(),
+            ToClient::Inject(p) => {
+                encode(out, &p);
+                true
+            }
             ToClient::Merge { pkid, allowed } => {
                 pending.insert(pkid, allowed);
                 pending.len() <= MAX_PENDING_MERGES
@@ -522,40 +595,57 @@ async fn broker_to_client(
     }
     loop {
         tokio::select! {
-            frame = read_frame(&mut up, &mut buf, max) => {
-                let Ok(frame) = frame else { return };
-                if frame[0] >> 4 == 9 {
-                    // A SUBACK: take every merge queued before it was forwarded.
-                    while let Ok(m) = rx.try_recv() {
-                        if !apply(m, &mut pending, &mut client, &mut out).await {
-                            return;
-                        }
-                    }
-                    if let Ok(Packet::SubAck(ack)) = decode(frame.clone())
-                        && let Some(allowed) = pending.remove(&ack.pkid)
-                    {
-                        let mut granted = ack.return_codes.into_iter();
-                        let codes = allowed
-                            .iter()
-                            .map(|a| if *a { granted.next().unwrap_or(SubscribeReasonCode::Failure) } else { SubscribeReasonCode::Failure })
-                            .collect();
-                        let merged = Packet::SubAck(SubAck::new(ack.pkid, codes));
-                        if write_packet(&mut client, &mut out, &merged).await.is_err() {
-                            return;
-                        }
-                        continue;
-                    }
-                }
-                if client.write_all(&frame).await.is_err() {
+            r = up.read_buf(&mut buf) => {
+                if !matches!(r, Ok(n) if n > 0) {
                     return;
+                }
+                loop {
+                    let frame = match take_frame(&mut buf, max) {
+                        Ok(Some(f)) => f,
+                        Ok(None) => break,
+                        Err(_) => return,
+                    };
+                    if frame[0] >> 4 == 9 {
+                        // A SUBACK: take every merge queued before its
+                        // SUBSCRIBE was forwarded.
+                        while let Ok(m) = rx.try_recv() {
+                            if !apply(m, &mut pending, &mut out) {
+                                return;
+                            }
+                        }
+                        if let Ok(Packet::SubAck(ack)) = decode(frame.clone())
+                            && let Some(allowed) = pending.remove(&ack.pkid)
+                        {
+                            let mut granted = ack.return_codes.into_iter();
+                            let codes = allowed
+                                .iter()
+                                .map(|a| {
+                                    if *a {
+                                        granted.next().unwrap_or(SubscribeReasonCode::Failure)
+                                    } else {
+                                        SubscribeReasonCode::Failure
+                                    }
+                                })
+                                .collect();
+                            encode(&mut out, &Packet::SubAck(SubAck::new(ack.pkid, codes)));
+                            continue;
+                        }
+                    }
+                    out.extend_from_slice(&frame);
+                    if out.len() >= WRITE_BATCH && flush(&mut client, &mut out).await.is_err() {
+                        return;
+                    }
                 }
             }
             m = rx.recv() => {
                 let Some(m) = m else { return };
-                if !apply(m, &mut pending, &mut client, &mut out).await {
+                if !apply(m, &mut pending, &mut out) {
                     return;
                 }
             }
+        }
+        if flush(&mut client, &mut out).await.is_err() {
+            return;
         }
     }
 }

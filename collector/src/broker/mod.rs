@@ -84,6 +84,8 @@ pub enum BrokerError {
 pub struct EmbeddedBroker {
     /// The public MQTT 3.1.1 address (the gate).
     pub addr: SocketAddr,
+    /// rumqttd's internal MQTT 3.1.1 listener (the gate's upstream).
+    v4: SocketAddr,
     /// rumqttd's internal MQTT 5 listener, for the collector's own client.
     v5: SocketAddr,
     password: Secret,
@@ -212,6 +214,7 @@ impl EmbeddedBroker {
         tracing::info!(addr = %public_addr, "Embedded MQTT broker listening (MQTT 3.1.1, authenticated).");
         Ok(EmbeddedBroker {
             addr: public_addr,
+            v4,
             v5,
             password: Secret(password),
             metrics,
@@ -230,6 +233,13 @@ impl EmbeddedBroker {
         m.ca_file = None;
         m.credentials = Some((INTERNAL_USER.to_owned(), self.password.clone()));
         m.client_id = acl::collector_client_id(&m.client_id);
+    }
+
+    /// rumqttd's internal MQTT 3.1.1 listener and its credential (user,
+    /// password): the path without the gate, for the gate benchmark
+    /// (`benches/gate.rs`). Never handed to anything outside this process.
+    pub fn internal_v4_login(&self) -> (SocketAddr, String, String) {
+        (self.v4, INTERNAL_USER.to_owned(), self.password.0.clone())
     }
 
     /// Stops the gate: no new connections, every client connection closed.

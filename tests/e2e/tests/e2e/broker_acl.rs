@@ -430,9 +430,7 @@ impl Site {
     fn start(kind: Kind) -> Site {
         let dir = TempDir::new().unwrap();
         let p = dir.path();
-        let agencies = format!(
-            "[[agency]]\nname = \"{COUNTY}\"\ntoken = \"{COUNTY_TOKEN}\"\n"
-        );
+        let agencies = format!("[[agency]]\nname = \"{COUNTY}\"\ntoken = \"{COUNTY_TOKEN}\"\n");
         match kind {
             Kind::Embedded => {
                 let port = muster_testkit::free_port();
@@ -626,8 +624,8 @@ impl Site {
     }
 
     fn metric(&self, line_prefix: &str) -> u64 {
-        let (st, body) = http_get(self.collector.addr, "/metrics", Some(procs::ADMIN))
-            .expect("GET /metrics");
+        let (st, body) =
+            http_get(self.collector.addr, "/metrics", Some(procs::ADMIN)).expect("GET /metrics");
         assert_eq!(st, 200);
         body.lines()
             .find_map(|l| l.strip_prefix(line_prefix)?.trim().parse::<f64>().ok())
@@ -636,9 +634,9 @@ impl Site {
 
     fn gate_refused(&self, reason: &str) -> u64 {
         match self.kind {
-            Kind::Embedded => {
-                self.metric(&format!("muster_broker_refused_total{{reason=\"{reason}\"}}"))
-            }
+            Kind::Embedded => self.metric(&format!(
+                "muster_broker_refused_total{{reason=\"{reason}\"}}"
+            )),
             Kind::Mosquitto => 0,
         }
     }
@@ -673,11 +671,12 @@ impl Site {
     /// Waits until the collector has stored seq `seq` of `boot` for `unit`.
     fn wait_stored(&self, unit: &str, boot: u64, seq: u64) {
         let b = BootId(boot).to_string();
-        self.collector.wait_unit(unit, "record stored", Duration::from_secs(15), |v| {
-            procs::boots(v)
-                .iter()
-                .any(|(id, _, _, _, max)| *id == b && *max >= seq)
-        });
+        self.collector
+            .wait_unit(unit, "record stored", Duration::from_secs(15), |v| {
+                procs::boots(v)
+                    .iter()
+                    .any(|(id, _, _, _, max)| *id == b && *max >= seq)
+            });
     }
 
     fn boots_of(&self, unit: &str) -> Vec<String> {
@@ -766,7 +765,11 @@ fn attacks(site: &Site) {
     );
 
     // 4. A unit subscribing to everything reads nothing of another unit's.
-    let nosy = site.sub("e12", &["#", "muster/v1/+/+/telemetry", "muster/v1/+/+/status"], &[]);
+    let nosy = site.sub(
+        "e12",
+        &["#", "muster/v1/+/+/telemetry", "muster/v1/+/+/status"],
+        &[],
+    );
     std::thread::sleep(Duration::from_millis(500));
     let (ok, out) = site.record("e13", "E13", LEGIT_BOOT, 3);
     assert!(ok, "{out}");
@@ -774,7 +777,9 @@ fn attacks(site: &Site) {
     std::thread::sleep(Duration::from_millis(500));
     let seen: Vec<String> = nosy.rx.try_iter().collect();
     assert!(
-        !seen.iter().any(|l| l.starts_with("muster/v1/") && l.contains("E13")),
+        !seen
+            .iter()
+            .any(|l| l.starts_with("muster/v1/") && l.contains("E13")),
         "{kind:?}: E12 read E13's topics: {seen:?}"
     );
 
@@ -847,7 +852,10 @@ fn attacks(site: &Site) {
         std::thread::sleep(Duration::from_millis(500));
     }
     std::thread::sleep(Duration::from_secs(1));
-    assert!(site.ready(), "{kind:?}: collector not ready after the id theft");
+    assert!(
+        site.ready(),
+        "{kind:?}: collector not ready after the id theft"
+    );
     assert_eq!(
         site.connects(),
         connects,
@@ -900,12 +908,17 @@ fn packet_limit_boundary(site: &Site) {
         let ingest = site.ingest_oversized();
         let (ok, out) = site.publish("e12", topic, &payload, &[]);
         if ok {
-            muster_testkit::wait_until("collector counts it oversized", Duration::from_secs(15), || {
-                site.ingest_oversized() > ingest
-            });
+            muster_testkit::wait_until(
+                "collector counts it oversized",
+                Duration::from_secs(15),
+                || site.ingest_oversized() > ingest,
+            );
         } else {
             broker_refused += 1;
-            eprintln!("{kind:?}: remaining length {rl}: refused by the broker: {}", out.lines().last().unwrap_or(""));
+            eprintln!(
+                "{kind:?}: remaining length {rl}: refused by the broker: {}",
+                out.lines().last().unwrap_or("")
+            );
         }
     }
     // Ingest goes on.
@@ -913,14 +926,23 @@ fn packet_limit_boundary(site: &Site) {
     assert!(ok, "{out}");
     site.wait_stored("E12", LEGIT_BOOT, 2);
     assert!(site.ready(), "{kind:?}: /readyz after the boundary");
-    assert_eq!(site.connects(), connects, "{kind:?}: the collector reconnected");
+    assert_eq!(
+        site.connects(),
+        connects,
+        "{kind:?}: the collector reconnected"
+    );
     let gate = site.gate_refused("oversized") - gate_before;
     let ingest = site.ingest_oversized() - ingest_before;
-    eprintln!("{kind:?}: gate oversized {gate}, collector oversized {ingest}, publishes failed {broker_refused}");
+    eprintln!(
+        "{kind:?}: gate oversized {gate}, collector oversized {ingest}, publishes failed {broker_refused}"
+    );
     assert_eq!(ingest + broker_refused, sizes.len() as u64, "{kind:?}");
     match kind {
         Kind::Embedded => {
-            assert_eq!(gate, 4, "the gate refuses LIMIT-1, LIMIT, LIMIT+1 and 1 MiB");
+            assert_eq!(
+                gate, 4,
+                "the gate refuses LIMIT-1, LIMIT, LIMIT+1 and 1 MiB"
+            );
             assert_eq!(ingest, 1, "the packet of exactly LIMIT bytes passes");
         }
         Kind::Mosquitto => {
