@@ -232,7 +232,8 @@ mod tests {
         let fire = Principal::Agency("metro-fire".into());
         let ok = Ok(());
         let no = Err(Refusal::PublishDenied);
-        let cases: &[(&Principal, &str, u8, bool, Result<(), Refusal>)] = &[
+        type Case<'a> = (&'a Principal, &'a str, u8, bool, Result<(), Refusal>);
+        let cases: &[Case] = &[
             (&e12, "muster/v1/metro-fire/E12/telemetry", 1, false, ok),
             (&e12, "muster/v1/metro-fire/E12/telemetry", 0, false, ok),
             (&e12, "muster/v1/metro-fire/E12/telemetry", 1, true, no),

@@ -177,7 +177,7 @@ enum ReadError {
 
 /// The fixed header of the packet at the start of `buf`: (header length,
 /// remaining length), None while incomplete. Pure.
-pub fn fixed_header(buf: &[u8]) -> Result<Option<(usize, usize)>, ()> {
+fn fixed_header(buf: &[u8]) -> Result<Option<(usize, usize)>, ()> {
     let mut len = 0usize;
     for i in 0..4 {
         let Some(b) = buf.get(1 + i) else {
@@ -656,7 +656,8 @@ mod tests {
 
     #[test]
     fn fixed_header_table() {
-        let cases: &[(&[u8], Result<Option<(usize, usize)>, ()>)] = &[
+        type Parsed = Result<Option<(usize, usize)>, ()>;
+        let cases: &[(&[u8], Parsed)] = &[
             (&[], Ok(None)),
             (&[0x30], Ok(None)),
             (&[0x30, 0x00], Ok(Some((2, 0)))),

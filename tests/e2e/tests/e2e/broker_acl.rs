@@ -961,3 +961,84 @@ fn embedded_broker_packet_limit_boundary() {
 fn shipped_mosquitto_packet_limit_boundary() {
     packet_limit_boundary(&Site::start(Kind::Mosquitto));
 }
+
+/// The gate's limits on the running binary: the connection cap is taken
+/// before a byte is read, a client that sends no CONNECT is closed after
+/// `broker.connect_timeout`, and anything but MQTT 3.1.1 gets CONNACK 1.
+#[test]
+fn embedded_broker_limits() {
+    use std::io::{Read, Write};
+    use std::net::TcpStream;
+    let dir = TempDir::new().unwrap();
+    let p = dir.path();
+    let port = muster_testkit::free_port();
+    let extra = format!(
+        "[broker]\nmax_connections = 2\nconnect_timeout = \"2s\"\n\
+         [[broker.unit]]\nname = \"metro-fire/E12\"\npassword_sha256 = \"{}\"\n",
+        sha256_hex(E12_PW)
+    );
+    let cfg = p.join("collector.toml");
+    std::fs::write(
+        &cfg,
+        procs::collector_text("mqtt://127.0.0.1:1", &p.join("store"), &extra),
+    )
+    .unwrap();
+    let collector = CollectorProc::spawn_with(
+        &cfg,
+        false,
+        &["--embedded-broker".into(), format!("127.0.0.1:{port}")],
+    );
+    let site = Site {
+        kind: Kind::Embedded,
+        port,
+        dir,
+        collector,
+        _mosquitto: None,
+    };
+    let connect = || {
+        let s = TcpStream::connect(("127.0.0.1", port)).unwrap();
+        s.set_read_timeout(Some(Duration::from_secs(10))).unwrap();
+        s
+    };
+    // Closed by the gate: read returns 0 (or a reset) before the timeout.
+    let closed_within = |s: &mut TcpStream, d: Duration| {
+        let t = std::time::Instant::now();
+        let mut b = [0u8; 16];
+        let r = s.read(&mut b);
+        matches!(r, Ok(0) | Err(_)) && t.elapsed() < d
+    };
+
+    // Two idle connections take the cap; a third is closed at once.
+    let mut idle1 = connect();
+    let mut idle2 = connect();
+    muster_testkit::wait_until("2 connections open", Duration::from_secs(5), || {
+        site.metric("muster_broker_connections") == 2
+    });
+    let mut third = connect();
+    assert!(
+        closed_within(&mut third, Duration::from_secs(2)),
+        "third connection not closed"
+    );
+    assert_eq!(site.gate_refused("connection_cap"), 1);
+
+    // Both idle ones are closed after connect_timeout (2 s), not before 1 s.
+    let t = std::time::Instant::now();
+    assert!(closed_within(&mut idle1, Duration::from_secs(5)));
+    assert!(closed_within(&mut idle2, Duration::from_secs(5)));
+    assert!(t.elapsed() >= Duration::from_secs(1), "closed too early");
+    assert_eq!(site.gate_refused("connect_timeout"), 2);
+
+    // An MQTT 5 CONNECT: CONNACK "unacceptable protocol version".
+    let mut v5 = connect();
+    v5.write_all(b"\x10\x0d\x00\x04MQTT\x05\x02\x00\x3c\x00\x00\x00")
+        .unwrap();
+    let mut ack = [0u8; 4];
+    v5.read_exact(&mut ack).unwrap();
+    assert_eq!(ack, [0x20, 0x02, 0x00, 0x01]);
+    assert_eq!(site.gate_refused("protocol"), 1);
+
+    // And a real unit still gets in.
+    let (ok, out) = site.record("e12", "E12", LEGIT_BOOT, 1);
+    assert!(ok, "{out}");
+    site.wait_stored("E12", LEGIT_BOOT, 1);
+}
