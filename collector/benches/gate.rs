@@ -10,7 +10,8 @@
 //! (QoS 1, as agents do) as fast as the broker takes them; a subscriber
 //! standing in for the collector (MQTT 5, the internal listener, as the
 //! collector's own client) counts them. Rate = messages / time until the
-//! last one arrived. Rounds alternate direct and gate.
+//! last one arrived. Rounds alternate direct and gate; then the same load
+//! on a Mosquitto (testkit's, anonymous, no ACL) for scale.
 
 use std::collections::BTreeMap;
 use std::sync::Arc;
@@ -59,39 +60,11 @@ async fn main() {
     mc.client_id = "bench-subscriber".into();
     broker.configure_collector(&mut mc);
 
-    // The collector's stand-in: MQTT 5 on the internal listener.
-    let received = Arc::new(AtomicU64::new(0));
-    {
-        use rumqttc::v5::mqttbytes::QoS;
-        use rumqttc::v5::mqttbytes::v5::Packet;
-        use rumqttc::v5::{AsyncClient, Event, MqttOptions};
-        let mut o = MqttOptions::new(mc.client_id.clone(), mc.host.clone(), mc.port);
-        let (u, p) = mc.credentials.clone().unwrap();
-        o.set_credentials(u, p.0);
-        o.set_max_packet_size(Some(1 << 20));
-        o.set_keep_alive(Duration::from_secs(30));
-        let (client, mut el) = AsyncClient::new(o, 65_536);
-        client
-            .subscribe("muster/v1/+/+/telemetry", QoS::AtLeastOnce)
-            .await
-            .unwrap();
-        let received = Arc::clone(&received);
-        tokio::spawn(async move {
-            loop {
-                match el.poll().await {
-                    Ok(Event::Incoming(Packet::Publish(_))) => {
-                        received.fetch_add(1, Ordering::Relaxed);
-                    }
-                    Ok(_) => {}
-                    Err(e) => {
-                        eprintln!("subscriber: {e}");
-                        tokio::time::sleep(Duration::from_millis(100)).await;
-                    }
-                }
-            }
-        });
-        tokio::time::sleep(Duration::from_millis(500)).await;
-    }
+    let (u, p) = mc.credentials.clone().unwrap();
+    let received = subscriber(&mc.host, mc.port, Some((u, p.0)), &mc.client_id).await;
+    // The same load on Mosquitto (anonymous, testkit's config), for scale.
+    let mosquitto = muster_testkit::Mosquitto::start();
+    let received_m = subscriber("127.0.0.1", mosquitto.port(), None, "bench-subscriber").await;
 
     println!(
         "gate bench: {connections} connections x {messages} QoS 1 messages of {} bytes",
@@ -103,7 +76,7 @@ async fn main() {
         for through_gate in [false, true] {
             let rate = run(
                 &broker,
-                through_gate,
+                Path::Gate(through_gate),
                 connections,
                 messages,
                 &received,
@@ -121,12 +94,31 @@ async fn main() {
             }
         }
     }
+    let mut mosq = Vec::new();
+    for round in 0..rounds {
+        let rate = run(
+            &broker,
+            Path::Mosquitto(mosquitto.port()),
+            connections,
+            messages,
+            &received_m,
+            round,
+        )
+        .await;
+        println!("  round {round}: mosquitto {rate:>6.0} msg/s");
+        mosq.push(rate);
+    }
     let best = |v: &[f64]| v.iter().cloned().fold(0.0, f64::max);
     println!(
         "best: direct {:.0} msg/s, gate {:.0} msg/s, gate/direct {:.2}",
         best(&direct),
         best(&gated),
         best(&gated) / best(&direct)
+    );
+    println!(
+        "best: mosquitto {:.0} msg/s, gate/mosquitto {:.2}",
+        best(&mosq),
+        best(&gated) / best(&mosq)
     );
 }
 
@@ -143,9 +135,59 @@ fn payload(unit: &UnitId, seq: u64) -> Vec<u8> {
     .unwrap()
 }
 
+/// Where the publishers connect.
+#[derive(Clone, Copy)]
+enum Path {
+    /// The embedded broker: through the gate, or straight to rumqttd.
+    Gate(bool),
+    /// A Mosquitto on this port.
+    Mosquitto(u16),
+}
+
+/// A subscriber standing in for the collector (MQTT 5); counts telemetry.
+async fn subscriber(
+    host: &str,
+    port: u16,
+    login: Option<(String, String)>,
+    id: &str,
+) -> Arc<AtomicU64> {
+    use rumqttc::v5::mqttbytes::QoS;
+    use rumqttc::v5::mqttbytes::v5::Packet;
+    use rumqttc::v5::{AsyncClient, Event, MqttOptions};
+    let mut o = MqttOptions::new(id, host, port);
+    if let Some((u, p)) = login {
+        o.set_credentials(u, p);
+    }
+    o.set_max_packet_size(Some(1 << 20));
+    o.set_keep_alive(Duration::from_secs(30));
+    let (client, mut el) = AsyncClient::new(o, 65_536);
+    client
+        .subscribe("muster/v1/+/+/telemetry", QoS::AtLeastOnce)
+        .await
+        .unwrap();
+    let received = Arc::new(AtomicU64::new(0));
+    let r = Arc::clone(&received);
+    tokio::spawn(async move {
+        loop {
+            match el.poll().await {
+                Ok(Event::Incoming(Packet::Publish(_))) => {
+                    r.fetch_add(1, Ordering::Relaxed);
+                }
+                Ok(_) => {}
+                Err(e) => {
+                    eprintln!("subscriber: {e}");
+                    tokio::time::sleep(Duration::from_millis(100)).await;
+                }
+            }
+        }
+    });
+    tokio::time::sleep(Duration::from_millis(500)).await;
+    received
+}
+
 async fn run(
     broker: &EmbeddedBroker,
-    through_gate: bool,
+    path: Path,
     connections: usize,
     messages: usize,
     received: &AtomicU64,
@@ -159,14 +201,20 @@ async fn run(
     let mut tasks = Vec::new();
     for i in 0..connections {
         let unit = UnitId::new("bench", format!("U{i}")).unwrap();
-        let mut o = if through_gate {
-            let mut o = MqttOptions::new(format!("g{round}-{i}"), "127.0.0.1", broker.addr.port());
-            o.set_credentials(unit.to_string(), format!("pw-{i}"));
-            o
-        } else {
-            let mut o = MqttOptions::new(format!("d{round}-{i}"), v4.ip().to_string(), v4.port());
-            o.set_credentials(user.clone(), pass.clone());
-            o
+        let mut o = match path {
+            Path::Gate(true) => {
+                let mut o =
+                    MqttOptions::new(format!("g{round}-{i}"), "127.0.0.1", broker.addr.port());
+                o.set_credentials(unit.to_string(), format!("pw-{i}"));
+                o
+            }
+            Path::Gate(false) => {
+                let mut o =
+                    MqttOptions::new(format!("d{round}-{i}"), v4.ip().to_string(), v4.port());
+                o.set_credentials(user.clone(), pass.clone());
+                o
+            }
+            Path::Mosquitto(port) => MqttOptions::new(format!("m{round}-{i}"), "127.0.0.1", port),
         };
         o.set_keep_alive(Duration::from_secs(30));
         o.set_inflight(100);
