@@ -158,6 +158,15 @@ pub async fn run(listener: TcpListener, gate: Arc<Gate>, shutdown: CancellationT
     tracker.wait().await;
 }
 
+/// A client-chosen string cut to 128 bytes for a log line.
+fn short(s: &str) -> &str {
+    let mut end = s.len().min(128);
+    while !s.is_char_boundary(end) {
+        end -= 1;
+    }
+    &s[..end]
+}
+
 /// Decrements the open-connection gauge when the connection ends.
 struct Open(Arc<BrokerMetrics>);
 
@@ -340,14 +349,18 @@ async fn connection(
         gate.refuse(
             Refusal::BadCredentials,
             peer,
-            &format!("user {:?}", login.username),
+            &format!("user {:?}", short(&login.username)),
         );
         return connack(&mut client, ConnectReturnCode::BadUserNamePassword).await;
     };
     if let Some(w) = &connect.last_will
         && let Err(r) = acl::check_will(&principal, &w.topic, w.qos as u8)
     {
-        gate.refuse(r, peer, &format!("{principal:?} will on {:?}", w.topic));
+        gate.refuse(
+            r,
+            peer,
+            &format!("{principal:?} will on {:?}", short(&w.topic)),
+        );
         return connack(&mut client, ConnectReturnCode::NotAuthorized).await;
     }
     connect.client_id = acl::client_id(&principal, &connect.client_id);
@@ -422,7 +435,11 @@ async fn check_packet(
             match acl::check_publish(principal, &p.topic, p.qos as u8, p.retain) {
                 Ok(()) => Verdict::Forward(Packet::Publish(p)),
                 Err(r) => {
-                    gate.refuse(r, peer, &format!("{principal:?} publish to {:?}", p.topic));
+                    gate.refuse(
+                        r,
+                        peer,
+                        &format!("{principal:?} publish to {:?}", short(&p.topic)),
+                    );
                     match p.qos {
                         QoS::AtMostOnce => Verdict::Drop,
                         QoS::AtLeastOnce => {
@@ -444,7 +461,11 @@ async fn check_packet(
                 .map(|f| match acl::check_subscribe(principal, &f.path) {
                     Ok(()) => true,
                     Err(r) => {
-                        gate.refuse(r, peer, &format!("{principal:?} subscribe to {:?}", f.path));
+                        gate.refuse(
+                            r,
+                            peer,
+                            &format!("{principal:?} subscribe to {:?}", short(&f.path)),
+                        );
                         false
                     }
                 })
