@@ -54,9 +54,14 @@ pub enum AppError {
 /// Optional wiring of [`run_with`].
 #[derive(Default)]
 pub struct Wiring {
-    /// Receives the enrolment registry once it is open: the
-    /// `UnitCredentials` the broker gate checks (tests use it too).
+    /// Receives the enrolment registry once it is open (tests use it).
     pub registry: Option<tokio::sync::oneshot::Sender<Arc<Registry>>>,
+    /// The embedded broker run by this process: the gate admits the units
+    /// the registry holds, and its metrics are served in `/metrics`.
+    pub broker: Option<(
+        Arc<crate::broker::auth::FleetCredentials>,
+        Arc<crate::metrics::broker::BrokerMetrics>,
+    )>,
 }
 
 /// Runs the collector until `shutdown` completes, then stops cleanly.
@@ -110,11 +115,13 @@ pub async fn run_with(
                 source,
             })?
     };
-    // MERGE: the broker gate takes `Arc::clone(&registry)` as its
-    // `UnitCredentials`.
     let registry = Arc::new(registry);
     if let Some(tx) = wiring.registry {
         let _ = tx.send(Arc::clone(&registry));
+    }
+    if let Some((units, metrics)) = wiring.broker {
+        units.set_enrolled(Arc::clone(&registry) as Arc<dyn crate::broker::auth::UnitCredentials>);
+        let _ = shared.metrics.broker.set(metrics);
     }
 
     let opts = mqtt::options(&cfg.mqtt, cfg.ingest.receive_maximum)?;

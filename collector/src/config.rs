@@ -55,6 +55,8 @@ pub struct RawConfig {
     #[serde(default)]
     pub rules: RawRules,
     #[serde(default)]
+    pub broker: RawBroker,
+    #[serde(default)]
     pub enroll: RawEnroll,
     #[serde(default)]
     pub signing: RawSigning,
@@ -83,6 +85,8 @@ pub struct RawMqtt {
     pub username: Option<String>,
     pub password: Option<String>,
     pub ca_file: Option<PathBuf>,
+    pub cert_file: Option<PathBuf>,
+    pub key_file: Option<PathBuf>,
     pub keep_alive: Option<String>,
     pub session_expiry: Option<String>,
     pub publish_status: Option<bool>,
@@ -115,6 +119,28 @@ pub struct RawIngest {
     pub receive_maximum: Option<u16>,
     pub tick_interval: Option<String>,
     pub refusal_log_interval: Option<String>,
+}
+
+/// `[broker]`: limits of the embedded broker's public listener (the gate).
+#[derive(Debug, Deserialize, Default)]
+#[serde(deny_unknown_fields)]
+pub struct RawBroker {
+    pub max_packet_bytes: Option<usize>,
+    pub max_connections: Option<usize>,
+    pub connect_timeout: Option<String>,
+    /// `[[broker.unit]]`: units that may connect, until an enrolment
+    /// registry provides them.
+    #[serde(default)]
+    pub unit: Vec<RawBrokerUnit>,
+}
+
+#[derive(Debug, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct RawBrokerUnit {
+    /// `{agency}/{unit}`, the MQTT user name.
+    pub name: String,
+    /// Hex SHA-256 of the unit's MQTT password.
+    pub password_sha256: String,
 }
 
 #[derive(Debug, Deserialize)]
@@ -153,6 +179,7 @@ pub struct Config {
     /// Agency name -> its webhook, for agencies that have one.
     pub webhooks: BTreeMap<String, crate::notify::WebhookConfig>,
     pub rules: RulesConfig,
+    pub broker: BrokerConfig,
     /// Enrolment by claim: `[enroll]` and each agency's `enroll_token`/`enroll`.
     pub enroll: EnrollConfig,
     pub signing: crate::signing::SigningConfig,
@@ -214,6 +241,7 @@ impl std::fmt::Debug for Config {
             .field("store", &self.store)
             .field("ingest", &self.ingest)
             .field("signing", &self.signing)
+            .field("broker", &self.broker)
             .field("agencies", &self.agencies.keys().collect::<Vec<_>>())
             .finish_non_exhaustive()
     }
@@ -235,6 +263,9 @@ pub struct MqttConfig {
     /// Username and password.
     pub credentials: Option<(String, Secret)>,
     pub ca_file: Option<PathBuf>,
+    /// A client certificate and key (PEM) for brokers that require one
+    /// (the shipped Mosquitto config).
+    pub client_cert: Option<(PathBuf, PathBuf)>,
     pub keep_alive: Duration,
     /// How long the broker keeps our session (and queues telemetry for us)
     /// while we are disconnected.
@@ -273,6 +304,104 @@ pub struct IngestConfig {
     pub tick_interval: Duration,
     /// At most one log line per refusal reason per this interval.
     pub refusal_log_interval: Duration,
+}
+
+/// Limits of the embedded broker's public listener (`[broker]`); unused
+/// when the collector talks to an external broker.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct BrokerConfig {
+    /// Largest MQTT packet a client may send, fixed header included (MQTT
+    /// 5's "maximum packet size"). Default 256 KiB + 4 KiB, as the shipped
+    /// Mosquitto config.
+    pub max_packet_bytes: usize,
+    /// Client connections open at once; more are closed on accept.
+    pub max_connections: usize,
+    /// A client must send CONNECT within this long after accept.
+    pub connect_timeout: Duration,
+    /// Units allowed to connect: identity and SHA-256 of the password.
+    pub units: Vec<(muster_proto::UnitId, [u8; 32])>,
+}
+
+/// Default `broker.max_packet_bytes`: `MAX_MESSAGE_BYTES` + 4 KiB for the
+/// MQTT header and topic (packaging/mosquitto/mosquitto.conf says the same).
+pub const DEFAULT_MAX_PACKET_BYTES: usize = muster_proto::MAX_MESSAGE_BYTES + 4096;
+
+/// Largest accepted `broker.max_packet_bytes`: the embedded broker and the
+/// collector's own client must take strictly more than the gate forwards
+/// (see `broker::INTERNAL_PACKET_BYTES`).
+pub const MAX_BROKER_PACKET_BYTES: usize = 512 * 1024;
+
+impl Default for BrokerConfig {
+    fn default() -> Self {
+        BrokerConfig {
+            max_packet_bytes: DEFAULT_MAX_PACKET_BYTES,
+            max_connections: 20_000,
+            connect_timeout: Duration::from_secs(10),
+            units: Vec::new(),
+        }
+    }
+}
+
+impl RawBroker {
+    fn validate(self) -> Result<BrokerConfig, ConfigError> {
+        let d = BrokerConfig::default();
+        let max_packet_bytes = self.max_packet_bytes.unwrap_or(d.max_packet_bytes);
+        if !(1024..=MAX_BROKER_PACKET_BYTES).contains(&max_packet_bytes) {
+            return Err(invalid(
+                "broker.max_packet_bytes",
+                format!("must be 1024 to {MAX_BROKER_PACKET_BYTES}"),
+            ));
+        }
+        let max_connections = self.max_connections.unwrap_or(d.max_connections);
+        if !(1..=1_000_000).contains(&max_connections) {
+            return Err(invalid("broker.max_connections", "must be 1 to 1000000"));
+        }
+        let connect_timeout = duration(
+            "broker.connect_timeout",
+            self.connect_timeout.as_deref(),
+            d.connect_timeout,
+        )?;
+        if connect_timeout.is_zero() || connect_timeout > Duration::from_secs(300) {
+            return Err(invalid(
+                "broker.connect_timeout",
+                "must be more than 0 and at most 5m",
+            ));
+        }
+        let mut units = Vec::new();
+        for (i, u) in self.unit.into_iter().enumerate() {
+            let key = |k: &str| format!("broker.unit[{i}].{k}");
+            let (agency, unit) = u
+                .name
+                .split_once('/')
+                .ok_or_else(|| invalid(key("name"), "must be \"{agency}/{unit}\""))?;
+            let id = muster_proto::UnitId::new(agency, unit)
+                .map_err(|e| invalid(key("name"), e.to_string()))?;
+            let hex = u.password_sha256.trim();
+            let mut hash = [0u8; 32];
+            let ok = hex.len() == 64
+                && hash.iter_mut().enumerate().all(|(j, b)| {
+                    u8::from_str_radix(hex.get(2 * j..2 * j + 2).unwrap_or("x"), 16)
+                        .map(|v| *b = v)
+                        .is_ok()
+                });
+            if !ok {
+                return Err(invalid(key("password_sha256"), "must be 64 hex digits"));
+            }
+            if units.iter().any(|(x, _)| *x == id) {
+                return Err(invalid(
+                    key("name"),
+                    format!("{:?} is listed twice", u.name),
+                ));
+            }
+            units.push((id, hash));
+        }
+        Ok(BrokerConfig {
+            max_packet_bytes,
+            max_connections,
+            connect_timeout,
+            units,
+        })
+    }
 }
 
 impl Config {
@@ -370,7 +499,9 @@ impl RawConfig {
             rules,
             enroll,
             signing,
+            broker,
         } = self;
+        let broker = broker.validate()?;
 
         let admin_token = admin_token.map(|t| token("admin_token", &t)).transpose()?;
 
@@ -413,6 +544,32 @@ impl RawConfig {
                 ));
             }
         }
+        let client_cert = match (mqtt.cert_file, mqtt.key_file) {
+            (Some(c), Some(k)) => {
+                if scheme != MqttScheme::Tls {
+                    return Err(invalid(
+                        "mqtt.cert_file",
+                        "is only used with an mqtts:// url",
+                    ));
+                }
+                for (key, f) in [("mqtt.cert_file", &c), ("mqtt.key_file", &k)] {
+                    if !f.is_file() {
+                        return Err(invalid(
+                            key,
+                            format!("{} is not a readable file", f.display()),
+                        ));
+                    }
+                }
+                Some((c, k))
+            }
+            (None, None) => None,
+            (Some(_), None) => {
+                return Err(invalid("mqtt.key_file", "is required with mqtt.cert_file"));
+            }
+            (None, Some(_)) => {
+                return Err(invalid("mqtt.cert_file", "is required with mqtt.key_file"));
+            }
+        };
         if scheme == MqttScheme::Tls && mqtt.ca_file.is_none() {
             return Err(invalid(
                 "mqtt.ca_file",
@@ -620,6 +777,7 @@ impl RawConfig {
                 shared_group,
                 credentials,
                 ca_file: mqtt.ca_file,
+                client_cert,
                 keep_alive,
                 session_expiry,
                 publish_status: mqtt.publish_status.unwrap_or(true),
@@ -649,6 +807,7 @@ impl RawConfig {
             rules,
             enroll: enroll_cfg,
             signing,
+            broker,
         })
     }
 }
@@ -789,6 +948,31 @@ token = "police-token-0123456789"
                 "sample_retention = \"2h\"",
                 "sample_retention = \"2h\"\n[enroll]\nmax_pending = 0",
                 "enroll.max_pending:",
+            ),
+            (
+                "[store]",
+                "[broker]\nmax_packet_bytes = 10\n[store]",
+                "broker.max_packet_bytes:",
+            ),
+            (
+                "[store]",
+                "[broker]\nmax_connections = 0\n[store]",
+                "broker.max_connections:",
+            ),
+            (
+                "[store]",
+                "[broker]\nconnect_timeout = \"0s\"\n[store]",
+                "broker.connect_timeout:",
+            ),
+            (
+                "[store]",
+                "[[broker.unit]]\nname = \"E12\"\npassword_sha256 = \"00\"\n[store]",
+                "broker.unit[0].name:",
+            ),
+            (
+                "[store]",
+                "[[broker.unit]]\nname = \"metro-fire/E12\"\npassword_sha256 = \"zz\"\n[store]",
+                "broker.unit[0].password_sha256:",
             ),
         ];
         for (from, to, want) in cases {

@@ -14,19 +14,29 @@ use tokio::net::TcpListener;
 use tokio_util::sync::CancellationToken;
 
 use crate::app::{self, AppError};
+use std::collections::BTreeMap;
+
+use crate::broker::auth::{
+    Authenticator, FleetCredentials, StaticUnitCredentials, generate_secret,
+};
 use crate::broker::{BrokerError, EmbeddedBroker};
 use crate::clock::TokioClock;
-use crate::config::{Config, ConfigError};
+use crate::config::{BrokerConfig, Config, ConfigError};
 
 /// The demo agency.
 pub const DEMO_AGENCY: &str = "demo";
 
+/// The demo's in-process agent's unit id.
+pub const DEMO_UNIT: &str = "local";
+
 /// What a task running alongside the demo collector gets.
-#[derive(Debug, Clone)]
+#[derive(Clone)]
 pub struct DemoEnv {
-    /// Where agents connect (MQTT 3.1.1; MQTT 5 on the next port).
+    /// Where agents connect (MQTT 3.1.1, authenticated).
     pub broker: SocketAddr,
     pub agency: String,
+    /// The unit [`DEMO_UNIT`]'s MQTT user name and generated password.
+    pub unit_login: (String, String),
     pub feed_url: String,
     /// The collector's public signing key (`ed25519:…`): agents trust it.
     pub collector_key: String,
@@ -78,9 +88,12 @@ pub fn local_agent(data_dir: PathBuf) -> DemoTask {
             let text = format!(
                 r#"
 agency = "{agency}"
+unit_id = "{unit}"
 data_dir = "{dir}"
 [mqtt]
 url = "mqtt://{broker}"
+username = "{user}"
+password = "{password}"
 [sampling]
 interval = "5s"
 processes = ["muster-collector"]
@@ -102,6 +115,9 @@ interval = "10s"
 timeout = "3s"
 "#,
                 agency = env.agency,
+                unit = DEMO_UNIT,
+                user = env.unit_login.0,
+                password = env.unit_login.1,
                 dir = data_dir.display(),
                 broker = env.broker,
                 feed = env.feed_url,
@@ -131,17 +147,29 @@ pub async fn run(
     alongside: Option<DemoTask>,
     shutdown: impl Future<Output = ()> + Send + 'static,
 ) -> Result<(), DemoError> {
-    let broker = tokio::task::spawn_blocking(move || EmbeddedBroker::start(opts.broker))
-        .await
-        .map_err(|e| std::io::Error::other(e.to_string()))??;
     let admin = token("admin");
     let agency_token = token(DEMO_AGENCY);
-    let v5 = broker.v5_addr();
+    let unit = muster_proto::UnitId::new(DEMO_AGENCY, DEMO_UNIT)
+        .map_err(|e| std::io::Error::other(e.to_string()))?;
+    let unit_password = generate_secret();
+    let mut units = StaticUnitCredentials::new();
+    units.insert(unit.clone(), unit_password.as_bytes());
+    let units = Arc::new(FleetCredentials::new(units));
+    let auth = Authenticator::new(
+        Arc::clone(&units) as Arc<dyn crate::broker::auth::UnitCredentials>,
+        BTreeMap::from([(DEMO_AGENCY.to_owned(), agency_token.clone())]),
+    );
+    let broker = EmbeddedBroker::start(
+        opts.broker,
+        &BrokerConfig::default(),
+        auth,
+        std::time::Duration::from_secs(10),
+    )
+    .await?;
     let text = format!(
         r#"
 admin_token = "{admin}"
 [mqtt]
-url = "mqtt://{v5}"
 client_id = "muster-collector-demo"
 [http]
 listen = "{http}"
@@ -155,10 +183,11 @@ token = "{agency_token}"
         http = opts.http,
         path = opts.data_dir.display(),
     );
-    let cfg = Config::parse(&text)?;
+    let mut cfg = Config::parse(&text)?;
     let collector_key = crate::signing::Signer::load(&cfg.signing)?
         .public_key()
         .to_string();
+    broker.configure_collector(&mut cfg.mqtt);
     let listener = TcpListener::bind(opts.http).await?;
     let addr = listener.local_addr()?;
     let feed_url = format!("http://{addr}");
@@ -170,7 +199,7 @@ token = "{agency_token}"
     println!("  admin token:   {admin}");
     println!("  agency token:  {agency_token}  (agency \"{DEMO_AGENCY}\")");
     println!(
-        "  MQTT broker:   mqtt://{}  (MQTT 5: mqtt://{v5})",
+        "  MQTT broker:   mqtt://{}  (MQTT 3.1.1; user \"{DEMO_AGENCY}\" with the agency token reads statuses)",
         broker.addr
     );
     println!("  data:          {}", opts.data_dir.display());
@@ -182,20 +211,32 @@ token = "{agency_token}"
         tokio::spawn(task(DemoEnv {
             broker: broker.addr,
             agency: DEMO_AGENCY.to_owned(),
+            unit_login: (unit.to_string(), unit_password.clone()),
             feed_url: feed_url.clone(),
             collector_key,
             shutdown: stop.clone(),
         }))
     });
     let stop2 = stop.clone();
-    let collector = app::run(cfg, listener, Arc::new(TokioClock::new()), async move {
-        shutdown.await;
-        stop2.cancel();
-    });
+    let wiring = app::Wiring {
+        registry: None,
+        broker: Some((units, Arc::clone(&broker.metrics))),
+    };
+    let collector = app::run_with(
+        cfg,
+        listener,
+        Arc::new(TokioClock::new()),
+        async move {
+            shutdown.await;
+            stop2.cancel();
+        },
+        wiring,
+    );
     let r = collector.await;
     stop.cancel();
     if let Some(t) = side {
         let _ = t.await;
     }
+    broker.stop().await;
     Ok(r?)
 }

@@ -6,7 +6,10 @@ use std::sync::Arc;
 
 use anyhow::Context;
 use clap::{Parser, Subcommand};
-use muster_collector::broker::{self, EmbeddedBroker};
+use muster_collector::broker::EmbeddedBroker;
+use muster_collector::broker::auth::{
+    Authenticator, FleetCredentials, StaticUnitCredentials, UnitCredentials,
+};
 use muster_collector::clock::TokioClock;
 use muster_collector::config::Config;
 use muster_collector::signing::Signer;
@@ -29,8 +32,8 @@ enum Cmd {
     Run {
         #[arg(long)]
         config: PathBuf,
-        /// Also run an embedded MQTT broker on this address (agents: MQTT
-        /// 3.1.1 here; the collector uses MQTT 5 on the next port).
+        /// Also run the embedded MQTT broker on this address (MQTT 3.1.1,
+        /// authenticated: units and agency readers, each kept to its topics).
         #[arg(long)]
         embedded_broker: Option<SocketAddr>,
     },
@@ -120,20 +123,45 @@ fn main() -> anyhow::Result<()> {
             embedded_broker,
         } => {
             let mut cfg = Config::load(&config).with_context(|| format!("{}", config.display()))?;
-            if let Some(addr) = embedded_broker {
-                EmbeddedBroker::start(addr)?;
-                let v5 = broker::v5_addr(addr);
-                cfg.mqtt.host = v5.ip().to_string();
-                cfg.mqtt.port = v5.port();
-                cfg.mqtt.scheme = muster_collector::config::MqttScheme::Tcp;
-            }
             rt.block_on(async move {
+                let broker = match embedded_broker {
+                    Some(addr) => {
+                        let units = Arc::new(FleetCredentials::new(
+                            StaticUnitCredentials::from_config(&cfg.broker.units),
+                        ));
+                        let auth = Authenticator::new(
+                            Arc::clone(&units) as Arc<dyn UnitCredentials>,
+                            cfg.agencies.clone(),
+                        );
+                        let b = EmbeddedBroker::start(
+                            addr,
+                            &cfg.broker,
+                            auth,
+                            cfg.ingest.refusal_log_interval,
+                        )
+                        .await?;
+                        b.configure_collector(&mut cfg.mqtt);
+                        Some((b, units))
+                    }
+                    None => None,
+                };
                 let listener = tokio::net::TcpListener::bind(cfg.http.listen)
                     .await
                     .with_context(|| format!("http.listen {}", cfg.http.listen))?;
                 let addr = listener.local_addr()?;
                 println!("muster-collector listening on http://{addr}");
-                app::run(cfg, listener, Arc::new(TokioClock::new()), ctrl_c()).await?;
+                let wiring = app::Wiring {
+                    registry: None,
+                    broker: broker
+                        .as_ref()
+                        .map(|(b, units)| (Arc::clone(units), Arc::clone(&b.metrics))),
+                };
+                let r = app::run_with(cfg, listener, Arc::new(TokioClock::new()), ctrl_c(), wiring)
+                    .await;
+                if let Some((b, _)) = broker {
+                    b.stop().await;
+                }
+                r?;
                 anyhow::Ok(())
             })
         }

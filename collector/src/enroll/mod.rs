@@ -19,16 +19,17 @@ pub mod registry;
 use std::collections::BTreeMap;
 use std::sync::{Arc, Mutex};
 
+pub use crate::broker::auth::UnitCredentials;
 use crate::config::{AgencyEnroll, EnrollConfig, EnrollMode};
 use crate::ingest::refusal::RefusalLog;
-pub use registry::{Registry, UnitCredentials};
+pub use registry::Registry;
 
 /// What the enrolment endpoints need: the registry, the agencies' enrol
 /// tokens, and the rate limit of refusal log lines.
 pub struct Enroll {
     pub registry: Arc<Registry>,
     agencies: BTreeMap<String, AgencyEnroll>,
-    log: Mutex<RefusalLog>,
+    log: Mutex<RefusalLog<registry::Outcome>>,
 }
 
 impl Enroll {
@@ -36,10 +37,7 @@ impl Enroll {
         Enroll {
             registry,
             agencies: cfg.agencies.clone(),
-            log: Mutex::new(RefusalLog::with_slots(
-                log_interval_ms,
-                registry::Outcome::ALL.len(),
-            )),
+            log: Mutex::new(RefusalLog::new(log_interval_ms)),
         }
     }
 
@@ -60,6 +58,6 @@ impl Enroll {
         self.log
             .lock()
             .unwrap_or_else(|e| e.into_inner())
-            .admit_slot(o.index(), now_ms)
+            .admit(o, now_ms)
     }
 }

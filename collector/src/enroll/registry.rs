@@ -28,11 +28,7 @@ use serde::{Deserialize, Serialize};
 use crate::config::EnrollMode;
 use crate::store::{Store, StoreError};
 
-// MERGE: move to broker::auth (the broker gate defines the same trait there).
-pub trait UnitCredentials: Send + Sync + 'static {
-    /// true when `unit` is enrolled and active (not pending, not revoked) and `password` is its credential.
-    fn verify(&self, unit: &muster_proto::UnitId, password: &[u8]) -> bool;
-}
+use crate::broker::auth::UnitCredentials;
 
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize)]
 #[serde(rename_all = "lowercase")]
@@ -143,6 +139,13 @@ impl Outcome {
             self,
             Outcome::Taken | Outcome::RevokedCredential | Outcome::OverLimit | Outcome::Invalid
         )
+    }
+}
+
+impl crate::ingest::refusal::LogReason for Outcome {
+    const COUNT: usize = Outcome::ALL.len();
+    fn index(self) -> usize {
+        Outcome::index(self)
     }
 }
 

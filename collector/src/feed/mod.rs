@@ -19,7 +19,7 @@
 //! Every `/api/v1` request needs `Authorization: Bearer <token>`; an
 //! agency's token sees only its units, on every endpoint and the stream.
 
-mod auth;
+pub(crate) mod auth;
 mod dashboard;
 mod error;
 mod events;

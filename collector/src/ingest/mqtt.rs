@@ -36,7 +36,7 @@ use crate::status_pub::{Outbound, OutboundKind};
 
 #[derive(Debug, thiserror::Error)]
 pub enum MqttError {
-    #[error("cannot read mqtt.ca_file {path}: {source}")]
+    #[error("cannot read {path} (mqtt.ca_file, cert_file or key_file): {source}")]
     Ca {
         path: String,
         source: std::io::Error,
@@ -78,7 +78,19 @@ pub fn options(cfg: &MqttConfig, receive_maximum: u16) -> Result<MqttOptions, Mq
             path: path.display().to_string(),
             source,
         })?;
-        o.set_transport(Transport::tls(ca, None, None));
+        let client_auth = match &cfg.client_cert {
+            Some((cert, key)) => {
+                let read = |p: &std::path::PathBuf| {
+                    std::fs::read(p).map_err(|source| MqttError::Ca {
+                        path: p.display().to_string(),
+                        source,
+                    })
+                };
+                Some((read(cert)?, read(key)?))
+            }
+            None => None,
+        };
+        o.set_transport(Transport::tls(ca, client_auth, None));
     }
     Ok(o)
 }

@@ -61,38 +61,44 @@ impl Refusal {
     }
 }
 
+/// A closed set of refusal reasons, each with a dense index: ingest's
+/// [`Refusal`] and the embedded broker gate's `broker::acl::Refusal`.
+pub trait LogReason: Copy {
+    const COUNT: usize;
+    fn index(self) -> usize;
+}
+
+impl LogReason for Refusal {
+    const COUNT: usize = Refusal::ALL.len();
+    fn index(self) -> usize {
+        Refusal::index(self)
+    }
+}
+
 /// Lets through at most one log line per reason per interval, and says how
-/// many were suppressed since the last one. Reasons are slots `0..n`: the
-/// [`Refusal`]s here, other refusal sets (enrolment) through
-/// [`RefusalLog::with_slots`].
+/// many were suppressed since the last one. Any closed set of reasons
+/// ([`LogReason`]) has its own log: ingest's, the broker gate's, enrolment's.
 #[derive(Debug)]
-pub struct RefusalLog {
+pub struct RefusalLog<R: LogReason = Refusal> {
     interval_ms: u64,
     last: Vec<Option<u64>>,
     suppressed: Vec<u64>,
+    _reason: std::marker::PhantomData<R>,
 }
 
-impl RefusalLog {
+impl<R: LogReason> RefusalLog<R> {
     pub fn new(interval_ms: u64) -> Self {
-        Self::with_slots(interval_ms, Refusal::ALL.len())
-    }
-
-    /// A log for `n` reasons, admitted by index with [`RefusalLog::admit_slot`].
-    pub fn with_slots(interval_ms: u64, n: usize) -> Self {
         RefusalLog {
             interval_ms,
-            last: vec![None; n],
-            suppressed: vec![0; n],
+            last: vec![None; R::COUNT],
+            suppressed: vec![0; R::COUNT],
+            _reason: std::marker::PhantomData,
         }
     }
 
     /// `Some(suppressed_since_last_line)` when this refusal should be logged.
-    pub fn admit(&mut self, r: Refusal, now_ms: u64) -> Option<u64> {
-        self.admit_slot(r.index(), now_ms)
-    }
-
-    /// As [`RefusalLog::admit`], for reason slot `i` (< the `n` it was made with).
-    pub fn admit_slot(&mut self, i: usize, now_ms: u64) -> Option<u64> {
+    pub fn admit(&mut self, r: R, now_ms: u64) -> Option<u64> {
+        let i = r.index();
         match self.last[i] {
             Some(t) if now_ms < t.saturating_add(self.interval_ms) => {
                 self.suppressed[i] += 1;
@@ -112,7 +118,7 @@ mod tests {
 
     #[test]
     fn rate_limit_per_reason() {
-        let mut log = RefusalLog::new(10_000);
+        let mut log = RefusalLog::<Refusal>::new(10_000);
         assert_eq!(log.admit(Refusal::Malformed, 0), Some(0));
         assert_eq!(log.admit(Refusal::Malformed, 1), None);
         assert_eq!(log.admit(Refusal::Malformed, 9_999), None);

@@ -4,6 +4,7 @@
 //! from the live view at scrape time.
 
 pub mod ack;
+pub mod broker;
 pub mod enroll;
 pub mod expo;
 pub mod fleet;
@@ -32,6 +33,8 @@ pub struct Metrics {
     pub transitions: fleet::TransitionMetrics,
     pub notify: notify::NotifyMetrics,
     pub enroll: enroll::EnrollMetrics,
+    /// Set when this process runs the embedded broker.
+    pub broker: std::sync::OnceLock<std::sync::Arc<broker::BrokerMetrics>>,
 }
 
 impl Metrics {
@@ -53,6 +56,9 @@ impl Metrics {
         self.mqtt.render(&mut e);
         self.notify.render(&mut e);
         self.enroll.render(&mut e);
+        if let Some(b) = self.broker.get() {
+            b.render(&mut e);
+        }
         e.finish()
     }
 }

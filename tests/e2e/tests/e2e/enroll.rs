@@ -70,6 +70,7 @@ enroll = "{mode}"
         let (reg_tx, reg_rx) = tokio::sync::oneshot::channel();
         let wiring = app::Wiring {
             registry: Some(reg_tx),
+            broker: None,
         };
         let task = rt.spawn(app::run_with(
             cfg,
@@ -102,30 +103,40 @@ enroll = "{mode}"
     }
 
     fn post(&self, path: &str) -> (u16, String) {
-        let mut s = std::net::TcpStream::connect(self.addr).unwrap();
-        s.set_read_timeout(Some(Duration::from_secs(10))).unwrap();
-        write!(
-            s,
-            "POST {path} HTTP/1.1\r\nHost: c\r\nAuthorization: Bearer {ADMIN}\r\nContent-Length: 0\r\nConnection: close\r\n\r\n"
-        )
-        .unwrap();
-        let mut raw = String::new();
-        let _ = s.read_to_string(&mut raw);
-        let status = raw
-            .split_whitespace()
-            .nth(1)
-            .and_then(|c| c.parse().ok())
-            .unwrap_or(0);
-        (status, raw)
+        admin_post(self.addr, path)
     }
 
     fn metric(&self, line_prefix: &str) -> Option<f64> {
-        let (_, body) = http_get(self.addr, "/metrics", Some(ADMIN)).expect("metrics");
-        body.lines()
-            .find(|l| l.starts_with(line_prefix))
-            .and_then(|l| l.rsplit(' ').next())
-            .and_then(|v| v.parse().ok())
+        metric(self.addr, line_prefix)
     }
+}
+
+/// POST with the admin token and no body: (status, raw answer).
+fn admin_post(addr: std::net::SocketAddr, path: &str) -> (u16, String) {
+    let mut s = std::net::TcpStream::connect(addr).unwrap();
+    s.set_read_timeout(Some(Duration::from_secs(10))).unwrap();
+    write!(
+        s,
+        "POST {path} HTTP/1.1\r\nHost: c\r\nAuthorization: Bearer {ADMIN}\r\nContent-Length: 0\r\nConnection: close\r\n\r\n"
+    )
+    .unwrap();
+    let mut raw = String::new();
+    let _ = s.read_to_string(&mut raw);
+    let status = raw
+        .split_whitespace()
+        .nth(1)
+        .and_then(|c| c.parse().ok())
+        .unwrap_or(0);
+    (status, raw)
+}
+
+/// One sample of `/metrics`, by the start of its line.
+fn metric(addr: std::net::SocketAddr, line_prefix: &str) -> Option<f64> {
+    let (_, body) = http_get(addr, "/metrics", Some(ADMIN)).expect("metrics");
+    body.lines()
+        .find(|l| l.starts_with(line_prefix))
+        .and_then(|l| l.rsplit(' ').next())
+        .and_then(|v| v.parse().ok())
 }
 
 impl Drop for InProcessCollector {
@@ -328,6 +339,86 @@ fn a_pending_agent_keeps_claiming_until_approved() {
     assert_eq!(
         std::fs::read_to_string(data.join("trusted_keys")).unwrap(),
         format!("{}\n", muster_testkit::test_collector_public_key())
+    );
+    agent.stop();
+}
+
+/// The whole path on the zero-install default: the real collector binary
+/// with its embedded broker, whose gate admits only enrolled units. A new
+/// agent with nothing but the agency's enrol token claims its credential,
+/// is let in by the gate with it, learns the collector's key from the
+/// answer and has its records acked. A revoked unit's credential no longer
+/// gets in.
+#[test]
+fn an_enrolled_agent_gets_through_the_embedded_brokers_gate_and_a_revoked_one_does_not() {
+    let dir = TempDir::new().unwrap();
+    let port = muster_testkit::free_port();
+    let cfg = dir.path().join("collector.toml");
+    let text = collector_text("mqtt://127.0.0.1:1", &dir.path().join("store"), "").replacen(
+        &format!("token = \"{FIRE}\"\n"),
+        &format!("token = \"{FIRE}\"\nenroll_token = \"{ENROL}\"\nenroll = \"auto\"\n"),
+        1,
+    );
+    std::fs::write(&cfg, text).unwrap();
+    let col = CollectorProc::spawn_with(
+        &cfg,
+        false,
+        &["--embedded-broker".into(), format!("127.0.0.1:{port}")],
+    );
+    let data = dir.path().join("agent");
+    let mut spec = AgentSpec::new("E31", &format!("mqtt://127.0.0.1:{port}"), &data);
+    spec.trust = String::new();
+    spec.extra = format!(
+        "[enroll]\nurl = \"http://{}\"\ntoken = \"{ENROL}\"\n",
+        col.addr
+    );
+    let agent = AgentProc::spawn(&spec, false);
+    let v = col.wait_unit(
+        "E31",
+        "records through the gate",
+        Duration::from_secs(30),
+        |v| v["seq"]["received"].as_u64().is_some_and(|n| n >= 3),
+    );
+    assert_eq!(v["seq"]["missing"], 0, "{v:#}");
+    assert_eq!(
+        std::fs::read_to_string(data.join("trusted_keys")).unwrap(),
+        format!("{}\n", muster_testkit::test_collector_public_key()),
+        "the collector's key, from the enrolment answer"
+    );
+    wait_until(
+        "the agent's backlog is acked",
+        Duration::from_secs(30),
+        || {
+            col.unit("E31").is_some_and(|v| {
+                v["agent"]["backlog_records"]
+                    .as_u64()
+                    .is_some_and(|n| n <= 2)
+                    && v["agent"]["acks_refused"] == 0
+            })
+        },
+    );
+    agent.stop();
+
+    // Revoked: the same credential is refused at the gate.
+    let (s, body) = admin_post(
+        col.addr,
+        &format!("/api/v1/enrollments/{AGENCY}/E31/revoke"),
+    );
+    assert_eq!(s, 200, "{body}");
+    let bad = "muster_broker_refused_total{reason=\"bad_credentials\"}";
+    let before = metric(col.addr, bad).unwrap_or(0.0);
+    let agent = AgentProc::spawn(&spec, false);
+    wait_until(
+        "the gate refuses the revoked unit",
+        Duration::from_secs(30),
+        || metric(col.addr, bad).unwrap_or(0.0) > before,
+    );
+    let received = col.unit("E31").unwrap()["seq"]["received"].clone();
+    std::thread::sleep(Duration::from_millis(1500));
+    assert_eq!(
+        col.unit("E31").unwrap()["seq"]["received"],
+        received,
+        "nothing more from a revoked unit"
     );
     agent.stop();
 }

@@ -315,6 +315,12 @@ pub struct CollectorProc {
 impl CollectorProc {
     /// Starts the collector with the config at `config` and waits for /readyz.
     pub fn spawn(config: &Path, release: bool) -> CollectorProc {
+        CollectorProc::spawn_with(config, release, &[])
+    }
+
+    /// [`CollectorProc::spawn`] with more arguments after `run --config X`
+    /// (e.g. `--embedded-broker 127.0.0.1:PORT`).
+    pub fn spawn_with(config: &Path, release: bool, extra: &[String]) -> CollectorProc {
         let log = config.with_extension(format!(
             "{}.log",
             SPAWNED.fetch_add(1, std::sync::atomic::Ordering::SeqCst)
@@ -322,6 +328,7 @@ impl CollectorProc {
         let mut child = Command::new(&bins(release).collector)
             .args(["run", "--config"])
             .arg(config)
+            .args(extra)
             .env("RUST_LOG", "warn")
             .stdin(Stdio::null())
             .stdout(Stdio::piped())
