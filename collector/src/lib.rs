@@ -10,6 +10,7 @@
 //! * [`notify`]: webhook notifications of transitions and incidents.
 //! * [`broker`]: the optional embedded MQTT broker (rumqttd).
 //! * [`service`]: systemd readiness and watchdog.
+//! * [`fdlimit`]: the soft open-file limit raised to the hard one at start.
 //! * [`app`]: wires it all together with a clean shutdown.
 
 pub mod app;
@@ -17,6 +18,7 @@ pub mod broker;
 pub mod clock;
 pub mod config;
 pub mod demo;
+pub mod fdlimit;
 pub mod feed;
 pub mod ingest;
 pub mod metrics;

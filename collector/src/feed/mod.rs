@@ -21,10 +21,12 @@ mod auth;
 mod dashboard;
 mod error;
 mod events;
+pub mod limits;
 pub mod openapi;
 mod ops;
 mod problems;
 mod query;
+pub mod server;
 mod stream;
 mod units;
 pub mod views;
@@ -51,6 +53,10 @@ pub struct FeedState {
     pub metrics_require_token: bool,
     /// Cancelled at shutdown: open streams end so the server can stop.
     pub shutdown: tokio_util::sync::CancellationToken,
+    /// Events queued per stream client before it is disconnected.
+    pub sse_buffer: usize,
+    /// Rate-limited logs of the feed's drops.
+    pub drop_log: Arc<server::DropLog>,
 }
 
 pub fn router(state: FeedState) -> Router {

@@ -7,6 +7,7 @@ pub mod ack;
 pub mod expo;
 pub mod fleet;
 pub mod histogram;
+pub mod http;
 pub mod ingest;
 pub mod mqtt;
 pub mod notify;
@@ -27,6 +28,7 @@ pub struct Metrics {
     pub ack: ack::AckMetrics,
     pub store: store::StoreMetrics,
     pub stream: stream::StreamMetrics,
+    pub http: http::HttpMetrics,
     pub mqtt: mqtt::MqttMetrics,
     pub transitions: fleet::TransitionMetrics,
     pub notify: notify::NotifyMetrics,
@@ -48,6 +50,7 @@ impl Metrics {
         self.ack.render(&mut e);
         self.store.render(&mut e, store_bytes);
         self.stream.render(&mut e);
+        self.http.render(&mut e);
         self.mqtt.render(&mut e);
         self.notify.render(&mut e);
         e.finish()
