@@ -136,6 +136,7 @@ pub async fn run(
         metrics_require_token: cfg.http.metrics_require_token,
         shutdown: stop_feed.clone(),
         sse_buffer: cfg.http.sse_buffer,
+        sse_send_timeout: cfg.http.sse_send_timeout,
         drop_log: Arc::clone(&drop_log),
     };
     if let Ok(addr) = listener.local_addr() {

@@ -86,6 +86,7 @@ pub struct RawHttp {
     pub idle_timeout: Option<String>,
     pub max_connections: Option<usize>,
     pub sse_buffer: Option<usize>,
+    pub sse_send_timeout: Option<String>,
 }
 
 #[derive(Debug, Deserialize, Default)]
@@ -194,9 +195,12 @@ pub struct HttpConfig {
     pub idle_timeout: Duration,
     /// Open connections at most; one more is accepted and closed at once.
     pub max_connections: usize,
-    /// Events queued per stream client; a client that falls this far
-    /// behind is disconnected.
+    /// Events queued per stream client...
     pub sse_buffer: usize,
+    /// ...and how long a full queue may stay full before the client (which
+    /// stopped reading) is disconnected. A burst larger than the queue does
+    /// not drop a client that reads.
+    pub sse_send_timeout: Duration,
 }
 
 #[derive(Debug, Clone)]
@@ -426,6 +430,17 @@ impl RawConfig {
         if !(1..=1_000_000).contains(&max_connections) {
             return Err(invalid("http.max_connections", "must be 1 to 1000000"));
         }
+        let sse_send_timeout = duration(
+            "http.sse_send_timeout",
+            http.sse_send_timeout.as_deref(),
+            Duration::from_secs(10),
+        )?;
+        if sse_send_timeout.is_zero() || sse_send_timeout > Duration::from_secs(300) {
+            return Err(invalid(
+                "http.sse_send_timeout",
+                "must be more than 0 and at most 5m",
+            ));
+        }
         let sse_buffer = http.sse_buffer.unwrap_or(256);
         if !(1..=crate::state::STREAM_BUFFER).contains(&sse_buffer) {
             return Err(invalid(
@@ -550,6 +565,7 @@ impl RawConfig {
                 idle_timeout,
                 max_connections,
                 sse_buffer,
+                sse_send_timeout,
             },
             store: StoreConfig {
                 path,
@@ -682,6 +698,11 @@ token = "police-token-0123456789"
                 "listen = \"127.0.0.1:0\"",
                 "listen = \"127.0.0.1:0\"\nsse_buffer = 0",
                 "http.sse_buffer:",
+            ),
+            (
+                "listen = \"127.0.0.1:0\"",
+                "listen = \"127.0.0.1:0\"\nsse_send_timeout = \"0s\"",
+                "http.sse_send_timeout:",
             ),
         ];
         for (from, to, want) in cases {

@@ -15,6 +15,8 @@ mod fuzz;
 mod grafana;
 #[path = "collector/ingest.rs"]
 mod ingest;
+#[path = "collector/limits.rs"]
+mod limits;
 #[path = "collector/openapi.rs"]
 mod openapi;
 #[path = "collector/presence.rs"]

@@ -55,6 +55,8 @@ pub struct FeedState {
     pub shutdown: tokio_util::sync::CancellationToken,
     /// Events queued per stream client before it is disconnected.
     pub sse_buffer: usize,
+    /// How long a full stream queue may stay full.
+    pub sse_send_timeout: Duration,
     /// Rate-limited logs of the feed's drops.
     pub drop_log: Arc<server::DropLog>,
 }

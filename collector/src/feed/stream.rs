@@ -10,10 +10,12 @@
 //! Flow control: each client has its own queue of `http.sse_buffer` events,
 //! filled by a forwarding task from the change broadcast. A client that
 //! stops reading (its socket buffers full, so its queue fills) is
-//! disconnected as soon as one more event finds its queue full: counted in
-//! `muster_sse_dropped_total`, rate-limited log, and its connection closed
-//! (through the server's [`ConnKill`]), so neither its task nor its socket
-//! outlives it. Other clients never wait for it; keep-alive comments are
+//! disconnected once an event has waited `http.sse_send_timeout` for room
+//! in its queue: counted in `muster_sse_dropped_total`, rate-limited log,
+//! and its connection closed (through the server's [`ConnKill`]), so
+//! neither its task nor its socket outlives it. A burst larger than the
+//! queue only makes a reading client wait. Other clients never wait for a
+//! stuck one (each has its own broadcast receiver); keep-alive comments are
 //! written per connection and keep flowing to healthy clients.
 
 use std::collections::HashMap;
@@ -127,6 +129,7 @@ pub async fn stream(
         tx,
         st.shared.clone(),
         st.drop_log.clone(),
+        st.sse_send_timeout,
         kill.map(|Extension(k)| k),
         st.shutdown.clone(),
     ));
@@ -141,13 +144,15 @@ pub async fn stream(
 }
 
 /// Moves one client's events from the broadcast into its queue; ends when
-/// the client is gone, at shutdown, or when the queue is full (the client
-/// stopped reading): then the client's connection is closed.
+/// the client is gone, at shutdown, or when the queue stays full for
+/// `send_timeout` (the client stopped reading): then the client's
+/// connection is closed.
 async fn forward(
     events: impl Stream<Item = Event> + Send + 'static,
     tx: mpsc::Sender<Event>,
     shared: Arc<Shared>,
     log: Arc<super::server::DropLog>,
+    send_timeout: std::time::Duration,
     kill: Option<ConnKill>,
     shutdown: tokio_util::sync::CancellationToken,
 ) {
@@ -161,23 +166,30 @@ async fn forward(
                 None => return,
             },
         };
-        match tx.try_send(ev) {
-            Ok(()) => {}
+        let ev = match tx.try_send(ev) {
+            Ok(()) => continue,
             Err(mpsc::error::TrySendError::Closed(_)) => return,
-            Err(mpsc::error::TrySendError::Full(_)) => {
-                shared.metrics.http.dropped(HttpDrop::SseOverflow);
-                if let Some(suppressed) = log.admit(HttpDrop::SseOverflow) {
-                    warn!(
-                        suppressed,
-                        buffer = tx.max_capacity(),
-                        "Stream client disconnected: it stopped reading (http.sse_buffer full)."
-                    );
-                }
-                if let Some(k) = kill {
-                    k.0.cancel();
-                }
-                return;
-            }
+            Err(mpsc::error::TrySendError::Full(ev)) => ev,
+        };
+        tokio::select! {
+            _ = shutdown.cancelled() => return,
+            r = tokio::time::timeout(send_timeout, tx.send(ev)) => match r {
+                Ok(Ok(())) => continue,
+                Ok(Err(_)) => return,
+                Err(_) => {}
+            },
         }
+        shared.metrics.http.dropped(HttpDrop::SseOverflow);
+        if let Some(suppressed) = log.admit(HttpDrop::SseOverflow) {
+            warn!(
+                suppressed,
+                buffer = tx.max_capacity(),
+                "Stream client disconnected: it stopped reading (http.sse_buffer full for http.sse_send_timeout)."
+            );
+        }
+        if let Some(k) = kill {
+            k.0.cancel();
+        }
+        return;
     }
 }

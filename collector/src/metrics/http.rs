@@ -70,7 +70,7 @@ impl HttpMetrics {
         e.family(
             "muster_sse_dropped_total",
             "counter",
-            "Stream clients disconnected because http.sse_buffer events waited for them.",
+            "Stream clients disconnected: their http.sse_buffer queue stayed full for http.sse_send_timeout.",
         );
         e.sample(
             "muster_sse_dropped_total",
