@@ -27,6 +27,8 @@ mod problems;
 mod restart;
 #[path = "collector/rules.rs"]
 mod rules;
+#[path = "collector/schemathesis.rs"]
+mod schemathesis;
 #[path = "collector/scoping.rs"]
 mod scoping;
 #[path = "collector/tls.rs"]

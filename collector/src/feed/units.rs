@@ -28,10 +28,14 @@ fn parse_status(s: &str) -> Result<Status, ApiError> {
     }
 }
 
-/// `agency/unit` cursors; neither part can contain '/'.
+/// `agency/unit` cursors (split at the first '/'). A cursor is a position
+/// in the ordered list, so any pair is accepted, identity or not.
 fn parse_unit_cursor(s: &str) -> Result<UnitId, ApiError> {
     s.split_once('/')
-        .and_then(|(a, u)| UnitId::new(a, u).ok())
+        .map(|(a, u)| UnitId {
+            agency: a.to_owned(),
+            unit: u.to_owned(),
+        })
         .ok_or_else(|| ApiError::bad_request("cursor: not a cursor this endpoint gave out"))
 }
 
