@@ -202,10 +202,21 @@ async fn a_connection_over_the_cap_is_closed_at_once_and_counted() {
         .unwrap();
     assert_eq!(status, 200);
     held.clear();
-    let m = w
-        .c()
-        .metric("muster_http_refused_total{reason=\"connection_cap\"}")
-        .await;
+    // The server frees the slots as it sees the closes: poll until served.
+    let deadline = Instant::now() + Duration::from_secs(10);
+    let metrics = loop {
+        let mut r = BufReader::new(TcpStream::connect(addr).await.unwrap());
+        if let Some((200, body)) = keep_alive_get(&mut r, "/metrics", Some(ADMIN)).await {
+            break body;
+        }
+        assert!(Instant::now() < deadline, "no slot came back");
+        tokio::time::sleep(Duration::from_millis(20)).await;
+    };
+    let m: f64 = metrics
+        .lines()
+        .find_map(|l| l.strip_prefix("muster_http_refused_total{reason=\"connection_cap\"} "))
+        .and_then(|v| v.parse().ok())
+        .unwrap_or_else(|| panic!("no connection_cap count in\n{metrics}"));
     assert!(m >= 1.0, "connection_cap {m}");
 }
 
