@@ -17,6 +17,7 @@
 //!   stops reading is handled by the stream's own buffer (`stream.rs`),
 //!   which ends the connection through the [`ConnKill`] in the request's
 //!   extensions.
+//! - A request head over [`MAX_HEAD_BYTES`] is refused (hyper answers 431).
 //! - `accept()` errors (EMFILE when out of file descriptors, ENFILE,
 //!   ENOBUFS...) back off 50 ms doubling to 1 s, are counted in
 //!   `muster_http_accept_errors_total` and logged once per interval with a
@@ -55,6 +56,11 @@ use crate::state::Shared;
 /// How long a connection answering a request at shutdown may take to
 /// finish it.
 pub const DRAIN_GRACE: Duration = Duration::from_secs(5);
+
+/// The most a request head may take (start line and headers): bounds a
+/// connection's read buffer, so the feed's memory is at most
+/// `max_connections` times this plus responses.
+pub const MAX_HEAD_BYTES: usize = 64 * 1024;
 
 /// The server's limits, from `[http]`.
 #[derive(Debug, Clone, Copy)]
@@ -309,6 +315,8 @@ async fn connection(
     let mut builder = hyper::server::conn::http1::Builder::new();
     // Our own clocks (ConnPhase) tell a slow head from an idle keep-alive.
     builder.header_read_timeout(None);
+    builder.max_header_size(MAX_HEAD_BYTES);
+    builder.max_buf_size(MAX_HEAD_BYTES);
     let io = TokioIo::new(Tracked {
         io: stream,
         conn: Arc::clone(&conn),

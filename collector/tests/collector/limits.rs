@@ -133,6 +133,24 @@ async fn a_slow_or_silent_head_is_closed_after_header_read_timeout() {
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn an_oversized_head_is_refused() {
+    let w = World::start("").await;
+    let mut s = TcpStream::connect(w.c().addr).await.unwrap();
+    let big = format!(
+        "GET /healthz HTTP/1.1\r\nHost: collector\r\nX-Big: {}\r\n\r\n",
+        "a".repeat(muster_collector::feed::server::MAX_HEAD_BYTES)
+    );
+    let _ = s.write_all(big.as_bytes()).await;
+    let mut got = vec![0u8; 1024];
+    let n = tokio::time::timeout(Duration::from_secs(10), s.read(&mut got))
+        .await
+        .expect("the server answers an oversized head")
+        .unwrap_or(0);
+    let head = String::from_utf8_lossy(&got[..n]);
+    assert!(head.starts_with("HTTP/1.1 431"), "{head}");
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn an_idle_keep_alive_connection_is_closed_after_idle_timeout() {
     // The header clock is long: what closes the connection is the idle one.
     let w = World::start_http("header_read_timeout = \"30s\"\nidle_timeout = \"1s\"", "").await;

@@ -42,6 +42,7 @@ fn run(
     token: &str,
     report: &std::path::Path,
 ) -> (bool, String) {
+    std::fs::create_dir_all(report).unwrap();
     let seed = std::env::var("SCHEMATHESIS_SEED").unwrap_or_else(|_| "1".into());
     let out = Command::new(bin)
         .arg("run")
@@ -60,6 +61,8 @@ fn run(
         .args(["--warnings", "off"])
         .arg("--report-dir")
         .arg(report)
+        // Its cache directory (.schemathesis/) goes there too.
+        .current_dir(report)
         .env("NO_COLOR", "1")
         .output()
         .expect("run schemathesis");
