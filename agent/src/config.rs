@@ -13,6 +13,7 @@ use muster_proto::{Collector, UnitId};
 use serde::Deserialize;
 
 use crate::buffer::settings::{BufferSettings, FullPolicy};
+use crate::enroll::EnrollSettings;
 use crate::uplink::settings::{MqttSettings, UplinkSettings};
 
 /// Why a configuration was refused.
@@ -68,6 +69,16 @@ struct RawConfig {
     log: RawLog,
     #[serde(default, rename = "probe")]
     probes: Vec<RawProbe>,
+    enroll: Option<RawEnroll>,
+}
+
+#[derive(Debug, Deserialize, Default)]
+#[serde(deny_unknown_fields)]
+struct RawEnroll {
+    url: Option<String>,
+    token: Option<String>,
+    token_file: Option<PathBuf>,
+    ca_file: Option<PathBuf>,
 }
 
 #[derive(Debug, Deserialize, Default)]
@@ -179,6 +190,8 @@ pub struct Config {
     pub report: Option<ReportConfig>,
     pub log: LogConfig,
     pub probes: Vec<ProbeSpec>,
+    /// `[enroll]`: claim a credential from the collector on first start.
+    pub enroll: Option<EnrollSettings>,
 }
 
 /// `[sampling]`
@@ -437,6 +450,7 @@ fn validate(raw: RawConfig) -> Result<Config, ConfigError> {
     let sampling = validate_sampling(raw.sampling)?;
     let report = validate_report(raw.report)?;
     let log = validate_log(raw.log, &data_dir)?;
+    let enroll = raw.enroll.map(validate_enroll).transpose()?;
 
     let mut probes = Vec::with_capacity(raw.probes.len());
     let mut names = HashSet::new();
@@ -462,6 +476,81 @@ fn validate(raw: RawConfig) -> Result<Config, ConfigError> {
         report,
         log,
         probes,
+        enroll,
+    })
+}
+
+/// The shortest enrol token the collector accepts (its `MIN_TOKEN_LEN`).
+const MIN_ENROLL_TOKEN_LEN: usize = 16;
+
+fn validate_enroll(raw: RawEnroll) -> Result<EnrollSettings, ConfigError> {
+    let url = raw
+        .url
+        .ok_or_else(|| ConfigError::invalid("enroll.url", "missing"))?;
+    let bad = |why: &str| ConfigError::invalid("enroll.url", format!("{url:?} {why}"));
+    let uri: hyper::Uri = url.parse().map_err(|_| bad("is not a URL"))?;
+    let tls = match uri.scheme_str() {
+        Some("http") => false,
+        Some("https") => true,
+        _ => return Err(bad("must start with http:// or https://")),
+    };
+    if uri.query().is_some() {
+        return Err(bad("must not have a query"));
+    }
+    if uri.authority().is_some_and(|a| a.as_str().contains('@')) {
+        return Err(bad("must not carry credentials (use enroll.token)"));
+    }
+    let (host, port) = uri_host_port(&uri, if tls { 443 } else { 80 })
+        .ok_or_else(|| bad("has no host or a bad port"))?;
+    let token = match (raw.token, raw.token_file) {
+        (Some(_), Some(_)) => {
+            return Err(ConfigError::invalid(
+                "enroll.token_file",
+                "set either enroll.token or enroll.token_file, not both",
+            ));
+        }
+        (Some(t), None) => t,
+        (None, Some(f)) => std::fs::read_to_string(&f)
+            .map_err(|e| {
+                ConfigError::invalid("enroll.token_file", format!("{}: {e}", f.display()))
+            })?
+            .trim()
+            .to_owned(),
+        (None, None) => {
+            return Err(ConfigError::invalid(
+                "enroll.token",
+                "missing (set enroll.token or enroll.token_file)",
+            ));
+        }
+    };
+    let key = "enroll.token";
+    if token.len() < MIN_ENROLL_TOKEN_LEN {
+        return Err(ConfigError::invalid(
+            key,
+            format!("must be at least {MIN_ENROLL_TOKEN_LEN} characters"),
+        ));
+    }
+    if token.chars().any(|c| c.is_whitespace() || c.is_control()) {
+        return Err(ConfigError::invalid(key, "must not contain whitespace"));
+    }
+    if let Some(ca) = &raw.ca_file {
+        if !tls {
+            return Err(ConfigError::invalid(
+                "enroll.ca_file",
+                "is only used with an https:// url",
+            ));
+        }
+        check_file("enroll.ca_file", ca)?;
+    }
+    let base = uri.path().trim_end_matches('/');
+    Ok(EnrollSettings {
+        host,
+        port,
+        tls,
+        authority: uri.authority().map(|a| a.to_string()).unwrap_or_default(),
+        path: format!("{base}/api/v1/enroll"),
+        token,
+        ca_file: raw.ca_file,
     })
 }
 

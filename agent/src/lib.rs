@@ -6,11 +6,13 @@
 //! * [`report`]: the CAD client's loopback self-report endpoint.
 //! * [`observation`]: the seam: measuring sends `Observation`s to the uplink.
 //! * [`buffer`] + [`uplink`]: store-and-forward over MQTT.
+//! * [`enroll`]: enrolment by claim (the unit's own broker credential).
 //! * [`config`], [`run`], [`service`]: configuration, wiring, running as a service.
 
 pub mod buffer;
 pub mod clock;
 pub mod config;
+pub mod enroll;
 pub mod observation;
 pub mod probe;
 pub mod report;

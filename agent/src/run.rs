@@ -26,11 +26,13 @@ use tokio::sync::{mpsc, watch};
 
 use crate::clock::Clock;
 use crate::config::Config;
+use crate::enroll;
 use crate::probe::schedule::{self, ScheduleStats, stopped};
 use crate::probe::{Probe, ProbeError, Runnable};
 use crate::report::{self, ReportStats};
 use crate::sample::{self, DropCounter, SampleError, Sampler};
 use crate::service::notify::{self, Notifier};
+use crate::uplink::backoff::Backoff;
 use crate::uplink::{self, UplinkConfig, UplinkError};
 
 pub const AGENT_VERSION: &str = env!("CARGO_PKG_VERSION");
@@ -47,6 +49,8 @@ pub enum RunError {
     Buffer(#[from] crate::buffer::BufferError),
     #[error("runtime: {0}")]
     Runtime(std::io::Error),
+    #[error("enrolment: {0}")]
+    Enroll(#[from] crate::enroll::EnrollError),
 }
 
 /// The measuring side's runtime (probes, report endpoint, watchdog): one
@@ -128,11 +132,39 @@ pub async fn run(
     let (stop_tx, stop_rx) = watch::channel(false);
     let interval_ms = cfg.sampling.interval.as_millis().min(u32::MAX as u128) as u32;
 
+    // Enrolment: the credential exists before the uplink starts, so the
+    // uplink uses it from its first connection (refused until active).
+    let mut mqtt = cfg.mqtt.clone();
+    let enrolment = match &cfg.enroll {
+        None => None,
+        Some(settings) => {
+            let (cred, made) = enroll::load_or_create(&cfg.data_dir)?;
+            if mqtt.username.is_none() {
+                mqtt.username = Some(cfg.unit.to_string());
+                mqtt.password = Some(cred.password());
+            } else {
+                tracing::info!("mqtt.username is set: MQTT uses it, not the enrolled credential.");
+            }
+            if made {
+                tracing::info!(fingerprint = %cred.fingerprint(), "Made this unit's credential.");
+            }
+            (!enroll::is_enrolled(&cfg.data_dir)).then(|| enroll::Enrolment {
+                settings: settings.clone(),
+                unit: cfg.unit.clone(),
+                credential_sha256: cred.sha256_hex(),
+                fingerprint: cred.fingerprint(),
+                data_dir: cfg.data_dir.clone(),
+                config_lists_keys: false,
+                backoff: Backoff::new(cfg.uplink.reconnect_min, cfg.uplink.reconnect_max),
+            })
+        }
+    };
+
     // The uplink first, so nothing waits on a missing consumer.
     let (uplink_stop_tx, uplink_stop_rx) = tokio::sync::oneshot::channel::<()>();
     let ucfg = UplinkConfig {
         unit: cfg.unit.clone(),
-        mqtt: cfg.mqtt.clone(),
+        mqtt,
         uplink: cfg.uplink.clone(),
         buffer: cfg.buffer.clone(),
         interval_ms,
@@ -142,6 +174,7 @@ pub async fn run(
     let buffer = crate::buffer::Buffer::open(ucfg.buffer.clone(), clock.now_ms())?;
     let mut uplink_task = spawn_uplink(ucfg, buffer, rx, clock.clone(), uplink_stop_rx)?;
 
+    let enroll_task = enrolment.map(|e| tokio::spawn(enroll::run(e, stop_rx.clone())));
     let probes = build_probes(&cfg)?;
     let sampler = Sampler::new(cfg.sampling.clone())?;
     let sampler = sample::spawn(
@@ -210,6 +243,9 @@ pub async fn run(
         let _ = t.await;
     }
     if let Some(t) = watchdog {
+        let _ = t.await;
+    }
+    if let Some(t) = enroll_task {
         let _ = t.await;
     }
     tracing::info!(

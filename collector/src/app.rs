@@ -22,6 +22,7 @@ use tracing::{info, warn};
 
 use crate::clock::SharedClock;
 use crate::config::Config;
+use crate::enroll::{CollectorKeys, Enroll, NoKeys, Registry};
 use crate::feed::{self, Auth, FeedState};
 use crate::ingest::mqtt::{self, MqttError};
 use crate::ingest::worker::Worker;
@@ -45,12 +46,35 @@ pub enum AppError {
     Notify(#[from] crate::notify::NotifyError),
 }
 
+/// Optional wiring of [`run_with`].
+#[derive(Default)]
+pub struct Wiring {
+    /// The collector's ack-signing public keys, handed to units whose
+    /// enrolment is active (default: none).
+    // MERGE: the ack-signing work passes its keys here (or from `cfg`).
+    pub collector_keys: Option<Arc<dyn CollectorKeys>>,
+    /// Receives the enrolment registry once it is open: the
+    /// `UnitCredentials` the broker gate checks (tests use it too).
+    pub registry: Option<tokio::sync::oneshot::Sender<Arc<Registry>>>,
+}
+
 /// Runs the collector until `shutdown` completes, then stops cleanly.
 pub async fn run(
     cfg: Config,
     listener: TcpListener,
     clock: SharedClock,
     shutdown: impl Future<Output = ()> + Send + 'static,
+) -> Result<(), AppError> {
+    run_with(cfg, listener, clock, shutdown, Wiring::default()).await
+}
+
+/// As [`run`], with the optional [`Wiring`].
+pub async fn run_with(
+    cfg: Config,
+    listener: TcpListener,
+    clock: SharedClock,
+    shutdown: impl Future<Output = ()> + Send + 'static,
+    wiring: Wiring,
 ) -> Result<(), AppError> {
     let store_path = cfg.store.path.clone();
     let cache = cfg.store.cache_bytes;
@@ -63,6 +87,24 @@ pub async fn run(
         })?;
     let store: Arc<dyn Store> = Arc::new(store);
     let shared = Shared::new(Arc::clone(&store));
+    let registry = {
+        let store = Arc::clone(&store);
+        let max_pending = cfg.enroll.max_pending;
+        let keys = wiring.collector_keys.unwrap_or_else(|| Arc::new(NoKeys));
+        tokio::task::spawn_blocking(move || Registry::open(store, max_pending, keys))
+            .await
+            .map_err(|e| AppError::Task(e.to_string()))?
+            .map_err(|source| AppError::Store {
+                path: cfg.store.path.display().to_string(),
+                source,
+            })?
+    };
+    // MERGE: the broker gate takes `Arc::clone(&registry)` as its
+    // `UnitCredentials`.
+    let registry = Arc::new(registry);
+    if let Some(tx) = wiring.registry {
+        let _ = tx.send(Arc::clone(&registry));
+    }
 
     let opts = mqtt::options(&cfg.mqtt, cfg.ingest.receive_maximum)?;
     let filters = mqtt::filters(cfg.mqtt.shared_group.as_deref())?;
@@ -138,6 +180,11 @@ pub async fn run(
         sse_buffer: cfg.http.sse_buffer,
         sse_send_timeout: cfg.http.sse_send_timeout,
         drop_log: Arc::clone(&drop_log),
+        enroll: Arc::new(Enroll::new(
+            Arc::clone(&registry),
+            &cfg.enroll,
+            cfg.ingest.refusal_log_interval.as_millis() as u64,
+        )),
     };
     if let Ok(addr) = listener.local_addr() {
         info!(%addr, broker = %format!("{}:{}", cfg.mqtt.host, cfg.mqtt.port), "Collector started.");

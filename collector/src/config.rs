@@ -60,6 +60,14 @@ pub struct RawConfig {
     pub agency: Vec<RawAgency>,
     #[serde(default)]
     pub rules: RawRules,
+    #[serde(default)]
+    pub enroll: RawEnroll,
+}
+
+#[derive(Debug, Deserialize, Default)]
+#[serde(deny_unknown_fields)]
+pub struct RawEnroll {
+    pub max_pending: Option<usize>,
 }
 
 #[derive(Debug, Deserialize, Default)]
@@ -115,6 +123,10 @@ pub struct RawIngest {
 pub struct RawAgency {
     pub name: String,
     pub token: String,
+    /// The token this agency's terminals enrol with (`POST /api/v1/enroll`).
+    pub enroll_token: Option<String>,
+    /// `"auto"` or `"approve"` (default).
+    pub enroll: Option<String>,
     /// `[agency.webhook]`: notifications of this agency's changes.
     pub webhook: Option<crate::notify::RawWebhook>,
 }
@@ -142,6 +154,54 @@ pub struct Config {
     /// Agency name -> its webhook, for agencies that have one.
     pub webhooks: BTreeMap<String, crate::notify::WebhookConfig>,
     pub rules: RulesConfig,
+    /// Enrolment by claim: `[enroll]` and each agency's `enroll_token`/`enroll`.
+    pub enroll: EnrollConfig,
+}
+
+/// How an agency's claims become credentials.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum EnrollMode {
+    /// A claim is active at once: whoever holds the enrol token adds units.
+    Auto,
+    /// A claim waits as pending until an admin approves it (the default: an
+    /// enrol token is baked into installers and spreads; approval keeps a
+    /// leaked one from adding units that speak for the agency unseen).
+    Approve,
+}
+
+/// One agency's enrolment settings.
+#[derive(Clone, PartialEq, Eq)]
+pub struct AgencyEnroll {
+    pub token: Secret,
+    pub mode: EnrollMode,
+}
+
+impl std::fmt::Debug for AgencyEnroll {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("AgencyEnroll")
+            .field("token", &self.token)
+            .field("mode", &self.mode)
+            .finish()
+    }
+}
+
+/// `[enroll]` plus the agencies that enrol.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct EnrollConfig {
+    /// `enroll.max_pending`: pending claims kept at most, all agencies
+    /// together (default 10000), so a leaked enrol token cannot fill the disk.
+    pub max_pending: usize,
+    /// Agency name -> its enrolment settings, for agencies with an `enroll_token`.
+    pub agencies: BTreeMap<String, AgencyEnroll>,
+}
+
+impl Default for EnrollConfig {
+    fn default() -> Self {
+        EnrollConfig {
+            max_pending: 10_000,
+            agencies: BTreeMap::new(),
+        }
+    }
 }
 
 impl std::fmt::Debug for Config {
@@ -322,6 +382,7 @@ impl RawConfig {
             ingest,
             agency,
             rules,
+            enroll,
         } = self;
 
         let admin_token = admin_token.map(|t| token("admin_token", &t)).transpose()?;
@@ -517,6 +578,15 @@ impl RawConfig {
         // [[agency]]
         let mut agencies = BTreeMap::new();
         let mut webhooks = BTreeMap::new();
+        let mut enroll_cfg = EnrollConfig::default();
+        if let Some(n) = enroll.max_pending {
+            if !(1..=1_000_000).contains(&n) {
+                return Err(invalid("enroll.max_pending", "must be 1 to 1000000"));
+            }
+            enroll_cfg.max_pending = n;
+        }
+        // Enrol tokens are checked once every feed token is known.
+        let mut enroll_raw = Vec::new();
         for (i, a) in agency.into_iter().enumerate() {
             muster_proto::ids::validate_part("agency", &a.name)
                 .map_err(|e| invalid(format!("agency[{i}].name"), e.to_string()))?;
@@ -536,7 +606,41 @@ impl RawConfig {
             if let Some(w) = a.webhook {
                 webhooks.insert(a.name.clone(), w.validate(&format!("agency[{i}].webhook"))?);
             }
+            enroll_raw.push((i, a.name.clone(), a.enroll_token, a.enroll));
             agencies.insert(a.name, t);
+        }
+        for (i, name, tok, mode) in enroll_raw {
+            let mode = match mode.as_deref() {
+                None | Some("approve") => EnrollMode::Approve,
+                Some("auto") => EnrollMode::Auto,
+                Some(other) => {
+                    return Err(invalid(
+                        format!("agency[{i}].enroll"),
+                        format!("{other:?} is not one of \"auto\", \"approve\""),
+                    ));
+                }
+            };
+            let Some(tok) = tok else {
+                continue;
+            };
+            let key = format!("agency[{i}].enroll_token");
+            let tok = token(&key, &tok)?;
+            let clash = agencies.values().any(|v| *v == tok)
+                || admin_token.as_deref() == Some(tok.as_str())
+                || enroll_cfg.agencies.values().any(|e| e.token.0 == tok);
+            if clash {
+                return Err(invalid(
+                    key,
+                    "must differ from every feed token, every other enroll_token and the admin token",
+                ));
+            }
+            enroll_cfg.agencies.insert(
+                name,
+                AgencyEnroll {
+                    token: Secret(tok),
+                    mode,
+                },
+            );
         }
 
         let rules = rules
@@ -585,6 +689,7 @@ impl RawConfig {
             agencies,
             webhooks,
             rules,
+            enroll: enroll_cfg,
         })
     }
 }
@@ -704,6 +809,41 @@ token = "police-token-0123456789"
                 "listen = \"127.0.0.1:0\"\nsse_send_timeout = \"0s\"",
                 "http.sse_send_timeout:",
             ),
+            (
+                "token = \"police-token-0123456789\"",
+                "token = \"police-token-0123456789\"\nenroll_token = \"short\"",
+                "agency[1].enroll_token: must be at least",
+            ),
+            (
+                "token = \"police-token-0123456789\"",
+                "token = \"police-token-0123456789\"\nenroll_token = \"fire-token-0123456789\"",
+                "agency[1].enroll_token: must differ",
+            ),
+            (
+                "token = \"police-token-0123456789\"",
+                "token = \"police-token-0123456789\"\nenroll_token = \"police-token-0123456789\"",
+                "agency[1].enroll_token: must differ",
+            ),
+            (
+                "token = \"police-token-0123456789\"",
+                "token = \"police-token-0123456789\"\nenroll_token = \"admin-token-0123456789\"",
+                "agency[1].enroll_token: must differ",
+            ),
+            (
+                "token = \"fire-token-0123456789\"\n[[agency]]\nname = \"county-police\"\ntoken = \"police-token-0123456789\"",
+                "token = \"fire-token-0123456789\"\nenroll_token = \"same-enrol-token-0123\"\n[[agency]]\nname = \"county-police\"\ntoken = \"police-token-0123456789\"\nenroll_token = \"same-enrol-token-0123\"",
+                "agency[1].enroll_token: must differ",
+            ),
+            (
+                "token = \"police-token-0123456789\"",
+                "token = \"police-token-0123456789\"\nenroll = \"yes\"",
+                "agency[1].enroll:",
+            ),
+            (
+                "sample_retention = \"2h\"",
+                "sample_retention = \"2h\"\n[enroll]\nmax_pending = 0",
+                "enroll.max_pending:",
+            ),
         ];
         for (from, to, want) in cases {
             let text = GOOD.replacen(from, to, 1);
@@ -711,6 +851,27 @@ token = "police-token-0123456789"
             let err = Config::parse(&text).unwrap_err().to_string();
             assert!(err.contains(want), "{to}: got {err:?}, want {want:?}");
         }
+    }
+
+    #[test]
+    fn enrolment_defaults_to_approve_and_auto_is_explicit() {
+        let c = Config::parse(&GOOD.replacen(
+            "token = \"police-token-0123456789\"",
+            "token = \"police-token-0123456789\"\nenroll_token = \"police-enrol-0123456789\"\nenroll = \"auto\"",
+            1,
+        ))
+        .unwrap();
+        assert_eq!(c.enroll.max_pending, 10_000);
+        assert_eq!(c.enroll.agencies["county-police"].mode, EnrollMode::Auto);
+        assert!(!c.enroll.agencies.contains_key("metro-fire"));
+        let c = Config::parse(&GOOD.replacen(
+            "token = \"police-token-0123456789\"",
+            "token = \"police-token-0123456789\"\nenroll_token = \"police-enrol-0123456789\"",
+            1,
+        ))
+        .unwrap();
+        assert_eq!(c.enroll.agencies["county-police"].mode, EnrollMode::Approve);
+        assert!(!format!("{:?}", c.enroll).contains("police-enrol"));
     }
 
     #[test]

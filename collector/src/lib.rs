@@ -9,6 +9,7 @@
 //! * [`status_pub`]: retained JSON status and incidents over MQTT.
 //! * [`notify`]: webhook notifications of transitions and incidents.
 //! * [`broker`]: the optional embedded MQTT broker (rumqttd).
+//! * [`enroll`]: enrolment by claim: per-unit broker credentials.
 //! * [`service`]: systemd readiness and watchdog.
 //! * [`fdlimit`]: the soft open-file limit raised to the hard one at start.
 //! * [`app`]: wires it all together with a clean shutdown.
@@ -18,6 +19,7 @@ pub mod broker;
 pub mod clock;
 pub mod config;
 pub mod demo;
+pub mod enroll;
 pub mod fdlimit;
 pub mod feed;
 pub mod ingest;

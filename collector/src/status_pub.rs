@@ -46,7 +46,7 @@ pub fn unit_status(u: &UnitRecord) -> Outbound {
         status: u.health.status,
         since_ms: u.health.since_ms,
         reasons: &u.health.reasons,
-        online: u.presence.map(|p| p.online),
+        online: u.online(),
         last_seen_ms: u.last_seen_ms,
         last_at_ms: u.last_at_ms,
     };

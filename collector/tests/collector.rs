@@ -9,6 +9,10 @@ mod http;
 
 #[path = "collector/dashboard.rs"]
 mod dashboard;
+#[path = "collector/enroll.rs"]
+mod enroll;
+#[path = "collector/feed_limits.rs"]
+mod feed_limits;
 #[path = "collector/fuzz.rs"]
 mod fuzz;
 #[path = "collector/grafana.rs"]

@@ -268,21 +268,32 @@ impl Drop for AbortOnDrop {
 /// The rustls client config of one https probe: the built-in web roots, or the
 /// probe's `ca_file`, or (only when configured) no verification at all.
 fn client_config(spec: &HttpSpec) -> Result<ClientConfig, ProbeError> {
+    tls_client_config(spec.ca_file.as_deref(), spec.insecure_skip_verify)
+}
+
+/// An HTTP/1.1 rustls (ring) client config: the built-in web roots, or the
+/// PEM CA bundle `ca_file`, or (only when `insecure`) no verification. The
+/// one home of the agent's https client TLS (probes and enrolment).
+pub(crate) fn tls_client_config(
+    ca_file: Option<&std::path::Path>,
+    insecure: bool,
+) -> Result<ClientConfig, ProbeError> {
     let provider = Arc::new(rustls::crypto::ring::default_provider());
     let builder = ClientConfig::builder_with_provider(provider.clone())
         .with_safe_default_protocol_versions()
         .map_err(|e| ProbeError::Tls(e.to_string()))?;
-    let mut cfg = if spec.insecure_skip_verify {
+    let mut cfg = if insecure {
         builder
             .dangerous()
             .with_custom_certificate_verifier(Arc::new(NoVerify(provider)))
             .with_no_client_auth()
     } else {
         let mut roots = rustls::RootCertStore::empty();
-        match &spec.ca_file {
+        match ca_file {
             None => roots.extend(webpki_roots::TLS_SERVER_ROOTS.iter().cloned()),
             Some(path) => {
-                let pem = std::fs::read(path)
+                let path = path.to_path_buf();
+                let pem = std::fs::read(&path)
                     .map_err(|e| ProbeError::CaFile(path.clone(), e.to_string()))?;
                 let mut n = 0;
                 for c in rustls_pemfile::certs(&mut pem.as_slice()) {

@@ -347,3 +347,98 @@ fn bad_identity_and_unknown_keys() {
         Err(ConfigError::Read { .. })
     ));
 }
+
+#[test]
+fn enroll_section_is_validated() {
+    let tok = "metro-fire-enrol-0123456789";
+    let c = parse(&format!(
+        "[enroll]\nurl = \"https://collector.example:8443/muster/\"\ntoken = \"{tok}\"\n"
+    ))
+    .unwrap();
+    let e = c.enroll.unwrap();
+    assert_eq!(
+        (e.host.as_str(), e.port, e.tls),
+        ("collector.example", 8443, true)
+    );
+    assert_eq!(e.path, "/muster/api/v1/enroll");
+    assert_eq!(e.authority, "collector.example:8443");
+    assert!(
+        !format!("{e:?}").contains(tok),
+        "the token stays out of Debug"
+    );
+    let e = parse(&format!(
+        "[enroll]\nurl = \"http://10.0.0.5\"\ntoken = \"{tok}\"\n"
+    ))
+    .unwrap()
+    .enroll
+    .unwrap();
+    assert_eq!(
+        (e.port, e.tls, e.path.as_str()),
+        (80, false, "/api/v1/enroll")
+    );
+    assert!(parse("").unwrap().enroll.is_none());
+
+    let dir = muster_testkit::TempDir::new().unwrap();
+    let tf = dir.path().join("enroll.token");
+    std::fs::write(&tf, format!("{tok}\r\n")).unwrap();
+    let e = parse(&format!(
+        "[enroll]\nurl = \"http://c:8080\"\ntoken_file = {:?}\n",
+        tf.display().to_string()
+    ))
+    .unwrap()
+    .enroll
+    .unwrap();
+    assert_eq!(e.token, tok, "the token file is trimmed");
+
+    let cases: &[(&str, &str)] = &[
+        (
+            "[enroll]\ntoken = \"metro-fire-enrol-0123456789\"\n",
+            "enroll.url",
+        ),
+        (
+            "[enroll]\nurl = \"mqtt://c\"\ntoken = \"metro-fire-enrol-0123456789\"\n",
+            "enroll.url",
+        ),
+        (
+            "[enroll]\nurl = \"http://c/?x=1\"\ntoken = \"metro-fire-enrol-0123456789\"\n",
+            "enroll.url",
+        ),
+        (
+            "[enroll]\nurl = \"http://u:p@c\"\ntoken = \"metro-fire-enrol-0123456789\"\n",
+            "enroll.url",
+        ),
+        ("[enroll]\nurl = \"http://c\"\n", "enroll.token"),
+        (
+            "[enroll]\nurl = \"http://c\"\ntoken = \"short\"\n",
+            "enroll.token",
+        ),
+        (
+            "[enroll]\nurl = \"http://c\"\ntoken = \"has a space in it 0123\"\n",
+            "enroll.token",
+        ),
+        (
+            "[enroll]\nurl = \"http://c\"\ntoken = \"metro-fire-enrol-0123456789\"\ntoken_file = \"/x\"\n",
+            "enroll.token_file",
+        ),
+        (
+            "[enroll]\nurl = \"http://c\"\ntoken_file = \"/nonexistent/token\"\n",
+            "enroll.token_file",
+        ),
+        (
+            "[enroll]\nurl = \"http://c\"\ntoken = \"metro-fire-enrol-0123456789\"\nca_file = \"/etc/hostname\"\n",
+            "enroll.ca_file",
+        ),
+        (
+            "[enroll]\nurl = \"https://c\"\ntoken = \"metro-fire-enrol-0123456789\"\nca_file = \"/nonexistent/ca.pem\"\n",
+            "enroll.ca_file",
+        ),
+    ];
+    for (extra, key) in cases {
+        let e = parse(extra).unwrap_err();
+        assert_eq!(e.key(), Some(*key), "{extra:?}: {e}");
+    }
+    let e =
+        parse("[enroll]\nurl = \"http://c\"\ntoken = \"metro-fire-enrol-0123456789\"\nbogus = 1\n")
+            .unwrap_err();
+    assert!(e.to_string().contains("bogus"), "{e}");
+}

@@ -47,7 +47,7 @@ pub struct Auth {
 
 /// Compares without an early exit, so timing does not tell how much of a
 /// guessed token was right.
-fn same(a: &str, b: &str) -> bool {
+pub(crate) fn same(a: &str, b: &str) -> bool {
     let (a, b) = (a.as_bytes(), b.as_bytes());
     let mut diff = a.len() ^ b.len();
     for i in 0..a.len().max(b.len()) {
@@ -77,25 +77,27 @@ impl Auth {
     }
 
     pub fn authenticate(&self, headers: &HeaderMap) -> Result<Scope, ApiError> {
-        let Some(v) = headers.get(header::AUTHORIZATION) else {
-            return Err(ApiError::unauthorized(
-                "missing bearer token (Authorization: Bearer <token>)",
-            ));
-        };
-        let token = v
-            .to_str()
-            .ok()
-            .and_then(|s| {
-                s.strip_prefix("Bearer ")
-                    .or_else(|| s.strip_prefix("bearer "))
-            })
-            .map(str::trim)
-            .ok_or_else(|| {
-                ApiError::unauthorized("the Authorization header is not a bearer token")
-            })?;
+        let token = bearer(headers)?;
         self.scope_of(token)
             .ok_or_else(|| ApiError::unauthorized("unknown token"))
     }
+}
+
+/// The token of an `Authorization: Bearer <token>` header; 401 without one.
+pub fn bearer(headers: &HeaderMap) -> Result<&str, ApiError> {
+    let Some(v) = headers.get(header::AUTHORIZATION) else {
+        return Err(ApiError::unauthorized(
+            "missing bearer token (Authorization: Bearer <token>)",
+        ));
+    };
+    v.to_str()
+        .ok()
+        .and_then(|s| {
+            s.strip_prefix("Bearer ")
+                .or_else(|| s.strip_prefix("bearer "))
+        })
+        .map(str::trim)
+        .ok_or_else(|| ApiError::unauthorized("the Authorization header is not a bearer token"))
 }
 
 #[cfg(test)]

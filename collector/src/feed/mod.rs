@@ -13,6 +13,8 @@
 //! | `GET /api/v1/openapi.json` | the OpenAPI 3.1 document of all of this (no token) |
 //! | `GET /metrics` | Prometheus exposition |
 //! | `GET /healthz`, `GET /readyz` | liveness, readiness |
+//! | `POST /api/v1/enroll` | a terminal claims its credential (`crate::enroll::http`) |
+//! | `GET /api/v1/enrollments`, `POST …/{agency}/{unit}/approve`, `…/revoke` | the admin's enrolment queue |
 //!
 //! Every `/api/v1` request needs `Authorization: Bearer <token>`; an
 //! agency's token sees only its units, on every endpoint and the stream.
@@ -35,10 +37,13 @@ use std::sync::Arc;
 use std::time::Duration;
 
 use axum::Router;
-use axum::routing::get;
+use axum::extract::DefaultBodyLimit;
+use axum::routing::{get, post};
 
-pub use auth::{Auth, Scope};
+pub(crate) use auth::same as same_token;
+pub use auth::{Auth, Scope, bearer};
 pub use error::ApiError;
+pub use query::Params;
 
 use crate::clock::SharedClock;
 use crate::state::Shared;
@@ -59,9 +64,16 @@ pub struct FeedState {
     pub sse_send_timeout: Duration,
     /// Rate-limited logs of the feed's drops.
     pub drop_log: Arc<server::DropLog>,
+    /// Enrolment by claim (`crate::enroll`).
+    pub enroll: Arc<crate::enroll::Enroll>,
 }
 
 pub fn router(state: FeedState) -> Router {
+    use crate::enroll::http as enroll;
+    // Bound to names so every route call stays on one line (the OpenAPI
+    // test reads the routes from this file).
+    let claim = post(enroll::claim).layer(DefaultBodyLimit::max(enroll::MAX_BODY_BYTES));
+    let (approve, revoke) = (post(enroll::approve), post(enroll::revoke));
     Router::new()
         .route("/api/v1/units", get(units::list))
         .route("/api/v1/units/{agency}/{unit}", get(units::detail))
@@ -70,6 +82,10 @@ pub fn router(state: FeedState) -> Router {
         .route("/api/v1/incidents", get(events::incidents))
         .route("/api/v1/problems", get(problems::list))
         .route("/api/v1/stream", get(stream::stream))
+        .route("/api/v1/enroll", claim)
+        .route("/api/v1/enrollments", get(enroll::list))
+        .route("/api/v1/enrollments/{agency}/{unit}/approve", approve)
+        .route("/api/v1/enrollments/{agency}/{unit}/revoke", revoke)
         .route("/metrics", get(ops::metrics))
         .route("/healthz", get(ops::healthz))
         .route("/readyz", get(ops::readyz))

@@ -42,6 +42,24 @@ impl Params {
         self.0.get(k).map(String::as_str)
     }
 
+    /// An `agency/unit` cursor (split at the first '/'). A cursor is a
+    /// position in a list ordered by unit, so any pair is accepted,
+    /// identity or not.
+    pub fn unit_cursor(&self) -> Result<Option<muster_proto::UnitId>, ApiError> {
+        self.str("cursor")
+            .map(|s| {
+                s.split_once('/')
+                    .map(|(a, u)| muster_proto::UnitId {
+                        agency: a.to_owned(),
+                        unit: u.to_owned(),
+                    })
+                    .ok_or_else(|| {
+                        ApiError::bad_request("cursor: not a cursor this endpoint gave out")
+                    })
+            })
+            .transpose()
+    }
+
     pub fn limit(&self) -> Result<usize, ApiError> {
         match self.str("limit") {
             None => Ok(DEFAULT_LIMIT),

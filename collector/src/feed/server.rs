@@ -50,7 +50,7 @@ use tower_service::Service;
 use tracing::{debug, warn};
 
 use super::limits::{Backoff, ConnPhase, Expiry, HttpDrop, Timeouts};
-use crate::ingest::refusal::LogGate;
+use crate::ingest::refusal::RefusalLog;
 use crate::state::Shared;
 
 /// How long a connection answering a request at shutdown may take to
@@ -74,28 +74,30 @@ pub struct ServerLimits {
 #[derive(Clone, Debug)]
 pub struct ConnKill(pub CancellationToken);
 
-/// Rate-limited logging of the feed's drops, one gate per [`HttpDrop`].
+/// Rate-limited logging of the feed's drops: one [`RefusalLog`] slot per
+/// [`HttpDrop`].
 #[derive(Debug)]
 pub struct DropLog {
-    interval_ms: u64,
     start: Instant,
-    gates: Mutex<[LogGate; HttpDrop::ALL.len()]>,
+    log: Mutex<RefusalLog>,
 }
 
 impl DropLog {
     pub fn new(interval: Duration) -> Self {
         DropLog {
-            interval_ms: interval.as_millis() as u64,
             start: Instant::now(),
-            gates: Mutex::new([LogGate::new(); HttpDrop::ALL.len()]),
+            log: Mutex::new(RefusalLog::with_slots(
+                interval.as_millis() as u64,
+                HttpDrop::ALL.len(),
+            )),
         }
     }
 
     /// `Some(suppressed_since_last_line)` when this drop should be logged.
     pub fn admit(&self, why: HttpDrop) -> Option<u64> {
         let now = self.start.elapsed().as_millis() as u64;
-        let mut g = self.gates.lock().unwrap_or_else(|e| e.into_inner());
-        g[why.index()].admit(self.interval_ms, now)
+        let mut log = self.log.lock().unwrap_or_else(|e| e.into_inner());
+        log.admit_slot(why.index(), now)
     }
 }
 

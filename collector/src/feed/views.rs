@@ -83,7 +83,7 @@ impl From<&UnitRecord> for UnitView {
             status: u.health.status,
             since_ms: u.health.since_ms,
             reasons: u.health.reasons.clone(),
-            online: u.presence.map(|p| p.online),
+            online: u.online(),
             presence: u.presence.map(|p| PresenceView {
                 online: p.online,
                 boot: hex(p.boot),

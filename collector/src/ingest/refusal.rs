@@ -61,64 +61,48 @@ impl Refusal {
     }
 }
 
-/// Lets through at most one log line per interval for one kind of event,
-/// and says how many were suppressed since the last one. Pure: the caller
-/// passes `now_ms`. The one home of log rate limiting (ingest refusals,
-/// the feed's refusals).
-#[derive(Debug, Clone, Copy)]
-pub struct LogGate {
-    last: Option<u64>,
-    suppressed: u64,
-}
-
-impl LogGate {
-    pub const fn new() -> Self {
-        LogGate {
-            last: None,
-            suppressed: 0,
-        }
-    }
-
-    /// `Some(suppressed_since_last_line)` when this event should be logged.
-    pub fn admit(&mut self, interval_ms: u64, now_ms: u64) -> Option<u64> {
-        match self.last {
-            Some(t) if now_ms < t.saturating_add(interval_ms) => {
-                self.suppressed += 1;
-                None
-            }
-            _ => {
-                self.last = Some(now_ms);
-                Some(std::mem::take(&mut self.suppressed))
-            }
-        }
-    }
-}
-
-impl Default for LogGate {
-    fn default() -> Self {
-        LogGate::new()
-    }
-}
-
 /// Lets through at most one log line per reason per interval, and says how
-/// many were suppressed since the last one.
+/// many were suppressed since the last one. Reasons are slots `0..n`: the
+/// [`Refusal`]s here, other refusal sets (enrolment) through
+/// [`RefusalLog::with_slots`].
 #[derive(Debug)]
 pub struct RefusalLog {
     interval_ms: u64,
-    gates: [LogGate; Refusal::ALL.len()],
+    last: Vec<Option<u64>>,
+    suppressed: Vec<u64>,
 }
 
 impl RefusalLog {
     pub fn new(interval_ms: u64) -> Self {
+        Self::with_slots(interval_ms, Refusal::ALL.len())
+    }
+
+    /// A log for `n` reasons, admitted by index with [`RefusalLog::admit_slot`].
+    pub fn with_slots(interval_ms: u64, n: usize) -> Self {
         RefusalLog {
             interval_ms,
-            gates: [LogGate::new(); Refusal::ALL.len()],
+            last: vec![None; n],
+            suppressed: vec![0; n],
         }
     }
 
     /// `Some(suppressed_since_last_line)` when this refusal should be logged.
     pub fn admit(&mut self, r: Refusal, now_ms: u64) -> Option<u64> {
-        self.gates[r.index()].admit(self.interval_ms, now_ms)
+        self.admit_slot(r.index(), now_ms)
+    }
+
+    /// As [`RefusalLog::admit`], for reason slot `i` (< the `n` it was made with).
+    pub fn admit_slot(&mut self, i: usize, now_ms: u64) -> Option<u64> {
+        match self.last[i] {
+            Some(t) if now_ms < t.saturating_add(self.interval_ms) => {
+                self.suppressed[i] += 1;
+                None
+            }
+            _ => {
+                self.last[i] = Some(now_ms);
+                Some(std::mem::take(&mut self.suppressed[i]))
+            }
+        }
     }
 }
 

@@ -19,16 +19,16 @@ use tokio::sync::mpsc;
 use tokio::task::JoinHandle;
 use tokio::time::Instant;
 use tokio_util::sync::CancellationToken;
-use tracing::{error, info, warn};
+use tracing::{debug, error, info, warn};
 
 use super::mqtt::Inbound;
-use super::presence::supersedes;
 use super::refusal::{Refusal, RefusalLog};
 use super::seq::Observed;
 use crate::clock::SharedClock;
 use crate::config::IngestConfig;
 use crate::model::{Change, Incident};
 use crate::rules::Engine;
+use crate::rules::presence::Verdict;
 use crate::state::Shared;
 use crate::status_pub::{self, Outbound, OutboundKind};
 use crate::store::{CommitBatch, StoreError, StoredEvent, UnitRecord};
@@ -55,8 +55,6 @@ pub struct Worker {
     engine: Engine,
     units: HashMap<UnitId, UnitRecord>,
     dirty: HashSet<UnitId>,
-    /// Units whose presence the engine has been given since start.
-    presence_told: HashSet<UnitId>,
     pending: Pending,
     next_event_id: u64,
     shared: Arc<Shared>,
@@ -84,6 +82,10 @@ impl Worker {
             let mut view = shared.units.write().unwrap_or_else(|e| e.into_inner());
             for u in stored {
                 engine.restore(&u.unit, u.health.clone());
+                if let Some(p) = u.presence {
+                    let max_seq = u.seq.boot(p.boot).map_or(0, |b| b.max_seq());
+                    engine.restore_presence(&u.unit, p, max_seq, now);
+                }
                 view.insert(u.unit.clone(), Arc::new(u.clone()));
                 units.insert(u.unit.clone(), u);
             }
@@ -110,7 +112,6 @@ impl Worker {
             engine,
             units,
             dirty: HashSet::new(),
-            presence_told: HashSet::new(),
             pending,
             next_event_id,
             refusals: RefusalLog::new(cfg.refusal_log_interval.as_millis() as u64),
@@ -275,11 +276,14 @@ impl Worker {
         let now = self.clock.now_ms();
         let metrics = Arc::clone(&self.shared);
         let m = &metrics.metrics.ingest;
-        let mut bad_seq = 0;
-        self.unit_entry(&unit, now);
+        // A record with seq 0 is malformed (seqs start at 1): refused and
+        // counted, and a message of nothing else never creates a unit.
+        let bad_seq = records.iter().filter(|r| r.seq == 0).count();
+        if bad_seq < records.len() {
+            self.unit_entry(&unit, now);
+        }
         for r in records {
             if r.seq == 0 {
-                bad_seq += 1;
                 continue;
             }
             let Some(state) = self.units.get_mut(&unit) else {
@@ -333,22 +337,21 @@ impl Worker {
             .ingest
             .presence
             .fetch_add(1, Ordering::Relaxed);
-        let current = self.unit_entry(&unit, now).presence;
-        // After a restart the retained state message arrives again, equal to
-        // the stored one: the engine still needs it once to decide.
-        let replay = current == Some(p) && !self.presence_told.contains(&unit);
-        if !supersedes(current.as_ref(), &p) && !replay {
+        self.unit_entry(&unit, now);
+        // The engine decides what is believed (receive order, never the
+        // agent's clock); the unit keeps what the engine believes.
+        let (verdict, changes) = self.engine.on_presence_verdict(&unit, &p, now);
+        if let Verdict::Ignored(why) = verdict {
+            debug!(%unit, boot = %p.boot, connection = p.connection, online = p.online, why, "Presence ignored.");
             return;
         }
-        self.presence_told.insert(unit.clone());
         let Some(state) = self.units.get_mut(&unit) else {
             return;
         };
         state.presence = Some(p);
-        if p.online && !replay {
+        if p.online {
             state.last_seen_ms = now;
         }
-        let changes = self.engine.on_presence(&unit, &p, now);
         self.apply_changes(changes);
         self.refresh_health(&unit);
         self.dirty.insert(unit);

@@ -4,6 +4,7 @@
 //! from the live view at scrape time.
 
 pub mod ack;
+pub mod enroll;
 pub mod expo;
 pub mod fleet;
 pub mod histogram;
@@ -32,6 +33,7 @@ pub struct Metrics {
     pub mqtt: mqtt::MqttMetrics,
     pub transitions: fleet::TransitionMetrics,
     pub notify: notify::NotifyMetrics,
+    pub enroll: enroll::EnrollMetrics,
 }
 
 impl Metrics {
@@ -53,6 +55,7 @@ impl Metrics {
         self.http.render(&mut e);
         self.mqtt.render(&mut e);
         self.notify.render(&mut e);
+        self.enroll.render(&mut e);
         e.finish()
     }
 }

@@ -26,7 +26,7 @@ fn signed_material(timestamp: u64, body: &[u8]) -> Vec<u8> {
     m
 }
 
-fn hex(bytes: &[u8]) -> String {
+pub(crate) fn hex(bytes: &[u8]) -> String {
     const H: &[u8; 16] = b"0123456789abcdef";
     let mut s = String::with_capacity(bytes.len() * 2);
     for b in bytes {

@@ -12,6 +12,7 @@ use muster_proto::{
 use super::config::{RulesConfig, ThresholdRule};
 use super::field::{Field, ProbeM, Selector, Source, selects};
 use super::incident::{Incidents, Membership};
+use super::presence::{PresenceTrack, Verdict};
 use super::skew::{self, SkewTracker};
 use crate::model::{Change, Incident, Reason, Severity, Status, Transition, UnitHealth};
 
@@ -23,12 +24,15 @@ type Newest = (BootId, u64, u64);
 
 /// Is `rec` newer than the stream's newest? Within one boot the sequence
 /// number decides (an agent whose clock is stepped back by NTP keeps being
-/// current); across boots, event time (a late record of the previous boot
-/// is history).
-fn newer(rec: &Record, newest: &Newest) -> bool {
+/// current); across boots, the live boot by presence (receive order of
+/// births: a record of a retired boot is history, whatever its clock said),
+/// and only where presence cannot tell, event time.
+fn newer(rec: &Record, newest: &Newest, presence: &PresenceTrack) -> bool {
     let (boot, seq, at) = *newest;
     if rec.boot == boot {
         rec.seq > seq
+    } else if let Some(older) = presence.is_older_boot(rec.boot, boot) {
+        !older
     } else {
         rec.at_ms >= at
     }
@@ -84,7 +88,8 @@ struct UnitState {
     last_rx_ms: Option<u64>,
     host_interval_ms: Option<u64>,
     status_interval_ms: Option<u64>,
-    presence: Option<Presence>,
+    /// The believed birth or will, and the live boot (receive order).
+    presence: PresenceTrack,
     /// Boot and event time of the newest record.
     newest: Option<(BootId, u64)>,
     /// `offline.will` since (collector ms).
@@ -113,7 +118,7 @@ impl UnitState {
             last_rx_ms: None,
             host_interval_ms: None,
             status_interval_ms: None,
-            presence: None,
+            presence: PresenceTrack::default(),
             newest: None,
             will: None,
             stale: None,
@@ -137,12 +142,13 @@ impl UnitState {
     /// older than what the stream already has (replayed history).
     fn is_current(&mut self, rec: &Record) -> bool {
         let me = (rec.boot, rec.seq, rec.at_ms);
+        let track = &self.presence;
         let newest = match &rec.payload {
             Payload::Host(_) => &mut self.host_at,
             Payload::Status(_) => &mut self.status_at,
             Payload::Probe(p) => {
                 return match self.probes.iter_mut().find(|s| *s.name == *p.name) {
-                    Some(s) if !newer(rec, &s.newest) => false,
+                    Some(s) if !newer(rec, &s.newest, track) => false,
                     Some(s) => {
                         s.newest = me;
                         true
@@ -161,7 +167,7 @@ impl UnitState {
             }
         };
         match newest {
-            Some(n) if !newer(rec, n) => false,
+            Some(n) if !newer(rec, n, track) => false,
             _ => {
                 *newest = Some(me);
                 true
@@ -336,6 +342,10 @@ impl Engine {
         if u.stale.take().is_some() {
             fx.structural = true;
         }
+        if u.presence.record(rec.boot, rec.seq) && u.will.take().is_some() {
+            // Newer data than the will: the unit is connected again.
+            fx.structural = true;
+        }
         if u.is_current(rec) {
             at = rec.at_ms;
             u.newest = Some((rec.boot, rec.at_ms));
@@ -376,32 +386,28 @@ impl Engine {
         out
     }
 
-    /// The unit's retained state topic (birth / will) changed.
-    ///
-    /// Presences are ordered: within one boot by connection number (and a
-    /// will after the birth of the same connection); across boots by the
-    /// agent's connect time, and a will of another boot than the newest
-    /// data's is ignored when that data is newer. So a late will of an older
-    /// connection never overrides a newer birth.
+    /// The unit's retained state topic (birth / will) changed. Whether it
+    /// is believed is decided by [`PresenceTrack`] (receive order, never
+    /// the agent's clock); the verdict is returned with the changes, and
+    /// [`Engine::presence`] gives the believed presence afterwards.
     pub fn on_presence(&mut self, unit: &UnitId, p: &Presence, now_ms: u64) -> Vec<Change> {
+        self.on_presence_verdict(unit, p, now_ms).1
+    }
+
+    /// [`Engine::on_presence`], with the verdict.
+    pub fn on_presence_verdict(
+        &mut self,
+        unit: &UnitId,
+        p: &Presence,
+        now_ms: u64,
+    ) -> (Verdict, Vec<Change>) {
         let ui = self.unit_index(unit, now_ms);
         let cfg = &self.cfg;
         let u = &mut self.units[ui];
-        let newer = match &u.presence {
-            None => true,
-            Some(cur) if cur.boot == p.boot => {
-                p.connection > cur.connection
-                    || (p.connection == cur.connection && cur.online && !p.online)
-            }
-            Some(cur) => p.at_ms > cur.at_ms,
-        };
-        let superseded_by_data = !p.online
-            && u.newest
-                .is_some_and(|(boot, at)| boot != p.boot && at > p.at_ms);
-        if !newer || superseded_by_data {
-            return Vec::new();
+        let verdict = u.presence.presence(p, u.newest.map(|(b, _)| b));
+        if verdict != Verdict::Believed {
+            return (verdict, Vec::new());
         }
-        u.presence = Some(*p);
         let mut fx = Effect::default();
         if p.online {
             u.restored = false;
@@ -418,7 +424,28 @@ impl Engine {
         }
         let mut out = Vec::new();
         refresh(cfg, u, now_ms, &fx, &mut out);
-        out
+        (verdict, out)
+    }
+
+    /// The presence the engine believes for `unit`.
+    pub fn presence(&self, unit: &UnitId) -> Option<Presence> {
+        let &i = self.index.get(unit)?;
+        self.units[i].presence.current().copied()
+    }
+
+    /// Re-seed a unit's believed presence from the store at start, with the
+    /// highest seq stored for its boot (so records the collector already
+    /// had never overrule a stored will). Call after [`Engine::restore`].
+    pub fn restore_presence(&mut self, unit: &UnitId, p: Presence, max_seq: u64, since_ms: u64) {
+        let i = self.unit_index(unit, since_ms);
+        let u = &mut self.units[i];
+        u.presence = PresenceTrack::restored(p, max_seq);
+        if !p.online
+            && let Some((since, _)) = u.will
+        {
+            // The stored reason keeps its since; it now names the boot.
+            u.will = Some((since, p));
+        }
     }
 
     /// Called about once a second: staleness, incident aggregation/expiry.

@@ -152,6 +152,7 @@ mod config;
 mod engine;
 mod field;
 mod incident;
+pub mod presence;
 mod skew;
 
 pub use config::{

@@ -1121,3 +1121,28 @@ mod model_based {
         }
     }
 }
+
+#[test]
+fn a_new_boot_after_a_clock_a_year_ahead_is_current_by_its_birth() {
+    const YEAR: u64 = 365 * 24 * 3600 * 1000;
+    let cfg = rules(&rule("cpu-high", "cpu.total", ">", "90", ""));
+    let mut e = Engine::new(cfg);
+    let mut old = Feed::new(unit(1));
+    old.boot = BootId(1);
+    e.on_presence(&old.unit, &presence(true, 1, 1, T0 + YEAR), T0);
+    old.send(&mut e, T0 + YEAR, cpu(20.0), T0);
+    e.on_presence(&old.unit, &presence(false, 1, 1, T0 + YEAR), T0 + S);
+    assert_eq!(status(&e, &old.unit), Status::Offline);
+    // The clock is fixed and the agent restarts: a new boot, dated today.
+    let mut new = Feed::new(unit(1));
+    new.boot = BootId(2);
+    e.on_presence(&new.unit, &presence(true, 2, 1, T0 + MIN), T0 + MIN);
+    assert_eq!(status(&e, &new.unit), Status::Ok);
+    // Its data is the unit's current state, though dated before the old
+    // boot's: 95 % raises cpu-high.
+    new.send(&mut e, T0 + MIN, cpu(95.0), T0 + MIN);
+    assert_eq!(rule_names(&e, &new.unit), vec!["cpu-high"]);
+    // The old boot's replayed history (a year ahead) is not.
+    old.send(&mut e, T0 + YEAR + S, cpu(10.0), T0 + MIN + S);
+    assert_eq!(rule_names(&e, &new.unit), vec!["cpu-high"]);
+}

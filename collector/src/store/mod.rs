@@ -1,5 +1,6 @@
 //! Durable state: the unit registry with each unit's current state and seq
-//! accounting, status transitions, incidents and recent samples. Behind the
+//! accounting, status transitions, incidents, recent samples and unit
+//! enrolments. Behind the
 //! [`Store`] trait so a shared database can replace the embedded sled one
 //! ([`SledStore`]) for several collectors.
 //!
@@ -13,6 +14,7 @@ pub use sled_store::SledStore;
 use muster_proto::{AgentStatus, BootId, Payload, Presence, Record, UnitId};
 use serde::{Deserialize, Serialize};
 
+use crate::enroll::registry::Enrollment;
 use crate::ingest::seq::SeqAccount;
 use crate::model::{Change, Incident, UnitHealth};
 
@@ -64,6 +66,14 @@ impl UnitRecord {
             agent: None,
             wire_version: muster_proto::SCHEMA_VERSION,
         }
+    }
+
+    /// Is the unit connected, as far as the collector believes? Its
+    /// presence says so, unless that presence is a will that newer records
+    /// overruled (the engine then raises no `offline.will`).
+    pub fn online(&self) -> Option<bool> {
+        self.presence
+            .map(|p| p.online || !self.health.reasons.iter().any(|r| r.rule == "offline.will"))
     }
 }
 
@@ -207,4 +217,9 @@ pub trait Store: Send + Sync + 'static {
     ) -> Result<PruneStats, StoreError>;
     /// Bytes the store takes on disk.
     fn size_on_disk(&self) -> u64;
+    /// Every unit enrolment (`crate::enroll`).
+    fn load_enrollments(&self) -> Result<Vec<Enrollment>, StoreError>;
+    /// Writes one enrolment (replacing the unit's previous one) and makes it
+    /// durable before returning.
+    fn put_enrollment(&self, e: &Enrollment) -> Result<(), StoreError>;
 }

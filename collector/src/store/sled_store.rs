@@ -8,6 +8,9 @@
 //! * `events`: `id(be)` -> JSON [`StoredEvent`]; `events_by_agency`:
 //!   `agency 0x00 id(be)` -> empty, the index agency-scoped listings use.
 //! * `incidents`: incident id -> JSON [`Incident`] (latest version).
+//! * `enrollments`: `agency 0x00 unit` -> JSON [`Enrollment`], written and
+//!   flushed one at a time (enrolments are rare; each is answered only once
+//!   durable).
 //!
 //! A commit writes samples, then events and incidents, then units (which
 //! hold the seq accounting), then flushes. sled recovers a prefix of its
@@ -22,6 +25,7 @@ use super::{
     CommitBatch, EventQuery, Latest, PruneStats, SampleCursor, SampleQuery, Store, StoreError,
     StoredEvent, StoredSample, UnitRecord,
 };
+use crate::enroll::registry::Enrollment;
 use crate::model::{Change, Incident};
 
 pub struct SledStore {
@@ -31,6 +35,7 @@ pub struct SledStore {
     events: sled::Tree,
     events_by_agency: sled::Tree,
     incidents: sled::Tree,
+    enrollments: sled::Tree,
 }
 
 fn unit_key(u: &UnitId) -> Vec<u8> {
@@ -97,6 +102,7 @@ impl SledStore {
             events: db.open_tree("events")?,
             events_by_agency: db.open_tree("events_by_agency")?,
             incidents: db.open_tree("incidents")?,
+            enrollments: db.open_tree("enrollments")?,
             db,
         })
     }
@@ -342,6 +348,23 @@ impl Store for SledStore {
 
     fn size_on_disk(&self) -> u64 {
         self.db.size_on_disk().unwrap_or(0)
+    }
+
+    fn load_enrollments(&self) -> Result<Vec<Enrollment>, StoreError> {
+        self.enrollments
+            .iter()
+            .map(|kv| {
+                let (_, v) = kv?;
+                serde_json::from_slice(&v).map_err(|e| corrupt("enrollments", e))
+            })
+            .collect()
+    }
+
+    fn put_enrollment(&self, e: &Enrollment) -> Result<(), StoreError> {
+        let v = serde_json::to_vec(e).map_err(|err| corrupt("enrollments", err))?;
+        self.enrollments.insert(unit_key(&e.unit), v)?;
+        self.db.flush()?;
+        Ok(())
     }
 }
 

@@ -89,21 +89,46 @@ pub struct Collector {
     pub addr: SocketAddr,
     stop: Option<oneshot::Sender<()>>,
     task: Option<JoinHandle<Result<(), app::AppError>>>,
+    /// The enrolment registry: the `UnitCredentials` a broker gate checks.
+    pub registry: Option<Arc<muster_collector::enroll::Registry>>,
 }
 
 impl Collector {
     pub async fn start(text: &str, clock: Arc<ManualClock>) -> Collector {
+        Self::start_with(text, clock, app::Wiring::default()).await
+    }
+
+    /// As [`Collector::start`], with the app's optional wiring; the
+    /// enrolment registry is kept in `registry`.
+    pub async fn start_with(
+        text: &str,
+        clock: Arc<ManualClock>,
+        mut wiring: app::Wiring,
+    ) -> Collector {
         let cfg = Config::parse(text).expect("test config is valid");
         let listener = tokio::net::TcpListener::bind("127.0.0.1:0").await.unwrap();
         let addr = listener.local_addr().unwrap();
         let (tx, rx) = oneshot::channel();
-        let task = tokio::spawn(app::run(cfg, listener, clock, async move {
-            let _ = rx.await;
-        }));
+        let (reg_tx, reg_rx) = oneshot::channel();
+        wiring.registry = Some(reg_tx);
+        let task = tokio::spawn(app::run_with(
+            cfg,
+            listener,
+            clock,
+            async move {
+                let _ = rx.await;
+            },
+            wiring,
+        ));
+        let registry = tokio::time::timeout(Duration::from_secs(20), reg_rx)
+            .await
+            .expect("the registry opens")
+            .ok();
         let c = Collector {
             addr,
             stop: Some(tx),
             task: Some(task),
+            registry,
         };
         c.wait_ready().await;
         c
@@ -127,6 +152,8 @@ impl Collector {
 
     /// Stops cleanly and waits for it.
     pub async fn stop(mut self) {
+        // The registry holds the store: let it close.
+        self.registry = None;
         if let Some(s) = self.stop.take() {
             let _ = s.send(());
         }

@@ -1,4 +1,4 @@
-//! A minimal HTTP/1.1 client for the tests (GET only, Connection: close,
+//! A minimal HTTP/1.1 client for the tests (GET, and POST with a body; Connection: close,
 //! chunked bodies) and an SSE reader. Kept tiny on purpose: the tests check
 //! the bytes the collector puts on the wire.
 
@@ -94,9 +94,34 @@ async fn read_chunk<R: AsyncBufReadExt + Unpin>(r: &mut R) -> Option<Vec<u8>> {
 }
 
 pub async fn get(addr: SocketAddr, path: &str, token: Option<&str>) -> Response {
+    exchange(
+        addr,
+        request(path, token).into_bytes(),
+        &format!("GET {path}"),
+    )
+    .await
+}
+
+/// A POST with a JSON body (`Connection: close`).
+pub async fn post(addr: SocketAddr, path: &str, token: Option<&str>, body: &[u8]) -> Response {
+    let mut r = format!(
+        "POST {path} HTTP/1.1\r\nHost: collector\r\nConnection: close\r\nContent-Type: application/json\r\nContent-Length: {}\r\n",
+        body.len()
+    );
+    if let Some(t) = token {
+        r.push_str(&format!("Authorization: Bearer {t}\r\n"));
+    }
+    r.push_str("\r\n");
+    let mut raw = r.into_bytes();
+    raw.extend_from_slice(body);
+    exchange(addr, raw, &format!("POST {path}")).await
+}
+
+async fn exchange(addr: SocketAddr, raw: Vec<u8>, what: &str) -> Response {
     let fut = async {
         let mut s = TcpStream::connect(addr).await.expect("connect to the feed");
-        s.write_all(request(path, token).as_bytes()).await.unwrap();
+        // The server may answer (413) and close before taking all of it.
+        let _ = s.write_all(&raw).await;
         let mut r = BufReader::new(s);
         let (status, headers) = read_head(&mut r).await;
         let mut body = Vec::new();
@@ -105,7 +130,7 @@ pub async fn get(addr: SocketAddr, path: &str, token: Option<&str>) -> Response 
                 body.extend(c);
             }
         } else {
-            r.read_to_end(&mut body).await.unwrap();
+            let _ = r.read_to_end(&mut body).await;
         }
         Response {
             status,
@@ -115,7 +140,7 @@ pub async fn get(addr: SocketAddr, path: &str, token: Option<&str>) -> Response 
     };
     tokio::time::timeout(Duration::from_secs(20), fut)
         .await
-        .unwrap_or_else(|_| panic!("GET {path} timed out"))
+        .unwrap_or_else(|_| panic!("{what} timed out"))
 }
 
 /// One server-sent event.

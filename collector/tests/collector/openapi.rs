@@ -48,6 +48,14 @@ fn pattern_ok(p: &str, s: &str) -> bool {
         "^[0-9a-f]{16}$" => hex(s, 16),
         "^[0-9]+$" => !s.is_empty() && s.bytes().all(|b| b.is_ascii_digit()),
         "^sha256=[0-9a-f]{64}$" => s.strip_prefix("sha256=").is_some_and(|h| hex(h, 64)),
+        "^[0-9a-f]{64}$" => hex(s, 64),
+        "^ed25519:[0-9a-f]{64}$" => s.strip_prefix("ed25519:").is_some_and(|h| hex(h, 64)),
+        "^[^/+#\\s\\u0000-\\u001f\\u007f]+$" => {
+            !s.is_empty()
+                && !s
+                    .chars()
+                    .any(|c| matches!(c, '/' | '+' | '#') || c.is_whitespace() || c.is_control())
+        }
         other => panic!("schema uses a pattern the test validator does not know: {other}"),
     }
 }
@@ -86,6 +94,8 @@ impl<'a> Validator<'a> {
                 "minimum",
                 "maximum",
                 "pattern",
+                "minLength",
+                "maxLength",
                 "oneOf",
                 "anyOf",
                 "allOf",
@@ -133,6 +143,19 @@ impl<'a> Validator<'a> {
                 && n > m
             {
                 return Err(format!("{at}: {n} > maximum {m}"));
+            }
+        }
+        if let Some(st) = v.as_str() {
+            let n = st.len() as u64;
+            if let Some(m) = s.get("minLength").and_then(Value::as_u64)
+                && n < m
+            {
+                return Err(format!("{at}: {st:?} is shorter than {m}"));
+            }
+            if let Some(m) = s.get("maxLength").and_then(Value::as_u64)
+                && n > m
+            {
+                return Err(format!("{at}: {st:?} is longer than {m}"));
             }
         }
         if let (Some(p), Some(st)) = (s.get("pattern"), v.as_str())

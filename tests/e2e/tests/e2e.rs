@@ -4,6 +4,8 @@
 
 #[path = "e2e/broker_acl.rs"]
 mod broker_acl;
+#[path = "e2e/enroll.rs"]
+mod enroll;
 #[path = "e2e/procs.rs"]
 mod procs;
 #[path = "e2e/store_forward.rs"]
