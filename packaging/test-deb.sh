@@ -65,6 +65,16 @@ done
 man -l /usr/share/man/man8/muster-agent.8.gz >/dev/null 2>&1 || true
 
 step "check-config on the shipped configs (as the service users)"
+# The shipped agent config trusts no collector key yet: check-config says so.
+if out=$(runuser -u muster-agent -- /usr/bin/muster-agent check-config --config /etc/muster/agent.toml 2>&1); then
+    fail "check-config accepted an agent config that trusts no collector key"
+fi
+grep -q 'no collector key is trusted' <<<"$out" || { echo "$out"; fail "unclear message for a missing collector key"; }
+# Trust a collector key the way enrolment does: the persisted trusted_keys
+# file in data_dir (a key whose private half nobody holds).
+install -d -o muster-agent -g muster-agent -m 0750 /var/lib/muster /var/lib/muster/agent
+echo 'ed25519:b22a43707d3ad0cf7c609d1cb59a32674cc6652c24c824bdae1453ba5e2f665b' >/var/lib/muster/agent/trusted_keys
+chown muster-agent:muster-agent /var/lib/muster/agent/trusted_keys
 runuser -u muster-agent -- /usr/bin/muster-agent check-config --config /etc/muster/agent.toml
 runuser -u muster-collector -- /usr/bin/muster-collector check-config --config /etc/muster/collector.toml
 

@@ -82,6 +82,13 @@ fn agent_child() {
         interval_ms: 1000,
         agent_version: "bench".into(),
         unit,
+        trust: {
+            let mut t = muster_proto::TrustedKeys::new();
+            t.insert(muster_testkit::test_collector_key().public_key())
+                .unwrap();
+            t
+        },
+        trusted_keys_file: None,
     };
     use tracing_subscriber::layer::SubscriberExt;
     use tracing_subscriber::util::SubscriberInitExt;
@@ -559,7 +566,10 @@ impl Collector {
                                 for r in &recs {
                                     g.insert((r.boot, r.seq));
                                 }
-                                boots.into_iter().map(|b| ack_for(&g, b)).collect()
+                                boots
+                                    .into_iter()
+                                    .map(|b| ack_for(&d.message.unit, &g, b))
+                                    .collect()
                             };
                             for ack in acks {
                                 let msg = Message {
@@ -600,7 +610,8 @@ impl Collector {
     }
 }
 
-fn ack_for(got: &BTreeSet<(BootId, u64)>, boot: BootId) -> Ack {
+/// The collector's ack, signed with the suite's test key (as the real one signs).
+fn ack_for(unit: &UnitId, got: &BTreeSet<(BootId, u64)>, boot: BootId) -> Ack {
     let mut upto = 0;
     let mut ranges: Vec<SeqRange> = Vec::new();
     for &(_, s) in got.range((boot, 1)..=(boot, u64::MAX)) {
@@ -614,7 +625,7 @@ fn ack_for(got: &BTreeSet<(BootId, u64)>, boot: BootId) -> Ack {
         }
     }
     ranges.truncate(1000);
-    Ack {
+    let ack = Ack {
         boot,
         upto,
         ranges,
@@ -622,5 +633,8 @@ fn ack_for(got: &BTreeSet<(BootId, u64)>, boot: BootId) -> Ack {
             .duration_since(std::time::UNIX_EPOCH)
             .unwrap()
             .as_millis() as u64,
-    }
+        key_id: muster_proto::KeyId::NONE,
+        sig: muster_proto::Signature::NONE,
+    };
+    muster_proto::sign::sign_ack(&muster_testkit::test_collector_key(), unit, ack)
 }

@@ -14,6 +14,7 @@ use serde::Deserialize;
 
 use crate::buffer::settings::{BufferSettings, FullPolicy};
 use crate::enroll::EnrollSettings;
+use crate::trust::TrustConfig;
 use crate::uplink::settings::{MqttSettings, UplinkSettings};
 
 /// Why a configuration was refused.
@@ -70,6 +71,8 @@ struct RawConfig {
     #[serde(default, rename = "probe")]
     probes: Vec<RawProbe>,
     enroll: Option<RawEnroll>,
+    #[serde(default)]
+    trust: RawTrust,
 }
 
 #[derive(Debug, Deserialize, Default)]
@@ -79,6 +82,12 @@ struct RawEnroll {
     token: Option<String>,
     token_file: Option<PathBuf>,
     ca_file: Option<PathBuf>,
+}
+
+#[derive(Debug, Deserialize, Default)]
+#[serde(deny_unknown_fields)]
+struct RawTrust {
+    collector_keys: Option<Vec<String>>,
 }
 
 #[derive(Debug, Deserialize, Default)]
@@ -192,6 +201,9 @@ pub struct Config {
     pub probes: Vec<ProbeSpec>,
     /// `[enroll]`: claim a credential from the collector on first start.
     pub enroll: Option<EnrollSettings>,
+    /// `[trust]`: collector keys (more may be persisted in
+    /// `<data_dir>/trusted_keys`, see [`crate::trust`]).
+    pub trust: TrustConfig,
 }
 
 /// `[sampling]`
@@ -451,6 +463,7 @@ fn validate(raw: RawConfig) -> Result<Config, ConfigError> {
     let report = validate_report(raw.report)?;
     let log = validate_log(raw.log, &data_dir)?;
     let enroll = raw.enroll.map(validate_enroll).transpose()?;
+    let trust = validate_trust(raw.trust, enroll.is_some())?;
 
     let mut probes = Vec::with_capacity(raw.probes.len());
     let mut names = HashSet::new();
@@ -477,6 +490,31 @@ fn validate(raw: RawConfig) -> Result<Config, ConfigError> {
         log,
         probes,
         enroll,
+        trust,
+    })
+}
+
+fn validate_trust(raw: RawTrust, enrolling: bool) -> Result<TrustConfig, ConfigError> {
+    let texts = raw.collector_keys.unwrap_or_default();
+    if texts.len() > muster_proto::sign::MAX_TRUSTED_KEYS {
+        return Err(ConfigError::invalid(
+            "trust.collector_keys",
+            format!("at most {} keys", muster_proto::sign::MAX_TRUSTED_KEYS),
+        ));
+    }
+    let mut collector_keys = Vec::with_capacity(texts.len());
+    for (i, t) in texts.iter().enumerate() {
+        let k: muster_proto::PublicKey = t
+            .parse()
+            .map_err(|e| ConfigError::invalid(format!("trust.collector_keys[{i}]"), e))?;
+        if !collector_keys.contains(&k) {
+            collector_keys.push(k);
+        }
+    }
+    Ok(TrustConfig {
+        collector_keys,
+        // Enrolment writes the collector's keys to `trusted_keys` on first start.
+        enrolling,
     })
 }
 

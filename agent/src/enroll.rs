@@ -46,7 +46,6 @@ use crate::uplink::backoff::Backoff;
 
 pub const CREDENTIAL_FILE: &str = "credential";
 pub const ENROLLED_FILE: &str = "enrolled";
-pub const TRUSTED_KEYS_FILE: &str = "trusted_keys";
 
 /// One claim's time limit (connect, TLS, request and answer).
 const ATTEMPT_TIMEOUT: Duration = Duration::from_secs(30);
@@ -211,12 +210,6 @@ pub fn is_enrolled(data_dir: &Path) -> bool {
     data_dir.join(ENROLLED_FILE).exists()
 }
 
-/// `ed25519:<64 lowercase hex>`.
-pub fn valid_key(k: &str) -> bool {
-    k.strip_prefix("ed25519:")
-        .is_some_and(|h| h.len() == 64 && h.bytes().all(|b| matches!(b, b'0'..=b'9' | b'a'..=b'f')))
-}
-
 /// What a claim's answer means.
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub enum Answer {
@@ -328,15 +321,6 @@ where
 }
 
 /// Writes the collector's keys as `trusted_keys`, one a line.
-fn write_trusted_keys(data_dir: &Path, keys: &[String]) -> Result<(), EnrollError> {
-    let mut text = String::new();
-    for k in keys {
-        text.push_str(k);
-        text.push('\n');
-    }
-    write_private(&data_dir.join(TRUSTED_KEYS_FILE), text.as_bytes())
-}
-
 /// What [`run`] needs.
 pub struct Enrolment {
     pub settings: EnrollSettings,
@@ -345,7 +329,6 @@ pub struct Enrolment {
     pub fingerprint: String,
     pub data_dir: PathBuf,
     /// The config lists collector keys: they win, enrolment writes none.
-    // MERGE: set from `[trust] collector_keys` once the signed-ack work lands.
     pub config_lists_keys: bool,
     pub backoff: Backoff,
 }
@@ -375,7 +358,8 @@ pub async fn run(mut e: Enrolment, mut stop: watch::Receiver<bool>) {
             };
         match answer {
             Answer::Active(keys) => {
-                let valid: Vec<String> = keys.iter().filter(|k| valid_key(k)).cloned().collect();
+                let valid: Vec<muster_proto::PublicKey> =
+                    keys.iter().filter_map(|k| k.parse().ok()).collect();
                 if valid.len() != keys.len() {
                     warn!(
                         ignored = keys.len() - valid.len(),
@@ -383,7 +367,8 @@ pub async fn run(mut e: Enrolment, mut stop: watch::Receiver<bool>) {
                     );
                 }
                 if !e.config_lists_keys && !valid.is_empty() {
-                    if let Err(err) = write_trusted_keys(&e.data_dir, &valid) {
+                    let path = crate::trust::trusted_keys_path(&e.data_dir);
+                    if let Err(err) = crate::trust::persist(&path, &valid) {
                         warn!(error = %err, "Cannot write the collector's keys; will enrol again.");
                     } else {
                         info!(
@@ -472,15 +457,6 @@ mod tests {
                 "{status} {body}"
             );
         }
-    }
-
-    #[test]
-    fn keys_table() {
-        assert!(valid_key(&format!("ed25519:{}", "0f".repeat(32))));
-        assert!(!valid_key(&format!("ed25519:{}", "0F".repeat(32))));
-        assert!(!valid_key(&format!("ed25519:{}", "0f".repeat(31))));
-        assert!(!valid_key(&format!("rsa:{}", "0f".repeat(32))));
-        assert!(!valid_key("ed25519:"));
     }
 
     #[test]

@@ -19,4 +19,5 @@ pub mod report;
 pub mod run;
 pub mod sample;
 pub mod service;
+pub mod trust;
 pub mod uplink;

@@ -78,8 +78,18 @@ fn main() -> ExitCode {
     match cli.cmd {
         Cmd::CheckConfig { config } => match load(&config) {
             Ok(c) => {
+                let trusted = match muster_agent::trust::load(&c.trust, &c.data_dir) {
+                    Ok(t) => t,
+                    Err(e) => {
+                        eprintln!(
+                            "muster-agent: config {}: trust.collector_keys: {e}",
+                            config.display()
+                        );
+                        return ExitCode::from(2);
+                    }
+                };
                 println!(
-                    "{}: valid. unit {}, mqtt {}:{}{}, buffer {} ({} bytes), sampling every {:?}, {} probe(s), report endpoint {}",
+                    "{}: valid. unit {}, mqtt {}:{}{}, buffer {} ({} bytes), sampling every {:?}, {} probe(s), report endpoint {}, {} trusted collector key(s)",
                     config.display(),
                     c.unit,
                     c.mqtt.host,
@@ -93,6 +103,7 @@ fn main() -> ExitCode {
                         .as_ref()
                         .map(|r| r.listen.to_string())
                         .unwrap_or_else(|| "off".into()),
+                    trusted.len(),
                 );
                 ExitCode::SUCCESS
             }

@@ -51,6 +51,8 @@ pub enum RunError {
     Runtime(std::io::Error),
     #[error("enrolment: {0}")]
     Enroll(#[from] crate::enroll::EnrollError),
+    #[error("trusted collector keys: {0}")]
+    Trust(#[from] crate::trust::TrustError),
 }
 
 /// The measuring side's runtime (probes, report endpoint, watchdog): one
@@ -154,7 +156,7 @@ pub async fn run(
                 credential_sha256: cred.sha256_hex(),
                 fingerprint: cred.fingerprint(),
                 data_dir: cfg.data_dir.clone(),
-                config_lists_keys: false,
+                config_lists_keys: !cfg.trust.collector_keys.is_empty(),
                 backoff: Backoff::new(cfg.uplink.reconnect_min, cfg.uplink.reconnect_max),
             })
         }
@@ -162,6 +164,8 @@ pub async fn run(
 
     // The uplink first, so nothing waits on a missing consumer.
     let (uplink_stop_tx, uplink_stop_rx) = tokio::sync::oneshot::channel::<()>();
+    // No trusted collector key: nothing could ever be freed; refuse to start.
+    let trust = crate::trust::load(&cfg.trust, &cfg.data_dir)?;
     let ucfg = UplinkConfig {
         unit: cfg.unit.clone(),
         mqtt,
@@ -169,6 +173,8 @@ pub async fn run(
         buffer: cfg.buffer.clone(),
         interval_ms,
         agent_version: AGENT_VERSION.to_owned(),
+        trust,
+        trusted_keys_file: Some(crate::trust::trusted_keys_path(&cfg.data_dir)),
     };
     // Opened here, before READY: a buffer in use or unreadable fails the start.
     let buffer = crate::buffer::Buffer::open(ucfg.buffer.clone(), clock.now_ms())?;

@@ -22,12 +22,13 @@ use tracing::{info, warn};
 
 use crate::clock::SharedClock;
 use crate::config::Config;
-use crate::enroll::{CollectorKeys, Enroll, NoKeys, Registry};
+use crate::enroll::{Enroll, Registry};
 use crate::feed::{self, Auth, FeedState};
 use crate::ingest::mqtt::{self, MqttError};
 use crate::ingest::worker::Worker;
 use crate::notify::{self, Notifier};
 use crate::rules::Engine;
+use crate::signing::Signer;
 use crate::state::Shared;
 use crate::store::{SledStore, Store, StoreError};
 
@@ -44,15 +45,13 @@ pub enum AppError {
     Task(String),
     #[error(transparent)]
     Notify(#[from] crate::notify::NotifyError),
+    #[error(transparent)]
+    Signing(#[from] crate::signing::SigningError),
 }
 
 /// Optional wiring of [`run_with`].
 #[derive(Default)]
 pub struct Wiring {
-    /// The collector's ack-signing public keys, handed to units whose
-    /// enrolment is active (default: none).
-    // MERGE: the ack-signing work passes its keys here (or from `cfg`).
-    pub collector_keys: Option<Arc<dyn CollectorKeys>>,
     /// Receives the enrolment registry once it is open: the
     /// `UnitCredentials` the broker gate checks (tests use it too).
     pub registry: Option<tokio::sync::oneshot::Sender<Arc<Registry>>>,
@@ -86,11 +85,21 @@ pub async fn run_with(
             source,
         })?;
     let store: Arc<dyn Store> = Arc::new(store);
+    let signer = Arc::new(Signer::load(&cfg.signing)?);
+    info!(
+        public_key = %signer.public_key(),
+        next_key = %signer.next_public_key().map(|k| k.to_string()).unwrap_or_else(|| "none".into()),
+        key_file = %cfg.signing.key_file.display(),
+        "Signing acks and hellos."
+    );
     let shared = Shared::new(Arc::clone(&store));
     let registry = {
         let store = Arc::clone(&store);
         let max_pending = cfg.enroll.max_pending;
-        let keys = wiring.collector_keys.unwrap_or_else(|| Arc::new(NoKeys));
+        let keys: Vec<String> = std::iter::once(signer.public_key())
+            .chain(signer.next_public_key())
+            .map(|k| k.to_string())
+            .collect();
         tokio::task::spawn_blocking(move || Registry::open(store, max_pending, keys))
             .await
             .map_err(|e| AppError::Task(e.to_string()))?
@@ -132,6 +141,7 @@ pub async fn run_with(
         out_tx,
         cfg.ingest.clone(),
         cfg.mqtt.publish_status,
+        Arc::clone(&signer),
     )
     .map_err(|source| AppError::Store {
         path: cfg.store.path.display().to_string(),
@@ -145,11 +155,16 @@ pub async fn run_with(
     let event_loop = tokio::spawn(mqtt::run_event_loop(
         eventloop,
         client.clone(),
-        filters,
         in_tx,
         Arc::clone(&shared),
         stop_ingest.clone(),
         hard_stop.clone(),
+        mqtt::OnConnect {
+            filters,
+            signer,
+            started_ms: clock.now_ms(),
+            counter: 0,
+        },
     ));
     let publisher = tokio::spawn(mqtt::run_publisher(client, out_rx, Arc::clone(&shared)));
     let worker = tokio::spawn(worker.run(in_rx, stop_ingest.clone()));

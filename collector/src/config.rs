@@ -62,12 +62,22 @@ pub struct RawConfig {
     pub rules: RawRules,
     #[serde(default)]
     pub enroll: RawEnroll,
+    #[serde(default)]
+    pub signing: RawSigning,
 }
 
 #[derive(Debug, Deserialize, Default)]
 #[serde(deny_unknown_fields)]
 pub struct RawEnroll {
     pub max_pending: Option<usize>,
+}
+
+/// `[signing]`: see `crate::signing`.
+#[derive(Debug, Deserialize, Default)]
+#[serde(deny_unknown_fields)]
+pub struct RawSigning {
+    pub key_file: Option<PathBuf>,
+    pub next_key_file: Option<PathBuf>,
 }
 
 #[derive(Debug, Deserialize, Default)]
@@ -156,6 +166,7 @@ pub struct Config {
     pub rules: RulesConfig,
     /// Enrolment by claim: `[enroll]` and each agency's `enroll_token`/`enroll`.
     pub enroll: EnrollConfig,
+    pub signing: crate::signing::SigningConfig,
 }
 
 /// How an agency's claims become credentials.
@@ -213,6 +224,7 @@ impl std::fmt::Debug for Config {
             .field("http", &self.http)
             .field("store", &self.store)
             .field("ingest", &self.ingest)
+            .field("signing", &self.signing)
             .field("agencies", &self.agencies.keys().collect::<Vec<_>>())
             .finish_non_exhaustive()
     }
@@ -383,6 +395,7 @@ impl RawConfig {
             agency,
             rules,
             enroll,
+            signing,
         } = self;
 
         let admin_token = admin_token.map(|t| token("admin_token", &t)).transpose()?;
@@ -537,6 +550,26 @@ impl RawConfig {
             return Err(invalid("store.cache_mib", "must be 1 to 65536"));
         }
 
+        // [signing]
+        let key_file = signing.key_file.unwrap_or_else(|| path.join("signing.key"));
+        if key_file.as_os_str().is_empty() {
+            return Err(invalid("signing.key_file", "must not be empty"));
+        }
+        if signing
+            .next_key_file
+            .as_ref()
+            .is_some_and(|n| n.as_os_str().is_empty() || *n == key_file)
+        {
+            return Err(invalid(
+                "signing.next_key_file",
+                "must be a file other than signing.key_file",
+            ));
+        }
+        let signing = crate::signing::SigningConfig {
+            key_file,
+            next_key_file: signing.next_key_file,
+        };
+
         // [ingest]
         let commit_interval = duration(
             "ingest.commit_interval",
@@ -690,6 +723,7 @@ impl RawConfig {
             webhooks,
             rules,
             enroll: enroll_cfg,
+            signing,
         })
     }
 }
@@ -729,6 +763,22 @@ token = "police-token-0123456789"
         assert_eq!(c.http.idle_timeout, Duration::from_secs(60));
         assert_eq!(c.http.max_connections, DEFAULT_MAX_CONNECTIONS);
         assert_eq!(c.http.sse_buffer, 256);
+        assert_eq!(c.signing.key_file, PathBuf::from("/tmp/x/signing.key"));
+        assert_eq!(c.signing.next_key_file, None);
+    }
+
+    #[test]
+    fn signing_keys_name_their_key() {
+        let with = |extra: &str| Config::parse(&format!("{GOOD}\n[signing]\n{extra}\n"));
+        let c = with("key_file = \"/k/a\"\nnext_key_file = \"/k/b\"").unwrap();
+        assert_eq!(c.signing.key_file, PathBuf::from("/k/a"));
+        assert_eq!(c.signing.next_key_file, Some(PathBuf::from("/k/b")));
+        let err = with("key_file = \"/k/a\"\nnext_key_file = \"/k/a\"")
+            .unwrap_err()
+            .to_string();
+        assert!(err.starts_with("signing.next_key_file:"), "{err}");
+        let err = with("key = \"x\"").unwrap_err().to_string();
+        assert!(err.contains("unknown field `key`"), "{err}");
     }
 
     #[test]

@@ -28,6 +28,8 @@ pub struct DemoEnv {
     pub broker: SocketAddr,
     pub agency: String,
     pub feed_url: String,
+    /// The collector's public signing key (`ed25519:…`): agents trust it.
+    pub collector_key: String,
     /// Cancelled when the demo stops.
     pub shutdown: CancellationToken,
 }
@@ -44,6 +46,8 @@ pub enum DemoError {
     App(#[from] AppError),
     #[error("{0}")]
     Io(#[from] std::io::Error),
+    #[error(transparent)]
+    Signing(#[from] crate::signing::SigningError),
 }
 
 /// Options of the demo.
@@ -82,6 +86,8 @@ interval = "5s"
 processes = ["muster-collector"]
 [uplink]
 heartbeat_interval = "15s"
+[trust]
+collector_keys = ["{key}"]
 [[probe]]
 name = "feed"
 kind = "http"
@@ -100,6 +106,7 @@ timeout = "3s"
                 broker = env.broker,
                 feed = env.feed_url,
                 feed_addr = env.feed_url.trim_start_matches("http://"),
+                key = env.collector_key,
             );
             let cfg = match muster_agent::config::Config::parse(&text) {
                 Ok(c) => c,
@@ -149,6 +156,9 @@ token = "{agency_token}"
         path = opts.data_dir.display(),
     );
     let cfg = Config::parse(&text)?;
+    let collector_key = crate::signing::Signer::load(&cfg.signing)?
+        .public_key()
+        .to_string();
     let listener = TcpListener::bind(opts.http).await?;
     let addr = listener.local_addr()?;
     let feed_url = format!("http://{addr}");
@@ -173,6 +183,7 @@ token = "{agency_token}"
             broker: broker.addr,
             agency: DEMO_AGENCY.to_owned(),
             feed_url: feed_url.clone(),
+            collector_key,
             shutdown: stop.clone(),
         }))
     });

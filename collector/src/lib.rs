@@ -28,6 +28,7 @@ pub mod model;
 pub mod notify;
 pub mod rules;
 pub mod service;
+pub mod signing;
 pub mod state;
 pub mod status_pub;
 pub mod store;

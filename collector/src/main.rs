@@ -9,6 +9,7 @@ use clap::{Parser, Subcommand};
 use muster_collector::broker::{self, EmbeddedBroker};
 use muster_collector::clock::TokioClock;
 use muster_collector::config::Config;
+use muster_collector::signing::Signer;
 use muster_collector::{app, demo};
 
 #[derive(Parser)]
@@ -35,6 +36,13 @@ enum Cmd {
     },
     /// Validate a config file; names the bad key.
     CheckConfig {
+        #[arg(long)]
+        config: PathBuf,
+    },
+    /// Print the collector's public signing key(s) (`ed25519:…`), creating
+    /// the key file on first use: put the key in agents' `[trust]
+    /// collector_keys`.
+    Keys {
         #[arg(long)]
         config: PathBuf,
     },
@@ -96,6 +104,20 @@ fn main() -> anyhow::Result<()> {
                 std::process::exit(1);
             }
         },
+        Cmd::Keys { config } => {
+            let cfg = Config::load(&config).with_context(|| format!("{}", config.display()))?;
+            let signer = Signer::load(&cfg.signing)?;
+            println!(
+                "{}  key_file {}",
+                signer.public_key(),
+                cfg.signing.key_file.display()
+            );
+            if let (Some(next), Some(path)) = (signer.next_public_key(), &cfg.signing.next_key_file)
+            {
+                println!("{next}  next_key_file {} (announced)", path.display());
+            }
+            Ok(())
+        }
         Cmd::Run {
             config,
             embedded_broker,

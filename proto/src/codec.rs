@@ -1,6 +1,6 @@
 //! The versioned envelope and its codec.
 //!
-//! Wire layout of every Muster payload (telemetry, state, ack):
+//! Wire layout of every Muster payload (telemetry, state, ack, hello):
 //!
 //! ```text
 //! +--------+---------------------------------------------+
@@ -17,6 +17,12 @@
 //! the previous one, so a fleet can upgrade unit by unit. It answers each unit
 //! in the version that unit spoke ([`encode_version`]).
 //!
+//! Version 2 (current) signs acks and adds `AgentStatus.acks_refused`;
+//! version 1 is read and written through the frozen `crate::v1` types. The
+//! collector hello (`muster/v1/collector`) is not a `Message`: it has its
+//! own [`encode_hello`] / [`decode_hello`], same envelope and limits, from
+//! version 2 on.
+//!
 //! Limits: a payload is at most [`MAX_MESSAGE_BYTES`]. `decode` refuses a
 //! longer input up front and runs bincode with the same limit, so a hostile
 //! length prefix can neither allocate past it nor panic; trailing bytes and
@@ -27,14 +33,17 @@ use std::ops::RangeInclusive;
 use bincode::config::{Configuration, Limit, LittleEndian, Varint};
 
 use crate::ids::{IdentityError, UnitId};
-use crate::message::{Body, Message, Record};
+use crate::message::{Body, Hello, MAX_HELLO_KEYS, Message, Record};
+use crate::v1;
 
 /// The schema version this build writes.
-pub const SCHEMA_VERSION: u8 = 1;
+pub const SCHEMA_VERSION: u8 = 2;
 
 /// The schema versions this build reads: N and N-1 while a fleet upgrades.
-/// Version 1 is the first, so today it is the only one.
 pub const ACCEPTED_VERSIONS: RangeInclusive<u8> = 1..=SCHEMA_VERSION;
+
+/// The first schema version with a collector hello.
+pub const HELLO_MIN_VERSION: u8 = 2;
 
 /// Largest encoded payload, version byte included. A replay batch is sized
 /// by the agent to stay under it.
@@ -65,6 +74,8 @@ pub enum EncodeError {
     BadStoredRecord(DecodeError),
     #[error("bincode: {0}")]
     Bincode(#[from] bincode::error::EncodeError),
+    #[error("hello announces {0} keys; the limit is {MAX_HELLO_KEYS}")]
+    TooManyKeys(usize),
 }
 
 /// Why a payload was refused. Each variant is a counted reason at the collector.
@@ -84,6 +95,8 @@ pub enum DecodeError {
     BatchTooLong(usize),
     #[error("invalid identity: {0}")]
     Identity(#[from] IdentityError),
+    #[error("hello announces {0} keys; the limit is {MAX_HELLO_KEYS}")]
+    TooManyKeys(usize),
 }
 
 impl DecodeError {
@@ -93,7 +106,9 @@ impl DecodeError {
             DecodeError::Empty | DecodeError::Malformed(_) | DecodeError::TrailingBytes(_) => {
                 "malformed"
             }
-            DecodeError::TooLarge { .. } | DecodeError::BatchTooLong(_) => "oversized",
+            DecodeError::TooLarge { .. }
+            | DecodeError::BatchTooLong(_)
+            | DecodeError::TooManyKeys(_) => "oversized",
             DecodeError::UnknownVersion { .. } => "unknown_version",
             DecodeError::Identity(_) => "bad_identity",
         }
@@ -119,8 +134,11 @@ pub fn encode_version(msg: &Message, version: u8) -> Result<Vec<u8>, EncodeError
     }
     let mut out = Vec::with_capacity(256);
     out.push(version);
-    // Only one version exists; a second one adds its conversion here.
-    bincode::serde::encode_into_std_write(msg, &mut out, config())?;
+    if version == 1 {
+        bincode::serde::encode_into_std_write(v1::Message::from(msg), &mut out, config())?;
+    } else {
+        bincode::serde::encode_into_std_write(msg, &mut out, config())?;
+    }
     if out.len() > MAX_MESSAGE_BYTES {
         return Err(EncodeError::TooLarge { len: out.len() });
     }
@@ -164,16 +182,11 @@ pub fn decode(bytes: &[u8]) -> Result<Decoded, DecodeError> {
     if !ACCEPTED_VERSIONS.contains(&version) {
         return Err(DecodeError::UnknownVersion { got: version });
     }
-    let (message, used): (Message, usize) = bincode::serde::decode_from_slice(body, config())
-        .map_err(|e| match e {
-            bincode::error::DecodeError::LimitExceeded => {
-                DecodeError::TooLarge { len: bytes.len() }
-            }
-            other => DecodeError::Malformed(other.to_string()),
-        })?;
-    if used != body.len() {
-        return Err(DecodeError::TrailingBytes(body.len() - used));
-    }
+    let message: Message = if version == 1 {
+        decode_exact::<v1::Message>(body, bytes.len())?.into()
+    } else {
+        decode_exact(body, bytes.len())?
+    };
     if let Body::Batch(records) = &message.body
         && records.len() > MAX_BATCH_RECORDS
     {
@@ -181,6 +194,54 @@ pub fn decode(bytes: &[u8]) -> Result<Decoded, DecodeError> {
     }
     message.unit.validate()?;
     Ok(Decoded { version, message })
+}
+
+/// bincode-decodes exactly `body` (no trailing bytes) under the size limit.
+fn decode_exact<T: serde::de::DeserializeOwned>(
+    body: &[u8],
+    total_len: usize,
+) -> Result<T, DecodeError> {
+    let (v, used): (T, usize) =
+        bincode::serde::decode_from_slice(body, config()).map_err(|e| match e {
+            bincode::error::DecodeError::LimitExceeded => DecodeError::TooLarge { len: total_len },
+            other => DecodeError::Malformed(other.to_string()),
+        })?;
+    if used != body.len() {
+        return Err(DecodeError::TrailingBytes(body.len() - used));
+    }
+    Ok(v)
+}
+
+// ------------------------------------------------------------ collector hello
+
+/// Encodes a collector hello at the current [`SCHEMA_VERSION`].
+pub fn encode_hello(h: &Hello) -> Result<Vec<u8>, EncodeError> {
+    if h.next_keys.len() > MAX_HELLO_KEYS {
+        return Err(EncodeError::TooManyKeys(h.next_keys.len()));
+    }
+    let mut out = Vec::with_capacity(128 + 33 * h.next_keys.len());
+    out.push(SCHEMA_VERSION);
+    bincode::serde::encode_into_std_write(h, &mut out, config())?;
+    if out.len() > MAX_MESSAGE_BYTES {
+        return Err(EncodeError::TooLarge { len: out.len() });
+    }
+    Ok(out)
+}
+
+/// Decodes a collector hello (schema 2 or later). Never panics.
+pub fn decode_hello(bytes: &[u8]) -> Result<Hello, DecodeError> {
+    let (&version, body) = bytes.split_first().ok_or(DecodeError::Empty)?;
+    if bytes.len() > MAX_MESSAGE_BYTES {
+        return Err(DecodeError::TooLarge { len: bytes.len() });
+    }
+    if version < HELLO_MIN_VERSION || !ACCEPTED_VERSIONS.contains(&version) {
+        return Err(DecodeError::UnknownVersion { got: version });
+    }
+    let h: Hello = decode_exact(body, bytes.len())?;
+    if h.next_keys.len() > MAX_HELLO_KEYS {
+        return Err(DecodeError::TooManyKeys(h.next_keys.len()));
+    }
+    Ok(h)
 }
 
 /// Most entries in any list inside a message (cores, disks, records, ...).
@@ -254,12 +315,12 @@ pub fn decode_record(bytes: &[u8]) -> Result<Record, DecodeError> {
     if !ACCEPTED_VERSIONS.contains(&version) {
         return Err(DecodeError::UnknownVersion { got: version });
     }
-    let (rec, used): (Record, usize) = bincode::serde::decode_from_slice(body, config())
-        .map_err(|e| DecodeError::Malformed(e.to_string()))?;
-    if used != body.len() {
-        return Err(DecodeError::TrailingBytes(body.len() - used));
+    if version == 1 {
+        // An upgraded agent's buffer still holds the records it wrote in v1.
+        Ok(decode_exact::<v1::Record>(body, bytes.len())?.into())
+    } else {
+        decode_exact(body, bytes.len())
     }
-    Ok(rec)
 }
 
 /// Builds the payload of a `Body::Batch` (or, for one record and

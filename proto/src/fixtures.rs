@@ -5,6 +5,7 @@ use std::net::{IpAddr, Ipv4Addr};
 
 use crate::ids::{BootId, UnitId};
 use crate::message::*;
+use crate::sign::{KeyId, Signature, SigningKey, sign_ack, sign_hello};
 
 pub fn unit() -> UnitId {
     UnitId::new("metro-fire", "E12").expect("valid fixture identity")
@@ -152,6 +153,7 @@ pub fn status() -> AgentStatus {
         },
         reconnects: 3,
         clock_offset_ms: Some(-420),
+        acks_refused: 5,
     }
 }
 
@@ -183,19 +185,43 @@ pub fn batch_message(n: u64) -> Message {
     }
 }
 
+/// The fixtures' collector key (a fixed seed: signatures are deterministic).
+pub fn signing_key() -> SigningKey {
+    SigningKey::from_seed(&[0x4d; 32])
+}
+
+/// The key the fixtures' collector announces next.
+pub fn next_signing_key() -> SigningKey {
+    SigningKey::from_seed(&[0x4e; 32])
+}
+
+/// An ack signed by [`signing_key`] for [`unit`].
 pub fn ack_message() -> Message {
+    let ack = Ack {
+        boot: BOOT,
+        upto: 1_000,
+        ranges: vec![SeqRange {
+            first: 1_440,
+            last: 1_441,
+        }],
+        collector_ms: AT_MS + 250,
+        key_id: KeyId::NONE,
+        sig: Signature::NONE,
+    };
     Message {
         unit: unit(),
-        body: Body::Ack(Ack {
-            boot: BOOT,
-            upto: 1_000,
-            ranges: vec![SeqRange {
-                first: 1_440,
-                last: 1_441,
-            }],
-            collector_ms: AT_MS + 250,
-        }),
+        body: Body::Ack(sign_ack(&signing_key(), &unit(), ack)),
     }
+}
+
+/// A hello signed by [`signing_key`], announcing [`next_signing_key`].
+pub fn hello() -> Hello {
+    sign_hello(
+        &signing_key(),
+        AT_MS - 60_000,
+        3,
+        vec![next_signing_key().public_key()],
+    )
 }
 
 pub fn presence_message(online: bool) -> Message {

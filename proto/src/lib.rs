@@ -4,7 +4,9 @@
 //!   batches, acks, presence).
 //! * [`ids`]: unit identity, boot ids and their validation.
 //! * [`topic`]: the MQTT topic scheme, built and parsed.
-//! * [`codec`]: the versioned envelope, `encode` / `decode` with a size limit.
+//! * [`codec`]: the versioned envelope, `encode` / `decode` with a size limit;
+//!   `v1` is the frozen previous schema, still read and written.
+//! * [`sign`]: Ed25519 keys, key ids, signed acks and hellos.
 //!
 //! Invariants: this crate does no I/O, never reads a clock, and is the only
 //! crate in the workspace that knows bincode. Decoding never panics and never
@@ -14,13 +16,16 @@ pub mod codec;
 pub mod fixtures;
 pub mod ids;
 pub mod message;
+pub mod sign;
 pub mod topic;
+mod v1;
 
 pub use codec::{
     ACCEPTED_VERSIONS, DecodeError, Decoded, EncodeError, MAX_BATCH_RECORDS, MAX_MESSAGE_BYTES,
-    SCHEMA_VERSION, decode, decode_record, encode, encode_record, encode_version, encoded_len,
-    message_from_encoded,
+    SCHEMA_VERSION, decode, decode_hello, decode_record, encode, encode_hello, encode_record,
+    encode_version, encoded_len, message_from_encoded,
 };
 pub use ids::{BootId, IdentityError, UnitId};
 pub use message::*;
-pub use topic::{Topic, TopicError, TopicKind};
+pub use sign::{KeyId, PublicKey, Signature, SigningKey, TrustedKeys, VerifyError};
+pub use topic::{COLLECTOR_TOPIC, Topic, TopicError, TopicKind};

@@ -14,6 +14,7 @@ use std::net::IpAddr;
 use serde::{Deserialize, Serialize};
 
 use crate::ids::{BootId, UnitId};
+use crate::sign::{KeyId, PublicKey, Signature};
 
 /// What one MQTT publish carries: who it is about, and what.
 #[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
@@ -261,6 +262,13 @@ pub struct AgentStatus {
     pub reconnects: u32,
     /// Collector clock minus agent clock, estimated from acks, when known.
     pub clock_offset_ms: Option<i64>,
+    /// Acks and collector hellos refused since the agent started: unsigned,
+    /// signed by an untrusted key, a signature that does not verify, or an
+    /// older hello replayed (schema v2). `serde(default)` only for JSON
+    /// written before v2 (the collector's stored unit records); bincode
+    /// always carries the field.
+    #[serde(default)]
+    pub acks_refused: u64,
 }
 
 /// Records dropped by the disk buffer, by reason. Cumulative over the life of
@@ -290,7 +298,9 @@ impl DropCounts {
 // ------------------------------------------------------- acks and presence
 
 /// Collector to agent: these records of `boot` are durably stored and may
-/// leave the agent's disk.
+/// leave the agent's disk — once the signature verifies against a key the
+/// agent trusts (`crate::sign::verify_ack`). The signature covers the unit
+/// the ack is about as well as every field here but `key_id` and `sig`.
 #[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
 pub struct Ack {
     pub boot: BootId,
@@ -303,6 +313,10 @@ pub struct Ack {
     /// The collector's clock when it sent the ack, unix ms: lets the agent
     /// estimate its clock offset.
     pub collector_ms: u64,
+    /// The collector key that signed this ack (schema v2; zero in v1).
+    pub key_id: KeyId,
+    /// Ed25519 signature (schema v2; zero in v1), see [`crate::sign`].
+    pub sig: Signature,
 }
 
 impl Ack {
@@ -336,4 +350,38 @@ pub struct Presence {
     pub connection: u32,
     /// When the connection was made, unix ms, agent clock.
     pub at_ms: u64,
+}
+
+// -------------------------------------------------------------- collector hello
+
+/// Most next keys a hello announces.
+pub const MAX_HELLO_KEYS: usize = 4;
+
+/// Collector to every agent, retained on `muster/v1/collector` and
+/// republished each time the collector's subscription is (re)established:
+/// "I am subscribed now". An agent that sees a newer one resends what it
+/// has in flight at once instead of waiting out its ack timeout; a hello
+/// also announces the collector's next keys (rotation). Not a [`Message`]:
+/// it has its own codec (`encode_hello` / `decode_hello`, schema v2 on).
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+pub struct Hello {
+    /// When this collector process started, unix ms, collector clock.
+    pub started_ms: u64,
+    /// Grows by one with every (re)subscription of this process.
+    /// `(started_ms, counter)` orders hellos.
+    pub counter: u64,
+    /// Keys the collector will sign with next: agents that verify this
+    /// hello trust them from now on. At most [`MAX_HELLO_KEYS`].
+    #[serde(deserialize_with = "crate::codec::bounded_vec")]
+    pub next_keys: Vec<PublicKey>,
+    pub key_id: KeyId,
+    pub sig: Signature,
+}
+
+impl Hello {
+    /// The order of hellos: a later process start, or a later subscription
+    /// of the same process.
+    pub fn order(&self) -> (u64, u64) {
+        (self.started_ms, self.counter)
+    }
 }

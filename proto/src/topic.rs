@@ -9,6 +9,9 @@
 //!
 //! Agency-wide incidents go, as retained JSON, to the four-level topic
 //! `muster/v1/{agency}/incidents`, which cannot collide with a unit topic.
+//! The collector's signed `Hello` goes, retained, to the three-level
+//! [`COLLECTOR_TOPIC`] `muster/v1/collector`, which can collide with
+//! neither (every agent subscribes to it; only the collector publishes).
 //! The `v1` level is the topic scheme's version, not the payload's schema
 //! version (that is the envelope's first byte).
 
@@ -18,6 +21,11 @@ use crate::ids::{IdentityError, UnitId, validate_part};
 
 /// First two levels of every Muster topic.
 pub const PREFIX: &str = "muster/v1";
+
+/// Retained, signed collector hello (QoS 1), republished on every
+/// (re)subscription of the collector. Three levels: never a unit or an
+/// agency topic.
+pub const COLLECTOR_TOPIC: &str = "muster/v1/collector";
 
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Hash)]
 pub enum TopicKind {
@@ -169,6 +177,7 @@ mod tests {
             ("muster/v1/#/b/telemetry", "'#'"),
             ("muster/v1/a/b c/state", "' '"),
             ("muster/v1/metro/incidents", "form"),
+            (COLLECTOR_TOPIC, "form"),
         ];
         for (topic, want) in cases {
             let err = Topic::parse(topic).unwrap_err().to_string();

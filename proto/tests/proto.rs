@@ -230,6 +230,7 @@ fn agent_status() -> impl Strategy<Value = AgentStatus> {
         dropped,
         any::<u32>(),
         any::<Option<i64>>(),
+        any::<u64>(),
     )
         .prop_map(
             |(
@@ -241,6 +242,7 @@ fn agent_status() -> impl Strategy<Value = AgentStatus> {
                 dropped,
                 reconnects,
                 clock_offset_ms,
+                acks_refused,
             )| AgentStatus {
                 version,
                 interval_ms,
@@ -250,6 +252,7 @@ fn agent_status() -> impl Strategy<Value = AgentStatus> {
                 dropped,
                 reconnects,
                 clock_offset_ms,
+                acks_refused,
             },
         )
 }
@@ -275,14 +278,22 @@ fn record() -> impl Strategy<Value = Record> {
 
 fn ack() -> impl Strategy<Value = Ack> {
     let range = (any::<u64>(), any::<u64>()).prop_map(|(first, last)| SeqRange { first, last });
-    (any::<u64>(), any::<u64>(), vec(range, 0..8), any::<u64>()).prop_map(
-        |(boot, upto, ranges, collector_ms)| Ack {
+    (
+        any::<u64>(),
+        any::<u64>(),
+        vec(range, 0..8),
+        any::<u64>(),
+        any::<[u8; 8]>(),
+        any::<([u8; 32], [u8; 32])>(),
+    )
+        .prop_map(|(boot, upto, ranges, collector_ms, key_id, (lo, hi))| Ack {
             boot: BootId(boot),
             upto,
             ranges,
             collector_ms,
-        },
-    )
+            key_id: KeyId(key_id),
+            sig: Signature(lo, hi),
+        })
 }
 
 fn presence() -> impl Strategy<Value = Presence> {
@@ -350,7 +361,7 @@ proptest! {
     #[test]
     fn arbitrary_bytes_never_panic(bytes in vec(any::<u8>(), 0..512)) {
         if let Ok(d) = decode(&bytes) {
-            let again = encode(&d.message).unwrap();
+            let again = encode_version(&d.message, d.version).unwrap();
             prop_assert!(again.len() <= bytes.len());
             prop_assert_eq!(decode(&again).unwrap(), d);
         }
@@ -375,7 +386,7 @@ fn golden_dir(version: u8) -> PathBuf {
 
 /// The wire format of every message kind is pinned: a change to a field, its
 /// order or its type fails here. `proto/tests/golden/README.md` says how to
-/// change it on purpose.
+/// change it on purpose. The collector hello is pinned as `hello.bin`.
 #[test]
 fn golden_vectors_match() {
     let dir = golden_dir(SCHEMA_VERSION);
@@ -383,9 +394,13 @@ fn golden_vectors_match() {
     if bless {
         std::fs::create_dir_all(&dir).unwrap();
     }
-    for (name, msg) in fixtures::all_named() {
+    let mut vectors: Vec<(&str, Vec<u8>)> = fixtures::all_named()
+        .iter()
+        .map(|(name, msg)| (*name, encode(msg).unwrap()))
+        .collect();
+    vectors.push((HELLO_VECTOR, encode_hello(&fixtures::hello()).unwrap()));
+    for (name, bytes) in vectors {
         let path = dir.join(format!("{name}.bin"));
-        let bytes = encode(&msg).unwrap();
         if bless {
             std::fs::write(&path, &bytes).unwrap();
             continue;
@@ -396,13 +411,21 @@ fn golden_vectors_match() {
             bytes, want,
             "the encoding of {name} changed: see tests/golden/README.md"
         );
+    }
+    for (name, msg) in fixtures::all_named() {
+        let want = std::fs::read(dir.join(format!("{name}.bin"))).unwrap();
         assert_eq!(
             decode(&want).unwrap().message,
             msg,
             "{name} decodes differently"
         );
     }
+    let want = std::fs::read(dir.join(format!("{HELLO_VECTOR}.bin"))).unwrap();
+    assert_eq!(decode_hello(&want).unwrap(), fixtures::hello());
 }
+
+/// The collector hello's vector: not a `Message`, decoded by `decode_hello`.
+const HELLO_VECTOR: &str = "hello";
 
 /// Every accepted version's vectors still decode (N and N-1 during an upgrade).
 #[test]
@@ -411,7 +434,12 @@ fn every_accepted_version_decodes_its_vectors() {
         let dir = golden_dir(version);
         let mut seen = 0;
         for entry in std::fs::read_dir(&dir).unwrap_or_else(|e| panic!("{}: {e}", dir.display())) {
-            let bytes = std::fs::read(entry.unwrap().path()).unwrap();
+            let path = entry.unwrap().path();
+            let bytes = std::fs::read(&path).unwrap();
+            if path.file_stem().is_some_and(|s| s == HELLO_VECTOR) {
+                decode_hello(&bytes).unwrap();
+                continue;
+            }
             let d = decode(&bytes).unwrap();
             assert_eq!(d.version, version);
             seen += 1;
@@ -421,6 +449,319 @@ fn every_accepted_version_decodes_its_vectors() {
             "v{version}: only {seen} vectors"
         );
     }
+}
+
+/// The fixtures as a v1 peer sees them: no signature, no `acks_refused`.
+fn as_v1(mut msg: Message) -> Message {
+    let unsign = |r: &mut Record| {
+        if let Payload::Status(s) = &mut r.payload {
+            s.acks_refused = 0;
+        }
+    };
+    match &mut msg.body {
+        Body::Ack(a) => {
+            a.key_id = KeyId::NONE;
+            a.sig = Signature::NONE;
+        }
+        Body::Record(r) => unsign(r),
+        Body::Batch(rs) => rs.iter_mut().for_each(unsign),
+        Body::Presence(_) => {}
+    }
+    msg
+}
+
+/// v1 stays exact both ways: the v1 vectors decode to the fixtures less the
+/// v2 fields, and `encode_version(.., 1)` (how a collector answers a v1
+/// unit) writes the v1 vectors' very bytes. A v1 record from an upgraded
+/// agent's buffer decodes, and replays spliced into a v2 message.
+#[test]
+fn v1_is_read_and_written_exactly() {
+    let dir = golden_dir(1);
+    for (name, msg) in fixtures::all_named() {
+        let want = std::fs::read(dir.join(format!("{name}.bin"))).unwrap();
+        let d = decode(&want).unwrap();
+        assert_eq!(d.version, 1, "{name}");
+        assert_eq!(d.message, as_v1(msg.clone()), "{name}");
+        assert_eq!(
+            encode_version(&msg, 1).unwrap(),
+            want,
+            "{name}: v1 encoding changed"
+        );
+    }
+    // A v1 ack is unsigned: it never verifies.
+    let Body::Ack(a) = decode(&std::fs::read(dir.join("ack.bin")).unwrap())
+        .unwrap()
+        .message
+        .body
+    else {
+        panic!("ack.bin is an ack");
+    };
+    let mut trusted = TrustedKeys::new();
+    trusted
+        .insert(fixtures::signing_key().public_key())
+        .unwrap();
+    assert_eq!(
+        sign::verify_ack(&trusted, &fixtures::unit(), &a),
+        Err(VerifyError::Unsigned)
+    );
+    // A v1 status record in the buffer: decode_record and splicing read it.
+    let status = fixtures::record(4, Payload::Status(fixtures::status()));
+    let v1_msg = encode_version(
+        &Message {
+            unit: fixtures::unit(),
+            body: Body::Record(status.clone()),
+        },
+        1,
+    )
+    .unwrap();
+    // [version][unit][variant 0][record]: the stored record is what follows.
+    let unit_len = encoded_len(&Message {
+        unit: fixtures::unit(),
+        body: Body::Batch(vec![]),
+    })
+    .unwrap()
+        - 1 // version
+        - 2; // variant index and zero count
+    let mut stored = vec![1u8];
+    stored.extend_from_slice(&v1_msg[1 + unit_len + 1..]);
+    let back = decode_record(&stored).unwrap();
+    let mut want = status.clone();
+    if let Payload::Status(s) = &mut want.payload {
+        s.acks_refused = 0;
+    }
+    assert_eq!(back, want);
+    let spliced = message_from_encoded(&fixtures::unit(), &[&stored], true).unwrap();
+    let d = decode(&spliced).unwrap();
+    assert_eq!(d.version, SCHEMA_VERSION);
+    assert_eq!(d.message.body, Body::Record(want));
+}
+
+#[test]
+fn hello_round_trips_and_is_bounded() {
+    let h = fixtures::hello();
+    let bytes = encode_hello(&h).unwrap();
+    assert_eq!(bytes[0], SCHEMA_VERSION);
+    assert_eq!(decode_hello(&bytes).unwrap(), h);
+    // Too many announced keys: refused both ways.
+    let mut big = h.clone();
+    big.next_keys = vec![fixtures::next_signing_key().public_key(); MAX_HELLO_KEYS + 1];
+    assert!(matches!(
+        encode_hello(&big),
+        Err(EncodeError::TooManyKeys(_))
+    ));
+    // Hand-build the oversized list: same bytes with a longer key list.
+    let full = Hello {
+        next_keys: vec![fixtures::next_signing_key().public_key(); MAX_HELLO_KEYS],
+        ..h.clone()
+    };
+    let mut b = encode_hello(&full).unwrap();
+    let key_bytes = fixtures::next_signing_key().public_key().0;
+    // The list length is the varint after started_ms and counter; patch it
+    // to one more and append one more key, then the id and signature.
+    let prefix_len = 1 + varint_len(h.started_ms) + varint_len(h.counter);
+    assert_eq!(b[prefix_len] as usize, MAX_HELLO_KEYS);
+    b[prefix_len] += 1;
+    let at = prefix_len + 1 + MAX_HELLO_KEYS * 32;
+    b.splice(at..at, key_bytes);
+    assert_eq!(
+        decode_hello(&b),
+        Err(DecodeError::TooManyKeys(MAX_HELLO_KEYS + 1))
+    );
+    // Truncations, trailing bytes, a v1 hello and a message on the hello
+    // topic are refused, never mis-decoded.
+    for cut in 0..bytes.len() {
+        assert!(decode_hello(&bytes[..cut]).is_err(), "cut at {cut}");
+    }
+    let mut trailing = bytes.clone();
+    trailing.push(0);
+    assert_eq!(decode_hello(&trailing), Err(DecodeError::TrailingBytes(1)));
+    let mut v1 = bytes.clone();
+    v1[0] = 1;
+    assert_eq!(
+        decode_hello(&v1),
+        Err(DecodeError::UnknownVersion { got: 1 })
+    );
+    assert!(decode_hello(&encode(&fixtures::ack_message()).unwrap()).is_err());
+}
+
+fn varint_len(v: u64) -> usize {
+    // bincode's varint: < 251 one byte, else a tag byte and 2, 4 or 8 bytes.
+    match v {
+        0..=250 => 1,
+        251..=0xffff => 3,
+        0x1_0000..=0xffff_ffff => 5,
+        _ => 9,
+    }
+}
+
+// ------------------------------------------------------------- signatures
+
+/// What a signature binds: any change to the unit, boot, upto, ranges or
+/// collector time, another key, an unknown key id or a damaged signature is
+/// refused.
+#[test]
+fn ack_signatures_bind_unit_boot_and_seqs() {
+    let key = fixtures::signing_key();
+    let other = fixtures::next_signing_key();
+    let unit = fixtures::unit();
+    let Body::Ack(good) = fixtures::ack_message().body else {
+        unreachable!()
+    };
+    let mut trusted = TrustedKeys::new();
+    trusted.insert(key.public_key()).unwrap();
+    assert_eq!(sign::verify_ack(&trusted, &unit, &good), Ok(key.key_id()));
+
+    let other_unit = UnitId::new("metro-fire", "E13").unwrap();
+    type Case = (&'static str, UnitId, Ack, fn(KeyId) -> VerifyError);
+    let bad = |id| VerifyError::BadSignature(id);
+    let with = |f: &dyn Fn(&mut Ack)| {
+        let mut a = good.clone();
+        f(&mut a);
+        a
+    };
+    let cases: Vec<Case> = vec![
+        ("another unit", other_unit, good.clone(), bad),
+        (
+            "another boot",
+            unit.clone(),
+            with(&|a| a.boot = BootId(a.boot.0 ^ 1)),
+            bad,
+        ),
+        (
+            "upto raised",
+            unit.clone(),
+            with(&|a| a.upto = 1 << 62),
+            bad,
+        ),
+        (
+            "range widened",
+            unit.clone(),
+            with(&|a| a.ranges[0].last += 1),
+            bad,
+        ),
+        (
+            "range added",
+            unit.clone(),
+            with(&|a| {
+                a.ranges.push(SeqRange {
+                    first: 5_000,
+                    last: 6_000,
+                })
+            }),
+            bad,
+        ),
+        (
+            "ranges dropped",
+            unit.clone(),
+            with(&|a| a.ranges.clear()),
+            bad,
+        ),
+        (
+            "collector_ms",
+            unit.clone(),
+            with(&|a| a.collector_ms += 1),
+            bad,
+        ),
+        (
+            "signature flipped",
+            unit.clone(),
+            with(&|a| a.sig.1[5] ^= 1),
+            bad,
+        ),
+        (
+            "truncated signature (second half zero)",
+            unit.clone(),
+            with(&|a| a.sig.1 = [0; 32]),
+            bad,
+        ),
+        (
+            "unsigned",
+            unit.clone(),
+            with(&|a| {
+                a.key_id = KeyId::NONE;
+                a.sig = Signature::NONE;
+            }),
+            |_| VerifyError::Unsigned,
+        ),
+        (
+            "unknown key id",
+            unit.clone(),
+            with(&|a| a.key_id = KeyId([1; 8])),
+            |id| VerifyError::UnknownKey(id),
+        ),
+        (
+            "signed by an untrusted key",
+            unit.clone(),
+            sign::sign_ack(&other, &unit, good.clone()),
+            |id| VerifyError::UnknownKey(id),
+        ),
+        (
+            "untrusted key's signature under the trusted key's id",
+            unit.clone(),
+            {
+                let mut a = sign::sign_ack(&other, &unit, good.clone());
+                a.key_id = key.key_id();
+                a
+            },
+            bad,
+        ),
+    ];
+    for (name, u, ack, want) in cases {
+        let err = sign::verify_ack(&trusted, &u, &ack).unwrap_err();
+        assert_eq!(err, want(ack.key_id), "{name}");
+    }
+    // Trusting the other key makes its signature good, and only for its unit.
+    trusted.insert(other.public_key()).unwrap();
+    let a = sign::sign_ack(&other, &unit, good.clone());
+    assert_eq!(sign::verify_ack(&trusted, &unit, &a), Ok(other.key_id()));
+    assert!(sign::verify_ack(&trusted, &UnitId::new("x", "y").unwrap(), &a).is_err());
+}
+
+#[test]
+fn hello_signatures_bind_their_fields() {
+    let key = fixtures::signing_key();
+    let good = fixtures::hello();
+    let mut trusted = TrustedKeys::new();
+    trusted.insert(key.public_key()).unwrap();
+    assert_eq!(sign::verify_hello(&trusted, &good), Ok(key.key_id()));
+    let with = |f: &dyn Fn(&mut Hello)| {
+        let mut h = good.clone();
+        f(&mut h);
+        h
+    };
+    let cases: Vec<(&str, Hello)> = vec![
+        ("started_ms", with(&|h| h.started_ms += 1)),
+        ("counter", with(&|h| h.counter += 1)),
+        (
+            "next key swapped",
+            with(&|h| h.next_keys[0] = SigningKey::from_seed(&[1; 32]).public_key()),
+        ),
+        (
+            "next key added",
+            with(&|h| {
+                h.next_keys
+                    .push(SigningKey::from_seed(&[1; 32]).public_key())
+            }),
+        ),
+        ("signature", with(&|h| h.sig.0[0] ^= 1)),
+        (
+            "unknown key",
+            sign::sign_hello(&fixtures::next_signing_key(), 1, 1, vec![]),
+        ),
+    ];
+    for (name, h) in cases {
+        assert!(sign::verify_hello(&trusted, &h).is_err(), "{name}");
+    }
+    // An ack's signature is not a hello's: the contexts differ.
+    let Body::Ack(a) = fixtures::ack_message().body else {
+        unreachable!()
+    };
+    let h = Hello {
+        key_id: a.key_id,
+        sig: a.sig,
+        ..good.clone()
+    };
+    assert!(sign::verify_hello(&trusted, &h).is_err());
 }
 
 // ----------------------------------------------------------- hostile input

@@ -143,6 +143,21 @@ impl Inflight {
         keys
     }
 
+    /// Expires every publish now, whatever its age (the collector has just
+    /// (re)subscribed: earlier sends may have reached nobody); returns the
+    /// keys still unacked, smallest first, to be resent.
+    pub fn expire_all(&mut self) -> Vec<u64> {
+        let mut keys: Vec<u64> = self
+            .entries
+            .values()
+            .flat_map(|e| e.records.iter().map(|r| r.key))
+            .collect();
+        self.entries.clear();
+        self.keys.clear();
+        keys.sort_unstable();
+        keys
+    }
+
     /// When the oldest publish times out, if any.
     pub fn next_deadline(&self, timeout_ms: u64) -> Option<u64> {
         self.entries.values().map(|e| e.sent_ms + timeout_ms).min()
@@ -178,6 +193,8 @@ mod tests {
                 .map(|&(first, last)| SeqRange { first, last })
                 .collect(),
             collector_ms,
+            key_id: muster_proto::KeyId::NONE,
+            sig: muster_proto::Signature::NONE,
         }
     }
 
@@ -263,6 +280,35 @@ mod tests {
         t.insert(sent(&[(1, 1), (2, 2), (3, 3)]), 30, 0);
         t.ack(&ack(0, &[(2, 2)], 0), 10);
         assert_eq!(t.expire(30_000, 30_000), vec![1, 3]);
+    }
+
+    #[test]
+    fn expire_all_resends_everything_unacked_at_once() {
+        // (publishes: (keys and seqs, sent_ms), ack upto before, keys to resend)
+        type Case = (&'static [(&'static [(u64, u64)], u64)], u64, &'static [u64]);
+        let cases: &[Case] = &[
+            (&[], 0, &[]),
+            // Fresh and old alike, whatever the timeout.
+            (
+                &[(&[(3, 3), (4, 4)], 1_000), (&[(1, 1)], 999_999)],
+                0,
+                &[1, 3, 4],
+            ),
+            // What an ack already freed is not resent.
+            (&[(&[(1, 1), (2, 2)], 0), (&[(5, 5)], 0)], 1, &[2, 5]),
+            (&[(&[(1, 1)], 0)], 1, &[]),
+        ];
+        for (pubs, upto, want) in cases {
+            let mut t = Inflight::new();
+            for (recs, at) in pubs.iter() {
+                t.insert(sent(recs), 10, *at);
+            }
+            t.ack(&ack(*upto, &[], 0), 1_000_000);
+            assert_eq!(t.expire_all(), want.to_vec(), "{pubs:?}");
+            assert!(t.is_empty());
+            assert_eq!(t.next_deadline(30_000), None);
+            assert!(want.iter().all(|k| !t.contains_key(*k)));
+        }
     }
 
     #[test]

@@ -10,8 +10,16 @@
 //! * Reconnects with exponential backoff and full jitter ([`backoff`]).
 //! * Live first, then the backlog oldest-first in batches, under
 //!   `max_inflight` and an optional byte rate ([`schedule`]).
-//! * Acks free buffer keys; unacked publishes are resent after a reconnect
-//!   or `ack_timeout` ([`inflight`]).
+//! * Acks free buffer keys only when signed by a trusted collector key
+//!   ([`verify`]); a refused ack frees nothing and is counted in
+//!   `acks_refused` (heartbeat) and logged at most once per
+//!   [`REFUSAL_LOG_INTERVAL_MS`] with the count since the last line.
+//! * Unacked publishes are resent after a reconnect or `ack_timeout`
+//!   ([`inflight`]), and at once (at most once per
+//!   [`REPLAY_MIN_INTERVAL_MS`]) when a newer verified collector hello on
+//!   `muster/v1/collector` says the collector has just (re)subscribed. Keys
+//!   a verified hello announces are trusted and persisted
+//!   (`crate::trust`).
 //! * An `AgentStatus` heartbeat record every `heartbeat_interval`.
 //!
 //! The pure cores (`backoff`, `inflight`, `schedule`, `buffer::evict`) take
@@ -22,14 +30,16 @@ pub mod inflight;
 pub mod mqtt;
 pub mod schedule;
 pub mod settings;
+pub mod verify;
 
 use std::future::Future;
 use std::sync::Arc;
 use std::time::Duration;
 
 use muster_proto::{
-    AgentStatus, Body, BootId, MAX_BATCH_RECORDS, MAX_MESSAGE_BYTES, Payload, Record, TopicKind,
-    UnitId, decode, encode_record, message_from_encoded, topic::unit_topic,
+    AgentStatus, Body, BootId, COLLECTOR_TOPIC, MAX_BATCH_RECORDS, MAX_MESSAGE_BYTES, Payload,
+    Record, TopicKind, TrustedKeys, UnitId, VerifyError, decode, decode_hello, encode_record,
+    message_from_encoded, topic::unit_topic,
 };
 use rumqttc::{AsyncClient, QoS};
 use tokio::sync::mpsc;
@@ -42,6 +52,18 @@ use inflight::{Inflight, Sent};
 use mqtt::LinkEvent;
 use schedule::{Next, Scheduler};
 pub use settings::{MqttSettings, UplinkSettings};
+use verify::{HelloVerdict, RefusalLog, ReplayLimiter};
+
+/// At most one log line about refused acks and hellos per this interval.
+pub const REFUSAL_LOG_INTERVAL_MS: u64 = 10_000;
+
+/// At most one hello-triggered resend of everything in flight per this
+/// interval (a flood of valid hellos cannot make the agent resend in a loop).
+pub const REPLAY_MIN_INTERVAL_MS: u64 = 2_000;
+
+/// At most one re-read of `trusted_keys` (for an ack or hello signed by a
+/// key not yet trusted) per this interval.
+pub const TRUST_RELOAD_MS: u64 = 5_000;
 
 /// Everything `run` needs.
 #[derive(Debug, Clone)]
@@ -53,6 +75,11 @@ pub struct UplinkConfig {
     /// The sampling interval, reported in the heartbeat.
     pub interval_ms: u32,
     pub agent_version: String,
+    /// The collector keys acks and hellos must be signed with.
+    pub trust: TrustedKeys,
+    /// Where keys announced by verified hellos are persisted
+    /// (`<data_dir>/trusted_keys`); `None`: trusted for this run only.
+    pub trusted_keys_file: Option<std::path::PathBuf>,
 }
 
 #[derive(Debug, thiserror::Error)]
@@ -72,6 +99,10 @@ struct Counters {
     acked: u64,
     resent: u64,
     bad_inbound: u64,
+    /// Acks and hellos refused (signature, key, or an old hello).
+    acks_refused: u64,
+    /// Resends of everything in flight on a collector hello.
+    hello_replays: u32,
 }
 
 /// The uplink's state: everything but the sockets.
@@ -94,6 +125,13 @@ struct Uplink {
     counters: Counters,
     /// When the pump must run again (token bucket), unix ms.
     wake_ms: Option<u64>,
+    trust: TrustedKeys,
+    refusal_log: RefusalLog,
+    /// `(started_ms, counter)` of the newest verified hello.
+    newest_hello: Option<(u64, u64)>,
+    /// When `trusted_keys` was last re-read for an unknown key.
+    trust_reloaded_ms: Option<u64>,
+    replay: ReplayLimiter,
 }
 
 /// Runs the store-and-forward uplink until `shutdown` resolves, then flushes
@@ -121,6 +159,7 @@ pub async fn run_with_buffer(
     let boot = BootId(rand::random());
     let now = clock.now_ms();
     let opts = mqtt::options(&cfg.unit, boot, &cfg.mqtt, &cfg.uplink, now)?;
+    let trust = cfg.trust.clone();
     let (client, mut eventloop) = AsyncClient::new(opts, usize::from(cfg.uplink.max_inflight) + 64);
     let mut net = rumqttc::NetworkOptions::new();
     net.set_connection_timeout(cfg.mqtt.connect_timeout.as_secs().max(1));
@@ -161,6 +200,11 @@ pub async fn run_with_buffer(
         clock_offset_ms: None,
         counters: Counters::default(),
         wake_ms: None,
+        trust,
+        refusal_log: RefusalLog::new(REFUSAL_LOG_INTERVAL_MS),
+        newest_hello: None,
+        trust_reloaded_ms: None,
+        replay: ReplayLimiter::new(REPLAY_MIN_INTERVAL_MS),
     };
 
     let mut flush =
@@ -243,7 +287,7 @@ impl Uplink {
         let now = self.now();
         let timeout = self.cfg.uplink.ack_timeout.as_millis() as u64;
         let deadline = self.inflight.next_deadline(timeout);
-        [self.wake_ms, deadline]
+        [self.wake_ms, deadline, self.replay.due()]
             .into_iter()
             .flatten()
             .min()
@@ -262,6 +306,16 @@ impl Uplink {
                 "No ack from the collector in time; resending."
             );
             self.sched.resend(&late);
+        }
+        if self.replay.take(now) {
+            let keys = self.inflight.expire_all();
+            self.counters.hello_replays += 1;
+            self.counters.resent += keys.len() as u64;
+            info!(
+                records = keys.len(),
+                "Collector (re)subscribed; resending what is in flight now."
+            );
+            self.sched.resend(&keys);
         }
         if self.cfg.buffer.max_age.is_some() {
             let inflight = &self.inflight;
@@ -315,7 +369,11 @@ impl Uplink {
             dropped: self.buffer.drops(),
             reconnects: self.counters.reconnects,
             clock_offset_ms: self.clock_offset_ms,
+            acks_refused: self.counters.acks_refused,
         };
+        if let Some(n) = self.refusal_log.flush(now) {
+            self.log_refusals(n, None);
+        }
         let (segments, open) = self.buffer.segments();
         info!(
             unit = %self.unit,
@@ -334,6 +392,8 @@ impl Uplink {
             published = self.counters.published,
             acked = self.counters.acked,
             resent = self.counters.resent,
+            acks_refused = self.counters.acks_refused,
+            hello_replays = self.counters.hello_replays,
             segments,
             open_segments = open,
             connected = self.connection.is_some(),
@@ -367,6 +427,7 @@ impl Uplink {
                 let _ = self
                     .client
                     .try_subscribe(self.state_topic.clone(), QoS::AtLeastOnce);
+                let _ = self.client.try_subscribe(COLLECTOR_TOPIC, QoS::AtLeastOnce);
                 self.publish_birth();
                 // Live first: the newest host sample, then a fresh heartbeat.
                 let newest: Vec<u64> = self.last_host_key.into_iter().collect();
@@ -396,7 +457,119 @@ impl Uplink {
         }
     }
 
+    /// Counts one refused ack or hello and logs under the rate limit.
+    fn refuse(&mut self, why: &dyn std::fmt::Display) {
+        self.counters.acks_refused += 1;
+        let now = self.now();
+        if let Some(n) = self.refusal_log.refused(now) {
+            self.log_refusals(n, Some(why));
+        }
+    }
+
+    fn log_refusals(&self, n: u64, last: Option<&dyn std::fmt::Display>) {
+        warn!(
+            unit = %self.unit,
+            refused = n,
+            acks_refused_total = self.counters.acks_refused,
+            last = %last.map(|w| w.to_string()).unwrap_or_default(),
+            "Refused acks or collector hellos not signed by a trusted key; nothing freed."
+        );
+    }
+
+    fn on_hello(&mut self, payload: &[u8]) {
+        let hello = match decode_hello(payload) {
+            Ok(h) => h,
+            Err(e) => {
+                self.refuse(&format_args!("undecodable hello: {e}"));
+                return;
+            }
+        };
+        let mut verdict = verify::judge_hello(&self.trust, self.newest_hello, &hello);
+        if matches!(verdict, HelloVerdict::Refused(VerifyError::UnknownKey(_)))
+            && self.reload_trust()
+        {
+            verdict = verify::judge_hello(&self.trust, self.newest_hello, &hello);
+        }
+        match verdict {
+            HelloVerdict::Refused(e) => self.refuse(&format_args!("hello: {e}")),
+            HelloVerdict::Old => self.refuse(&format_args!(
+                "hello older than the newest seen (a replay): {:?}",
+                hello.order()
+            )),
+            HelloVerdict::Same => {}
+            HelloVerdict::New { announced } => {
+                self.newest_hello = Some(hello.order());
+                for key in announced {
+                    self.trust_announced(key);
+                }
+                if !self.inflight.is_empty() {
+                    let due = self.replay.request(self.now());
+                    debug!(
+                        due,
+                        "Collector hello: resend of what is in flight requested."
+                    );
+                }
+            }
+        }
+    }
+
+    /// An ack or hello named a key we do not trust: `trusted_keys` may
+    /// have been written since start (enrolment writes it once the unit is
+    /// active). Re-reads it, at most once per [`TRUST_RELOAD_MS`]; `true`
+    /// when it added a key.
+    fn reload_trust(&mut self) -> bool {
+        let now = self.now();
+        let Some(path) = &self.cfg.trusted_keys_file else {
+            return false;
+        };
+        if self
+            .trust_reloaded_ms
+            .is_some_and(|t| now.saturating_sub(t) < TRUST_RELOAD_MS)
+        {
+            return false;
+        }
+        self.trust_reloaded_ms = Some(now);
+        match crate::trust::load_file(path) {
+            Ok(keys) => {
+                let before = self.trust.len();
+                for k in keys {
+                    if let Err(e) = self.trust.insert(k) {
+                        warn!(error = %e, key = %k, "Collector key in trusted_keys not trusted.");
+                    }
+                }
+                let added = self.trust.len() - before;
+                if added > 0 {
+                    info!(unit = %self.unit, added, "Trusting collector keys written to trusted_keys since start.");
+                }
+                added > 0
+            }
+            Err(e) => {
+                warn!(error = %e, "Cannot re-read trusted_keys.");
+                false
+            }
+        }
+    }
+
+    fn trust_announced(&mut self, key: muster_proto::PublicKey) {
+        match self.trust.insert(key) {
+            Ok(true) => {
+                info!(unit = %self.unit, %key, "Collector announced its next key; trusting it.");
+                if let Some(path) = &self.cfg.trusted_keys_file
+                    && let Err(e) = crate::trust::add(path, key)
+                {
+                    warn!(error = %e, %key, "Cannot persist an announced collector key; trusted until restart.");
+                }
+            }
+            Ok(false) => {}
+            Err(e) => warn!(error = %e, %key, "Announced collector key not trusted."),
+        }
+    }
+
     fn on_message(&mut self, topic: &str, payload: &[u8]) {
+        if topic == COLLECTOR_TOPIC {
+            self.on_hello(payload);
+            return;
+        }
         let msg = match decode(payload) {
             Ok(d) => d.message,
             Err(e) => {
@@ -406,6 +579,10 @@ impl Uplink {
             }
         };
         if msg.unit != self.unit {
+            if topic == self.ack_topic && matches!(msg.body, Body::Ack(_)) {
+                self.refuse(&format_args!("an ack about {}", msg.unit));
+                return;
+            }
             self.counters.bad_inbound += 1;
             warn!(%topic, about = %msg.unit, "Message about another unit; ignored.");
             return;
@@ -413,7 +590,19 @@ impl Uplink {
         match msg.body {
             Body::Ack(ack) if topic == self.ack_topic => {
                 let now = self.now();
-                let acked = self.inflight.ack(&ack, now);
+                let mut acked =
+                    verify::apply_ack(&mut self.inflight, &self.trust, &self.unit, &ack, now);
+                if matches!(acked, Err(VerifyError::UnknownKey(_))) && self.reload_trust() {
+                    acked =
+                        verify::apply_ack(&mut self.inflight, &self.trust, &self.unit, &ack, now);
+                }
+                let acked = match acked {
+                    Ok(a) => a,
+                    Err(e) => {
+                        self.refuse(&format_args!("ack: {e}"));
+                        return;
+                    }
+                };
                 if let Some(off) = acked.clock_offset_ms {
                     self.clock_offset_ms = Some(off);
                 }

@@ -13,8 +13,9 @@ fn write_config(dir: &std::path::Path, probes: &str) -> std::path::PathBuf {
     std::fs::write(
         &path,
         format!(
-            "agency = \"metro-fire\"\nunit_id = \"E12\"\ndata_dir = {:?}\n[mqtt]\nurl = \"mqtt://127.0.0.1:1883\"\n[sampling]\ninterval = \"1s\"\nprocesses = [\"no-such-cad-client\"]\n{probes}",
-            dir.display().to_string()
+            "agency = \"metro-fire\"\nunit_id = \"E12\"\ndata_dir = {:?}\n[mqtt]\nurl = \"mqtt://127.0.0.1:1883\"\n[sampling]\ninterval = \"1s\"\nprocesses = [\"no-such-cad-client\"]\n{}{probes}",
+            dir.display().to_string(),
+            muster_testkit::agent_trust_toml()
         ),
     )
     .unwrap();

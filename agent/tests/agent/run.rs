@@ -69,6 +69,7 @@ data_dir = {:?}
 url = "{}"
 [sampling]
 interval = "1s"
+{trust}
 [log]
 to = "file"
 [report]
@@ -83,7 +84,8 @@ timeout = "1s"
 "#,
             dir.display().to_string(),
             broker.url(),
-            http.port()
+            http.port(),
+            trust = muster_testkit::agent_trust_toml(),
         ),
     )
     .unwrap();

@@ -168,7 +168,7 @@ impl Collector {
                                     let boots: BTreeSet<BootId> =
                                         recs.1.iter().map(|r| r.boot).collect();
                                     for boot in boots {
-                                        acks.push(ack_for(boot, &l.distinct(boot)));
+                                        acks.push(ack_for(&unit, boot, &l.distinct(boot)));
                                     }
                                 }
                             }
@@ -214,8 +214,8 @@ impl Drop for Collector {
 }
 
 /// What the collector acks after storing: everything up to the first gap,
-/// plus the ranges above it.
-fn ack_for(boot: BootId, got: &BTreeSet<u64>) -> Ack {
+/// plus the ranges above it, signed with the suite's collector key.
+fn ack_for(unit: &UnitId, boot: BootId, got: &BTreeSet<u64>) -> Ack {
     let mut upto = 0;
     while got.contains(&(upto + 1)) {
         upto += 1;
@@ -228,12 +228,22 @@ fn ack_for(boot: BootId, got: &BTreeSet<u64>) -> Ack {
         }
     }
     ranges.truncate(1000);
-    Ack {
+    let ack = Ack {
         boot,
         upto,
         ranges,
         collector_ms: now_ms(),
-    }
+        key_id: muster_proto::KeyId::NONE,
+        sig: muster_proto::Signature::NONE,
+    };
+    muster_proto::sign::sign_ack(&muster_testkit::test_collector_key(), unit, ack)
+}
+
+fn trusted() -> muster_proto::TrustedKeys {
+    let mut t = muster_proto::TrustedKeys::new();
+    t.insert(muster_testkit::test_collector_key().public_key())
+        .unwrap();
+    t
 }
 
 // ------------------------------------------------------------ the agent
@@ -266,6 +276,8 @@ fn config(dir: &Path, port: u16) -> UplinkConfig {
         interval_ms: 50,
         agent_version: "test".into(),
         unit,
+        trust: trusted(),
+        trusted_keys_file: Some(dir.join("trusted_keys")),
     }
 }
 
@@ -780,9 +792,11 @@ reconnect_min = "50ms"
 reconnect_max = "300ms"
 heartbeat_interval = "1s"
 ack_timeout = "2s"
+{}
 "#,
             t.path().display().to_string(),
-            proxy.port()
+            proxy.port(),
+            muster_testkit::agent_trust_toml()
         ),
     )
     .unwrap();

@@ -21,7 +21,7 @@ use std::sync::{Arc, Mutex};
 
 use crate::config::{AgencyEnroll, EnrollConfig, EnrollMode};
 use crate::ingest::refusal::RefusalLog;
-pub use registry::{CollectorKeys, NoKeys, Registry, UnitCredentials};
+pub use registry::{Registry, UnitCredentials};
 
 /// What the enrolment endpoints need: the registry, the agencies' enrol
 /// tokens, and the rate limit of refusal log lines.

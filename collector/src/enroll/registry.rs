@@ -34,29 +34,6 @@ pub trait UnitCredentials: Send + Sync + 'static {
     fn verify(&self, unit: &muster_proto::UnitId, password: &[u8]) -> bool;
 }
 
-/// The collector's ack-signing public keys (`ed25519:<64 hex>`), handed to
-/// a unit when its enrolment is active.
-// MERGE: the ack-signing work provides the real implementation; until then
-// the app passes [`NoKeys`].
-pub trait CollectorKeys: Send + Sync + 'static {
-    fn collector_keys(&self) -> Vec<String>;
-}
-
-/// No signing keys yet: enrolment answers `collector_keys: []`.
-pub struct NoKeys;
-
-impl CollectorKeys for NoKeys {
-    fn collector_keys(&self) -> Vec<String> {
-        Vec::new()
-    }
-}
-
-impl CollectorKeys for Vec<String> {
-    fn collector_keys(&self) -> Vec<String> {
-        self.clone()
-    }
-}
-
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize)]
 #[serde(rename_all = "lowercase")]
 pub enum EnrollState {
@@ -295,7 +272,10 @@ pub struct Registry {
     /// Serialises changes: decide, persist, then publish to `view`.
     write: Mutex<()>,
     max_pending: usize,
-    keys: Arc<dyn CollectorKeys>,
+    /// The collector's ack-signing public keys (`ed25519:<64 hex>`: the
+    /// current one, then the announced next one), handed to a unit when its
+    /// enrolment is active.
+    keys: Vec<String>,
 }
 
 /// What a successful claim answers.
@@ -311,7 +291,7 @@ impl Registry {
     pub fn open(
         store: Arc<dyn Store>,
         max_pending: usize,
-        keys: Arc<dyn CollectorKeys>,
+        keys: Vec<String>,
     ) -> Result<Registry, StoreError> {
         let view = store
             .load_enrollments()?
@@ -449,7 +429,7 @@ impl Registry {
     }
 
     pub fn collector_keys(&self) -> Vec<String> {
-        self.keys.collector_keys()
+        self.keys.clone()
     }
 }
 

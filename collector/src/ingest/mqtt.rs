@@ -3,6 +3,12 @@
 //! `mqtt.shared_group` is set), forwards every publish to the ingest
 //! worker, and publishes acks and status messages.
 //!
+//! Every time the subscription is (re)established (SubAck: first start,
+//! reconnect, broker restart) it publishes a signed `Hello` with a growing
+//! counter, retained, QoS 1, on `muster/v1/collector`: agents that see a
+//! newer hello resend what they have in flight at once (their earlier
+//! sends may have hit a broker with nobody subscribed).
+//!
 //! The event loop is polled continuously by its own task, so the broker
 //! never queues for us because we are slow to read; its only wait is on
 //! the bounded hand-off to the ingest worker (`ingest.queue`). Publishing
@@ -89,6 +95,25 @@ pub fn filters(group: Option<&str>) -> Result<Vec<Filter>, MqttError> {
         .collect()
 }
 
+/// What the event loop does on every connection: subscribe to `filters`,
+/// and once subscribed, say hello.
+pub struct OnConnect {
+    pub filters: Vec<Filter>,
+    pub signer: Arc<crate::signing::Signer>,
+    /// This process's start, unix ms.
+    pub started_ms: u64,
+    /// Subscriptions so far.
+    pub counter: u64,
+}
+
+impl OnConnect {
+    /// The next hello's payload.
+    fn next_payload(&mut self) -> Result<Vec<u8>, muster_proto::EncodeError> {
+        self.counter += 1;
+        muster_proto::encode_hello(&self.signer.hello(self.started_ms, self.counter))
+    }
+}
+
 /// Polls the event loop until the client disconnects (after the publisher
 /// has sent everything) or `hard_stop` fires. While `stop_forwarding` is
 /// cancelled, new publishes are no longer handed on (they are not acked
@@ -96,11 +121,11 @@ pub fn filters(group: Option<&str>) -> Result<Vec<Filter>, MqttError> {
 pub async fn run_event_loop(
     mut eventloop: EventLoop,
     client: AsyncClient,
-    filters: Vec<Filter>,
     inbound: mpsc::Sender<Inbound>,
     shared: Arc<Shared>,
     stop_forwarding: CancellationToken,
     hard_stop: CancellationToken,
+    mut hello: OnConnect,
 ) {
     let metrics = &shared.metrics.mqtt;
     let mut backoff = Duration::from_millis(250);
@@ -136,13 +161,28 @@ pub async fn run_event_loop(
                 );
                 metrics.connects.fetch_add(1, Ordering::Relaxed);
                 backoff = Duration::from_millis(250);
-                if let Err(e) = client.try_subscribe_many(filters.clone()) {
+                if let Err(e) = client.try_subscribe_many(hello.filters.clone()) {
                     warn!(error = %e, "Cannot queue the subscription.");
                 }
             }
             Ok(Event::Incoming(Packet::SubAck(s))) => {
                 debug!(codes = ?s.return_codes, "Subscribed.");
                 metrics.connected.store(true, Ordering::Relaxed);
+                match hello.next_payload() {
+                    Ok(payload) => match client.try_publish(
+                        muster_proto::COLLECTOR_TOPIC,
+                        QoS::AtLeastOnce,
+                        true,
+                        payload,
+                    ) {
+                        Ok(()) => {
+                            metrics.hellos_published.fetch_add(1, Ordering::Relaxed);
+                            debug!(counter = hello.counter, "Hello published.");
+                        }
+                        Err(e) => warn!(error = %e, "Cannot queue the hello."),
+                    },
+                    Err(e) => warn!(error = %e, "Cannot encode the hello."),
+                }
             }
             Ok(Event::Incoming(Packet::Disconnect(d))) => {
                 warn!(reason = ?d.reason_code, "The broker disconnected us.");

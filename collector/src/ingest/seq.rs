@@ -120,7 +120,7 @@ impl BootSeq {
         Observed::New
     }
 
-    /// The ack for this boot after a flush that stored (or saw again) the
+    /// The ack for this boot after a flush (unsigned: the worker signs it) that stored (or saw again) the
     /// seqs in `touched`: everything up to the end of the range starting at
     /// 1, plus the ranges above it that hold a touched seq.
     pub fn ack(&self, touched: &[u64], collector_ms: u64) -> Ack {
@@ -149,6 +149,8 @@ impl BootSeq {
             upto,
             ranges,
             collector_ms,
+            key_id: muster_proto::KeyId::NONE,
+            sig: muster_proto::Signature::NONE,
         }
     }
 }

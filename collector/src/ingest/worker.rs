@@ -6,6 +6,10 @@
 //! and publishes that commit's acks (one per unit and boot) only once the
 //! flush returned. Commits are sequential and a failed one is retried, never
 //! skipped, so an ack never covers a record that is not on disk.
+//!
+//! Acks to a unit that speaks schema v2 are signed with the collector's key
+//! (`crate::signing`): an agent frees records only on a signed ack. A v1
+//! unit is answered in v1, unsigned, as before.
 
 use std::collections::{HashMap, HashSet};
 use std::sync::Arc;
@@ -29,6 +33,7 @@ use crate::config::IngestConfig;
 use crate::model::{Change, Incident};
 use crate::rules::Engine;
 use crate::rules::presence::Verdict;
+use crate::signing::Signer;
 use crate::state::Shared;
 use crate::status_pub::{self, Outbound, OutboundKind};
 use crate::store::{CommitBatch, StoreError, StoredEvent, UnitRecord};
@@ -63,6 +68,7 @@ pub struct Worker {
     refusals: RefusalLog,
     cfg: IngestConfig,
     publish_status: bool,
+    signer: Arc<Signer>,
 }
 
 impl Worker {
@@ -74,6 +80,7 @@ impl Worker {
         out: mpsc::UnboundedSender<Outbound>,
         cfg: IngestConfig,
         publish_status: bool,
+        signer: Arc<Signer>,
     ) -> Result<Worker, StoreError> {
         let now = clock.now_ms();
         let stored = shared.store.load_units()?;
@@ -120,6 +127,7 @@ impl Worker {
             out,
             cfg,
             publish_status,
+            signer,
         })
     }
 
@@ -460,7 +468,10 @@ impl Worker {
             let Some(b) = state.seq.boot(boot) else {
                 continue;
             };
-            let ack: Ack = b.ack(&seqs, now);
+            let mut ack: Ack = b.ack(&seqs, now);
+            if state.wire_version >= 2 {
+                ack = self.signer.sign_ack(&unit, ack);
+            }
             let msg = Message {
                 unit: unit.clone(),
                 body: Body::Ack(ack),

@@ -11,6 +11,8 @@ pub struct MqttMetrics {
     pub connection_errors: AtomicU64,
     pub status_published: AtomicU64,
     pub status_errors: AtomicU64,
+    /// Signed hellos handed to the client (one per (re)subscription).
+    pub hellos_published: AtomicU64,
 }
 
 impl MqttMetrics {
@@ -61,6 +63,16 @@ impl MqttMetrics {
             "muster_status_publish_errors_total",
             &[],
             get(&self.status_errors),
+        );
+        e.family(
+            "muster_hellos_published_total",
+            "counter",
+            "Signed collector hellos published (one per (re)subscription).",
+        );
+        e.sample(
+            "muster_hellos_published_total",
+            &[],
+            get(&self.hellos_published),
         );
     }
 }

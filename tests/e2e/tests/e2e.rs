@@ -2,6 +2,8 @@
 //! files live in `tests/e2e/` (a test crate root resolves `mod x;` next to
 //! itself, hence the `#[path]`s).
 
+#[path = "e2e/acks.rs"]
+mod acks;
 #[path = "e2e/broker_acl.rs"]
 mod broker_acl;
 #[path = "e2e/enroll.rs"]

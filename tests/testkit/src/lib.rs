@@ -448,6 +448,55 @@ fn proxy_pump(
     }
 }
 
+// ------------------------------------------------------ collector signing key
+
+/// The test suite's collector signing key: one fixed seed, so an agent test
+/// can play the collector (signing its acks) and an e2e collector can be
+/// given the key its agents trust.
+pub const TEST_COLLECTOR_SEED: [u8; 32] = [0x7e; 32];
+
+/// The suite's collector key, to sign acks and hellos with.
+pub fn test_collector_key() -> muster_proto::SigningKey {
+    muster_proto::SigningKey::from_seed(&TEST_COLLECTOR_SEED)
+}
+
+/// Its public key, `ed25519:<hex>`.
+pub fn test_collector_public_key() -> String {
+    test_collector_key().public_key().to_string()
+}
+
+/// An agent config's `[trust]` section trusting the suite's collector key.
+pub fn agent_trust_toml() -> String {
+    format!(
+        "[trust]\ncollector_keys = [\"{}\"]\n",
+        test_collector_public_key()
+    )
+}
+
+/// Writes the suite's collector key file (mode 0600) into `dir`; returns its
+/// path, for a collector config's `[signing] key_file`.
+pub fn write_test_collector_key(dir: &Path) -> PathBuf {
+    let path = dir.join("test-signing.key");
+    std::fs::create_dir_all(dir).expect("key dir");
+    std::fs::write(&path, TEST_COLLECTOR_SEED).expect("write the test key file");
+    #[cfg(unix)]
+    {
+        use std::os::unix::fs::PermissionsExt;
+        std::fs::set_permissions(&path, std::fs::Permissions::from_mode(0o600))
+            .expect("chmod the test key file");
+    }
+    path
+}
+
+/// A collector config's `[signing]` section using the suite's key, written
+/// into `dir`.
+pub fn collector_signing_toml(dir: &Path) -> String {
+    format!(
+        "[signing]\nkey_file = \"{}\"\n",
+        write_test_collector_key(dir).display()
+    )
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;

@@ -1,6 +1,6 @@
 //! Enrolment by claim end to end: the real `muster-agent` binary against the
-//! real collector (in this process, so the test can hand it ack-signing keys
-//! and ask its registry what the broker gate would) and a real Mosquitto.
+//! real collector (in this process, so the test can ask its registry what
+//! the broker gate would) and a real Mosquitto.
 //!
 //! A new terminal enrols (auto mode), keeps its secret in a 0600 file,
 //! trusts the collector's keys from the answer, connects to MQTT as
@@ -23,10 +23,6 @@ use crate::procs::*;
 
 const ENROL: &str = "e2e-fire-enrol-0123456789";
 
-fn key(n: u8) -> String {
-    format!("ed25519:{}", format!("{n:02x}").repeat(32))
-}
-
 struct InProcessCollector {
     rt: tokio::runtime::Runtime,
     addr: std::net::SocketAddr,
@@ -36,7 +32,7 @@ struct InProcessCollector {
 }
 
 impl InProcessCollector {
-    fn start(broker: &Mosquitto, store: &Path, keys: Vec<String>, mode: &str) -> Self {
+    fn start(broker: &Mosquitto, store: &Path, mode: &str) -> Self {
         let text = format!(
             r#"
 admin_token = "{ADMIN}"
@@ -54,9 +50,11 @@ name = "{AGENCY}"
 token = "{FIRE}"
 enroll_token = "{ENROL}"
 enroll = "{mode}"
+{signing}
 "#,
             url = broker.url(),
             store = store.display().to_string(),
+            signing = muster_testkit::collector_signing_toml(store.parent().unwrap()),
         );
         let cfg = Config::parse(&text).expect("collector config");
         let rt = tokio::runtime::Builder::new_multi_thread()
@@ -71,7 +69,6 @@ enroll = "{mode}"
         let (stop, stopped) = tokio::sync::oneshot::channel::<()>();
         let (reg_tx, reg_rx) = tokio::sync::oneshot::channel();
         let wiring = app::Wiring {
-            collector_keys: Some(Arc::new(keys)),
             registry: Some(reg_tx),
         };
         let task = rt.spawn(app::run_with(
@@ -162,10 +159,12 @@ fn unhex(s: &str) -> Vec<u8> {
 fn a_new_agent_enrols_trusts_the_collector_and_reuses_its_credential() {
     let broker = Mosquitto::start();
     let dir = TempDir::new().unwrap();
-    let keys = vec![key(0xa1), key(0xb2)];
-    let col = InProcessCollector::start(&broker, &dir.path().join("store"), keys.clone(), "auto");
+    let keys = vec![muster_testkit::test_collector_public_key()];
+    let col = InProcessCollector::start(&broker, &dir.path().join("store"), "auto");
     let data = dir.path().join("agent");
     let mut spec = AgentSpec::new("E21", &broker.url(), &data);
+    // No key in the config: the collector's comes with the enrolment.
+    spec.trust = String::new();
     spec.extra = format!(
         "[enroll]\nurl = \"http://{}\"\ntoken = \"{ENROL}\"\n",
         col.addr
@@ -216,6 +215,39 @@ fn a_new_agent_enrols_trusts_the_collector_and_reuses_its_credential() {
         )
         .is_some_and(|(s, _)| s == 200)
     });
+    // The uplink started before the keys arrived: it trusts them once
+    // written, and the collector's signed acks free records.
+    wait_until(
+        "the uplink trusts the enrolled key",
+        Duration::from_secs(30),
+        || {
+            agent
+                .log_tail()
+                .contains("Trusting collector keys written to trusted_keys since start.")
+        },
+    );
+    // "Uplink status." lines carry `acked=<n>` (with colour codes around `=`).
+    let acked = |log: &str| {
+        let mut plain = String::with_capacity(log.len());
+        let mut esc = false;
+        for c in log.chars() {
+            match c {
+                '\u{1b}' => esc = true,
+                'm' if esc => esc = false,
+                _ if esc => {}
+                c => plain.push(c),
+            }
+        }
+        plain.split(" acked=").skip(1).any(|rest| {
+            let n: String = rest.chars().take_while(char::is_ascii_digit).collect();
+            n.parse::<u64>().is_ok_and(|n| n > 0)
+        })
+    };
+    wait_until(
+        "a signed ack frees records",
+        Duration::from_secs(30),
+        || acked(&agent.log_tail()),
+    );
     assert!(
         !agent.log_tail().contains(&password),
         "the secret is never logged"
@@ -255,14 +287,10 @@ fn a_new_agent_enrols_trusts_the_collector_and_reuses_its_credential() {
 fn a_pending_agent_keeps_claiming_until_approved() {
     let broker = Mosquitto::start();
     let dir = TempDir::new().unwrap();
-    let col = InProcessCollector::start(
-        &broker,
-        &dir.path().join("store"),
-        vec![key(0xc3)],
-        "approve",
-    );
+    let col = InProcessCollector::start(&broker, &dir.path().join("store"), "approve");
     let data = dir.path().join("agent");
     let mut spec = AgentSpec::new("E22", &broker.url(), &data);
+    spec.trust = String::new();
     spec.extra = format!(
         "[enroll]\nurl = \"http://{}\"\ntoken = \"{ENROL}\"\n",
         col.addr
@@ -299,7 +327,7 @@ fn a_pending_agent_keeps_claiming_until_approved() {
     );
     assert_eq!(
         std::fs::read_to_string(data.join("trusted_keys")).unwrap(),
-        format!("{}\n", key(0xc3))
+        format!("{}\n", muster_testkit::test_collector_public_key())
     );
     agent.stop();
 }

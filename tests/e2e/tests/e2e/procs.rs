@@ -128,6 +128,9 @@ pub struct AgentSpec {
     pub max_inflight: Option<u16>,
     /// Extra top-level TOML (e.g. `[[probe]]` tables), appended.
     pub extra: String,
+    /// The `[trust]` section: by default the suite's collector key, which
+    /// [`collector_text`] gives the collector.
+    pub trust: String,
 }
 
 impl AgentSpec {
@@ -146,6 +149,7 @@ impl AgentSpec {
             batch_max_bytes: None,
             max_inflight: None,
             extra: String::new(),
+            trust: muster_testkit::agent_trust_toml(),
         }
     }
 
@@ -191,6 +195,7 @@ processes = ["mosquitto"]
 [log]
 level = "info"
 to = "stderr"
+{trust}
 {extra}
 "#,
             unit = self.unit,
@@ -200,6 +205,7 @@ to = "stderr"
             heartbeat = self.heartbeat,
             ack_timeout = self.ack_timeout,
             interval = self.interval,
+            trust = self.trust,
             extra = self.extra,
         )
     }
@@ -269,8 +275,11 @@ impl AgentProc {
 
 // ------------------------------------------------------------ the collector
 
-/// The collector's config on `broker_url`, its store in `store`.
+/// The collector's config on `broker_url`, its store in `store`, signing
+/// with the suite's collector key (written beside the store).
 pub fn collector_text(broker_url: &str, store: &Path, extra: &str) -> String {
+    let key_dir = store.parent().unwrap_or(store).join("keys");
+    let signing = muster_testkit::collector_signing_toml(&key_dir);
     format!(
         r#"
 admin_token = "{ADMIN}"
@@ -289,6 +298,7 @@ tick_interval = "200ms"
 [[agency]]
 name = "{AGENCY}"
 token = "{FIRE}"
+{signing}
 "#,
         store = store.display().to_string(),
     )

@@ -1,0 +1,159 @@
+//! Schema version 1, frozen: the layouts of the types that changed in v2
+//! (`Ack` gained `key_id` and `sig`, `AgentStatus` gained `acks_refused`)
+//! and of the enums that contain them. Every other type is shared with the
+//! current schema unchanged. Converting v1 → current fills the new fields
+//! with "unsigned" and 0; current → v1 drops them, so a collector answers a
+//! v1 unit in v1 (an unsigned ack, which an upgraded agent refuses, and an
+//! old agent accepts as before).
+//!
+//! Do not edit: these bytes are in the field (`tests/golden/v1/`).
+
+use serde::{Deserialize, Serialize};
+
+use crate::ids::{BootId, UnitId};
+use crate::message as cur;
+use crate::message::{DropCounts, HostSample, Presence, ProbeResult, SeqRange};
+use crate::sign::{KeyId, Signature};
+
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+pub(crate) struct Message {
+    pub unit: UnitId,
+    pub body: Body,
+}
+
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+pub(crate) enum Body {
+    Record(Record),
+    Batch(#[serde(deserialize_with = "crate::codec::bounded_vec")] Vec<Record>),
+    Ack(Ack),
+    Presence(Presence),
+}
+
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+pub(crate) struct Record {
+    pub boot: BootId,
+    pub seq: u64,
+    pub at_ms: u64,
+    pub payload: Payload,
+}
+
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+pub(crate) enum Payload {
+    Host(HostSample),
+    Probe(ProbeResult),
+    Status(AgentStatus),
+}
+
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+pub(crate) struct AgentStatus {
+    pub version: String,
+    pub interval_ms: u32,
+    pub backlog_records: u64,
+    pub backlog_bytes: u64,
+    pub oldest_unsent_ms: Option<u64>,
+    pub dropped: DropCounts,
+    pub reconnects: u32,
+    pub clock_offset_ms: Option<i64>,
+}
+
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+pub(crate) struct Ack {
+    pub boot: BootId,
+    pub upto: u64,
+    #[serde(deserialize_with = "crate::codec::bounded_vec")]
+    pub ranges: Vec<SeqRange>,
+    pub collector_ms: u64,
+}
+
+// ------------------------------------------------------------ v1 → current
+
+impl From<Message> for cur::Message {
+    fn from(m: Message) -> Self {
+        cur::Message {
+            unit: m.unit,
+            body: match m.body {
+                Body::Record(r) => cur::Body::Record(r.into()),
+                Body::Batch(rs) => cur::Body::Batch(rs.into_iter().map(Into::into).collect()),
+                Body::Ack(a) => cur::Body::Ack(cur::Ack {
+                    boot: a.boot,
+                    upto: a.upto,
+                    ranges: a.ranges,
+                    collector_ms: a.collector_ms,
+                    key_id: KeyId::NONE,
+                    sig: Signature::NONE,
+                }),
+                Body::Presence(p) => cur::Body::Presence(p),
+            },
+        }
+    }
+}
+
+impl From<Record> for cur::Record {
+    fn from(r: Record) -> Self {
+        cur::Record {
+            boot: r.boot,
+            seq: r.seq,
+            at_ms: r.at_ms,
+            payload: match r.payload {
+                Payload::Host(h) => cur::Payload::Host(h),
+                Payload::Probe(p) => cur::Payload::Probe(p),
+                Payload::Status(s) => cur::Payload::Status(cur::AgentStatus {
+                    version: s.version,
+                    interval_ms: s.interval_ms,
+                    backlog_records: s.backlog_records,
+                    backlog_bytes: s.backlog_bytes,
+                    oldest_unsent_ms: s.oldest_unsent_ms,
+                    dropped: s.dropped,
+                    reconnects: s.reconnects,
+                    clock_offset_ms: s.clock_offset_ms,
+                    acks_refused: 0,
+                }),
+            },
+        }
+    }
+}
+
+// ------------------------------------------------------------ current → v1
+
+impl From<&cur::Message> for Message {
+    fn from(m: &cur::Message) -> Self {
+        Message {
+            unit: m.unit.clone(),
+            body: match &m.body {
+                cur::Body::Record(r) => Body::Record(r.into()),
+                cur::Body::Batch(rs) => Body::Batch(rs.iter().map(Into::into).collect()),
+                cur::Body::Ack(a) => Body::Ack(Ack {
+                    boot: a.boot,
+                    upto: a.upto,
+                    ranges: a.ranges.clone(),
+                    collector_ms: a.collector_ms,
+                }),
+                cur::Body::Presence(p) => Body::Presence(*p),
+            },
+        }
+    }
+}
+
+impl From<&cur::Record> for Record {
+    fn from(r: &cur::Record) -> Self {
+        Record {
+            boot: r.boot,
+            seq: r.seq,
+            at_ms: r.at_ms,
+            payload: match &r.payload {
+                cur::Payload::Host(h) => Payload::Host(h.clone()),
+                cur::Payload::Probe(p) => Payload::Probe(p.clone()),
+                cur::Payload::Status(s) => Payload::Status(AgentStatus {
+                    version: s.version.clone(),
+                    interval_ms: s.interval_ms,
+                    backlog_records: s.backlog_records,
+                    backlog_bytes: s.backlog_bytes,
+                    oldest_unsent_ms: s.oldest_unsent_ms,
+                    dropped: s.dropped,
+                    reconnects: s.reconnects,
+                    clock_offset_ms: s.clock_offset_ms,
+                }),
+            },
+        }
+    }
+}
