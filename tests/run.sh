@@ -5,11 +5,12 @@
 # openssl for test certificates, musl-tools for the shipped agent build), then
 # runs every test in the workspace, and the agent's tests again on the static
 # musl target it ships as (packaging/linux.sh). A missing dependency is a
-# failure here, never a skipped test.
+# failure here, never a skipped test. Schemathesis (pinned in
+# tests/schemathesis/requirements.txt) goes into a venv under target/.
 set -euo pipefail
 cd "$(dirname "$0")/.."
 
-packages=(mosquitto mosquitto-clients prometheus chromium chromium-driver openssl iproute2 musl-tools)
+packages=(mosquitto mosquitto-clients prometheus chromium chromium-driver openssl iproute2 musl-tools python3-venv)
 missing=()
 for p in "${packages[@]}"; do
     dpkg-query -W -f='${Status}' "$p" 2>/dev/null | grep -q "install ok installed" || missing+=("$p")
@@ -36,6 +37,21 @@ if ! rustup target list --installed 2>/dev/null | grep -qx "$musl"; then
 fi
 
 mkdir -p target
+# Schemathesis for the feed's contract test (collector/tests/collector/
+# schemathesis.rs), pinned, in a venv under target/; reinstalled when the
+# pins change.
+venv=target/schemathesis-venv
+req=tests/schemathesis/requirements.txt
+if ! cmp -s "$req" "$venv/requirements.txt"; then
+    echo "tests/run.sh: installing schemathesis into $venv"
+    rm -rf "$venv"
+    /usr/bin/python3 -m venv "$venv"
+    "$venv/bin/pip" install --quiet --disable-pip-version-check --no-deps -r "$req"
+    cp "$req" "$venv/requirements.txt"
+fi
+"$venv/bin/schemathesis" --version >/dev/null || { echo "tests/run.sh: $venv/bin/schemathesis does not run" >&2; exit 1; }
+export SCHEMATHESIS="$PWD/$venv/bin/schemathesis"
+
 log=target/test-output.log
 status=0
 cargo test --workspace --locked "$@" 2>&1 | tee "$log" || status=1

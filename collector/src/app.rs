@@ -41,8 +41,6 @@ pub enum AppError {
     Store { path: String, source: StoreError },
     #[error(transparent)]
     Mqtt(#[from] MqttError),
-    #[error("http server: {0}")]
-    Http(std::io::Error),
     #[error("task failed: {0}")]
     Task(String),
     #[error(transparent)]
@@ -186,6 +184,14 @@ pub async fn run_with(
         stop_ingest.clone(),
     ));
 
+    let drop_log = Arc::new(feed::server::DropLog::new(cfg.ingest.refusal_log_interval));
+    let limits = feed::server::ServerLimits {
+        timeouts: feed::limits::Timeouts {
+            header_read: cfg.http.header_read_timeout,
+            idle: cfg.http.idle_timeout,
+        },
+        max_connections: cfg.http.max_connections,
+    };
     let state = FeedState {
         shared: Arc::clone(&shared),
         auth: Arc::new(Auth::new(cfg.admin_token.clone(), cfg.agencies.clone())),
@@ -193,6 +199,9 @@ pub async fn run_with(
         sse_keep_alive: cfg.http.sse_keep_alive,
         metrics_require_token: cfg.http.metrics_require_token,
         shutdown: stop_feed.clone(),
+        sse_buffer: cfg.http.sse_buffer,
+        sse_send_timeout: cfg.http.sse_send_timeout,
+        drop_log: Arc::clone(&drop_log),
         enroll: Arc::new(Enroll::new(
             Arc::clone(&registry),
             &cfg.enroll,
@@ -202,12 +211,14 @@ pub async fn run_with(
     if let Ok(addr) = listener.local_addr() {
         info!(%addr, broker = %format!("{}:{}", cfg.mqtt.host, cfg.mqtt.port), "Collector started.");
     }
-    let feed_stop = stop_feed.clone();
-    let http = tokio::spawn(async move {
-        axum::serve(listener, feed::router(state))
-            .with_graceful_shutdown(async move { feed_stop.cancelled().await })
-            .await
-    });
+    let http = tokio::spawn(feed::server::serve(
+        listener,
+        feed::router(state),
+        limits,
+        Arc::clone(&shared),
+        drop_log,
+        stop_feed.clone(),
+    ));
 
     let systemd = tokio::spawn(crate::service::systemd(
         Arc::clone(&shared),
@@ -228,10 +239,8 @@ pub async fn run_with(
         }
     });
     let mut result = Ok(());
-    match http.await {
-        Ok(Ok(())) => {}
-        Ok(Err(e)) => result = Err(AppError::Http(e)),
-        Err(e) => result = Err(AppError::Task(e.to_string())),
+    if let Err(e) = http.await {
+        result = Err(AppError::Task(e.to_string()));
     }
     for (name, t) in [("ingest worker", worker), ("pruner", pruner)] {
         if let Err(e) = t.await {

@@ -14,6 +14,12 @@ use crate::rules::{RawRules, RulesConfig};
 /// Shortest accepted bearer token: a guessable token is no access control.
 pub const MIN_TOKEN_LEN: usize = 16;
 
+/// `http.max_connections` when unset. Sized for a centre's supervisors and
+/// dashboards with room for an idle-connection flood to be refused by the
+/// cap rather than by the file limit (the packaged unit's `LimitNOFILE`
+/// is computed from it).
+pub const DEFAULT_MAX_CONNECTIONS: usize = 4096;
+
 #[derive(Debug, thiserror::Error)]
 pub enum ConfigError {
     #[error("cannot read {path}: {source}")]
@@ -98,6 +104,11 @@ pub struct RawHttp {
     pub listen: Option<String>,
     pub sse_keep_alive: Option<String>,
     pub metrics_require_token: Option<bool>,
+    pub header_read_timeout: Option<String>,
+    pub idle_timeout: Option<String>,
+    pub max_connections: Option<usize>,
+    pub sse_buffer: Option<usize>,
+    pub sse_send_timeout: Option<String>,
 }
 
 #[derive(Debug, Deserialize, Default)]
@@ -278,6 +289,21 @@ pub struct HttpConfig {
     pub listen: SocketAddr,
     pub sse_keep_alive: Duration,
     pub metrics_require_token: bool,
+    /// A connection that has not sent a complete request head this long
+    /// after it was accepted, or after the first byte of its next request,
+    /// is closed (slowloris).
+    pub header_read_timeout: Duration,
+    /// A keep-alive connection with no request in progress is closed after
+    /// this long.
+    pub idle_timeout: Duration,
+    /// Open connections at most; one more is accepted and closed at once.
+    pub max_connections: usize,
+    /// Events queued per stream client...
+    pub sse_buffer: usize,
+    /// ...and how long a full queue may stay full before the client (which
+    /// stopped reading) is disconnected. A burst larger than the queue does
+    /// not drop a client that reads.
+    pub sse_send_timeout: Duration,
 }
 
 #[derive(Debug, Clone)]
@@ -609,6 +635,50 @@ impl RawConfig {
         if sse_keep_alive.is_zero() {
             return Err(invalid("http.sse_keep_alive", "must be more than 0"));
         }
+        let header_read_timeout = duration(
+            "http.header_read_timeout",
+            http.header_read_timeout.as_deref(),
+            Duration::from_secs(10),
+        )?;
+        if header_read_timeout.is_zero() || header_read_timeout > Duration::from_secs(300) {
+            return Err(invalid(
+                "http.header_read_timeout",
+                "must be more than 0 and at most 5m",
+            ));
+        }
+        let idle_timeout = duration(
+            "http.idle_timeout",
+            http.idle_timeout.as_deref(),
+            Duration::from_secs(60),
+        )?;
+        if idle_timeout.is_zero() || idle_timeout > Duration::from_secs(3600) {
+            return Err(invalid(
+                "http.idle_timeout",
+                "must be more than 0 and at most 1h",
+            ));
+        }
+        let max_connections = http.max_connections.unwrap_or(DEFAULT_MAX_CONNECTIONS);
+        if !(1..=1_000_000).contains(&max_connections) {
+            return Err(invalid("http.max_connections", "must be 1 to 1000000"));
+        }
+        let sse_send_timeout = duration(
+            "http.sse_send_timeout",
+            http.sse_send_timeout.as_deref(),
+            Duration::from_secs(10),
+        )?;
+        if sse_send_timeout.is_zero() || sse_send_timeout > Duration::from_secs(300) {
+            return Err(invalid(
+                "http.sse_send_timeout",
+                "must be more than 0 and at most 5m",
+            ));
+        }
+        let sse_buffer = http.sse_buffer.unwrap_or(256);
+        if !(1..=crate::state::STREAM_BUFFER).contains(&sse_buffer) {
+            return Err(invalid(
+                "http.sse_buffer",
+                format!("must be 1 to {}", crate::state::STREAM_BUFFER),
+            ));
+        }
 
         // [store]
         let path = store
@@ -786,6 +856,11 @@ impl RawConfig {
                 listen,
                 sse_keep_alive,
                 metrics_require_token: http.metrics_require_token.unwrap_or(true),
+                header_read_timeout,
+                idle_timeout,
+                max_connections,
+                sse_buffer,
+                sse_send_timeout,
             },
             store: StoreConfig {
                 path,
@@ -843,6 +918,10 @@ token = "police-token-0123456789"
         assert_eq!(c.store.sample_retention, Duration::from_secs(7200));
         assert_eq!(c.agencies.len(), 2);
         assert_eq!(c.agencies["metro-fire"], "fire-token-0123456789");
+        assert_eq!(c.http.header_read_timeout, Duration::from_secs(10));
+        assert_eq!(c.http.idle_timeout, Duration::from_secs(60));
+        assert_eq!(c.http.max_connections, DEFAULT_MAX_CONNECTIONS);
+        assert_eq!(c.http.sse_buffer, 256);
         assert_eq!(c.signing.key_file, PathBuf::from("/tmp/x/signing.key"));
         assert_eq!(c.signing.next_key_file, None);
     }
@@ -913,6 +992,31 @@ token = "police-token-0123456789"
                 "admin_token = \"admin-token-0123456789\"",
                 "admin_token = \"admin\"",
                 "admin_token:",
+            ),
+            (
+                "listen = \"127.0.0.1:0\"",
+                "listen = \"127.0.0.1:0\"\nheader_read_timeout = \"0s\"",
+                "http.header_read_timeout:",
+            ),
+            (
+                "listen = \"127.0.0.1:0\"",
+                "listen = \"127.0.0.1:0\"\nidle_timeout = \"soon\"",
+                "http.idle_timeout:",
+            ),
+            (
+                "listen = \"127.0.0.1:0\"",
+                "listen = \"127.0.0.1:0\"\nmax_connections = 0",
+                "http.max_connections:",
+            ),
+            (
+                "listen = \"127.0.0.1:0\"",
+                "listen = \"127.0.0.1:0\"\nsse_buffer = 0",
+                "http.sse_buffer:",
+            ),
+            (
+                "listen = \"127.0.0.1:0\"",
+                "listen = \"127.0.0.1:0\"\nsse_send_timeout = \"0s\"",
+                "http.sse_send_timeout:",
             ),
             (
                 "token = \"police-token-0123456789\"",

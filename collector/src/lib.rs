@@ -11,6 +11,7 @@
 //! * [`broker`]: the optional embedded MQTT broker (rumqttd).
 //! * [`enroll`]: enrolment by claim: per-unit broker credentials.
 //! * [`service`]: systemd readiness and watchdog.
+//! * [`fdlimit`]: the soft open-file limit raised to the hard one at start.
 //! * [`app`]: wires it all together with a clean shutdown.
 
 pub mod app;
@@ -19,6 +20,7 @@ pub mod clock;
 pub mod config;
 pub mod demo;
 pub mod enroll;
+pub mod fdlimit;
 pub mod feed;
 pub mod ingest;
 pub mod metrics;

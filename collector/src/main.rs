@@ -89,6 +89,9 @@ fn main() -> anyhow::Result<()> {
         )
         .init();
     let cli = Cli::parse();
+    if !matches!(cli.cmd, Cmd::CheckConfig { .. }) {
+        muster_collector::fdlimit::raise_and_log();
+    }
     let rt = tokio::runtime::Builder::new_multi_thread()
         .enable_all()
         .build()?;

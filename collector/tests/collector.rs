@@ -11,6 +11,8 @@ mod http;
 mod dashboard;
 #[path = "collector/enroll.rs"]
 mod enroll;
+#[path = "collector/feed_limits.rs"]
+mod feed_limits;
 #[path = "collector/fuzz.rs"]
 mod fuzz;
 #[path = "collector/grafana.rs"]
@@ -29,6 +31,8 @@ mod problems;
 mod restart;
 #[path = "collector/rules.rs"]
 mod rules;
+#[path = "collector/schemathesis.rs"]
+mod schemathesis;
 #[path = "collector/scoping.rs"]
 mod scoping;
 #[path = "collector/tls.rs"]

@@ -208,19 +208,10 @@ pub async fn list(
             })
         })
         .transpose()?;
+    // A filter and a position, as on /api/v1/units: any agency (one that
+    // cannot exist matches nothing), any `agency/unit` cursor.
     let agency = q.str("agency");
-    if let Some(a) = agency {
-        muster_proto::ids::validate_part("agency", a)
-            .map_err(|e| ApiError::bad_request(e.to_string()))?;
-    }
-    let after = q
-        .str("cursor")
-        .map(|c| {
-            c.split_once('/')
-                .and_then(|(a, u)| UnitId::new(a, u).ok())
-                .ok_or_else(|| ApiError::bad_request("cursor: not a cursor this endpoint gave out"))
-        })
-        .transpose()?;
+    let after = q.unit_cursor()?;
     let (items, last) = st
         .enroll
         .registry

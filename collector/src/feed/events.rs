@@ -13,7 +13,7 @@ use muster_proto::UnitId;
 use super::FeedState;
 use super::auth::Scope;
 use super::error::ApiError;
-use super::query::Params;
+use super::query::{Params, digits};
 use super::views::{EventView, Page};
 use crate::model::Incident;
 use crate::store::EventQuery;
@@ -35,11 +35,29 @@ pub async fn list(
         ),
         None => None,
     };
+    if let Some(u) = &unit {
+        scope.check(&u.agency)?;
+        let known = st
+            .shared
+            .units
+            .read()
+            .unwrap_or_else(|e| e.into_inner())
+            .contains_key(u);
+        if !known {
+            return Err(ApiError::not_found(format!("no unit {u}")));
+        }
+    }
     let mut agency = q.str("agency").map(str::to_owned);
     if let Some(u) = &unit {
         scope.check(&u.agency)?;
         if agency.as_ref().is_some_and(|a| *a != u.agency) {
-            return Err(ApiError::bad_request("unit: not of the agency asked for"));
+            // Both filters: no event is of both.
+            scope.check(agency.as_deref().unwrap_or_default())?;
+            return Ok(Json(Page::<EventView> {
+                items: Vec::new(),
+                next_cursor: None,
+            })
+            .into_response());
         }
         agency = Some(u.agency.clone());
     }
@@ -50,7 +68,7 @@ pub async fn list(
     }
     let before_id =
         match q.str("cursor") {
-            Some(c) => Some(c.parse::<u64>().map_err(|_| {
+            Some(c) => Some(digits(c).ok_or_else(|| {
                 ApiError::bad_request("cursor: not a cursor this endpoint gave out")
             })?),
             None => None,
@@ -102,7 +120,7 @@ pub async fn incidents(
     let after = match q.str("cursor") {
         Some(c) => Some(
             c.split_once('.')
-                .and_then(|(t, id)| Some((t.parse::<u64>().ok()?, id.to_owned())))
+                .and_then(|(t, id)| Some((digits(t)?, id.to_owned())))
                 .ok_or_else(|| {
                     ApiError::bad_request("cursor: not a cursor this endpoint gave out")
                 })?,

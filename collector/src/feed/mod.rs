@@ -23,10 +23,12 @@ pub(crate) mod auth;
 mod dashboard;
 mod error;
 mod events;
+pub mod limits;
 pub mod openapi;
 mod ops;
 mod problems;
 mod query;
+pub mod server;
 mod stream;
 mod units;
 pub mod views;
@@ -56,6 +58,12 @@ pub struct FeedState {
     pub metrics_require_token: bool,
     /// Cancelled at shutdown: open streams end so the server can stop.
     pub shutdown: tokio_util::sync::CancellationToken,
+    /// Events queued per stream client before it is disconnected.
+    pub sse_buffer: usize,
+    /// How long a full stream queue may stay full.
+    pub sse_send_timeout: Duration,
+    /// Rate-limited logs of the feed's drops.
+    pub drop_log: Arc<server::DropLog>,
     /// Enrolment by claim (`crate::enroll`).
     pub enroll: Arc<crate::enroll::Enroll>,
 }

@@ -20,7 +20,7 @@ use serde::Serialize;
 use super::FeedState;
 use super::auth::Scope;
 use super::error::ApiError;
-use super::query::Params;
+use super::query::{Params, digits};
 use super::views::Page;
 use crate::model::Change;
 use crate::store::{EventQuery, StoredEvent};
@@ -180,8 +180,8 @@ pub async fn list(
     let limit = q.limit()?;
     let hours = match q.str("hours") {
         None => 24,
-        Some(s) => match s.parse::<u64>() {
-            Ok(h) if (1..=MAX_HOURS).contains(&h) => h,
+        Some(s) => match digits(s) {
+            Some(h) if (1..=MAX_HOURS).contains(&h) => h,
             _ => {
                 return Err(ApiError::bad_request(format!(
                     "hours: {s:?} is not a whole number of hours from 1 to {MAX_HOURS}"
@@ -197,9 +197,9 @@ pub async fn list(
     }
     // Cursor: the offset into the ranking.
     let offset = match q.str("cursor") {
-        Some(c) => c
-            .parse::<usize>()
-            .map_err(|_| ApiError::bad_request("cursor: not a cursor this endpoint gave out"))?,
+        Some(c) => digits(c)
+            .map(|n| usize::try_from(n).unwrap_or(usize::MAX))
+            .ok_or_else(|| ApiError::bad_request("cursor: not a cursor this endpoint gave out"))?,
         None => 0,
     };
     let now = st.clock.now_ms();

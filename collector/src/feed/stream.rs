@@ -6,24 +6,40 @@
 //! Comments keep the connection alive every `http.sse_keep_alive`.
 //! Authenticates with the bearer header or, for browsers' `EventSource`,
 //! `?access_token=<token>`.
+//!
+//! Flow control: each client has its own queue of `http.sse_buffer` events,
+//! filled by a forwarding task from the change broadcast. A client that
+//! stops reading (its socket buffers full, so its queue fills) is
+//! disconnected once an event has waited `http.sse_send_timeout` for room
+//! in its queue: counted in `muster_sse_dropped_total`, rate-limited log,
+//! and its connection closed (through the server's [`ConnKill`]), so
+//! neither its task nor its socket outlives it. A burst larger than the
+//! queue only makes a reading client wait. Other clients never wait for a
+//! stuck one (each has its own broadcast receiver); keep-alive comments are
+//! written per connection and keep flowing to healthy clients.
 
 use std::collections::HashMap;
 use std::convert::Infallible;
 use std::sync::Arc;
 use std::sync::atomic::Ordering;
 
+use axum::Extension;
 use axum::extract::rejection::QueryRejection;
 use axum::extract::{Query, State};
 use axum::http::{HeaderMap, header};
 use axum::response::sse::{Event, KeepAlive, Sse};
 use futures_util::Stream;
 use futures_util::stream::{self, StreamExt};
-use tokio_stream::wrappers::BroadcastStream;
+use tokio::sync::mpsc;
 use tokio_stream::wrappers::errors::BroadcastStreamRecvError;
+use tokio_stream::wrappers::{BroadcastStream, ReceiverStream};
+use tracing::warn;
 
 use super::FeedState;
 use super::error::ApiError;
+use super::limits::HttpDrop;
 use super::query::Params;
+use super::server::ConnKill;
 use super::views::EventView;
 use crate::model::Change;
 use crate::state::Shared;
@@ -50,6 +66,7 @@ impl Drop for ClientGuard {
 
 pub async fn stream(
     State(st): State<FeedState>,
+    kill: Option<Extension<ConnKill>>,
     headers: HeaderMap,
     q: Result<Query<HashMap<String, String>>, QueryRejection>,
 ) -> Result<Sse<impl Stream<Item = Result<Event, Infallible>>>, ApiError> {
@@ -76,40 +93,103 @@ pub async fn stream(
     let guard = ClientGuard::new(st.shared.clone());
     let shared = st.shared.clone();
     let ready = Event::default().event("ready").data("{}");
-    let events = BroadcastStream::new(rx)
-        .filter_map(move |item| {
-            let _alive = &guard;
-            let m = &shared.metrics.stream;
-            let out = match item {
-                Ok(ev) => {
-                    let a = ev.agency();
-                    if scope.sees(a) && agency.as_deref().is_none_or(|x| x == a) {
-                        let name = match ev.change {
-                            Change::Transition(_) => "transition",
-                            Change::Incident(_) => "incident",
-                        };
-                        m.events.fetch_add(1, Ordering::Relaxed);
-                        Event::default()
-                            .id(ev.id.to_string())
-                            .event(name)
-                            .json_data(EventView::from(&*ev))
-                            .ok()
-                    } else {
-                        None
-                    }
+    let events = BroadcastStream::new(rx).filter_map(move |item| {
+        let m = &shared.metrics.stream;
+        let out = match item {
+            Ok(ev) => {
+                let a = ev.agency();
+                if scope.sees(a) && agency.as_deref().is_none_or(|x| x == a) {
+                    let name = match ev.change {
+                        Change::Transition(_) => "transition",
+                        Change::Incident(_) => "incident",
+                    };
+                    Event::default()
+                        .id(ev.id.to_string())
+                        .event(name)
+                        .json_data(EventView::from(&*ev))
+                        .ok()
+                } else {
+                    None
                 }
-                Err(BroadcastStreamRecvError::Lagged(n)) => {
-                    m.lagged.fetch_add(n, Ordering::Relaxed);
-                    Some(
-                        Event::default()
-                            .event("lagged")
-                            .data(format!("{{\"missed\":{n}}}")),
-                    )
-                }
-            };
-            std::future::ready(out.map(Ok))
-        })
-        .take_until(st.shutdown.clone().cancelled_owned());
+            }
+            Err(BroadcastStreamRecvError::Lagged(n)) => {
+                m.lagged.fetch_add(n, Ordering::Relaxed);
+                Some(
+                    Event::default()
+                        .event("lagged")
+                        .data(format!("{{\"missed\":{n}}}")),
+                )
+            }
+        };
+        std::future::ready(out)
+    });
+    let (tx, queue) = mpsc::channel(st.sse_buffer);
+    tokio::spawn(forward(
+        events,
+        tx,
+        st.shared.clone(),
+        st.drop_log.clone(),
+        st.sse_send_timeout,
+        kill.map(|Extension(k)| k),
+        st.shutdown.clone(),
+    ));
+    let shared = st.shared.clone();
+    let events = ReceiverStream::new(queue).map(move |ev| {
+        let _alive = &guard;
+        shared.metrics.stream.events.fetch_add(1, Ordering::Relaxed);
+        Ok(ev)
+    });
     let body = stream::once(std::future::ready(Ok(ready))).chain(events);
     Ok(Sse::new(body).keep_alive(KeepAlive::new().interval(st.sse_keep_alive)))
+}
+
+/// Moves one client's events from the broadcast into its queue; ends when
+/// the client is gone, at shutdown, or when the queue stays full for
+/// `send_timeout` (the client stopped reading): then the client's
+/// connection is closed.
+async fn forward(
+    events: impl Stream<Item = Event> + Send + 'static,
+    tx: mpsc::Sender<Event>,
+    shared: Arc<Shared>,
+    log: Arc<super::server::DropLog>,
+    send_timeout: std::time::Duration,
+    kill: Option<ConnKill>,
+    shutdown: tokio_util::sync::CancellationToken,
+) {
+    let mut events = std::pin::pin!(events);
+    loop {
+        let ev = tokio::select! {
+            _ = tx.closed() => return,
+            _ = shutdown.cancelled() => return,
+            ev = events.next() => match ev {
+                Some(ev) => ev,
+                None => return,
+            },
+        };
+        let ev = match tx.try_send(ev) {
+            Ok(()) => continue,
+            Err(mpsc::error::TrySendError::Closed(_)) => return,
+            Err(mpsc::error::TrySendError::Full(ev)) => ev,
+        };
+        tokio::select! {
+            _ = shutdown.cancelled() => return,
+            r = tokio::time::timeout(send_timeout, tx.send(ev)) => match r {
+                Ok(Ok(())) => continue,
+                Ok(Err(_)) => return,
+                Err(_) => {}
+            },
+        }
+        shared.metrics.http.dropped(HttpDrop::SseOverflow);
+        if let Some(suppressed) = log.admit(HttpDrop::SseOverflow) {
+            warn!(
+                suppressed,
+                buffer = tx.max_capacity(),
+                "Stream client disconnected: it stopped reading (http.sse_buffer full for http.sse_send_timeout)."
+            );
+        }
+        if let Some(k) = kill {
+            k.0.cancel();
+        }
+        return;
+    }
 }

@@ -28,13 +28,6 @@ fn parse_status(s: &str) -> Result<Status, ApiError> {
     }
 }
 
-/// `agency/unit` cursors; neither part can contain '/'.
-fn parse_unit_cursor(s: &str) -> Result<UnitId, ApiError> {
-    s.split_once('/')
-        .and_then(|(a, u)| UnitId::new(a, u).ok())
-        .ok_or_else(|| ApiError::bad_request("cursor: not a cursor this endpoint gave out"))
-}
-
 pub async fn list(
     State(st): State<FeedState>,
     headers: HeaderMap,
@@ -49,7 +42,7 @@ pub async fn list(
         scope.check(a)?;
     }
     let status = q.str("status").map(parse_status).transpose()?;
-    let after = q.str("cursor").map(parse_unit_cursor).transpose()?;
+    let after = q.unit_cursor()?;
     let units = st.shared.units.read().unwrap_or_else(|e| e.into_inner());
     let start = match &after {
         Some(c) => Bound::Excluded(c),

@@ -9,6 +9,7 @@ pub mod enroll;
 pub mod expo;
 pub mod fleet;
 pub mod histogram;
+pub mod http;
 pub mod ingest;
 pub mod mqtt;
 pub mod notify;
@@ -29,6 +30,7 @@ pub struct Metrics {
     pub ack: ack::AckMetrics,
     pub store: store::StoreMetrics,
     pub stream: stream::StreamMetrics,
+    pub http: http::HttpMetrics,
     pub mqtt: mqtt::MqttMetrics,
     pub transitions: fleet::TransitionMetrics,
     pub notify: notify::NotifyMetrics,
@@ -53,6 +55,7 @@ impl Metrics {
         self.ack.render(&mut e);
         self.store.render(&mut e, store_bytes);
         self.stream.render(&mut e);
+        self.http.render(&mut e);
         self.mqtt.render(&mut e);
         self.notify.render(&mut e);
         self.enroll.render(&mut e);

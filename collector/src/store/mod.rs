@@ -141,8 +141,15 @@ impl SampleCursor {
         format!("{:x}.{:x}.{:x}", self.at_ms, self.boot, self.seq)
     }
 
+    /// Three dot-separated runs of 1 to 16 hex digits (no sign).
     pub fn decode(s: &str) -> Result<Self, StoreError> {
-        let mut it = s.split('.').map(|p| u64::from_str_radix(p, 16));
+        let mut it = s.split('.').map(|p| {
+            if (1..=16).contains(&p.len()) && p.bytes().all(|b| b.is_ascii_hexdigit()) {
+                u64::from_str_radix(p, 16).map_err(|_| ())
+            } else {
+                Err(())
+            }
+        });
         match (it.next(), it.next(), it.next(), it.next()) {
             (Some(Ok(at_ms)), Some(Ok(boot)), Some(Ok(seq)), None) => {
                 Ok(SampleCursor { at_ms, boot, seq })

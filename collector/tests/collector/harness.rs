@@ -43,6 +43,18 @@ pub fn config_text_mqtt(
     mqtt_extra: &str,
     extra: &str,
 ) -> String {
+    config_text_full(broker, store, client_id, mqtt_extra, "", extra)
+}
+
+/// As [`config_text`], with extra `[mqtt]` and `[http]` keys.
+pub fn config_text_full(
+    broker: &Mosquitto,
+    store: &Path,
+    client_id: &str,
+    mqtt_extra: &str,
+    http_extra: &str,
+    extra: &str,
+) -> String {
     format!(
         r#"
 admin_token = "{ADMIN}"
@@ -53,6 +65,7 @@ client_id = "{client_id}"
 [http]
 listen = "127.0.0.1:0"
 sse_keep_alive = "1s"
+{http_extra}
 [store]
 path = "{store}"
 [ingest]
@@ -220,11 +233,18 @@ pub struct World {
     pub dir: TempDir,
     pub collector: Option<Collector>,
     pub extra: String,
+    /// Extra `[http]` keys.
+    pub http_extra: String,
     pub clock: Arc<ManualClock>,
 }
 
 impl World {
     pub async fn start(extra: &str) -> World {
+        World::start_http("", extra).await
+    }
+
+    /// As [`World::start`], with extra `[http]` keys.
+    pub async fn start_http(http_extra: &str, extra: &str) -> World {
         let broker = Mosquitto::start();
         let dir = TempDir::new().unwrap();
         let clock = ManualClock::new(T0);
@@ -233,6 +253,7 @@ impl World {
             dir,
             collector: None,
             extra: extra.to_owned(),
+            http_extra: http_extra.to_owned(),
             clock,
         };
         w.start_collector().await;
@@ -244,7 +265,14 @@ impl World {
     }
 
     pub async fn start_collector(&mut self) {
-        let text = config_text(&self.broker, &self.store(), "collector-test", &self.extra);
+        let text = config_text_full(
+            &self.broker,
+            &self.store(),
+            "collector-test",
+            "",
+            &self.http_extra,
+            &self.extra,
+        );
         self.collector = Some(Collector::start(&text, self.clock.clone()).await);
     }
 
