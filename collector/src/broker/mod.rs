@@ -147,13 +147,17 @@ fn open_files_limit() -> Option<usize> {
     line.split_whitespace().nth(3)?.parse().ok()
 }
 
-/// Each client costs three descriptors in this process (its socket, the
-/// gate's socket to rumqttd, rumqttd's end of it): the cap is lowered so
-/// that the process never runs out (rumqttd's own accept loop spins on
-/// EMFILE without a pause).
+/// Descriptors one client of the embedded broker costs this process: its
+/// socket, the gate's socket to rumqttd, rumqttd's end of it.
+pub const FDS_PER_CLIENT: usize = 3;
+
+/// The cap is lowered so that the process never runs out of descriptors
+/// (rumqttd's own accept loop spins on EMFILE without a pause).
 fn effective_max_connections(configured: usize, fd_limit: Option<usize>) -> usize {
     match fd_limit {
-        Some(l) => configured.min(l.saturating_sub(256) / 3).max(1),
+        Some(l) => configured
+            .min(l.saturating_sub(256) / FDS_PER_CLIENT)
+            .max(1),
         None => configured,
     }
 }

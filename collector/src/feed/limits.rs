@@ -52,6 +52,13 @@ impl HttpDrop {
     }
 }
 
+impl crate::ingest::refusal::LogReason for HttpDrop {
+    const COUNT: usize = HttpDrop::ALL.len();
+    fn index(self) -> usize {
+        HttpDrop::index(self)
+    }
+}
+
 /// Why a connection's timer ran out.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 pub enum Expiry {

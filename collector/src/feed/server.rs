@@ -74,22 +74,18 @@ pub struct ServerLimits {
 #[derive(Clone, Debug)]
 pub struct ConnKill(pub CancellationToken);
 
-/// Rate-limited logging of the feed's drops: one [`RefusalLog`] slot per
-/// [`HttpDrop`].
+/// Rate-limited logging of the feed's drops, per [`HttpDrop`].
 #[derive(Debug)]
 pub struct DropLog {
     start: Instant,
-    log: Mutex<RefusalLog>,
+    log: Mutex<RefusalLog<HttpDrop>>,
 }
 
 impl DropLog {
     pub fn new(interval: Duration) -> Self {
         DropLog {
             start: Instant::now(),
-            log: Mutex::new(RefusalLog::with_slots(
-                interval.as_millis() as u64,
-                HttpDrop::ALL.len(),
-            )),
+            log: Mutex::new(RefusalLog::new(interval.as_millis() as u64)),
         }
     }
 
@@ -97,7 +93,7 @@ impl DropLog {
     pub fn admit(&self, why: HttpDrop) -> Option<u64> {
         let now = self.start.elapsed().as_millis() as u64;
         let mut log = self.log.lock().unwrap_or_else(|e| e.into_inner());
-        log.admit_slot(why.index(), now)
+        log.admit(why, now)
     }
 }
 

@@ -336,12 +336,13 @@ fn packaged_limit_nofile() -> u64 {
 
 #[test]
 fn the_packaged_file_limit_fits_the_broker_and_the_feed() {
-    // The embedded broker's [broker] max_connections default, the feed's
-    // cap, and slack for the store, the MQTT client, webhooks and logs.
-    const BROKER_MAX_CONNECTIONS: u64 = 20_000;
+    // The embedded broker's clients at its default cap (three descriptors
+    // each), the feed's cap, and slack for the store, the MQTT client,
+    // webhooks and logs.
     const SLACK: u64 = 1_024;
-    let need =
-        BROKER_MAX_CONNECTIONS + muster_collector::config::DEFAULT_MAX_CONNECTIONS as u64 + SLACK;
+    let broker = muster_collector::config::BrokerConfig::default().max_connections
+        * muster_collector::broker::FDS_PER_CLIENT;
+    let need = broker as u64 + muster_collector::config::DEFAULT_MAX_CONNECTIONS as u64 + SLACK;
     let got = packaged_limit_nofile();
     assert!(got >= need, "LimitNOFILE={got} < {need}");
 }
