@@ -274,6 +274,10 @@ async fn flush<W: AsyncWrite + Unpin>(w: &mut W, out: &mut BytesMut) -> std::io:
 /// Encoded bytes gathered before a write, at most (more is written at once).
 const WRITE_BATCH: usize = 64 * 1024;
 
+/// How often an open connection's credentials are checked again: a unit
+/// revoked (or an agency token changed) loses its session within this.
+pub const RECHECK_INTERVAL: Duration = Duration::from_secs(5);
+
 async fn connack(client: &mut TcpStream, code: ConnectReturnCode) {
     let mut out = BytesMut::new();
     let _ = write_packet(
@@ -338,7 +342,7 @@ async fn connection(
         Ok(Packet::Connect(c)) if c.protocol == Protocol::V4 => c,
         _ => return gate.refuse(Refusal::Protocol, peer, "malformed CONNECT"),
     };
-    let Some(login) = connect.login.take() else {
+    let Some(mut login) = connect.login.take() else {
         gate.refuse(Refusal::BadCredentials, peer, "anonymous");
         return connack(&mut client, ConnectReturnCode::NotAuthorized).await;
     };
@@ -364,6 +368,11 @@ async fn connection(
         return connack(&mut client, ConnectReturnCode::NotAuthorized).await;
     }
     connect.client_id = acl::client_id(&principal, &connect.client_id);
+    // Kept to check again while the session lasts (see RECHECK_INTERVAL).
+    let (username, password) = (
+        std::mem::take(&mut login.username),
+        std::mem::take(&mut login.password),
+    );
     let (user, pass) = &s.internal_login;
     connect.login = Some(Login::new(user.clone(), pass.clone()));
 
@@ -396,9 +405,25 @@ async fn connection(
     let (tx, rx) = mpsc::channel(64);
     let c2b = client_to_broker(&gate, peer, &principal, client_r, cbuf, up_w, out, tx);
     let b2c = broker_to_client(s.upstream_max_packet, up_r, client_w, rx);
+    let still_valid = async {
+        let mut every = tokio::time::interval(RECHECK_INTERVAL);
+        every.tick().await;
+        loop {
+            every.tick().await;
+            let now = gate.auth.authenticate(&username, password.as_bytes());
+            if now.as_ref() != Some(&principal) {
+                break;
+            }
+        }
+    };
     tokio::select! {
         _ = c2b => {}
         _ = b2c => {}
+        _ = still_valid => gate.refuse(
+            Refusal::BadCredentials,
+            peer,
+            &format!("{principal:?}: credential no longer valid (revoked); session closed"),
+        ),
         _ = shutdown.cancelled() => {}
     }
 }

@@ -347,8 +347,8 @@ fn a_pending_agent_keeps_claiming_until_approved() {
 /// with its embedded broker, whose gate admits only enrolled units. A new
 /// agent with nothing but the agency's enrol token claims its credential,
 /// is let in by the gate with it, learns the collector's key from the
-/// answer and has its records acked. A revoked unit's credential no longer
-/// gets in.
+/// answer and has its records acked. Revoked, it loses its open session
+/// and its credential no longer gets in.
 #[test]
 fn an_enrolled_agent_gets_through_the_embedded_brokers_gate_and_a_revoked_one_does_not() {
     let dir = TempDir::new().unwrap();
@@ -372,7 +372,7 @@ fn an_enrolled_agent_gets_through_the_embedded_brokers_gate_and_a_revoked_one_do
         "[enroll]\nurl = \"http://{}\"\ntoken = \"{ENROL}\"\n",
         col.addr
     );
-    let agent = AgentProc::spawn(&spec, false);
+    let mut agent = AgentProc::spawn(&spec, false);
     let v = col.wait_unit(
         "E31",
         "records through the gate",
@@ -397,21 +397,20 @@ fn an_enrolled_agent_gets_through_the_embedded_brokers_gate_and_a_revoked_one_do
             })
         },
     );
-    agent.stop();
 
-    // Revoked: the same credential is refused at the gate.
+    // Revoked while connected: the gate closes the session within its
+    // recheck interval, and the agent's reconnects are refused.
+    let bad = "muster_broker_refused_total{reason=\"bad_credentials\"}";
+    let before = metric(col.addr, bad).unwrap_or(0.0);
     let (s, body) = admin_post(
         col.addr,
         &format!("/api/v1/enrollments/{AGENCY}/E31/revoke"),
     );
     assert_eq!(s, 200, "{body}");
-    let bad = "muster_broker_refused_total{reason=\"bad_credentials\"}";
-    let before = metric(col.addr, bad).unwrap_or(0.0);
-    let agent = AgentProc::spawn(&spec, false);
     wait_until(
-        "the gate refuses the revoked unit",
+        "the gate closes the revoked session and refuses its reconnects",
         Duration::from_secs(30),
-        || metric(col.addr, bad).unwrap_or(0.0) > before,
+        || metric(col.addr, bad).unwrap_or(0.0) >= before + 2.0,
     );
     let received = col.unit("E31").unwrap()["seq"]["received"].clone();
     std::thread::sleep(Duration::from_millis(1500));
@@ -420,5 +419,6 @@ fn an_enrolled_agent_gets_through_the_embedded_brokers_gate_and_a_revoked_one_do
         received,
         "nothing more from a revoked unit"
     );
+    assert!(agent.alive(), "the agent keeps buffering, it is not killed");
     agent.stop();
 }
