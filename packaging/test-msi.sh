@@ -77,17 +77,18 @@ echo "ServiceControl: $sc"
 
 secure=$(field Property SecureCustomProperties 2)
 echo "SecureCustomProperties: $secure"
-for p in AGENCY UNIT_ID MQTT_URL; do
+for p in AGENCY UNIT_ID MQTT_URL ENROLL_URL ENROLL_TOKEN COLLECTOR_KEY; do
     grep -q "\(^\|;\)$p\(;\|$\)" <<<"$secure" || fail "$p is not a secure public property"
 done
 [ -n "$(field Property UpgradeCode 2)" ] || fail "no UpgradeCode"
+[ "$(field Property MsiHiddenProperties 2)" = ENROLL_TOKEN ] || fail "ENROLL_TOKEN is not hidden from the msiexec log"
 
 ca=$(row CustomAction ConfigureAgent)
 echo "CustomAction: $ca"
 # 18 (exe installed with the product) | 1024 deferred | 2048 no impersonation
 [ "$(field CustomAction ConfigureAgent 2)" = 3090 ] || fail "ConfigureAgent type, want 3090"
 target=$(field CustomAction ConfigureAgent 4)
-for p in '[AGENCY]' '[UNIT_ID]' '[MQTT_URL]' '--service MusterAgent'; do
+for p in '[AGENCY]' '[UNIT_ID]' '[MQTT_URL]' '[ENROLL_URL]' '[ENROLL_TOKEN]' '[COLLECTOR_KEY]' '--service MusterAgent'; do
     grep -qF -- "$p" <<<"$target" || fail "ConfigureAgent does not pass $p"
 done
 seq_of() { msiinfo export "$msi" InstallExecuteSequence | tr -d '\r' | awk -F'\t' -v a="$1" '$1 == a { print $3 }'; }
@@ -131,15 +132,18 @@ mosquitto_sub -p "$port" -t 'muster/v1/metro-fire/E12/telemetry' -C 1 -W 60 -F '
     >"$work/first-telemetry" 2>&1 &
 sub_pid=$!
 
-step "Wine: msiexec /i with AGENCY, UNIT_ID, MQTT_URL"
+step "Wine: msiexec /i with AGENCY, UNIT_ID, MQTT_URL, COLLECTOR_KEY"
 wmsi=$(winepath -w "$msi")
-wine msiexec /i "$wmsi" /qn AGENCY=metro-fire UNIT_ID=E12 "MQTT_URL=mqtt://127.0.0.1:$port" \
+# Any well-formed key: this test has no collector, nothing is acked.
+key=ed25519:b22a43707d3ad0cf7c609d1cb59a32674cc6652c24c824bdae1453ba5e2f665b
+wine msiexec /i "$wmsi" /qn AGENCY=metro-fire UNIT_ID=E12 "MQTT_URL=mqtt://127.0.0.1:$port" "COLLECTOR_KEY=$key" \
     /l*v "$(winepath -w "$work/install.log")" || {
     tail -40 "$work/install.log"; fail "msiexec /i failed"; }
 [ -f "$prog/muster-agent.exe" ] || fail "muster-agent.exe not in Program Files\\Muster"
 grep -qx 'agency = "metro-fire"' "$data/agent.toml" || fail "AGENCY not in the config"
 grep -qx 'unit_id = "E12"' "$data/agent.toml" || fail "UNIT_ID not in the config"
 grep -qx "url = \"mqtt://127.0.0.1:$port\"" "$data/agent.toml" || fail "MQTT_URL not in the config"
+grep -qx "collector_keys = \[\"$key\"\]" "$data/agent.toml" || fail "COLLECTOR_KEY not in the config"
 wine "$prog/muster-agent.exe" check-config --config 'C:\ProgramData\Muster\agent\agent.toml'
 grep -q 'agent.toml.new: valid. unit metro-fire/E12' "$data/msi-config.log" \
     || { cat "$data/msi-config.log"; fail "the custom action did not check the config"; }
@@ -208,6 +212,21 @@ fi
 reason='mqtt.url: "ftp://broker.example.org" must start with'
 grep -qF "$reason" "$data/msi-config.log" || { cat "$data/msi-config.log"; fail "no check-config reason in msi-config.log"; }
 grep -q 'installation rolls back' "$data/msi-config.log" || fail "no rollback message in msi-config.log"
+cmp -s "$work/agent.toml.before" "$data/agent.toml" || fail "a failed install changed agent.toml"
+
+step "Wine: a bad ENROLL_TOKEN fails the install and is never logged"
+secret=short-secret-x
+if wine msiexec /i "$wmsi" /qn AGENCY=metro-fire ENROLL_URL=http://127.0.0.1:9 "ENROLL_TOKEN=$secret" \
+    /l*v "$(winepath -w "$work/bad-token.log")"; then
+    fail "msiexec accepted a 14-character ENROLL_TOKEN"
+fi
+grep -qF 'enroll.token: must be at least 16 characters' "$data/msi-config.log" \
+    || { cat "$data/msi-config.log"; fail "no check-config reason for the token"; }
+grep -q 'enroll_token=(set)' "$data/msi-config.log" || fail "msi-config.log does not say a token was given"
+if iconv -f UTF-16LE -t UTF-8 "$work/bad-token.log" 2>/dev/null | cat - "$work/bad-token.log" "$data/msi-config.log" \
+    | grep -aqF "$secret"; then
+    fail "the enrolment token appears in a log"
+fi
 cmp -s "$work/agent.toml.before" "$data/agent.toml" || fail "a failed install changed agent.toml"
 [ ! -e "$data/agent.toml.new" ] || fail "a failed install left agent.toml.new"
 registered=$(wine reg query 'HKLM\Software\Microsoft\Windows\CurrentVersion\Uninstall' /s 2>/dev/null \

@@ -10,8 +10,10 @@
 # wixl 0.101 ignores some WiX attributes; msibuild then sets them in the tables:
 #   - AgentConfig component: Permanent (0x10) + NeverOverwrite (0x80), so an
 #     upgrade, repair or uninstall never replaces or removes agent.toml;
-#   - SecureCustomProperties += AGENCY;UNIT_ID;MQTT_URL (public properties
-#     reach the elevated install under Group Policy / Intune);
+#   - SecureCustomProperties += AGENCY;UNIT_ID;MQTT_URL;ENROLL_URL;
+#     ENROLL_TOKEN;COLLECTOR_KEY (public properties reach the elevated
+#     install under Group Policy / Intune);
+#   - MsiHiddenProperties = ENROLL_TOKEN (kept out of the msiexec log);
 #   - RemoveExistingProducts after InstallValidate (WiX's default schedule;
 #     wixl puts it after InstallFinalize): the old version, its service and
 #     files go first, then the new one installs, finds agent.toml and keeps it.
@@ -44,6 +46,7 @@ msi=$out/muster-agent-$version-x64.msi
     -D ConfigTool=muster-msi-config.exe -D Config=agent.toml \
     -o "$msi" "$here/muster-agent.wxs")
 msibuild "$msi" -q "UPDATE \`Component\` SET \`Attributes\` = 400 WHERE \`Component\` = 'AgentConfig'"
-msibuild "$msi" -q "UPDATE \`Property\` SET \`Value\` = 'WIX_DOWNGRADE_DETECTED;WIX_UPGRADE_DETECTED;AGENCY;UNIT_ID;MQTT_URL' WHERE \`Property\` = 'SecureCustomProperties'"
+msibuild "$msi" -q "UPDATE \`Property\` SET \`Value\` = 'WIX_DOWNGRADE_DETECTED;WIX_UPGRADE_DETECTED;AGENCY;UNIT_ID;MQTT_URL;ENROLL_URL;ENROLL_TOKEN;COLLECTOR_KEY' WHERE \`Property\` = 'SecureCustomProperties'"
+msibuild "$msi" -q "INSERT INTO \`Property\` (\`Property\`, \`Value\`) VALUES ('MsiHiddenProperties', 'ENROLL_TOKEN')"
 msibuild "$msi" -q "UPDATE \`InstallExecuteSequence\` SET \`Sequence\` = 1401 WHERE \`Action\` = 'RemoveExistingProducts'"
 echo "$msi"

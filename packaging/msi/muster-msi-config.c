@@ -5,12 +5,15 @@
  * so this small program does both:
  *
  *   muster-msi-config.exe --config C:\ProgramData\Muster\agent\agent.toml
- *       [--agency NAME] [--unit-id NAME] [--mqtt-url URL] [--service NAME]
- *       [--secure-dir DIR] [--check-with MUSTER_AGENT_EXE]
+ *       [--agency NAME] [--unit-id NAME] [--mqtt-url URL]
+ *       [--enroll-url URL] [--enroll-token TOKEN] [--collector-key KEY]
+ *       [--service NAME] [--secure-dir DIR] [--check-with MUSTER_AGENT_EXE]
  *
- * 1. Sets the top-level `agency` / `unit_id` keys and `[mqtt] url` of the
- *    config to the values given (the MSI passes its AGENCY, UNIT_ID and
- *    MQTT_URL properties; an empty value leaves the key as it is, so an
+ * 1. Sets the top-level `agency` / `unit_id` keys, `[mqtt] url`,
+ *    `[enroll] url` / `token` and `[trust] collector_keys` (one key) of the
+ *    config to the values given (the MSI passes its AGENCY, UNIT_ID,
+ *    MQTT_URL, ENROLL_URL, ENROLL_TOKEN and COLLECTOR_KEY properties; the
+ *    enrolment token is never logged; an empty value leaves the key as it is, so an
  *    upgrade without properties keeps the installed config untouched). A
  *    commented-out key (`# unit_id = ...`) is replaced in place; a missing
  *    key is added. The file is rewritten through a temporary file and an
@@ -223,13 +226,16 @@ static void insert_line(int at, char *text)
     nlines++;
 }
 
+/* `key = "value"`, or `key = ["value"]` when `array`. */
+static int as_array;
+
 static char *assignment(const char *key, const char *value)
 {
-    size_t n = strlen(key) + strlen(value) + 8;
+    size_t n = strlen(key) + strlen(value) + 10;
     char *s = malloc(n);
     if (!s)
         die(1, "%s", "out of memory");
-    snprintf(s, n, "%s = \"%s\"\n", key, value);
+    snprintf(s, n, as_array ? "%s = [\"%s\"]\n" : "%s = \"%s\"\n", key, value);
     return s;
 }
 
@@ -276,8 +282,17 @@ static void set_key(const char *table, const char *key, const char *value)
     insert_line(table_start, assignment(key, value));
 }
 
-static void edit_config(const wchar_t *path, const char *agency, const char *unit, const char *url,
-                        const wchar_t *check_exe)
+struct values {
+    const char *agency, *unit, *url, *enroll_url, *enroll_token, *collector_key;
+};
+
+static int any_value(const struct values *v)
+{
+    return *v->agency || *v->unit || *v->url || *v->enroll_url || *v->enroll_token ||
+           *v->collector_key;
+}
+
+static void edit_config(const wchar_t *path, const struct values *v, const wchar_t *check_exe)
 {
     FILE *f = _wfopen(path, L"rb");
     if (!f)
@@ -297,12 +312,21 @@ static void edit_config(const wchar_t *path, const char *agency, const char *uni
         s[n + 1] = 0;
         lines[nlines - 1] = s;
     }
-    if (*agency)
-        set_key("", "agency", agency);
-    if (*unit)
-        set_key("", "unit_id", unit);
-    if (*url)
-        set_key("mqtt", "url", url);
+    if (*v->agency)
+        set_key("", "agency", v->agency);
+    if (*v->unit)
+        set_key("", "unit_id", v->unit);
+    if (*v->url)
+        set_key("mqtt", "url", v->url);
+    if (*v->enroll_url)
+        set_key("enroll", "url", v->enroll_url);
+    if (*v->enroll_token)
+        set_key("enroll", "token", v->enroll_token);
+    if (*v->collector_key) {
+        as_array = 1;
+        set_key("trust", "collector_keys", v->collector_key);
+        as_array = 0;
+    }
 
     wchar_t tmp[MAX_PATH + 8];
     if (_snwprintf(tmp, MAX_PATH + 8, L"%ls.new", path) < 0)
@@ -319,8 +343,8 @@ static void edit_config(const wchar_t *path, const char *agency, const char *uni
         DWORD code = run_check(check_exe, tmp);
         if (code != 0) {
             DeleteFileW(tmp);
-            die(1, "%s", "the config with these AGENCY/UNIT_ID/MQTT_URL values is invalid (check-config "
-                         "output above); the installed config is unchanged and the installation rolls back");
+            die(1, "%s", "the config with these property values is invalid (check-config output "
+                         "above); the installed config is unchanged and the installation rolls back");
         }
     }
     if (!MoveFileExW(tmp, path, MOVEFILE_REPLACE_EXISTING | MOVEFILE_WRITE_THROUGH))
@@ -374,18 +398,24 @@ static void secure_dir(const wchar_t *dir)
 int wmain(int argc, wchar_t **argv)
 {
     const wchar_t *config = NULL, *service = NULL, *dir = NULL, *check = NULL;
-    const char *agency = "", *unit = "", *url = "";
+    struct values v = {"", "", "", "", "", ""};
     for (int i = 1; i < argc; i++) {
         if (i + 1 >= argc)
             die(2, "%s needs a value", utf8(argv[i]));
         if (wcscmp(argv[i], L"--config") == 0)
             config = argv[++i];
         else if (wcscmp(argv[i], L"--agency") == 0)
-            agency = utf8(argv[++i]);
+            v.agency = utf8(argv[++i]);
         else if (wcscmp(argv[i], L"--unit-id") == 0)
-            unit = utf8(argv[++i]);
+            v.unit = utf8(argv[++i]);
         else if (wcscmp(argv[i], L"--mqtt-url") == 0)
-            url = utf8(argv[++i]);
+            v.url = utf8(argv[++i]);
+        else if (wcscmp(argv[i], L"--enroll-url") == 0)
+            v.enroll_url = utf8(argv[++i]);
+        else if (wcscmp(argv[i], L"--enroll-token") == 0)
+            v.enroll_token = utf8(argv[++i]);
+        else if (wcscmp(argv[i], L"--collector-key") == 0)
+            v.collector_key = utf8(argv[++i]);
         else if (wcscmp(argv[i], L"--service") == 0)
             service = argv[++i];
         else if (wcscmp(argv[i], L"--secure-dir") == 0)
@@ -397,13 +427,18 @@ int wmain(int argc, wchar_t **argv)
     }
     if (config)
         open_log(config);
-    logmsg("install: agency=\"%s\" unit_id=\"%s\" mqtt_url=\"%s\"%s", agency, unit, url,
-           *agency || *unit || *url ? "" : " (no values: the config is left as it is)");
-    check_value("AGENCY", agency);
-    check_value("UNIT_ID", unit);
-    check_value("MQTT_URL", url);
-    if (config && (*agency || *unit || *url))
-        edit_config(config, agency, unit, url, check);
+    logmsg("install: agency=\"%s\" unit_id=\"%s\" mqtt_url=\"%s\" enroll_url=\"%s\" enroll_token=%s "
+           "collector_key=\"%s\"%s",
+           v.agency, v.unit, v.url, v.enroll_url, *v.enroll_token ? "(set)" : "(none)", v.collector_key,
+           any_value(&v) ? "" : " (no values: the config is left as it is)");
+    check_value("AGENCY", v.agency);
+    check_value("UNIT_ID", v.unit);
+    check_value("MQTT_URL", v.url);
+    check_value("ENROLL_URL", v.enroll_url);
+    check_value("ENROLL_TOKEN", v.enroll_token);
+    check_value("COLLECTOR_KEY", v.collector_key);
+    if (config && any_value(&v))
+        edit_config(config, &v, check);
     if (dir && *dir)
         secure_dir(dir);
     if (service && *service)
