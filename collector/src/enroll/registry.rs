@@ -374,26 +374,24 @@ impl Registry {
 
     /// Admin: pending -> active. Returns the enrolment and whether it changed.
     pub fn approve(&self, unit: &UnitId, now_ms: u64) -> Result<(Enrollment, bool), RegistryError> {
-        let _w = self.write.lock().unwrap_or_else(|e| e.into_inner());
-        let e = self.get(unit).ok_or(RegistryError::NotFound)?;
-        match decide_approve(&e)? {
-            None => Ok((e, false)),
-            Some(state) => Ok((
-                self.persist(Enrollment {
-                    state,
-                    updated_ms: now_ms,
-                    ..e
-                })?,
-                true,
-            )),
-        }
+        self.admin_change(unit, now_ms, decide_approve)
     }
 
     /// Admin: anything -> revoked. Returns the enrolment and whether it changed.
     pub fn revoke(&self, unit: &UnitId, now_ms: u64) -> Result<(Enrollment, bool), RegistryError> {
+        self.admin_change(unit, now_ms, |e| Ok(decide_revoke(e)))
+    }
+
+    /// An admin's change of `unit`'s state, as `decide` says (`None`: none).
+    fn admin_change(
+        &self,
+        unit: &UnitId,
+        now_ms: u64,
+        decide: impl FnOnce(&Enrollment) -> Result<Option<EnrollState>, RegistryError>,
+    ) -> Result<(Enrollment, bool), RegistryError> {
         let _w = self.write.lock().unwrap_or_else(|e| e.into_inner());
         let e = self.get(unit).ok_or(RegistryError::NotFound)?;
-        match decide_revoke(&e) {
+        match decide(&e)? {
             None => Ok((e, false)),
             Some(state) => Ok((
                 self.persist(Enrollment {

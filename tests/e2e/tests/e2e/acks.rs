@@ -235,13 +235,7 @@ fn forged_acks_free_nothing_and_are_counted() {
     assert!(agent.alive(), "{}", agent.log_tail());
 
     // The collector comes up late: everything so far was published to nobody.
-    let cfg = dir.path().join("collector.toml");
-    std::fs::write(
-        &cfg,
-        collector_text(&broker.url(), &dir.path().join("store"), ""),
-    )
-    .unwrap();
-    let col = CollectorProc::spawn(&cfg, false);
+    let col = CollectorProc::spawn_on(&broker.url(), dir.path());
 
     // The attacker poses as unit X9 with the victim's boot: the collector
     // stores seqs 1..=200 and sends X9 a real, signed ack up to 200.
@@ -334,13 +328,7 @@ fn broker_restart_drains_on_the_collector_hello_not_the_ack_timeout() {
         ..Default::default()
     });
     let dir = TempDir::new().unwrap();
-    let cfg = dir.path().join("collector.toml");
-    std::fs::write(
-        &cfg,
-        collector_text(&broker.url(), &dir.path().join("store"), ""),
-    )
-    .unwrap();
-    let col = CollectorProc::spawn(&cfg, false);
+    let col = CollectorProc::spawn_on(&broker.url(), dir.path());
     let name = "R30";
     let mut spec = AgentSpec::new(name, &broker.url(), &dir.path().join("agent"));
     spec.ack_timeout = "30s".into(); // the default

@@ -318,6 +318,14 @@ impl CollectorProc {
         CollectorProc::spawn_with(config, release, &[])
     }
 
+    /// A collector on `broker_url`, its config ([`collector_text`]) and
+    /// store in `dir`.
+    pub fn spawn_on(broker_url: &str, dir: &Path) -> CollectorProc {
+        let cfg = dir.join("collector.toml");
+        std::fs::write(&cfg, collector_text(broker_url, &dir.join("store"), "")).unwrap();
+        CollectorProc::spawn(&cfg, false)
+    }
+
     /// [`CollectorProc::spawn`] with more arguments after `run --config X`
     /// (e.g. `--embedded-broker 127.0.0.1:PORT`).
     pub fn spawn_with(config: &Path, release: bool, extra: &[String]) -> CollectorProc {

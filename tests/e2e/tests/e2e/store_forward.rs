@@ -37,13 +37,7 @@ fn world(persistence: bool) -> World {
         ..Default::default()
     });
     let dir = TempDir::new().unwrap();
-    let cfg = dir.path().join("collector.toml");
-    std::fs::write(
-        &cfg,
-        collector_text(&broker.url(), &dir.path().join("store"), ""),
-    )
-    .unwrap();
-    let col = CollectorProc::spawn(&cfg, false);
+    let col = CollectorProc::spawn_on(&broker.url(), dir.path());
     World { broker, col, dir }
 }
 
