@@ -214,7 +214,7 @@ grep -qF "$reason" "$data/msi-config.log" || { cat "$data/msi-config.log"; fail 
 grep -q 'installation rolls back' "$data/msi-config.log" || fail "no rollback message in msi-config.log"
 cmp -s "$work/agent.toml.before" "$data/agent.toml" || fail "a failed install changed agent.toml"
 
-step "Wine: a bad ENROLL_TOKEN fails the install and is never logged"
+step "Wine: a bad ENROLL_TOKEN fails the install; the custom action never logs it"
 secret=short-secret-x
 if wine msiexec /i "$wmsi" /qn AGENCY=metro-fire ENROLL_URL=http://127.0.0.1:9 "ENROLL_TOKEN=$secret" \
     /l*v "$(winepath -w "$work/bad-token.log")"; then
@@ -223,9 +223,12 @@ fi
 grep -qF 'enroll.token: must be at least 16 characters' "$data/msi-config.log" \
     || { cat "$data/msi-config.log"; fail "no check-config reason for the token"; }
 grep -q 'enroll_token=(set)' "$data/msi-config.log" || fail "msi-config.log does not say a token was given"
-if iconv -f UTF-16LE -t UTF-8 "$work/bad-token.log" 2>/dev/null | cat - "$work/bad-token.log" "$data/msi-config.log" \
-    | grep -aqF "$secret"; then
-    fail "the enrolment token appears in a log"
+# Our custom action never writes the token. Windows' msiexec masks it in
+# its own log (MsiHiddenProperties, checked in the tables above); Wine's
+# msiexec ignores that table and prints every property, so its log is not
+# checked here.
+if grep -aqF "$secret" "$data/msi-config.log"; then
+    fail "the enrolment token appears in msi-config.log"
 fi
 cmp -s "$work/agent.toml.before" "$data/agent.toml" || fail "a failed install changed agent.toml"
 [ ! -e "$data/agent.toml.new" ] || fail "a failed install left agent.toml.new"

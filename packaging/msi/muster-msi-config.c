@@ -261,12 +261,14 @@ static void set_key(const char *table, const char *key, const char *value)
         }
     }
     if (table_start < 0) {
-        /* No such table: append it. */
-        size_t n = strlen(table) + 5;
+        /* No such table: append it (a blank line, then its header on a
+         * line of its own, so the next key of this table finds it). */
+        size_t n = strlen(table) + 4;
         char *h = malloc(n);
         if (!h)
             die(1, "%s", "out of memory");
-        snprintf(h, n, "\n[%s]\n", table);
+        snprintf(h, n, "[%s]\n", table);
+        insert_line(nlines, _strdup("\n"));
         insert_line(nlines, h);
         insert_line(nlines, assignment(key, value));
         return;
