@@ -31,9 +31,8 @@ pub const TRUSTED_KEYS_FILE: &str = "trusted_keys";
 pub struct TrustConfig {
     /// `trust.collector_keys`.
     pub collector_keys: Vec<PublicKey>,
-    /// HOOK(enroll): true when the config has an `[enroll]` section; then
-    /// starting with no trusted key is allowed (enrolment writes the
-    /// `trusted_keys` file). Always false until `[enroll]` exists.
+    /// The config has an `[enroll]` section: starting with no trusted key
+    /// is allowed (enrolment writes the `trusted_keys` file).
     pub enrolling: bool,
 }
 
