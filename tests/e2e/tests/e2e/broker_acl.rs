@@ -393,7 +393,7 @@ fn shipped_acl_keeps_units_and_agencies_in_their_lanes() {
 // The same attacks against the embedded broker and the shipped Mosquitto,
 // with the real collector behind each.
 
-use crate::procs::{self, CollectorProc, http_get};
+use crate::procs::{self, CollectorProc, http_get, sha256_hex};
 use muster_proto::{Body, BootId, Message, Payload, Record, UnitId, encode, fixtures};
 
 const E12_PW: &str = "e12-password-0123456789";
@@ -418,14 +418,6 @@ struct Site {
     _mosquitto: Option<Mosquitto>,
 }
 
-fn sha256_hex(s: &str) -> String {
-    let out = Command::new("sh")
-        .args(["-c", "printf %s \"$1\" | sha256sum", "sh", s])
-        .output()
-        .expect("sha256sum");
-    String::from_utf8_lossy(&out.stdout)[..64].to_owned()
-}
-
 impl Site {
     fn start(kind: Kind) -> Site {
         let dir = TempDir::new().unwrap();
@@ -433,25 +425,14 @@ impl Site {
         let agencies = format!("[[agency]]\nname = \"{COUNTY}\"\ntoken = \"{COUNTY_TOKEN}\"\n");
         match kind {
             Kind::Embedded => {
-                let port = muster_testkit::free_port();
                 let extra = format!(
                     "{agencies}[broker]\nmax_packet_bytes = {LIMIT}\n\
                      [[broker.unit]]\nname = \"metro-fire/E12\"\npassword_sha256 = \"{}\"\n\
                      [[broker.unit]]\nname = \"metro-fire/E13\"\npassword_sha256 = \"{}\"\n",
-                    sha256_hex(E12_PW),
-                    sha256_hex(E13_PW)
+                    sha256_hex(E12_PW.as_bytes()),
+                    sha256_hex(E13_PW.as_bytes())
                 );
-                let cfg = p.join("collector.toml");
-                std::fs::write(
-                    &cfg,
-                    procs::collector_text("mqtt://127.0.0.1:1", &p.join("store"), &extra),
-                )
-                .unwrap();
-                let collector = CollectorProc::spawn_with(
-                    &cfg,
-                    false,
-                    &["--embedded-broker".into(), format!("127.0.0.1:{port}")],
-                );
+                let (collector, port) = CollectorProc::spawn_embedded(p, &extra);
                 Site {
                     kind,
                     port,
@@ -971,23 +952,12 @@ fn embedded_broker_limits() {
     use std::net::TcpStream;
     let dir = TempDir::new().unwrap();
     let p = dir.path();
-    let port = muster_testkit::free_port();
     let extra = format!(
         "[broker]\nmax_connections = 2\nconnect_timeout = \"2s\"\n\
          [[broker.unit]]\nname = \"metro-fire/E12\"\npassword_sha256 = \"{}\"\n",
-        sha256_hex(E12_PW)
+        sha256_hex(E12_PW.as_bytes())
     );
-    let cfg = p.join("collector.toml");
-    std::fs::write(
-        &cfg,
-        procs::collector_text("mqtt://127.0.0.1:1", &p.join("store"), &extra),
-    )
-    .unwrap();
-    let collector = CollectorProc::spawn_with(
-        &cfg,
-        false,
-        &["--embedded-broker".into(), format!("127.0.0.1:{port}")],
-    );
+    let (collector, port) = CollectorProc::spawn_embedded(p, &extra);
     let site = Site {
         kind: Kind::Embedded,
         port,

@@ -326,6 +326,24 @@ impl CollectorProc {
         CollectorProc::spawn(&cfg, false)
     }
 
+    /// A collector running the embedded broker on a free loopback port, its
+    /// config ([`collector_text`] plus `extra`) and store in `dir`; the port.
+    pub fn spawn_embedded(dir: &Path, extra: &str) -> (CollectorProc, u16) {
+        let port = muster_testkit::free_port();
+        let cfg = dir.join("collector.toml");
+        std::fs::write(
+            &cfg,
+            collector_text("mqtt://127.0.0.1:1", &dir.join("store"), extra),
+        )
+        .unwrap();
+        let c = CollectorProc::spawn_with(
+            &cfg,
+            false,
+            &["--embedded-broker".into(), format!("127.0.0.1:{port}")],
+        );
+        (c, port)
+    }
+
     /// [`CollectorProc::spawn`] with more arguments after `run --config X`
     /// (e.g. `--embedded-broker 127.0.0.1:PORT`).
     pub fn spawn_with(config: &Path, release: bool, extra: &[String]) -> CollectorProc {
@@ -616,4 +634,13 @@ pub fn prefill(
     assert_eq!(b.drops().total(), 0, "pre-fill must fit under the cap");
     assert_eq!(b.records(), seq);
     (seq, b.bytes())
+}
+
+/// SHA-256 of `b`, lower-case hex (how `[[broker.unit]]` and enrolment name a secret).
+pub fn sha256_hex(b: &[u8]) -> String {
+    ring::digest::digest(&ring::digest::SHA256, b)
+        .as_ref()
+        .iter()
+        .map(|b| format!("{b:02x}"))
+        .collect()
 }
