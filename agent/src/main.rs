@@ -145,11 +145,11 @@ fn main() -> ExitCode {
             }
             let r = (|| -> anyhow::Result<()> {
                 let rt = run::runtime().context("starting the runtime")?;
-                rt.block_on(run::run(
-                    cfg,
-                    Arc::new(SystemClock),
-                    service::shutdown_signal(),
-                ))?;
+                let stop = {
+                    let _in_rt = rt.enter();
+                    service::shutdown_signal()
+                };
+                rt.block_on(run::run(cfg, Arc::new(SystemClock), stop))?;
                 rt.shutdown_timeout(std::time::Duration::from_secs(5));
                 Ok(())
             })();
