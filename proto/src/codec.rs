@@ -17,7 +17,9 @@
 //! the previous one, so a fleet can upgrade unit by unit. It answers each unit
 //! in the version that unit spoke ([`encode_version`]).
 //!
-//! Version 2 (current) signs acks and adds `AgentStatus.acks_refused`;
+//! Version 2 (current) signs acks, adds `AgentStatus.acks_refused` and
+//! `observations_dropped`, the presence's reason, announcement records and
+//! the host sample's network context;
 //! version 1 is read and written through the frozen `crate::v1` types. The
 //! collector hello (`muster/v1/collector`) is not a `Message`: it has its
 //! own [`encode_hello`] / [`decode_hello`], same envelope and limits, from
@@ -25,15 +27,16 @@
 //!
 //! Limits: a payload is at most [`MAX_MESSAGE_BYTES`]. `decode` refuses a
 //! longer input up front and runs bincode with the same limit, so a hostile
-//! length prefix can neither allocate past it nor panic; trailing bytes and
-//! invalid identities are errors too.
+//! length prefix can neither allocate past it nor panic; trailing bytes,
+//! invalid identities and a presence whose online flag contradicts its
+//! reason are errors too (`malformed`).
 
 use std::ops::RangeInclusive;
 
 use bincode::config::{Configuration, Limit, LittleEndian, Varint};
 
 use crate::ids::{IdentityError, UnitId};
-use crate::message::{Body, Hello, MAX_HELLO_KEYS, Message, Record};
+use crate::message::{Body, Hello, MAX_HELLO_KEYS, Message, Payload, Presence, Record};
 use crate::v1;
 
 /// The schema version this build writes.
@@ -76,6 +79,8 @@ pub enum EncodeError {
     Bincode(#[from] bincode::error::EncodeError),
     #[error("hello announces {0} keys; the limit is {MAX_HELLO_KEYS}")]
     TooManyKeys(usize),
+    #[error("{0} cannot be written in schema version {1}")]
+    NotInVersion(&'static str, u8),
 }
 
 /// Why a payload was refused. Each variant is a counted reason at the collector.
@@ -135,7 +140,7 @@ pub fn encode_version(msg: &Message, version: u8) -> Result<Vec<u8>, EncodeError
     let mut out = Vec::with_capacity(256);
     out.push(version);
     if version == 1 {
-        bincode::serde::encode_into_std_write(v1::Message::from(msg), &mut out, config())?;
+        bincode::serde::encode_into_std_write(v1::Message::try_from(msg)?, &mut out, config())?;
     } else {
         bincode::serde::encode_into_std_write(msg, &mut out, config())?;
     }
@@ -193,7 +198,40 @@ pub fn decode(bytes: &[u8]) -> Result<Decoded, DecodeError> {
         return Err(DecodeError::BatchTooLong(records.len()));
     }
     message.unit.validate()?;
+    match &message.body {
+        Body::Presence(p) => check_presence(p)?,
+        Body::Record(r) => check_record(r)?,
+        Body::Batch(rs) => rs.iter().try_for_each(check_record)?,
+        Body::Ack(_) => {}
+    }
     Ok(Decoded { version, message })
+}
+
+/// A presence's online flag must fit its reason (`Presence::is_consistent`).
+fn check_presence(p: &Presence) -> Result<(), DecodeError> {
+    if p.is_consistent() {
+        Ok(())
+    } else {
+        Err(DecodeError::Malformed(format!(
+            "presence says online={} with reason {}",
+            p.online,
+            p.reason.as_str()
+        )))
+    }
+}
+
+/// An announcement record is a departure of the record's own boot.
+fn check_record(r: &Record) -> Result<(), DecodeError> {
+    let Payload::Presence(p) = &r.payload else {
+        return Ok(());
+    };
+    check_presence(p)?;
+    if p.online || p.boot != r.boot {
+        return Err(DecodeError::Malformed(
+            "an announcement record must be offline and of the record's boot".into(),
+        ));
+    }
+    Ok(())
 }
 
 /// bincode-decodes exactly `body` (no trailing bytes) under the size limit.
@@ -315,12 +353,14 @@ pub fn decode_record(bytes: &[u8]) -> Result<Record, DecodeError> {
     if !ACCEPTED_VERSIONS.contains(&version) {
         return Err(DecodeError::UnknownVersion { got: version });
     }
-    if version == 1 {
+    let rec: Record = if version == 1 {
         // An upgraded agent's buffer still holds the records it wrote in v1.
-        Ok(decode_exact::<v1::Record>(body, bytes.len())?.into())
+        decode_exact::<v1::Record>(body, bytes.len())?.into()
     } else {
-        decode_exact(body, bytes.len())
-    }
+        decode_exact(body, bytes.len())?
+    };
+    check_record(&rec)?;
+    Ok(rec)
 }
 
 /// Builds the payload of a `Body::Batch` (or, for one record and

@@ -89,6 +89,37 @@ pub fn host_sample() -> HostSample {
             },
         ],
         failures: vec![],
+        network: Some(net_context()),
+    }
+}
+
+/// On the in-car cellular router's modem, station Wi-Fi in range, the
+/// agency VPN up, one roam since the previous sample.
+pub fn net_context() -> NetContext {
+    NetContext {
+        route: Some(DefaultRoute {
+            interface: "wwan0".into(),
+            kind: LinkKind::Cellular,
+        }),
+        wifi: Some(Wifi {
+            interface: "wlan0".into(),
+            ssid: "STATION-12".into(),
+            signal_dbm: Some(-71),
+        }),
+        cellular: Some(Cellular {
+            interface: "wwan0".into(),
+            technology: "lte".into(),
+            operator: "FirstNet".into(),
+            rssi_dbm: Some(-83),
+            rsrp_dbm: Some(-109),
+            rsrq_db_x10: Some(-125),
+            sinr_db_x10: Some(32),
+        }),
+        vpns: vec![Vpn {
+            name: "tun0".into(),
+            up: true,
+        }],
+        route_changes: 1,
     }
 }
 
@@ -154,6 +185,7 @@ pub fn status() -> AgentStatus {
         reconnects: 3,
         clock_offset_ms: Some(-420),
         acks_refused: 5,
+        observations_dropped: 2,
     }
 }
 
@@ -224,15 +256,33 @@ pub fn hello() -> Hello {
     )
 }
 
+/// A birth (`Connected`) or a will (`Lost`).
 pub fn presence_message(online: bool) -> Message {
+    presence_with(
+        online,
+        if online {
+            PresenceReason::Connected
+        } else {
+            PresenceReason::Lost
+        },
+    )
+}
+
+/// A presence of connection 2 of [`BOOT`] with `reason`.
+pub fn presence(online: bool, reason: PresenceReason) -> Presence {
+    Presence {
+        online,
+        boot: BOOT,
+        connection: 2,
+        at_ms: AT_MS,
+        reason,
+    }
+}
+
+pub fn presence_with(online: bool, reason: PresenceReason) -> Message {
     Message {
         unit: unit(),
-        body: Body::Presence(Presence {
-            online,
-            boot: BOOT,
-            connection: 2,
-            at_ms: AT_MS,
-        }),
+        body: Body::Presence(presence(online, reason)),
     }
 }
 
@@ -254,5 +304,39 @@ pub fn all_named() -> Vec<(&'static str, Message)> {
         ("ack", ack_message()),
         ("presence_online", presence_message(true)),
         ("presence_offline", presence_message(false)),
+    ]
+}
+
+/// Messages schema v1 cannot say (new in v2), named: more golden vectors
+/// of the current version.
+pub fn v2_named() -> Vec<(&'static str, Message)> {
+    let announce = |seq, reason| Message {
+        unit: unit(),
+        body: Body::Record(record(seq, Payload::Presence(presence(false, reason)))),
+    };
+    vec![
+        ("announce_shutdown", announce(5, PresenceReason::Shutdown)),
+        (
+            "announce_restart",
+            announce(
+                5,
+                PresenceReason::Stop {
+                    back_within_ms: Some(120_000),
+                },
+            ),
+        ),
+        (
+            "presence_sleep",
+            presence_with(false, PresenceReason::Sleep),
+        ),
+        (
+            "presence_resumed",
+            presence_with(
+                true,
+                PresenceReason::Resumed {
+                    slept_ms: 3_600_000,
+                },
+            ),
+        ),
     ]
 }

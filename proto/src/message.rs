@@ -31,7 +31,8 @@ pub enum Body {
     Batch(#[serde(deserialize_with = "crate::codec::bounded_vec")] Vec<Record>),
     /// "These records are durably stored" (collector to agent, ack topic).
     Ack(Ack),
-    /// Online or offline (agent's birth and will, retained on the state topic).
+    /// Online or offline, and why (agent's birth, announcement and will,
+    /// retained on the state topic).
     Presence(Presence),
 }
 
@@ -52,6 +53,11 @@ pub enum Payload {
     Host(HostSample),
     Probe(ProbeResult),
     Status(AgentStatus),
+    /// The agent announces it is going away (shutdown, stop, sleep), schema
+    /// v2. Buffered and acked like every record, and also published
+    /// retained on the state topic: a collector that was down when it was
+    /// said still learns it. Always `online: false`, with the record's boot.
+    Presence(Presence),
 }
 
 impl Payload {
@@ -60,6 +66,7 @@ impl Payload {
             Payload::Host(_) => "host",
             Payload::Probe(_) => "probe",
             Payload::Status(_) => "status",
+            Payload::Presence(_) => "presence",
         }
     }
 }
@@ -85,6 +92,11 @@ pub struct HostSample {
     pub processes: Vec<Process>,
     #[serde(deserialize_with = "crate::codec::bounded_vec")]
     pub failures: Vec<CollectorFailure>,
+    /// The network the unit is on (schema v2): default route, Wi-Fi,
+    /// cellular, VPNs, roaming. `None` from a v1 agent, or when every
+    /// network family failed (then `failures` says why).
+    #[serde(default)]
+    pub network: Option<NetContext>,
 }
 
 #[derive(Debug, Clone, PartialEq, Eq, Default, Serialize, Deserialize)]
@@ -125,6 +137,140 @@ pub struct NetIf {
     pub tx_errors: u32,
 }
 
+/// The network context of one host sample (schema v2). Each part is
+/// read by its own family; a family that cannot be read leaves its part
+/// empty and says why in `HostSample.failures` (`Route`, `Wifi`,
+/// `Cellular`, `Vpn`).
+#[derive(Debug, Clone, PartialEq, Eq, Default, Serialize, Deserialize)]
+pub struct NetContext {
+    /// The interface that carries the default route; `None` when there is
+    /// no default route (a dead zone, or no link at all).
+    pub route: Option<DefaultRoute>,
+    /// The Wi-Fi association, when a Wi-Fi interface is associated.
+    pub wifi: Option<Wifi>,
+    /// The cellular modem's registration and signal, when there is one.
+    pub cellular: Option<Cellular>,
+    /// The tunnels the agent's config names (`[network] vpn`), up or down.
+    /// Empty when the config names none.
+    #[serde(deserialize_with = "crate::codec::bounded_vec")]
+    pub vpns: Vec<Vpn>,
+    /// Default-route changes (another interface, or none) since the
+    /// previous sample: roaming between Wi-Fi, cellular and dead zones.
+    pub route_changes: u32,
+}
+
+impl NetContext {
+    /// The signal of the link carrying the default route, in dBm: Wi-Fi's
+    /// signal, or the modem's RSRP (LTE/5G) or RSSI (older technologies).
+    pub fn route_signal_dbm(&self) -> Option<i16> {
+        match self.route.as_ref()?.kind {
+            LinkKind::Wifi => self.wifi.as_ref()?.signal_dbm,
+            LinkKind::Cellular => {
+                let c = self.cellular.as_ref()?;
+                c.rsrp_dbm.or(c.rssi_dbm)
+            }
+            _ => None,
+        }
+    }
+
+    /// Are the configured VPNs up? `None` when the config names none.
+    pub fn vpn_up(&self) -> Option<bool> {
+        (!self.vpns.is_empty()).then(|| self.vpns.iter().any(|v| v.up))
+    }
+}
+
+#[derive(Debug, Clone, PartialEq, Eq, Default, Serialize, Deserialize)]
+pub struct DefaultRoute {
+    pub interface: String,
+    pub kind: LinkKind,
+}
+
+/// What kind of link an interface is. On the wire a `u8` code; a code this
+/// build does not know (a newer agent's) reads as `Other`.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Hash, Default, Serialize, Deserialize)]
+#[serde(from = "u8", into = "u8")]
+pub enum LinkKind {
+    #[default]
+    Other,
+    Ethernet,
+    Wifi,
+    /// A cellular modem (wwan).
+    Cellular,
+    /// A VPN or other tunnel (tun, wg, ppp over a tunnel).
+    Vpn,
+}
+
+impl LinkKind {
+    pub fn as_str(self) -> &'static str {
+        match self {
+            LinkKind::Other => "other",
+            LinkKind::Ethernet => "ethernet",
+            LinkKind::Wifi => "wifi",
+            LinkKind::Cellular => "cellular",
+            LinkKind::Vpn => "vpn",
+        }
+    }
+}
+
+impl From<u8> for LinkKind {
+    fn from(code: u8) -> Self {
+        match code {
+            1 => LinkKind::Ethernet,
+            2 => LinkKind::Wifi,
+            3 => LinkKind::Cellular,
+            4 => LinkKind::Vpn,
+            _ => LinkKind::Other,
+        }
+    }
+}
+
+impl From<LinkKind> for u8 {
+    fn from(k: LinkKind) -> u8 {
+        match k {
+            LinkKind::Other => 0,
+            LinkKind::Ethernet => 1,
+            LinkKind::Wifi => 2,
+            LinkKind::Cellular => 3,
+            LinkKind::Vpn => 4,
+        }
+    }
+}
+
+#[derive(Debug, Clone, PartialEq, Eq, Default, Serialize, Deserialize)]
+pub struct Wifi {
+    pub interface: String,
+    /// The network name, as broadcast (may be empty for a hidden network).
+    pub ssid: String,
+    pub signal_dbm: Option<i16>,
+}
+
+/// A cellular modem's view (ModemManager on Linux, the Mobile Broadband
+/// API on Windows). Quality figures are those of the current access
+/// technology; a figure the modem does not report is `None`.
+#[derive(Debug, Clone, PartialEq, Eq, Default, Serialize, Deserialize)]
+pub struct Cellular {
+    /// The modem's data interface (`wwan0`), when known.
+    pub interface: String,
+    /// Access technology: `lte`, `5gnr`, `umts`, `gsm`, ... (empty: unknown).
+    pub technology: String,
+    /// The operator's name (or MCC/MNC), as the modem reports it.
+    pub operator: String,
+    pub rssi_dbm: Option<i16>,
+    pub rsrp_dbm: Option<i16>,
+    /// RSRQ in tenths of a dB.
+    pub rsrq_db_x10: Option<i16>,
+    /// SINR (or SNR) in tenths of a dB.
+    pub sinr_db_x10: Option<i16>,
+}
+
+/// One tunnel the config names: the interface it matched (or the pattern,
+/// when nothing matches), and whether it is up.
+#[derive(Debug, Clone, PartialEq, Eq, Default, Serialize, Deserialize)]
+pub struct Vpn {
+    pub name: String,
+    pub up: bool,
+}
+
 /// A watched process (the CAD client, its updater).
 #[derive(Debug, Clone, PartialEq, Eq, Default, Serialize, Deserialize)]
 pub struct Process {
@@ -154,6 +300,11 @@ pub enum Collector {
     Networks,
     Processes,
     Uptime,
+    /// The default route and its interface's kind (schema v2).
+    Route,
+    Wifi,
+    Cellular,
+    Vpn,
 }
 
 // --------------------------------------------------------------------- probes
@@ -269,6 +420,11 @@ pub struct AgentStatus {
     /// always carries the field.
     #[serde(default)]
     pub acks_refused: u64,
+    /// Observations (samples, probe results, CAD reports) dropped because
+    /// the channel to the uplink was full, since the agent started (schema
+    /// v2). `serde(default)` for JSON stored before the field existed.
+    #[serde(default)]
+    pub observations_dropped: u64,
 }
 
 /// Records dropped by the disk buffer, by reason. Cumulative over the life of
@@ -339,8 +495,9 @@ impl SeqRange {
     }
 }
 
-/// Retained on the unit's state topic: the agent's birth message says
-/// online, its MQTT will says offline.
+/// Retained on the unit's state topic: the agent's birth says online, its
+/// announcement (schema v2) says it is going away and why, its MQTT will
+/// says the connection was lost.
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize)]
 pub struct Presence {
     pub online: bool,
@@ -348,8 +505,122 @@ pub struct Presence {
     /// Connection number within the boot (1 for the first connect); orders a
     /// late will of an old connection behind the birth of a newer one.
     pub connection: u32,
-    /// When the connection was made, unix ms, agent clock.
+    /// When the connection was made (birth, will) or the announcement was
+    /// made, unix ms, agent clock. Shown, never trusted for ordering.
     pub at_ms: u64,
+    /// Why (schema v2; a v1 presence reads as `Connected` or `Lost`).
+    /// `serde(default)` only for JSON stored before the field existed.
+    #[serde(default)]
+    pub reason: PresenceReason,
+}
+
+impl Presence {
+    /// Is the online flag consistent with the reason? A birth carries
+    /// `Connected` or `Resumed`; an offline presence `Lost`, `Shutdown`,
+    /// `Stop` or `Sleep`. A code this build does not know fits either.
+    pub fn is_consistent(&self) -> bool {
+        match self.reason {
+            PresenceReason::Unknown { .. } => true,
+            r => r.is_online() == self.online,
+        }
+    }
+}
+
+/// Why a unit comes or goes. On the wire a code and one optional number
+/// (a fixed shape), so a code from a newer agent still decodes, as
+/// `Unknown`, instead of failing the whole message: the collector treats an
+/// unknown departure as `Lost` and counts it.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Hash, Default, Serialize, Deserialize)]
+#[serde(from = "RawReason", into = "RawReason")]
+pub enum PresenceReason {
+    /// A birth: the agent (re)connected.
+    Connected,
+    /// A birth after the OS resumed from sleep, and how long it slept
+    /// (agent clock, from the sleep announcement to the resume).
+    Resumed { slept_ms: u64 },
+    /// The MQTT will: the connection went away unannounced.
+    #[default]
+    Lost,
+    /// The OS is shutting down or rebooting.
+    Shutdown,
+    /// The service was stopped by an operator; for a restart or an upgrade,
+    /// how long until it is back.
+    Stop { back_within_ms: Option<u64> },
+    /// The OS is suspending.
+    Sleep,
+    /// A code this build does not know (a newer agent's).
+    Unknown { code: u32 },
+}
+
+impl PresenceReason {
+    /// A birth's reason (`Connected`, `Resumed`)?
+    pub fn is_online(self) -> bool {
+        matches!(
+            self,
+            PresenceReason::Connected | PresenceReason::Resumed { .. }
+        )
+    }
+
+    /// An announced departure (`Shutdown`, `Stop`, `Sleep`)?
+    pub fn is_announced(self) -> bool {
+        matches!(
+            self,
+            PresenceReason::Shutdown | PresenceReason::Stop { .. } | PresenceReason::Sleep
+        )
+    }
+
+    /// A short, stable name (a metric label, the feed's `presence.reason`).
+    pub fn as_str(self) -> &'static str {
+        match self {
+            PresenceReason::Connected => "connected",
+            PresenceReason::Resumed { .. } => "resumed",
+            PresenceReason::Lost => "lost",
+            PresenceReason::Shutdown => "shutdown",
+            PresenceReason::Stop { .. } => "stop",
+            PresenceReason::Sleep => "sleep",
+            PresenceReason::Unknown { .. } => "unknown",
+        }
+    }
+}
+
+/// The wire shape of [`PresenceReason`].
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize)]
+struct RawReason {
+    code: u32,
+    ms: Option<u64>,
+}
+
+impl From<RawReason> for PresenceReason {
+    fn from(r: RawReason) -> Self {
+        match r.code {
+            0 => PresenceReason::Connected,
+            1 => PresenceReason::Resumed {
+                slept_ms: r.ms.unwrap_or(0),
+            },
+            2 => PresenceReason::Lost,
+            3 => PresenceReason::Shutdown,
+            4 => PresenceReason::Stop {
+                back_within_ms: r.ms,
+            },
+            5 => PresenceReason::Sleep,
+            code => PresenceReason::Unknown { code },
+        }
+    }
+}
+
+impl From<PresenceReason> for RawReason {
+    fn from(r: PresenceReason) -> Self {
+        let (code, ms) = match r {
+            PresenceReason::Connected => (0, None),
+            PresenceReason::Resumed { slept_ms } => (1, Some(slept_ms)),
+            PresenceReason::Lost => (2, None),
+            PresenceReason::Shutdown => (3, None),
+            PresenceReason::Stop { back_within_ms } => (4, back_within_ms),
+            PresenceReason::Sleep => (5, None),
+            PresenceReason::Unknown { code } => (code, None),
+        };
+        RawReason { code, ms }
+    }
 }
 
 // -------------------------------------------------------------- collector hello

@@ -1,18 +1,25 @@
 //! Schema version 1, frozen: the layouts of the types that changed in v2
-//! (`Ack` gained `key_id` and `sig`, `AgentStatus` gained `acks_refused`)
-//! and of the enums that contain them. Every other type is shared with the
-//! current schema unchanged. Converting v1 → current fills the new fields
-//! with "unsigned" and 0; current → v1 drops them, so a collector answers a
-//! v1 unit in v1 (an unsigned ack, which an upgraded agent refuses, and an
-//! old agent accepts as before).
+//! (`Ack` gained `key_id` and `sig`; `AgentStatus` gained `acks_refused`
+//! and `observations_dropped`; `Presence` gained `reason`; `HostSample`
+//! gained `network`; `Payload` gained `Presence`; `Collector` gained four
+//! variants at its end) and of the types that contain them. Every other type
+//! is shared with the current schema unchanged. Converting v1 → current
+//! fills the new fields with "unsigned", 0, no network, and `Connected` /
+//! `Lost` (a v1 will means lost, as it always did); current → v1 drops
+//! them, so a collector answers a v1 unit in v1 (an unsigned ack, which an
+//! upgraded agent refuses, and an old agent accepts as before).
 //!
 //! Do not edit: these bytes are in the field (`tests/golden/v1/`).
 
 use serde::{Deserialize, Serialize};
 
+use crate::codec::EncodeError;
 use crate::ids::{BootId, UnitId};
 use crate::message as cur;
-use crate::message::{DropCounts, HostSample, Presence, ProbeResult, SeqRange};
+use crate::message::{
+    Collector, CollectorFailure, Cpu, Disk, DropCounts, Memory, NetIf, PresenceReason, ProbeResult,
+    Process, SeqRange,
+};
 use crate::sign::{KeyId, Signature};
 
 #[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
@@ -42,6 +49,32 @@ pub(crate) enum Payload {
     Host(HostSample),
     Probe(ProbeResult),
     Status(AgentStatus),
+}
+
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+pub(crate) struct HostSample {
+    pub interval_ms: u32,
+    pub cpu: Option<Cpu>,
+    pub load_x100: Option<[u32; 3]>,
+    pub memory: Option<Memory>,
+    #[serde(deserialize_with = "crate::codec::bounded_vec")]
+    pub disks: Vec<Disk>,
+    #[serde(deserialize_with = "crate::codec::bounded_vec")]
+    pub nets: Vec<NetIf>,
+    pub uptime_s: u64,
+    #[serde(deserialize_with = "crate::codec::bounded_vec")]
+    pub processes: Vec<Process>,
+    /// Only the v1 `Collector` variants (`Cpu` ..= `Uptime`) are written.
+    #[serde(deserialize_with = "crate::codec::bounded_vec")]
+    pub failures: Vec<CollectorFailure>,
+}
+
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize)]
+pub(crate) struct Presence {
+    pub online: bool,
+    pub boot: BootId,
+    pub connection: u32,
+    pub at_ms: u64,
 }
 
 #[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
@@ -82,8 +115,41 @@ impl From<Message> for cur::Message {
                     key_id: KeyId::NONE,
                     sig: Signature::NONE,
                 }),
-                Body::Presence(p) => cur::Body::Presence(p),
+                Body::Presence(p) => cur::Body::Presence(p.into()),
             },
+        }
+    }
+}
+
+impl From<Presence> for cur::Presence {
+    fn from(p: Presence) -> Self {
+        cur::Presence {
+            online: p.online,
+            boot: p.boot,
+            connection: p.connection,
+            at_ms: p.at_ms,
+            reason: if p.online {
+                PresenceReason::Connected
+            } else {
+                PresenceReason::Lost
+            },
+        }
+    }
+}
+
+impl From<HostSample> for cur::HostSample {
+    fn from(h: HostSample) -> Self {
+        cur::HostSample {
+            interval_ms: h.interval_ms,
+            cpu: h.cpu,
+            load_x100: h.load_x100,
+            memory: h.memory,
+            disks: h.disks,
+            nets: h.nets,
+            uptime_s: h.uptime_s,
+            processes: h.processes,
+            failures: h.failures,
+            network: None,
         }
     }
 }
@@ -95,7 +161,7 @@ impl From<Record> for cur::Record {
             seq: r.seq,
             at_ms: r.at_ms,
             payload: match r.payload {
-                Payload::Host(h) => cur::Payload::Host(h),
+                Payload::Host(h) => cur::Payload::Host(h.into()),
                 Payload::Probe(p) => cur::Payload::Probe(p),
                 Payload::Status(s) => cur::Payload::Status(cur::AgentStatus {
                     version: s.version,
@@ -107,6 +173,7 @@ impl From<Record> for cur::Record {
                     reconnects: s.reconnects,
                     clock_offset_ms: s.clock_offset_ms,
                     acks_refused: 0,
+                    observations_dropped: 0,
                 }),
             },
         }
@@ -115,33 +182,39 @@ impl From<Record> for cur::Record {
 
 // ------------------------------------------------------------ current → v1
 
-impl From<&cur::Message> for Message {
-    fn from(m: &cur::Message) -> Self {
-        Message {
+impl TryFrom<&cur::Message> for Message {
+    type Error = EncodeError;
+
+    fn try_from(m: &cur::Message) -> Result<Self, EncodeError> {
+        Ok(Message {
             unit: m.unit.clone(),
             body: match &m.body {
-                cur::Body::Record(r) => Body::Record(r.into()),
-                cur::Body::Batch(rs) => Body::Batch(rs.iter().map(Into::into).collect()),
+                cur::Body::Record(r) => Body::Record(r.try_into()?),
+                cur::Body::Batch(rs) => {
+                    Body::Batch(rs.iter().map(TryInto::try_into).collect::<Result<_, _>>()?)
+                }
                 cur::Body::Ack(a) => Body::Ack(Ack {
                     boot: a.boot,
                     upto: a.upto,
                     ranges: a.ranges.clone(),
                     collector_ms: a.collector_ms,
                 }),
-                cur::Body::Presence(p) => Body::Presence(*p),
+                cur::Body::Presence(p) => Body::Presence(p.into()),
             },
-        }
+        })
     }
 }
 
-impl From<&cur::Record> for Record {
-    fn from(r: &cur::Record) -> Self {
-        Record {
+impl TryFrom<&cur::Record> for Record {
+    type Error = EncodeError;
+
+    fn try_from(r: &cur::Record) -> Result<Self, EncodeError> {
+        Ok(Record {
             boot: r.boot,
             seq: r.seq,
             at_ms: r.at_ms,
             payload: match &r.payload {
-                cur::Payload::Host(h) => Payload::Host(h.clone()),
+                cur::Payload::Host(h) => Payload::Host(h.into()),
                 cur::Payload::Probe(p) => Payload::Probe(p.clone()),
                 cur::Payload::Status(s) => Payload::Status(AgentStatus {
                     version: s.version.clone(),
@@ -153,7 +226,53 @@ impl From<&cur::Record> for Record {
                     reconnects: s.reconnects,
                     clock_offset_ms: s.clock_offset_ms,
                 }),
+                cur::Payload::Presence(_) => {
+                    return Err(EncodeError::NotInVersion("an announcement record", 1));
+                }
             },
+        })
+    }
+}
+
+impl From<&cur::Presence> for Presence {
+    fn from(p: &cur::Presence) -> Self {
+        Presence {
+            online: p.online,
+            boot: p.boot,
+            connection: p.connection,
+            at_ms: p.at_ms,
+        }
+    }
+}
+
+impl From<&cur::HostSample> for HostSample {
+    fn from(h: &cur::HostSample) -> Self {
+        HostSample {
+            interval_ms: h.interval_ms,
+            cpu: h.cpu.clone(),
+            load_x100: h.load_x100,
+            memory: h.memory.clone(),
+            disks: h.disks.clone(),
+            nets: h.nets.clone(),
+            uptime_s: h.uptime_s,
+            processes: h.processes.clone(),
+            failures: h
+                .failures
+                .iter()
+                .filter(|f| {
+                    matches!(
+                        f.collector,
+                        Collector::Cpu
+                            | Collector::Load
+                            | Collector::Memory
+                            | Collector::Disks
+                            | Collector::Networks
+                            | Collector::Processes
+                            | Collector::Uptime
+                    )
+                })
+                .cloned()
+                .collect(),
         }
     }
 }

@@ -91,6 +91,10 @@ fn host_sample() -> impl Strategy<Value = HostSample> {
         Just(Collector::Networks),
         Just(Collector::Processes),
         Just(Collector::Uptime),
+        Just(Collector::Route),
+        Just(Collector::Wifi),
+        Just(Collector::Cellular),
+        Just(Collector::Vpn),
     ];
     let failure =
         (collector, text()).prop_map(|(collector, reason)| CollectorFailure { collector, reason });
@@ -103,10 +107,20 @@ fn host_sample() -> impl Strategy<Value = HostSample> {
         vec(net, 0..6),
         any::<u64>(),
         vec(process, 0..6),
-        vec(failure, 0..3),
+        (vec(failure, 0..3), proptest::option::of(net_context())),
     )
         .prop_map(
-            |(interval_ms, cpu, load_x100, memory, disks, nets, uptime_s, processes, failures)| {
+            |(
+                interval_ms,
+                cpu,
+                load_x100,
+                memory,
+                disks,
+                nets,
+                uptime_s,
+                processes,
+                (failures, network),
+            )| {
                 HostSample {
                     interval_ms,
                     cpu,
@@ -117,9 +131,62 @@ fn host_sample() -> impl Strategy<Value = HostSample> {
                     uptime_s,
                     processes,
                     failures,
+                    network,
                 }
             },
         )
+}
+
+fn net_context() -> impl Strategy<Value = NetContext> {
+    let kind = prop_oneof![
+        Just(LinkKind::Other),
+        Just(LinkKind::Ethernet),
+        Just(LinkKind::Wifi),
+        Just(LinkKind::Cellular),
+        Just(LinkKind::Vpn),
+    ];
+    let route = (text(), kind).prop_map(|(interface, kind)| DefaultRoute { interface, kind });
+    let wifi =
+        (text(), text(), any::<Option<i16>>()).prop_map(|(interface, ssid, signal_dbm)| Wifi {
+            interface,
+            ssid,
+            signal_dbm,
+        });
+    let cellular = (
+        (text(), text(), text()),
+        any::<(Option<i16>, Option<i16>, Option<i16>, Option<i16>)>(),
+    )
+        .prop_map(
+            |(
+                (interface, technology, operator),
+                (rssi_dbm, rsrp_dbm, rsrq_db_x10, sinr_db_x10),
+            )| {
+                Cellular {
+                    interface,
+                    technology,
+                    operator,
+                    rssi_dbm,
+                    rsrp_dbm,
+                    rsrq_db_x10,
+                    sinr_db_x10,
+                }
+            },
+        );
+    let vpn = (text(), any::<bool>()).prop_map(|(name, up)| Vpn { name, up });
+    (
+        proptest::option::of(route),
+        proptest::option::of(wifi),
+        proptest::option::of(cellular),
+        vec(vpn, 0..4),
+        any::<u32>(),
+    )
+        .prop_map(|(route, wifi, cellular, vpns, route_changes)| NetContext {
+            route,
+            wifi,
+            cellular,
+            vpns,
+            route_changes,
+        })
 }
 
 fn error_class() -> impl Strategy<Value = ErrorClass> {
@@ -230,7 +297,7 @@ fn agent_status() -> impl Strategy<Value = AgentStatus> {
         dropped,
         any::<u32>(),
         any::<Option<i64>>(),
-        any::<u64>(),
+        (any::<u64>(), any::<u64>()),
     )
         .prop_map(
             |(
@@ -242,7 +309,7 @@ fn agent_status() -> impl Strategy<Value = AgentStatus> {
                 dropped,
                 reconnects,
                 clock_offset_ms,
-                acks_refused,
+                (acks_refused, observations_dropped),
             )| AgentStatus {
                 version,
                 interval_ms,
@@ -253,6 +320,7 @@ fn agent_status() -> impl Strategy<Value = AgentStatus> {
                 reconnects,
                 clock_offset_ms,
                 acks_refused,
+                observations_dropped,
             },
         )
 }
@@ -262,17 +330,46 @@ fn payload() -> impl Strategy<Value = Payload> {
         host_sample().prop_map(Payload::Host),
         probe_result().prop_map(Payload::Probe),
         agent_status().prop_map(Payload::Status),
+        announcement().prop_map(Payload::Presence),
     ]
 }
 
 fn record() -> impl Strategy<Value = Record> {
     (any::<u64>(), any::<u64>(), any::<u64>(), payload()).prop_map(|(boot, seq, at_ms, payload)| {
+        let payload = match payload {
+            // An announcement is of the record's own boot.
+            Payload::Presence(p) => Payload::Presence(Presence {
+                boot: BootId(boot),
+                ..p
+            }),
+            other => other,
+        };
         Record {
             boot: BootId(boot),
             seq,
             at_ms,
             payload,
         }
+    })
+}
+
+/// Every reason, including codes this build does not know.
+fn reason() -> impl Strategy<Value = PresenceReason> {
+    prop_oneof![
+        Just(PresenceReason::Connected),
+        any::<u64>().prop_map(|slept_ms| PresenceReason::Resumed { slept_ms }),
+        Just(PresenceReason::Lost),
+        Just(PresenceReason::Shutdown),
+        any::<Option<u64>>().prop_map(|back_within_ms| PresenceReason::Stop { back_within_ms }),
+        Just(PresenceReason::Sleep),
+        (6u32..).prop_map(|code| PresenceReason::Unknown { code }),
+    ]
+}
+
+/// An announcement record's presence: offline, announced or unknown.
+fn announcement() -> impl Strategy<Value = Presence> {
+    presence().prop_filter("an announcement is offline", |p| {
+        !p.online && !matches!(p.reason, PresenceReason::Lost)
     })
 }
 
@@ -296,15 +393,27 @@ fn ack() -> impl Strategy<Value = Ack> {
         })
 }
 
+/// A consistent presence: the online flag fits the reason.
 fn presence() -> impl Strategy<Value = Presence> {
-    (any::<bool>(), any::<u64>(), any::<u32>(), any::<u64>()).prop_map(
-        |(online, boot, connection, at_ms)| Presence {
-            online,
-            boot: BootId(boot),
-            connection,
-            at_ms,
-        },
+    (
+        any::<u64>(),
+        any::<u32>(),
+        any::<u64>(),
+        reason(),
+        any::<bool>(),
     )
+        .prop_map(
+            |(boot, connection, at_ms, reason, unknown_online)| Presence {
+                online: match reason {
+                    PresenceReason::Unknown { .. } => unknown_online,
+                    r => r.is_online(),
+                },
+                boot: BootId(boot),
+                connection,
+                at_ms,
+                reason,
+            },
+        )
 }
 
 fn message(body: impl Strategy<Value = Body>) -> impl Strategy<Value = Message> {
@@ -394,7 +503,13 @@ fn golden_vectors_match() {
     if bless {
         std::fs::create_dir_all(&dir).unwrap();
     }
-    let mut vectors: Vec<(&str, Vec<u8>)> = fixtures::all_named()
+    let current = || {
+        fixtures::all_named()
+            .into_iter()
+            .chain(fixtures::v2_named())
+    };
+    let mut vectors: Vec<(&str, Vec<u8>)> = current()
+        .collect::<Vec<_>>()
         .iter()
         .map(|(name, msg)| (*name, encode(msg).unwrap()))
         .collect();
@@ -412,7 +527,7 @@ fn golden_vectors_match() {
             "the encoding of {name} changed: see tests/golden/README.md"
         );
     }
-    for (name, msg) in fixtures::all_named() {
+    for (name, msg) in current() {
         let want = std::fs::read(dir.join(format!("{name}.bin"))).unwrap();
         assert_eq!(
             decode(&want).unwrap().message,
@@ -451,12 +566,17 @@ fn every_accepted_version_decodes_its_vectors() {
     }
 }
 
-/// The fixtures as a v1 peer sees them: no signature, no `acks_refused`.
+/// The fixtures as a v1 peer sees them: no signature, no `acks_refused`
+/// or `observations_dropped`, no network context, presence reasons only
+/// `Connected` and `Lost`.
 fn as_v1(mut msg: Message) -> Message {
-    let unsign = |r: &mut Record| {
-        if let Payload::Status(s) = &mut r.payload {
+    let unsign = |r: &mut Record| match &mut r.payload {
+        Payload::Status(s) => {
             s.acks_refused = 0;
+            s.observations_dropped = 0;
         }
+        Payload::Host(h) => h.network = None,
+        _ => {}
     };
     match &mut msg.body {
         Body::Ack(a) => {
@@ -465,7 +585,13 @@ fn as_v1(mut msg: Message) -> Message {
         }
         Body::Record(r) => unsign(r),
         Body::Batch(rs) => rs.iter_mut().for_each(unsign),
-        Body::Presence(_) => {}
+        Body::Presence(p) => {
+            p.reason = if p.online {
+                PresenceReason::Connected
+            } else {
+                PresenceReason::Lost
+            }
+        }
     }
     msg
 }
@@ -528,6 +654,7 @@ fn v1_is_read_and_written_exactly() {
     let mut want = status.clone();
     if let Payload::Status(s) = &mut want.payload {
         s.acks_refused = 0;
+        s.observations_dropped = 0;
     }
     assert_eq!(back, want);
     let spliced = message_from_encoded(&fixtures::unit(), &[&stored], true).unwrap();
@@ -982,4 +1109,77 @@ fn fuzz_corpus_and_regressions_hold_the_invariant() {
         }
     }
     assert!(n > fixtures::all_named().len(), "only {n} corpus files");
+}
+
+/// The presence reason: a code from a newer agent decodes as `Unknown`
+/// (the collector treats it as lost and counts it); an online flag that
+/// contradicts the reason, or an announcement record of another boot or
+/// online, is `malformed`; v1 presences read as `Connected` / `Lost`.
+#[test]
+fn presence_reasons_are_validated_and_forward_compatible() {
+    let online = encode(&fixtures::presence_message(true)).unwrap();
+    // The reason is the last two bytes: code 0, no number.
+    assert_eq!(&online[online.len() - 2..], &[0, 0]);
+    let with = |tail: &[u8]| {
+        let mut b = online[..online.len() - 2].to_vec();
+        b.extend_from_slice(tail);
+        decode(&b)
+    };
+    let Body::Presence(p) = with(&[99, 1, 5]).unwrap().message.body else {
+        panic!("a presence")
+    };
+    assert_eq!(p.reason, PresenceReason::Unknown { code: 99 });
+    for (tail, what) in [
+        (&[3u8, 0][..], "online with reason shutdown"),
+        (&[2, 0][..], "online with reason lost"),
+        (&[5, 0][..], "online with reason sleep"),
+    ] {
+        let e = with(tail).unwrap_err();
+        assert_eq!(e.reason(), "malformed", "{what}");
+    }
+    let mut off = fixtures::presence_message(false);
+    if let Body::Presence(p) = &mut off.body {
+        p.reason = PresenceReason::Resumed { slept_ms: 1 };
+    }
+    assert_eq!(
+        decode(&encode(&off).unwrap()).unwrap_err().reason(),
+        "malformed"
+    );
+    // An announcement record of another boot, or one that says online.
+    let mut rec = fixtures::record(
+        5,
+        Payload::Presence(fixtures::presence(false, PresenceReason::Shutdown)),
+    );
+    rec.boot = BootId(1);
+    let msg = Message {
+        unit: fixtures::unit(),
+        body: Body::Record(rec.clone()),
+    };
+    assert_eq!(
+        decode(&encode(&msg).unwrap()).unwrap_err().reason(),
+        "malformed"
+    );
+    assert!(decode_record(&encode_record(&rec).unwrap()).is_err());
+    let msg = Message {
+        unit: fixtures::unit(),
+        body: Body::Record(fixtures::record(
+            5,
+            Payload::Presence(fixtures::presence(true, PresenceReason::Connected)),
+        )),
+    };
+    assert_eq!(
+        decode(&encode(&msg).unwrap()).unwrap_err().reason(),
+        "malformed"
+    );
+    // v1 has no reasons and no announcement records.
+    let v1_will = std::fs::read(golden_dir(1).join("presence_offline.bin")).unwrap();
+    let Body::Presence(p) = decode(&v1_will).unwrap().message.body else {
+        panic!("a presence")
+    };
+    assert_eq!(p.reason, PresenceReason::Lost);
+    let (_, announce) = fixtures::v2_named().remove(0);
+    assert!(matches!(
+        encode_version(&announce, 1),
+        Err(EncodeError::NotInVersion(..))
+    ));
 }

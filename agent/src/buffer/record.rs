@@ -30,7 +30,8 @@ impl Kind {
         match p {
             Payload::Host(_) => Kind::Host,
             Payload::Probe(_) => Kind::Probe,
-            Payload::Status(_) => Kind::Status,
+            // An announcement is never thinned, like a heartbeat.
+            Payload::Status(_) | Payload::Presence(_) => Kind::Status,
         }
     }
     fn byte(self) -> u8 {

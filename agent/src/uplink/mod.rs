@@ -38,8 +38,8 @@ use std::time::Duration;
 
 use muster_proto::{
     AgentStatus, Body, BootId, COLLECTOR_TOPIC, MAX_BATCH_RECORDS, MAX_MESSAGE_BYTES, Payload,
-    Record, TopicKind, TrustedKeys, UnitId, VerifyError, decode, decode_hello, encode_record,
-    message_from_encoded, topic::unit_topic,
+    PresenceReason, Record, TopicKind, TrustedKeys, UnitId, VerifyError, decode, decode_hello,
+    encode_record, message_from_encoded, topic::unit_topic,
 };
 use rumqttc::{AsyncClient, QoS};
 use tokio::sync::mpsc;
@@ -249,7 +249,15 @@ pub async fn run_with_buffer(
     }
     up.flush();
     if let Some(connection) = up.connection {
-        let payload = mqtt::presence(&up.unit, up.boot, connection, false, up.clock.now_ms());
+        let payload = mqtt::presence(
+            &up.unit,
+            up.boot,
+            connection,
+            PresenceReason::Stop {
+                back_within_ms: None,
+            },
+            up.clock.now_ms(),
+        );
         let _ = up
             .client
             .try_publish(up.state_topic.clone(), QoS::AtLeastOnce, true, payload);
@@ -370,6 +378,7 @@ impl Uplink {
             reconnects: self.counters.reconnects,
             clock_offset_ms: self.clock_offset_ms,
             acks_refused: self.counters.acks_refused,
+            observations_dropped: 0,
         };
         if let Some(n) = self.refusal_log.flush(now) {
             self.log_refusals(n, None);
@@ -447,7 +456,13 @@ impl Uplink {
 
     fn publish_birth(&mut self) {
         if let Some(connection) = self.connection {
-            let payload = mqtt::presence(&self.unit, self.boot, connection, true, self.now());
+            let payload = mqtt::presence(
+                &self.unit,
+                self.boot,
+                connection,
+                PresenceReason::Connected,
+                self.now(),
+            );
             if let Err(e) =
                 self.client
                     .try_publish(self.state_topic.clone(), QoS::AtLeastOnce, true, payload)

@@ -7,7 +7,9 @@ use std::path::Path;
 use std::sync::Arc;
 use std::time::Duration;
 
-use muster_proto::{Body, BootId, Message, Presence, TopicKind, UnitId, encode, topic::unit_topic};
+use muster_proto::{
+    Body, BootId, Message, Presence, PresenceReason, TopicKind, UnitId, encode, topic::unit_topic,
+};
 use rand::SeedableRng;
 use rand::rngs::StdRng;
 use rumqttc::{ConnectionError, Event, EventLoop, LastWill, MqttOptions, Packet, QoS, Transport};
@@ -45,14 +47,21 @@ pub enum LinkEvent {
 }
 
 /// A presence payload for the state topic.
-pub fn presence(unit: &UnitId, boot: BootId, connection: u32, online: bool, at_ms: u64) -> Vec<u8> {
+pub fn presence(
+    unit: &UnitId,
+    boot: BootId,
+    connection: u32,
+    reason: PresenceReason,
+    at_ms: u64,
+) -> Vec<u8> {
     encode(&Message {
         unit: unit.clone(),
         body: Body::Presence(Presence {
-            online,
+            online: reason.is_online(),
             boot,
             connection,
             at_ms,
+            reason,
         }),
     })
     .expect("a presence message always encodes")
@@ -61,7 +70,7 @@ pub fn presence(unit: &UnitId, boot: BootId, connection: u32, online: bool, at_m
 fn will(unit: &UnitId, boot: BootId, connection: u32, at_ms: u64) -> LastWill {
     LastWill::new(
         unit_topic(unit, TopicKind::State),
-        presence(unit, boot, connection, false, at_ms),
+        presence(unit, boot, connection, PresenceReason::Lost, at_ms),
         QoS::AtLeastOnce,
         true,
     )

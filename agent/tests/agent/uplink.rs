@@ -618,6 +618,7 @@ async fn the_will_fires_when_the_link_is_black_holed_and_the_buffer_takes_over()
             boot,
             connection: 1,
             at_ms: now_ms(),
+            reason: muster_proto::PresenceReason::Lost,
         }),
     };
     collector

@@ -2,7 +2,7 @@
 //! rename or remove them. Boot ids are 16-digit hex strings (a u64 does not
 //! survive JavaScript's numbers); times are unix milliseconds.
 
-use muster_proto::{AgentStatus, HostSample, Payload, ProbeResult};
+use muster_proto::{AgentStatus, HostSample, Payload, Presence, ProbeResult};
 use serde::Serialize;
 
 use crate::ingest::seq::BootSeq;
@@ -134,6 +134,7 @@ pub enum SampleData {
     Host(HostSample),
     Probe(ProbeResult),
     Status(AgentStatus),
+    Presence(Presence),
 }
 
 #[derive(Debug, Serialize)]
@@ -156,6 +157,7 @@ impl From<StoredSample> for SampleView {
                 Payload::Host(h) => SampleData::Host(h),
                 Payload::Probe(p) => SampleData::Probe(p),
                 Payload::Status(st) => SampleData::Status(st),
+                Payload::Presence(p) => SampleData::Presence(p),
             },
         }
     }

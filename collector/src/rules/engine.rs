@@ -145,7 +145,7 @@ impl UnitState {
         let track = &self.presence;
         let newest = match &rec.payload {
             Payload::Host(_) => &mut self.host_at,
-            Payload::Status(_) => &mut self.status_at,
+            Payload::Status(_) | Payload::Presence(_) => &mut self.status_at,
             Payload::Probe(p) => {
                 return match self.probes.iter_mut().find(|s| *s.name == *p.name) {
                     Some(s) if !newer(rec, &s.newest, track) => false,
@@ -264,6 +264,7 @@ impl Engine {
                             boot: BootId(0),
                             connection: 0,
                             at_ms: 0,
+                            reason: muster_proto::PresenceReason::Lost,
                         },
                     ));
                 }
@@ -378,6 +379,8 @@ impl Engine {
                         self.incidents.result(g, ui, &u.id.unit, failing, now_ms);
                     }
                 }
+                // Announcements: issue 12.
+                Payload::Presence(_) => {}
             }
             eval_skew(cfg, u, now_ms, &mut fx);
         }

@@ -166,6 +166,11 @@ mod tests {
             boot: BootId(boot),
             connection,
             at_ms,
+            reason: if online {
+                muster_proto::PresenceReason::Connected
+            } else {
+                muster_proto::PresenceReason::Lost
+            },
         }
     }
 

@@ -289,6 +289,7 @@ fn severity_ordering_and_reason_order() {
         boot: fixtures::BOOT,
         connection: 1,
         at_ms: T0 - MIN,
+        reason: muster_proto::PresenceReason::Lost,
     };
     let ch = e.on_presence(&f.unit, &p, at + 6 * S);
     assert_eq!(transitions(&ch)[0].to, Status::Offline);
@@ -302,6 +303,11 @@ fn presence(online: bool, boot: u64, connection: u32, at_ms: u64) -> Presence {
         boot: BootId(boot),
         connection,
         at_ms,
+        reason: if online {
+            muster_proto::PresenceReason::Connected
+        } else {
+            muster_proto::PresenceReason::Lost
+        },
     }
 }
 

@@ -473,6 +473,11 @@ pub fn online(boot: BootId, connection: u32, at_ms: u64, up: bool) -> Presence {
         boot,
         connection,
         at_ms,
+        reason: if up {
+            muster_proto::PresenceReason::Connected
+        } else {
+            muster_proto::PresenceReason::Lost
+        },
     }
 }
 
