@@ -89,7 +89,7 @@ pub fn host_sample() -> HostSample {
             },
         ],
         failures: vec![],
-        network: Some(net_context()),
+        network: Some(Box::new(net_context())),
     }
 }
 

@@ -96,7 +96,7 @@ pub struct HostSample {
     /// cellular, VPNs, roaming. `None` from a v1 agent, or when every
     /// network family failed (then `failures` says why).
     #[serde(default)]
-    pub network: Option<NetContext>,
+    pub network: Option<Box<NetContext>>,
 }
 
 #[derive(Debug, Clone, PartialEq, Eq, Default, Serialize, Deserialize)]

@@ -107,7 +107,10 @@ fn host_sample() -> impl Strategy<Value = HostSample> {
         vec(net, 0..6),
         any::<u64>(),
         vec(process, 0..6),
-        (vec(failure, 0..3), proptest::option::of(net_context())),
+        (
+            vec(failure, 0..3),
+            proptest::option::of(net_context().prop_map(Box::new)),
+        ),
     )
         .prop_map(
             |(
