@@ -6,23 +6,60 @@
 use muster_proto::UnitId;
 use serde::{Deserialize, Serialize};
 
-/// A unit's status, ordered by how bad it is (`Ok < Degraded < Critical < Offline`).
+/// A unit's status, ordered by how bad it is
+/// (`Ok < Off < Degraded < Overdue < Critical < Lost`).
+///
+/// * `off`: the unit announced it was going away (shutdown, stop, sleep):
+///   neutral, not a fault; never counted as a failure.
+/// * `overdue` (degraded): off for longer than `[rules.off] max`, or an
+///   announced restart not back within its `back_within`.
+/// * `lost` (critical): the MQTT will, or silence with no announcement.
+///   Before wire schema v2 this status was called `offline`; the feed's
+///   `?status=offline` still selects it.
 #[derive(Debug, Clone, Copy, PartialEq, Eq, PartialOrd, Ord, Hash, Serialize, Deserialize)]
 #[serde(rename_all = "snake_case")]
 pub enum Status {
     Ok,
+    Off,
     Degraded,
+    Overdue,
     Critical,
-    Offline,
+    Lost,
 }
 
 impl Status {
+    /// Every status, least bad first (metrics, dashboards).
+    pub const ALL: [Status; 6] = [
+        Status::Ok,
+        Status::Off,
+        Status::Degraded,
+        Status::Overdue,
+        Status::Critical,
+        Status::Lost,
+    ];
+
     pub fn as_str(self) -> &'static str {
         match self {
             Status::Ok => "ok",
+            Status::Off => "off",
             Status::Degraded => "degraded",
+            Status::Overdue => "overdue",
             Status::Critical => "critical",
-            Status::Offline => "offline",
+            Status::Lost => "lost",
+        }
+    }
+
+    /// A status that is a fault (counted in incidents, top problems and
+    /// webhooks as a failure): everything but `ok` and `off`.
+    pub fn is_fault(self) -> bool {
+        !matches!(self, Status::Ok | Status::Off)
+    }
+
+    /// Parses a status name; `offline` (the name before schema v2) is `lost`.
+    pub fn parse(s: &str) -> Option<Status> {
+        match s {
+            "offline" => Some(Status::Lost),
+            s => Status::ALL.into_iter().find(|x| x.as_str() == s),
         }
     }
 }

@@ -17,15 +17,11 @@ use crate::model::Status;
 use crate::store::{SampleCursor, SampleQuery};
 
 fn parse_status(s: &str) -> Result<Status, ApiError> {
-    match s {
-        "ok" => Ok(Status::Ok),
-        "degraded" => Ok(Status::Degraded),
-        "critical" => Ok(Status::Critical),
-        "offline" => Ok(Status::Offline),
-        _ => Err(ApiError::bad_request(format!(
-            "status: {s:?} is not one of ok, degraded, critical, offline"
-        ))),
-    }
+    Status::parse(s).ok_or_else(|| {
+        ApiError::bad_request(format!(
+            "status: {s:?} is not one of ok, off, degraded, overdue, critical, lost (or offline, the old name of lost)"
+        ))
+    })
 }
 
 pub async fn list(

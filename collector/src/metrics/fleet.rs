@@ -12,20 +12,10 @@ use crate::ingest::seq::SeqTotals;
 use crate::model::{Incident, Status};
 use crate::store::UnitRecord;
 
-const STATUSES: [Status; 4] = [
-    Status::Ok,
-    Status::Degraded,
-    Status::Critical,
-    Status::Offline,
-];
+const STATUSES: [Status; 6] = Status::ALL;
 
 fn status_index(s: Status) -> usize {
-    match s {
-        Status::Ok => 0,
-        Status::Degraded => 1,
-        Status::Critical => 2,
-        Status::Offline => 3,
-    }
+    STATUSES.iter().position(|x| *x == s).unwrap_or(0)
 }
 
 pub fn render<'a>(
@@ -33,7 +23,7 @@ pub fn render<'a>(
     units: &BTreeMap<UnitId, Arc<UnitRecord>>,
     incidents: impl Iterator<Item = &'a Incident>,
 ) {
-    let mut by_agency: BTreeMap<&str, ([u64; 4], SeqTotals)> = BTreeMap::new();
+    let mut by_agency: BTreeMap<&str, ([u64; 6], SeqTotals)> = BTreeMap::new();
     for (id, u) in units {
         let entry = by_agency.entry(id.agency.as_str()).or_default();
         entry.0[status_index(u.health.status)] += 1;

@@ -476,7 +476,7 @@ mod tests {
                 agency: "fire".into(),
                 unit: unit.into(),
                 from: Status::Ok,
-                to: Status::Offline,
+                to: Status::Lost,
                 at_ms: 1,
                 reasons: vec![],
             }),

@@ -807,7 +807,7 @@ fn eval_skew(cfg: &RulesConfig, u: &mut UnitState, now_ms: u64, fx: &mut Effect)
 
 fn status_of(reasons: &[Reason]) -> Status {
     if reasons.iter().any(|r| r.rule.starts_with("offline.")) {
-        return Status::Offline;
+        return Status::Lost;
     }
     reasons
         .iter()

@@ -292,9 +292,9 @@ fn severity_ordering_and_reason_order() {
         reason: muster_proto::PresenceReason::Lost,
     };
     let ch = e.on_presence(&f.unit, &p, at + 6 * S);
-    assert_eq!(transitions(&ch)[0].to, Status::Offline);
+    assert_eq!(transitions(&ch)[0].to, Status::Lost);
     assert_eq!(rule_names(&e, &f.unit), vec!["offline.will", "cpu-high"]);
-    assert!(Status::Offline > Status::Critical && Status::Critical > Status::Degraded);
+    assert!(Status::Lost > Status::Critical && Status::Critical > Status::Degraded);
 }
 
 fn presence(online: bool, boot: u64, connection: u32, at_ms: u64) -> Presence {
@@ -313,7 +313,7 @@ fn presence(online: bool, boot: u64, connection: u32, at_ms: u64) -> Presence {
 
 #[test]
 fn the_will_and_late_wills_of_older_connections() {
-    use Status::{Offline as X, Ok as O};
+    use Status::{Lost as X, Ok as O};
     // (presence, status after it)
     let steps: &[(Presence, Status)] = &[
         (presence(true, 7, 1, T0), O),
@@ -376,9 +376,9 @@ fn staleness_on_receipt_time_with_ticks() {
         (1_000, Status::Ok),
         (10_000, Status::Ok),
         (14_999, Status::Ok),
-        (15_000, Status::Offline),
-        (16_000, Status::Offline),
-        (60_000, Status::Offline),
+        (15_000, Status::Lost),
+        (16_000, Status::Lost),
+        (60_000, Status::Lost),
     ];
     let mut n = 0;
     for (dt, want) in ticks {
@@ -404,14 +404,14 @@ fn staleness_on_receipt_time_with_ticks() {
     e.tick(T0 + 179 * S);
     assert_eq!(status(&e, &g.unit), Status::Ok);
     e.tick(T0 + 180 * S);
-    assert_eq!(status(&e, &g.unit), Status::Offline);
+    assert_eq!(status(&e, &g.unit), Status::Lost);
     // min_stale is a floor.
     let mut e = Engine::new(rules("[rules.offline]\nmin_stale = \"1m\"\n"));
     f.send(&mut e, T0, cpu(20.0), T0);
     e.tick(T0 + 59 * S);
     assert_eq!(status(&e, &f.unit), Status::Ok);
     e.tick(T0 + 60 * S);
-    assert_eq!(status(&e, &f.unit), Status::Offline);
+    assert_eq!(status(&e, &f.unit), Status::Lost);
 }
 
 #[test]
@@ -945,7 +945,7 @@ fn restore_reseeds_flags_and_counts_silence_from_start() {
     // Its interval is not known yet: 3 x the 30 s default interval.
     assert!(e.tick(start + 89 * S).is_empty());
     let ch = e.tick(start + 90 * S);
-    assert_eq!(transitions(&ch)[0].to, Status::Offline);
+    assert_eq!(transitions(&ch)[0].to, Status::Lost);
     // Rules no longer configured are dropped on restore.
     let mut e = Engine::new(rules(""));
     e.restore(&f.unit, stored);
@@ -954,11 +954,11 @@ fn restore_reseeds_flags_and_counts_silence_from_start() {
     let mut e = Engine::new(cfg);
     let mut offline = crate::model::UnitHealth::ok(T0);
     e.on_presence(&f.unit, &presence(false, 1, 1, T0), T0);
-    offline.status = Status::Offline;
+    offline.status = Status::Lost;
     offline.reasons = e.health(&f.unit).unwrap().reasons.clone();
     let mut e2 = Engine::new(rules(""));
     e2.restore(&f.unit, offline);
-    assert_eq!(status(&e2, &f.unit), Status::Offline);
+    assert_eq!(status(&e2, &f.unit), Status::Lost);
     let ch = e2.on_presence(&f.unit, &presence(true, 1, 2, T0 + S), T0 + 2 * S);
     assert_eq!(transitions(&ch)[0].to, Status::Ok);
 }
@@ -1121,7 +1121,7 @@ mod model_based {
                     prop_assert_eq!(h.status, last);
                     let offline = h.reasons.iter().any(|r| r.rule.starts_with("offline."));
                     let worst = h.reasons.iter().map(|r| Status::from(r.severity)).max().unwrap_or(Status::Ok);
-                    prop_assert_eq!(h.status, if offline { Status::Offline } else { worst });
+                    prop_assert_eq!(h.status, if offline { Status::Lost } else { worst });
                 }
             }
         }
@@ -1138,7 +1138,7 @@ fn a_new_boot_after_a_clock_a_year_ahead_is_current_by_its_birth() {
     e.on_presence(&old.unit, &presence(true, 1, 1, T0 + YEAR), T0);
     old.send(&mut e, T0 + YEAR, cpu(20.0), T0);
     e.on_presence(&old.unit, &presence(false, 1, 1, T0 + YEAR), T0 + S);
-    assert_eq!(status(&e, &old.unit), Status::Offline);
+    assert_eq!(status(&e, &old.unit), Status::Lost);
     // The clock is fixed and the agent restarts: a new boot, dated today.
     let mut new = Feed::new(unit(1));
     new.boot = BootId(2);

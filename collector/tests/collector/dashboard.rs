@@ -305,7 +305,7 @@ async fn seed(clock: &ManualClock, c: &Collector, a: &Agent, start: u64) -> Vec<
     a.presence(&unit("county-police", "K9-2"), online(boot, 1, t, false))
         .await;
     c.wait_unit(&unit("county-police", "K9-2"), "offline", |v| {
-        v["status"] == "offline"
+        v["status"] == "lost"
     })
     .await;
     seqs

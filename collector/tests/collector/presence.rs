@@ -29,7 +29,7 @@ async fn the_will_marks_a_unit_offline_and_a_birth_brings_it_back() {
     .await;
     a.cut();
     let v = c
-        .wait_unit(&u, "offline by will", |v| v["status"] == "offline")
+        .wait_unit(&u, "offline by will", |v| v["status"] == "lost")
         .await;
     let (_, reasons) = status_of(&v);
     assert_eq!(reasons, ["offline.will"], "{v:#}");
@@ -40,7 +40,7 @@ async fn the_will_marks_a_unit_offline_and_a_birth_brings_it_back() {
     let ev = ev.expect("transition on the stream").json();
     assert_eq!(ev["type"], "transition");
     assert_eq!(ev["unit"], "M1");
-    assert_eq!(ev["to"], "offline");
+    assert_eq!(ev["to"], "lost");
     assert_eq!(ev["reasons"][0]["rule"], "offline.will");
 
     // The retained status topic says so too.
@@ -52,7 +52,7 @@ async fn the_will_marks_a_unit_offline_and_a_birth_brings_it_back() {
             .unwrap()
             .status
             .iter()
-            .any(|(t, v)| t == "muster/v1/metro-fire/M1/status" && v["status"] == "offline");
+            .any(|(t, v)| t == "muster/v1/metro-fire/M1/status" && v["status"] == "lost");
         if offline {
             break;
         }
@@ -101,7 +101,7 @@ async fn silence_makes_a_unit_stale_and_data_clears_it() {
     assert_eq!(v["status"], "ok", "{v:#}");
     // 20 s: stale.
     w.clock.set(T0 + 20_000);
-    let v = c.wait_unit(&u, "stale", |v| v["status"] == "offline").await;
+    let v = c.wait_unit(&u, "stale", |v| v["status"] == "lost").await;
     let (_, reasons) = status_of(&v);
     assert_eq!(reasons, ["offline.stale"], "{v:#}");
     // Fresh data clears it.
@@ -115,7 +115,7 @@ async fn silence_makes_a_unit_stale_and_data_clears_it() {
         .iter()
         .map(|e| e["to"].as_str().unwrap())
         .collect();
-    assert_eq!(to, ["ok", "offline"], "newest first");
+    assert_eq!(to, ["ok", "lost"], "newest first");
 }
 
 /// A will with the unit's boot, the largest connection number and a date a
@@ -141,7 +141,7 @@ async fn a_future_dated_will_does_not_pin_a_sending_unit_offline() {
         .await;
     let v = c
         .wait_unit(&u, "the forged will, believed for now", |v| {
-            v["status"] == "offline"
+            v["status"] == "lost"
         })
         .await;
     assert_eq!(status_of(&v).1, ["offline.will"], "{v:#}");
@@ -185,7 +185,7 @@ async fn a_clock_a_year_ahead_then_fixed_does_not_keep_the_unit_offline() {
     c.wait_unit(&u, "online, a year ahead", |v| v["seq"]["received"] == 1)
         .await;
     a.cut();
-    c.wait_unit(&u, "offline by will", |v| v["status"] == "offline")
+    c.wait_unit(&u, "offline by will", |v| v["status"] == "lost")
         .await;
     // Fixed clock, new boot.
     let b = w.agent("y1-again").await;
@@ -196,7 +196,7 @@ async fn a_clock_a_year_ahead_then_fixed_does_not_keep_the_unit_offline() {
             v["online"] == true && v["seq"]["received"] == 2
         })
         .await;
-    assert_ne!(v["status"], "offline", "{v:#}");
+    assert_ne!(v["status"], "lost", "{v:#}");
     // The new boot's data is current, not history: cpu 95 % raises cpu-high
     // after its `for`; a sample at 10 % later clears nothing it did not raise.
     assert_eq!(

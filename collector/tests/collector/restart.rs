@@ -60,7 +60,7 @@ async fn a_clean_restart_keeps_units_samples_events_and_seq_state() {
     w.c().wait_unit(&u, "online", |v| v["online"] == true).await;
     wa.cut();
     w.c()
-        .wait_unit(&u, "offline", |v| v["status"] == "offline")
+        .wait_unit(&u, "offline", |v| v["status"] == "lost")
         .await;
     let events_before = w.c().json("/api/v1/events", ADMIN).await;
 
@@ -69,7 +69,7 @@ async fn a_clean_restart_keeps_units_samples_events_and_seq_state() {
     let c = w.c();
     let v = c.unit(&u).await.expect("unit survives a restart");
     assert_eq!(v["seq"]["received"], 50);
-    assert_eq!(v["status"], "offline");
+    assert_eq!(v["status"], "lost");
     assert_eq!(
         sample_seqs(c.addr, "metro-fire", "E1").await,
         (1..=50).collect::<Vec<_>>()

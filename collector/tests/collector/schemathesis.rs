@@ -109,7 +109,7 @@ async fn schemathesis_finds_nothing_with_an_agency_token_or_the_admin_token() {
     }
     a.presence(&units[1], online(boot, 1, T0 + 2_000, false))
         .await;
-    c.wait_unit(&units[1], "offline", |v| v["status"] == "offline")
+    c.wait_unit(&units[1], "offline", |v| v["status"] == "lost")
         .await;
 
     let addr = c.addr;

@@ -28,10 +28,8 @@ async fn agencies_see_only_their_own_units_everywhere() {
     // Both go offline: a transition in each agency.
     af.cut();
     ap.cut();
-    c.wait_unit(&f, "offline", |v| v["status"] == "offline")
-        .await;
-    c.wait_unit(&p, "offline", |v| v["status"] == "offline")
-        .await;
+    c.wait_unit(&f, "offline", |v| v["status"] == "lost").await;
+    c.wait_unit(&p, "offline", |v| v["status"] == "lost").await;
 
     // Lists.
     let names = |v: &serde_json::Value| -> Vec<String> {
@@ -228,7 +226,7 @@ async fn the_stream_keeps_alive_and_lists_filter_by_status() {
     let down = unit("metro-fire", "DOWN");
     a.record(&up, rec(boot, 1, T0, host(10.0))).await;
     a.presence(&down, online(boot, 1, T0, false)).await;
-    c.wait_unit(&down, "offline", |v| v["status"] == "offline")
+    c.wait_unit(&down, "offline", |v| v["status"] == "lost")
         .await;
     c.wait_unit(&up, "seen", |v| v["seq"]["received"] == 1)
         .await;

@@ -190,8 +190,7 @@ async fn up_then_offline(c: &Collector, a: &Agent, u: &UnitId, boot: BootId) {
     c.wait_unit(u, "online", |v| v["seq"]["received"] == 1)
         .await;
     a.presence(u, online(boot, 1, T0 + 1_000, false)).await;
-    c.wait_unit(u, "offline", |v| v["status"] == "offline")
-        .await;
+    c.wait_unit(u, "offline", |v| v["status"] == "lost").await;
 }
 
 /// Polls a metric until it has the value wanted.
@@ -299,7 +298,7 @@ async fn signed_per_agency_and_never_another_agencys_units() {
     let t = &n["transitions"][0];
     assert_eq!(
         (t["from"].as_str(), t["to"].as_str()),
-        (Some("ok"), Some("offline"))
+        (Some("ok"), Some("lost"))
     );
     assert_eq!(t["reasons"][0]["rule"], "offline.will");
     assert!(

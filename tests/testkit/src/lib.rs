@@ -516,3 +516,94 @@ mod tests {
         assert!(TcpStream::connect(m.addr()).is_ok());
     }
 }
+
+/// A private `dbus-daemon` (Debian's `dbus`) on a unix socket in a temp
+/// dir: tests export logind's or ModemManager's objects on it and point the
+/// agent at it with `DBUS_SYSTEM_BUS_ADDRESS` ([`DbusDaemon::address`]).
+/// Never the machine's system bus. Any connection may own any name and
+/// send anything (the policy of a session bus). A missing binary is a test
+/// failure, never a skip.
+pub struct DbusDaemon {
+    address: String,
+    _dir: TempDir,
+    _child: KillOnDrop,
+}
+
+impl DbusDaemon {
+    pub fn start() -> DbusDaemon {
+        let dir = tempfile::tempdir().expect("tempdir");
+        let socket = dir.path().join("bus");
+        let config = dir.path().join("bus.conf");
+        std::fs::write(
+            &config,
+            format!(
+                r#"<!DOCTYPE busconfig PUBLIC "-//freedesktop//DTD D-Bus Bus Configuration 1.0//EN"
+ "http://www.freedesktop.org/standards/dbus/1.0/busconfig.dtd">
+<busconfig>
+  <type>session</type>
+  <listen>unix:path={}</listen>
+  <auth>EXTERNAL</auth>
+  <policy context="default">
+    <allow send_destination="*" eavesdrop="true"/>
+    <allow eavesdrop="true"/>
+    <allow own="*"/>
+    <allow user="*"/>
+  </policy>
+</busconfig>
+"#,
+                socket.display()
+            ),
+        )
+        .expect("write dbus config");
+        let bin = std::env::var_os("DBUS_DAEMON")
+            .map(PathBuf::from)
+            .unwrap_or_else(|| PathBuf::from("/usr/bin/dbus-daemon"));
+        let mut child = Command::new(&bin)
+            .arg(format!("--config-file={}", config.display()))
+            .args(["--nofork", "--nopidfile", "--print-address=1"])
+            .stdout(Stdio::piped())
+            .stderr(Stdio::inherit())
+            .spawn()
+            .unwrap_or_else(|e| {
+                panic!(
+                    "cannot start {} ({e}): install Debian's dbus (.ci/run does)",
+                    bin.display()
+                )
+            });
+        let mut line = String::new();
+        BufReader::new(child.stdout.take().expect("stdout"))
+            .read_line(&mut line)
+            .expect("dbus-daemon prints its address");
+        let address = line.trim().to_string();
+        assert!(
+            address.starts_with("unix:"),
+            "dbus-daemon did not start: {line:?}"
+        );
+        DbusDaemon {
+            address,
+            _dir: dir,
+            _child: KillOnDrop(child),
+        }
+    }
+
+    /// The bus address (`unix:path=…,guid=…`), for `DBUS_SYSTEM_BUS_ADDRESS`.
+    pub fn address(&self) -> &str {
+        &self.address
+    }
+}
+
+#[cfg(test)]
+mod dbus_tests {
+    use super::*;
+
+    #[test]
+    fn a_private_dbus_daemon_starts_and_listens() {
+        let bus = DbusDaemon::start();
+        let path = bus
+            .address()
+            .strip_prefix("unix:path=")
+            .and_then(|a| a.split(',').next())
+            .expect("a unix path address");
+        std::os::unix::net::UnixStream::connect(path).expect("the bus accepts connections");
+    }
+}

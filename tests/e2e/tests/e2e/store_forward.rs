@@ -520,7 +520,7 @@ fn live_first_status_is_current_while_the_backlog_drains() {
         seen - birth,
         brief(&v)
     );
-    assert_ne!(v["status"], "offline", "{}", brief(&v));
+    assert_ne!(v["status"], "lost", "{}", brief(&v));
     let old_got = boots(&v)
         .iter()
         .find(|b| b.0 == old)
@@ -563,7 +563,7 @@ fn black_holed_link_fires_the_will_and_the_buffer_takes_over() {
     let cut = Instant::now();
     let v = w.col.wait_unit("P7", "offline by its will", MIN, |v| {
         v["online"] == false
-            && v["status"] == "offline"
+            && v["status"] == "lost"
             && v["reasons"]
                 .as_array()
                 .is_some_and(|r| r.iter().any(|x| x["rule"] == "offline.will"))
