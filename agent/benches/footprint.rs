@@ -256,8 +256,9 @@ kind = "icmp"
 target = "127.0.0.1"
 interval = "{probe_interval}s"
 timeout = "1s"
-"#,
-        dir = dir.display().to_string()
+{trust}"#,
+        dir = dir.display().to_string(),
+        trust = muster_testkit::agent_trust_toml(),
     )
 }
 
@@ -309,8 +310,9 @@ path = "{}/store"
 [[agency]]
 name = "bench"
 token = "bench-token-0123456789"
-"#,
-        dir.display()
+{}"#,
+        dir.display(),
+        muster_testkit::collector_signing_toml(dir),
     )
 }
 
