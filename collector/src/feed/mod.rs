@@ -76,14 +76,12 @@ pub fn router(state: FeedState) -> Router {
     // test reads the routes from this file).
     let claim = post(enroll::claim).layer(DefaultBodyLimit::max(enroll::MAX_BODY_BYTES));
     let (approve, revoke) = (post(enroll::approve), post(enroll::revoke));
+    let strip = get(timeline::timeline);
     Router::new()
         .route("/api/v1/units", get(units::list))
         .route("/api/v1/units/{agency}/{unit}", get(units::detail))
         .route("/api/v1/units/{agency}/{unit}/samples", get(units::samples))
-        .route(
-            "/api/v1/units/{agency}/{unit}/timeline",
-            get(timeline::timeline),
-        )
+        .route("/api/v1/units/{agency}/{unit}/timeline", strip)
         .route("/api/v1/events", get(events::list))
         .route("/api/v1/incidents", get(events::incidents))
         .route("/api/v1/problems", get(problems::list))
