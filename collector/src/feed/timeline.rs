@@ -226,20 +226,19 @@ pub struct TimelineView {
 
 /// What the store gives the strip: the state before the window, the
 /// changes in it (oldest first) and the network points.
+type Inputs = (
+    StripState,
+    Vec<(u64, StripState)>,
+    Vec<(u64, Option<LinkKind>)>,
+);
+
 fn read_inputs(
     store: &dyn Store,
     id: &UnitId,
     from_ms: u64,
     to_ms: u64,
     current: StripState,
-) -> Result<
-    (
-        StripState,
-        Vec<(u64, StripState)>,
-        Vec<(u64, Option<LinkKind>)>,
-    ),
-    StoreError,
-> {
+) -> Result<Inputs, StoreError> {
     let mut changes = Vec::new();
     let mut before = None;
     let mut oldest_from = None;

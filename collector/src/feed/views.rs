@@ -235,7 +235,7 @@ impl From<&BootSeq> for BootView {
 #[derive(Debug, Serialize)]
 #[serde(tag = "kind", content = "data", rename_all = "snake_case")]
 pub enum SampleData {
-    Host(HostView),
+    Host(Box<HostView>),
     Probe(ProbeResult),
     Status(AgentStatus),
     /// An announcement record (schema v2): the unit going away, and why.
@@ -259,7 +259,7 @@ impl From<StoredSample> for SampleView {
             seq: s.seq,
             at_ms: s.at_ms,
             data: match s.payload {
-                Payload::Host(h) => SampleData::Host(h.into()),
+                Payload::Host(h) => SampleData::Host(Box::new(h.into())),
                 Payload::Probe(p) => SampleData::Probe(p),
                 Payload::Status(st) => SampleData::Status(st),
                 Payload::Presence(p) => SampleData::Presence(PresenceView::from(&p)),
