@@ -5,6 +5,7 @@
 //! | `GET /api/v1/units` | units with status, reasons, last seen, seq accounting (paginated) |
 //! | `GET /api/v1/units/{agency}/{unit}` | one unit, with boots and its latest sample of each kind |
 //! | `GET /api/v1/units/{agency}/{unit}/samples?since=` | stored samples (paginated) |
+//! | `GET /api/v1/units/{agency}/{unit}/timeline?hours=24` | the unit's strip: on, off, asleep, lost… with the network kind (`timeline.rs`) |
 //! | `GET /api/v1/events` | status transitions and incident changes, newest first (paginated) |
 //! | `GET /api/v1/incidents` | agency-wide incidents (paginated) |
 //! | `GET /api/v1/stream` | Server-Sent Events of transitions and incidents |
@@ -30,6 +31,7 @@ mod problems;
 mod query;
 pub mod server;
 mod stream;
+pub mod timeline;
 mod units;
 pub mod views;
 
@@ -74,10 +76,12 @@ pub fn router(state: FeedState) -> Router {
     // test reads the routes from this file).
     let claim = post(enroll::claim).layer(DefaultBodyLimit::max(enroll::MAX_BODY_BYTES));
     let (approve, revoke) = (post(enroll::approve), post(enroll::revoke));
+    let strip = get(timeline::timeline);
     Router::new()
         .route("/api/v1/units", get(units::list))
         .route("/api/v1/units/{agency}/{unit}", get(units::detail))
         .route("/api/v1/units/{agency}/{unit}/samples", get(units::samples))
+        .route("/api/v1/units/{agency}/{unit}/timeline", strip)
         .route("/api/v1/events", get(events::list))
         .route("/api/v1/incidents", get(events::incidents))
         .route("/api/v1/problems", get(problems::list))

@@ -2,7 +2,10 @@
 //! rename or remove them. Boot ids are 16-digit hex strings (a u64 does not
 //! survive JavaScript's numbers); times are unix milliseconds.
 
-use muster_proto::{AgentStatus, HostSample, Payload, Presence, ProbeResult};
+use muster_proto::{
+    AgentStatus, Cellular, CollectorFailure, Cpu, Disk, HostSample, Memory, NetContext, NetIf,
+    Payload, Presence, PresenceReason, ProbeResult, Process, Vpn, Wifi,
+};
 use serde::Serialize;
 
 use crate::ingest::seq::BootSeq;
@@ -17,12 +20,118 @@ pub struct Page<T> {
     pub next_cursor: Option<String>,
 }
 
+/// The agent's last birth, announcement or will, and why (schema v2).
 #[derive(Debug, Serialize)]
 pub struct PresenceView {
     pub online: bool,
     pub boot: String,
     pub connection: u32,
     pub at_ms: u64,
+    /// `connected`, `resumed`, `lost`, `shutdown`, `stop`, `sleep`, or
+    /// `unknown` (a code from a newer agent; the collector treats it as lost).
+    pub reason: &'static str,
+    /// `resumed`: how long the unit slept (agent clock).
+    pub slept_ms: Option<u64>,
+    /// `stop` for a restart or an upgrade: how long until it is back.
+    pub back_within_ms: Option<u64>,
+}
+
+impl From<&Presence> for PresenceView {
+    fn from(p: &Presence) -> Self {
+        let (slept_ms, back_within_ms) = match p.reason {
+            PresenceReason::Resumed { slept_ms } => (Some(slept_ms), None),
+            PresenceReason::Stop { back_within_ms } => (None, back_within_ms),
+            _ => (None, None),
+        };
+        PresenceView {
+            online: p.online,
+            boot: hex(p.boot),
+            connection: p.connection,
+            at_ms: p.at_ms,
+            reason: p.reason.as_str(),
+            slept_ms,
+            back_within_ms,
+        }
+    }
+}
+
+/// The default route: its interface and what kind of link it is.
+#[derive(Debug, Serialize)]
+pub struct RouteView {
+    pub interface: String,
+    /// `ethernet`, `wifi`, `cellular`, `vpn` or `other` (the wire's code
+    /// never leaks: an unknown code from a newer agent reads `other`).
+    pub kind: &'static str,
+}
+
+/// A host sample's network context (schema v2), in the feed's own shape.
+#[derive(Debug, Serialize)]
+pub struct NetView {
+    /// `null`: no default route (a dead zone, or no link at all).
+    pub route: Option<RouteView>,
+    pub wifi: Option<Wifi>,
+    /// Quality figures of the current access technology; `rsrq_db_x10`
+    /// and `sinr_db_x10` are tenths of a dB.
+    pub cellular: Option<Cellular>,
+    pub vpns: Vec<Vpn>,
+    /// Any configured VPN up? `null` when the agent's config names none.
+    pub vpn_up: Option<bool>,
+    /// The signal of the link carrying the default route, in dBm (Wi-Fi
+    /// signal, or the modem's RSRP or RSSI).
+    pub signal_dbm: Option<i16>,
+    /// Default-route changes since the previous sample (roaming).
+    pub route_changes: u32,
+}
+
+impl From<&NetContext> for NetView {
+    fn from(n: &NetContext) -> Self {
+        NetView {
+            route: n.route.as_ref().map(|r| RouteView {
+                interface: r.interface.clone(),
+                kind: r.kind.as_str(),
+            }),
+            wifi: n.wifi.clone(),
+            cellular: n.cellular.clone(),
+            vpns: n.vpns.clone(),
+            vpn_up: n.vpn_up(),
+            signal_dbm: n.route_signal_dbm(),
+            route_changes: n.route_changes,
+        }
+    }
+}
+
+/// A host sample as the feed shows it: the wire's fields, with the
+/// network context as a [`NetView`].
+#[derive(Debug, Serialize)]
+pub struct HostView {
+    pub interval_ms: u32,
+    pub cpu: Option<Cpu>,
+    pub load_x100: Option<[u32; 3]>,
+    pub memory: Option<Memory>,
+    pub disks: Vec<Disk>,
+    pub nets: Vec<NetIf>,
+    pub uptime_s: u64,
+    pub processes: Vec<Process>,
+    pub failures: Vec<CollectorFailure>,
+    /// `null` from a v1 agent, or when every network family failed.
+    pub network: Option<NetView>,
+}
+
+impl From<HostSample> for HostView {
+    fn from(h: HostSample) -> Self {
+        HostView {
+            network: h.network.as_deref().map(NetView::from),
+            interval_ms: h.interval_ms,
+            cpu: h.cpu,
+            load_x100: h.load_x100,
+            memory: h.memory,
+            disks: h.disks,
+            nets: h.nets,
+            uptime_s: h.uptime_s,
+            processes: h.processes,
+            failures: h.failures,
+        }
+    }
 }
 
 #[derive(Debug, Serialize)]
@@ -84,12 +193,7 @@ impl From<&UnitRecord> for UnitView {
             since_ms: u.health.since_ms,
             reasons: u.health.reasons.clone(),
             online: u.online(),
-            presence: u.presence.map(|p| PresenceView {
-                online: p.online,
-                boot: hex(p.boot),
-                connection: p.connection,
-                at_ms: p.at_ms,
-            }),
+            presence: u.presence.as_ref().map(PresenceView::from),
             first_seen_ms: u.first_seen_ms,
             last_seen_ms: u.last_seen_ms,
             last_at_ms: u.last_at_ms,
@@ -131,10 +235,11 @@ impl From<&BootSeq> for BootView {
 #[derive(Debug, Serialize)]
 #[serde(tag = "kind", content = "data", rename_all = "snake_case")]
 pub enum SampleData {
-    Host(HostSample),
+    Host(Box<HostView>),
     Probe(ProbeResult),
     Status(AgentStatus),
-    Presence(Presence),
+    /// An announcement record (schema v2): the unit going away, and why.
+    Presence(PresenceView),
 }
 
 #[derive(Debug, Serialize)]
@@ -154,10 +259,10 @@ impl From<StoredSample> for SampleView {
             seq: s.seq,
             at_ms: s.at_ms,
             data: match s.payload {
-                Payload::Host(h) => SampleData::Host(h),
+                Payload::Host(h) => SampleData::Host(Box::new(h.into())),
                 Payload::Probe(p) => SampleData::Probe(p),
                 Payload::Status(st) => SampleData::Status(st),
-                Payload::Presence(p) => SampleData::Presence(p),
+                Payload::Presence(p) => SampleData::Presence(PresenceView::from(&p)),
             },
         }
     }
@@ -204,6 +309,76 @@ impl<'a> From<&'a StoredEvent> for EventView<'a> {
         EventView {
             id: e.id,
             change: &e.change,
+        }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use muster_proto::{PresenceReason, fixtures};
+    use serde_json::json;
+
+    use super::*;
+
+    #[test]
+    fn the_network_says_its_kind_in_words_not_the_wire_code() {
+        let mut h = fixtures::host_sample();
+        h.network = Some(Box::new(fixtures::net_context()));
+        let v = serde_json::to_value(HostView::from(h.clone())).unwrap();
+        let n = &v["network"];
+        assert_eq!(
+            n["route"],
+            json!({"interface": "wwan0", "kind": "cellular"})
+        );
+        assert_eq!(n["signal_dbm"], -109);
+        assert_eq!(n["vpn_up"], true);
+        assert_eq!(n["cellular"]["technology"], "lte");
+        assert_eq!(n["wifi"]["ssid"], "STATION-12");
+        assert_eq!(n["route_changes"], 1);
+        // A v1 agent's sample: no network.
+        h.network = None;
+        let v = serde_json::to_value(HostView::from(h)).unwrap();
+        assert_eq!(v["network"], json!(null));
+    }
+
+    #[test]
+    fn the_presence_says_why() {
+        let table = [
+            (PresenceReason::Connected, true, "connected", None, None),
+            (
+                PresenceReason::Resumed { slept_ms: 9 },
+                true,
+                "resumed",
+                Some(9),
+                None,
+            ),
+            (PresenceReason::Shutdown, false, "shutdown", None, None),
+            (
+                PresenceReason::Stop {
+                    back_within_ms: Some(60_000),
+                },
+                false,
+                "stop",
+                None,
+                Some(60_000),
+            ),
+            (PresenceReason::Sleep, false, "sleep", None, None),
+            (PresenceReason::Lost, false, "lost", None, None),
+            (
+                PresenceReason::Unknown { code: 77 },
+                false,
+                "unknown",
+                None,
+                None,
+            ),
+        ];
+        for (reason, online, name, slept, back) in table {
+            let v = serde_json::to_value(PresenceView::from(&fixtures::presence(online, reason)))
+                .unwrap();
+            assert_eq!(v["reason"], name);
+            assert_eq!(v["slept_ms"], json!(slept), "{name}");
+            assert_eq!(v["back_within_ms"], json!(back), "{name}");
+            assert_eq!(v["online"], online);
         }
     }
 }

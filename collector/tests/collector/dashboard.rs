@@ -10,7 +10,7 @@ use std::sync::Arc;
 use std::time::{Duration, SystemTime, UNIX_EPOCH};
 
 use muster_collector::clock::ManualClock;
-use muster_proto::{AgentStatus, BootId, Payload, Phases, fixtures};
+use muster_proto::{AgentStatus, BootId, Payload, Phases, PresenceReason, fixtures};
 use muster_testkit::{Mosquitto, TempDir, free_port};
 use serde_json::{Value, json};
 use tokio::io::{AsyncReadExt, AsyncWriteExt};
@@ -304,11 +304,57 @@ async fn seed(clock: &ManualClock, c: &Collector, a: &Agent, start: u64) -> Vec<
     wait_received(c, &seqs).await;
     a.presence(&unit("county-police", "K9-2"), online(boot, 1, t, false))
         .await;
-    c.wait_unit(&unit("county-police", "K9-2"), "offline", |v| {
+    c.wait_unit(&unit("county-police", "K9-2"), "lost", |v| {
         v["status"] == "lost"
     })
     .await;
+    // Announced departures (schema v2): BC1's OS shuts down (off), E4's
+    // service stops for a restart that should be back within a second
+    // (overdue once that passed). Each is an announcement record and the
+    // retained state, as the agent sends them.
+    for (u, reason) in [
+        ("BC1", PresenceReason::Shutdown),
+        (
+            "E4",
+            PresenceReason::Stop {
+                back_within_ms: Some(1_000),
+            },
+        ),
+    ] {
+        let i = FLEET.iter().position(|f| f.1 == u).unwrap();
+        let id = unit("metro-fire", u);
+        let mut p = announcement(boot, t);
+        p.reason = reason;
+        a.record(&id, rec(boot, seqs[i], t, Payload::Presence(p)))
+            .await;
+        seqs[i] += 1;
+        a.presence(&id, p).await;
+        c.wait_unit(&id, "announced", |v| {
+            v["presence"]["reason"] == reason.as_str()
+        })
+        .await;
+    }
     seqs
+}
+
+/// Units of the fleet by status, as the API says (`agency/unit`, sorted).
+async fn by_status(c: &Collector, status: &str) -> Vec<String> {
+    let v = c.json("/api/v1/units?limit=1000", ADMIN).await;
+    let mut out: Vec<String> = v["items"]
+        .as_array()
+        .unwrap()
+        .iter()
+        .filter(|u| u["status"] == status)
+        .map(|u| {
+            format!(
+                "{}/{}",
+                u["agency"].as_str().unwrap(),
+                u["unit"].as_str().unwrap()
+            )
+        })
+        .collect();
+    out.sort();
+    out
 }
 
 /// Waits until every fleet unit has received `seqs[i] - 1` records.
@@ -404,11 +450,27 @@ async fn dashboard_scenario() {
          && document.querySelector('#incident-list').textContent.includes('rms-api')",
     )
     .await;
-    b.wait(
-        "the big counts",
-        "document.querySelector('#count-offline .n').textContent === '1'",
-    )
-    .await;
+    // A tile per status, each with the API's count; off is grey, not red.
+    let mut lost = Vec::new();
+    for st in ["ok", "off", "degraded", "overdue", "critical", "lost"] {
+        let units = by_status(&c, st).await;
+        b.wait(
+            &format!("the {st} count"),
+            &format!(
+                "document.querySelector('#count-{st} .n').textContent === '{}'",
+                units.len()
+            ),
+        )
+        .await;
+        if st == "lost" {
+            lost = units;
+        }
+    }
+    assert!(lost.contains(&"county-police/K9-2".to_string()), "{lost:?}");
+    let grey = b
+        .js("const s = getComputedStyle(document.getElementById('count-off')); return [s.backgroundColor, s.color]")
+        .await;
+    assert_eq!(grey, json!(["rgb(228, 231, 235)", "rgb(74, 83, 97)"]));
     b.wait(
         "top problems",
         "document.querySelectorAll('#problem-list tr.problem').length >= 2",
@@ -419,7 +481,7 @@ async fn dashboard_scenario() {
         "document.getElementById('live').dataset.state === 'live'",
     )
     .await;
-    // The offline unit is listed before the ok ones of its agency.
+    // The lost unit is listed before the ok ones of its agency.
     let order: Vec<String> = b
         .js("return [...document.querySelectorAll('section[data-agency=\"county-police\"] tr.unit')].map(r => r.dataset.unit)")
         .await
@@ -446,14 +508,39 @@ async fn dashboard_scenario() {
     )
     .await;
     b.type_into("#f-text", "").await;
+    for st in ["lost", "off", "overdue"] {
+        b.js(&format!(
+            "const s = document.getElementById('f-status'); s.value = '{st}'; \
+              s.dispatchEvent(new Event('change')); return true"
+        ))
+        .await;
+        let want = by_status(&c, st).await.join(",");
+        b.wait(
+            &format!("the status filter {st}"),
+            &format!(
+                "[...document.querySelectorAll('tr.unit')].map(r => r.dataset.unit).sort().join() === '{want}'"
+            ),
+        )
+        .await;
+    }
     b.js(
-        "const s = document.getElementById('f-status'); s.value = 'offline'; \
+        "const s = document.getElementById('f-status'); s.value = ''; \
           s.dispatchEvent(new Event('change')); return true",
     )
     .await;
+    // An announced unit's row says why it went (its reason, or its presence).
+    let bc1 = "tr[data-unit='metro-fire/BC1']";
+    let bc1_api = c.unit(&unit("metro-fire", "BC1")).await.unwrap();
+    let why = bc1_api["reasons"][0]["message"]
+        .as_str()
+        .unwrap_or("shut down")
+        .to_owned();
     b.wait(
-        "the status filter",
-        "[...document.querySelectorAll('tr.unit')].map(r => r.dataset.unit).join() === 'county-police/K9-2'",
+        "BC1's evidence in the list",
+        &format!(
+            "document.querySelector(\"{bc1}\").textContent.includes({})",
+            json!(why)
+        ),
     )
     .await;
     b.js(
@@ -539,6 +626,46 @@ async fn dashboard_scenario() {
     )
     .await;
     b.screenshot(&shots.join("dashboard-desktop-unit.png"))
+        .await;
+
+    // An announced unit: its presence reason, network and 24 h strip.
+    b.click("#detail-close").await;
+    b.click(bc1).await;
+    b.wait(
+        "BC1's presence reason",
+        "document.querySelector('#detail-presence[data-reason=\"shutdown\"]') \
+         && document.getElementById('detail-presence').textContent.includes('shut down')",
+    )
+    .await;
+    b.wait(
+        "BC1's network",
+        "document.querySelector('#detail-network[data-kind=\"cellular\"]') \
+         && document.getElementById('detail-network').textContent.includes('FirstNet') \
+         && document.getElementById('detail-network').textContent.includes('tun0 up')",
+    )
+    .await;
+    b.click("#detail-close").await;
+    // The lost unit's strip: on (over cellular) for two hours, then lost.
+    b.click("tr[data-unit='county-police/K9-2']").await;
+    b.wait(
+        "K9-2's strip",
+        "(() => { const s = [...document.querySelectorAll('#detail-strip .strip-bar .seg')]; \
+           return s.length >= 2 && s.some(x => x.dataset.state === 'on' && x.dataset.net === 'cellular') \
+             && s[s.length - 1].dataset.state === 'lost' \
+             && document.querySelectorAll('#detail-strip .strip-legend span').length >= 7; })()",
+    )
+    .await;
+    let strip = c
+        .json("/api/v1/units/county-police/K9-2/timeline?hours=24", ADMIN)
+        .await;
+    let segs = strip["segments"].as_array().unwrap();
+    assert_eq!(segs.last().unwrap()["state"], "lost", "{strip:#}");
+    assert_eq!(
+        b.js("return document.querySelectorAll('#detail-strip .strip-bar .seg').length")
+            .await,
+        json!(segs.len())
+    );
+    b.screenshot(&shots.join("dashboard-desktop-strip.png"))
         .await;
 
     // Tablet width.

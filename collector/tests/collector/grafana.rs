@@ -36,6 +36,14 @@ fn names(expr: &str) -> Vec<String> {
 #[tokio::test]
 async fn grafana_dashboard_queries_only_real_metrics() {
     let mut w = World::start("").await;
+    // One unit, so the per-agency families have samples.
+    let a = w.agent("agent").await;
+    let u = unit("metro-fire", "E1");
+    a.record(&u, rec(muster_proto::BootId(1), 1, T0, host(10.0)))
+        .await;
+    w.c()
+        .wait_unit(&u, "in", |v| v["seq"]["received"] == 1)
+        .await;
     let body = w.c().get("/metrics", ADMIN).await.text();
     let fams = families(&body);
     assert!(fams.len() > 20, "too few metric families: {fams:?}");
@@ -77,5 +85,48 @@ async fn grafana_dashboard_queries_only_real_metrics() {
         }
     }
     assert!(checked >= 25, "only {checked} metric references checked");
+
+    // Every status the collector counts has its own stat panel, and every
+    // status a panel asks for is one the collector exposes (off, overdue
+    // and lost included).
+    let exposed: std::collections::BTreeSet<String> = body
+        .lines()
+        .filter(|l| l.starts_with("muster_units{"))
+        .filter_map(|l| {
+            l.split("status=\"")
+                .nth(1)?
+                .split('"')
+                .next()
+                .map(str::to_owned)
+        })
+        .collect();
+    assert_eq!(
+        exposed,
+        ["ok", "off", "degraded", "overdue", "critical", "lost"]
+            .map(String::from)
+            .into(),
+        "muster_units statuses"
+    );
+    let mut stat_panels = std::collections::BTreeSet::new();
+    for panel in dash["panels"].as_array().unwrap() {
+        for target in panel["targets"].as_array().into_iter().flatten() {
+            let expr = target["expr"].as_str().unwrap();
+            let Some(rest) = expr.split("muster_units{").nth(1) else {
+                continue;
+            };
+            if let Some(st) = rest.split("status=\"").nth(1) {
+                let st = st.split('"').next().unwrap().to_owned();
+                assert!(
+                    exposed.contains(&st),
+                    "panel {:?} asks for status {st:?}, which muster_units never has",
+                    panel["title"]
+                );
+                if panel["type"] == "stat" {
+                    stat_panels.insert(st);
+                }
+            }
+        }
+    }
+    assert_eq!(stat_panels, exposed, "a stat panel per status");
     w.stop_collector().await;
 }

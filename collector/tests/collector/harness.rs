@@ -494,3 +494,15 @@ pub fn status_of(v: &serde_json::Value) -> (String, Vec<String>) {
         .unwrap_or_default();
     (s, r)
 }
+
+/// An announced shutdown of `boot` (schema v2): what an agent sends, as a
+/// record and on its state topic, before the OS goes down.
+pub fn announcement(boot: BootId, at_ms: u64) -> Presence {
+    Presence {
+        online: false,
+        boot,
+        connection: 1,
+        at_ms,
+        reason: muster_proto::PresenceReason::Shutdown,
+    }
+}

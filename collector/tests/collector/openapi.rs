@@ -375,6 +375,28 @@ async fn real_responses_of_every_endpoint_validate_against_the_served_document()
     .await;
     c.wait_unit(&h1, "degraded", |v| v["status"] == "degraded")
         .await;
+    // A v2 unit that announces its shutdown (an announcement record).
+    let s9 = unit("metro-fire", "S9");
+    a.record(&s9, rec(BootId(9), 1, T0 + 5_000, host(10.0)))
+        .await;
+    a.record(
+        &s9,
+        rec(
+            BootId(9),
+            2,
+            T0 + 5_100,
+            Payload::Presence(muster_proto::Presence {
+                online: false,
+                boot: BootId(9),
+                connection: 1,
+                at_ms: T0 + 5_100,
+                reason: muster_proto::PresenceReason::Shutdown,
+            }),
+        ),
+    )
+    .await;
+    c.wait_unit(&s9, "announced", |v| v["seq"]["received"] == 2)
+        .await;
     let p1 = unit("county-police", "P1");
     a.record(&p1, rec(BootId(2), 1, T0, host(12.0))).await;
     c.wait_unit(&p1, "in", |v| v["seq"]["received"] == 1).await;
@@ -451,6 +473,23 @@ async fn real_responses_of_every_endpoint_validate_against_the_served_document()
             "/api/v1/units/metro-fire/E2/samples?since=1h",
             ADMIN,
         ),
+        (
+            "/api/v1/units/{agency}/{unit}/samples",
+            "/api/v1/units/metro-fire/S9/samples?kind=presence",
+            FIRE,
+        ),
+        (
+            "/api/v1/units/{agency}/{unit}/timeline",
+            "/api/v1/units/metro-fire/H1/timeline",
+            FIRE,
+        ),
+        (
+            "/api/v1/units/{agency}/{unit}/timeline",
+            "/api/v1/units/metro-fire/S9/timeline?hours=168",
+            ADMIN,
+        ),
+        ("/api/v1/units", "/api/v1/units?status=off", FIRE),
+        ("/api/v1/units", "/api/v1/units?status=offline", ADMIN),
         ("/api/v1/events", "/api/v1/events", ADMIN),
         ("/api/v1/events", "/api/v1/events?unit=metro-fire/H1", FIRE),
         ("/api/v1/incidents", "/api/v1/incidents", FIRE),
@@ -481,6 +520,23 @@ async fn real_responses_of_every_endpoint_validate_against_the_served_document()
     assert!(h["agent"].is_object(), "{h:#}");
     assert!(h["latest"]["host"].is_object() && h["latest"]["status"].is_object());
     assert_eq!(h["latest"]["probes"].as_array().unwrap().len(), 1);
+    // The new shapes: the presence's reason, the network in words, the strip.
+    assert_eq!(h["presence"]["reason"], "connected", "{h:#}");
+    let net = &h["latest"]["host"]["data"]["network"];
+    assert_eq!(net["route"]["kind"], "cellular", "{net:#}");
+    assert_eq!(net["cellular"]["technology"], "lte", "{net:#}");
+    let strip = &bodies["/api/v1/units/metro-fire/H1/timeline"];
+    let segs = strip["segments"].as_array().unwrap();
+    assert!(
+        segs.iter()
+            .any(|s| s["state"] == "degraded" && s["net_kind"] == "cellular"),
+        "{strip:#}"
+    );
+    assert_eq!(segs.first().unwrap()["from_ms"], strip["from_ms"]);
+    assert_eq!(segs.last().unwrap()["to_ms"], strip["to_ms"]);
+    let announced = &bodies["/api/v1/units/metro-fire/S9/samples?kind=presence"]["items"];
+    assert_eq!(announced[0]["kind"], "presence", "{announced:#}");
+    assert_eq!(announced[0]["data"]["reason"], "shutdown", "{announced:#}");
     let kinds: BTreeSet<&str> = bodies["/api/v1/units/metro-fire/H1/samples"]["items"]
         .as_array()
         .unwrap()
@@ -590,6 +646,42 @@ async fn real_responses_of_every_endpoint_validate_against_the_served_document()
             Some(FIRE),
             404,
         ),
+        (
+            "/api/v1/units/{agency}/{unit}/timeline",
+            "/api/v1/units/metro-fire/H1/timeline?hours=0",
+            Some(FIRE),
+            400,
+        ),
+        (
+            "/api/v1/units/{agency}/{unit}/timeline",
+            "/api/v1/units/metro-fire/H1/timeline?hours=169",
+            Some(FIRE),
+            400,
+        ),
+        (
+            "/api/v1/units/{agency}/{unit}/timeline",
+            "/api/v1/units/metro-fire/H1/timeline?since=1h",
+            Some(FIRE),
+            400,
+        ),
+        (
+            "/api/v1/units/{agency}/{unit}/timeline",
+            "/api/v1/units/county-police/P1/timeline",
+            Some(FIRE),
+            403,
+        ),
+        (
+            "/api/v1/units/{agency}/{unit}/timeline",
+            "/api/v1/units/metro-fire/NOPE/timeline",
+            Some(FIRE),
+            404,
+        ),
+        (
+            "/api/v1/units/{agency}/{unit}/timeline",
+            "/api/v1/units/metro-fire/H1/timeline",
+            None,
+            401,
+        ),
         ("/api/v1/events", "/api/v1/events?cursor=x", Some(FIRE), 400),
         (
             "/api/v1/events",
@@ -693,6 +785,12 @@ async fn real_responses_of_every_endpoint_validate_against_the_served_document()
     assert!(
         v.schema("UnitDetail", &status).is_err(),
         "a bad enum value passed"
+    );
+    let mut kind = detail.clone();
+    kind["latest"]["host"]["data"]["network"]["route"]["kind"] = json!(3);
+    assert!(
+        v.schema("UnitDetail", &kind).is_err(),
+        "the wire's numeric link kind passed"
     );
     v.schema("UnitDetail", detail).unwrap();
 }

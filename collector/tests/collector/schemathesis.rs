@@ -12,7 +12,7 @@
 use std::path::PathBuf;
 use std::process::Command;
 
-use muster_proto::BootId;
+use muster_proto::{BootId, Payload};
 
 use crate::harness::*;
 
@@ -107,6 +107,20 @@ async fn schemathesis_finds_nothing_with_an_agency_token_or_the_admin_token() {
         c.wait_unit(u, "records in", |v| v["seq"]["received"] == 2)
             .await;
     }
+    // An announced shutdown (a v2 announcement record), so samples and the
+    // strip have the new shapes to return.
+    a.record(
+        &units[0],
+        rec(
+            boot,
+            3,
+            T0 + 1_500,
+            Payload::Presence(announcement(boot, T0 + 1_500)),
+        ),
+    )
+    .await;
+    c.wait_unit(&units[0], "announced", |v| v["seq"]["received"] == 3)
+        .await;
     a.presence(&units[1], online(boot, 1, T0 + 2_000, false))
         .await;
     c.wait_unit(&units[1], "offline", |v| v["status"] == "lost")

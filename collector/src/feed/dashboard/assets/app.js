@@ -4,8 +4,13 @@
 "use strict";
 
 const TOKEN_KEY = "muster.token";
-const STATUS_ORDER = { offline: 0, critical: 1, degraded: 2, ok: 3 };
-const STATUS_LABEL = { offline: "Offline", critical: "Critical", degraded: "Degraded", ok: "OK" };
+// Worst first. `off` (announced: shut down, stopped, asleep) is neutral,
+// not a fault: it sorts after the faults, before ok.
+const STATUS_ORDER = { lost: 0, critical: 1, overdue: 2, degraded: 3, off: 4, ok: 5 };
+const STATUS_LABEL = { lost: "Lost", critical: "Critical", overdue: "Overdue", degraded: "Degraded", off: "Off", ok: "OK", info: "Info" };
+const STATUSES = ["lost", "critical", "overdue", "degraded", "off", "ok"];
+/** Filter values from before wire schema v2. */
+const STATUS_ALIAS = { offline: "lost" };
 
 const state = {
   units: new Map(),      // "agency/unit" -> UnitView
@@ -259,7 +264,7 @@ const filters = { agency: "", status: "", text: "", sort: "severity" };
 
 function matches(u) {
   if (filters.agency && u.agency !== filters.agency) return false;
-  if (filters.status === "problem" && u.status === "ok") return false;
+  if (filters.status === "problem" && (u.status === "ok" || u.status === "off")) return false;
   if (filters.status && filters.status !== "problem" && u.status !== filters.status) return false;
   if (filters.text) {
     const hay = [u.agency, u.unit, u.status, ...u.reasons.map((r) => r.rule + " " + r.message)].join(" ").toLowerCase();
@@ -294,7 +299,7 @@ function renderAll() {
 
 function renderCounts() {
   const visible = [...state.units.values()].filter((u) => !filters.agency || u.agency === filters.agency);
-  const n = { offline: 0, critical: 0, degraded: 0, ok: 0 };
+  const n = Object.fromEntries(STATUSES.map((st) => [st, 0]));
   for (const u of visible) n[u.status] = (n[u.status] || 0) + 1;
   const tile = (st, label, count) => h("button", {
     type: "button", class: `count ${st}${count ? "" : " zero"}`, id: "count-" + st,
@@ -302,10 +307,7 @@ function renderCounts() {
     onclick: () => { filters.status = st === "total" ? "" : (filters.status === st ? "" : st); $("f-status").value = filters.status; renderAll(); },
   }, h("span", { class: "n" }, count), h("span", { class: "l" }, label));
   $("counts").replaceChildren(
-    tile("offline", "Offline", n.offline),
-    tile("critical", "Critical", n.critical),
-    tile("degraded", "Degraded", n.degraded),
-    tile("ok", "OK", n.ok),
+    ...STATUSES.map((st) => tile(st, STATUS_LABEL[st], n[st])),
     tile("total", "All units", visible.length),
   );
 }
@@ -340,7 +342,7 @@ function reasonText(r) {
 }
 
 function reasonsCell(u) {
-  if (!u.reasons.length) return h("td", { class: "reasons" }, "—");
+  if (!u.reasons.length) return h("td", { class: "reasons" }, u.presence && !u.presence.online ? presenceText(u.presence) : "—");
   return h("td", { class: "reasons" }, h("ul", {}, u.reasons.map((r) =>
     h("li", { "data-rule": r.rule, title: r.message }, h("strong", {}, r.rule), ": ", reasonText(r)))));
 }
@@ -393,8 +395,8 @@ function renderFleet() {
   const worst = (list) => Math.min(...list.map((u) => STATUS_ORDER[u.status]));
   const groups = [...byAgency.entries()].sort((a, b) => worst(a[1]) - worst(b[1]) || a[0].localeCompare(b[0]));
   box.replaceChildren(...groups.map(([agency, list]) => {
-    const tally = { offline: 0, critical: 0, degraded: 0, ok: 0 };
-    for (const u of list) tally[u.status]++;
+    const tally = Object.fromEntries(STATUSES.map((st) => [st, 0]));
+    for (const u of list) tally[u.status] = (tally[u.status] || 0) + 1;
     const t = Object.entries(tally).filter(([, c]) => c).map(([st, c]) => `${c} ${STATUS_LABEL[st].toLowerCase()}`).join(" · ");
     return h("section", { class: "agency", "data-agency": agency },
       h("h3", {}, agency, h("span", { class: "tally" }, t)),
@@ -446,14 +448,15 @@ async function openDetail(key, refresh) {
   }
   const base = `/api/v1/units/${encodeURIComponent(agency)}/${encodeURIComponent(unit)}`;
   try {
-    const [d, host, probes, events] = await Promise.all([
+    const [d, host, probes, events, strip] = await Promise.all([
       api(base),
       all(`${base}/samples?since=${hours}h&kind=host`, 20),
       all(`${base}/samples?since=${hours}h&kind=probe`, 20),
       api(`/api/v1/events?unit=${encodeURIComponent(key)}&limit=50`),
+      api(`${base}/timeline?hours=24`).catch((e) => { if (e instanceof AuthError) throw e; return null; }),
     ]);
     if (state.detail !== key) return;
-    renderDetail(d, host, probes, events.items, hours);
+    renderDetail(d, host, probes, events.items, hours, strip);
   } catch (e) {
     if (e instanceof AuthError) handleError(e);
     else $("detail-body").replaceChildren(h("p", { class: "error" }, "Could not load this unit: " + e.message));
@@ -466,13 +469,14 @@ function closeDetail() {
   history.replaceState(null, "", location.pathname);
 }
 
-function renderDetail(d, host, probes, events, hours) {
+function renderDetail(d, host, probes, events, hours, strip) {
   $("detail-title").replaceChildren(badge(d.status), d.agency + " / " + d.unit);
   const a = d.agent;
   const facts = h("div", { class: "facts" },
     h("div", {}, h("span", {}, "Status since"), when(d.since_ms)),
     h("div", {}, h("span", {}, "Last seen"), when(d.last_seen_ms)),
-    h("div", {}, h("span", {}, "Connection"), d.online === null ? "unknown" : d.online ? "online" : "offline (MQTT will)"),
+    h("div", { id: "detail-presence", "data-reason": d.presence ? d.presence.reason : "" }, h("span", {}, "Connection"),
+      d.online === null ? "unknown" : d.presence ? presenceText(d.presence) : d.online ? "online" : "lost (MQTT will)"),
     h("div", {}, h("span", {}, "Backlog on the unit"), a ? `${a.backlog_records.toLocaleString()} records (${bytes(a.backlog_bytes)})` : "—"),
     h("div", {}, h("span", {}, "Agent"), a ? a.version : "—"),
     h("div", {}, h("span", {}, "Records"), `${d.seq.received.toLocaleString()} received, ${d.seq.missing} missing, ${d.seq.duplicates} duplicate`),
@@ -517,7 +521,77 @@ function renderDetail(d, host, probes, events, hours) {
         h("td", {}, t.reasons.map((r) => r.rule).join(", ") || "cleared")))))
     : h("p", { class: "empty", id: "detail-transitions" }, "No transitions stored.");
   $("detail-body").replaceChildren(facts, h("h3", {}, "Active flags"), reasons,
+    h("h3", {}, "Network"), networkView(host.length ? host[host.length - 1].data.network : d.latest && d.latest.host ? d.latest.host.data.network : null),
+    h("h3", {}, `Last ${strip ? Math.round((strip.to_ms - strip.from_ms) / 3600000) || "<1" : 24} h: on, off, asleep, lost`),
+    stripView(strip),
     h("h3", {}, `Last ${hours} h`), charts, h("h3", {}, "Transitions"), trTable);
+}
+
+/** The presence in words: "online", "shut down 18:02 (OS shutdown)"... */
+function presenceText(p) {
+  const at = p.at_ms ? new Date(p.at_ms).toLocaleTimeString([], { hour: "2-digit", minute: "2-digit" }) : "";
+  switch (p.reason) {
+    case "connected": return "online";
+    case "resumed": return "online, resumed" + (p.slept_ms ? " after sleeping " + dur(p.slept_ms) : "");
+    case "shutdown": return `shut down ${at} (OS shutdown)`;
+    case "stop": return `stopped ${at}` + (p.back_within_ms ? ` (restart, back within ${dur(p.back_within_ms)})` : " (service stopped)");
+    case "sleep": return `asleep since ${at}`;
+    case "lost": return `lost contact ${at} (MQTT will)`;
+    default: return `gone ${at} (reason unknown to this collector: treated as lost)`;
+  }
+}
+
+function dur(ms) {
+  const m = Math.round(ms / 60000);
+  if (m < 1) return Math.round(ms / 1000) + " s";
+  if (m < 90) return m + " min";
+  return (m / 60).toFixed(1).replace(/\.0$/, "") + " h";
+}
+
+const NET_LABEL = { ethernet: "Ethernet", wifi: "Wi-Fi", cellular: "Cellular", vpn: "VPN", other: "Other" };
+
+/** The latest host sample's network context. */
+function networkView(n) {
+  if (!n) return h("p", { class: "empty", id: "detail-network" }, "No network context (an older agent, or every network family failed).");
+  const db10 = (v) => (v === null || v === undefined ? null : (v / 10).toFixed(1) + " dB");
+  const dbm = (v) => (v === null || v === undefined ? null : v + " dBm");
+  const fact = (label, ...v) => h("div", {}, h("span", {}, label), ...(v.filter((x) => x !== null && x !== "").length ? v : ["—"]));
+  const c = n.cellular, w = n.wifi;
+  return h("div", { class: "facts net", id: "detail-network", "data-kind": n.route ? n.route.kind : "" },
+    fact("Default route", n.route ? `${NET_LABEL[n.route.kind] || n.route.kind} (${n.route.interface})` : "none (no route)"),
+    fact("Signal", dbm(n.signal_dbm)),
+    fact("Wi-Fi", w ? `${w.ssid || "(hidden)"} on ${w.interface}${w.signal_dbm !== null ? ", " + dbm(w.signal_dbm) : ""}` : null),
+    fact("Cellular", c ? [c.technology ? c.technology.toUpperCase() : "?", c.operator, c.interface].filter(Boolean).join(" · ") : null),
+    c ? fact("Cellular signal", ["RSSI " + (dbm(c.rssi_dbm) || "—"), "RSRP " + (dbm(c.rsrp_dbm) || "—"),
+      "RSRQ " + (db10(c.rsrq_db_x10) || "—"), "SINR " + (db10(c.sinr_db_x10) || "—")].join(", ")) : null,
+    fact("VPN", n.vpns.length ? n.vpns.map((v) => `${v.name} ${v.up ? "up" : "DOWN"}`).join(", ") : "none configured"),
+    fact("Route changes", String(n.route_changes) + (n.route_changes ? " since the previous sample (roaming)" : "")),
+  );
+}
+
+const STRIP_LABEL = { on: "On", off: "Off", asleep: "Asleep", degraded: "Degraded", overdue: "Overdue", critical: "Critical", lost: "Lost" };
+
+/** The unit's strip: a bar of coloured segments with the network kind. */
+function stripView(t) {
+  if (!t || !t.segments.length) return h("p", { class: "empty", id: "detail-strip" }, "No history for the strip.");
+  const span = Math.max(1, t.to_ms - t.from_ms);
+  const hm = (ms) => new Date(ms).toLocaleTimeString([], { hour: "2-digit", minute: "2-digit" });
+  const bar = h("div", { class: "strip-bar", role: "img", "aria-label": "status over time" },
+    t.segments.map((g) => {
+      const el = h("div", {
+        class: `seg ${g.state}` + (g.net_kind ? " net-" + g.net_kind : ""), "data-state": g.state, "data-net": g.net_kind || "",
+        title: `${hm(g.from_ms)}–${hm(g.to_ms)}: ${STRIP_LABEL[g.state] || g.state}${g.net_kind ? " on " + (NET_LABEL[g.net_kind] || g.net_kind) : ""}`,
+      }, g.net_kind && (g.to_ms - g.from_ms) / span > 0.06 ? h("span", {}, NET_LABEL[g.net_kind] || g.net_kind) : null);
+      el.style.width = ((100 * (g.to_ms - g.from_ms)) / span).toFixed(3) + "%";
+      return el;
+    }));
+  const used = new Set(t.segments.map((g) => g.state));
+  const nets = new Set(t.segments.map((g) => g.net_kind).filter(Boolean));
+  return h("div", { class: "strip", id: "detail-strip" }, bar,
+    h("div", { class: "strip-axis" }, h("span", {}, hm(t.from_ms)), h("span", {}, "now")),
+    h("div", { class: "legend strip-legend" },
+      Object.keys(STRIP_LABEL).map((st) => h("span", { class: used.has(st) ? "" : "unused" }, h("i", { class: "seg " + st }), STRIP_LABEL[st])),
+      [...nets].map((k) => h("span", {}, h("i", { class: "seg on net-" + k }), "on " + (NET_LABEL[k] || k)))));
 }
 
 // Charts are drawn at their on-screen width (set per render), so text is
@@ -639,7 +713,7 @@ function start() {
   });
   $("signout").addEventListener("click", () => askToken("Signed out."));
   $("f-agency").addEventListener("change", (e) => { filters.agency = e.target.value; renderAll(); });
-  $("f-status").addEventListener("change", (e) => { filters.status = e.target.value; renderAll(); });
+  $("f-status").addEventListener("change", (e) => { filters.status = STATUS_ALIAS[e.target.value] || e.target.value; renderAll(); });
   for (const ev of ["input", "change"]) {
     $("f-text").addEventListener(ev, (e) => { filters.text = e.target.value.trim(); renderFleet(); });
   }
