@@ -1,5 +1,6 @@
 //! The `[rules]` table: raw (serde, as written) and validated (typed).
 
+use std::collections::{BTreeMap, HashMap};
 use std::sync::Arc;
 
 use serde::Deserialize;
@@ -11,7 +12,16 @@ use crate::model::Severity;
 pub const DEFAULT_RULES_TOML: &str = include_str!("default_rules.toml");
 
 /// Rule names the engine uses itself.
-const RESERVED: &[&str] = &["offline.will", "offline.stale", "clock_skew", "incident"];
+const RESERVED: &[&str] = &[
+    "offline.will",
+    "offline.stale",
+    "lost.will",
+    "lost.stale",
+    "off",
+    "overdue",
+    "clock_skew",
+    "incident",
+];
 
 /// The `[rules]` table of the collector's TOML config, as written.
 ///
@@ -27,6 +37,8 @@ pub struct RawRules {
     pub disabled: Vec<String>,
     #[serde(default)]
     pub offline: RawOffline,
+    #[serde(default)]
+    pub off: RawOff,
     #[serde(default)]
     pub clock_skew: RawClockSkew,
     #[serde(default)]
@@ -56,6 +68,34 @@ impl Default for RawOffline {
             min_stale: "15s".into(),
             default_interval: "30s".into(),
             runbook: Some("https://runbooks.example.org/muster/offline".into()),
+        }
+    }
+}
+
+/// `[rules.off]`: how long an announced departure (shutdown, stop, sleep)
+/// stays `off` before it is `overdue`.
+#[derive(Debug, Clone, PartialEq, Deserialize)]
+#[serde(default, deny_unknown_fields)]
+pub struct RawOff {
+    pub max: String,
+    pub runbook: Option<String>,
+    /// `[rules.off.agency."metro-fire"] max = "10h"`.
+    pub agency: BTreeMap<String, RawOffAgency>,
+}
+
+/// `[rules.off.agency."<agency>"]`.
+#[derive(Debug, Clone, PartialEq, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct RawOffAgency {
+    pub max: String,
+}
+
+impl Default for RawOff {
+    fn default() -> Self {
+        RawOff {
+            max: "16h".into(),
+            runbook: Some("https://runbooks.example.org/muster/overdue".into()),
+            agency: BTreeMap::new(),
         }
     }
 }
@@ -272,6 +312,24 @@ pub struct OfflineConfig {
 }
 
 #[derive(Debug, Clone)]
+pub struct OffConfig {
+    pub max_ms: u64,
+    pub runbook: Option<String>,
+    /// Per-agency `max`.
+    pub agency_max_ms: HashMap<String, u64>,
+}
+
+impl OffConfig {
+    /// How long a unit of `agency` may be off before it is overdue.
+    pub fn max_for(&self, agency: &str) -> u64 {
+        self.agency_max_ms
+            .get(agency)
+            .copied()
+            .unwrap_or(self.max_ms)
+    }
+}
+
+#[derive(Debug, Clone)]
 pub struct SkewConfig {
     pub threshold_ms: u64,
     pub severity: Severity,
@@ -293,6 +351,7 @@ pub struct IncidentConfig {
 pub struct RulesConfig {
     pub threshold: Vec<ThresholdRule>,
     pub offline: OfflineConfig,
+    pub off: OffConfig,
     /// `None` when disabled.
     pub clock_skew: Option<SkewConfig>,
     /// `None` when disabled.
@@ -373,6 +432,32 @@ impl RawRules {
                 "must not be zero",
             ));
         }
+
+        // Off.
+        let positive = |key: &str, v: &str| -> Result<u64, RulesError> {
+            match duration(key, v)? {
+                0 => Err(invalid(key, "must not be zero")),
+                ms => Ok(ms),
+            }
+        };
+        let mut agency_max_ms = HashMap::new();
+        for (agency, a) in &self.off.agency {
+            if muster_proto::ids::validate_part("agency", agency).is_err() {
+                return Err(invalid(
+                    format!("rules.off.agency.{agency:?}"),
+                    format!("{agency:?} is not an agency id"),
+                ));
+            }
+            agency_max_ms.insert(
+                agency.clone(),
+                positive(&format!("rules.off.agency.{agency:?}.max"), &a.max)?,
+            );
+        }
+        let off = OffConfig {
+            max_ms: positive("rules.off.max", &self.off.max)?,
+            runbook: runbook("rules.off.runbook", self.off.runbook.clone())?,
+            agency_max_ms,
+        };
 
         // Clock skew.
         let s = &self.clock_skew;
@@ -458,6 +543,7 @@ impl RawRules {
         Ok(RulesConfig {
             threshold: rules,
             offline,
+            off,
             clock_skew: self.clock_skew.enabled.then_some(skew),
             incidents: self.incidents.enabled.then_some(incidents),
         })
@@ -477,7 +563,10 @@ fn threshold_rule(key: &str, raw: RawThreshold) -> Result<ThresholdRule, RulesEr
             format!("{:?} is not a rule name (letters, digits, - _ .)", raw.name),
         ));
     }
-    if RESERVED.contains(&raw.name.as_str()) || raw.name.starts_with("offline.") {
+    if RESERVED.contains(&raw.name.as_str())
+        || raw.name.starts_with("offline.")
+        || raw.name.starts_with("lost.")
+    {
         return Err(invalid(
             k("name"),
             format!("{:?} is reserved for a built-in rule", raw.name),

@@ -152,11 +152,12 @@ mod config;
 mod engine;
 mod field;
 mod incident;
+pub mod words;
 pub mod presence;
 mod skew;
 
 pub use config::{
-    DEFAULT_RULES_TOML, RawClockSkew, RawIncidents, RawOffline, RawRules, RawThreshold, RawValue,
+    DEFAULT_RULES_TOML, RawClockSkew, RawIncidents, RawOff, RawOffAgency, RawOffline, RawRules, RawThreshold, RawValue,
     RulesConfig, RulesError,
 };
 pub use engine::Engine;
