@@ -293,7 +293,7 @@ fn severity_ordering_and_reason_order() {
     };
     let ch = e.on_presence(&f.unit, &p, at + 6 * S);
     assert_eq!(transitions(&ch)[0].to, Status::Lost);
-    assert_eq!(rule_names(&e, &f.unit), vec!["offline.will", "cpu-high"]);
+    assert_eq!(rule_names(&e, &f.unit), vec!["lost.will", "cpu-high"]);
     assert!(Status::Lost > Status::Critical && Status::Critical > Status::Degraded);
 }
 
@@ -344,7 +344,7 @@ fn the_will_and_late_wills_of_older_connections() {
         n += t.len();
         if *want == X {
             let r = &e.health(&u).unwrap().reasons[0];
-            assert_eq!(r.rule, "offline.will");
+            assert_eq!(r.rule, "lost.will");
             assert_eq!(
                 r.runbook.as_deref(),
                 Some("https://runbooks.example.org/muster/offline")
@@ -388,11 +388,15 @@ fn staleness_on_receipt_time_with_ticks() {
     }
     assert_eq!(n, 1, "one transition, not one per tick");
     let h = e.health(&f.unit).unwrap();
-    assert_eq!(h.reasons[0].rule, "offline.stale");
+    assert_eq!(h.reasons[0].rule, "lost.stale");
     assert_eq!(h.reasons[0].since_ms, rx, "since last seen");
-    assert_eq!(
-        h.reasons[0].message,
-        "no data for 15s (allowed 3 x interval)"
+    assert!(
+        h.reasons[0].message.starts_with("lost contact ")
+            && h.reasons[0]
+                .message
+                .ends_with("; no data for 15s (allowed 3 x interval)"),
+        "{}",
+        h.reasons[0].message
     );
     // Data again clears it.
     let ch = f.send(&mut e, T0 + 61 * S, cpu(20.0), rx + 61 * S);
@@ -420,16 +424,14 @@ fn a_will_suppresses_stale_and_a_birth_clears_both() {
     let mut f = Feed::new(unit(1));
     f.send(&mut e, T0, cpu(20.0), T0);
     e.tick(T0 + 20 * S); // half-open: stale first
-    assert_eq!(rule_names(&e, &f.unit), vec!["offline.stale"]);
+    assert_eq!(rule_names(&e, &f.unit), vec!["lost.stale"]);
     e.on_presence(
         &f.unit,
         &presence(false, fixtures::BOOT.0, 1, T0 - MIN),
         T0 + 45 * S,
     );
-    assert_eq!(
-        rule_names(&e, &f.unit),
-        vec!["offline.stale", "offline.will"]
-    );
+    // The will replaces staleness: one presence reason at a time.
+    assert_eq!(rule_names(&e, &f.unit), vec!["lost.will"]);
     let ch = e.on_presence(
         &f.unit,
         &presence(true, fixtures::BOOT.0, 2, T0 + 50 * S),
@@ -443,7 +445,7 @@ fn a_will_suppresses_stale_and_a_birth_clears_both() {
         T0 + 60 * S,
     );
     e.tick(T0 + 100 * S);
-    assert_eq!(rule_names(&e, &f.unit), vec!["offline.will"]);
+    assert_eq!(rule_names(&e, &f.unit), vec!["lost.will"]);
 }
 
 #[test]
@@ -1119,9 +1121,18 @@ mod model_based {
                 }
                 if let Some(h) = e.health(&f.unit) {
                     prop_assert_eq!(h.status, last);
-                    let offline = h.reasons.iter().any(|r| r.rule.starts_with("offline."));
+                    let has = |p: &str| h.reasons.iter().any(|r| r.rule.starts_with(p));
                     let worst = h.reasons.iter().map(|r| Status::from(r.severity)).max().unwrap_or(Status::Ok);
-                    prop_assert_eq!(h.status, if offline { Status::Lost } else { worst });
+                    let want = if has("lost.") {
+                        Status::Lost
+                    } else if has("overdue") {
+                        Status::Overdue
+                    } else if has("off") {
+                        Status::Off
+                    } else {
+                        worst
+                    };
+                    prop_assert_eq!(h.status, want);
                 }
             }
         }
