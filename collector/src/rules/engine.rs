@@ -930,10 +930,9 @@ fn build_reasons(cfg: &RulesConfig, u: &UnitState) -> Vec<Reason> {
             let after = u.stale_after_ms(cfg);
             let mut message = words::lost(rx, None, u.net.as_ref());
             match &u.gone {
-                Some((since, p)) => message.push_str(&format!(
-                    "; not back from {}",
-                    words::departure(p, *since)
-                )),
+                Some((since, p)) => {
+                    message.push_str(&format!("; not back from {}", words::departure(p, *since)))
+                }
                 None => message.push_str(&format!(
                     "; no data for {} (allowed {} x interval)",
                     humantime::format_duration(Duration::from_secs(after / 1000)),

@@ -152,13 +152,13 @@ mod config;
 mod engine;
 mod field;
 mod incident;
-pub mod words;
 pub mod presence;
 mod skew;
+pub mod words;
 
 pub use config::{
-    DEFAULT_RULES_TOML, RawClockSkew, RawIncidents, RawOff, RawOffAgency, RawOffline, RawRules, RawThreshold, RawValue,
-    RulesConfig, RulesError,
+    DEFAULT_RULES_TOML, RawClockSkew, RawIncidents, RawOff, RawOffAgency, RawOffline, RawRules,
+    RawThreshold, RawValue, RulesConfig, RulesError,
 };
 pub use engine::Engine;
 

@@ -373,7 +373,11 @@ mod tests {
                 "announcement of a retired boot (replayed)",
             ),
             (
-                &[(p(1, 1, true, 10), true), (a(1, 1), true), (p(1, 2, true, 10), true)],
+                &[
+                    (p(1, 1, true, 10), true),
+                    (a(1, 1), true),
+                    (p(1, 2, true, 10), true),
+                ],
                 "off, then a new connection (resumed)",
             ),
             (
@@ -458,7 +462,10 @@ mod tests {
         assert!(t.record(BootId(3), 6), "a record above what was known");
         assert!(t.gone().is_none());
         assert_eq!(t.announcement(&a(3, 1), 8, None), Verdict::Believed);
-        assert!(t.gone().is_some(), "the record was older than the announcement");
+        assert!(
+            t.gone().is_some(),
+            "the record was older than the announcement"
+        );
         assert!(!t.record(BootId(3), 7));
         assert!(!t.record(BootId(3), 8));
         assert!(t.record(BootId(3), 9), "newer than the announcement");

@@ -188,7 +188,10 @@ mod tests {
             ),
             "restarting since 18:02 (back within 2m)"
         );
-        assert_eq!(departure(&p(PresenceReason::Sleep), at), "asleep since 18:02");
+        assert_eq!(
+            departure(&p(PresenceReason::Sleep), at),
+            "asleep since 18:02"
+        );
         assert_eq!(span(4_320_000 + 5_000), "1h 12m");
         let net = NetContext {
             route: Some(DefaultRoute {
