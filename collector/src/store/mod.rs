@@ -69,11 +69,30 @@ impl UnitRecord {
     }
 
     /// Is the unit connected, as far as the collector believes? Its
-    /// presence says so, unless that presence is a will that newer records
-    /// overruled (the engine then raises no `offline.will`).
+    /// presence says so, unless that presence is a departure (will or
+    /// announcement) that newer records overruled (the engine then raises
+    /// no `lost.will`, `off` or `overdue`).
     pub fn online(&self) -> Option<bool> {
-        self.presence
-            .map(|p| p.online || !self.health.reasons.iter().any(|r| r.rule == "offline.will"))
+        self.presence.map(|p| {
+            let departed = self.health.reasons.iter().any(|r| {
+                matches!(
+                    r.rule.as_str(),
+                    "lost.will" | "offline.will" | "off" | "overdue"
+                ) || (r.rule == "lost.stale" && p.reason.is_announced())
+            });
+            p.online || !departed
+        })
+    }
+
+    /// A stored presence from before schema v2 has no reason, which reads
+    /// as `Lost`: an online one is a birth (`Connected`).
+    pub fn upgrade_presence(&mut self) {
+        if let Some(p) = &mut self.presence
+            && p.online
+            && p.reason == muster_proto::PresenceReason::Lost
+        {
+            p.reason = muster_proto::PresenceReason::Connected;
+        }
     }
 }
 
