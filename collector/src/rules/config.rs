@@ -5,7 +5,7 @@ use std::sync::Arc;
 
 use serde::Deserialize;
 
-use super::field::Field;
+use super::field::{Field, LINK_KINDS, kind_name, kind_value};
 use crate::model::Severity;
 
 /// The shipped defaults (a `[rules]` table).
@@ -165,12 +165,14 @@ pub struct RawThreshold {
     pub agencies: Option<Vec<String>>,
 }
 
-/// A threshold: a number, or `true` / `false` for true/false fields.
-#[derive(Debug, Clone, Copy, PartialEq, Deserialize)]
+/// A threshold: a number, `true` / `false` for true/false fields, or a
+/// link kind name for `net.kind`.
+#[derive(Debug, Clone, PartialEq, Deserialize)]
 #[serde(untagged)]
 pub enum RawValue {
     Bool(bool),
     Num(f64),
+    Str(String),
 }
 
 impl Default for RawRules {
@@ -285,7 +287,9 @@ impl ThresholdRule {
 
     /// The threshold as people read it (`false` for true/false fields).
     pub fn show(&self, v: f64) -> String {
-        if self.field.is_bool() {
+        if self.field.is_kind() {
+            format!("{:?}", kind_name(v))
+        } else if self.field.is_bool() {
             (v != 0.0).to_string()
         } else {
             show_num(v)
@@ -587,10 +591,36 @@ fn threshold_rule(key: &str, raw: RawThreshold) -> Result<ThresholdRule, RulesEr
         )
     })?;
     let value = |sub: &str, v: RawValue| -> Result<f64, RulesError> {
+        if field.is_kind() {
+            let names: Vec<&str> = LINK_KINDS.iter().map(|k| k.as_str()).collect();
+            return match &v {
+                RawValue::Str(s) => LINK_KINDS
+                    .iter()
+                    .find(|k| k.as_str() == s)
+                    .map(|k| kind_value(*k))
+                    .ok_or_else(|| {
+                        invalid(
+                            k(sub),
+                            format!(
+                                "{s:?} is not a link kind; expected one of {}",
+                                names.join(", ")
+                            ),
+                        )
+                    }),
+                _ => Err(invalid(
+                    k(sub),
+                    format!(
+                        "{} is a link kind: compare with one of {}",
+                        raw.field,
+                        names.join(", ")
+                    ),
+                )),
+            };
+        }
         match (field.is_bool(), v) {
             (true, RawValue::Bool(b)) => Ok(super::field::bool_value(b)),
             (false, RawValue::Num(x)) if x.is_finite() => Ok(x),
-            (true, RawValue::Num(_)) => Err(invalid(
+            (true, _) => Err(invalid(
                 k(sub),
                 format!("{} is true/false: compare with true or false", raw.field),
             )),
@@ -605,6 +635,12 @@ fn threshold_rule(key: &str, raw: RawThreshold) -> Result<ThresholdRule, RulesEr
         return Err(invalid(
             k("op"),
             format!("{} is true/false: use == or !=", raw.field),
+        ));
+    }
+    if field.is_kind() && !matches!(op, Op::Eq | Op::Ne) {
+        return Err(invalid(
+            k("op"),
+            format!("{} is a link kind: use == or !=", raw.field),
         ));
     }
     let clear = match raw.clear {

@@ -663,7 +663,7 @@ fn raise(rule: &ThresholdRule, s: &mut Slot) {
         rule.op.as_str(),
         rule.show(rule.threshold)
     );
-    if rule.field.is_bool() {
+    if rule.field.is_bool() || rule.field.is_kind() {
         m = format!(
             "{} {} {}",
             s.field,

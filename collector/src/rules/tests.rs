@@ -1573,3 +1573,156 @@ mod departures {
         );
     }
 }
+
+/// The network rule fields and the shipped `vpn-down` / `signal-weak`.
+mod net_fields {
+    use super::*;
+    use muster_proto::{Collector, CollectorFailure, LinkKind};
+
+    fn net(f: impl FnOnce(&mut muster_proto::NetContext)) -> Payload {
+        host_with(|s| f(s.network.as_mut().unwrap()))
+    }
+
+    #[test]
+    fn values_and_their_absence() {
+        use super::super::field::Field;
+        let get = |field: &str, s: &HostSample| {
+            let mut got = Vec::new();
+            Field::parse(field)
+                .unwrap()
+                .host_values(s, |_, v| got.push(v));
+            got
+        };
+        let s = fixtures::host_sample();
+        assert_eq!(get("net.kind", &s), [3.0], "cellular's code");
+        assert_eq!(get("net.signal_dbm", &s), [-109.0], "RSRP");
+        assert_eq!(get("net.vpn_up", &s), [1.0]);
+        assert_eq!(get("net.route_changes", &s), [1.0]);
+        let mut wifi = s.clone();
+        wifi.network.as_mut().unwrap().route.as_mut().unwrap().kind = LinkKind::Wifi;
+        assert_eq!(get("net.signal_dbm", &wifi), [-71.0]);
+        // No VPN configured: no value, the rule never fires.
+        let mut novpn = s.clone();
+        novpn.network.as_mut().unwrap().vpns.clear();
+        assert!(get("net.vpn_up", &novpn).is_empty());
+        // A family that failed, or a v1 sample without a network: no value.
+        let mut failed = s.clone();
+        failed.failures.push(CollectorFailure {
+            collector: Collector::Vpn,
+            reason: "no such interface".into(),
+        });
+        assert!(get("net.vpn_up", &failed).is_empty());
+        let mut v1 = s.clone();
+        v1.network = None;
+        assert!(get("net.kind", &v1).is_empty());
+        // The interface metrics still need their selector.
+        assert!(Field::parse("net.up").is_err());
+        assert!(
+            Field::parse("net.bogus")
+                .unwrap_err()
+                .contains("signal_dbm")
+        );
+    }
+
+    #[test]
+    fn shipped_signal_weak_has_for_and_hysteresis() {
+        let mut e = Engine::new(RulesConfig::default());
+        let mut f = Feed::new(unit(1));
+        let weak = |dbm: i16| net(move |n| n.cellular.as_mut().unwrap().rsrp_dbm = Some(dbm));
+        // (seconds, dBm, status)
+        let steps = [
+            (0, -109, Status::Ok),
+            (10, -112, Status::Ok),
+            (60, -118, Status::Ok),
+            (130, -115, Status::Degraded),
+            (140, -107, Status::Degraded),
+            (150, -104, Status::Ok),
+        ];
+        for (t, dbm, want) in steps {
+            let at = T0 + t * S;
+            f.send(&mut e, at, weak(dbm), at);
+            assert_eq!(status(&e, &f.unit), want, "{t}s {dbm} dBm");
+        }
+        f.send(&mut e, T0 + 200 * S, weak(-120), T0 + 200 * S);
+        f.send(&mut e, T0 + 330 * S, weak(-120), T0 + 330 * S);
+        let r = e.health(&f.unit).unwrap().reasons[0].clone();
+        assert_eq!(
+            (r.rule.as_str(), r.field.as_str(), r.observed),
+            ("signal-weak", "net.signal_dbm", Some(-120.0))
+        );
+        assert_eq!(
+            r.runbook.as_deref(),
+            Some("https://runbooks.example.org/muster/signal-weak")
+        );
+    }
+
+    #[test]
+    fn shipped_vpn_down_only_for_units_with_a_vpn() {
+        for (vpns, want) in [(true, Status::Critical), (false, Status::Ok)] {
+            let mut e = Engine::new(RulesConfig::default());
+            let mut f = Feed::new(unit(1));
+            for t in [0, 30, 61] {
+                let at = T0 + t * S;
+                f.send(
+                    &mut e,
+                    at,
+                    net(|n| {
+                        if vpns {
+                            n.vpns[0].up = false;
+                        } else {
+                            n.vpns.clear();
+                        }
+                    }),
+                    at,
+                );
+            }
+            assert_eq!(status(&e, &f.unit), want, "vpns: {vpns}");
+            if vpns {
+                let r = &e.health(&f.unit).unwrap().reasons[0];
+                assert_eq!(r.rule, "vpn-down");
+                assert_eq!(r.message, "net.vpn_up == false for 1m");
+            }
+        }
+    }
+
+    #[test]
+    fn net_kind_compares_with_a_kind_name() {
+        let cfg = rules(&rule("on-cellular", "net.kind", "==", "\"cellular\"", ""));
+        let mut e = Engine::new(cfg);
+        let mut f = Feed::new(unit(1));
+        f.send(&mut e, T0, Payload::Host(fixtures::host_sample()), T0);
+        let r = &e.health(&f.unit).unwrap().reasons[0];
+        assert_eq!(r.message, "net.kind == \"cellular\"");
+        f.send(
+            &mut e,
+            T0 + S,
+            net(|n| n.route.as_mut().unwrap().kind = LinkKind::Ethernet),
+            T0 + S,
+        );
+        assert_eq!(status(&e, &f.unit), Status::Ok);
+        // Config errors name the key.
+        let bad = |op: &str, v: &str| {
+            #[derive(serde::Deserialize)]
+            struct File {
+                rules: RawRules,
+            }
+            toml::from_str::<File>(&format!(
+                "[rules]\ndefaults = false\n{}",
+                rule("k", "net.kind", op, v, "")
+            ))
+            .unwrap()
+            .rules
+            .validate()
+            .unwrap_err()
+            .to_string()
+        };
+        assert!(
+            bad("==", "\"lte\"")
+                .starts_with("rules.threshold[0].threshold: \"lte\" is not a link kind")
+        );
+        assert!(
+            bad("==", "3").starts_with("rules.threshold[0].threshold: net.kind is a link kind")
+        );
+        assert!(bad(">", "\"wifi\"").starts_with("rules.threshold[0].op: "));
+    }
+}
