@@ -299,7 +299,10 @@ async fn an_announced_shutdown_is_off_and_a_will_after_it_is_not_lost() {
         .await
         <= lost_before
     {
-        assert!(tokio::time::Instant::now() < deadline, "the will never came");
+        assert!(
+            tokio::time::Instant::now() < deadline,
+            "the will never came"
+        );
         tokio::time::sleep(Duration::from_millis(20)).await;
     }
     assert!(
@@ -315,7 +318,8 @@ async fn an_announced_shutdown_is_off_and_a_will_after_it_is_not_lost() {
     assert_eq!(v["status"], "off", "{v:#}");
     // Newer data of the live boot: online again.
     let b = w.agent("a1-again").await;
-    b.record(&u, rec(boot, 3, T0 + 10 * 60_000, host(10.0))).await;
+    b.record(&u, rec(boot, 3, T0 + 10 * 60_000, host(10.0)))
+        .await;
     let v = c.wait_unit(&u, "back", |v| v["status"] == "ok").await;
     assert_eq!(v["online"], true, "{v:#}");
 }
@@ -344,8 +348,11 @@ async fn off_too_long_is_overdue_and_a_restart_never_back_is_lost() {
         } else {
             muster_proto::PresenceReason::Sleep
         };
-        a.record(u, rec(boot, 2, T0, Payload::Presence(announce(boot, 1, reason))))
-            .await;
+        a.record(
+            u,
+            rec(boot, 2, T0, Payload::Presence(announce(boot, 1, reason))),
+        )
+        .await;
         c.wait_unit(u, "off", |v| v["status"] == "off").await;
     }
     let v = c.unit(&restart).await.unwrap();
@@ -426,7 +433,9 @@ async fn lost_says_the_network_and_unknown_reasons_are_lost_and_counted() {
         announce(nb, 1, muster_proto::PresenceReason::Unknown { code: 200 }),
     )
     .await;
-    let v = c.wait_unit(&n, "unknown: lost", |v| v["status"] == "lost").await;
+    let v = c
+        .wait_unit(&n, "unknown: lost", |v| v["status"] == "lost")
+        .await;
     assert!(
         reason0(&v)["message"]
             .as_str()
@@ -435,7 +444,8 @@ async fn lost_says_the_network_and_unknown_reasons_are_lost_and_counted() {
         "{v:#}"
     );
     assert_eq!(
-        c.metric("muster_ingest_presence_unknown_reason_total").await,
+        c.metric("muster_ingest_presence_unknown_reason_total")
+            .await,
         1.0
     );
     assert_eq!(
