@@ -250,7 +250,9 @@ impl Engine {
     /// `for` timers are not persisted; flags of rules no longer configured
     /// and incident tags are dropped (incidents are re-derived from live
     /// data). The unit counts as silent from the first `tick` on, so one
-    /// that never reports again goes `offline.stale`.
+    /// that never reports again goes `lost.stale` (an off one stays off).
+    /// Stored reasons named before schema v2 (`offline.will`,
+    /// `offline.stale`) are read as `lost.*`.
     pub fn restore(&mut self, unit: &UnitId, health: UnitHealth) {
         let i = self.unit_index(unit, health.since_ms);
         let cfg = &self.cfg;
@@ -346,7 +348,7 @@ impl Engine {
     ///
     /// A record older than the newest of its stream (host samples, agent
     /// status, each probe by name) is replayed history: it shows the link is
-    /// alive (it clears `offline.stale`) but is ignored for the unit's
+    /// alive (it clears `lost.stale`) but is ignored for the unit's
     /// current state: it neither raises nor clears flags and is not used to
     /// judge clock skew.
     pub fn on_record(&mut self, unit: &UnitId, rec: &Record, now_ms: u64) -> Vec<Change> {
@@ -415,7 +417,7 @@ impl Engine {
         out
     }
 
-    /// The unit's retained state topic (birth / will) changed. Whether it
+    /// The unit's retained state topic (birth, announcement or will) changed. Whether it
     /// is believed is decided by [`PresenceTrack`] (receive order, never
     /// the agent's clock); the verdict is returned with the changes, and
     /// [`Engine::presence`] gives the believed presence afterwards.

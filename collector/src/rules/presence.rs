@@ -492,6 +492,57 @@ mod tests {
         assert!(t.gone().is_none());
     }
 
+    mod interleavings {
+        use super::*;
+        use proptest::prelude::*;
+
+        fn any_presence() -> impl Strategy<Value = Presence> {
+            (1u32..4, 0u8..6).prop_map(|(connection, r)| {
+                use muster_proto::PresenceReason as R;
+                let reason = match r {
+                    0 => R::Connected,
+                    1 => R::Resumed { slept_ms: 5 },
+                    2 => R::Lost,
+                    3 => R::Shutdown,
+                    4 => R::Sleep,
+                    _ => R::Unknown { code: 99 },
+                };
+                Presence {
+                    online: reason.is_online(),
+                    boot: BootId(1),
+                    connection,
+                    at_ms: 0,
+                    reason,
+                }
+            })
+        }
+
+        proptest! {
+            /// Within one boot and without records, whatever the receive
+            /// order, the believed presence is the newest one: the first
+            /// received of the greatest (connection, birth < will <
+            /// announcement).
+            #[test]
+            fn the_newest_presence_wins_in_any_order(
+                ps in proptest::collection::vec(any_presence(), 1..12),
+            ) {
+                let mut t = PresenceTrack::default();
+                for p in &ps {
+                    t.presence(p, None);
+                }
+                let key = |p: &Presence| (p.connection, rank(p));
+                let best = ps.iter().map(key).max().unwrap();
+                let want = ps.iter().find(|p| key(p) == best).unwrap();
+                prop_assert_eq!(t.current(), Some(want));
+                // Off (announced) or lost depends only on that newest one.
+                prop_assert_eq!(
+                    t.gone().map(|p| p.reason.is_announced()),
+                    (!want.online).then(|| want.reason.is_announced())
+                );
+            }
+        }
+    }
+
     #[test]
     fn retired_boots_are_bounded() {
         let mut t = PresenceTrack::default();
