@@ -454,3 +454,50 @@ async fn lost_says_the_network_and_unknown_reasons_are_lost_and_counted() {
         1.0
     );
 }
+
+/// An off unit stays off across a collector restart, with its reason in
+/// words (from the stored presence), and silence does not make it stale.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn an_off_unit_stays_off_across_a_collector_restart() {
+    let mut w = World::start("").await;
+    let u = unit("metro-fire", "R1");
+    let boot = BootId(71);
+    let a = w.agent("r1").await;
+    a.presence(&u, online(boot, 1, T0, true)).await;
+    a.record(&u, rec(boot, 1, T0, host(10.0))).await;
+    let sleep = announce(boot, 1, muster_proto::PresenceReason::Sleep);
+    a.record(&u, rec(boot, 2, T0, Payload::Presence(sleep)))
+        .await;
+    w.c().wait_unit(&u, "off", |v| v["status"] == "off").await;
+    a.wait_acked(&u, boot, [1, 2]).await;
+    w.stop_collector().await;
+    w.clock.set(T0 + 3_600_000);
+    w.start_collector().await;
+    let c = w.c();
+    tokio::time::sleep(Duration::from_millis(300)).await; // ticks
+    let v = c.unit(&u).await.unwrap();
+    assert_eq!(v["status"], "off", "{v:#}");
+    assert_eq!(status_of(&v).1, ["off"], "{v:#}");
+    assert_eq!(
+        reason0(&v)["message"],
+        format!("asleep since {}", hhmm(T0)),
+        "{v:#}"
+    );
+    // Resumed: ok again.
+    let b = w.agent("r1-again").await;
+    b.presence(
+        &u,
+        Presence {
+            online: true,
+            boot,
+            connection: 2,
+            at_ms: T0 + 3_600_000,
+            reason: muster_proto::PresenceReason::Resumed {
+                slept_ms: 3_600_000,
+            },
+        },
+    )
+    .await;
+    let v = c.wait_unit(&u, "resumed", |v| v["status"] == "ok").await;
+    assert_eq!(v["online"], true, "{v:#}");
+}
