@@ -242,3 +242,32 @@ pub trait Store: Send + Sync + 'static {
     /// durable before returning.
     fn put_enrollment(&self, e: &Enrollment) -> Result<(), StoreError>;
 }
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use muster_proto::PresenceReason;
+
+    /// A unit stored before schema v2: its presence has no `reason`.
+    #[test]
+    fn a_presence_stored_before_v2_reads_by_its_online_flag() {
+        for (online, want) in [
+            (true, PresenceReason::Connected),
+            (false, PresenceReason::Lost),
+        ] {
+            let mut u = UnitRecord::new(UnitId::new("metro-fire", "E1").unwrap(), 1);
+            u.presence = Some(Presence {
+                online,
+                boot: BootId(7),
+                connection: 2,
+                at_ms: 5,
+                reason: PresenceReason::Sleep,
+            });
+            let mut json: serde_json::Value = serde_json::to_value(&u).unwrap();
+            json["presence"].as_object_mut().unwrap().remove("reason");
+            let mut back: UnitRecord = serde_json::from_value(json).unwrap();
+            back.upgrade_presence();
+            assert_eq!(back.presence.unwrap().reason, want, "online {online}");
+        }
+    }
+}

@@ -475,6 +475,9 @@ async fn an_off_unit_stays_off_across_a_collector_restart() {
     w.start_collector().await;
     let c = w.c();
     tokio::time::sleep(Duration::from_millis(300)).await; // ticks
+    // Silent past any stale allowance: still off.
+    w.clock.set(T0 + 3_600_000 + 300_000);
+    tokio::time::sleep(Duration::from_millis(300)).await;
     let v = c.unit(&u).await.unwrap();
     assert_eq!(v["status"], "off", "{v:#}");
     assert_eq!(status_of(&v).1, ["off"], "{v:#}");
