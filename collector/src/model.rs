@@ -65,10 +65,13 @@ impl Status {
 }
 
 /// How bad a flag is. A unit's status is its worst active flag's severity,
-/// or `offline`, which outranks both.
+/// unless its presence decides (`lost` outranks everything; `overdue` and
+/// `off` outrank threshold flags, which stay listed underneath).
+/// `info` is a neutral reason (`off`): it makes no unit less than `ok`.
 #[derive(Debug, Clone, Copy, PartialEq, Eq, PartialOrd, Ord, Hash, Serialize, Deserialize)]
 #[serde(rename_all = "snake_case")]
 pub enum Severity {
+    Info,
     Degraded,
     Critical,
 }
@@ -76,6 +79,7 @@ pub enum Severity {
 impl From<Severity> for Status {
     fn from(s: Severity) -> Status {
         match s {
+            Severity::Info => Status::Ok,
             Severity::Degraded => Status::Degraded,
             Severity::Critical => Status::Critical,
         }
@@ -86,7 +90,8 @@ impl From<Severity> for Status {
 #[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
 pub struct Reason {
     /// The rule's name from config (`cpu-high`), or a built-in one:
-    /// `offline.will`, `offline.stale`, `clock_skew`.
+    /// `lost.will`, `lost.stale` (before schema v2: `offline.will`,
+    /// `offline.stale`), `off`, `overdue`, `clock_skew`, `incident`.
     pub rule: String,
     pub severity: Severity,
     /// What the rule looks at, as written in config (`cpu.total`,

@@ -8,6 +8,10 @@
 //! to now while it is still active), clipped to the window. Reasons on a
 //! probe field (`probe["cad-api"].total_ms`, agency-wide `incident` flags)
 //! count under that probe, with the target the incidents name for it.
+//!
+//! Only faults count: while a unit is `off` (announced; see
+//! `model::Status::is_fault`) nothing of it counts, and neutral reasons
+//! (`Severity::Info`, the `off` reason itself) never do.
 
 use std::collections::{BTreeMap, BTreeSet, HashMap};
 
@@ -22,7 +26,7 @@ use super::auth::Scope;
 use super::error::ApiError;
 use super::query::{Params, digits};
 use super::views::Page;
-use crate::model::Change;
+use crate::model::{Change, Severity, Status};
 use crate::store::{EventQuery, StoredEvent};
 
 /// The longest window `?hours=` takes (the store keeps events 30 days by default).
@@ -112,6 +116,7 @@ pub fn rank(now_ms: u64, window_ms: u64, events: &[StoredEvent]) -> Vec<Problem>
         let now_active: BTreeSet<(String, String)> = t
             .reasons
             .iter()
+            .filter(|r| t.to != Status::Off && r.severity != Severity::Info)
             .map(|r| (r.rule.clone(), r.field.clone()))
             .collect();
         let cur = active.entry(key).or_default();
@@ -414,6 +419,33 @@ mod tests {
                     10.0
                 ),
             ]
+        );
+    }
+
+    #[test]
+    fn off_minutes_are_not_degraded() {
+        // u1: cpu-high from minute 900; off (with the flag still listed
+        // underneath) from 930 to 960; then the flag alone until now.
+        let mut off = tr(
+            2,
+            "u1",
+            930,
+            &[("off", "presence"), ("cpu-high", "cpu.total")],
+        );
+        if let Change::Transition(t) = &mut off.change {
+            t.to = Status::Off;
+            t.reasons[0].severity = Severity::Info;
+        }
+        let events = vec![
+            tr(1, "u1", 900, &[("cpu-high", "cpu.total")]),
+            off,
+            tr(3, "u1", 960, &[("cpu-high", "cpu.total")]),
+        ];
+        let got = rank(NOW, WINDOW, &events);
+        assert_eq!(got.len(), 1, "{got:#?}");
+        assert_eq!(
+            (got[0].rule.as_str(), got[0].unit_minutes),
+            ("cpu-high", 30.0 + 40.0)
         );
     }
 

@@ -75,6 +75,22 @@ impl LogReason for Refusal {
     }
 }
 
+/// Presences that are accepted but worth a (rate-limited) log line: a
+/// reason code this build does not know (a newer agent's). Offline, it is
+/// treated as `lost`; online, as a birth. Counted in
+/// `muster_ingest_presence_unknown_reason_total`.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Hash)]
+pub enum PresenceNote {
+    UnknownReason,
+}
+
+impl LogReason for PresenceNote {
+    const COUNT: usize = 1;
+    fn index(self) -> usize {
+        0
+    }
+}
+
 /// Lets through at most one log line per reason per interval, and says how
 /// many were suppressed since the last one. Any closed set of reasons
 /// ([`LogReason`]) has its own log: ingest's, the broker gate's, enrolment's.

@@ -26,7 +26,7 @@ use tokio_util::sync::CancellationToken;
 use tracing::{debug, error, info, warn};
 
 use super::mqtt::Inbound;
-use super::refusal::{Refusal, RefusalLog};
+use super::refusal::{PresenceNote, Refusal, RefusalLog};
 use super::seq::Observed;
 use crate::clock::SharedClock;
 use crate::config::IngestConfig;
@@ -66,6 +66,7 @@ pub struct Worker {
     clock: SharedClock,
     out: mpsc::UnboundedSender<Outbound>,
     refusals: RefusalLog,
+    notes: RefusalLog<PresenceNote>,
     cfg: IngestConfig,
     publish_status: bool,
     signer: Arc<Signer>,
@@ -122,6 +123,7 @@ impl Worker {
             pending,
             next_event_id,
             refusals: RefusalLog::new(cfg.refusal_log_interval.as_millis() as u64),
+            notes: RefusalLog::new(cfg.refusal_log_interval.as_millis() as u64),
             shared,
             clock,
             out,
@@ -322,6 +324,14 @@ impl Worker {
                 _ => {}
             }
             let changes = self.engine.on_record(&unit, &r, now);
+            if let Payload::Presence(p) = &r.payload {
+                // An announcement record: stored and acked like every
+                // record; the engine decides whether it is believed.
+                self.note_presence(&unit, p);
+                if let Some(state) = self.units.get_mut(&unit) {
+                    state.presence = self.engine.presence(&unit);
+                }
+            }
             self.pending.samples.push((unit.clone(), r));
             self.pending.records += 1;
             self.apply_changes(changes);
@@ -338,13 +348,23 @@ impl Worker {
         }
     }
 
+    /// Counts a presence by reason; an unknown reason is logged (rate-limited).
+    fn note_presence(&mut self, unit: &UnitId, p: &Presence) {
+        self.shared.metrics.ingest.presence(p.reason);
+        if let muster_proto::PresenceReason::Unknown { code } = p.reason
+            && let Some(suppressed) = self
+                .notes
+                .admit(PresenceNote::UnknownReason, self.clock.now_ms())
+        {
+            warn!(%unit, code, online = p.online, suppressed,
+                "Presence with a reason this collector does not know (a newer agent?): treated as {}.",
+                if p.online { "a birth" } else { "lost" });
+        }
+    }
+
     fn presence(&mut self, unit: UnitId, p: Presence) {
         let now = self.clock.now_ms();
-        self.shared
-            .metrics
-            .ingest
-            .presence
-            .fetch_add(1, Ordering::Relaxed);
+        self.note_presence(&unit, &p);
         self.unit_entry(&unit, now);
         // The engine decides what is believed (receive order, never the
         // agent's clock); the unit keeps what the engine believes.

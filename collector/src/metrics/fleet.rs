@@ -100,7 +100,7 @@ pub fn render<'a>(
 /// Transitions the rules engine reported, by the status entered.
 #[derive(Debug, Default)]
 pub struct TransitionMetrics {
-    to: [AtomicU64; 4],
+    to: [AtomicU64; STATUSES.len()],
     pub incidents: AtomicU64,
 }
 

@@ -4,6 +4,19 @@ use std::sync::atomic::{AtomicU64, Ordering};
 
 use super::expo::Exposition;
 use crate::ingest::refusal::Refusal;
+use muster_proto::PresenceReason;
+
+/// The `reason` labels of `muster_ingest_presence_total`
+/// (`PresenceReason::as_str`).
+pub const PRESENCE_REASONS: [&str; 7] = [
+    "connected",
+    "resumed",
+    "lost",
+    "shutdown",
+    "stop",
+    "sleep",
+    "unknown",
+];
 
 #[derive(Debug, Default)]
 pub struct IngestMetrics {
@@ -11,12 +24,32 @@ pub struct IngestMetrics {
     pub records: AtomicU64,
     pub duplicates: AtomicU64,
     refused: [AtomicU64; Refusal::ALL.len()],
-    pub presence: AtomicU64,
+    presence: [AtomicU64; PRESENCE_REASONS.len()],
+    pub presence_unknown_reason: AtomicU64,
 }
 
 impl IngestMetrics {
     pub fn refuse(&self, r: Refusal) {
         self.refused[r.index()].fetch_add(1, Ordering::Relaxed);
+    }
+
+    /// A presence (state topic) or announcement record arrived.
+    pub fn presence(&self, r: PresenceReason) {
+        let i = PRESENCE_REASONS
+            .iter()
+            .position(|l| *l == r.as_str())
+            .unwrap_or(PRESENCE_REASONS.len() - 1);
+        self.presence[i].fetch_add(1, Ordering::Relaxed);
+        if matches!(r, PresenceReason::Unknown { .. }) {
+            self.presence_unknown_reason.fetch_add(1, Ordering::Relaxed);
+        }
+    }
+
+    pub fn presences(&self, label: &str) -> u64 {
+        PRESENCE_REASONS
+            .iter()
+            .position(|l| *l == label)
+            .map_or(0, |i| self.presence[i].load(Ordering::Relaxed))
     }
 
     pub fn refused(&self, r: Refusal) -> u64 {
@@ -46,9 +79,25 @@ impl IngestMetrics {
         e.family(
             "muster_ingest_presence_total",
             "counter",
-            "Presence messages (birth and will) received.",
+            "Presences received (births, wills, announcements on the state topic and as records), by reason.",
         );
-        e.sample("muster_ingest_presence_total", &[], get(&self.presence));
+        for (i, r) in PRESENCE_REASONS.iter().enumerate() {
+            e.sample(
+                "muster_ingest_presence_total",
+                &[("reason", r)],
+                get(&self.presence[i]),
+            );
+        }
+        e.family(
+            "muster_ingest_presence_unknown_reason_total",
+            "counter",
+            "Presences with a reason code this collector does not know (a newer agent's): offline ones are treated as lost.",
+        );
+        e.sample(
+            "muster_ingest_presence_unknown_reason_total",
+            &[],
+            get(&self.presence_unknown_reason),
+        );
         e.family(
             "muster_ingest_refused_total",
             "counter",

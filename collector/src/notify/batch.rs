@@ -8,7 +8,7 @@ use std::collections::BTreeMap;
 use serde::{Deserialize, Serialize};
 use tokio::time::{Duration, Instant};
 
-use crate::model::{Change, Incident, Transition};
+use crate::model::{Change, Incident, Status, Transition};
 
 /// The JSON body of a webhook. An API boundary like the feed's JSON: add
 /// fields, do not rename or remove them.
@@ -181,21 +181,48 @@ fn summarize(agency: &str, incidents: &[IncidentGroup], loose: &[Transition]) ->
             t.unit,
             t.from.as_str(),
             t.to.as_str(),
-            t.reasons
-                .first()
-                .map(|r| format!(" ({})", r.message))
-                .unwrap_or_default()
+            match (t.reasons.first(), t.to.is_fault(), t.from) {
+                (Some(r), false, _) => format!(", not a fault ({})", r.message),
+                (Some(r), true, _) => format!(" ({})", r.message),
+                (None, _, Status::Off) => " (back from off)".to_string(),
+                (None, _, _) => String::new(),
+            }
         )),
         many => {
-            let mut by_status: BTreeMap<&str, usize> = BTreeMap::new();
+            // Failures (faults) apart from neutral changes (off, ok): a
+            // fleet parked for the night is not a storm of failures.
+            let mut faults: BTreeMap<Status, usize> = BTreeMap::new();
+            let mut neutral: BTreeMap<Status, usize> = BTreeMap::new();
             for t in many {
-                *by_status.entry(t.to.as_str()).or_default() += 1;
+                let m = if t.to.is_fault() {
+                    &mut faults
+                } else {
+                    &mut neutral
+                };
+                *m.entry(t.to).or_default() += 1;
             }
-            let s: Vec<String> = by_status.iter().map(|(k, n)| format!("{n} {k}")).collect();
+            let list = |m: &BTreeMap<Status, usize>| -> String {
+                m.iter()
+                    .rev()
+                    .map(|(k, n)| format!("{n} {}", k.as_str()))
+                    .collect::<Vec<_>>()
+                    .join(", ")
+            };
+            let mut s = Vec::new();
+            if !faults.is_empty() {
+                s.push(format!(
+                    "{} failing ({})",
+                    faults.values().sum::<usize>(),
+                    list(&faults)
+                ));
+            }
+            if !neutral.is_empty() {
+                s.push(format!("not a fault: {}", list(&neutral)));
+            }
             parts.push(format!(
                 "{} units of {agency} changed status: {}",
                 many.len(),
-                s.join(", ")
+                s.join("; ")
             ));
         }
     }
@@ -205,7 +232,7 @@ fn summarize(agency: &str, incidents: &[IncidentGroup], loose: &[Transition]) ->
 #[cfg(test)]
 mod tests {
     use super::*;
-    use crate::model::{Reason, Severity, Status};
+    use crate::model::{Reason, Severity};
 
     fn reason(incident: Option<&str>) -> Reason {
         Reason {
@@ -365,6 +392,52 @@ mod tests {
     }
 
     #[test]
+    fn off_is_not_counted_as_a_failure() {
+        let t0 = Instant::now();
+        let off = |unit: &str, from: Status, to: Status, msg: &str| {
+            let mut r = reason(None);
+            r.rule = "off".into();
+            r.severity = Severity::Info;
+            r.message = msg.into();
+            Change::Transition(Transition {
+                agency: "fire".into(),
+                unit: unit.into(),
+                from,
+                to,
+                at_ms: 5,
+                reasons: if to == Status::Off { vec![r] } else { vec![] },
+            })
+        };
+        let mut b = Batcher::new("fire", Duration::from_secs(2));
+        b.add(
+            off(
+                "E1",
+                Status::Ok,
+                Status::Off,
+                "shut down 18:02 (OS shutdown)",
+            ),
+            t0,
+        );
+        let n = b.take(t0, true, "x".into(), 0).unwrap();
+        assert_eq!(
+            n.summary,
+            "fire/E1 ok -> off, not a fault (shut down 18:02 (OS shutdown))"
+        );
+        b.add(off("E1", Status::Off, Status::Ok, ""), t0);
+        let n = b.take(t0, true, "x".into(), 0).unwrap();
+        assert_eq!(n.summary, "fire/E1 off -> ok (back from off)");
+        for i in 0..3 {
+            b.add(off(&format!("E{i}"), Status::Ok, Status::Off, "asleep"), t0);
+        }
+        b.add(tr("E9", Status::Critical, None), t0);
+        let n = b.take(t0, true, "x".into(), 0).unwrap();
+        assert_eq!(
+            n.summary,
+            "4 units of fire changed status: 1 failing (1 critical); not a fault: 3 off"
+        );
+    }
+
+    #[test]
     fn a_full_window_asks_to_be_taken() {
         let t0 = Instant::now();
         let mut b = Batcher::new("fire", Duration::from_secs(2));
@@ -376,7 +449,7 @@ mod tests {
         assert_eq!(n.transitions.len(), MAX_CHANGES);
         assert!(
             n.summary
-                .contains("500 units of fire changed status: 500 degraded"),
+                .contains("500 units of fire changed status: 500 failing (500 degraded)"),
             "{}",
             n.summary
         );

@@ -1,17 +1,27 @@
 //! The `[rules]` table: raw (serde, as written) and validated (typed).
 
+use std::collections::{BTreeMap, HashMap};
 use std::sync::Arc;
 
 use serde::Deserialize;
 
-use super::field::Field;
+use super::field::{Field, LINK_KINDS, kind_name, kind_value};
 use crate::model::Severity;
 
 /// The shipped defaults (a `[rules]` table).
 pub const DEFAULT_RULES_TOML: &str = include_str!("default_rules.toml");
 
 /// Rule names the engine uses itself.
-const RESERVED: &[&str] = &["offline.will", "offline.stale", "clock_skew", "incident"];
+const RESERVED: &[&str] = &[
+    "offline.will",
+    "offline.stale",
+    "lost.will",
+    "lost.stale",
+    "off",
+    "overdue",
+    "clock_skew",
+    "incident",
+];
 
 /// The `[rules]` table of the collector's TOML config, as written.
 ///
@@ -27,6 +37,8 @@ pub struct RawRules {
     pub disabled: Vec<String>,
     #[serde(default)]
     pub offline: RawOffline,
+    #[serde(default)]
+    pub off: RawOff,
     #[serde(default)]
     pub clock_skew: RawClockSkew,
     #[serde(default)]
@@ -56,6 +68,34 @@ impl Default for RawOffline {
             min_stale: "15s".into(),
             default_interval: "30s".into(),
             runbook: Some("https://runbooks.example.org/muster/offline".into()),
+        }
+    }
+}
+
+/// `[rules.off]`: how long an announced departure (shutdown, stop, sleep)
+/// stays `off` before it is `overdue`.
+#[derive(Debug, Clone, PartialEq, Deserialize)]
+#[serde(default, deny_unknown_fields)]
+pub struct RawOff {
+    pub max: String,
+    pub runbook: Option<String>,
+    /// `[rules.off.agency."metro-fire"] max = "10h"`.
+    pub agency: BTreeMap<String, RawOffAgency>,
+}
+
+/// `[rules.off.agency."<agency>"]`.
+#[derive(Debug, Clone, PartialEq, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct RawOffAgency {
+    pub max: String,
+}
+
+impl Default for RawOff {
+    fn default() -> Self {
+        RawOff {
+            max: "16h".into(),
+            runbook: Some("https://runbooks.example.org/muster/overdue".into()),
+            agency: BTreeMap::new(),
         }
     }
 }
@@ -125,12 +165,14 @@ pub struct RawThreshold {
     pub agencies: Option<Vec<String>>,
 }
 
-/// A threshold: a number, or `true` / `false` for true/false fields.
-#[derive(Debug, Clone, Copy, PartialEq, Deserialize)]
+/// A threshold: a number, `true` / `false` for true/false fields, or a
+/// link kind name for `net.kind`.
+#[derive(Debug, Clone, PartialEq, Deserialize)]
 #[serde(untagged)]
 pub enum RawValue {
     Bool(bool),
     Num(f64),
+    Str(String),
 }
 
 impl Default for RawRules {
@@ -245,7 +287,9 @@ impl ThresholdRule {
 
     /// The threshold as people read it (`false` for true/false fields).
     pub fn show(&self, v: f64) -> String {
-        if self.field.is_bool() {
+        if self.field.is_kind() {
+            format!("{:?}", kind_name(v))
+        } else if self.field.is_bool() {
             (v != 0.0).to_string()
         } else {
             show_num(v)
@@ -272,6 +316,24 @@ pub struct OfflineConfig {
 }
 
 #[derive(Debug, Clone)]
+pub struct OffConfig {
+    pub max_ms: u64,
+    pub runbook: Option<String>,
+    /// Per-agency `max`.
+    pub agency_max_ms: HashMap<String, u64>,
+}
+
+impl OffConfig {
+    /// How long a unit of `agency` may be off before it is overdue.
+    pub fn max_for(&self, agency: &str) -> u64 {
+        self.agency_max_ms
+            .get(agency)
+            .copied()
+            .unwrap_or(self.max_ms)
+    }
+}
+
+#[derive(Debug, Clone)]
 pub struct SkewConfig {
     pub threshold_ms: u64,
     pub severity: Severity,
@@ -293,6 +355,7 @@ pub struct IncidentConfig {
 pub struct RulesConfig {
     pub threshold: Vec<ThresholdRule>,
     pub offline: OfflineConfig,
+    pub off: OffConfig,
     /// `None` when disabled.
     pub clock_skew: Option<SkewConfig>,
     /// `None` when disabled.
@@ -373,6 +436,32 @@ impl RawRules {
                 "must not be zero",
             ));
         }
+
+        // Off.
+        let positive = |key: &str, v: &str| -> Result<u64, RulesError> {
+            match duration(key, v)? {
+                0 => Err(invalid(key, "must not be zero")),
+                ms => Ok(ms),
+            }
+        };
+        let mut agency_max_ms = HashMap::new();
+        for (agency, a) in &self.off.agency {
+            if muster_proto::ids::validate_part("agency", agency).is_err() {
+                return Err(invalid(
+                    format!("rules.off.agency.{agency:?}"),
+                    format!("{agency:?} is not an agency id"),
+                ));
+            }
+            agency_max_ms.insert(
+                agency.clone(),
+                positive(&format!("rules.off.agency.{agency:?}.max"), &a.max)?,
+            );
+        }
+        let off = OffConfig {
+            max_ms: positive("rules.off.max", &self.off.max)?,
+            runbook: runbook("rules.off.runbook", self.off.runbook.clone())?,
+            agency_max_ms,
+        };
 
         // Clock skew.
         let s = &self.clock_skew;
@@ -458,6 +547,7 @@ impl RawRules {
         Ok(RulesConfig {
             threshold: rules,
             offline,
+            off,
             clock_skew: self.clock_skew.enabled.then_some(skew),
             incidents: self.incidents.enabled.then_some(incidents),
         })
@@ -477,7 +567,10 @@ fn threshold_rule(key: &str, raw: RawThreshold) -> Result<ThresholdRule, RulesEr
             format!("{:?} is not a rule name (letters, digits, - _ .)", raw.name),
         ));
     }
-    if RESERVED.contains(&raw.name.as_str()) || raw.name.starts_with("offline.") {
+    if RESERVED.contains(&raw.name.as_str())
+        || raw.name.starts_with("offline.")
+        || raw.name.starts_with("lost.")
+    {
         return Err(invalid(
             k("name"),
             format!("{:?} is reserved for a built-in rule", raw.name),
@@ -498,10 +591,36 @@ fn threshold_rule(key: &str, raw: RawThreshold) -> Result<ThresholdRule, RulesEr
         )
     })?;
     let value = |sub: &str, v: RawValue| -> Result<f64, RulesError> {
+        if field.is_kind() {
+            let names: Vec<&str> = LINK_KINDS.iter().map(|k| k.as_str()).collect();
+            return match &v {
+                RawValue::Str(s) => LINK_KINDS
+                    .iter()
+                    .find(|k| k.as_str() == s)
+                    .map(|k| kind_value(*k))
+                    .ok_or_else(|| {
+                        invalid(
+                            k(sub),
+                            format!(
+                                "{s:?} is not a link kind; expected one of {}",
+                                names.join(", ")
+                            ),
+                        )
+                    }),
+                _ => Err(invalid(
+                    k(sub),
+                    format!(
+                        "{} is a link kind: compare with one of {}",
+                        raw.field,
+                        names.join(", ")
+                    ),
+                )),
+            };
+        }
         match (field.is_bool(), v) {
             (true, RawValue::Bool(b)) => Ok(super::field::bool_value(b)),
             (false, RawValue::Num(x)) if x.is_finite() => Ok(x),
-            (true, RawValue::Num(_)) => Err(invalid(
+            (true, _) => Err(invalid(
                 k(sub),
                 format!("{} is true/false: compare with true or false", raw.field),
             )),
@@ -516,6 +635,12 @@ fn threshold_rule(key: &str, raw: RawThreshold) -> Result<ThresholdRule, RulesEr
         return Err(invalid(
             k("op"),
             format!("{} is true/false: use == or !=", raw.field),
+        ));
+    }
+    if field.is_kind() && !matches!(op, Op::Eq | Op::Ne) {
+        return Err(invalid(
+            k("op"),
+            format!("{} is a link kind: use == or !=", raw.field),
         ));
     }
     let clear = match raw.clear {

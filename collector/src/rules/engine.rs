@@ -6,7 +6,8 @@ use std::sync::Arc;
 use std::time::Duration;
 
 use muster_proto::{
-    AgentStatus, BootId, HostSample, Outcome, Payload, Presence, ProbeResult, Record, UnitId,
+    AgentStatus, BootId, HostSample, Outcome, Payload, Presence, PresenceReason, ProbeResult,
+    Record, UnitId,
 };
 
 use super::config::{RulesConfig, ThresholdRule};
@@ -14,6 +15,7 @@ use super::field::{Field, ProbeM, Selector, Source, selects};
 use super::incident::{Incidents, Membership};
 use super::presence::{PresenceTrack, Verdict};
 use super::skew::{self, SkewTracker};
+use super::words::{self, NetSummary};
 use crate::model::{Change, Incident, Reason, Severity, Status, Transition, UnitHealth};
 
 /// Most probe results kept per (unit, probe) for windowed rules.
@@ -92,10 +94,15 @@ struct UnitState {
     presence: PresenceTrack,
     /// Boot and event time of the newest record.
     newest: Option<(BootId, u64)>,
-    /// `offline.will` since (collector ms).
-    will: Option<(u64, Presence)>,
-    /// `offline.stale` since (collector ms of the last receipt).
+    /// The believed departure (will or announcement) and since when
+    /// (collector ms): `lost.will`, or `off` / `overdue` when announced.
+    gone: Option<(u64, Presence)>,
+    /// `overdue` since (collector ms), for an announced departure.
+    overdue: Option<u64>,
+    /// `lost.stale` since (collector ms of the last receipt).
     stale: Option<u64>,
+    /// The newest network context the unit reported (a lost reason's evidence).
+    net: Option<NetSummary>,
     skew: SkewTracker,
     /// `clock_skew`: (since, estimate).
     skew_flag: Option<(u64, i64)>,
@@ -120,8 +127,10 @@ impl UnitState {
             status_interval_ms: None,
             presence: PresenceTrack::default(),
             newest: None,
-            will: None,
+            gone: None,
+            overdue: None,
             stale: None,
+            net: None,
             skew: SkewTracker::default(),
             skew_flag: None,
             prev_dropped: None,
@@ -241,34 +250,44 @@ impl Engine {
     /// `for` timers are not persisted; flags of rules no longer configured
     /// and incident tags are dropped (incidents are re-derived from live
     /// data). The unit counts as silent from the first `tick` on, so one
-    /// that never reports again goes `offline.stale`.
+    /// that never reports again goes `lost.stale` (an off one stays off).
+    /// Stored reasons named before schema v2 (`offline.will`,
+    /// `offline.stale`) are read as `lost.*`.
     pub fn restore(&mut self, unit: &UnitId, health: UnitHealth) {
         let i = self.unit_index(unit, health.since_ms);
         let cfg = &self.cfg;
         let u = &mut self.units[i];
         u.restored = true;
         u.slots.clear();
-        u.will = None;
+        u.gone = None;
+        u.overdue = None;
         u.stale = None;
         u.skew_flag = None;
         u.incidents.clear();
         for r in &health.reasons {
+            let placeholder = |reason| Presence {
+                online: false,
+                boot: BootId(0),
+                connection: 0,
+                at_ms: 0,
+                reason,
+            };
             match r.rule.as_str() {
-                "offline.will" => {
-                    // The retained state topic is delivered again on
-                    // subscribe and decides; until then the unit stays offline.
-                    u.will = Some((
-                        r.since_ms,
-                        Presence {
-                            online: false,
-                            boot: BootId(0),
-                            connection: 0,
-                            at_ms: 0,
-                            reason: muster_proto::PresenceReason::Lost,
-                        },
-                    ));
+                // The retained state topic is delivered again on subscribe
+                // and decides; until then the unit stays lost or off. The
+                // stored presence (`restore_presence`) names the boot.
+                "offline.will" | "lost.will" => {
+                    u.gone = Some((r.since_ms, placeholder(PresenceReason::Lost)));
                 }
-                "offline.stale" => u.stale = Some(r.since_ms),
+                "off" => {
+                    u.gone = Some((r.since_ms, placeholder(PresenceReason::Shutdown)));
+                }
+                "overdue" => {
+                    // Re-judged by `tick` from when the unit went off.
+                    let since = r.observed.map_or(r.since_ms, |v| v as u64);
+                    u.gone = Some((since, placeholder(PresenceReason::Shutdown)));
+                }
+                "offline.stale" | "lost.stale" => u.stale = Some(r.since_ms),
                 "clock_skew" => {
                     if cfg.clock_skew.is_some() {
                         let est = r.observed.unwrap_or(0.0) as i64;
@@ -329,7 +348,7 @@ impl Engine {
     ///
     /// A record older than the newest of its stream (host samples, agent
     /// status, each probe by name) is replayed history: it shows the link is
-    /// alive (it clears `offline.stale`) but is ignored for the unit's
+    /// alive (it clears `lost.stale`) but is ignored for the unit's
     /// current state: it neither raises nor clears flags and is not used to
     /// judge clock skew.
     pub fn on_record(&mut self, unit: &UnitId, rec: &Record, now_ms: u64) -> Vec<Change> {
@@ -343,8 +362,10 @@ impl Engine {
         if u.stale.take().is_some() {
             fx.structural = true;
         }
-        if u.presence.record(rec.boot, rec.seq) && u.will.take().is_some() {
-            // Newer data than the will: the unit is connected again.
+        let announcement = matches!(rec.payload, Payload::Presence(_));
+        if !announcement && u.presence.record(rec.boot, rec.seq) && u.gone.take().is_some() {
+            // Newer data than the departure: the unit is connected again.
+            u.overdue = None;
             fx.structural = true;
         }
         if u.is_current(rec) {
@@ -357,6 +378,9 @@ impl Engine {
                 Payload::Host(s) => {
                     if s.interval_ms > 0 {
                         u.host_interval_ms = Some(u64::from(s.interval_ms));
+                    }
+                    if let Some(n) = &s.network {
+                        u.net = Some(NetSummary::of(n));
                     }
                     eval_host(cfg, &self.host_rules, u, s, rec.at_ms, &mut fx);
                 }
@@ -379,8 +403,12 @@ impl Engine {
                         self.incidents.result(g, ui, &u.id.unit, failing, now_ms);
                     }
                 }
-                // Announcements: issue 12.
-                Payload::Presence(_) => {}
+                Payload::Presence(p) => {
+                    let nrb = u.newest.map(|(b, _)| b);
+                    if u.presence.announcement(p, rec.seq, nrb) == Verdict::Believed {
+                        depart(u, ui, p, now_ms, &mut self.incidents, &mut fx);
+                    }
+                }
             }
             eval_skew(cfg, u, now_ms, &mut fx);
         }
@@ -389,7 +417,7 @@ impl Engine {
         out
     }
 
-    /// The unit's retained state topic (birth / will) changed. Whether it
+    /// The unit's retained state topic (birth, announcement or will) changed. Whether it
     /// is believed is decided by [`PresenceTrack`] (receive order, never
     /// the agent's clock); the verdict is returned with the changes, and
     /// [`Engine::presence`] gives the believed presence afterwards.
@@ -415,15 +443,11 @@ impl Engine {
         if p.online {
             u.restored = false;
             u.last_rx_ms = Some(u.last_rx_ms.map_or(now_ms, |t| t.max(now_ms)));
-            fx.structural |= u.will.take().is_some();
+            fx.structural |= u.gone.take().is_some();
             fx.structural |= u.stale.take().is_some();
-        } else if u.will.is_none() {
-            u.will = Some((now_ms, *p));
-            // Continuity is lost: a `for` timer starts again with new data.
-            u.slots.retain(|s| s.active);
-            fx.structural = true;
+            u.overdue = None;
         } else {
-            u.will = Some((u.will.map_or(now_ms, |(t, _)| t), *p));
+            depart(u, ui, p, now_ms, &mut self.incidents, &mut fx);
         }
         let mut out = Vec::new();
         refresh(cfg, u, now_ms, &fx, &mut out);
@@ -441,13 +465,16 @@ impl Engine {
     /// had never overrule a stored will). Call after [`Engine::restore`].
     pub fn restore_presence(&mut self, unit: &UnitId, p: Presence, max_seq: u64, since_ms: u64) {
         let i = self.unit_index(unit, since_ms);
+        let cfg = &self.cfg;
         let u = &mut self.units[i];
         u.presence = PresenceTrack::restored(p, max_seq);
         if !p.online
-            && let Some((since, _)) = u.will
+            && let Some((since, _)) = u.gone
         {
-            // The stored reason keeps its since; it now names the boot.
-            u.will = Some((since, p));
+            // The stored reason keeps its since; it now names the boot and
+            // the reason.
+            u.gone = Some((since, p));
+            u.health.reasons = build_reasons(cfg, u);
         }
     }
 
@@ -461,8 +488,34 @@ impl Engine {
                 u.last_rx_ms = Some(now_ms);
             }
             let Some(rx) = u.last_rx_ms else { continue };
+            if let Some((since, p)) = u.gone
+                && p.reason.is_announced()
+            {
+                // Off: staleness does not apply; overdue past its limit, and
+                // a restart not back within `back_within` plus the unit's
+                // stale allowance is lost.
+                let back_within = match p.reason {
+                    PresenceReason::Stop { back_within_ms } => back_within_ms,
+                    _ => None,
+                };
+                let limit = back_within.unwrap_or_else(|| cfg.off.max_for(&u.id.agency));
+                let mut fx = Effect::default();
+                if u.overdue.is_none() && now_ms.saturating_sub(since) >= limit {
+                    u.overdue = Some(since.saturating_add(limit));
+                    fx.structural = true;
+                }
+                if let Some(b) = back_within
+                    && u.stale.is_none()
+                    && now_ms.saturating_sub(since) >= b.saturating_add(u.stale_after_ms(cfg))
+                {
+                    u.stale = Some(rx);
+                    fx.structural = true;
+                }
+                refresh(cfg, u, now_ms, &fx, &mut out);
+                continue;
+            }
             if u.stale.is_none()
-                && u.will.is_none()
+                && u.gone.is_none()
                 && now_ms.saturating_sub(rx) >= u.stale_after_ms(cfg)
             {
                 u.stale = Some(rx);
@@ -612,7 +665,7 @@ fn raise(rule: &ThresholdRule, s: &mut Slot) {
         rule.op.as_str(),
         rule.show(rule.threshold)
     );
-    if rule.field.is_bool() {
+    if rule.field.is_bool() || rule.field.is_kind() {
         m = format!(
             "{} {} {}",
             s.field,
@@ -805,9 +858,57 @@ fn eval_skew(cfg: &RulesConfig, u: &mut UnitState, now_ms: u64, fx: &mut Effect)
     }
 }
 
+/// A departure (will or announcement) was believed: the unit is `lost` or
+/// `off`. An off unit leaves its incident groups (it is neither counted nor
+/// failing there).
+fn depart(
+    u: &mut UnitState,
+    ui: usize,
+    p: &Presence,
+    now_ms: u64,
+    inc: &mut Incidents,
+    fx: &mut Effect,
+) {
+    let same_kind = u
+        .gone
+        .is_some_and(|(_, g)| g.reason.is_announced() == p.reason.is_announced());
+    let since = match u.gone {
+        Some((t, _)) if same_kind => t,
+        _ => {
+            u.overdue = None;
+            now_ms
+        }
+    };
+    if !same_kind || u.stale.is_some() {
+        // Continuity is lost: a `for` timer starts again with new data.
+        u.slots.retain(|s| s.active);
+        u.stale = None;
+        fx.structural = true;
+    }
+    if u.gone.is_none_or(|(_, g)| g.reason != p.reason) {
+        fx.structural = true;
+    }
+    u.gone = Some((since, *p));
+    if p.reason.is_announced() {
+        for s in &mut u.probes {
+            if let Some(g) = s.group {
+                inc.leave(g, ui);
+            }
+        }
+    }
+}
+
+/// Presence decides first (`lost`, then `overdue`, then `off`: threshold
+/// flags stay listed under them), else the worst flag.
 fn status_of(reasons: &[Reason]) -> Status {
-    if reasons.iter().any(|r| r.rule.starts_with("offline.")) {
-        return Status::Lost;
+    for (rule, status) in [
+        ("lost.", Status::Lost),
+        ("overdue", Status::Overdue),
+        ("off", Status::Off),
+    ] {
+        if reasons.iter().any(|r| r.rule.starts_with(rule)) {
+            return status;
+        }
     }
     reasons
         .iter()
@@ -816,46 +917,94 @@ fn status_of(reasons: &[Reason]) -> Status {
         .unwrap_or(Status::Ok)
 }
 
-/// The unit's reasons, offline first, then worst first, then by rule name.
+/// Is the presence reason one of the engine's presence rules?
+fn is_presence_rule(rule: &str) -> bool {
+    rule.starts_with("lost.") || rule == "off" || rule == "overdue"
+}
+
+/// The unit's reasons: presence first (lost, overdue, off), then worst
+/// first, then by rule name.
 fn build_reasons(cfg: &RulesConfig, u: &UnitState) -> Vec<Reason> {
     let mut out = Vec::new();
-    if let Some((since, p)) = &u.will {
-        out.push(Reason {
-            rule: "offline.will".into(),
-            severity: Severity::Critical,
-            field: "presence".into(),
-            observed: None,
-            threshold: None,
-            since_ms: *since,
-            runbook: cfg.offline.runbook.clone(),
-            message: if p.connection > 0 {
-                format!(
-                    "the agent's MQTT will: connection {} of boot {} was lost",
-                    p.connection, p.boot
-                )
-            } else {
-                "the agent's MQTT will: its connection was lost".into()
-            },
-            incident: None,
-        });
-    }
-    if let Some(rx) = u.stale {
-        let after = u.stale_after_ms(cfg);
-        out.push(Reason {
-            rule: "offline.stale".into(),
-            severity: Severity::Critical,
-            field: "last_seen".into(),
-            observed: None,
-            threshold: Some(after as f64),
-            since_ms: rx,
-            runbook: cfg.offline.runbook.clone(),
-            message: format!(
-                "no data for {} (allowed {} x interval)",
-                humantime::format_duration(Duration::from_secs(after / 1000)),
-                cfg.offline.stale_factor
-            ),
-            incident: None,
-        });
+    let signal = u.net.as_ref().and_then(|n| n.signal_dbm).map(f64::from);
+    match (&u.gone, u.stale) {
+        (_, Some(rx)) => {
+            let after = u.stale_after_ms(cfg);
+            let mut message = words::lost(rx, None, u.net.as_ref());
+            match &u.gone {
+                Some((since, p)) => {
+                    message.push_str(&format!("; not back from {}", words::departure(p, *since)))
+                }
+                None => message.push_str(&format!(
+                    "; no data for {} (allowed {} x interval)",
+                    humantime::format_duration(Duration::from_secs(after / 1000)),
+                    cfg.offline.stale_factor
+                )),
+            }
+            out.push(Reason {
+                rule: "lost.stale".into(),
+                severity: Severity::Critical,
+                field: "last_seen".into(),
+                observed: signal,
+                threshold: Some(after as f64),
+                since_ms: rx,
+                runbook: cfg.offline.runbook.clone(),
+                message,
+                incident: None,
+            });
+        }
+        (Some((since, p)), None) if !p.reason.is_announced() => {
+            let how = match p.reason {
+                PresenceReason::Unknown { code } => format!("unknown reason code {code}"),
+                _ => "MQTT will".to_string(),
+            };
+            out.push(Reason {
+                rule: "lost.will".into(),
+                severity: Severity::Critical,
+                field: "presence".into(),
+                observed: signal,
+                threshold: None,
+                since_ms: *since,
+                runbook: cfg.offline.runbook.clone(),
+                message: words::lost(*since, Some(&how), u.net.as_ref()),
+                incident: None,
+            });
+        }
+        (Some((since, p)), None) => {
+            let said = words::departure(p, *since);
+            let limit = match p.reason {
+                PresenceReason::Stop {
+                    back_within_ms: Some(b),
+                } => b,
+                _ => cfg.off.max_for(&u.id.agency),
+            };
+            out.push(match u.overdue {
+                None => Reason {
+                    rule: "off".into(),
+                    severity: Severity::Info,
+                    field: "presence".into(),
+                    observed: None,
+                    threshold: Some(limit as f64),
+                    since_ms: *since,
+                    runbook: None,
+                    message: said,
+                    incident: None,
+                },
+                Some(at) => Reason {
+                    rule: "overdue".into(),
+                    severity: Severity::Degraded,
+                    field: "presence".into(),
+                    // When the unit went off (restored from here).
+                    observed: Some(*since as f64),
+                    threshold: Some(limit as f64),
+                    since_ms: at,
+                    runbook: cfg.off.runbook.clone(),
+                    message: format!("{said}: off for longer than {}", words::span(limit)),
+                    incident: None,
+                },
+            });
+        }
+        (None, None) => {}
     }
     if let (Some((since, est)), Some(sk)) = (u.skew_flag, &cfg.clock_skew) {
         out.push(Reason {
@@ -919,7 +1068,7 @@ fn build_reasons(cfg: &RulesConfig, u: &UnitState) -> Vec<Reason> {
         }
     }
     out.sort_by(|a, b| {
-        let off = |r: &Reason| !r.rule.starts_with("offline.");
+        let off = |r: &Reason| !is_presence_rule(&r.rule);
         (off(a), std::cmp::Reverse(a.severity), &a.rule, &a.field).cmp(&(
             off(b),
             std::cmp::Reverse(b.severity),

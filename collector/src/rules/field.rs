@@ -1,7 +1,7 @@
 //! The field grammar of threshold rules, and reading a field's value out of
 //! a record. See the grammar in the `rules` module documentation.
 
-use muster_proto::{AgentStatus, Collector, HostSample, Outcome, ProbeResult};
+use muster_proto::{AgentStatus, Collector, HostSample, LinkKind, Outcome, ProbeResult};
 
 /// Which instance of a list a field looks at.
 #[derive(Debug, Clone, PartialEq, Eq)]
@@ -46,6 +46,41 @@ pub enum NetM {
     RxBps,
     TxBps,
 }
+/// The unit's network context (`net.kind`, no selector).
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum RouteM {
+    /// The default route's link kind, compared with a kind name.
+    Kind,
+    SignalDbm,
+    VpnUp,
+    RouteChanges,
+}
+
+/// Metrics of `net` without a selector: the network context.
+const ROUTE_METRICS: &[&str] = &["kind", "signal_dbm", "vpn_up", "route_changes"];
+
+/// The names `net.kind` compares with.
+pub const LINK_KINDS: [LinkKind; 5] = [
+    LinkKind::Ethernet,
+    LinkKind::Wifi,
+    LinkKind::Cellular,
+    LinkKind::Vpn,
+    LinkKind::Other,
+];
+
+/// A link kind's value as a threshold (its wire code).
+pub fn kind_value(k: LinkKind) -> f64 {
+    f64::from(u8::from(k))
+}
+
+/// The kind name of a `net.kind` value.
+pub fn kind_name(v: f64) -> &'static str {
+    LINK_KINDS
+        .iter()
+        .find(|k| kind_value(**k).to_bits() == v.to_bits())
+        .map_or("?", |k| k.as_str())
+}
+
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 pub enum ProcM {
     Running,
@@ -93,6 +128,8 @@ pub enum Field {
     Swap(MemM),
     Disk(Selector, DiskM),
     Net(Selector, NetM),
+    /// `net.kind`, `net.signal_dbm`, `net.vpn_up`, `net.route_changes`.
+    Route(RouteM),
     Process(Selector, ProcM),
     Host(HostM),
     Probe(Selector, ProbeM),
@@ -175,6 +212,25 @@ impl Field {
             let (sel, after) = parse_selector(after)?;
             selector = Some(sel);
             rest = after;
+        }
+        if scope == "net"
+            && selector.is_none()
+            && let Some(m) = rest.strip_prefix('.')
+        {
+            return Ok(Field::Route(match m {
+                "kind" => RouteM::Kind,
+                "signal_dbm" => RouteM::SignalDbm,
+                "vpn_up" => RouteM::VpnUp,
+                "route_changes" => RouteM::RouteChanges,
+                _ => {
+                    return Err(format!(
+                        "unknown metric {m:?} of net; expected one of {} (the network context), \
+                         or net[\"interface\"].metric with one of {}",
+                        ROUTE_METRICS.join(", "),
+                        metrics.join(", ")
+                    ));
+                }
+            }));
         }
         match (wants_sel, &selector) {
             (true, None) => {
@@ -274,9 +330,15 @@ impl Field {
         matches!(
             self,
             Field::Net(_, NetM::Up)
+                | Field::Route(RouteM::VpnUp)
                 | Field::Process(_, ProcM::Running)
                 | Field::Probe(_, ProbeM::Ok)
         )
+    }
+
+    /// `net.kind`: compared with `==` / `!=` against a kind name.
+    pub fn is_kind(&self) -> bool {
+        matches!(self, Field::Route(RouteM::Kind))
     }
 
     /// Judged over a window of results rather than the latest one.
@@ -393,6 +455,28 @@ impl Field {
                 !failed(Collector::Uptime) && one(Some(s.uptime_s as f64))
             }
             Field::Host(HostM::Failures) => one(Some(s.failures.len() as f64)),
+            Field::Route(m) => {
+                let family = match m {
+                    RouteM::Kind | RouteM::RouteChanges => Collector::Route,
+                    RouteM::SignalDbm => match s.network.as_ref().and_then(|n| n.route.as_ref()) {
+                        Some(r) if r.kind == LinkKind::Wifi => Collector::Wifi,
+                        _ => Collector::Cellular,
+                    },
+                    RouteM::VpnUp => Collector::Vpn,
+                };
+                let Some(n) = s.network.as_deref() else {
+                    return false;
+                };
+                if failed(family) {
+                    return false;
+                }
+                one(match m {
+                    RouteM::Kind => n.route.as_ref().map(|r| kind_value(r.kind)),
+                    RouteM::SignalDbm => n.route_signal_dbm().map(f64::from),
+                    RouteM::VpnUp => n.vpn_up().map(bool_value),
+                    RouteM::RouteChanges => Some(f64::from(n.route_changes)),
+                })
+            }
             Field::Probe(..) | Field::Agent(_) => false,
         }
     }
@@ -594,6 +678,10 @@ mod tests {
                 r#"process["cadclient"].running"#,
                 Field::Process(Selector::Name("cadclient".into()), ProcM::Running),
             ),
+            ("net.kind", Field::Route(RouteM::Kind)),
+            ("net.signal_dbm", Field::Route(RouteM::SignalDbm)),
+            ("net.vpn_up", Field::Route(RouteM::VpnUp)),
+            ("net.route_changes", Field::Route(RouteM::RouteChanges)),
             (
                 r#"probe["cad-api"].failure_ratio"#,
                 Field::Probe(Selector::Name("cad-api".into()), ProbeM::FailureRatio),

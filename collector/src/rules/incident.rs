@@ -119,6 +119,16 @@ impl Incidents {
         }
     }
 
+    /// A unit left the group (it went `off`): it is neither counted nor
+    /// failing until its next result.
+    pub fn leave(&mut self, group: usize, unit: usize) {
+        let g = &mut self.groups[group];
+        if let Some(m) = g.members.remove(&unit) {
+            g.failing -= usize::from(m.failing);
+            g.dirty = true;
+        }
+    }
+
     pub fn summary_of(&self, group: usize) -> (&str, &str, &str) {
         let g = &self.groups[group];
         (&g.agency, &g.probe, &g.target)

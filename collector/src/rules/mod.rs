@@ -32,6 +32,7 @@
 //! | `memory`, `swap` | – | `used_pct` (%), `used_mib`, `free_mib` | host sample |
 //! | `disk` | mount: `"/"`, `"C:\\"` (`C:`, `C:\`, `c:/` are one drive) | `used_pct` (%), `free_gib`, `read_bps`, `write_bps` (bytes/s) | host sample |
 //! | `net` | interface: `"wwan0"` | `up` (bool), `rx_errors`, `tx_errors` (since the previous sample), `rx_bps`, `tx_bps` | host sample |
+//! | `net` | – | `kind` (the default route's link: `ethernet`, `wifi`, `cellular`, `vpn`, `other`; compared with `==` / `!=` against a name: `threshold = "cellular"`; no value without a default route), `signal_dbm` (the route link's signal: Wi-Fi dBm, cellular RSRP or else RSSI; no value on other links), `vpn_up` (bool: any configured VPN up; no value when the unit's config names no VPN, so a rule on it never fires for such units), `route_changes` (default-route changes since the previous sample) | host sample's network context (schema v2; a v1 sample has none: no value) |
 //! | `process` | watched process: `"cadclient"` (case-insensitive, `.exe` optional) | `running` (bool), `restarts` (since agent start), `cpu_pct` (% of one core), `rss_mib` | host sample |
 //! | `host` | – | `uptime_s`, `failures` (agent collectors that failed) | host sample |
 //! | `probe` | probe name: `"cad-api"` | `ok` (bool), `total_ms`, `dns_ms`, `connect_ms`, `tls_ms`, `ttfb_ms`, `http_status`, `cert_days_left`, `loss_pct` (ICMP %), `rtt_ms` (ICMP average), `failure_ratio` (0..1 over `window`) | probe result |
@@ -59,6 +60,12 @@
 //! min_stale = "15s"          # ... and at least this
 //! default_interval = "30s"   # until the unit has told its interval
 //! runbook = "https://runbooks.example.org/muster/offline"
+//!
+//! [rules.off]
+//! max = "16h"                # an announced departure is `overdue` after this
+//! runbook = "https://runbooks.example.org/muster/overdue"
+//! [rules.off.agency."metro-fire"]
+//! max = "10h"                # per agency
 //!
 //! [rules.clock_skew]
 //! enabled = true
@@ -104,18 +111,44 @@
 //!   `offline.stale`), but never raises or clears a flag and is not used for
 //!   clock skew: the unit's current state comes from its newest data. (History
 //!   is stored by the collector and could feed statistics; the engine ignores it.)
-//! * **Offline.** `offline.will`: the agent's MQTT will. Presences are
-//!   ordered per unit (connection number within a boot; connect time across
-//!   boots; a will of another boot older than the newest data is ignored) so
-//!   a late will of an older connection never overrides a newer birth; only a
-//!   birth clears it. `offline.stale`: nothing received (collector clock, any
-//!   record or birth) for `stale_factor` x the unit's interval (the smaller
-//!   of `HostSample.interval_ms` and `AgentStatus.interval_ms`), at least
-//!   `min_stale`; judged in `tick`; catches half-open cellular links. Going
-//!   offline restarts pending `for` timers (continuity is lost); raised flags
-//!   stay, under the offline status. Reason fields: `offline.will` has
-//!   field `presence`; `offline.stale` has field `last_seen`, `since_ms` = when
-//!   the unit was last heard from, `threshold` = the allowed silence in ms.
+//! * **Presence: lost, off, overdue.** Which presence is believed is
+//!   decided by [`presence`] (its contract: receive order, births of
+//!   another boot win, departures only for the live boot, birth < will <
+//!   announcement within one connection, newer records overrule a
+//!   departure, an announcement record never does). One presence reason at
+//!   a time, listed first:
+//!   - `lost.will` (critical): the agent's MQTT will, or an offline presence
+//!     with a reason code this build does not know. Only a birth or newer
+//!     records clear it.
+//!   - `lost.stale` (critical): nothing received (collector clock, any record
+//!     or birth) for `stale_factor` x the unit's interval (the smaller of
+//!     `HostSample.interval_ms` and `AgentStatus.interval_ms`), at least
+//!     `min_stale`; judged in `tick`; catches half-open cellular links. Not
+//!     judged while a unit is off, except an announced restart
+//!     (`stop` with `back_within`): silent past `back_within` + that
+//!     allowance, it is lost.
+//!   - `off` (severity `info`; status `off`, not a fault): an announced
+//!     departure (`shutdown`, `stop`, `sleep`), in words with the
+//!     collector-clock UTC time it was believed: `shut down 18:02 (OS
+//!     shutdown)`, `stopped 18:02 by an operator`, `restarting since 18:02
+//!     (back within 2m)`, `asleep since 14:10`. `threshold` = the ms it may
+//!     last. An off unit leaves its incident groups.
+//!   - `overdue` (degraded): off for longer than `[rules.off] max` (per
+//!     agency: `[rules.off.agency."<id>"] max`), or a restart not back
+//!     within its `back_within`; judged in `tick`. `since_ms` = when it became
+//!     overdue, `observed` = when the unit went off (ms).
+//!
+//!   Status: `lost` if a `lost.*` reason, else `overdue`, else `off`, else
+//!   the worst flag. Raised threshold flags stay, listed under the presence
+//!   reason; going lost or off restarts pending `for` timers (continuity is
+//!   lost). Lost reasons carry the last network context the unit reported:
+//!   `lost contact 14:32 (MQTT will) on cellular (wwan0), signal -118 dBm
+//!   (very weak), VPN up` (bands in [`words`]), and `observed` = that signal
+//!   in dBm. `lost.will` has field `presence`; `lost.stale` has field
+//!   `last_seen`, `since_ms` = when the unit was last heard from, `threshold`
+//!   = the allowed silence in ms. Before wire schema v2 these rules were
+//!   `offline.will` / `offline.stale`: stored health with those names is
+//!   restored as `lost.*`. `[rules.offline]` configures both.
 //! * **Clock skew** (`clock_skew`): collector clock minus agent clock, from
 //!   the agent's own estimate (`AgentStatus.clock_offset_ms`) while fresh, else
 //!   the minimum of `now_ms - at_ms` over the unit's current records of the
@@ -136,8 +169,8 @@
 //!   set) when the ratio drops below `clear_ratio`. Affected units get an
 //!   `incident` reason and their flags on that probe carry the incident id.
 //!   Evaluated in `tick` (incremental bookkeeping per record, O(1)).
-//! * **Status and transitions.** Offline outranks critical, which outranks
-//!   degraded. A `Change::Transition` is emitted when the status, the set of
+//! * **Status and transitions.** `Ok < Off < Degraded < Overdue < Critical
+//!   < Lost`; presence decides first (above). A `Change::Transition` is emitted when the status, the set of
 //!   flags (rule and field) or their incident ids change, not on every sample;
 //!   then `from == to` is possible. Its `at_ms` is the event time of the
 //!   record that caused it, or the collector's clock for presence, staleness
@@ -154,10 +187,11 @@ mod field;
 mod incident;
 pub mod presence;
 mod skew;
+pub mod words;
 
 pub use config::{
-    DEFAULT_RULES_TOML, RawClockSkew, RawIncidents, RawOffline, RawRules, RawThreshold, RawValue,
-    RulesConfig, RulesError,
+    DEFAULT_RULES_TOML, RawClockSkew, RawIncidents, RawOff, RawOffAgency, RawOffline, RawRules,
+    RawThreshold, RawValue, RulesConfig, RulesError,
 };
 pub use engine::Engine;
 

@@ -293,7 +293,7 @@ fn severity_ordering_and_reason_order() {
     };
     let ch = e.on_presence(&f.unit, &p, at + 6 * S);
     assert_eq!(transitions(&ch)[0].to, Status::Lost);
-    assert_eq!(rule_names(&e, &f.unit), vec!["offline.will", "cpu-high"]);
+    assert_eq!(rule_names(&e, &f.unit), vec!["lost.will", "cpu-high"]);
     assert!(Status::Lost > Status::Critical && Status::Critical > Status::Degraded);
 }
 
@@ -344,7 +344,7 @@ fn the_will_and_late_wills_of_older_connections() {
         n += t.len();
         if *want == X {
             let r = &e.health(&u).unwrap().reasons[0];
-            assert_eq!(r.rule, "offline.will");
+            assert_eq!(r.rule, "lost.will");
             assert_eq!(
                 r.runbook.as_deref(),
                 Some("https://runbooks.example.org/muster/offline")
@@ -388,11 +388,15 @@ fn staleness_on_receipt_time_with_ticks() {
     }
     assert_eq!(n, 1, "one transition, not one per tick");
     let h = e.health(&f.unit).unwrap();
-    assert_eq!(h.reasons[0].rule, "offline.stale");
+    assert_eq!(h.reasons[0].rule, "lost.stale");
     assert_eq!(h.reasons[0].since_ms, rx, "since last seen");
-    assert_eq!(
-        h.reasons[0].message,
-        "no data for 15s (allowed 3 x interval)"
+    assert!(
+        h.reasons[0].message.starts_with("lost contact ")
+            && h.reasons[0]
+                .message
+                .ends_with("; no data for 15s (allowed 3 x interval)"),
+        "{}",
+        h.reasons[0].message
     );
     // Data again clears it.
     let ch = f.send(&mut e, T0 + 61 * S, cpu(20.0), rx + 61 * S);
@@ -420,16 +424,14 @@ fn a_will_suppresses_stale_and_a_birth_clears_both() {
     let mut f = Feed::new(unit(1));
     f.send(&mut e, T0, cpu(20.0), T0);
     e.tick(T0 + 20 * S); // half-open: stale first
-    assert_eq!(rule_names(&e, &f.unit), vec!["offline.stale"]);
+    assert_eq!(rule_names(&e, &f.unit), vec!["lost.stale"]);
     e.on_presence(
         &f.unit,
         &presence(false, fixtures::BOOT.0, 1, T0 - MIN),
         T0 + 45 * S,
     );
-    assert_eq!(
-        rule_names(&e, &f.unit),
-        vec!["offline.stale", "offline.will"]
-    );
+    // The will replaces staleness: one presence reason at a time.
+    assert_eq!(rule_names(&e, &f.unit), vec!["lost.will"]);
     let ch = e.on_presence(
         &f.unit,
         &presence(true, fixtures::BOOT.0, 2, T0 + 50 * S),
@@ -443,7 +445,7 @@ fn a_will_suppresses_stale_and_a_birth_clears_both() {
         T0 + 60 * S,
     );
     e.tick(T0 + 100 * S);
-    assert_eq!(rule_names(&e, &f.unit), vec!["offline.will"]);
+    assert_eq!(rule_names(&e, &f.unit), vec!["lost.will"]);
 }
 
 #[test]
@@ -1119,9 +1121,18 @@ mod model_based {
                 }
                 if let Some(h) = e.health(&f.unit) {
                     prop_assert_eq!(h.status, last);
-                    let offline = h.reasons.iter().any(|r| r.rule.starts_with("offline."));
+                    let has = |p: &str| h.reasons.iter().any(|r| r.rule.starts_with(p));
                     let worst = h.reasons.iter().map(|r| Status::from(r.severity)).max().unwrap_or(Status::Ok);
-                    prop_assert_eq!(h.status, if offline { Status::Lost } else { worst });
+                    let want = if has("lost.") {
+                        Status::Lost
+                    } else if has("overdue") {
+                        Status::Overdue
+                    } else if has("off") {
+                        Status::Off
+                    } else {
+                        worst
+                    };
+                    prop_assert_eq!(h.status, want);
                 }
             }
         }
@@ -1151,4 +1162,567 @@ fn a_new_boot_after_a_clock_a_year_ahead_is_current_by_its_birth() {
     // The old boot's replayed history (a year ahead) is not.
     old.send(&mut e, T0 + YEAR + S, cpu(10.0), T0 + MIN + S);
     assert_eq!(rule_names(&e, &new.unit), vec!["cpu-high"]);
+}
+
+/// Announced departures, `off`, `overdue` and `lost` (issue 12).
+mod departures {
+    use super::*;
+    use muster_proto::PresenceReason as R;
+
+    const H: u64 = 3_600_000;
+
+    fn pres(boot: u64, connection: u32, reason: R) -> Presence {
+        Presence {
+            online: reason.is_online(),
+            boot: BootId(boot),
+            connection,
+            at_ms: T0,
+            reason,
+        }
+    }
+
+    fn birth(boot: u64, connection: u32) -> Presence {
+        pres(boot, connection, R::Connected)
+    }
+
+    const STOP: R = R::Stop {
+        back_within_ms: None,
+    };
+    const RESTART: R = R::Stop {
+        back_within_ms: Some(2 * MIN),
+    };
+
+    /// A unit of `agency` born (boot 1, connection 1) with one sample.
+    fn born(e: &mut Engine, agency: &str) -> Feed {
+        let mut f = Feed::new(UnitId::new(agency, "E1").unwrap());
+        f.boot = BootId(1);
+        e.on_presence(&f.unit, &birth(1, 1), T0);
+        f.send(e, T0, cpu(10.0), T0);
+        f
+    }
+
+    fn reason0(e: &Engine, u: &UnitId) -> crate::model::Reason {
+        e.health(u).unwrap().reasons[0].clone()
+    }
+
+    #[test]
+    fn an_announcement_is_off_in_words_and_neutral() {
+        let cases = [
+            (R::Shutdown, "shut down {t} (OS shutdown)"),
+            (STOP, "stopped {t} by an operator"),
+            (RESTART, "restarting since {t} (back within 2m)"),
+            (R::Sleep, "asleep since {t}"),
+        ];
+        for (reason, words) in cases {
+            let mut e = Engine::new(rules(""));
+            let f = born(&mut e, "metro-fire");
+            let at = T0 + MIN;
+            let ch = e.on_presence(&f.unit, &pres(1, 1, reason), at);
+            let t = transitions(&ch);
+            assert_eq!(
+                (t[0].from, t[0].to),
+                (Status::Ok, Status::Off),
+                "{reason:?}"
+            );
+            let r = reason0(&e, &f.unit);
+            assert_eq!(r.rule, "off");
+            assert_eq!(r.field, "presence");
+            assert_eq!(r.severity, crate::model::Severity::Info);
+            assert_eq!(r.message, words.replace("{t}", &words::hhmm(at)));
+            assert!(!Status::Off.is_fault());
+            // Staleness does not apply to an off unit.
+            assert!(e.tick(at + 90 * S).is_empty(), "{reason:?}");
+            assert_eq!(status(&e, &f.unit), Status::Off);
+        }
+    }
+
+    #[test]
+    fn off_past_its_max_is_overdue_with_a_per_agency_max() {
+        let cfg =
+            rules("[rules.off]\nmax = \"16h\"\n[rules.off.agency.\"metro-fire\"]\nmax = \"10h\"\n");
+        for (agency, max) in [("metro-fire", 10 * H), ("county-ems", 16 * H)] {
+            let mut e = Engine::new(cfg.clone());
+            let f = born(&mut e, agency);
+            e.on_presence(&f.unit, &pres(1, 1, R::Shutdown), T0);
+            assert!(e.tick(T0 + max - 1).is_empty(), "{agency}");
+            assert_eq!(status(&e, &f.unit), Status::Off);
+            let ch = e.tick(T0 + max);
+            assert_eq!(transitions(&ch)[0].to, Status::Overdue, "{agency}");
+            let r = reason0(&e, &f.unit);
+            assert_eq!(
+                (r.rule.as_str(), r.severity),
+                ("overdue", crate::model::Severity::Degraded)
+            );
+            assert_eq!(r.since_ms, T0 + max);
+            assert_eq!(
+                r.runbook.as_deref(),
+                Some("https://runbooks.example.org/muster/overdue")
+            );
+            assert!(
+                r.message
+                    .ends_with(&format!("off for longer than {}", words::span(max)))
+            );
+            assert!(e.tick(T0 + 3 * max).is_empty(), "overdue, not lost");
+            // A birth: ok again.
+            let ch = e.on_presence(&f.unit, &birth(2, 1), T0 + 3 * max);
+            assert_eq!(transitions(&ch)[0].to, Status::Ok);
+        }
+    }
+
+    #[test]
+    fn off_config_errors_name_the_key() {
+        let bad = |body: &str| {
+            #[derive(serde::Deserialize)]
+            struct File {
+                rules: RawRules,
+            }
+            toml::from_str::<File>(&format!("[rules]\n{body}"))
+                .unwrap()
+                .rules
+                .validate()
+                .unwrap_err()
+                .to_string()
+        };
+        assert!(bad("[rules.off]\nmax = \"soon\"").starts_with("rules.off.max: "));
+        assert!(bad("[rules.off]\nmax = \"0s\"").starts_with("rules.off.max: "));
+        assert!(
+            bad("[rules.off.agency.\"metro-fire\"]\nmax = \"x\"")
+                .starts_with("rules.off.agency.\"metro-fire\".max: ")
+        );
+        assert!(
+            bad("[rules.off.agency.\"Bad Agency\"]\nmax = \"1h\"").starts_with("rules.off.agency.")
+        );
+        assert!(bad("[rules.off]\nrunbook = \"ftp://x\"").starts_with("rules.off.runbook: "));
+    }
+
+    #[test]
+    fn a_restart_back_within_is_ok_and_one_never_back_is_overdue_then_lost() {
+        let cfg = rules("[rules.offline]\nmin_stale = \"15s\"\ndefault_interval = \"5s\"\n");
+        // Back within: a new boot's birth.
+        let mut e = Engine::new(cfg.clone());
+        let f = born(&mut e, "metro-fire");
+        e.on_presence(&f.unit, &pres(1, 1, RESTART), T0);
+        assert!(e.tick(T0 + MIN).is_empty());
+        let ch = e.on_presence(&f.unit, &birth(2, 1), T0 + MIN);
+        assert_eq!(transitions(&ch)[0].to, Status::Ok);
+        // Never back.
+        let mut e = Engine::new(cfg);
+        let f = born(&mut e, "metro-fire");
+        e.on_presence(&f.unit, &pres(1, 1, RESTART), T0);
+        assert!(e.tick(T0 + 2 * MIN - 1).is_empty());
+        assert_eq!(transitions(&e.tick(T0 + 2 * MIN))[0].to, Status::Overdue);
+        assert!(e.tick(T0 + 2 * MIN + 14 * S).is_empty(), "stale allowance");
+        let ch = e.tick(T0 + 2 * MIN + 15 * S);
+        assert_eq!(transitions(&ch)[0].to, Status::Lost);
+        let r = reason0(&e, &f.unit);
+        assert_eq!(r.rule, "lost.stale");
+        assert!(
+            r.message.contains("not back from restarting since"),
+            "{}",
+            r.message
+        );
+        // Data again: ok.
+        let mut f = f;
+        let ch = f.send(&mut e, T0 + 3 * MIN, cpu(10.0), T0 + 3 * MIN);
+        assert_eq!(transitions(&ch)[0].to, Status::Ok);
+    }
+
+    #[test]
+    fn wills_and_announcements_of_one_boot() {
+        use Status::{Lost as X, Off as F, Ok as O};
+        // (presences in receive order, status after each), what
+        let cases: &[(&[(Presence, Status)], &str)] = &[
+            (
+                &[(pres(1, 1, R::Shutdown), F), (pres(1, 1, R::Lost), F)],
+                "a will after the announcement of the same connection stays off",
+            ),
+            (
+                &[(pres(1, 1, R::Lost), X), (pres(1, 1, R::Sleep), F)],
+                "the announcement (record) after the will of its connection",
+            ),
+            (
+                &[
+                    (birth(1, 2), O),
+                    (pres(1, 2, R::Sleep), F),
+                    (pres(1, 1, R::Lost), F),
+                ],
+                "a late will of an older connection never overrides a newer announcement",
+            ),
+            (
+                &[(pres(1, 1, R::Sleep), F), (pres(1, 2, R::Lost), X)],
+                "a will of a newer connection is believed",
+            ),
+            (
+                &[(pres(1, 1, R::Unknown { code: 77 }), X)],
+                "an unknown reason is lost",
+            ),
+            (
+                &[
+                    (pres(1, 1, R::Sleep), F),
+                    (pres(1, 2, R::Resumed { slept_ms: 72 * MIN }), O),
+                ],
+                "resumed",
+            ),
+            (
+                &[(birth(2, 1), O), (pres(1, 1, R::Shutdown), O)],
+                "an announcement of a retired boot is history",
+            ),
+        ];
+        for (steps, what) in cases {
+            let mut e = Engine::new(rules(""));
+            let f = born(&mut e, "metro-fire");
+            for (i, (p, want)) in steps.iter().enumerate() {
+                e.on_presence(&f.unit, p, T0 + (i as u64 + 1) * S);
+                assert_eq!(status(&e, &f.unit), *want, "{what}: step {i}");
+            }
+        }
+        // Resumed keeps slept_ms in the believed presence.
+        let mut e = Engine::new(rules(""));
+        let f = born(&mut e, "metro-fire");
+        e.on_presence(&f.unit, &pres(1, 1, R::Sleep), T0 + S);
+        e.on_presence(
+            &f.unit,
+            &pres(1, 2, R::Resumed { slept_ms: 72 * MIN }),
+            T0 + 2 * S,
+        );
+        assert_eq!(
+            e.presence(&f.unit).unwrap().reason,
+            R::Resumed { slept_ms: 72 * MIN }
+        );
+        // An unknown reason says so.
+        let mut e = Engine::new(rules(""));
+        let f = born(&mut e, "metro-fire");
+        e.on_presence(&f.unit, &pres(1, 1, R::Unknown { code: 77 }), T0 + S);
+        let r = reason0(&e, &f.unit);
+        assert_eq!(r.rule, "lost.will");
+        assert!(
+            r.message.contains("unknown reason code 77"),
+            "{}",
+            r.message
+        );
+    }
+
+    #[test]
+    fn announcement_records_before_after_or_without_the_retained_copy() {
+        for order in ["record only", "record first", "retained first"] {
+            let mut e = Engine::new(rules(""));
+            let mut f = born(&mut e, "metro-fire");
+            let a = pres(1, 1, R::Shutdown);
+            if order == "retained first" {
+                e.on_presence(&f.unit, &a, T0 + S);
+                assert_eq!(status(&e, &f.unit), Status::Off, "{order}");
+            }
+            let ch = f.send(&mut e, T0 + S, Payload::Presence(a), T0 + 2 * S);
+            assert_eq!(status(&e, &f.unit), Status::Off, "{order}");
+            if order == "retained first" {
+                assert!(transitions(&ch).is_empty(), "{order}: the same departure");
+            }
+            if order == "record first" {
+                assert!(e.on_presence(&f.unit, &a, T0 + 3 * S).is_empty(), "{order}");
+            }
+            assert_eq!(status(&e, &f.unit), Status::Off, "{order}");
+            // Newer data wins: a record after the announcement is online again.
+            let ch = f.send(&mut e, T0 + 4 * S, cpu(10.0), T0 + 4 * S);
+            assert_eq!(transitions(&ch)[0].to, Status::Ok, "{order}");
+        }
+        // Records older than the announcement (its backlog, arriving after
+        // the retained copy) do not turn it back on.
+        let mut e = Engine::new(rules(""));
+        let mut f = born(&mut e, "metro-fire");
+        e.on_presence(&f.unit, &pres(1, 1, R::Shutdown), T0 + S);
+        let backlog = f.rec(T0, cpu(10.0));
+        let ann = f.rec(T0 + S, Payload::Presence(pres(1, 1, R::Shutdown)));
+        e.on_record(&f.unit, &backlog, T0 + 2 * S);
+        e.on_record(&f.unit, &ann, T0 + 3 * S);
+        assert_eq!(status(&e, &f.unit), Status::Off);
+        // A replayed announcement of a retired boot is history.
+        let mut e = Engine::new(rules(""));
+        let mut old = born(&mut e, "metro-fire");
+        let old_ann = old.rec(T0, Payload::Presence(pres(1, 1, R::Shutdown)));
+        e.on_presence(&old.unit, &birth(2, 1), T0 + S);
+        let mut new = Feed::new(old.unit.clone());
+        new.boot = BootId(2);
+        new.send(&mut e, T0 + S, cpu(10.0), T0 + S);
+        e.on_record(&old.unit, &old_ann, T0 + 2 * S);
+        assert_eq!(status(&e, &old.unit), Status::Ok);
+    }
+
+    #[test]
+    fn lost_carries_the_last_network_context() {
+        let mut e = Engine::new(rules(""));
+        let mut f = born(&mut e, "metro-fire");
+        let mut net = fixtures::net_context();
+        net.route = Some(muster_proto::DefaultRoute {
+            interface: "wwan0".into(),
+            kind: muster_proto::LinkKind::Cellular,
+        });
+        net.cellular.get_or_insert_with(Default::default).rsrp_dbm = Some(-118);
+        net.vpns = vec![muster_proto::Vpn {
+            name: "tun0".into(),
+            up: true,
+        }];
+        f.send(
+            &mut e,
+            T0 + S,
+            host_with(|s| s.network = Some(Box::new(net))),
+            T0 + S,
+        );
+        let at = T0 + 2 * S;
+        e.on_presence(&f.unit, &pres(1, 1, R::Lost), at);
+        let r = reason0(&e, &f.unit);
+        assert_eq!(r.rule, "lost.will");
+        assert_eq!(r.observed, Some(-118.0));
+        assert_eq!(
+            r.message,
+            format!(
+                "lost contact {} (MQTT will) on cellular (wwan0), signal -118 dBm (very weak), VPN up",
+                words::hhmm(at)
+            )
+        );
+    }
+
+    #[test]
+    fn an_off_unit_leaves_its_incidents() {
+        let cfg = rules(&rule(
+            "cad-api-failing",
+            r#"probe["cad-api"].failure_ratio"#,
+            ">",
+            "0.5",
+            "window = \"5m\"",
+        ));
+        let mut e = Engine::new(cfg);
+        let mut feeds: Vec<Feed> = (0..4).map(|i| Feed::new(unit(i))).collect();
+        let t = T0;
+        fleet(&mut e, &mut feeds, 3, t);
+        let ch = e.tick(t + 500);
+        let inc = incidents(&ch);
+        assert_eq!((inc[0].affected.len(), inc[0].of_units), (3, 4));
+        // Two failing units shut down: 1 failing of 2 counted.
+        for f in &mut feeds[..2] {
+            let ann = pres(fixtures::BOOT.0, 1, R::Shutdown);
+            f.send(&mut e, t + S, Payload::Presence(ann), t + S);
+            assert_eq!(status(&e, &f.unit), Status::Off);
+        }
+        let ch = e.tick(t + S + 500);
+        let inc = incidents(&ch);
+        assert_eq!(inc.len(), 1, "{ch:#?}");
+        // Off units are neither in the denominator nor failing.
+        assert_eq!(
+            (inc[0].affected.len(), inc[0].of_units),
+            (1, 2),
+            "{:#?}",
+            inc[0]
+        );
+        for f in &feeds[..2] {
+            let h = e.health(&f.unit).unwrap();
+            assert_eq!(h.status, Status::Off);
+            assert!(h.reasons.iter().all(|r| r.incident.is_none()));
+        }
+    }
+
+    #[test]
+    fn restore_accepts_the_names_before_schema_v2() {
+        for (rule, want) in [
+            ("offline.will", Status::Lost),
+            ("lost.will", Status::Lost),
+            ("offline.stale", Status::Lost),
+            ("lost.stale", Status::Lost),
+            ("off", Status::Off),
+        ] {
+            let mut e = Engine::new(rules(""));
+            let u = unit(1);
+            let health = crate::model::UnitHealth {
+                status: want,
+                since_ms: T0,
+                reasons: vec![crate::model::Reason {
+                    rule: rule.into(),
+                    severity: crate::model::Severity::Critical,
+                    field: "presence".into(),
+                    observed: None,
+                    threshold: None,
+                    since_ms: T0,
+                    runbook: None,
+                    message: String::new(),
+                    incident: None,
+                }],
+            };
+            e.restore(&u, health);
+            assert_eq!(status(&e, &u), want, "{rule}");
+        }
+        // A restored off unit names its reason once its presence is restored.
+        let mut e = Engine::new(rules(""));
+        let u = unit(1);
+        let mut health = crate::model::UnitHealth::ok(T0);
+        health.status = Status::Off;
+        health.reasons.push(crate::model::Reason {
+            rule: "off".into(),
+            severity: crate::model::Severity::Info,
+            field: "presence".into(),
+            observed: None,
+            threshold: None,
+            since_ms: T0,
+            runbook: None,
+            message: String::new(),
+            incident: None,
+        });
+        e.restore(&u, health);
+        e.restore_presence(&u, pres(1, 1, R::Sleep), 5, T0);
+        assert_eq!(
+            reason0(&e, &u).message,
+            format!("asleep since {}", words::hhmm(T0))
+        );
+    }
+}
+
+/// The network rule fields and the shipped `vpn-down` / `signal-weak`.
+mod net_fields {
+    use super::*;
+    use muster_proto::{Collector, CollectorFailure, LinkKind};
+
+    fn net(f: impl FnOnce(&mut muster_proto::NetContext)) -> Payload {
+        host_with(|s| f(s.network.as_mut().unwrap()))
+    }
+
+    #[test]
+    fn values_and_their_absence() {
+        use super::super::field::Field;
+        let get = |field: &str, s: &HostSample| {
+            let mut got = Vec::new();
+            Field::parse(field)
+                .unwrap()
+                .host_values(s, |_, v| got.push(v));
+            got
+        };
+        let s = fixtures::host_sample();
+        assert_eq!(get("net.kind", &s), [3.0], "cellular's code");
+        assert_eq!(get("net.signal_dbm", &s), [-109.0], "RSRP");
+        assert_eq!(get("net.vpn_up", &s), [1.0]);
+        assert_eq!(get("net.route_changes", &s), [1.0]);
+        let mut wifi = s.clone();
+        wifi.network.as_mut().unwrap().route.as_mut().unwrap().kind = LinkKind::Wifi;
+        assert_eq!(get("net.signal_dbm", &wifi), [-71.0]);
+        // No VPN configured: no value, the rule never fires.
+        let mut novpn = s.clone();
+        novpn.network.as_mut().unwrap().vpns.clear();
+        assert!(get("net.vpn_up", &novpn).is_empty());
+        // A family that failed, or a v1 sample without a network: no value.
+        let mut failed = s.clone();
+        failed.failures.push(CollectorFailure {
+            collector: Collector::Vpn,
+            reason: "no such interface".into(),
+        });
+        assert!(get("net.vpn_up", &failed).is_empty());
+        let mut v1 = s.clone();
+        v1.network = None;
+        assert!(get("net.kind", &v1).is_empty());
+        // The interface metrics still need their selector.
+        assert!(Field::parse("net.up").is_err());
+        assert!(
+            Field::parse("net.bogus")
+                .unwrap_err()
+                .contains("signal_dbm")
+        );
+    }
+
+    #[test]
+    fn shipped_signal_weak_has_for_and_hysteresis() {
+        let mut e = Engine::new(RulesConfig::default());
+        let mut f = Feed::new(unit(1));
+        let weak = |dbm: i16| net(move |n| n.cellular.as_mut().unwrap().rsrp_dbm = Some(dbm));
+        // (seconds, dBm, status)
+        let steps = [
+            (0, -109, Status::Ok),
+            (10, -112, Status::Ok),
+            (60, -118, Status::Ok),
+            (130, -115, Status::Degraded),
+            (140, -107, Status::Degraded),
+            (150, -104, Status::Ok),
+        ];
+        for (t, dbm, want) in steps {
+            let at = T0 + t * S;
+            f.send(&mut e, at, weak(dbm), at);
+            assert_eq!(status(&e, &f.unit), want, "{t}s {dbm} dBm");
+        }
+        f.send(&mut e, T0 + 200 * S, weak(-120), T0 + 200 * S);
+        f.send(&mut e, T0 + 330 * S, weak(-120), T0 + 330 * S);
+        let r = e.health(&f.unit).unwrap().reasons[0].clone();
+        assert_eq!(
+            (r.rule.as_str(), r.field.as_str(), r.observed),
+            ("signal-weak", "net.signal_dbm", Some(-120.0))
+        );
+        assert_eq!(
+            r.runbook.as_deref(),
+            Some("https://runbooks.example.org/muster/signal-weak")
+        );
+    }
+
+    #[test]
+    fn shipped_vpn_down_only_for_units_with_a_vpn() {
+        for (vpns, want) in [(true, Status::Critical), (false, Status::Ok)] {
+            let mut e = Engine::new(RulesConfig::default());
+            let mut f = Feed::new(unit(1));
+            for t in [0, 30, 61] {
+                let at = T0 + t * S;
+                f.send(
+                    &mut e,
+                    at,
+                    net(|n| {
+                        if vpns {
+                            n.vpns[0].up = false;
+                        } else {
+                            n.vpns.clear();
+                        }
+                    }),
+                    at,
+                );
+            }
+            assert_eq!(status(&e, &f.unit), want, "vpns: {vpns}");
+            if vpns {
+                let r = &e.health(&f.unit).unwrap().reasons[0];
+                assert_eq!(r.rule, "vpn-down");
+                assert_eq!(r.message, "net.vpn_up == false for 1m");
+            }
+        }
+    }
+
+    #[test]
+    fn net_kind_compares_with_a_kind_name() {
+        let cfg = rules(&rule("on-cellular", "net.kind", "==", "\"cellular\"", ""));
+        let mut e = Engine::new(cfg);
+        let mut f = Feed::new(unit(1));
+        f.send(&mut e, T0, Payload::Host(fixtures::host_sample()), T0);
+        let r = &e.health(&f.unit).unwrap().reasons[0];
+        assert_eq!(r.message, "net.kind == \"cellular\"");
+        f.send(
+            &mut e,
+            T0 + S,
+            net(|n| n.route.as_mut().unwrap().kind = LinkKind::Ethernet),
+            T0 + S,
+        );
+        assert_eq!(status(&e, &f.unit), Status::Ok);
+        // Config errors name the key.
+        let bad = |op: &str, v: &str| {
+            #[derive(serde::Deserialize)]
+            struct File {
+                rules: RawRules,
+            }
+            toml::from_str::<File>(&format!(
+                "[rules]\ndefaults = false\n{}",
+                rule("k", "net.kind", op, v, "")
+            ))
+            .unwrap()
+            .rules
+            .validate()
+            .unwrap_err()
+            .to_string()
+        };
+        assert!(
+            bad("==", "\"lte\"")
+                .starts_with("rules.threshold[0].threshold: \"lte\" is not a link kind")
+        );
+        assert!(
+            bad("==", "3").starts_with("rules.threshold[0].threshold: net.kind is a link kind")
+        );
+        assert!(bad(">", "\"wifi\"").starts_with("rules.threshold[0].op: "));
+    }
 }

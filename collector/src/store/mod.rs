@@ -69,11 +69,30 @@ impl UnitRecord {
     }
 
     /// Is the unit connected, as far as the collector believes? Its
-    /// presence says so, unless that presence is a will that newer records
-    /// overruled (the engine then raises no `offline.will`).
+    /// presence says so, unless that presence is a departure (will or
+    /// announcement) that newer records overruled (the engine then raises
+    /// no `lost.will`, `off` or `overdue`).
     pub fn online(&self) -> Option<bool> {
-        self.presence
-            .map(|p| p.online || !self.health.reasons.iter().any(|r| r.rule == "offline.will"))
+        self.presence.map(|p| {
+            let departed = self.health.reasons.iter().any(|r| {
+                matches!(
+                    r.rule.as_str(),
+                    "lost.will" | "offline.will" | "off" | "overdue"
+                ) || (r.rule == "lost.stale" && p.reason.is_announced())
+            });
+            p.online || !departed
+        })
+    }
+
+    /// A stored presence from before schema v2 has no reason, which reads
+    /// as `Lost`: an online one is a birth (`Connected`).
+    pub fn upgrade_presence(&mut self) {
+        if let Some(p) = &mut self.presence
+            && p.online
+            && p.reason == muster_proto::PresenceReason::Lost
+        {
+            p.reason = muster_proto::PresenceReason::Connected;
+        }
     }
 }
 
@@ -222,4 +241,33 @@ pub trait Store: Send + Sync + 'static {
     /// Writes one enrolment (replacing the unit's previous one) and makes it
     /// durable before returning.
     fn put_enrollment(&self, e: &Enrollment) -> Result<(), StoreError>;
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use muster_proto::PresenceReason;
+
+    /// A unit stored before schema v2: its presence has no `reason`.
+    #[test]
+    fn a_presence_stored_before_v2_reads_by_its_online_flag() {
+        for (online, want) in [
+            (true, PresenceReason::Connected),
+            (false, PresenceReason::Lost),
+        ] {
+            let mut u = UnitRecord::new(UnitId::new("metro-fire", "E1").unwrap(), 1);
+            u.presence = Some(Presence {
+                online,
+                boot: BootId(7),
+                connection: 2,
+                at_ms: 5,
+                reason: PresenceReason::Sleep,
+            });
+            let mut json: serde_json::Value = serde_json::to_value(&u).unwrap();
+            json["presence"].as_object_mut().unwrap().remove("reason");
+            let mut back: UnitRecord = serde_json::from_value(json).unwrap();
+            back.upgrade_presence();
+            assert_eq!(back.presence.unwrap().reason, want, "online {online}");
+        }
+    }
 }

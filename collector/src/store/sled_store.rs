@@ -121,7 +121,10 @@ impl Store for SledStore {
             .iter()
             .map(|kv| {
                 let (_, v) = kv?;
-                serde_json::from_slice(&v).map_err(|e| corrupt("units", e))
+                let mut u: UnitRecord =
+                    serde_json::from_slice(&v).map_err(|e| corrupt("units", e))?;
+                u.upgrade_presence();
+                Ok(u)
             })
             .collect()
     }

@@ -1,8 +1,9 @@
-//! Offline from the MQTT will and from staleness; the status topic.
+//! Lost (the MQTT will, staleness), off (announced departures), overdue;
+//! the status topic.
 
 use std::time::Duration;
 
-use muster_proto::BootId;
+use muster_proto::{BootId, Payload, Presence};
 
 use crate::harness::*;
 
@@ -32,7 +33,7 @@ async fn the_will_marks_a_unit_offline_and_a_birth_brings_it_back() {
         .wait_unit(&u, "offline by will", |v| v["status"] == "lost")
         .await;
     let (_, reasons) = status_of(&v);
-    assert_eq!(reasons, ["offline.will"], "{v:#}");
+    assert_eq!(reasons, ["lost.will"], "{v:#}");
     assert_eq!(v["online"], false);
     let (ev, _) = stream
         .wait_for(Duration::from_secs(10), |e| e.event == "transition")
@@ -41,7 +42,7 @@ async fn the_will_marks_a_unit_offline_and_a_birth_brings_it_back() {
     assert_eq!(ev["type"], "transition");
     assert_eq!(ev["unit"], "M1");
     assert_eq!(ev["to"], "lost");
-    assert_eq!(ev["reasons"][0]["rule"], "offline.will");
+    assert_eq!(ev["reasons"][0]["rule"], "lost.will");
 
     // The retained status topic says so too.
     let deadline = tokio::time::Instant::now() + Duration::from_secs(10);
@@ -103,7 +104,7 @@ async fn silence_makes_a_unit_stale_and_data_clears_it() {
     w.clock.set(T0 + 20_000);
     let v = c.wait_unit(&u, "stale", |v| v["status"] == "lost").await;
     let (_, reasons) = status_of(&v);
-    assert_eq!(reasons, ["offline.stale"], "{v:#}");
+    assert_eq!(reasons, ["lost.stale"], "{v:#}");
     // Fresh data clears it.
     a.record(&u, rec(boot, 2, T0 + 20_000, host(10.0))).await;
     c.wait_unit(&u, "fresh again", |v| v["status"] == "ok")
@@ -144,7 +145,7 @@ async fn a_future_dated_will_does_not_pin_a_sending_unit_offline() {
             v["status"] == "lost"
         })
         .await;
-    assert_eq!(status_of(&v).1, ["offline.will"], "{v:#}");
+    assert_eq!(status_of(&v).1, ["lost.will"], "{v:#}");
     // The agent keeps sending: newer data than the will.
     a.record(&u, rec(boot, 2, T0 + 5_000, host(10.0))).await;
     let v = c
@@ -235,4 +236,271 @@ async fn records_with_seq_zero_create_no_unit() {
             .await,
         20.0
     );
+}
+
+fn announce(boot: BootId, connection: u32, reason: muster_proto::PresenceReason) -> Presence {
+    Presence {
+        online: false,
+        boot,
+        connection,
+        at_ms: T0,
+        reason,
+    }
+}
+
+fn reason0(v: &serde_json::Value) -> &serde_json::Value {
+    &v["reasons"][0]
+}
+
+/// Hh:mm UTC of a unix time in ms (what the collector writes).
+fn hhmm(ms: u64) -> String {
+    let min = (ms / 60_000) % (24 * 60);
+    format!("{:02}:{:02}", min / 60, min % 60)
+}
+
+/// An announced shutdown (the buffered record, acked like every record,
+/// and the retained state) is `off`, neutral; the broker's will after it
+/// (a DISCONNECT that got lost) does not make it `lost`; newer data after it
+/// is online again.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn an_announced_shutdown_is_off_and_a_will_after_it_is_not_lost() {
+    let w = World::start("").await;
+    let c = w.c();
+    let u = unit("metro-fire", "A1");
+    let boot = BootId(41);
+    let a = Agent::connect(&w.broker, "a1", Some((&u, online(boot, 1, T0, false)))).await;
+    a.presence(&u, online(boot, 1, T0, true)).await;
+    a.record(&u, rec(boot, 1, T0, host(10.0))).await;
+    c.wait_unit(&u, "online", |v| v["seq"]["received"] == 1)
+        .await;
+    let shutdown = announce(boot, 1, muster_proto::PresenceReason::Shutdown);
+    a.record(&u, rec(boot, 2, T0 + 1_000, Payload::Presence(shutdown)))
+        .await;
+    a.presence(&u, shutdown).await;
+    let v = c.wait_unit(&u, "off", |v| v["status"] == "off").await;
+    assert_eq!(status_of(&v).1, ["off"], "{v:#}");
+    assert_eq!(
+        reason0(&v)["message"],
+        format!("shut down {} (OS shutdown)", hhmm(T0)),
+        "{v:#}"
+    );
+    assert_eq!(reason0(&v)["severity"], "info");
+    assert_eq!(v["online"], false, "{v:#}");
+    // The announcement record is stored and acked like every record.
+    a.wait_acked(&u, boot, [1, 2]).await;
+    // The will of the same connection: counted, not believed.
+    let lost_before = c
+        .metric("muster_ingest_presence_total{reason=\"lost\"}")
+        .await;
+    a.cut();
+    let deadline = tokio::time::Instant::now() + Duration::from_secs(15);
+    while c
+        .metric("muster_ingest_presence_total{reason=\"lost\"}")
+        .await
+        <= lost_before
+    {
+        assert!(
+            tokio::time::Instant::now() < deadline,
+            "the will never came"
+        );
+        tokio::time::sleep(Duration::from_millis(20)).await;
+    }
+    assert!(
+        c.metric("muster_ingest_presence_total{reason=\"shutdown\"}")
+            .await
+            >= 2.0,
+        "the record and the retained copy"
+    );
+    // Silence does not make an off unit stale.
+    w.clock.set(T0 + 10 * 60_000);
+    tokio::time::sleep(Duration::from_millis(300)).await;
+    let v = c.unit(&u).await.unwrap();
+    assert_eq!(v["status"], "off", "{v:#}");
+    // Newer data of the live boot: online again.
+    let b = w.agent("a1-again").await;
+    b.record(&u, rec(boot, 3, T0 + 10 * 60_000, host(10.0)))
+        .await;
+    let v = c.wait_unit(&u, "back", |v| v["status"] == "ok").await;
+    assert_eq!(v["online"], true, "{v:#}");
+}
+
+/// Off longer than `[rules.off] max` (per agency) is overdue; a restart not
+/// back within its `back_within` is overdue, then lost.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn off_too_long_is_overdue_and_a_restart_never_back_is_lost() {
+    let w = World::start(
+        "[rules.off]\nmax = \"16h\"\n[rules.off.agency.\"metro-fire\"]\nmax = \"1h\"\n",
+    )
+    .await;
+    let c = w.c();
+    let a = w.agent("a").await;
+    let fire = unit("metro-fire", "O1");
+    let police = unit("county-police", "O2");
+    let restart = unit("metro-fire", "O3");
+    for (i, u) in [&fire, &police, &restart].into_iter().enumerate() {
+        let boot = BootId(50 + i as u64);
+        a.presence(u, online(boot, 1, T0, true)).await;
+        a.record(u, rec(boot, 1, T0, host(10.0))).await;
+        let reason = if *u == restart {
+            muster_proto::PresenceReason::Stop {
+                back_within_ms: Some(120_000),
+            }
+        } else {
+            muster_proto::PresenceReason::Sleep
+        };
+        a.record(
+            u,
+            rec(boot, 2, T0, Payload::Presence(announce(boot, 1, reason))),
+        )
+        .await;
+        c.wait_unit(u, "off", |v| v["status"] == "off").await;
+    }
+    let v = c.unit(&restart).await.unwrap();
+    assert_eq!(
+        reason0(&v)["message"],
+        format!("restarting since {} (back within 2m)", hhmm(T0))
+    );
+    // 2 minutes: the restart is overdue.
+    w.clock.set(T0 + 120_000);
+    let v = c
+        .wait_unit(&restart, "restart overdue", |v| v["status"] == "overdue")
+        .await;
+    assert_eq!(status_of(&v).1, ["overdue"], "{v:#}");
+    // Past back_within + the stale allowance (15 s): lost.
+    w.clock.set(T0 + 136_000);
+    let v = c
+        .wait_unit(&restart, "restart lost", |v| v["status"] == "lost")
+        .await;
+    assert_eq!(status_of(&v).1, ["lost.stale"], "{v:#}");
+    // 1 h: metro-fire's max; the police unit (16 h) is still off.
+    w.clock.set(T0 + 3_600_000);
+    let v = c
+        .wait_unit(&fire, "fire overdue", |v| v["status"] == "overdue")
+        .await;
+    assert_eq!(
+        reason0(&v)["runbook"],
+        "https://runbooks.example.org/muster/overdue"
+    );
+    assert_eq!(c.unit(&police).await.unwrap()["status"], "off");
+    assert_eq!(
+        c.metric("muster_units{agency=\"metro-fire\",status=\"overdue\"}")
+            .await,
+        1.0
+    );
+    assert_eq!(
+        c.metric("muster_units{agency=\"county-police\",status=\"off\"}")
+            .await,
+        1.0
+    );
+}
+
+/// A will carries the last network context the unit reported; an offline
+/// presence with a reason this build does not know is lost, and counted.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn lost_says_the_network_and_unknown_reasons_are_lost_and_counted() {
+    let w = World::start("").await;
+    let c = w.c();
+    let u = unit("metro-fire", "L1");
+    let boot = BootId(61);
+    let a = Agent::connect(&w.broker, "l1", Some((&u, online(boot, 1, T0, false)))).await;
+    a.presence(&u, online(boot, 1, T0, true)).await;
+    // The fixture's sample: default route on cellular wwan0, RSRP -109, tun0 up.
+    a.record(&u, rec(boot, 1, T0, host(10.0))).await;
+    c.wait_unit(&u, "online", |v| v["seq"]["received"] == 1)
+        .await;
+    w.clock.set(T0 + 60_000);
+    a.cut();
+    let v = c.wait_unit(&u, "lost", |v| v["status"] == "lost").await;
+    assert_eq!(status_of(&v).1, ["lost.will"]);
+    assert_eq!(
+        reason0(&v)["message"],
+        format!(
+            "lost contact {} (MQTT will) on cellular (wwan0), signal -109 dBm (weak), VPN up",
+            hhmm(T0 + 60_000)
+        ),
+        "{v:#}"
+    );
+    assert_eq!(reason0(&v)["observed"], -109.0);
+
+    let n = unit("metro-fire", "N1");
+    let nb = BootId(62);
+    let b = w.agent("n1").await;
+    b.presence(&n, online(nb, 1, T0, true)).await;
+    b.record(&n, rec(nb, 1, T0, host(10.0))).await;
+    c.wait_unit(&n, "online", |v| v["status"] == "ok").await;
+    b.presence(
+        &n,
+        announce(nb, 1, muster_proto::PresenceReason::Unknown { code: 200 }),
+    )
+    .await;
+    let v = c
+        .wait_unit(&n, "unknown: lost", |v| v["status"] == "lost")
+        .await;
+    assert!(
+        reason0(&v)["message"]
+            .as_str()
+            .unwrap()
+            .contains("unknown reason code 200"),
+        "{v:#}"
+    );
+    assert_eq!(
+        c.metric("muster_ingest_presence_unknown_reason_total")
+            .await,
+        1.0
+    );
+    assert_eq!(
+        c.metric("muster_ingest_presence_total{reason=\"unknown\"}")
+            .await,
+        1.0
+    );
+}
+
+/// An off unit stays off across a collector restart, with its reason in
+/// words (from the stored presence), and silence does not make it stale.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn an_off_unit_stays_off_across_a_collector_restart() {
+    let mut w = World::start("").await;
+    let u = unit("metro-fire", "R1");
+    let boot = BootId(71);
+    let a = w.agent("r1").await;
+    a.presence(&u, online(boot, 1, T0, true)).await;
+    a.record(&u, rec(boot, 1, T0, host(10.0))).await;
+    let sleep = announce(boot, 1, muster_proto::PresenceReason::Sleep);
+    a.record(&u, rec(boot, 2, T0, Payload::Presence(sleep)))
+        .await;
+    w.c().wait_unit(&u, "off", |v| v["status"] == "off").await;
+    a.wait_acked(&u, boot, [1, 2]).await;
+    w.stop_collector().await;
+    w.clock.set(T0 + 3_600_000);
+    w.start_collector().await;
+    let c = w.c();
+    tokio::time::sleep(Duration::from_millis(300)).await; // ticks
+    // Silent past any stale allowance: still off.
+    w.clock.set(T0 + 3_600_000 + 300_000);
+    tokio::time::sleep(Duration::from_millis(300)).await;
+    let v = c.unit(&u).await.unwrap();
+    assert_eq!(v["status"], "off", "{v:#}");
+    assert_eq!(status_of(&v).1, ["off"], "{v:#}");
+    assert_eq!(
+        reason0(&v)["message"],
+        format!("asleep since {}", hhmm(T0)),
+        "{v:#}"
+    );
+    // Resumed: ok again.
+    let b = w.agent("r1-again").await;
+    b.presence(
+        &u,
+        Presence {
+            online: true,
+            boot,
+            connection: 2,
+            at_ms: T0 + 3_600_000,
+            reason: muster_proto::PresenceReason::Resumed {
+                slept_ms: 3_600_000,
+            },
+        },
+    )
+    .await;
+    let v = c.wait_unit(&u, "resumed", |v| v["status"] == "ok").await;
+    assert_eq!(v["online"], true, "{v:#}");
 }

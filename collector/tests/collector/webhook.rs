@@ -300,12 +300,12 @@ async fn signed_per_agency_and_never_another_agencys_units() {
         (t["from"].as_str(), t["to"].as_str()),
         (Some("ok"), Some("lost"))
     );
-    assert_eq!(t["reasons"][0]["rule"], "offline.will");
+    assert_eq!(t["reasons"][0]["rule"], "lost.will");
     assert!(
         n["summary"]
             .as_str()
             .unwrap()
-            .contains("metro-fire/F1 ok -> offline"),
+            .contains("metro-fire/F1 ok -> lost"),
         "{n:#}"
     );
 
