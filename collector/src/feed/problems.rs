@@ -39,7 +39,7 @@ const READ_PAGE: usize = 1000;
 pub struct Problem {
     /// `"probe"` when the reason is about a probe, else `"rule"`.
     pub cause: &'static str,
-    /// The rule's name (`cpu-high`, `offline.stale`, `incident`...).
+    /// The rule's name (`cpu-high`, `lost.stale`, `incident`...).
     pub rule: String,
     /// The probe's name, for probe causes.
     pub probe: Option<String>,

@@ -86,11 +86,10 @@ impl StripState {
     }
 }
 
-/// The `off` reason of a sleep announcement. The engine's `off` Reason
-/// names the presence reason in its field (`presence.sleep`) or, failing
-/// that, its message starts with "asleep".
+/// The `off` reason of a sleep announcement: the engine's `off` Reason
+/// names the presence reason in its field (`presence.sleep`).
 fn is_sleep(r: &Reason) -> bool {
-    r.rule == "off" && (r.field.ends_with("sleep") || r.message.starts_with("asleep"))
+    r.rule == "off" && r.field == "presence.sleep"
 }
 
 /// One piece of the strip.
@@ -521,7 +520,7 @@ mod tests {
             (Status::Ok, vec![], On),
             (
                 Status::Off,
-                vec![reason("off", "presence", "asleep since 14:10")],
+                vec![reason("off", "presence.sleep", "asleep since 14:10")],
                 Asleep,
             ),
             (
@@ -531,7 +530,11 @@ mod tests {
             ),
             (
                 Status::Off,
-                vec![reason("off", "presence", "shut down 18:02 (OS shutdown)")],
+                vec![reason(
+                    "off",
+                    "presence.shutdown",
+                    "shut down 18:02 (OS shutdown)",
+                )],
                 Off,
             ),
             (Status::Off, vec![], Off),

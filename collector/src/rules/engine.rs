@@ -982,7 +982,9 @@ fn build_reasons(cfg: &RulesConfig, u: &UnitState) -> Vec<Reason> {
                 None => Reason {
                     rule: "off".into(),
                     severity: Severity::Info,
-                    field: "presence".into(),
+                    // Which announcement: `presence.shutdown`, `presence.stop`,
+                    // `presence.sleep` (the feed's strip reads asleep from it).
+                    field: format!("presence.{}", p.reason.as_str()),
                     observed: None,
                     threshold: Some(limit as f64),
                     since_ms: *since,
@@ -993,7 +995,7 @@ fn build_reasons(cfg: &RulesConfig, u: &UnitState) -> Vec<Reason> {
                 Some(at) => Reason {
                     rule: "overdue".into(),
                     severity: Severity::Degraded,
-                    field: "presence".into(),
+                    field: format!("presence.{}", p.reason.as_str()),
                     // When the unit went off (restored from here).
                     observed: Some(*since as f64),
                     threshold: Some(limit as f64),

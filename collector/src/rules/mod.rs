@@ -56,7 +56,7 @@
 //! disabled = ["swap-high"]   # drop rules by name
 //!
 //! [rules.offline]
-//! stale_factor = 3           # offline.stale after 3 x the unit's interval ...
+//! stale_factor = 3           # lost.stale after 3 x the unit's interval ...
 //! min_stale = "15s"          # ... and at least this
 //! default_interval = "30s"   # until the unit has told its interval
 //! runbook = "https://runbooks.example.org/muster/offline"
@@ -108,7 +108,7 @@
 //! * **Event time and history.** Each stream of a unit (host samples, agent
 //!   status, each probe by name) has a newest event time. A record older than
 //!   it is replayed history: it proves the link is alive (clears
-//!   `offline.stale`), but never raises or clears a flag and is not used for
+//!   `lost.stale`), but never raises or clears a flag and is not used for
 //!   clock skew: the unit's current state comes from its newest data. (History
 //!   is stored by the collector and could feed statistics; the engine ignores it.)
 //! * **Presence: lost, off, overdue.** Which presence is believed is

@@ -1226,7 +1226,7 @@ mod departures {
             );
             let r = reason0(&e, &f.unit);
             assert_eq!(r.rule, "off");
-            assert_eq!(r.field, "presence");
+            assert_eq!(r.field, format!("presence.{}", reason.as_str()));
             assert_eq!(r.severity, crate::model::Severity::Info);
             assert_eq!(r.message, words.replace("{t}", &words::hhmm(at)));
             assert!(!Status::Off.is_fault());

@@ -545,7 +545,7 @@ fn live_first_status_is_current_while_the_backlog_drains() {
 /// Must show (7): A partition without a clean close: a proxy between agent and broker
 /// black-holes the link (connections stay open, nothing passes). The
 /// broker fires the agent's will after the keepalive (Mosquitto: 1.5 x),
-/// the feed shows the unit offline by `offline.will`, the agent buffers,
+/// the feed shows the unit lost by `lost.will`, the agent buffers,
 /// and once the link heals nothing is missing.
 #[test]
 fn black_holed_link_fires_the_will_and_the_buffer_takes_over() {
@@ -566,7 +566,7 @@ fn black_holed_link_fires_the_will_and_the_buffer_takes_over() {
             && v["status"] == "lost"
             && v["reasons"]
                 .as_array()
-                .is_some_and(|r| r.iter().any(|x| x["rule"] == "offline.will"))
+                .is_some_and(|r| r.iter().any(|x| x["rule"] == "lost.will"))
     });
     let will_after = cut.elapsed();
     assert!(
