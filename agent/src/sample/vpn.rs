@@ -88,10 +88,12 @@ pub fn report(patterns: &[String], links: &[Link], case_insensitive: bool) -> Ve
     out
 }
 
-/// Linux: `IFF_UP` in `flags` and an operstate that passes packets.
-pub fn linux_up(flags: u32, operstate: &str) -> bool {
+/// Linux: `IFF_UP` in `flags` and a carrier (`carrier` is current; the
+/// `operstate` is updated asynchronously, so it only stands in when
+/// `carrier` cannot be read).
+pub fn linux_up(flags: u32, carrier: Option<bool>, operstate: &str) -> bool {
     const IFF_UP: u32 = 0x1;
-    flags & IFF_UP != 0 && matches!(operstate, "up" | "unknown")
+    flags & IFF_UP != 0 && carrier.unwrap_or(matches!(operstate, "up" | "unknown"))
 }
 
 #[cfg(target_os = "linux")]
@@ -110,9 +112,13 @@ pub fn read(patterns: &[String]) -> Result<Vec<muster_proto::Vpn>, String> {
             .and_then(|s| u32::from_str_radix(s.trim().trim_start_matches("0x"), 16).ok())
             .unwrap_or(0);
         let oper = std::fs::read_to_string(p.join("operstate")).unwrap_or_default();
+        // Reading `carrier` of an interface that is down is EINVAL.
+        let carrier = std::fs::read_to_string(p.join("carrier"))
+            .ok()
+            .map(|c| c.trim() == "1");
         links.push(Link {
             names: vec![name],
-            up: linux_up(flags, oper.trim()),
+            up: linux_up(flags, carrier, oper.trim()),
         });
     }
     Ok(report(patterns, &links, false))
@@ -222,10 +228,13 @@ mod tests {
 
     #[test]
     fn up_needs_admin_up_and_a_carrier() {
-        assert!(linux_up(0x1003, "up"));
-        assert!(linux_up(0x1091, "unknown"));
-        assert!(!linux_up(0x1090, "unknown"), "admin down");
-        assert!(!linux_up(0x1003, "down"), "no carrier");
-        assert!(!linux_up(0x1003, "lowerlayerdown"));
+        assert!(linux_up(0x1003, Some(true), "down"), "carrier is current");
+        assert!(!linux_up(0x1003, Some(false), "up"), "operstate lags");
+        assert!(!linux_up(0x1002, Some(true), "up"), "admin down");
+        assert!(linux_up(0x1003, None, "up"));
+        assert!(linux_up(0x1091, None, "unknown"));
+        assert!(!linux_up(0x1090, None, "unknown"), "admin down");
+        assert!(!linux_up(0x1003, None, "down"), "no carrier");
+        assert!(!linux_up(0x1003, None, "lowerlayerdown"));
     }
 }
