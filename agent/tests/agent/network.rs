@@ -163,6 +163,10 @@ fn route_kind_and_vpn_state_in_a_real_namespace() {
     let dir = servers::scratch("netns-once");
     let cfg = write_config(&dir, "vpn = [\"mtun*\", \"wg-none\"]\ncellular = \"off\"");
     let cfg = cfg.to_str().unwrap();
+    // The same without VPN names: the kind then comes from sysfs alone.
+    let bare_dir = servers::scratch("netns-once-bare");
+    let bare = write_config(&bare_dir, "cellular = \"off\"");
+    let bare = bare.to_str().unwrap();
     let ns = Netns::new("kinds");
     ns.veth("v0", "10.91.0.1/24");
     ns.ip(&["route", "add", "default", "via", "10.91.0.2", "dev", "v0"]);
@@ -197,6 +201,13 @@ fn route_kind_and_vpn_state_in_a_real_namespace() {
         net["vpns"][0],
         serde_json::json!({"name": "mtun0", "up": true})
     );
+    let h = host(ns.exec(BIN, &["once", "--config", bare], &[]));
+    assert_eq!(
+        h["network"]["route"],
+        serde_json::json!({"interface": "mtun0", "kind": kind(LinkKind::Vpn)}),
+        "a tun is a VPN by its sysfs type: {h}"
+    );
+    assert_eq!(h["network"]["vpns"], serde_json::json!([]));
 
     // The VPN client lets go (no carrier): down, though still configured up.
     drop(tun);
