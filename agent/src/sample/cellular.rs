@@ -226,6 +226,10 @@ mod linux {
                                 }
                             }
                         });
+                        if r.is_err() {
+                            // A restarted bus or a broken connection: start afresh next time.
+                            w.conn = None;
+                        }
                         let (m, c) = &*sh;
                         let mut s = m.lock().unwrap_or_else(|p| p.into_inner());
                         s.generation += 1;
@@ -355,6 +359,10 @@ mod linux {
                     .and_then(|v| Vec::<(String, u32)>::try_from(v).ok())
                     .unwrap_or_default();
                 p.ports.truncate(64);
+                for (name, _) in &mut p.ports {
+                    // Interface names are short; a longer one is not trusted whole.
+                    *name = name.chars().take(64).collect();
+                }
             }
             if let Some(g) = get(GPP) {
                 let s = |k: &str| {
