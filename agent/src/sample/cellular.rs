@@ -158,6 +158,8 @@ mod linux {
     const MODEM: &str = "org.freedesktop.ModemManager1.Modem";
     const GPP: &str = "org.freedesktop.ModemManager1.Modem.Modem3gpp";
     const SIGNAL: &str = "org.freedesktop.ModemManager1.Modem.Signal";
+    const NOT_RUNNING: &str =
+        "ModemManager is not running (org.freedesktop.ModemManager1 is not on the system D-Bus)";
 
     struct Slot {
         generation: u64,
@@ -316,6 +318,21 @@ mod linux {
                     c
                 }
             };
+            // Asked first so that a ModemManager installed but not running is
+            // not started by D-Bus activation on the sampler's behalf.
+            let bus = zbus::fdo::DBusProxy::new(&conn)
+                .await
+                .map_err(|e| NoModem::Failed(format!("D-Bus proxy: {e}")))?;
+            let name = zbus::names::BusName::WellKnown(
+                zbus::names::WellKnownName::from_static_str_unchecked(MM),
+            );
+            let running = bus
+                .name_has_owner(name)
+                .await
+                .map_err(|e| NoModem::Failed(format!("D-Bus NameHasOwner failed: {e}")))?;
+            if !running {
+                return Err(NoModem::Absent(NOT_RUNNING.into()));
+            }
             let om = zbus::fdo::ObjectManagerProxy::builder(&conn)
                 .destination(MM)
                 .and_then(|b| b.path(MM_PATH))
@@ -329,9 +346,7 @@ mod linux {
                 Err(e) => {
                     let e = zbus::Error::from(e);
                     return Err(if is_absent(&e) {
-                        NoModem::Absent(
-                            "ModemManager is not running (org.freedesktop.ModemManager1 is not on the system D-Bus)".into(),
-                        )
+                        NoModem::Absent(NOT_RUNNING.into())
                     } else {
                         NoModem::Failed(format!("ModemManager GetManagedObjects failed: {e}"))
                     });
