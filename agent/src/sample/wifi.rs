@@ -303,13 +303,14 @@ mod linux {
             }
         }
 
-        /// The nl80211 family id; `None` when the kernel has no nl80211.
-        pub fn nl80211(&mut self) -> Result<Option<u16>, String> {
+        /// A generic netlink family's id (`name` NUL-terminated); `None`
+        /// when the kernel has no such family (no nl80211: no cfg80211).
+        pub fn family(&mut self, name: &[u8]) -> Result<Option<u16>, String> {
             match self.call(
                 GENL_ID_CTRL,
                 false,
                 CTRL_CMD_GETFAMILY,
-                &[(CTRL_ATTR_FAMILY_NAME, b"nl80211\0")],
+                &[(CTRL_ATTR_FAMILY_NAME, name)],
             ) {
                 Ok(replies) => Ok(replies.iter().find_map(|r| {
                     attrs(r).into_iter().find_map(|(t, v)| {
@@ -319,7 +320,7 @@ mod linux {
                 })),
                 Err(e) if e == libc::ENOENT => Ok(None),
                 Err(e) => Err(format!(
-                    "nl80211 lookup failed: {}",
+                    "generic netlink family lookup failed: {}",
                     std::io::Error::from_raw_os_error(e)
                 )),
             }
@@ -328,7 +329,7 @@ mod linux {
 
     pub fn read(route_if: Option<&str>) -> Result<Option<muster_proto::Wifi>, String> {
         let mut g = Genl::open()?;
-        let Some(fam) = g.nl80211()? else {
+        let Some(fam) = g.family(b"nl80211\0")? else {
             return Ok(None);
         };
         let ifs = g
@@ -367,7 +368,7 @@ mod linux {
 }
 
 #[cfg(target_os = "linux")]
-pub use linux::read;
+pub use linux::{Genl, read};
 
 #[cfg(windows)]
 pub fn read(route_if: Option<&str>) -> Result<Option<muster_proto::Wifi>, String> {
@@ -516,6 +517,19 @@ mod tests {
             "wlan0"
         );
         assert_eq!(choose(vec![], None), None);
+    }
+
+    #[cfg(target_os = "linux")]
+    #[test]
+    fn the_real_kernel_speaks_this_generic_netlink() {
+        // The controller itself is always there: a request, its reply, and
+        // the kernel's ENOENT for a family that does not exist.
+        let mut g = Genl::open().unwrap();
+        assert_eq!(g.family(b"nlctrl\0"), Ok(Some(GENL_ID_CTRL)));
+        assert_eq!(g.family(b"no-such-family\0"), Ok(None));
+        // A dump (every family) ends with NLMSG_DONE.
+        let all = g.call(GENL_ID_CTRL, true, 3, &[]).unwrap();
+        assert!(!all.is_empty());
     }
 
     #[cfg(target_os = "linux")]
