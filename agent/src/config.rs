@@ -65,6 +65,8 @@ struct RawConfig {
     #[serde(default)]
     sampling: RawSampling,
     #[serde(default)]
+    network: RawNetwork,
+    #[serde(default)]
     report: RawReport,
     #[serde(default)]
     log: RawLog,
@@ -214,8 +216,10 @@ pub struct SamplingConfig {
     /// `sampling.processes`: watched process names (`cadclient`, `cadclient.exe`).
     pub processes: Vec<String>,
     /// `sampling.collectors`: which host collectors run, default all of
-    /// `cpu load memory disks networks processes uptime`.
+    /// `cpu load memory disks networks processes uptime route wifi cellular vpn`.
     pub collectors: Vec<Collector>,
+    /// `[network]`: the network context families' settings (read by the sampler).
+    pub network: NetworkConfig,
 }
 
 impl SamplingConfig {
@@ -459,7 +463,8 @@ fn validate(raw: RawConfig) -> Result<Config, ConfigError> {
     let mqtt = validate_mqtt(raw.mqtt, &unit)?;
     let buffer = validate_buffer(raw.buffer, &data_dir)?;
     let (uplink, channel_capacity) = validate_uplink(raw.uplink)?;
-    let sampling = validate_sampling(raw.sampling)?;
+    let mut sampling = validate_sampling(raw.sampling)?;
+    sampling.network = validate_network(raw.network)?;
     let report = validate_report(raw.report)?;
     let log = validate_log(raw.log, &data_dir)?;
     let enroll = raw.enroll.map(validate_enroll).transpose()?;
@@ -842,7 +847,7 @@ fn validate_uplink(raw: RawUplink) -> Result<(UplinkSettings, usize), ConfigErro
     Ok((u, cap))
 }
 
-const COLLECTOR_NAMES: [(&str, Collector); 7] = [
+const COLLECTOR_NAMES: [(&str, Collector); 11] = [
     ("cpu", Collector::Cpu),
     ("load", Collector::Load),
     ("memory", Collector::Memory),
@@ -850,6 +855,10 @@ const COLLECTOR_NAMES: [(&str, Collector); 7] = [
     ("networks", Collector::Networks),
     ("processes", Collector::Processes),
     ("uptime", Collector::Uptime),
+    ("route", Collector::Route),
+    ("wifi", Collector::Wifi),
+    ("cellular", Collector::Cellular),
+    ("vpn", Collector::Vpn),
 ];
 
 /// The config name of a collector (`cpu`, `disks`, ...).
@@ -891,7 +900,7 @@ fn validate_sampling(raw: RawSampling) -> Result<SamplingConfig, ConfigError> {
                         ConfigError::invalid(
                             format!("sampling.collectors[{i}]"),
                             format!(
-                                "{n:?} is not one of cpu, load, memory, disks, networks, processes, uptime"
+                                "{n:?} is not one of cpu, load, memory, disks, networks, processes, uptime, route, wifi, cellular, vpn"
                             ),
                         )
                     })?;
@@ -906,6 +915,98 @@ fn validate_sampling(raw: RawSampling) -> Result<SamplingConfig, ConfigError> {
         interval,
         processes,
         collectors,
+        network: NetworkConfig::default(),
+    })
+}
+
+// ------------------------------------------------------------- [network] (issue 12)
+
+#[derive(Debug, Deserialize, Default)]
+#[serde(deny_unknown_fields)]
+struct RawNetwork {
+    vpn: Option<Vec<String>>,
+    cellular: Option<String>,
+    cellular_timeout: Option<String>,
+}
+
+/// At most this many `network.vpn` patterns.
+pub const MAX_VPN_PATTERNS: usize = 16;
+
+/// `[network]`: the network context sent with every host sample.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct NetworkConfig {
+    /// `network.vpn`: interface name globs (`*`, `?`) of the tunnels to
+    /// report up/down (`tun0`, `wg*`, `NetMotion*`); at most 16, each at
+    /// most 64 bytes. Empty: no VPN is expected.
+    pub vpn: Vec<String>,
+    /// `network.cellular`: `auto` (default: report a modem if ModemManager
+    /// has one), `required` (no modem is a failure), `off`.
+    pub cellular: CellularMode,
+    /// `network.cellular_timeout`: how long a sample waits for
+    /// ModemManager, default 1s, 100ms..=10s.
+    pub cellular_timeout: Duration,
+}
+
+impl Default for NetworkConfig {
+    fn default() -> Self {
+        NetworkConfig {
+            vpn: Vec::new(),
+            cellular: CellularMode::Auto,
+            cellular_timeout: Duration::from_secs(1),
+        }
+    }
+}
+
+/// `network.cellular`
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum CellularMode {
+    Auto,
+    Required,
+    Off,
+}
+
+fn validate_network(raw: RawNetwork) -> Result<NetworkConfig, ConfigError> {
+    let vpn = raw.vpn.unwrap_or_default();
+    if vpn.len() > MAX_VPN_PATTERNS {
+        return Err(ConfigError::invalid(
+            "network.vpn",
+            format!("{} patterns; at most {MAX_VPN_PATTERNS}", vpn.len()),
+        ));
+    }
+    for (i, p) in vpn.iter().enumerate() {
+        if p.is_empty() || p.len() > 64 || p.chars().any(|c| c.is_control() || c == '/') {
+            return Err(ConfigError::invalid(
+                format!("network.vpn[{i}]"),
+                format!("{p:?} is not an interface name or glob (1..=64 bytes, no '/')"),
+            ));
+        }
+    }
+    let cellular = match raw.cellular.as_deref() {
+        None | Some("auto") => CellularMode::Auto,
+        Some("required") => CellularMode::Required,
+        Some("off") => CellularMode::Off,
+        Some(o) => {
+            return Err(ConfigError::invalid(
+                "network.cellular",
+                format!("{o:?} is not one of \"auto\", \"required\", \"off\""),
+            ));
+        }
+    };
+    let cellular_timeout = duration(
+        "network.cellular_timeout",
+        &raw.cellular_timeout,
+        Duration::from_secs(1),
+    )?;
+    if cellular_timeout < Duration::from_millis(100) || cellular_timeout > Duration::from_secs(10) {
+        return Err(ConfigError::invalid(
+            "network.cellular_timeout",
+            "must be between 100ms and 10s",
+        ));
+    }
+    Ok(NetworkConfig {
+        vpn,
+        cellular,
+        cellular_timeout,
     })
 }
 

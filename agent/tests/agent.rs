@@ -9,6 +9,11 @@ mod uplink;
 mod cli;
 #[path = "agent/config.rs"]
 mod config;
+#[cfg(target_os = "linux")]
+#[path = "agent/network.rs"]
+mod network;
+#[path = "agent/network_config.rs"]
+mod network_config;
 #[path = "agent/probes.rs"]
 mod probes;
 #[path = "agent/report.rs"]

@@ -6,21 +6,35 @@
 //!
 //! Sampling runs on its own OS thread ([`spawn`]): sysinfo's refreshes are
 //! blocking file reads, and a slow probe or a busy uplink never delays them.
+//!
+//! The network context (issue 12) is one family per file: [`route`]
+//! (default route, its kind, roaming), [`wifi`], [`cellular`] (ModemManager
+//! on its own thread, waited for at most `network.cellular_timeout`),
+//! [`vpn`]; Windows' halves share `win.rs`. `HostSample.network` is present
+//! whenever one of those collectors is enabled, even if all of them failed
+//! (their reasons are in `failures`). A default route on the modem's data
+//! interface is `cellular` whatever sysfs says (a ppp modem link).
 
+pub mod cellular;
 pub mod cpu;
 pub mod disk;
 pub mod load;
 pub mod memory;
 pub mod net;
 pub mod process;
+pub mod route;
 pub mod uptime;
+pub mod vpn;
+pub mod wifi;
+#[cfg(windows)]
+mod win;
 
 use std::panic::{AssertUnwindSafe, catch_unwind};
 use std::sync::Arc;
 use std::sync::atomic::{AtomicU64, Ordering};
 use std::time::{Duration, Instant};
 
-use muster_proto::{Collector, CollectorFailure, HostSample, Payload};
+use muster_proto::{Collector, CollectorFailure, HostSample, LinkKind, NetContext, Payload};
 use sysinfo::{Disks, Networks, System};
 use tokio::sync::mpsc::error::TrySendError;
 
@@ -79,6 +93,11 @@ pub struct Sampler {
     /// CPU refreshes still allowed (`None`: unlimited). Under Wine: 1.
     cpu_refreshes_left: Option<u32>,
     cpu_note: Option<&'static str>,
+    /// The previous sample's default route, for `route_changes`.
+    roaming: route::Roaming,
+    /// The modem thread (`None`: cellular not sampled); a start error is
+    /// each sample's failure reason.
+    cellular: Option<Result<cellular::CellularReader, String>>,
 }
 
 impl Sampler {
@@ -88,7 +107,18 @@ impl Sampler {
         let disks = Disks::new().ok();
         let nets = Networks::new().ok();
         let wine = running_under_wine();
+        let cellular = (cfg.enabled(Collector::Cellular)
+            && cfg.network.cellular != crate::config::CellularMode::Off)
+            .then(|| {
+                cellular::CellularReader::start(
+                    cfg.network.cellular,
+                    cfg.network.cellular_timeout,
+                    cfg.interval.as_secs().clamp(1, u32::MAX as u64) as u32,
+                )
+            });
         Ok(Sampler {
+            roaming: route::Roaming::default(),
+            cellular,
             watched: process::Watched::new(&cfg.processes),
             discovery: process::Discovery::default(),
             cfg,
@@ -170,6 +200,8 @@ impl Sampler {
         let mut nets = Vec::new();
         let mut procs = Vec::new();
         let mut up = 0;
+        let mut netctx = NetContext::default();
+        let mut any_net = false;
         let collectors = std::mem::take(&mut self.cfg.collectors);
         for &c in &collectors {
             let r: Result<(), String> = guard(AssertUnwindSafe(|| match c {
@@ -214,9 +246,33 @@ impl Sampler {
                     up = uptime::read()?;
                     Ok(())
                 }
-                // The network context families (issue 12): not sampled yet.
-                Collector::Route | Collector::Wifi | Collector::Cellular | Collector::Vpn => {
-                    Err("not sampled by this build".into())
+                Collector::Route => {
+                    any_net = true;
+                    let r = route::read()?;
+                    netctx.route_changes = self
+                        .roaming
+                        .observe(r.as_ref().map(|r| r.interface.as_str()));
+                    netctx.route = r;
+                    Ok(())
+                }
+                Collector::Wifi => {
+                    any_net = true;
+                    netctx.wifi = wifi::read(netctx.route.as_ref().map(|r| r.interface.as_str()))?;
+                    Ok(())
+                }
+                Collector::Cellular => {
+                    any_net = true;
+                    netctx.cellular = match &self.cellular {
+                        Some(Ok(r)) => r.read()?,
+                        Some(Err(e)) => return Err(e.clone()),
+                        None => None,
+                    };
+                    Ok(())
+                }
+                Collector::Vpn => {
+                    any_net = true;
+                    netctx.vpns = vpn::read(&self.cfg.network.vpn)?;
+                    Ok(())
                 }
             }));
             if let Err(reason) = r {
@@ -224,6 +280,12 @@ impl Sampler {
             }
         }
         self.cfg.collectors = collectors;
+        if let Some(r) = &mut netctx.route {
+            refine_kind(r, netctx.cellular.as_ref(), &netctx.vpns);
+        }
+        if any_net {
+            s.network = Some(Box::new(netctx));
+        }
         s.cpu = cpu;
         s.load_x100 = load;
         s.memory = mem;
@@ -232,6 +294,22 @@ impl Sampler {
         s.processes = procs;
         s.uptime_s = up;
         s
+    }
+}
+
+/// What the other families know about the default route's interface: the
+/// modem's data interface is cellular (a ppp link sysfs cannot name), an
+/// interface the config names as a VPN is a VPN (a tap or a Windows VPN
+/// adapter that says it is ethernet).
+pub fn refine_kind(
+    r: &mut muster_proto::DefaultRoute,
+    cell: Option<&muster_proto::Cellular>,
+    vpns: &[muster_proto::Vpn],
+) {
+    if vpns.iter().any(|v| v.name == r.interface) {
+        r.kind = LinkKind::Vpn;
+    } else if cell.is_some_and(|c| !c.interface.is_empty() && c.interface == r.interface) {
+        r.kind = LinkKind::Cellular;
     }
 }
 
@@ -417,6 +495,7 @@ mod tests {
                 Collector::Processes,
                 Collector::Uptime,
             ],
+            network: Default::default(),
         };
         let mut s = Sampler::new(cfg).unwrap();
         s.prime();
@@ -450,6 +529,7 @@ mod tests {
                 Collector::Disks,
                 Collector::Networks,
             ],
+            network: Default::default(),
         };
         let mut s = Sampler::new(cfg).unwrap();
         // What happens when the OS refuses the disk and network lists.
@@ -460,6 +540,32 @@ mod tests {
         assert_eq!(failed, vec![Collector::Disks, Collector::Networks]);
         assert!(h.failures.iter().all(|f| f.reason.contains("unavailable")));
         assert!(h.memory.is_some() && h.cpu.is_some());
+    }
+
+    #[test]
+    fn other_families_refine_the_route_kind() {
+        use muster_proto::{Cellular, DefaultRoute, Vpn};
+        let route = |i: &str| DefaultRoute {
+            interface: i.into(),
+            kind: LinkKind::Other,
+        };
+        let cell = Cellular {
+            interface: "ppp0".into(),
+            ..Default::default()
+        };
+        let vpns = [Vpn {
+            name: "tap0".into(),
+            up: true,
+        }];
+        let mut r = route("ppp0");
+        refine_kind(&mut r, Some(&cell), &vpns);
+        assert_eq!(r.kind, LinkKind::Cellular);
+        let mut r = route("tap0");
+        refine_kind(&mut r, Some(&cell), &vpns);
+        assert_eq!(r.kind, LinkKind::Vpn);
+        let mut r = route("eth0");
+        refine_kind(&mut r, Some(&Cellular::default()), &vpns);
+        assert_eq!(r.kind, LinkKind::Other);
     }
 
     #[test]
@@ -476,6 +582,7 @@ mod tests {
             interval: Duration::from_secs(1),
             processes: vec![],
             collectors: vec![Collector::Cpu, Collector::Memory],
+            network: Default::default(),
         };
         let mut s = Sampler::new(cfg).unwrap();
         // What `Sampler::new` sets up under Wine.
@@ -496,6 +603,7 @@ mod tests {
             interval: Duration::from_secs(1),
             processes: vec![],
             collectors: vec![Collector::Memory],
+            network: Default::default(),
         };
         let mut s = Sampler::new(cfg).unwrap();
         let h = s.sample(1000);

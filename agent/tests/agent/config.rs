@@ -38,7 +38,7 @@ fn defaults() {
     assert_eq!(c.buffer.on_full, FullPolicy::DropOldest);
     assert_eq!(c.buffer.path, c.data_dir.join("buffer"));
     assert_eq!(c.sampling.interval, Duration::from_secs(5));
-    assert_eq!(c.sampling.collectors.len(), 7);
+    assert_eq!(c.sampling.collectors.len(), 11);
     assert_eq!(c.channel_capacity, 1024);
     assert!(c.report.is_none());
     assert_eq!(c.log.target, LogTarget::Stderr);

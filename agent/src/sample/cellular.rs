@@ -1,0 +1,576 @@
+//! The cellular modem (issue 12): access technology, operator, RSSI, RSRP,
+//! RSRQ, SINR.
+//!
+//! Contract:
+//! * Linux: ModemManager on the system D-Bus (`DBUS_SYSTEM_BUS_ADDRESS`
+//!   honoured): `GetManagedObjects` on `/org/freedesktop/ModemManager1`; the
+//!   first modem by object path; `Modem.AccessTechnologies` (bitmask →
+//!   [`technology`]), `Modem.Ports` (the `net` port is the data interface),
+//!   `Modem3gpp.OperatorName` (else `OperatorCode`), and `Modem.Signal`:
+//!   `Setup(rate)` is called once per modem (rate = the sampling interval in
+//!   seconds), then the `Nr5g`/`Lte`/`Umts`/`Gsm` dicts (`rssi`, `rsrp`,
+//!   `rsrq`, `snr`/`sinr`, doubles) are read: the current technology's dict
+//!   first, else the first non-empty ([`figures`], pure).
+//! * The sampling thread never waits on D-Bus for longer than
+//!   `network.cellular_timeout`: the D-Bus calls run on a dedicated thread
+//!   (`modem`) with its own current-thread runtime; the sampler asks it for
+//!   a reading and waits at most the timeout ([`CellularReader::read`]); a
+//!   bus that does not answer is a failure for this sample, and the worker's
+//!   own calls are bounded by the same timeout, so it is free again soon.
+//! * `network.cellular`: `auto`: no system bus, no ModemManager or no modem
+//!   is `Ok(None)`, no failure; `required`: each of those is a failure with
+//!   its reason; `off`: not asked (no thread).
+//! * Windows: the Mobile Broadband API is not read by this build: a
+//!   failure with that reason in every sample unless `network.cellular = "off"`.
+
+use std::collections::HashMap;
+
+use muster_proto::Cellular;
+
+use crate::config::CellularMode;
+
+/// A modem's properties, already out of D-Bus types.
+#[derive(Debug, Clone, Default, PartialEq)]
+pub struct ModemProps {
+    pub access_technologies: u32,
+    /// `(name, MMModemPortType)`; type 2 is `net`.
+    pub ports: Vec<(String, u32)>,
+    pub operator_name: String,
+    pub operator_code: String,
+    /// `Nr5g`, `Lte`, `Umts`, `Gsm` → their figures.
+    pub signal: HashMap<String, HashMap<String, f64>>,
+}
+
+/// MMModemAccessTechnology bitmask → a short name ("" when unknown).
+pub fn technology(bits: u32) -> &'static str {
+    if bits & (1 << 15) != 0 {
+        "5gnr"
+    } else if bits & ((1 << 14) | (1 << 16) | (1 << 17)) != 0 {
+        "lte"
+    } else if bits & (0b11111 << 5) != 0 {
+        "umts"
+    } else if bits & (0b1111 << 10) != 0 {
+        "cdma"
+    } else if bits & (1 << 4) != 0 {
+        "edge"
+    } else if bits & (0b111 << 1) != 0 {
+        "gsm"
+    } else {
+        ""
+    }
+}
+
+/// The signal dict to read for a technology, in preference order.
+fn dict_order(tech: &str) -> [&'static str; 5] {
+    let first = match tech {
+        "5gnr" => "Nr5g",
+        "lte" => "Lte",
+        "umts" => "Umts",
+        "gsm" | "edge" => "Gsm",
+        _ => "Lte",
+    };
+    [first, "Nr5g", "Lte", "Umts", "Gsm"]
+}
+
+fn dbm(v: Option<&f64>, scale: f64) -> Option<i16> {
+    let v = *v?;
+    let x = (v * scale).round();
+    (v.is_finite() && x >= i16::MIN as f64 && x <= i16::MAX as f64).then_some(x as i16)
+}
+
+/// `(rssi, rsrp, rsrq×10, sinr×10)` from a modem's signal dicts.
+pub fn figures(p: &ModemProps, tech: &str) -> [Option<i16>; 4] {
+    let d = dict_order(tech)
+        .into_iter()
+        .filter_map(|k| p.signal.get(k))
+        .find(|d| !d.is_empty());
+    let Some(d) = d else {
+        return [None; 4];
+    };
+    [
+        dbm(d.get("rssi"), 1.0),
+        dbm(d.get("rsrp"), 1.0),
+        dbm(d.get("rsrq"), 10.0),
+        dbm(d.get("sinr").or(d.get("snr")), 10.0),
+    ]
+}
+
+/// A modem's properties → the sample's cellular part.
+pub fn to_cellular(p: &ModemProps) -> Cellular {
+    let tech = technology(p.access_technologies);
+    let [rssi_dbm, rsrp_dbm, rsrq_db_x10, sinr_db_x10] = figures(p, tech);
+    Cellular {
+        interface: p
+            .ports
+            .iter()
+            .find(|(_, t)| *t == 2)
+            .map(|(n, _)| n.clone())
+            .unwrap_or_default(),
+        technology: tech.to_owned(),
+        operator: if p.operator_name.is_empty() {
+            p.operator_code.clone()
+        } else {
+            p.operator_name.clone()
+        },
+        rssi_dbm,
+        rsrp_dbm,
+        rsrq_db_x10,
+        sinr_db_x10,
+    }
+}
+
+/// Why there is no modem reading: absent (a failure only when required) or broken.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub enum NoModem {
+    /// No bus, no ModemManager, or no modem: the reason, for `required`.
+    Absent(String),
+    /// ModemManager answered badly, or not in time: always a failure.
+    Failed(String),
+}
+
+/// `auto`/`required` applied to a reading.
+pub fn apply_mode(
+    mode: CellularMode,
+    r: Result<Cellular, NoModem>,
+) -> Result<Option<Cellular>, String> {
+    match (r, mode) {
+        (_, CellularMode::Off) => Ok(None),
+        (Ok(c), _) => Ok(Some(c)),
+        (Err(NoModem::Absent(_)), CellularMode::Auto) => Ok(None),
+        (Err(NoModem::Absent(why)), CellularMode::Required) => Err(why),
+        (Err(NoModem::Failed(why)), _) => Err(why),
+    }
+}
+
+#[cfg(target_os = "linux")]
+mod linux {
+    use std::collections::HashSet;
+    use std::sync::mpsc::{SyncSender, TrySendError};
+    use std::sync::{Arc, Condvar, Mutex};
+    use std::time::{Duration, Instant};
+
+    use zbus::zvariant::{OwnedObjectPath, OwnedValue};
+
+    use super::*;
+
+    const MM: &str = "org.freedesktop.ModemManager1";
+    const MM_PATH: &str = "/org/freedesktop/ModemManager1";
+    const MODEM: &str = "org.freedesktop.ModemManager1.Modem";
+    const GPP: &str = "org.freedesktop.ModemManager1.Modem.Modem3gpp";
+    const SIGNAL: &str = "org.freedesktop.ModemManager1.Modem.Signal";
+    const NOT_RUNNING: &str =
+        "ModemManager is not running (org.freedesktop.ModemManager1 is not on the system D-Bus)";
+
+    struct Slot {
+        generation: u64,
+        reading: Result<Cellular, NoModem>,
+    }
+
+    /// The `modem` thread's handle; dropping it ends the thread (after at
+    /// most one bounded D-Bus pass).
+    pub struct CellularReader {
+        mode: CellularMode,
+        timeout: Duration,
+        req: SyncSender<()>,
+        shared: Arc<(Mutex<Slot>, Condvar)>,
+    }
+
+    impl CellularReader {
+        pub fn start(
+            mode: CellularMode,
+            timeout: Duration,
+            rate_s: u32,
+        ) -> Result<CellularReader, String> {
+            let (req, rx) = std::sync::mpsc::sync_channel::<()>(1);
+            let shared = Arc::new((
+                Mutex::new(Slot {
+                    generation: 0,
+                    reading: Err(NoModem::Failed("ModemManager not asked yet".into())),
+                }),
+                Condvar::new(),
+            ));
+            let sh = shared.clone();
+            std::thread::Builder::new()
+                .name("modem".into())
+                .stack_size(512 * 1024)
+                .spawn(move || {
+                    let rt = match tokio::runtime::Builder::new_current_thread()
+                        .enable_all()
+                        .build()
+                    {
+                        Ok(rt) => rt,
+                        Err(e) => {
+                            let (m, c) = &*sh;
+                            let mut s = m.lock().unwrap_or_else(|p| p.into_inner());
+                            s.generation += 1;
+                            s.reading = Err(NoModem::Failed(format!(
+                                "cannot start the D-Bus runtime: {e}"
+                            )));
+                            c.notify_all();
+                            return;
+                        }
+                    };
+                    let mut w = Worker {
+                        conn: None,
+                        set_up: HashSet::new(),
+                        rate_s: rate_s.max(1),
+                        timeout,
+                    };
+                    while rx.recv().is_ok() {
+                        let r = rt.block_on(async {
+                            match tokio::time::timeout(timeout, w.poll()).await {
+                                Ok(r) => r,
+                                Err(_) => {
+                                    w.conn = None;
+                                    Err(NoModem::Failed(format!(
+                                        "ModemManager did not answer within {timeout:?}"
+                                    )))
+                                }
+                            }
+                        });
+                        if r.is_err() {
+                            // A restarted bus or a broken connection: start afresh next time.
+                            w.conn = None;
+                        }
+                        let (m, c) = &*sh;
+                        let mut s = m.lock().unwrap_or_else(|p| p.into_inner());
+                        s.generation += 1;
+                        s.reading = r;
+                        c.notify_all();
+                    }
+                })
+                .map_err(|e| format!("cannot start the modem thread: {e}"))?;
+            Ok(CellularReader {
+                mode,
+                timeout,
+                req,
+                shared,
+            })
+        }
+
+        /// A fresh reading, waiting at most the configured timeout.
+        pub fn read(&self) -> Result<Option<Cellular>, String> {
+            let (m, c) = &*self.shared;
+            let mut s = m.lock().unwrap_or_else(|p| p.into_inner());
+            let asked = s.generation;
+            match self.req.try_send(()) {
+                // Full: a request is already queued; its answer is fresh enough.
+                Ok(()) | Err(TrySendError::Full(())) => {}
+                Err(TrySendError::Disconnected(())) => {
+                    return apply_mode(self.mode, s.reading.clone());
+                }
+            }
+            let deadline = Instant::now() + self.timeout;
+            while s.generation == asked {
+                let left = deadline.saturating_duration_since(Instant::now());
+                if left.is_zero() {
+                    return Err(format!(
+                        "ModemManager did not answer within {:?}",
+                        self.timeout
+                    ));
+                }
+                s = c.wait_timeout(s, left).unwrap_or_else(|p| p.into_inner()).0;
+            }
+            apply_mode(self.mode, s.reading.clone())
+        }
+    }
+
+    struct Worker {
+        conn: Option<zbus::Connection>,
+        set_up: HashSet<OwnedObjectPath>,
+        rate_s: u32,
+        timeout: Duration,
+    }
+
+    fn is_absent(e: &zbus::Error) -> bool {
+        match e {
+            zbus::Error::MethodError(name, _, _) => matches!(
+                name.as_str(),
+                "org.freedesktop.DBus.Error.ServiceUnknown"
+                    | "org.freedesktop.DBus.Error.NameHasNoOwner"
+            ),
+            zbus::Error::FDO(f) => matches!(
+                **f,
+                zbus::fdo::Error::ServiceUnknown(_) | zbus::fdo::Error::NameHasNoOwner(_)
+            ),
+            _ => false,
+        }
+    }
+
+    type Ifaces = HashMap<zbus::names::OwnedInterfaceName, HashMap<String, OwnedValue>>;
+
+    impl Worker {
+        async fn poll(&mut self) -> Result<Cellular, NoModem> {
+            let conn = match &self.conn {
+                Some(c) => c.clone(),
+                None => {
+                    let c = zbus::connection::Builder::system()
+                        .map(|b| b.method_timeout(self.timeout))
+                        .map_err(|e| NoModem::Absent(format!("no system D-Bus: {e}")))?
+                        .build()
+                        .await
+                        .map_err(|e| {
+                            NoModem::Absent(format!(
+                                "cannot connect to the system D-Bus to ask ModemManager: {e}"
+                            ))
+                        })?;
+                    self.conn = Some(c.clone());
+                    c
+                }
+            };
+            // Asked first so that a ModemManager installed but not running is
+            // not started by D-Bus activation on the sampler's behalf.
+            let bus = zbus::fdo::DBusProxy::new(&conn)
+                .await
+                .map_err(|e| NoModem::Failed(format!("D-Bus proxy: {e}")))?;
+            let name = zbus::names::BusName::WellKnown(
+                zbus::names::WellKnownName::from_static_str_unchecked(MM),
+            );
+            let running = bus
+                .name_has_owner(name)
+                .await
+                .map_err(|e| NoModem::Failed(format!("D-Bus NameHasOwner failed: {e}")))?;
+            if !running {
+                return Err(NoModem::Absent(NOT_RUNNING.into()));
+            }
+            let om = zbus::fdo::ObjectManagerProxy::builder(&conn)
+                .destination(MM)
+                .and_then(|b| b.path(MM_PATH))
+                .map(|b| b.cache_properties(zbus::proxy::CacheProperties::No))
+                .map_err(|e| NoModem::Failed(format!("ModemManager proxy: {e}")))?
+                .build()
+                .await
+                .map_err(|e| NoModem::Failed(format!("ModemManager proxy: {e}")))?;
+            let objects = match om.get_managed_objects().await {
+                Ok(o) => o,
+                Err(e) => {
+                    let e = zbus::Error::from(e);
+                    return Err(if is_absent(&e) {
+                        NoModem::Absent(NOT_RUNNING.into())
+                    } else {
+                        NoModem::Failed(format!("ModemManager GetManagedObjects failed: {e}"))
+                    });
+                }
+            };
+            let mut modems: Vec<(OwnedObjectPath, Ifaces)> = objects
+                .into_iter()
+                .filter(|(_, i)| i.keys().any(|k| k.as_str() == MODEM))
+                .map(|(p, i)| (p, i.into_iter().collect()))
+                .collect();
+            modems.sort_by(|a, b| a.0.as_str().cmp(b.0.as_str()));
+            let Some((path, ifaces)) = modems.into_iter().next() else {
+                return Err(NoModem::Absent("ModemManager sees no modem".into()));
+            };
+            let get = |i: &str| ifaces.iter().find(|(k, _)| k.as_str() == i).map(|(_, v)| v);
+            let mut p = ModemProps::default();
+            if let Some(m) = get(MODEM) {
+                p.access_technologies = m
+                    .get("AccessTechnologies")
+                    .and_then(|v| v.downcast_ref::<u32>().ok())
+                    .unwrap_or(0);
+                p.ports = m
+                    .get("Ports")
+                    .and_then(|v| v.try_clone().ok())
+                    .and_then(|v| Vec::<(String, u32)>::try_from(v).ok())
+                    .unwrap_or_default();
+                p.ports.truncate(64);
+                for (name, _) in &mut p.ports {
+                    // Interface names are short; a longer one is not trusted whole.
+                    *name = name.chars().take(64).collect();
+                }
+            }
+            if let Some(g) = get(GPP) {
+                let s = |k: &str| {
+                    g.get(k)
+                        .and_then(|v| {
+                            v.downcast_ref::<&str>()
+                                .ok()
+                                .map(|s| s.chars().take(64).collect())
+                        })
+                        .unwrap_or_default()
+                };
+                p.operator_name = s("OperatorName");
+                p.operator_code = s("OperatorCode");
+            }
+            if let Some(sig) = get(SIGNAL) {
+                let mut props = sig.clone_all();
+                if !self.set_up.contains(&path) {
+                    conn.call_method(
+                        Some(MM),
+                        path.as_str(),
+                        Some(SIGNAL),
+                        "Setup",
+                        &(self.rate_s,),
+                    )
+                    .await
+                    .map_err(|e| {
+                        NoModem::Failed(format!("ModemManager Signal.Setup failed: {e}"))
+                    })?;
+                    self.set_up.insert(path.clone());
+                    // The figures as they are after Setup.
+                    let pp = zbus::fdo::PropertiesProxy::builder(&conn)
+                        .destination(MM)
+                        .and_then(|b| b.path(path.as_str()))
+                        .map(|b| b.cache_properties(zbus::proxy::CacheProperties::No))
+                        .map_err(|e| NoModem::Failed(format!("ModemManager proxy: {e}")))?
+                        .build()
+                        .await
+                        .map_err(|e| NoModem::Failed(format!("ModemManager proxy: {e}")))?;
+                    let iface = zbus::names::InterfaceName::from_static_str_unchecked(SIGNAL);
+                    if let Ok(all) = pp.get_all(iface).await {
+                        props = all;
+                    }
+                }
+                for k in ["Nr5g", "Lte", "Umts", "Gsm"] {
+                    if let Some(d) = props.get(k).and_then(dict_f64) {
+                        p.signal.insert(k.to_owned(), d);
+                    }
+                }
+            }
+            Ok(to_cellular(&p))
+        }
+    }
+
+    trait CloneAll {
+        fn clone_all(&self) -> HashMap<String, OwnedValue>;
+    }
+
+    impl CloneAll for HashMap<String, OwnedValue> {
+        fn clone_all(&self) -> HashMap<String, OwnedValue> {
+            self.iter()
+                .filter_map(|(k, v)| Some((k.clone(), v.try_clone().ok()?)))
+                .collect()
+        }
+    }
+
+    /// An `a{sv}` of doubles (other entries ignored), at most 16.
+    fn dict_f64(v: &OwnedValue) -> Option<HashMap<String, f64>> {
+        let m = HashMap::<String, OwnedValue>::try_from(v.try_clone().ok()?).ok()?;
+        Some(
+            m.into_iter()
+                .filter_map(|(k, v)| Some((k, v.downcast_ref::<f64>().ok()?)))
+                .take(16)
+                .collect(),
+        )
+    }
+}
+
+#[cfg(target_os = "linux")]
+pub use linux::CellularReader;
+
+/// Where the Mobile Broadband API is not read: a failure unless `off`.
+#[cfg(not(target_os = "linux"))]
+pub struct CellularReader {
+    mode: CellularMode,
+}
+
+#[cfg(not(target_os = "linux"))]
+impl CellularReader {
+    pub fn start(
+        mode: CellularMode,
+        _timeout: std::time::Duration,
+        _rate_s: u32,
+    ) -> Result<CellularReader, String> {
+        Ok(CellularReader { mode })
+    }
+
+    pub fn read(&self) -> Result<Option<Cellular>, String> {
+        // A known gap, said in every sample rather than hidden.
+        apply_mode(
+            self.mode,
+            Err(NoModem::Failed(
+                "the Mobile Broadband API is not read by this build (network.cellular = \"off\" silences this)".into(),
+            )),
+        )
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn technologies() {
+        assert_eq!(technology(0), "");
+        assert_eq!(technology(1 << 1), "gsm");
+        assert_eq!(technology(1 << 4), "edge");
+        assert_eq!(technology((1 << 5) | (1 << 9)), "umts");
+        assert_eq!(technology(1 << 11), "cdma");
+        assert_eq!(technology(1 << 14), "lte");
+        assert_eq!(technology(1 << 16), "lte");
+        assert_eq!(technology((1 << 14) | (1 << 15)), "5gnr");
+    }
+
+    fn d(kv: &[(&str, f64)]) -> HashMap<String, f64> {
+        kv.iter().map(|(k, v)| (k.to_string(), *v)).collect()
+    }
+
+    #[test]
+    fn lte_figures_from_the_lte_dict() {
+        let mut p = ModemProps {
+            access_technologies: 1 << 14,
+            ports: vec![("cdc-wdm0".into(), 6), ("wwan0".into(), 2)],
+            operator_name: "".into(),
+            operator_code: "310260".into(),
+            ..Default::default()
+        };
+        p.signal.insert("Umts".into(), d(&[("rssi", -70.0)]));
+        p.signal.insert(
+            "Lte".into(),
+            d(&[
+                ("rssi", -65.0),
+                ("rsrp", -95.4),
+                ("rsrq", -11.25),
+                ("snr", 7.5),
+            ]),
+        );
+        let c = to_cellular(&p);
+        assert_eq!(c.interface, "wwan0");
+        assert_eq!(c.technology, "lte");
+        assert_eq!(c.operator, "310260");
+        assert_eq!(
+            (c.rssi_dbm, c.rsrp_dbm, c.rsrq_db_x10, c.sinr_db_x10),
+            (Some(-65), Some(-95), Some(-113), Some(75))
+        );
+    }
+
+    #[test]
+    fn another_dict_when_the_current_one_is_empty_and_nonsense_is_dropped() {
+        let mut p = ModemProps {
+            access_technologies: 1 << 15,
+            ..Default::default()
+        };
+        p.signal.insert("Nr5g".into(), HashMap::new());
+        p.signal.insert(
+            "Lte".into(),
+            d(&[("rsrp", f64::NAN), ("sinr", 1e9), ("rssi", -80.0)]),
+        );
+        let c = to_cellular(&p);
+        assert_eq!(c.technology, "5gnr");
+        assert_eq!(
+            (c.rssi_dbm, c.rsrp_dbm, c.sinr_db_x10),
+            (Some(-80), None, None)
+        );
+        assert_eq!(figures(&ModemProps::default(), ""), [None; 4]);
+    }
+
+    #[test]
+    fn modes() {
+        let absent = || Err(NoModem::Absent("no ModemManager".into()));
+        let failed = || Err(NoModem::Failed("timeout".into()));
+        assert_eq!(apply_mode(CellularMode::Auto, absent()), Ok(None));
+        assert_eq!(
+            apply_mode(CellularMode::Required, absent()),
+            Err("no ModemManager".into())
+        );
+        assert_eq!(
+            apply_mode(CellularMode::Auto, failed()),
+            Err("timeout".into())
+        );
+        assert_eq!(apply_mode(CellularMode::Off, failed()), Ok(None));
+        assert!(matches!(
+            apply_mode(CellularMode::Auto, Ok(Cellular::default())),
+            Ok(Some(_))
+        ));
+    }
+}
