@@ -8,6 +8,8 @@ mod acks;
 mod broker_acl;
 #[path = "e2e/enroll.rs"]
 mod enroll;
+#[path = "e2e/lifecycle.rs"]
+mod lifecycle;
 #[path = "e2e/procs.rs"]
 mod procs;
 #[path = "e2e/store_forward.rs"]

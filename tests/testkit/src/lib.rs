@@ -10,6 +10,9 @@ use std::time::{Duration, Instant};
 
 pub use tempfile::TempDir;
 
+#[cfg(target_os = "linux")]
+pub mod logind;
+
 /// A free TCP port on 127.0.0.1. The port is free when this returns; a
 /// process that binds it right away wins it in practice (the kernel does not
 /// hand out the same ephemeral port again at once).

@@ -131,6 +131,10 @@ pub struct AgentSpec {
     /// The `[trust]` section: by default the suite's collector key, which
     /// [`collector_text`] gives the collector.
     pub trust: String,
+    /// The system D-Bus the agent talks to (logind, ModemManager):
+    /// `DBUS_SYSTEM_BUS_ADDRESS`. By default a socket path that does not
+    /// exist, so no test ever reaches the machine's own system bus.
+    pub system_bus: String,
 }
 
 impl AgentSpec {
@@ -150,6 +154,7 @@ impl AgentSpec {
             max_inflight: None,
             extra: String::new(),
             trust: muster_testkit::agent_trust_toml(),
+            system_bus: format!("unix:path={}", data_dir.join("no-system-bus").display()),
         }
     }
 
@@ -229,6 +234,7 @@ impl AgentProc {
         let child = Command::new(&bins(release).agent)
             .args(["run", "--config"])
             .arg(&cfg)
+            .env("DBUS_SYSTEM_BUS_ADDRESS", &spec.system_bus)
             .stdin(Stdio::null())
             .stdout(Stdio::null())
             .stderr(std::fs::File::create(&log).unwrap())
@@ -264,6 +270,28 @@ impl AgentProc {
     /// Still running (a crash fails the caller's assertion with the log).
     pub fn alive(&mut self) -> bool {
         matches!(self.child.try_wait(), Ok(None))
+    }
+
+    /// SIGTERM, and return at once (the caller watches what follows).
+    pub fn term(&self) {
+        muster_testkit::signal(self.child.id(), "TERM");
+    }
+
+    /// Waits for the exit (at most `timeout`); it must be clean.
+    pub fn wait_clean_exit(&mut self, timeout: Duration) {
+        let deadline = Instant::now() + timeout;
+        loop {
+            if let Some(st) = self.child.try_wait().unwrap() {
+                assert!(st.success(), "agent exit: {st}\n{}", self.log_tail());
+                return;
+            }
+            assert!(
+                Instant::now() < deadline,
+                "agent still running {timeout:?} after SIGTERM\n{}",
+                self.log_tail()
+            );
+            std::thread::sleep(Duration::from_millis(20));
+        }
     }
 
     pub fn log_tail(&self) -> String {
@@ -473,8 +501,10 @@ impl CollectorProc {
 /// The parts of a unit view a failure message needs.
 pub fn brief(v: &Value) -> String {
     format!(
-        "status={} online={} last_at_ms={} seq={} agent.backlog={} agent.dropped={} boots={}",
+        "status={} reasons={} presence={} online={} last_at_ms={} seq={} agent.backlog={} agent.dropped={} boots={}",
         v["status"],
+        v["reasons"],
+        v["presence"],
         v["online"],
         v["last_at_ms"],
         v["seq"],
