@@ -9,6 +9,9 @@ mod uplink;
 mod cli;
 #[path = "agent/config.rs"]
 mod config;
+#[cfg(target_os = "linux")]
+#[path = "agent/power.rs"]
+mod power;
 #[path = "agent/probes.rs"]
 mod probes;
 #[path = "agent/report.rs"]
