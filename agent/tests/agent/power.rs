@@ -17,7 +17,7 @@ use muster_proto::{
     Body, BootId, Message, Payload, Presence, PresenceReason, Record, TopicKind, UnitId, decode,
     encode, topic::unit_topic,
 };
-use muster_testkit::{DbusDaemon, KillOnDrop, Mosquitto};
+use muster_testkit::{DbusDaemon, KillOnDrop, Mosquitto, TcpProxy};
 use rumqttc::{AsyncClient, Event, MqttOptions, Packet, QoS};
 use tokio::sync::watch;
 use zbus::object_server::SignalEmitter;
@@ -340,6 +340,8 @@ struct Rig {
     cfg: PathBuf,
     broker: Mosquitto,
     bus: DbusDaemon,
+    /// Between the agent and the broker: counts the agent's connections.
+    proxy: TcpProxy,
 }
 
 impl Rig {
@@ -347,6 +349,7 @@ impl Rig {
         let dir = crate::servers::scratch(name);
         let broker = Mosquitto::start();
         let bus = DbusDaemon::start();
+        let proxy = TcpProxy::start(broker.port());
         let cfg = dir.join("agent.toml");
         std::fs::write(
             &cfg,
@@ -367,7 +370,7 @@ announce_timeout = "4s"
 {trust}
 "#,
                 dir.display().to_string(),
-                broker.url(),
+                proxy.url(),
                 trust = muster_testkit::agent_trust_toml(),
             ),
         )
@@ -377,6 +380,7 @@ announce_timeout = "4s"
             cfg,
             broker,
             bus,
+            proxy,
         }
     }
 
@@ -544,9 +548,11 @@ async fn sleep_is_announced_and_the_resume_says_how_long() {
     );
     let births = connected_births(&collector).await;
     let records = collector.log().records.len();
+    let connections = rig.proxy.accepted();
 
     // Asleep: no will, no reconnect, nothing sent.
     tokio::time::sleep(Duration::from_millis(2500)).await;
+    assert_eq!(rig.proxy.accepted(), connections, "connected while asleep");
     assert!(lost(&collector).is_empty(), "the will was published");
     assert_eq!(
         connected_births(&collector).await,
