@@ -247,6 +247,7 @@ pub async fn run_with(
     };
     // Opened here, before READY: a buffer in use or unreadable fails the start.
     let buffer = crate::buffer::Buffer::open(ucfg.buffer.clone(), clock.now_ms())?;
+    power::marker::clear(&cfg.data_dir);
     let (control_tx, control_rx) = mpsc::channel(4);
     let power = Arc::new(Power::new(
         control_tx,

@@ -6,7 +6,8 @@
 //! Contract: written atomically (a temp file renamed over it), at most
 //! [`MAX_BYTES`]; valid until `expires_ms` (written + `within`, agent
 //! clock); removed when a stop reads it (consumed once), and ignored (and
-//! removed) when stale, unreadable or malformed. `within` is at most
+//! removed) when stale, unreadable or malformed; a marker found at start
+//! (no stop consumed it) is removed. `within` is at most
 //! [`MAX_WITHIN`]. [`judge`] is the pure part.
 
 use std::io::Write;
@@ -93,6 +94,19 @@ pub fn write(data_dir: &Path, within: Duration, now_ms: u64) -> Result<PathBuf, 
     drop(f);
     std::fs::rename(&tmp, &dest).map_err(io(&dest))?;
     Ok(dest)
+}
+
+/// Removes a marker no stop consumed (at start: it was meant for the stop
+/// that started this run, which was an older agent's or a crash).
+pub fn clear(data_dir: &Path) {
+    let p = path(data_dir);
+    match std::fs::remove_file(&p) {
+        Ok(()) => tracing::info!(path = %p.display(), "Removed a restart marker no stop consumed."),
+        Err(e) if e.kind() == std::io::ErrorKind::NotFound => {}
+        Err(e) => {
+            tracing::warn!(path = %p.display(), error = %e, "Cannot remove the restart marker.")
+        }
+    }
 }
 
 /// Reads and removes the marker: the `back_within_ms` it announces, if it

@@ -19,9 +19,10 @@ use std::sync::{Arc, OnceLock};
 use std::time::Duration;
 
 use windows_service::service::{
-    PowerEventParam, ServiceAccess, ServiceAction, ServiceActionType, ServiceControl, ServiceControlAccept,
-    ServiceErrorControl, ServiceExitCode, ServiceFailureActions, ServiceFailureResetPeriod,
-    ServiceInfo, ServiceStartType, ServiceState, ServiceStatus, ServiceType,
+    PowerEventParam, ServiceAccess, ServiceAction, ServiceActionType, ServiceControl,
+    ServiceControlAccept, ServiceErrorControl, ServiceExitCode, ServiceFailureActions,
+    ServiceFailureResetPeriod, ServiceInfo, ServiceStartType, ServiceState, ServiceStatus,
+    ServiceType,
 };
 use windows_service::service_control_handler::{self, ServiceControlHandlerResult};
 use windows_service::service_manager::{ServiceManager, ServiceManagerAccess};
@@ -258,7 +259,11 @@ fn run_service() -> Result<(), ServiceError> {
                 let _ = events_tx.send(req);
                 ServiceControlHandlerResult::NoError
             }
-            None if matches!(ev, ServiceControl::Interrogate | ServiceControl::PowerEvent(_)) => {
+            None if matches!(
+                ev,
+                ServiceControl::Interrogate | ServiceControl::PowerEvent(_)
+            ) =>
+            {
                 ServiceControlHandlerResult::NoError
             }
             None => ServiceControlHandlerResult::NotImplemented,

@@ -616,22 +616,19 @@ async fn sigterm_without_logind_is_a_stop_and_with_a_marker_a_restart() {
     // A bus without logind on it.
     let collector = Collector::start(rig.broker.port(), true).await;
 
-    // Announced restart.
-    let out = Command::new(BIN)
-        .args(["announce-restart", "--config"])
-        .arg(&rig.cfg)
-        .args(["--within", "2m"])
-        .output()
-        .unwrap();
-    assert!(out.status.success(), "{out:?}");
+    // A marker left from before the start is not this run's.
     let marker = rig.dir.join("restart-announced");
+    announce_restart(&rig.cfg, "1m");
     assert!(marker.exists());
-
     let mut agent = rig.start_agent(rig.bus.address());
     eventually("a birth", Duration::from_secs(15), || {
         !collector.log().states.is_empty()
     })
     .await;
+    assert!(!marker.exists(), "a marker found at start is removed");
+
+    // Announced restart.
+    announce_restart(&rig.cfg, "2m");
     muster_testkit::signal(agent.id(), "TERM");
     let status = tokio::task::block_in_place(|| wait_exit(&mut agent, Duration::from_secs(10)));
     assert!(status.success(), "{status:?}");
@@ -671,16 +668,16 @@ async fn sigterm_without_logind_is_a_stop_and_with_a_marker_a_restart() {
     assert!(lost(&collector).is_empty(), "the will was published");
 
     // A stale marker is ignored and removed.
-    std::fs::write(
-        &marker,
-        "muster restart marker v1\nback_within_ms=1000\nexpires_ms=1001\n",
-    )
-    .unwrap();
     let mut agent = rig.start_agent("unix:path=/nonexistent/bus");
     eventually("a third birth", Duration::from_secs(15), || {
         connected(&collector) >= 3
     })
     .await;
+    std::fs::write(
+        &marker,
+        "muster restart marker v1\nback_within_ms=1000\nexpires_ms=1001\n",
+    )
+    .unwrap();
     muster_testkit::signal(agent.id(), "TERM");
     let status = tokio::task::block_in_place(|| wait_exit(&mut agent, Duration::from_secs(10)));
     assert!(status.success(), "{status:?}");
@@ -690,6 +687,16 @@ async fn sigterm_without_logind_is_a_stop_and_with_a_marker_a_restart() {
         "no bus at all: a stop"
     );
     assert!(!marker.exists());
+}
+
+fn announce_restart(cfg: &std::path::Path, within: &str) {
+    let out = Command::new(BIN)
+        .args(["announce-restart", "--config"])
+        .arg(cfg)
+        .args(["--within", within])
+        .output()
+        .unwrap();
+    assert!(out.status.success(), "{out:?}");
 }
 
 /// How many boots said they connected (an agent may republish its birth
