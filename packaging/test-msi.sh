@@ -97,6 +97,14 @@ seq_of() { msiinfo export "$msi" InstallExecuteSequence | tr -d '\r' | awk -F'\t
     || fail "ConfigureAgent must run between InstallServices and StartServices"
 [ "$(seq_of RemoveExistingProducts)" -lt "$(seq_of InstallInitialize)" ] \
     || fail "RemoveExistingProducts must come before InstallInitialize"
+# 34 (exe in a directory) | 64 (ignore its exit code), immediate.
+[ "$(field CustomAction AnnounceRestart 2)" = 98 ] || fail "AnnounceRestart type $(field CustomAction AnnounceRestart 2), want 98"
+grep -qF -- 'announce-restart --config' <<<"$(field CustomAction AnnounceRestart 4)" || fail "AnnounceRestart command"
+[ "$(seq_of InstallValidate)" -lt "$(seq_of AnnounceRestart)" ] \
+    && [ "$(seq_of AnnounceRestart)" -lt "$(seq_of RemoveExistingProducts)" ] \
+    || fail "AnnounceRestart must run after InstallValidate, before RemoveExistingProducts"
+grep -q 'WIX_UPGRADE_DETECTED' <<<"$(msiinfo export "$msi" InstallExecuteSequence | tr -d '\r' | awk -F'\t' '$1 == "AnnounceRestart"')" \
+    || fail "AnnounceRestart must run only on an upgrade"
 
 dirs=$(msiinfo export "$msi" Directory | tr -d '\r')
 attrs=$(field Component AgentConfig 4)
@@ -189,7 +197,12 @@ state=$(service_state)
 registered=$(wine reg query 'HKLM\Software\Microsoft\Windows\CurrentVersion\Uninstall' /s 2>/dev/null \
     | tr -d '\r' | awk '$1 == "DisplayVersion" { print $3 }' | sort | tr '\n' ' ')
 [ "$registered" = "$next " ] || fail "registered versions after the upgrade: '$registered', want '$next '"
-echo "upgraded to $next; service $state; edit and buffer kept"
+# The old agent's stop said it would be back (the marker AnnounceRestart wrote).
+log_has 'Restart announced: stopping for a restart. back_within_ms=120000' \
+    || { tail -20 "$data"/log/*.log; fail "the upgrade's stop was not announced as a restart"; }
+log_has 'Departure announced; disconnected. unit=metro-fire/E12 reason=stop' \
+    || fail "no departure announced on the upgrade's stop"
+echo "upgraded to $next; service $state; edit and buffer kept; the stop announced a restart"
 
 step "Wine: msiexec /x removes the service, keeps config and buffer"
 wine msiexec /x "$(winepath -w "$next_msi")" /qn /l*v "$(winepath -w "$work/uninstall.log")" || {
