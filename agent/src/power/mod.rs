@@ -188,7 +188,7 @@ impl Lifecycle {
 
 /// How long [`Power`] waits for the uplink beyond the announce timeout
 /// (disconnect, a busy uplink thread) before giving up on it.
-const UPLINK_SLACK: Duration = Duration::from_secs(1);
+const UPLINK_SLACK: Duration = Duration::from_secs(2);
 
 /// Applies the core's actions to the uplink. Shared by every event source.
 pub struct Power {

@@ -30,7 +30,9 @@
 //!   broker does not publish the will) and stays disconnected: the poll
 //!   loop does not reconnect, and no observation is taken (they wait in the
 //!   bounded channel; a full one is a counted drop) until `Resume{reason}`,
-//!   whose birth says `reason` (`Resumed{slept_ms}`). The shutdown future
+//!   whose birth says `reason` (`Resumed{slept_ms}`), or until the agent
+//!   stops (then they are buffered after the announcement and go out with
+//!   the backlog of a later run). The shutdown future
 //!   without a departure first announces `Stop{back_within: None}` the same
 //!   way. Every connection's will is `Lost`.
 //!
@@ -343,7 +345,8 @@ pub async fn run_hooked(
                 }
                 None => rx_open = false,
             },
-            _ = heartbeat.tick() => up.heartbeat(),
+            // Departed: no heartbeat while away.
+            _ = heartbeat.tick() => if !up.departed { up.heartbeat() },
             _ = flush.tick() => up.flush(),
             _ = sleep_for(wake) => up.on_timer(),
         }

@@ -746,3 +746,108 @@ async fn sigterm_while_systemd_is_stopping_is_a_shutdown_without_logind() {
         Some(PresenceReason::Shutdown)
     );
 }
+
+/// The heartbeat carries the measuring side's drop counter (it said 0
+/// before issue 12).
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn the_heartbeat_carries_the_observations_dropped() {
+    use muster_agent::observation::Observation;
+    use muster_agent::sample::DropCounter;
+
+    let broker = Mosquitto::start();
+    let collector = Collector::start(broker.port(), true).await;
+    let dir = crate::servers::scratch("power-drops");
+    // Two drops on a full channel of one.
+    let drops = Arc::new(DropCounter::default());
+    let (full_tx, _full_rx) = tokio::sync::mpsc::channel(1);
+    for _ in 0..3 {
+        let obs = Observation {
+            at_ms: 1,
+            payload: Payload::Host(muster_proto::fixtures::host_sample()),
+        };
+        assert!(drops.try_send(&full_tx, obs, "test"));
+    }
+    assert_eq!(drops.get(), 2);
+
+    let mut buffer = muster_agent::buffer::BufferSettings::new(dir.join("buffer"));
+    buffer.flush_interval = Duration::from_millis(100);
+    let u = unit();
+    let cfg = muster_agent::uplink::UplinkConfig {
+        mqtt: muster_agent::uplink::MqttSettings {
+            host: "127.0.0.1".into(),
+            port: broker.port(),
+            tls: false,
+            client_id: "muster-metro-fire-E12".into(),
+            keepalive: Duration::from_secs(5),
+            connect_timeout: Duration::from_secs(2),
+            username: None,
+            password: None,
+            ca_file: None,
+            client_cert: None,
+        },
+        uplink: muster_agent::uplink::UplinkSettings {
+            heartbeat_interval: Duration::from_secs(1),
+            ..Default::default()
+        },
+        buffer: buffer.clone(),
+        interval_ms: 1000,
+        agent_version: "test".into(),
+        unit: u,
+        trust: {
+            let mut t = muster_proto::TrustedKeys::new();
+            t.insert(muster_testkit::test_collector_key().public_key())
+                .unwrap();
+            t
+        },
+        trusted_keys_file: None,
+    };
+    let (_tx, rx) = tokio::sync::mpsc::channel(16);
+    let (stop, stopped) = tokio::sync::oneshot::channel::<()>();
+    let clock = Arc::new(muster_agent::clock::SystemClock);
+    let buf = muster_agent::buffer::Buffer::open(buffer, 0).unwrap();
+    let task = tokio::spawn(muster_agent::uplink::run_hooked(
+        cfg,
+        buf,
+        rx,
+        clock,
+        muster_agent::uplink::Hooks {
+            observations_dropped: Some(drops),
+            ..Default::default()
+        },
+        async move {
+            let _ = stopped.await;
+        },
+    ));
+    eventually("a heartbeat", Duration::from_secs(10), || {
+        collector
+            .log()
+            .records
+            .iter()
+            .any(|(_, r)| matches!(r.payload, Payload::Status(_)))
+    })
+    .await;
+    let dropped = collector
+        .log()
+        .records
+        .iter()
+        .find_map(|(_, r)| match &r.payload {
+            Payload::Status(s) => Some(s.observations_dropped),
+            _ => None,
+        });
+    assert_eq!(dropped, Some(2));
+    let _ = stop.send(());
+    task.await.unwrap().unwrap();
+    // The in-process stop announced a plain stop, as a record and retained.
+    assert_eq!(
+        collector.log().departures().last().map(|d| d.1.reason),
+        Some(PresenceReason::Stop {
+            back_within_ms: None
+        })
+    );
+    assert_eq!(
+        retained_state(broker.port()).await.map(|p| p.reason),
+        Some(PresenceReason::Stop {
+            back_within_ms: None
+        })
+    );
+}
