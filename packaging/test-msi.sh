@@ -97,8 +97,12 @@ seq_of() { msiinfo export "$msi" InstallExecuteSequence | tr -d '\r' | awk -F'\t
     || fail "ConfigureAgent must run between InstallServices and StartServices"
 [ "$(seq_of RemoveExistingProducts)" -lt "$(seq_of InstallInitialize)" ] \
     || fail "RemoveExistingProducts must come before InstallInitialize"
-# 34 (exe in a directory) | 64 (ignore its exit code), immediate.
-[ "$(field CustomAction AnnounceRestart 2)" = 98 ] || fail "AnnounceRestart type $(field CustomAction AnnounceRestart 2), want 98"
+# 18 (exe installed with the product: the old one, before InstallFiles)
+# | 64 (ignore its exit code), not deferred (1024; wixl sets 2048, which
+# only deferred actions heed).
+ar=$(field CustomAction AnnounceRestart 2)
+[ -n "$ar" ] && [ $((ar & 63)) = 18 ] && [ $((ar & 64)) = 64 ] && [ $((ar & 1024)) = 0 ] \
+    || fail "AnnounceRestart type $ar, want 18 | 64, immediate"
 grep -qF -- 'announce-restart --config' <<<"$(field CustomAction AnnounceRestart 4)" || fail "AnnounceRestart command"
 [ "$(seq_of InstallValidate)" -lt "$(seq_of AnnounceRestart)" ] \
     && [ "$(seq_of AnnounceRestart)" -lt "$(seq_of RemoveExistingProducts)" ] \

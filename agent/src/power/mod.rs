@@ -275,10 +275,13 @@ mod tests {
         back_within_ms: Some(120_000),
     };
 
+    /// An event at a time, and the action expected.
+    type Step = (Event, u64, Action);
+
     /// (events at times, the action expected for each).
     #[test]
     fn events_map_to_the_reason_and_what_to_do() {
-        let table: Vec<(&str, Vec<(Event, u64, Action)>)> = vec![
+        let table: Vec<(&str, Vec<Step>)> = vec![
             (
                 "plain SIGTERM / systemctl stop",
                 vec![(
