@@ -207,20 +207,26 @@ step "Wine: a service stop after announce-restart announces the restart"
 # Wine's msiexec does not stop the old service through its control handler
 # during RemoveExistingProducts (StopServices returns at once), so the MSI's
 # AnnounceRestart (checked in the tables above) is exercised by hand here:
-# the same command, then the SCM's STOP.
+# the same command, then the SCM's STOP. Wine also ends a service process
+# well within a second of a STOP, whatever it reports, so only the decision
+# (the marker read, the departure begun with its reason) is checked here;
+# the announcement itself is the Linux tests' (agent/tests/agent/power.rs).
 wine "$prog/muster-agent.exe" announce-restart --config 'C:\ProgramData\Muster\agent\agent.toml' --within 2m
 [ -f "$data/restart-announced" ] || fail "announce-restart wrote no marker"
 wine net stop MusterAgent
+want='Announcing the departure. reason="stop" ev=Terminate { going_down: false, back_within_ms: Some(120000) }'
 for _ in $(seq 1 100); do
-    log_has 'Departure announced; disconnected. unit=metro-fire/E12 reason="stop"' && break
+    log_has "$want" && break
     sleep 0.1
 done
 log_has 'Restart announced: stopping for a restart. back_within_ms=120000' \
     || { tail -20 "$data"/log/*.log; fail "the service stop did not read the restart marker"; }
-log_has 'Departure announced; disconnected. unit=metro-fire/E12 reason="stop"' \
-    || { tail -20 "$data"/log/*.log; fail "the service stop announced no departure"; }
+log_has "$want" || { tail -20 "$data"/log/*.log; fail "the service stop announced no departure"; }
 [ ! -e "$data/restart-announced" ] || fail "the marker was not consumed"
-wine net start MusterAgent
+# Wine's kill counts as a failure: the recovery action may start it again.
+sleep 6
+wine net start MusterAgent || true
+[ "$(service_state)" = RUNNING ] || fail "service not running again"
 echo "the stop announced a restart (back within 2 min)"
 
 step "Wine: msiexec /x removes the service, keeps config and buffer"

@@ -855,7 +855,8 @@ async fn the_heartbeat_carries_the_observations_dropped() {
 #[test]
 fn power_announce_timeout_is_bounded_and_named() {
     use muster_agent::config::Config;
-    let base = "agency = \"metro-fire\"\nunit_id = \"E12\"\n[mqtt]\nurl = \"mqtt://127.0.0.1:1883\"\n";
+    let base =
+        "agency = \"metro-fire\"\nunit_id = \"E12\"\n[mqtt]\nurl = \"mqtt://127.0.0.1:1883\"\n";
     let parse = |extra: &str| Config::parse(&format!("{base}{extra}"));
     assert_eq!(
         parse("").unwrap().power.announce_timeout,
@@ -872,5 +873,8 @@ fn power_announce_timeout_is_bounded_and_named() {
         let e = parse(&format!("[power]\nannounce_timeout = {bad}\n")).unwrap_err();
         assert_eq!(e.key(), Some("power.announce_timeout"), "{bad}: {e}");
     }
-    assert!(parse("[power]\nwhat = 1\n").is_err(), "unknown keys are refused");
+    assert!(
+        parse("[power]\nwhat = 1\n").is_err(),
+        "unknown keys are refused"
+    );
 }
