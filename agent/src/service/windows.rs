@@ -70,11 +70,6 @@ fn scm<T>(step: &'static str, r: windows_service::Result<T>) -> Result<T, Servic
 
 static CONFIG_PATH: OnceLock<PathBuf> = OnceLock::new();
 
-/// The service's status handle, for the control handler to say "stopping"
-/// at once (the SCM, and PRESHUTDOWN above all, wait for a service only
-/// while it reports `StopPending`).
-static STATUS: OnceLock<service_control_handler::ServiceStatusHandle> = OnceLock::new();
-
 /// Registers the service with recovery actions: restart after 5 s, 30 s, then
 /// every 60 s; the failure count resets after a day without failures. A
 /// non-zero exit (not only a crash) counts as a failure.
@@ -261,9 +256,6 @@ fn run_service() -> Result<(), ServiceError> {
                 ServiceControlHandlerResult::NoError
             }
             Some(req) => {
-                if let (PowerRequest::Terminate { .. }, Some(h)) = (&req, STATUS.get()) {
-                    let _ = h.set_service_status(status(ServiceState::StopPending, 0));
-                }
                 let _ = events_tx.send(req);
                 ServiceControlHandlerResult::NoError
             }
@@ -277,7 +269,6 @@ fn run_service() -> Result<(), ServiceError> {
             None => ServiceControlHandlerResult::NotImplemented,
         }),
     )?;
-    let _ = STATUS.set(handle);
     let path = CONFIG_PATH.get().cloned().unwrap_or_default();
     let result = (|| -> Result<(), String> {
         let mut cfg = Config::load(&path).map_err(|e| e.to_string())?;
