@@ -97,6 +97,18 @@ seq_of() { msiinfo export "$msi" InstallExecuteSequence | tr -d '\r' | awk -F'\t
     || fail "ConfigureAgent must run between InstallServices and StartServices"
 [ "$(seq_of RemoveExistingProducts)" -lt "$(seq_of InstallInitialize)" ] \
     || fail "RemoveExistingProducts must come before InstallInitialize"
+# 18 (exe installed with the product: the old one, before InstallFiles)
+# | 64 (ignore its exit code), not deferred (1024; wixl sets 2048, which
+# only deferred actions heed).
+ar=$(field CustomAction AnnounceRestart 2)
+[ -n "$ar" ] && [ $((ar & 63)) = 18 ] && [ $((ar & 64)) = 64 ] && [ $((ar & 1024)) = 0 ] \
+    || fail "AnnounceRestart type $ar, want 18 | 64, immediate"
+grep -qF -- 'announce-restart --config' <<<"$(field CustomAction AnnounceRestart 4)" || fail "AnnounceRestart command"
+[ "$(seq_of InstallValidate)" -lt "$(seq_of AnnounceRestart)" ] \
+    && [ "$(seq_of AnnounceRestart)" -lt "$(seq_of RemoveExistingProducts)" ] \
+    || fail "AnnounceRestart must run after InstallValidate, before RemoveExistingProducts"
+grep -q 'WIX_UPGRADE_DETECTED' <<<"$(msiinfo export "$msi" InstallExecuteSequence | tr -d '\r' | awk -F'\t' '$1 == "AnnounceRestart"')" \
+    || fail "AnnounceRestart must run only on an upgrade"
 
 dirs=$(msiinfo export "$msi" Directory | tr -d '\r')
 attrs=$(field Component AgentConfig 4)
@@ -190,6 +202,32 @@ registered=$(wine reg query 'HKLM\Software\Microsoft\Windows\CurrentVersion\Unin
     | tr -d '\r' | awk '$1 == "DisplayVersion" { print $3 }' | sort | tr '\n' ' ')
 [ "$registered" = "$next " ] || fail "registered versions after the upgrade: '$registered', want '$next '"
 echo "upgraded to $next; service $state; edit and buffer kept"
+
+step "Wine: a service stop after announce-restart announces the restart"
+# Wine's msiexec does not stop the old service through its control handler
+# during RemoveExistingProducts (StopServices returns at once), so the MSI's
+# AnnounceRestart (checked in the tables above) is exercised by hand here:
+# the same command, then the SCM's STOP. Wine also ends a service process
+# well within a second of a STOP, whatever it reports, so only the decision
+# (the marker read, the departure begun with its reason) is checked here;
+# the announcement itself is the Linux tests' (agent/tests/agent/power.rs).
+wine "$prog/muster-agent.exe" announce-restart --config 'C:\ProgramData\Muster\agent\agent.toml' --within 2m
+[ -f "$data/restart-announced" ] || fail "announce-restart wrote no marker"
+wine net stop MusterAgent
+want='Announcing the departure. reason="stop" ev=Terminate { going_down: false, back_within_ms: Some(120000) }'
+for _ in $(seq 1 100); do
+    log_has "$want" && break
+    sleep 0.1
+done
+log_has 'Restart announced: stopping for a restart. back_within_ms=120000' \
+    || { tail -20 "$data"/log/*.log; fail "the service stop did not read the restart marker"; }
+log_has "$want" || { tail -20 "$data"/log/*.log; fail "the service stop announced no departure"; }
+[ ! -e "$data/restart-announced" ] || fail "the marker was not consumed"
+# Wine's kill counts as a failure: the recovery action may start it again.
+sleep 6
+wine net start MusterAgent || true
+[ "$(service_state)" = RUNNING ] || fail "service not running again"
+echo "the stop announced a restart (back within 2 min)"
 
 step "Wine: msiexec /x removes the service, keeps config and buffer"
 wine msiexec /x "$(winepath -w "$next_msi")" /qn /l*v "$(winepath -w "$work/uninstall.log")" || {

@@ -63,6 +63,8 @@ struct RawConfig {
     #[serde(default)]
     uplink: RawUplink,
     #[serde(default)]
+    power: RawPower,
+    #[serde(default)]
     sampling: RawSampling,
     #[serde(default)]
     network: RawNetwork,
@@ -197,6 +199,8 @@ pub struct Config {
     /// `uplink.channel_capacity`: observations queued between the measuring
     /// tasks and the uplink, default 1024.
     pub channel_capacity: usize,
+    /// `[power]`: announcing departures (`crate::power`).
+    pub power: crate::power::PowerSettings,
     pub sampling: SamplingConfig,
     pub report: Option<ReportConfig>,
     pub log: LogConfig,
@@ -463,6 +467,7 @@ fn validate(raw: RawConfig) -> Result<Config, ConfigError> {
     let mqtt = validate_mqtt(raw.mqtt, &unit)?;
     let buffer = validate_buffer(raw.buffer, &data_dir)?;
     let (uplink, channel_capacity) = validate_uplink(raw.uplink)?;
+    let power = validate_power(raw.power)?;
     let mut sampling = validate_sampling(raw.sampling)?;
     sampling.network = validate_network(raw.network)?;
     let report = validate_report(raw.report)?;
@@ -490,6 +495,7 @@ fn validate(raw: RawConfig) -> Result<Config, ConfigError> {
         buffer,
         uplink,
         channel_capacity,
+        power,
         sampling,
         report,
         log,
@@ -497,6 +503,35 @@ fn validate(raw: RawConfig) -> Result<Config, ConfigError> {
         enroll,
         trust,
     })
+}
+
+// ------------------------------------------------------------------ [power]
+
+#[derive(Debug, Deserialize, Default)]
+#[serde(deny_unknown_fields)]
+struct RawPower {
+    announce_timeout: Option<String>,
+}
+
+fn validate_power(raw: RawPower) -> Result<crate::power::PowerSettings, ConfigError> {
+    let d = crate::power::PowerSettings::default();
+    let announce_timeout = duration(
+        "power.announce_timeout",
+        &raw.announce_timeout,
+        d.announce_timeout,
+    )?;
+    if announce_timeout < Duration::from_millis(100)
+        || announce_timeout > crate::power::MAX_ANNOUNCE_TIMEOUT
+    {
+        return Err(ConfigError::invalid(
+            "power.announce_timeout",
+            format!(
+                "must be between 100ms and {:?} (logind's delay lock lasts 5s by default)",
+                crate::power::MAX_ANNOUNCE_TIMEOUT
+            ),
+        ));
+    }
+    Ok(crate::power::PowerSettings { announce_timeout })
 }
 
 fn validate_trust(raw: RawTrust, enrolling: bool) -> Result<TrustConfig, ConfigError> {

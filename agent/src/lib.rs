@@ -7,6 +7,7 @@
 //! * [`observation`]: the seam: measuring sends `Observation`s to the uplink.
 //! * [`buffer`] + [`uplink`]: store-and-forward over MQTT.
 //! * [`enroll`]: enrolment by claim (the unit's own broker credential).
+//! * [`power`]: why the agent goes away (shutdown, stop, sleep), announced before it goes.
 //! * [`config`], [`run`], [`service`]: configuration, wiring, running as a service.
 
 pub mod buffer;
@@ -14,6 +15,7 @@ pub mod clock;
 pub mod config;
 pub mod enroll;
 pub mod observation;
+pub mod power;
 pub mod probe;
 pub mod report;
 pub mod run;

@@ -41,6 +41,16 @@ enum Cmd {
         #[arg(long, short)]
         config: PathBuf,
     },
+    /// Announce that the next stop is a restart (an upgrade): the running
+    /// agent's stop within `--within` says it will be back within that time.
+    /// Run by the deb's postinst and the MSI before they restart the service.
+    AnnounceRestart {
+        #[arg(long, short)]
+        config: PathBuf,
+        /// How long until the agent is back, e.g. `2m` (at most 1h).
+        #[arg(long, default_value = "2m")]
+        within: String,
+    },
     /// Windows service management.
     #[cfg(windows)]
     Service {
@@ -109,6 +119,32 @@ fn main() -> ExitCode {
             }
             Err(code) => code,
         },
+        Cmd::AnnounceRestart { config, within } => {
+            let cfg = match load(&config) {
+                Ok(c) => c,
+                Err(code) => return code,
+            };
+            let Some(within) = muster_agent::config::parse_duration(&within) else {
+                eprintln!("muster-agent: --within: {within:?} is not a duration");
+                return ExitCode::from(2);
+            };
+            use muster_agent::clock::Clock;
+            match muster_agent::power::marker::write(&cfg.data_dir, within, SystemClock.now_ms()) {
+                Ok(path) => {
+                    println!(
+                        "Restart announced: a stop within {} says back within {}. ({})",
+                        humantime_secs(within),
+                        humantime_secs(within),
+                        path.display()
+                    );
+                    ExitCode::SUCCESS
+                }
+                Err(e) => {
+                    eprintln!("muster-agent: {e}");
+                    ExitCode::FAILURE
+                }
+            }
+        }
         Cmd::Once { config, compact } => {
             let cfg = match load(&config) {
                 Ok(c) => c,
@@ -185,6 +221,10 @@ fn main() -> ExitCode {
             }
         }
     }
+}
+
+fn humantime_secs(d: std::time::Duration) -> String {
+    format!("{}s", d.as_secs())
 }
 
 /// An error and its causes on one line. Our error enums already show their

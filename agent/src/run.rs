@@ -14,6 +14,13 @@
 //! runtime (`spawn_uplink`), so a slow fsync or a big replay batch never
 //! delays a probe's clock. No work-stealing pool: the agent does little work
 //! and sits beside a CAD client, so threads and their stacks are kept few.
+//!
+//! Departures (`crate::power`): the uplink gets a control channel and the
+//! drop counter; logind's task (Linux) and the platform's requests
+//! ([`PowerRequest`], the Windows service) go through one [`Power`]. On a
+//! terminate the producers stop first, then the departure is announced with
+//! its reason (a restart marker, or the OS going down), then the uplink
+//! stops.
 
 use std::future::Future;
 use std::sync::Arc;
@@ -27,6 +34,7 @@ use tokio::sync::{mpsc, watch};
 use crate::clock::Clock;
 use crate::config::Config;
 use crate::enroll;
+use crate::power::{self, Event, Power};
 use crate::probe::schedule::{self, ScheduleStats, stopped};
 use crate::probe::{Probe, ProbeError, Runnable};
 use crate::report::{self, ReportStats};
@@ -72,6 +80,7 @@ fn spawn_uplink(
     buffer: crate::buffer::Buffer,
     rx: crate::observation::ObservationRx,
     clock: Arc<dyn Clock>,
+    hooks: uplink::Hooks,
     stop: tokio::sync::oneshot::Receiver<()>,
 ) -> Result<tokio::sync::oneshot::Receiver<Result<(), UplinkError>>, RunError> {
     let rt = tokio::runtime::Builder::new_current_thread()
@@ -82,11 +91,12 @@ fn spawn_uplink(
     std::thread::Builder::new()
         .name("uplink".into())
         .spawn(move || {
-            let r = rt.block_on(uplink::run_with_buffer(
+            let r = rt.block_on(uplink::run_hooked(
                 cfg,
                 buffer,
                 rx,
                 clock,
+                hooks,
                 async move {
                     let _ = stop.await;
                 },
@@ -122,13 +132,72 @@ pub struct RunStats {
     pub report: Arc<ReportStats>,
 }
 
-/// `muster-agent run`: runs until `shutdown` resolves, then stops the
-/// producers, lets the uplink take what they produced, and returns.
+/// What a platform's event source asks of a running agent (the Windows
+/// service control handler; on Linux logind talks to [`Power`] itself).
+#[derive(Debug)]
+pub enum PowerRequest {
+    /// Stop. `going_down`: the OS is shutting down (`None`: ask the OS).
+    Terminate { going_down: Option<bool> },
+    /// The OS suspends: announce; `done` is answered when announced.
+    Sleep {
+        done: Option<std::sync::mpsc::Sender<()>>,
+    },
+    /// The OS resumed.
+    Woke,
+}
+
+/// `muster-agent run`: runs until `shutdown` resolves (SIGTERM), then stops
+/// the producers, announces the departure (stop, an announced restart, or a
+/// shutdown if the OS is going down), lets the uplink take what they
+/// produced, and returns.
 pub async fn run(
     cfg: Config,
     clock: Arc<dyn Clock>,
     shutdown: impl Future<Output = ()> + Send,
 ) -> Result<(), RunError> {
+    let (_keep, events) = mpsc::unbounded_channel();
+    run_with(
+        cfg,
+        clock,
+        async move {
+            shutdown.await;
+            PowerRequest::Terminate { going_down: None }
+        },
+        events,
+    )
+    .await
+}
+
+async fn next_request(
+    events: &mut Option<mpsc::UnboundedReceiver<PowerRequest>>,
+) -> Option<PowerRequest> {
+    match events {
+        Some(e) => e.recv().await,
+        None => std::future::pending().await,
+    }
+}
+
+/// Whether the OS is going down, asked at a terminate that did not say.
+async fn os_going_down() -> bool {
+    #[cfg(target_os = "linux")]
+    {
+        power::logind::system_going_down().await
+    }
+    #[cfg(not(target_os = "linux"))]
+    {
+        false
+    }
+}
+
+/// [`run`] with the platform's power requests: runs until `shutdown`
+/// resolves or a `Terminate` request arrives.
+pub async fn run_with(
+    cfg: Config,
+    clock: Arc<dyn Clock>,
+    shutdown: impl Future<Output = PowerRequest> + Send,
+    events: mpsc::UnboundedReceiver<PowerRequest>,
+) -> Result<(), RunError> {
+    let mut events = Some(events);
     let stats = RunStats::default();
     let (tx, rx) = mpsc::channel(cfg.channel_capacity);
     let (stop_tx, stop_rx) = watch::channel(false);
@@ -178,7 +247,21 @@ pub async fn run(
     };
     // Opened here, before READY: a buffer in use or unreadable fails the start.
     let buffer = crate::buffer::Buffer::open(ucfg.buffer.clone(), clock.now_ms())?;
-    let mut uplink_task = spawn_uplink(ucfg, buffer, rx, clock.clone(), uplink_stop_rx)?;
+    power::marker::clear(&cfg.data_dir);
+    let (control_tx, control_rx) = mpsc::channel(4);
+    let power = Arc::new(Power::new(
+        control_tx,
+        clock.clone(),
+        cfg.power.announce_timeout,
+    ));
+    let hooks = uplink::Hooks {
+        control: Some(control_rx),
+        observations_dropped: Some(stats.drops.clone()),
+        depart_timeout: cfg.power.announce_timeout,
+    };
+    let mut uplink_task = spawn_uplink(ucfg, buffer, rx, clock.clone(), hooks, uplink_stop_rx)?;
+    #[cfg(target_os = "linux")]
+    let logind_task = tokio::spawn(power::logind::run(power.clone(), stop_rx.clone()));
 
     let enroll_task = enrolment.map(|e| tokio::spawn(enroll::run(e, stop_rx.clone())));
     let probes = build_probes(&cfg)?;
@@ -235,9 +318,34 @@ pub async fn run(
         "Agent running."
     );
 
-    let uplink_early = tokio::select! {
-        _ = shutdown => None,
-        r = &mut uplink_task => Some(r),
+    tokio::pin!(shutdown);
+    let (uplink_early, going_down) = loop {
+        tokio::select! {
+            req = &mut shutdown => match req {
+                PowerRequest::Terminate { going_down } => break (None, going_down),
+                other => tracing::warn!(?other, "Not a terminate; stopping anyway."),
+            },
+            req = next_request(&mut events) => match req {
+                Some(PowerRequest::Terminate { going_down }) => break (None, going_down),
+                Some(PowerRequest::Sleep { done }) => {
+                    power.handle(Event::SleepPrepare).await;
+                    if let Some(done) = done {
+                        let _ = done.send(());
+                    }
+                    continue;
+                }
+                Some(PowerRequest::Woke) => {
+                    power.handle(Event::Woke).await;
+                    continue;
+                }
+                None => {
+                    events = None;
+                    continue;
+                }
+            },
+            r = &mut uplink_task => break (Some(r), None),
+        }
+        break (None, None);
     };
     if let Some(n) = &notifier {
         n.notify("STOPPING=1");
@@ -265,6 +373,28 @@ pub async fn run(
     let r = match uplink_early {
         Some(r) => r,
         None => {
+            // Why we go: a running agent announces (marker and OS state are
+            // read only then); one that already announced just goes.
+            let (going_down, back_within_ms) = if power.running() {
+                let going_down = match going_down {
+                    Some(g) => g,
+                    None => os_going_down().await,
+                };
+                (
+                    going_down,
+                    power::marker::take(&cfg.data_dir, clock.now_ms()),
+                )
+            } else {
+                (false, None)
+            };
+            power
+                .handle(Event::Terminate {
+                    going_down,
+                    back_within_ms,
+                })
+                .await;
+            #[cfg(target_os = "linux")]
+            let _ = logind_task.await;
             let _ = uplink_stop_tx.send(());
             match tokio::time::timeout(Duration::from_secs(15), &mut uplink_task).await {
                 Ok(r) => r,

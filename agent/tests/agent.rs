@@ -14,6 +14,9 @@ mod config;
 mod network;
 #[path = "agent/network_config.rs"]
 mod network_config;
+#[cfg(target_os = "linux")]
+#[path = "agent/power.rs"]
+mod power;
 #[path = "agent/probes.rs"]
 mod probes;
 #[path = "agent/report.rs"]

@@ -16,7 +16,9 @@
 #   - MsiHiddenProperties = ENROLL_TOKEN (kept out of the msiexec log);
 #   - RemoveExistingProducts after InstallValidate (WiX's default schedule;
 #     wixl puts it after InstallFinalize): the old version, its service and
-#     files go first, then the new one installs, finds agent.toml and keeps it.
+#     files go first, then the new one installs, finds agent.toml and keeps it;
+#   - AnnounceRestart just before it (1401, RemoveExistingProducts 1402): the
+#     old agent writes its restart marker before its service is stopped.
 set -eu
 here=$(cd "$(dirname "$0")" && pwd)
 root=$(cd "$here/../.." && pwd)
@@ -48,5 +50,6 @@ msi=$out/muster-agent-$version-x64.msi
 msibuild "$msi" -q "UPDATE \`Component\` SET \`Attributes\` = 400 WHERE \`Component\` = 'AgentConfig'"
 msibuild "$msi" -q "UPDATE \`Property\` SET \`Value\` = 'WIX_DOWNGRADE_DETECTED;WIX_UPGRADE_DETECTED;AGENCY;UNIT_ID;MQTT_URL;ENROLL_URL;ENROLL_TOKEN;COLLECTOR_KEY' WHERE \`Property\` = 'SecureCustomProperties'"
 msibuild "$msi" -q "INSERT INTO \`Property\` (\`Property\`, \`Value\`) VALUES ('MsiHiddenProperties', 'ENROLL_TOKEN')"
-msibuild "$msi" -q "UPDATE \`InstallExecuteSequence\` SET \`Sequence\` = 1401 WHERE \`Action\` = 'RemoveExistingProducts'"
+msibuild "$msi" -q "UPDATE \`InstallExecuteSequence\` SET \`Sequence\` = 1402 WHERE \`Action\` = 'RemoveExistingProducts'"
+msibuild "$msi" -q "UPDATE \`InstallExecuteSequence\` SET \`Sequence\` = 1401 WHERE \`Action\` = 'AnnounceRestart'"
 echo "$msi"

@@ -3,6 +3,15 @@
 //! which an MSI cannot set), `service uninstall` removes it, and the SCM starts
 //! it as `muster-agent service run --config FILE`, which hands control to the
 //! service dispatcher. A service stop (or system shutdown) is a clean shutdown.
+//!
+//! Departures (`crate::power`): `PRESHUTDOWN` (preferred; the service asks
+//! for [`PRESHUTDOWN_TIMEOUT`]) and `SHUTDOWN` announce `shutdown`; `STOP`
+//! announces `stop` (with `back_within` after `announce-restart`, which the
+//! MSI's upgrade runs before it stops the service); `POWER_EVENT`
+//! `PBT_APMSUSPEND` announces `sleep` (the handler waits for the
+//! announcement at most [`SUSPEND_WAIT`]: Windows gives a suspend handler
+//! little time), `PBT_APMRESUMEAUTOMATIC`/`PBT_APMRESUMESUSPEND` connect
+//! again with `resumed`.
 
 use std::ffi::OsString;
 use std::path::{Path, PathBuf};
@@ -10,9 +19,10 @@ use std::sync::{Arc, OnceLock};
 use std::time::Duration;
 
 use windows_service::service::{
-    ServiceAccess, ServiceAction, ServiceActionType, ServiceControl, ServiceControlAccept,
-    ServiceErrorControl, ServiceExitCode, ServiceFailureActions, ServiceFailureResetPeriod,
-    ServiceInfo, ServiceStartType, ServiceState, ServiceStatus, ServiceType,
+    PowerEventParam, ServiceAccess, ServiceAction, ServiceActionType, ServiceControl,
+    ServiceControlAccept, ServiceErrorControl, ServiceExitCode, ServiceFailureActions,
+    ServiceFailureResetPeriod, ServiceInfo, ServiceStartType, ServiceState, ServiceStatus,
+    ServiceType,
 };
 use windows_service::service_control_handler::{self, ServiceControlHandlerResult};
 use windows_service::service_manager::{ServiceManager, ServiceManagerAccess};
@@ -20,6 +30,16 @@ use windows_service::{define_windows_service, service_dispatcher};
 
 use crate::clock::SystemClock;
 use crate::config::{Config, LogConfig, LogTarget, Rotation};
+use crate::run::PowerRequest;
+
+/// How long Windows waits for the service after `PRESHUTDOWN`: the
+/// announcement (`power.announce_timeout`, ≤ 20 s, default 3 s) plus the
+/// disconnect and the buffer's flush.
+pub const PRESHUTDOWN_TIMEOUT: Duration = Duration::from_secs(25);
+
+/// How long the control handler waits for the sleep announcement before it
+/// lets Windows suspend.
+pub const SUSPEND_WAIT: Duration = Duration::from_secs(2);
 
 pub const SERVICE_NAME: &str = "MusterAgent";
 const DISPLAY_NAME: &str = "Muster agent";
@@ -92,6 +112,13 @@ pub fn install(config: &Path) -> Result<(), ServiceError> {
         "setting the description",
         service.set_description(DESCRIPTION),
     )?;
+    // Time to announce the shutdown before Windows goes on.
+    if let Err(e) = scm(
+        "setting the preshutdown timeout",
+        service.set_preshutdown_timeout(PRESHUTDOWN_TIMEOUT),
+    ) {
+        eprintln!("muster-agent: warning: {e}; Windows' default preshutdown time applies");
+    }
     scm(
         "setting the recovery actions",
         service.update_failure_actions(ServiceFailureActions {
@@ -174,7 +201,10 @@ fn status(state: ServiceState, exit: u32) -> ServiceStatus {
         service_type: ServiceType::OWN_PROCESS,
         current_state: state,
         controls_accepted: if state == ServiceState::Running {
-            ServiceControlAccept::STOP | ServiceControlAccept::SHUTDOWN
+            ServiceControlAccept::STOP
+                | ServiceControlAccept::PRESHUTDOWN
+                | ServiceControlAccept::SHUTDOWN
+                | ServiceControlAccept::POWER_EVENT
         } else {
             ServiceControlAccept::empty()
         },
@@ -193,17 +223,50 @@ fn status(state: ServiceState, exit: u32) -> ServiceStatus {
     }
 }
 
+/// The power request for a service control, if it is one.
+fn request(ev: &ServiceControl) -> Option<PowerRequest> {
+    match ev {
+        ServiceControl::Stop => Some(PowerRequest::Terminate {
+            going_down: Some(false),
+        }),
+        ServiceControl::Preshutdown | ServiceControl::Shutdown => Some(PowerRequest::Terminate {
+            going_down: Some(true),
+        }),
+        ServiceControl::PowerEvent(PowerEventParam::Suspend) => {
+            Some(PowerRequest::Sleep { done: None })
+        }
+        ServiceControl::PowerEvent(
+            PowerEventParam::ResumeAutomatic | PowerEventParam::ResumeSuspend,
+        ) => Some(PowerRequest::Woke),
+        _ => None,
+    }
+}
+
 fn run_service() -> Result<(), ServiceError> {
-    let (stop_tx, stop_rx) = tokio::sync::watch::channel(false);
+    let (events_tx, events_rx) = tokio::sync::mpsc::unbounded_channel::<PowerRequest>();
     let handle = scm(
         "registering the control handler",
-        service_control_handler::register(SERVICE_NAME, move |ev| match ev {
-            ServiceControl::Stop | ServiceControl::Shutdown => {
-                let _ = stop_tx.send(true);
+        service_control_handler::register(SERVICE_NAME, move |ev| match request(&ev) {
+            Some(PowerRequest::Sleep { .. }) => {
+                // Windows suspends when the handler returns: wait (bounded)
+                // for the announcement.
+                let (done, announced) = std::sync::mpsc::channel();
+                let _ = events_tx.send(PowerRequest::Sleep { done: Some(done) });
+                let _ = announced.recv_timeout(SUSPEND_WAIT);
                 ServiceControlHandlerResult::NoError
             }
-            ServiceControl::Interrogate => ServiceControlHandlerResult::NoError,
-            _ => ServiceControlHandlerResult::NotImplemented,
+            Some(req) => {
+                let _ = events_tx.send(req);
+                ServiceControlHandlerResult::NoError
+            }
+            None if matches!(
+                ev,
+                ServiceControl::Interrogate | ServiceControl::PowerEvent(_)
+            ) =>
+            {
+                ServiceControlHandlerResult::NoError
+            }
+            None => ServiceControlHandlerResult::NotImplemented,
         }),
     )?;
     let path = CONFIG_PATH.get().cloned().unwrap_or_default();
@@ -225,11 +288,12 @@ fn run_service() -> Result<(), ServiceError> {
             .set_service_status(status(ServiceState::Running, 0))
             .map_err(|e| e.to_string())?;
         let rt = crate::run::runtime().map_err(|e| e.to_string())?;
-        let mut stop = stop_rx;
-        let r = rt.block_on(crate::run::run(cfg, Arc::new(SystemClock), async move {
-            crate::probe::schedule::stopped(&mut stop).await;
-            tracing::info!("Service stop requested.");
-        }));
+        let r = rt.block_on(crate::run::run_with(
+            cfg,
+            Arc::new(SystemClock),
+            std::future::pending::<PowerRequest>(),
+            events_rx,
+        ));
         let _ = handle.set_service_status(status(ServiceState::StopPending, 0));
         rt.shutdown_timeout(Duration::from_secs(5));
         r.map_err(|e| e.to_string())

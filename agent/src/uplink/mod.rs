@@ -20,7 +20,21 @@
 //!   `muster/v1/collector` says the collector has just (re)subscribed. Keys
 //!   a verified hello announces are trusted and persisted
 //!   (`crate::trust`).
-//! * An `AgentStatus` heartbeat record every `heartbeat_interval`.
+//! * An `AgentStatus` heartbeat record every `heartbeat_interval`, with
+//!   the measuring side's `observations_dropped`.
+//! * Departures ([`Control`], from `crate::power`): `Depart{reason}` takes
+//!   what is queued, records a `Payload::Presence{online: false, reason}`
+//!   (buffered, numbered and acked like every record), publishes it live
+//!   and retained on the state topic, flushes, waits for the collector's ack
+//!   of it at most `depart_timeout`, then sends MQTT DISCONNECT (so the
+//!   broker does not publish the will) and stays disconnected: the poll
+//!   loop does not reconnect, and no observation is taken (they wait in the
+//!   bounded channel; a full one is a counted drop) until `Resume{reason}`,
+//!   whose birth says `reason` (`Resumed{slept_ms}`), or until the agent
+//!   stops (then they are buffered after the announcement and go out with
+//!   the backlog of a later run). The shutdown future
+//!   without a departure first announces `Stop{back_within: None}` the same
+//!   way. Every connection's will is `Lost`.
 //!
 //! The pure cores (`backoff`, `inflight`, `schedule`, `buffer::evict`) take
 //! `now`; this module is the I/O around them.
@@ -42,12 +56,13 @@ use muster_proto::{
     encode_record, message_from_encoded, topic::unit_topic,
 };
 use rumqttc::{AsyncClient, QoS};
-use tokio::sync::mpsc;
+use tokio::sync::{mpsc, oneshot, watch};
 use tracing::{debug, info, warn};
 
 use crate::buffer::{Appended, Buffer, BufferSettings, Kind, Meta, Stored};
 use crate::clock::Clock;
 use crate::observation::ObservationRx;
+use crate::sample::DropCounter;
 use inflight::{Inflight, Sent};
 use mqtt::LinkEvent;
 use schedule::{Next, Scheduler};
@@ -64,6 +79,48 @@ pub const REPLAY_MIN_INTERVAL_MS: u64 = 2_000;
 /// At most one re-read of `trusted_keys` (for an ack or hello signed by a
 /// key not yet trusted) per this interval.
 pub const TRUST_RELOAD_MS: u64 = 5_000;
+
+/// The lifecycle's orders to the uplink (`crate::power`).
+#[derive(Debug)]
+pub enum Control {
+    /// Announce `reason`, wait for its ack (bounded), disconnect, stay
+    /// disconnected; `done` is answered when that is over.
+    Depart {
+        reason: PresenceReason,
+        done: oneshot::Sender<()>,
+    },
+    /// Connect again; the birth says `reason`.
+    Resume { reason: PresenceReason },
+}
+
+/// What the uplink is wired to beyond its config: the lifecycle's control
+/// channel and the measuring side's drop counter. `Default`: neither (a
+/// departure only on shutdown, `observations_dropped` 0).
+#[derive(Debug)]
+pub struct Hooks {
+    pub control: Option<mpsc::Receiver<Control>>,
+    pub observations_dropped: Option<Arc<DropCounter>>,
+    /// How long a departure waits for the ack of its announcement
+    /// (`power.announce_timeout`).
+    pub depart_timeout: Duration,
+}
+
+/// The default `power.announce_timeout`: fits logind's default
+/// `InhibitDelayMaxSec` (5 s) with the disconnect after it.
+pub const DEPART_TIMEOUT: Duration = Duration::from_secs(3);
+
+/// How long a departure waits for the broker to close after DISCONNECT.
+const DISCONNECT_WAIT: Duration = Duration::from_secs(1);
+
+impl Default for Hooks {
+    fn default() -> Self {
+        Hooks {
+            control: None,
+            observations_dropped: None,
+            depart_timeout: DEPART_TIMEOUT,
+        }
+    }
+}
 
 /// Everything `run` needs.
 #[derive(Debug, Clone)]
@@ -120,6 +177,19 @@ struct Uplink {
     state_topic: String,
     ack_topic: String,
     connection: Option<u32>,
+    /// The newest connection number seen (for an announcement while down).
+    last_connection: u32,
+    /// Departed: the link is down on purpose until a `Resume`.
+    departed: bool,
+    /// The announcement record's buffer key and whether it was acked.
+    depart_key: Option<u64>,
+    depart_acked: bool,
+    /// What the birth of the current connection says, and of the next.
+    birth_reason: PresenceReason,
+    next_birth: Option<PresenceReason>,
+    /// Whether the poll loop may connect.
+    link: watch::Sender<bool>,
+    observations_dropped: Option<Arc<DropCounter>>,
     last_host_key: Option<u64>,
     clock_offset_ms: Option<i64>,
     counters: Counters,
@@ -152,10 +222,28 @@ pub async fn run(
 pub async fn run_with_buffer(
     cfg: UplinkConfig,
     buffer: Buffer,
-    mut rx: ObservationRx,
+    rx: ObservationRx,
     clock: Arc<dyn Clock>,
     shutdown: impl Future<Output = ()> + Send,
 ) -> Result<(), UplinkError> {
+    run_hooked(cfg, buffer, rx, clock, Hooks::default(), shutdown).await
+}
+
+/// [`run_with_buffer`] wired to the lifecycle ([`Hooks`]).
+pub async fn run_hooked(
+    cfg: UplinkConfig,
+    buffer: Buffer,
+    mut rx: ObservationRx,
+    clock: Arc<dyn Clock>,
+    hooks: Hooks,
+    shutdown: impl Future<Output = ()> + Send,
+) -> Result<(), UplinkError> {
+    let Hooks {
+        control,
+        observations_dropped,
+        depart_timeout,
+    } = hooks;
+    let mut control = control;
     let boot = BootId(rand::random());
     let now = clock.now_ms();
     let opts = mqtt::options(&cfg.unit, boot, &cfg.mqtt, &cfg.uplink, now)?;
@@ -165,9 +253,11 @@ pub async fn run_with_buffer(
     net.set_connection_timeout(cfg.mqtt.connect_timeout.as_secs().max(1));
     eventloop.set_network_options(net);
     let (ev_tx, mut ev_rx) = mpsc::channel(1024);
+    let (link, want) = watch::channel(true);
     let poller = tokio::spawn(mqtt::poll_loop(
         eventloop,
         ev_tx,
+        want,
         cfg.unit.clone(),
         boot,
         cfg.uplink.clone(),
@@ -196,6 +286,14 @@ pub async fn run_with_buffer(
         inflight: Inflight::new(),
         client,
         connection: None,
+        last_connection: 1,
+        departed: false,
+        depart_key: None,
+        depart_acked: false,
+        birth_reason: PresenceReason::Connected,
+        next_birth: None,
+        link,
+        observations_dropped,
         last_host_key: None,
         clock_offset_ms: None,
         counters: Counters::default(),
@@ -226,6 +324,14 @@ pub async fn run_with_buffer(
         tokio::select! {
             biased;
             _ = &mut shutdown => break,
+            ctl = recv_control(&mut control) => match ctl {
+                Some(Control::Depart { reason, done }) => {
+                    up.depart(reason, &mut rx, &mut ev_rx, depart_timeout).await;
+                    let _ = done.send(());
+                }
+                Some(Control::Resume { reason }) => up.resume(reason),
+                None => control = None,
+            },
             ev = ev_rx.recv() => match ev {
                 Some(ev) => up.on_link(ev),
                 None => {
@@ -233,49 +339,47 @@ pub async fn run_with_buffer(
                     break;
                 }
             },
-            obs = rx.recv(), if rx_open => match obs {
-                Some(o) => up.record(o.at_ms, o.payload),
+            obs = rx.recv(), if rx_open && !up.departed => match obs {
+                Some(o) => {
+                    up.record(o.at_ms, o.payload);
+                }
                 None => rx_open = false,
             },
-            _ = heartbeat.tick() => up.heartbeat(),
+            // Departed: no heartbeat while away.
+            _ = heartbeat.tick() => if !up.departed { up.heartbeat() },
             _ = flush.tick() => up.flush(),
             _ = sleep_for(wake) => up.on_timer(),
         }
     }
 
-    // Clean shutdown: take what is already queued, flush, say offline, disconnect.
+    // Clean shutdown: announce a stop unless a departure was announced
+    // already; what is still queued is kept (recorded after it).
+    if !up.departed {
+        up.depart(
+            PresenceReason::Stop {
+                back_within_ms: None,
+            },
+            &mut rx,
+            &mut ev_rx,
+            depart_timeout,
+        )
+        .await;
+    }
     while let Ok(o) = rx.try_recv() {
         up.record(o.at_ms, o.payload);
     }
     up.flush();
-    if let Some(connection) = up.connection {
-        let payload = mqtt::presence(
-            &up.unit,
-            up.boot,
-            connection,
-            PresenceReason::Stop {
-                back_within_ms: None,
-            },
-            up.clock.now_ms(),
-        );
-        let _ = up
-            .client
-            .try_publish(up.state_topic.clone(), QoS::AtLeastOnce, true, payload);
-        let _ = up.client.try_disconnect();
-        // Let the event loop send both; it ends when the client is gone.
-        let drain = async {
-            while let Some(ev) = ev_rx.recv().await {
-                if matches!(ev, LinkEvent::Disconnected { .. }) {
-                    break;
-                }
-            }
-        };
-        let _ = tokio::time::timeout(Duration::from_secs(2), drain).await;
-    }
     poller.abort();
     let stats = up.buffer.stats();
     info!(unit = %up.unit, backlog_records = stats.records, backlog_bytes = stats.bytes, last_seq = up.seq, "Uplink stopped.");
     Ok(())
+}
+
+async fn recv_control(control: &mut Option<mpsc::Receiver<Control>>) -> Option<Control> {
+    match control {
+        Some(c) => c.recv().await,
+        None => std::future::pending().await,
+    }
 }
 
 async fn sleep_for(ms: Option<u64>) {
@@ -331,8 +435,8 @@ impl Uplink {
         }
     }
 
-    /// Stamps and buffers one observation.
-    fn record(&mut self, at_ms: u64, payload: Payload) {
+    /// Stamps and buffers one observation; its buffer key when stored.
+    fn record(&mut self, at_ms: u64, payload: Payload) -> Option<u64> {
         let rec = Record {
             boot: self.boot,
             seq: self.seq + 1,
@@ -343,7 +447,7 @@ impl Uplink {
             Ok(e) => e,
             Err(e) => {
                 warn!(error = %e, kind = rec.payload.kind_name(), "Observation cannot be encoded; skipped (no seq used).");
-                return;
+                return None;
             }
         };
         self.seq = rec.seq;
@@ -359,8 +463,9 @@ impl Uplink {
                     self.last_host_key = Some(key);
                 }
                 self.sched.appended(key);
+                Some(key)
             }
-            Appended::Dropped { .. } => {}
+            Appended::Dropped { .. } => None,
         }
     }
 
@@ -378,7 +483,7 @@ impl Uplink {
             reconnects: self.counters.reconnects,
             clock_offset_ms: self.clock_offset_ms,
             acks_refused: self.counters.acks_refused,
-            observations_dropped: 0,
+            observations_dropped: self.observations_dropped.as_ref().map_or(0, |d| d.get()),
         };
         if let Some(n) = self.refusal_log.flush(now) {
             self.log_refusals(n, None);
@@ -428,7 +533,16 @@ impl Uplink {
                     self.counters.reconnects += 1;
                 }
                 self.connection = Some(connection);
+                self.last_connection = connection;
                 self.inflight.clear();
+                if self.departed {
+                    // Connected while departing (the attempt was under way):
+                    // leave at once, no birth.
+                    let _ = self.link.send(false);
+                    let _ = self.client.try_disconnect();
+                    return;
+                }
+                self.birth_reason = self.next_birth.take().unwrap_or(PresenceReason::Connected);
                 info!(unit = %self.unit, connection, session_present, backlog_records = self.buffer.records(), reconnects = self.counters.reconnects, "Connected to the broker.");
                 let _ = self
                     .client
@@ -460,7 +574,7 @@ impl Uplink {
                 &self.unit,
                 self.boot,
                 connection,
-                PresenceReason::Connected,
+                self.birth_reason,
                 self.now(),
             );
             if let Err(e) =
@@ -621,6 +735,9 @@ impl Uplink {
                 if let Some(off) = acked.clock_offset_ms {
                     self.clock_offset_ms = Some(off);
                 }
+                if self.depart_key.is_some_and(|k| acked.freed.contains(&k)) {
+                    self.depart_acked = true;
+                }
                 if !acked.freed.is_empty() {
                     let n = self.buffer.remove(&acked.freed);
                     self.counters.acked += n as u64;
@@ -633,7 +750,7 @@ impl Uplink {
                 }
             }
             Body::Presence(p) if topic == self.state_topic => {
-                if !p.online && self.connection.is_some() {
+                if !p.online && self.connection.is_some() && !self.departed {
                     info!(unit = %self.unit, will_boot = %p.boot, will_connection = p.connection, "State topic says offline while connected (a late will); republishing the birth.");
                     self.publish_birth();
                 }
@@ -643,6 +760,99 @@ impl Uplink {
                 warn!(%topic, "Unexpected message kind on a subscribed topic.");
             }
         }
+    }
+
+    /// Announces a departure (see the module doc), waits for its ack at most
+    /// `timeout`, disconnects cleanly and stays disconnected.
+    async fn depart(
+        &mut self,
+        reason: PresenceReason,
+        rx: &mut ObservationRx,
+        ev_rx: &mut mpsc::Receiver<LinkEvent>,
+        timeout: Duration,
+    ) {
+        if self.departed {
+            // Already away (a shutdown while asleep): the record says the
+            // truer reason; it goes out with the backlog.
+            let now = self.now();
+            self.record(now, self.presence_payload(reason, now));
+            self.flush();
+            return;
+        }
+        // What was measured before the announcement goes before it.
+        while let Ok(o) = rx.try_recv() {
+            self.record(o.at_ms, o.payload);
+        }
+        let now = self.now();
+        self.departed = true;
+        self.depart_acked = false;
+        self.depart_key = self.record(now, self.presence_payload(reason, now));
+        self.flush();
+        let started = tokio::time::Instant::now();
+        let deadline = started + timeout;
+        if let Some(connection) = self.connection {
+            let state = mqtt::presence(&self.unit, self.boot, connection, reason, now);
+            if let Err(e) =
+                self.client
+                    .try_publish(self.state_topic.clone(), QoS::AtLeastOnce, true, state)
+            {
+                warn!(error = %e, "Cannot queue the retained announcement.");
+            }
+            while !self.depart_acked && self.connection.is_some() {
+                self.pump();
+                let wake = self.next_wake();
+                tokio::select! {
+                    biased;
+                    _ = tokio::time::sleep_until(deadline) => break,
+                    ev = ev_rx.recv() => match ev {
+                        Some(ev) => self.on_link(ev),
+                        None => break,
+                    },
+                    _ = sleep_for(wake) => self.on_timer(),
+                }
+            }
+        }
+        let acked = self.depart_acked;
+        self.depart_key = None;
+        // No reconnect from here on, then a clean DISCONNECT: no will.
+        let _ = self.link.send(false);
+        if self.connection.is_some() {
+            let _ = self.client.try_disconnect();
+            let closed = async {
+                while let Some(ev) = ev_rx.recv().await {
+                    let down = matches!(ev, LinkEvent::Disconnected { .. });
+                    self.on_link(ev);
+                    if down {
+                        break;
+                    }
+                }
+            };
+            let _ = tokio::time::timeout(DISCONNECT_WAIT, closed).await;
+        }
+        self.flush();
+        info!(unit = %self.unit, reason = reason.as_str(), acked, waited_ms = started.elapsed().as_millis() as u64, seq = self.seq, "Departure announced; disconnected.");
+    }
+
+    fn presence_payload(&self, reason: PresenceReason, now: u64) -> Payload {
+        Payload::Presence(muster_proto::Presence {
+            online: false,
+            boot: self.boot,
+            connection: self.connection.unwrap_or(self.last_connection),
+            at_ms: now,
+            reason,
+        })
+    }
+
+    /// Back from a departure: the poll loop connects again and the birth
+    /// says `reason`.
+    fn resume(&mut self, reason: PresenceReason) {
+        if !self.departed {
+            return;
+        }
+        self.departed = false;
+        self.next_birth = Some(reason);
+        let _ = self.link.send(true);
+        info!(unit = %self.unit, reason = reason.as_str(), "Connecting again.");
     }
 
     /// Publishes what the scheduler allows.

@@ -13,7 +13,7 @@ use muster_proto::{
 use rand::SeedableRng;
 use rand::rngs::StdRng;
 use rumqttc::{ConnectionError, Event, EventLoop, LastWill, MqttOptions, Packet, QoS, Transport};
-use tokio::sync::mpsc;
+use tokio::sync::{mpsc, watch};
 use tracing::{debug, warn};
 
 use super::UplinkError;
@@ -178,9 +178,15 @@ pub fn tls_config(
 /// (exponential, full jitter) between failed attempts. Before each new
 /// connection the will is renumbered, and rumqttc's own queue of unacked
 /// publishes is dropped: the disk buffer owns delivery and resends.
+///
+/// `want` says whether to be connected: after a connection ends (our own
+/// DISCONNECT or a failure) while it is `false`, the loop does not
+/// reconnect; it waits until it is `true` again (then at once, without
+/// backoff) or its sender is gone (then it ends).
 pub async fn poll_loop(
     mut el: EventLoop,
     tx: mpsc::Sender<LinkEvent>,
+    mut want: watch::Receiver<bool>,
     unit: UnitId,
     boot: BootId,
     settings: UplinkSettings,
@@ -227,12 +233,27 @@ pub async fn poll_loop(
             Err(e) if closing => {
                 // Our own clean disconnect: the broker closes the socket.
                 debug!(error = %e, "MQTT connection closed after disconnect.");
-                let _ = tx
+                closing = false;
+                el.pending.clear();
+                if up {
+                    up = false;
+                    connection += 1;
+                }
+                if tx
                     .send(LinkEvent::Disconnected {
                         error: e.to_string(),
                     })
-                    .await;
-                return;
+                    .await
+                    .is_err()
+                {
+                    return;
+                }
+                if !wait_wanted(&mut want).await {
+                    return;
+                }
+                backoff.reset();
+                el.mqtt_options
+                    .set_last_will(will(&unit, boot, connection, clock.now_ms()));
             }
             Err(e) => {
                 el.pending
@@ -243,6 +264,23 @@ pub async fn poll_loop(
                 }
                 el.mqtt_options
                     .set_last_will(will(&unit, boot, connection, clock.now_ms()));
+                if !*want.borrow() {
+                    debug!(error = %e, "MQTT connection ended while the link is held down.");
+                    if tx
+                        .send(LinkEvent::Disconnected {
+                            error: e.to_string(),
+                        })
+                        .await
+                        .is_err()
+                        || !wait_wanted(&mut want).await
+                    {
+                        return;
+                    }
+                    backoff.reset();
+                    el.mqtt_options
+                        .set_last_will(will(&unit, boot, connection, clock.now_ms()));
+                    continue;
+                }
                 let wait = backoff.next_delay(&mut rng);
                 warn!(error = %e, attempt = backoff.attempt(), retry_in_ms = wait.as_millis() as u64, "MQTT connection lost or refused.");
                 if tx
@@ -258,4 +296,9 @@ pub async fn poll_loop(
             }
         }
     }
+}
+
+/// Waits until the link is wanted; `false` when the uplink is gone.
+async fn wait_wanted(want: &mut watch::Receiver<bool>) -> bool {
+    want.wait_for(|w| *w).await.is_ok()
 }

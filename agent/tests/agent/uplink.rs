@@ -215,7 +215,7 @@ impl Drop for Collector {
 
 /// What the collector acks after storing: everything up to the first gap,
 /// plus the ranges above it, signed with the suite's collector key.
-fn ack_for(unit: &UnitId, boot: BootId, got: &BTreeSet<u64>) -> Ack {
+pub(crate) fn ack_for(unit: &UnitId, boot: BootId, got: &BTreeSet<u64>) -> Ack {
     let mut upto = 0;
     while got.contains(&(upto + 1)) {
         upto += 1;
