@@ -1,12 +1,11 @@
 //! The agent says why it goes away, end to end: the built binary, a real
 //! Mosquitto, a private dbus-daemon on which the test exports a fake
-//! `org.freedesktop.login1` Manager (its `Inhibit` hands out the write end
-//! of a real pipe: the test keeps the read end and sees when the agent
-//! releases its delay lock), and the test playing the collector (signed
-//! acks, as in `uplink.rs`).
+//! `org.freedesktop.login1` Manager (`muster_testkit::logind`: its
+//! `Inhibit` hands out the write end of a real pipe, the test keeps the read
+//! end and sees when the agent releases its delay lock), and the test
+//! playing the collector (signed acks, as in `uplink.rs`).
 
 use std::collections::BTreeSet;
-use std::io::Read;
 use std::path::PathBuf;
 use std::process::{Command, Stdio};
 use std::sync::atomic::{AtomicBool, Ordering};
@@ -17,10 +16,10 @@ use muster_proto::{
     Body, BootId, Message, Payload, Presence, PresenceReason, Record, TopicKind, UnitId, decode,
     encode, topic::unit_topic,
 };
+use muster_testkit::logind::{Logind, Systemd};
 use muster_testkit::{DbusDaemon, KillOnDrop, Mosquitto, TcpProxy};
 use rumqttc::{AsyncClient, Event, MqttOptions, Packet, QoS};
 use tokio::sync::watch;
-use zbus::object_server::SignalEmitter;
 
 const BIN: &str = env!("CARGO_BIN_EXE_muster-agent");
 
@@ -36,119 +35,6 @@ async fn eventually(what: &str, timeout: Duration, mut cond: impl FnMut() -> boo
             "timed out after {timeout:?} waiting for {what}"
         );
         tokio::time::sleep(Duration::from_millis(20)).await;
-    }
-}
-
-// ------------------------------------------------------------ fake logind
-
-#[derive(Default)]
-struct Locks {
-    /// (what, who, why, mode) of every Inhibit call.
-    calls: Vec<(String, String, String, String)>,
-    /// When each lock's last holder closed it (EOF on our read end).
-    released: Vec<Option<Instant>>,
-}
-
-struct FakeLogind {
-    locks: Arc<Mutex<Locks>>,
-}
-
-#[zbus::interface(name = "org.freedesktop.login1.Manager")]
-impl FakeLogind {
-    fn inhibit(
-        &self,
-        what: &str,
-        who: &str,
-        why: &str,
-        mode: &str,
-    ) -> zbus::fdo::Result<zbus::zvariant::OwnedFd> {
-        let (mut r, w) = std::io::pipe().map_err(|e| zbus::fdo::Error::Failed(e.to_string()))?;
-        let i = {
-            let mut l = self.locks.lock().unwrap();
-            l.calls
-                .push((what.into(), who.into(), why.into(), mode.into()));
-            l.released.push(None);
-            l.released.len() - 1
-        };
-        let locks = self.locks.clone();
-        std::thread::spawn(move || {
-            let mut buf = [0u8; 16];
-            // Blocks until every write end is closed.
-            while matches!(r.read(&mut buf), Ok(n) if n > 0) {}
-            locks.lock().unwrap().released[i] = Some(Instant::now());
-        });
-        Ok(std::os::fd::OwnedFd::from(w).into())
-    }
-
-    #[zbus(signal)]
-    async fn prepare_for_shutdown(emitter: &SignalEmitter<'_>, start: bool) -> zbus::Result<()>;
-
-    #[zbus(signal)]
-    async fn prepare_for_sleep(emitter: &SignalEmitter<'_>, start: bool) -> zbus::Result<()>;
-}
-
-struct Logind {
-    conn: zbus::Connection,
-    locks: Arc<Mutex<Locks>>,
-}
-
-impl Logind {
-    async fn start(bus: &DbusDaemon) -> Logind {
-        let locks = Arc::new(Mutex::new(Locks::default()));
-        let conn = zbus::connection::Builder::address(bus.address())
-            .unwrap()
-            .name("org.freedesktop.login1")
-            .unwrap()
-            .serve_at(
-                "/org/freedesktop/login1",
-                FakeLogind {
-                    locks: locks.clone(),
-                },
-            )
-            .unwrap()
-            .build()
-            .await
-            .expect("fake logind on the private bus");
-        Logind { conn, locks }
-    }
-
-    async fn emitter(&self) -> zbus::object_server::InterfaceRef<FakeLogind> {
-        self.conn
-            .object_server()
-            .interface::<_, FakeLogind>("/org/freedesktop/login1")
-            .await
-            .unwrap()
-    }
-
-    async fn shutdown(&self, start: bool) {
-        let i = self.emitter().await;
-        FakeLogind::prepare_for_shutdown(i.signal_emitter(), start)
-            .await
-            .unwrap();
-    }
-
-    async fn sleep(&self, start: bool) {
-        let i = self.emitter().await;
-        FakeLogind::prepare_for_sleep(i.signal_emitter(), start)
-            .await
-            .unwrap();
-    }
-
-    fn locks(&self) -> std::sync::MutexGuard<'_, Locks> {
-        self.locks.lock().unwrap()
-    }
-}
-
-/// A fake systemd manager whose `SystemState` the test sets.
-struct FakeSystemd {
-    state: String,
-}
-
-#[zbus::interface(name = "org.freedesktop.systemd1.Manager")]
-impl FakeSystemd {
-    #[zbus(property)]
-    fn system_state(&self) -> String {
-        self.state.clone()
     }
 }
 
@@ -714,20 +600,7 @@ fn connected(c: &Collector) -> usize {
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn sigterm_while_systemd_is_stopping_is_a_shutdown_without_logind() {
     let rig = Rig::new("power-stopping");
-    let _systemd = zbus::connection::Builder::address(rig.bus.address())
-        .unwrap()
-        .name("org.freedesktop.systemd1")
-        .unwrap()
-        .serve_at(
-            "/org/freedesktop/systemd1",
-            FakeSystemd {
-                state: "stopping".into(),
-            },
-        )
-        .unwrap()
-        .build()
-        .await
-        .unwrap();
+    let _systemd = Systemd::start(&rig.bus, "stopping").await;
     let collector = Collector::start(rig.broker.port(), true).await;
     let mut agent = rig.start_agent(rig.bus.address());
     eventually("a birth", Duration::from_secs(15), || {
