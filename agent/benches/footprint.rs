@@ -5,6 +5,9 @@
 //! * muster-agent: 1 s sampling interval, every host collector on, two
 //!   watched processes, 4 probes against local targets (http, tcp, dns, icmp;
 //!   every `FOOTPRINT_PROBE_INTERVAL`, default 5 s), shipping over MQTT.
+//! * The same agent without the network context families (route, wifi,
+//!   cellular, vpn), in the same run: the baseline that prices network
+//!   sampling (CPU and bytes, printed as a percentage).
 //! * collectd: `Interval 1`, plugins cpu, memory, df, disk, interface, load,
 //!   processes (the same two watched processes), publishing through its mqtt
 //!   plugin (QoS 1).
@@ -213,19 +216,32 @@ impl Tracked {
     }
 }
 
-fn agent_config(dir: &Path, mqtt_port: u16, report_port: u16, probe_interval: u64) -> String {
+/// The host collectors without the network context families (route, wifi,
+/// cellular, vpn): the baseline agent that prices network sampling.
+const NO_NETWORK: &str =
+    r#"collectors = ["cpu", "load", "memory", "disks", "networks", "processes", "uptime"]"#;
+
+fn agent_config(
+    dir: &Path,
+    unit: &str,
+    sampling_extra: &str,
+    mqtt_port: u16,
+    report_port: u16,
+    probe_interval: u64,
+) -> String {
     let http = http_target();
     let tcp = tcp_target();
     format!(
         r#"
 agency = "bench"
-unit_id = "footprint"
+unit_id = "{unit}"
 data_dir = {dir:?}
 [mqtt]
 url = "mqtt://127.0.0.1:{mqtt_port}"
 [sampling]
 interval = "1s"
 processes = ["mosquitto", "collectd"]
+{sampling_extra}
 [report]
 listen = "127.0.0.1:{report_port}"
 [log]
@@ -343,6 +359,7 @@ fn main() {
     let dir = TempDir::new().unwrap();
     let (agent_port, agent_sent) = counting_relay(broker.port());
     let (collectd_port, collectd_sent) = counting_relay(broker.port());
+    let (nonet_port, nonet_sent) = counting_relay(broker.port());
 
     let agent_dir = dir.path().join("agent");
     std::fs::create_dir_all(&agent_dir).unwrap();
@@ -350,7 +367,29 @@ fn main() {
     let agent_cfg = agent_dir.join("agent.toml");
     std::fs::write(
         &agent_cfg,
-        agent_config(&agent_dir, agent_port, report_port, probe_interval),
+        agent_config(
+            &agent_dir,
+            "footprint",
+            "",
+            agent_port,
+            report_port,
+            probe_interval,
+        ),
+    )
+    .unwrap();
+    let nonet_dir = dir.path().join("agent-nonet");
+    std::fs::create_dir_all(&nonet_dir).unwrap();
+    let nonet_cfg = nonet_dir.join("agent.toml");
+    std::fs::write(
+        &nonet_cfg,
+        agent_config(
+            &nonet_dir,
+            "footprint-nonet",
+            NO_NETWORK,
+            nonet_port,
+            muster_testkit::free_port(),
+            probe_interval,
+        ),
     )
     .unwrap();
     let collectd_dir = dir.path().join("collectd");
@@ -392,6 +431,12 @@ fn main() {
         .stdin(Stdio::null())
         .spawn()
         .unwrap();
+    let nonet = Command::new(&agent_bin)
+        .args(["run", "--config"])
+        .arg(&nonet_cfg)
+        .stdin(Stdio::null())
+        .spawn()
+        .unwrap();
     let collectd = Command::new(&collectd_bin)
         .args(["-f", "-C"])
         .arg(&collectd_cfg)
@@ -413,6 +458,14 @@ fn main() {
             name: "collectd",
             child: collectd,
             sent: collectd_sent,
+            window: Vec::new(),
+            start: None,
+            last: ProcSample::default(),
+        },
+        Tracked {
+            name: "agent (no net)",
+            child: nonet,
+            sent: nonet_sent,
             window: Vec::new(),
             start: None,
             last: ProcSample::default(),
@@ -507,6 +560,16 @@ fn main() {
         ratio(a.peak_rss_kib as f64, c.peak_rss_kib as f64),
         ratio(a.cpu_s_per_hour, c.cpu_s_per_hour),
         ratio(a.bytes_per_hour, c.bytes_per_hour),
+    );
+    let n = &figs[2];
+    println!(
+        "network sampling (route, wifi, cellular, vpn families): agent CPU {:.1} s/h vs {:.1} s/h without them ({:+.1} %), bytes sent {:.0}/h vs {:.0}/h ({:+.1} %)",
+        a.cpu_s_per_hour,
+        n.cpu_s_per_hour,
+        (ratio(a.cpu_s_per_hour, n.cpu_s_per_hour) - 1.0) * 100.0,
+        a.bytes_per_hour,
+        n.bytes_per_hour,
+        (ratio(a.bytes_per_hour, n.bytes_per_hour) - 1.0) * 100.0,
     );
     if a.bytes_per_hour == 0.0 {
         println!("note: the agent sent nothing to the broker (is the uplink implemented?)");
