@@ -10,7 +10,7 @@
 set -euo pipefail
 cd "$(dirname "$0")/.."
 
-packages=(mosquitto mosquitto-clients prometheus chromium chromium-driver openssl iproute2 musl-tools python3-venv)
+packages=(mosquitto mosquitto-clients prometheus chromium chromium-driver openssl dbus iproute2 musl-tools python3-venv)
 missing=()
 for p in "${packages[@]}"; do
     dpkg-query -W -f='${Status}' "$p" 2>/dev/null | grep -q "install ok installed" || missing+=("$p")
