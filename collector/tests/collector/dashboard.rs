@@ -310,19 +310,21 @@ async fn seed(clock: &ManualClock, c: &Collector, a: &Agent, start: u64) -> Vec<
     .await;
     // Announced departures (schema v2): BC1's OS shuts down (off), E4's
     // service stops for a restart that should be back within a second
-    // (overdue once that passed). Each is an announcement record and the
-    // retained state, as the agent sends them.
-    for (u, reason) in [
-        ("BC1", PresenceReason::Shutdown),
+    // (overdue once that passed), P14's lid closes (asleep). Each is an
+    // announcement record and the retained state, as the agent sends them.
+    for (ag, u, reason) in [
+        ("metro-fire", "BC1", PresenceReason::Shutdown),
         (
+            "metro-fire",
             "E4",
             PresenceReason::Stop {
                 back_within_ms: Some(1_000),
             },
         ),
+        ("county-police", "P14", PresenceReason::Sleep),
     ] {
         let i = FLEET.iter().position(|f| f.1 == u).unwrap();
-        let id = unit("metro-fire", u);
+        let id = unit(ag, u);
         let mut p = announcement(boot, t);
         p.reason = reason;
         a.record(&id, rec(boot, seqs[i], t, Payload::Presence(p)))
@@ -334,6 +336,8 @@ async fn seed(clock: &ManualClock, c: &Collector, a: &Agent, start: u64) -> Vec<
         })
         .await;
     }
+    // A second passes: the strips end in the departures, not at them.
+    clock.set(t + 1_000);
     seqs
 }
 
@@ -467,6 +471,17 @@ async fn dashboard_scenario() {
         }
     }
     assert!(lost.contains(&"county-police/K9-2".to_string()), "{lost:?}");
+    // P14 announced sleep: off, and its strip ends asleep.
+    assert!(
+        by_status(&c, "off")
+            .await
+            .contains(&"county-police/P14".to_string())
+    );
+    let p14 = c
+        .json("/api/v1/units/county-police/P14/timeline?hours=24", ADMIN)
+        .await;
+    let last = p14["segments"].as_array().unwrap().last().unwrap().clone();
+    assert_eq!(last["state"], "asleep", "{p14:#}");
     let grey = b
         .js("const s = getComputedStyle(document.getElementById('count-off')); return [s.backgroundColor, s.color]")
         .await;
