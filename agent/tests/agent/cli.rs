@@ -9,17 +9,7 @@ use crate::servers::{self, Reply};
 const BIN: &str = env!("CARGO_BIN_EXE_muster-agent");
 
 fn write_config(dir: &std::path::Path, probes: &str) -> std::path::PathBuf {
-    let path = dir.join("agent.toml");
-    std::fs::write(
-        &path,
-        format!(
-            "agency = \"metro-fire\"\nunit_id = \"E12\"\ndata_dir = {:?}\n[mqtt]\nurl = \"mqtt://127.0.0.1:1883\"\n[sampling]\ninterval = \"1s\"\nprocesses = [\"no-such-cad-client\"]\n{}{probes}",
-            dir.display().to_string(),
-            muster_testkit::agent_trust_toml()
-        ),
-    )
-    .unwrap();
-    path
+    servers::agent_config(dir, "processes = [\"no-such-cad-client\"]", probes)
 }
 
 #[tokio::test]

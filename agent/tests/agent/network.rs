@@ -119,17 +119,7 @@ impl Drop for Netns {
 }
 
 fn write_config(dir: &std::path::Path, network: &str) -> std::path::PathBuf {
-    let path = dir.join("agent.toml");
-    std::fs::write(
-        &path,
-        format!(
-            "agency = \"metro-fire\"\nunit_id = \"E12\"\ndata_dir = {:?}\n[mqtt]\nurl = \"mqtt://127.0.0.1:1883\"\n[sampling]\ninterval = \"1s\"\n{}[network]\n{network}\n",
-            dir.display().to_string(),
-            muster_testkit::agent_trust_toml()
-        ),
-    )
-    .unwrap();
-    path
+    crate::servers::agent_config(dir, "", &format!("[network]\n{network}\n"))
 }
 
 /// The `host` part of the agent's `once` JSON.

@@ -21,6 +21,23 @@ pub fn scratch(name: &str) -> PathBuf {
     d
 }
 
+/// Writes `<dir>/agent.toml` for unit metro-fire/E12 (broker on
+/// 127.0.0.1:1883, 1 s sampling, the suite's trusted collector key):
+/// `sampling` goes into `[sampling]`, `rest` after the `[trust]` table.
+pub fn agent_config(dir: &std::path::Path, sampling: &str, rest: &str) -> PathBuf {
+    let path = dir.join("agent.toml");
+    std::fs::write(
+        &path,
+        format!(
+            "agency = \"metro-fire\"\nunit_id = \"E12\"\ndata_dir = {:?}\n[mqtt]\nurl = \"mqtt://127.0.0.1:1883\"\n[sampling]\ninterval = \"1s\"\n{sampling}\n{}{rest}",
+            dir.display().to_string(),
+            muster_testkit::agent_trust_toml()
+        ),
+    )
+    .unwrap();
+    path
+}
+
 /// What an HTTP test server answers.
 #[derive(Clone)]
 pub struct Reply {

@@ -321,14 +321,7 @@ pub async fn timeline(
             }
         },
     };
-    let rec = st
-        .shared
-        .units
-        .read()
-        .unwrap_or_else(|e| e.into_inner())
-        .get(&id)
-        .cloned()
-        .ok_or_else(|| ApiError::not_found(format!("no unit {id}")))?;
+    let rec = super::units::known_unit(&st, &id)?;
     let to_ms = st.clock.now_ms();
     let from_ms = to_ms
         .saturating_sub(hours * 3_600_000)

@@ -24,6 +24,20 @@ fn parse_status(s: &str) -> Result<Status, ApiError> {
     })
 }
 
+/// The unit's record as the collector knows it, or 404.
+pub(super) fn known_unit(
+    st: &FeedState,
+    id: &muster_proto::UnitId,
+) -> Result<std::sync::Arc<crate::store::UnitRecord>, ApiError> {
+    st.shared
+        .units
+        .read()
+        .unwrap_or_else(|e| e.into_inner())
+        .get(id)
+        .cloned()
+        .ok_or_else(|| ApiError::not_found(format!("no unit {id}")))
+}
+
 pub async fn list(
     State(st): State<FeedState>,
     headers: HeaderMap,
@@ -76,14 +90,7 @@ pub async fn detail(
     let scope = st.auth.authenticate(&headers)?;
     scope.check(&agency)?;
     let id = unit_id(agency, unit)?;
-    let rec = st
-        .shared
-        .units
-        .read()
-        .unwrap_or_else(|e| e.into_inner())
-        .get(&id)
-        .cloned()
-        .ok_or_else(|| ApiError::not_found(format!("no unit {id}")))?;
+    let rec = known_unit(&st, &id)?;
     let store = st.shared.store.clone();
     let latest = tokio::task::spawn_blocking(move || store.latest(&id))
         .await
