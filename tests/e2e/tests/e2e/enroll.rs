@@ -21,8 +21,6 @@ use serde_json::Value;
 
 use crate::procs::*;
 
-const ENROL: &str = "e2e-fire-enrol-0123456789";
-
 struct InProcessCollector {
     rt: tokio::runtime::Runtime,
     addr: std::net::SocketAddr,
@@ -344,26 +342,9 @@ fn a_pending_agent_keeps_claiming_until_approved() {
 #[test]
 fn an_enrolled_agent_gets_through_the_embedded_brokers_gate_and_a_revoked_one_does_not() {
     let dir = TempDir::new().unwrap();
-    let port = muster_testkit::free_port();
-    let cfg = dir.path().join("collector.toml");
-    let text = collector_text("mqtt://127.0.0.1:1", &dir.path().join("store"), "").replacen(
-        &format!("token = \"{FIRE}\"\n"),
-        &format!("token = \"{FIRE}\"\nenroll_token = \"{ENROL}\"\nenroll = \"auto\"\n"),
-        1,
-    );
-    std::fs::write(&cfg, text).unwrap();
-    let col = CollectorProc::spawn_with(
-        &cfg,
-        false,
-        &["--embedded-broker".into(), format!("127.0.0.1:{port}")],
-    );
+    let (col, port) = CollectorProc::spawn_embedded_enrolling(dir.path());
     let data = dir.path().join("agent");
-    let mut spec = AgentSpec::new("E31", &format!("mqtt://127.0.0.1:{port}"), &data);
-    spec.trust = String::new();
-    spec.extra = format!(
-        "[enroll]\nurl = \"http://{}\"\ntoken = \"{ENROL}\"\n",
-        col.addr
-    );
+    let spec = AgentSpec::enrolling("E31", port, col.addr, &data);
     let mut agent = AgentProc::spawn(&spec, false);
     let v = col.wait_unit(
         "E31",

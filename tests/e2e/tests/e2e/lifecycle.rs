@@ -103,6 +103,34 @@ fn sigterm_reads_off_within_two_seconds_with_its_reason() {
     assert_eq!(v["status"], "off", "{}", brief(&v));
 }
 
+/// The same through the embedded broker's gate (`muster-collector demo`'s
+/// broker, where the issue was first seen): the agent's clean DISCONNECT
+/// reaches rumqttd, so no will follows the announcement.
+#[test]
+fn sigterm_through_the_embedded_broker_reads_off_and_no_will_follows() {
+    let dir = TempDir::new().unwrap();
+    let (c, port) = CollectorProc::spawn_embedded_enrolling(dir.path());
+    let spec = AgentSpec::enrolling("G1", port, c.addr, &dir.path().join("g1"));
+    let mut a = agent_up(&c, &spec);
+    let t0 = Instant::now();
+    a.term();
+    let v = c.wait_unit("G1", "off", Duration::from_secs(10), |v| {
+        v["status"] == "off"
+    });
+    let took = t0.elapsed();
+    a.wait_clean_exit(Duration::from_secs(10));
+    println!(
+        "embedded broker: SIGTERM -> off in {took:?}: {}",
+        message0(&v)
+    );
+    assert!(took < Duration::from_secs(2), "off after {took:?}");
+    assert_eq!(v["reasons"][0]["field"], "presence.stop", "{}", brief(&v));
+    std::thread::sleep(Duration::from_secs(3));
+    let v = c.unit("G1").unwrap();
+    assert_eq!(v["status"], "off", "a will followed: {}", brief(&v));
+    assert_eq!(v["presence"]["reason"], "stop", "{}", brief(&v));
+}
+
 #[test]
 fn sigkill_and_a_black_holed_link_read_lost_after_the_keepalive() {
     let broker = Mosquitto::start();

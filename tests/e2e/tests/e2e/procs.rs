@@ -32,6 +32,8 @@ use serde_json::Value;
 pub const ADMIN: &str = "e2e-admin-token-0123456789";
 pub const AGENCY: &str = "metro-fire";
 pub const FIRE: &str = "e2e-fire-token-0123456789";
+/// The agency's enrolment token (`[[agency]] enroll_token`).
+pub const ENROL: &str = "e2e-fire-enrol-0123456789";
 
 pub fn now_ms() -> u64 {
     SystemTime::now()
@@ -156,6 +158,15 @@ impl AgentSpec {
             trust: muster_testkit::agent_trust_toml(),
             system_bus: format!("unix:path={}", data_dir.join("no-system-bus").display()),
         }
+    }
+
+    /// An agent of a collector's embedded broker on `port` that enrols with
+    /// [`ENROL`] at `feed` (and trusts the keys the answer carries).
+    pub fn enrolling(unit: &str, port: u16, feed: SocketAddr, data_dir: &Path) -> AgentSpec {
+        let mut spec = AgentSpec::new(unit, &format!("mqtt://127.0.0.1:{port}"), data_dir);
+        spec.trust = String::new();
+        spec.extra = format!("[enroll]\nurl = \"http://{feed}\"\ntoken = \"{ENROL}\"\n");
+        spec
     }
 
     pub fn buffer_dir(&self) -> PathBuf {
@@ -364,6 +375,27 @@ impl CollectorProc {
             collector_text("mqtt://127.0.0.1:1", &dir.join("store"), extra),
         )
         .unwrap();
+        let c = CollectorProc::spawn_with(
+            &cfg,
+            false,
+            &["--embedded-broker".into(), format!("127.0.0.1:{port}")],
+        );
+        (c, port)
+    }
+
+    /// A collector running the embedded broker on a free loopback port,
+    /// whose agency enrols units automatically with [`ENROL`]: an agent
+    /// with [`AgentSpec::enrolling`] gets through the gate with nothing
+    /// else. Its config and store in `dir`; the port.
+    pub fn spawn_embedded_enrolling(dir: &Path) -> (CollectorProc, u16) {
+        let port = muster_testkit::free_port();
+        let cfg = dir.join("collector.toml");
+        let text = collector_text("mqtt://127.0.0.1:1", &dir.join("store"), "").replacen(
+            &format!("token = \"{FIRE}\"\n"),
+            &format!("token = \"{FIRE}\"\nenroll_token = \"{ENROL}\"\nenroll = \"auto\"\n"),
+            1,
+        );
+        std::fs::write(&cfg, text).unwrap();
         let c = CollectorProc::spawn_with(
             &cfg,
             false,
