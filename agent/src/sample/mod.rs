@@ -19,6 +19,7 @@ pub mod cellular;
 pub mod cpu;
 pub mod disk;
 pub mod load;
+pub mod mbn;
 pub mod memory;
 pub mod net;
 pub mod process;
