@@ -20,10 +20,23 @@
 //! * `network.cellular`: `auto`: no system bus, no ModemManager or no modem
 //!   is `Ok(None)`, no failure; `required`: each of those is a failure with
 //!   its reason; `off`: not asked (no thread).
-//! * Windows: the Mobile Broadband API is not read by this build: a
-//!   failure with that reason in every sample unless `network.cellular = "off"`.
+//! * Windows: the Mobile Broadband API (COM, mbnapi) on the same `modem`
+//!   thread shape, in the multithreaded apartment: `CoCreateInstance(
+//!   MbnInterfaceManager)` (kept while it works) → `GetInterfaces` → the
+//!   first interface: `InterfaceID` (mapped to the adapter's friendly name,
+//!   which names the default route), `GetReadyState`, then
+//!   `IMbnRegistration::GetProviderName` (else provider id, else the home
+//!   provider), `GetCurrentDataClass` (→ [`super::mbn::technology`]) and
+//!   `IMbnSignal::GetSignalStrength` (ASU → RSSI dBm). The API offers no
+//!   RSRP/RSRQ/SINR: those stay `None`. Class not registered, no interface,
+//!   WwanSvc stopped, no SIM, radio off are absent (`auto`: `Ok(None)`); any
+//!   other HRESULT is a failure naming the step and the HRESULT in words
+//!   ([`super::mbn::describe`]). The pure mapping lives in `mbn.rs`.
 
 use std::collections::HashMap;
+use std::sync::mpsc::{SyncSender, TrySendError};
+use std::sync::{Arc, Condvar, Mutex};
+use std::time::{Duration, Instant};
 
 use muster_proto::Cellular;
 
@@ -142,12 +155,105 @@ pub fn apply_mode(
     }
 }
 
+/// One bounded reading, as the worker thread produces it.
+pub type Poll = Box<dyn FnMut() -> Result<Cellular, NoModem>>;
+
+struct Slot {
+    generation: u64,
+    reading: Result<Cellular, NoModem>,
+}
+
+/// The `modem` thread's handle; dropping it ends the thread (after at most
+/// one pass of the source's calls).
+pub struct CellularReader {
+    mode: CellularMode,
+    timeout: Duration,
+    /// Who did not answer, for the timeout reason ("ModemManager").
+    source: &'static str,
+    req: SyncSender<()>,
+    shared: Arc<(Mutex<Slot>, Condvar)>,
+}
+
+impl CellularReader {
+    /// Starts the `modem` thread: `make` runs on it first (a runtime, COM)
+    /// and returns the poll it then runs once per [`CellularReader::read`].
+    pub fn spawn(
+        mode: CellularMode,
+        timeout: Duration,
+        source: &'static str,
+        make: impl FnOnce() -> Result<Poll, NoModem> + Send + 'static,
+    ) -> Result<CellularReader, String> {
+        let (req, rx) = std::sync::mpsc::sync_channel::<()>(1);
+        let shared = Arc::new((
+            Mutex::new(Slot {
+                generation: 0,
+                reading: Err(NoModem::Failed(format!("{source} not asked yet"))),
+            }),
+            Condvar::new(),
+        ));
+        let sh = shared.clone();
+        let publish = move |r: Result<Cellular, NoModem>| {
+            let (m, c) = &*sh;
+            let mut s = m.lock().unwrap_or_else(|p| p.into_inner());
+            s.generation += 1;
+            s.reading = r;
+            c.notify_all();
+        };
+        std::thread::Builder::new()
+            .name("modem".into())
+            .stack_size(512 * 1024)
+            .spawn(move || {
+                let mut poll = match make() {
+                    Ok(p) => p,
+                    Err(e) => {
+                        publish(Err(e));
+                        return;
+                    }
+                };
+                while rx.recv().is_ok() {
+                    publish(poll());
+                }
+            })
+            .map_err(|e| format!("cannot start the modem thread: {e}"))?;
+        Ok(CellularReader {
+            mode,
+            timeout,
+            source,
+            req,
+            shared,
+        })
+    }
+
+    /// A fresh reading, waiting at most the configured timeout.
+    pub fn read(&self) -> Result<Option<Cellular>, String> {
+        let (m, c) = &*self.shared;
+        let mut s = m.lock().unwrap_or_else(|p| p.into_inner());
+        let asked = s.generation;
+        match self.req.try_send(()) {
+            // Full: a request is already queued; its answer is fresh enough.
+            Ok(()) | Err(TrySendError::Full(())) => {}
+            Err(TrySendError::Disconnected(())) => {
+                return apply_mode(self.mode, s.reading.clone());
+            }
+        }
+        let deadline = Instant::now() + self.timeout;
+        while s.generation == asked {
+            let left = deadline.saturating_duration_since(Instant::now());
+            if left.is_zero() {
+                return Err(format!(
+                    "{} did not answer within {:?}",
+                    self.source, self.timeout
+                ));
+            }
+            s = c.wait_timeout(s, left).unwrap_or_else(|p| p.into_inner()).0;
+        }
+        apply_mode(self.mode, s.reading.clone())
+    }
+}
+
 #[cfg(target_os = "linux")]
 mod linux {
     use std::collections::HashSet;
-    use std::sync::mpsc::{SyncSender, TrySendError};
-    use std::sync::{Arc, Condvar, Mutex};
-    use std::time::{Duration, Instant};
 
     use zbus::zvariant::{OwnedObjectPath, OwnedValue};
 
@@ -161,118 +267,39 @@ mod linux {
     const NOT_RUNNING: &str =
         "ModemManager is not running (org.freedesktop.ModemManager1 is not on the system D-Bus)";
 
-    struct Slot {
-        generation: u64,
-        reading: Result<Cellular, NoModem>,
-    }
-
-    /// The `modem` thread's handle; dropping it ends the thread (after at
-    /// most one bounded D-Bus pass).
-    pub struct CellularReader {
+    /// ModemManager on the `modem` thread, with its own current-thread runtime.
+    pub fn start(
         mode: CellularMode,
         timeout: Duration,
-        req: SyncSender<()>,
-        shared: Arc<(Mutex<Slot>, Condvar)>,
-    }
-
-    impl CellularReader {
-        pub fn start(
-            mode: CellularMode,
-            timeout: Duration,
-            rate_s: u32,
-        ) -> Result<CellularReader, String> {
-            let (req, rx) = std::sync::mpsc::sync_channel::<()>(1);
-            let shared = Arc::new((
-                Mutex::new(Slot {
-                    generation: 0,
-                    reading: Err(NoModem::Failed("ModemManager not asked yet".into())),
-                }),
-                Condvar::new(),
-            ));
-            let sh = shared.clone();
-            std::thread::Builder::new()
-                .name("modem".into())
-                .stack_size(512 * 1024)
-                .spawn(move || {
-                    let rt = match tokio::runtime::Builder::new_current_thread()
-                        .enable_all()
-                        .build()
-                    {
-                        Ok(rt) => rt,
-                        Err(e) => {
-                            let (m, c) = &*sh;
-                            let mut s = m.lock().unwrap_or_else(|p| p.into_inner());
-                            s.generation += 1;
-                            s.reading = Err(NoModem::Failed(format!(
-                                "cannot start the D-Bus runtime: {e}"
-                            )));
-                            c.notify_all();
-                            return;
-                        }
-                    };
-                    let mut w = Worker {
-                        conn: None,
-                        set_up: HashSet::new(),
-                        rate_s: rate_s.max(1),
-                        timeout,
-                    };
-                    while rx.recv().is_ok() {
-                        let r = rt.block_on(async {
-                            match tokio::time::timeout(timeout, w.poll()).await {
-                                Ok(r) => r,
-                                Err(_) => {
-                                    w.conn = None;
-                                    Err(NoModem::Failed(format!(
-                                        "ModemManager did not answer within {timeout:?}"
-                                    )))
-                                }
-                            }
-                        });
-                        if r.is_err() {
-                            // A restarted bus or a broken connection: start afresh next time.
-                            w.conn = None;
-                        }
-                        let (m, c) = &*sh;
-                        let mut s = m.lock().unwrap_or_else(|p| p.into_inner());
-                        s.generation += 1;
-                        s.reading = r;
-                        c.notify_all();
-                    }
-                })
-                .map_err(|e| format!("cannot start the modem thread: {e}"))?;
-            Ok(CellularReader {
-                mode,
+        rate_s: u32,
+    ) -> Result<CellularReader, String> {
+        CellularReader::spawn(mode, timeout, "ModemManager", move || {
+            let rt = tokio::runtime::Builder::new_current_thread()
+                .enable_all()
+                .build()
+                .map_err(|e| NoModem::Failed(format!("cannot start the D-Bus runtime: {e}")))?;
+            let mut w = Worker {
+                conn: None,
+                set_up: HashSet::new(),
+                rate_s: rate_s.max(1),
                 timeout,
-                req,
-                shared,
-            })
-        }
-
-        /// A fresh reading, waiting at most the configured timeout.
-        pub fn read(&self) -> Result<Option<Cellular>, String> {
-            let (m, c) = &*self.shared;
-            let mut s = m.lock().unwrap_or_else(|p| p.into_inner());
-            let asked = s.generation;
-            match self.req.try_send(()) {
-                // Full: a request is already queued; its answer is fresh enough.
-                Ok(()) | Err(TrySendError::Full(())) => {}
-                Err(TrySendError::Disconnected(())) => {
-                    return apply_mode(self.mode, s.reading.clone());
+            };
+            Ok(Box::new(move || {
+                let r = rt.block_on(async {
+                    match tokio::time::timeout(timeout, w.poll()).await {
+                        Ok(r) => r,
+                        Err(_) => Err(NoModem::Failed(format!(
+                            "ModemManager did not answer within {timeout:?}"
+                        ))),
+                    }
+                });
+                if r.is_err() {
+                    // A restarted bus or a broken connection: start afresh next time.
+                    w.conn = None;
                 }
-            }
-            let deadline = Instant::now() + self.timeout;
-            while s.generation == asked {
-                let left = deadline.saturating_duration_since(Instant::now());
-                if left.is_zero() {
-                    return Err(format!(
-                        "ModemManager did not answer within {:?}",
-                        self.timeout
-                    ));
-                }
-                s = c.wait_timeout(s, left).unwrap_or_else(|p| p.into_inner()).0;
-            }
-            apply_mode(self.mode, s.reading.clone())
-        }
+                r
+            }))
+        })
     }
 
     struct Worker {
@@ -455,33 +482,225 @@ mod linux {
     }
 }
 
-#[cfg(target_os = "linux")]
-pub use linux::CellularReader;
+#[cfg(windows)]
+mod mbn_com {
+    use std::time::Duration;
 
-/// Where the Mobile Broadband API is not read: a failure unless `off`.
-#[cfg(not(target_os = "linux"))]
-pub struct CellularReader {
-    mode: CellularMode,
-}
+    use windows::Win32::NetworkManagement::MobileBroadband::{
+        IMbnInterface, IMbnInterfaceManager, IMbnRegistration, IMbnSignal, MbnInterfaceManager,
+    };
+    use windows::Win32::System::Com::{
+        CLSCTX_ALL, COINIT_MULTITHREADED, CoCreateInstance, CoInitializeEx, CoUninitialize,
+        SAFEARRAY,
+    };
+    use windows::Win32::System::Ole::{
+        SafeArrayDestroy, SafeArrayGetElement, SafeArrayGetLBound, SafeArrayGetUBound,
+    };
+    use windows::core::{IUnknown, Interface};
 
-#[cfg(not(target_os = "linux"))]
-impl CellularReader {
-    pub fn start(
-        mode: CellularMode,
-        _timeout: std::time::Duration,
-        _rate_s: u32,
-    ) -> Result<CellularReader, String> {
-        Ok(CellularReader { mode })
+    use super::super::mbn;
+    use super::*;
+
+    fn fail(step: &str, e: &windows::core::Error) -> NoModem {
+        let hr = e.code().0 as u32;
+        let why = mbn::describe(step, hr, &e.message());
+        if mbn::is_absent(hr) {
+            NoModem::Absent(why)
+        } else {
+            NoModem::Failed(why)
+        }
     }
 
-    pub fn read(&self) -> Result<Option<Cellular>, String> {
-        // A known gap, said in every sample rather than hidden.
-        apply_mode(
-            self.mode,
-            Err(NoModem::Failed(
-                "the Mobile Broadband API is not read by this build (network.cellular = \"off\" silences this)".into(),
-            )),
-        )
+    /// COM for this thread; uninitialised when the worker goes.
+    struct Com;
+
+    impl Drop for Com {
+        fn drop(&mut self) {
+            // SAFETY: paired with the successful CoInitializeEx in `start`.
+            unsafe { CoUninitialize() };
+        }
+    }
+
+    /// Fields drop in order: the manager before COM goes.
+    struct Worker {
+        manager: Option<IMbnInterfaceManager>,
+        _com: Com,
+    }
+
+    /// The Mobile Broadband API on the `modem` thread, in COM's
+    /// multithreaded apartment.
+    pub fn start(mode: CellularMode, timeout: Duration) -> Result<CellularReader, String> {
+        CellularReader::spawn(mode, timeout, "the Mobile Broadband API", move || {
+            // SAFETY: once, on this thread; undone by `Com`'s drop.
+            unsafe { CoInitializeEx(None, COINIT_MULTITHREADED) }
+                .ok()
+                .map_err(|e| fail("CoInitializeEx", &e))?;
+            let mut w = Worker {
+                manager: None,
+                _com: Com,
+            };
+            Ok(Box::new(move || {
+                let r = w.poll();
+                if r.is_err() {
+                    // WwanSvc restarted, a device came or went: afresh next time.
+                    w.manager = None;
+                }
+                r
+            }))
+        })
+    }
+
+    /// The interfaces in a SAFEARRAY of `IUnknown` (at most 16); the array
+    /// is destroyed.
+    unsafe fn interfaces(psa: *mut SAFEARRAY) -> Result<Vec<IMbnInterface>, NoModem> {
+        if psa.is_null() {
+            return Ok(Vec::new());
+        }
+        struct Guard(*mut SAFEARRAY);
+        impl Drop for Guard {
+            fn drop(&mut self) {
+                // SAFETY: the array GetInterfaces handed over to us.
+                let _ = unsafe { SafeArrayDestroy(self.0) };
+            }
+        }
+        let g = Guard(psa);
+        // SAFETY: a one-dimensional array from GetInterfaces.
+        let (lo, hi) = unsafe {
+            (
+                SafeArrayGetLBound(g.0, 1).map_err(|e| fail("SafeArrayGetLBound", &e))?,
+                SafeArrayGetUBound(g.0, 1).map_err(|e| fail("SafeArrayGetUBound", &e))?,
+            )
+        };
+        let mut out = Vec::new();
+        for i in lo..=hi.min(lo.saturating_add(15)) {
+            let mut unk: Option<IUnknown> = None;
+            // SAFETY: VT_UNKNOWN elements: GetElement AddRefs into `unk`,
+            // which then owns that reference.
+            unsafe {
+                SafeArrayGetElement(g.0, &i, (&mut unk as *mut Option<IUnknown>).cast())
+                    .map_err(|e| fail("SafeArrayGetElement", &e))?
+            };
+            if let Some(u) = unk {
+                out.push(
+                    u.cast::<IMbnInterface>()
+                        .map_err(|e| fail("QueryInterface(IMbnInterface)", &e))?,
+                );
+            }
+        }
+        Ok(out)
+    }
+
+    fn bstr(b: &windows::core::BSTR) -> String {
+        String::from_utf16_lossy(b).chars().take(64).collect()
+    }
+
+    impl Worker {
+        fn poll(&mut self) -> Result<Cellular, NoModem> {
+            let manager = match &self.manager {
+                Some(m) => m.clone(),
+                None => {
+                    // SAFETY: COM is initialised on this thread.
+                    let m: IMbnInterfaceManager =
+                        unsafe { CoCreateInstance(&MbnInterfaceManager, None, CLSCTX_ALL) }
+                            .map_err(|e| fail("CoCreateInstance(MbnInterfaceManager)", &e))?;
+                    self.manager = Some(m.clone());
+                    m
+                }
+            };
+            // SAFETY: a live interface pointer; the array is ours to destroy.
+            let psa = unsafe { manager.GetInterfaces() }
+                .map_err(|e| fail("IMbnInterfaceManager::GetInterfaces", &e))?;
+            // SAFETY: as GetInterfaces returned it.
+            let ifaces = unsafe { interfaces(psa) }?;
+            let Some(iface) = ifaces.into_iter().next() else {
+                return Err(NoModem::Absent(
+                    "the Mobile Broadband API sees no mobile broadband interface".into(),
+                ));
+            };
+            // SAFETY (all calls below): live COM interfaces on their own
+            // apartment's thread; out-parameters are owned by the wrappers.
+            let id = unsafe { iface.InterfaceID() }
+                .map(|b| bstr(&b))
+                .map_err(|e| fail("IMbnInterface::InterfaceID", &e))?;
+            let state = unsafe { iface.GetReadyState() }
+                .map_err(|e| fail("IMbnInterface::GetReadyState", &e))?;
+            match mbn::ready_state(state.0) {
+                mbn::Ready::Yes => {}
+                mbn::Ready::Absent(why) => return Err(NoModem::Absent(why.into())),
+                mbn::Ready::Failed(why) => return Err(NoModem::Failed(why.into())),
+            }
+            let adapters = super::super::win::adapters().unwrap_or_default();
+            let mut c = Cellular {
+                interface: mbn::interface_name(
+                    &id,
+                    adapters
+                        .iter()
+                        .map(|a| (a.guid.as_str(), a.friendly_name.as_str())),
+                ),
+                ..Default::default()
+            };
+            // Each figure is optional: a device still registering has some
+            // and not others (E_PENDING, not registered).
+            if let Ok(reg) = iface.cast::<IMbnRegistration>() {
+                if let Ok(name) = unsafe { reg.GetProviderName() } {
+                    c.operator = bstr(&name);
+                }
+                if c.operator.is_empty()
+                    && let Ok(pid) = unsafe { reg.GetProviderID() }
+                {
+                    c.operator = bstr(&pid);
+                }
+                if let Ok(class) = unsafe { reg.GetCurrentDataClass() } {
+                    c.technology = mbn::technology(class).to_owned();
+                }
+            }
+            if c.operator.is_empty()
+                && let Ok(mut home) = unsafe { iface.GetHomeProvider() }
+            {
+                c.operator = bstr(&home.providerName);
+                // SAFETY: the BSTRs are ours (ManuallyDrop in the struct).
+                unsafe {
+                    std::mem::ManuallyDrop::drop(&mut home.providerName);
+                    std::mem::ManuallyDrop::drop(&mut home.providerID);
+                }
+            }
+            if let Ok(sig) = iface.cast::<IMbnSignal>()
+                && let Ok(asu) = unsafe { sig.GetSignalStrength() }
+            {
+                c.rssi_dbm = mbn::asu_to_dbm(asu);
+            }
+            // RSRP, RSRQ and SINR: not offered by the Mobile Broadband API
+            // (IMbnSignal has the ASU strength only); left None.
+            Ok(c)
+        }
+    }
+}
+
+impl CellularReader {
+    /// The platform's modem source on the `modem` thread (module contract).
+    pub fn start(
+        mode: CellularMode,
+        timeout: Duration,
+        rate_s: u32,
+    ) -> Result<CellularReader, String> {
+        #[cfg(target_os = "linux")]
+        {
+            linux::start(mode, timeout, rate_s)
+        }
+        #[cfg(windows)]
+        {
+            let _ = rate_s;
+            mbn_com::start(mode, timeout)
+        }
+        #[cfg(not(any(target_os = "linux", windows)))]
+        {
+            let _ = rate_s;
+            CellularReader::spawn(mode, timeout, "the modem", || {
+                Err(NoModem::Failed(
+                    "cellular is not read on this platform (network.cellular = \"off\" silences this)".into(),
+                ))
+            })
+        }
     }
 }
 
@@ -572,5 +791,47 @@ mod tests {
             apply_mode(CellularMode::Auto, Ok(Cellular::default())),
             Ok(Some(_))
         ));
+    }
+
+    #[test]
+    fn the_reader_thread_is_waited_for_at_most_the_timeout() {
+        let t = std::time::Duration::from_millis(200);
+        let slow = CellularReader::spawn(CellularMode::Auto, t, "the test modem", || {
+            Ok(Box::new(|| {
+                std::thread::sleep(std::time::Duration::from_secs(2));
+                Ok(Cellular::default())
+            }))
+        })
+        .unwrap();
+        let started = Instant::now();
+        assert_eq!(
+            slow.read(),
+            Err("the test modem did not answer within 200ms".into())
+        );
+        assert!(started.elapsed() < std::time::Duration::from_secs(1));
+
+        let mut n = 0;
+        let counting = CellularReader::spawn(CellularMode::Auto, t, "m", move || {
+            Ok(Box::new(move || {
+                n += 1;
+                if n == 1 {
+                    Err(NoModem::Absent("no SIM".into()))
+                } else {
+                    Ok(Cellular {
+                        operator: format!("op{n}"),
+                        ..Default::default()
+                    })
+                }
+            }))
+        })
+        .unwrap();
+        assert_eq!(counting.read(), Ok(None));
+        assert_eq!(counting.read().unwrap().unwrap().operator, "op2");
+
+        let broken = CellularReader::spawn(CellularMode::Required, t, "m", || {
+            Err(NoModem::Absent("class not registered".into()))
+        })
+        .unwrap();
+        assert_eq!(broken.read(), Err("class not registered".into()));
     }
 }

@@ -8,8 +8,9 @@
 //! blocking file reads, and a slow probe or a busy uplink never delays them.
 //!
 //! The network context (issue 12) is one family per file: [`route`]
-//! (default route, its kind, roaming), [`wifi`], [`cellular`] (ModemManager
-//! on its own thread, waited for at most `network.cellular_timeout`),
+//! (default route, its kind, roaming), [`wifi`], [`cellular`] (ModemManager,
+//! or on Windows the Mobile Broadband API, on its own thread, waited for at
+//! most `network.cellular_timeout`; MBN's pure mapping in [`mbn`]),
 //! [`vpn`]; Windows' halves share `win.rs`. `HostSample.network` is present
 //! whenever one of those collectors is enabled, even if all of them failed
 //! (their reasons are in `failures`). A default route on the modem's data
@@ -19,6 +20,7 @@ pub mod cellular;
 pub mod cpu;
 pub mod disk;
 pub mod load;
+pub mod mbn;
 pub mod memory;
 pub mod net;
 pub mod process;
