@@ -19,7 +19,9 @@
 //!   own calls are bounded by the same timeout, so it is free again soon.
 //! * `network.cellular`: `auto`: no system bus, no ModemManager or no modem
 //!   is `Ok(None)`, no failure; `required`: each of those is a failure with
-//!   its reason; `off`: not asked (no thread).
+//!   its reason; `off`: not asked (no thread). An absent modem is asked
+//!   about again only after [`ABSENT_RECHECK`] (60 s), so a terminal
+//!   without one pays nothing per sample.
 //! * Windows: the Mobile Broadband API (COM, mbnapi) on the same `modem`
 //!   thread shape, in the multithreaded apartment: `CoCreateInstance(
 //!   MbnInterfaceManager)` (kept while it works) → `GetInterfaces` → the
@@ -161,7 +163,13 @@ pub type Poll = Box<dyn FnMut() -> Result<Cellular, NoModem>>;
 struct Slot {
     generation: u64,
     reading: Result<Cellular, NoModem>,
+    /// When `reading` was taken.
+    at: Instant,
 }
+
+/// No modem API or no modem (`Absent`) is asked again only after this long,
+/// not every sample: a terminal without a modem pays nothing per sample.
+pub const ABSENT_RECHECK: Duration = Duration::from_secs(60);
 
 /// The `modem` thread's handle; dropping it ends the thread (after at most
 /// one pass of the source's calls).
@@ -172,6 +180,9 @@ pub struct CellularReader {
     source: &'static str,
     req: SyncSender<()>,
     shared: Arc<(Mutex<Slot>, Condvar)>,
+    /// How long an `Absent` reading stands before the source is asked again
+    /// ([`ABSENT_RECHECK`]).
+    absent_recheck: Duration,
 }
 
 impl CellularReader {
@@ -188,6 +199,7 @@ impl CellularReader {
             Mutex::new(Slot {
                 generation: 0,
                 reading: Err(NoModem::Failed(format!("{source} not asked yet"))),
+                at: Instant::now(),
             }),
             Condvar::new(),
         ));
@@ -197,6 +209,7 @@ impl CellularReader {
             let mut s = m.lock().unwrap_or_else(|p| p.into_inner());
             s.generation += 1;
             s.reading = r;
+            s.at = Instant::now();
             c.notify_all();
         };
         std::thread::Builder::new()
@@ -221,6 +234,7 @@ impl CellularReader {
             source,
             req,
             shared,
+            absent_recheck: ABSENT_RECHECK,
         })
     }
 
@@ -228,6 +242,9 @@ impl CellularReader {
     pub fn read(&self) -> Result<Option<Cellular>, String> {
         let (m, c) = &*self.shared;
         let mut s = m.lock().unwrap_or_else(|p| p.into_inner());
+        if matches!(s.reading, Err(NoModem::Absent(_))) && s.at.elapsed() < self.absent_recheck {
+            return apply_mode(self.mode, s.reading.clone());
+        }
         let asked = s.generation;
         match self.req.try_send(()) {
             // Full: a request is already queued; its answer is fresh enough.
@@ -810,23 +827,34 @@ mod tests {
         );
         assert!(started.elapsed() < std::time::Duration::from_secs(1));
 
-        let mut n = 0;
-        let counting = CellularReader::spawn(CellularMode::Auto, t, "m", move || {
-            Ok(Box::new(move || {
-                n += 1;
-                if n == 1 {
-                    Err(NoModem::Absent("no SIM".into()))
-                } else {
-                    Ok(Cellular {
-                        operator: format!("op{n}"),
-                        ..Default::default()
-                    })
-                }
-            }))
-        })
-        .unwrap();
-        assert_eq!(counting.read(), Ok(None));
-        assert_eq!(counting.read().unwrap().unwrap().operator, "op2");
+        let counting = |recheck| {
+            let mut n = 0;
+            let mut r = CellularReader::spawn(CellularMode::Auto, t, "m", move || {
+                Ok(Box::new(move || {
+                    n += 1;
+                    if n == 1 {
+                        Err(NoModem::Absent("no SIM".into()))
+                    } else {
+                        Ok(Cellular {
+                            operator: format!("op{n}"),
+                            ..Default::default()
+                        })
+                    }
+                }))
+            })
+            .unwrap();
+            r.absent_recheck = recheck;
+            r
+        };
+        // Absent stands for a while: the next samples do not ask again.
+        let c = counting(ABSENT_RECHECK);
+        assert_eq!(c.read(), Ok(None));
+        assert_eq!(c.read(), Ok(None));
+        assert_eq!(c.shared.0.lock().unwrap().generation, 1, "asked once");
+        // Once it has stood long enough, the source is asked again.
+        let c = counting(Duration::ZERO);
+        assert_eq!(c.read(), Ok(None));
+        assert_eq!(c.read().unwrap().unwrap().operator, "op2");
 
         let broken = CellularReader::spawn(CellularMode::Required, t, "m", || {
             Err(NoModem::Absent("class not registered".into()))

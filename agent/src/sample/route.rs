@@ -173,9 +173,15 @@ pub fn safe_ifname(name: &str) -> bool {
 pub fn read() -> Result<Option<DefaultRoute>, String> {
     let v4 = std::fs::read_to_string("/proc/net/route")
         .map_err(|e| format!("cannot read /proc/net/route: {e}"))?;
-    // A kernel without IPv6 has no ipv6_route: that is no IPv6 default route.
-    let v6 = std::fs::read_to_string("/proc/net/ipv6_route").unwrap_or_default();
-    let Some(interface) = best(&parse_ipv4(&v4), &parse_ipv6(&v6)) else {
+    let v4 = parse_ipv4(&v4);
+    // An IPv4 default wins (`best`): the IPv6 table (a kernel without IPv6
+    // has none: no IPv6 default route) is read only when there is none.
+    let v6 = if v4.is_empty() {
+        parse_ipv6(&std::fs::read_to_string("/proc/net/ipv6_route").unwrap_or_default())
+    } else {
+        Vec::new()
+    };
+    let Some(interface) = best(&v4, &v6) else {
         return Ok(None);
     };
     let kind = if safe_ifname(&interface) {

@@ -327,9 +327,29 @@ mod linux {
         }
     }
 
+    /// A kernel without nl80211 (no cfg80211 loaded: no Wi-Fi hardware)
+    /// is asked again only after this long, not every sample.
+    const ABSENT_RECHECK: std::time::Duration = std::time::Duration::from_secs(60);
+
+    /// Until when nl80211 is known to be absent.
+    static NL80211_ABSENT_UNTIL: std::sync::Mutex<Option<std::time::Instant>> =
+        std::sync::Mutex::new(None);
+
     pub fn read(route_if: Option<&str>) -> Result<Option<muster_proto::Wifi>, String> {
+        let now = std::time::Instant::now();
+        {
+            let until = NL80211_ABSENT_UNTIL
+                .lock()
+                .unwrap_or_else(|p| p.into_inner());
+            if until.is_some_and(|u| now < u) {
+                return Ok(None);
+            }
+        }
         let mut g = Genl::open()?;
         let Some(fam) = g.family(b"nl80211\0")? else {
+            *NL80211_ABSENT_UNTIL
+                .lock()
+                .unwrap_or_else(|p| p.into_inner()) = Some(now + ABSENT_RECHECK);
             return Ok(None);
         };
         let ifs = g
