@@ -37,7 +37,7 @@ use std::sync::atomic::{AtomicU64, Ordering};
 use std::time::{Duration, Instant};
 
 use muster_proto::{Collector, CollectorFailure, HostSample, LinkKind, NetContext, Payload};
-use sysinfo::{Disks, Networks, System};
+use sysinfo::{Disks, System};
 use tokio::sync::mpsc::error::TrySendError;
 
 use crate::clock::Clock;
@@ -88,7 +88,7 @@ pub struct Sampler {
     cfg: SamplingConfig,
     sys: System,
     disks: Option<Disks>,
-    nets: Option<Networks>,
+    nets: Option<net::Interfaces>,
     watched: process::Watched,
     discovery: process::Discovery,
     last_refresh: Option<Instant>,
@@ -107,7 +107,7 @@ impl Sampler {
         let sys = System::new().map_err(|e| SampleError::System(e.to_string()))?;
         // A missing disk or network list is a collector failure, not a fatal one.
         let disks = Disks::new().ok();
-        let nets = Networks::new().ok();
+        let nets = net::open();
         let wine = running_under_wine();
         let cellular = (cfg.enabled(Collector::Cellular)
             && cfg.network.cellular != crate::config::CellularMode::Off)

@@ -569,9 +569,32 @@ fn inner_cost() {
         local.sample(1000);
     }
     let local = t.elapsed() / n;
+    // The rest of a host sample, for scale: what network sampling adds.
+    let mut host = Sampler::new(SamplingConfig {
+        interval: Duration::from_secs(1),
+        processes: vec!["mosquitto".into(), "collectd".into()],
+        collectors: vec![
+            Collector::Cpu,
+            Collector::Load,
+            Collector::Memory,
+            Collector::Disks,
+            Collector::Networks,
+            Collector::Processes,
+            Collector::Uptime,
+        ],
+        network: NetworkConfig::default(),
+    })
+    .unwrap();
+    host.sample(1000);
+    let t = Instant::now();
+    for _ in 0..n {
+        host.sample(1000);
+    }
+    let host = t.elapsed() / n;
     println!(
-        "network pass: {} us (route + wifi + vpn + cellular against a fake ModemManager, mean of {n}); without cellular {} us",
+        "network pass: {} us (route + wifi + vpn + cellular against a fake ModemManager, mean of {n}); without cellular {} us; the other host families {} us",
         per.as_micros(),
-        local.as_micros()
+        local.as_micros(),
+        host.as_micros()
     );
 }
