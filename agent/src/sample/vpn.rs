@@ -106,6 +106,11 @@ pub fn read(patterns: &[String]) -> Result<Vec<muster_proto::Vpn>, String> {
     let mut links = Vec::new();
     for e in dir.flatten().take(4096) {
         let name = e.file_name().to_string_lossy().into_owned();
+        // Only the interfaces a pattern names are read (three sysfs files
+        // each, every sample).
+        if !patterns.iter().any(|p| glob(p, &name, false)) {
+            continue;
+        }
         let p = e.path();
         let flags = std::fs::read_to_string(p.join("flags"))
             .ok()
