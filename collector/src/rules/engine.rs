@@ -380,7 +380,10 @@ impl Engine {
                         u.host_interval_ms = Some(u64::from(s.interval_ms));
                     }
                     if let Some(n) = &s.network {
-                        u.net = Some(NetSummary::of(n));
+                        match &mut u.net {
+                            Some(known) => known.update(n),
+                            None => u.net = Some(NetSummary::of(n)),
+                        }
                     }
                     eval_host(cfg, &self.host_rules, u, s, rec.at_ms, &mut fx);
                 }

@@ -31,11 +31,28 @@ pub struct NetSummary {
 
 impl NetSummary {
     pub fn of(n: &NetContext) -> NetSummary {
-        NetSummary {
-            route: n.route.as_ref().map(|r| (r.kind, r.interface.clone())),
-            signal_dbm: n.route_signal_dbm(),
-            vpn_up: n.vpn_up(),
+        let mut s = NetSummary {
+            route: None,
+            signal_dbm: None,
+            vpn_up: None,
+        };
+        s.update(n);
+        s
+    }
+
+    /// Takes `n` in place of what was known: the interface name's buffer is
+    /// reused, so a unit whose route did not change costs no allocation
+    /// per host sample.
+    pub fn update(&mut self, n: &NetContext) {
+        match (&mut self.route, &n.route) {
+            (Some((kind, iface)), Some(r)) => {
+                *kind = r.kind;
+                iface.clone_from(&r.interface);
+            }
+            (route, r) => *route = r.as_ref().map(|r| (r.kind, r.interface.clone())),
         }
+        self.signal_dbm = n.route_signal_dbm();
+        self.vpn_up = n.vpn_up();
     }
 
     /// `on cellular (wwan0), signal -118 dBm (very weak), VPN up`.
