@@ -4,6 +4,8 @@
 //! * [`config`]: TOML config, validated with errors naming the key.
 //! * [`ingest`]: MQTT in, dedup, seq accounting, rules, group commit, acks.
 //! * [`rules`]: the pure rules engine (health, transitions, incidents).
+//! * [`seq`]: the pure per-unit seq accounting and acks, which ingest and
+//!   the store both reach down to.
 //! * [`store`]: durable state behind the [`store::Store`] trait (sled).
 //! * [`feed`]: the agencies' HTTP API, SSE stream, /metrics, health.
 //! * [`status_pub`]: retained JSON status and incidents over MQTT.
@@ -27,6 +29,7 @@ pub mod metrics;
 pub mod model;
 pub mod notify;
 pub mod rules;
+pub mod seq;
 pub mod service;
 pub mod signing;
 pub mod state;

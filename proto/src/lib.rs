@@ -7,6 +7,9 @@
 //! * [`codec`]: the versioned envelope, `encode` / `decode` with a size limit;
 //!   `v1` is the frozen previous schema, still read and written.
 //! * [`sign`]: Ed25519 keys, key ids, signed acks and hellos.
+//! * [`presence`]: which presence of a unit a receiver believes (receive
+//!   order, births, wills, announcements): part of the contract, so that
+//!   every reader of presences orders them the same way.
 //!
 //! Invariants: this crate does no I/O, never reads a clock, and is the only
 //! crate in the workspace that knows bincode. Decoding never panics and never
@@ -16,6 +19,7 @@ pub mod codec;
 pub mod fixtures;
 pub mod ids;
 pub mod message;
+pub mod presence;
 pub mod sign;
 pub mod topic;
 mod v1;

@@ -8,8 +8,8 @@ use muster_proto::{
 };
 use serde::Serialize;
 
-use crate::ingest::seq::BootSeq;
 use crate::model::{Change, Reason, Status};
+use crate::seq::BootSeq;
 use crate::store::{Latest, StoredEvent, StoredSample, UnitRecord};
 
 /// A list response: `{"items": [...], "next_cursor": "..." | null}`. Pass

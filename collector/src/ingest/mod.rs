@@ -1,10 +1,10 @@
 //! Ingest: the MQTT connection ([`mqtt`]), the worker that validates,
 //! dedups, feeds the rules engine, group-commits and acks ([`worker`]),
-//! and its pure parts: seq accounting ([`seq`]) and refusal reasons
-//! ([`refusal`]). Presence ordering lives with the rules engine
-//! (`rules::presence`), which the worker asks.
+//! and its pure refusal reasons ([`refusal`]). The seq accounting it keeps
+//! is [`crate::seq`] (the store persists it too); which presence is believed
+//! is decided in the wire contract (`muster_proto::presence`), through the
+//! rules engine, which the worker asks.
 
 pub mod mqtt;
 pub mod refusal;
-pub mod seq;
 pub mod worker;

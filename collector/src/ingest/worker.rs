@@ -27,16 +27,16 @@ use tracing::{debug, error, info, warn};
 
 use super::mqtt::Inbound;
 use super::refusal::{PresenceNote, Refusal, RefusalLog};
-use super::seq::Observed;
 use crate::clock::SharedClock;
 use crate::config::IngestConfig;
 use crate::model::{Change, Incident};
 use crate::rules::Engine;
-use crate::rules::presence::Verdict;
+use crate::seq::Observed;
 use crate::signing::Signer;
 use crate::state::Shared;
 use crate::status_pub::{self, Outbound, OutboundKind};
 use crate::store::{CommitBatch, StoreError, StoredEvent, UnitRecord};
+use muster_proto::presence::Verdict;
 
 #[derive(Default)]
 struct Pending {

@@ -8,8 +8,8 @@ use std::sync::atomic::{AtomicU64, Ordering};
 use muster_proto::UnitId;
 
 use super::expo::Exposition;
-use crate::ingest::seq::SeqTotals;
 use crate::model::{Incident, Status};
+use crate::seq::SeqTotals;
 use crate::store::UnitRecord;
 
 const STATUSES: [Status; 6] = Status::ALL;

@@ -13,10 +13,10 @@ use muster_proto::{
 use super::config::{RulesConfig, ThresholdRule};
 use super::field::{Field, ProbeM, Selector, Source, selects};
 use super::incident::{Incidents, Membership};
-use super::presence::{PresenceTrack, Verdict};
 use super::skew::{self, SkewTracker};
 use super::words::{self, NetSummary};
 use crate::model::{Change, Incident, Reason, Severity, Status, Transition, UnitHealth};
+use muster_proto::presence::{PresenceTrack, Verdict};
 
 /// Most probe results kept per (unit, probe) for windowed rules.
 const MAX_WINDOW_RESULTS: usize = 4_096;

@@ -112,7 +112,7 @@
 //!   clock skew: the unit's current state comes from its newest data. (History
 //!   is stored by the collector and could feed statistics; the engine ignores it.)
 //! * **Presence: lost, off, overdue.** Which presence is believed is
-//!   decided by [`presence`] (its contract: receive order, births of
+//!   decided by [`muster_proto::presence`] (its contract: receive order, births of
 //!   another boot win, departures only for the live boot, birth < will <
 //!   announcement within one connection, newer records overrule a
 //!   departure, an announcement record never does). One presence reason at
@@ -185,7 +185,7 @@ mod config;
 mod engine;
 mod field;
 mod incident;
-pub mod presence;
+
 mod skew;
 pub mod words;
 

@@ -15,8 +15,8 @@ use muster_proto::{AgentStatus, BootId, Payload, Presence, Record, UnitId};
 use serde::{Deserialize, Serialize};
 
 use crate::enroll::registry::Enrollment;
-use crate::ingest::seq::SeqAccount;
 use crate::model::{Change, Incident, UnitHealth};
+use crate::seq::SeqAccount;
 
 #[derive(Debug, thiserror::Error)]
 pub enum StoreError {

@@ -51,7 +51,7 @@
 
 use std::collections::VecDeque;
 
-use muster_proto::{BootId, Presence};
+use crate::{BootId, Presence};
 
 /// Retired boots remembered per unit.
 pub const MAX_RETIRED: usize = 16;
@@ -243,9 +243,9 @@ mod tests {
             connection,
             at_ms,
             reason: if online {
-                muster_proto::PresenceReason::Connected
+                crate::PresenceReason::Connected
             } else {
-                muster_proto::PresenceReason::Lost
+                crate::PresenceReason::Lost
             },
         }
     }
@@ -253,7 +253,7 @@ mod tests {
     /// An announcement (`Shutdown`) of `boot`'s connection.
     fn a(boot: u64, connection: u32) -> Presence {
         Presence {
-            reason: muster_proto::PresenceReason::Shutdown,
+            reason: crate::PresenceReason::Shutdown,
             ..p(boot, connection, false, 0)
         }
     }
@@ -261,7 +261,7 @@ mod tests {
     /// A presence with an unknown (newer agent's) reason.
     fn unknown(boot: u64, connection: u32, online: bool) -> Presence {
         Presence {
-            reason: muster_proto::PresenceReason::Unknown { code: 99 },
+            reason: crate::PresenceReason::Unknown { code: 99 },
             ..p(boot, connection, online, 0)
         }
     }
@@ -498,7 +498,7 @@ mod tests {
 
         fn any_presence() -> impl Strategy<Value = Presence> {
             (1u32..4, 0u8..6).prop_map(|(connection, r)| {
-                use muster_proto::PresenceReason as R;
+                use crate::PresenceReason as R;
                 let reason = match r {
                     0 => R::Connected,
                     1 => R::Resumed { slept_ms: 5 },
