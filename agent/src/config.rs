@@ -9,6 +9,7 @@ use std::net::{IpAddr, SocketAddr};
 use std::path::{Path, PathBuf};
 use std::time::Duration;
 
+use muster_base::value::{BadValue, MqttScheme, MqttUrl, bytes, duration, duration_or};
 use muster_proto::{Collector, UnitId};
 use serde::Deserialize;
 
@@ -30,6 +31,15 @@ pub enum ConfigError {
     /// A key with a bad value: `key: message`.
     #[error("{key}: {msg}")]
     Invalid { key: String, msg: String },
+}
+
+impl From<BadValue> for ConfigError {
+    fn from(b: BadValue) -> Self {
+        ConfigError::Invalid {
+            key: b.key,
+            msg: b.message,
+        }
+    }
 }
 
 impl ConfigError {
@@ -378,66 +388,6 @@ impl Config {
     }
 }
 
-fn duration(key: &str, v: &Option<String>, default: Duration) -> Result<Duration, ConfigError> {
-    match v {
-        None => Ok(default),
-        Some(s) => parse_duration(s)
-            .ok_or_else(|| ConfigError::invalid(key, format!("{s:?} is not a duration"))),
-    }
-}
-
-fn opt_duration(key: &str, v: &Option<String>) -> Result<Option<Duration>, ConfigError> {
-    v.as_ref()
-        .map(|s| {
-            parse_duration(s)
-                .ok_or_else(|| ConfigError::invalid(key, format!("{s:?} is not a duration")))
-        })
-        .transpose()
-}
-
-/// `"5s"`, `"250ms"`, `"1m 30s"` (humantime).
-pub fn parse_duration(s: &str) -> Option<Duration> {
-    humantime::parse_duration(s.trim()).ok()
-}
-
-/// `"64MiB"`, `"512 KiB"`, `"1GB"`, `"4096"` (bytes).
-pub fn parse_bytes(s: &str) -> Option<u64> {
-    let s = s.trim();
-    let split = s
-        .find(|c: char| !(c.is_ascii_digit() || c == '.'))
-        .unwrap_or(s.len());
-    let (num, unit) = s.split_at(split);
-    if num.is_empty() {
-        return None;
-    }
-    let mult: u64 = match unit.trim().to_ascii_lowercase().as_str() {
-        "" | "b" => 1,
-        "k" | "kib" => 1 << 10,
-        "kb" => 1_000,
-        "m" | "mib" => 1 << 20,
-        "mb" => 1_000_000,
-        "g" | "gib" => 1 << 30,
-        "gb" => 1_000_000_000,
-        _ => return None,
-    };
-    if num.contains('.') {
-        let f: f64 = num.parse().ok()?;
-        let v = f * mult as f64;
-        (v.is_finite() && v >= 0.0 && v < u64::MAX as f64).then_some(v as u64)
-    } else {
-        num.parse::<u64>().ok()?.checked_mul(mult)
-    }
-}
-
-fn bytes(key: &str, v: &Option<String>) -> Result<Option<u64>, ConfigError> {
-    v.as_ref()
-        .map(|s| {
-            parse_bytes(s)
-                .ok_or_else(|| ConfigError::invalid(key, format!("{s:?} is not a byte size")))
-        })
-        .transpose()
-}
-
 fn check_file(key: &str, p: &Path) -> Result<(), ConfigError> {
     std::fs::metadata(p)
         .map(|_| ())
@@ -515,9 +465,9 @@ struct RawPower {
 
 fn validate_power(raw: RawPower) -> Result<crate::power::PowerSettings, ConfigError> {
     let d = crate::power::PowerSettings::default();
-    let announce_timeout = duration(
+    let announce_timeout = duration_or(
         "power.announce_timeout",
-        &raw.announce_timeout,
+        raw.announce_timeout.as_deref(),
         d.announce_timeout,
     )?;
     if announce_timeout < Duration::from_millis(100)
@@ -656,18 +606,9 @@ fn validate_mqtt(raw: Option<RawMqtt>, unit: &UnitId) -> Result<MqttSettings, Co
     let url = raw
         .url
         .ok_or_else(|| ConfigError::invalid("mqtt.url", "missing"))?;
-    let bad = |why: &str| ConfigError::invalid("mqtt.url", format!("{url:?} {why}"));
-    let uri: hyper::Uri = url.parse().map_err(|_| bad("is not a URL"))?;
-    let tls = match uri.scheme_str() {
-        Some("mqtt") | Some("tcp") => false,
-        Some("mqtts") | Some("ssl") => true,
-        _ => return Err(bad("must start with mqtt:// or mqtts://")),
-    };
-    if !matches!(uri.path(), "" | "/") || uri.query().is_some() {
-        return Err(bad("must not have a path"));
-    }
-    let (host, port) = uri_host_port(&uri, if tls { 8883 } else { 1883 })
-        .ok_or_else(|| bad("has no host or a bad port"))?;
+    let MqttUrl { scheme, host, port } =
+        MqttUrl::parse(&url).map_err(|m| ConfigError::invalid("mqtt.url", m))?;
+    let tls = scheme == MqttScheme::Tls;
     let client_id = raw
         .client_id
         .unwrap_or_else(|| format!("muster-{}-{}", unit.agency, unit.unit));
@@ -677,16 +618,20 @@ fn validate_mqtt(raw: Option<RawMqtt>, unit: &UnitId) -> Result<MqttSettings, Co
             "must be 1 to 128 bytes",
         ));
     }
-    let keepalive = duration("mqtt.keepalive", &raw.keepalive, Duration::from_secs(30))?;
+    let keepalive = duration_or(
+        "mqtt.keepalive",
+        raw.keepalive.as_deref(),
+        Duration::from_secs(30),
+    )?;
     if keepalive < Duration::from_secs(5) || keepalive > Duration::from_secs(65535) {
         return Err(ConfigError::invalid(
             "mqtt.keepalive",
             "must be between 5s and 65535s",
         ));
     }
-    let connect_timeout = duration(
+    let connect_timeout = duration_or(
         "mqtt.connect_timeout",
-        &raw.connect_timeout,
+        raw.connect_timeout.as_deref(),
         Duration::from_secs(15),
     )?;
     if connect_timeout.is_zero() {
@@ -761,7 +706,12 @@ fn validate_mqtt(raw: Option<RawMqtt>, unit: &UnitId) -> Result<MqttSettings, Co
 
 fn validate_buffer(raw: RawBuffer, data_dir: &Path) -> Result<BufferSettings, ConfigError> {
     let mut b = BufferSettings::new(raw.path.unwrap_or_else(|| data_dir.join("buffer")));
-    if let Some(max) = bytes("buffer.max_bytes", &raw.max_bytes)? {
+    if let Some(max) = raw
+        .max_bytes
+        .as_deref()
+        .map(|s| bytes("buffer.max_bytes", s))
+        .transpose()?
+    {
         if max < 1 << 20 {
             return Err(ConfigError::invalid(
                 "buffer.max_bytes",
@@ -770,7 +720,11 @@ fn validate_buffer(raw: RawBuffer, data_dir: &Path) -> Result<BufferSettings, Co
         }
         b.max_bytes = max;
     }
-    b.max_age = opt_duration("buffer.max_age", &raw.max_age)?;
+    b.max_age = raw
+        .max_age
+        .as_deref()
+        .map(|s| duration("buffer.max_age", s))
+        .transpose()?;
     if b.max_age.is_some_and(|d| d.is_zero()) {
         return Err(ConfigError::invalid("buffer.max_age", "must be > 0"));
     }
@@ -801,9 +755,9 @@ fn validate_buffer(raw: RawBuffer, data_dir: &Path) -> Result<BufferSettings, Co
             ));
         }
     };
-    b.flush_interval = duration(
+    b.flush_interval = duration_or(
         "buffer.flush_interval",
-        &raw.flush_interval,
+        raw.flush_interval.as_deref(),
         BufferSettings::DEFAULT_FLUSH_INTERVAL,
     )?;
     if b.flush_interval.is_zero() || b.flush_interval > Duration::from_secs(60) {
@@ -821,7 +775,12 @@ fn validate_uplink(raw: RawUplink) -> Result<(UplinkSettings, usize), ConfigErro
     if max_inflight == 0 {
         return Err(ConfigError::invalid("uplink.max_inflight", "must be >= 1"));
     }
-    let batch_max_bytes = match bytes("uplink.batch_max_bytes", &raw.batch_max_bytes)? {
+    let batch_max_bytes = match raw
+        .batch_max_bytes
+        .as_deref()
+        .map(|s| bytes("uplink.batch_max_bytes", s))
+        .transpose()?
+    {
         None => d.batch_max_bytes,
         Some(b) if (1024..=muster_proto::MAX_MESSAGE_BYTES as u64).contains(&b) => b as u32,
         Some(_) => {
@@ -834,7 +793,11 @@ fn validate_uplink(raw: RawUplink) -> Result<(UplinkSettings, usize), ConfigErro
             ));
         }
     };
-    let replay_bytes_per_sec = bytes("uplink.replay_bytes_per_sec", &raw.replay_bytes_per_sec)?;
+    let replay_bytes_per_sec = raw
+        .replay_bytes_per_sec
+        .as_deref()
+        .map(|s| bytes("uplink.replay_bytes_per_sec", s))
+        .transpose()?;
     if replay_bytes_per_sec == Some(0) {
         return Err(ConfigError::invalid(
             "uplink.replay_bytes_per_sec",
@@ -845,12 +808,24 @@ fn validate_uplink(raw: RawUplink) -> Result<(UplinkSettings, usize), ConfigErro
         max_inflight,
         batch_max_bytes,
         replay_bytes_per_sec,
-        ack_timeout: duration("uplink.ack_timeout", &raw.ack_timeout, d.ack_timeout)?,
-        reconnect_min: duration("uplink.reconnect_min", &raw.reconnect_min, d.reconnect_min)?,
-        reconnect_max: duration("uplink.reconnect_max", &raw.reconnect_max, d.reconnect_max)?,
-        heartbeat_interval: duration(
+        ack_timeout: duration_or(
+            "uplink.ack_timeout",
+            raw.ack_timeout.as_deref(),
+            d.ack_timeout,
+        )?,
+        reconnect_min: duration_or(
+            "uplink.reconnect_min",
+            raw.reconnect_min.as_deref(),
+            d.reconnect_min,
+        )?,
+        reconnect_max: duration_or(
+            "uplink.reconnect_max",
+            raw.reconnect_max.as_deref(),
+            d.reconnect_max,
+        )?,
+        heartbeat_interval: duration_or(
             "uplink.heartbeat_interval",
-            &raw.heartbeat_interval,
+            raw.heartbeat_interval.as_deref(),
             d.heartbeat_interval,
         )?,
     };
@@ -906,7 +881,11 @@ pub fn collector_name(c: Collector) -> &'static str {
 }
 
 fn validate_sampling(raw: RawSampling) -> Result<SamplingConfig, ConfigError> {
-    let interval = duration("sampling.interval", &raw.interval, Duration::from_secs(5))?;
+    let interval = duration_or(
+        "sampling.interval",
+        raw.interval.as_deref(),
+        Duration::from_secs(5),
+    )?;
     if interval < Duration::from_secs(1) || interval > Duration::from_secs(3600) {
         return Err(ConfigError::invalid(
             "sampling.interval",
@@ -1027,9 +1006,9 @@ fn validate_network(raw: RawNetwork) -> Result<NetworkConfig, ConfigError> {
             ));
         }
     };
-    let cellular_timeout = duration(
+    let cellular_timeout = duration_or(
         "network.cellular_timeout",
-        &raw.cellular_timeout,
+        raw.cellular_timeout.as_deref(),
         Duration::from_secs(1),
     )?;
     if cellular_timeout < Duration::from_millis(100) || cellular_timeout > Duration::from_secs(10) {
@@ -1215,8 +1194,16 @@ fn validate_probe(i: usize, raw: RawProbe) -> Result<ProbeSpec, ConfigError> {
     let target = raw
         .target
         .ok_or_else(|| ConfigError::invalid(k("target"), "missing"))?;
-    let interval = duration(&k("interval"), &raw.interval, Duration::from_secs(30))?;
-    let timeout = duration(&k("timeout"), &raw.timeout, Duration::from_secs(5))?;
+    let interval = duration_or(
+        &k("interval"),
+        raw.interval.as_deref(),
+        Duration::from_secs(30),
+    )?;
+    let timeout = duration_or(
+        &k("timeout"),
+        raw.timeout.as_deref(),
+        Duration::from_secs(5),
+    )?;
     if interval < Duration::from_secs(1) {
         return Err(ConfigError::invalid(k("interval"), "must be at least 1s"));
     }
@@ -1301,7 +1288,12 @@ fn validate_probe(i: usize, raw: RawProbe) -> Result<ProbeSpec, ConfigError> {
                 None => vec![(200, 399)],
                 Some(s) => parse_status(&k("expect_status"), s)?,
             };
-            let body_max_bytes = match bytes(&k("body_max_bytes"), &raw.body_max_bytes)? {
+            let body_max_bytes = match raw
+                .body_max_bytes
+                .as_deref()
+                .map(|s| bytes(&k("body_max_bytes"), s))
+                .transpose()?
+            {
                 None => 64 * 1024,
                 Some(b) if (1..=16 << 20).contains(&b) => b as usize,
                 Some(_) => {
@@ -1378,25 +1370,6 @@ fn validate_probe(i: usize, raw: RawProbe) -> Result<ProbeSpec, ConfigError> {
 #[cfg(test)]
 mod tests {
     use super::*;
-
-    #[test]
-    fn byte_sizes() {
-        let cases: &[(&str, Option<u64>)] = &[
-            ("64MiB", Some(64 << 20)),
-            ("64 MiB", Some(64 << 20)),
-            ("1GB", Some(1_000_000_000)),
-            ("512k", Some(512 << 10)),
-            ("4096", Some(4096)),
-            ("1.5MiB", Some(3 << 19)),
-            ("", None),
-            ("MiB", None),
-            ("12 parsecs", None),
-            ("-1", None),
-        ];
-        for (s, want) in cases {
-            assert_eq!(parse_bytes(s), *want, "{s:?}");
-        }
-    }
 
     #[test]
     fn host_ports() {

@@ -35,14 +35,14 @@ use hyper::Request;
 use hyper::header::{AUTHORIZATION, CONNECTION, CONTENT_TYPE, HOST, USER_AGENT};
 use hyper_util::rt::TokioIo;
 use muster_proto::UnitId;
-use rand::SeedableRng;
 use rand::rngs::StdRng;
+use rand::{Rng, SeedableRng};
 use rustls::pki_types::ServerName;
 use tokio::sync::watch;
 use tokio_rustls::TlsConnector;
 use tracing::{info, warn};
 
-use crate::uplink::backoff::Backoff;
+use muster_base::backoff::Retry;
 
 pub const CREDENTIAL_FILE: &str = "credential";
 pub const ENROLLED_FILE: &str = "enrolled";
@@ -330,7 +330,7 @@ pub struct Enrolment {
     pub data_dir: PathBuf,
     /// The config lists collector keys: they win, enrolment writes none.
     pub config_lists_keys: bool,
-    pub backoff: Backoff,
+    pub backoff: Retry,
 }
 
 /// Claims until the collector says active (or `stop`), then records it.
@@ -408,7 +408,7 @@ pub async fn run(mut e: Enrolment, mut stop: watch::Receiver<bool>) {
                 }
             }
         }
-        let wait = e.backoff.next_delay(&mut rng);
+        let wait = e.backoff.next_full(rng.random::<f64>());
         tokio::select! {
             _ = stop.changed() => return,
             _ = tokio::time::sleep(wait) => {}

@@ -11,7 +11,8 @@
 //! * [`config`], [`run`], [`service`]: configuration, wiring, running as a service.
 
 pub mod buffer;
-pub mod clock;
+/// The injected clock (its home is `muster_base::clock`).
+pub use muster_base::clock;
 pub mod config;
 pub mod enroll;
 pub mod observation;

@@ -124,7 +124,7 @@ fn main() -> ExitCode {
                 Ok(c) => c,
                 Err(code) => return code,
             };
-            let Some(within) = muster_agent::config::parse_duration(&within) else {
+            let Some(within) = muster_base::value::parse_duration(&within) else {
                 eprintln!("muster-agent: --within: {within:?} is not a duration");
                 return ExitCode::from(2);
             };
@@ -183,7 +183,7 @@ fn main() -> ExitCode {
                 let rt = run::runtime().context("starting the runtime")?;
                 let stop = {
                     let _in_rt = rt.enter();
-                    service::shutdown_signal()
+                    muster_base::shutdown::shutdown_signal()
                 };
                 rt.block_on(run::run(cfg, Arc::new(SystemClock), stop))?;
                 rt.shutdown_timeout(std::time::Duration::from_secs(5));

@@ -39,9 +39,9 @@ use crate::probe::schedule::{self, ScheduleStats, stopped};
 use crate::probe::{Probe, ProbeError, Runnable};
 use crate::report::{self, ReportStats};
 use crate::sample::{self, DropCounter, SampleError, Sampler};
-use crate::service::notify::{self, Notifier};
-use crate::uplink::backoff::Backoff;
 use crate::uplink::{self, UplinkConfig, UplinkError};
+use muster_base::backoff::Retry;
+use muster_base::systemd::{self, SystemdNotifier};
 
 pub const AGENT_VERSION: &str = env!("CARGO_PKG_VERSION");
 
@@ -226,7 +226,7 @@ pub async fn run_with(
                 fingerprint: cred.fingerprint(),
                 data_dir: cfg.data_dir.clone(),
                 config_lists_keys: !cfg.trust.collector_keys.is_empty(),
-                backoff: Backoff::new(cfg.uplink.reconnect_min, cfg.uplink.reconnect_max),
+                backoff: Retry::new(cfg.uplink.reconnect_min, cfg.uplink.reconnect_max),
             })
         }
     };
@@ -295,8 +295,8 @@ pub async fn run_with(
     });
     drop(tx);
 
-    let notifier = Notifier::from_env().map(Arc::new);
-    let watchdog = notify::watchdog_interval().and_then(|wd| {
+    let notifier = SystemdNotifier::from_env().map(Arc::new);
+    let watchdog = systemd::watchdog_interval().and_then(|wd| {
         notifier.clone().map(|n| {
             tokio::spawn(watchdog_loop(
                 n,
@@ -450,7 +450,7 @@ async fn report_endpoint(
 /// Pings systemd's watchdog at half its interval, but only while the sampling
 /// thread keeps completing passes: a hung sampler gets the agent restarted.
 async fn watchdog_loop(
-    n: Arc<Notifier>,
+    n: Arc<SystemdNotifier>,
     every: Duration,
     liveness: Arc<sample::Liveness>,
     interval: Duration,

@@ -7,6 +7,7 @@ use std::net::SocketAddr;
 use std::path::{Path, PathBuf};
 use std::time::Duration;
 
+use muster_base::value::{BadValue, MqttUrl, duration_or};
 use serde::Deserialize;
 
 use crate::rules::{RawRules, RulesConfig};
@@ -33,6 +34,12 @@ pub enum ConfigError {
     Invalid { key: String, message: String },
     #[error("{0}")]
     Rules(String),
+}
+
+impl From<BadValue> for ConfigError {
+    fn from(b: BadValue) -> Self {
+        invalid(b.key, b.message)
+    }
 }
 
 fn invalid(key: impl Into<String>, message: impl Into<String>) -> ConfigError {
@@ -258,11 +265,7 @@ impl std::fmt::Debug for Config {
     }
 }
 
-#[derive(Debug, Clone, PartialEq, Eq)]
-pub enum MqttScheme {
-    Tcp,
-    Tls,
-}
+pub use muster_base::value::MqttScheme;
 
 #[derive(Debug, Clone)]
 pub struct MqttConfig {
@@ -382,7 +385,7 @@ impl RawBroker {
         if !(1..=1_000_000).contains(&max_connections) {
             return Err(invalid("broker.max_connections", "must be 1 to 1000000"));
         }
-        let connect_timeout = duration(
+        let connect_timeout = duration_or(
             "broker.connect_timeout",
             self.connect_timeout.as_deref(),
             d.connect_timeout,
@@ -446,18 +449,6 @@ impl Config {
     }
 }
 
-fn duration(key: &str, v: Option<&str>, default: Duration) -> Result<Duration, ConfigError> {
-    match v {
-        None => Ok(default),
-        Some(s) => humantime::parse_duration(s.trim()).map_err(|_| {
-            invalid(
-                key,
-                format!("{s:?} is not a duration (e.g. \"30s\", \"5m\")"),
-            )
-        }),
-    }
-}
-
 fn token(key: &str, t: &str) -> Result<String, ConfigError> {
     if t.len() < MIN_TOKEN_LEN {
         return Err(invalid(
@@ -469,48 +460,6 @@ fn token(key: &str, t: &str) -> Result<String, ConfigError> {
         return Err(invalid(key, "must not contain whitespace"));
     }
     Ok(t.to_owned())
-}
-
-/// Parses `mqtt://host[:port]` / `mqtts://host[:port]` (IPv6 in brackets).
-pub fn parse_mqtt_url(url: &str) -> Result<(MqttScheme, String, u16), String> {
-    let bad = || format!("{url:?} is not an mqtt:// or mqtts:// URL");
-    let (scheme, rest) = if let Some(r) = url.strip_prefix("mqtt://") {
-        (MqttScheme::Tcp, r)
-    } else if let Some(r) = url.strip_prefix("tcp://") {
-        (MqttScheme::Tcp, r)
-    } else if let Some(r) = url.strip_prefix("mqtts://") {
-        (MqttScheme::Tls, r)
-    } else if let Some(r) = url.strip_prefix("ssl://") {
-        (MqttScheme::Tls, r)
-    } else {
-        return Err(bad());
-    };
-    let rest = rest.strip_suffix('/').unwrap_or(rest);
-    if rest.is_empty() || rest.contains(['/', '?', '@', '#']) {
-        return Err(bad());
-    }
-    let default_port = if scheme == MqttScheme::Tls {
-        8883
-    } else {
-        1883
-    };
-    let (host, port) = if let Some(r) = rest.strip_prefix('[') {
-        let (h, tail) = r.split_once(']').ok_or_else(bad)?;
-        match tail.strip_prefix(':') {
-            Some(p) => (h.to_owned(), p.parse().map_err(|_| bad())?),
-            None if tail.is_empty() => (h.to_owned(), default_port),
-            None => return Err(bad()),
-        }
-    } else {
-        match rest.rsplit_once(':') {
-            Some((h, p)) => (h.to_owned(), p.parse().map_err(|_| bad())?),
-            None => (rest.to_owned(), default_port),
-        }
-    };
-    if host.is_empty() || port == 0 {
-        return Err(bad());
-    }
-    Ok((scheme, host, port))
 }
 
 impl RawConfig {
@@ -533,7 +482,8 @@ impl RawConfig {
 
         // [mqtt]
         let url = mqtt.url.as_deref().unwrap_or("mqtt://127.0.0.1:1883");
-        let (scheme, host, port) = parse_mqtt_url(url).map_err(|m| invalid("mqtt.url", m))?;
+        let MqttUrl { scheme, host, port } =
+            MqttUrl::parse(url).map_err(|m| invalid("mqtt.url", m))?;
         let client_id = mqtt
             .client_id
             .clone()
@@ -602,7 +552,7 @@ impl RawConfig {
                 "is required with an mqtts:// url (the CA that signed the broker's certificate)",
             ));
         }
-        let keep_alive = duration(
+        let keep_alive = duration_or(
             "mqtt.keep_alive",
             mqtt.keep_alive.as_deref(),
             Duration::from_secs(30),
@@ -610,7 +560,7 @@ impl RawConfig {
         if keep_alive < Duration::from_secs(5) {
             return Err(invalid("mqtt.keep_alive", "must be at least 5s"));
         }
-        let session_expiry = duration(
+        let session_expiry = duration_or(
             "mqtt.session_expiry",
             mqtt.session_expiry.as_deref(),
             Duration::from_secs(3600),
@@ -627,7 +577,7 @@ impl RawConfig {
                 format!("{listen_s:?} is not an address:port (e.g. \"0.0.0.0:8080\")"),
             )
         })?;
-        let sse_keep_alive = duration(
+        let sse_keep_alive = duration_or(
             "http.sse_keep_alive",
             http.sse_keep_alive.as_deref(),
             Duration::from_secs(15),
@@ -635,7 +585,7 @@ impl RawConfig {
         if sse_keep_alive.is_zero() {
             return Err(invalid("http.sse_keep_alive", "must be more than 0"));
         }
-        let header_read_timeout = duration(
+        let header_read_timeout = duration_or(
             "http.header_read_timeout",
             http.header_read_timeout.as_deref(),
             Duration::from_secs(10),
@@ -646,7 +596,7 @@ impl RawConfig {
                 "must be more than 0 and at most 5m",
             ));
         }
-        let idle_timeout = duration(
+        let idle_timeout = duration_or(
             "http.idle_timeout",
             http.idle_timeout.as_deref(),
             Duration::from_secs(60),
@@ -661,7 +611,7 @@ impl RawConfig {
         if !(1..=1_000_000).contains(&max_connections) {
             return Err(invalid("http.max_connections", "must be 1 to 1000000"));
         }
-        let sse_send_timeout = duration(
+        let sse_send_timeout = duration_or(
             "http.sse_send_timeout",
             http.sse_send_timeout.as_deref(),
             Duration::from_secs(10),
@@ -684,17 +634,17 @@ impl RawConfig {
         let path = store
             .path
             .ok_or_else(|| invalid("store.path", "is required (the data directory)"))?;
-        let sample_retention = duration(
+        let sample_retention = duration_or(
             "store.sample_retention",
             store.sample_retention.as_deref(),
             Duration::from_secs(24 * 3600),
         )?;
-        let event_retention = duration(
+        let event_retention = duration_or(
             "store.event_retention",
             store.event_retention.as_deref(),
             Duration::from_secs(30 * 24 * 3600),
         )?;
-        let prune_interval = duration(
+        let prune_interval = duration_or(
             "store.prune_interval",
             store.prune_interval.as_deref(),
             Duration::from_secs(60),
@@ -728,7 +678,7 @@ impl RawConfig {
         };
 
         // [ingest]
-        let commit_interval = duration(
+        let commit_interval = duration_or(
             "ingest.commit_interval",
             ingest.commit_interval.as_deref(),
             Duration::from_millis(50),
@@ -751,7 +701,7 @@ impl RawConfig {
         if receive_maximum == 0 {
             return Err(invalid("ingest.receive_maximum", "must be more than 0"));
         }
-        let tick_interval = duration(
+        let tick_interval = duration_or(
             "ingest.tick_interval",
             ingest.tick_interval.as_deref(),
             Duration::from_secs(1),
@@ -759,7 +709,7 @@ impl RawConfig {
         if tick_interval.is_zero() {
             return Err(invalid("ingest.tick_interval", "must be more than 0"));
         }
-        let refusal_log_interval = duration(
+        let refusal_log_interval = duration_or(
             "ingest.refusal_log_interval",
             ingest.refusal_log_interval.as_deref(),
             Duration::from_secs(10),
@@ -1112,31 +1062,5 @@ token = "police-token-0123456789"
     fn store_path_is_required() {
         let err = Config::parse("").unwrap_err().to_string();
         assert!(err.starts_with("store.path:"), "{err}");
-    }
-
-    #[test]
-    fn mqtt_urls_table() {
-        type Parsed<'a> = Option<(MqttScheme, &'a str, u16)>;
-        let cases: &[(&str, Parsed)] = &[
-            ("mqtt://broker", Some((MqttScheme::Tcp, "broker", 1883))),
-            (
-                "mqtt://broker:1999",
-                Some((MqttScheme::Tcp, "broker", 1999)),
-            ),
-            ("mqtts://broker", Some((MqttScheme::Tls, "broker", 8883))),
-            ("tcp://[::1]:1884", Some((MqttScheme::Tcp, "::1", 1884))),
-            ("mqtt://", None),
-            ("mqtt://h:x", None),
-            ("mqtt://h:0", None),
-            ("http://h", None),
-            ("mqtt://h/path", None),
-        ];
-        for (url, want) in cases {
-            let got = parse_mqtt_url(url).ok();
-            let want = want
-                .as_ref()
-                .map(|(s, h, p)| (s.clone(), h.to_string(), *p));
-            assert_eq!(got, want, "{url}");
-        }
     }
 }

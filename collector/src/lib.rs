@@ -18,7 +18,8 @@
 
 pub mod app;
 pub mod broker;
-pub mod clock;
+/// The injected clock (its home is `muster_base::clock`).
+pub use muster_base::clock;
 pub mod config;
 pub mod demo;
 pub mod enroll;

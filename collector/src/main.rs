@@ -61,25 +61,6 @@ enum Cmd {
     },
 }
 
-async fn ctrl_c() {
-    let term = async {
-        #[cfg(unix)]
-        {
-            if let Ok(mut s) =
-                tokio::signal::unix::signal(tokio::signal::unix::SignalKind::terminate())
-            {
-                s.recv().await;
-                return;
-            }
-        }
-        std::future::pending::<()>().await
-    };
-    tokio::select! {
-        _ = tokio::signal::ctrl_c() => {}
-        _ = term => {}
-    }
-}
-
 fn main() -> anyhow::Result<()> {
     tracing_subscriber::fmt()
         .with_writer(std::io::stderr)
@@ -159,8 +140,14 @@ fn main() -> anyhow::Result<()> {
                         .as_ref()
                         .map(|(b, units)| (Arc::clone(units), Arc::clone(&b.metrics))),
                 };
-                let r = app::run_with(cfg, listener, Arc::new(TokioClock::new()), ctrl_c(), wiring)
-                    .await;
+                let r = app::run_with(
+                    cfg,
+                    listener,
+                    Arc::new(TokioClock::new()),
+                    muster_base::shutdown::shutdown_signal(),
+                    wiring,
+                )
+                .await;
                 if let Some((b, _)) = broker {
                     b.stop().await;
                 }
@@ -183,7 +170,11 @@ fn main() -> anyhow::Result<()> {
                 http,
                 data_dir,
             };
-            rt.block_on(demo::run(opts, Some(agent), ctrl_c()))?;
+            rt.block_on(demo::run(
+                opts,
+                Some(agent),
+                muster_base::shutdown::shutdown_signal(),
+            ))?;
             Ok(())
         }
     }

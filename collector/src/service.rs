@@ -3,13 +3,13 @@
 //! still unreachable), `WATCHDOG=1` at half of `WatchdogSec=` only while the
 //! ingest worker keeps ticking (a hung worker gets the service restarted),
 //! and `STOPPING=1` at shutdown. A no-op outside systemd. The datagram
-//! plumbing is the agent's (`muster_agent::service::notify`).
+//! plumbing is shared (`muster_base::systemd`).
 
 use std::sync::Arc;
 use std::sync::atomic::Ordering;
 use std::time::Duration;
 
-use muster_agent::service::notify::{Notifier, watchdog_interval};
+use muster_base::systemd::{SystemdNotifier, watchdog_interval};
 use tokio_util::sync::CancellationToken;
 use tracing::{info, warn};
 
@@ -17,7 +17,7 @@ use crate::state::Shared;
 
 /// Runs until `stop` is cancelled.
 pub async fn systemd(shared: Arc<Shared>, stop: CancellationToken) {
-    let Some(notifier) = Notifier::from_env() else {
+    let Some(notifier) = SystemdNotifier::from_env() else {
         return;
     };
     let watchdog = watchdog_interval();

@@ -7,7 +7,8 @@
 //!   state topic, numbered by connection; the birth is republished if the
 //!   state topic says offline while connected (a late will of an old
 //!   connection).
-//! * Reconnects with exponential backoff and full jitter ([`backoff`]).
+//! * Reconnects with exponential backoff and full jitter
+//!   (`muster_base::backoff::Retry`, drawn from the OS RNG).
 //! * Live first, then the backlog oldest-first in batches, under
 //!   `max_inflight` and an optional byte rate ([`schedule`]).
 //! * Acks free buffer keys only when signed by a trusted collector key
@@ -36,10 +37,9 @@
 //!   without a departure first announces `Stop{back_within: None}` the same
 //!   way. Every connection's will is `Lost`.
 //!
-//! The pure cores (`backoff`, `inflight`, `schedule`, `buffer::evict`) take
+//! The pure cores (the shared backoff, `inflight`, `schedule`, `buffer::evict`) take
 //! `now`; this module is the I/O around them.
 
-pub mod backoff;
 pub mod inflight;
 pub mod mqtt;
 pub mod schedule;

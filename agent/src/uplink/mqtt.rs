@@ -10,16 +10,16 @@ use std::time::Duration;
 use muster_proto::{
     Body, BootId, Message, Presence, PresenceReason, TopicKind, UnitId, encode, topic::unit_topic,
 };
-use rand::SeedableRng;
 use rand::rngs::StdRng;
+use rand::{Rng, SeedableRng};
 use rumqttc::{ConnectionError, Event, EventLoop, LastWill, MqttOptions, Packet, QoS, Transport};
 use tokio::sync::{mpsc, watch};
 use tracing::{debug, warn};
 
 use super::UplinkError;
-use super::backoff::Backoff;
 use super::settings::{MqttSettings, UplinkSettings};
 use crate::clock::Clock;
+use muster_base::backoff::Retry;
 
 /// Largest MQTT packet either way: a full message plus topic and header.
 pub const MAX_PACKET_BYTES: usize = muster_proto::MAX_MESSAGE_BYTES + 4096;
@@ -192,7 +192,7 @@ pub async fn poll_loop(
     settings: UplinkSettings,
     clock: Arc<dyn Clock>,
 ) {
-    let mut backoff = Backoff::new(settings.reconnect_min, settings.reconnect_max);
+    let mut backoff = Retry::new(settings.reconnect_min, settings.reconnect_max);
     let mut rng = StdRng::from_os_rng();
     let mut connection = 1u32;
     let mut up = false;
@@ -281,7 +281,7 @@ pub async fn poll_loop(
                         .set_last_will(will(&unit, boot, connection, clock.now_ms()));
                     continue;
                 }
-                let wait = backoff.next_delay(&mut rng);
+                let wait = backoff.next_full(rng.random::<f64>());
                 warn!(error = %e, attempt = backoff.attempt(), retry_in_ms = wait.as_millis() as u64, "MQTT connection lost or refused.");
                 if tx
                     .send(LinkEvent::Disconnected {

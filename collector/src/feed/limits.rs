@@ -8,11 +8,12 @@
 //!   request is being answered (any response, an SSE stream included) no
 //!   timer runs. Once the last response has been written the connection is
 //!   *idle* and is closed after `idle_timeout` unless a byte arrives.
-//! - [`Backoff`]: accept errors (EMFILE, ENFILE, ENOBUFS...) wait 50 ms,
+//! - [`accept_backoff`]: accept errors (EMFILE, ENFILE, ENOBUFS...) wait 50 ms,
 //!   doubling to 1 s; an accepted connection resets it.
 //! - [`HttpDrop`]: every connection or stream the feed drops has a named
 //!   reason, the `reason` label of its counter.
 
+use muster_base::backoff::Retry;
 use std::time::Duration;
 
 use tokio::time::Instant;
@@ -143,28 +144,10 @@ impl ConnPhase {
     }
 }
 
-/// Accept-error backoff: 50 ms doubling to 1 s, reset by a success.
-#[derive(Debug, Clone, Copy, PartialEq, Eq, Default)]
-pub struct Backoff {
-    failures: u32,
-}
-
-impl Backoff {
-    pub const FIRST: Duration = Duration::from_millis(50);
-    pub const MAX: Duration = Duration::from_secs(1);
-
-    /// An accept failed: how long to wait before the next.
-    pub fn failed(&mut self) -> Duration {
-        let d = Self::FIRST
-            .saturating_mul(1 << self.failures.min(16))
-            .min(Self::MAX);
-        self.failures = self.failures.saturating_add(1);
-        d
-    }
-
-    pub fn succeeded(&mut self) {
-        self.failures = 0;
-    }
+/// Accept-error backoff: 50 ms doubling to 1 s, reset by a success (no
+/// jitter: there is nothing to spread).
+pub fn accept_backoff() -> Retry {
+    Retry::new(Duration::from_millis(50), Duration::from_secs(1))
 }
 
 #[cfg(test)]
@@ -218,14 +201,14 @@ mod tests {
 
     #[test]
     fn backoff_doubles_to_a_second_and_resets() {
-        let mut b = Backoff::default();
-        let got: Vec<u64> = (0..8).map(|_| b.failed().as_millis() as u64).collect();
+        let mut b = accept_backoff();
+        let got: Vec<u64> = (0..8).map(|_| b.next_plain().as_millis() as u64).collect();
         assert_eq!(got, [50, 100, 200, 400, 800, 1000, 1000, 1000]);
         for _ in 0..100 {
-            assert_eq!(b.failed(), Backoff::MAX);
+            assert_eq!(b.next_plain(), Duration::from_secs(1));
         }
-        b.succeeded();
-        assert_eq!(b.failed(), Backoff::FIRST);
+        b.reset();
+        assert_eq!(b.next_plain(), Duration::from_millis(50));
     }
 
     #[test]

@@ -49,7 +49,7 @@ use tokio_util::task::TaskTracker;
 use tower_service::Service;
 use tracing::{debug, warn};
 
-use super::limits::{Backoff, ConnPhase, Expiry, HttpDrop, Timeouts};
+use super::limits::{ConnPhase, Expiry, HttpDrop, Timeouts};
 use crate::ingest::refusal::RefusalLog;
 use crate::state::Shared;
 
@@ -108,7 +108,7 @@ pub async fn serve(
 ) {
     let slots = Arc::new(Semaphore::new(limits.max_connections));
     let conns = TaskTracker::new();
-    let mut backoff = Backoff::default();
+    let mut backoff = super::limits::accept_backoff();
     let m = &shared.metrics.http;
     loop {
         let accepted = tokio::select! {
@@ -117,13 +117,13 @@ pub async fn serve(
         };
         let (stream, peer) = match accepted {
             Ok(a) => {
-                backoff.succeeded();
+                backoff.reset();
                 a
             }
             Err(e) if per_connection(&e) => continue,
             Err(e) => {
                 m.dropped(HttpDrop::AcceptError);
-                let wait = backoff.failed();
+                let wait = backoff.next_plain();
                 if let Some(suppressed) = log.admit(HttpDrop::AcceptError) {
                     warn!(error = %e, suppressed, backoff_ms = wait.as_millis() as u64,
                         "HTTP accept failed (out of file descriptors?); backing off.");

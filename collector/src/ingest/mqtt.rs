@@ -15,6 +15,7 @@
 //! goes through a separate task and an unbounded queue, so the worker never
 //! waits on the event loop and the two cannot deadlock.
 
+use muster_base::backoff::{Jitter, Retry};
 use std::sync::Arc;
 use std::sync::atomic::Ordering;
 use std::time::Duration;
@@ -140,7 +141,10 @@ pub async fn run_event_loop(
     mut hello: OnConnect,
 ) {
     let metrics = &shared.metrics.mqtt;
-    let mut backoff = Duration::from_millis(250);
+    // Full jitter: after a broker restart several collectors (and the
+    // shared-subscription group) do not retry in step.
+    let mut backoff = Retry::new(Duration::from_millis(250), Duration::from_secs(10));
+    let mut jitter = Jitter::from_entropy();
     let mut last_error_log: Option<tokio::time::Instant> = None;
     loop {
         let ev = tokio::select! {
@@ -172,7 +176,7 @@ pub async fn run_event_loop(
                     "Connected to the MQTT broker."
                 );
                 metrics.connects.fetch_add(1, Ordering::Relaxed);
-                backoff = Duration::from_millis(250);
+                backoff.reset();
                 if let Err(e) = client.try_subscribe_many(hello.filters.clone()) {
                     warn!(error = %e, "Cannot queue the subscription.");
                 }
@@ -212,16 +216,16 @@ pub async fn run_event_loop(
                     // Shutting down and the broker is gone: nothing to send.
                     break;
                 }
+                let wait = backoff.next_full(jitter.draw());
                 let now = tokio::time::Instant::now();
                 if last_error_log.is_none_or(|t| now.duration_since(t) >= Duration::from_secs(10)) {
-                    warn!(error = %e, retry_in = ?backoff, "MQTT connection failed.");
+                    warn!(error = %e, retry_in = ?wait, attempt = backoff.attempt(), "MQTT connection failed.");
                     last_error_log = Some(now);
                 }
                 tokio::select! {
-                    _ = tokio::time::sleep(backoff) => {}
+                    _ = tokio::time::sleep(wait) => {}
                     _ = hard_stop.cancelled() => break,
                 }
-                backoff = (backoff * 2).min(Duration::from_secs(10));
             }
         }
     }

@@ -20,10 +20,11 @@
 use std::path::PathBuf;
 use std::time::Duration;
 
+use muster_base::value::duration_or;
 use serde::Deserialize;
 
-use super::backoff::Backoff;
 use crate::config::{ConfigError, MIN_TOKEN_LEN, Secret};
+use muster_base::backoff::Backoff;
 
 #[derive(Debug, Deserialize)]
 #[serde(deny_unknown_fields)]
@@ -66,15 +67,7 @@ impl RawWebhook {
     pub fn validate(self, key: &str) -> Result<WebhookConfig, ConfigError> {
         let k = |f: &str| format!("{key}.{f}");
         let dur = |f: &str, v: &Option<String>, d: Duration| -> Result<Duration, ConfigError> {
-            match v {
-                None => Ok(d),
-                Some(s) => humantime::parse_duration(s.trim()).map_err(|_| {
-                    invalid(
-                        k(f),
-                        format!("{s:?} is not a duration (e.g. \"30s\", \"5m\")"),
-                    )
-                }),
-            }
+            Ok(duration_or(&k(f), v.as_deref(), d)?)
         };
         let url_s = self
             .url
@@ -159,7 +152,7 @@ impl RawWebhook {
             timeout,
             batch_window,
             max_attempts,
-            backoff: Backoff { base, max },
+            backoff: Backoff::new(base, max),
             queue,
         })
     }
@@ -184,7 +177,7 @@ mod tests {
         assert_eq!(c.timeout, Duration::from_secs(10));
         assert_eq!(c.batch_window, Duration::from_secs(2));
         assert_eq!(c.max_attempts, 8);
-        assert_eq!(c.backoff.base, Duration::from_secs(1));
+        assert_eq!(c.backoff.min, Duration::from_secs(1));
         assert_eq!(c.queue, 1000);
         assert_eq!(format!("{:?}", c.secret), "\"***\"");
     }

@@ -4,7 +4,7 @@
 //!   first go out as ONE [`Notification`]; transitions whose reasons carry
 //!   an incident id fold under that incident (one message, not forty).
 //! * [`outbox`] (pure): bounded, in-order queue with retries
-//!   ([`backoff`]: exponential with jitter) and dead letters.
+//!   (`muster_base::backoff`: exponential, equal jitter) and dead letters.
 //! * [`sign`]: HMAC-SHA256 over `"{timestamp}.{body}"` with the agency's
 //!   secret (`X-Muster-Signature: sha256=<hex>`, `X-Muster-Timestamp`).
 //! * [`client`]: hyper 1 + rustls (ring), per-attempt timeout.
@@ -19,7 +19,6 @@
 //! state hours old is noise, and the feed's `/api/v1/events` keeps every
 //! change for whoever needs to catch up.
 
-pub mod backoff;
 pub mod batch;
 pub mod client;
 pub mod config;
@@ -46,7 +45,6 @@ use tracing::{debug, info, warn};
 pub use batch::{IncidentGroup, Notification};
 pub use config::{RawWebhook, WebhookConfig};
 
-use self::backoff::Jitter;
 use self::batch::Batcher;
 use self::client::WebhookClient;
 use self::outbox::{After, DeadReason, Outbox};
@@ -54,6 +52,7 @@ use crate::clock::SharedClock;
 use crate::metrics::notify::WebhookCounters;
 use crate::state::Shared;
 use crate::store::StoredEvent;
+use muster_base::backoff::Jitter;
 
 /// How long shutdown lets the queues drain by default.
 pub const DRAIN_DEADLINE: Duration = Duration::from_secs(5);

@@ -12,7 +12,7 @@ use std::collections::VecDeque;
 
 use tokio::time::{Duration, Instant};
 
-use super::backoff::Backoff;
+use muster_base::backoff::Backoff;
 
 #[derive(Debug, Clone, PartialEq)]
 pub struct Pending<T> {
@@ -149,7 +149,7 @@ impl<T: Clone> Outbox<T> {
                 .pop_front()
                 .map(|p| After::Dead(p.item, DeadReason::Exhausted));
         }
-        let at = now + self.backoff.delay(head.attempts, jitter);
+        let at = now + self.backoff.equal(head.attempts.saturating_sub(1), jitter);
         head.due = at;
         Some(After::Retry {
             at,
@@ -182,14 +182,7 @@ mod tests {
     use super::*;
 
     fn outbox(cap: usize, max: u32) -> Outbox<&'static str> {
-        Outbox::new(
-            cap,
-            max,
-            Backoff {
-                base: ms(100),
-                max: ms(1000),
-            },
-        )
+        Outbox::new(cap, max, Backoff::new(ms(100), ms(1000)))
     }
 
     #[derive(Debug)]

@@ -1,5 +1,6 @@
 //! The `[rules]` table: raw (serde, as written) and validated (typed).
 
+use muster_base::value::BadValue;
 use std::collections::{BTreeMap, HashMap};
 use std::sync::Arc;
 
@@ -190,8 +191,8 @@ impl Default for RawRules {
 /// Why a `[rules]` table was refused; every message starts with the key.
 #[derive(Debug, Clone, PartialEq, thiserror::Error)]
 pub enum RulesError {
-    #[error("{key}: {value:?} is not a duration")]
-    Duration { key: String, value: String },
+    #[error(transparent)]
+    Value(#[from] BadValue),
     #[error("{key}: {value:?} is not a field: {problem}")]
     Field {
         key: String,
@@ -378,13 +379,9 @@ impl RulesConfig {
 }
 
 fn duration(key: &str, value: &str) -> Result<u64, RulesError> {
-    humantime::parse_duration(value.trim())
-        .ok()
-        .and_then(|d| u64::try_from(d.as_millis()).ok())
-        .ok_or_else(|| RulesError::Duration {
-            key: key.into(),
-            value: value.into(),
-        })
+    let d = muster_base::value::duration(key, value)?;
+    u64::try_from(d.as_millis())
+        .map_err(|_| BadValue::new(key, format!("{value:?} is too long")).into())
 }
 
 fn severity(key: &str, value: &str) -> Result<Severity, RulesError> {
@@ -831,7 +828,7 @@ mod tests {
         };
         let third = "[[rules.threshold]]\nname = \"cpu-b\"\nfield = \"cpu.total\"\nop = \">\"\nthreshold = 90\nfor = \"5x\"\n";
         let cases: Vec<(String, &str)> = vec![
-            (two_then(third), r#"rules.threshold[2].for: "5x" is not a duration"#),
+            (two_then(third), r#"rules.threshold[2].for: "5x" is not a duration (e.g. "30s", "5m")"#),
             (
                 rule("window = \"5m\"\n"),
                 "rules.threshold[0].window: cpu.total is not windowed (only failure_ratio is)",
@@ -906,7 +903,7 @@ mod tests {
             ),
             (
                 "[rules.offline]\nmin_stale = \"soon\"\n".into(),
-                r#"rules.offline.min_stale: "soon" is not a duration"#,
+                r#"rules.offline.min_stale: "soon" is not a duration (e.g. "30s", "5m")"#,
             ),
             (
                 "[rules.clock_skew]\nthreshold = \"10ms\"\n".into(),

@@ -5,25 +5,25 @@
 use std::time::Duration;
 
 /// A handle on `$NOTIFY_SOCKET`.
-pub struct Notifier {
+pub struct SystemdNotifier {
     #[cfg(unix)]
     sock: std::os::unix::net::UnixDatagram,
     #[cfg(unix)]
     addr: std::os::unix::net::SocketAddr,
 }
 
-impl Notifier {
+impl SystemdNotifier {
     /// The notifier systemd asked for, if any.
     #[cfg(unix)]
-    pub fn from_env() -> Option<Notifier> {
+    pub fn from_env() -> Option<SystemdNotifier> {
         let path = std::env::var_os("NOTIFY_SOCKET")?;
         let addr = notify_addr(&path)?;
         let sock = std::os::unix::net::UnixDatagram::unbound().ok()?;
-        Some(Notifier { sock, addr })
+        Some(SystemdNotifier { sock, addr })
     }
 
     #[cfg(not(unix))]
-    pub fn from_env() -> Option<Notifier> {
+    pub fn from_env() -> Option<SystemdNotifier> {
         None
     }
 
@@ -113,7 +113,7 @@ mod tests {
         let _ = std::fs::remove_file(&path);
         let server = std::os::unix::net::UnixDatagram::bind(&path).unwrap();
         let addr = notify_addr(path.as_os_str()).unwrap();
-        let n = Notifier {
+        let n = SystemdNotifier {
             sock: std::os::unix::net::UnixDatagram::unbound().unwrap(),
             addr,
         };

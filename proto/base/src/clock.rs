@@ -1,12 +1,16 @@
-//! The collector's clock, injected everywhere time is read, so tests control
-//! it. The rules engine never reads it: ingest reads it once per input and
-//! passes `now_ms` along.
+//! The wall clock, injected wherever time is read, so tests control it
+//! (paused tokio time, or a manual clock they move).
+//!
+//! Contract: `now_ms` is unix milliseconds. [`TokioClock`] is anchored to
+//! the system clock once, at creation, then advanced by tokio's monotonic
+//! clock: it never goes backwards, and `tokio::time::pause()` / `advance()`
+//! move it. Pure decision code never reads a clock: its caller passes `now`.
 
 use std::sync::Arc;
 use std::sync::atomic::{AtomicU64, Ordering};
 use std::time::{SystemTime, UNIX_EPOCH};
 
-/// Wall-clock time as unix milliseconds.
+/// Wall-clock time in unix milliseconds.
 pub trait Clock: Send + Sync + 'static {
     fn now_ms(&self) -> u64;
 }
@@ -14,21 +18,40 @@ pub trait Clock: Send + Sync + 'static {
 /// Shared handle to a clock.
 pub type SharedClock = Arc<dyn Clock>;
 
-/// Wall time anchored once at creation, then advanced by tokio's monotonic
-/// clock: it never goes backwards, and `tokio::time::pause()` /
-/// `advance()` move it in tests.
-#[derive(Debug)]
+/// The system's wall clock, read at every call.
+#[derive(Debug, Clone, Copy, Default)]
+pub struct SystemClock;
+
+impl Clock for SystemClock {
+    fn now_ms(&self) -> u64 {
+        unix_ms_now()
+    }
+}
+
+/// The system clock now, in unix ms (0 before 1970).
+pub fn unix_ms_now() -> u64 {
+    SystemTime::now()
+        .duration_since(UNIX_EPOCH)
+        .map(|d| d.as_millis() as u64)
+        .unwrap_or(0)
+}
+
+/// Wall time that advances with tokio's clock: under
+/// `tokio::time::pause()` it moves only when the test advances time.
+#[derive(Debug, Clone, Copy)]
 pub struct TokioClock {
     base_ms: u64,
     base: tokio::time::Instant,
 }
 
 impl TokioClock {
+    /// Starts at the current wall-clock time.
     pub fn new() -> Self {
-        let base_ms = SystemTime::now()
-            .duration_since(UNIX_EPOCH)
-            .map(|d| d.as_millis() as u64)
-            .unwrap_or(0);
+        Self::starting_at(unix_ms_now())
+    }
+
+    /// Starts at `base_ms` (unix ms): tests pick a fixed epoch.
+    pub fn starting_at(base_ms: u64) -> Self {
         TokioClock {
             base_ms,
             base: tokio::time::Instant::now(),
@@ -82,10 +105,14 @@ mod tests {
 
     #[tokio::test(start_paused = true)]
     async fn tokio_clock_follows_paused_time() {
-        let c = TokioClock::new();
-        let t0 = c.now_ms();
+        let c = TokioClock::starting_at(1_000);
+        assert_eq!(c.now_ms(), 1_000);
+        tokio::time::advance(std::time::Duration::from_millis(2_500)).await;
+        assert_eq!(c.now_ms(), 3_500);
+        let n = TokioClock::new();
+        let t0 = n.now_ms();
         tokio::time::advance(std::time::Duration::from_secs(90)).await;
-        assert_eq!(c.now_ms() - t0, 90_000);
+        assert_eq!(n.now_ms() - t0, 90_000);
     }
 
     #[test]

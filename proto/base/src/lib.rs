@@ -1,0 +1,22 @@
+//! Muster's shared plumbing: the small pieces both binaries need, each with
+//! one home here instead of a copy in each.
+//!
+//! * [`clock`]: the injected wall clock (`Clock`, `SystemClock`,
+//!   `TokioClock` that follows paused tokio time, `ManualClock`).
+//! * [`shutdown`]: the SIGTERM / SIGINT / Ctrl-C future, installed early.
+//! * [`backoff`]: exponential backoff with injected randomness (full or
+//!   equal jitter) and a small seedable jitter source.
+//! * [`systemd`]: `Type=notify` datagrams and the watchdog interval.
+//! * [`value`]: config values: durations, byte sizes and MQTT URLs, with
+//!   errors that name the key.
+//!
+//! Invariants: no dependency on the wire contract (`muster-proto`) or on
+//! either binary; nothing here reads a clock or draws randomness except the
+//! `SystemClock`/`TokioClock`/`Jitter::from_entropy` constructors, which
+//! exist to be injected.
+
+pub mod backoff;
+pub mod clock;
+pub mod shutdown;
+pub mod systemd;
+pub mod value;
