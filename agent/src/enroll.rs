@@ -87,10 +87,10 @@ impl std::fmt::Debug for EnrollSettings {
 
 #[derive(Debug, thiserror::Error)]
 pub enum EnrollError {
-    #[error("{}: {source}", path.display())]
+    #[error("{}: {error}", path.display())]
     Io {
         path: PathBuf,
-        source: std::io::Error,
+        error: std::io::Error,
     },
     #[error(
         "{}: not a credential this agent wrote (64 hex digits); restore it, or move it away and have an admin revoke the unit so it can enrol again",
@@ -106,7 +106,7 @@ pub enum EnrollError {
 fn io_err(path: &Path) -> impl FnOnce(std::io::Error) -> EnrollError + '_ {
     move |source| EnrollError::Io {
         path: path.to_owned(),
-        source,
+        error: source,
     }
 }
 
@@ -201,7 +201,7 @@ pub fn load_or_create(data_dir: &Path) -> Result<(Credential, bool), EnrollError
             write_private(&path, format!("{}\n", c.password()).as_bytes())?;
             Ok((c, true))
         }
-        Err(e) => Err(EnrollError::Io { path, source: e }),
+        Err(e) => Err(EnrollError::Io { path, error: e }),
     }
 }
 

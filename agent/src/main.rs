@@ -78,7 +78,11 @@ enum ServiceCmd {
 
 fn load(path: &Path) -> Result<Config, ExitCode> {
     Config::load(path).map_err(|e| {
-        eprintln!("muster-agent: config {}: {e}", path.display());
+        match e {
+            // Already names the file.
+            muster_agent::config::ConfigError::Read { .. } => eprintln!("muster-agent: {e}"),
+            _ => eprintln!("muster-agent: config {}: {e}", path.display()),
+        }
         ExitCode::from(2)
     })
 }
@@ -165,7 +169,7 @@ fn main() -> ExitCode {
             match r {
                 Ok(()) => ExitCode::SUCCESS,
                 Err(e) => {
-                    eprintln!("muster-agent: {}", chain(&e));
+                    eprintln!("muster-agent: {e:#}");
                     ExitCode::FAILURE
                 }
             }
@@ -192,8 +196,8 @@ fn main() -> ExitCode {
             match r {
                 Ok(()) => ExitCode::SUCCESS,
                 Err(e) => {
-                    tracing::error!(error = %chain(&e), "Agent failed.");
-                    eprintln!("muster-agent: {}", chain(&e));
+                    tracing::error!(error = format!("{e:#}"), "Agent failed.");
+                    eprintln!("muster-agent: {e:#}");
                     ExitCode::FAILURE
                 }
             }
@@ -225,21 +229,4 @@ fn main() -> ExitCode {
 
 fn humantime_secs(d: std::time::Duration) -> String {
     format!("{}s", d.as_secs())
-}
-
-/// An error and its causes on one line. Our error enums already show their
-/// source in their own message, so a cause already said is not said again
-/// (`{:#}` would print "buffer: in use: in use").
-fn chain(e: &anyhow::Error) -> String {
-    let mut out = String::new();
-    for cause in e.chain() {
-        let s = cause.to_string();
-        if !out.contains(&s) {
-            if !out.is_empty() {
-                out.push_str(": ");
-            }
-            out.push_str(&s);
-        }
-    }
-    out
 }

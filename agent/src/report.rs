@@ -41,10 +41,10 @@ use crate::sample::DropCounter;
 pub enum ReportError {
     #[error("report.listen {addr} is not a loopback address")]
     NotLoopback { addr: SocketAddr },
-    #[error("cannot listen on {addr}: {source}")]
+    #[error("cannot listen on {addr}: {error}")]
     Bind {
         addr: SocketAddr,
-        source: std::io::Error,
+        error: std::io::Error,
     },
 }
 
@@ -160,7 +160,10 @@ pub async fn bind(addr: SocketAddr) -> Result<UdpSocket, ReportError> {
     }
     UdpSocket::bind(addr)
         .await
-        .map_err(|source| ReportError::Bind { addr, source })
+        .map_err(|source| ReportError::Bind {
+            addr,
+            error: source,
+        })
 }
 
 /// Serves the endpoint on `sock` until `stop`.

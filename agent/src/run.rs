@@ -48,19 +48,19 @@ pub const AGENT_VERSION: &str = env!("CARGO_PKG_VERSION");
 #[derive(Debug, thiserror::Error)]
 pub enum RunError {
     #[error("sampling: {0}")]
-    Sample(#[from] SampleError),
-    #[error("probe {name}: {source}")]
-    Probe { name: String, source: ProbeError },
+    Sample(SampleError),
+    #[error("probe {name}: {error}")]
+    Probe { name: String, error: ProbeError },
     #[error("uplink: {0}")]
-    Uplink(#[from] UplinkError),
+    Uplink(UplinkError),
     #[error("disk buffer: {0}")]
-    Buffer(#[from] crate::buffer::BufferError),
+    Buffer(crate::buffer::BufferError),
     #[error("runtime: {0}")]
     Runtime(std::io::Error),
     #[error("enrolment: {0}")]
-    Enroll(#[from] crate::enroll::EnrollError),
+    Enroll(crate::enroll::EnrollError),
     #[error("trusted collector keys: {0}")]
-    Trust(#[from] crate::trust::TrustError),
+    Trust(crate::trust::TrustError),
 }
 
 /// The measuring side's runtime (probes, report endpoint, watchdog): one
@@ -118,7 +118,7 @@ pub fn build_probes(cfg: &Config) -> Result<Vec<Arc<Probe>>, RunError> {
                 .map(Arc::new)
                 .map_err(|source| RunError::Probe {
                     name: spec.name.clone(),
-                    source,
+                    error: source,
                 })
         })
         .collect()
@@ -528,4 +528,34 @@ pub async fn once(cfg: &Config, clock: Arc<dyn Clock>) -> Result<OnceReport, Run
         host,
         probes: results,
     })
+}
+
+impl From<SampleError> for RunError {
+    fn from(e: SampleError) -> Self {
+        RunError::Sample(e)
+    }
+}
+
+impl From<UplinkError> for RunError {
+    fn from(e: UplinkError) -> Self {
+        RunError::Uplink(e)
+    }
+}
+
+impl From<crate::buffer::BufferError> for RunError {
+    fn from(e: crate::buffer::BufferError) -> Self {
+        RunError::Buffer(e)
+    }
+}
+
+impl From<crate::enroll::EnrollError> for RunError {
+    fn from(e: crate::enroll::EnrollError) -> Self {
+        RunError::Enroll(e)
+    }
+}
+
+impl From<crate::trust::TrustError> for RunError {
+    fn from(e: crate::trust::TrustError) -> Self {
+        RunError::Trust(e)
+    }
 }

@@ -38,19 +38,19 @@ pub struct TrustConfig {
 
 #[derive(Debug, thiserror::Error)]
 pub enum TrustError {
-    #[error("{path}: {source}")]
+    #[error("{path}: {error}")]
     Io {
         path: PathBuf,
-        source: std::io::Error,
+        error: std::io::Error,
     },
-    #[error("{path}:{line}: {source}")]
+    #[error("{path}:{line}: {error}")]
     Parse {
         path: PathBuf,
         line: usize,
-        source: KeyError,
+        error: KeyError,
     },
-    #[error("{path}: {source}")]
-    Full { path: PathBuf, source: SetError },
+    #[error("{path}: {error}")]
+    Full { path: PathBuf, error: SetError },
     #[error(
         "no collector key is trusted: set [trust] collector_keys = [\"ed25519:…\"] (print it with `muster-collector keys --config …`) or put it in {path}"
     )]
@@ -73,7 +73,7 @@ pub fn parse(path: &Path, text: &str) -> Result<Vec<PublicKey>, TrustError> {
         let key = line.parse().map_err(|source| TrustError::Parse {
             path: path.to_owned(),
             line: i + 1,
-            source,
+            error: source,
         })?;
         if !keys.contains(&key) {
             keys.push(key);
@@ -89,7 +89,7 @@ pub fn load_file(path: &Path) -> Result<Vec<PublicKey>, TrustError> {
         Err(e) if e.kind() == std::io::ErrorKind::NotFound => Ok(Vec::new()),
         Err(source) => Err(TrustError::Io {
             path: path.to_owned(),
-            source,
+            error: source,
         }),
     }
 }
@@ -98,7 +98,7 @@ pub fn load_file(path: &Path) -> Result<Vec<PublicKey>, TrustError> {
 pub fn persist(path: &Path, keys: &[PublicKey]) -> Result<(), TrustError> {
     let io = |source| TrustError::Io {
         path: path.to_owned(),
-        source,
+        error: source,
     };
     if let Some(dir) = path.parent().filter(|d| !d.as_os_str().is_empty()) {
         std::fs::create_dir_all(dir).map_err(io)?;
@@ -134,7 +134,7 @@ pub fn load(cfg: &TrustConfig, data_dir: &Path) -> Result<TrustedKeys, TrustErro
     for k in cfg.collector_keys.iter().copied().chain(load_file(&path)?) {
         set.insert(k).map_err(|source| TrustError::Full {
             path: path.clone(),
-            source,
+            error: source,
         })?;
     }
     if set.is_empty() && !cfg.enrolling {

@@ -37,8 +37,8 @@ pub const SHUTDOWN_GRACE: Duration = Duration::from_secs(10);
 
 #[derive(Debug, thiserror::Error)]
 pub enum AppError {
-    #[error("store at {path}: {source}")]
-    Store { path: String, source: StoreError },
+    #[error("store at {path}: {error}")]
+    Store { path: String, error: StoreError },
     #[error(transparent)]
     Mqtt(#[from] MqttError),
     #[error("task failed: {0}")]
@@ -87,7 +87,7 @@ pub async fn run_with(
         .map_err(|e| AppError::Task(e.to_string()))?
         .map_err(|source| AppError::Store {
             path: cfg.store.path.display().to_string(),
-            source,
+            error: source,
         })?;
     let store: Arc<dyn Store> = Arc::new(store);
     let signer = Arc::new(Signer::load(&cfg.signing)?);
@@ -110,7 +110,7 @@ pub async fn run_with(
             .map_err(|e| AppError::Task(e.to_string()))?
             .map_err(|source| AppError::Store {
                 path: cfg.store.path.display().to_string(),
-                source,
+                error: source,
             })?
     };
     let registry = Arc::new(registry);
@@ -152,7 +152,7 @@ pub async fn run_with(
     )
     .map_err(|source| AppError::Store {
         path: cfg.store.path.display().to_string(),
-        source,
+        error: source,
     })?;
 
     let stop_ingest = CancellationToken::new();

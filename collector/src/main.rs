@@ -84,7 +84,11 @@ fn main() -> anyhow::Result<()> {
             }
             Err(e) => {
                 // One line naming the file and the bad key, for people and scripts.
-                eprintln!("{}: {e}", config.display());
+                match e {
+                    // Already names the file.
+                    muster_collector::config::ConfigError::Read { .. } => eprintln!("{e}"),
+                    _ => eprintln!("{}: {e}", config.display()),
+                }
                 std::process::exit(1);
             }
         },

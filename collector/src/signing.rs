@@ -34,11 +34,11 @@ pub struct SigningConfig {
 
 #[derive(Debug, thiserror::Error)]
 pub enum SigningError {
-    #[error("{key} {path}: {source}")]
+    #[error("{key} {path}: {error}")]
     Io {
         key: &'static str,
         path: PathBuf,
-        source: std::io::Error,
+        error: std::io::Error,
     },
     #[error("{key} {path}: is {len} bytes; a signing key file is exactly 32 bytes")]
     Length {
@@ -109,7 +109,7 @@ fn io<'a>(key: &'static str, path: &'a Path) -> impl FnOnce(std::io::Error) -> S
     move |source| SigningError::Io {
         key,
         path: path.to_owned(),
-        source,
+        error: source,
     }
 }
 

@@ -70,13 +70,13 @@ pub enum EncodeError {
     #[error("batch holds {0} records; the limit is {MAX_BATCH_RECORDS}")]
     BatchTooLong(usize),
     #[error("invalid identity: {0}")]
-    Identity(#[from] IdentityError),
+    Identity(IdentityError),
     #[error("a single-record message needs exactly one record, not {0}")]
     NotSingle(usize),
     #[error("a stored record does not decode: {0}")]
     BadStoredRecord(DecodeError),
     #[error("bincode: {0}")]
-    Bincode(#[from] bincode::error::EncodeError),
+    Bincode(bincode::error::EncodeError),
     #[error("hello announces {0} keys; the limit is {MAX_HELLO_KEYS}")]
     TooManyKeys(usize),
     #[error("{0} cannot be written in schema version {1}")]
@@ -99,7 +99,7 @@ pub enum DecodeError {
     #[error("batch holds {0} records; the limit is {MAX_BATCH_RECORDS}")]
     BatchTooLong(usize),
     #[error("invalid identity: {0}")]
-    Identity(#[from] IdentityError),
+    Identity(IdentityError),
     #[error("hello announces {0} keys; the limit is {MAX_HELLO_KEYS}")]
     TooManyKeys(usize),
 }
@@ -404,4 +404,22 @@ pub fn message_from_encoded(
         }
     }
     Ok(out)
+}
+
+impl From<IdentityError> for EncodeError {
+    fn from(e: IdentityError) -> Self {
+        EncodeError::Identity(e)
+    }
+}
+
+impl From<bincode::error::EncodeError> for EncodeError {
+    fn from(e: bincode::error::EncodeError) -> Self {
+        EncodeError::Bincode(e)
+    }
+}
+
+impl From<IdentityError> for DecodeError {
+    fn from(e: IdentityError) -> Self {
+        DecodeError::Identity(e)
+    }
 }

@@ -61,11 +61,8 @@ pub enum TopicError {
     Shape(String),
     #[error("topic {topic:?} ends in unknown kind {kind:?}")]
     UnknownKind { topic: String, kind: String },
-    #[error("topic {topic:?}: {source}")]
-    Identity {
-        topic: String,
-        source: IdentityError,
-    },
+    #[error("topic {topic:?}: {error}")]
+    Identity { topic: String, error: IdentityError },
     #[error("shared subscription group {0:?} must be non-empty and free of '+', '#' and '/'")]
     Group(String),
 }
@@ -103,7 +100,7 @@ impl Topic {
             })?;
         let unit = UnitId::new(agency, unit).map_err(|source| TopicError::Identity {
             topic: topic.to_owned(),
-            source,
+            error: source,
         })?;
         Ok(Topic { unit, kind })
     }

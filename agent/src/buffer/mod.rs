@@ -117,20 +117,20 @@ pub fn segment_bytes(max_bytes: u64) -> u64 {
 
 #[derive(Debug, thiserror::Error)]
 pub enum BufferError {
-    #[error("cannot create the buffer directory {path}: {source}")]
+    #[error("cannot create the buffer directory {path}: {error}")]
     CreateDir {
         path: PathBuf,
-        source: std::io::Error,
+        error: std::io::Error,
     },
     #[error("the buffer directory {0} is in use by another process")]
     Locked(PathBuf),
-    #[error("buffer I/O on {path}: {source}")]
+    #[error("buffer I/O on {path}: {error}")]
     Io {
         path: PathBuf,
-        source: std::io::Error,
+        error: std::io::Error,
     },
     #[error("sled: {0}")]
-    Sled(#[from] sled::Error),
+    Sled(sled::Error),
 }
 
 /// A record read back from the buffer.
@@ -240,7 +240,7 @@ fn parse_seg_name(name: &str) -> Option<u64> {
 fn io_err(path: &Path) -> impl FnOnce(std::io::Error) -> BufferError + '_ {
     move |source| BufferError::Io {
         path: path.to_owned(),
-        source,
+        error: source,
     }
 }
 
@@ -294,7 +294,7 @@ impl Buffer {
         }
         std::fs::create_dir_all(&dir).map_err(|source| BufferError::CreateDir {
             path: dir.clone(),
-            source,
+            error: source,
         })?;
         let lock_path = dir.join("LOCK");
         let lock = File::options()
@@ -1075,5 +1075,11 @@ fn remove_dir(path: &Path) {
         && e.kind() != std::io::ErrorKind::NotFound
     {
         warn!(path = %path.display(), error = %e, "Cannot delete a disk buffer segment.");
+    }
+}
+
+impl From<sled::Error> for BufferError {
+    fn from(e: sled::Error) -> Self {
+        BufferError::Sled(e)
     }
 }

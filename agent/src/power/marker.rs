@@ -29,10 +29,10 @@ const HEADER: &str = "muster restart marker v1";
 pub enum MarkerError {
     #[error("--within must be between 1s and {}s", MAX_WITHIN.as_secs())]
     Within,
-    #[error("{path}: {source}")]
+    #[error("{path}: {error}")]
     Io {
         path: PathBuf,
-        source: std::io::Error,
+        error: std::io::Error,
     },
 }
 
@@ -84,7 +84,10 @@ pub fn write(data_dir: &Path, within: Duration, now_ms: u64) -> Result<PathBuf, 
     let tmp = data_dir.join(format!(".{FILE}.tmp"));
     let io = |path: &Path| {
         let path = path.to_owned();
-        move |source| MarkerError::Io { path, source }
+        move |source| MarkerError::Io {
+            path,
+            error: source,
+        }
     };
     std::fs::create_dir_all(data_dir).map_err(io(data_dir))?;
     let mut f = std::fs::File::create(&tmp).map_err(io(&tmp))?;

@@ -50,9 +50,9 @@ pub enum ServiceError {
     #[error("service control manager, {step}: {msg}")]
     Scm { step: &'static str, msg: String },
     #[error("{0}")]
-    Io(#[from] std::io::Error),
+    Io(std::io::Error),
     #[error("config: {0}")]
-    Config(#[from] crate::config::ConfigError),
+    Config(crate::config::ConfigError),
 }
 
 /// Names the step that failed, with the OS's own words.
@@ -310,4 +310,16 @@ fn run_service() -> Result<(), ServiceError> {
         handle.set_service_status(status(ServiceState::Stopped, exit)),
     )?;
     Ok(())
+}
+
+impl From<std::io::Error> for ServiceError {
+    fn from(e: std::io::Error) -> Self {
+        ServiceError::Io(e)
+    }
+}
+
+impl From<crate::config::ConfigError> for ServiceError {
+    fn from(e: crate::config::ConfigError) -> Self {
+        ServiceError::Config(e)
+    }
 }

@@ -142,7 +142,7 @@ pub struct UplinkConfig {
 #[derive(Debug, thiserror::Error)]
 pub enum UplinkError {
     #[error("disk buffer: {0}")]
-    Buffer(#[from] crate::buffer::BufferError),
+    Buffer(crate::buffer::BufferError),
     #[error("mqtt TLS: {0}")]
     Tls(String),
 }
@@ -960,4 +960,10 @@ enum Published {
     Retry,
     /// Cannot publish now (client queue full): wait for the next event.
     Blocked,
+}
+
+impl From<crate::buffer::BufferError> for UplinkError {
+    fn from(e: crate::buffer::BufferError) -> Self {
+        UplinkError::Buffer(e)
+    }
 }

@@ -262,3 +262,59 @@ fn icmp_without_privileges() {
     }
     let _ = std::fs::remove_dir_all(&dir);
 }
+
+/// No part of an error line says the same thing twice (an error that both
+/// prints its source and chains it would: "disk buffer: x: x").
+fn assert_said_once(line: &str) {
+    let parts: Vec<&str> = line.split(": ").filter(|p| p.len() > 3).collect();
+    for (i, p) in parts.iter().enumerate() {
+        assert!(
+            !parts[i + 1..].contains(p),
+            "{p:?} is said twice in {line:?}"
+        );
+    }
+}
+
+#[test]
+fn errors_are_one_readable_line_that_says_each_thing_once() {
+    let dir = servers::scratch("said-once");
+    // check-config on a missing file: the file is named once.
+    let missing = dir.join("missing.toml");
+    let out = Command::new(BIN)
+        .args(["check-config", "--config"])
+        .arg(&missing)
+        .output()
+        .unwrap();
+    assert_eq!(out.status.code(), Some(2));
+    let err = String::from_utf8_lossy(&out.stderr);
+    assert_eq!(err.lines().count(), 1, "{err}");
+    assert_eq!(err.matches("missing.toml").count(), 1, "{err}");
+    assert!(err.starts_with("muster-agent: cannot read "), "{err}");
+    assert_said_once(err.trim());
+
+    // run, with a corrupt trusted-keys file: the error passes through the
+    // trust and the run layers.
+    let cfg = write_config(&dir, "");
+    std::fs::write(dir.join("trusted_keys"), b"ed25519:not-hex\n").unwrap();
+    let out = Command::new(BIN)
+        .args(["run", "--config"])
+        .arg(&cfg)
+        .env("RUST_LOG", "off")
+        .output()
+        .unwrap();
+    assert_eq!(
+        out.status.code(),
+        Some(1),
+        "{}",
+        String::from_utf8_lossy(&out.stderr)
+    );
+    let err = String::from_utf8_lossy(&out.stderr);
+    let line = err
+        .lines()
+        .find(|l| l.starts_with("muster-agent: "))
+        .unwrap_or_else(|| panic!("no error line in {err}"));
+    assert!(line.contains("trusted collector keys"), "{line}");
+    assert_eq!(line.matches("trusted_keys").count(), 1, "{line}");
+    assert_said_once(line);
+    let _ = std::fs::remove_dir_all(&dir);
+}

@@ -70,10 +70,10 @@ pub const INTERNAL_USER: &str = "muster-internal";
 pub enum BrokerError {
     #[error("cannot start the embedded broker thread: {0}")]
     Thread(std::io::Error),
-    #[error("the embedded broker cannot listen on {addr}: {source}")]
+    #[error("the embedded broker cannot listen on {addr}: {error}")]
     Bind {
         addr: SocketAddr,
-        source: std::io::Error,
+        error: std::io::Error,
     },
     #[error("the embedded broker did not listen on {0} within 10 s")]
     NotListening(SocketAddr),
@@ -137,7 +137,10 @@ fn ephemeral_loopback_port() -> Result<SocketAddr, BrokerError> {
     let any = SocketAddr::from(([127, 0, 0, 1], 0));
     std::net::TcpListener::bind(any)
         .and_then(|l| l.local_addr())
-        .map_err(|source| BrokerError::Bind { addr: any, source })
+        .map_err(|source| BrokerError::Bind {
+            addr: any,
+            error: source,
+        })
 }
 
 /// The soft limit on open files, from /proc (None where there is no /proc).
@@ -173,10 +176,14 @@ impl EmbeddedBroker {
     ) -> Result<EmbeddedBroker, BrokerError> {
         let public = tokio::net::TcpListener::bind(addr)
             .await
-            .map_err(|source| BrokerError::Bind { addr, source })?;
-        let public_addr = public
-            .local_addr()
-            .map_err(|source| BrokerError::Bind { addr, source })?;
+            .map_err(|source| BrokerError::Bind {
+                addr,
+                error: source,
+            })?;
+        let public_addr = public.local_addr().map_err(|source| BrokerError::Bind {
+            addr,
+            error: source,
+        })?;
         let max_connections = effective_max_connections(cfg.max_connections, open_files_limit());
         if max_connections < cfg.max_connections {
             tracing::warn!(

@@ -37,11 +37,8 @@ use crate::status_pub::{Outbound, OutboundKind};
 
 #[derive(Debug, thiserror::Error)]
 pub enum MqttError {
-    #[error("cannot read {path} (mqtt.ca_file, cert_file or key_file): {source}")]
-    Ca {
-        path: String,
-        source: std::io::Error,
-    },
+    #[error("cannot read {path} (mqtt.ca_file, cert_file or key_file): {error}")]
+    Ca { path: String, error: std::io::Error },
     #[error("bad subscription filter: {0}")]
     Filter(String),
 }
@@ -77,14 +74,14 @@ pub fn options(cfg: &MqttConfig, receive_maximum: u16) -> Result<MqttOptions, Mq
         let path = cfg.ca_file.clone().unwrap_or_default();
         let ca = std::fs::read(&path).map_err(|source| MqttError::Ca {
             path: path.display().to_string(),
-            source,
+            error: source,
         })?;
         let client_auth = match &cfg.client_cert {
             Some((cert, key)) => {
                 let read = |p: &std::path::PathBuf| {
                     std::fs::read(p).map_err(|source| MqttError::Ca {
                         path: p.display().to_string(),
-                        source,
+                        error: source,
                     })
                 };
                 Some((read(cert)?, read(key)?))

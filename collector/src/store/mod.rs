@@ -21,7 +21,7 @@ use crate::seq::SeqAccount;
 #[derive(Debug, thiserror::Error)]
 pub enum StoreError {
     #[error("sled: {0}")]
-    Sled(#[from] sled::Error),
+    Sled(sled::Error),
     #[error("corrupt entry in {tree}: {detail}")]
     Corrupt { tree: &'static str, detail: String },
     #[error("invalid cursor")]
@@ -241,6 +241,12 @@ pub trait Store: Send + Sync + 'static {
     /// Writes one enrolment (replacing the unit's previous one) and makes it
     /// durable before returning.
     fn put_enrollment(&self, e: &Enrollment) -> Result<(), StoreError>;
+}
+
+impl From<sled::Error> for StoreError {
+    fn from(e: sled::Error) -> Self {
+        StoreError::Sled(e)
+    }
 }
 
 #[cfg(test)]
