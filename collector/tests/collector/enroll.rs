@@ -8,7 +8,7 @@ use muster_collector::enroll::UnitCredentials;
 use serde_json::{Value, json};
 
 use crate::harness::*;
-use crate::http::{self, Response};
+use muster_testkit::http::{self, Response};
 use crate::openapi::Validator;
 
 const POLICE_ENROL: &str = "police-enrol-0123456789";
