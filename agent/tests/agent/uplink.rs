@@ -390,9 +390,11 @@ async fn every_seq_arrives_through_a_broker_kill_and_restart_and_the_buffer_drai
     agent.sample_for(40, Duration::from_millis(20)).await;
 
     let boot = only_boot(&collector.log());
-    eventually("all 140 host samples", Duration::from_secs(30), async || {
-        host_seqs(&collector.log(), boot).len() == 140
-    })
+    eventually(
+        "all 140 host samples",
+        Duration::from_secs(30),
+        async || host_seqs(&collector.log(), boot).len() == 140,
+    )
     .await;
     eventually("no gap in seq", Duration::from_secs(10), async || {
         no_gaps(&collector.log(), boot)
@@ -448,13 +450,17 @@ async fn without_acks_records_stay_on_disk_and_are_resent() {
         },
     )
     .await;
-    eventually("the new boot's samples", Duration::from_secs(10), async || {
-        let l = collector.log();
-        l.boots().len() == 2
-            && l.boots()
-                .iter()
-                .any(|b| *b != boot1 && host_seqs(&l, *b).len() == 5)
-    })
+    eventually(
+        "the new boot's samples",
+        Duration::from_secs(10),
+        async || {
+            let l = collector.log();
+            l.boots().len() == 2
+                && l.boots()
+                    .iter()
+                    .any(|b| *b != boot1 && host_seqs(&l, *b).len() == 5)
+        },
+    )
     .await;
     let boot2 = *collector
         .log()
@@ -617,9 +623,11 @@ async fn the_will_fires_when_the_link_is_black_holed_and_the_buffer_takes_over()
         )
         .await
         .unwrap();
-    eventually("the birth republished", Duration::from_secs(10), async || {
-        collector.log().states.iter().filter(|p| p.online).count() > births
-    })
+    eventually(
+        "the birth republished",
+        Duration::from_secs(10),
+        async || collector.log().states.iter().filter(|p| p.online).count() > births,
+    )
     .await;
     agent.stop().await;
 }
@@ -667,9 +675,11 @@ async fn mutual_tls_with_a_ca_file_client_certificate_and_password() {
     no_cert.mqtt.port = proxy.port();
     let mut agent = Agent::start(no_cert);
     agent.sample_for(3, Duration::from_millis(10)).await;
-    eventually("three refused attempts", Duration::from_secs(15), async || {
-        proxy.accepted() >= 3
-    })
+    eventually(
+        "three refused attempts",
+        Duration::from_secs(15),
+        async || proxy.accepted() >= 3,
+    )
     .await;
     assert_eq!(
         collector.log().boots().len(),

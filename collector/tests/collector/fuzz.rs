@@ -104,7 +104,11 @@ async fn hostile_input_is_counted_and_breaks_nothing() {
         std::time::Duration::from_secs(30),
         || async {
             let total = c.metric("muster_ingest_messages_total ").await;
-            if total >= (n + 3) as f64 { Ok(()) } else { Err(total) }
+            if total >= (n + 3) as f64 {
+                Ok(())
+            } else {
+                Err(total)
+            }
         },
     )
     .await;

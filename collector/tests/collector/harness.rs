@@ -44,7 +44,9 @@ pub fn collector_config(broker: &Mosquitto, store: &Path, client_id: &str) -> Co
 
 /// [`collector_config`] rendered, with `extra` TOML appended (e.g. `[rules]`).
 pub fn config_text(broker: &Mosquitto, store: &Path, client_id: &str, extra: &str) -> String {
-    collector_config(broker, store, client_id).extra(extra).render()
+    collector_config(broker, store, client_id)
+        .extra(extra)
+        .render()
 }
 
 /// The collector, running in this test's runtime.
@@ -100,7 +102,11 @@ impl Collector {
     pub async fn wait_ready(&self) {
         eventually("collector ready", Duration::from_secs(20), || async {
             let r = http::get(self.addr, "/readyz", None).await;
-            if r.status == 200 { Ok(()) } else { Err(r.text()) }
+            if r.status == 200 {
+                Ok(())
+            } else {
+                Err(r.text())
+            }
         })
         .await;
     }
@@ -154,12 +160,14 @@ impl Collector {
         what: &str,
         mut cond: impl FnMut(&serde_json::Value) -> bool,
     ) -> serde_json::Value {
-        eventually(&format!("{u}: {what}"), Duration::from_secs(20), async || {
-            match self.unit(u).await {
+        eventually(
+            &format!("{u}: {what}"),
+            Duration::from_secs(20),
+            async || match self.unit(u).await {
                 Some(v) if cond(&v) => Ok(v),
                 got => Err(got),
-            }
-        })
+            },
+        )
         .await
     }
 

@@ -223,7 +223,11 @@ async fn collectors_in_a_shared_group_split_the_stream() {
             for c in &cs {
                 per.push(c.metric("muster_ingest_records_total ").await);
             }
-            if per.iter().sum::<f64>() >= 100.0 { Ok(per) } else { Err(per) }
+            if per.iter().sum::<f64>() >= 100.0 {
+                Ok(per)
+            } else {
+                Err(per)
+            }
         },
     )
     .await;

@@ -432,7 +432,11 @@ async fn real_responses_of_every_endpoint_validate_against_the_served_document()
     .await;
     eventually("an open incident", Duration::from_secs(20), || async {
         let l = c.json("/api/v1/incidents?state=open", ADMIN).await;
-        if l["items"].as_array().unwrap().is_empty() { Err(l) } else { Ok(()) }
+        if l["items"].as_array().unwrap().is_empty() {
+            Err(l)
+        } else {
+            Ok(())
+        }
     })
     .await;
 

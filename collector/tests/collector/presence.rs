@@ -48,15 +48,23 @@ async fn the_will_marks_a_unit_offline_and_a_birth_brings_it_back() {
     assert_eq!(ev["reasons"][0]["rule"], "lost.will");
 
     // The retained status topic says so too.
-    eventually("a lost status published", Duration::from_secs(10), || async {
-        let inbox = watcher.inbox.lock().unwrap();
-        let statuses: Vec<_> = inbox.status.iter().filter(|(t, _)| t.ends_with("/M1/status")).collect();
-        if statuses.iter().any(|(_, v)| v["status"] == "lost") {
-            Ok(())
-        } else {
-            Err(format!("{statuses:?}"))
-        }
-    })
+    eventually(
+        "a lost status published",
+        Duration::from_secs(10),
+        || async {
+            let inbox = watcher.inbox.lock().unwrap();
+            let statuses: Vec<_> = inbox
+                .status
+                .iter()
+                .filter(|(t, _)| t.ends_with("/M1/status"))
+                .collect();
+            if statuses.iter().any(|(_, v)| v["status"] == "lost") {
+                Ok(())
+            } else {
+                Err(format!("{statuses:?}"))
+            }
+        },
+    )
     .await;
 
     // Reconnect: connection 2's birth. Then connection 1's will, late and
@@ -250,7 +258,8 @@ fn announce(boot: BootId, connection: u32, reason: muster_proto::PresenceReason)
 /// Once the clock is set 15 s or more ahead, [`ticked`] waits for the
 /// witness to read `lost.stale`: the sign that the collector has ticked at
 /// the new time (and so evaluated every other unit there too). The tests
-/// wait for that instead of sleeping through "several ticks".
+/// wait for that instead of sleeping through "several ticks". The witness
+/// must still be fresh when the clock jumps: make it right before.
 async fn witness(w: &World, name: &str) -> muster_proto::UnitId {
     let u = unit("metro-fire", name);
     let a = w.agent(&format!("witness-{name}")).await;

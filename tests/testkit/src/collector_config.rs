@@ -159,7 +159,9 @@ mod tests {
             text.contains("url = \"mqtt://127.0.0.1:1\"\nkeep_alive = \"5s\"\n[http]"),
             "{text}"
         );
-        assert!(text.contains("[[agency]]\nname = \"metro-fire\"\ntoken = \"tok\"\nenroll = \"auto\"\n[rules]"));
+        assert!(text.contains(
+            "[[agency]]\nname = \"metro-fire\"\ntoken = \"tok\"\nenroll = \"auto\"\n[rules]"
+        ));
         assert!(text.contains("sse_buffer = 4\n"), "{text}");
     }
 }

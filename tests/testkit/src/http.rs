@@ -24,7 +24,7 @@ use tokio::sync::mpsc;
 #[derive(Debug, Clone)]
 pub struct Response {
     pub status: u16,
-    pub headers: Vec<(String, String)>,
+    pub headers: Headers,
     pub body: Vec<u8>,
 }
 
@@ -80,8 +80,11 @@ fn bearer(token: Option<&str>) -> Option<String> {
     token.map(|t| format!("Bearer {t}"))
 }
 
+/// Header lines, in order, as (name, value).
+pub type Headers = Vec<(String, String)>;
+
 /// A response head: status, headers, and where the body starts in the bytes.
-fn parse_head(raw: &[u8]) -> Option<Result<(u16, Vec<(String, String)>, usize), String>> {
+fn parse_head(raw: &[u8]) -> Option<Result<(u16, Headers, usize), String>> {
     let end = raw.windows(4).position(|w| w == b"\r\n\r\n")?;
     let head = String::from_utf8_lossy(&raw[..end]);
     let mut lines = head.split("\r\n");
@@ -179,7 +182,7 @@ enum Framing {
 #[derive(Debug, Default)]
 pub struct ResponseReader {
     raw: Vec<u8>,
-    head: Option<(u16, Vec<(String, String)>, Framing)>,
+    head: Option<(u16, Headers, Framing)>,
     body: Vec<u8>,
 }
 
@@ -199,7 +202,10 @@ impl ResponseReader {
                 {
                     Framing::Chunked(ChunkedDecoder::default())
                 } else if let Some(n) = header(&headers, "content-length") {
-                    Framing::Length(n.parse().map_err(|e| format!("content-length {n:?}: {e}"))?)
+                    Framing::Length(
+                        n.parse()
+                            .map_err(|e| format!("content-length {n:?}: {e}"))?,
+                    )
                 } else {
                     Framing::Close
                 };
@@ -487,7 +493,8 @@ pub mod blocking {
     pub fn send(addr: SocketAddr, raw: &[u8], timeout: Duration) -> Result<Response, String> {
         let mut s = std::net::TcpStream::connect_timeout(&addr, timeout)
             .map_err(|e| format!("connect to {addr}: {e}"))?;
-        s.set_read_timeout(Some(timeout)).map_err(|e| e.to_string())?;
+        s.set_read_timeout(Some(timeout))
+            .map_err(|e| e.to_string())?;
         let _ = s.write_all(raw);
         let mut r = ResponseReader::default();
         let mut buf = vec![0u8; 16 * 1024];

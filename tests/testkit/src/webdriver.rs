@@ -214,7 +214,10 @@ impl Browser {
             let body = self
                 .js("return document.body ? document.body.innerText.slice(0, 3000) : ''")
                 .await;
-            Err(format!("the page shows:\n{}", body.as_str().unwrap_or_default()))
+            Err(format!(
+                "the page shows:\n{}",
+                body.as_str().unwrap_or_default()
+            ))
         })
         .await;
     }

@@ -460,15 +460,13 @@ impl Site {
                 });
                 let port = m.port();
                 let file = |f: &str| p.join(f).display().to_string();
-                let text = procs::collector_config(
-                    &format!("mqtts://127.0.0.1:{port}"),
-                    &p.join("store"),
-                )
-                .set_str("mqtt", "ca_file", &file("ca.crt"))
-                .set_str("mqtt", "cert_file", &file("collector.crt"))
-                .set_str("mqtt", "key_file", &file("collector.key"))
-                .extra(&agencies)
-                .render();
+                let text =
+                    procs::collector_config(&format!("mqtts://127.0.0.1:{port}"), &p.join("store"))
+                        .set_str("mqtt", "ca_file", &file("ca.crt"))
+                        .set_str("mqtt", "cert_file", &file("collector.crt"))
+                        .set_str("mqtt", "key_file", &file("collector.key"))
+                        .extra(&agencies)
+                        .render();
                 let cfg = p.join("collector.toml");
                 std::fs::write(&cfg, text).unwrap();
                 let collector = CollectorProc::spawn(&cfg, false);

@@ -333,7 +333,9 @@ fn collector_config_without_agency(broker_url: &str, store: &Path) -> CollectorT
 /// [`collector_config`] rendered, `extra` inside `[store]` (store keys, or
 /// whole tables).
 pub fn collector_text(broker_url: &str, store: &Path, extra: &str) -> String {
-    collector_config(broker_url, store).raw("store", extra).render()
+    collector_config(broker_url, store)
+        .raw("store", extra)
+        .render()
 }
 
 /// A running `muster-collector run`. SIGKILLed on drop.
