@@ -19,10 +19,6 @@
 //! each); everything (load, broker, `mosquitto_sub`, collector) shares this
 //! machine's cores, so the figures are for that contention.
 
-#[path = "../tests/collector/http.rs"]
-#[allow(dead_code)]
-mod http;
-
 use std::collections::{HashMap, HashSet};
 use std::io::{BufRead, BufReader};
 use std::net::SocketAddr;
@@ -34,7 +30,7 @@ use std::time::{Duration, Instant, SystemTime, UNIX_EPOCH};
 use muster_proto::{
     Body, BootId, Message, Payload, Record, TopicKind, UnitId, encode, fixtures, topic,
 };
-use muster_testkit::{Mosquitto, TempDir, rss_kib, signal};
+use muster_testkit::{Mosquitto, TempDir, http, rss_kib, signal};
 use rumqttc::{AsyncClient, Event, MqttOptions, Packet, QoS};
 
 const ADMIN: &str = "bench-admin-token-0123456789";

@@ -4,8 +4,6 @@
 
 #[path = "collector/harness.rs"]
 mod harness;
-#[path = "collector/http.rs"]
-mod http;
 
 #[path = "collector/dashboard.rs"]
 mod dashboard;

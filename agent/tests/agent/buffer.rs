@@ -505,15 +505,12 @@ fn recovers_from_corruption_of_a_real_buffer_copy() {
 /// it (close-on-exec), so an instant reopen can see `Locked` for a moment.
 /// A restarted agent is a new process and never meets this.
 fn reopen(s: &BufferSettings) -> Buffer {
-    let deadline = std::time::Instant::now() + std::time::Duration::from_secs(10);
-    loop {
-        match Buffer::open(s.clone(), 0) {
-            Err(muster_agent::buffer::BufferError::Locked(_))
-                if std::time::Instant::now() < deadline =>
-            {
-                std::thread::sleep(std::time::Duration::from_millis(5));
-            }
-            other => return other.unwrap(),
-        }
-    }
+    muster_testkit::eventually_blocking(
+        "the buffer's lock released",
+        std::time::Duration::from_secs(10),
+        || match Buffer::open(s.clone(), 0) {
+            Err(e @ muster_agent::buffer::BufferError::Locked(_)) => Err(e.to_string()),
+            other => Ok(other.unwrap()),
+        },
+    )
 }

@@ -189,17 +189,11 @@ timeout = "1s"
 
     muster_testkit::signal(agent.id(), "TERM");
     wait_notify(&notify, "STOPPING=1", Duration::from_secs(5));
-    let deadline = Instant::now() + Duration::from_secs(20);
-    let status = loop {
-        if let Some(s) = agent.try_wait().unwrap() {
-            break s;
-        }
-        assert!(
-            Instant::now() < deadline,
-            "the agent did not stop on SIGTERM"
-        );
-        std::thread::sleep(Duration::from_millis(20));
-    };
+    let status = muster_testkit::eventually_blocking(
+        "the agent's exit on SIGTERM",
+        Duration::from_secs(20),
+        || agent.try_wait().unwrap(),
+    );
     let mut err = String::new();
     use std::io::Read;
     agent

@@ -19,6 +19,7 @@ use muster_proto::{
 use muster_testkit::{Mosquitto, MosquittoOptions, ProxyMode, TcpProxy, TempDir, free_port};
 use rumqttc::{AsyncClient, Event, MqttOptions, Packet, QoS};
 
+use muster_testkit::eventually;
 use tokio::sync::{oneshot, watch};
 use tokio::task::JoinHandle;
 
@@ -31,18 +32,6 @@ fn now_ms() -> u64 {
         .duration_since(std::time::UNIX_EPOCH)
         .unwrap()
         .as_millis() as u64
-}
-
-/// Polls an observable condition until it holds or the deadline passes.
-async fn eventually(what: &str, timeout: Duration, mut cond: impl FnMut() -> bool) {
-    let deadline = tokio::time::Instant::now() + timeout;
-    while !cond() {
-        assert!(
-            tokio::time::Instant::now() < deadline,
-            "timed out after {timeout:?} waiting for {what}"
-        );
-        tokio::time::sleep(Duration::from_millis(20)).await;
-    }
 }
 
 // ------------------------------------------------------------ the collector
@@ -358,21 +347,18 @@ fn no_gaps(log: &Log, boot: BootId) -> bool {
 /// arrived and freed everything), then a little more for that heartbeat.
 async fn drained(collector: &Collector, boot: BootId) {
     let seen = collector.log().backlogs.get(&boot).map_or(0, Vec::len);
-    let deadline = tokio::time::Instant::now() + Duration::from_secs(15);
-    loop {
-        {
+    eventually(
+        "a heartbeat reporting an empty buffer",
+        Duration::from_secs(15),
+        async || {
             let l = collector.log();
-            let b = l.backlogs.get(&boot);
-            if b.is_some_and(|b| b.len() > seen && b.last() == Some(&0)) {
-                return;
+            match l.backlogs.get(&boot) {
+                Some(b) if b.len() > seen && b.last() == Some(&0) => Ok(()),
+                b => Err(format!("backlogs: {b:?}")),
             }
-            assert!(
-                tokio::time::Instant::now() < deadline,
-                "timed out waiting for a heartbeat reporting an empty buffer; backlogs: {b:?}"
-            );
-        }
-        tokio::time::sleep(Duration::from_millis(20)).await;
-    }
+        },
+    )
+    .await;
 }
 
 fn buffered(dir: &Path) -> u64 {
@@ -392,7 +378,7 @@ async fn every_seq_arrives_through_a_broker_kill_and_restart_and_the_buffer_drai
     let collector = Collector::start(broker.port()).await;
     let mut agent = Agent::start(config(t.path(), broker.port()));
     agent.sample_for(40, Duration::from_millis(20)).await;
-    eventually("first records", Duration::from_secs(10), || {
+    eventually("first records", Duration::from_secs(10), async || {
         collector.log().got.len() == 1
     })
     .await;
@@ -404,11 +390,13 @@ async fn every_seq_arrives_through_a_broker_kill_and_restart_and_the_buffer_drai
     agent.sample_for(40, Duration::from_millis(20)).await;
 
     let boot = only_boot(&collector.log());
-    eventually("all 140 host samples", Duration::from_secs(30), || {
-        host_seqs(&collector.log(), boot).len() == 140
-    })
+    eventually(
+        "all 140 host samples",
+        Duration::from_secs(30),
+        async || host_seqs(&collector.log(), boot).len() == 140,
+    )
     .await;
-    eventually("no gap in seq", Duration::from_secs(10), || {
+    eventually("no gap in seq", Duration::from_secs(10), async || {
         no_gaps(&collector.log(), boot)
     })
     .await;
@@ -435,7 +423,7 @@ async fn without_acks_records_stay_on_disk_and_are_resent() {
     eventually(
         "a resend after the ack timeout",
         Duration::from_secs(10),
-        || collector.log().max_times() >= 2,
+        async || collector.log().max_times() >= 2,
     )
     .await;
     agent.stop().await;
@@ -454,7 +442,7 @@ async fn without_acks_records_stay_on_disk_and_are_resent() {
     eventually(
         "the old boot's records resent",
         Duration::from_secs(15),
-        || {
+        async || {
             let l = collector.log();
             before
                 .iter()
@@ -462,13 +450,17 @@ async fn without_acks_records_stay_on_disk_and_are_resent() {
         },
     )
     .await;
-    eventually("the new boot's samples", Duration::from_secs(10), || {
-        let l = collector.log();
-        l.boots().len() == 2
-            && l.boots()
-                .iter()
-                .any(|b| *b != boot1 && host_seqs(&l, *b).len() == 5)
-    })
+    eventually(
+        "the new boot's samples",
+        Duration::from_secs(10),
+        async || {
+            let l = collector.log();
+            l.boots().len() == 2
+                && l.boots()
+                    .iter()
+                    .any(|b| *b != boot1 && host_seqs(&l, *b).len() == 5)
+        },
+    )
     .await;
     let boot2 = *collector
         .log()
@@ -501,7 +493,7 @@ async fn live_first_after_reconnect_then_backlog_oldest_first() {
     let newest = agent.host_sent + 1; // seq 1 is the start-up heartbeat
     proxy.set(ProxyMode::Forward);
 
-    eventually("the first messages", Duration::from_secs(15), || {
+    eventually("the first messages", Duration::from_secs(15), async || {
         collector.log().messages.len() >= 3
     })
     .await;
@@ -527,7 +519,7 @@ async fn live_first_after_reconnect_then_backlog_oldest_first() {
     // While the backlog drains, new samples still go out at once.
     agent.sample().await;
     let live = agent.host_sent + 2;
-    eventually("the live sample", Duration::from_secs(5), || {
+    eventually("the live sample", Duration::from_secs(5), async || {
         collector
             .log()
             .messages
@@ -540,7 +532,7 @@ async fn live_first_after_reconnect_then_backlog_oldest_first() {
         host_seqs(&collector.log(), boot).len() < 301,
         "backlog is still draining when the live sample arrived"
     );
-    eventually("the whole backlog", Duration::from_secs(30), || {
+    eventually("the whole backlog", Duration::from_secs(30), async || {
         no_gaps(&collector.log(), boot)
     })
     .await;
@@ -566,7 +558,7 @@ async fn the_will_fires_when_the_link_is_black_holed_and_the_buffer_takes_over()
     cfg.mqtt.keepalive = Duration::from_secs(1);
     let mut agent = Agent::start(cfg);
     agent.sample_for(10, Duration::from_millis(10)).await;
-    eventually("birth", Duration::from_secs(10), || {
+    eventually("birth", Duration::from_secs(10), async || {
         collector
             .log()
             .states
@@ -579,7 +571,7 @@ async fn the_will_fires_when_the_link_is_black_holed_and_the_buffer_takes_over()
     proxy.set(ProxyMode::BlackHole);
     let cut = tokio::time::Instant::now();
     agent.sample_for(50, Duration::from_millis(40)).await;
-    eventually("the will", Duration::from_secs(10), || {
+    eventually("the will", Duration::from_secs(10), async || {
         collector
             .log()
             .states
@@ -592,7 +584,7 @@ async fn the_will_fires_when_the_link_is_black_holed_and_the_buffer_takes_over()
 
     proxy.set(ProxyMode::Forward);
     agent.sample_for(10, Duration::from_millis(10)).await;
-    eventually("a new birth", Duration::from_secs(15), || {
+    eventually("a new birth", Duration::from_secs(15), async || {
         collector
             .log()
             .states
@@ -604,7 +596,7 @@ async fn the_will_fires_when_the_link_is_black_holed_and_the_buffer_takes_over()
     eventually(
         "every sample after the partition",
         Duration::from_secs(20),
-        || host_seqs(&collector.log(), boot).len() == 70 && no_gaps(&collector.log(), boot),
+        async || host_seqs(&collector.log(), boot).len() == 70 && no_gaps(&collector.log(), boot),
     )
     .await;
 
@@ -631,9 +623,11 @@ async fn the_will_fires_when_the_link_is_black_holed_and_the_buffer_takes_over()
         )
         .await
         .unwrap();
-    eventually("the birth republished", Duration::from_secs(10), || {
-        collector.log().states.iter().filter(|p| p.online).count() > births
-    })
+    eventually(
+        "the birth republished",
+        Duration::from_secs(10),
+        async || collector.log().states.iter().filter(|p| p.online).count() > births,
+    )
     .await;
     agent.stop().await;
 }
@@ -666,7 +660,7 @@ async fn mutual_tls_with_a_ca_file_client_certificate_and_password() {
     cfg.mqtt.password = Some("secret".into());
     let mut agent = Agent::start(cfg.clone());
     agent.sample_for(5, Duration::from_millis(10)).await;
-    eventually("records over mTLS", Duration::from_secs(15), || {
+    eventually("records over mTLS", Duration::from_secs(15), async || {
         let l = collector.log();
         l.boots().len() == 1 && host_seqs(&l, l.boots()[0]).len() == 5
     })
@@ -681,9 +675,11 @@ async fn mutual_tls_with_a_ca_file_client_certificate_and_password() {
     no_cert.mqtt.port = proxy.port();
     let mut agent = Agent::start(no_cert);
     agent.sample_for(3, Duration::from_millis(10)).await;
-    eventually("three refused attempts", Duration::from_secs(15), || {
-        proxy.accepted() >= 3
-    })
+    eventually(
+        "three refused attempts",
+        Duration::from_secs(15),
+        async || proxy.accepted() >= 3,
+    )
     .await;
     assert_eq!(
         collector.log().boots().len(),
@@ -837,7 +833,7 @@ ack_timeout = "2s"
     eventually(
         "the final boot's empty-buffer heartbeat",
         Duration::from_secs(60),
-        || {
+        async || {
             let l = collector.log();
             l.backlogs
                 .iter()

@@ -8,8 +8,8 @@ use muster_collector::enroll::UnitCredentials;
 use serde_json::{Value, json};
 
 use crate::harness::*;
-use crate::http::{self, Response};
 use crate::openapi::Validator;
+use muster_testkit::http::{self, Response};
 
 const POLICE_ENROL: &str = "police-enrol-0123456789";
 const PATROL: &str = "patrol-token-0123456789";

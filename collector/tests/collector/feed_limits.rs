@@ -22,7 +22,7 @@ use tokio::net::{TcpSocket, TcpStream};
 use tokio::time::Instant;
 
 use crate::harness::*;
-use crate::http;
+use muster_testkit::{eventually, eventually_every, http};
 
 /// Reads until the server closes the connection (EOF or reset); returns
 /// how long that took from `since`. Fails past `within`.
@@ -181,20 +181,17 @@ async fn a_connection_over_the_cap_is_closed_at_once_and_counted() {
     // (A slot of the harness's closed readiness probe may take a moment to
     // come back: retry until answered.)
     let mut held = Vec::new();
-    let deadline = Instant::now() + Duration::from_secs(10);
-    while held.len() < 3 {
-        let mut r = BufReader::new(TcpStream::connect(addr).await.unwrap());
-        match keep_alive_get(&mut r, "/healthz", None).await {
-            Some((200, _)) => held.push(r),
-            other => {
-                assert!(
-                    Instant::now() < deadline,
-                    "could not open 3 connections: {other:?}"
-                );
-                tokio::time::sleep(Duration::from_millis(20)).await;
+    eventually("3 connections open", Duration::from_secs(10), async || {
+        while held.len() < 3 {
+            let mut r = BufReader::new(TcpStream::connect(addr).await.unwrap());
+            match keep_alive_get(&mut r, "/healthz", None).await {
+                Some((200, _)) => held.push(r),
+                other => return Err(format!("{} held; then {other:?}", held.len())),
             }
         }
-    }
+        Ok(())
+    })
+    .await;
     // The fourth is closed at once, with nothing written.
     let t0 = Instant::now();
     let mut extra = TcpStream::connect(addr).await.unwrap();
@@ -221,15 +218,14 @@ async fn a_connection_over_the_cap_is_closed_at_once_and_counted() {
     assert_eq!(status, 200);
     held.clear();
     // The server frees the slots as it sees the closes: poll until served.
-    let deadline = Instant::now() + Duration::from_secs(10);
-    let metrics = loop {
+    let metrics = eventually("a slot back", Duration::from_secs(10), || async {
         let mut r = BufReader::new(TcpStream::connect(addr).await.unwrap());
-        if let Some((200, body)) = keep_alive_get(&mut r, "/metrics", Some(ADMIN)).await {
-            break body;
+        match keep_alive_get(&mut r, "/metrics", Some(ADMIN)).await {
+            Some((200, body)) => Ok(body),
+            other => Err(other),
         }
-        assert!(Instant::now() < deadline, "no slot came back");
-        tokio::time::sleep(Duration::from_millis(20)).await;
-    };
+    })
+    .await;
     let m: f64 = metrics
         .lines()
         .find_map(|l| l.strip_prefix("muster_http_refused_total{reason=\"connection_cap\"} "))
@@ -255,14 +251,8 @@ async fn a_stream_client_that_stops_reading_is_dropped_and_the_others_keep_recei
         )
         .await
         .unwrap();
-    let deadline = Instant::now() + Duration::from_secs(10);
-    while c.metric("muster_sse_clients").await < 2.0 {
-        assert!(
-            Instant::now() < deadline,
-            "the stuck client never subscribed"
-        );
-        tokio::time::sleep(Duration::from_millis(20)).await;
-    }
+    // Subscribed: the stuck client and the healthy one.
+    c.wait_metric("muster_sse_clients", |n| n >= 2.0).await;
 
     // Transitions until the stuck client's queue has stayed full: a unit
     // going offline and back, over and over.
@@ -271,32 +261,30 @@ async fn a_stream_client_that_stops_reading_is_dropped_and_the_others_keep_recei
     let boot = BootId(7);
     let mut conn = 0u32;
     let mut toggles = 0u32;
-    let deadline = Instant::now() + Duration::from_secs(60);
-    while c.metric("muster_sse_dropped_total").await < 1.0 {
-        assert!(
-            Instant::now() < deadline,
-            "the stuck client was never dropped"
-        );
-        for _ in 0..50 {
-            conn += 1;
-            a.presence(&u, online(boot, conn, T0 + conn as u64, true))
-                .await;
-            a.presence(&u, online(boot, conn, T0 + conn as u64, false))
-                .await;
-            toggles += 1;
-        }
-        tokio::time::sleep(Duration::from_millis(100)).await;
-    }
+    eventually_every(
+        "the stuck client dropped",
+        Duration::from_secs(60),
+        Duration::from_millis(100),
+        async || {
+            if c.metric("muster_sse_dropped_total").await >= 1.0 {
+                return Ok(());
+            }
+            for _ in 0..50 {
+                conn += 1;
+                a.presence(&u, online(boot, conn, T0 + conn as u64, true))
+                    .await;
+                a.presence(&u, online(boot, conn, T0 + conn as u64, false))
+                    .await;
+                toggles += 1;
+            }
+            Err(format!("not yet, after {toggles} toggles"))
+        },
+    )
+    .await;
     // Its connection is closed (what it had buffered drains, then EOF)...
     closed_after(&mut stuck, Instant::now(), Duration::from_secs(10)).await;
-    let deadline = Instant::now() + Duration::from_secs(10);
-    while c.metric("muster_sse_clients").await != 1.0 {
-        assert!(
-            Instant::now() < deadline,
-            "the dropped client is still counted"
-        );
-        tokio::time::sleep(Duration::from_millis(20)).await;
-    }
+    // The dropped client is no longer counted.
+    c.wait_metric("muster_sse_clients", |n| n == 1.0).await;
     // ...while the healthy client saw the transitions and still gets new ones.
     let (_, seen) = healthy
         .wait_for(Duration::from_millis(500), |_| false)
@@ -366,10 +354,9 @@ async fn the_real_binary_with_a_soft_limit_of_1024_answers_through_1100_idle_con
     let config = dir.path().join("collector.toml");
     // Every [http] limit at its default but the head timeout, long enough
     // that no idle connection is closed during the test.
-    let text = config_text(&broker, &dir.path().join("store"), "collector-fd", "").replace(
-        "sse_keep_alive = \"1s\"",
-        "sse_keep_alive = \"1s\"\nheader_read_timeout = \"5m\"",
-    );
+    let text = collector_config(&broker, &dir.path().join("store"), "collector-fd")
+        .set_str("http", "header_read_timeout", "5m")
+        .render();
     std::fs::write(&config, text).unwrap();
     let log = dir.path().join("stderr.log");
     // The soft limit systemd leaves by default (1,024) under the packaged

@@ -13,12 +13,12 @@ use muster_proto::{
     Ack, Body, BootId, HostSample, Message, Payload, Presence, ProbeResult, Record, TopicKind,
     UnitId, encode, fixtures, topic,
 };
-use muster_testkit::{Mosquitto, TempDir};
+use muster_testkit::{CollectorToml, Mosquitto, TempDir, eventually};
 use rumqttc::{AsyncClient, Event, EventLoop, LastWill, MqttOptions, Packet, QoS};
 use tokio::sync::oneshot;
 use tokio::task::JoinHandle;
 
-use super::http::{self, Response, Sse};
+use muster_testkit::http::{self, Response, Sse};
 
 pub const ADMIN: &str = "admin-token-0123456789";
 pub const FIRE: &str = "fire-token-0123456789";
@@ -30,58 +30,23 @@ pub fn unit(agency: &str, u: &str) -> UnitId {
     UnitId::new(agency, u).unwrap()
 }
 
-/// The collector's config for a test; `extra` is appended (e.g. `[rules]`).
+/// The collector's config for a test: the suite's admin token, `broker`,
+/// the store at `store`, stream keep-alives every second, and the two
+/// agencies (metro-fire, county-police). Tests add keys to it.
+pub fn collector_config(broker: &Mosquitto, store: &Path, client_id: &str) -> CollectorToml {
+    let mut c = CollectorToml::new(ADMIN, &broker.url(), store);
+    c.set_str("mqtt", "client_id", client_id)
+        .set_str("http", "sse_keep_alive", "1s")
+        .agency("metro-fire", FIRE)
+        .agency("county-police", POLICE);
+    c
+}
+
+/// [`collector_config`] rendered, with `extra` TOML appended (e.g. `[rules]`).
 pub fn config_text(broker: &Mosquitto, store: &Path, client_id: &str, extra: &str) -> String {
-    config_text_mqtt(broker, store, client_id, "", extra)
-}
-
-/// As [`config_text`], with extra `[mqtt]` keys.
-pub fn config_text_mqtt(
-    broker: &Mosquitto,
-    store: &Path,
-    client_id: &str,
-    mqtt_extra: &str,
-    extra: &str,
-) -> String {
-    config_text_full(broker, store, client_id, mqtt_extra, "", extra)
-}
-
-/// As [`config_text`], with extra `[mqtt]` and `[http]` keys.
-pub fn config_text_full(
-    broker: &Mosquitto,
-    store: &Path,
-    client_id: &str,
-    mqtt_extra: &str,
-    http_extra: &str,
-    extra: &str,
-) -> String {
-    format!(
-        r#"
-admin_token = "{ADMIN}"
-[mqtt]
-url = "{url}"
-client_id = "{client_id}"
-{mqtt_extra}
-[http]
-listen = "127.0.0.1:0"
-sse_keep_alive = "1s"
-{http_extra}
-[store]
-path = "{store}"
-[ingest]
-commit_interval = "20ms"
-tick_interval = "50ms"
-[[agency]]
-name = "metro-fire"
-token = "{FIRE}"
-[[agency]]
-name = "county-police"
-token = "{POLICE}"
-{extra}
-"#,
-        url = broker.url(),
-        store = store.display(),
-    )
+    collector_config(broker, store, client_id)
+        .extra(extra)
+        .render()
 }
 
 /// The collector, running in this test's runtime.
@@ -135,19 +100,15 @@ impl Collector {
     }
 
     pub async fn wait_ready(&self) {
-        let deadline = tokio::time::Instant::now() + Duration::from_secs(20);
-        loop {
+        eventually("collector ready", Duration::from_secs(20), || async {
             let r = http::get(self.addr, "/readyz", None).await;
             if r.status == 200 {
-                return;
+                Ok(())
+            } else {
+                Err(r.text())
             }
-            assert!(
-                tokio::time::Instant::now() < deadline,
-                "collector not ready: {}",
-                r.text()
-            );
-            tokio::time::sleep(Duration::from_millis(20)).await;
-        }
+        })
+        .await;
     }
 
     /// Stops cleanly and waits for it.
@@ -199,20 +160,15 @@ impl Collector {
         what: &str,
         mut cond: impl FnMut(&serde_json::Value) -> bool,
     ) -> serde_json::Value {
-        let deadline = tokio::time::Instant::now() + Duration::from_secs(20);
-        loop {
-            let got = self.unit(u).await;
-            if let Some(v) = &got
-                && cond(v)
-            {
-                return v.clone();
-            }
-            assert!(
-                tokio::time::Instant::now() < deadline,
-                "timed out waiting for {u}: {what}; last: {got:#?}"
-            );
-            tokio::time::sleep(Duration::from_millis(20)).await;
-        }
+        eventually(
+            &format!("{u}: {what}"),
+            Duration::from_secs(20),
+            async || match self.unit(u).await {
+                Some(v) if cond(&v) => Ok(v),
+                got => Err(got),
+            },
+        )
+        .await
     }
 
     pub async fn metric(&self, line_prefix: &str) -> f64 {
@@ -224,6 +180,15 @@ impl Collector {
             .and_then(|l| l.rsplit(' ').next())
             .and_then(|v| v.parse().ok())
             .unwrap_or_else(|| panic!("no metric {line_prefix} in\n{}", m.text()))
+    }
+
+    /// Polls a metric (20 s) until `cond` holds of its value; returns it.
+    pub async fn wait_metric(&self, line_prefix: &str, cond: impl Fn(f64) -> bool) -> f64 {
+        eventually(line_prefix, Duration::from_secs(20), || async {
+            let v = self.metric(line_prefix).await;
+            if cond(v) { Ok(v) } else { Err(v) }
+        })
+        .await
     }
 }
 
@@ -265,14 +230,10 @@ impl World {
     }
 
     pub async fn start_collector(&mut self) {
-        let text = config_text_full(
-            &self.broker,
-            &self.store(),
-            "collector-test",
-            "",
-            &self.http_extra,
-            &self.extra,
-        );
+        let text = collector_config(&self.broker, &self.store(), "collector-test")
+            .raw("http", &self.http_extra)
+            .extra(&self.extra)
+            .render();
         self.collector = Some(Collector::start(&text, self.clock.clone()).await);
     }
 
@@ -427,14 +388,11 @@ impl Agent {
         boot: BootId,
         seqs: impl IntoIterator<Item = u64> + Clone,
     ) {
-        let deadline = tokio::time::Instant::now() + Duration::from_secs(20);
-        while !self.acked(u, boot, seqs.clone()) {
-            assert!(
-                tokio::time::Instant::now() < deadline,
-                "acks for {u} never covered every seq"
-            );
-            tokio::time::sleep(Duration::from_millis(10)).await;
-        }
+        let what = format!("acks for {u} covering every seq");
+        eventually(&what, Duration::from_secs(20), || async {
+            self.acked(u, boot, seqs.clone())
+        })
+        .await;
     }
 }
 

@@ -5,7 +5,7 @@ use muster_proto::{Body, BootId};
 use std::sync::Arc;
 
 use muster_collector::clock::ManualClock;
-use muster_testkit::{Mosquitto, TempDir};
+use muster_testkit::{Mosquitto, TempDir, eventually};
 
 use crate::harness::*;
 
@@ -193,13 +193,9 @@ async fn collectors_in_a_shared_group_split_the_stream() {
     let clock = ManualClock::new(T0);
     let mut cs = Vec::new();
     for (i, d) in dirs.iter().enumerate() {
-        let text = config_text_mqtt(
-            &broker,
-            &d.path().join("store"),
-            &format!("collector-{i}"),
-            "shared_group = \"collectors\"",
-            "",
-        );
+        let text = collector_config(&broker, &d.path().join("store"), &format!("collector-{i}"))
+            .set_str("mqtt", "shared_group", "collectors")
+            .render();
         cs.push(Collector::start(&text, Arc::clone(&clock)).await);
     }
     let a = Agent::connect(&broker, "agent", None).await;
@@ -217,21 +213,24 @@ async fn collectors_in_a_shared_group_split_the_stream() {
         a.wait_acked(u, boot, 1..=10).await;
     }
     // Every record went to exactly one of the two.
-    let mut per = Vec::new();
-    for c in &cs {
-        let deadline = tokio::time::Instant::now() + std::time::Duration::from_secs(10);
-        let mut last = 0.0;
-        loop {
-            let n = c.metric("muster_ingest_records_total ").await;
-            if n == last && n > 0.0 {
-                break;
+    // (Waits for all 100 to be counted; a record taken twice would show as
+    // a sum over 100.)
+    let per = eventually(
+        "all 100 records ingested",
+        std::time::Duration::from_secs(10),
+        async || {
+            let mut per = Vec::new();
+            for c in &cs {
+                per.push(c.metric("muster_ingest_records_total ").await);
             }
-            last = n;
-            assert!(tokio::time::Instant::now() < deadline);
-            tokio::time::sleep(std::time::Duration::from_millis(100)).await;
-        }
-        per.push(last);
-    }
+            if per.iter().sum::<f64>() >= 100.0 {
+                Ok(per)
+            } else {
+                Err(per)
+            }
+        },
+    )
+    .await;
     assert_eq!(per.iter().sum::<f64>(), 100.0, "{per:?}");
     assert!(
         per.iter().all(|&n| n > 0.0),

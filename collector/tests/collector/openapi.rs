@@ -14,7 +14,8 @@ use muster_proto::{BootId, Payload, fixtures};
 use serde_json::{Value, json};
 
 use crate::harness::*;
-use crate::http::{self, Response};
+use muster_testkit::eventually;
+use muster_testkit::http::{self, Response};
 
 // ------------------------------------------------------------ validator
 
@@ -429,15 +430,15 @@ async fn real_responses_of_every_endpoint_validate_against_the_served_document()
         v["seq"]["received"] == 5 && v["status"] == "degraded"
     })
     .await;
-    let deadline = tokio::time::Instant::now() + Duration::from_secs(20);
-    while c.json("/api/v1/incidents?state=open", ADMIN).await["items"]
-        .as_array()
-        .unwrap()
-        .is_empty()
-    {
-        assert!(tokio::time::Instant::now() < deadline, "no incident");
-        tokio::time::sleep(Duration::from_millis(20)).await;
-    }
+    eventually("an open incident", Duration::from_secs(20), || async {
+        let l = c.json("/api/v1/incidents?state=open", ADMIN).await;
+        if l["items"].as_array().unwrap().is_empty() {
+            Err(l)
+        } else {
+            Ok(())
+        }
+    })
+    .await;
 
     // Every endpoint, successful answers.
     let ok: &[(&str, &str, &str)] = &[

@@ -5,6 +5,9 @@ use std::time::Duration;
 
 use muster_proto::{BootId, Payload, Presence};
 
+use muster_collector::clock::Clock;
+use muster_testkit::eventually;
+
 use crate::harness::*;
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
@@ -45,24 +48,24 @@ async fn the_will_marks_a_unit_offline_and_a_birth_brings_it_back() {
     assert_eq!(ev["reasons"][0]["rule"], "lost.will");
 
     // The retained status topic says so too.
-    let deadline = tokio::time::Instant::now() + Duration::from_secs(10);
-    loop {
-        let offline = watcher
-            .inbox
-            .lock()
-            .unwrap()
-            .status
-            .iter()
-            .any(|(t, v)| t == "muster/v1/metro-fire/M1/status" && v["status"] == "lost");
-        if offline {
-            break;
-        }
-        assert!(
-            tokio::time::Instant::now() < deadline,
-            "no offline status published"
-        );
-        tokio::time::sleep(Duration::from_millis(20)).await;
-    }
+    eventually(
+        "a lost status published",
+        Duration::from_secs(10),
+        || async {
+            let inbox = watcher.inbox.lock().unwrap();
+            let statuses: Vec<_> = inbox
+                .status
+                .iter()
+                .filter(|(t, _)| t.ends_with("/M1/status"))
+                .collect();
+            if statuses.iter().any(|(_, v)| v["status"] == "lost") {
+                Ok(())
+            } else {
+                Err(format!("{statuses:?}"))
+            }
+        },
+    )
+    .await;
 
     // Reconnect: connection 2's birth. Then connection 1's will, late and
     // retained again, must not win over it.
@@ -92,21 +95,24 @@ async fn silence_makes_a_unit_stale_and_data_clears_it() {
     let a = w.agent("agent").await;
     let u = unit("metro-fire", "S1");
     let boot = BootId(5);
-    // Interval 5 s (the fixture's host sample); stale after 3 x 5 s, at least 15 s.
-    a.record(&u, rec(boot, 1, T0, host(10.0))).await;
+    // Interval 5 s (the fixture's host sample); stale after 3 x 5 s, at least
+    // 15 s. The witness is seen 6 s before S1.
+    let witness = witness(&w, "W1").await;
+    w.clock.set(T0 + 6_000);
+    a.record(&u, rec(boot, 1, T0 + 6_000, host(10.0))).await;
     c.wait_unit(&u, "seen", |v| v["seq"]["received"] == 1).await;
-    // 10 s of silence: not stale yet.
-    w.clock.set(T0 + 10_000);
-    tokio::time::sleep(Duration::from_millis(300)).await; // several ticks at 50 ms
+    // 10 s of silence: not stale yet (the witness, 16 s silent, is).
+    w.clock.set(T0 + 16_000);
+    ticked(c, &witness).await;
     let v = c.unit(&u).await.unwrap();
     assert_eq!(v["status"], "ok", "{v:#}");
     // 20 s: stale.
-    w.clock.set(T0 + 20_000);
+    w.clock.set(T0 + 26_000);
     let v = c.wait_unit(&u, "stale", |v| v["status"] == "lost").await;
     let (_, reasons) = status_of(&v);
     assert_eq!(reasons, ["lost.stale"], "{v:#}");
     // Fresh data clears it.
-    a.record(&u, rec(boot, 2, T0 + 20_000, host(10.0))).await;
+    a.record(&u, rec(boot, 2, T0 + 26_000, host(10.0))).await;
     c.wait_unit(&u, "fresh again", |v| v["status"] == "ok")
         .await;
     let ev = c.json("/api/v1/events?unit=metro-fire/S1", ADMIN).await;
@@ -248,6 +254,31 @@ fn announce(boot: BootId, connection: u32, reason: muster_proto::PresenceReason)
     }
 }
 
+/// A witness unit: one host sample, received at the clock's present time.
+/// Once the clock is set 15 s or more ahead, [`ticked`] waits for the
+/// witness to read `lost.stale`: the sign that the collector has ticked at
+/// the new time (and so evaluated every other unit there too). The tests
+/// wait for that instead of sleeping through "several ticks". The witness
+/// must still be fresh when the clock jumps: make it right before.
+async fn witness(w: &World, name: &str) -> muster_proto::UnitId {
+    let u = unit("metro-fire", name);
+    let a = w.agent(&format!("witness-{name}")).await;
+    a.record(&u, rec(BootId(999), 1, w.clock.now_ms(), host(10.0)))
+        .await;
+    w.c()
+        .wait_unit(&u, "the witness seen", |v| v["seq"]["received"] == 1)
+        .await;
+    u
+}
+
+/// Waits until the collector has ticked at the clock's time (see [`witness`]).
+async fn ticked(c: &Collector, witness: &muster_proto::UnitId) {
+    c.wait_unit(witness, "the witness stale: a tick at the new time", |v| {
+        v["status"] == "lost"
+    })
+    .await;
+}
+
 fn reason0(v: &serde_json::Value) -> &serde_json::Value {
     &v["reasons"][0]
 }
@@ -293,18 +324,11 @@ async fn an_announced_shutdown_is_off_and_a_will_after_it_is_not_lost() {
         .metric("muster_ingest_presence_total{reason=\"lost\"}")
         .await;
     a.cut();
-    let deadline = tokio::time::Instant::now() + Duration::from_secs(15);
-    while c
-        .metric("muster_ingest_presence_total{reason=\"lost\"}")
-        .await
-        <= lost_before
-    {
-        assert!(
-            tokio::time::Instant::now() < deadline,
-            "the will never came"
-        );
-        tokio::time::sleep(Duration::from_millis(20)).await;
-    }
+    // The will came.
+    c.wait_metric("muster_ingest_presence_total{reason=\"lost\"}", |n| {
+        n > lost_before
+    })
+    .await;
     assert!(
         c.metric("muster_ingest_presence_total{reason=\"shutdown\"}")
             .await
@@ -312,8 +336,9 @@ async fn an_announced_shutdown_is_off_and_a_will_after_it_is_not_lost() {
         "the record and the retained copy"
     );
     // Silence does not make an off unit stale.
+    let witness = witness(&w, "W2").await;
     w.clock.set(T0 + 10 * 60_000);
-    tokio::time::sleep(Duration::from_millis(300)).await;
+    ticked(c, &witness).await;
     let v = c.unit(&u).await.unwrap();
     assert_eq!(v["status"], "off", "{v:#}");
     // Newer data of the live boot: online again.
@@ -408,7 +433,9 @@ async fn lost_says_the_network_and_unknown_reasons_are_lost_and_counted() {
     a.record(&u, rec(boot, 1, T0, host(10.0))).await;
     c.wait_unit(&u, "online", |v| v["seq"]["received"] == 1)
         .await;
-    w.clock.set(T0 + 60_000);
+    // 10 s on: under the 15 s stale allowance, so only the will makes it
+    // lost (at 60 s a tick could say lost.stale first; seen under load).
+    w.clock.set(T0 + 10_000);
     a.cut();
     let v = c.wait_unit(&u, "lost", |v| v["status"] == "lost").await;
     assert_eq!(status_of(&v).1, ["lost.will"]);
@@ -416,7 +443,7 @@ async fn lost_says_the_network_and_unknown_reasons_are_lost_and_counted() {
         reason0(&v)["message"],
         format!(
             "lost contact {} (MQTT will) on cellular (wwan0), signal -109 dBm (weak), VPN up",
-            hhmm(T0 + 60_000)
+            hhmm(T0 + 10_000)
         ),
         "{v:#}"
     );
@@ -474,10 +501,10 @@ async fn an_off_unit_stays_off_across_a_collector_restart() {
     w.clock.set(T0 + 3_600_000);
     w.start_collector().await;
     let c = w.c();
-    tokio::time::sleep(Duration::from_millis(300)).await; // ticks
     // Silent past any stale allowance: still off.
+    let witness = witness(&w, "W3").await;
     w.clock.set(T0 + 3_600_000 + 300_000);
-    tokio::time::sleep(Duration::from_millis(300)).await;
+    ticked(c, &witness).await;
     let v = c.unit(&u).await.unwrap();
     assert_eq!(v["status"], "off", "{v:#}");
     assert_eq!(status_of(&v).1, ["off"], "{v:#}");

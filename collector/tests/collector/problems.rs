@@ -126,7 +126,7 @@ async fn problems_rank_rules_by_degraded_unit_minutes() {
             "bad_request",
         ),
     ] {
-        let r = crate::http::get(c.addr, path, token).await;
+        let r = muster_testkit::http::get(c.addr, path, token).await;
         assert_eq!(r.status, status, "{path}: {}", r.text());
         assert_eq!(r.json()["error"]["code"], code, "{path}");
         assert!(r.json()["error"]["message"].is_string());

@@ -9,7 +9,7 @@ use muster_proto::{Body, BootId};
 use muster_testkit::{Mosquitto, signal};
 
 use crate::harness::*;
-use crate::http;
+use muster_testkit::{eventually, eventually_every, http};
 
 async fn sample_seqs(addr: SocketAddr, agency: &str, unit: &str) -> Vec<u64> {
     let mut out = Vec::new();
@@ -127,14 +127,13 @@ fn spawn_collector(config: &std::path::Path) -> Proc {
 }
 
 async fn wait_ready(addr: SocketAddr) {
-    let deadline = tokio::time::Instant::now() + Duration::from_secs(20);
-    while http::get(addr, "/readyz", None).await.status != 200 {
-        assert!(
-            tokio::time::Instant::now() < deadline,
-            "collector not ready"
-        );
-        tokio::time::sleep(Duration::from_millis(20)).await;
-    }
+    eventually("collector ready", Duration::from_secs(20), || async {
+        match http::get(addr, "/readyz", None).await {
+            r if r.status == 200 => Ok(()),
+            r => Err(r.text()),
+        }
+    })
+    .await;
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
@@ -186,11 +185,13 @@ async fn kill_9_loses_no_acked_record() {
             .await;
         }
         next = end;
-        let deadline = tokio::time::Instant::now() + Duration::from_secs(20);
-        while !(1..next).any(|s| a.acked(&u, boot, [s])) {
-            assert!(tokio::time::Instant::now() < deadline, "no ack at all");
-            tokio::time::sleep(Duration::from_millis(5)).await;
-        }
+        eventually_every(
+            "a first ack",
+            Duration::from_secs(20),
+            Duration::from_millis(5),
+            || async { (1..next).any(|s| a.acked(&u, boot, [s])) },
+        )
+        .await;
         signal(p.child.id(), "KILL");
         let _ = p.child.wait();
         drop(p);

@@ -3,6 +3,7 @@
 use std::time::Duration;
 
 use muster_proto::{Body, BootId, Record, UnitId};
+use muster_testkit::eventually;
 
 use crate::harness::*;
 
@@ -173,15 +174,11 @@ async fn many_units_failing_one_probe_raise_one_incident() {
             live(&w, &a, u, r, seq).await;
         }
     }
-    let deadline = tokio::time::Instant::now() + Duration::from_secs(20);
-    let inc = loop {
+    let inc = eventually("an open incident", Duration::from_secs(20), || async {
         let l = c.json("/api/v1/incidents?state=open", FIRE).await;
-        if let Some(i) = l["items"].as_array().unwrap().first() {
-            break i.clone();
-        }
-        assert!(tokio::time::Instant::now() < deadline, "no incident: {l:#}");
-        tokio::time::sleep(Duration::from_millis(20)).await;
-    };
+        l["items"].as_array().unwrap().first().cloned().ok_or(l)
+    })
+    .await;
     assert_eq!(inc["agency"], "metro-fire");
     assert_eq!(inc["target"], target);
     assert_eq!(inc["of_units"], 4);
@@ -210,20 +207,12 @@ async fn many_units_failing_one_probe_raise_one_incident() {
         );
     }
     // Agencies subscribed over MQTT get the retained list of open incidents.
-    let deadline = tokio::time::Instant::now() + Duration::from_secs(10);
-    loop {
-        let published = a.inbox.lock().unwrap().status.iter().any(|(t, v)| {
+    eventually("the incidents message", Duration::from_secs(10), || async {
+        a.inbox.lock().unwrap().status.iter().any(|(t, v)| {
             t == "muster/v1/metro-fire/incidents" && v["incidents"][0]["id"] == id.as_str()
-        });
-        if published {
-            break;
-        }
-        assert!(
-            tokio::time::Instant::now() < deadline,
-            "no incidents message"
-        );
-        tokio::time::sleep(Duration::from_millis(20)).await;
-    }
+        })
+    })
+    .await;
     // One incident, not one per unit; police sees none of it.
     let all = c.json("/api/v1/incidents", ADMIN).await;
     assert_eq!(all["items"].as_array().unwrap().len(), 1);

@@ -5,7 +5,7 @@ use std::time::Duration;
 use muster_proto::BootId;
 
 use crate::harness::*;
-use crate::http;
+use muster_testkit::http;
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn agencies_see_only_their_own_units_everywhere() {

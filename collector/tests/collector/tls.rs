@@ -9,7 +9,7 @@ use std::time::Duration;
 
 use muster_collector::clock::ManualClock;
 use muster_proto::{Body, BootId, Message, TopicKind, encode, topic};
-use muster_testkit::{Mosquitto, MosquittoOptions, TempDir};
+use muster_testkit::{Mosquitto, MosquittoOptions, TempDir, eventually};
 use rumqttc::{AsyncClient, Event, MqttOptions, Packet, QoS, Transport};
 
 use crate::harness::*;
@@ -91,17 +91,12 @@ async fn ingests_over_tls_with_a_password() {
     });
     let store = TempDir::new().unwrap();
     // The harness config, switched to mqtts with the CA and a login.
-    let text = config_text_mqtt(
-        &broker,
-        &store.path().join("store"),
-        "collector-tls",
-        &format!(
-            "ca_file = \"{}\"\nusername = \"collector\"\npassword = \"collector-secret\"",
-            c("ca.pem")
-        ),
-        "",
-    )
-    .replace("mqtt://", "mqtts://");
+    let text = collector_config(&broker, &store.path().join("store"), "collector-tls")
+        .set_str("mqtt", "url", &broker.url().replace("mqtt://", "mqtts://"))
+        .set_str("mqtt", "ca_file", &c("ca.pem"))
+        .set_str("mqtt", "username", "collector")
+        .set_str("mqtt", "password", "collector-secret")
+        .render();
     let collector = Collector::start(&text, ManualClock::new(T0)).await;
 
     // A TLS agent.
@@ -153,11 +148,10 @@ async fn ingests_over_tls_with_a_password() {
     collector
         .wait_unit(&u, "ingested over TLS", |v| v["seq"]["received"] == 1)
         .await;
-    let deadline = tokio::time::Instant::now() + Duration::from_secs(10);
-    while !acks.lock().unwrap().iter().any(|a| a.covers(boot, 1)) {
-        assert!(tokio::time::Instant::now() < deadline, "no ack over TLS");
-        tokio::time::sleep(Duration::from_millis(20)).await;
-    }
+    eventually("an ack over TLS", Duration::from_secs(10), || async {
+        acks.lock().unwrap().iter().any(|a| a.covers(boot, 1))
+    })
+    .await;
     driver.abort();
     collector.stop().await;
 }

@@ -14,7 +14,7 @@ use axum::routing::post;
 use muster_collector::clock::ManualClock;
 use muster_collector::notify::sign;
 use muster_proto::{BootId, UnitId};
-use muster_testkit::{Mosquitto, TempDir};
+use muster_testkit::{Mosquitto, TempDir, eventually};
 
 use crate::harness::*;
 
@@ -111,19 +111,16 @@ impl Receiver {
     }
 
     async fn wait(&self, what: &str, mut cond: impl FnMut(&[Got]) -> bool) -> Vec<Got> {
-        let deadline = tokio::time::Instant::now() + Duration::from_secs(20);
-        loop {
+        let what = format!("the receiver: {what}");
+        eventually(&what, Duration::from_secs(20), async || {
             let g = self.got();
             if cond(&g) {
-                return g;
+                Ok(g)
+            } else {
+                Err(g.iter().map(Got::json).collect::<Vec<_>>())
             }
-            assert!(
-                tokio::time::Instant::now() < deadline,
-                "receiver: timed out waiting for {what}; got {:#?}",
-                g.iter().map(Got::json).collect::<Vec<_>>()
-            );
-            tokio::time::sleep(Duration::from_millis(20)).await;
-        }
+        })
+        .await
     }
 }
 
@@ -195,18 +192,7 @@ async fn up_then_offline(c: &Collector, a: &Agent, u: &UnitId, boot: BootId) {
 
 /// Polls a metric until it has the value wanted.
 async fn wait_metric(c: &Collector, line: &str, want: f64) {
-    let deadline = tokio::time::Instant::now() + Duration::from_secs(20);
-    loop {
-        let got = c.metric(line).await;
-        if got == want {
-            return;
-        }
-        assert!(
-            tokio::time::Instant::now() < deadline,
-            "{line} is {got}, want {want}"
-        );
-        tokio::time::sleep(Duration::from_millis(20)).await;
-    }
+    c.wait_metric(line, |got| got == want).await;
 }
 
 fn units_in(n: &serde_json::Value) -> Vec<String> {
@@ -483,11 +469,7 @@ async fn a_receiver_that_always_fails_gives_a_dead_letter_in_metrics() {
     let a = Agent::connect(&broker, "agent", None).await;
     up_then_offline(&c, &a, &unit("metro-fire", "F1"), BootId(1)).await;
     let dead = "muster_webhook_dead_letters_total{agency=\"metro-fire\"}";
-    let deadline = tokio::time::Instant::now() + Duration::from_secs(20);
-    while c.metric(dead).await < 1.0 {
-        assert!(tokio::time::Instant::now() < deadline, "no dead letter");
-        tokio::time::sleep(Duration::from_millis(20)).await;
-    }
+    c.wait_metric(dead, |n| n >= 1.0).await;
     assert_eq!(c.metric(dead).await, 1.0);
     let got = fire.got();
     assert_eq!(got.len(), 3, "max_attempts attempts, then given up");
@@ -519,11 +501,7 @@ async fn a_receiver_that_never_answers_does_not_hold_up_ingest_or_shutdown() {
     let changes = "muster_webhook_changes_total{agency=\"metro-fire\"}";
     wait_metric(&c, changes, 5.0).await;
     let depth = "muster_webhook_queue_depth{agency=\"metro-fire\"}";
-    let deadline = tokio::time::Instant::now() + Duration::from_secs(20);
-    while c.metric(depth).await < 1.0 {
-        assert!(tokio::time::Instant::now() < deadline, "nothing queued");
-        tokio::time::sleep(Duration::from_millis(20)).await;
-    }
+    c.wait_metric(depth, |n| n >= 1.0).await;
     assert_eq!(
         c.metric("muster_webhook_sent_total{agency=\"metro-fire\"}")
             .await,
@@ -706,14 +684,8 @@ async fn https_receivers_are_verified_against_the_configured_ca() {
         .await;
     assert_eq!(got[0].verify(FIRE_SECRET), Ok(()));
     let dead = "muster_webhook_dead_letters_total{agency=\"county-police\"}";
-    let deadline = tokio::time::Instant::now() + Duration::from_secs(20);
-    while c.metric(dead).await < 1.0 {
-        assert!(
-            tokio::time::Instant::now() < deadline,
-            "no dead letter for the untrusted receiver"
-        );
-        tokio::time::sleep(Duration::from_millis(20)).await;
-    }
+    // A dead letter for the untrusted receiver.
+    c.wait_metric(dead, |n| n >= 1.0).await;
     assert!(
         untrusted.got().is_empty(),
         "a receiver with an unknown CA got a body"

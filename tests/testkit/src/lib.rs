@@ -1,17 +1,29 @@
 //! Shared test helpers. Real parts only: [`Mosquitto`] starts Debian's
 //! `mosquitto` on a free loopback port; a missing binary is a test failure,
 //! never a skip.
+//!
+//! Modules: [`eventually`] (waiting on a condition), [`http`] (the one HTTP
+//! and SSE client), [`collector_config`] (the test collector's TOML),
+//! [`webdriver`] (chromedriver and headless Chromium), `logind` (a fake
+//! logind on a private bus).
 
 use std::io::{BufRead, BufReader, Read};
 use std::net::{SocketAddr, TcpListener, TcpStream};
 use std::path::{Path, PathBuf};
 use std::process::{Child, Command, Stdio};
-use std::time::{Duration, Instant};
+use std::time::Duration;
 
 pub use tempfile::TempDir;
 
+pub mod collector_config;
+pub mod eventually;
+pub mod http;
 #[cfg(target_os = "linux")]
 pub mod logind;
+pub mod webdriver;
+
+pub use collector_config::CollectorToml;
+pub use eventually::{eventually, eventually_blocking, eventually_every};
 
 /// A free TCP port on 127.0.0.1. The port is free when this returns; a
 /// process that binds it right away wins it in practice (the kernel does not
@@ -23,18 +35,9 @@ pub fn free_port() -> u16 {
         .port()
 }
 
-/// Polls `cond` every 10 ms until it holds or `timeout` passes. This waits on
-/// an observable condition (a port open, a count reached); it is not a sleep
-/// standing in for synchronisation.
-pub fn wait_until(what: &str, timeout: Duration, mut cond: impl FnMut() -> bool) {
-    let deadline = Instant::now() + timeout;
-    while !cond() {
-        assert!(
-            Instant::now() < deadline,
-            "timed out after {timeout:?} waiting for {what}"
-        );
-        std::thread::sleep(Duration::from_millis(10));
-    }
+/// Waits for `cond` to hold ([`eventually_blocking`] with a `bool` probe).
+pub fn wait_until(what: &str, timeout: Duration, cond: impl FnMut() -> bool) {
+    eventually_blocking(what, timeout, cond)
 }
 
 /// Options for a test broker.
@@ -146,24 +149,23 @@ impl Mosquitto {
                 )
             });
         let addr = self.addr();
-        let deadline = Instant::now() + Duration::from_secs(10);
-        loop {
-            if TcpStream::connect_timeout(&addr, Duration::from_millis(200)).is_ok() {
-                break;
-            }
-            if let Ok(Some(status)) = child.try_wait() {
-                let mut err = String::new();
-                if let Some(mut e) = child.stderr.take() {
-                    let _ = e.read_to_string(&mut err);
+        eventually_blocking(
+            &format!("mosquitto listening on {addr}"),
+            Duration::from_secs(10),
+            || {
+                if TcpStream::connect_timeout(&addr, Duration::from_millis(200)).is_ok() {
+                    return true;
                 }
-                panic!("mosquitto exited with {status} before listening on {addr}: {err}");
-            }
-            assert!(
-                Instant::now() < deadline,
-                "mosquitto did not listen on {addr} within 10 s"
-            );
-            std::thread::sleep(Duration::from_millis(10));
-        }
+                if let Ok(Some(status)) = child.try_wait() {
+                    let mut err = String::new();
+                    if let Some(mut e) = child.stderr.take() {
+                        let _ = e.read_to_string(&mut err);
+                    }
+                    panic!("mosquitto exited with {status} before listening on {addr}: {err}");
+                }
+                false
+            },
+        );
         // Drain stderr so the broker never blocks on a full pipe.
         if let Some(e) = child.stderr.take() {
             std::thread::spawn(move || {

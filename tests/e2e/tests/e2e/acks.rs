@@ -22,7 +22,7 @@ use muster_proto::{
     Ack, AgentStatus, Body, BootId, COLLECTOR_TOPIC, KeyId, Message, Payload, Record, Signature,
     SigningKey, TopicKind, UnitId, decode, decode_hello, encode, fixtures, topic::unit_topic,
 };
-use muster_testkit::{Mosquitto, MosquittoOptions, TempDir};
+use muster_testkit::{Mosquitto, MosquittoOptions, TempDir, eventually_blocking};
 use rumqttc::{Client, Event, MqttOptions, Packet, QoS};
 use serde_json::Value;
 
@@ -255,52 +255,45 @@ fn forged_acks_free_nothing_and_are_counted() {
         body: Body::Batch(batch),
     })
     .unwrap();
-    let deadline = Instant::now() + MIN;
-    let real_other = loop {
+    // Publishing (and attacking) every 100 ms until then.
+    let real_other = eventually_blocking("a real ack for the attacker's unit", MIN, || {
         watch.publish(
             unit_topic(&unit(attacker_unit), TopicKind::Telemetry),
             payload.clone(),
         );
         attack(&watch, None);
         std::thread::sleep(Duration::from_millis(100));
-        if let Some(a) = watch
+        watch
             .acks
             .lock()
             .unwrap()
             .get(attacker_unit)
             .and_then(|v| v.iter().find(|a| a.upto >= 200).cloned())
-        {
-            break a;
-        }
-        assert!(
-            Instant::now() < deadline,
-            "no real ack for the attacker's unit"
-        );
-    };
+    });
     assert_eq!(real_other.boot, boot);
     assert_eq!(real_other.key_id, trusted_id, "the real ack is signed");
 
     // Keep attacking, with all four kinds, until ≥ 32 records of the boot
     // are in and complete (a sample and a heartbeat a second).
     let boot_hex = format!("{:016x}", boot.0);
-    let deadline = Instant::now() + MIN;
-    let v = loop {
+    let v = eventually_blocking("the victim complete despite forged acks", MIN, || {
         attack(&watch, Some(&real_other));
         std::thread::sleep(Duration::from_millis(100));
-        if let Some(v) = col.unit(victim)
-            && max_seq_of(&v, &boot_hex) >= 40
-            && all_complete(&v)
-            && v["agent"]["acks_refused"].as_u64() > Some(0)
-        {
-            break v;
+        match col.unit(victim) {
+            Some(v)
+                if max_seq_of(&v, &boot_hex) >= 40
+                    && all_complete(&v)
+                    && v["agent"]["acks_refused"].as_u64() > Some(0) =>
+            {
+                Ok(v)
+            }
+            v => Err(format!(
+                "{}\n{}",
+                v.map(|v| brief(&v)).unwrap_or_default(),
+                agent.log_tail()
+            )),
         }
-        assert!(
-            Instant::now() < deadline,
-            "victim incomplete after forged acks: {}\n{}",
-            col.unit(victim).map(|v| brief(&v)).unwrap_or_default(),
-            agent.log_tail()
-        );
-    };
+    });
     let b = boots(&v);
     let (_, received, dups, missing, max) = b.iter().find(|b| b.0 == boot_hex).unwrap().clone();
     let refused = v["agent"]["acks_refused"].as_u64().unwrap();
@@ -352,17 +345,18 @@ fn broker_restart_drains_on_the_collector_hello_not_the_ack_timeout() {
     let restarted = Instant::now();
     // Drained: everything produced up to the restart is stored, with no gap.
     let produced_by_restart = before + 3; // 2 s of 1 s samples and 1 s heartbeats: ≥ 3 records
-    let mut drained_at = None;
-    while restarted.elapsed() < MIN {
-        if let Some(v) = col.unit(name)
-            && max_seq_of(&v, &boot) >= produced_by_restart
-            && all_complete(&v)
-        {
-            drained_at = Some(restarted.elapsed());
-            break;
+    let drained = eventually_blocking("the backlog drained after the restart", MIN, || {
+        match col.unit(name) {
+            Some(v) if max_seq_of(&v, &boot) >= produced_by_restart && all_complete(&v) => {
+                Ok(restarted.elapsed())
+            }
+            v => Err(format!(
+                "{}\n{}",
+                v.map(|v| brief(&v)).unwrap_or_default(),
+                agent.log_tail()
+            )),
         }
-        std::thread::sleep(Duration::from_millis(20));
-    }
+    });
     let after = |v: &Mutex<Vec<(Instant, u64)>>| {
         v.lock()
             .unwrap()
@@ -386,16 +380,9 @@ fn broker_restart_drains_on_the_collector_hello_not_the_ack_timeout() {
     // the feed poll.
     let bound = 2 * reconnect + OUTAGE + Duration::from_secs(1);
     println!(
-        "broker restart (no persistence, ack_timeout 30 s, outage {OUTAGE:?}): agent reconnected after {reconnect:?}, collector hello after {hello:?}, backlog drained after {drained_at:?}; bound 2 × reconnect + {:?} = {bound:?}",
+        "broker restart (no persistence, ack_timeout 30 s, outage {OUTAGE:?}): agent reconnected after {reconnect:?}, collector hello after {hello:?}, backlog drained after {drained:?}; bound 2 × reconnect + {:?} = {bound:?}",
         OUTAGE + Duration::from_secs(1)
     );
-    let drained = drained_at.unwrap_or_else(|| {
-        panic!(
-            "not drained within {MIN:?}: {}\n{}",
-            col.unit(name).map(|v| brief(&v)).unwrap_or_default(),
-            agent.log_tail()
-        )
-    });
     assert!(
         drained <= bound,
         "drained after {drained:?}, more than 2 × the agent's reconnect ({reconnect:?}) + {:?}\n{}",

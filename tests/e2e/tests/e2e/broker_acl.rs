@@ -459,19 +459,14 @@ impl Site {
                     ..MosquittoOptions::default()
                 });
                 let port = m.port();
-                let extra = format!(
-                    "ca_file = {:?}\ncert_file = {:?}\nkey_file = {:?}\n",
-                    p.join("ca.crt").display().to_string(),
-                    p.join("collector.crt").display().to_string(),
-                    p.join("collector.key").display().to_string(),
-                );
-                // The [mqtt] table's extra keys go right after its url line.
-                let text = procs::collector_text(
-                    &format!("mqtts://127.0.0.1:{port}"),
-                    &p.join("store"),
-                    &agencies,
-                )
-                .replacen("client_id = ", &format!("{extra}client_id = "), 1);
+                let file = |f: &str| p.join(f).display().to_string();
+                let text =
+                    procs::collector_config(&format!("mqtts://127.0.0.1:{port}"), &p.join("store"))
+                        .set_str("mqtt", "ca_file", &file("ca.crt"))
+                        .set_str("mqtt", "cert_file", &file("collector.crt"))
+                        .set_str("mqtt", "key_file", &file("collector.key"))
+                        .extra(&agencies)
+                        .render();
                 let cfg = p.join("collector.toml");
                 std::fs::write(&cfg, text).unwrap();
                 let collector = CollectorProc::spawn(&cfg, false);
@@ -751,10 +746,13 @@ fn attacks(site: &Site) {
         &["#", "muster/v1/+/+/telemetry", "muster/v1/+/+/status"],
         &[],
     );
-    std::thread::sleep(Duration::from_millis(500));
+    // Subscribed (what the broker granted) before E13 publishes.
+    let _ = nosy.next_matching("SUBACK", Duration::from_secs(3));
     let (ok, out) = site.record("e13", "E13", LEGIT_BOOT, 3);
     assert!(ok, "{out}");
     site.wait_stored("E13", LEGIT_BOOT, 3);
+    // A window for what must not come: the collector has stored it, so the
+    // broker has routed it; E12's copy, if any, would be here by now.
     std::thread::sleep(Duration::from_millis(500));
     let seen: Vec<String> = nosy.rx.try_iter().collect();
     assert!(
@@ -781,9 +779,12 @@ fn attacks(site: &Site) {
         ],
         &[],
     );
+    // Subscribed before E13 publishes (else the check below proves nothing).
+    let _ = county.next_matching("SUBACK", Duration::from_secs(3));
     let (ok, out) = site.record("e13", "E13", LEGIT_BOOT, 4);
     assert!(ok, "{out}");
     site.wait_stored("E13", LEGIT_BOOT, 4);
+    // A window for what must not come (as above).
     std::thread::sleep(Duration::from_secs(1));
     let seen: Vec<String> = county.rx.try_iter().collect();
     assert!(
@@ -816,6 +817,7 @@ fn attacks(site: &Site) {
     );
     let _ = will.next_matching("SUBACK", Duration::from_secs(3));
     drop(will); // SIGKILL: no DISCONNECT, so a broker that took the will fires it.
+    // A window for a will that must not land.
     std::thread::sleep(Duration::from_millis(500));
     let state = site.sub("e13", &["muster/v1/metro-fire/E13/state"], &[]);
     let retained = state.next_matching("muster/v1/metro-fire/E13/state ", Duration::from_secs(10));
@@ -830,6 +832,7 @@ fn attacks(site: &Site) {
     for id in ["e2e-collector", "c:e2e-collector", "muster-collector"] {
         let thief = site.sub("e12", &["muster/v1/metro-fire/E12/ack"], &["-i", id]);
         let _ = thief.next_matching("SUBACK", Duration::from_secs(3));
+        // A window for a takeover that must not happen.
         std::thread::sleep(Duration::from_millis(500));
     }
     std::thread::sleep(Duration::from_secs(1));

@@ -386,6 +386,8 @@ fn an_enrolled_agent_gets_through_the_embedded_brokers_gate_and_a_revoked_one_do
         || metric(col.addr, bad).unwrap_or(0.0) >= before + 2.0,
     );
     let received = col.unit("E31").unwrap()["seq"]["received"].clone();
+    // A window for records that must not come (the agent samples every
+    // second and keeps trying).
     std::thread::sleep(Duration::from_millis(1500));
     assert_eq!(
         col.unit("E31").unwrap()["seq"]["received"],

@@ -18,7 +18,7 @@
 use std::time::{Duration, Instant};
 
 use muster_testkit::logind::Logind;
-use muster_testkit::{DbusDaemon, Mosquitto, ProxyMode, TcpProxy, TempDir};
+use muster_testkit::{DbusDaemon, Mosquitto, ProxyMode, TcpProxy, TempDir, eventually_blocking};
 use serde_json::Value;
 
 use crate::procs::*;
@@ -46,21 +46,15 @@ fn collector(broker: &Mosquitto, dir: &std::path::Path, rules: &str) -> Collecto
 /// Starts an agent and waits until the collector shows it ok and online.
 fn agent_up(c: &CollectorProc, spec: &AgentSpec) -> AgentProc {
     let mut a = AgentProc::spawn(spec, false);
-    let deadline = Instant::now() + Duration::from_secs(30);
-    loop {
-        if c.unit(&spec.unit).is_some_and(|v| {
+    let what = format!("{} up, ok and online", spec.unit);
+    eventually_blocking(&what, Duration::from_secs(30), || {
+        let up = c.unit(&spec.unit).is_some_and(|v| {
             v["status"] == "ok" && v["online"] == true && v["agent"]["version"].is_string()
-        }) {
-            return a;
-        }
-        assert!(
-            a.alive() && Instant::now() < deadline,
-            "{} never came up ok:\n{}",
-            spec.unit,
-            a.log_tail()
-        );
-        std::thread::sleep(Duration::from_millis(50));
-    }
+        });
+        assert!(a.alive(), "{} died:\n{}", spec.unit, a.log_tail());
+        if up { Ok(()) } else { Err(a.log_tail()) }
+    });
+    a
 }
 
 #[test]
@@ -97,7 +91,8 @@ fn sigterm_reads_off_within_two_seconds_with_its_reason() {
         Some("presence"),
         "the announcement is the boot's last record: {kinds:?}"
     );
-    // Still off a while later: no will, no staleness turns it into a loss.
+    // Still off a while later: no will, no staleness turns it into a loss
+    // (a window for what must not happen, not a synchronisation).
     std::thread::sleep(Duration::from_secs(3));
     let v = c.unit("E1").unwrap();
     assert_eq!(v["status"], "off", "{}", brief(&v));
@@ -125,6 +120,7 @@ fn sigterm_through_the_embedded_broker_reads_off_and_no_will_follows() {
     );
     assert!(took < Duration::from_secs(2), "off after {took:?}");
     assert_eq!(v["reasons"][0]["field"], "presence.stop", "{}", brief(&v));
+    // A window for a will that must not follow.
     std::thread::sleep(Duration::from_secs(3));
     let v = c.unit("G1").unwrap();
     assert_eq!(v["status"], "off", "a will followed: {}", brief(&v));

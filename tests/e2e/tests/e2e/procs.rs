@@ -18,14 +18,14 @@
 
 #![allow(dead_code)]
 
-use std::io::{BufRead, BufReader, Read, Write};
-use std::net::{SocketAddr, TcpStream};
+use std::io::{BufRead, BufReader};
+use std::net::SocketAddr;
 use std::path::{Path, PathBuf};
 use std::process::{Command, Stdio};
 
-use muster_testkit::KillOnDrop;
+use muster_testkit::{CollectorToml, KillOnDrop, eventually_blocking};
 use std::sync::OnceLock;
-use std::time::{Duration, Instant, SystemTime, UNIX_EPOCH};
+use std::time::{Duration, SystemTime, UNIX_EPOCH};
 
 use serde_json::Value;
 
@@ -290,57 +290,52 @@ impl AgentProc {
 
     /// Waits for the exit (at most `timeout`); it must be clean.
     pub fn wait_clean_exit(&mut self, timeout: Duration) {
-        let deadline = Instant::now() + timeout;
-        loop {
-            if let Some(st) = self.child.try_wait().unwrap() {
-                assert!(st.success(), "agent exit: {st}\n{}", self.log_tail());
-                return;
-            }
-            assert!(
-                Instant::now() < deadline,
-                "agent still running {timeout:?} after SIGTERM\n{}",
-                self.log_tail()
-            );
-            std::thread::sleep(Duration::from_millis(20));
-        }
+        let (child, log) = (&mut self.child, &self.log);
+        let st = eventually_blocking("the agent's exit after SIGTERM", timeout, || {
+            child.try_wait().unwrap().ok_or_else(|| log_tail(log))
+        });
+        assert!(st.success(), "agent exit: {st}\n{}", self.log_tail());
     }
 
     pub fn log_tail(&self) -> String {
-        let s = std::fs::read_to_string(&self.log).unwrap_or_default();
-        let lines: Vec<&str> = s.lines().collect();
-        lines[lines.len().saturating_sub(30)..].join("\n")
+        log_tail(&self.log)
     }
+}
+
+/// The last 30 lines of a log file.
+fn log_tail(log: &Path) -> String {
+    let s = std::fs::read_to_string(log).unwrap_or_default();
+    let lines: Vec<&str> = s.lines().collect();
+    lines[lines.len().saturating_sub(30)..].join("\n")
 }
 
 // ------------------------------------------------------------ the collector
 
-/// The collector's config on `broker_url`, its store in `store`, signing
-/// with the suite's collector key (written beside the store).
-pub fn collector_text(broker_url: &str, store: &Path, extra: &str) -> String {
+/// The e2e collector's config: [`ADMIN`], `broker_url`, the store at
+/// `store`, the suite's signing key (beside the store), one agency
+/// ([`AGENCY`], [`FIRE`]), 200 ms ticks. Tests add keys to it.
+pub fn collector_config(broker_url: &str, store: &Path) -> CollectorToml {
+    let mut c = collector_config_without_agency(broker_url, store);
+    c.agency(AGENCY, FIRE);
+    c
+}
+
+fn collector_config_without_agency(broker_url: &str, store: &Path) -> CollectorToml {
     let key_dir = store.parent().unwrap_or(store).join("keys");
-    let signing = muster_testkit::collector_signing_toml(&key_dir);
-    format!(
-        r#"
-admin_token = "{ADMIN}"
-[mqtt]
-url = "{broker_url}"
-client_id = "e2e-collector"
-keep_alive = "5s"
-[http]
-listen = "127.0.0.1:0"
-[store]
-path = {store:?}
-{extra}
-[ingest]
-commit_interval = "20ms"
-tick_interval = "200ms"
-[[agency]]
-name = "{AGENCY}"
-token = "{FIRE}"
-{signing}
-"#,
-        store = store.display().to_string(),
-    )
+    let mut c = CollectorToml::new(ADMIN, broker_url, store);
+    c.set_str("mqtt", "client_id", "e2e-collector")
+        .set_str("mqtt", "keep_alive", "5s")
+        .set_str("ingest", "tick_interval", "200ms")
+        .signing_key_in(&key_dir);
+    c
+}
+
+/// [`collector_config`] rendered, `extra` inside `[store]` (store keys, or
+/// whole tables).
+pub fn collector_text(broker_url: &str, store: &Path, extra: &str) -> String {
+    collector_config(broker_url, store)
+        .raw("store", extra)
+        .render()
 }
 
 /// A running `muster-collector run`. SIGKILLed on drop.
@@ -390,11 +385,14 @@ impl CollectorProc {
     pub fn spawn_embedded_enrolling(dir: &Path) -> (CollectorProc, u16) {
         let port = muster_testkit::free_port();
         let cfg = dir.join("collector.toml");
-        let text = collector_text("mqtt://127.0.0.1:1", &dir.join("store"), "").replacen(
-            &format!("token = \"{FIRE}\"\n"),
-            &format!("token = \"{FIRE}\"\nenroll_token = \"{ENROL}\"\nenroll = \"auto\"\n"),
-            1,
+        // Its one agency, enrolling.
+        let mut c = collector_config_without_agency("mqtt://127.0.0.1:1", &dir.join("store"));
+        c.agency_with(
+            AGENCY,
+            FIRE,
+            &format!("enroll_token = \"{ENROL}\"\nenroll = \"auto\"\n"),
         );
+        let text = c.render();
         std::fs::write(&cfg, text).unwrap();
         let c = CollectorProc::spawn_with(
             &cfg,
@@ -490,21 +488,12 @@ impl CollectorProc {
         timeout: Duration,
         mut cond: impl FnMut(&Value) -> bool,
     ) -> Value {
-        let deadline = Instant::now() + timeout;
-        loop {
-            let v = self.unit(unit);
-            if let Some(v) = &v
-                && cond(v)
-            {
-                return v.clone();
+        eventually_blocking(&format!("{unit}: {what}"), timeout, || {
+            match self.unit(unit) {
+                Some(v) if cond(&v) => Ok(v),
+                v => Err(v.map(|v| brief(&v)).unwrap_or_else(|| "none".into())),
             }
-            assert!(
-                Instant::now() < deadline,
-                "timed out after {timeout:?} waiting for {unit}: {what}; last view: {}",
-                v.map(|v| brief(&v)).unwrap_or_else(|| "none".into())
-            );
-            std::thread::sleep(Duration::from_millis(50));
-        }
+        })
     }
 
     /// Every stored record of the unit: (boot, seq, at_ms, kind).
@@ -586,45 +575,11 @@ pub fn drained(v: &Value) -> bool {
 
 // ------------------------------------------------------------ HTTP
 
-/// A blocking HTTP/1.1 GET (Connection: close): (status, body).
+/// A blocking GET (the suite's client): (status, body), None if the
+/// collector does not answer.
 pub fn http_get(addr: SocketAddr, path: &str, token: Option<&str>) -> Option<(u16, String)> {
-    let mut s = TcpStream::connect_timeout(&addr, Duration::from_secs(2)).ok()?;
-    s.set_read_timeout(Some(Duration::from_secs(10))).ok()?;
-    let auth = token
-        .map(|t| format!("Authorization: Bearer {t}\r\n"))
-        .unwrap_or_default();
-    write!(
-        s,
-        "GET {path} HTTP/1.1\r\nHost: {addr}\r\n{auth}Connection: close\r\n\r\n"
-    )
-    .ok()?;
-    let mut raw = Vec::new();
-    s.read_to_end(&mut raw).ok()?;
-    let text = String::from_utf8_lossy(&raw);
-    let (head, body) = text.split_once("\r\n\r\n")?;
-    let status: u16 = head.split_whitespace().nth(1)?.parse().ok()?;
-    let chunked = head
-        .to_ascii_lowercase()
-        .contains("transfer-encoding: chunked");
-    let body = if chunked {
-        dechunk(body)?
-    } else {
-        body.to_owned()
-    };
-    Some((status, body))
-}
-
-fn dechunk(mut s: &str) -> Option<String> {
-    let mut out = String::new();
-    loop {
-        let (size, rest) = s.split_once("\r\n")?;
-        let n = usize::from_str_radix(size.split(';').next()?.trim(), 16).ok()?;
-        if n == 0 {
-            return Some(out);
-        }
-        out.push_str(rest.get(..n)?);
-        s = rest.get(n + 2..)?;
-    }
+    let r = muster_testkit::http::blocking::get(addr, path, token).ok()?;
+    Some((r.status, r.text()))
 }
 
 // ------------------------------------------------------------ disk
