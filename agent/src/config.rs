@@ -962,6 +962,7 @@ struct RawNetwork {
     vpn: Option<Vec<String>>,
     cellular: Option<String>,
     cellular_timeout: Option<String>,
+    cellular_refresh: Option<String>,
 }
 
 /// At most this many `network.vpn` patterns.
@@ -980,6 +981,10 @@ pub struct NetworkConfig {
     /// `network.cellular_timeout`: how long a sample waits for
     /// ModemManager, default 1s, 100ms..=10s.
     pub cellular_timeout: Duration,
+    /// `network.cellular_refresh`: how often the modem's figures are
+    /// refreshed (ModemManager's `Signal.Setup(rate)`) and so asked for; a
+    /// reading younger than this is reused. Default 10s, 1s..=1h.
+    pub cellular_refresh: Duration,
 }
 
 impl Default for NetworkConfig {
@@ -988,9 +993,13 @@ impl Default for NetworkConfig {
             vpn: Vec::new(),
             cellular: CellularMode::Auto,
             cellular_timeout: Duration::from_secs(1),
+            cellular_refresh: DEFAULT_CELLULAR_REFRESH,
         }
     }
 }
+
+/// The default `network.cellular_refresh`.
+pub const DEFAULT_CELLULAR_REFRESH: Duration = Duration::from_secs(10);
 
 /// `network.cellular`
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
@@ -1038,10 +1047,22 @@ fn validate_network(raw: RawNetwork) -> Result<NetworkConfig, ConfigError> {
             "must be between 100ms and 10s",
         ));
     }
+    let cellular_refresh = duration(
+        "network.cellular_refresh",
+        &raw.cellular_refresh,
+        DEFAULT_CELLULAR_REFRESH,
+    )?;
+    if cellular_refresh < Duration::from_secs(1) || cellular_refresh > Duration::from_secs(3600) {
+        return Err(ConfigError::invalid(
+            "network.cellular_refresh",
+            "must be between 1s and 1h",
+        ));
+    }
     Ok(NetworkConfig {
         vpn,
         cellular,
         cellular_timeout,
+        cellular_refresh,
     })
 }
 
