@@ -1428,4 +1428,28 @@ mod tests {
         assert_eq!(split_host_port("::1:53"), None);
         assert_eq!(split_host_port(":80"), None);
     }
+
+    #[test]
+    fn cellular_refresh_is_bounded_and_named() {
+        let refresh = |v: Option<&str>| {
+            validate_network(RawNetwork {
+                cellular_refresh: v.map(str::to_owned),
+                ..RawNetwork::default()
+            })
+            .map(|n| n.cellular_refresh)
+            .map_err(|e| (e.key().map(str::to_owned), e.to_string()))
+        };
+        assert_eq!(refresh(None), Ok(Duration::from_secs(10)));
+        assert_eq!(refresh(Some("1s")), Ok(Duration::from_secs(1)));
+        assert_eq!(refresh(Some("1h")), Ok(Duration::from_secs(3600)));
+        for (bad, frag) in [
+            ("999ms", "between 1s and 1h"),
+            ("61m", "between 1s and 1h"),
+            ("often", "not a duration"),
+        ] {
+            let (key, msg) = refresh(Some(bad)).expect_err(bad);
+            assert_eq!(key.as_deref(), Some("network.cellular_refresh"), "{bad}");
+            assert!(msg.contains(frag), "{bad}: {msg}");
+        }
+    }
 }
