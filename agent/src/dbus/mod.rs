@@ -14,11 +14,13 @@
 //! * No threads, no runtime: callers run it on a thread of their own
 //!   (logind's follower, the `modem` thread).
 //!
-//! Why in-house and not zbus: the agent makes five kinds of calls
-//! (`Hello`, `NameHasOwner`/`GetNameOwner`, `AddMatch`, `Inhibit`,
-//! `Properties.Get`/`GetAll`, `GetManagedObjects`, `Setup`) and reads two
-//! signals; zbus and zvariant were ~560 KB of the static binary's text
-//! (issue 12: RSS over collectd's came from mapped code).
+//! Why in-house and not zbus: the agent needs a handful of method calls
+//! (`Hello`, `NameHasOwner`, `GetNameOwner`, `AddMatch`, logind's
+//! `Inhibit`, `Properties.Get`/`GetAll`, `GetManagedObjects`, `Setup`) and
+//! two signals, blocking, on threads it already has; zbus and zvariant
+//! were ~560 KB of the static binary's text plus their generic
+//! instantiations and async deps (issue 12: the agent's RSS over
+//! collectd's was mapped code).
 
 pub mod auth;
 pub mod conn;

@@ -184,6 +184,10 @@ type Ask = (Event, oneshot::Sender<Action>);
 /// The `logind` thread: reads signals until the socket is shut down or the
 /// async side goes; releases or retakes the lock after each action.
 fn follow(mut conn: Conn, owner: String, mut lock: Option<OwnedFd>, tx: mpsc::Sender<Ask>) {
+    // logind-like signals not from logind: counted, logged at most once a
+    // minute with the count.
+    let mut forged = 0u64;
+    let mut forged_logged: Option<std::time::Instant> = None;
     loop {
         let m = match conn.next_signal(Duration::from_secs(3600)) {
             Ok(Some(m)) => m,
@@ -199,11 +203,16 @@ fn follow(mut conn: Conn, owner: String, mut lock: Option<OwnedFd>, tx: mpsc::Se
                 .as_deref()
                 .is_some_and(|n| n.starts_with("PrepareFor"))
             {
-                tracing::warn!(
-                    sender = m.sender.as_deref().unwrap_or(""),
-                    member = m.member.as_deref().unwrap_or(""),
-                    "A logind-like signal not from logind: ignored."
-                );
+                forged += 1;
+                if forged_logged.is_none_or(|t| t.elapsed() >= Duration::from_secs(60)) {
+                    forged_logged = Some(std::time::Instant::now());
+                    tracing::warn!(
+                        sender = m.sender.as_deref().unwrap_or(""),
+                        member = m.member.as_deref().unwrap_or(""),
+                        ignored_total = forged,
+                        "A logind-like signal not from logind: ignored (logged at most once a minute)."
+                    );
+                }
             }
             continue;
         };
