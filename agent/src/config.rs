@@ -941,6 +941,7 @@ struct RawNetwork {
     vpn: Option<Vec<String>>,
     cellular: Option<String>,
     cellular_timeout: Option<String>,
+    cellular_refresh: Option<String>,
 }
 
 /// At most this many `network.vpn` patterns.
@@ -959,6 +960,10 @@ pub struct NetworkConfig {
     /// `network.cellular_timeout`: how long a sample waits for
     /// ModemManager, default 1s, 100ms..=10s.
     pub cellular_timeout: Duration,
+    /// `network.cellular_refresh`: how often the modem's figures are
+    /// refreshed (ModemManager's `Signal.Setup(rate)`) and so asked for; a
+    /// reading younger than this is reused. Default 10s, 1s..=1h.
+    pub cellular_refresh: Duration,
 }
 
 impl Default for NetworkConfig {
@@ -967,9 +972,13 @@ impl Default for NetworkConfig {
             vpn: Vec::new(),
             cellular: CellularMode::Auto,
             cellular_timeout: Duration::from_secs(1),
+            cellular_refresh: DEFAULT_CELLULAR_REFRESH,
         }
     }
 }
+
+/// The default `network.cellular_refresh`.
+pub const DEFAULT_CELLULAR_REFRESH: Duration = Duration::from_secs(10);
 
 /// `network.cellular`
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
@@ -1017,10 +1026,22 @@ fn validate_network(raw: RawNetwork) -> Result<NetworkConfig, ConfigError> {
             "must be between 100ms and 10s",
         ));
     }
+    let cellular_refresh = duration(
+        "network.cellular_refresh",
+        &raw.cellular_refresh,
+        DEFAULT_CELLULAR_REFRESH,
+    )?;
+    if cellular_refresh < Duration::from_secs(1) || cellular_refresh > Duration::from_secs(3600) {
+        return Err(ConfigError::invalid(
+            "network.cellular_refresh",
+            "must be between 1s and 1h",
+        ));
+    }
     Ok(NetworkConfig {
         vpn,
         cellular,
         cellular_timeout,
+        cellular_refresh,
     })
 }
 
@@ -1379,5 +1400,29 @@ mod tests {
         assert_eq!(split_host_port("a.b:0"), None);
         assert_eq!(split_host_port("::1:53"), None);
         assert_eq!(split_host_port(":80"), None);
+    }
+
+    #[test]
+    fn cellular_refresh_is_bounded_and_named() {
+        let refresh = |v: Option<&str>| {
+            validate_network(RawNetwork {
+                cellular_refresh: v.map(str::to_owned),
+                ..RawNetwork::default()
+            })
+            .map(|n| n.cellular_refresh)
+            .map_err(|e| (e.key().map(str::to_owned), e.to_string()))
+        };
+        assert_eq!(refresh(None), Ok(Duration::from_secs(10)));
+        assert_eq!(refresh(Some("1s")), Ok(Duration::from_secs(1)));
+        assert_eq!(refresh(Some("1h")), Ok(Duration::from_secs(3600)));
+        for (bad, frag) in [
+            ("999ms", "between 1s and 1h"),
+            ("61m", "between 1s and 1h"),
+            ("often", "not a duration"),
+        ] {
+            let (key, msg) = refresh(Some(bad)).expect_err(bad);
+            assert_eq!(key.as_deref(), Some("network.cellular_refresh"), "{bad}");
+            assert!(msg.contains(frag), "{bad}: {msg}");
+        }
     }
 }

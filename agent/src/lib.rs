@@ -8,12 +8,15 @@
 //! * [`buffer`] + [`uplink`]: store-and-forward over MQTT.
 //! * [`enroll`]: enrolment by claim (the unit's own broker credential).
 //! * [`power`]: why the agent goes away (shutdown, stop, sleep), announced before it goes.
+//! * [`dbus`] (Linux): a small blocking D-Bus client for logind and ModemManager.
 //! * [`config`], [`run`], [`service`]: configuration, wiring, running as a service.
 
 pub mod buffer;
 /// The injected clock (its home is `muster_base::clock`).
 pub use muster_base::clock;
 pub mod config;
+#[cfg(target_os = "linux")]
+pub mod dbus;
 pub mod enroll;
 pub mod observation;
 pub mod power;

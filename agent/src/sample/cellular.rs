@@ -7,16 +7,21 @@
 //!   first modem by object path; `Modem.AccessTechnologies` (bitmask →
 //!   [`technology`]), `Modem.Ports` (the `net` port is the data interface),
 //!   `Modem3gpp.OperatorName` (else `OperatorCode`), and `Modem.Signal`:
-//!   `Setup(rate)` is called once per modem (rate = the sampling interval in
-//!   seconds), then the `Nr5g`/`Lte`/`Umts`/`Gsm` dicts (`rssi`, `rsrp`,
+//!   `Setup(rate)` is called once per modem (rate =
+//!   `network.cellular_refresh` in seconds), then the `Nr5g`/`Lte`/`Umts`/`Gsm` dicts (`rssi`, `rsrp`,
 //!   `rsrq`, `snr`/`sinr`, doubles) are read: the current technology's dict
 //!   first, else the first non-empty ([`figures`], pure).
 //! * The sampling thread never waits on D-Bus for longer than
 //!   `network.cellular_timeout`: the D-Bus calls run on a dedicated thread
-//!   (`modem`) with its own current-thread runtime; the sampler asks it for
-//!   a reading and waits at most the timeout ([`CellularReader::read`]); a
-//!   bus that does not answer is a failure for this sample, and the worker's
-//!   own calls are bounded by the same timeout, so it is free again soon.
+//!   (`modem`) over a blocking connection ([`crate::dbus`]); the sampler
+//!   asks it for a reading and waits at most the timeout
+//!   ([`CellularReader::read`]); a bus that does not answer is a failure for
+//!   this sample, and the worker's own calls are bounded by the same
+//!   timeout, so it is free again soon.
+//! * Cadence: ModemManager refreshes the figures only at the `Setup` rate,
+//!   so a good reading stands for `network.cellular_refresh` (default 10 s)
+//!   and samples in between reuse it without asking the thread (no D-Bus
+//!   round trip); a failure is asked about again at the next sample.
 //! * `network.cellular`: `auto`: no system bus, no ModemManager or no modem
 //!   is `Ok(None)`, no failure; `required`: each of those is a failure with
 //!   its reason; `off`: not asked (no thread). An absent modem is asked
@@ -183,6 +188,10 @@ pub struct CellularReader {
     /// How long an `Absent` reading stands before the source is asked again
     /// ([`ABSENT_RECHECK`]).
     absent_recheck: Duration,
+    /// How long an `Ok` reading stands (`network.cellular_refresh`).
+    refresh: Duration,
+    /// The clock readings are aged by (tests move it).
+    now: fn() -> Instant,
 }
 
 impl CellularReader {
@@ -235,6 +244,8 @@ impl CellularReader {
             req,
             shared,
             absent_recheck: ABSENT_RECHECK,
+            refresh: Duration::ZERO,
+            now: Instant::now,
         })
     }
 
@@ -242,7 +253,15 @@ impl CellularReader {
     pub fn read(&self) -> Result<Option<Cellular>, String> {
         let (m, c) = &*self.shared;
         let mut s = m.lock().unwrap_or_else(|p| p.into_inner());
-        if matches!(s.reading, Err(NoModem::Absent(_))) && s.at.elapsed() < self.absent_recheck {
+        let age = (self.now)().saturating_duration_since(s.at);
+        let stands = match s.reading {
+            // The modem's figures change only at the refresh rate.
+            Ok(_) => age < self.refresh,
+            Err(NoModem::Absent(_)) => age < self.absent_recheck,
+            // A failure is asked about again at the next sample.
+            Err(NoModem::Failed(_)) => false,
+        };
+        if stands && s.generation > 0 {
             return apply_mode(self.mode, s.reading.clone());
         }
         let asked = s.generation;
@@ -272,29 +291,26 @@ impl CellularReader {
 mod linux {
     use std::collections::HashSet;
 
-    use zbus::zvariant::{OwnedObjectPath, OwnedValue};
-
     use super::*;
+    use crate::dbus::{Conn, DbusError, Value};
 
     const MM: &str = "org.freedesktop.ModemManager1";
     const MM_PATH: &str = "/org/freedesktop/ModemManager1";
     const MODEM: &str = "org.freedesktop.ModemManager1.Modem";
     const GPP: &str = "org.freedesktop.ModemManager1.Modem.Modem3gpp";
     const SIGNAL: &str = "org.freedesktop.ModemManager1.Modem.Signal";
+    const OBJECT_MANAGER: &str = "org.freedesktop.DBus.ObjectManager";
     const NOT_RUNNING: &str =
         "ModemManager is not running (org.freedesktop.ModemManager1 is not on the system D-Bus)";
 
-    /// ModemManager on the `modem` thread, with its own current-thread runtime.
+    /// ModemManager on the `modem` thread, over a blocking connection whose
+    /// calls each wait at most `timeout`.
     pub fn start(
         mode: CellularMode,
         timeout: Duration,
         rate_s: u32,
     ) -> Result<CellularReader, String> {
         CellularReader::spawn(mode, timeout, "ModemManager", move || {
-            let rt = tokio::runtime::Builder::new_current_thread()
-                .enable_all()
-                .build()
-                .map_err(|e| NoModem::Failed(format!("cannot start the D-Bus runtime: {e}")))?;
             let mut w = Worker {
                 conn: None,
                 set_up: HashSet::new(),
@@ -302,14 +318,7 @@ mod linux {
                 timeout,
             };
             Ok(Box::new(move || {
-                let r = rt.block_on(async {
-                    match tokio::time::timeout(timeout, w.poll()).await {
-                        Ok(r) => r,
-                        Err(_) => Err(NoModem::Failed(format!(
-                            "ModemManager did not answer within {timeout:?}"
-                        ))),
-                    }
-                });
+                let r = w.poll();
                 if r.is_err() {
                     // A restarted bus or a broken connection: start afresh next time.
                     w.conn = None;
@@ -320,153 +329,122 @@ mod linux {
     }
 
     struct Worker {
-        conn: Option<zbus::Connection>,
-        set_up: HashSet<OwnedObjectPath>,
+        conn: Option<Conn>,
+        set_up: HashSet<String>,
         rate_s: u32,
         timeout: Duration,
     }
 
-    fn is_absent(e: &zbus::Error) -> bool {
+    fn failed(what: &str, e: DbusError) -> NoModem {
         match e {
-            zbus::Error::MethodError(name, _, _) => matches!(
-                name.as_str(),
-                "org.freedesktop.DBus.Error.ServiceUnknown"
-                    | "org.freedesktop.DBus.Error.NameHasNoOwner"
-            ),
-            zbus::Error::FDO(f) => matches!(
-                **f,
-                zbus::fdo::Error::ServiceUnknown(_) | zbus::fdo::Error::NameHasNoOwner(_)
-            ),
-            _ => false,
+            DbusError::Timeout(t) => {
+                NoModem::Failed(format!("ModemManager did not answer within {t:?}"))
+            }
+            e => NoModem::Failed(format!("ModemManager {what} failed: {e}")),
         }
     }
 
-    type Ifaces = HashMap<zbus::names::OwnedInterfaceName, HashMap<String, OwnedValue>>;
-
     impl Worker {
-        async fn poll(&mut self) -> Result<Cellular, NoModem> {
-            let conn = match &self.conn {
-                Some(c) => c.clone(),
+        fn poll(&mut self) -> Result<Cellular, NoModem> {
+            let conn = match &mut self.conn {
+                Some(c) => c,
                 None => {
-                    let c = zbus::connection::Builder::system()
-                        .map(|b| b.method_timeout(self.timeout))
-                        .map_err(|e| NoModem::Absent(format!("no system D-Bus: {e}")))?
-                        .build()
-                        .await
-                        .map_err(|e| {
+                    let c = Conn::system(self.timeout).map_err(|e| match e {
+                        DbusError::Address(_) | DbusError::Io(_) | DbusError::Closed => {
                             NoModem::Absent(format!(
                                 "cannot connect to the system D-Bus to ask ModemManager: {e}"
                             ))
-                        })?;
-                    self.conn = Some(c.clone());
-                    c
+                        }
+                        e => failed("connection", e),
+                    })?;
+                    self.conn.insert(c)
                 }
             };
             // Asked first so that a ModemManager installed but not running is
             // not started by D-Bus activation on the sampler's behalf.
-            let bus = zbus::fdo::DBusProxy::new(&conn)
-                .await
-                .map_err(|e| NoModem::Failed(format!("D-Bus proxy: {e}")))?;
-            let name = zbus::names::BusName::WellKnown(
-                zbus::names::WellKnownName::from_static_str_unchecked(MM),
-            );
-            let running = bus
-                .name_has_owner(name)
-                .await
-                .map_err(|e| NoModem::Failed(format!("D-Bus NameHasOwner failed: {e}")))?;
-            if !running {
+            if !conn
+                .name_has_owner(MM)
+                .map_err(|e| failed("NameHasOwner", e))?
+            {
                 return Err(NoModem::Absent(NOT_RUNNING.into()));
             }
-            let om = zbus::fdo::ObjectManagerProxy::builder(&conn)
-                .destination(MM)
-                .and_then(|b| b.path(MM_PATH))
-                .map(|b| b.cache_properties(zbus::proxy::CacheProperties::No))
-                .map_err(|e| NoModem::Failed(format!("ModemManager proxy: {e}")))?
-                .build()
-                .await
-                .map_err(|e| NoModem::Failed(format!("ModemManager proxy: {e}")))?;
-            let objects = match om.get_managed_objects().await {
-                Ok(o) => o,
-                Err(e) => {
-                    let e = zbus::Error::from(e);
-                    return Err(if is_absent(&e) {
-                        NoModem::Absent(NOT_RUNNING.into())
-                    } else {
-                        NoModem::Failed(format!("ModemManager GetManagedObjects failed: {e}"))
-                    });
+            let objects = match conn.call(MM, MM_PATH, OBJECT_MANAGER, "GetManagedObjects", vec![])
+            {
+                Ok(mut o) if o.len() == 1 => o.remove(0),
+                Ok(_) => {
+                    return Err(NoModem::Failed(
+                        "ModemManager GetManagedObjects: not one a{oa{sa{sv}}}".into(),
+                    ));
                 }
+                Err(e) if e.is_absent() => return Err(NoModem::Absent(NOT_RUNNING.into())),
+                Err(e) => return Err(failed("GetManagedObjects", e)),
             };
-            let mut modems: Vec<(OwnedObjectPath, Ifaces)> = objects
+            let mut modems: Vec<(&str, &Value)> = objects
+                .dict_entries()
                 .into_iter()
-                .filter(|(_, i)| i.keys().any(|k| k.as_str() == MODEM))
-                .map(|(p, i)| (p, i.into_iter().collect()))
+                .flatten()
+                .filter(|(_, i)| i.dict_get(MODEM).is_some())
                 .collect();
-            modems.sort_by(|a, b| a.0.as_str().cmp(b.0.as_str()));
+            modems.sort_by(|a, b| a.0.cmp(b.0));
             let Some((path, ifaces)) = modems.into_iter().next() else {
                 return Err(NoModem::Absent("ModemManager sees no modem".into()));
             };
-            let get = |i: &str| ifaces.iter().find(|(k, _)| k.as_str() == i).map(|(_, v)| v);
+            let path = path.to_owned();
             let mut p = ModemProps::default();
-            if let Some(m) = get(MODEM) {
+            if let Some(m) = ifaces.dict_get(MODEM) {
                 p.access_technologies = m
-                    .get("AccessTechnologies")
-                    .and_then(|v| v.downcast_ref::<u32>().ok())
+                    .dict_get("AccessTechnologies")
+                    .and_then(|v| v.unvariant().as_u32())
                     .unwrap_or(0);
-                p.ports = m
-                    .get("Ports")
-                    .and_then(|v| v.try_clone().ok())
-                    .and_then(|v| Vec::<(String, u32)>::try_from(v).ok())
-                    .unwrap_or_default();
-                p.ports.truncate(64);
-                for (name, _) in &mut p.ports {
-                    // Interface names are short; a longer one is not trusted whole.
-                    *name = name.chars().take(64).collect();
+                if let Some(Value::Array(_, ports)) = m.dict_get("Ports").map(Value::unvariant) {
+                    p.ports = ports
+                        .iter()
+                        .filter_map(|port| match port {
+                            Value::Struct(f) => match f.as_slice() {
+                                // Interface names are short; a longer one is not trusted whole.
+                                [Value::Str(n), Value::U32(t)] => {
+                                    Some((n.chars().take(64).collect(), *t))
+                                }
+                                _ => None,
+                            },
+                            _ => None,
+                        })
+                        .take(64)
+                        .collect();
                 }
             }
-            if let Some(g) = get(GPP) {
+            if let Some(g) = ifaces.dict_get(GPP) {
                 let s = |k: &str| {
-                    g.get(k)
-                        .and_then(|v| {
-                            v.downcast_ref::<&str>()
-                                .ok()
-                                .map(|s| s.chars().take(64).collect())
+                    g.dict_get(k)
+                        .and_then(|v| match v.unvariant() {
+                            Value::Str(s) => Some(s.chars().take(64).collect()),
+                            _ => None,
                         })
                         .unwrap_or_default()
                 };
                 p.operator_name = s("OperatorName");
                 p.operator_code = s("OperatorCode");
             }
-            if let Some(sig) = get(SIGNAL) {
-                let mut props = sig.clone_all();
+            if let Some(sig) = ifaces.dict_get(SIGNAL) {
+                let mut props = sig.clone();
                 if !self.set_up.contains(&path) {
-                    conn.call_method(
-                        Some(MM),
-                        path.as_str(),
-                        Some(SIGNAL),
-                        "Setup",
-                        &(self.rate_s,),
-                    )
-                    .await
-                    .map_err(|e| {
-                        NoModem::Failed(format!("ModemManager Signal.Setup failed: {e}"))
-                    })?;
+                    conn.call(MM, &path, SIGNAL, "Setup", vec![Value::U32(self.rate_s)])
+                        .map_err(|e| failed("Signal.Setup", e))?;
                     self.set_up.insert(path.clone());
                     // The figures as they are after Setup.
-                    let pp = zbus::fdo::PropertiesProxy::builder(&conn)
-                        .destination(MM)
-                        .and_then(|b| b.path(path.as_str()))
-                        .map(|b| b.cache_properties(zbus::proxy::CacheProperties::No))
-                        .map_err(|e| NoModem::Failed(format!("ModemManager proxy: {e}")))?
-                        .build()
-                        .await
-                        .map_err(|e| NoModem::Failed(format!("ModemManager proxy: {e}")))?;
-                    let iface = zbus::names::InterfaceName::from_static_str_unchecked(SIGNAL);
-                    if let Ok(all) = pp.get_all(iface).await {
-                        props = all;
+                    if let Ok(mut all) = conn.call(
+                        MM,
+                        &path,
+                        crate::dbus::conn::PROPERTIES,
+                        "GetAll",
+                        vec![Value::str(SIGNAL)],
+                    ) && all.len() == 1
+                    {
+                        props = all.remove(0);
                     }
                 }
                 for k in ["Nr5g", "Lte", "Umts", "Gsm"] {
-                    if let Some(d) = props.get(k).and_then(dict_f64) {
+                    if let Some(d) = props.dict_get(k).and_then(dict_f64) {
                         p.signal.insert(k.to_owned(), d);
                     }
                 }
@@ -475,24 +453,12 @@ mod linux {
         }
     }
 
-    trait CloneAll {
-        fn clone_all(&self) -> HashMap<String, OwnedValue>;
-    }
-
-    impl CloneAll for HashMap<String, OwnedValue> {
-        fn clone_all(&self) -> HashMap<String, OwnedValue> {
-            self.iter()
-                .filter_map(|(k, v)| Some((k.clone(), v.try_clone().ok()?)))
-                .collect()
-        }
-    }
-
-    /// An `a{sv}` of doubles (other entries ignored), at most 16.
-    fn dict_f64(v: &OwnedValue) -> Option<HashMap<String, f64>> {
-        let m = HashMap::<String, OwnedValue>::try_from(v.try_clone().ok()?).ok()?;
+    /// An `a{sv}` (in a variant) of doubles (other entries ignored), at most 16.
+    fn dict_f64(v: &Value) -> Option<HashMap<String, f64>> {
         Some(
-            m.into_iter()
-                .filter_map(|(k, v)| Some((k, v.downcast_ref::<f64>().ok()?)))
+            v.unvariant()
+                .dict_entries()?
+                .filter_map(|(k, v)| Some((k.to_owned(), v.unvariant().as_f64()?)))
                 .take(16)
                 .collect(),
         )
@@ -695,35 +661,46 @@ mod mbn_com {
 
 impl CellularReader {
     /// The platform's modem source on the `modem` thread (module contract).
+    /// A good reading stands for `refresh` (`network.cellular_refresh`),
+    /// which is also ModemManager's `Setup` rate.
     pub fn start(
         mode: CellularMode,
         timeout: Duration,
-        rate_s: u32,
+        refresh: Duration,
     ) -> Result<CellularReader, String> {
         #[cfg(target_os = "linux")]
-        {
-            linux::start(mode, timeout, rate_s)
-        }
+        let r = linux::start(
+            mode,
+            timeout,
+            refresh.as_secs().clamp(1, u32::MAX as u64) as u32,
+        );
         #[cfg(windows)]
-        {
-            let _ = rate_s;
-            mbn_com::start(mode, timeout)
-        }
+        let r = mbn_com::start(mode, timeout);
         #[cfg(not(any(target_os = "linux", windows)))]
-        {
-            let _ = rate_s;
-            CellularReader::spawn(mode, timeout, "the modem", || {
-                Err(NoModem::Failed(
-                    "cellular is not read on this platform (network.cellular = \"off\" silences this)".into(),
-                ))
-            })
-        }
+        let r = CellularReader::spawn(mode, timeout, "the modem", || {
+            Err(NoModem::Failed(
+                "cellular is not read on this platform (network.cellular = \"off\" silences this)"
+                    .into(),
+            ))
+        });
+        r.map(|mut r| {
+            r.refresh = refresh;
+            r
+        })
     }
 }
 
 #[cfg(test)]
 mod tests {
     use super::*;
+    use std::sync::atomic::{AtomicU64, Ordering};
+
+    /// Seconds the injected clock runs ahead of the real one.
+    static SKEW: AtomicU64 = AtomicU64::new(0);
+
+    fn later() -> Instant {
+        Instant::now() + Duration::from_secs(SKEW.load(Ordering::SeqCst))
+    }
 
     #[test]
     fn technologies() {
@@ -855,6 +832,36 @@ mod tests {
         let c = counting(Duration::ZERO);
         assert_eq!(c.read(), Ok(None));
         assert_eq!(c.read().unwrap().unwrap().operator, "op2");
+
+        // A good reading stands for the refresh, by the injected clock;
+        // a failure does not.
+        let mut n = 0;
+        let mut c = CellularReader::spawn(CellularMode::Auto, t, "m", move || {
+            Ok(Box::new(move || {
+                n += 1;
+                if n == 2 {
+                    Err(NoModem::Failed("bus broke".into()))
+                } else {
+                    Ok(Cellular {
+                        operator: format!("op{n}"),
+                        ..Default::default()
+                    })
+                }
+            }))
+        })
+        .unwrap();
+        c.refresh = Duration::from_secs(10);
+        c.now = later;
+        SKEW.store(0, Ordering::SeqCst);
+        let op = |c: &CellularReader| c.read().map(|r| r.unwrap().operator);
+        assert_eq!(op(&c), Ok("op1".into()));
+        SKEW.store(9, Ordering::SeqCst);
+        assert_eq!(op(&c), Ok("op1".into()), "9 s old: reused");
+        assert_eq!(c.shared.0.lock().unwrap().generation, 1, "asked once");
+        SKEW.store(10, Ordering::SeqCst);
+        assert_eq!(op(&c), Err("bus broke".into()), "10 s old: asked again");
+        assert_eq!(op(&c), Ok("op3".into()), "a failure is asked again at once");
+        assert_eq!(c.shared.0.lock().unwrap().generation, 3);
 
         let broken = CellularReader::spawn(CellularMode::Required, t, "m", || {
             Err(NoModem::Absent("class not registered".into()))

@@ -115,7 +115,7 @@ impl Sampler {
                 cellular::CellularReader::start(
                     cfg.network.cellular,
                     cfg.network.cellular_timeout,
-                    cfg.interval.as_secs().clamp(1, u32::MAX as u64) as u32,
+                    cfg.network.cellular_refresh,
                 )
             });
         Ok(Sampler {

@@ -447,8 +447,8 @@ async fn cellular_figures_come_from_modem_manager_after_setup() {
         }),
         "{h}"
     );
-    // Signal.Setup once, at the sampling interval (1 s).
-    assert_eq!(*setups.lock().unwrap(), vec![1]);
+    // Signal.Setup once, at network.cellular_refresh (default 10 s).
+    assert_eq!(*setups.lock().unwrap(), vec![10]);
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
@@ -544,6 +544,7 @@ fn inner_cost() {
             vpn: vec!["tun*".into(), "wg*".into(), "NetMotion*".into()],
             cellular: CellularMode::Required,
             cellular_timeout: Duration::from_secs(3),
+            ..NetworkConfig::default()
         },
     );
     // The first pass connects to the bus and calls Setup.

@@ -404,6 +404,76 @@ async fn logind_shutdown_is_announced_acked_and_only_then_the_lock_is_released()
     );
 }
 
+/// Attack: a local unprivileged client emits logind's `PrepareForShutdown`
+/// on logind's path and interface, broadcast and unicast to every other
+/// connection (a unicast signal bypasses match rules). The agent must not
+/// announce "off" nor drop its lock; logind's own signal still counts.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_forged_prepare_for_shutdown_from_another_client_is_ignored() {
+    let rig = Rig::new("power-forged");
+    let logind = Logind::start(&rig.bus).await;
+    let collector = Collector::start(rig.broker.port(), true).await;
+    let _agent = rig.start_agent(rig.bus.address());
+    eventually("a birth and a delay lock", Duration::from_secs(15), || {
+        !collector.log().states.is_empty() && !logind.locks().calls.is_empty()
+    })
+    .await;
+
+    let forger = zbus::connection::Builder::address(rig.bus.address())
+        .unwrap()
+        .build()
+        .await
+        .unwrap();
+    let dbus = zbus::fdo::DBusProxy::new(&forger).await.unwrap();
+    let me = forger.unique_name().unwrap().to_string();
+    let victims: Vec<String> = dbus
+        .list_names()
+        .await
+        .unwrap()
+        .into_iter()
+        .map(|n| n.to_string())
+        .filter(|n| n.starts_with(':') && *n != me)
+        .collect();
+    assert!(victims.len() >= 2, "logind and the agent: {victims:?}");
+    let forge = |dest: Option<String>| {
+        let forger = forger.clone();
+        async move {
+            forger
+                .emit_signal(
+                    dest.as_deref(),
+                    "/org/freedesktop/login1",
+                    "org.freedesktop.login1.Manager",
+                    "PrepareForShutdown",
+                    &(true,),
+                )
+                .await
+                .unwrap();
+        }
+    };
+    forge(None).await;
+    for v in victims {
+        forge(Some(v)).await;
+    }
+    tokio::time::sleep(Duration::from_millis(1500)).await;
+    assert!(
+        collector.log().departures().is_empty(),
+        "a forged PrepareForShutdown was announced: {:?}",
+        collector.log().departures()
+    );
+    assert_eq!(logind.locks().released[0], None, "the lock was released");
+
+    // logind itself is still heard.
+    logind.shutdown(true).await;
+    eventually("the real announcement", Duration::from_secs(5), || {
+        !collector.log().departures().is_empty()
+    })
+    .await;
+    assert_eq!(
+        collector.log().departures()[0].1.reason,
+        PresenceReason::Shutdown
+    );
+}
+
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn sleep_is_announced_and_the_resume_says_how_long() {
     let rig = Rig::new("power-sleep");
