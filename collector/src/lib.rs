@@ -18,6 +18,7 @@ pub mod app;
 pub mod broker;
 pub mod clock;
 pub mod config;
+#[cfg(feature = "demo")]
 pub mod demo;
 pub mod enroll;
 pub mod fdlimit;

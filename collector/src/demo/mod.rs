@@ -1,8 +1,23 @@
 //! `muster-collector demo`: the embedded broker, the collector and the feed
 //! in one process, on a printed URL, with generated tokens and a temporary
-//! data directory. [`DemoTask`] is the seam for what runs alongside (the
-//! in-process agent, once it exists): it gets the broker address and the
-//! demo agency, and is stopped with everything else.
+//! data directory, plus
+//! * the simulated fleet (`fleet.rs`, unless `--no-sim`): two agencies of
+//!   MCTs and CAD workstations, each a real MQTT client with its own
+//!   generated credential, playing the scenes of `scenes.rs` on a loop;
+//! * the in-process agent sampling this machine (`demo/local`, cargo
+//!   feature `demo-agent`, on by default; the packaged collector is built
+//!   without it, so it links none of the agent's samplers and probes).
+//!
+//! [`DemoTask`] is the seam for what runs alongside: it gets the broker
+//! address and the demo agency, and is stopped with everything else.
+//! The demo config differs from the shipped defaults only in what the
+//! scenes need: `[rules.off.agency."county-fire"] max` is short (90 scene
+//! seconds) so an off unit turns overdue, and at `--sim-speed N` > 1 the
+//! shipped rules the scenes trip keep their thresholds but have their
+//! `for` divided by N ([`rules_toml`]).
+
+pub mod fleet;
+pub mod scenes;
 
 use std::future::Future;
 use std::net::SocketAddr;
@@ -66,6 +81,64 @@ pub struct DemoOptions {
     pub broker: SocketAddr,
     pub http: SocketAddr,
     pub data_dir: PathBuf,
+    /// Run the simulated fleet.
+    pub sim: bool,
+    /// Scene seconds per second (1 = real time).
+    pub speed: u32,
+}
+
+/// The shipped rules the scenes trip, whose `for` is scaled by the speed.
+pub const SCALED_RULES: [&str; 4] = [
+    "probe-slow",
+    "disk-full",
+    "disk-critical",
+    "cad-client-down",
+];
+
+/// Largest `--sim-speed`.
+pub const MAX_SPEED: u32 = 20;
+
+/// The demo config's `[rules]`: county-fire's short `[rules.off] max`, and
+/// at `speed` > 1 the [`SCALED_RULES`] as shipped with `for` / `speed`.
+pub fn rules_toml(speed: u32) -> String {
+    use toml::Value;
+    let speed = speed.clamp(1, MAX_SPEED);
+    let ms = |d: std::time::Duration| Value::String(format!("{}ms", d.as_millis()));
+    let off_max = std::time::Duration::from_secs(scenes::OFF_MAX_S) / speed;
+    let mut agency = toml::map::Map::new();
+    agency.insert("max".into(), ms(off_max));
+    let mut agencies = toml::map::Map::new();
+    agencies.insert(scenes::OVERDUE_AGENCY.into(), Value::Table(agency));
+    let mut off = toml::map::Map::new();
+    off.insert("agency".into(), Value::Table(agencies));
+    let mut rules = toml::map::Map::new();
+    rules.insert("off".into(), Value::Table(off));
+    if speed > 1 {
+        let shipped: Value = crate::rules::DEFAULT_RULES_TOML
+            .parse()
+            .expect("the shipped rules parse");
+        let scaled: Vec<Value> = shipped["rules"]["threshold"]
+            .as_array()
+            .into_iter()
+            .flatten()
+            .filter(|r| SCALED_RULES.contains(&r["name"].as_str().unwrap_or("")))
+            .map(|r| {
+                let mut r = r.clone();
+                if let Some(d) = r
+                    .get("for")
+                    .and_then(Value::as_str)
+                    .and_then(|f| humantime::parse_duration(f).ok())
+                {
+                    r["for"] = ms(d / speed);
+                }
+                r
+            })
+            .collect();
+        rules.insert("threshold".into(), Value::Array(scaled));
+    }
+    let mut doc = toml::map::Map::new();
+    doc.insert("rules".into(), Value::Table(rules));
+    toml::to_string(&Value::Table(doc)).expect("a TOML table serialises")
 }
 
 fn token(prefix: &str) -> String {
@@ -79,6 +152,7 @@ fn token(prefix: &str) -> String {
     format!("{prefix}-{a:016x}{b:016x}")
 }
 
+#[cfg(feature = "demo-agent")]
 /// The demo's in-process agent: real sampling of this machine, an HTTP
 /// and a TCP probe of the demo's own feed, shipped
 /// through the embedded broker like any terminal's.
@@ -154,18 +228,44 @@ pub async fn run(
     let unit_password = generate_secret();
     let mut units = StaticUnitCredentials::new();
     units.insert(unit.clone(), unit_password.as_bytes());
+    let mut agencies = BTreeMap::from([(DEMO_AGENCY.to_owned(), agency_token.clone())]);
+    let sim_units: Vec<(scenes::SimUnit, String)> = if opts.sim {
+        scenes::fleet()
+            .into_iter()
+            .map(|u| (u, generate_secret()))
+            .collect()
+    } else {
+        Vec::new()
+    };
+    for (u, password) in &sim_units {
+        let id = muster_proto::UnitId::new(u.agency, u.unit.clone())
+            .map_err(|e| std::io::Error::other(e.to_string()))?;
+        units.insert(id, password.as_bytes());
+        agencies
+            .entry(u.agency.to_owned())
+            .or_insert_with(|| token(u.agency));
+    }
     let units = Arc::new(FleetCredentials::new(units));
     let auth = Authenticator::new(
         Arc::clone(&units) as Arc<dyn crate::broker::auth::UnitCredentials>,
-        BTreeMap::from([(DEMO_AGENCY.to_owned(), agency_token.clone())]),
+        agencies.clone(),
     );
+    let broker_cfg = BrokerConfig {
+        // Far more than the demo needs, and within any open-files limit.
+        max_connections: 1_000,
+        ..BrokerConfig::default()
+    };
     let broker = EmbeddedBroker::start(
         opts.broker,
-        &BrokerConfig::default(),
+        &broker_cfg,
         auth,
         std::time::Duration::from_secs(10),
     )
     .await?;
+    let agency_toml: String = agencies
+        .iter()
+        .map(|(name, token)| format!("[[agency]]\nname = \"{name}\"\ntoken = \"{token}\"\n"))
+        .collect();
     let text = format!(
         r#"
 admin_token = "{admin}"
@@ -176,12 +276,12 @@ listen = "{http}"
 metrics_require_token = false
 [store]
 path = "{path}"
-[[agency]]
-name = "{DEMO_AGENCY}"
-token = "{agency_token}"
+{agency_toml}
+{rules}
 "#,
         http = opts.http,
         path = opts.data_dir.display(),
+        rules = rules_toml(opts.speed),
     );
     let mut cfg = Config::parse(&text)?;
     let collector_key = crate::signing::Signer::load(&cfg.signing)?
@@ -197,7 +297,17 @@ token = "{agency_token}"
     println!("  stream:        {feed_url}/api/v1/stream");
     println!("  metrics:       {feed_url}/metrics");
     println!("  admin token:   {admin}");
-    println!("  agency token:  {agency_token}  (agency \"{DEMO_AGENCY}\")");
+    for (name, token) in &agencies {
+        println!("  agency token:  {token}  (agency \"{name}\")");
+    }
+    if opts.sim {
+        println!(
+            "  fleet:         {} simulated units in {} agencies, scenes every {} s (README: \"What the demo shows\")",
+            sim_units.len(),
+            agencies.len() - 1,
+            scenes::PERIOD_S / u64::from(opts.speed.clamp(1, MAX_SPEED)),
+        );
+    }
     println!(
         "  MQTT broker:   mqtt://{}  (MQTT 3.1.1; user \"{DEMO_AGENCY}\" with the agency token reads statuses)",
         broker.addr
@@ -207,6 +317,20 @@ token = "{agency_token}"
         "  try:           curl -H 'Authorization: Bearer {agency_token}' {feed_url}/api/v1/units"
     );
     let stop = CancellationToken::new();
+    let collector_public = collector_key
+        .parse::<muster_proto::PublicKey>()
+        .map_err(|e| std::io::Error::other(e.to_string()))?;
+    let sim = (!sim_units.is_empty()).then(|| {
+        tokio::spawn(fleet::run(
+            sim_units,
+            fleet::FleetSettings {
+                broker: broker.addr,
+                speed: opts.speed.clamp(1, MAX_SPEED),
+                collector_key: collector_public,
+                shutdown: stop.clone(),
+            },
+        ))
+    });
     let side = alongside.map(|task| {
         tokio::spawn(task(DemoEnv {
             broker: broker.addr,
@@ -235,6 +359,9 @@ token = "{agency_token}"
     let r = collector.await;
     stop.cancel();
     if let Some(t) = side {
+        let _ = t.await;
+    }
+    if let Some(t) = sim {
         let _ = t.await;
     }
     broker.stop().await;
