@@ -215,6 +215,36 @@ timeout = "3s"
     })
 }
 
+/// The demo collector's config.
+pub fn collector_toml(
+    admin: &str,
+    http: SocketAddr,
+    data_dir: &std::path::Path,
+    agencies: &BTreeMap<String, String>,
+    speed: u32,
+) -> String {
+    let agency_toml: String = agencies
+        .iter()
+        .map(|(name, token)| format!("[[agency]]\nname = \"{name}\"\ntoken = \"{token}\"\n"))
+        .collect();
+    format!(
+        r#"
+admin_token = "{admin}"
+[mqtt]
+client_id = "muster-collector-demo"
+[http]
+listen = "{http}"
+metrics_require_token = false
+[store]
+path = "{path}"
+{agency_toml}
+{rules}
+"#,
+        path = data_dir.display(),
+        rules = rules_toml(speed),
+    )
+}
+
 /// Runs the demo until `shutdown` completes.
 pub async fn run(
     opts: DemoOptions,
@@ -262,27 +292,7 @@ pub async fn run(
         std::time::Duration::from_secs(10),
     )
     .await?;
-    let agency_toml: String = agencies
-        .iter()
-        .map(|(name, token)| format!("[[agency]]\nname = \"{name}\"\ntoken = \"{token}\"\n"))
-        .collect();
-    let text = format!(
-        r#"
-admin_token = "{admin}"
-[mqtt]
-client_id = "muster-collector-demo"
-[http]
-listen = "{http}"
-metrics_require_token = false
-[store]
-path = "{path}"
-{agency_toml}
-{rules}
-"#,
-        http = opts.http,
-        path = opts.data_dir.display(),
-        rules = rules_toml(opts.speed),
-    );
+    let text = collector_toml(&admin, opts.http, &opts.data_dir, &agencies, opts.speed);
     let mut cfg = Config::parse(&text)?;
     let collector_key = crate::signing::Signer::load(&cfg.signing)?
         .public_key()
@@ -366,4 +376,64 @@ path = "{path}"
     }
     broker.stop().await;
     Ok(r?)
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn the_demo_config_is_valid_at_every_speed() {
+        let agencies = BTreeMap::from([
+            (DEMO_AGENCY.to_owned(), token(DEMO_AGENCY)),
+            (scenes::OVERDUE_AGENCY.to_owned(), token("county-fire")),
+        ]);
+        for speed in [1, 6, MAX_SPEED] {
+            let text = collector_toml(
+                &token("admin"),
+                "127.0.0.1:0".parse().unwrap(),
+                std::path::Path::new("/nonexistent/demo"),
+                &agencies,
+                speed,
+            );
+            if let Err(e) = Config::parse(&text) {
+                panic!("speed {speed}: {e}\n{text}");
+            }
+        }
+    }
+
+    #[test]
+    fn rules_scale_with_the_speed() {
+        let one = rules_toml(1);
+        assert!(one.contains("max = \"90000ms\""), "{one}");
+        assert!(!one.contains("threshold"), "{one}");
+        let six = rules_toml(6);
+        assert!(six.contains("max = \"15000ms\""), "{six}");
+        let doc: toml::Value = six.parse().unwrap();
+        let rules = doc["rules"]["threshold"].as_array().unwrap();
+        let got: Vec<(&str, &str, f64)> = rules
+            .iter()
+            .map(|r| {
+                let threshold = r["threshold"]
+                    .as_float()
+                    .or(r["threshold"].as_integer().map(|i| i as f64))
+                    .unwrap_or(-1.0);
+                (
+                    r["name"].as_str().unwrap(),
+                    r["for"].as_str().unwrap(),
+                    threshold,
+                )
+            })
+            .collect();
+        // Thresholds as shipped; only `for` shorter.
+        assert_eq!(
+            got,
+            vec![
+                ("disk-full", "10000ms", 95.0),
+                ("disk-critical", "5000ms", 99.0),
+                ("cad-client-down", "5000ms", -1.0),
+                ("probe-slow", "10000ms", 2000.0),
+            ]
+        );
+    }
 }

@@ -78,7 +78,7 @@ pub struct SimUnit {
     pub in_slowdown: bool,
 }
 
-/// The simulated fleet: two agencies, 38 units (the demo agency keeps the
+/// The simulated fleet: two agencies, 41 units (the demo agency keeps the
 /// in-process agent of this machine).
 pub fn fleet() -> Vec<SimUnit> {
     let mut v = Vec::new();
@@ -296,12 +296,12 @@ mod tests {
     #[test]
     fn cad_api_table() {
         for (name, t, want) in [
-            ("P-11", 19, Cad::Ok { total_ms: 159 }),
+            ("P-11", 19, Cad::Ok { total_ms: 172 }),
             ("P-11", 20, Cad::Slow { total_ms: 2_600 }),
             ("CAD-WS-01", 69, Cad::Slow { total_ms: 2_600 }),
             ("P-11", 70, Cad::Timeout { after_ms: 3_000 }),
             ("P-11", 99, Cad::Timeout { after_ms: 3_000 }),
-            ("P-11", 100, Cad::Ok { total_ms: 159 }),
+            ("P-11", 100, Cad::Ok { total_ms: 172 }),
             ("E-1", 80, Cad::Ok { total_ms: 159 }),
         ] {
             assert_eq!(plan(&unit(name), t).cad, want, "{name} at {t}");
