@@ -9,6 +9,8 @@ mod http;
 
 #[path = "collector/dashboard.rs"]
 mod dashboard;
+#[path = "collector/demo.rs"]
+mod demo;
 #[path = "collector/enroll.rs"]
 mod enroll;
 #[path = "collector/feed_limits.rs"]

@@ -351,7 +351,20 @@ pub async fn run(
             shutdown: stop.clone(),
         }))
     });
-    let stop2 = stop.clone();
+    // Stopping: the fleet and the agent go first, while the collector
+    // still acks their departures; then the collector, then the broker.
+    let tasks_done = CancellationToken::new();
+    tokio::spawn({
+        let (stop, done) = (stop.clone(), tasks_done.clone());
+        async move {
+            stop.cancelled().await;
+            for t in side.into_iter().chain(sim) {
+                let _ = t.await;
+            }
+            done.cancel();
+        }
+    });
+    let (stop2, done2) = (stop.clone(), tasks_done.clone());
     let wiring = app::Wiring {
         registry: None,
         broker: Some((units, Arc::clone(&broker.metrics))),
@@ -363,17 +376,13 @@ pub async fn run(
         async move {
             shutdown.await;
             stop2.cancel();
+            done2.cancelled().await;
         },
         wiring,
     );
     let r = collector.await;
     stop.cancel();
-    if let Some(t) = side {
-        let _ = t.await;
-    }
-    if let Some(t) = sim {
-        let _ = t.await;
-    }
+    tasks_done.cancelled().await;
     broker.stop().await;
     Ok(r?)
 }
