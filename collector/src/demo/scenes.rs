@@ -7,16 +7,17 @@
 //! clock N times faster than the wall clock (and the demo config scales
 //! the rules' durations by the same factor, see `demo::rules_toml`).
 //!
-//! The loop (every status shows within two minutes of the start):
+//! The loop: every status shows within two minutes of the start, and at
+//! about two minutes all of them show at once, with an open incident.
 //!
 //! | unit | agency | scene | what the feed shows |
 //! |---|---|---|---|
 //! | `P-21` | metro-pd | shuts down at 10 s (end of shift), back at 180 s | `off`, "shut down" |
 //! | `E-6` | county-fire | shuts down at 5 s, back at 190 s; county-fire's `[rules.off] max` is 90 s | `off`, then `overdue` from 95 s |
-//! | `P-17` | metro-pd | sleeps at 15 s, resumes at 120 s | `off` (asleep), then `ok` with "resumed" |
-//! | `P-14` | metro-pd | dead zone 30–90 s: drops without a word, keeps sampling | `lost` (the will), then the backlog replays and the gap fills |
-//! | every metro-pd unit | metro-pd | `cad-api` slow (2.6 s) 20–100 s, timing out 70–100 s | `degraded` (`probe-slow`), an agency-wide incident |
-//! | `CAD-WS-02` | metro-pd | `cadclient` crash-looping 20–120 s (not running, restarts climbing) | `critical` (`cad-client-down`) |
+//! | `P-17` | metro-pd | sleeps at 15 s, resumes at 150 s | `off` (asleep), then `ok` with "resumed" |
+//! | `P-14` | metro-pd | dead zone 60–135 s: drops without a word, keeps sampling | `lost` (the will), then the backlog replays and the gap fills |
+//! | every metro-pd unit | metro-pd | `cad-api` slow (2.6 s) 40–100 s, timing out 100–140 s | `degraded` (`probe-slow`), an agency-wide incident |
+//! | `CAD-WS-02` | metro-pd | `cadclient` crash-looping 20–150 s (not running, restarts climbing) | `critical` (`cad-client-down`) |
 //! | `E-4` | county-fire | `/` fills to 99.6 % from 0 s, cleaned at 150 s | `critical` (`disk-critical`) |
 //! | `M-7` | county-fire | `/` fills to 96.5 %, cleaned at 150 s | `degraded` (`disk-full`) |
 //! | the rest | both | nothing happens | `ok` |
@@ -184,8 +185,8 @@ pub fn plan(u: &SimUnit, elapsed_s: u64) -> Plan {
     let link = match u.role {
         Role::Shutdown if within(t, 10, 180) => Link::Departed(PresenceReason::Shutdown),
         Role::Overdue if within(t, 5, 190) => Link::Departed(PresenceReason::Shutdown),
-        Role::Sleeper if within(t, 15, 120) => Link::Departed(PresenceReason::Sleep),
-        Role::DeadZone if within(t, 30, 90) => Link::DeadZone,
+        Role::Sleeper if within(t, 15, 150) => Link::Departed(PresenceReason::Sleep),
+        Role::DeadZone if within(t, 60, 135) => Link::DeadZone,
         _ => Link::Connected,
     };
     let disk_permille = match u.role {
@@ -193,9 +194,9 @@ pub fn plan(u: &SimUnit, elapsed_s: u64) -> Plan {
         Role::DiskFill { .. } => 620,
         _ => 410 + (u.unit.len() as u32 * 37) % 200,
     };
-    let cad = if u.in_slowdown && within(t, 70, 100) {
+    let cad = if u.in_slowdown && within(t, 100, 140) {
         Cad::Timeout { after_ms: 3_000 }
-    } else if u.in_slowdown && within(t, 20, 70) {
+    } else if u.in_slowdown && within(t, 40, 100) {
         Cad::Slow { total_ms: 2_600 }
     } else {
         Cad::Ok {
@@ -205,8 +206,8 @@ pub fn plan(u: &SimUnit, elapsed_s: u64) -> Plan {
     let (cadclient_running, cadclient_restarts) = match u.role {
         Role::CrashLoop => {
             // One restart every 10 s while crash-looping.
-            let this_loop = t.clamp(20, 120).saturating_sub(20) / 10;
-            (!within(t, 20, 120), (loops * 10 + this_loop) as u32)
+            let this_loop = t.clamp(20, 150).saturating_sub(20) / 10;
+            (!within(t, 20, 150), (loops * 13 + this_loop) as u32)
         }
         _ => (true, 0),
     };
@@ -269,11 +270,12 @@ mod tests {
             ("E-6", 190, Connected),
             ("P-17", 14, Connected),
             ("P-17", 15, Departed(Sleep)),
-            ("P-17", 120, Connected),
-            ("P-14", 29, Connected),
-            ("P-14", 30, DeadZone),
-            ("P-14", 89, DeadZone),
-            ("P-14", 90, Connected),
+            ("P-17", 149, Departed(Sleep)),
+            ("P-17", 150, Connected),
+            ("P-14", 59, Connected),
+            ("P-14", 60, DeadZone),
+            ("P-14", 134, DeadZone),
+            ("P-14", 135, Connected),
             ("P-11", 50, Connected),
         ] {
             assert_eq!(plan(&unit(name), t).link, want, "{name} at {t}");
@@ -284,24 +286,35 @@ mod tests {
     fn overdue_within_two_minutes_and_not_for_the_others() {
         // Off longer than OFF_MAX_S before it comes back, and before 2 min.
         let e6 = unit("E-6");
-        assert!(matches!(
-            plan(&e6, 5 + OFF_MAX_S + 5).link,
-            Link::Departed(_)
-        ));
-        assert!(5 + OFF_MAX_S < 120);
-        // Asleep shorter than OFF_MAX_S anyway (it could be in any agency).
-        assert!(120 - 15 > 0 && 120 - 15 < 16 * 3600);
+        const { assert!(5 + OFF_MAX_S < 120) };
+        for t in [5 + OFF_MAX_S + 5, 120, 189] {
+            assert!(matches!(plan(&e6, t).link, Link::Departed(_)), "{t}");
+        }
+    }
+
+    #[test]
+    fn at_two_minutes_everything_shows_at_once() {
+        use PresenceReason::{Shutdown, Sleep};
+        let at = |name: &str| plan(&unit(name), 120);
+        assert_eq!(at("P-21").link, Link::Departed(Shutdown));
+        assert_eq!(at("E-6").link, Link::Departed(Shutdown));
+        assert_eq!(at("P-17").link, Link::Departed(Sleep));
+        assert_eq!(at("P-14").link, Link::DeadZone);
+        assert!(matches!(at("P-11").cad, Cad::Timeout { .. }));
+        assert!(!at("CAD-WS-02").cadclient_running);
+        assert!(at("E-4").disk_permille > 990);
+        assert!((951..990).contains(&at("M-7").disk_permille));
     }
 
     #[test]
     fn cad_api_table() {
         for (name, t, want) in [
-            ("P-11", 19, Cad::Ok { total_ms: 172 }),
-            ("P-11", 20, Cad::Slow { total_ms: 2_600 }),
-            ("CAD-WS-01", 69, Cad::Slow { total_ms: 2_600 }),
-            ("P-11", 70, Cad::Timeout { after_ms: 3_000 }),
-            ("P-11", 99, Cad::Timeout { after_ms: 3_000 }),
-            ("P-11", 100, Cad::Ok { total_ms: 172 }),
+            ("P-11", 39, Cad::Ok { total_ms: 172 }),
+            ("P-11", 40, Cad::Slow { total_ms: 2_600 }),
+            ("CAD-WS-01", 99, Cad::Slow { total_ms: 2_600 }),
+            ("P-11", 100, Cad::Timeout { after_ms: 3_000 }),
+            ("P-11", 139, Cad::Timeout { after_ms: 3_000 }),
+            ("P-11", 140, Cad::Ok { total_ms: 172 }),
             ("E-1", 80, Cad::Ok { total_ms: 159 }),
         ] {
             assert_eq!(plan(&unit(name), t).cad, want, "{name} at {t}");
@@ -314,7 +327,7 @@ mod tests {
         // even in the first loop, timeouts are under half of the results.
         let p = unit("P-11");
         let (mut ok, mut failed) = (0, 0);
-        for t in (0..100).step_by(TICK_S as usize) {
+        for t in (0..140).step_by(TICK_S as usize) {
             match plan(&p, t).cad {
                 Cad::Timeout { .. } => failed += 1,
                 _ => ok += 1,
@@ -322,7 +335,10 @@ mod tests {
         }
         assert!(failed * 2 < ok + failed, "{failed} of {}", ok + failed);
         // ...while the slow stretch (incl. timeouts) lasts past probe-slow's 1 min.
-        assert!(100 - 20 > 60 + TICK_S);
+        let slow = (0..PERIOD_S)
+            .filter(|&t| !matches!(plan(&p, t).cad, Cad::Ok { .. }))
+            .count() as u64;
+        assert!(slow > 60 + TICK_S, "{slow}");
     }
 
     #[test]
@@ -332,10 +348,10 @@ mod tests {
             (0, true, 0),
             (20, false, 0),
             (35, false, 1),
-            (119, false, 9),
-            (120, true, 10),
-            (PERIOD_S + 5, true, 10),
-            (PERIOD_S + 45, false, 12),
+            (149, false, 12),
+            (150, true, 13),
+            (PERIOD_S + 5, true, 13),
+            (PERIOD_S + 45, false, 15),
         ] {
             let p = plan(&u, t);
             assert_eq!(
