@@ -45,7 +45,7 @@ sleep "$secs"
 
 json() { python3 -c "import json,sys; v=json.load(sys.stdin)['value']; print($1)"; }
 api="http://127.0.0.1:$wd/session"
-session=$(curl -sf -X POST "$api" -H 'Content-Type: application/json' -d '{"capabilities":{"alwaysMatch":{"goog:chromeOptions":{"binary":"/usr/bin/chromium","args":["--headless","--no-sandbox","--disable-gpu","--no-first-run","--window-size=1600,1300"]}}}}' | json "v['sessionId']")
+session=$(curl -sf -X POST "$api" -H 'Content-Type: application/json' -d '{"capabilities":{"alwaysMatch":{"goog:chromeOptions":{"binary":"/usr/bin/chromium","args":["--headless","--no-sandbox","--disable-gpu","--no-first-run","--window-size=1600,3000"]}}}}' | json "v['sessionId']")
 curl -sf -X POST "$api/$session/url" -H 'Content-Type: application/json' -d "{\"url\":\"$url\"}" >/dev/null
 # The dashboard keeps its token in sessionStorage (what the sign-in form does).
 curl -sf -X POST "$api/$session/execute/sync" -H 'Content-Type: application/json' \
