@@ -1026,9 +1026,9 @@ fn validate_network(raw: RawNetwork) -> Result<NetworkConfig, ConfigError> {
             "must be between 100ms and 10s",
         ));
     }
-    let cellular_refresh = duration(
+    let cellular_refresh = duration_or(
         "network.cellular_refresh",
-        &raw.cellular_refresh,
+        raw.cellular_refresh.as_deref(),
         DEFAULT_CELLULAR_REFRESH,
     )?;
     if cellular_refresh < Duration::from_secs(1) || cellular_refresh > Duration::from_secs(3600) {

@@ -21,6 +21,7 @@ pub mod broker;
 /// The injected clock (its home is `muster_base::clock`).
 pub use muster_base::clock;
 pub mod config;
+#[cfg(feature = "demo")]
 pub mod demo;
 pub mod enroll;
 pub mod fdlimit;

@@ -6,14 +6,16 @@ use std::sync::Arc;
 
 use anyhow::Context;
 use clap::{Parser, Subcommand};
+use muster_collector::app;
 use muster_collector::broker::EmbeddedBroker;
 use muster_collector::broker::auth::{
     Authenticator, FleetCredentials, StaticUnitCredentials, UnitCredentials,
 };
 use muster_collector::clock::TokioClock;
 use muster_collector::config::Config;
+#[cfg(feature = "demo")]
+use muster_collector::demo;
 use muster_collector::signing::Signer;
-use muster_collector::{app, demo};
 
 #[derive(Parser)]
 #[command(
@@ -49,7 +51,10 @@ enum Cmd {
         #[arg(long)]
         config: PathBuf,
     },
-    /// Embedded broker + collector + feed on a printed URL.
+    /// Embedded broker + collector + feed on a printed URL, with a
+    /// simulated fleet playing scenes and (feature `demo-agent`) an agent
+    /// sampling this machine.
+    #[cfg(feature = "demo")]
     Demo {
         #[arg(long, default_value = "127.0.0.1:1883")]
         broker: SocketAddr,
@@ -58,17 +63,28 @@ enum Cmd {
         /// Data directory (default: a temporary one).
         #[arg(long)]
         data: Option<PathBuf>,
+        /// No simulated fleet: only the local agent.
+        #[arg(long)]
+        no_sim: bool,
+        /// Play the scenes N times faster (the rules they trip are
+        /// shortened by as much); for tests and impatient viewers.
+        #[arg(long, default_value_t = 1, value_parser = clap::value_parser!(u32).range(1..=20))]
+        sim_speed: u32,
     },
 }
 
 fn main() -> anyhow::Result<()> {
-    tracing_subscriber::fmt()
-        .with_writer(std::io::stderr)
-        .with_env_filter(
-            tracing_subscriber::EnvFilter::try_from_default_env()
-                .unwrap_or_else(|_| "info,rumqttd=warn".into()),
-        )
-        .init();
+    {
+        use tracing_subscriber::prelude::*;
+        let env = tracing_subscriber::EnvFilter::try_from_default_env()
+            .unwrap_or_else(|_| "info,rumqttd=warn".into());
+        // rumqttd logs every client departure at ERROR: see broker/log.rs.
+        let fmt = tracing_subscriber::fmt::layer()
+            .with_writer(std::io::stderr)
+            .with_filter(muster_collector::broker::log::RumqttdRoutine)
+            .with_filter(env);
+        tracing_subscriber::registry().with(fmt).init();
+    }
     let cli = Cli::parse();
     if !matches!(cli.cmd, Cmd::CheckConfig { .. }) {
         muster_collector::fdlimit::raise_and_log();
@@ -159,7 +175,14 @@ fn main() -> anyhow::Result<()> {
                 anyhow::Ok(())
             })
         }
-        Cmd::Demo { broker, http, data } => {
+        #[cfg(feature = "demo")]
+        Cmd::Demo {
+            broker,
+            http,
+            data,
+            no_sim,
+            sim_speed,
+        } => {
             let tmp;
             let data_dir = match data {
                 Some(d) => d,
@@ -168,15 +191,20 @@ fn main() -> anyhow::Result<()> {
                     tmp
                 }
             };
-            let agent = demo::local_agent(data_dir.join("agent"));
+            #[cfg(feature = "demo-agent")]
+            let agent = Some(demo::local_agent(data_dir.join("agent")));
+            #[cfg(not(feature = "demo-agent"))]
+            let agent = None;
             let opts = demo::DemoOptions {
                 broker,
                 http,
                 data_dir,
+                sim: !no_sim,
+                speed: sim_speed,
             };
             rt.block_on(demo::run(
                 opts,
-                Some(agent),
+                agent,
                 muster_base::shutdown::shutdown_signal(),
             ))?;
             Ok(())

@@ -7,6 +7,8 @@ mod harness;
 
 #[path = "collector/dashboard.rs"]
 mod dashboard;
+#[path = "collector/demo.rs"]
+mod demo;
 #[path = "collector/enroll.rs"]
 mod enroll;
 #[path = "collector/feed_limits.rs"]

@@ -40,6 +40,7 @@
 pub mod acl;
 pub mod auth;
 pub mod gate;
+pub mod log;
 
 use std::collections::HashMap;
 use std::net::{SocketAddr, TcpStream};
@@ -205,7 +206,8 @@ impl EmbeddedBroker {
                 }
             })
             .map_err(BrokerError::Thread)?;
-        tokio::task::spawn_blocking(move || wait_listening(&[v4, v5]))
+        let login = (INTERNAL_USER.to_owned(), password.clone());
+        tokio::task::spawn_blocking(move || wait_listening(&[(v4, 4), (v5, 5)], &login))
             .await
             .map_err(|e| BrokerError::Thread(std::io::Error::other(e.to_string())))??;
 
@@ -262,17 +264,82 @@ impl EmbeddedBroker {
     }
 }
 
-fn wait_listening(addrs: &[SocketAddr]) -> Result<(), BrokerError> {
+/// Waits until rumqttd accepts an MQTT session on each internal listener
+/// (`(address, protocol level)`: 4 for MQTT 3.1.1, 5 for MQTT 5). Each
+/// check is a whole handshake with the internal credential (CONNECT,
+/// CONNACK, DISCONNECT): a bare TCP connect that closes without a CONNECT
+/// is, to rumqttd, a client error, and it logs one per check.
+fn wait_listening(addrs: &[(SocketAddr, u8)], login: &(String, String)) -> Result<(), BrokerError> {
     let deadline = Instant::now() + Duration::from_secs(10);
-    for a in addrs {
-        while TcpStream::connect_timeout(a, Duration::from_millis(200)).is_err() {
+    for &(a, level) in addrs {
+        while !handshake(a, level, login) {
             if Instant::now() > deadline {
-                return Err(BrokerError::NotListening(*a));
+                return Err(BrokerError::NotListening(a));
             }
             std::thread::sleep(Duration::from_millis(20));
         }
     }
     Ok(())
+}
+
+/// One MQTT session on `a`: true once rumqttd accepted the CONNECT.
+fn handshake(a: SocketAddr, level: u8, (user, pass): &(String, String)) -> bool {
+    use std::io::{Read, Write};
+    let Ok(mut s) = TcpStream::connect_timeout(&a, Duration::from_millis(200)) else {
+        return false;
+    };
+    let _ = s.set_read_timeout(Some(Duration::from_secs(2)));
+    let _ = s.set_write_timeout(Some(Duration::from_secs(2)));
+    // One client id per listener: rumqttd has one router for both, and a
+    // second session with the same id drops the first (with an ERROR).
+    let id = format!("muster-ready-v{level}");
+    if s.write_all(&connect_packet(level, &id, user, pass))
+        .is_err()
+    {
+        return false;
+    }
+    // CONNACK: 0x20, remaining length, flags, return/reason code 0.
+    let mut ack = [0u8; 4];
+    let ok = s.read_exact(&mut ack).is_ok() && ack[0] == 0x20 && ack[3] == 0;
+    // DISCONNECT (normal, in both versions); wait for the server to close.
+    let _ = s.write_all(&[0xe0, 0x00]);
+    let _ = s.read(&mut ack);
+    ok
+}
+
+/// A CONNECT packet (clean session, user name and password, no will) for
+/// protocol level 4 (MQTT 3.1.1) or 5 (MQTT 5, no properties).
+fn connect_packet(level: u8, client_id: &str, user: &str, pass: &str) -> Vec<u8> {
+    fn string(out: &mut Vec<u8>, s: &str) {
+        out.extend_from_slice(&(s.len() as u16).to_be_bytes());
+        out.extend_from_slice(s.as_bytes());
+    }
+    let mut body = Vec::with_capacity(64 + user.len() + pass.len());
+    string(&mut body, "MQTT");
+    body.push(level);
+    body.push(0b1100_0010); // user name, password, clean session
+    body.extend_from_slice(&30u16.to_be_bytes()); // keep alive, s
+    if level >= 5 {
+        body.push(0); // no properties
+    }
+    string(&mut body, client_id);
+    string(&mut body, user);
+    string(&mut body, pass);
+    let mut out = vec![0x10];
+    let mut len = body.len();
+    loop {
+        let mut b = (len % 128) as u8;
+        len /= 128;
+        if len > 0 {
+            b |= 0x80;
+        }
+        out.push(b);
+        if len == 0 {
+            break;
+        }
+    }
+    out.extend_from_slice(&body);
+    out
 }
 
 #[cfg(test)]
@@ -285,5 +352,36 @@ mod tests {
         assert_eq!(effective_max_connections(20_000, Some(1024)), 256);
         assert_eq!(effective_max_connections(100, Some(1_048_576)), 100);
         assert_eq!(effective_max_connections(100, Some(10)), 1);
+    }
+
+    #[test]
+    fn readiness_connect_packets_decode() {
+        use rumqttc::mqttbytes::Protocol;
+        let long = "p".repeat(200); // a two-byte remaining length
+        for pass in ["secret", long.as_str()] {
+            let b = connect_packet(4, "muster-ready", INTERNAL_USER, pass);
+            let mut buf = bytes::BytesMut::from(&b[..]);
+            match rumqttc::mqttbytes::v4::Packet::read(&mut buf, 4096).unwrap() {
+                rumqttc::mqttbytes::v4::Packet::Connect(c) => {
+                    assert_eq!(c.protocol, Protocol::V4);
+                    assert_eq!(c.client_id, "muster-ready");
+                    let l = c.login.unwrap();
+                    assert_eq!(
+                        (l.username.as_str(), l.password.as_str()),
+                        (INTERNAL_USER, pass)
+                    );
+                }
+                p => panic!("{p:?}"),
+            }
+            let b = connect_packet(5, "muster-ready", INTERNAL_USER, pass);
+            let mut buf = bytes::BytesMut::from(&b[..]);
+            match rumqttc::v5::mqttbytes::v5::Packet::read(&mut buf, Some(4096)).unwrap() {
+                rumqttc::v5::mqttbytes::v5::Packet::Connect(c, _, login) => {
+                    assert_eq!(c.client_id, "muster-ready");
+                    assert_eq!(login.unwrap().password, pass);
+                }
+                p => panic!("{p:?}"),
+            }
+        }
     }
 }
