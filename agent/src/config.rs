@@ -10,7 +10,7 @@ use std::path::{Path, PathBuf};
 use std::time::Duration;
 
 use muster_base::value::{BadValue, MqttScheme, MqttUrl, bytes, duration, duration_or};
-use muster_proto::{Collector, UnitId};
+use muster_proto::{SamplerFamily, UnitId};
 use serde::Deserialize;
 
 use crate::buffer::settings::{BufferSettings, FullPolicy};
@@ -231,13 +231,13 @@ pub struct SamplingConfig {
     pub processes: Vec<String>,
     /// `sampling.collectors`: which host collectors run, default all of
     /// `cpu load memory disks networks processes uptime route wifi cellular vpn`.
-    pub collectors: Vec<Collector>,
+    pub collectors: Vec<SamplerFamily>,
     /// `[network]`: the network context families' settings (read by the sampler).
     pub network: NetworkConfig,
 }
 
 impl SamplingConfig {
-    pub fn enabled(&self, c: Collector) -> bool {
+    pub fn enabled(&self, c: SamplerFamily) -> bool {
         self.collectors.contains(&c)
     }
 }
@@ -857,22 +857,22 @@ fn validate_uplink(raw: RawUplink) -> Result<(UplinkSettings, usize), ConfigErro
     Ok((u, cap))
 }
 
-const COLLECTOR_NAMES: [(&str, Collector); 11] = [
-    ("cpu", Collector::Cpu),
-    ("load", Collector::Load),
-    ("memory", Collector::Memory),
-    ("disks", Collector::Disks),
-    ("networks", Collector::Networks),
-    ("processes", Collector::Processes),
-    ("uptime", Collector::Uptime),
-    ("route", Collector::Route),
-    ("wifi", Collector::Wifi),
-    ("cellular", Collector::Cellular),
-    ("vpn", Collector::Vpn),
+const COLLECTOR_NAMES: [(&str, SamplerFamily); 11] = [
+    ("cpu", SamplerFamily::Cpu),
+    ("load", SamplerFamily::Load),
+    ("memory", SamplerFamily::Memory),
+    ("disks", SamplerFamily::Disks),
+    ("networks", SamplerFamily::Networks),
+    ("processes", SamplerFamily::Processes),
+    ("uptime", SamplerFamily::Uptime),
+    ("route", SamplerFamily::Route),
+    ("wifi", SamplerFamily::Wifi),
+    ("cellular", SamplerFamily::Cellular),
+    ("vpn", SamplerFamily::Vpn),
 ];
 
 /// The config name of a collector (`cpu`, `disks`, ...).
-pub fn collector_name(c: Collector) -> &'static str {
+pub fn collector_name(c: SamplerFamily) -> &'static str {
     COLLECTOR_NAMES
         .iter()
         .find(|(_, k)| *k == c)

@@ -26,7 +26,7 @@ use crate::enroll::{Enroll, Registry};
 use crate::feed::{self, Auth, FeedState};
 use crate::ingest::mqtt::{self, MqttError};
 use crate::ingest::worker::Worker;
-use crate::notify::{self, Notifier};
+use crate::notify::{self, WebhookSender};
 use crate::rules::Engine;
 use crate::signing::Signer;
 use crate::state::Shared;
@@ -130,7 +130,7 @@ pub async fn run_with(
 
     // Webhooks read the change broadcast: subscribed before ingest starts,
     // so they miss nothing, and never in ingest's way.
-    let notifier = Notifier::new(&cfg.webhooks, Arc::clone(&shared), Arc::clone(&clock))?;
+    let notifier = WebhookSender::new(&cfg.webhooks, Arc::clone(&shared), Arc::clone(&clock))?;
     let stop_notify = CancellationToken::new();
     let notifier = (!notifier.is_empty()).then(|| {
         tokio::spawn(notifier.run(

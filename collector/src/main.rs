@@ -202,11 +202,12 @@ fn main() -> anyhow::Result<()> {
                 sim: !no_sim,
                 speed: sim_speed,
             };
-            rt.block_on(demo::run(
-                opts,
-                agent,
-                muster_base::shutdown::shutdown_signal(),
-            ))?;
+            // The signal handlers are installed inside the runtime, now.
+            let stop = {
+                let _in_rt = rt.enter();
+                muster_base::shutdown::shutdown_signal()
+            };
+            rt.block_on(demo::run(opts, agent, stop))?;
             Ok(())
         }
     }

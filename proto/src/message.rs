@@ -91,7 +91,7 @@ pub struct HostSample {
     #[serde(deserialize_with = "crate::codec::bounded_vec")]
     pub processes: Vec<Process>,
     #[serde(deserialize_with = "crate::codec::bounded_vec")]
-    pub failures: Vec<CollectorFailure>,
+    pub failures: Vec<SamplerFailure>,
     /// The network the unit is on (schema v2): default route, Wi-Fi,
     /// cellular, VPNs, roaming. `None` from a v1 agent, or when every
     /// network family failed (then `failures` says why).
@@ -286,13 +286,13 @@ pub struct Process {
 
 /// Which host collector failed, and why, in the agent's words.
 #[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
-pub struct CollectorFailure {
-    pub collector: Collector,
+pub struct SamplerFailure {
+    pub collector: SamplerFamily,
     pub reason: String,
 }
 
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Hash, Serialize, Deserialize)]
-pub enum Collector {
+pub enum SamplerFamily {
     Cpu,
     Load,
     Memory,

@@ -1,7 +1,7 @@
 //! Schema version 1, frozen: the layouts of the types that changed in v2
 //! (`Ack` gained `key_id` and `sig`; `AgentStatus` gained `acks_refused`
 //! and `observations_dropped`; `Presence` gained `reason`; `HostSample`
-//! gained `network`; `Payload` gained `Presence`; `Collector` gained four
+//! gained `network`; `Payload` gained `Presence`; `SamplerFamily` (then `Collector`) gained four
 //! variants at its end) and of the types that contain them. Every other type
 //! is shared with the current schema unchanged. Converting v1 → current
 //! fills the new fields with "unsigned", 0, no network, and `Connected` /
@@ -17,8 +17,8 @@ use crate::codec::EncodeError;
 use crate::ids::{BootId, UnitId};
 use crate::message as cur;
 use crate::message::{
-    Collector, CollectorFailure, Cpu, Disk, DropCounts, Memory, NetIf, PresenceReason, ProbeResult,
-    Process, SeqRange,
+    Cpu, Disk, DropCounts, Memory, NetIf, PresenceReason, ProbeResult, Process, SamplerFailure,
+    SamplerFamily, SeqRange,
 };
 use crate::sign::{KeyId, Signature};
 
@@ -64,9 +64,9 @@ pub(crate) struct HostSample {
     pub uptime_s: u64,
     #[serde(deserialize_with = "crate::codec::bounded_vec")]
     pub processes: Vec<Process>,
-    /// Only the v1 `Collector` variants (`Cpu` ..= `Uptime`) are written.
+    /// Only the v1 `SamplerFamily` variants (`Cpu` ..= `Uptime`) are written.
     #[serde(deserialize_with = "crate::codec::bounded_vec")]
-    pub failures: Vec<CollectorFailure>,
+    pub failures: Vec<SamplerFailure>,
 }
 
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize)]
@@ -262,13 +262,13 @@ impl From<&cur::HostSample> for HostSample {
                 .filter(|f| {
                     matches!(
                         f.collector,
-                        Collector::Cpu
-                            | Collector::Load
-                            | Collector::Memory
-                            | Collector::Disks
-                            | Collector::Networks
-                            | Collector::Processes
-                            | Collector::Uptime
+                        SamplerFamily::Cpu
+                            | SamplerFamily::Load
+                            | SamplerFamily::Memory
+                            | SamplerFamily::Disks
+                            | SamplerFamily::Networks
+                            | SamplerFamily::Processes
+                            | SamplerFamily::Uptime
                     )
                 })
                 .cloned()

@@ -84,20 +84,20 @@ fn host_sample() -> impl Strategy<Value = HostSample> {
             restarts,
         });
     let collector = prop_oneof![
-        Just(Collector::Cpu),
-        Just(Collector::Load),
-        Just(Collector::Memory),
-        Just(Collector::Disks),
-        Just(Collector::Networks),
-        Just(Collector::Processes),
-        Just(Collector::Uptime),
-        Just(Collector::Route),
-        Just(Collector::Wifi),
-        Just(Collector::Cellular),
-        Just(Collector::Vpn),
+        Just(SamplerFamily::Cpu),
+        Just(SamplerFamily::Load),
+        Just(SamplerFamily::Memory),
+        Just(SamplerFamily::Disks),
+        Just(SamplerFamily::Networks),
+        Just(SamplerFamily::Processes),
+        Just(SamplerFamily::Uptime),
+        Just(SamplerFamily::Route),
+        Just(SamplerFamily::Wifi),
+        Just(SamplerFamily::Cellular),
+        Just(SamplerFamily::Vpn),
     ];
     let failure =
-        (collector, text()).prop_map(|(collector, reason)| CollectorFailure { collector, reason });
+        (collector, text()).prop_map(|(collector, reason)| SamplerFailure { collector, reason });
     (
         any::<u32>(),
         proptest::option::of(cpu),

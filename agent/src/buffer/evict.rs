@@ -21,7 +21,7 @@ pub struct Candidate {
 }
 
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Hash)]
-pub enum Reason {
+pub enum EvictReason {
     /// The buffer reached `max_bytes`: oldest first.
     Full,
     /// Older than `max_age`.
@@ -47,7 +47,7 @@ pub struct ThinState {
 /// One chunk's worth of decisions.
 #[derive(Debug, Clone, PartialEq, Eq, Default)]
 pub struct Pass {
-    pub drops: Vec<(u64, Reason)>,
+    pub drops: Vec<(u64, EvictReason)>,
     pub freed: u64,
 }
 
@@ -61,7 +61,7 @@ pub fn oldest_pass(need: u64, candidates: &[Candidate]) -> Pass {
         if c.inflight {
             continue;
         }
-        p.drops.push((c.key, Reason::Full));
+        p.drops.push((c.key, EvictReason::Full));
         p.freed += c.bytes;
     }
     p
@@ -94,7 +94,7 @@ pub fn thin_pass(
         let keep = state.host_seen.is_multiple_of(n);
         state.host_seen += 1;
         if !keep {
-            p.drops.push((c.key, Reason::Thinned));
+            p.drops.push((c.key, EvictReason::Thinned));
             p.freed += c.bytes;
         }
     }
@@ -114,7 +114,7 @@ pub fn expiry_pass(now_ms: u64, max_age: Duration, candidates: &[Candidate]) -> 
         if c.inflight {
             continue;
         }
-        p.drops.push((c.key, Reason::Expired));
+        p.drops.push((c.key, EvictReason::Expired));
         p.freed += c.bytes;
     }
     p
@@ -170,7 +170,7 @@ mod tests {
             let got: Vec<u64> = p.drops.iter().map(|d| d.0).collect();
             assert_eq!(&got, keys, "need {need}");
             assert_eq!(p.freed, *freed, "need {need}");
-            assert!(p.drops.iter().all(|d| d.1 == Reason::Full));
+            assert!(p.drops.iter().all(|d| d.1 == EvictReason::Full));
         }
     }
 
@@ -182,7 +182,7 @@ mod tests {
         let got: Vec<u64> = p.drops.iter().map(|d| d.0).collect();
         // Keeps 1, 4, 7; drops the rest.
         assert_eq!(got, vec![2, 3, 5, 6, 8, 9]);
-        assert!(p.drops.iter().all(|d| d.1 == Reason::Thinned));
+        assert!(p.drops.iter().all(|d| d.1 == EvictReason::Thinned));
         assert_eq!(
             st,
             ThinState {
@@ -197,7 +197,10 @@ mod tests {
         let cands: Vec<Candidate> = (1..=9).map(h).collect();
         let mut st = ThinState::default();
         let p = thin_pass(150, 2, &mut st, &cands);
-        assert_eq!(p.drops, vec![(2, Reason::Thinned), (4, Reason::Thinned)]);
+        assert_eq!(
+            p.drops,
+            vec![(2, EvictReason::Thinned), (4, EvictReason::Thinned)]
+        );
         assert_eq!(st.upto, 4);
         // The next call skips what was thinned (1..=4) and carries the phase on.
         let rest: Vec<Candidate> = cands
@@ -206,7 +209,7 @@ mod tests {
             .filter(|c| ![2, 4].contains(&c.key))
             .collect();
         let p = thin_pass(100, 2, &mut st, &rest);
-        assert_eq!(p.drops, vec![(6, Reason::Thinned)]);
+        assert_eq!(p.drops, vec![(6, EvictReason::Thinned)]);
     }
 
     #[test]
@@ -222,7 +225,7 @@ mod tests {
         let mut st = ThinState::default();
         let p = thin_pass(u64::MAX, 2, &mut st, &cands);
         // host samples examined: 1 (keep), 4 (drop), 6 (keep); 3 is in flight.
-        assert_eq!(p.drops, vec![(4, Reason::Thinned)]);
+        assert_eq!(p.drops, vec![(4, EvictReason::Thinned)]);
         assert_eq!(p.freed, 100);
     }
 
@@ -255,7 +258,7 @@ mod tests {
             let p = expiry_pass(*now, Duration::from_secs(*age), &cands);
             let got: Vec<u64> = p.drops.iter().map(|d| d.0).collect();
             assert_eq!(&got, keys, "now {now}");
-            assert!(p.drops.iter().all(|d| d.1 == Reason::Expired));
+            assert!(p.drops.iter().all(|d| d.1 == EvictReason::Expired));
         }
     }
 }

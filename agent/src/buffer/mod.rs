@@ -93,7 +93,7 @@ use muster_proto::DropCounts;
 use serde::{Deserialize, Serialize};
 use tracing::{debug, info, warn};
 
-pub use evict::{Candidate, Reason, ThinState};
+pub use evict::{Candidate, EvictReason, ThinState};
 pub use record::{Kind, Meta};
 pub use settings::{BufferSettings, FullPolicy};
 
@@ -692,7 +692,7 @@ impl Buffer {
     }
 
     /// Carries out drops, counting each; returns the bytes freed.
-    fn apply(&mut self, drops: &[(u64, Reason)]) -> u64 {
+    fn apply(&mut self, drops: &[(u64, EvictReason)]) -> u64 {
         let mut freed = 0;
         for &(key, reason) in drops {
             let n = self.delete(key);
@@ -700,9 +700,9 @@ impl Buffer {
                 freed += n;
                 let d = &mut self.state.drops;
                 match reason {
-                    Reason::Full => d.full += 1,
-                    Reason::Expired => d.expired += 1,
-                    Reason::Thinned => d.thinned += 1,
+                    EvictReason::Full => d.full += 1,
+                    EvictReason::Expired => d.expired += 1,
+                    EvictReason::Thinned => d.thinned += 1,
                 }
                 self.state_dirty = true;
             }

@@ -36,7 +36,7 @@ use std::sync::Arc;
 use std::sync::atomic::{AtomicU64, Ordering};
 use std::time::{Duration, Instant};
 
-use muster_proto::{Collector, CollectorFailure, HostSample, LinkKind, NetContext, Payload};
+use muster_proto::{HostSample, LinkKind, NetContext, Payload, SamplerFailure, SamplerFamily};
 use sysinfo::{Disks, System};
 use tokio::sync::mpsc::error::TrySendError;
 
@@ -109,7 +109,7 @@ impl Sampler {
         let disks = Disks::new().ok();
         let nets = net::open();
         let wine = running_under_wine();
-        let cellular = (cfg.enabled(Collector::Cellular)
+        let cellular = (cfg.enabled(SamplerFamily::Cellular)
             && cfg.network.cellular != crate::config::CellularMode::Off)
             .then(|| {
                 cellular::CellularReader::start(
@@ -141,7 +141,7 @@ impl Sampler {
             .unwrap_or(0);
         self.last_refresh = Some(now);
         let on = |c| self.cfg.enabled(c);
-        if on(Collector::Cpu) {
+        if on(SamplerFamily::Cpu) {
             match &mut self.cpu_refreshes_left {
                 Some(0) => {}
                 Some(n) => {
@@ -155,20 +155,20 @@ impl Sampler {
                 }
             }
         }
-        if on(Collector::Memory) {
+        if on(SamplerFamily::Memory) {
             let sys = &mut self.sys;
             let _ = catch_unwind(AssertUnwindSafe(|| memory::refresh(sys)));
         }
-        if on(Collector::Processes) && !self.cfg.processes.is_empty() {
+        if on(SamplerFamily::Processes) && !self.cfg.processes.is_empty() {
             let (sys, disc, names) = (&mut self.sys, &mut self.discovery, &self.cfg.processes);
             let _ = catch_unwind(AssertUnwindSafe(|| disc.refresh(sys, names)));
         }
-        if on(Collector::Disks)
+        if on(SamplerFamily::Disks)
             && let Some(d) = &mut self.disks
         {
             let _ = catch_unwind(AssertUnwindSafe(|| disk::refresh(d)));
         }
-        if on(Collector::Networks)
+        if on(SamplerFamily::Networks)
             && let Some(n) = &mut self.nets
         {
             let _ = catch_unwind(AssertUnwindSafe(|| net::refresh(n)));
@@ -189,8 +189,8 @@ impl Sampler {
             interval_ms,
             ..HostSample::default()
         };
-        let mut fail = |c: Collector, reason: String| {
-            s.failures.push(CollectorFailure {
+        let mut fail = |c: SamplerFamily, reason: String| {
+            s.failures.push(SamplerFailure {
                 collector: c,
                 reason,
             })
@@ -207,22 +207,22 @@ impl Sampler {
         let collectors = std::mem::take(&mut self.cfg.collectors);
         for &c in &collectors {
             let r: Result<(), String> = guard(AssertUnwindSafe(|| match c {
-                Collector::Cpu => {
+                SamplerFamily::Cpu => {
                     if let (Some(0), Some(note)) = (self.cpu_refreshes_left, self.cpu_note) {
                         return Err(note.to_owned());
                     }
                     cpu = Some(cpu::read(&self.sys)?);
                     Ok(())
                 }
-                Collector::Load => {
+                SamplerFamily::Load => {
                     load = load::read()?;
                     Ok(())
                 }
-                Collector::Memory => {
+                SamplerFamily::Memory => {
                     mem = Some(memory::read(&self.sys)?);
                     Ok(())
                 }
-                Collector::Disks => {
+                SamplerFamily::Disks => {
                     let d = self
                         .disks
                         .as_ref()
@@ -230,7 +230,7 @@ impl Sampler {
                     disks = disk::read(d, elapsed_ms)?;
                     Ok(())
                 }
-                Collector::Networks => {
+                SamplerFamily::Networks => {
                     let n = self
                         .nets
                         .as_ref()
@@ -238,17 +238,17 @@ impl Sampler {
                     nets = net::read(n, elapsed_ms)?;
                     Ok(())
                 }
-                Collector::Processes => {
+                SamplerFamily::Processes => {
                     if !self.cfg.processes.is_empty() {
                         procs = self.watched.read(&self.sys, &self.discovery)?;
                     }
                     Ok(())
                 }
-                Collector::Uptime => {
+                SamplerFamily::Uptime => {
                     up = uptime::read()?;
                     Ok(())
                 }
-                Collector::Route => {
+                SamplerFamily::Route => {
                     any_net = true;
                     let r = route::read()?;
                     netctx.route_changes = self
@@ -257,12 +257,12 @@ impl Sampler {
                     netctx.route = r;
                     Ok(())
                 }
-                Collector::Wifi => {
+                SamplerFamily::Wifi => {
                     any_net = true;
                     netctx.wifi = wifi::read(netctx.route.as_ref().map(|r| r.interface.as_str()))?;
                     Ok(())
                 }
-                Collector::Cellular => {
+                SamplerFamily::Cellular => {
                     any_net = true;
                     netctx.cellular = match &self.cellular {
                         Some(Ok(r)) => r.read()?,
@@ -271,7 +271,7 @@ impl Sampler {
                     };
                     Ok(())
                 }
-                Collector::Vpn => {
+                SamplerFamily::Vpn => {
                     any_net = true;
                     netctx.vpns = vpn::read(&self.cfg.network.vpn)?;
                     Ok(())
@@ -489,13 +489,13 @@ mod tests {
             interval: Duration::from_secs(1),
             processes: vec!["no-such-process-xyz".into()],
             collectors: vec![
-                Collector::Cpu,
-                Collector::Load,
-                Collector::Memory,
-                Collector::Disks,
-                Collector::Networks,
-                Collector::Processes,
-                Collector::Uptime,
+                SamplerFamily::Cpu,
+                SamplerFamily::Load,
+                SamplerFamily::Memory,
+                SamplerFamily::Disks,
+                SamplerFamily::Networks,
+                SamplerFamily::Processes,
+                SamplerFamily::Uptime,
             ],
             network: Default::default(),
         };
@@ -526,10 +526,10 @@ mod tests {
             interval: Duration::from_secs(1),
             processes: vec![],
             collectors: vec![
-                Collector::Cpu,
-                Collector::Memory,
-                Collector::Disks,
-                Collector::Networks,
+                SamplerFamily::Cpu,
+                SamplerFamily::Memory,
+                SamplerFamily::Disks,
+                SamplerFamily::Networks,
             ],
             network: Default::default(),
         };
@@ -538,8 +538,8 @@ mod tests {
         s.disks = None;
         s.nets = None;
         let h = s.sample(1000);
-        let failed: Vec<Collector> = h.failures.iter().map(|f| f.collector).collect();
-        assert_eq!(failed, vec![Collector::Disks, Collector::Networks]);
+        let failed: Vec<SamplerFamily> = h.failures.iter().map(|f| f.collector).collect();
+        assert_eq!(failed, vec![SamplerFamily::Disks, SamplerFamily::Networks]);
         assert!(h.failures.iter().all(|f| f.reason.contains("unavailable")));
         assert!(h.memory.is_some() && h.cpu.is_some());
     }
@@ -583,7 +583,7 @@ mod tests {
         let cfg = SamplingConfig {
             interval: Duration::from_secs(1),
             processes: vec![],
-            collectors: vec![Collector::Cpu, Collector::Memory],
+            collectors: vec![SamplerFamily::Cpu, SamplerFamily::Memory],
             network: Default::default(),
         };
         let mut s = Sampler::new(cfg).unwrap();
@@ -595,7 +595,7 @@ mod tests {
         assert_eq!(s.cpu_refreshes_left, Some(0));
         assert!(h.cpu.is_none());
         assert_eq!(h.failures.len(), 1);
-        assert_eq!(h.failures[0].collector, Collector::Cpu);
+        assert_eq!(h.failures[0].collector, SamplerFamily::Cpu);
         assert!(h.memory.is_some());
     }
 
@@ -604,7 +604,7 @@ mod tests {
         let cfg = SamplingConfig {
             interval: Duration::from_secs(1),
             processes: vec![],
-            collectors: vec![Collector::Memory],
+            collectors: vec![SamplerFamily::Memory],
             network: Default::default(),
         };
         let mut s = Sampler::new(cfg).unwrap();

@@ -559,7 +559,12 @@ impl Uplink {
             }
             LinkEvent::Disconnected { error } => {
                 if self.connection.take().is_some() {
-                    warn!(unit = %self.unit, %error, inflight = self.inflight.len(), "Disconnected from the broker; buffering.");
+                    if self.departed {
+                        // The clean DISCONNECT after an announced departure.
+                        debug!(unit = %self.unit, %error, "Disconnected after the departure.");
+                    } else {
+                        warn!(unit = %self.unit, %error, inflight = self.inflight.len(), "Disconnected from the broker; buffering.");
+                    }
                 }
                 self.inflight.clear();
                 self.sched.disconnected();

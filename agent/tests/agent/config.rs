@@ -5,7 +5,7 @@ use std::time::Duration;
 
 use muster_agent::buffer::settings::FullPolicy;
 use muster_agent::config::{Config, ConfigError, LogTarget, ProbeTarget};
-use muster_proto::Collector;
+use muster_proto::SamplerFamily;
 
 const BASE: &str =
     "agency = \"metro-fire\"\nunit_id = \"E12\"\n[mqtt]\nurl = \"mqtt://127.0.0.1:1883\"\n";
@@ -95,7 +95,7 @@ count = 5
     assert_eq!(c.uplink.reconnect_max, Duration::from_secs(120));
     assert_eq!(
         c.sampling.collectors,
-        vec![Collector::Cpu, Collector::Memory]
+        vec![SamplerFamily::Cpu, SamplerFamily::Memory]
     );
     assert!(matches!(c.log.target, LogTarget::File { max_files: 3, .. }));
     let ProbeTarget::Http(h) = &c.probes[0].target else {

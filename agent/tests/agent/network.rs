@@ -12,7 +12,7 @@ use std::time::{Duration, Instant};
 
 use muster_agent::config::{CellularMode, NetworkConfig, SamplingConfig};
 use muster_agent::sample::Sampler;
-use muster_proto::{Collector, LinkKind};
+use muster_proto::{LinkKind, SamplerFamily};
 use serde_json::Value;
 use zbus::zvariant::{OwnedValue, Value as ZValue};
 
@@ -252,7 +252,7 @@ fn roaming_is_counted_by_the_real_sampler_in_a_namespace() {
     );
 }
 
-fn sampler(collectors: Vec<Collector>, network: NetworkConfig) -> Sampler {
+fn sampler(collectors: Vec<SamplerFamily>, network: NetworkConfig) -> Sampler {
     Sampler::new(SamplingConfig {
         interval: Duration::from_secs(1),
         processes: vec![],
@@ -268,7 +268,7 @@ fn inner_roaming() {
     if std::env::var_os(INNER).is_none() {
         return;
     }
-    let mut s = sampler(vec![Collector::Route], NetworkConfig::default());
+    let mut s = sampler(vec![SamplerFamily::Route], NetworkConfig::default());
     let mut step = |want: Option<&str>, changes: u32| {
         let h = s.sample(1000);
         assert!(h.failures.is_empty(), "{:?}", h.failures);
@@ -535,10 +535,10 @@ fn inner_cost() {
     }
     let mut s = sampler(
         vec![
-            Collector::Route,
-            Collector::Wifi,
-            Collector::Cellular,
-            Collector::Vpn,
+            SamplerFamily::Route,
+            SamplerFamily::Wifi,
+            SamplerFamily::Cellular,
+            SamplerFamily::Vpn,
         ],
         NetworkConfig {
             vpn: vec!["tun*".into(), "wg*".into(), "NetMotion*".into()],
@@ -559,7 +559,11 @@ fn inner_cost() {
     }
     let per = t.elapsed() / n;
     let mut local = sampler(
-        vec![Collector::Route, Collector::Wifi, Collector::Vpn],
+        vec![
+            SamplerFamily::Route,
+            SamplerFamily::Wifi,
+            SamplerFamily::Vpn,
+        ],
         NetworkConfig {
             vpn: vec!["tun*".into(), "wg*".into(), "NetMotion*".into()],
             ..NetworkConfig::default()
@@ -575,13 +579,13 @@ fn inner_cost() {
         interval: Duration::from_secs(1),
         processes: vec!["mosquitto".into(), "collectd".into()],
         collectors: vec![
-            Collector::Cpu,
-            Collector::Load,
-            Collector::Memory,
-            Collector::Disks,
-            Collector::Networks,
-            Collector::Processes,
-            Collector::Uptime,
+            SamplerFamily::Cpu,
+            SamplerFamily::Load,
+            SamplerFamily::Memory,
+            SamplerFamily::Disks,
+            SamplerFamily::Networks,
+            SamplerFamily::Processes,
+            SamplerFamily::Uptime,
         ],
         network: NetworkConfig::default(),
     })

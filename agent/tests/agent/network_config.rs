@@ -4,7 +4,7 @@
 use std::time::Duration;
 
 use muster_agent::config::{CellularMode, Config, ConfigError};
-use muster_proto::Collector;
+use muster_proto::SamplerFamily;
 
 const BASE: &str =
     "agency = \"metro-fire\"\nunit_id = \"E12\"\n[mqtt]\nurl = \"mqtt://127.0.0.1:1883\"\n";
@@ -17,10 +17,10 @@ fn parse(extra: &str) -> Result<Config, ConfigError> {
 fn defaults_sample_every_network_family() {
     let c = parse("").unwrap();
     for f in [
-        Collector::Route,
-        Collector::Wifi,
-        Collector::Cellular,
-        Collector::Vpn,
+        SamplerFamily::Route,
+        SamplerFamily::Wifi,
+        SamplerFamily::Cellular,
+        SamplerFamily::Vpn,
     ] {
         assert!(c.sampling.enabled(f), "{f:?}");
     }
@@ -38,7 +38,7 @@ fn a_full_network_section() {
     .unwrap();
     assert_eq!(
         c.sampling.collectors,
-        vec![Collector::Route, Collector::Vpn]
+        vec![SamplerFamily::Route, SamplerFamily::Vpn]
     );
     let n = &c.sampling.network;
     assert_eq!(n.vpn, vec!["tun0", "wg*", "NetMotion*"]);

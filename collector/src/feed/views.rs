@@ -3,8 +3,8 @@
 //! survive JavaScript's numbers); times are unix milliseconds.
 
 use muster_proto::{
-    AgentStatus, Cellular, CollectorFailure, Cpu, Disk, HostSample, Memory, NetContext, NetIf,
-    Payload, Presence, PresenceReason, ProbeResult, Process, Vpn, Wifi,
+    AgentStatus, Cellular, Cpu, Disk, HostSample, Memory, NetContext, NetIf, Payload, Presence,
+    PresenceReason, ProbeResult, Process, SamplerFailure, Vpn, Wifi,
 };
 use serde::Serialize;
 
@@ -112,7 +112,7 @@ pub struct HostView {
     pub nets: Vec<NetIf>,
     pub uptime_s: u64,
     pub processes: Vec<Process>,
-    pub failures: Vec<CollectorFailure>,
+    pub failures: Vec<SamplerFailure>,
     /// `null` from a v1 agent, or when every network family failed.
     pub network: Option<NetView>,
 }

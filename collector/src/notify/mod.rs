@@ -107,7 +107,7 @@ struct Agency {
 }
 
 /// The notifier, built before it runs so a bad `ca_file` fails at start.
-pub struct Notifier {
+pub struct WebhookSender {
     agencies: BTreeMap<String, Agency>,
     shared: Arc<Shared>,
     clock: SharedClock,
@@ -118,12 +118,12 @@ pub struct Notifier {
 
 type Attempt = (String, Result<u16, String>);
 
-impl Notifier {
+impl WebhookSender {
     pub fn new(
         webhooks: &BTreeMap<String, WebhookConfig>,
         shared: Arc<Shared>,
         clock: SharedClock,
-    ) -> Result<Notifier, NotifyError> {
+    ) -> Result<WebhookSender, NotifyError> {
         let mut with = BTreeMap::new();
         for (name, cfg) in webhooks {
             let client: Arc<dyn Transport> = Arc::new(WebhookClient::new(cfg, &cfg.key)?);
@@ -132,15 +132,15 @@ impl Notifier {
             }
             with.insert(name.clone(), (cfg.clone(), client));
         }
-        Ok(Notifier::with_transports(with, shared, clock))
+        Ok(WebhookSender::with_transports(with, shared, clock))
     }
 
-    /// As [`Notifier::new`], with the transport of each agency given.
+    /// As [`WebhookSender::new`], with the transport of each agency given.
     pub fn with_transports(
         webhooks: BTreeMap<String, (WebhookConfig, Arc<dyn Transport>)>,
         shared: Arc<Shared>,
         clock: SharedClock,
-    ) -> Notifier {
+    ) -> WebhookSender {
         let mut agencies = BTreeMap::new();
         for (name, (cfg, client)) in webhooks {
             agencies.insert(
@@ -156,7 +156,7 @@ impl Notifier {
         }
         let mut jitter = Jitter::from_entropy();
         let prefix = format!("{:016x}", jitter.next_u64());
-        Notifier {
+        WebhookSender {
             agencies,
             shared,
             clock,
@@ -499,7 +499,7 @@ mod tests {
             calls: Mutex::default(),
         });
         let t: Arc<dyn Transport> = transport.clone();
-        let n = Notifier::with_transports(
+        let n = WebhookSender::with_transports(
             BTreeMap::from([("fire".to_string(), (cfg(extra), t))]),
             Arc::clone(&shared),
             ManualClock::new(1_795_000_000_000),

@@ -1,7 +1,7 @@
 //! The field grammar of threshold rules, and reading a field's value out of
 //! a record. See the grammar in the `rules` module documentation.
 
-use muster_proto::{AgentStatus, Collector, HostSample, LinkKind, Outcome, ProbeResult};
+use muster_proto::{AgentStatus, HostSample, LinkKind, Outcome, ProbeResult, SamplerFamily};
 
 /// Which instance of a list a field looks at.
 #[derive(Debug, Clone, PartialEq, Eq)]
@@ -374,7 +374,7 @@ impl Field {
     /// all (the agent's collector failed): instances missing from it are
     /// then unknown, not gone.
     pub fn host_values(&self, s: &HostSample, mut f: impl FnMut(Option<&str>, f64)) -> bool {
-        let failed = |c: Collector| s.failures.iter().any(|x| x.collector == c);
+        let failed = |c: SamplerFamily| s.failures.iter().any(|x| x.collector == c);
         let mut one = |v: Option<f64>| match v {
             Some(v) => {
                 f(None, v);
@@ -397,7 +397,7 @@ impl Field {
                 .as_ref()
                 .and_then(|mem| mem_value(*m, mem.swap_total_kib, mem.swap_used_kib))),
             Field::Disk(sel, m) => {
-                if failed(Collector::Disks) {
+                if failed(SamplerFamily::Disks) {
                     return false;
                 }
                 for d in &s.disks {
@@ -417,7 +417,7 @@ impl Field {
                 true
             }
             Field::Net(sel, m) => {
-                if failed(Collector::Networks) {
+                if failed(SamplerFamily::Networks) {
                     return false;
                 }
                 for n in &s.nets {
@@ -435,7 +435,7 @@ impl Field {
                 true
             }
             Field::Process(sel, m) => {
-                if failed(Collector::Processes) {
+                if failed(SamplerFamily::Processes) {
                     return false;
                 }
                 for p in &s.processes {
@@ -452,17 +452,17 @@ impl Field {
                 true
             }
             Field::Host(HostM::UptimeS) => {
-                !failed(Collector::Uptime) && one(Some(s.uptime_s as f64))
+                !failed(SamplerFamily::Uptime) && one(Some(s.uptime_s as f64))
             }
             Field::Host(HostM::Failures) => one(Some(s.failures.len() as f64)),
             Field::Route(m) => {
                 let family = match m {
-                    RouteM::Kind | RouteM::RouteChanges => Collector::Route,
+                    RouteM::Kind | RouteM::RouteChanges => SamplerFamily::Route,
                     RouteM::SignalDbm => match s.network.as_ref().and_then(|n| n.route.as_ref()) {
-                        Some(r) if r.kind == LinkKind::Wifi => Collector::Wifi,
-                        _ => Collector::Cellular,
+                        Some(r) if r.kind == LinkKind::Wifi => SamplerFamily::Wifi,
+                        _ => SamplerFamily::Cellular,
                     },
-                    RouteM::VpnUp => Collector::Vpn,
+                    RouteM::VpnUp => SamplerFamily::Vpn,
                 };
                 let Some(n) = s.network.as_deref() else {
                     return false;
@@ -762,8 +762,8 @@ mod tests {
         );
         assert_eq!(host(r#"process["nope"].running"#, &s), vec![]);
         let mut failed = s.clone();
-        failed.failures.push(muster_proto::CollectorFailure {
-            collector: Collector::Disks,
+        failed.failures.push(muster_proto::SamplerFailure {
+            collector: SamplerFamily::Disks,
             reason: "statvfs failed".into(),
         });
         assert_eq!(host("disk[*].used_pct", &failed), vec![]);

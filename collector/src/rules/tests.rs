@@ -758,8 +758,8 @@ fn wildcard_instances_are_judged_and_reported_each() {
     f.send(&mut e, T0 + 10 * S, full("/"), T0 + 10 * S);
     let failed = host_with(|s| {
         s.disks.clear();
-        s.failures.push(muster_proto::CollectorFailure {
-            collector: muster_proto::Collector::Disks,
+        s.failures.push(muster_proto::SamplerFailure {
+            collector: muster_proto::SamplerFamily::Disks,
             reason: "timeout".into(),
         });
     });
@@ -1577,7 +1577,7 @@ mod departures {
 /// The network rule fields and the shipped `vpn-down` / `signal-weak`.
 mod net_fields {
     use super::*;
-    use muster_proto::{Collector, CollectorFailure, LinkKind};
+    use muster_proto::{LinkKind, SamplerFailure, SamplerFamily};
 
     fn net(f: impl FnOnce(&mut muster_proto::NetContext)) -> Payload {
         host_with(|s| f(s.network.as_mut().unwrap()))
@@ -1607,8 +1607,8 @@ mod net_fields {
         assert!(get("net.vpn_up", &novpn).is_empty());
         // A family that failed, or a v1 sample without a network: no value.
         let mut failed = s.clone();
-        failed.failures.push(CollectorFailure {
-            collector: Collector::Vpn,
+        failed.failures.push(SamplerFailure {
+            collector: SamplerFamily::Vpn,
             reason: "no such interface".into(),
         });
         assert!(get("net.vpn_up", &failed).is_empty());
