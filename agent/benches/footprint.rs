@@ -33,6 +33,10 @@
 //!
 //! Run: `agent/benches/footprint.sh` (or `cargo bench -p muster-agent --bench footprint`).
 
+// Tests and benches drive real processes over real sockets: they wait and
+// measure in real time.
+#![allow(clippy::disallowed_methods)]
+
 use std::io::{Read, Write};
 use std::net::{Shutdown, TcpListener, TcpStream};
 use std::path::Path;

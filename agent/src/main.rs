@@ -1,5 +1,7 @@
 //! `muster-agent`: parses arguments and calls the library.
 
+#![forbid(unsafe_code)]
+
 use std::path::{Path, PathBuf};
 use std::process::ExitCode;
 use std::sync::Arc;

@@ -1,5 +1,9 @@
 //! The agent's integration tests: one binary, one module per area.
 
+// Tests and benches drive real processes over real sockets: they wait and
+// measure in real time.
+#![allow(clippy::disallowed_methods)]
+
 #[path = "agent/buffer.rs"]
 mod buffer;
 #[path = "agent/uplink.rs"]

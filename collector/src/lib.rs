@@ -16,6 +16,8 @@
 //! * [`fdlimit`]: the soft open-file limit raised to the hard one at start.
 //! * [`app`]: wires it all together with a clean shutdown.
 
+#![forbid(unsafe_code)]
+
 pub mod app;
 pub mod broker;
 /// The injected clock (its home is `muster_base::clock`).

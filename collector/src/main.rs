@@ -1,5 +1,7 @@
 //! `muster-collector`: argument parsing only; everything else is the library.
 
+#![forbid(unsafe_code)]
+
 use std::net::SocketAddr;
 use std::path::PathBuf;
 use std::sync::Arc;

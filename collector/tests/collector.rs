@@ -2,6 +2,11 @@
 //! collector in-process on `127.0.0.1:0` with a fed clock, test agents
 //! publishing real wire messages with rumqttc.
 
+// Tests and benches drive real processes over real sockets: they wait and
+// measure in real time.
+#![allow(clippy::disallowed_methods)]
+#![forbid(unsafe_code)]
+
 #[path = "collector/harness.rs"]
 mod harness;
 

@@ -15,6 +15,8 @@
 //! crate in the workspace that knows bincode. Decoding never panics and never
 //! allocates past [`codec::MAX_MESSAGE_BYTES`] on hostile input.
 
+#![forbid(unsafe_code)]
+
 pub mod codec;
 pub mod fixtures;
 pub mod ids;

@@ -1,6 +1,10 @@
 //! The wire contract's tests: round trips for every message kind, golden
 //! vectors, hostile input, and the decode allocation bound.
 
+// Tests and benches drive real processes over real sockets: they wait and
+// measure in real time.
+#![allow(clippy::disallowed_methods)]
+
 use std::alloc::{GlobalAlloc, Layout, System};
 use std::cell::Cell;
 use std::net::IpAddr;
@@ -970,6 +974,8 @@ thread_local! {
     static PEAK: Cell<isize> = const { Cell::new(0) };
 }
 
+// SAFETY: every call is forwarded unchanged to the system allocator, which
+// upholds GlobalAlloc's contract; the counting touches only thread-locals.
 unsafe impl GlobalAlloc for Counting {
     unsafe fn alloc(&self, layout: Layout) -> *mut u8 {
         if TRACK.with(Cell::get) {
@@ -979,12 +985,14 @@ unsafe impl GlobalAlloc for Counting {
             });
             PEAK.with(|p| p.set(p.get().max(now)));
         }
+        // SAFETY: the caller's `layout` contract is passed on as is.
         unsafe { System.alloc(layout) }
     }
     unsafe fn dealloc(&self, ptr: *mut u8, layout: Layout) {
         if TRACK.with(Cell::get) {
             LIVE.with(|l| l.set(l.get() - layout.size() as isize));
         }
+        // SAFETY: `ptr` came from `System.alloc` with this `layout` (above).
         unsafe { System.dealloc(ptr, layout) }
     }
 }

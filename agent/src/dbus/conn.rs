@@ -21,6 +21,10 @@
 //!   dropped as stale); after any other error but `Remote` it is broken and
 //!   must be dropped (the byte stream cannot be resynchronised).
 
+// Real time: a blocking connection's call timeouts bound socket reads on a
+// std thread.
+#![allow(clippy::disallowed_methods)]
+
 use std::collections::VecDeque;
 use std::io::{self, Write};
 use std::os::fd::{AsRawFd, FromRawFd, OwnedFd};

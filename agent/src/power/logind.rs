@@ -27,6 +27,10 @@
 //!   is shut down, which ends the thread at once; the thread is joined and
 //!   the lock released.
 
+// Real time: the logind thread's forged-signal log rate limit runs on a
+// blocking std thread.
+#![allow(clippy::disallowed_methods)]
+
 use std::os::fd::OwnedFd;
 use std::sync::Arc;
 use std::time::Duration;

@@ -40,6 +40,10 @@
 //!   other HRESULT is a failure naming the step and the HRESULT in words
 //!   ([`super::mbn::describe`]). The pure mapping lives in `mbn.rs`.
 
+// Real time: the modem thread and the sampler's bounded wait on it are
+// blocking std code on their own threads (the reuse rule itself takes `now`).
+#![allow(clippy::disallowed_methods)]
+
 use std::collections::HashMap;
 use std::sync::mpsc::{SyncSender, TrySendError};
 use std::sync::{Arc, Condvar, Mutex};
@@ -602,9 +606,11 @@ mod mbn_com {
             };
             // SAFETY (all calls below): live COM interfaces on their own
             // apartment's thread; out-parameters are owned by the wrappers.
+            // SAFETY: a live COM interface, called on its own apartment thread; the out-value is owned by the wrapper.
             let id = unsafe { iface.InterfaceID() }
                 .map(|b| bstr(&b))
                 .map_err(|e| fail("IMbnInterface::InterfaceID", &e))?;
+            // SAFETY: a live COM interface, called on its own apartment thread; the out-value is owned by the wrapper.
             let state = unsafe { iface.GetReadyState() }
                 .map_err(|e| fail("IMbnInterface::GetReadyState", &e))?;
             match mbn::ready_state(state.0) {
@@ -625,19 +631,23 @@ mod mbn_com {
             // Each figure is optional: a device still registering has some
             // and not others (E_PENDING, not registered).
             if let Ok(reg) = iface.cast::<IMbnRegistration>() {
+                // SAFETY: a live COM interface, called on its own apartment thread; the out-value is owned by the wrapper.
                 if let Ok(name) = unsafe { reg.GetProviderName() } {
                     c.operator = bstr(&name);
                 }
                 if c.operator.is_empty()
+                    // SAFETY: a live COM interface, called on its own apartment thread; the out-value is owned by the wrapper.
                     && let Ok(pid) = unsafe { reg.GetProviderID() }
                 {
                     c.operator = bstr(&pid);
                 }
+                // SAFETY: a live COM interface, called on its own apartment thread; the out-value is owned by the wrapper.
                 if let Ok(class) = unsafe { reg.GetCurrentDataClass() } {
                     c.technology = mbn::technology(class).to_owned();
                 }
             }
             if c.operator.is_empty()
+                // SAFETY: a live COM interface, called on its own apartment thread; the out-value is owned by the wrapper.
                 && let Ok(mut home) = unsafe { iface.GetHomeProvider() }
             {
                 c.operator = bstr(&home.providerName);
@@ -648,6 +658,7 @@ mod mbn_com {
                 }
             }
             if let Ok(sig) = iface.cast::<IMbnSignal>()
+                // SAFETY: a live COM interface, called on its own apartment thread; the out-value is owned by the wrapper.
                 && let Ok(asu) = unsafe { sig.GetSignalStrength() }
             {
                 c.rssi_dbm = mbn::asu_to_dbm(asu);

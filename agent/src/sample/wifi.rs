@@ -16,6 +16,9 @@
 //!   wlan_intf_opcode_current_connection)` (see `win.rs`); the signal is the
 //!   RSSI the WLAN service reports.
 
+// Real time: the netlink receive timeout bounds a blocking socket read.
+#![allow(clippy::disallowed_methods)]
+
 /// At most this many netlink messages are read per request.
 pub const MAX_MESSAGES: usize = 512;
 

@@ -40,6 +40,7 @@ unsafe fn wide(p: *const u16) -> String {
     while n < 256 && unsafe { *p.add(n) } != 0 {
         n += 1;
     }
+    // SAFETY: the first `n` units were just read (above) and are valid.
     String::from_utf16_lossy(unsafe { std::slice::from_raw_parts(p, n) })
 }
 
@@ -84,6 +85,7 @@ pub fn adapters() -> Result<Vec<Adapter>, String> {
                 guid,
                 // SAFETY: NUL-terminated wide strings owned by buf.
                 friendly_name: unsafe { wide(a.FriendlyName) },
+                // SAFETY: likewise.
                 description: unsafe { wide(a.Description) },
                 if_type: a.IfType,
                 up: a.OperStatus == IfOperStatusUp,

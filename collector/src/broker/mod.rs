@@ -269,6 +269,8 @@ impl EmbeddedBroker {
 /// check is a whole handshake with the internal credential (CONNECT,
 /// CONNACK, DISCONNECT): a bare TCP connect that closes without a CONNECT
 /// is, to rumqttd, a client error, and it logs one per check.
+// Real time: a blocking readiness check of rumqttd's own listener threads.
+#[allow(clippy::disallowed_methods)]
 fn wait_listening(addrs: &[(SocketAddr, u8)], login: &(String, String)) -> Result<(), BrokerError> {
     let deadline = Instant::now() + Duration::from_secs(10);
     for &(a, level) in addrs {

@@ -26,7 +26,7 @@
 
 use std::collections::BTreeMap;
 use std::net::SocketAddr;
-use std::time::{Duration, SystemTime, UNIX_EPOCH};
+use std::time::Duration;
 
 use muster_proto::sign::{verify_ack, verify_hello};
 use muster_proto::{
@@ -81,10 +81,7 @@ pub async fn run(units: Vec<(SimUnit, String)>, s: FleetSettings) {
 }
 
 fn now_ms() -> u64 {
-    SystemTime::now()
-        .duration_since(UNIX_EPOCH)
-        .map(|d| d.as_millis() as u64)
-        .unwrap_or(0)
+    muster_base::clock::unix_ms_now()
 }
 
 fn random_boot() -> BootId {

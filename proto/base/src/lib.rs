@@ -15,6 +15,8 @@
 //! `SystemClock`/`TokioClock`/`Jitter::from_entropy` constructors, which
 //! exist to be injected.
 
+#![forbid(unsafe_code)]
+
 pub mod backoff;
 pub mod clock;
 pub mod shutdown;

@@ -16,6 +16,10 @@
 //! backlog size for a quick run; `MUSTER_AGENT` runs another agent build
 //! (e.g. the shipped static musl one, `target/x86_64-unknown-linux-musl/agent/`).
 
+// Tests and benches drive real processes over real sockets: they wait and
+// measure in real time.
+#![allow(clippy::disallowed_methods)]
+
 #[path = "../tests/e2e/procs.rs"]
 mod procs;
 

@@ -2,6 +2,11 @@
 //! files live in `tests/e2e/` (a test crate root resolves `mod x;` next to
 //! itself, hence the `#[path]`s).
 
+// Tests and benches drive real processes over real sockets: they wait and
+// measure in real time.
+#![allow(clippy::disallowed_methods)]
+#![forbid(unsafe_code)]
+
 #[path = "e2e/acks.rs"]
 mod acks;
 #[path = "e2e/broker_acl.rs"]

@@ -7,6 +7,11 @@
 //! [`webdriver`] (chromedriver and headless Chromium), `logind` (a fake
 //! logind on a private bus).
 
+// Tests and benches drive real processes over real sockets: they wait and
+// measure in real time.
+#![allow(clippy::disallowed_methods)]
+#![forbid(unsafe_code)]
+
 use std::io::{BufRead, BufReader, Read};
 use std::net::{SocketAddr, TcpListener, TcpStream};
 use std::path::{Path, PathBuf};
