@@ -17,7 +17,7 @@ use muster_proto::{
     encode, topic::unit_topic,
 };
 use muster_testkit::logind::{Logind, Systemd};
-use muster_testkit::{DbusDaemon, KillOnDrop, Mosquitto, TcpProxy};
+use muster_testkit::{DbusDaemon, KillOnDrop, Mosquitto, TcpProxy, eventually};
 use rumqttc::{AsyncClient, Event, MqttOptions, Packet, QoS};
 use tokio::sync::watch;
 
@@ -25,17 +25,6 @@ const BIN: &str = env!("CARGO_BIN_EXE_muster-agent");
 
 fn unit() -> UnitId {
     UnitId::new("metro-fire", "E12").unwrap()
-}
-
-async fn eventually(what: &str, timeout: Duration, mut cond: impl FnMut() -> bool) {
-    let deadline = Instant::now() + timeout;
-    while !cond() {
-        assert!(
-            Instant::now() < deadline,
-            "timed out after {timeout:?} waiting for {what}"
-        );
-        tokio::time::sleep(Duration::from_millis(20)).await;
-    }
 }
 
 // ------------------------------------------------------------ the collector
@@ -290,14 +279,7 @@ announce_timeout = "4s"
 
 /// Waits for the agent to exit; its status.
 fn wait_exit(agent: &mut KillOnDrop, timeout: Duration) -> std::process::ExitStatus {
-    let deadline = Instant::now() + timeout;
-    loop {
-        if let Some(s) = agent.try_wait().unwrap() {
-            return s;
-        }
-        assert!(Instant::now() < deadline, "the agent did not stop");
-        std::thread::sleep(Duration::from_millis(20));
-    }
+    muster_testkit::eventually_blocking("the agent to stop", timeout, || agent.try_wait().unwrap())
 }
 
 async fn connected_births(c: &Collector) -> usize {
@@ -324,9 +306,11 @@ async fn logind_shutdown_is_announced_acked_and_only_then_the_lock_is_released()
     let collector = Collector::start(rig.broker.port(), false).await;
     let mut agent = rig.start_agent(rig.bus.address());
 
-    eventually("a birth and a delay lock", Duration::from_secs(15), || {
-        !collector.log().states.is_empty() && !logind.locks().calls.is_empty()
-    })
+    eventually(
+        "a birth and a delay lock",
+        Duration::from_secs(15),
+        async || !collector.log().states.is_empty() && !logind.locks().calls.is_empty(),
+    )
     .await;
     assert_eq!(
         logind.locks().calls[0],
@@ -338,7 +322,7 @@ async fn logind_shutdown_is_announced_acked_and_only_then_the_lock_is_released()
         )
     );
     // Let some records flow (unacked: the collector holds its acks).
-    eventually("a host sample", Duration::from_secs(10), || {
+    eventually("a host sample", Duration::from_secs(10), async || {
         collector
             .log()
             .records
@@ -351,7 +335,7 @@ async fn logind_shutdown_is_announced_acked_and_only_then_the_lock_is_released()
     eventually(
         "the shutdown announcement record",
         Duration::from_secs(5),
-        || !collector.log().departures().is_empty(),
+        async || !collector.log().departures().is_empty(),
     )
     .await;
     let (_, p) = collector.log().departures()[0];
@@ -372,9 +356,11 @@ async fn logind_shutdown_is_announced_acked_and_only_then_the_lock_is_released()
     );
     collector.ack_all().await;
     let acked_at = *collector.log().acks.last().unwrap();
-    eventually("the delay lock released", Duration::from_secs(3), || {
-        logind.locks().released[0].is_some()
-    })
+    eventually(
+        "the delay lock released",
+        Duration::from_secs(3),
+        async || logind.locks().released[0].is_some(),
+    )
     .await;
     let released = logind.locks().released[0].unwrap();
     assert!(released >= acked_at);
@@ -414,9 +400,11 @@ async fn a_forged_prepare_for_shutdown_from_another_client_is_ignored() {
     let logind = Logind::start(&rig.bus).await;
     let collector = Collector::start(rig.broker.port(), true).await;
     let _agent = rig.start_agent(rig.bus.address());
-    eventually("a birth and a delay lock", Duration::from_secs(15), || {
-        !collector.log().states.is_empty() && !logind.locks().calls.is_empty()
-    })
+    eventually(
+        "a birth and a delay lock",
+        Duration::from_secs(15),
+        async || !collector.log().states.is_empty() && !logind.locks().calls.is_empty(),
+    )
     .await;
 
     let forger = zbus::connection::Builder::address(rig.bus.address())
@@ -464,9 +452,11 @@ async fn a_forged_prepare_for_shutdown_from_another_client_is_ignored() {
 
     // logind itself is still heard.
     logind.shutdown(true).await;
-    eventually("the real announcement", Duration::from_secs(5), || {
-        !collector.log().departures().is_empty()
-    })
+    eventually(
+        "the real announcement",
+        Duration::from_secs(5),
+        async || !collector.log().departures().is_empty(),
+    )
     .await;
     assert_eq!(
         collector.log().departures()[0].1.reason,
@@ -480,9 +470,11 @@ async fn sleep_is_announced_and_the_resume_says_how_long() {
     let logind = Logind::start(&rig.bus).await;
     let collector = Collector::start(rig.broker.port(), true).await;
     let mut agent = rig.start_agent(rig.bus.address());
-    eventually("a birth and a delay lock", Duration::from_secs(15), || {
-        !collector.log().states.is_empty() && !logind.locks().calls.is_empty()
-    })
+    eventually(
+        "a birth and a delay lock",
+        Duration::from_secs(15),
+        async || !collector.log().states.is_empty() && !logind.locks().calls.is_empty(),
+    )
     .await;
     assert_eq!(
         collector.log().states[0].1.reason,
@@ -491,7 +483,7 @@ async fn sleep_is_announced_and_the_resume_says_how_long() {
 
     logind.sleep(true).await;
     let slept_at = Instant::now();
-    eventually("the lock released", Duration::from_secs(6), || {
+    eventually("the lock released", Duration::from_secs(6), async || {
         logind.locks().released[0].is_some()
     })
     .await;
@@ -519,7 +511,7 @@ async fn sleep_is_announced_and_the_resume_says_how_long() {
 
     logind.sleep(false).await;
     let gap = slept_at.elapsed();
-    eventually("the resumed birth", Duration::from_secs(5), || {
+    eventually("the resumed birth", Duration::from_secs(5), async || {
         collector
             .log()
             .states
@@ -541,14 +533,16 @@ async fn sleep_is_announced_and_the_resume_says_how_long() {
         slept_ms.abs_diff(gap_ms) < 600,
         "slept {slept_ms} ms, the test slept {gap_ms} ms"
     );
-    eventually("a new delay lock", Duration::from_secs(5), || {
+    eventually("a new delay lock", Duration::from_secs(5), async || {
         logind.locks().calls.len() == 2
     })
     .await;
     // Sends again after the resume.
-    eventually("records after the resume", Duration::from_secs(5), || {
-        collector.log().records.len() > records + 1
-    })
+    eventually(
+        "records after the resume",
+        Duration::from_secs(5),
+        async || collector.log().records.len() > records + 1,
+    )
     .await;
 
     // A plain SIGTERM with logind there: a stop.
@@ -577,7 +571,7 @@ async fn sigterm_without_logind_is_a_stop_and_with_a_marker_a_restart() {
     announce_restart(&rig.cfg, "1m");
     assert!(marker.exists());
     let mut agent = rig.start_agent(rig.bus.address());
-    eventually("a birth", Duration::from_secs(15), || {
+    eventually("a birth", Duration::from_secs(15), async || {
         !collector.log().states.is_empty()
     })
     .await;
@@ -603,7 +597,7 @@ async fn sigterm_without_logind_is_a_stop_and_with_a_marker_a_restart() {
 
     // Again, no marker: a plain stop.
     let mut agent = rig.start_agent(rig.bus.address());
-    eventually("a second birth", Duration::from_secs(15), || {
+    eventually("a second birth", Duration::from_secs(15), async || {
         connected(&collector) >= 2
     })
     .await;
@@ -625,7 +619,7 @@ async fn sigterm_without_logind_is_a_stop_and_with_a_marker_a_restart() {
 
     // A stale marker is ignored and removed.
     let mut agent = rig.start_agent("unix:path=/nonexistent/bus");
-    eventually("a third birth", Duration::from_secs(15), || {
+    eventually("a third birth", Duration::from_secs(15), async || {
         connected(&collector) >= 3
     })
     .await;
@@ -673,7 +667,7 @@ async fn sigterm_while_systemd_is_stopping_is_a_shutdown_without_logind() {
     let _systemd = Systemd::start(&rig.bus, "stopping").await;
     let collector = Collector::start(rig.broker.port(), true).await;
     let mut agent = rig.start_agent(rig.bus.address());
-    eventually("a birth", Duration::from_secs(15), || {
+    eventually("a birth", Duration::from_secs(15), async || {
         !collector.log().states.is_empty()
     })
     .await;
@@ -761,7 +755,7 @@ async fn the_heartbeat_carries_the_observations_dropped() {
             let _ = stopped.await;
         },
     ));
-    eventually("a heartbeat", Duration::from_secs(10), || {
+    eventually("a heartbeat", Duration::from_secs(10), async || {
         collector
             .log()
             .records
