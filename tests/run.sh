@@ -3,7 +3,7 @@
 # Installs the Debian packages the tests run against (real Mosquitto, its
 # clients, promtool, Chromium and its WebDriver for the dashboard test,
 # openssl for test certificates, musl-tools for the shipped agent build), then
-# runs every test in the workspace, and the agent's tests again on the static
+# runs every test in the workspace (all of them, even after a failure), and the agent's tests again on the static
 # musl target it ships as (packaging/linux.sh). A missing dependency is a
 # failure here, never a skipped test. Schemathesis (pinned in
 # tests/schemathesis/requirements.txt) goes into a venv under target/.
@@ -54,10 +54,10 @@ export SCHEMATHESIS="$PWD/$venv/bin/schemathesis"
 
 log=target/test-output.log
 status=0
-cargo test --workspace --locked "$@" 2>&1 | tee "$log" || status=1
+cargo test --workspace --locked --no-fail-fast "$@" 2>&1 | tee "$log" || status=1
 # The agent as it ships: static musl (its resolver, allocator and libc).
 echo "tests/run.sh: the agent's tests on $musl"
-cargo test -p muster-agent --target "$musl" --locked "$@" 2>&1 | tee -a "$log" || status=1
+cargo test -p muster-agent --target "$musl" --locked --no-fail-fast "$@" 2>&1 | tee -a "$log" || status=1
 # One closing line for the whole run (cargo prints one per test binary).
 awk '/^test result:/ { for (i = 1; i <= NF; i++) { if ($i ~ /^passed;?$/) p += $(i-1); if ($i ~ /^failed;?$/) f += $(i-1) } }
      END { printf "tests: %d passed, %d failed\n", p, f }' "$log" | tee target/test-summary.txt

@@ -412,7 +412,13 @@ mod tests {
                 .collect();
             s.commit(&batch).unwrap();
         }
-        let s = SledStore::open(dir.path(), 1 << 20).unwrap();
+        // sled's flusher thread lets go of the file lock a moment after
+        // the store is dropped: reopen once it has.
+        let s = muster_testkit::eventually_blocking(
+            "the store's file lock to be released",
+            std::time::Duration::from_secs(10),
+            || SledStore::open(dir.path(), 1 << 20),
+        );
         assert_eq!(s.load_units().unwrap().len(), 1);
         assert_eq!(s.last_event_id().unwrap(), 5);
         let q = SampleQuery {
