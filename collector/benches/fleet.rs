@@ -34,7 +34,7 @@ use std::time::{Duration, Instant, SystemTime, UNIX_EPOCH};
 use muster_proto::{
     Body, BootId, Message, Payload, Record, TopicKind, UnitId, encode, fixtures, topic,
 };
-use muster_testkit::{Mosquitto, TempDir, http, rss_kib, signal};
+use muster_testkit::{CollectorToml, Mosquitto, TempDir, http, rss_kib, signal};
 use rumqttc::{AsyncClient, Event, MqttOptions, Packet, QoS};
 
 const ADMIN: &str = "bench-admin-token-0123456789";
@@ -169,32 +169,20 @@ impl Drop for Collector {
 impl Collector {
     fn start(broker: &Mosquitto, dir: &TempDir) -> Collector {
         let config = dir.path().join("collector.toml");
-        std::fs::write(
-            &config,
-            format!(
-                r#"
-admin_token = "{ADMIN}"
-[mqtt]
-url = "{url}"
-client_id = "bench-collector"
-[http]
-listen = "127.0.0.1:0"
-[store]
-path = "{store}"
-[rules]
+        let text = CollectorToml::production(ADMIN, &broker.url(), &dir.path().join("store"))
+            .set_str("mqtt", "client_id", "bench-collector")
+            .extra(
+                r#"[rules]
 [[rules.threshold]]
 name = "bench-cpu"
 field = "cpu.total"
 op = ">"
 threshold = 97
 clear = 90
-severity = "critical"
-"#,
-                url = broker.url(),
-                store = dir.path().join("store").display()
-            ),
-        )
-        .unwrap();
+severity = "critical""#,
+            )
+            .render();
+        std::fs::write(&config, text).unwrap();
         let mut child = Command::new(env!("CARGO_BIN_EXE_muster-collector"))
             .args(["run", "--config"])
             .arg(&config)
