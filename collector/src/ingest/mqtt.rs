@@ -35,6 +35,10 @@ use crate::config::{MqttConfig, MqttScheme};
 use crate::state::Shared;
 use crate::status_pub::{Outbound, OutboundKind};
 
+/// The collector's MQTT reconnect: 100 ms doubling to 2 s, equal jitter.
+pub const RECONNECT_MIN: Duration = Duration::from_millis(100);
+pub const RECONNECT_MAX: Duration = Duration::from_secs(2);
+
 #[derive(Debug, thiserror::Error)]
 pub enum MqttError {
     #[error("cannot read {path} (mqtt.ca_file, cert_file or key_file): {error}")]
@@ -138,9 +142,13 @@ pub async fn run_event_loop(
     mut hello: OnConnect,
 ) {
     let metrics = &shared.metrics.mqtt;
-    // Full jitter: after a broker restart several collectors (and the
-    // shared-subscription group) do not retry in step.
-    let mut backoff = Retry::new(Duration::from_millis(250), Duration::from_secs(10));
+    // Equal jitter, capped at 2 s: after a broker restart several collectors
+    // (a shared-subscription group) do not retry in step, yet each is back
+    // within 2 s of the broker (the whole fleet's feed waits on it; a
+    // handful of collectors retrying every 1-2 s costs the broker nothing).
+    // Full jitter grows the ceiling faster than the outage and could leave
+    // the feed stale for longer than the outage itself.
+    let mut backoff = Retry::new(RECONNECT_MIN, RECONNECT_MAX);
     let mut jitter = Jitter::from_entropy();
     let mut last_error_log: Option<tokio::time::Instant> = None;
     loop {
@@ -213,7 +221,7 @@ pub async fn run_event_loop(
                     // Shutting down and the broker is gone: nothing to send.
                     break;
                 }
-                let wait = backoff.next_full(jitter.draw());
+                let wait = backoff.next_equal(jitter.draw());
                 let now = tokio::time::Instant::now();
                 if last_error_log.is_none_or(|t| now.duration_since(t) >= Duration::from_secs(10)) {
                     warn!(error = %e, retry_in = ?wait, attempt = backoff.attempt(), "MQTT connection failed.");

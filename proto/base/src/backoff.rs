@@ -83,6 +83,13 @@ impl Retry {
         d
     }
 
+    /// The next wait with equal jitter; moves one attempt on.
+    pub fn next_equal(&mut self, draw: f64) -> Duration {
+        let d = self.backoff.equal(self.attempt, draw);
+        self.attempt = self.attempt.saturating_add(1);
+        d
+    }
+
     /// The next wait without jitter; moves one attempt on.
     pub fn next_plain(&mut self) -> Duration {
         let d = self.ceiling();
@@ -185,6 +192,9 @@ mod tests {
         assert_eq!(r.ceiling(), MS(50));
         assert!(r.next_full(0.999) <= MS(50));
         assert_eq!(r.attempt(), 1);
+        // Equal jitter: never sooner than half the ceiling.
+        assert_eq!(r.next_equal(0.0), MS(50));
+        assert_eq!(r.next_equal(1.0), MS(200));
     }
 
     #[test]

@@ -373,11 +373,10 @@ fn broker_restart_drains_on_the_collector_hello_not_the_ack_timeout() {
         .map(|(t, _)| t.duration_since(restarted))
         .expect("the agent's birth after the restart");
     let hello = after(&watch.hellos);
-    // The stated constant: the collector's own reconnect, exponential
-    // backoff from 250 ms doubling per failed attempt, so its next attempt
-    // comes at most about one outage length after the restart (its attempts
-    // fail all through the outage); plus 1 s for its commit, the ack and
-    // the feed poll.
+    // The stated constant: the collector's own reconnect (100 ms doubling
+    // to RECONNECT_MAX = 2 s, equal jitter), so its next attempt comes at
+    // most 2 s (here the outage length) after the restart; plus 1 s for its
+    // commit, the ack and the feed poll.
     let bound = 2 * reconnect + OUTAGE + Duration::from_secs(1);
     println!(
         "broker restart (no persistence, ack_timeout 30 s, outage {OUTAGE:?}): agent reconnected after {reconnect:?}, collector hello after {hello:?}, backlog drained after {drained:?}; bound 2 × reconnect + {:?} = {bound:?}",
