@@ -238,17 +238,25 @@ fn sleep_reads_asleep_and_resume_reads_ok_with_how_long() {
         brief(&v)
     );
     assert_eq!(v["online"], true);
-    // The strip shows the nap.
-    let strip = c.get("/api/v1/units/metro-fire/S1/timeline?hours=1");
-    let states: Vec<&str> = strip["segments"]
-        .as_array()
-        .unwrap()
-        .iter()
-        .map(|s| s["state"].as_str().unwrap())
-        .collect();
-    assert!(
-        states.windows(3).any(|w| w == ["on", "asleep", "on"]),
-        "{states:?}"
+    // The strip shows the nap once the resumed birth is committed (the
+    // unit's status is live before the store's group commit).
+    muster_testkit::eventually_blocking(
+        "the strip to show on, asleep, on",
+        Duration::from_secs(5),
+        || {
+            let strip = c.get("/api/v1/units/metro-fire/S1/timeline?hours=1");
+            let states: Vec<String> = strip["segments"]
+                .as_array()
+                .unwrap()
+                .iter()
+                .map(|s| s["state"].as_str().unwrap().to_owned())
+                .collect();
+            if states.windows(3).any(|w| w == ["on", "asleep", "on"]) {
+                Ok(())
+            } else {
+                Err(states)
+            }
+        },
     );
     drop(a);
 }
