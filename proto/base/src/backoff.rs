@@ -78,23 +78,22 @@ impl Retry {
 
     /// The next wait with full jitter; moves one attempt on.
     pub fn next_full(&mut self, draw: f64) -> Duration {
-        let d = self.backoff.full(self.attempt, draw);
-        self.attempt = self.attempt.saturating_add(1);
-        d
+        self.step(self.backoff.full(self.attempt, draw))
     }
 
     /// The next wait with equal jitter; moves one attempt on.
     pub fn next_equal(&mut self, draw: f64) -> Duration {
-        let d = self.backoff.equal(self.attempt, draw);
-        self.attempt = self.attempt.saturating_add(1);
-        d
+        self.step(self.backoff.equal(self.attempt, draw))
     }
 
     /// The next wait without jitter; moves one attempt on.
     pub fn next_plain(&mut self) -> Duration {
-        let d = self.ceiling();
+        self.step(self.ceiling())
+    }
+
+    fn step(&mut self, wait: Duration) -> Duration {
         self.attempt = self.attempt.saturating_add(1);
-        d
+        wait
     }
 
     /// A success: start again from `min`.
