@@ -49,9 +49,14 @@ pub enum AppError {
     Signing(#[from] crate::signing::SigningError),
 }
 
+/// Wraps the opened store (tests inject a slow or failing one around it).
+pub type StoreLayer = Box<dyn FnOnce(Arc<dyn Store>) -> Arc<dyn Store> + Send>;
+
 /// Optional wiring of [`run_with`].
 #[derive(Default)]
 pub struct Wiring {
+    /// Wraps the store once it is open.
+    pub store_layer: Option<StoreLayer>,
     /// Receives the enrolment registry once it is open (tests use it).
     pub registry: Option<tokio::sync::oneshot::Sender<Arc<Registry>>>,
     /// The embedded broker run by this process: the gate admits the units
@@ -89,7 +94,10 @@ pub async fn run_with(
             path: cfg.store.path.display().to_string(),
             error: source,
         })?;
-    let store: Arc<dyn Store> = Arc::new(store);
+    let mut store: Arc<dyn Store> = Arc::new(store);
+    if let Some(layer) = wiring.store_layer {
+        store = layer(store);
+    }
     let signer = Arc::new(Signer::load(&cfg.signing)?);
     info!(
         public_key = %signer.public_key(),

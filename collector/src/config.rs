@@ -136,6 +136,7 @@ pub struct RawIngest {
     pub queue: Option<usize>,
     pub receive_maximum: Option<u16>,
     pub tick_interval: Option<String>,
+    pub overload_wait: Option<String>,
     pub refusal_log_interval: Option<String>,
 }
 
@@ -331,6 +332,9 @@ pub struct IngestConfig {
     pub receive_maximum: u16,
     /// How often the rules engine's `tick` runs (staleness, incidents).
     pub tick_interval: Duration,
+    /// Overloaded while the oldest message not yet durable has waited this
+    /// long (`ingest::flow::Overload`).
+    pub overload_wait: Duration,
     /// At most one log line per refusal reason per this interval.
     pub refusal_log_interval: Duration,
 }
@@ -347,6 +351,10 @@ pub struct BrokerConfig {
     pub max_connections: usize,
     /// A client must send CONNECT within this long after accept.
     pub connect_timeout: Duration,
+    /// Messages the broker may have in flight to the collector's own
+    /// client, unPUBACKed: `ingest.receive_maximum` (rumqttd does not read
+    /// the client's receive maximum, so it is set here; `ingest::flow`).
+    pub collector_window: u16,
     /// Units allowed to connect: identity and SHA-256 of the password.
     pub units: Vec<(muster_proto::UnitId, [u8; 32])>,
 }
@@ -354,6 +362,8 @@ pub struct BrokerConfig {
 /// Default `broker.max_packet_bytes`: `MAX_MESSAGE_BYTES` + 4 KiB for the
 /// MQTT header and topic (packaging/mosquitto/mosquitto.conf says the same).
 pub const DEFAULT_MAX_PACKET_BYTES: usize = muster_proto::MAX_MESSAGE_BYTES + 4096;
+/// The collector's default MQTT receive maximum (`ingest.receive_maximum`).
+pub const DEFAULT_RECEIVE_MAXIMUM: u16 = 4096;
 
 /// Largest accepted `broker.max_packet_bytes`: the embedded broker and the
 /// collector's own client must take strictly more than the gate forwards
@@ -366,6 +376,7 @@ impl Default for BrokerConfig {
             max_packet_bytes: DEFAULT_MAX_PACKET_BYTES,
             max_connections: 20_000,
             connect_timeout: Duration::from_secs(10),
+            collector_window: DEFAULT_RECEIVE_MAXIMUM,
             units: Vec::new(),
         }
     }
@@ -428,6 +439,7 @@ impl RawBroker {
             max_packet_bytes,
             max_connections,
             connect_timeout,
+            collector_window: DEFAULT_RECEIVE_MAXIMUM,
             units,
         })
     }
@@ -476,7 +488,7 @@ impl RawConfig {
             signing,
             broker,
         } = self;
-        let broker = broker.validate()?;
+        let mut broker = broker.validate()?;
 
         let admin_token = admin_token.map(|t| token("admin_token", &t)).transpose()?;
 
@@ -693,14 +705,15 @@ impl RawConfig {
         if commit_max_records == 0 {
             return Err(invalid("ingest.commit_max_records", "must be more than 0"));
         }
-        let queue = ingest.queue.unwrap_or(65_536);
+        let queue = ingest.queue.unwrap_or(4_096);
         if queue < 16 {
             return Err(invalid("ingest.queue", "must be at least 16"));
         }
-        let receive_maximum = ingest.receive_maximum.unwrap_or(4096);
+        let receive_maximum = ingest.receive_maximum.unwrap_or(DEFAULT_RECEIVE_MAXIMUM);
         if receive_maximum == 0 {
             return Err(invalid("ingest.receive_maximum", "must be more than 0"));
         }
+        broker.collector_window = receive_maximum;
         let tick_interval = duration_or(
             "ingest.tick_interval",
             ingest.tick_interval.as_deref(),
@@ -708,6 +721,14 @@ impl RawConfig {
         )?;
         if tick_interval.is_zero() {
             return Err(invalid("ingest.tick_interval", "must be more than 0"));
+        }
+        let overload_wait = duration_or(
+            "ingest.overload_wait",
+            ingest.overload_wait.as_deref(),
+            Duration::from_secs(2),
+        )?;
+        if overload_wait < Duration::from_millis(100) || overload_wait > Duration::from_secs(600) {
+            return Err(invalid("ingest.overload_wait", "must be 100ms to 10m"));
         }
         let refusal_log_interval = duration_or(
             "ingest.refusal_log_interval",
@@ -825,6 +846,7 @@ impl RawConfig {
                 queue,
                 receive_maximum,
                 tick_interval,
+                overload_wait,
                 refusal_log_interval,
             },
             agencies,

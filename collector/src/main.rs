@@ -158,6 +158,7 @@ fn main() -> anyhow::Result<()> {
                 println!("muster-collector listening on http://{addr}");
                 let wiring = app::Wiring {
                     registry: None,
+                    store_layer: None,
                     broker: broker
                         .as_ref()
                         .map(|(b, units)| (Arc::clone(units), Arc::clone(&b.metrics))),

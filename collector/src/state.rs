@@ -26,6 +26,16 @@ pub struct Shared {
     pub store: Arc<dyn Store>,
     /// Messages handed from the MQTT loop to the ingest worker, not yet taken.
     pub queue_depth: AtomicUsize,
+    /// Messages received with a PUBACK owed (QoS 1) and not yet PUBACKed:
+    /// at most the receive maximum on a broker that honours it.
+    pub inflight: AtomicUsize,
+    /// Messages and PUBACKs queued for the publisher.
+    pub outbound_depth: AtomicUsize,
+    /// The MQTT connection's generation (one per CONNACK): a PUBACK owed on
+    /// an earlier connection is not sent on a later one.
+    pub mqtt_generation: AtomicU64,
+    /// Ingest is overloaded (`ingest::flow::Overload`).
+    pub overloaded: AtomicBool,
     /// The last group commit succeeded.
     pub store_ok: AtomicBool,
     /// Units restored from the store and the engine are ready.
@@ -45,6 +55,10 @@ impl Shared {
             metrics: Metrics::default(),
             store,
             queue_depth: AtomicUsize::new(0),
+            inflight: AtomicUsize::new(0),
+            outbound_depth: AtomicUsize::new(0),
+            mqtt_generation: AtomicU64::new(0),
+            overloaded: AtomicBool::new(false),
             store_ok: AtomicBool::new(true),
             started: AtomicBool::new(false),
             worker_ticks: AtomicU64::new(0),
@@ -62,7 +76,12 @@ impl Shared {
         self.metrics.render(
             &units,
             incidents.values(),
-            self.queue_depth.load(Ordering::Relaxed),
+            crate::metrics::ingest::FlowGauges {
+                queue_depth: self.queue_depth.load(Ordering::Relaxed),
+                inflight: self.inflight.load(Ordering::Relaxed),
+                outbound: self.outbound_depth.load(Ordering::Relaxed),
+                overloaded: self.overloaded.load(Ordering::Relaxed),
+            },
             self.store.size_on_disk(),
         )
     }

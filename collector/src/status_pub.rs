@@ -20,6 +20,20 @@ pub struct Outbound {
     pub kind: OutboundKind,
 }
 
+/// What the publisher sends, in order: a message, or a PUBACK owed to the
+/// broker for a message whose commit is durable (`ingest::flow`).
+#[derive(Debug, Clone)]
+pub enum Out {
+    Publish(Outbound),
+    PubAck(crate::ingest::flow::PubAckId),
+}
+
+impl From<Outbound> for Out {
+    fn from(o: Outbound) -> Out {
+        Out::Publish(o)
+    }
+}
+
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 pub enum OutboundKind {
     Ack,

@@ -10,6 +10,8 @@
 #[path = "collector/harness.rs"]
 mod harness;
 
+#[path = "collector/backpressure.rs"]
+mod backpressure;
 #[path = "collector/dashboard.rs"]
 mod dashboard;
 #[path = "collector/demo.rs"]

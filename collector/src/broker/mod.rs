@@ -97,7 +97,13 @@ pub struct EmbeddedBroker {
 
 /// rumqttd's defaults are all zeros (and die); these are filled for the
 /// gate's connection cap plus the collector.
-fn rumqttd_config(v4: SocketAddr, v5: SocketAddr, password: &str, max_conn: usize) -> Config {
+fn rumqttd_config(
+    v4: SocketAddr,
+    v5: SocketAddr,
+    password: &str,
+    max_conn: usize,
+    collector_window: u16,
+) -> Config {
     let router = RouterConfig {
         max_connections: max_conn + 16,
         max_outgoing_packet_count: 1_000,
@@ -118,18 +124,31 @@ fn rumqttd_config(v4: SocketAddr, v5: SocketAddr, password: &str, max_conn: usiz
         external_auth: None,
         dynamic_filters: true,
     };
-    let server = |name: &str, listen: SocketAddr| ServerSettings {
+    let server = |name: &str, listen: SocketAddr, connections: ConnectionSettings| ServerSettings {
         name: name.to_owned(),
         listen,
         tls: None,
         next_connection_delay_ms: 1,
-        connections: connections.clone(),
+        connections,
+    };
+    // The v5 listener serves only the collector's own client, which PUBACKs
+    // a message once it is stored (ingest::flow): its window is the
+    // collector's receive maximum, which rumqttd does not read itself.
+    let collector = ConnectionSettings {
+        max_inflight_count: usize::from(collector_window),
+        ..connections.clone()
     };
     Config {
         id: 0,
         router,
-        v4: Some(HashMap::from([("1".to_owned(), server("v4", v4))])),
-        v5: Some(HashMap::from([("1".to_owned(), server("v5", v5))])),
+        v4: Some(HashMap::from([(
+            "1".to_owned(),
+            server("v4", v4, connections),
+        )])),
+        v5: Some(HashMap::from([(
+            "1".to_owned(),
+            server("v5", v5, collector),
+        )])),
         ..Config::default()
     }
 }
@@ -196,7 +215,7 @@ impl EmbeddedBroker {
         let password = auth::generate_secret();
         let v4 = ephemeral_loopback_port()?;
         let v5 = ephemeral_loopback_port()?;
-        let rcfg = rumqttd_config(v4, v5, &password, max_connections);
+        let rcfg = rumqttd_config(v4, v5, &password, max_connections, cfg.collector_window);
         std::thread::Builder::new()
             .name("embedded-broker".into())
             .spawn(move || {

@@ -367,6 +367,7 @@ pub async fn run(
     let (stop2, done2) = (stop.clone(), tasks_done.clone());
     let wiring = app::Wiring {
         registry: None,
+        store_layer: None,
         broker: Some((units, Arc::clone(&broker.metrics))),
     };
     let collector = app::run_with(

@@ -49,20 +49,23 @@ struct Ready {
     mqtt: bool,
     store: bool,
     started: bool,
+    overloaded: bool,
 }
 
 /// Readiness: connected and subscribed to the broker, the last commit
-/// succeeded, and the state is restored.
+/// succeeded, the state is restored, and ingest is not overloaded
+/// (`ingest::flow`).
 pub async fn readyz(State(st): State<FeedState>) -> Response {
     let s = &st.shared;
     let r = Ready {
         mqtt: s.mqtt_ready(),
         store: s.store_ok.load(Ordering::Relaxed),
         started: s.started.load(Ordering::Relaxed),
+        overloaded: s.overloaded.load(Ordering::Relaxed),
         ready: false,
     };
     let r = Ready {
-        ready: r.mqtt && r.store && r.started,
+        ready: r.mqtt && r.store && r.started && !r.overloaded,
         ..r
     };
     let code = if r.ready {

@@ -5,6 +5,8 @@
 //! is decided in the wire contract (`muster_proto::presence`), through the
 //! rules engine, which the worker asks.
 
+pub mod flow;
 pub mod mqtt;
+pub mod parse;
 pub mod refusal;
 pub mod worker;

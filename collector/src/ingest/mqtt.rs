@@ -1,7 +1,8 @@
 //! The collector's MQTT v5 connection (rumqttc): subscribes to the fleet's
 //! telemetry and state topics (as a shared subscription when
-//! `mqtt.shared_group` is set), forwards every publish to the ingest
-//! worker, and publishes acks and status messages.
+//! `mqtt.shared_group` is set), parses every publish ([`super::parse`],
+//! here, off the ingest worker) and hands it to the worker, and publishes
+//! acks, status messages and PUBACKs.
 //!
 //! Every time the subscription is (re)established (SubAck: first start,
 //! reconnect, broker restart) it publishes a signed `Hello` with a growing
@@ -9,18 +10,22 @@
 //! newer hello resend what they have in flight at once (their earlier
 //! sends may have hit a broker with nobody subscribed).
 //!
-//! The event loop is polled continuously by its own task, so the broker
-//! never queues for us because we are slow to read; its only wait is on
-//! the bounded hand-off to the ingest worker (`ingest.queue`). Publishing
-//! goes through a separate task and an unbounded queue, so the worker never
-//! waits on the event loop and the two cannot deadlock.
+//! Backpressure ([`super::flow`]): acks are manual. A message is PUBACKed
+//! by the publisher only after the worker's group commit that covers it is
+//! durable, so the broker has at most `ingest.receive_maximum` messages in
+//! flight to us and holds the rest. The event loop is polled continuously
+//! by its own task; its only wait is on the bounded hand-off to the worker
+//! (`ingest.queue`). Publishing goes through a separate task, so the worker
+//! never waits on the event loop and the two cannot deadlock; what the
+//! publisher has queued is bounded because the worker seals no new commit
+//! while it holds more than `ingest.receive_maximum` + the units' acks of one
+//! commit (see the worker).
 
 use muster_base::backoff::{Jitter, Retry};
 use std::sync::Arc;
 use std::sync::atomic::Ordering;
 use std::time::Duration;
 
-use bytes::Bytes;
 use muster_proto::TopicKind;
 use muster_proto::topic::fleet_filter;
 use rumqttc::v5::mqttbytes::QoS;
@@ -31,9 +36,11 @@ use tokio::sync::mpsc;
 use tokio_util::sync::CancellationToken;
 use tracing::{debug, info, warn};
 
+use super::flow::PubAckId;
+use super::parse::{Parsed, Refused, parse};
 use crate::config::{MqttConfig, MqttScheme};
 use crate::state::Shared;
-use crate::status_pub::{Outbound, OutboundKind};
+use crate::status_pub::{Out, OutboundKind};
 
 /// The collector's MQTT reconnect: 100 ms doubling to 2 s, equal jitter.
 pub const RECONNECT_MIN: Duration = Duration::from_millis(100);
@@ -47,12 +54,13 @@ pub enum MqttError {
     Filter(String),
 }
 
-/// One message from the broker.
+/// One message from the broker, parsed.
 #[derive(Debug)]
 pub struct Inbound {
-    pub topic: Bytes,
-    pub payload: Bytes,
+    pub parsed: Result<Parsed, Refused>,
     pub received: tokio::time::Instant,
+    /// The PUBACK it is owed (QoS 1), once the commit after it is durable.
+    pub ack: Option<PubAckId>,
 }
 
 /// Largest packet we accept from the broker: well above the wire limit, so
@@ -68,6 +76,8 @@ pub fn options(cfg: &MqttConfig, receive_maximum: u16) -> Result<MqttOptions, Mq
     o.set_clean_start(false);
     o.set_session_expiry_interval(Some(cfg.session_expiry.as_secs() as u32));
     o.set_receive_maximum(Some(receive_maximum));
+    // PUBACK only once stored: the broker holds what we cannot take yet.
+    o.set_manual_acks(true);
     o.set_max_packet_size(Some(MAX_PACKET_BYTES));
     o.set_request_channel_capacity(65_536);
     if let Some((user, pass)) = &cfg.credentials {
@@ -161,18 +171,29 @@ pub async fn run_event_loop(
                 if stop_forwarding.is_cancelled() {
                     continue;
                 }
+                let ack = (p.qos != QoS::AtMostOnce).then(|| PubAckId {
+                    generation: shared.mqtt_generation.load(Ordering::Relaxed),
+                    pkid: p.pkid,
+                });
                 let msg = Inbound {
-                    topic: p.topic,
-                    payload: p.payload,
+                    parsed: parse(&p.topic, &p.payload),
                     received: tokio::time::Instant::now(),
+                    ack,
                 };
                 shared.queue_depth.fetch_add(1, Ordering::Relaxed);
+                if ack.is_some() {
+                    shared.inflight.fetch_add(1, Ordering::Relaxed);
+                }
                 let sent = tokio::select! {
                     r = inbound.send(msg) => r.is_ok(),
                     _ = stop_forwarding.cancelled() => false,
                 };
                 if !sent {
+                    // Never PUBACKed: the broker redelivers it to the next session.
                     shared.queue_depth.fetch_sub(1, Ordering::Relaxed);
+                    if ack.is_some() {
+                        shared.inflight.fetch_sub(1, Ordering::Relaxed);
+                    }
                 }
             }
             Ok(Event::Incoming(Packet::ConnAck(ack))) => {
@@ -181,6 +202,9 @@ pub async fn run_event_loop(
                     "Connected to the MQTT broker."
                 );
                 metrics.connects.fetch_add(1, Ordering::Relaxed);
+                // PUBACKs owed on the previous connection are not sent on
+                // this one (flow.rs).
+                shared.mqtt_generation.fetch_add(1, Ordering::Relaxed);
                 backoff.reset();
                 if let Err(e) = client.try_subscribe_many(hello.filters.clone()) {
                     warn!(error = %e, "Cannot queue the subscription.");
@@ -237,15 +261,39 @@ pub async fn run_event_loop(
     metrics.connected.store(false, Ordering::Relaxed);
 }
 
-/// Publishes everything queued on `outbound` (QoS 1), then disconnects
-/// once the queue's senders are gone.
+/// Publishes everything queued on `outbound` (QoS 1) and sends the PUBACKs
+/// of the current connection, then disconnects once the queue's senders
+/// are gone.
 pub async fn run_publisher(
     client: AsyncClient,
-    mut outbound: mpsc::UnboundedReceiver<Outbound>,
+    mut outbound: mpsc::UnboundedReceiver<Out>,
     shared: Arc<Shared>,
 ) {
     let m = &shared.metrics;
     while let Some(o) = outbound.recv().await {
+        shared.outbound_depth.fetch_sub(1, Ordering::Relaxed);
+        let o = match o {
+            Out::PubAck(id) => {
+                shared.inflight.fetch_sub(1, Ordering::Relaxed);
+                if id.generation != shared.mqtt_generation.load(Ordering::Relaxed) {
+                    m.ingest.pubacks_stale.fetch_add(1, Ordering::Relaxed);
+                    continue;
+                }
+                let mut p = rumqttc::v5::mqttbytes::v5::Publish::new(
+                    "",
+                    QoS::AtLeastOnce,
+                    Vec::new(),
+                    None,
+                );
+                p.pkid = id.pkid;
+                match client.ack(&p).await {
+                    Ok(()) => m.ingest.pubacks.fetch_add(1, Ordering::Relaxed),
+                    Err(_) => m.ingest.pubacks_stale.fetch_add(1, Ordering::Relaxed),
+                };
+                continue;
+            }
+            Out::Publish(o) => o,
+        };
         let r = client
             .publish(o.topic, QoS::AtLeastOnce, o.retain, o.payload)
             .await;

@@ -7,6 +7,12 @@
 //! flush returned. Commits are sequential and a failed one is retried, never
 //! skipped, so an ack never covers a record that is not on disk.
 //!
+//! Backpressure (`super::flow`): every message's PUBACK goes out after the
+//! commit that follows its handling is durable, in arrival order, so what
+//! the worker holds is bounded by the receive maximum. No new commit is
+//! sealed while the publisher still has more than two windows queued. The
+//! age of the oldest message not yet durable drives the overload state.
+//!
 //! Acks to a unit that speaks schema v2 are signed with the collector's key
 //! (`crate::signing`): an agent frees records only on a signed ack. A v1
 //! unit is answered in v1, unsigned, as before.
@@ -17,7 +23,7 @@ use std::sync::atomic::Ordering;
 use std::time::Duration;
 
 use muster_proto::{
-    Ack, Body, BootId, Message, Payload, Presence, Record, Topic, TopicKind, UnitId, topic,
+    Ack, Body, BootId, Message, Payload, Presence, Record, TopicKind, UnitId, topic,
 };
 use tokio::sync::mpsc;
 use tokio::task::JoinHandle;
@@ -25,7 +31,9 @@ use tokio::time::Instant;
 use tokio_util::sync::CancellationToken;
 use tracing::{debug, error, info, warn};
 
+use super::flow::{Overload, PubAckId};
 use super::mqtt::Inbound;
+use super::parse::{Parsed, Refused};
 use super::refusal::{PresenceNote, Refusal, RefusalLog};
 use crate::clock::SharedClock;
 use crate::config::IngestConfig;
@@ -34,7 +42,7 @@ use crate::rules::Engine;
 use crate::seq::Observed;
 use crate::signing::Signer;
 use crate::state::Shared;
-use crate::status_pub::{self, Outbound, OutboundKind};
+use crate::status_pub::{self, Out, Outbound, OutboundKind};
 use crate::store::{CommitBatch, StoreError, StoredEvent, UnitRecord};
 use muster_proto::presence::Verdict;
 
@@ -48,11 +56,27 @@ struct Pending {
     /// When the first message of each unit in this commit arrived.
     first_rx: HashMap<UnitId, Instant>,
     records: usize,
+    /// Every message handled for this commit, in arrival order: when it
+    /// arrived and the PUBACK it is owed.
+    received: Vec<(Instant, Option<PubAckId>)>,
+}
+
+/// What a commit answers once durable: the units' acks, then the broker's
+/// PUBACKs (in arrival order).
+struct Answers {
+    acks: Vec<Outbound>,
+    received: Vec<(Instant, Option<PubAckId>)>,
+}
+
+/// A commit that failed, handed back to be written again.
+struct Failed {
+    batch: Option<CommitBatch>,
+    answers: Answers,
 }
 
 struct InFlight {
     task: JoinHandle<(CommitBatch, Result<(), StoreError>)>,
-    acks: Vec<Outbound>,
+    answers: Answers,
     started: Instant,
 }
 
@@ -64,7 +88,8 @@ pub struct Worker {
     next_event_id: u64,
     shared: Arc<Shared>,
     clock: SharedClock,
-    out: mpsc::UnboundedSender<Outbound>,
+    out: mpsc::UnboundedSender<Out>,
+    overload: Overload,
     refusals: RefusalLog,
     notes: RefusalLog<PresenceNote>,
     cfg: IngestConfig,
@@ -78,7 +103,7 @@ impl Worker {
         mut engine: Engine,
         shared: Arc<Shared>,
         clock: SharedClock,
-        out: mpsc::UnboundedSender<Outbound>,
+        out: mpsc::UnboundedSender<Out>,
         cfg: IngestConfig,
         publish_status: bool,
         signer: Arc<Signer>,
@@ -122,6 +147,7 @@ impl Worker {
             dirty: HashSet::new(),
             pending,
             next_event_id,
+            overload: Overload::new(cfg.overload_wait.as_millis() as u64),
             refusals: RefusalLog::new(cfg.refusal_log_interval.as_millis() as u64),
             notes: RefusalLog::new(cfg.refusal_log_interval.as_millis() as u64),
             shared,
@@ -151,7 +177,7 @@ impl Worker {
                 _ = shutdown.cancelled() => break,
                 r = async { (&mut in_flight.as_mut().expect("guarded").task).await }, if in_flight.is_some() => {
                     let f = in_flight.take().expect("guarded");
-                    match self.finish_commit(f.acks, f.started, r) {
+                    match self.finish_commit(f.answers, f.started, r) {
                         Ok(()) => {
                             retry_at = None;
                             if self.pending.records >= self.cfg.commit_max_records {
@@ -160,9 +186,10 @@ impl Worker {
                         }
                         Err(again) => {
                             retry_at = Some(Instant::now() + Duration::from_secs(1));
-                            self.requeue(again);
+                            self.requeue(*again);
                         }
                     }
+                    self.observe_overload(in_flight.as_ref());
                 }
                 _ = commit_timer.tick() => {
                     if in_flight.is_none() && retry_at.is_none_or(|t| Instant::now() >= t) {
@@ -175,6 +202,7 @@ impl Worker {
                     let changes = self.engine.tick(now);
                     self.apply_changes(changes);
                     self.shared.worker_ticks.fetch_add(1, Ordering::Relaxed);
+                    self.observe_overload(in_flight.as_ref());
                 }
                 msg = inbound.recv() => {
                     let Some(msg) = msg else { break };
@@ -192,19 +220,53 @@ impl Worker {
         // Shutdown: finish the commit in flight, then commit the rest.
         if let Some(f) = in_flight.take() {
             let r = f.task.await;
-            if let Err(again) = self.finish_commit(f.acks, f.started, r) {
-                self.requeue(again);
+            if let Err(again) = self.finish_commit(f.answers, f.started, r) {
+                self.requeue(*again);
             }
         }
         for _ in 0..3 {
-            let Some(f) = self.seal() else { break };
+            let Some(f) = self.seal_now() else { break };
             let r = f.task.await;
-            match self.finish_commit(f.acks, f.started, r) {
+            match self.finish_commit(f.answers, f.started, r) {
                 Ok(()) => break,
-                Err(again) => self.requeue(again),
+                Err(again) => self.requeue(*again),
             }
         }
         info!("Ingest stopped; state committed.");
+    }
+
+    /// Updates the overload state from the oldest message not yet durable;
+    /// one log line per change.
+    fn observe_overload(&mut self, in_flight: Option<&InFlight>) {
+        let oldest = in_flight
+            .and_then(|f| f.answers.received.first())
+            .or(self.pending.received.first())
+            .map(|(t, _)| t.elapsed().as_millis() as u64);
+        let Some(on) = self.overload.observe(oldest) else {
+            return;
+        };
+        self.shared.overloaded.store(on, Ordering::Relaxed);
+        let m = &self.shared.metrics.ingest;
+        if on {
+            m.overloads.fetch_add(1, Ordering::Relaxed);
+            warn!(
+                oldest_wait_ms = oldest.unwrap_or(0),
+                inflight = self.shared.inflight.load(Ordering::Relaxed),
+                "Ingest is overloaded: records wait longer than ingest.overload_wait to be stored; the broker holds the rest (not ready)."
+            );
+        } else {
+            info!(
+                oldest_wait_ms = oldest.unwrap_or(0),
+                "Ingest has caught up (ready)."
+            );
+        }
+    }
+
+    fn send(&self, o: impl Into<Out>) {
+        self.shared.outbound_depth.fetch_add(1, Ordering::Relaxed);
+        if self.out.send(o.into()).is_err() {
+            self.shared.outbound_depth.fetch_sub(1, Ordering::Relaxed);
+        }
     }
 
     fn refuse(&mut self, r: Refusal, topic: &str, detail: &dyn std::fmt::Display) {
@@ -221,52 +283,32 @@ impl Worker {
             .ingest
             .messages
             .fetch_add(1, Ordering::Relaxed);
-        let Ok(topic_s) = std::str::from_utf8(&msg.topic) else {
-            self.refuse(Refusal::BadTopic, "<not utf-8>", &"topic is not UTF-8");
-            return;
-        };
-        let topic = match Topic::parse(topic_s) {
-            Ok(t) if matches!(t.kind, TopicKind::Telemetry | TopicKind::State) => t,
-            Ok(t) => {
-                self.refuse(
-                    Refusal::BadTopic,
-                    topic_s,
-                    &format!("kind {}", t.kind.as_str()),
-                );
-                return;
-            }
-            Err(e) => {
-                self.refuse(Refusal::BadTopic, topic_s, &e);
-                return;
-            }
-        };
-        let decoded = match muster_proto::decode(&msg.payload) {
-            Ok(d) => d,
-            Err(e) => {
-                let topic_s = topic_s.to_owned();
-                self.refuse(Refusal::from_decode(&e), &topic_s, &e);
-                return;
-            }
-        };
-        let Message { unit, body } = decoded.message;
-        if unit != topic.unit {
-            let detail = format!("payload says {unit}");
-            self.refuse(Refusal::Spoofed, topic_s, &detail);
-            return;
-        }
-        match (topic.kind, body) {
-            (TopicKind::Telemetry, Body::Record(r)) => {
-                self.records(unit, decoded.version, vec![r], msg.received)
-            }
-            (TopicKind::Telemetry, Body::Batch(rs)) => {
-                self.records(unit, decoded.version, rs, msg.received)
-            }
-            (TopicKind::State, Body::Presence(p)) => self.presence(unit, p),
-            (_, b) => {
-                let detail = format!("{} body", body_name(&b));
-                let topic_s = topic_s.to_owned();
-                self.refuse(Refusal::UnexpectedBody, &topic_s, &detail);
-            }
+        self.pending.received.push((msg.received, msg.ack));
+        match msg.parsed {
+            Err(Refused {
+                reason,
+                topic,
+                detail,
+            }) => self.refuse(reason, &topic, &detail),
+            Ok(Parsed {
+                unit,
+                kind,
+                version,
+                body,
+            }) => match (kind, body) {
+                (TopicKind::Telemetry, Body::Record(r)) => {
+                    self.records(unit, version, vec![r], msg.received)
+                }
+                (TopicKind::Telemetry, Body::Batch(rs)) => {
+                    self.records(unit, version, rs, msg.received)
+                }
+                (TopicKind::State, Body::Presence(p)) => self.presence(unit, p),
+                // `parse` refuses every other pairing.
+                (_, b) => {
+                    let detail = format!("{} body", super::parse::body_name(&b));
+                    self.refuse(Refusal::UnexpectedBody, &unit.to_string(), &detail);
+                }
+            },
         }
     }
 
@@ -275,7 +317,7 @@ impl Worker {
             info!(%unit, "New unit.");
             let rec = UnitRecord::new(unit.clone(), now);
             if self.publish_status {
-                let _ = self.out.send(status_pub::unit_status(&rec));
+                self.send(status_pub::unit_status(&rec));
             }
             self.units.insert(unit.clone(), rec);
         }
@@ -407,7 +449,7 @@ impl Worker {
                     if self.publish_status
                         && let Some(state) = self.units.get(&unit)
                     {
-                        let _ = self.out.send(status_pub::unit_status(state));
+                        self.send(status_pub::unit_status(state));
                     }
                 }
                 Change::Incident(i) => {
@@ -446,18 +488,29 @@ impl Worker {
                     .read()
                     .unwrap_or_else(|e| e.into_inner());
                 if let Some(o) = status_pub::agency_incidents(&agency, incidents.values()) {
-                    let _ = self.out.send(o);
+                    self.send(o);
                 }
             }
         }
     }
 
-    /// Seals the pending commit and starts writing it.
+    /// Seals the pending commit and starts writing it, unless the
+    /// publisher is more than two windows behind (then the next timer tick
+    /// tries again; meanwhile the broker holds what we have not PUBACKed).
     fn seal(&mut self) -> Option<InFlight> {
+        let behind = self.shared.outbound_depth.load(Ordering::Relaxed);
+        if behind > 2 * usize::from(self.cfg.receive_maximum) + self.cfg.commit_max_records {
+            return None;
+        }
+        self.seal_now()
+    }
+
+    fn seal_now(&mut self) -> Option<InFlight> {
         if self.dirty.is_empty()
             && self.pending.samples.is_empty()
             && self.pending.events.is_empty()
             && self.pending.incidents.is_empty()
+            && self.pending.received.is_empty()
         {
             return None;
         }
@@ -507,50 +560,80 @@ impl Worker {
                 Err(e) => error!(%unit, error = %e, "Cannot encode an ack."),
             }
         }
-        Some(self.start_commit(batch, acks))
+        Some(self.start_commit(
+            batch,
+            Answers {
+                acks,
+                received: p.received,
+            },
+        ))
     }
 
-    fn start_commit(&self, batch: CommitBatch, acks: Vec<Outbound>) -> InFlight {
+    fn start_commit(&self, batch: CommitBatch, answers: Answers) -> InFlight {
         let store = Arc::clone(&self.shared.store);
         InFlight {
             task: tokio::task::spawn_blocking(move || {
-                let r = store.commit(&batch);
+                let r = if batch.is_empty() {
+                    Ok(()) // only PUBACKs (refused or duplicate messages)
+                } else {
+                    store.commit(&batch)
+                };
                 (batch, r)
             }),
-            acks,
+            answers,
             started: Instant::now(),
         }
     }
 
-    /// Publishes the acks of a commit that is durable; hands a failed one back.
+    /// Publishes the acks and PUBACKs of a commit that is durable; hands a
+    /// failed one back.
     fn finish_commit(
         &mut self,
-        acks: Vec<Outbound>,
+        answers: Answers,
         started: Instant,
         r: Result<(CommitBatch, Result<(), StoreError>), tokio::task::JoinError>,
-    ) -> Result<(), (Option<CommitBatch>, Vec<Outbound>)> {
-        let m = &self.shared.metrics.store;
+    ) -> Result<(), Box<Failed>> {
+        let shared = Arc::clone(&self.shared);
+        let m = &shared.metrics;
         match r {
-            Ok((_, Ok(()))) => {
-                m.commits.fetch_add(1, Ordering::Relaxed);
-                m.commit_seconds.observe(started.elapsed());
+            Ok((batch, Ok(()))) => {
+                if !batch.is_empty() {
+                    m.store.commits.fetch_add(1, Ordering::Relaxed);
+                    m.store.commit_seconds.observe(started.elapsed());
+                }
+                m.ingest
+                    .stored
+                    .fetch_add(batch.samples.len() as u64, Ordering::Relaxed);
                 self.shared.store_ok.store(true, Ordering::Relaxed);
-                for a in acks {
-                    let _ = self.out.send(a);
+                for a in answers.acks {
+                    self.send(a);
+                }
+                let now = Instant::now();
+                for (at, ack) in answers.received {
+                    m.ingest.wait.observe(now.duration_since(at));
+                    if let Some(id) = ack {
+                        self.send(Out::PubAck(id));
+                    }
                 }
                 Ok(())
             }
             Ok((batch, Err(e))) => {
-                m.errors.fetch_add(1, Ordering::Relaxed);
+                m.store.errors.fetch_add(1, Ordering::Relaxed);
                 self.shared.store_ok.store(false, Ordering::Relaxed);
                 error!(error = %e, "Store commit failed; retrying, acks held back.");
-                Err((Some(batch), acks))
+                Err(Box::new(Failed {
+                    batch: Some(batch),
+                    answers,
+                }))
             }
             Err(e) => {
-                m.errors.fetch_add(1, Ordering::Relaxed);
+                m.store.errors.fetch_add(1, Ordering::Relaxed);
                 self.shared.store_ok.store(false, Ordering::Relaxed);
                 error!(error = %e, "Store commit task failed; retrying, acks held back.");
-                Err((None, acks))
+                Err(Box::new(Failed {
+                    batch: None,
+                    answers,
+                }))
             }
         }
     }
@@ -558,7 +641,13 @@ impl Worker {
     /// Puts a failed commit back in front of what is pending, so the next
     /// commit writes it again (writes are idempotent) before anything newer
     /// is acked.
-    fn requeue(&mut self, (batch, acks): (Option<CommitBatch>, Vec<Outbound>)) {
+    fn requeue(&mut self, failed: Failed) {
+        let Failed { batch, answers } = failed;
+        // The PUBACKs stay owed, ahead of those of newer messages.
+        let mut received = answers.received;
+        received.append(&mut self.pending.received);
+        self.pending.received = received;
+        let acks = answers.acks;
         let Some(batch) = batch else {
             // The batch was lost with its task: re-dirty every unit so the
             // seq state is rewritten; its records are resent by agents since
@@ -607,14 +696,5 @@ impl Worker {
                 "Acks of a failed commit dropped; agents will resend."
             );
         }
-    }
-}
-
-fn body_name(b: &Body) -> &'static str {
-    match b {
-        Body::Record(_) => "record",
-        Body::Batch(_) => "batch",
-        Body::Ack(_) => "ack",
-        Body::Presence(_) => "presence",
     }
 }

@@ -3,6 +3,7 @@
 use std::sync::atomic::{AtomicU64, Ordering};
 
 use super::expo::Exposition;
+use super::histogram::Histogram;
 use crate::ingest::refusal::Refusal;
 use muster_proto::PresenceReason;
 
@@ -26,6 +27,26 @@ pub struct IngestMetrics {
     refused: [AtomicU64; Refusal::ALL.len()],
     presence: [AtomicU64; PRESENCE_REASONS.len()],
     pub presence_unknown_reason: AtomicU64,
+    /// Records in group commits that were durable (the point of truth).
+    pub stored: AtomicU64,
+    /// PUBACKs sent to the broker after their commit.
+    pub pubacks: AtomicU64,
+    /// PUBACKs not sent: owed on an earlier connection (redelivered), or
+    /// the connection was gone.
+    pub pubacks_stale: AtomicU64,
+    /// Arrival to durable commit, per message.
+    pub wait: Histogram,
+    /// Times ingest became overloaded.
+    pub overloads: AtomicU64,
+}
+
+/// The flow gauges, read from the live state at scrape time.
+#[derive(Debug, Default, Clone, Copy)]
+pub struct FlowGauges {
+    pub queue_depth: usize,
+    pub inflight: usize,
+    pub outbound: usize,
+    pub overloaded: bool,
 }
 
 impl IngestMetrics {
@@ -56,7 +77,7 @@ impl IngestMetrics {
         self.refused[r.index()].load(Ordering::Relaxed)
     }
 
-    pub fn render(&self, e: &mut Exposition, queue_depth: usize) {
+    pub fn render(&self, e: &mut Exposition, flow: FlowGauges) {
         let get = |a: &AtomicU64| a.load(Ordering::Relaxed);
         e.family(
             "muster_ingest_messages_total",
@@ -115,6 +136,56 @@ impl IngestMetrics {
             "gauge",
             "Messages received and waiting for the ingest worker.",
         );
-        e.sample("muster_ingest_queue_depth", &[], queue_depth);
+        e.sample("muster_ingest_queue_depth", &[], flow.queue_depth);
+        e.family(
+            "muster_ingest_inflight",
+            "gauge",
+            "Messages received and not yet PUBACKed to the broker (at most ingest.receive_maximum).",
+        );
+        e.sample("muster_ingest_inflight", &[], flow.inflight);
+        e.family(
+            "muster_ingest_outbound_depth",
+            "gauge",
+            "Acks, status messages and PUBACKs queued for the MQTT publisher.",
+        );
+        e.sample("muster_ingest_outbound_depth", &[], flow.outbound);
+        e.family(
+            "muster_ingest_stored_records_total",
+            "counter",
+            "Records in group commits that are durable on disk (acked after this).",
+        );
+        e.sample("muster_ingest_stored_records_total", &[], get(&self.stored));
+        e.family(
+            "muster_ingest_pubacks_total",
+            "counter",
+            "PUBACKs sent to the broker, each after the commit covering its message, by outcome.",
+        );
+        e.sample(
+            "muster_ingest_pubacks_total",
+            &[("outcome", "sent")],
+            get(&self.pubacks),
+        );
+        e.sample(
+            "muster_ingest_pubacks_total",
+            &[("outcome", "stale")],
+            get(&self.pubacks_stale),
+        );
+        self.wait.render(
+            e,
+            "muster_ingest_wait_seconds",
+            "Time from a message's arrival to the durable commit that covers it.",
+        );
+        e.family(
+            "muster_ingest_overloaded",
+            "gauge",
+            "1 while the oldest message not yet durable has waited ingest.overload_wait or more.",
+        );
+        e.sample("muster_ingest_overloaded", &[], u64::from(flow.overloaded));
+        e.family(
+            "muster_ingest_overloads_total",
+            "counter",
+            "Times ingest became overloaded.",
+        );
+        e.sample("muster_ingest_overloads_total", &[], get(&self.overloads));
     }
 }

@@ -45,13 +45,13 @@ impl Metrics {
         &self,
         units: &BTreeMap<UnitId, std::sync::Arc<UnitRecord>>,
         incidents: impl Iterator<Item = &'a Incident>,
-        queue_depth: usize,
+        flow: ingest::FlowGauges,
         store_bytes: u64,
     ) -> String {
         let mut e = expo::Exposition::default();
         fleet::render(&mut e, units, incidents);
         self.transitions.render(&mut e);
-        self.ingest.render(&mut e, queue_depth);
+        self.ingest.render(&mut e, flow);
         self.ack.render(&mut e);
         self.store.render(&mut e, store_bytes);
         self.stream.render(&mut e);

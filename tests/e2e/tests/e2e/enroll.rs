@@ -69,6 +69,7 @@ enroll = "{mode}"
         let wiring = app::Wiring {
             registry: Some(reg_tx),
             broker: None,
+            store_layer: None,
         };
         let task = rt.spawn(app::run_with(
             cfg,
