@@ -242,7 +242,8 @@ pub fn self_test() -> usize {
     use muster_proto::{KeyId, SeqRange, Signature};
     let mut n = 0;
     // AckedSet::add: (existing ranges, add, want ranges, want added)
-    let cases: &[(&[(u64, u64)], (u64, u64), &[(u64, u64)], u64)] = &[
+    type Ranges = &'static [(u64, u64)];
+    let cases: &[(Ranges, (u64, u64), Ranges, u64)] = &[
         (&[], (1, 5), &[(1, 5)], 5),
         (&[(1, 5)], (1, 5), &[(1, 5)], 0),
         (&[(1, 5)], (6, 8), &[(1, 8)], 3),

@@ -11,16 +11,21 @@
 //!
 //! Modes (one greppable line per phase):
 //! * default, per `--units` size: `steady:` N units at `--interval-ms`
-//!   (default 5 s) for `--seconds`: records published, acked (ratio acked /
+//!   (default 5 s) for `--seconds`: records published, acked by the last
+//!   publish and within `--grace` (default 10 s) after it (ratio acked /
 //!   published: it falls below 1 when the collector stops acking what it
-//!   cannot store), what `mosquitto_sub` received of the same stream in the
-//!   same run (the transport baseline), the collector's
+//!   cannot store, or cannot ack its backlog within the grace), what
+//!   `mosquitto_sub` received of the same stream in the same run (the
+//!   transport baseline), the collector's
 //!   `muster_ingest_records_total` (decoded, NOT stored: for information),
 //!   and ack latency; `flag latency`: first violating sample -> its
 //!   transition on the SSE stream, p50/p99/max; `collector:` RSS and CPU
 //!   (utime + stime, parsed after the last `)` of /proc/PID/stat); `burst:`
-//!   `--burst` records as fast as the broker takes them, acked ratio and
-//!   acked rate against `mosquitto_sub`'s rate; `after burst:`.
+//!   `--burst` records (0: no burst) as fast as the broker takes them, each
+//!   unit on a new boot: acked ratio, and acked rate against
+//!   `mosquitto_sub`'s rate (each up to its last progress; 10 s without
+//!   progress or 120 s end the wait); `after burst:`. Latencies run from
+//!   handing a publish to the MQTT client.
 //! * `--soak SECONDS`: the steady load for SECONDS, a `soak:` line every
 //!   30 s (elapsed, RSS, store size on disk, acked ratio so far, ack
 //!   latency p99 in the window), then `soak end:` with RSS first/last/max
@@ -70,9 +75,10 @@ const ADMIN: &str = "bench-admin-token-0123456789";
 const SOAK_REPORT: Duration = Duration::from_secs(30);
 /// How often `--soak` samples RSS (for first/last/max and the slope).
 const SOAK_SAMPLE: Duration = Duration::from_secs(5);
-/// After publishing stops, how long the bench waits for acks (and
-/// `mosquitto_sub`) without progress before it counts what it has.
-const DRAIN_STALL: Duration = Duration::from_secs(10);
+/// After the burst, how long the bench waits for acks (and `mosquitto_sub`)
+/// without progress, and at most, before it counts what it has.
+const BURST_STALL: Duration = Duration::from_secs(10);
+const BURST_MAX: Duration = Duration::from_secs(120);
 
 pub struct Args {
     units: Vec<usize>,
@@ -83,6 +89,12 @@ pub struct Args {
     soak: Option<u64>,
     storm: Option<(usize, u64)>,
     rounds: u32,
+    /// `--grace SECONDS` (default 10): after the steady load stops, the most
+    /// the bench waits for acks (and for `mosquitto_sub`) before it counts
+    /// what it has. A collector that keeps up acks within a commit interval;
+    /// one past its ceiling has a backlog it cannot ack in time, and the
+    /// ratio shows it.
+    grace: Duration,
 }
 
 fn args(raw: &[String]) -> Args {
@@ -95,6 +107,7 @@ fn args(raw: &[String]) -> Args {
         soak: None,
         storm: None,
         rounds: 2,
+        grace: Duration::from_secs(10),
     };
     let mut it = raw.iter();
     while let Some(k) = it.next() {
@@ -120,6 +133,7 @@ fn args(raw: &[String]) -> Args {
                 ));
             }
             "--rounds" => a.rounds = v().parse().expect("--rounds"),
+            "--grace" => a.grace = Duration::from_secs(v().parse().expect("--grace SECONDS")),
             "--bench" => {}
             other => panic!("unknown argument {other}"),
         }
@@ -369,12 +383,18 @@ fn take_latencies(conns: &[Arc<Mutex<Conn>>]) -> Vec<f64> {
     v
 }
 
-/// Waits until `get() >= target`, or until it has not moved for `stall`;
-/// returns the last value and when it last moved.
-pub async fn drain(mut get: impl FnMut() -> u64, target: u64, stall: Duration) -> (u64, Instant) {
+/// Waits until `get() >= target`, until it has not moved for `stall`, or
+/// `max` has passed; returns the last value and when it last moved.
+pub async fn drain(
+    mut get: impl FnMut() -> u64,
+    target: u64,
+    stall: Duration,
+    max: Duration,
+) -> (u64, Instant) {
+    let start = Instant::now();
     let mut last = get();
-    let mut moved = Instant::now();
-    while last < target && moved.elapsed() < stall {
+    let mut moved = start;
+    while last < target && moved.elapsed() < stall && start.elapsed() < max {
         tokio::time::sleep(Duration::from_millis(10)).await;
         let now = get();
         if now != last {
@@ -554,11 +574,12 @@ async fn run(n: usize, a: &Args) {
                 let (p, k, _) = totals(&conns);
                 let lat = take_latencies(&conns);
                 println!(
-                    "soak: t={:.0} s RSS {} KiB store {} KiB acked {k}/{p} ratio {:.4} ack latency p99 {:.1} ms (window n={})",
+                    "soak: t={:.0} s RSS {} KiB store {} KiB acked {k}/{p} ratio {:.4} (unacked {}) ack latency p99 {:.1} ms (window n={})",
                     t.as_secs_f64(),
                     rss_samples.last().unwrap().1,
                     collector.store_bytes() / 1024,
                     k as f64 / p.max(1) as f64,
+                    p - k,
                     percentile(&lat, 0.99),
                     lat.len()
                 );
@@ -570,11 +591,11 @@ async fn run(n: usize, a: &Args) {
     }
     marker.await.unwrap();
     let elapsed = start.elapsed().as_secs_f64();
-    let (total, _, _) = totals(&conns);
-    // Drain: wait for acks (and the baseline) until all are in or nothing
-    // moves for DRAIN_STALL. What is not acked by then is not counted.
-    let (acked, _) = drain(|| totals(&conns).1, total, DRAIN_STALL).await;
-    let (base, _) = drain(|| sub.count(), total, DRAIN_STALL).await;
+    let (total, acked_at_end, _) = totals(&conns);
+    // Drain: wait for acks (and the baseline) until all are in, at most
+    // `--grace`. What is not acked by then is not counted.
+    let (acked, _) = drain(|| totals(&conns).1, total, a.grace, a.grace).await;
+    let (base, _) = drain(|| sub.count(), total, a.grace, a.grace).await;
     let decoded = collector.metric("muster_ingest_records_total").await as u64;
     let cpu = procfs::cpu_s(collector.pid()) - cpu0;
     let (rss, hwm) = rss_kib(collector.pid()).unwrap_or((0, 0));
@@ -587,8 +608,9 @@ async fn run(n: usize, a: &Args) {
     let ack_lat = take_latencies(&conns);
     let foreign = totals(&conns).2;
     println!(
-        "steady: published {total} records in {elapsed:.1} s ({:.0} msg/s); acked {acked}: ratio {:.4}; mosquitto_sub received {base}: transport ratio {:.4}; ack latency {}; [info: collector decoded {decoded} (muster_ingest_records_total: decoded, not stored)]; foreign acks {foreign}",
+        "steady: published {total} records in {elapsed:.1} s ({:.0} msg/s); acked {acked_at_end} by the last publish, {acked} within {} s after: ratio {:.4}; mosquitto_sub received {base}: transport ratio {:.4}; ack latency {}; [info: collector decoded {decoded} (muster_ingest_records_total: decoded, not stored)]; foreign acks {foreign}",
         total as f64 / elapsed,
+        a.grace.as_secs(),
         acked as f64 / total.max(1) as f64,
         base as f64 / total.max(1) as f64,
         lat3(&ack_lat),
@@ -617,6 +639,9 @@ async fn run(n: usize, a: &Args) {
             last as f64 / n as f64,
             store / 1024
         );
+        return;
+    }
+    if a.burst == 0 {
         return;
     }
 
@@ -657,13 +682,13 @@ async fn run(n: usize, a: &Args) {
     }
     let published_s = t0.elapsed().as_secs_f64();
     let sent = totals(&conns).0 - before_p;
-    let (got_s, at_s) = drain(|| sub.count() - before_s, sent, DRAIN_STALL).await;
-    let (got_k, at_k) = drain(|| totals(&conns).1 - before_k, sent, DRAIN_STALL).await;
+    let (got_s, at_s) = drain(|| sub.count() - before_s, sent, BURST_STALL, BURST_MAX).await;
+    let (got_k, at_k) = drain(|| totals(&conns).1 - before_k, sent, BURST_STALL, BURST_MAX).await;
     let rs = got_s as f64 / (at_s - t0).as_secs_f64();
     let rk = got_k as f64 / (at_k - t0).as_secs_f64();
     let burst_lat = take_latencies(&conns);
     println!(
-        "burst: published {sent} records in {published_s:.1} s; acked {got_k}: ratio {:.4}; mosquitto_sub received {got_s}: transport ratio {:.4}; acked {rk:.0} rec/s, mosquitto_sub {rs:.0} msg/s: rate ratio {:.3}; ack latency {}",
+        "burst: queued {sent} records to the MQTT clients in {published_s:.1} s; acked {got_k}: ratio {:.4}; mosquitto_sub received {got_s}: transport ratio {:.4}; acked {rk:.0} rec/s, mosquitto_sub {rs:.0} msg/s: rate ratio {:.3}; ack latency {}",
         got_k as f64 / sent.max(1) as f64,
         got_s as f64 / sent.max(1) as f64,
         rk / rs,
