@@ -205,10 +205,10 @@ async fn drive(
 pub async fn run(n: usize, records: u64, rounds: u32, a: &Args) {
     let r = Replay::agent();
     println!(
-        "== storm {n} units x {records} records, {rounds} rounds: batches <= {} B, <= {} in flight per unit, ack timeout {} s, {} connections ==",
+        "== storm {n} units x {records} records, {rounds} rounds: batches <= {} B, <= {} in flight per unit, ack timeout {:.1} s, {} connections ==",
         r.batch_max_bytes,
         r.max_inflight,
-        r.ack_timeout.as_secs(),
+        r.ack_timeout.as_secs_f64(),
         a.connections.min(n)
     );
     let broker = Mosquitto::start();
@@ -303,7 +303,7 @@ pub async fn run(n: usize, records: u64, rounds: u32, a: &Args) {
         st.waits_ms.sort_by(f64::total_cmp);
         tokio::time::sleep(IDLE).await;
         println!(
-            "storm round {round}: published {published} records in {} batches; acked {acked}: ratio {:.4}; resent {} records ({} batches); {} in {:.1} s; ack wait n={} p50={:.0} ms p99={:.0} ms max={:.0} ms; {} waits > ack timeout {} s; collector RSS peak {} KiB, after {} s idle {} KiB; foreign acks {foreign}",
+            "storm round {round}: published {published} records in {} batches; acked {acked}: ratio {:.4}; resent {} records ({} batches); {} in {:.1} s; ack wait n={} p50={:.0} ms p99={:.0} ms max={:.0} ms; {} waits > ack timeout {:.1} s; collector RSS peak {} KiB, after {} s idle {} KiB; foreign acks {foreign}",
             st.batches,
             acked as f64 / published.max(1) as f64,
             st.resent_records,
@@ -315,7 +315,7 @@ pub async fn run(n: usize, records: u64, rounds: u32, a: &Args) {
             percentile(&st.waits_ms, 0.99),
             st.waits_ms.last().copied().unwrap_or(f64::NAN),
             st.over_timeout,
-            r.ack_timeout.as_secs(),
+            r.ack_timeout.as_secs_f64(),
             peak_kib,
             IDLE.as_secs(),
             collector.rss_kib(),
@@ -357,7 +357,8 @@ pub fn self_test() -> usize {
             .unwrap()
             .len();
     assert!(bytes + next > r.batch_max_bytes);
-    assert_eq!(batch(&u, BootId(3), (1, last), 600, base, &r), (last, p));
+    let again = batch(&u, BootId(3), (1, last), 600, base, &r);
+    assert!(again == (last, p), "a resend must be the same bytes");
     // The tail of the backlog is a short batch ending at `records`, at base.
     let (end, p) = batch(&u, BootId(3), (599, 600), 600, base, &r);
     let Body::Batch(tail) = decode(&p).unwrap().message.body else {
