@@ -124,7 +124,8 @@ pub struct Conn {
     latencies: Vec<f64>,
     pub published: u64,
     pub acked: u64,
-    /// Acks for a unit, or a boot, this connection does not hold.
+    /// Acks for a unit, or a boot, this connection does not hold, and
+    /// publishes on its ack subscription that are not acks: should stay 0.
     pub foreign: u64,
 }
 

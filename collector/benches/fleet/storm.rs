@@ -34,8 +34,9 @@ use muster_testkit::{Mosquitto, TempDir};
 use rumqttc::{AsyncClient, QoS};
 
 use crate::acks::{Conn, ms};
+use crate::harness::{Collector, connect, totals};
 use crate::procfs::percentile;
-use crate::{Args, Collector, agency, connect, layout, now_ms, sample, totals, unit_id};
+use crate::{Args, agency, layout, now_ms, sample, unit_id};
 
 /// A round that has not drained by then is reported as it stands.
 const ROUND_TIMEOUT: Duration = Duration::from_secs(600);
