@@ -1,0 +1,240 @@
+//! The processes and connections the bench drives: the collector binary,
+//! `mosquitto_sub` (the transport baseline), and the simulated units' MQTT
+//! connections, each subscribed to its agency's ack topics and feeding
+//! [`crate::acks::Conn`].
+//!
+//! Contract: every process started here is stopped on drop (the collector
+//! with SIGTERM, `mosquitto_sub` killed); a connection's ack subscription
+//! is acknowledged before [`connect`] returns, so no ack is published to
+//! nobody; waits are bounded ([`drain`]).
+
+use std::io::{BufRead, BufReader};
+use std::net::SocketAddr;
+use std::path::PathBuf;
+use std::process::{Child, Command, Stdio};
+use std::sync::atomic::{AtomicU64, Ordering};
+use std::sync::{Arc, Mutex};
+use std::time::{Duration, Instant};
+
+use muster_proto::{Body, MAX_MESSAGE_BYTES, Message, TopicKind, decode, topic};
+use muster_testkit::{CollectorToml, Mosquitto, TempDir, http, rss_kib, signal};
+use rumqttc::{AsyncClient, Event, MqttOptions, Packet, QoS};
+
+use crate::acks::Conn;
+use crate::{ADMIN, procfs};
+
+/// `mosquitto_sub` counting every telemetry message it receives.
+pub struct Sub {
+    child: Child,
+    count: Arc<AtomicU64>,
+}
+
+impl Sub {
+    pub fn start(port: u16) -> Sub {
+        let mut child = Command::new("mosquitto_sub")
+            .args(["-h", "127.0.0.1", "-p", &port.to_string(), "-q", "1"])
+            .args([
+                "-i",
+                "bench-baseline",
+                "-t",
+                "muster/v1/+/+/telemetry",
+                "-F",
+                "%l",
+            ])
+            .stdout(Stdio::piped())
+            .stderr(Stdio::null())
+            .spawn()
+            .expect("mosquitto_sub (Debian's mosquitto-clients)");
+        let count = Arc::new(AtomicU64::new(0));
+        let c = count.clone();
+        let out = child.stdout.take().unwrap();
+        std::thread::spawn(move || {
+            for _ in BufReader::new(out).lines() {
+                c.fetch_add(1, Ordering::Relaxed);
+            }
+        });
+        Sub { child, count }
+    }
+
+    pub fn count(&self) -> u64 {
+        self.count.load(Ordering::Relaxed)
+    }
+}
+
+impl Drop for Sub {
+    fn drop(&mut self) {
+        let _ = self.child.kill();
+        let _ = self.child.wait();
+    }
+}
+
+/// The collector binary.
+pub struct Collector {
+    child: Child,
+    pub addr: SocketAddr,
+    store: PathBuf,
+}
+
+impl Drop for Collector {
+    fn drop(&mut self) {
+        signal(self.child.id(), "TERM");
+        let _ = self.child.wait();
+    }
+}
+
+impl Collector {
+    /// Starts it and waits for `/readyz`.
+    pub async fn start(broker: &Mosquitto, dir: &TempDir) -> Collector {
+        let config = dir.path().join("collector.toml");
+        let store = dir.path().join("store");
+        let text = CollectorToml::production(ADMIN, &broker.url(), &store)
+            .set_str("mqtt", "client_id", "bench-collector")
+            .extra(
+                r#"[rules]
+[[rules.threshold]]
+name = "bench-cpu"
+field = "cpu.total"
+op = ">"
+threshold = 97
+clear = 90
+severity = "critical""#,
+            )
+            .render();
+        std::fs::write(&config, text).unwrap();
+        let mut child = Command::new(env!("CARGO_BIN_EXE_muster-collector"))
+            .args(["run", "--config"])
+            .arg(&config)
+            .env("RUST_LOG", "warn")
+            .stdout(Stdio::piped())
+            .stderr(Stdio::inherit())
+            .spawn()
+            .expect("start muster-collector");
+        let mut out = BufReader::new(child.stdout.take().unwrap());
+        let mut line = String::new();
+        let addr = loop {
+            line.clear();
+            assert!(out.read_line(&mut line).unwrap() > 0, "collector exited");
+            if let Some(a) = line
+                .trim()
+                .strip_prefix("muster-collector listening on http://")
+            {
+                break a.parse().unwrap();
+            }
+        };
+        std::thread::spawn(move || for _ in out.lines() {});
+        let c = Collector { child, addr, store };
+        let deadline = Instant::now() + Duration::from_secs(20);
+        while http::get(c.addr, "/readyz", None).await.status != 200 {
+            assert!(Instant::now() < deadline, "collector not ready");
+            tokio::time::sleep(Duration::from_millis(20)).await;
+        }
+        c
+    }
+
+    pub fn pid(&self) -> u32 {
+        self.child.id()
+    }
+
+    /// VmRSS in KiB (0 if unreadable).
+    pub fn rss_kib(&self) -> u64 {
+        rss_kib(self.pid()).map_or(0, |r| r.0)
+    }
+
+    /// Bytes on disk under the collector's store directory.
+    pub fn store_bytes(&self) -> u64 {
+        procfs::du_bytes(&self.store)
+    }
+
+    pub async fn metric(&self, name: &str) -> f64 {
+        let r = http::get(self.addr, "/metrics", Some(ADMIN)).await;
+        r.text()
+            .lines()
+            .find(|l| l.starts_with(name) && l[name.len()..].starts_with(' '))
+            .and_then(|l| l.rsplit(' ').next())
+            .and_then(|v| v.parse().ok())
+            .unwrap_or(0.0)
+    }
+}
+
+/// A connection of simulated units: MQTT client, subscribed (before this
+/// returns) to its agency's ack topics, feeding acks into `conn`.
+pub async fn connect(port: u16, id: String, agency: &str, conn: Arc<Mutex<Conn>>) -> AsyncClient {
+    let mut o = MqttOptions::new(id, "127.0.0.1", port);
+    o.set_keep_alive(Duration::from_secs(30));
+    o.set_inflight(1000);
+    o.set_max_packet_size(MAX_MESSAGE_BYTES + 4096, MAX_MESSAGE_BYTES + 4096);
+    let (client, mut ev) = AsyncClient::new(o, 10_000);
+    let filter = format!("{}/{agency}/+/{}", topic::PREFIX, TopicKind::Ack.as_str());
+    let (tx, rx) = tokio::sync::oneshot::channel();
+    let sub = client.clone();
+    tokio::spawn(async move {
+        let mut tx = Some(tx);
+        loop {
+            match ev.poll().await {
+                Ok(Event::Incoming(Packet::ConnAck(_))) => {
+                    // A clean session: (re)subscribe on every connect.
+                    let _ = sub.try_subscribe(filter.clone(), QoS::AtLeastOnce);
+                }
+                Ok(Event::Incoming(Packet::SubAck(_))) => {
+                    if let Some(t) = tx.take() {
+                        let _ = t.send(());
+                    }
+                }
+                Ok(Event::Incoming(Packet::Publish(p))) => {
+                    let now = Instant::now();
+                    match decode(&p.payload).map(|d| d.message) {
+                        Ok(Message {
+                            unit,
+                            body: Body::Ack(ack),
+                        }) => conn.lock().unwrap().on_ack(&unit.unit, &ack, now),
+                        _ => conn.lock().unwrap().foreign += 1,
+                    }
+                }
+                Ok(_) => {}
+                Err(_) => tokio::time::sleep(Duration::from_millis(100)).await,
+            }
+        }
+    });
+    rx.await.unwrap();
+    client
+}
+
+/// (published, acked, foreign acks) over all connections.
+pub fn totals(conns: &[Arc<Mutex<Conn>>]) -> (u64, u64, u64) {
+    conns.iter().fold((0, 0, 0), |t, c| {
+        let c = c.lock().unwrap();
+        (t.0 + c.published, t.1 + c.acked, t.2 + c.foreign)
+    })
+}
+
+/// Ack latencies (ms) since the last call, sorted.
+pub fn take_latencies(conns: &[Arc<Mutex<Conn>>]) -> Vec<f64> {
+    let mut v: Vec<f64> = conns
+        .iter()
+        .flat_map(|c| c.lock().unwrap().take_latencies())
+        .collect();
+    v.sort_by(f64::total_cmp);
+    v
+}
+
+/// Waits until `get() >= target`, until it has not moved for `stall`, or
+/// `max` has passed; returns the last value and when it last moved.
+pub async fn drain(
+    mut get: impl FnMut() -> u64,
+    target: u64,
+    stall: Duration,
+    max: Duration,
+) -> (u64, Instant) {
+    let start = Instant::now();
+    let mut last = get();
+    let mut moved = start;
+    while last < target && moved.elapsed() < stall && start.elapsed() < max {
+        tokio::time::sleep(Duration::from_millis(10)).await;
+        let now = get();
+        if now != last {
+            last = now;
+            moved = Instant::now();
+        }
+    }
+    (last, moved)
+}

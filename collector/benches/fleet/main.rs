@@ -1,0 +1,515 @@
+//! Fleet simulator: virtual units publishing through a real Mosquitto to the
+//! real collector (the release binary, its own process), counting what the
+//! collector ACKED: a record counts only when an ack the collector published
+//! after its durable commit covers it ([`acks`]).
+//!
+//! ```text
+//! cargo bench -p muster-collector --bench fleet -- --units 1000,10000 --seconds 30
+//! cargo bench -p muster-collector --bench fleet -- --units 10000 --soak 1800
+//! cargo bench -p muster-collector --bench fleet -- --storm 2000x600 --rounds 2
+//! ```
+//!
+//! Modes (one greppable line per phase):
+//! * default, per `--units` size: `steady:` N units at `--interval-ms`
+//!   (default 5 s) for `--seconds`: records published, acked by the last
+//!   publish and within `--grace` (default 10 s) after it (ratio acked /
+//!   published: it falls below 1 when the collector stops acking what it
+//!   cannot store, or cannot ack its backlog within the grace), what
+//!   `mosquitto_sub` received of the same stream in the same run (the
+//!   transport baseline), the collector's
+//!   `muster_ingest_records_total` (decoded, NOT stored: for information),
+//!   and ack latency; `flag latency`: first violating sample -> its
+//!   transition on the SSE stream, p50/p99/max; `collector:` RSS and CPU
+//!   (utime + stime, parsed after the last `)` of /proc/PID/stat); `burst:`
+//!   `--burst` records (0: no burst) as fast as the broker takes them, each
+//!   unit on a new boot: acked ratio, and acked rate against
+//!   `mosquitto_sub`'s rate (each up to its last progress; 10 s without
+//!   progress or 120 s end the wait); `after burst:`. Latencies run from
+//!   handing a publish to the MQTT client.
+//! * `--soak SECONDS`: the steady load for SECONDS, a `soak:` line every
+//!   30 s (elapsed, RSS, store size on disk, acked ratio so far, ack
+//!   latency p99 in the window), then `soak end:` with RSS first/last/max
+//!   and its slope over the last half (KiB/min). No burst.
+//! * `--storm UNITSxRECORDS --rounds R` ([`storm`]): units reconnect at once
+//!   and replay a backlog as the agent does; a `storm round` line per round.
+//!
+//! Modules: [`acks`] (counting acked records, pure), [`procfs`] (CPU,
+//! disk, RSS slope, percentiles, pure), [`harness`] (the processes and MQTT
+//! connections), [`storm`] (the replay storm).
+//!
+//! Without `--bench` (`cargo test -p muster-collector --bench fleet`) the
+//! binary runs its table checks ([`acks::self_test`],
+//! [`procfs::self_test`], [`storm::self_test`]) and starts nothing.
+//!
+//! Units share `--connections` MQTT connections (real agents have one
+//! each), one agency per connection, so each connection's one wildcard
+//! subscription `muster/v1/{agency}/+/ack` receives only its own units'
+//! acks. Everything (load, broker, `mosquitto_sub`, collector) shares this
+//! machine's cores, so the figures are for that contention.
+
+// Tests and benches drive real processes over real sockets: they wait and
+// measure in real time.
+#![allow(clippy::disallowed_methods)]
+
+mod acks;
+mod harness;
+mod procfs;
+mod storm;
+
+use std::collections::{HashMap, HashSet};
+use std::sync::{Arc, Mutex};
+use std::time::{Duration, Instant, SystemTime, UNIX_EPOCH};
+
+use acks::Conn;
+use harness::{Collector, Sub, connect, drain, take_latencies, totals};
+use muster_proto::{
+    Body, BootId, Message, Payload, Record, TopicKind, UnitId, encode, fixtures, topic,
+};
+use muster_testkit::{Mosquitto, TempDir, http, rss_kib};
+use procfs::{percentile, slope_kib_per_min};
+use rumqttc::QoS;
+
+const ADMIN: &str = "bench-admin-token-0123456789";
+
+/// How often `--soak` prints.
+const SOAK_REPORT: Duration = Duration::from_secs(30);
+/// How often `--soak` samples RSS (for first/last/max and the slope).
+const SOAK_SAMPLE: Duration = Duration::from_secs(5);
+/// After the burst, how long the bench waits for acks (and `mosquitto_sub`)
+/// without progress, and at most, before it counts what it has.
+const BURST_STALL: Duration = Duration::from_secs(10);
+const BURST_MAX: Duration = Duration::from_secs(120);
+
+pub struct Args {
+    units: Vec<usize>,
+    seconds: u64,
+    interval_ms: u64,
+    connections: usize,
+    burst: u64,
+    soak: Option<u64>,
+    storm: Option<(usize, u64)>,
+    rounds: u32,
+    /// `--grace SECONDS` (default 10): after the steady load stops, the most
+    /// the bench waits for acks (and for `mosquitto_sub`) before it counts
+    /// what it has. A collector that keeps up acks within a commit interval;
+    /// one past its ceiling has a backlog it cannot ack in time, and the
+    /// ratio shows it.
+    grace: Duration,
+}
+
+fn args(raw: &[String]) -> Args {
+    let mut a = Args {
+        units: vec![1_000, 10_000],
+        seconds: 30,
+        interval_ms: 5_000,
+        connections: 20,
+        burst: 50_000,
+        soak: None,
+        storm: None,
+        rounds: 2,
+        grace: Duration::from_secs(10),
+    };
+    let mut it = raw.iter();
+    while let Some(k) = it.next() {
+        let mut v = || it.next().unwrap_or_else(|| panic!("{k} needs a value"));
+        match k.as_str() {
+            "--units" => {
+                a.units = v()
+                    .split(',')
+                    .map(|s| s.parse().expect("--units"))
+                    .collect()
+            }
+            "--seconds" => a.seconds = v().parse().expect("--seconds"),
+            "--interval-ms" => a.interval_ms = v().parse().expect("--interval-ms"),
+            "--connections" => a.connections = v().parse().expect("--connections"),
+            "--burst" => a.burst = v().parse().expect("--burst"),
+            "--soak" => a.soak = Some(v().parse().expect("--soak SECONDS")),
+            "--storm" => {
+                let s = v();
+                let (u, r) = s.split_once('x').expect("--storm UNITSxRECORDS");
+                a.storm = Some((
+                    u.parse().expect("--storm UNITS"),
+                    r.parse().expect("--storm RECORDS"),
+                ));
+            }
+            "--rounds" => a.rounds = v().parse().expect("--rounds"),
+            "--grace" => a.grace = Duration::from_secs(v().parse().expect("--grace SECONDS")),
+            "--bench" => {}
+            other => panic!("unknown argument {other}"),
+        }
+    }
+    assert!(a.connections > 0, "--connections must be > 0");
+    a
+}
+
+pub fn now_ms() -> u64 {
+    SystemTime::now()
+        .duration_since(UNIX_EPOCH)
+        .unwrap()
+        .as_millis() as u64
+}
+
+/// The bench's fleet layout: connection `c` carries agency `agency-{c}`;
+/// unit `i` (of all) is `U{i:06}`.
+pub fn agency(c: usize) -> String {
+    format!("agency-{c}")
+}
+
+pub fn unit_id(c: usize, i: usize) -> UnitId {
+    UnitId::new(agency(c), format!("U{i:06}")).unwrap()
+}
+
+/// Units `0..n` over `conns` connections, contiguous slices.
+pub fn layout(n: usize, conns: usize) -> Vec<Vec<usize>> {
+    let per = n.div_ceil(conns.max(1)).max(1);
+    (0..conns)
+        .map(|c| (c * per..((c + 1) * per).min(n)).collect::<Vec<_>>())
+        .filter(|u| !u.is_empty())
+        .collect()
+}
+
+pub fn sample(boot: BootId, seq: u64, cpu_pct: u16, at_ms: u64) -> Record {
+    let mut h = fixtures::host_sample();
+    if let Some(c) = h.cpu.as_mut() {
+        c.total_bp = cpu_pct * 100;
+    }
+    Record {
+        boot,
+        seq,
+        at_ms,
+        payload: Payload::Host(h),
+    }
+}
+
+fn payload(u: &UnitId, r: Record) -> Vec<u8> {
+    encode(&Message {
+        unit: u.clone(),
+        body: Body::Record(r),
+    })
+    .unwrap()
+}
+
+fn mib(kib: u64) -> f64 {
+    kib as f64 / 1024.0
+}
+
+fn lat3(sorted: &[f64]) -> String {
+    format!(
+        "p50={:.1} ms p99={:.1} ms max={:.1} ms",
+        percentile(sorted, 0.5),
+        percentile(sorted, 0.99),
+        sorted.last().copied().unwrap_or(f64::NAN)
+    )
+}
+
+async fn run(n: usize, a: &Args) {
+    let soak = a.soak;
+    let seconds = soak.unwrap_or(a.seconds);
+    println!(
+        "== {n} units, {} ms interval, {seconds} s{} ==",
+        a.interval_ms,
+        if soak.is_some() { ", soak" } else { "" }
+    );
+    let broker = Mosquitto::start();
+    let dir = TempDir::new().unwrap();
+    let collector = Collector::start(&broker, &dir).await;
+    let sub = Sub::start(broker.port());
+    tokio::time::sleep(Duration::from_millis(300)).await; // let mosquitto_sub subscribe
+    let mut sse = http::Sse::connect(collector.addr, "/api/v1/stream", Some(ADMIN)).await;
+    assert_eq!(
+        sse.next(Duration::from_secs(5)).await.unwrap().event,
+        "ready"
+    );
+
+    // Flag latency: units marked to violate send cpu 99 in their next sample.
+    let violate: Arc<Mutex<HashSet<usize>>> = Arc::default();
+    let sent_at: Arc<Mutex<HashMap<String, Instant>>> = Arc::default();
+    let latencies: Arc<Mutex<Vec<f64>>> = Arc::default();
+    let sse_task = {
+        let sent_at = sent_at.clone();
+        let latencies = latencies.clone();
+        tokio::spawn(async move {
+            while let Some(ev) = sse.next(Duration::from_secs(3600)).await {
+                if ev.event != "transition" {
+                    continue;
+                }
+                let v = ev.json();
+                if v["to"] != "critical" {
+                    continue;
+                }
+                let key = format!(
+                    "{}/{}",
+                    v["agency"].as_str().unwrap(),
+                    v["unit"].as_str().unwrap()
+                );
+                if let Some(t) = sent_at.lock().unwrap().remove(&key) {
+                    latencies
+                        .lock()
+                        .unwrap()
+                        .push(t.elapsed().as_secs_f64() * 1000.0);
+                }
+            }
+        })
+    };
+
+    // One agency per connection; each connection's units start on boot
+    // 0xb0_0000 + unit.
+    let layout = layout(n, a.connections);
+    let mut conns = Vec::new();
+    let mut clients = Vec::new();
+    for (c, units) in layout.iter().enumerate() {
+        let names: Vec<String> = units.iter().map(|&i| format!("U{i:06}")).collect();
+        let boots: Vec<BootId> = units
+            .iter()
+            .map(|&i| BootId(0xb0_0000 + i as u64))
+            .collect();
+        let conn = Arc::new(Mutex::new(Conn::new(&names, &boots)));
+        let client = connect(
+            broker.port(),
+            format!("bench-load-{c}"),
+            &agency(c),
+            conn.clone(),
+        )
+        .await;
+        conns.push(conn);
+        clients.push(client);
+    }
+
+    let cpu0 = procfs::cpu_s(collector.pid());
+    let run_for = Duration::from_secs(seconds);
+    let start = Instant::now();
+    let mut tasks = Vec::new();
+    for (c, units) in layout.iter().enumerate() {
+        let (violate, sent_at) = (violate.clone(), sent_at.clone());
+        let (client, conn) = (clients[c].clone(), conns[c].clone());
+        let units = units.clone();
+        let interval = a.interval_ms;
+        tasks.push(tokio::spawn(async move {
+            let ids: Vec<UnitId> = units.iter().map(|&i| unit_id(c, i)).collect();
+            let topics: Vec<String> = ids
+                .iter()
+                .map(|u| topic::unit_topic(u, TopicKind::Telemetry))
+                .collect();
+            // Unit i of n sends at offset i * interval / n in each interval.
+            let mut due: Vec<(u64, usize)> = units
+                .iter()
+                .enumerate()
+                .map(|(j, &i)| (i as u64 * interval / n as u64, j))
+                .collect();
+            due.sort_unstable();
+            let (mut next, mut cycle) = (0usize, 0u64);
+            let mut tick = tokio::time::interval(Duration::from_millis(10));
+            loop {
+                tick.tick().await;
+                let elapsed = start.elapsed();
+                if elapsed >= run_for {
+                    return;
+                }
+                let now = elapsed.as_millis() as u64;
+                while cycle * interval + due[next].0 <= now {
+                    let j = due[next].1;
+                    let bad = violate.lock().unwrap().remove(&units[j]);
+                    let (boot, seq) = conn.lock().unwrap().next_live(j, Instant::now());
+                    let r = sample(boot, seq, if bad { 99 } else { 20 }, now_ms());
+                    if bad {
+                        sent_at
+                            .lock()
+                            .unwrap()
+                            .insert(ids[j].to_string(), Instant::now());
+                    }
+                    let _ = client
+                        .publish(&topics[j], QoS::AtLeastOnce, false, payload(&ids[j], r))
+                        .await;
+                    next += 1;
+                    if next == due.len() {
+                        next = 0;
+                        cycle += 1;
+                    }
+                }
+            }
+        }));
+    }
+    // Mark 5 units a second to violate, after a warm-up interval.
+    let marker = {
+        let violate = violate.clone();
+        let interval = a.interval_ms;
+        tokio::spawn(async move {
+            tokio::time::sleep(Duration::from_millis(interval)).await;
+            let mut k = 0usize;
+            loop {
+                tokio::time::sleep(Duration::from_millis(200)).await;
+                if start.elapsed() + Duration::from_millis(interval) >= run_for {
+                    return;
+                }
+                violate.lock().unwrap().insert((k * 7919) % n);
+                k += 1;
+            }
+        })
+    };
+    let mut rss_samples = vec![(Duration::ZERO, collector.rss_kib())];
+    if soak.is_some() {
+        let mut next_report = SOAK_REPORT;
+        while start.elapsed() < run_for {
+            tokio::time::sleep(SOAK_SAMPLE.min(run_for.saturating_sub(start.elapsed()))).await;
+            let t = start.elapsed();
+            rss_samples.push((t, collector.rss_kib()));
+            if t >= next_report {
+                next_report += SOAK_REPORT;
+                let (p, k, _) = totals(&conns);
+                let lat = take_latencies(&conns);
+                println!(
+                    "soak: t={:.0} s RSS {} KiB store {} KiB acked {k}/{p} ratio {:.4} (unacked {}) ack latency p99 {:.1} ms (window n={})",
+                    t.as_secs_f64(),
+                    rss_samples.last().unwrap().1,
+                    collector.store_bytes() / 1024,
+                    k as f64 / p.max(1) as f64,
+                    p - k,
+                    percentile(&lat, 0.99),
+                    lat.len()
+                );
+            }
+        }
+    }
+    for t in tasks {
+        t.await.unwrap();
+    }
+    marker.await.unwrap();
+    let elapsed = start.elapsed().as_secs_f64();
+    let (total, acked_at_end, _) = totals(&conns);
+    // Drain: wait for acks (and the baseline) until all are in, at most
+    // `--grace`. What is not acked by then is not counted.
+    let (acked, _) = drain(|| totals(&conns).1, total, a.grace, a.grace).await;
+    let (base, _) = drain(|| sub.count(), total, a.grace, a.grace).await;
+    let decoded = collector.metric("muster_ingest_records_total").await as u64;
+    let cpu = procfs::cpu_s(collector.pid()) - cpu0;
+    let (rss, hwm) = rss_kib(collector.pid()).unwrap_or((0, 0));
+    rss_samples.push((start.elapsed(), rss));
+    tokio::time::sleep(Duration::from_millis(500)).await;
+    sse_task.abort();
+    let mut lat = latencies.lock().unwrap().clone();
+    lat.sort_by(f64::total_cmp);
+    let unflagged = sent_at.lock().unwrap().len();
+    let ack_lat = take_latencies(&conns);
+    let foreign = totals(&conns).2;
+    println!(
+        "steady: published {total} records in {elapsed:.1} s ({:.0} msg/s); acked {acked_at_end} by the last publish, {acked} within {} s after: ratio {:.4}; mosquitto_sub received {base}: transport ratio {:.4}; ack latency {}; [info: collector decoded {decoded} (muster_ingest_records_total: decoded, not stored)]; foreign acks {foreign}",
+        total as f64 / elapsed,
+        a.grace.as_secs(),
+        acked as f64 / total.max(1) as f64,
+        base as f64 / total.max(1) as f64,
+        lat3(&ack_lat),
+    );
+    println!(
+        "flag latency (first violating sample -> SSE transition): n={} {}; unflagged={unflagged}",
+        lat.len(),
+        lat3(&lat),
+    );
+    let store = collector.store_bytes();
+    println!(
+        "collector: RSS {:.1} MiB (peak {:.1} MiB), CPU {cpu:.2} s over {elapsed:.1} s ({:.0}% of one core), store {:.1} MiB on disk ({:.0} B per acked record)",
+        mib(rss),
+        mib(hwm),
+        100.0 * cpu / elapsed,
+        store as f64 / 1_048_576.0,
+        store as f64 / acked.max(1) as f64,
+    );
+    if soak.is_some() {
+        let first = rss_samples[0].1;
+        let last = rss_samples.last().unwrap().1;
+        let max = rss_samples.iter().map(|s| s.1).max().unwrap_or(0);
+        println!(
+            "soak end: {n} units {seconds} s: RSS first {first} KiB last {last} KiB max {max} KiB; slope over the last half {:.1} KiB/min; {:.1} KiB per unit at the end; store {} KiB",
+            slope_kib_per_min(&rss_samples),
+            last as f64 / n as f64,
+            store / 1024
+        );
+        return;
+    }
+    if a.burst == 0 {
+        return;
+    }
+
+    // Burst: every connection publishes its share as fast as the broker
+    // takes it, round-robin over its units, each on a new boot.
+    let per_conn = a.burst / layout.len() as u64;
+    let (before_p, before_k, _) = totals(&conns);
+    let before_s = sub.count();
+    let t0 = Instant::now();
+    let mut tasks = Vec::new();
+    for (c, units) in layout.iter().enumerate() {
+        let (client, conn) = (clients[c].clone(), conns[c].clone());
+        let units = units.clone();
+        {
+            let mut conn = conn.lock().unwrap();
+            for (j, &i) in units.iter().enumerate() {
+                conn.new_boot(j, BootId(0xbb_0000 + i as u64));
+            }
+        }
+        tasks.push(tokio::spawn(async move {
+            let ids: Vec<UnitId> = units.iter().map(|&i| unit_id(c, i)).collect();
+            for s in 0..per_conn {
+                let j = s as usize % units.len();
+                let (boot, seq) = conn.lock().unwrap().next_live(j, Instant::now());
+                let _ = client
+                    .publish(
+                        topic::unit_topic(&ids[j], TopicKind::Telemetry),
+                        QoS::AtLeastOnce,
+                        false,
+                        payload(&ids[j], sample(boot, seq, 20, now_ms())),
+                    )
+                    .await;
+            }
+        }));
+    }
+    for t in tasks {
+        t.await.unwrap();
+    }
+    let published_s = t0.elapsed().as_secs_f64();
+    let sent = totals(&conns).0 - before_p;
+    let (got_s, at_s) = drain(|| sub.count() - before_s, sent, BURST_STALL, BURST_MAX).await;
+    let (got_k, at_k) = drain(|| totals(&conns).1 - before_k, sent, BURST_STALL, BURST_MAX).await;
+    let rs = got_s as f64 / (at_s - t0).as_secs_f64();
+    let rk = got_k as f64 / (at_k - t0).as_secs_f64();
+    let burst_lat = take_latencies(&conns);
+    println!(
+        "burst: queued {sent} records to the MQTT clients in {published_s:.1} s; acked {got_k}: ratio {:.4}; mosquitto_sub received {got_s}: transport ratio {:.4}; acked {rk:.0} rec/s, mosquitto_sub {rs:.0} msg/s: rate ratio {:.3}; ack latency {}",
+        got_k as f64 / sent.max(1) as f64,
+        got_s as f64 / sent.max(1) as f64,
+        rk / rs,
+        lat3(&burst_lat),
+    );
+    let acks = collector.metric("muster_acks_published_total").await;
+    let commits = collector.metric("muster_store_commits_total").await;
+    let decoded = collector.metric("muster_ingest_records_total").await;
+    let (rss, hwm) = rss_kib(collector.pid()).unwrap_or((0, 0));
+    println!(
+        "after burst: RSS {:.1} MiB (peak {:.1} MiB); {commits} commits, {acks} acks; [info: {decoded} records decoded, not stored]",
+        mib(rss),
+        mib(hwm),
+    );
+    drop(collector);
+    drop(sub);
+}
+
+fn main() {
+    let raw: Vec<String> = std::env::args().skip(1).collect();
+    if !raw.iter().any(|a| a == "--bench") {
+        // `cargo test --bench fleet`: the table checks only.
+        let n = acks::self_test() + procfs::self_test() + storm::self_test();
+        println!("fleet bench self-test: {n} checks passed");
+        return;
+    }
+    let a = args(&raw);
+    let rt = tokio::runtime::Builder::new_multi_thread()
+        .worker_threads(2)
+        .enable_all()
+        .build()
+        .unwrap();
+    if let Some((units, records)) = a.storm {
+        rt.block_on(storm::run(units, records, a.rounds, &a));
+        return;
+    }
+    for &n in &a.units {
+        rt.block_on(run(n, &a));
+    }
+}
