@@ -132,7 +132,9 @@ pub async fn run_with(
 
     let opts = mqtt::options(&cfg.mqtt, cfg.ingest.receive_maximum)?;
     let filters = mqtt::filters(cfg.mqtt.shared_group.as_deref())?;
-    let (client, eventloop) = AsyncClient::new(opts, 65_536);
+    // Small: acks wait in the publisher's coalescing queue, not here.
+    let (client, eventloop) = AsyncClient::new(opts, 1_024);
+    let (raw_tx, raw_rx) = mpsc::channel(cfg.ingest.queue);
     let (in_tx, in_rx) = mpsc::channel(cfg.ingest.queue);
     let (out_tx, out_rx) = mpsc::unbounded_channel();
 
@@ -156,7 +158,6 @@ pub async fn run_with(
         out_tx,
         cfg.ingest.clone(),
         cfg.mqtt.publish_status,
-        Arc::clone(&signer),
     )
     .map_err(|source| AppError::Store {
         path: cfg.store.path.display().to_string(),
@@ -170,18 +171,24 @@ pub async fn run_with(
     let event_loop = tokio::spawn(mqtt::run_event_loop(
         eventloop,
         client.clone(),
-        in_tx,
+        raw_tx,
         Arc::clone(&shared),
         stop_ingest.clone(),
         hard_stop.clone(),
         mqtt::OnConnect {
             filters,
-            signer,
+            signer: Arc::clone(&signer),
             started_ms: clock.now_ms(),
             counter: 0,
         },
     ));
-    let publisher = tokio::spawn(mqtt::run_publisher(client, out_rx, Arc::clone(&shared)));
+    let publisher = tokio::spawn(mqtt::run_publisher(
+        client,
+        out_rx,
+        Arc::clone(&shared),
+        Arc::clone(&signer),
+    ));
+    let parser = tokio::spawn(mqtt::run_parser(raw_rx, in_tx));
     let worker = tokio::spawn(worker.run(in_rx, stop_ingest.clone()));
     let pruner = tokio::spawn(prune_loop(
         Arc::clone(&shared),
@@ -250,7 +257,11 @@ pub async fn run_with(
     if let Err(e) = http.await {
         result = Err(AppError::Task(e.to_string()));
     }
-    for (name, t) in [("ingest worker", worker), ("pruner", pruner)] {
+    for (name, t) in [
+        ("ingest worker", worker),
+        ("pruner", pruner),
+        ("parser", parser),
+    ] {
         if let Err(e) = t.await {
             warn!(task = name, error = %e, "Task failed.");
         }

@@ -328,7 +328,8 @@ pub struct IngestConfig {
     pub commit_max_records: usize,
     /// Messages buffered between the MQTT event loop and the ingest worker.
     pub queue: usize,
-    /// MQTT v5 receive maximum: QoS 1 messages the broker may have in flight to us.
+    /// MQTT v5 receive maximum: QoS 1 messages the broker may have in flight
+    /// to us, and the most the ingest worker holds unanswered (`ingest::flow`).
     pub receive_maximum: u16,
     /// How often the rules engine's `tick` runs (staleness, incidents).
     pub tick_interval: Duration,
@@ -352,8 +353,8 @@ pub struct BrokerConfig {
     /// A client must send CONNECT within this long after accept.
     pub connect_timeout: Duration,
     /// Messages the broker may have in flight to the collector's own
-    /// client, unPUBACKed: `ingest.receive_maximum` (rumqttd does not read
-    /// the client's receive maximum, so it is set here; `ingest::flow`).
+    /// client: `ingest.receive_maximum` (rumqttd does not read the client's
+    /// receive maximum, so it is set here).
     pub collector_window: u16,
     /// Units allowed to connect: identity and SHA-256 of the password.
     pub units: Vec<(muster_proto::UnitId, [u8; 32])>,

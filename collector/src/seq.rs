@@ -213,6 +213,52 @@ impl SeqAccount {
     }
 }
 
+/// One ack that says everything two acks of the same boot say: the higher
+/// cumulative `upto`, and the union of their ranges above it (at most
+/// [`MAX_ACK_RANGES`], lowest first; a seq left out is resent by the agent
+/// and deduplicated), with the later `collector_ms`. Unsigned: the caller
+/// signs the result. The publish queue merges an ack not yet sent with a
+/// newer one for the same unit and boot (`ingest::outqueue`).
+pub fn merge_acks(a: &Ack, b: &Ack) -> Ack {
+    debug_assert_eq!(a.boot, b.boot);
+    let mut upto = a.upto.max(b.upto);
+    let mut all: Vec<(u64, u64)> = a
+        .ranges
+        .iter()
+        .chain(&b.ranges)
+        .map(|r| (r.first, r.last))
+        .filter(|&(_, last)| last > upto)
+        .collect();
+    all.sort_unstable();
+    let mut merged: Vec<(u64, u64)> = Vec::with_capacity(all.len());
+    for (first, last) in all {
+        let first = first.max(upto + 1);
+        match merged.last_mut() {
+            Some(prev) if first <= prev.1.saturating_add(1) => prev.1 = prev.1.max(last),
+            _ => merged.push((first, last)),
+        }
+    }
+    // A range that now starts right after upto extends it.
+    if let Some(&(first, last)) = merged.first()
+        && first == upto + 1
+    {
+        upto = last;
+        merged.remove(0);
+    }
+    merged.truncate(MAX_ACK_RANGES);
+    Ack {
+        boot: a.boot,
+        upto,
+        ranges: merged
+            .into_iter()
+            .map(|(first, last)| SeqRange { first, last })
+            .collect(),
+        collector_ms: a.collector_ms.max(b.collector_ms),
+        key_id: muster_proto::KeyId::NONE,
+        sig: muster_proto::Signature::NONE,
+    }
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;
@@ -376,5 +422,56 @@ mod tests {
         let j = serde_json::to_string(&a).unwrap();
         let b: SeqAccount = serde_json::from_str(&j).unwrap();
         assert_eq!(a, b);
+    }
+
+    #[test]
+    fn merged_acks_cover_exactly_what_either_covered() {
+        fn ack(upto: u64, ranges: &[(u64, u64)]) -> Ack {
+            Ack {
+                boot: BootId(1),
+                upto,
+                ranges: ranges
+                    .iter()
+                    .map(|&(first, last)| SeqRange { first, last })
+                    .collect(),
+                collector_ms: upto,
+                key_id: muster_proto::KeyId::NONE,
+                sig: muster_proto::Signature::NONE,
+            }
+        }
+        // (a, b, merged upto, merged ranges)
+        let cases: &[(Ack, Ack, u64, Ranges)] = &[
+            (ack(5, &[]), ack(9, &[]), 9, &[]),
+            (
+                ack(5, &[(8, 9)]),
+                ack(5, &[(12, 12)]),
+                5,
+                &[(8, 9), (12, 12)],
+            ),
+            // a range next to upto extends it
+            (ack(5, &[(7, 9)]), ack(6, &[]), 9, &[]),
+            // overlapping and adjacent ranges join
+            (
+                ack(2, &[(4, 6), (10, 11)]),
+                ack(2, &[(5, 8), (9, 9)]),
+                2,
+                &[(4, 11)],
+            ),
+            // ranges under the new upto vanish
+            (ack(2, &[(4, 6)]), ack(20, &[(30, 31)]), 20, &[(30, 31)]),
+        ];
+        for (i, (a, b, upto, ranges)) in cases.iter().enumerate() {
+            let m = merge_acks(a, b);
+            assert_eq!(m.upto, *upto, "case {i}");
+            let got: Vec<(u64, u64)> = m.ranges.iter().map(|r| (r.first, r.last)).collect();
+            assert_eq!(got, *ranges, "case {i}");
+            for seq in 1..40 {
+                assert_eq!(
+                    m.covers(BootId(1), seq),
+                    a.covers(BootId(1), seq) || b.covers(BootId(1), seq),
+                    "case {i} seq {seq}"
+                );
+            }
+        }
     }
 }

@@ -26,14 +26,14 @@ pub struct Shared {
     pub store: Arc<dyn Store>,
     /// Messages handed from the MQTT loop to the ingest worker, not yet taken.
     pub queue_depth: AtomicUsize,
-    /// Messages received with a PUBACK owed (QoS 1) and not yet PUBACKed:
-    /// at most the receive maximum on a broker that honours it.
-    pub inflight: AtomicUsize,
-    /// Messages and PUBACKs queued for the publisher.
+    /// Messages the worker has taken and not yet answered (stored and
+    /// acked, or refused): at most `ingest.receive_maximum`.
+    pub holding: AtomicUsize,
+    /// Acks and status messages handed to the publisher, not yet taken.
     pub outbound_depth: AtomicUsize,
-    /// The MQTT connection's generation (one per CONNACK): a PUBACK owed on
-    /// an earlier connection is not sent on a later one.
-    pub mqtt_generation: AtomicU64,
+    /// Acks and status messages waiting in the publisher's coalescing
+    /// queue (at most one per unit and boot, and per status topic).
+    pub outbound_queued: AtomicUsize,
     /// Ingest is overloaded (`ingest::flow::Overload`).
     pub overloaded: AtomicBool,
     /// The last group commit succeeded.
@@ -55,9 +55,9 @@ impl Shared {
             metrics: Metrics::default(),
             store,
             queue_depth: AtomicUsize::new(0),
-            inflight: AtomicUsize::new(0),
+            holding: AtomicUsize::new(0),
             outbound_depth: AtomicUsize::new(0),
-            mqtt_generation: AtomicU64::new(0),
+            outbound_queued: AtomicUsize::new(0),
             overloaded: AtomicBool::new(false),
             store_ok: AtomicBool::new(true),
             started: AtomicBool::new(false),
@@ -78,8 +78,9 @@ impl Shared {
             incidents.values(),
             crate::metrics::ingest::FlowGauges {
                 queue_depth: self.queue_depth.load(Ordering::Relaxed),
-                inflight: self.inflight.load(Ordering::Relaxed),
-                outbound: self.outbound_depth.load(Ordering::Relaxed),
+                holding: self.holding.load(Ordering::Relaxed),
+                outbound: self.outbound_depth.load(Ordering::Relaxed)
+                    + self.outbound_queued.load(Ordering::Relaxed),
                 overloaded: self.overloaded.load(Ordering::Relaxed),
             },
             self.store.size_on_disk(),

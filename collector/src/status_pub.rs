@@ -20,18 +20,30 @@ pub struct Outbound {
     pub kind: OutboundKind,
 }
 
-/// What the publisher sends, in order: a message, or a PUBACK owed to the
-/// broker for a message whose commit is durable (`ingest::flow`).
+/// What the worker hands the publisher (`ingest::outqueue` coalesces it).
 #[derive(Debug, Clone)]
 pub enum Out {
-    Publish(Outbound),
-    PubAck(crate::ingest::flow::PubAckId),
+    /// A status message (retained: the newest per topic is what counts).
+    Message(Outbound),
+    /// An ack, signed and encoded when it is sent, so one still queued can
+    /// be merged with a newer one for the same unit and boot.
+    Ack(AckOut),
 }
 
 impl From<Outbound> for Out {
     fn from(o: Outbound) -> Out {
-        Out::Publish(o)
+        Out::Message(o)
     }
+}
+
+/// An unsigned ack for a unit, in the wire version it speaks.
+#[derive(Debug, Clone)]
+pub struct AckOut {
+    pub unit: muster_proto::UnitId,
+    pub ack: muster_proto::Ack,
+    pub version: u8,
+    /// When the first input it answers arrived (ack latency).
+    pub since: Option<tokio::time::Instant>,
 }
 
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]

@@ -9,6 +9,8 @@
 
 #[path = "collector/harness.rs"]
 mod harness;
+#[path = "collector/valve.rs"]
+mod valve;
 
 #[path = "collector/backpressure.rs"]
 mod backpressure;
@@ -16,6 +18,8 @@ mod backpressure;
 mod dashboard;
 #[path = "collector/demo.rs"]
 mod demo;
+#[path = "collector/disk_full.rs"]
+mod disk_full;
 #[path = "collector/enroll.rs"]
 mod enroll;
 #[path = "collector/feed_limits.rs"]

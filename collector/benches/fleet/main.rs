@@ -357,6 +357,7 @@ async fn run(n: usize, a: &Args) {
                 next_report += SOAK_REPORT;
                 let (p, k, _) = totals(&conns);
                 let lat = take_latencies(&conns);
+                println!("{}", flow_line(&collector).await);
                 println!(
                     "soak: t={:.0} s RSS {} KiB store {} KiB acked {k}/{p} ratio {:.4} (unacked {}) ack latency p99 {:.1} ms (window n={})",
                     t.as_secs_f64(),
@@ -413,6 +414,7 @@ async fn run(n: usize, a: &Args) {
         store as f64 / 1_048_576.0,
         store as f64 / acked.max(1) as f64,
     );
+    println!("{}", flow_line(&collector).await);
     if soak.is_some() {
         let first = rss_samples[0].1;
         let last = rss_samples.last().unwrap().1;
@@ -512,4 +514,21 @@ fn main() {
     for &n in &a.units {
         rt.block_on(run(n, &a));
     }
+}
+
+/// The collector's flow gauges and its stored-records counter, one line.
+async fn flow_line(collector: &Collector) -> String {
+    let mut line = String::from("flow:");
+    for name in [
+        "muster_ingest_stored_records_total",
+        "muster_ingest_holding",
+        "muster_ingest_queue_depth",
+        "muster_ingest_outbound_depth",
+        "muster_ingest_overloaded",
+        "muster_ingest_overloads_total",
+    ] {
+        let short = name.trim_start_matches("muster_ingest_");
+        line.push_str(&format!(" {short}={}", collector.metric(name).await));
+    }
+    line
 }

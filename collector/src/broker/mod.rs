@@ -131,9 +131,9 @@ fn rumqttd_config(
         next_connection_delay_ms: 1,
         connections,
     };
-    // The v5 listener serves only the collector's own client, which PUBACKs
-    // a message once it is stored (ingest::flow): its window is the
-    // collector's receive maximum, which rumqttd does not read itself.
+    // The v5 listener serves only the collector's own client: its in-flight
+    // window is the collector's receive maximum, which rumqttd does not read
+    // from the CONNECT itself (ingest::flow).
     let collector = ConnectionSettings {
         max_inflight_count: usize::from(collector_window),
         ..connections.clone()

@@ -2,29 +2,32 @@
 //! it is overloaded. Pure; the caller passes `now`.
 //!
 //! Contract (see also ARCHITECTURE.md, "Backpressure"):
-//! * The collector's MQTT session uses manual acks. A QoS 1 message from
-//!   the broker is PUBACKed only once the group commit that follows its
-//!   handling is durable, in the order received, whatever became of it
-//!   (stored, duplicate or refused). So the messages the collector holds
-//!   (hand-off queue, pending commit, commit in flight) are at most the
-//!   receive maximum it announces (`ingest.receive_maximum`; the embedded
-//!   broker's per-connection in-flight limit is set to the same), and the
-//!   broker, and behind it the agents' disk buffers, hold the rest.
-//! * A PUBACK carries the connection generation it belongs to. One from an
-//!   earlier connection is not sent (the resumed session redelivers that
-//!   message, which is then acked by its new packet id) and is counted.
+//! * The ingest worker holds at most `ingest.receive_maximum` messages it
+//!   has not answered (a message is answered once the group commit after
+//!   it is durable and its unit's ack is queued, or once it is refused).
+//!   Past that it stops taking; the parse stage's and the MQTT task's
+//!   bounded hand-offs (`ingest.queue` each) fill, the MQTT task stops
+//!   reading the socket, and TCP pushes back on the broker, which holds the
+//!   rest (and behind it the agents, whose disk buffers keep every record
+//!   until its signed ack). So ingest holds at most
+//!   `receive_maximum + 2 * queue + 1` messages, whatever the load.
+//! * Nothing waits on the publisher: the publisher waits on the MQTT task,
+//!   which waits on the worker, so a wait the other way would be a cycle.
+//! * PUBACKs are rumqttc's automatic ones, written in batches as messages
+//!   are read. Holding them until the commit (MQTT 5 receive maximum) was
+//!   built and measured, and dropped: Mosquitto 2.0.11 honours the receive
+//!   maximum for the first window only (32 announced, 1,024 in flight once
+//!   PUBACKs flowed), and rumqttc 0.25 writes each manual PUBACK as its own
+//!   request and flush, one per event-loop turn against ten packets read,
+//!   which starved the acks (100,000 units: 374,000 PUBACKs and 764,000
+//!   acks queued, acked ratio 0.06). A PUBACKed message the collector dies
+//!   holding is not lost: its unit was never acked, so the agent resends it
+//!   (on the collector's next hello, or after its ack timeout).
 //! * [`Overload`]: the collector is overloaded while its oldest message
 //!   not yet durable has waited `ingest.overload_wait` or more, and is no
 //!   longer once that wait is under half of it (hysteresis, so the state
 //!   does not flap). It is reported on `/readyz`, as a metric, and in one
 //!   log line per change.
-
-/// One QoS 1 delivery to PUBACK: its packet id on the connection it came on.
-#[derive(Debug, Clone, Copy, PartialEq, Eq)]
-pub struct PubAckId {
-    pub generation: u64,
-    pub pkid: u16,
-}
 
 /// The overload state, with hysteresis.
 #[derive(Debug, Clone)]

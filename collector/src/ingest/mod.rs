@@ -7,6 +7,7 @@
 
 pub mod flow;
 pub mod mqtt;
+pub mod outqueue;
 pub mod parse;
 pub mod refusal;
 pub mod worker;

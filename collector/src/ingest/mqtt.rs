@@ -1,8 +1,8 @@
 //! The collector's MQTT v5 connection (rumqttc): subscribes to the fleet's
 //! telemetry and state topics (as a shared subscription when
-//! `mqtt.shared_group` is set), parses every publish ([`super::parse`],
-//! here, off the ingest worker) and hands it to the worker, and publishes
-//! acks, status messages and PUBACKs.
+//! `mqtt.shared_group` is set), hands every publish to the parse stage
+//! ([`run_parser`], off both this task and the ingest worker) and on to the
+//! worker, and publishes acks and status messages.
 //!
 //! Every time the subscription is (re)established (SubAck: first start,
 //! reconnect, broker restart) it publishes a signed `Hello` with a growing
@@ -10,16 +10,12 @@
 //! newer hello resend what they have in flight at once (their earlier
 //! sends may have hit a broker with nobody subscribed).
 //!
-//! Backpressure ([`super::flow`]): acks are manual. A message is PUBACKed
-//! by the publisher only after the worker's group commit that covers it is
-//! durable, so the broker has at most `ingest.receive_maximum` messages in
-//! flight to us and holds the rest. The event loop is polled continuously
-//! by its own task; its only wait is on the bounded hand-off to the worker
-//! (`ingest.queue`). Publishing goes through a separate task, so the worker
-//! never waits on the event loop and the two cannot deadlock; what the
-//! publisher has queued is bounded because the worker seals no new commit
-//! while it holds more than `ingest.receive_maximum` + the units' acks of one
-//! commit (see the worker).
+//! Backpressure ([`super::flow`]): the event loop is polled by its own task;
+//! its only wait is on the bounded hand-off (`ingest.queue`), which fills
+//! when the worker holds its window, so this task stops reading the socket
+//! and TCP pushes back on the broker. Publishing goes through a separate
+//! task, so the worker never waits on the event loop and the two cannot
+//! deadlock.
 
 use muster_base::backoff::{Jitter, Retry};
 use std::sync::Arc;
@@ -36,11 +32,11 @@ use tokio::sync::mpsc;
 use tokio_util::sync::CancellationToken;
 use tracing::{debug, info, warn};
 
-use super::flow::PubAckId;
+use super::outqueue::OutQueue;
 use super::parse::{Parsed, Refused, parse};
 use crate::config::{MqttConfig, MqttScheme};
 use crate::state::Shared;
-use crate::status_pub::{Out, OutboundKind};
+use crate::status_pub::{AckOut, Out, Outbound, OutboundKind};
 
 /// The collector's MQTT reconnect: 100 ms doubling to 2 s, equal jitter.
 pub const RECONNECT_MIN: Duration = Duration::from_millis(100);
@@ -54,13 +50,19 @@ pub enum MqttError {
     Filter(String),
 }
 
+/// One message from the broker, as received.
+#[derive(Debug)]
+pub struct Raw {
+    pub topic: bytes::Bytes,
+    pub payload: bytes::Bytes,
+    pub received: tokio::time::Instant,
+}
+
 /// One message from the broker, parsed.
 #[derive(Debug)]
 pub struct Inbound {
     pub parsed: Result<Parsed, Refused>,
     pub received: tokio::time::Instant,
-    /// The PUBACK it is owed (QoS 1), once the commit after it is durable.
-    pub ack: Option<PubAckId>,
 }
 
 /// Largest packet we accept from the broker: well above the wire limit, so
@@ -76,8 +78,6 @@ pub fn options(cfg: &MqttConfig, receive_maximum: u16) -> Result<MqttOptions, Mq
     o.set_clean_start(false);
     o.set_session_expiry_interval(Some(cfg.session_expiry.as_secs() as u32));
     o.set_receive_maximum(Some(receive_maximum));
-    // PUBACK only once stored: the broker holds what we cannot take yet.
-    o.set_manual_acks(true);
     o.set_max_packet_size(Some(MAX_PACKET_BYTES));
     o.set_request_channel_capacity(65_536);
     if let Some((user, pass)) = &cfg.credentials {
@@ -145,7 +145,7 @@ impl OnConnect {
 pub async fn run_event_loop(
     mut eventloop: EventLoop,
     client: AsyncClient,
-    inbound: mpsc::Sender<Inbound>,
+    inbound: mpsc::Sender<Raw>,
     shared: Arc<Shared>,
     stop_forwarding: CancellationToken,
     hard_stop: CancellationToken,
@@ -171,29 +171,18 @@ pub async fn run_event_loop(
                 if stop_forwarding.is_cancelled() {
                     continue;
                 }
-                let ack = (p.qos != QoS::AtMostOnce).then(|| PubAckId {
-                    generation: shared.mqtt_generation.load(Ordering::Relaxed),
-                    pkid: p.pkid,
-                });
-                let msg = Inbound {
-                    parsed: parse(&p.topic, &p.payload),
+                let msg = Raw {
+                    topic: p.topic,
+                    payload: p.payload,
                     received: tokio::time::Instant::now(),
-                    ack,
                 };
                 shared.queue_depth.fetch_add(1, Ordering::Relaxed);
-                if ack.is_some() {
-                    shared.inflight.fetch_add(1, Ordering::Relaxed);
-                }
                 let sent = tokio::select! {
                     r = inbound.send(msg) => r.is_ok(),
                     _ = stop_forwarding.cancelled() => false,
                 };
                 if !sent {
-                    // Never PUBACKed: the broker redelivers it to the next session.
                     shared.queue_depth.fetch_sub(1, Ordering::Relaxed);
-                    if ack.is_some() {
-                        shared.inflight.fetch_sub(1, Ordering::Relaxed);
-                    }
                 }
             }
             Ok(Event::Incoming(Packet::ConnAck(ack))) => {
@@ -202,9 +191,6 @@ pub async fn run_event_loop(
                     "Connected to the MQTT broker."
                 );
                 metrics.connects.fetch_add(1, Ordering::Relaxed);
-                // PUBACKs owed on the previous connection are not sent on
-                // this one (flow.rs).
-                shared.mqtt_generation.fetch_add(1, Ordering::Relaxed);
                 backoff.reset();
                 if let Err(e) = client.try_subscribe_many(hello.filters.clone()) {
                     warn!(error = %e, "Cannot queue the subscription.");
@@ -261,42 +247,70 @@ pub async fn run_event_loop(
     metrics.connected.store(false, Ordering::Relaxed);
 }
 
-/// Publishes everything queued on `outbound` (QoS 1) and sends the PUBACKs
-/// of the current connection, then disconnects once the queue's senders
-/// are gone.
+/// The parse stage: decodes what the event loop received and hands it to
+/// the worker, in order. Both hand-offs are bounded (`ingest.queue`).
+pub async fn run_parser(mut raw: mpsc::Receiver<Raw>, parsed: mpsc::Sender<Inbound>) {
+    while let Some(m) = raw.recv().await {
+        let msg = Inbound {
+            parsed: parse(&m.topic, &m.payload),
+            received: m.received,
+        };
+        if parsed.send(msg).await.is_err() {
+            break;
+        }
+    }
+}
+
+/// Publishes everything queued on `outbound` (QoS 1) through the
+/// coalescing [`OutQueue`] (acks signed here), then disconnects once the
+/// queue's senders are gone and it is empty. While the MQTT client is busy,
+/// it keeps taking from `outbound`, so what waits is bounded by the queue's
+/// keys (units and status topics), not by how far behind the output is.
 pub async fn run_publisher(
     client: AsyncClient,
     mut outbound: mpsc::UnboundedReceiver<Out>,
     shared: Arc<Shared>,
+    signer: Arc<crate::signing::Signer>,
 ) {
     let m = &shared.metrics;
-    while let Some(o) = outbound.recv().await {
+    let mut queue = OutQueue::default();
+    let mut open = true;
+    let take = |queue: &mut OutQueue, o: Out| {
         shared.outbound_depth.fetch_sub(1, Ordering::Relaxed);
-        let o = match o {
-            Out::PubAck(id) => {
-                shared.inflight.fetch_sub(1, Ordering::Relaxed);
-                if id.generation != shared.mqtt_generation.load(Ordering::Relaxed) {
-                    m.ingest.pubacks_stale.fetch_add(1, Ordering::Relaxed);
+        queue.push(o);
+    };
+    loop {
+        let next = match queue.pop() {
+            Some(o) => o,
+            None if open => match outbound.recv().await {
+                Some(o) => {
+                    take(&mut queue, o);
                     continue;
                 }
-                let mut p = rumqttc::v5::mqttbytes::v5::Publish::new(
-                    "",
-                    QoS::AtLeastOnce,
-                    Vec::new(),
-                    None,
-                );
-                p.pkid = id.pkid;
-                match client.ack(&p).await {
-                    Ok(()) => m.ingest.pubacks.fetch_add(1, Ordering::Relaxed),
-                    Err(_) => m.ingest.pubacks_stale.fetch_add(1, Ordering::Relaxed),
-                };
-                continue;
-            }
-            Out::Publish(o) => o,
+                None => break,
+            },
+            None => break,
         };
-        let r = client
-            .publish(o.topic, QoS::AtLeastOnce, o.retain, o.payload)
-            .await;
+        let o = match next {
+            Out::Message(o) => o,
+            Out::Ack(a) => match ready_ack(a, &signer) {
+                Some(o) => o,
+                None => continue,
+            },
+        };
+        let publish = client.publish(o.topic, QoS::AtLeastOnce, o.retain, o.payload);
+        tokio::pin!(publish);
+        let r = loop {
+            tokio::select! {
+                r = &mut publish => break r,
+                got = outbound.recv(), if open => match got {
+                    Some(got) => take(&mut queue, got),
+                    None => open = false,
+                },
+            }
+        };
+        m.ack.coalesced.store(queue.merged, Ordering::Relaxed);
+        shared.outbound_queued.store(queue.len(), Ordering::Relaxed);
         match (o.kind, r) {
             (OutboundKind::Ack, Ok(())) => {
                 m.ack.published.fetch_add(1, Ordering::Relaxed);
@@ -317,5 +331,33 @@ pub async fn run_publisher(
             }
         }
     }
+    shared.outbound_queued.store(0, Ordering::Relaxed);
     let _ = client.disconnect().await;
+}
+
+/// An ack signed (schema v2; a v1 unit is answered unsigned, in v1) and
+/// encoded for its unit's ack topic.
+fn ready_ack(a: AckOut, signer: &crate::signing::Signer) -> Option<Outbound> {
+    let ack = if a.version >= 2 {
+        signer.sign_ack(&a.unit, a.ack)
+    } else {
+        a.ack
+    };
+    let msg = muster_proto::Message {
+        unit: a.unit,
+        body: muster_proto::Body::Ack(ack),
+    };
+    match muster_proto::encode_version(&msg, a.version) {
+        Ok(payload) => Some(Outbound {
+            topic: muster_proto::topic::unit_topic(&msg.unit, TopicKind::Ack),
+            payload,
+            retain: false,
+            since: a.since,
+            kind: OutboundKind::Ack,
+        }),
+        Err(e) => {
+            tracing::error!(unit = %msg.unit, error = %e, "Cannot encode an ack.");
+            None
+        }
+    }
 }

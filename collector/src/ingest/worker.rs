@@ -7,31 +7,29 @@
 //! flush returned. Commits are sequential and a failed one is retried, never
 //! skipped, so an ack never covers a record that is not on disk.
 //!
-//! Backpressure (`super::flow`): every message's PUBACK goes out after the
-//! commit that follows its handling is durable, in arrival order, so what
-//! the worker holds is bounded by the receive maximum. No new commit is
-//! sealed while the publisher still has more than two windows queued. The
-//! age of the oldest message not yet durable drives the overload state.
+//! Backpressure (`super::flow`): the worker holds at most
+//! `ingest.receive_maximum` messages it has not answered; past that it
+//! stops taking, and the hand-off queues and then the broker hold the rest.
+//! The age of the oldest message not yet durable drives the overload state.
 //!
-//! Acks to a unit that speaks schema v2 are signed with the collector's key
-//! (`crate::signing`): an agent frees records only on a signed ack. A v1
-//! unit is answered in v1, unsigned, as before.
+//! Acks go to the publisher unsigned; it signs them (schema v2, with the
+//! collector's key: an agent frees records only on a signed ack; a v1 unit
+//! is answered in v1, unsigned) when it sends them, after merging an ack
+//! still queued with a newer one for the same unit (`super::outqueue`).
 
 use std::collections::{HashMap, HashSet};
 use std::sync::Arc;
 use std::sync::atomic::Ordering;
 use std::time::Duration;
 
-use muster_proto::{
-    Ack, Body, BootId, Message, Payload, Presence, Record, TopicKind, UnitId, topic,
-};
+use muster_proto::{Body, BootId, Payload, Presence, Record, TopicKind, UnitId};
 use tokio::sync::mpsc;
 use tokio::task::JoinHandle;
 use tokio::time::Instant;
 use tokio_util::sync::CancellationToken;
 use tracing::{debug, error, info, warn};
 
-use super::flow::{Overload, PubAckId};
+use super::flow::Overload;
 use super::mqtt::Inbound;
 use super::parse::{Parsed, Refused};
 use super::refusal::{PresenceNote, Refusal, RefusalLog};
@@ -40,9 +38,8 @@ use crate::config::IngestConfig;
 use crate::model::{Change, Incident};
 use crate::rules::Engine;
 use crate::seq::Observed;
-use crate::signing::Signer;
 use crate::state::Shared;
-use crate::status_pub::{self, Out, Outbound, OutboundKind};
+use crate::status_pub::{self, AckOut, Out};
 use crate::store::{CommitBatch, StoreError, StoredEvent, UnitRecord};
 use muster_proto::presence::Verdict;
 
@@ -56,16 +53,15 @@ struct Pending {
     /// When the first message of each unit in this commit arrived.
     first_rx: HashMap<UnitId, Instant>,
     records: usize,
-    /// Every message handled for this commit, in arrival order: when it
-    /// arrived and the PUBACK it is owed.
-    received: Vec<(Instant, Option<PubAckId>)>,
+    /// When each message handled for this commit arrived, in order.
+    received: Vec<Instant>,
 }
 
-/// What a commit answers once durable: the units' acks, then the broker's
-/// PUBACKs (in arrival order).
+/// What a commit answers once durable: the units' acks, and the messages
+/// it frees from the worker's window (when each arrived).
 struct Answers {
-    acks: Vec<Outbound>,
-    received: Vec<(Instant, Option<PubAckId>)>,
+    acks: Vec<AckOut>,
+    received: Vec<Instant>,
 }
 
 /// A commit that failed, handed back to be written again.
@@ -90,11 +86,12 @@ pub struct Worker {
     clock: SharedClock,
     out: mpsc::UnboundedSender<Out>,
     overload: Overload,
+    /// Commits failed in a row (the log says so once a minute, not per retry).
+    failed_commits: u64,
     refusals: RefusalLog,
     notes: RefusalLog<PresenceNote>,
     cfg: IngestConfig,
     publish_status: bool,
-    signer: Arc<Signer>,
 }
 
 impl Worker {
@@ -106,7 +103,6 @@ impl Worker {
         out: mpsc::UnboundedSender<Out>,
         cfg: IngestConfig,
         publish_status: bool,
-        signer: Arc<Signer>,
     ) -> Result<Worker, StoreError> {
         let now = clock.now_ms();
         let stored = shared.store.load_units()?;
@@ -148,6 +144,7 @@ impl Worker {
             pending,
             next_event_id,
             overload: Overload::new(cfg.overload_wait.as_millis() as u64),
+            failed_commits: 0,
             refusals: RefusalLog::new(cfg.refusal_log_interval.as_millis() as u64),
             notes: RefusalLog::new(cfg.refusal_log_interval.as_millis() as u64),
             shared,
@@ -155,7 +152,6 @@ impl Worker {
             out,
             cfg,
             publish_status,
-            signer,
         })
     }
 
@@ -204,7 +200,10 @@ impl Worker {
                     self.shared.worker_ticks.fetch_add(1, Ordering::Relaxed);
                     self.observe_overload(in_flight.as_ref());
                 }
-                msg = inbound.recv() => {
+                // Take no more than the window: past it, the hand-off queues
+                // fill and the MQTT task stops reading the socket until a
+                // commit frees room (flow.rs).
+                msg = inbound.recv(), if self.holding(in_flight.as_ref()) < usize::from(self.cfg.receive_maximum) => {
                     let Some(msg) = msg else { break };
                     self.shared.queue_depth.fetch_sub(1, Ordering::Relaxed);
                     self.handle(msg);
@@ -235,13 +234,18 @@ impl Worker {
         info!("Ingest stopped; state committed.");
     }
 
+    /// Messages taken and not yet answered (pending, and the commit in flight).
+    fn holding(&self, in_flight: Option<&InFlight>) -> usize {
+        self.pending.received.len() + in_flight.map_or(0, |f| f.answers.received.len())
+    }
+
     /// Updates the overload state from the oldest message not yet durable;
     /// one log line per change.
     fn observe_overload(&mut self, in_flight: Option<&InFlight>) {
         let oldest = in_flight
             .and_then(|f| f.answers.received.first())
             .or(self.pending.received.first())
-            .map(|(t, _)| t.elapsed().as_millis() as u64);
+            .map(|t| t.elapsed().as_millis() as u64);
         let Some(on) = self.overload.observe(oldest) else {
             return;
         };
@@ -251,7 +255,7 @@ impl Worker {
             m.overloads.fetch_add(1, Ordering::Relaxed);
             warn!(
                 oldest_wait_ms = oldest.unwrap_or(0),
-                inflight = self.shared.inflight.load(Ordering::Relaxed),
+                holding = self.shared.holding.load(Ordering::Relaxed),
                 "Ingest is overloaded: records wait longer than ingest.overload_wait to be stored; the broker holds the rest (not ready)."
             );
         } else {
@@ -283,7 +287,8 @@ impl Worker {
             .ingest
             .messages
             .fetch_add(1, Ordering::Relaxed);
-        self.pending.received.push((msg.received, msg.ack));
+        self.pending.received.push(msg.received);
+        self.shared.holding.fetch_add(1, Ordering::Relaxed);
         match msg.parsed {
             Err(Refused {
                 reason,
@@ -494,14 +499,10 @@ impl Worker {
         }
     }
 
-    /// Seals the pending commit and starts writing it, unless the
-    /// publisher is more than two windows behind (then the next timer tick
-    /// tries again; meanwhile the broker holds what we have not PUBACKed).
+    /// Seals the pending commit and starts writing it. It never waits on
+    /// the publisher: the publisher waits on the MQTT task, which waits on
+    /// this worker to take messages, so waiting here could close a cycle.
     fn seal(&mut self) -> Option<InFlight> {
-        let behind = self.shared.outbound_depth.load(Ordering::Relaxed);
-        if behind > 2 * usize::from(self.cfg.receive_maximum) + self.cfg.commit_max_records {
-            return None;
-        }
         self.seal_now()
     }
 
@@ -541,24 +542,14 @@ impl Worker {
             let Some(b) = state.seq.boot(boot) else {
                 continue;
             };
-            let mut ack: Ack = b.ack(&seqs, now);
-            if state.wire_version >= 2 {
-                ack = self.signer.sign_ack(&unit, ack);
-            }
-            let msg = Message {
+            // Signed and encoded by the publisher, which may merge it with
+            // a newer one first (outqueue.rs).
+            acks.push(AckOut {
                 unit: unit.clone(),
-                body: Body::Ack(ack),
-            };
-            match muster_proto::encode_version(&msg, state.wire_version) {
-                Ok(payload) => acks.push(Outbound {
-                    topic: topic::unit_topic(&unit, TopicKind::Ack),
-                    payload,
-                    retain: false,
-                    since: p.first_rx.get(&unit).copied(),
-                    kind: OutboundKind::Ack,
-                }),
-                Err(e) => error!(%unit, error = %e, "Cannot encode an ack."),
-            }
+                ack: b.ack(&seqs, now),
+                version: state.wire_version,
+                since: p.first_rx.get(&unit).copied(),
+            });
         }
         Some(self.start_commit(
             batch,
@@ -574,7 +565,7 @@ impl Worker {
         InFlight {
             task: tokio::task::spawn_blocking(move || {
                 let r = if batch.is_empty() {
-                    Ok(()) // only PUBACKs (refused or duplicate messages)
+                    Ok(()) // nothing to write (refused or duplicate messages)
                 } else {
                     store.commit(&batch)
                 };
@@ -585,7 +576,7 @@ impl Worker {
         }
     }
 
-    /// Publishes the acks and PUBACKs of a commit that is durable; hands a
+    /// Publishes the acks of a commit that is durable and frees its window; hands a
     /// failed one back.
     fn finish_commit(
         &mut self,
@@ -605,22 +596,33 @@ impl Worker {
                     .stored
                     .fetch_add(batch.samples.len() as u64, Ordering::Relaxed);
                 self.shared.store_ok.store(true, Ordering::Relaxed);
+                if self.failed_commits > 0 {
+                    info!(
+                        failed = self.failed_commits,
+                        "Store commits succeed again; acks resume."
+                    );
+                    self.failed_commits = 0;
+                }
                 for a in answers.acks {
-                    self.send(a);
+                    self.send(Out::Ack(a));
                 }
                 let now = Instant::now();
-                for (at, ack) in answers.received {
-                    m.ingest.wait.observe(now.duration_since(at));
-                    if let Some(id) = ack {
-                        self.send(Out::PubAck(id));
-                    }
+                for at in &answers.received {
+                    m.ingest.wait.observe(now.duration_since(*at));
                 }
+                self.shared
+                    .holding
+                    .fetch_sub(answers.received.len(), Ordering::Relaxed);
                 Ok(())
             }
             Ok((batch, Err(e))) => {
                 m.store.errors.fetch_add(1, Ordering::Relaxed);
                 self.shared.store_ok.store(false, Ordering::Relaxed);
-                error!(error = %e, "Store commit failed; retrying, acks held back.");
+                self.failed_commits += 1;
+                if self.failed_commits % 60 == 1 {
+                    error!(error = %e, failed_in_a_row = self.failed_commits,
+                        "Store commit failed (disk full or failing?): not ready, nothing more is acked, retrying every second. Agents keep their data; free space, then restart if it does not recover.");
+                }
                 Err(Box::new(Failed {
                     batch: Some(batch),
                     answers,
@@ -629,7 +631,11 @@ impl Worker {
             Err(e) => {
                 m.store.errors.fetch_add(1, Ordering::Relaxed);
                 self.shared.store_ok.store(false, Ordering::Relaxed);
-                error!(error = %e, "Store commit task failed; retrying, acks held back.");
+                self.failed_commits += 1;
+                if self.failed_commits % 60 == 1 {
+                    error!(error = %e, failed_in_a_row = self.failed_commits,
+                        "Store commit task failed; retrying, acks held back.");
+                }
                 Err(Box::new(Failed {
                     batch: None,
                     answers,
@@ -643,7 +649,7 @@ impl Worker {
     /// is acked.
     fn requeue(&mut self, failed: Failed) {
         let Failed { batch, answers } = failed;
-        // The PUBACKs stay owed, ahead of those of newer messages.
+        // Its messages stay held, ahead of newer ones.
         let mut received = answers.received;
         received.append(&mut self.pending.received);
         self.pending.received = received;
@@ -670,21 +676,17 @@ impl Worker {
         }
         // Re-ack the requeued seqs with the next commit.
         for a in acks {
-            if let Ok(d) = muster_proto::decode(&a.payload)
-                && let Body::Ack(ack) = d.message.body
-            {
-                let seqs = self
-                    .pending
-                    .touched
-                    .entry((d.message.unit.clone(), ack.boot))
-                    .or_default();
-                if ack.upto > 0 {
-                    seqs.push(ack.upto);
-                }
-                seqs.extend(ack.ranges.iter().map(|r| r.last));
-                if let Some(s) = a.since {
-                    self.pending.first_rx.entry(d.message.unit).or_insert(s);
-                }
+            let seqs = self
+                .pending
+                .touched
+                .entry((a.unit.clone(), a.ack.boot))
+                .or_default();
+            if a.ack.upto > 0 {
+                seqs.push(a.ack.upto);
+            }
+            seqs.extend(a.ack.ranges.iter().map(|r| r.last));
+            if let Some(s) = a.since {
+                self.pending.first_rx.entry(a.unit).or_insert(s);
             }
         }
     }

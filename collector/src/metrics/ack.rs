@@ -10,6 +10,8 @@ pub struct AckMetrics {
     pub published: AtomicU64,
     pub errors: AtomicU64,
     pub latency: Histogram,
+    /// Acks and status messages merged into one still queued (outqueue.rs).
+    pub coalesced: AtomicU64,
 }
 
 impl AckMetrics {
@@ -33,6 +35,16 @@ impl AckMetrics {
             "muster_ack_publish_errors_total",
             &[],
             self.errors.load(Ordering::Relaxed),
+        );
+        e.family(
+            "muster_publish_coalesced_total",
+            "counter",
+            "Acks merged into a queued ack for the same unit and boot, and status messages replaced by a newer one for the same topic, while the MQTT output was behind.",
+        );
+        e.sample(
+            "muster_publish_coalesced_total",
+            &[],
+            self.coalesced.load(Ordering::Relaxed),
         );
         self.latency.render(
             e,

@@ -29,11 +29,6 @@ pub struct IngestMetrics {
     pub presence_unknown_reason: AtomicU64,
     /// Records in group commits that were durable (the point of truth).
     pub stored: AtomicU64,
-    /// PUBACKs sent to the broker after their commit.
-    pub pubacks: AtomicU64,
-    /// PUBACKs not sent: owed on an earlier connection (redelivered), or
-    /// the connection was gone.
-    pub pubacks_stale: AtomicU64,
     /// Arrival to durable commit, per message.
     pub wait: Histogram,
     /// Times ingest became overloaded.
@@ -44,7 +39,7 @@ pub struct IngestMetrics {
 #[derive(Debug, Default, Clone, Copy)]
 pub struct FlowGauges {
     pub queue_depth: usize,
-    pub inflight: usize,
+    pub holding: usize,
     pub outbound: usize,
     pub overloaded: bool,
 }
@@ -138,15 +133,15 @@ impl IngestMetrics {
         );
         e.sample("muster_ingest_queue_depth", &[], flow.queue_depth);
         e.family(
-            "muster_ingest_inflight",
+            "muster_ingest_holding",
             "gauge",
-            "Messages received and not yet PUBACKed to the broker (at most ingest.receive_maximum).",
+            "Messages the ingest worker has taken and not yet answered (at most ingest.receive_maximum).",
         );
-        e.sample("muster_ingest_inflight", &[], flow.inflight);
+        e.sample("muster_ingest_holding", &[], flow.holding);
         e.family(
             "muster_ingest_outbound_depth",
             "gauge",
-            "Acks, status messages and PUBACKs queued for the MQTT publisher.",
+            "Acks and status messages queued for the MQTT publisher.",
         );
         e.sample("muster_ingest_outbound_depth", &[], flow.outbound);
         e.family(
@@ -155,21 +150,6 @@ impl IngestMetrics {
             "Records in group commits that are durable on disk (acked after this).",
         );
         e.sample("muster_ingest_stored_records_total", &[], get(&self.stored));
-        e.family(
-            "muster_ingest_pubacks_total",
-            "counter",
-            "PUBACKs sent to the broker, each after the commit covering its message, by outcome.",
-        );
-        e.sample(
-            "muster_ingest_pubacks_total",
-            &[("outcome", "sent")],
-            get(&self.pubacks),
-        );
-        e.sample(
-            "muster_ingest_pubacks_total",
-            &[("outcome", "stale")],
-            get(&self.pubacks_stale),
-        );
         self.wait.render(
             e,
             "muster_ingest_wait_seconds",
