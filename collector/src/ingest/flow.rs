@@ -24,9 +24,11 @@
 //!   holding is not lost: its unit was never acked, so the agent resends it
 //!   (on the collector's next hello, or after its ack timeout).
 //! * [`Overload`]: the collector is overloaded while its oldest message
-//!   not yet durable has waited `ingest.overload_wait` or more, and is no
-//!   longer once that wait is under half of it (hysteresis, so the state
-//!   does not flap). It is reported on `/readyz`, as a metric, and in one
+//!   not yet durable has waited `ingest.overload_wait` or more (a slow
+//!   store), or the worker has not once found its queue empty for that
+//!   long (it is the bottleneck, and the backlog is in the broker, where we
+//!   cannot see its age); and is no longer once both are under half of it
+//!   (hysteresis, so the state does not flap). It is reported on `/readyz`, as a metric, and in one
 //!   log line per change.
 
 /// The overload state, with hysteresis.

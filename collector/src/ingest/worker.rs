@@ -86,6 +86,10 @@ pub struct Worker {
     clock: SharedClock,
     out: mpsc::UnboundedSender<Out>,
     overload: Overload,
+    /// The last time the worker found nothing waiting for it: a worker that
+    /// has not been idle for `ingest.overload_wait` is behind, however
+    /// quickly it commits what it takes (the backlog is then in the broker).
+    last_idle: Instant,
     /// Commits failed in a row (the log says so once a minute, not per retry).
     failed_commits: u64,
     refusals: RefusalLog,
@@ -145,6 +149,7 @@ impl Worker {
             next_event_id,
             overload: Overload::new(cfg.overload_wait.as_millis() as u64),
             failed_commits: 0,
+            last_idle: Instant::now(),
             refusals: RefusalLog::new(cfg.refusal_log_interval.as_millis() as u64),
             notes: RefusalLog::new(cfg.refusal_log_interval.as_millis() as u64),
             shared,
@@ -198,6 +203,9 @@ impl Worker {
                     let changes = self.engine.tick(now);
                     self.apply_changes(changes);
                     self.shared.worker_ticks.fetch_add(1, Ordering::Relaxed);
+                    if inbound.is_empty() {
+                        self.last_idle = Instant::now();
+                    }
                     self.observe_overload(in_flight.as_ref());
                 }
                 // Take no more than the window: past it, the hand-off queues
@@ -207,6 +215,9 @@ impl Worker {
                     let Some(msg) = msg else { break };
                     self.shared.queue_depth.fetch_sub(1, Ordering::Relaxed);
                     self.handle(msg);
+                    if inbound.is_empty() {
+                        self.last_idle = Instant::now();
+                    }
                     if in_flight.is_none()
                         && retry_at.is_none()
                         && self.pending.records >= self.cfg.commit_max_records
@@ -239,13 +250,16 @@ impl Worker {
         self.pending.received.len() + in_flight.map_or(0, |f| f.answers.received.len())
     }
 
-    /// Updates the overload state from the oldest message not yet durable;
-    /// one log line per change.
+    /// Updates the overload state from the oldest message not yet durable
+    /// and how long the worker has gone without being idle; one log line
+    /// per change.
     fn observe_overload(&mut self, in_flight: Option<&InFlight>) {
-        let oldest = in_flight
+        let unstored = in_flight
             .and_then(|f| f.answers.received.first())
             .or(self.pending.received.first())
             .map(|t| t.elapsed().as_millis() as u64);
+        let busy = self.last_idle.elapsed().as_millis() as u64;
+        let oldest = Some(unstored.unwrap_or(0).max(busy));
         let Some(on) = self.overload.observe(oldest) else {
             return;
         };
@@ -256,7 +270,7 @@ impl Worker {
             warn!(
                 oldest_wait_ms = oldest.unwrap_or(0),
                 holding = self.shared.holding.load(Ordering::Relaxed),
-                "Ingest is overloaded: records wait longer than ingest.overload_wait to be stored; the broker holds the rest (not ready)."
+                "Ingest is overloaded: it has been busy, or records have waited to be stored, for longer than ingest.overload_wait; the broker holds the rest (not ready)."
             );
         } else {
             info!(

@@ -158,7 +158,7 @@ impl IngestMetrics {
         e.family(
             "muster_ingest_overloaded",
             "gauge",
-            "1 while the oldest message not yet durable has waited ingest.overload_wait or more.",
+            "1 while the oldest message not yet durable has waited ingest.overload_wait or more, or ingest has been busy without a break for that long (the backlog is then in the broker).",
         );
         e.sample("muster_ingest_overloaded", &[], u64::from(flow.overloaded));
         e.family(
