@@ -134,8 +134,10 @@ pub async fn run_with(
     let filters = mqtt::filters(cfg.mqtt.shared_group.as_deref())?;
     // Small: acks wait in the publisher's coalescing queue, not here.
     let (client, eventloop) = AsyncClient::new(opts, 1_024);
+    // Raw messages wait for the parse stage (`ingest.queue`); parsed ones,
+    // which take several times the memory, in a short hand-off.
     let (raw_tx, raw_rx) = mpsc::channel(cfg.ingest.queue);
-    let (in_tx, in_rx) = mpsc::channel(cfg.ingest.queue);
+    let (in_tx, in_rx) = mpsc::channel(cfg.ingest.queue.min(mqtt::PARSED_QUEUE));
     let (out_tx, out_rx) = mpsc::unbounded_channel();
 
     // Webhooks read the change broadcast: subscribed before ingest starts,

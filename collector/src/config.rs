@@ -706,7 +706,7 @@ impl RawConfig {
         if commit_max_records == 0 {
             return Err(invalid("ingest.commit_max_records", "must be more than 0"));
         }
-        let queue = ingest.queue.unwrap_or(4_096);
+        let queue = ingest.queue.unwrap_or(1_024);
         if queue < 16 {
             return Err(invalid("ingest.queue", "must be at least 16"));
         }

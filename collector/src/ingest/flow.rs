@@ -4,13 +4,14 @@
 //! Contract (see also ARCHITECTURE.md, "Backpressure"):
 //! * The ingest worker holds at most `ingest.receive_maximum` messages it
 //!   has not answered (a message is answered once the group commit after
-//!   it is durable and its unit's ack is queued, or once it is refused).
-//!   Past that it stops taking; the parse stage's and the MQTT task's
-//!   bounded hand-offs (`ingest.queue` each) fill, the MQTT task stops
+//!   it is durable and its unit's ack is queued, or once it is refused),
+//!   and at most `2 × ingest.commit_max_records` of their records.
+//!   Past that it stops taking; the bounded hand-offs (raw messages:
+//!   `ingest.queue`; parsed: at most 256) fill, the MQTT task stops
 //!   reading the socket, and TCP pushes back on the broker, which holds the
 //!   rest (and behind it the agents, whose disk buffers keep every record
 //!   until its signed ack). So ingest holds at most
-//!   `receive_maximum + 2 * queue + 1` messages, whatever the load.
+//!   `receive_maximum + queue + 256 + 1` messages, whatever the load.
 //! * Nothing waits on the publisher: the publisher waits on the MQTT task,
 //!   which waits on the worker, so a wait the other way would be a cycle.
 //! * PUBACKs are rumqttc's automatic ones, written in batches as messages

@@ -50,6 +50,9 @@ pub enum MqttError {
     Filter(String),
 }
 
+/// Parsed messages waiting for the worker, at most (`ingest.queue` if less).
+pub const PARSED_QUEUE: usize = 256;
+
 /// One message from the broker, as received.
 #[derive(Debug)]
 pub struct Raw {

@@ -8,8 +8,9 @@
 //! skipped, so an ack never covers a record that is not on disk.
 //!
 //! Backpressure (`super::flow`): the worker holds at most
-//! `ingest.receive_maximum` messages it has not answered; past that it
-//! stops taking, and the hand-off queues and then the broker hold the rest.
+//! `ingest.receive_maximum` messages it has not answered, and at most two
+//! commits' worth (`ingest.commit_max_records` × 2) of their records; past
+//! that it stops taking, and the hand-off queues and then the broker hold the rest.
 //! The age of the oldest message not yet durable drives the overload state.
 //!
 //! Acks go to the publisher unsigned; it signs them (schema v2, with the
@@ -74,6 +75,8 @@ struct InFlight {
     task: JoinHandle<(CommitBatch, Result<(), StoreError>)>,
     answers: Answers,
     started: Instant,
+    /// Records in the commit.
+    records: usize,
 }
 
 pub struct Worker {
@@ -211,7 +214,7 @@ impl Worker {
                 // Take no more than the window: past it, the hand-off queues
                 // fill and the MQTT task stops reading the socket until a
                 // commit frees room (flow.rs).
-                msg = inbound.recv(), if self.holding(in_flight.as_ref()) < usize::from(self.cfg.receive_maximum) => {
+                msg = inbound.recv(), if self.may_take(in_flight.as_ref()) => {
                     let Some(msg) = msg else { break };
                     self.shared.queue_depth.fetch_sub(1, Ordering::Relaxed);
                     self.handle(msg);
@@ -248,6 +251,15 @@ impl Worker {
     /// Messages taken and not yet answered (pending, and the commit in flight).
     fn holding(&self, in_flight: Option<&InFlight>) -> usize {
         self.pending.received.len() + in_flight.map_or(0, |f| f.answers.received.len())
+    }
+
+    /// May the worker take another message? Not past its window of
+    /// messages, nor past two commits' worth of records (a message may be
+    /// a batch of hundreds: the records are what takes memory).
+    fn may_take(&self, in_flight: Option<&InFlight>) -> bool {
+        let records = self.pending.records + in_flight.map_or(0, |f| f.records);
+        self.holding(in_flight) < usize::from(self.cfg.receive_maximum)
+            && records < 2 * self.cfg.commit_max_records
     }
 
     /// Updates the overload state from the oldest message not yet durable
@@ -577,6 +589,7 @@ impl Worker {
     fn start_commit(&self, batch: CommitBatch, answers: Answers) -> InFlight {
         let store = Arc::clone(&self.shared.store);
         InFlight {
+            records: batch.samples.len(),
             task: tokio::task::spawn_blocking(move || {
                 let r = if batch.is_empty() {
                     Ok(()) // nothing to write (refused or duplicate messages)
