@@ -7,8 +7,11 @@
 //! Contract: [`Store::commit`] returns only once everything in the batch is
 //! durable; ingest acks records to agents only after that.
 
+mod fjall_store;
+pub mod rollup;
 mod sled_store;
 
+pub use fjall_store::{FjallStore, journal_bytes, write_buffer_bytes};
 pub use sled_store::SledStore;
 
 use muster_proto::{AgentStatus, BootId, Payload, Presence, Record, UnitId};
@@ -22,6 +25,8 @@ use crate::seq::SeqAccount;
 pub enum StoreError {
     #[error("sled: {0}")]
     Sled(sled::Error),
+    #[error("fjall: {0}")]
+    Fjall(#[from] fjall::Error),
     #[error("corrupt entry in {tree}: {detail}")]
     Corrupt { tree: &'static str, detail: String },
     #[error("invalid cursor")]
