@@ -30,7 +30,7 @@ use crate::notify::{self, WebhookSender};
 use crate::rules::Engine;
 use crate::signing::Signer;
 use crate::state::Shared;
-use crate::store::{SledStore, Store, StoreError};
+use crate::store::{FjallStore, Store, StoreError};
 
 /// How long shutdown waits for the broker to take the last acks.
 pub const SHUTDOWN_GRACE: Duration = Duration::from_secs(10);
@@ -82,7 +82,7 @@ pub async fn run_with(
 ) -> Result<(), AppError> {
     let store_path = cfg.store.path.clone();
     let cache = cfg.store.cache_bytes;
-    let store = tokio::task::spawn_blocking(move || SledStore::open(&store_path, cache))
+    let store = tokio::task::spawn_blocking(move || FjallStore::open(&store_path, cache))
         .await
         .map_err(|e| AppError::Task(e.to_string()))?
         .map_err(|source| AppError::Store {

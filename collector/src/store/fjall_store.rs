@@ -500,3 +500,240 @@ impl Store for FjallStore {
         Ok(())
     }
 }
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::model::{Status, Transition};
+    use muster_proto::fixtures;
+
+    fn unit(a: &str, u: &str) -> UnitId {
+        UnitId::new(a, u).unwrap()
+    }
+
+    fn transition(a: &str, u: &str, at_ms: u64) -> Change {
+        Change::Transition(Transition {
+            agency: a.into(),
+            unit: u.into(),
+            from: Status::Ok,
+            to: Status::Degraded,
+            at_ms,
+            reasons: vec![],
+        })
+    }
+
+    #[test]
+    fn commit_survives_reopen_and_queries_page() {
+        let dir = muster_testkit::TempDir::new().unwrap();
+        let u = unit("metro-fire", "E12");
+        {
+            let s = FjallStore::open(dir.path(), 1 << 20).unwrap();
+            let mut batch = CommitBatch::default();
+            for seq in 1..=10 {
+                let rec = fixtures::record(seq, Payload::Host(fixtures::host_sample()));
+                batch.samples.push((u.clone(), rec));
+            }
+            batch.units.push(UnitRecord::new(u.clone(), 5));
+            batch.events = (1..=5)
+                .map(|id| StoredEvent {
+                    id,
+                    change: transition(if id % 2 == 0 { "a" } else { "b" }, "E1", id * 10),
+                })
+                .collect();
+            s.commit(&batch).unwrap();
+        }
+        let s = FjallStore::open(dir.path(), 1 << 20).unwrap();
+        assert_eq!(s.load_units().unwrap().len(), 1);
+        assert_eq!(s.last_event_id().unwrap(), 5);
+        let q = SampleQuery {
+            since_ms: 0,
+            until_ms: u64::MAX,
+            after: None,
+            limit: 4,
+        };
+        let (page1, c) = s.samples(&u, q).unwrap();
+        assert_eq!(
+            page1.iter().map(|x| x.seq).collect::<Vec<_>>(),
+            [1, 2, 3, 4]
+        );
+        let c = SampleCursor::decode(&c.unwrap().encode()).unwrap();
+        let (page2, _) = s
+            .samples(
+                &u,
+                SampleQuery {
+                    after: Some(c),
+                    ..q
+                },
+            )
+            .unwrap();
+        assert_eq!(
+            page2.iter().map(|x| x.seq).collect::<Vec<_>>(),
+            [5, 6, 7, 8]
+        );
+        // since filters by event time.
+        let since = fixtures::AT_MS + 9 * 5_000;
+        let (tail, more) = s
+            .samples(
+                &u,
+                SampleQuery {
+                    since_ms: since,
+                    ..q
+                },
+            )
+            .unwrap();
+        assert_eq!(tail.iter().map(|x| x.seq).collect::<Vec<_>>(), [9, 10]);
+        assert!(more.is_none());
+        let latest = s.latest(&u).unwrap();
+        assert_eq!(latest.host.unwrap().seq, 10);
+
+        let evq = |agency: Option<&str>, before_id, limit| EventQuery {
+            agency: agency.map(str::to_owned),
+            unit: None,
+            before_id,
+            limit,
+        };
+        let (all, more) = s.events(&evq(None, None, 3)).unwrap();
+        assert_eq!(all.iter().map(|e| e.id).collect::<Vec<_>>(), [5, 4, 3]);
+        assert!(more);
+        let (a, more) = s.events(&evq(Some("a"), None, 10)).unwrap();
+        assert_eq!(a.iter().map(|e| e.id).collect::<Vec<_>>(), [4, 2]);
+        assert!(!more);
+        let (b, _) = s.events(&evq(Some("b"), Some(5), 10)).unwrap();
+        assert_eq!(b.iter().map(|e| e.id).collect::<Vec<_>>(), [3, 1]);
+
+        let st = s.prune(fixtures::AT_MS + 3 * 5_000, 25).unwrap();
+        assert_eq!(st.samples, 2);
+        assert_eq!(st.events, 2);
+        let (a, _) = s.events(&evq(Some("a"), None, 10)).unwrap();
+        assert_eq!(a.iter().map(|e| e.id).collect::<Vec<_>>(), [4]);
+    }
+
+    /// A data dir from before issue 14 (a sled store) is imported at open:
+    /// units, enrolments, events, incidents; the sled files move aside.
+    #[test]
+    fn a_sled_store_is_imported_and_moved_aside() {
+        let dir = muster_testkit::TempDir::new().unwrap();
+        let u = unit("metro-fire", "E12");
+        let enrollment = Enrollment {
+            unit: u.clone(),
+            state: crate::enroll::registry::EnrollState::Active,
+            credential_sha256: "ab".repeat(32),
+            created_ms: 1,
+            updated_ms: 2,
+        };
+        {
+            let s = crate::store::SledStore::open(dir.path(), 1 << 20).unwrap();
+            let mut batch = CommitBatch::default();
+            batch.units.push(UnitRecord::new(u.clone(), 5));
+            batch.events = (1..=3)
+                .map(|id| StoredEvent {
+                    id,
+                    change: transition("metro-fire", "E12", id * 10),
+                })
+                .collect();
+            batch.samples.push((
+                u.clone(),
+                fixtures::record(1, Payload::Host(fixtures::host_sample())),
+            ));
+            s.commit(&batch).unwrap();
+            s.put_enrollment(&enrollment).unwrap();
+        }
+        let s = muster_testkit::eventually_blocking(
+            "sled's file lock to be released",
+            std::time::Duration::from_secs(10),
+            || FjallStore::open(dir.path(), 1 << 20),
+        );
+        assert_eq!(s.load_units().unwrap(), [UnitRecord::new(u.clone(), 5)]);
+        assert_eq!(s.last_event_id().unwrap(), 3);
+        assert_eq!(s.load_enrollments().unwrap(), [enrollment]);
+        assert!(!dir.path().join("db").exists());
+        assert!(dir.path().join("sled-old").join("db").exists());
+        drop(s);
+        // Opened again: nothing to import, the data stays.
+        let s = FjallStore::open(dir.path(), 1 << 20).unwrap();
+        assert_eq!(s.load_units().unwrap().len(), 1);
+        assert_eq!(s.last_event_id().unwrap(), 3);
+    }
+
+    mod model {
+        use super::*;
+        use proptest::prelude::*;
+        use std::collections::BTreeMap;
+
+        #[derive(Debug, Clone)]
+        enum Op {
+            /// (unit index, at offset, seq) records in one commit.
+            Commit(Vec<(usize, u64, u64)>),
+            Prune(u64),
+            Reopen,
+        }
+
+        fn op() -> impl Strategy<Value = Op> {
+            prop_oneof![
+                4 => proptest::collection::vec((0usize..3, 0u64..50, 0u64..20), 0..12)
+                    .prop_map(Op::Commit),
+                1 => (0u64..50).prop_map(Op::Prune),
+                1 => Just(Op::Reopen),
+            ]
+        }
+
+        proptest! {
+            #![proptest_config(ProptestConfig::with_cases(24))]
+            /// commit / samples (paged) / prune / reopen against a BTreeMap.
+            #[test]
+            fn the_store_behaves_as_an_ordered_map(ops in proptest::collection::vec(op(), 1..20), page in 1usize..7) {
+                let dir = muster_testkit::TempDir::new().unwrap();
+                let units = [unit("a", "E1"), unit("a", "E10"), unit("b", "E1")];
+                let mut model: BTreeMap<(usize, u64, u64), ()> = BTreeMap::new();
+                let mut s = Some(FjallStore::open(dir.path(), 1 << 20).unwrap());
+                for op in ops {
+                    let st = s.as_ref().unwrap();
+                    match op {
+                        Op::Commit(recs) => {
+                            let mut batch = CommitBatch::default();
+                            for (u, at, seq) in recs {
+                                let mut r = fixtures::record(seq, Payload::Host(fixtures::host_sample()));
+                                r.at_ms = at;
+                                batch.samples.push((units[u].clone(), r));
+                                batch.units.push(UnitRecord::new(units[u].clone(), at));
+                                model.insert((u, at, seq), ());
+                            }
+                            st.commit(&batch).unwrap();
+                        }
+                        Op::Prune(before) => {
+                            let n = st.prune(before, 0).unwrap().samples;
+                            let before_len = model.len();
+                            model.retain(|(_, at, _), _| *at >= before);
+                            prop_assert_eq!(n as usize, before_len - model.len());
+                        }
+                        Op::Reopen => {
+                            drop(s.take());
+                            s = Some(FjallStore::open(dir.path(), 1 << 20).unwrap());
+                        }
+                    }
+                    let st = s.as_ref().unwrap();
+                    for (i, u) in units.iter().enumerate() {
+                        let want: Vec<(u64, u64)> = model
+                            .keys()
+                            .filter(|(m, _, _)| *m == i)
+                            .map(|(_, at, seq)| (*at, *seq))
+                            .collect();
+                        let mut got = Vec::new();
+                        let mut after = None;
+                        loop {
+                            let (items, c) = st
+                                .samples(u, SampleQuery { since_ms: 0, until_ms: u64::MAX, after, limit: page })
+                                .unwrap();
+                            got.extend(items.iter().map(|x| (x.at_ms, x.seq)));
+                            match c {
+                                Some(c) => after = Some(c),
+                                None => break,
+                            }
+                        }
+                        prop_assert_eq!(got, want);
+                    }
+                }
+            }
+        }
+    }
+}
