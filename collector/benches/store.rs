@@ -220,7 +220,9 @@ fn run(engine: &str, units: usize, rounds: u64) {
             let mut last: Option<&UnitId> = None;
             for (u, _) in chunk {
                 if last != Some(u) {
-                    batch.units.push(UnitRecord::new(u.clone(), fixtures::AT_MS));
+                    batch
+                        .units
+                        .push(UnitRecord::new(u.clone(), fixtures::AT_MS));
                     last = Some(u);
                 }
             }
@@ -323,7 +325,10 @@ fn main() {
         "prune s",
         "steady B/kept"
     );
-    let base = rows.iter().find(|(e, _)| *e == "sled").map(|(_, f)| f.clone());
+    let base = rows
+        .iter()
+        .find(|(e, _)| *e == "sled")
+        .map(|(_, f)| f.clone());
     for (engine, f) in &rows {
         let (records, full, pruned, after, settled, rate, rss, prune_s, steady) =
             (f[0], f[1], f[2], f[3], f[4], f[5], f[6], f[7], f[8]);

@@ -7,6 +7,7 @@ use axum::Json;
 use axum::extract::rejection::QueryRejection;
 use axum::extract::{Path, Query, State};
 use axum::http::HeaderMap;
+use axum::response::{IntoResponse, Response};
 use muster_proto::UnitId;
 
 use super::FeedState;
@@ -14,6 +15,7 @@ use super::error::ApiError;
 use super::query::Params;
 use super::views::{BootView, Page, SampleView, UnitDetail, UnitView};
 use crate::model::Status;
+use crate::store::rollup::{self, Resolution, Rollup};
 use crate::store::{SampleCursor, SampleQuery};
 
 fn parse_status(s: &str) -> Result<Status, ApiError> {
@@ -110,15 +112,27 @@ pub async fn samples(
     headers: HeaderMap,
     Path((agency, unit)): Path<(String, String)>,
     q: Result<Query<HashMap<String, String>>, QueryRejection>,
-) -> Result<Json<Page<SampleView>>, ApiError> {
+) -> Result<Response, ApiError> {
     let scope = st.auth.authenticate(&headers)?;
     scope.check(&agency)?;
     let id = unit_id(agency, unit)?;
     let q = Params::from(q)?;
-    q.only(&["since", "until", "kind", "limit", "cursor"])?;
+    q.only(&["since", "until", "kind", "limit", "cursor", "resolution"])?;
     let now = st.clock.now_ms();
     let limit = q.limit()?;
-    let since_ms = q.time("since", now)?.unwrap_or(0);
+    let since = q.time("since", now)?;
+    let resolution = match q.str("resolution").unwrap_or("auto") {
+        "raw" => None,
+        "minute" => Some(Resolution::Minute),
+        "hour" => Some(Resolution::Hour),
+        "auto" => rollup::auto_resolution(since, now, &st.retention),
+        other => {
+            return Err(ApiError::bad_request(format!(
+                "resolution: {other:?} is not one of raw, minute, hour, auto"
+            )));
+        }
+    };
+    let since_ms = since.unwrap_or(0);
     let until_ms = q.time("until", now)?.unwrap_or(u64::MAX);
     let kind = q.str("kind").map(str::to_owned);
     if let Some(k) = &kind
@@ -127,6 +141,24 @@ pub async fn samples(
         return Err(ApiError::bad_request(format!(
             "kind: {k:?} is not one of host, probe, status, presence"
         )));
+    }
+    if let Some(res) = resolution {
+        if kind.as_deref().is_some_and(|k| k != "host" && k != "probe") {
+            return Err(ApiError::bad_request(
+                "kind: rollups (resolution minute or hour) have only host and probe",
+            ));
+        }
+        return rollups(
+            st,
+            id,
+            res,
+            since_ms,
+            q.time("until", now)?,
+            kind,
+            q.str("cursor"),
+            limit,
+        )
+        .await;
     }
     let after = q
         .str("cursor")
@@ -187,5 +219,76 @@ pub async fn samples(
     Ok(Json(Page {
         items: items.into_iter().map(SampleView::from).collect(),
         next_cursor: next.map(|c| c.encode()),
-    }))
+    })
+    .into_response())
+}
+
+/// A page of rollups (`samples?resolution=minute|hour`, or `auto` for a
+/// range past raw retention). The cursor is the next start (hex ms).
+#[derive(Debug, serde::Serialize)]
+pub struct RollupPage {
+    pub resolution: &'static str,
+    pub items: Vec<Rollup>,
+    pub next_cursor: Option<String>,
+}
+
+#[allow(clippy::too_many_arguments)]
+async fn rollups(
+    st: FeedState,
+    id: UnitId,
+    res: Resolution,
+    since_ms: u64,
+    until_ms: Option<u64>,
+    kind: Option<String>,
+    cursor: Option<&str>,
+    limit: usize,
+) -> Result<Response, ApiError> {
+    let after = match cursor {
+        None => None,
+        Some(c) if (1..=16).contains(&c.len()) && c.bytes().all(|b| b.is_ascii_hexdigit()) => {
+            Some(u64::from_str_radix(c, 16).map_err(|_| {
+                ApiError::bad_request("cursor: not a cursor this endpoint gave out")
+            })?)
+        }
+        Some(_) => {
+            return Err(ApiError::bad_request(
+                "cursor: not a cursor this endpoint gave out",
+            ));
+        }
+    };
+    if !st
+        .shared
+        .units
+        .read()
+        .unwrap_or_else(|e| e.into_inner())
+        .contains_key(&id)
+    {
+        return Err(ApiError::not_found(format!("no unit {id}")));
+    }
+    // A rollup covers its whole minute or hour: one that starts before
+    // `since` but overlaps it is included.
+    let from = after.unwrap_or(rollup::floor(since_ms, res.step_ms()));
+    let until = until_ms.unwrap_or(u64::MAX);
+    let store = st.shared.store.clone();
+    let (mut items, more) =
+        tokio::task::spawn_blocking(move || store.rollups(&id, res, from, until, limit))
+            .await
+            .map_err(|e| ApiError::internal(&e))?
+            .map_err(|e| ApiError::internal(&e))?;
+    let next_cursor = if more {
+        items.last().map(|r| format!("{:x}", r.start_ms + 1))
+    } else {
+        None
+    };
+    match kind.as_deref() {
+        Some("host") => items.iter_mut().for_each(|r| r.probes.clear()),
+        Some("probe") => items.iter_mut().for_each(|r| r.host = None),
+        _ => {}
+    }
+    Ok(Json(RollupPage {
+        resolution: res.name(),
+        items,
+        next_cursor,
+    })
+    .into_response())
 }
