@@ -121,10 +121,14 @@ pub async fn samples(
     let now = st.clock.now_ms();
     let limit = q.limit()?;
     let since = q.time("since", now)?;
+    let rolled_kind = q.str("kind").is_none_or(|k| k == "host" || k == "probe");
+    let auto = q.str("resolution").is_none_or(|r| r == "auto");
     let resolution = match q.str("resolution").unwrap_or("auto") {
         "raw" => None,
         "minute" => Some(Resolution::Minute),
         "hour" => Some(Resolution::Hour),
+        // Status and presence records are never rolled up.
+        "auto" if !rolled_kind => None,
         "auto" => rollup::auto_resolution(since, now, &st.retention),
         other => {
             return Err(ApiError::bad_request(format!(
@@ -148,17 +152,13 @@ pub async fn samples(
                 "kind: rollups (resolution minute or hour) have only host and probe",
             ));
         }
-        return rollups(
-            st,
-            id,
-            res,
-            since_ms,
-            q.time("until", now)?,
-            kind,
-            q.str("cursor"),
-            limit,
-        )
-        .await;
+        let until = q.time("until", now)?;
+        let cursor = q.str("cursor");
+        if let Some(page) =
+            rollups(&st, &id, res, since_ms, until, &kind, cursor, limit, auto).await?
+        {
+            return Ok(page);
+        }
     }
     let after = q
         .str("cursor")
@@ -225,6 +225,8 @@ pub async fn samples(
 
 /// A page of rollups (`samples?resolution=minute|hour`, or `auto` for a
 /// range past raw retention). The cursor is the next start (hex ms).
+/// `auto` with no rollups in the range yet (nothing rolled so far) serves
+/// the raw records instead.
 #[derive(Debug, serde::Serialize)]
 pub struct RollupPage {
     pub resolution: &'static str,
@@ -234,15 +236,16 @@ pub struct RollupPage {
 
 #[allow(clippy::too_many_arguments)]
 async fn rollups(
-    st: FeedState,
-    id: UnitId,
+    st: &FeedState,
+    id: &UnitId,
     res: Resolution,
     since_ms: u64,
     until_ms: Option<u64>,
-    kind: Option<String>,
+    kind: &Option<String>,
     cursor: Option<&str>,
     limit: usize,
-) -> Result<Response, ApiError> {
+    auto: bool,
+) -> Result<Option<Response>, ApiError> {
     let after = match cursor {
         None => None,
         Some(c) if (1..=16).contains(&c.len()) && c.bytes().all(|b| b.is_ascii_hexdigit()) => {
@@ -261,7 +264,7 @@ async fn rollups(
         .units
         .read()
         .unwrap_or_else(|e| e.into_inner())
-        .contains_key(&id)
+        .contains_key(id)
     {
         return Err(ApiError::not_found(format!("no unit {id}")));
     }
@@ -270,11 +273,15 @@ async fn rollups(
     let from = after.unwrap_or(rollup::floor(since_ms, res.step_ms()));
     let until = until_ms.unwrap_or(u64::MAX);
     let store = st.shared.store.clone();
+    let unit = id.clone();
     let (mut items, more) =
-        tokio::task::spawn_blocking(move || store.rollups(&id, res, from, until, limit))
+        tokio::task::spawn_blocking(move || store.rollups(&unit, res, from, until, limit))
             .await
             .map_err(|e| ApiError::internal(&e))?
             .map_err(|e| ApiError::internal(&e))?;
+    if auto && after.is_none() && items.is_empty() {
+        return Ok(None);
+    }
     let next_cursor = if more {
         items.last().map(|r| format!("{:x}", r.start_ms + 1))
     } else {
@@ -285,10 +292,12 @@ async fn rollups(
         Some("probe") => items.iter_mut().for_each(|r| r.host = None),
         _ => {}
     }
-    Ok(Json(RollupPage {
-        resolution: res.name(),
-        items,
-        next_cursor,
-    })
-    .into_response())
+    Ok(Some(
+        Json(RollupPage {
+            resolution: res.name(),
+            items,
+            next_cursor,
+        })
+        .into_response(),
+    ))
 }

@@ -204,6 +204,47 @@ fn be_u64(b: &[u8]) -> u64 {
     u64::from_be_bytes(a)
 }
 
+type KvIter = Box<dyn Iterator<Item = fjall::Result<fjall::KvPair>>>;
+
+/// The raw records of several partitions (the hour buckets and `raw_late`)
+/// in key order (`desc`: reversed; each source must already be in that
+/// order). Usually one source has them all; the merge costs one key
+/// comparison per source and item.
+fn merged(sources: Vec<KvIter>, desc: bool) -> impl Iterator<Item = fjall::Result<fjall::KvPair>> {
+    let mut heads: Vec<(Option<fjall::Result<fjall::KvPair>>, KvIter)> =
+        sources.into_iter().map(|mut it| (it.next(), it)).collect();
+    std::iter::from_fn(move || {
+        let mut best: Option<usize> = None;
+        for (i, (head, _)) in heads.iter().enumerate() {
+            match head {
+                None => {}
+                // An error comes out first.
+                Some(Err(_)) => {
+                    best = Some(i);
+                    break;
+                }
+                Some(Ok((k, _))) => {
+                    let better = match best.and_then(|b| heads[b].0.as_ref()) {
+                        Some(Ok((bk, _))) => {
+                            if desc {
+                                k > bk
+                            } else {
+                                k < bk
+                            }
+                        }
+                        _ => true,
+                    };
+                    if better {
+                        best = Some(i);
+                    }
+                }
+            }
+        }
+        let (head, it) = &mut heads[best?];
+        std::mem::replace(head, it.next())
+    })
+}
+
 fn event_at(ev: &StoredEvent) -> u64 {
     match &ev.change {
         Change::Transition(t) => t.at_ms,
@@ -732,11 +773,13 @@ impl Store for FjallStore {
             return Ok((out, None));
         }
         let from = q.after.map_or(q.since_ms, |c| c.at_ms);
-        let parts = self.buckets_in(RAW, from, q.until_ms);
-        for kv in parts
+        let mut parts = self.buckets_in(RAW, from, q.until_ms);
+        parts.push(self.raw_late.clone());
+        let sources = parts
             .iter()
-            .flat_map(|p| p.range(start.clone()..=end.clone()))
-        {
+            .map(|p| Box::new(p.range(start.clone()..=end.clone())) as KvIter)
+            .collect();
+        for kv in merged(sources, false) {
             let (_, v) = kv?;
             if out.len() == q.limit {
                 let cursor = out.last().map(|last: &StoredSample| SampleCursor {
@@ -757,13 +800,14 @@ impl Store for FjallStore {
         let mut latest = Latest::default();
         let mut seen_probes = std::collections::HashSet::new();
         let prefix = sample_prefix(unit);
-        let parts = self.buckets(RAW);
-        for kv in parts
+        let mut parts: Vec<PartitionHandle> =
+            self.buckets(RAW).into_iter().map(|(_, p)| p).collect();
+        parts.push(self.raw_late.clone());
+        let sources = parts
             .iter()
-            .rev()
-            .flat_map(|(_, p)| p.prefix(prefix.clone()).rev())
-            .take(SCAN)
-        {
+            .map(|p| Box::new(p.prefix(prefix.clone()).rev()) as KvIter)
+            .collect();
+        for kv in merged(sources, true).take(SCAN) {
             let (_, v) = kv?;
             let s = decode_sample(&v)?;
             match &s.payload {
@@ -1368,6 +1412,41 @@ mod tests {
             .0
             .remove(0);
         assert_eq!(h.probes[0].count, 5);
+    }
+
+    /// Records older than what retention already dropped (an agent's old
+    /// backlog) are listed and found as latest until the next round rolls
+    /// them up.
+    #[test]
+    fn late_records_are_listed_until_rolled() {
+        use crate::store::rollup::Cutoffs;
+        let dir = muster_testkit::TempDir::new().unwrap();
+        let s = FjallStore::open(dir.path(), 1 << 20).unwrap();
+        let u = unit("metro-fire", "E12");
+        let cut = fixtures::AT_MS + 10 * HOUR_MS;
+        s.retain(&Cutoffs {
+            raw_before: cut,
+            minute_before: 0,
+            hour_before: 0,
+        })
+        .unwrap();
+        let mut batch = CommitBatch::default();
+        for seq in 1..=3 {
+            batch.samples.push((
+                u.clone(),
+                fixtures::record(seq, Payload::Host(fixtures::host_sample())),
+            ));
+        }
+        batch.units.push(UnitRecord::new(u.clone(), 5));
+        s.commit(&batch).unwrap();
+        assert_eq!(s.latest(&u).unwrap().host.unwrap().seq, 3);
+        let q = SampleQuery {
+            since_ms: 0,
+            until_ms: u64::MAX,
+            after: None,
+            limit: 10,
+        };
+        assert_eq!(s.samples(&u, q).unwrap().0.len(), 3);
     }
 
     mod model {

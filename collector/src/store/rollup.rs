@@ -326,9 +326,7 @@ pub fn cutoffs(now_ms: u64, r: &Retention) -> Cutoffs {
 /// the range is within raw retention, else minutes within minute
 /// retention, else hours. `None` = raw.
 pub fn auto_resolution(since_ms: Option<u64>, now_ms: u64, r: &Retention) -> Option<Resolution> {
-    let Some(since) = since_ms else {
-        return None;
-    };
+    let since = since_ms?;
     let ago = now_ms.saturating_sub(since);
     if ago <= r.raw.as_millis() as u64 {
         None
