@@ -147,11 +147,6 @@ pub async fn samples(
         )));
     }
     if let Some(res) = resolution {
-        if kind.as_deref().is_some_and(|k| k != "host" && k != "probe") {
-            return Err(ApiError::bad_request(
-                "kind: rollups (resolution minute or hour) have only host and probe",
-            ));
-        }
         let until = q.time("until", now)?;
         let cursor = q.str("cursor");
         if let Some(page) =
@@ -224,7 +219,8 @@ pub async fn samples(
 }
 
 /// A page of rollups (`samples?resolution=minute|hour`, or `auto` for a
-/// range past raw retention). The cursor is the next start (hex ms).
+/// range past raw retention). Its cursor has the raw listing's form
+/// (`start.0.0`).
 /// `auto` with no rollups in the range yet (nothing rolled so far) serves
 /// the raw records instead.
 #[derive(Debug, serde::Serialize)]
@@ -246,19 +242,15 @@ async fn rollups(
     limit: usize,
     auto: bool,
 ) -> Result<Option<Response>, ApiError> {
-    let after = match cursor {
-        None => None,
-        Some(c) if (1..=16).contains(&c.len()) && c.bytes().all(|b| b.is_ascii_hexdigit()) => {
-            Some(u64::from_str_radix(c, 16).map_err(|_| {
-                ApiError::bad_request("cursor: not a cursor this endpoint gave out")
-            })?)
-        }
-        Some(_) => {
-            return Err(ApiError::bad_request(
-                "cursor: not a cursor this endpoint gave out",
-            ));
-        }
-    };
+    // The same cursor form as raw listings: a rollup page continues after
+    // the cursor's time, so a cursor of either listing works in both.
+    let after = cursor
+        .map(|c| {
+            SampleCursor::decode(c)
+                .map_err(|_| ApiError::bad_request("cursor: not a cursor this endpoint gave out"))
+        })
+        .transpose()?
+        .map(|c| c.at_ms.saturating_add(1));
     if !st
         .shared
         .units
@@ -282,15 +274,25 @@ async fn rollups(
     if auto && after.is_none() && items.is_empty() {
         return Ok(None);
     }
-    let next_cursor = if more {
-        items.last().map(|r| format!("{:x}", r.start_ms + 1))
+    let rolled = kind.as_deref().is_none_or(|k| k == "host" || k == "probe");
+    let next_cursor = if more && rolled {
+        items.last().map(|r| {
+            SampleCursor {
+                at_ms: r.start_ms,
+                boot: 0,
+                seq: 0,
+            }
+            .encode()
+        })
     } else {
         None
     };
     match kind.as_deref() {
         Some("host") => items.iter_mut().for_each(|r| r.probes.clear()),
         Some("probe") => items.iter_mut().for_each(|r| r.host = None),
-        _ => {}
+        // Status and presence records have no rollups.
+        Some(_) => items.clear(),
+        None => {}
     }
     Ok(Some(
         Json(RollupPage {
