@@ -1479,8 +1479,9 @@ mod tests {
             fn the_store_behaves_as_an_ordered_map(ops in proptest::collection::vec(op(), 1..20), page in 1usize..7) {
                 let dir = muster_testkit::TempDir::new().unwrap();
                 let units = [unit("a", "E1"), unit("a", "E10"), unit("b", "E1")];
-                let mut model: BTreeMap<(usize, u64, u64), ()> = BTreeMap::new();
-                // Raw records of hours already pruned are not listed.
+                // Value: committed after its hour was pruned (kept in
+                // `raw_late` and listed until a retention round rolls it).
+                let mut model: BTreeMap<(usize, u64, u64), bool> = BTreeMap::new();
                 let mut pruned_before = 0;
                 let mut s = Some(FjallStore::open(dir.path(), 1 << 20).unwrap());
                 for op in ops {
@@ -1494,9 +1495,9 @@ mod tests {
                                 r.at_ms = at;
                                 batch.samples.push((units[u].clone(), r));
                                 batch.units.push(UnitRecord::new(units[u].clone(), at));
-                                if at >= pruned_before {
-                                    model.insert((u, at, seq), ());
-                                }
+                                let late = at < pruned_before;
+                                let e = model.entry((u, at, seq)).or_insert(late);
+                                *e |= late;
                             }
                             st.commit(&batch).unwrap();
                         }
@@ -1510,7 +1511,7 @@ mod tests {
                                 st.prune(before, 0).unwrap();
                             }
                             pruned_before = pruned_before.max(before - before % HOUR_MS);
-                            model.retain(|(_, at, _), _| *at >= pruned_before);
+                            model.retain(|(_, at, _), late| *late || *at >= pruned_before);
                         }
                         Op::Reopen => {
                             drop(s.take());

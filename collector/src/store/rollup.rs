@@ -488,6 +488,18 @@ mod tests {
         );
         assert!((m.total_ms.sum - f.total_ms.sum).abs() < 1e-9);
         assert!(m.p95_ms >= f.p95_ms);
+        let (pe, pl) = (
+            roll(0, early).probes[0].p95_ms,
+            roll(0, late).probes[0].p95_ms,
+        );
+        assert_eq!(m.p95_ms, pe.max(pl));
+        // Either order: the max, not the last merged.
+        let mut m3 = roll(0, early);
+        merge(&mut m3, &roll(0, &late[..1]));
+        assert_eq!(
+            m3.probes[0].p95_ms,
+            pe.max(roll(0, &late[..1]).probes[0].p95_ms)
+        );
         // Late records that are OLDER than the stored ones keep the newer last.
         let mut m2 = roll(0, late);
         merge(&mut m2, &roll(0, early));
