@@ -30,7 +30,7 @@ use crate::notify::{self, WebhookSender};
 use crate::rules::Engine;
 use crate::signing::Signer;
 use crate::state::Shared;
-use crate::store::{SledStore, Store, StoreError};
+use crate::store::{FjallStore, Store, StoreError};
 
 /// How long shutdown waits for the broker to take the last acks.
 pub const SHUTDOWN_GRACE: Duration = Duration::from_secs(10);
@@ -87,7 +87,7 @@ pub async fn run_with(
 ) -> Result<(), AppError> {
     let store_path = cfg.store.path.clone();
     let cache = cfg.store.cache_bytes;
-    let store = tokio::task::spawn_blocking(move || SledStore::open(&store_path, cache))
+    let store = tokio::task::spawn_blocking(move || FjallStore::open(&store_path, cache))
         .await
         .map_err(|e| AppError::Task(e.to_string()))?
         .map_err(|source| AppError::Store {
@@ -195,7 +195,11 @@ pub async fn run_with(
     let pruner = tokio::spawn(prune_loop(
         Arc::clone(&shared),
         Arc::clone(&clock),
-        cfg.store.sample_retention,
+        crate::store::rollup::Retention {
+            raw: cfg.store.sample_retention,
+            minute: cfg.store.minute_retention,
+            hour: cfg.store.hour_retention,
+        },
         cfg.store.event_retention,
         cfg.store.prune_interval,
         stop_ingest.clone(),
@@ -224,6 +228,11 @@ pub async fn run_with(
             &cfg.enroll,
             cfg.ingest.refusal_log_interval.as_millis() as u64,
         )),
+        retention: crate::store::rollup::Retention {
+            raw: cfg.store.sample_retention,
+            minute: cfg.store.minute_retention,
+            hour: cfg.store.hour_retention,
+        },
     };
     if let Ok(addr) = listener.local_addr() {
         info!(%addr, broker = %format!("{}:{}", cfg.mqtt.host, cfg.mqtt.port), "Collector started.");
@@ -290,10 +299,12 @@ pub async fn run_with(
     result
 }
 
+/// Every `every`: one retention round (`store::retention_round`): rolls up
+/// raw samples, then drops what expired.
 async fn prune_loop(
     shared: Arc<Shared>,
     clock: SharedClock,
-    sample_retention: Duration,
+    retention: crate::store::rollup::Retention,
     event_retention: Duration,
     every: Duration,
     stop: CancellationToken,
@@ -306,18 +317,29 @@ async fn prune_loop(
             _ = t.tick() => {}
         }
         let now = clock.now_ms();
-        let samples_before = now.saturating_sub(sample_retention.as_millis() as u64);
-        let events_before = now.saturating_sub(event_retention.as_millis() as u64);
         let store = Arc::clone(&shared.store);
-        match tokio::task::spawn_blocking(move || store.prune(samples_before, events_before)).await
+        match tokio::task::spawn_blocking(move || {
+            crate::store::retention_round(&*store, now, &retention, event_retention)
+        })
+        .await
         {
-            Ok(Ok(st)) => {
+            Ok(Ok((r, st))) => {
                 let m = &shared.metrics.store;
-                m.pruned_samples.fetch_add(st.samples, Ordering::Relaxed);
-                m.pruned_events.fetch_add(st.events, Ordering::Relaxed);
-                if st.samples + st.events + st.incidents > 0 {
+                m.record_retention(&r, &st);
+                if r.samples_pruned
+                    + st.samples
+                    + st.events
+                    + st.incidents
+                    + r.minutes_pruned
+                    + r.hours_pruned
+                    > 0
+                {
                     info!(
-                        samples = st.samples,
+                        minutes_rolled = r.minutes_rolled,
+                        hours_rolled = r.hours_rolled,
+                        samples = r.samples_pruned + st.samples,
+                        minutes = r.minutes_pruned,
+                        hours = r.hours_pruned,
                         events = st.events,
                         incidents = st.incidents,
                         "Pruned."
@@ -326,9 +348,9 @@ async fn prune_loop(
             }
             Ok(Err(e)) => {
                 shared.metrics.store.errors.fetch_add(1, Ordering::Relaxed);
-                warn!(error = %e, "Prune failed.");
+                warn!(error = %e, "Retention round failed.");
             }
-            Err(e) => warn!(error = %e, "Prune task failed."),
+            Err(e) => warn!(error = %e, "Retention task failed."),
         }
     }
 }

@@ -123,6 +123,8 @@ pub struct RawHttp {
 pub struct RawStore {
     pub path: Option<PathBuf>,
     pub sample_retention: Option<String>,
+    pub minute_retention: Option<String>,
+    pub hour_retention: Option<String>,
     pub event_retention: Option<String>,
     pub prune_interval: Option<String>,
     pub cache_mib: Option<u64>,
@@ -313,7 +315,12 @@ pub struct HttpConfig {
 #[derive(Debug, Clone)]
 pub struct StoreConfig {
     pub path: PathBuf,
+    /// Raw records (`store.sample_retention`).
     pub sample_retention: Duration,
+    /// Minute rollups (`store::rollup`).
+    pub minute_retention: Duration,
+    /// Hour rollups.
+    pub hour_retention: Duration,
     pub event_retention: Duration,
     pub prune_interval: Duration,
     pub cache_bytes: u64,
@@ -650,8 +657,32 @@ impl RawConfig {
         let sample_retention = duration_or(
             "store.sample_retention",
             store.sample_retention.as_deref(),
-            Duration::from_secs(24 * 3600),
+            Duration::from_secs(2 * 3600),
         )?;
+        let minute_retention = duration_or(
+            "store.minute_retention",
+            store.minute_retention.as_deref(),
+            Duration::from_secs(7 * 24 * 3600),
+        )?;
+        let hour_retention = duration_or(
+            "store.hour_retention",
+            store.hour_retention.as_deref(),
+            Duration::from_secs(90 * 24 * 3600),
+        )?;
+        // A minute is rolled before its raw records go, an hour before its
+        // minutes go.
+        if minute_retention < sample_retention {
+            return Err(invalid(
+                "store.minute_retention",
+                "must be at least store.sample_retention",
+            ));
+        }
+        if hour_retention < minute_retention {
+            return Err(invalid(
+                "store.hour_retention",
+                "must be at least store.minute_retention",
+            ));
+        }
         let event_retention = duration_or(
             "store.event_retention",
             store.event_retention.as_deref(),
@@ -837,6 +868,8 @@ impl RawConfig {
             store: StoreConfig {
                 path,
                 sample_retention,
+                minute_retention,
+                hour_retention,
                 event_retention,
                 prune_interval,
                 cache_bytes: cache_mib * 1024 * 1024,
@@ -1079,6 +1112,32 @@ token = "police-token-0123456789"
         .unwrap();
         assert_eq!(c.enroll.agencies["county-police"].mode, EnrollMode::Approve);
         assert!(!format!("{:?}", c.enroll).contains("police-enrol"));
+    }
+
+    #[test]
+    fn store_retentions_default_and_must_nest() {
+        let c = Config::parse(&GOOD.replace("sample_retention = \"2h\"\n", "")).unwrap();
+        assert_eq!(c.store.sample_retention, Duration::from_secs(2 * 3600));
+        assert_eq!(c.store.minute_retention, Duration::from_secs(7 * 86_400));
+        assert_eq!(c.store.hour_retention, Duration::from_secs(90 * 86_400));
+        for (extra, key) in [
+            ("minute_retention = \"1h\"", "store.minute_retention:"),
+            ("hour_retention = \"1d\"", "store.hour_retention:"),
+            ("minute_retention = \"x\"", "store.minute_retention:"),
+            ("hour_retention = \"-1d\"", "store.hour_retention:"),
+        ] {
+            let toml = GOOD.replace(
+                "sample_retention = \"2h\"",
+                &format!("sample_retention = \"2h\"\n{extra}"),
+            );
+            let err = Config::parse(&toml).unwrap_err().to_string();
+            assert!(err.starts_with(key), "{extra}: {err}");
+        }
+        let ok = GOOD.replace(
+            "sample_retention = \"2h\"",
+            "sample_retention = \"2h\"\nminute_retention = \"2h\"\nhour_retention = \"2h\"",
+        );
+        Config::parse(&ok).unwrap();
     }
 
     #[test]

@@ -68,6 +68,8 @@ pub struct FeedState {
     pub drop_log: Arc<server::DropLog>,
     /// Enrolment by claim (`crate::enroll`).
     pub enroll: Arc<crate::enroll::Enroll>,
+    /// Store retention: which resolution `samples?resolution=auto` serves.
+    pub retention: crate::store::rollup::Retention,
 }
 
 pub fn router(state: FeedState) -> Router {

@@ -1,9 +1,11 @@
-//! The store: group commits (each one flush), their duration, errors, size.
+//! The store: group commits (each one flush), their duration, errors, size,
+//! and what retention rolled up and pruned, by kind.
 
 use std::sync::atomic::{AtomicU64, Ordering};
 
 use super::expo::Exposition;
 use super::histogram::Histogram;
+use crate::store::{PruneStats, RetainStats};
 
 #[derive(Debug, Default)]
 pub struct StoreMetrics {
@@ -12,9 +14,28 @@ pub struct StoreMetrics {
     pub commit_seconds: Histogram,
     pub pruned_samples: AtomicU64,
     pub pruned_events: AtomicU64,
+    pub pruned_incidents: AtomicU64,
+    pub pruned_minutes: AtomicU64,
+    pub pruned_hours: AtomicU64,
+    pub rolled_minutes: AtomicU64,
+    pub rolled_hours: AtomicU64,
 }
 
 impl StoreMetrics {
+    /// Counts one retention round (`store::retention_round`).
+    pub fn record_retention(&self, r: &RetainStats, st: &PruneStats) {
+        let add = |a: &AtomicU64, n: u64| {
+            a.fetch_add(n, Ordering::Relaxed);
+        };
+        add(&self.pruned_samples, r.samples_pruned + st.samples);
+        add(&self.pruned_events, st.events);
+        add(&self.pruned_incidents, st.incidents);
+        add(&self.pruned_minutes, r.minutes_pruned);
+        add(&self.pruned_hours, r.hours_pruned);
+        add(&self.rolled_minutes, r.minutes_rolled);
+        add(&self.rolled_hours, r.hours_rolled);
+    }
+
     pub fn render(&self, e: &mut Exposition, size_bytes: u64) {
         let get = |a: &AtomicU64| a.load(Ordering::Relaxed);
         e.family(
@@ -44,11 +65,25 @@ impl StoreMetrics {
             &[("kind", "sample")],
             get(&self.pruned_samples),
         );
-        e.sample(
-            "muster_store_pruned_total",
-            &[("kind", "event")],
-            get(&self.pruned_events),
+        for (kind, a) in [
+            ("event", &self.pruned_events),
+            ("incident", &self.pruned_incidents),
+            ("minute", &self.pruned_minutes),
+            ("hour", &self.pruned_hours),
+        ] {
+            e.sample("muster_store_pruned_total", &[("kind", kind)], get(a));
+        }
+        e.family(
+            "muster_store_rolled_total",
+            "counter",
+            "Rollups written by retention (rebuilt from raw samples or merged with late ones), by resolution.",
         );
+        for (kind, a) in [
+            ("minute", &self.rolled_minutes),
+            ("hour", &self.rolled_hours),
+        ] {
+            e.sample("muster_store_rolled_total", &[("kind", kind)], get(a));
+        }
         e.family(
             "muster_store_size_bytes",
             "gauge",

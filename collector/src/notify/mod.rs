@@ -424,7 +424,7 @@ mod tests {
     use super::*;
     use crate::clock::ManualClock;
     use crate::model::{Change, Status, Transition};
-    use crate::store::SledStore;
+    use crate::store::FjallStore;
 
     /// Answers from a script, then `Ok(200)`; `None` in the script hangs.
     struct Scripted {
@@ -492,7 +492,7 @@ mod tests {
 
     fn rig(extra: &str, script: Vec<Option<PostResult>>, drain: Duration) -> Rig {
         let dir = muster_testkit::TempDir::new().unwrap();
-        let store = SledStore::open(&dir.path().join("s"), 1 << 20).unwrap();
+        let store = FjallStore::open(&dir.path().join("s"), 1 << 20).unwrap();
         let shared = Shared::new(Arc::new(store));
         let transport = Arc::new(Scripted {
             script: Mutex::new(script),

@@ -7,8 +7,11 @@
 //! Contract: [`Store::commit`] returns only once everything in the batch is
 //! durable; ingest acks records to agents only after that.
 
+mod fjall_store;
+pub mod rollup;
 mod sled_store;
 
+pub use fjall_store::{FjallStore, journal_bytes, write_buffer_bytes};
 pub use sled_store::SledStore;
 
 use muster_proto::{AgentStatus, BootId, Payload, Presence, Record, UnitId};
@@ -22,6 +25,8 @@ use crate::seq::SeqAccount;
 pub enum StoreError {
     #[error("sled: {0}")]
     Sled(sled::Error),
+    #[error("fjall: {0}")]
+    Fjall(#[from] fjall::Error),
     #[error("corrupt entry in {tree}: {detail}")]
     Corrupt { tree: &'static str, detail: String },
     #[error("invalid cursor")]
@@ -147,6 +152,18 @@ pub struct PruneStats {
     pub incidents: u64,
 }
 
+/// What one retention round did (`Store::retain`).
+#[derive(Debug, Default, Clone, Copy, PartialEq, Eq)]
+pub struct RetainStats {
+    /// Minute rollups written (rebuilt from raw or merged with late data).
+    pub minutes_rolled: u64,
+    /// Hour rollups written.
+    pub hours_rolled: u64,
+    pub samples_pruned: u64,
+    pub minutes_pruned: u64,
+    pub hours_pruned: u64,
+}
+
 /// Where a sample listing continues: after this (at_ms, boot, seq).
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 pub struct SampleCursor {
@@ -234,6 +251,21 @@ pub trait Store: Send + Sync + 'static {
         samples_before_ms: u64,
         events_before_ms: u64,
     ) -> Result<PruneStats, StoreError>;
+    /// One retention round (`rollup` module docs): rolls every minute that
+    /// got records since it was last rolled (and their hours), then drops
+    /// raw records, minute and hour rollups older than `cut`. Each unit's
+    /// round is one atomic batch.
+    fn retain(&self, cut: &rollup::Cutoffs) -> Result<RetainStats, StoreError>;
+    /// A unit's rollups at `res` with start in `since_ms..=until_ms`, oldest
+    /// first, at most `limit`, and whether more remain.
+    fn rollups(
+        &self,
+        unit: &UnitId,
+        res: rollup::Resolution,
+        since_ms: u64,
+        until_ms: u64,
+        limit: usize,
+    ) -> Result<(Vec<rollup::Rollup>, bool), StoreError>;
     /// Bytes the store takes on disk.
     fn size_on_disk(&self) -> u64;
     /// Every unit enrolment (`crate::enroll`).
@@ -241,6 +273,23 @@ pub trait Store: Send + Sync + 'static {
     /// Writes one enrolment (replacing the unit's previous one) and makes it
     /// durable before returning.
     fn put_enrollment(&self, e: &Enrollment) -> Result<(), StoreError>;
+}
+
+/// One retention round at `now_ms` (the prune task's, and the retention
+/// tests'): rolls up and drops rollups and raw records by `retention`
+/// (`Store::retain`), then drops events and ended incidents older than
+/// `event_retention`.
+pub fn retention_round(
+    store: &dyn Store,
+    now_ms: u64,
+    retention: &rollup::Retention,
+    event_retention: std::time::Duration,
+) -> Result<(RetainStats, PruneStats), StoreError> {
+    let cut = rollup::cutoffs(now_ms, retention);
+    let r = store.retain(&cut)?;
+    let events_before = now_ms.saturating_sub(event_retention.as_millis() as u64);
+    let st = store.prune(cut.raw_before, events_before)?;
+    Ok((r, st))
 }
 
 impl From<sled::Error> for StoreError {

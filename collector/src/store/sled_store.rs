@@ -1,4 +1,5 @@
-//! The embedded store: one sled database under the data directory.
+//! The collector's store before issue 14: one sled database in the data
+//! directory. Kept only so `FjallStore::open` can import an old data dir.
 //!
 //! Trees and keys:
 //! * `units`: `agency 0x00 unit` -> JSON [`UnitRecord`].
@@ -347,6 +348,23 @@ impl Store for SledStore {
             self.db.flush()?;
         }
         Ok(stats)
+    }
+
+    /// The sled store is only opened to import it (`FjallStore::open`):
+    /// it has no rollups.
+    fn retain(&self, _cut: &super::rollup::Cutoffs) -> Result<super::RetainStats, StoreError> {
+        Ok(super::RetainStats::default())
+    }
+
+    fn rollups(
+        &self,
+        _unit: &UnitId,
+        _res: super::rollup::Resolution,
+        _since_ms: u64,
+        _until_ms: u64,
+        _limit: usize,
+    ) -> Result<(Vec<super::rollup::Rollup>, bool), StoreError> {
+        Ok((Vec::new(), false))
     }
 
     fn size_on_disk(&self) -> u64 {

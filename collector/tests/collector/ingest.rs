@@ -30,9 +30,12 @@ async fn ingests_records_and_batches_and_acks_them() {
         ]),
     )
     .await;
-    let v = c
-        .wait_unit(&u, "3 records", |v| v["seq"]["received"] == 3)
+    c.wait_unit(&u, "3 records", |v| v["seq"]["received"] == 3)
         .await;
+    // The unit's state moves on decode; `latest` comes from the store, which
+    // has the records once they are acked (committed).
+    a.wait_acked(&u, boot, 1..=3).await;
+    let v = c.unit(&u).await.unwrap();
     assert_eq!(v["seq"]["duplicates"], 0);
     assert_eq!(v["seq"]["missing"], 0);
     assert_eq!(v["seq"]["boot"], "0000000000000abc");
@@ -42,7 +45,6 @@ async fn ingests_records_and_batches_and_acks_them() {
     assert_eq!(v["latest"]["host"]["seq"], 2);
     assert_eq!(v["latest"]["host"]["kind"], "host");
     assert_eq!(v["latest"]["probes"][0]["data"]["name"], "cad-api");
-    a.wait_acked(&u, boot, 1..=3).await;
 
     let s = c
         .json("/api/v1/units/metro-fire/E12/samples?since=0", ADMIN)

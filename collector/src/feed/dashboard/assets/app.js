@@ -448,19 +448,46 @@ async function openDetail(key, refresh) {
   }
   const base = `/api/v1/units/${encodeURIComponent(agency)}/${encodeURIComponent(unit)}`;
   try {
-    const [d, host, probes, events, strip] = await Promise.all([
+    // resolution=auto: raw samples within the store's raw retention (2 h by
+    // default), minute rollups for the 6 h and 24 h charts.
+    const [d, hostItems, probeItems, events, strip] = await Promise.all([
       api(base),
-      all(`${base}/samples?since=${hours}h&kind=host`, 20),
-      all(`${base}/samples?since=${hours}h&kind=probe`, 20),
+      all(`${base}/samples?since=${hours}h&kind=host&resolution=auto`, 20),
+      all(`${base}/samples?since=${hours}h&kind=probe&resolution=auto`, 20),
       api(`/api/v1/events?unit=${encodeURIComponent(key)}&limit=50`),
       api(`${base}/timeline?hours=24`).catch((e) => { if (e instanceof AuthError) throw e; return null; }),
     ]);
     if (state.detail !== key) return;
+    const host = hostItems.flatMap((x) => (x.start_ms !== undefined ? rolledHost(x) : [x]));
+    const probes = probeItems.flatMap((x) => (x.start_ms !== undefined ? rolledProbes(x) : [x]));
     renderDetail(d, host, probes, events.items, hours, strip);
   } catch (e) {
     if (e instanceof AuthError) handleError(e);
     else $("detail-body").replaceChildren(h("p", { class: "error" }, "Could not load this unit: " + e.message));
   }
+}
+
+/** A minute or hour rollup's host means, shaped as a host sample for the charts. */
+function rolledHost(r) {
+  const h = r.host;
+  if (!h) return [];
+  const mean = (st) => (st.n ? st.sum / st.n : null);
+  const pct = (st) => (st.n ? { used_kib: mean(st), total_kib: 100 } : null);
+  const disk = pct(h.disk_max_pct);
+  return [{ at_ms: r.start_ms, rolled: true, data: {
+    cpu: h.cpu_pct.n ? { total_bp: mean(h.cpu_pct) * 100 } : null,
+    memory: pct(h.memory_pct),
+    disks: disk ? [{ mount: "fullest disk", ...disk }] : [],
+  } }];
+}
+
+/** A rollup's probes (mean phases, failed if any failed), shaped as probe results. */
+function rolledProbes(r) {
+  const us = (st) => (st.n ? (st.sum / st.n) * 1000 : null);
+  return r.probes.map((p) => ({ at_ms: r.start_ms, rolled: true, data: {
+    name: p.name, target: "", outcome: p.failures ? "Fail" : "Ok",
+    phases: { dns_us: us(p.dns_ms), connect_us: us(p.connect_ms), tls_us: us(p.tls_ms), ttfb_us: us(p.ttfb_ms), total_us: us(p.total_ms) || 0 },
+  } }));
 }
 
 function closeDetail() {
@@ -521,7 +548,7 @@ function renderDetail(d, host, probes, events, hours, strip) {
         h("td", {}, t.reasons.map((r) => r.rule).join(", ") || "cleared")))))
     : h("p", { class: "empty", id: "detail-transitions" }, "No transitions stored.");
   $("detail-body").replaceChildren(facts, h("h3", {}, "Active flags"), reasons,
-    h("h3", {}, "Network"), networkView(host.length ? host[host.length - 1].data.network : d.latest && d.latest.host ? d.latest.host.data.network : null),
+    h("h3", {}, "Network"), networkView(host.length && !host[host.length - 1].rolled ? host[host.length - 1].data.network : d.latest && d.latest.host ? d.latest.host.data.network : null),
     h("h3", {}, `Last ${strip ? Math.round((strip.to_ms - strip.from_ms) / 3600000) || "<1" : 24} h: on, off, asleep, lost`),
     stripView(strip),
     h("h3", {}, `Last ${hours} h`), charts, h("h3", {}, "Transitions"), trTable);

@@ -1,0 +1,558 @@
+//! Rollups: per unit, per minute and per hour, what the dashboard charts
+//! (host cpu, memory used %, max disk used %, load1; per probe count,
+//! failures, total latency min/max/mean/p95, mean per phase), so history
+//! outlives the short raw retention (issue 14 §3). Pure and sync; the store
+//! runs it (`FjallStore::retain`).
+//!
+//! Contract:
+//! * A minute rollup is built from the raw records of that minute
+//!   ([`roll`]); its latency p95 is exact (nearest rank over the minute's
+//!   raw totals).
+//! * An hour rollup is the [`merge`] of its minute rollups; its p95 is the
+//!   MAX of the minutes' p95s (an upper bound of the true hourly p95: a
+//!   chart of p95 never hides a bad minute).
+//! * Late data (an agent's backlog replayed) marks its minute dirty. When
+//!   the minute's raw records are all still kept ([`Action::Replace`]) the
+//!   minute is rebuilt from raw: exact, as if the data had come in time. When
+//!   some of its raw records were already pruned ([`Action::MergeMinute`])
+//!   the late records' rollup is merged into the stored minute (counts and
+//!   sums add, min/max widen, `last` is the later one, p95 is the max) and
+//!   the late raw records are deleted in the same batch, so nothing counts
+//!   twice. When the minute itself has expired ([`Action::MergeHour`]) the
+//!   late records merge straight into their hour.
+//! * Retention cut-offs ([`cutoffs`]) are aligned: raw by whole minutes,
+//!   minutes by whole hours, hours by whole hours; raw <= minute <= hour
+//!   retention (config validates it), so a minute is rolled before its raw
+//!   records go and an hour before its minutes go.
+
+use std::time::Duration;
+
+use muster_proto::{Outcome, Payload};
+use serde::{Deserialize, Serialize};
+
+use super::StoredSample;
+
+pub const MINUTE_MS: u64 = 60_000;
+pub const HOUR_MS: u64 = 3_600_000;
+
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Resolution {
+    Minute,
+    Hour,
+}
+
+impl Resolution {
+    pub fn step_ms(self) -> u64 {
+        match self {
+            Resolution::Minute => MINUTE_MS,
+            Resolution::Hour => HOUR_MS,
+        }
+    }
+
+    pub fn name(self) -> &'static str {
+        match self {
+            Resolution::Minute => "minute",
+            Resolution::Hour => "hour",
+        }
+    }
+}
+
+/// Count, min, max, sum and the last value of a series.
+#[derive(Debug, Clone, Copy, PartialEq, Default, Serialize, Deserialize)]
+pub struct Stat {
+    pub n: u32,
+    pub min: f64,
+    pub max: f64,
+    pub sum: f64,
+    pub last: f64,
+}
+
+impl Stat {
+    /// Values come in event-time order: the last pushed is `last`.
+    pub fn push(&mut self, v: f64) {
+        if self.n == 0 {
+            self.min = v;
+            self.max = v;
+        } else {
+            self.min = self.min.min(v);
+            self.max = self.max.max(v);
+        }
+        self.n += 1;
+        self.sum += v;
+        self.last = v;
+    }
+
+    /// `o` covers later data when `o_later`.
+    pub fn merge(&mut self, o: &Stat, o_later: bool) {
+        if o.n == 0 {
+            return;
+        }
+        if self.n == 0 {
+            *self = *o;
+            return;
+        }
+        self.min = self.min.min(o.min);
+        self.max = self.max.max(o.max);
+        self.n += o.n;
+        self.sum += o.sum;
+        if o_later {
+            self.last = o.last;
+        }
+    }
+
+    pub fn mean(&self) -> Option<f64> {
+        (self.n > 0).then(|| self.sum / f64::from(self.n))
+    }
+}
+
+#[derive(Debug, Clone, PartialEq, Default, Serialize, Deserialize)]
+pub struct HostRollup {
+    pub samples: u32,
+    pub last_at_ms: u64,
+    pub cpu_pct: Stat,
+    pub memory_pct: Stat,
+    /// The fullest disk of each sample.
+    pub disk_max_pct: Stat,
+    pub load1: Stat,
+}
+
+#[derive(Debug, Clone, PartialEq, Default, Serialize, Deserialize)]
+pub struct ProbeRollup {
+    pub name: String,
+    pub count: u32,
+    pub failures: u32,
+    pub last_at_ms: u64,
+    pub last_ok: bool,
+    /// Total latency in ms.
+    pub total_ms: Stat,
+    /// p95 of the total latency in ms (see the module docs for hours and
+    /// merged minutes).
+    pub p95_ms: f64,
+    /// DNS, connect, TLS, time to first byte, in ms (mean = sum / n).
+    pub dns_ms: Stat,
+    pub connect_ms: Stat,
+    pub tls_ms: Stat,
+    pub ttfb_ms: Stat,
+}
+
+/// One unit's minute or hour.
+#[derive(Debug, Clone, PartialEq, Default, Serialize, Deserialize)]
+pub struct Rollup {
+    pub start_ms: u64,
+    pub host: Option<HostRollup>,
+    /// By name.
+    pub probes: Vec<ProbeRollup>,
+}
+
+pub fn floor(at_ms: u64, step_ms: u64) -> u64 {
+    at_ms - at_ms % step_ms
+}
+
+/// Exact p95 by nearest rank.
+fn p95(values: &mut [f64]) -> f64 {
+    if values.is_empty() {
+        return 0.0;
+    }
+    values.sort_by(f64::total_cmp);
+    let rank = (values.len() * 95).div_ceil(100).max(1);
+    values[rank - 1]
+}
+
+/// The rollup of `samples` (event-time order) into the bucket at `start_ms`.
+/// Presence and status records are not rolled up.
+pub fn roll(start_ms: u64, samples: &[StoredSample]) -> Rollup {
+    let mut host: Option<HostRollup> = None;
+    let mut probes: std::collections::BTreeMap<String, (ProbeRollup, Vec<f64>)> =
+        Default::default();
+    let us = |v: u32| f64::from(v) / 1000.0;
+    for s in samples {
+        match &s.payload {
+            Payload::Host(h) => {
+                let r = host.get_or_insert_with(HostRollup::default);
+                r.samples += 1;
+                r.last_at_ms = r.last_at_ms.max(s.at_ms);
+                if let Some(c) = &h.cpu {
+                    r.cpu_pct.push(f64::from(c.total_bp) / 100.0);
+                }
+                if let Some(m) = &h.memory
+                    && m.total_kib > 0
+                {
+                    r.memory_pct
+                        .push(100.0 * m.used_kib as f64 / m.total_kib as f64);
+                }
+                let fullest = h
+                    .disks
+                    .iter()
+                    .filter(|d| d.total_kib > 0)
+                    .map(|d| 100.0 * d.used_kib as f64 / d.total_kib as f64)
+                    .fold(None, |a: Option<f64>, v| Some(a.map_or(v, |a| a.max(v))));
+                if let Some(v) = fullest {
+                    r.disk_max_pct.push(v);
+                }
+                if let Some(l) = h.load_x100 {
+                    r.load1.push(f64::from(l[0]) / 100.0);
+                }
+            }
+            Payload::Probe(p) => {
+                let (r, totals) = probes.entry(p.name.clone()).or_insert_with(|| {
+                    (
+                        ProbeRollup {
+                            name: p.name.clone(),
+                            ..ProbeRollup::default()
+                        },
+                        Vec::new(),
+                    )
+                });
+                r.count += 1;
+                let ok = p.outcome == Outcome::Ok;
+                if !ok {
+                    r.failures += 1;
+                }
+                if s.at_ms >= r.last_at_ms {
+                    r.last_at_ms = s.at_ms;
+                    r.last_ok = ok;
+                }
+                let total = us(p.phases.total_us);
+                r.total_ms.push(total);
+                totals.push(total);
+                for (stat, v) in [
+                    (&mut r.dns_ms, p.phases.dns_us),
+                    (&mut r.connect_ms, p.phases.connect_us),
+                    (&mut r.tls_ms, p.phases.tls_us),
+                    (&mut r.ttfb_ms, p.phases.ttfb_us),
+                ] {
+                    if let Some(v) = v {
+                        stat.push(us(v));
+                    }
+                }
+            }
+            _ => {}
+        }
+    }
+    Rollup {
+        start_ms,
+        host,
+        probes: probes
+            .into_values()
+            .map(|(mut r, mut totals)| {
+                r.p95_ms = p95(&mut totals);
+                r
+            })
+            .collect(),
+    }
+}
+
+/// Merges `b` into `a` (same unit; `b` may cover a smaller or the same
+/// bucket: a minute into its hour, or late records into their minute).
+pub fn merge(a: &mut Rollup, b: &Rollup) {
+    match (&mut a.host, &b.host) {
+        (_, None) => {}
+        (None, Some(h)) => a.host = Some(h.clone()),
+        (Some(x), Some(y)) => {
+            let later = y.last_at_ms >= x.last_at_ms;
+            x.samples += y.samples;
+            x.last_at_ms = x.last_at_ms.max(y.last_at_ms);
+            x.cpu_pct.merge(&y.cpu_pct, later);
+            x.memory_pct.merge(&y.memory_pct, later);
+            x.disk_max_pct.merge(&y.disk_max_pct, later);
+            x.load1.merge(&y.load1, later);
+        }
+    }
+    for y in &b.probes {
+        match a.probes.binary_search_by(|x| x.name.cmp(&y.name)) {
+            Err(i) => a.probes.insert(i, y.clone()),
+            Ok(i) => {
+                let x = &mut a.probes[i];
+                let later = y.last_at_ms >= x.last_at_ms;
+                x.count += y.count;
+                x.failures += y.failures;
+                if later {
+                    x.last_at_ms = y.last_at_ms;
+                    x.last_ok = y.last_ok;
+                }
+                x.total_ms.merge(&y.total_ms, later);
+                x.p95_ms = x.p95_ms.max(y.p95_ms);
+                x.dns_ms.merge(&y.dns_ms, later);
+                x.connect_ms.merge(&y.connect_ms, later);
+                x.tls_ms.merge(&y.tls_ms, later);
+                x.ttfb_ms.merge(&y.ttfb_ms, later);
+            }
+        }
+    }
+}
+
+/// The hour at `start_ms` from its minutes.
+pub fn roll_hour(start_ms: u64, minutes: &[Rollup]) -> Rollup {
+    let mut h = Rollup {
+        start_ms,
+        ..Rollup::default()
+    };
+    for m in minutes {
+        merge(&mut h, m);
+    }
+    h
+}
+
+/// How long each resolution is kept.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct Retention {
+    pub raw: Duration,
+    pub minute: Duration,
+    pub hour: Duration,
+}
+
+/// What is older than these goes (event time, unix ms).
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct Cutoffs {
+    /// Raw records before this (a whole minute).
+    pub raw_before: u64,
+    /// Minute rollups before this (a whole hour).
+    pub minute_before: u64,
+    /// Hour rollups before this (a whole hour).
+    pub hour_before: u64,
+}
+
+pub fn cutoffs(now_ms: u64, r: &Retention) -> Cutoffs {
+    let ago = |d: Duration| now_ms.saturating_sub(d.as_millis() as u64);
+    Cutoffs {
+        raw_before: floor(ago(r.raw), MINUTE_MS),
+        minute_before: floor(ago(r.minute), HOUR_MS),
+        hour_before: floor(ago(r.hour), HOUR_MS),
+    }
+}
+
+/// The resolution `resolution=auto` serves for a range from `since_ms`
+/// (`None`: from the start, which means raw, as before rollups): raw while
+/// the range is within raw retention, else minutes within minute
+/// retention, else hours. `None` = raw.
+pub fn auto_resolution(since_ms: Option<u64>, now_ms: u64, r: &Retention) -> Option<Resolution> {
+    let since = since_ms?;
+    let ago = now_ms.saturating_sub(since);
+    if ago <= r.raw.as_millis() as u64 {
+        None
+    } else if ago <= r.minute.as_millis() as u64 {
+        Some(Resolution::Minute)
+    } else {
+        Some(Resolution::Hour)
+    }
+}
+
+/// What to do with a dirty minute (one that got records since it was last
+/// rolled), given what of this unit was already pruned.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Action {
+    /// All its raw records are kept: rebuild the minute from raw.
+    Replace,
+    /// Some raw records were pruned: merge the present (late) ones into the
+    /// stored minute and delete them.
+    MergeMinute,
+    /// The minute itself has expired: merge the late records into their hour
+    /// and delete them.
+    MergeHour,
+}
+
+pub fn action(minute_ms: u64, raw_pruned_before: u64, minutes_pruned_before: u64) -> Action {
+    if minute_ms >= raw_pruned_before {
+        Action::Replace
+    } else if minute_ms >= minutes_pruned_before {
+        Action::MergeMinute
+    } else {
+        Action::MergeHour
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use muster_proto::{ErrorClass, fixtures};
+
+    fn probe(at_ms: u64, total_ms: u32, ok: bool) -> StoredSample {
+        let mut p = fixtures::http_probe();
+        p.phases.total_us = total_ms * 1000;
+        if !ok {
+            p.outcome = Outcome::Fail(ErrorClass::Timeout);
+        }
+        StoredSample {
+            boot: fixtures::BOOT,
+            seq: at_ms,
+            at_ms,
+            payload: Payload::Probe(p),
+        }
+    }
+
+    fn host(at_ms: u64, cpu_bp: u16) -> StoredSample {
+        let mut h = fixtures::host_sample();
+        h.cpu.as_mut().unwrap().total_bp = cpu_bp;
+        StoredSample {
+            boot: fixtures::BOOT,
+            seq: at_ms,
+            at_ms,
+            payload: Payload::Host(h),
+        }
+    }
+
+    #[test]
+    fn auto_picks_the_finest_resolution_that_covers_the_range() {
+        let r = Retention {
+            raw: Duration::from_secs(7200),
+            minute: Duration::from_secs(7 * 86_400),
+            hour: Duration::from_secs(90 * 86_400),
+        };
+        let now = 100 * 86_400_000;
+        let h = HOUR_MS;
+        for (since, want) in [
+            (None, None),
+            (Some(now), None),
+            (Some(now - 2 * h), None),
+            (Some(now - 2 * h - 1), Some(Resolution::Minute)),
+            (Some(now - 24 * h), Some(Resolution::Minute)),
+            (Some(now - 7 * 24 * h), Some(Resolution::Minute)),
+            (Some(now - 7 * 24 * h - 1), Some(Resolution::Hour)),
+            (Some(0), Some(Resolution::Hour)),
+            (Some(now + h), None),
+        ] {
+            assert_eq!(auto_resolution(since, now, &r), want, "{since:?}");
+        }
+    }
+
+    #[test]
+    fn p95_is_nearest_rank() {
+        for (vals, want) in [
+            (vec![], 0.0),
+            (vec![7.0], 7.0),
+            ((1..=20).map(f64::from).collect::<Vec<_>>(), 19.0),
+            ((1..=100).map(f64::from).collect(), 95.0),
+            (vec![5.0, 1.0, 3.0], 5.0),
+        ] {
+            assert_eq!(p95(&mut vals.clone()), want, "{vals:?}");
+        }
+    }
+
+    #[test]
+    fn a_minute_rolls_host_and_probes() {
+        let mut s: Vec<StoredSample> = (0..12)
+            .map(|i| host(i * 5_000, 1_000 + i as u16 * 100))
+            .collect();
+        s.extend((0..20).map(|i| probe(i * 3_000, (i + 1) as u32 * 10, i % 5 != 0)));
+        s.sort_by_key(|x| x.at_ms);
+        let r = roll(0, &s);
+        let h = r.host.unwrap();
+        assert_eq!(h.samples, 12);
+        assert_eq!(h.cpu_pct.min, 10.0);
+        assert_eq!(h.cpu_pct.max, 21.0);
+        assert_eq!(h.cpu_pct.last, 21.0);
+        assert!((h.cpu_pct.mean().unwrap() - 15.5).abs() < 1e-9);
+        assert_eq!(h.load1.last, 0.84);
+        assert!(h.memory_pct.last > 55.0 && h.memory_pct.last < 56.0);
+        assert!(h.disk_max_pct.n == 12);
+        let p = &r.probes[0];
+        assert_eq!((p.name.as_str(), p.count, p.failures), ("cad-api", 20, 4));
+        assert_eq!(
+            (p.total_ms.min, p.total_ms.max, p.p95_ms),
+            (10.0, 200.0, 190.0)
+        );
+        assert_eq!(p.connect_ms.mean(), Some(38.0));
+        assert!(p.last_ok);
+    }
+
+    /// Late data: merging the late records' rollup into the stored minute
+    /// gives the same counts, sums, min, max and last as rolling everything
+    /// at once; p95 becomes the max of the two p95s (>= the exact one).
+    #[test]
+    fn merging_late_records_matches_a_full_roll_but_p95() {
+        let all: Vec<StoredSample> = (0..20)
+            .map(|i| probe(i * 3_000, (i * 7 % 20 + 1) as u32, i != 3))
+            .collect();
+        let (early, late) = all.split_at(13);
+        let full = roll(0, &all);
+        let mut merged = roll(0, early);
+        merge(&mut merged, &roll(0, late));
+        let (f, m) = (&full.probes[0], &merged.probes[0]);
+        assert_eq!(
+            (m.count, m.failures, m.last_at_ms, m.last_ok),
+            (f.count, f.failures, f.last_at_ms, f.last_ok)
+        );
+        assert_eq!(
+            (
+                m.total_ms.min,
+                m.total_ms.max,
+                m.total_ms.n,
+                m.total_ms.last
+            ),
+            (
+                f.total_ms.min,
+                f.total_ms.max,
+                f.total_ms.n,
+                f.total_ms.last
+            )
+        );
+        assert!((m.total_ms.sum - f.total_ms.sum).abs() < 1e-9);
+        assert!(m.p95_ms >= f.p95_ms);
+        let (pe, pl) = (
+            roll(0, early).probes[0].p95_ms,
+            roll(0, late).probes[0].p95_ms,
+        );
+        assert_eq!(m.p95_ms, pe.max(pl));
+        // Either order: the max, not the last merged.
+        let mut m3 = roll(0, early);
+        merge(&mut m3, &roll(0, &late[..1]));
+        assert_eq!(
+            m3.probes[0].p95_ms,
+            pe.max(roll(0, &late[..1]).probes[0].p95_ms)
+        );
+        // Late records that are OLDER than the stored ones keep the newer last.
+        let mut m2 = roll(0, late);
+        merge(&mut m2, &roll(0, early));
+        assert_eq!(m2.probes[0].total_ms.last, f.total_ms.last);
+        assert_eq!(m2.probes[0].last_at_ms, f.last_at_ms);
+    }
+
+    #[test]
+    fn an_hour_is_its_minutes_merged_with_p95_the_max() {
+        let minutes: Vec<Rollup> = (0..60)
+            .map(|m| {
+                roll(
+                    m * MINUTE_MS,
+                    &[
+                        probe(m * MINUTE_MS, (m + 1) as u32, true),
+                        host(m * MINUTE_MS, 100),
+                    ],
+                )
+            })
+            .collect();
+        let h = roll_hour(0, &minutes);
+        let p = &h.probes[0];
+        assert_eq!(
+            (p.count, p.total_ms.min, p.total_ms.max, p.p95_ms),
+            (60, 1.0, 60.0, 60.0)
+        );
+        assert_eq!(h.host.unwrap().samples, 60);
+    }
+
+    #[test]
+    fn cutoffs_are_aligned_and_actions_follow_what_was_pruned() {
+        let r = Retention {
+            raw: Duration::from_secs(7200),
+            minute: Duration::from_secs(7 * 86_400),
+            hour: Duration::from_secs(90 * 86_400),
+        };
+        let now = 100 * 86_400_000 + 5 * HOUR_MS + 17 * MINUTE_MS + 4_321;
+        let c = cutoffs(now, &r);
+        assert_eq!(
+            c.raw_before,
+            100 * 86_400_000 + 3 * HOUR_MS + 17 * MINUTE_MS
+        );
+        assert_eq!(c.minute_before, 93 * 86_400_000 + 5 * HOUR_MS);
+        assert_eq!(c.hour_before, 10 * 86_400_000 + 5 * HOUR_MS);
+        assert_eq!(cutoffs(1_000, &r).raw_before, 0);
+        for (m, raw_pb, min_pb, want) in [
+            (600_000, 0, 0, Action::Replace),
+            (600_000, 600_000, 0, Action::Replace),
+            (600_000, 660_000, 0, Action::MergeMinute),
+            (600_000, 660_000, 600_000, Action::MergeMinute),
+            (600_000, 660_000, HOUR_MS, Action::MergeHour),
+        ] {
+            assert_eq!(action(m, raw_pb, min_pb), want, "{m} {raw_pb} {min_pb}");
+        }
+    }
+}
