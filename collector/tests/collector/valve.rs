@@ -10,9 +10,10 @@ use std::time::Duration;
 use muster_collector::app::Wiring;
 use muster_collector::enroll::registry::Enrollment;
 use muster_collector::model::Incident;
+use muster_collector::store::rollup::{Cutoffs, Resolution, Rollup};
 use muster_collector::store::{
-    CommitBatch, EventQuery, Latest, PruneStats, SampleCursor, SampleQuery, Store, StoreError,
-    StoredEvent, StoredSample, UnitRecord,
+    CommitBatch, EventQuery, Latest, PruneStats, RetainStats, SampleCursor, SampleQuery, Store,
+    StoreError, StoredEvent, StoredSample, UnitRecord,
 };
 use muster_proto::UnitId;
 
@@ -109,6 +110,19 @@ impl Store for SlowStore {
         events_before_ms: u64,
     ) -> Result<PruneStats, StoreError> {
         self.inner.prune(samples_before_ms, events_before_ms)
+    }
+    fn retain(&self, cut: &Cutoffs) -> Result<RetainStats, StoreError> {
+        self.inner.retain(cut)
+    }
+    fn rollups(
+        &self,
+        unit: &UnitId,
+        res: Resolution,
+        since_ms: u64,
+        until_ms: u64,
+        limit: usize,
+    ) -> Result<(Vec<Rollup>, bool), StoreError> {
+        self.inner.rollups(unit, res, since_ms, until_ms, limit)
     }
     fn size_on_disk(&self) -> u64 {
         self.inner.size_on_disk()
