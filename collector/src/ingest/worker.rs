@@ -270,9 +270,9 @@ impl Worker {
             .and_then(|f| f.answers.received.first())
             .or(self.pending.received.first())
             .map(|t| t.elapsed().as_millis() as u64);
+        let unstored = unstored.unwrap_or(0);
         let busy = self.last_idle.elapsed().as_millis() as u64;
-        let oldest = Some(unstored.unwrap_or(0).max(busy));
-        let Some(on) = self.overload.observe(oldest) else {
+        let Some(on) = self.overload.observe(unstored.max(busy)) else {
             return;
         };
         self.shared.overloaded.store(on, Ordering::Relaxed);
@@ -280,13 +280,15 @@ impl Worker {
         if on {
             m.overloads.fetch_add(1, Ordering::Relaxed);
             warn!(
-                oldest_wait_ms = oldest.unwrap_or(0),
+                oldest_unstored_ms = unstored,
+                busy_ms = busy,
                 holding = self.shared.holding.load(Ordering::Relaxed),
                 "Ingest is overloaded: it has been busy, or records have waited to be stored, for longer than ingest.overload_wait; the broker holds the rest (not ready)."
             );
         } else {
             info!(
-                oldest_wait_ms = oldest.unwrap_or(0),
+                oldest_unstored_ms = unstored,
+                busy_ms = busy,
                 "Ingest has caught up (ready)."
             );
         }
