@@ -8,6 +8,7 @@
 //! durable; ingest acks records to agents only after that.
 
 mod fjall_store;
+mod keys;
 pub mod rollup;
 mod sled_store;
 

@@ -20,14 +20,18 @@
 
 use std::path::Path;
 
-use muster_proto::{Body, Message, Payload, UnitId};
+use muster_proto::{Body, Message, UnitId};
 
+use super::keys::{
+    EventPage, be_u64, corrupt, decode_sample, event_at, pick_latest, sample_key, sample_prefix,
+    unit_key,
+};
 use super::{
     CommitBatch, EventQuery, Latest, PruneStats, SampleCursor, SampleQuery, Store, StoreError,
     StoredEvent, StoredSample, UnitRecord,
 };
 use crate::enroll::registry::Enrollment;
-use crate::model::{Change, Incident};
+use crate::model::Incident;
 
 pub struct SledStore {
     db: sled::Db,
@@ -37,55 +41,6 @@ pub struct SledStore {
     events_by_agency: sled::Tree,
     incidents: sled::Tree,
     enrollments: sled::Tree,
-}
-
-fn unit_key(u: &UnitId) -> Vec<u8> {
-    let mut k = Vec::with_capacity(u.agency.len() + u.unit.len() + 1);
-    k.extend_from_slice(u.agency.as_bytes());
-    k.push(0);
-    k.extend_from_slice(u.unit.as_bytes());
-    k
-}
-
-fn sample_prefix(u: &UnitId) -> Vec<u8> {
-    let mut k = unit_key(u);
-    k.push(0);
-    k
-}
-
-fn sample_key(prefix: &[u8], at_ms: u64, boot: u64, seq: u64) -> Vec<u8> {
-    let mut k = Vec::with_capacity(prefix.len() + 24);
-    k.extend_from_slice(prefix);
-    k.extend_from_slice(&at_ms.to_be_bytes());
-    k.extend_from_slice(&boot.to_be_bytes());
-    k.extend_from_slice(&seq.to_be_bytes());
-    k
-}
-
-fn corrupt(tree: &'static str, detail: impl ToString) -> StoreError {
-    StoreError::Corrupt {
-        tree,
-        detail: detail.to_string(),
-    }
-}
-
-fn decode_sample(v: &[u8]) -> Result<StoredSample, StoreError> {
-    let d = muster_proto::decode(v).map_err(|e| corrupt("samples", e))?;
-    match d.message.body {
-        Body::Record(r) => Ok(StoredSample {
-            boot: r.boot,
-            seq: r.seq,
-            at_ms: r.at_ms,
-            payload: r.payload,
-        }),
-        _ => Err(corrupt("samples", "not a record")),
-    }
-}
-
-fn be_u64(b: &[u8]) -> u64 {
-    let mut a = [0u8; 8];
-    a.copy_from_slice(&b[..8]);
-    u64::from_be_bytes(a)
 }
 
 impl SledStore {
@@ -106,13 +61,6 @@ impl SledStore {
             enrollments: db.open_tree("enrollments")?,
             db,
         })
-    }
-
-    fn event_at(ev: &StoredEvent) -> u64 {
-        match &ev.change {
-            Change::Transition(t) => t.at_ms,
-            Change::Incident(i) => i.ended_ms.unwrap_or(i.since_ms),
-        }
     }
 }
 
@@ -216,55 +164,28 @@ impl Store for SledStore {
     fn latest(&self, unit: &UnitId) -> Result<Latest, StoreError> {
         /// How far back to look for the newest result of each probe.
         const SCAN: usize = 500;
-        let mut latest = Latest::default();
-        let mut seen_probes = std::collections::HashSet::new();
-        for kv in self
-            .samples
-            .scan_prefix(sample_prefix(unit))
-            .rev()
-            .take(SCAN)
-        {
-            let (_, v) = kv?;
-            let s = decode_sample(&v)?;
-            match &s.payload {
-                Payload::Host(_) if latest.host.is_none() => latest.host = Some(s),
-                Payload::Status(_) if latest.status.is_none() => latest.status = Some(s),
-                Payload::Probe(p) if seen_probes.insert(p.name.clone()) => latest.probes.push(s),
-                _ => {}
-            }
-        }
-        latest
-            .probes
-            .sort_by(|a, b| match (&a.payload, &b.payload) {
-                (Payload::Probe(x), Payload::Probe(y)) => x.name.cmp(&y.name),
-                _ => std::cmp::Ordering::Equal,
-            });
-        Ok(latest)
+        pick_latest(
+            self.samples
+                .scan_prefix(sample_prefix(unit))
+                .rev()
+                .take(SCAN)
+                .map(|kv| {
+                    kv.map_err(StoreError::from)
+                        .and_then(|(_, v)| decode_sample(&v))
+                }),
+        )
     }
 
     fn events(&self, q: &EventQuery) -> Result<(Vec<StoredEvent>, bool), StoreError> {
         let before = q.before_id.unwrap_or(u64::MAX);
-        let mut out = Vec::new();
-        let mut push = |ev: StoredEvent| -> bool {
-            if let Some(u) = &q.unit {
-                match &ev.change {
-                    Change::Transition(t) if t.agency == u.agency && t.unit == u.unit => {}
-                    _ => return true,
-                }
-            }
-            if out.len() == q.limit {
-                return false;
-            }
-            out.push(ev);
-            true
-        };
+        let mut page = EventPage::new(q);
         let mut more = false;
         match &q.agency {
             None => {
                 for kv in self.events.range(..before.to_be_bytes()).rev() {
                     let (_, v) = kv?;
                     let ev = serde_json::from_slice(&v).map_err(|e| corrupt("events", e))?;
-                    if !push(ev) {
+                    if !page.push(ev) {
                         more = true;
                         break;
                     }
@@ -282,14 +203,14 @@ impl Store for SledStore {
                         continue; // pruned between the index and the event
                     };
                     let ev = serde_json::from_slice(&v).map_err(|e| corrupt("events", e))?;
-                    if !push(ev) {
+                    if !page.push(ev) {
                         more = true;
                         break;
                     }
                 }
             }
         }
-        Ok((out, more))
+        Ok(page.finish(more))
     }
 
     fn incidents(&self) -> Result<Vec<Incident>, StoreError> {
@@ -326,7 +247,7 @@ impl Store for SledStore {
         for kv in self.events.iter() {
             let (k, v) = kv?;
             let ev: StoredEvent = serde_json::from_slice(&v).map_err(|e| corrupt("events", e))?;
-            if Self::event_at(&ev) >= events_before_ms {
+            if event_at(&ev) >= events_before_ms {
                 break;
             }
             b.remove(k.clone());
@@ -392,8 +313,8 @@ impl Store for SledStore {
 #[cfg(test)]
 mod tests {
     use super::*;
-    use crate::model::{Status, Transition};
-    use muster_proto::fixtures;
+    use crate::model::{Change, Status, Transition};
+    use muster_proto::{Payload, fixtures};
 
     fn unit(a: &str, u: &str) -> UnitId {
         UnitId::new(a, u).unwrap()
