@@ -983,89 +983,11 @@ mod tests {
 
     #[test]
     fn commit_survives_reopen_and_queries_page() {
-        let dir = muster_testkit::TempDir::new().unwrap();
-        let u = unit("metro-fire", "E12");
-        {
-            let s = FjallStore::open(dir.path(), 1 << 20).unwrap();
-            let mut batch = CommitBatch::default();
-            for seq in 1..=10 {
-                let rec = fixtures::record(seq, Payload::Host(fixtures::host_sample()));
-                batch.samples.push((u.clone(), rec));
-            }
-            batch.units.push(UnitRecord::new(u.clone(), 5));
-            batch.events = (1..=5)
-                .map(|id| StoredEvent {
-                    id,
-                    change: transition(if id % 2 == 0 { "a" } else { "b" }, "E1", id * 10),
-                })
-                .collect();
-            s.commit(&batch).unwrap();
-        }
-        let s = FjallStore::open(dir.path(), 1 << 20).unwrap();
-        assert_eq!(s.load_units().unwrap().len(), 1);
-        assert_eq!(s.last_event_id().unwrap(), 5);
-        let q = SampleQuery {
-            since_ms: 0,
-            until_ms: u64::MAX,
-            after: None,
-            limit: 4,
-        };
-        let (page1, c) = s.samples(&u, q).unwrap();
-        assert_eq!(
-            page1.iter().map(|x| x.seq).collect::<Vec<_>>(),
-            [1, 2, 3, 4]
-        );
-        let c = SampleCursor::decode(&c.unwrap().encode()).unwrap();
-        let (page2, _) = s
-            .samples(
-                &u,
-                SampleQuery {
-                    after: Some(c),
-                    ..q
-                },
-            )
-            .unwrap();
-        assert_eq!(
-            page2.iter().map(|x| x.seq).collect::<Vec<_>>(),
-            [5, 6, 7, 8]
-        );
-        // since filters by event time.
-        let since = fixtures::AT_MS + 9 * 5_000;
-        let (tail, more) = s
-            .samples(
-                &u,
-                SampleQuery {
-                    since_ms: since,
-                    ..q
-                },
-            )
-            .unwrap();
-        assert_eq!(tail.iter().map(|x| x.seq).collect::<Vec<_>>(), [9, 10]);
-        assert!(more.is_none());
-        let latest = s.latest(&u).unwrap();
-        assert_eq!(latest.host.unwrap().seq, 10);
-
-        let evq = |agency: Option<&str>, before_id, limit| EventQuery {
-            agency: agency.map(str::to_owned),
-            unit: None,
-            before_id,
-            limit,
-        };
-        let (all, more) = s.events(&evq(None, None, 3)).unwrap();
-        assert_eq!(all.iter().map(|e| e.id).collect::<Vec<_>>(), [5, 4, 3]);
-        assert!(more);
-        let (a, more) = s.events(&evq(Some("a"), None, 10)).unwrap();
-        assert_eq!(a.iter().map(|e| e.id).collect::<Vec<_>>(), [4, 2]);
-        assert!(!more);
-        let (b, _) = s.events(&evq(Some("b"), Some(5), 10)).unwrap();
-        assert_eq!(b.iter().map(|e| e.id).collect::<Vec<_>>(), [3, 1]);
-
         // Raw records go by whole hours of event time: none of these yet.
-        let st = s.prune(fixtures::AT_MS + 3 * 5_000, 25).unwrap();
-        assert_eq!(st.samples, 0);
-        assert_eq!(st.events, 2);
-        let (a, _) = s.events(&evq(Some("a"), None, 10)).unwrap();
-        assert_eq!(a.iter().map(|e| e.id).collect::<Vec<_>>(), [4]);
+        super::super::suite::commit_survives_reopen_and_queries_page(
+            |dir| Box::new(FjallStore::open(dir, 1 << 20).unwrap()),
+            0,
+        );
     }
 
     /// A data dir from before issue 14 (a sled store) is imported at open:

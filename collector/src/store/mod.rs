@@ -11,6 +11,8 @@ mod fjall_store;
 mod keys;
 pub mod rollup;
 mod sled_store;
+#[cfg(test)]
+mod suite;
 
 pub use fjall_store::{FjallStore, journal_bytes, write_buffer_bytes};
 pub use sled_store::SledStore;
