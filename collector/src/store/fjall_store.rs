@@ -962,24 +962,9 @@ impl Store for FjallStore {
 
 #[cfg(test)]
 mod tests {
+    use super::super::suite::{transition, unit};
     use super::*;
-    use crate::model::{Change, Status, Transition};
     use muster_proto::fixtures;
-
-    fn unit(a: &str, u: &str) -> UnitId {
-        UnitId::new(a, u).unwrap()
-    }
-
-    fn transition(a: &str, u: &str, at_ms: u64) -> Change {
-        Change::Transition(Transition {
-            agency: a.into(),
-            unit: u.into(),
-            from: Status::Ok,
-            to: Status::Degraded,
-            at_ms,
-            reasons: vec![],
-        })
-    }
 
     #[test]
     fn commit_survives_reopen_and_queries_page() {

@@ -8,11 +8,11 @@ use muster_proto::{Payload, UnitId, fixtures};
 use super::*;
 use crate::model::{Change, Status, Transition};
 
-fn unit(a: &str, u: &str) -> UnitId {
+pub fn unit(a: &str, u: &str) -> UnitId {
     UnitId::new(a, u).unwrap()
 }
 
-fn transition(a: &str, u: &str, at_ms: u64) -> Change {
+pub fn transition(a: &str, u: &str, at_ms: u64) -> Change {
     Change::Transition(Transition {
         agency: a.into(),
         unit: u.into(),
