@@ -73,12 +73,15 @@ pub struct Collector {
     child: Child,
     pub addr: SocketAddr,
     store: PathBuf,
+    stopped: bool,
 }
 
 impl Drop for Collector {
     fn drop(&mut self) {
-        signal(self.child.id(), "TERM");
-        let _ = self.child.wait();
+        if !self.stopped {
+            signal(self.child.id(), "TERM");
+            let _ = self.child.wait();
+        }
     }
 }
 
@@ -122,13 +125,27 @@ severity = "critical""#,
             }
         };
         std::thread::spawn(move || for _ in out.lines() {});
-        let c = Collector { child, addr, store };
+        let c = Collector {
+            child,
+            addr,
+            store,
+            stopped: false,
+        };
         let deadline = Instant::now() + Duration::from_secs(20);
         while http::get(c.addr, "/readyz", None).await.status != 200 {
             assert!(Instant::now() < deadline, "collector not ready");
             tokio::time::sleep(Duration::from_millis(20)).await;
         }
         c
+    }
+
+    /// SIGTERM, and how long it took to exit (systemd allows 20 s).
+    pub fn stop(&mut self) -> Duration {
+        let asked = Instant::now();
+        signal(self.child.id(), "TERM");
+        let _ = self.child.wait();
+        self.stopped = true;
+        asked.elapsed()
     }
 
     pub fn pid(&self) -> u32 {

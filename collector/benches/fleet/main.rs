@@ -212,7 +212,7 @@ async fn run(n: usize, a: &Args) {
     );
     let broker = Mosquitto::start();
     let dir = TempDir::new().unwrap();
-    let collector = Collector::start(&broker, &dir).await;
+    let mut collector = Collector::start(&broker, &dir).await;
     let sub = Sub::start(broker.port());
     tokio::time::sleep(Duration::from_millis(300)).await; // let mosquitto_sub subscribe
     let mut sse = http::Sse::connect(collector.addr, "/api/v1/stream", Some(ADMIN)).await;
@@ -425,9 +425,11 @@ async fn run(n: usize, a: &Args) {
             last as f64 / n as f64,
             store / 1024
         );
+        report_stop(&mut collector);
         return;
     }
     if a.burst == 0 {
+        report_stop(&mut collector);
         return;
     }
 
@@ -489,7 +491,7 @@ async fn run(n: usize, a: &Args) {
         mib(rss),
         mib(hwm),
     );
-    drop(collector);
+    report_stop(&mut collector);
     drop(sub);
 }
 
@@ -514,6 +516,15 @@ fn main() {
     for &n in &a.units {
         rt.block_on(run(n, &a));
     }
+}
+
+/// SIGTERM and how long the collector took to exit, one line.
+fn report_stop(collector: &mut Collector) {
+    let took = collector.stop();
+    println!(
+        "stop: SIGTERM to exit {:.2} s (systemd's stop timeout is 20 s)",
+        took.as_secs_f64()
+    );
 }
 
 /// The collector's flow gauges and its stored-records counter, one line.
