@@ -371,10 +371,7 @@ pub struct BrokerConfig {
 /// MQTT header and topic (packaging/mosquitto/mosquitto.conf says the same).
 pub const DEFAULT_MAX_PACKET_BYTES: usize = muster_proto::MAX_MESSAGE_BYTES + 4096;
 /// The collector's default MQTT receive maximum (`ingest.receive_maximum`).
-/// Large enough that one fsynced commit carries a busy second (measured:
-/// at 50,000 units, 4,096 held the store to ~6,500 records/s and an acked
-/// ratio of 0.40 within 10 s; 16,384 kept up, ratio 1.0000).
-pub const DEFAULT_RECEIVE_MAXIMUM: u16 = 16_384;
+pub const DEFAULT_RECEIVE_MAXIMUM: u16 = 4096;
 
 /// Largest accepted `broker.max_packet_bytes`: the embedded broker and the
 /// collector's own client must take strictly more than the gate forwards
