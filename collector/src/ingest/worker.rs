@@ -238,7 +238,7 @@ impl Worker {
             }
         }
         for _ in 0..3 {
-            let Some(f) = self.seal_now() else { break };
+            let Some(f) = self.seal() else { break };
             let r = f.task.await;
             match self.finish_commit(f.answers, f.started, r) {
                 Ok(()) => break,
@@ -531,10 +531,6 @@ impl Worker {
     /// the publisher: the publisher waits on the MQTT task, which waits on
     /// this worker to take messages, so waiting here could close a cycle.
     fn seal(&mut self) -> Option<InFlight> {
-        self.seal_now()
-    }
-
-    fn seal_now(&mut self) -> Option<InFlight> {
         if self.dirty.is_empty()
             && self.pending.samples.is_empty()
             && self.pending.events.is_empty()
