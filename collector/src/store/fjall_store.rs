@@ -79,6 +79,43 @@ use super::rollup::{self, Action, Cutoffs, HOUR_MS, MINUTE_MS, Resolution, Rollu
 
 const DAY_MS: u64 = 24 * HOUR_MS;
 
+/// Finishes partition creates a kill cut short, before fjall opens `path`.
+///
+/// fjall 2.11 creates a partition as: directory, `config`, then lsm-tree
+/// 2.10 writes `manifest` (which fjall's recovery takes to mean "created")
+/// and only then `levels`. A kill between the last two leaves a partition
+/// that fjall recovers and lsm-tree cannot open (`Io(NotFound)` on
+/// `levels`), so the whole keyspace fails to open. Such a partition was
+/// never handed out, so it holds nothing (no segments, and no journal entry
+/// names it): removing its `manifest` makes fjall delete it as
+/// uninitialised. A partition with segment files but no `levels` is not
+/// this case and is left for fjall to report.
+fn finish_cut_creates(path: &Path) -> Result<(), StoreError> {
+    let io = |e: std::io::Error| StoreError::Fjall(fjall::Error::Io(e));
+    let parts = path.join("partitions");
+    let dir = match std::fs::read_dir(&parts) {
+        Ok(d) => d,
+        Err(e) if e.kind() == std::io::ErrorKind::NotFound => return Ok(()),
+        Err(e) => return Err(io(e)),
+    };
+    for entry in dir {
+        let p = entry.map_err(io)?.path();
+        if !p.is_dir() || !p.join("manifest").exists() || p.join("levels").exists() {
+            continue;
+        }
+        let unused = match std::fs::read_dir(p.join("segments")) {
+            Ok(mut d) => d.next().is_none(),
+            Err(e) if e.kind() == std::io::ErrorKind::NotFound => true,
+            Err(e) => return Err(io(e)),
+        };
+        if unused {
+            tracing::warn!(partition = %p.display(), "store: removing a partition whose creation a kill cut short");
+            std::fs::remove_file(p.join("manifest")).map_err(io)?;
+        }
+    }
+    Ok(())
+}
+
 /// A family of time-bucketed partitions `<name>_<bucket start ms>`.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 struct Series {
@@ -218,6 +255,7 @@ impl FjallStore {
 
     /// Opens the keyspace itself at `path`.
     pub fn open_at(path: &Path, cache_bytes: u64) -> Result<FjallStore, StoreError> {
+        finish_cut_creates(path)?;
         let ks = Config::new(path)
             .cache_size(cache_bytes)
             .max_write_buffer_size(write_buffer_bytes(cache_bytes))
@@ -973,6 +1011,34 @@ mod tests {
             |dir| Box::new(FjallStore::open(dir, 1 << 20).unwrap()),
             0,
         );
+    }
+
+    /// A kill while fjall creates a partition (a new hour bucket, a new
+    /// dirty generation) can leave its directory with lsm-tree's `manifest`
+    /// but not yet its `levels`: the state is rebuilt here by hand from a
+    /// real store's files. fjall 2.11 then refuses to open the keyspace
+    /// (`Io(NotFound)`, seen in CI after `kill -9`); open must finish the
+    /// interrupted create (drop the never-used partition) and keep the data.
+    #[test]
+    fn a_partition_create_cut_short_by_a_kill_does_not_stop_open() {
+        let dir = muster_testkit::TempDir::new().unwrap();
+        let u = unit("metro-fire", "E12");
+        {
+            let s = FjallStore::open(dir.path(), 1 << 20).unwrap();
+            let mut batch = CommitBatch::default();
+            batch.units.push(UnitRecord::new(u.clone(), 5));
+            s.commit(&batch).unwrap();
+        }
+        let parts = dir.path().join("store").join("partitions");
+        let cut = parts.join("raw_3600000");
+        std::fs::create_dir_all(cut.join("segments")).unwrap();
+        for f in ["config", "manifest"] {
+            std::fs::copy(parts.join("units").join(f), cut.join(f)).unwrap();
+        }
+        let s = FjallStore::open(dir.path(), 1 << 20).unwrap();
+        assert_eq!(s.load_units().unwrap().len(), 1);
+        assert!(!cut.exists(), "the half-created partition is gone");
+        assert!(s.buckets(RAW).is_empty());
     }
 
     /// A data dir from before issue 14 (a sled store) is imported at open:
