@@ -16,6 +16,11 @@
 //! keys and values in one write transaction per commit (durable).
 //! After the writes: size on disk; then a prune of the older half, and the
 //! size right after and once the engine's background work settles (<= 10 s).
+//!
+//! `--rollups` (fjall, the collector's store): `--units` units write
+//! `--hours` hours of event time (default 1,000 x 1), one retention round
+//! rolls them into minute and hour rollups, and it prints bytes on disk per
+//! raw record and per rollup, both from the same run.
 
 // Benches measure in real time.
 #![allow(clippy::disallowed_methods)]
@@ -273,7 +278,76 @@ fn run(engine: &str, units: usize, rounds: u64) {
     );
 }
 
+/// `--rollups`: bytes per raw record and per minute and hour rollup.
+fn rollups(units: usize, hours: u64) {
+    use muster_collector::store::rollup::{HOUR_MS, Retention};
+    let dir = muster_testkit::TempDir::new().unwrap();
+    let s = FjallStore::open_at(dir.path(), CACHE).unwrap();
+    let ids: Vec<UnitId> = (0..units)
+        .map(|i| UnitId::new(format!("agency-{}", i % 8), format!("E{i:05}")).unwrap())
+        .collect();
+    let mut rng = Lcg(7);
+    let rounds = hours * HOUR_MS / INTERVAL_MS;
+    let mut records = 0u64;
+    for r in 0..rounds {
+        let recs = round(&ids, r, &mut rng);
+        for chunk in recs.chunks(2_000) {
+            s.commit(&CommitBatch {
+                samples: chunk.to_vec(),
+                ..CommitBatch::default()
+            })
+            .unwrap();
+            records += chunk.len() as u64;
+        }
+    }
+    s.flush_memtables().unwrap();
+    let [(raw_b, raw_n), ..] = s.series_footprint();
+    // Every minute is dirty: one round rolls them all (nothing expires).
+    let day = Duration::from_secs(86_400);
+    let retention = Retention {
+        raw: day,
+        minute: 7 * day,
+        hour: 90 * day,
+    };
+    let now = fixtures::AT_MS + rounds * INTERVAL_MS + 60_000;
+    let t = Instant::now();
+    let (st, _) = muster_collector::store::retention_round(&s, now, &retention, 30 * day).unwrap();
+    let roll_s = t.elapsed().as_secs_f64();
+    s.flush_memtables().unwrap();
+    let [_, (min_b, min_n), (hour_b, hour_n)] = s.series_footprint();
+    assert_eq!(raw_n as u64, records, "raw records on disk");
+    let per = |b: u64, n: usize| b as f64 / n.max(1) as f64;
+    // The value alone, before compression (one unit's minutes).
+    let (mins, _) = s
+        .rollups(
+            &ids[0],
+            muster_collector::store::rollup::Resolution::Minute,
+            0,
+            u64::MAX,
+            100,
+        )
+        .unwrap();
+    let value = mins
+        .iter()
+        .map(|r| muster_collector::store::rollup::encode(r).unwrap().len())
+        .sum::<usize>() as f64
+        / mins.len().max(1) as f64;
+    println!(
+        "rollups: {units} units x {hours} h: {records} raw records, {} B each; {min_n} minute rollups ({} rolled in {roll_s:.1} s), {:.1} B each ({:.3} x a raw record; the value alone {value:.1} B uncompressed); {hour_n} hour rollups ({} rolled), {:.1} B each",
+        format_args!("{:.1}", per(raw_b, raw_n)),
+        st.minutes_rolled,
+        per(min_b, min_n),
+        per(min_b, min_n) / per(raw_b, raw_n),
+        st.hours_rolled,
+        per(hour_b, hour_n),
+    );
+}
+
 fn main() {
+    if std::env::args().any(|a| a == "--rollups") {
+        rollups(arg("--units").unwrap_or(1_000), arg("--hours").unwrap_or(1));
+        return;
+    }
     let units: usize = arg("--units").unwrap_or(2_000);
     let rounds: u64 = arg("--rounds").unwrap_or(60);
     if let Some(engine) = arg::<String>("--engine") {

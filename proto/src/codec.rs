@@ -55,9 +55,9 @@ pub const MAX_MESSAGE_BYTES: usize = 256 * 1024;
 /// Most records in one batch.
 pub const MAX_BATCH_RECORDS: usize = 1000;
 
-type Config = Configuration<LittleEndian, Varint, Limit<MAX_MESSAGE_BYTES>>;
+pub(crate) type Config = Configuration<LittleEndian, Varint, Limit<MAX_MESSAGE_BYTES>>;
 
-fn config() -> Config {
+pub(crate) fn config() -> Config {
     bincode::config::standard().with_limit::<MAX_MESSAGE_BYTES>()
 }
 
@@ -235,7 +235,7 @@ fn check_record(r: &Record) -> Result<(), DecodeError> {
 }
 
 /// bincode-decodes exactly `body` (no trailing bytes) under the size limit.
-fn decode_exact<T: serde::de::DeserializeOwned>(
+pub(crate) fn decode_exact<T: serde::de::DeserializeOwned>(
     body: &[u8],
     total_len: usize,
 ) -> Result<T, DecodeError> {

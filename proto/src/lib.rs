@@ -7,6 +7,8 @@
 //! * [`codec`]: the versioned envelope, `encode` / `decode` with a size limit;
 //!   `v1` is the frozen previous schema, still read and written.
 //! * [`sign`]: Ed25519 keys, key ids, signed acks and hellos.
+//! * [`rollup`]: the collector's stored rollups, in fixed point (not on the
+//!   wire; here because this crate alone knows bincode).
 //! * [`presence`]: which presence of a unit a receiver believes (receive
 //!   order, births, wills, announcements): part of the contract, so that
 //!   every reader of presences orders them the same way.
@@ -22,6 +24,7 @@ pub mod fixtures;
 pub mod ids;
 pub mod message;
 pub mod presence;
+pub mod rollup;
 pub mod sign;
 pub mod topic;
 mod v1;

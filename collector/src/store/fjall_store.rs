@@ -17,8 +17,9 @@
 //!   take re-creating a deleted partition's name well), where retention
 //!   merges it into its rollups and deletes it.
 //! * `min_<day ms>` (per day) / `hour_<30-day ms>` (per 30 days): `agency
-//!   0x00 unit 0x00 start_ms(be)` -> JSON [`super::rollup::Rollup`] of that
-//!   minute / hour (`super::rollup`).
+//!   0x00 unit 0x00 start_ms(be)` -> [`super::rollup::Rollup`] of that
+//!   minute / hour in `muster_proto::rollup`'s fixed point
+//!   ([`super::rollup::encode`]; JSON from earlier builds still reads).
 //! * `dirty_<generation>`: `agency 0x00 unit 0x00 minute_ms(be)` -> empty:
 //!   minutes that got records since they were last rolled up (written by
 //!   `commit` in the same batch as the records). `retain` starts a new
@@ -192,6 +193,16 @@ pub fn write_buffer_bytes(cache_bytes: u64) -> u64 {
 /// floor is 24 MiB).
 pub fn journal_bytes(cache_bytes: u64) -> u64 {
     (write_buffer_bytes(cache_bytes) * 4).max(64 << 20)
+}
+
+/// A stored rollup from its key (which ends in its start) and value.
+fn decode_rollup_kv(k: &[u8], v: &[u8]) -> Result<Rollup, StoreError> {
+    let start = k
+        .len()
+        .checked_sub(8)
+        .map(|at| be_u64(&k[at..]))
+        .ok_or_else(|| corrupt("rollups", "key shorter than its start"))?;
+    rollup::decode(start, v).map_err(|e| corrupt("rollups", e))
 }
 
 fn rollup_key(prefix: &[u8], start_ms: u64) -> Vec<u8> {
@@ -484,7 +495,7 @@ impl FjallStore {
             return Ok(None);
         };
         part.get(rollup_key(prefix, start_ms))?
-            .map(|v| serde_json::from_slice(&v).map_err(|e| corrupt("rollups", e)))
+            .map(|v| rollup::decode(start_ms, &v).map_err(|e| corrupt("rollups", e)))
             .transpose()
     }
 
@@ -495,7 +506,7 @@ impl FjallStore {
         prefix: &[u8],
         r: &Rollup,
     ) -> Result<(), StoreError> {
-        let v = serde_json::to_vec(r).map_err(|e| corrupt("rollups", e))?;
+        let v = rollup::encode(r).map_err(|e| corrupt("rollups", e))?;
         b.insert(
             &self.rollup_tree(res, r.start_ms)?,
             rollup_key(prefix, r.start_ms),
@@ -587,9 +598,8 @@ impl FjallStore {
             let mut of_hour: BTreeMap<u64, Rollup> = BTreeMap::new();
             if let Some(part) = self.existing_bucket(MINUTES, h)? {
                 for kv in part.range(rollup_key(prefix, h)..rollup_key(prefix, h + HOUR_MS)) {
-                    let (_, v) = kv?;
-                    let r: Rollup =
-                        serde_json::from_slice(&v).map_err(|e| corrupt("rollups", e))?;
+                    let (k, v) = kv?;
+                    let r = decode_rollup_kv(&k, &v)?;
                     of_hour.insert(r.start_ms, r);
                 }
             }
@@ -631,6 +641,16 @@ impl FjallStore {
             b.commit()?;
         }
         Ok(())
+    }
+
+    /// Bytes on disk and entries of the raw, minute-rollup and hour-rollup
+    /// partitions (benches; the count is a scan).
+    pub fn series_footprint(&self) -> [(u64, usize); 3] {
+        [RAW, MINUTES, HOURS].map(|series| {
+            self.buckets(series).iter().fold((0, 0), |(b, n), (_, p)| {
+                (b + p.disk_space(), n + p.len().unwrap_or(0))
+            })
+        })
     }
 
     /// Flushes every memtable to (compressed) segments, so that
@@ -971,11 +991,11 @@ impl Store for FjallStore {
         let hi = rollup_key(&prefix, until_ms);
         let parts = self.buckets_in(Self::rollup_series(res), since_ms, until_ms);
         for kv in parts.iter().flat_map(|p| p.range(lo.clone()..=hi.clone())) {
-            let (_, v) = kv?;
+            let (k, v) = kv?;
             if out.len() == limit {
                 return Ok((out, true));
             }
-            out.push(serde_json::from_slice(&v).map_err(|e| corrupt("rollups", e))?);
+            out.push(decode_rollup_kv(&k, &v)?);
         }
         Ok((out, false))
     }
