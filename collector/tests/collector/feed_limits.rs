@@ -10,7 +10,6 @@
 //! kernel's sockets); the tests wait for the EOF itself and bound how long
 //! it may take.
 
-use std::io::{BufRead, BufReader as StdBufReader};
 use std::net::SocketAddr;
 use std::process::{Command, Stdio};
 use std::time::Duration;
@@ -375,26 +374,11 @@ async fn the_real_binary_with_a_soft_limit_of_1024_answers_through_1100_idle_con
             .expect("start muster-collector under prlimit (util-linux)"),
     );
     let out = child.stdout.take().unwrap();
-    let addr: SocketAddr = tokio::task::spawn_blocking(move || {
-        let mut out = StdBufReader::new(out);
-        let mut line = String::new();
-        loop {
-            line.clear();
-            if out.read_line(&mut line).unwrap_or(0) == 0 {
-                panic!("muster-collector exited before saying where it listens");
-            }
-            if let Some(a) = line
-                .trim()
-                .strip_prefix("muster-collector listening on http://")
-                .and_then(|a| a.parse().ok())
-            {
-                std::thread::spawn(move || for _ in out.lines() {});
-                return a;
-            }
-        }
-    })
-    .await
-    .unwrap();
+    let addr: SocketAddr =
+        tokio::task::spawn_blocking(move || muster_testkit::collector_listen_addr(out))
+            .await
+            .unwrap()
+            .expect("muster-collector exited before saying where it listens");
     let limits = std::fs::read_to_string(format!("/proc/{}/limits", child.id())).unwrap();
     let open_files = limits
         .lines()

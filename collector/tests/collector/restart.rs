@@ -1,6 +1,5 @@
 //! Restarts: a clean stop and a `kill -9` lose nothing that was acked.
 
-use std::io::{BufRead, BufReader};
 use std::net::SocketAddr;
 use std::process::{Command, Stdio};
 use std::time::Duration;
@@ -105,24 +104,13 @@ fn spawn_collector(config: &std::path::Path) -> Proc {
         .stderr(Stdio::inherit())
         .spawn()
         .expect("start muster-collector");
-    let mut out = BufReader::new(child.stdout.take().unwrap());
-    let mut addr = None;
-    let mut line = String::new();
-    while addr.is_none() {
-        line.clear();
-        if out.read_line(&mut line).unwrap_or(0) == 0 {
-            let _ = child.kill();
-            panic!("muster-collector exited before saying where it listens");
-        }
-        addr = line
-            .trim()
-            .strip_prefix("muster-collector listening on http://")
-            .and_then(|a| a.parse().ok());
-    }
-    std::thread::spawn(move || for _ in out.lines() {});
+    let Some(addr) = muster_testkit::collector_listen_addr(child.stdout.take().unwrap()) else {
+        let _ = child.kill();
+        panic!("muster-collector exited before saying where it listens");
+    };
     Proc {
         child: muster_testkit::KillOnDrop(child),
-        addr: addr.expect("checked"),
+        addr,
     }
 }
 

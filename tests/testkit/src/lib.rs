@@ -271,6 +271,29 @@ impl Drop for KillOnDrop {
     }
 }
 
+/// The address `muster-collector run` prints on its stdout ("muster-collector
+/// listening on http://ADDR"), read line by line; the rest of its stdout is
+/// then drained on a thread (so the collector never blocks on a full pipe).
+/// `None`: its stdout closed first (it exited).
+pub fn collector_listen_addr(stdout: std::process::ChildStdout) -> Option<SocketAddr> {
+    let mut out = BufReader::new(stdout);
+    let mut line = String::new();
+    loop {
+        line.clear();
+        if out.read_line(&mut line).unwrap_or(0) == 0 {
+            return None;
+        }
+        if let Some(a) = line
+            .trim()
+            .strip_prefix("muster-collector listening on http://")
+            .and_then(|a| a.parse().ok())
+        {
+            std::thread::spawn(move || for _ in out.lines() {});
+            return Some(a);
+        }
+    }
+}
+
 /// Reads a process's resident set size and peak (VmRSS, VmHWM) in KiB from /proc.
 pub fn rss_kib(pid: u32) -> Option<(u64, u64)> {
     let status = std::fs::read_to_string(format!("/proc/{pid}/status")).ok()?;

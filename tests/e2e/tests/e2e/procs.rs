@@ -18,7 +18,6 @@
 
 #![allow(dead_code)]
 
-use std::io::{BufRead, BufReader};
 use std::net::SocketAddr;
 use std::path::{Path, PathBuf};
 use std::process::{Command, Stdio};
@@ -419,25 +418,13 @@ impl CollectorProc {
             .stderr(std::fs::File::create(&log).unwrap())
             .spawn()
             .expect("start muster-collector");
-        let mut out = BufReader::new(child.stdout.take().unwrap());
-        let mut line = String::new();
-        let addr: SocketAddr = loop {
-            line.clear();
-            if out.read_line(&mut line).unwrap_or(0) == 0 {
-                let _ = child.kill();
-                panic!(
-                    "muster-collector exited before saying where it listens:\n{}",
-                    std::fs::read_to_string(&log).unwrap_or_default()
-                );
-            }
-            if let Some(a) = line
-                .trim()
-                .strip_prefix("muster-collector listening on http://")
-            {
-                break a.parse().expect("collector address");
-            }
+        let Some(addr) = muster_testkit::collector_listen_addr(child.stdout.take().unwrap()) else {
+            let _ = child.kill();
+            panic!(
+                "muster-collector exited before saying where it listens:\n{}",
+                std::fs::read_to_string(&log).unwrap_or_default()
+            );
         };
-        std::thread::spawn(move || for _ in out.lines() {});
         let c = CollectorProc {
             child: KillOnDrop(child),
             addr,
