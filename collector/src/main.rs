@@ -1,6 +1,7 @@
 //! `muster-collector`: argument parsing only; everything else is the library.
 
-#![forbid(unsafe_code)]
+// Unsafe only in `heap` (two glibc calls); the library forbids it.
+#![deny(unsafe_code)]
 
 use std::net::SocketAddr;
 use std::path::PathBuf;
@@ -75,6 +76,53 @@ enum Cmd {
     },
 }
 
+/// glibc's allocator, told to give freed memory back.
+///
+/// Measured (fleet bench, 10,000 units, `--soak`): RSS climbed past 550 MiB
+/// without a plateau, and one `malloc_trim(0)` on the running process took
+/// it to 256 MiB: the rest was free memory glibc kept in its per-thread
+/// arenas (up to 8 per core, each trimmed only from its top). So the
+/// collector caps the arenas before any thread starts and trims every
+/// [`heap::TRIM_EVERY`] (a few ms of work).
+#[cfg(all(target_os = "linux", target_env = "gnu"))]
+#[allow(unsafe_code)]
+mod heap {
+    use std::time::Duration;
+
+    pub const ARENAS: i32 = 4;
+    pub const TRIM_EVERY: Duration = Duration::from_secs(10);
+
+    /// Before any other thread exists.
+    pub fn cap_arenas() {
+        // SAFETY: mallopt only sets an allocator parameter; no pointers.
+        unsafe {
+            libc::mallopt(libc::M_ARENA_MAX, ARENAS);
+        }
+    }
+
+    /// Until the runtime drops it.
+    pub async fn trim_forever() {
+        let mut t = tokio::time::interval(TRIM_EVERY);
+        t.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
+        loop {
+            t.tick().await;
+            let released = tokio::task::spawn_blocking(|| {
+                // SAFETY: malloc_trim takes no pointers and is thread safe
+                // (it locks each arena in turn).
+                unsafe { libc::malloc_trim(0) }
+            })
+            .await;
+            tracing::debug!(released = ?released, "malloc_trim");
+        }
+    }
+}
+
+#[cfg(not(all(target_os = "linux", target_env = "gnu")))]
+mod heap {
+    pub fn cap_arenas() {}
+    pub async fn trim_forever() {}
+}
+
 fn main() -> anyhow::Result<()> {
     {
         use tracing_subscriber::prelude::*;
@@ -91,9 +139,12 @@ fn main() -> anyhow::Result<()> {
     if !matches!(cli.cmd, Cmd::CheckConfig { .. }) {
         muster_collector::fdlimit::raise_and_log();
     }
+    heap::cap_arenas();
     let rt = tokio::runtime::Builder::new_multi_thread()
         .enable_all()
         .build()?;
+    // Ends when `rt` drops.
+    rt.spawn(heap::trim_forever());
     match cli.cmd {
         Cmd::CheckConfig { config } => match Config::load(&config) {
             Ok(_) => {

@@ -104,7 +104,13 @@ severity = "critical""#,
             )
             .render();
         std::fs::write(&config, text).unwrap();
-        let mut child = Command::new(env!("CARGO_BIN_EXE_muster-collector"))
+        // `FLEET_WRAP="heaptrack -o /tmp/x"` profiles the collector (RSS and
+        // CPU figures are then the wrapper's).
+        let wrap = std::env::var("FLEET_WRAP").unwrap_or_default();
+        let mut argv: Vec<&str> = wrap.split_whitespace().collect();
+        argv.push(env!("CARGO_BIN_EXE_muster-collector"));
+        let mut child = Command::new(argv[0])
+            .args(&argv[1..])
             .args(["run", "--config"])
             .arg(&config)
             .env("RUST_LOG", "warn")
@@ -112,19 +118,8 @@ severity = "critical""#,
             .stderr(Stdio::inherit())
             .spawn()
             .expect("start muster-collector");
-        let mut out = BufReader::new(child.stdout.take().unwrap());
-        let mut line = String::new();
-        let addr = loop {
-            line.clear();
-            assert!(out.read_line(&mut line).unwrap() > 0, "collector exited");
-            if let Some(a) = line
-                .trim()
-                .strip_prefix("muster-collector listening on http://")
-            {
-                break a.parse().unwrap();
-            }
-        };
-        std::thread::spawn(move || for _ in out.lines() {});
+        let addr = muster_testkit::collector_listen_addr(child.stdout.take().unwrap())
+            .expect("collector exited");
         let c = Collector {
             child,
             addr,

@@ -32,6 +32,8 @@
 //!   and its slope over the last half (KiB/min). No burst.
 //! * `--storm UNITSxRECORDS --rounds R` ([`storm`]): units reconnect at once
 //!   and replay a backlog as the agent does; a `storm round` line per round.
+//! * `FLEET_WRAP="heaptrack -o /tmp/x"` (environment): starts the collector
+//!   under that command, to profile it; RSS and CPU are then the wrapper's.
 //!
 //! Modules: [`acks`] (counting acked records, pure), [`procfs`] (CPU,
 //! disk, RSS slope, percentiles, pure), [`harness`] (the processes and MQTT
