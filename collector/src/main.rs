@@ -83,8 +83,9 @@ enum Cmd {
 /// it to 256 MiB: the rest was free memory glibc kept in its per-thread
 /// arenas (up to 8 per core, each trimmed only from its top). So the
 /// collector trims every [`heap::TRIM_EVERY`]. Capping the arenas at 4 as
-/// well cost throughput at 100,000 units (flag p99 1,034 and 1,562 ms
-/// against 868 ms with the trim alone), so it does not.
+/// well was tried: the soak's peak was about the same (371 against 389
+/// MiB), and at 100,000 units flag p99 varied from 0.79 to 1.56 s between
+/// single runs with and without it, so it is not kept (one knob fewer).
 #[cfg(all(target_os = "linux", target_env = "gnu"))]
 #[allow(unsafe_code)]
 mod heap {
