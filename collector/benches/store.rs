@@ -333,8 +333,8 @@ fn rollups(units: usize, hours: u64) {
         .sum::<usize>() as f64
         / mins.len().max(1) as f64;
     println!(
-        "rollups: {units} units x {hours} h: {records} raw records, {} B each; {min_n} minute rollups ({} rolled in {roll_s:.1} s), {:.1} B each ({:.3} x a raw record; the value alone {value:.1} B uncompressed); {hour_n} hour rollups ({} rolled), {:.1} B each",
-        format_args!("{:.1}", per(raw_b, raw_n)),
+        "rollups: {units} units x {hours} h: {records} raw records, {:.1} B each; {min_n} minute rollups ({} rolled in {roll_s:.1} s), {:.1} B each ({:.3} x a raw record; the value alone {value:.1} B uncompressed); {hour_n} hour rollups ({} rolled), {:.1} B each",
+        per(raw_b, raw_n),
         st.minutes_rolled,
         per(min_b, min_n),
         per(min_b, min_n) / per(raw_b, raw_n),
