@@ -204,6 +204,13 @@ mod tests {
             decode_rollup(b"{}"),
             Err(DecodeError::Malformed(_))
         ));
+        // A valid body under another format byte is refused, not misread.
+        let mut other = b.clone();
+        other[0] = ROLLUP_FORMAT + 1;
+        assert!(matches!(
+            decode_rollup(&other),
+            Err(DecodeError::Malformed(_))
+        ));
         assert_eq!(decode_rollup(&[]), Err(DecodeError::Empty));
         let mut long = b.clone();
         long.push(0);
