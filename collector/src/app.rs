@@ -134,6 +134,21 @@ pub async fn run_with(
     let filters = mqtt::filters(cfg.mqtt.shared_group.as_deref())?;
     // Small: acks wait in the publisher's coalescing queue, not here.
     let (client, eventloop) = AsyncClient::new(opts, 1_024);
+    // Acks and status on their own connection when configured (and always
+    // on the embedded broker): `Role::Publisher`.
+    let publisher_conn = match cfg.mqtt.publisher_connection() {
+        Some(p) => {
+            // It takes no publishes: a small window.
+            let (c, e) = AsyncClient::new(mqtt::options(&p, 16)?, 1_024);
+            shared
+                .metrics
+                .mqtt
+                .separate_publisher
+                .store(true, Ordering::Relaxed);
+            Some((c, e))
+        }
+        None => None,
+    };
     // Raw messages wait for the parse stage (`ingest.queue`); parsed ones,
     // which take several times the memory, in a short hand-off.
     let (raw_tx, raw_rx) = mpsc::channel(cfg.ingest.queue);
@@ -173,19 +188,37 @@ pub async fn run_with(
     let event_loop = tokio::spawn(mqtt::run_event_loop(
         eventloop,
         client.clone(),
-        raw_tx,
+        mqtt::Role::Subscriber {
+            inbound: raw_tx,
+            hello: mqtt::OnConnect {
+                filters,
+                signer: Arc::clone(&signer),
+                started_ms: clock.now_ms(),
+                counter: 0,
+            },
+        },
         Arc::clone(&shared),
         stop_ingest.clone(),
         hard_stop.clone(),
-        mqtt::OnConnect {
-            filters,
-            signer: Arc::clone(&signer),
-            started_ms: clock.now_ms(),
-            counter: 0,
-        },
     ));
+    // The publisher disconnects its client once everything queued is out;
+    // with a separate connection, the subscriber's is disconnected after it.
+    let (publishing_client, publisher_loop, subscriber_client) = match publisher_conn {
+        Some((c, e)) => {
+            let task = tokio::spawn(mqtt::run_event_loop(
+                e,
+                c.clone(),
+                mqtt::Role::Publisher,
+                Arc::clone(&shared),
+                stop_ingest.clone(),
+                hard_stop.clone(),
+            ));
+            (c, Some(task), Some(client))
+        }
+        None => (client, None, None),
+    };
     let publisher = tokio::spawn(mqtt::run_publisher(
-        client,
+        publishing_client,
         out_rx,
         Arc::clone(&shared),
         Arc::clone(&signer),
@@ -268,11 +301,9 @@ pub async fn run_with(
     if let Err(e) = http.await {
         result = Err(AppError::Task(e.to_string()));
     }
-    for (name, t) in [
-        ("ingest worker", worker),
-        ("pruner", pruner),
-        ("parser", parser),
-    ] {
+    // The parser ends with the subscriber's event loop (which holds its
+    // input), awaited last.
+    for (name, t) in [("ingest worker", worker), ("pruner", pruner)] {
         if let Err(e) = t.await {
             warn!(task = name, error = %e, "Task failed.");
         }
@@ -287,8 +318,19 @@ pub async fn run_with(
     if let Err(e) = publisher.await {
         warn!(error = %e, "Publisher task failed.");
     }
+    if let Some(t) = publisher_loop
+        && let Err(e) = t.await
+    {
+        warn!(error = %e, "MQTT publisher connection task failed.");
+    }
+    if let Some(c) = subscriber_client {
+        let _ = c.disconnect().await;
+    }
     if let Err(e) = event_loop.await {
         warn!(error = %e, "MQTT task failed.");
+    }
+    if let Err(e) = parser.await {
+        warn!(task = "parser", error = %e, "Task failed.");
     }
     grace.abort();
     let store = Arc::clone(&shared.store);

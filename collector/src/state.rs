@@ -65,8 +65,13 @@ impl Shared {
         })
     }
 
+    /// Subscribed, and the publisher connection (if separate) is up: acks
+    /// can go out.
     pub fn mqtt_ready(&self) -> bool {
-        self.metrics.mqtt.connected.load(Ordering::Relaxed)
+        let m = &self.metrics.mqtt;
+        m.subscriber.connected.load(Ordering::Relaxed)
+            && (!m.separate_publisher.load(Ordering::Relaxed)
+                || m.publisher.connected.load(Ordering::Relaxed))
     }
 
     /// The Prometheus exposition of everything.

@@ -87,7 +87,9 @@ impl Drop for Collector {
 
 impl Collector {
     /// Starts it and waits for `/readyz`.
-    pub async fn start(broker: &Mosquitto, dir: &TempDir) -> Collector {
+    /// `separate_publisher`: acks and status on their own connection
+    /// (`[mqtt.publisher]`), as a large deployment runs it.
+    pub async fn start(broker: &Mosquitto, dir: &TempDir, separate_publisher: bool) -> Collector {
         let config = dir.path().join("collector.toml");
         let store = dir.path().join("store");
         let text = CollectorToml::production(ADMIN, &broker.url(), &store)
@@ -102,6 +104,11 @@ threshold = 97
 clear = 90
 severity = "critical""#,
             )
+            .extra(if separate_publisher {
+                "[mqtt.publisher]\nclient_id = \"bench-collector-publisher\""
+            } else {
+                ""
+            })
             .render();
         std::fs::write(&config, text).unwrap();
         // `FLEET_WRAP="heaptrack -o /tmp/x"` profiles the collector (RSS and

@@ -32,6 +32,9 @@
 //!   and its slope over the last half (KiB/min). No burst.
 //! * `--storm UNITSxRECORDS --rounds R` ([`storm`]): units reconnect at once
 //!   and replay a backlog as the agent does; a `storm round` line per round.
+//! * `--one-connection`: no `[mqtt.publisher]`: acks and status share the
+//!   subscribing connection (by default they have their own, as a large
+//!   deployment is configured).
 //! * `FLEET_WRAP="heaptrack -o /tmp/x"` (environment): starts the collector
 //!   under that command, to profile it; RSS and CPU are then the wrapper's.
 //!
@@ -97,6 +100,9 @@ pub struct Args {
     /// one past its ceiling has a backlog it cannot ack in time, and the
     /// ratio shows it.
     grace: Duration,
+    /// `--one-connection`: acks on the subscribing connection (no
+    /// `[mqtt.publisher]`), for comparison.
+    one_connection: bool,
 }
 
 fn args(raw: &[String]) -> Args {
@@ -110,6 +116,7 @@ fn args(raw: &[String]) -> Args {
         storm: None,
         rounds: 2,
         grace: Duration::from_secs(10),
+        one_connection: false,
     };
     let mut it = raw.iter();
     while let Some(k) = it.next() {
@@ -136,6 +143,7 @@ fn args(raw: &[String]) -> Args {
             }
             "--rounds" => a.rounds = v().parse().expect("--rounds"),
             "--grace" => a.grace = Duration::from_secs(v().parse().expect("--grace SECONDS")),
+            "--one-connection" => a.one_connection = true,
             "--bench" => {}
             other => panic!("unknown argument {other}"),
         }
@@ -208,13 +216,18 @@ async fn run(n: usize, a: &Args) {
     let soak = a.soak;
     let seconds = soak.unwrap_or(a.seconds);
     println!(
-        "== {n} units, {} ms interval, {seconds} s{} ==",
+        "== {n} units, {} ms interval, {seconds} s{}{} ==",
         a.interval_ms,
-        if soak.is_some() { ", soak" } else { "" }
+        if soak.is_some() { ", soak" } else { "" },
+        if a.one_connection {
+            ", one connection"
+        } else {
+            ", acks on [mqtt.publisher]"
+        }
     );
     let broker = Mosquitto::start();
     let dir = TempDir::new().unwrap();
-    let mut collector = Collector::start(&broker, &dir).await;
+    let mut collector = Collector::start(&broker, &dir, !a.one_connection).await;
     let sub = Sub::start(broker.port());
     tokio::time::sleep(Duration::from_millis(300)).await; // let mosquitto_sub subscribe
     let mut sse = http::Sse::connect(collector.addr, "/api/v1/stream", Some(ADMIN)).await;

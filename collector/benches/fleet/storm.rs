@@ -214,7 +214,7 @@ pub async fn run(n: usize, records: u64, rounds: u32, a: &Args) {
     );
     let broker = Mosquitto::start();
     let dir = TempDir::new().unwrap();
-    let collector = Collector::start(&broker, &dir).await;
+    let collector = Collector::start(&broker, &dir, true).await;
     let layout = layout(n, a.connections);
     let boot = |round: u32, i: usize| BootId((u64::from(round) << 32) | 0x5700_0000 | i as u64);
     let mut conns = Vec::new();

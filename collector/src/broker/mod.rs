@@ -256,14 +256,21 @@ impl EmbeddedBroker {
     }
 
     /// Points the collector's MQTT settings at rumqttd's internal MQTT 5
-    /// listener, with the internal credential and a client id no gate
-    /// client can take.
+    /// listener, with the internal credential and client ids (the
+    /// subscriber's and the publisher's) no gate client can take.
     pub fn configure_collector(&self, m: &mut MqttConfig) {
         m.scheme = MqttScheme::Tcp;
         m.host = self.v5.ip().to_string();
         m.port = self.v5.port();
         m.ca_file = None;
         m.credentials = Some((INTERNAL_USER.to_owned(), self.password.clone()));
+        // Acks and status on a second connection (`Role::Publisher`); its
+        // id is in the same `c:` namespace, which no gate client can take.
+        m.publisher = Some(crate::config::PublisherConfig {
+            client_id: acl::collector_client_id(&format!("{}/publisher", m.client_id)),
+            credentials: m.credentials.clone(),
+            client_cert: None,
+        });
         m.client_id = acl::collector_client_id(&m.client_id);
     }
 

@@ -25,7 +25,7 @@ use std::time::Duration;
 use muster_proto::TopicKind;
 use muster_proto::topic::fleet_filter;
 use rumqttc::v5::mqttbytes::QoS;
-use rumqttc::v5::mqttbytes::v5::{Filter, Packet};
+use rumqttc::v5::mqttbytes::v5::{Filter, Packet, PubAckReason};
 use rumqttc::v5::{AsyncClient, Event, EventLoop, MqttOptions};
 use rumqttc::{Outgoing, Transport};
 use tokio::sync::mpsc;
@@ -141,6 +141,22 @@ impl OnConnect {
     }
 }
 
+/// What a connection is for.
+pub enum Role {
+    /// Subscribes to the fleet's topics, says hello on every (re)subscription
+    /// and hands publishes to the parse stage; it also carries acks and
+    /// status when there is no separate publisher.
+    Subscriber {
+        inbound: mpsc::Sender<Raw>,
+        hello: OnConnect,
+    },
+    /// Only publishes (acks and status): `[mqtt.publisher]`, and always on
+    /// the embedded broker. Its event loop serves nothing but those
+    /// requests and their PUBACKs, so acks do not wait for turns behind the
+    /// telemetry being read (one request per turn in rumqttc 0.25).
+    Publisher,
+}
+
 /// Polls the event loop until the client disconnects (after the publisher
 /// has sent everything) or `hard_stop` fires. While `stop_forwarding` is
 /// cancelled, new publishes are no longer handed on (they are not acked
@@ -148,13 +164,16 @@ impl OnConnect {
 pub async fn run_event_loop(
     mut eventloop: EventLoop,
     client: AsyncClient,
-    inbound: mpsc::Sender<Raw>,
+    mut role: Role,
     shared: Arc<Shared>,
     stop_forwarding: CancellationToken,
     hard_stop: CancellationToken,
-    mut hello: OnConnect,
 ) {
-    let metrics = &shared.metrics.mqtt;
+    let m = &shared.metrics.mqtt;
+    let conn = match role {
+        Role::Subscriber { .. } => &m.subscriber,
+        Role::Publisher => &m.publisher,
+    };
     // Equal jitter, capped at 2 s: after a broker restart several collectors
     // (a shared-subscription group) do not retry in step, yet each is back
     // within 2 s of the broker (the whole fleet's feed waits on it; a
@@ -164,13 +183,31 @@ pub async fn run_event_loop(
     let mut backoff = Retry::new(RECONNECT_MIN, RECONNECT_MAX);
     let mut jitter = Jitter::from_entropy();
     let mut last_error_log: Option<tokio::time::Instant> = None;
+    let mut last_refused_log: Option<tokio::time::Instant> = None;
     loop {
         let ev = tokio::select! {
             ev = eventloop.poll() => ev,
             _ = hard_stop.cancelled() => break,
         };
-        match ev {
-            Ok(Event::Incoming(Packet::Publish(p))) => {
+        match (ev, &mut role) {
+            (Ok(Event::Incoming(Packet::PubAck(a))), _)
+                if !matches!(
+                    a.reason,
+                    PubAckReason::Success | PubAckReason::NoMatchingSubscribers
+                ) =>
+            {
+                // The broker took the publish and dropped it (an ACL that
+                // does not let this user write acks or status): agents are
+                // never acked and resend. Counted; one line per 10 s.
+                m.publishes_refused.fetch_add(1, Ordering::Relaxed);
+                let now = tokio::time::Instant::now();
+                if last_refused_log.is_none_or(|t| now.duration_since(t) >= Duration::from_secs(10))
+                {
+                    warn!(reason = ?a.reason, publisher = matches!(role, Role::Publisher), "The broker refused a publish (muster_mqtt_publishes_refused_total): check its ACL for this connection's user.");
+                    last_refused_log = Some(now);
+                }
+            }
+            (Ok(Event::Incoming(Packet::Publish(p))), Role::Subscriber { inbound, .. }) => {
                 if stop_forwarding.is_cancelled() {
                     continue;
                 }
@@ -188,20 +225,27 @@ pub async fn run_event_loop(
                     shared.queue_depth.fetch_sub(1, Ordering::Relaxed);
                 }
             }
-            Ok(Event::Incoming(Packet::ConnAck(ack))) => {
+            (Ok(Event::Incoming(Packet::ConnAck(ack))), role) => {
                 info!(
                     session_present = ack.session_present,
+                    publisher = matches!(role, Role::Publisher),
                     "Connected to the MQTT broker."
                 );
-                metrics.connects.fetch_add(1, Ordering::Relaxed);
+                conn.connects.fetch_add(1, Ordering::Relaxed);
                 backoff.reset();
-                if let Err(e) = client.try_subscribe_many(hello.filters.clone()) {
-                    warn!(error = %e, "Cannot queue the subscription.");
+                match role {
+                    Role::Subscriber { hello, .. } => {
+                        if let Err(e) = client.try_subscribe_many(hello.filters.clone()) {
+                            warn!(error = %e, "Cannot queue the subscription.");
+                        }
+                    }
+                    // Nothing to subscribe to: up once connected.
+                    Role::Publisher => conn.connected.store(true, Ordering::Relaxed),
                 }
             }
-            Ok(Event::Incoming(Packet::SubAck(s))) => {
+            (Ok(Event::Incoming(Packet::SubAck(s))), Role::Subscriber { hello, .. }) => {
                 debug!(codes = ?s.return_codes, "Subscribed.");
-                metrics.connected.store(true, Ordering::Relaxed);
+                conn.connected.store(true, Ordering::Relaxed);
                 match hello.next_payload() {
                     Ok(payload) => match client.try_publish(
                         muster_proto::COLLECTOR_TOPIC,
@@ -210,7 +254,7 @@ pub async fn run_event_loop(
                         payload,
                     ) {
                         Ok(()) => {
-                            metrics.hellos_published.fetch_add(1, Ordering::Relaxed);
+                            m.hellos_published.fetch_add(1, Ordering::Relaxed);
                             debug!(counter = hello.counter, "Hello published.");
                         }
                         Err(e) => warn!(error = %e, "Cannot queue the hello."),
@@ -218,18 +262,19 @@ pub async fn run_event_loop(
                     Err(e) => warn!(error = %e, "Cannot encode the hello."),
                 }
             }
-            Ok(Event::Incoming(Packet::Disconnect(d))) => {
+            (Ok(Event::Incoming(Packet::Disconnect(d))), _) => {
                 warn!(reason = ?d.reason_code, "The broker disconnected us.");
-                metrics.connected.store(false, Ordering::Relaxed);
+                conn.connected.store(false, Ordering::Relaxed);
             }
-            Ok(Event::Outgoing(Outgoing::Disconnect)) => {
-                metrics.connected.store(false, Ordering::Relaxed);
+            (Ok(Event::Outgoing(Outgoing::Disconnect)), role) => {
+                debug!(publisher = matches!(role, Role::Publisher), "Disconnected.");
+                conn.connected.store(false, Ordering::Relaxed);
                 break;
             }
-            Ok(_) => {}
-            Err(e) => {
-                metrics.connected.store(false, Ordering::Relaxed);
-                metrics.connection_errors.fetch_add(1, Ordering::Relaxed);
+            (Ok(_), _) => {}
+            (Err(e), _) => {
+                conn.connected.store(false, Ordering::Relaxed);
+                conn.errors.fetch_add(1, Ordering::Relaxed);
                 if stop_forwarding.is_cancelled() {
                     // Shutting down and the broker is gone: nothing to send.
                     break;
@@ -237,7 +282,7 @@ pub async fn run_event_loop(
                 let wait = backoff.next_equal(jitter.draw());
                 let now = tokio::time::Instant::now();
                 if last_error_log.is_none_or(|t| now.duration_since(t) >= Duration::from_secs(10)) {
-                    warn!(error = %e, retry_in = ?wait, attempt = backoff.attempt(), "MQTT connection failed.");
+                    warn!(error = %e, retry_in = ?wait, attempt = backoff.attempt(), publisher = matches!(role, Role::Publisher), "MQTT connection failed.");
                     last_error_log = Some(now);
                 }
                 tokio::select! {
@@ -247,7 +292,7 @@ pub async fn run_event_loop(
             }
         }
     }
-    metrics.connected.store(false, Ordering::Relaxed);
+    conn.connected.store(false, Ordering::Relaxed);
 }
 
 /// The parse stage: decodes what the event loop received and hands it to

@@ -4,11 +4,24 @@ use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};
 
 use super::expo::Exposition;
 
+/// One connection's state.
 #[derive(Debug, Default)]
-pub struct MqttMetrics {
+pub struct ConnMetrics {
     pub connected: AtomicBool,
     pub connects: AtomicU64,
-    pub connection_errors: AtomicU64,
+    pub errors: AtomicU64,
+}
+
+#[derive(Debug, Default)]
+pub struct MqttMetrics {
+    /// The connection that subscribes (and publishes, without a separate
+    /// publisher).
+    pub subscriber: ConnMetrics,
+    /// `[mqtt.publisher]`'s connection, when `separate_publisher`.
+    pub publisher: ConnMetrics,
+    pub separate_publisher: AtomicBool,
+    /// PUBACKs with a failure reason (MQTT 5): the broker refused a publish.
+    pub publishes_refused: AtomicU64,
     pub status_published: AtomicU64,
     pub status_errors: AtomicU64,
     /// Signed hellos handed to the client (one per (re)subscription).
@@ -21,19 +34,23 @@ impl MqttMetrics {
         e.family(
             "muster_mqtt_connected",
             "gauge",
-            "1 while connected and subscribed to the broker.",
+            "1 while connected and subscribed to the broker (the subscribing connection).",
         );
         e.sample(
             "muster_mqtt_connected",
             &[],
-            u8::from(self.connected.load(Ordering::Relaxed)),
+            u8::from(self.subscriber.connected.load(Ordering::Relaxed)),
         );
         e.family(
             "muster_mqtt_connects_total",
             "counter",
             "Successful connections to the broker.",
         );
-        e.sample("muster_mqtt_connects_total", &[], get(&self.connects));
+        e.sample(
+            "muster_mqtt_connects_total",
+            &[],
+            get(&self.subscriber.connects),
+        );
         e.family(
             "muster_mqtt_connection_errors_total",
             "counter",
@@ -42,8 +59,50 @@ impl MqttMetrics {
         e.sample(
             "muster_mqtt_connection_errors_total",
             &[],
-            get(&self.connection_errors),
+            get(&self.subscriber.errors),
         );
+        e.family(
+            "muster_mqtt_publishes_refused_total",
+            "counter",
+            "Acks, status and hellos the broker refused (a PUBACK with a failure reason, e.g. not authorized: check the broker's ACL for the collector's user names).",
+        );
+        e.sample(
+            "muster_mqtt_publishes_refused_total",
+            &[],
+            get(&self.publishes_refused),
+        );
+        if self.separate_publisher.load(Ordering::Relaxed) {
+            e.family(
+                "muster_mqtt_publisher_connected",
+                "gauge",
+                "1 while the publisher connection (acks and status, [mqtt.publisher]) is up.",
+            );
+            e.sample(
+                "muster_mqtt_publisher_connected",
+                &[],
+                u8::from(self.publisher.connected.load(Ordering::Relaxed)),
+            );
+            e.family(
+                "muster_mqtt_publisher_connects_total",
+                "counter",
+                "Successful connections of the publisher connection.",
+            );
+            e.sample(
+                "muster_mqtt_publisher_connects_total",
+                &[],
+                get(&self.publisher.connects),
+            );
+            e.family(
+                "muster_mqtt_publisher_connection_errors_total",
+                "counter",
+                "Connection attempts or connections of the publisher connection that failed.",
+            );
+            e.sample(
+                "muster_mqtt_publisher_connection_errors_total",
+                &[],
+                get(&self.publisher.errors),
+            );
+        }
         e.family(
             "muster_status_published_total",
             "counter",

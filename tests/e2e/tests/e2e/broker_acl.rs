@@ -448,6 +448,7 @@ impl Site {
                         ("e12", "metro-fire/E12"),
                         ("e13", "metro-fire/E13"),
                         ("collector", "muster-collector"),
+                        ("collector-publisher", "muster-collector-publisher"),
                         ("agency", "metro-fire"),
                         ("other", COUNTY),
                     ],
@@ -465,6 +466,15 @@ impl Site {
                         .set_str("mqtt", "ca_file", &file("ca.crt"))
                         .set_str("mqtt", "cert_file", &file("collector.crt"))
                         .set_str("mqtt", "key_file", &file("collector.key"))
+                        // Acks and status on their own connection and CN,
+                        // as packaging/mosquitto/acl's publisher lines
+                        // expect.
+                        .extra(&format!(
+                            "[mqtt.publisher]\nclient_id = \"muster-collector-publisher\"\n\
+                             cert_file = \"{}\"\nkey_file = \"{}\"\n",
+                            file("collector-publisher.crt"),
+                            file("collector-publisher.key")
+                        ))
                         .extra(&agencies)
                         .render();
                 let cfg = p.join("collector.toml");
@@ -621,8 +631,12 @@ impl Site {
         self.metric("muster_ingest_refused_total{reason=\"oversized\"}")
     }
 
-    fn connects(&self) -> u64 {
-        self.metric("muster_mqtt_connects_total")
+    /// Connections made, the subscriber's and the publisher's.
+    fn connects(&self) -> (u64, u64) {
+        (
+            self.metric("muster_mqtt_connects_total"),
+            self.metric("muster_mqtt_publisher_connects_total"),
+        )
     }
 
     fn ready(&self) -> bool {
@@ -685,10 +699,28 @@ const FORGED_BOOT: u64 = 0xbad;
 /// Every attack of issue 11 against one site; panics on the first that works.
 fn attacks(site: &Site) {
     let kind = site.kind;
-    // Legit traffic first: E13 is a live unit with a record stored.
+    // Legit traffic first: E13 is a live unit with a record stored. Its ack
+    // and status go out on the collector's publisher connection, which the
+    // broker lets write them: the agency reads the status, and no publish
+    // was refused (a PUBACK with a failure reason is counted).
     let (ok, out) = site.record("e13", "E13", LEGIT_BOOT, 1);
     assert!(ok, "{kind:?}: E13's own record refused: {out}");
     site.wait_stored("E13", LEGIT_BOOT, 1);
+    assert_eq!(site.metric("muster_mqtt_publisher_connected"), 1);
+    let status = site.sub("agency", &["muster/v1/metro-fire/E13/status"], &[]);
+    assert!(
+        status
+            .next_matching("muster/v1/metro-fire/E13/status ", Duration::from_secs(10))
+            .is_some(),
+        "{kind:?}: E13's status did not reach its agency"
+    );
+    drop(status);
+    assert!(site.metric("muster_acks_published_total") >= 1);
+    assert_eq!(
+        site.metric("muster_mqtt_publishes_refused_total"),
+        0,
+        "{kind:?}: the broker refused the collector's acks or status"
+    );
     let connects = site.connects();
 
     // 1-3. Nobody connects anonymously, with a wrong secret, or as another unit.
@@ -828,8 +860,14 @@ fn attacks(site: &Site) {
     );
     drop(state);
 
-    // 8. Nobody takes the collector's client id.
-    for id in ["e2e-collector", "c:e2e-collector", "muster-collector"] {
+    // 8. Nobody takes the collector's client ids (subscriber or publisher).
+    for id in [
+        "e2e-collector",
+        "c:e2e-collector",
+        "muster-collector",
+        "c:e2e-collector%2Fpublisher",
+        "muster-collector-publisher",
+    ] {
         let thief = site.sub("e12", &["muster/v1/metro-fire/E12/ack"], &["-i", id]);
         let _ = thief.next_matching("SUBACK", Duration::from_secs(3));
         // A window for a takeover that must not happen.
@@ -848,6 +886,7 @@ fn attacks(site: &Site) {
     let (ok, out) = site.record("e13", "E13", LEGIT_BOOT, 5);
     assert!(ok, "{out}");
     site.wait_stored("E13", LEGIT_BOOT, 5);
+    assert_eq!(site.metric("muster_mqtt_publishes_refused_total"), 0);
 }
 
 #[test]
