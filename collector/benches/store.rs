@@ -20,7 +20,8 @@
 //! `--rollups` (fjall, the collector's store): `--units` units write
 //! `--hours` hours of event time (default 1,000 x 1), one retention round
 //! rolls them into minute and hour rollups, and it prints bytes on disk per
-//! raw record and per rollup, both from the same run.
+//! raw record and per rollup, both from the same run. `--profile walk`
+//! varies the values as a terminal does instead of as noise ([`Profile`]).
 
 // Benches measure in real time.
 #![allow(clippy::disallowed_methods)]
@@ -59,25 +60,95 @@ impl Lcg {
     }
 }
 
+/// How sample values vary: `Noise` (the default: every value drawn anew,
+/// the worst case for compression) or `--profile walk` (each unit's cpu
+/// and memory a random walk, its latencies a per-unit base with 10 %
+/// jitter: closer to a real terminal, whose load does not jump from 0 to
+/// 100 % every 5 s).
+enum Profile {
+    Noise,
+    Walk(Vec<Walk>),
+}
+
+#[derive(Clone, Copy)]
+struct Walk {
+    cpu_bp: i64,
+    mem_kib: i64,
+    total_us: u32,
+}
+
+impl Profile {
+    fn from_args(units: usize, rng: &mut Lcg) -> Profile {
+        match arg::<String>("--profile").as_deref() {
+            None | Some("noise") => Profile::Noise,
+            Some("walk") => Profile::Walk(
+                (0..units)
+                    .map(|_| Walk {
+                        cpu_bp: rng.next(5_000) as i64,
+                        mem_kib: 6_000_000 + rng.next(3_000_000) as i64,
+                        total_us: 20_000 + rng.next(180_000) as u32,
+                    })
+                    .collect(),
+            ),
+            Some(other) => panic!("--profile {other}: noise or walk"),
+        }
+    }
+
+    fn name(&self) -> &'static str {
+        match self {
+            Profile::Noise => "noise",
+            Profile::Walk(_) => "walk",
+        }
+    }
+
+    /// (cpu bp, memory used KiB, probe total µs, connect µs) of unit `i`'s
+    /// next sample.
+    fn next(&mut self, i: usize, rng: &mut Lcg) -> (u16, u64, u32, u32) {
+        match self {
+            Profile::Noise => (
+                rng.next(10_000) as u16,
+                8_000_000 + rng.next(2_000_000),
+                100_000 + rng.next(100_000) as u32,
+                20_000 + rng.next(30_000) as u32,
+            ),
+            Profile::Walk(w) => {
+                let w = &mut w[i];
+                let step = |rng: &mut Lcg, span: u64| rng.next(2 * span + 1) as i64 - span as i64;
+                w.cpu_bp = (w.cpu_bp + step(rng, 400)).clamp(0, 10_000);
+                w.mem_kib = (w.mem_kib + step(rng, 20_000)).clamp(4_000_000, 10_000_000);
+                let jitter =
+                    |rng: &mut Lcg, base: u32| base + rng.next(u64::from(base / 10)) as u32;
+                (
+                    w.cpu_bp as u16,
+                    w.mem_kib as u64,
+                    jitter(rng, w.total_us),
+                    jitter(rng, w.total_us / 5),
+                )
+            }
+        }
+    }
+}
+
 /// The records of one round (5 s of event time) for every unit.
-fn round(units: &[UnitId], r: u64, rng: &mut Lcg) -> Vec<(UnitId, Record)> {
+fn round(units: &[UnitId], r: u64, rng: &mut Lcg, profile: &mut Profile) -> Vec<(UnitId, Record)> {
     let at = fixtures::AT_MS + r * INTERVAL_MS;
     let mut out = Vec::with_capacity(units.len() * 3);
-    for u in units {
+    for (i, u) in units.iter().enumerate() {
+        let (cpu, mem, total, connect) = profile.next(i, rng);
         let mut h = fixtures::host_sample();
         h.network = Some(Box::new(fixtures::net_context()));
         if let Some(c) = &mut h.cpu {
-            c.total_bp = rng.next(10_000) as u16;
+            c.total_bp = cpu;
             for p in &mut c.per_core_pct {
                 *p = rng.next(100) as u8;
             }
         }
         if let Some(m) = &mut h.memory {
-            m.used_kib = 8_000_000 + rng.next(2_000_000);
+            m.used_kib = mem;
         }
         let mut p1 = fixtures::http_probe();
-        p1.phases.total_us = 100_000 + rng.next(100_000) as u32;
-        p1.phases.connect_us = Some(20_000 + rng.next(30_000) as u32);
+        p1.phases.total_us = total;
+        p1.phases.connect_us = Some(connect);
         let p2 = fixtures::icmp_probe_failed();
         for (i, payload) in [Payload::Host(h), Payload::Probe(p1), Payload::Probe(p2)]
             .into_iter()
@@ -211,11 +282,12 @@ fn run(engine: &str, units: usize, rounds: u64) {
     let rss0 = rss();
     let e = open(engine, dir.path());
     let mut rng = Lcg(7);
+    let mut profile = Profile::from_args(ids.len(), &mut rng);
     let mut records = 0u64;
     let mut busy = Duration::ZERO;
     let per_commit = 2_000usize;
     for r in 0..rounds {
-        let recs = round(&ids, r, &mut rng);
+        let recs = round(&ids, r, &mut rng, &mut profile);
         for chunk in recs.chunks(per_commit) {
             let mut batch = CommitBatch {
                 samples: chunk.to_vec(),
@@ -258,7 +330,7 @@ fn run(engine: &str, units: usize, rounds: u64) {
     // rounds every 6 rounds (as the prune task does with retention).
     let window = rounds / 2;
     for r in rounds..2 * rounds {
-        let recs = round(&ids, r, &mut rng);
+        let recs = round(&ids, r, &mut rng, &mut profile);
         for chunk in recs.chunks(per_commit) {
             e.commit(&CommitBatch {
                 samples: chunk.to_vec(),
@@ -287,10 +359,11 @@ fn rollups(units: usize, hours: u64) {
         .map(|i| UnitId::new(format!("agency-{}", i % 8), format!("E{i:05}")).unwrap())
         .collect();
     let mut rng = Lcg(7);
+    let mut profile = Profile::from_args(ids.len(), &mut rng);
     let rounds = hours * HOUR_MS / INTERVAL_MS;
     let mut records = 0u64;
     for r in 0..rounds {
-        let recs = round(&ids, r, &mut rng);
+        let recs = round(&ids, r, &mut rng, &mut profile);
         for chunk in recs.chunks(2_000) {
             s.commit(&CommitBatch {
                 samples: chunk.to_vec(),
@@ -333,7 +406,8 @@ fn rollups(units: usize, hours: u64) {
         .sum::<usize>() as f64
         / mins.len().max(1) as f64;
     println!(
-        "rollups: {units} units x {hours} h: {records} raw records, {:.1} B each; {min_n} minute rollups ({} rolled in {roll_s:.1} s), {:.1} B each ({:.3} x a raw record; the value alone {value:.1} B uncompressed); {hour_n} hour rollups ({} rolled), {:.1} B each",
+        "rollups ({} values): {units} units x {hours} h: {records} raw records, {:.1} B each; {min_n} minute rollups ({} rolled in {roll_s:.1} s), {:.1} B each ({:.3} x a raw record; the value alone {value:.1} B uncompressed); {hour_n} hour rollups ({} rolled), {:.1} B each",
+        profile.name(),
         per(raw_b, raw_n),
         st.minutes_rolled,
         per(min_b, min_n),
