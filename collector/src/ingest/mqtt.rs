@@ -2,7 +2,9 @@
 //! telemetry and state topics (as a shared subscription when
 //! `mqtt.shared_group` is set), hands every publish to the parse stage
 //! ([`run_parser`], off both this task and the ingest worker) and on to the
-//! worker, and publishes acks and status messages.
+//! worker, and publishes acks and status messages: on the same connection,
+//! or on a second one ([`Role::Publisher`]: `[mqtt.publisher]`, and always
+//! on the embedded broker), whose event loop then serves nothing but them.
 //!
 //! Every time the subscription is (re)established (SubAck: first start,
 //! reconnect, broker restart) it publishes a signed `Hello` with a growing
