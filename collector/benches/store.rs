@@ -390,23 +390,35 @@ fn rollups(units: usize, hours: u64) {
     let [_, (min_b, min_n), (hour_b, hour_n)] = s.series_footprint();
     assert_eq!(raw_n as u64, records, "raw records on disk");
     let per = |b: u64, n: usize| b as f64 / n.max(1) as f64;
-    // The value alone, before compression (one unit's minutes).
+    // The values alone, before compression (one unit's minutes): each on its
+    // own (the hour rollups' form), and as the hour blocks they are stored in.
+    use muster_collector::store::rollup::{encode, encode_minutes, floor};
     let (mins, _) = s
         .rollups(
             &ids[0],
             muster_collector::store::rollup::Resolution::Minute,
             0,
             u64::MAX,
-            100,
+            10_000,
         )
         .unwrap();
-    let value = mins
-        .iter()
-        .map(|r| muster_collector::store::rollup::encode(r).unwrap().len())
-        .sum::<usize>() as f64
-        / mins.len().max(1) as f64;
+    let per_minute = |bytes: usize| bytes as f64 / mins.len().max(1) as f64;
+    let alone = per_minute(mins.iter().map(|r| encode(r).unwrap().len()).sum());
+    let mut by_hour: std::collections::BTreeMap<u64, Vec<_>> = Default::default();
+    for r in mins.iter().cloned() {
+        by_hour
+            .entry(floor(r.start_ms, HOUR_MS))
+            .or_default()
+            .push(r);
+    }
+    let block = per_minute(
+        by_hour
+            .iter()
+            .map(|(h, m)| encode_minutes(*h, m).unwrap().len())
+            .sum(),
+    );
     println!(
-        "rollups ({} values): {units} units x {hours} h: {records} raw records, {:.1} B each; {min_n} minute rollups ({} rolled in {roll_s:.1} s), {:.1} B each ({:.3} x a raw record; the value alone {value:.1} B uncompressed); {hour_n} hour rollups ({} rolled), {:.1} B each",
+        "rollups ({} values): {units} units x {hours} h: {records} raw records, {:.1} B each; {min_n} minute rollups ({} rolled in {roll_s:.1} s), {:.1} B each ({:.3} x a raw record; uncompressed {block:.1} B a minute in hour blocks, {alone:.1} B alone); {hour_n} hour rollups ({} rolled), {:.1} B each",
         profile.name(),
         per(raw_b, raw_n),
         st.minutes_rolled,

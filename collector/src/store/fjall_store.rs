@@ -16,10 +16,17 @@
 //!   (same keys; a dropped bucket is never created again: fjall 2 does not
 //!   take re-creating a deleted partition's name well), where retention
 //!   merges it into its rollups and deletes it.
-//! * `min_<day ms>` (per day) / `hour_<30-day ms>` (per 30 days): `agency
-//!   0x00 unit 0x00 start_ms(be)` -> [`super::rollup::Rollup`] of that
-//!   minute / hour in `muster_proto::rollup`'s fixed point
-//!   ([`super::rollup::encode`]; JSON from earlier builds still reads).
+//! * `hour_<30-day ms>` (per 30 days): `agency 0x00 unit 0x00
+//!   start_ms(be)` -> [`super::rollup::Rollup`] of that hour in
+//!   `muster_proto::rollup`'s fixed point ([`super::rollup::encode`]; JSON
+//!   from earlier builds still reads).
+//! * `min_<day ms>` (per day): `agency 0x00 unit 0x00 hour_ms(be)` -> the
+//!   hour's minutes as one block ([`super::rollup::encode_minutes`],
+//!   [`super::block`]: about half the bytes of a key per minute). The
+//!   unit's latest hour, still filling, keeps a key per minute (`start_ms`,
+//!   as an hour rollup is stored), so a retention round writes a minute, not
+//!   a growing block; the round that rolls the unit's next hour folds them
+//!   into the block. Readers take either form (and earlier builds' minutes).
 //! * `dirty_<generation>`: `agency 0x00 unit 0x00 minute_ms(be)` -> empty:
 //!   minutes that got records since they were last rolled up (written by
 //!   `commit` in the same batch as the records). `retain` starts a new
@@ -203,6 +210,17 @@ fn decode_rollup_kv(k: &[u8], v: &[u8]) -> Result<Rollup, StoreError> {
         .map(|at| be_u64(&k[at..]))
         .ok_or_else(|| corrupt("rollups", "key shorter than its start"))?;
     rollup::decode(start, v).map_err(|e| corrupt("rollups", e))
+}
+
+/// The minute rollups under a key of a minutes partition: an hour's block,
+/// or (earlier builds) one minute.
+fn decode_minutes_kv(k: &[u8], v: &[u8]) -> Result<Vec<Rollup>, StoreError> {
+    let start = k
+        .len()
+        .checked_sub(8)
+        .map(|at| be_u64(&k[at..]))
+        .ok_or_else(|| corrupt("rollups", "key shorter than its start"))?;
+    rollup::decode_minutes(start, v).map_err(|e| corrupt("rollups", e))
 }
 
 fn rollup_key(prefix: &[u8], start_ms: u64) -> Vec<u8> {
@@ -545,9 +563,10 @@ impl FjallStore {
         st: &mut RetainStats,
     ) -> Result<(), StoreError> {
         let mut b = self.ks.batch();
-        let mut rolled: BTreeMap<u64, Rollup> = BTreeMap::new();
+        // This round's minutes by hour: (minute, rollup, merge into the
+        // stored one rather than replace it).
+        let mut fresh: BTreeMap<u64, Vec<(u64, Rollup, bool)>> = BTreeMap::new();
         let mut hour_merges: BTreeMap<u64, Vec<Rollup>> = BTreeMap::new();
-        let mut hours = BTreeSet::new();
         for &m in minutes {
             let mut raw = Vec::new();
             let part = if m < pruned.0 {
@@ -571,49 +590,87 @@ impl FjallStore {
             let r = rollup::roll(m, &raw);
             let h = rollup::floor(m, HOUR_MS);
             match rollup::action(m, pruned.0, pruned.1) {
-                Action::Replace => {
-                    rolled.insert(m, r);
-                    hours.insert(h);
-                }
-                Action::MergeMinute => {
-                    let mut old =
-                        self.get_rollup(Resolution::Minute, prefix, m)?
-                            .unwrap_or(Rollup {
-                                start_ms: m,
-                                ..Rollup::default()
-                            });
-                    rollup::merge(&mut old, &r);
-                    rolled.insert(m, old);
-                    hours.insert(h);
-                }
+                Action::Replace => fresh.entry(h).or_default().push((m, r, false)),
+                Action::MergeMinute => fresh.entry(h).or_default().push((m, r, true)),
                 Action::MergeHour => hour_merges.entry(h).or_default().push(r),
             }
         }
         let kept = |series: Series, at: u64, before: u64| {
             rollup::floor(at, series.bucket_ms) + series.bucket_ms > before
         };
-        // Hours of rebuilt minutes: from their minutes (stored, overlaid by
-        // this round's).
-        for h in hours {
+        // The unit's latest hour with rolled minutes is still filling: its
+        // minutes are written one key each, so that a round writes a minute
+        // and not a growing hour. Every other hour is one block: the hour
+        // before the latest is folded now (its minutes stored alone, by
+        // earlier rounds or builds, become its block and are deleted), and
+        // an older hour that gets late records is rewritten as a block.
+        let current = fresh.keys().next_back().copied();
+        if let Some(c) = current.filter(|c| *c >= HOUR_MS) {
+            fresh.entry(c - HOUR_MS).or_default();
+        }
+        for (h, news) in fresh {
+            let block_key = rollup_key(prefix, h);
             let mut of_hour: BTreeMap<u64, Rollup> = BTreeMap::new();
-            if let Some(part) = self.existing_bucket(MINUTES, h)? {
-                for kv in part.range(rollup_key(prefix, h)..rollup_key(prefix, h + HOUR_MS)) {
+            let mut alone = Vec::new();
+            let mut has_block = false;
+            let part = self.existing_bucket(MINUTES, h)?;
+            if let Some(part) = &part {
+                for kv in part.range(block_key.clone()..rollup_key(prefix, h + HOUR_MS)) {
                     let (k, v) = kv?;
-                    let r = decode_rollup_kv(&k, &v)?;
-                    of_hour.insert(r.start_ms, r);
+                    for r in decode_minutes_kv(&k, &v)? {
+                        of_hour.insert(r.start_ms, r);
+                    }
+                    if v.first() == Some(&super::block::BLOCK_FORMAT) {
+                        has_block = true;
+                    } else {
+                        alone.push(k);
+                    }
                 }
             }
-            for (m, r) in rolled.range(h..h + HOUR_MS) {
-                of_hour.insert(*m, r.clone());
+            if news.is_empty() && alone.is_empty() {
+                continue; // already a block, or nothing stored
             }
-            let mut hr = rollup::roll_hour(h, &of_hour.into_values().collect::<Vec<_>>());
-            for r in hour_merges.remove(&h).unwrap_or_default() {
-                rollup::merge(&mut hr, &r);
+            let rolled: Vec<u64> = news.iter().map(|(m, _, _)| *m).collect();
+            for (m, r, merge) in news {
+                if merge {
+                    let old = of_hour.entry(m).or_insert_with(|| Rollup {
+                        start_ms: m,
+                        ..Rollup::default()
+                    });
+                    rollup::merge(old, &r);
+                } else {
+                    of_hour.insert(m, r);
+                }
             }
-            if kept(HOURS, h, next.2) {
-                self.put_rollup(&mut b, Resolution::Hour, prefix, &hr)?;
-                st.hours_rolled += 1;
+            if !rolled.is_empty() {
+                let mut hr = rollup::roll_hour(h, of_hour.values());
+                for r in hour_merges.remove(&h).unwrap_or_default() {
+                    rollup::merge(&mut hr, &r);
+                }
+                if kept(HOURS, h, next.2) {
+                    self.put_rollup(&mut b, Resolution::Hour, prefix, &hr)?;
+                    st.hours_rolled += 1;
+                }
             }
+            if !kept(MINUTES, h, next.1) {
+                continue;
+            }
+            let tree = self.rollup_tree(Resolution::Minute, h)?;
+            if Some(h) == current && !has_block {
+                for m in &rolled {
+                    self.put_rollup(&mut b, Resolution::Minute, prefix, &of_hour[m])?;
+                }
+            } else {
+                let minutes: Vec<Rollup> = of_hour.into_values().collect();
+                let v = rollup::encode_minutes(h, &minutes).map_err(|e| corrupt("rollups", e))?;
+                b.insert(&tree, block_key.clone(), v);
+                for k in alone {
+                    if *k != *block_key {
+                        b.remove(&tree, k);
+                    }
+                }
+            }
+            st.minutes_rolled += rolled.len() as u64;
         }
         for (h, late) in hour_merges {
             if !kept(HOURS, h, next.2) {
@@ -631,12 +688,6 @@ impl FjallStore {
             self.put_rollup(&mut b, Resolution::Hour, prefix, &hr)?;
             st.hours_rolled += 1;
         }
-        for r in rolled.values() {
-            if kept(MINUTES, r.start_ms, next.1) {
-                self.put_rollup(&mut b, Resolution::Minute, prefix, r)?;
-                st.minutes_rolled += 1;
-            }
-        }
         if !b.is_empty() {
             b.commit()?;
         }
@@ -648,7 +699,16 @@ impl FjallStore {
     pub fn series_footprint(&self) -> [(u64, usize); 3] {
         [RAW, MINUTES, HOURS].map(|series| {
             self.buckets(series).iter().fold((0, 0), |(b, n), (_, p)| {
-                (b + p.disk_space(), n + p.len().unwrap_or(0))
+                let entries = if series.name == MINUTES.name {
+                    // A value holds an hour's minutes.
+                    p.iter()
+                        .filter_map(Result::ok)
+                        .map(|(k, v)| decode_minutes_kv(&k, &v).map_or(0, |m| m.len()))
+                        .sum()
+                } else {
+                    p.len().unwrap_or(0)
+                };
+                (b + p.disk_space(), n + entries)
             })
         })
     }
@@ -987,15 +1047,29 @@ impl Store for FjallStore {
         if since_ms > until_ms {
             return Ok((out, false));
         }
-        let lo = rollup_key(&prefix, since_ms);
+        // Minutes are stored by the hour: start at the block holding `since_ms`.
+        let from = match res {
+            Resolution::Minute => rollup::floor(since_ms, HOUR_MS),
+            Resolution::Hour => since_ms,
+        };
+        let lo = rollup_key(&prefix, from);
         let hi = rollup_key(&prefix, until_ms);
-        let parts = self.buckets_in(Self::rollup_series(res), since_ms, until_ms);
+        let parts = self.buckets_in(Self::rollup_series(res), from, until_ms);
         for kv in parts.iter().flat_map(|p| p.range(lo.clone()..=hi.clone())) {
             let (k, v) = kv?;
-            if out.len() == limit {
-                return Ok((out, true));
+            let got = match res {
+                Resolution::Minute => decode_minutes_kv(&k, &v)?,
+                Resolution::Hour => vec![decode_rollup_kv(&k, &v)?],
+            };
+            for r in got {
+                if r.start_ms < since_ms || r.start_ms > until_ms {
+                    continue;
+                }
+                if out.len() == limit {
+                    return Ok((out, true));
+                }
+                out.push(r);
             }
-            out.push(decode_rollup_kv(&k, &v)?);
         }
         Ok((out, false))
     }
@@ -1257,6 +1331,111 @@ mod tests {
 
     /// Late data: an agent's backlog for minutes whose raw records were
     /// pruned merges into their rollups, exactly once.
+    /// Minutes an earlier build stored one key each read as they were, and
+    /// the next roll of their hour folds them into its block (and deletes
+    /// them), with the hour rollup counting every minute once.
+    #[test]
+    fn minutes_stored_alone_read_and_fold_into_their_hours_block() {
+        use crate::store::rollup::{Cutoffs, HostRollup, Stat};
+        let dir = muster_testkit::TempDir::new().unwrap();
+        let s = FjallStore::open(dir.path(), 1 << 20).unwrap();
+        let u = unit("a", "E1");
+        let prefix = sample_prefix(&u);
+        let h = 1_800_000_000_000 - 1_800_000_000_000 % HOUR_MS;
+        let alone = |m: u64, cpu: f64| Rollup {
+            start_ms: h + m * MINUTE_MS,
+            host: Some(HostRollup {
+                samples: 1,
+                last_at_ms: h + m * MINUTE_MS + 1_000,
+                cpu_pct: Stat {
+                    n: 1,
+                    min: cpu,
+                    max: cpu,
+                    sum: cpu,
+                    last: cpu,
+                },
+                ..HostRollup::default()
+            }),
+            probes: vec![],
+        };
+        let mut b = s.ks.batch();
+        for r in [alone(0, 10.0), alone(7, 20.0)] {
+            b.insert(
+                &s.rollup_tree(Resolution::Minute, h).unwrap(),
+                rollup_key(&prefix, r.start_ms),
+                rollup::encode(&r).unwrap(),
+            );
+        }
+        b.commit().unwrap();
+        let minutes = |s: &FjallStore, since: u64| {
+            s.rollups(&u, Resolution::Minute, since, u64::MAX, 100)
+                .unwrap()
+                .0
+                .into_iter()
+                .map(|r| (r.start_ms - h) / MINUTE_MS)
+                .collect::<Vec<_>>()
+        };
+        assert_eq!(minutes(&s, 0), [0, 7]);
+        // Minute 30 of the hour gets a record and is rolled: the hour is
+        // the unit's latest, so its minute is stored alone too.
+        let record = |seq: u64, at: u64, cpu_bp: u16| {
+            let mut host = fixtures::host_sample();
+            host.cpu.as_mut().unwrap().total_bp = cpu_bp;
+            let mut r = fixtures::record(seq, Payload::Host(host));
+            r.at_ms = at;
+            s.commit(&CommitBatch {
+                units: vec![UnitRecord::new(u.clone(), h)],
+                samples: vec![(u.clone(), r)],
+                ..CommitBatch::default()
+            })
+            .unwrap();
+            s.retain(&Cutoffs {
+                raw_before: 0,
+                minute_before: 0,
+                hour_before: 0,
+            })
+            .unwrap();
+        };
+        let keys = |hour: u64| {
+            s.existing_bucket(MINUTES, hour)
+                .unwrap()
+                .unwrap()
+                .range(rollup_key(&prefix, hour)..rollup_key(&prefix, hour + HOUR_MS))
+                .count()
+        };
+        record(1, h + 30 * MINUTE_MS + 5_000, 3_000);
+        assert_eq!(keys(h), 3, "the latest hour: a key a minute");
+        assert_eq!(minutes(&s, 0), [0, 7, 30]);
+        // The next hour gets one: the hour before becomes one block.
+        record(2, h + 61 * MINUTE_MS, 4_000);
+        assert_eq!(keys(h), 1, "one block for the hour before");
+        assert_eq!(keys(h + HOUR_MS), 1);
+        assert_eq!(minutes(&s, 0), [0, 7, 30, 61]);
+        // A late record for the folded hour: its block is rewritten.
+        record(3, h + 31 * MINUTE_MS, 5_000);
+        assert_eq!(keys(h), 1);
+        assert_eq!(minutes(&s, 0), [0, 7, 30, 31, 61]);
+        assert_eq!(minutes(&s, h), [0, 7, 30, 31, 61]);
+
+        // A range that starts inside the hour, and a page of one.
+        assert_eq!(minutes(&s, h + 5 * MINUTE_MS), [7, 30, 31, 61]);
+        let (page, more) = s
+            .rollups(&u, Resolution::Minute, h + MINUTE_MS, u64::MAX, 1)
+            .unwrap();
+        assert_eq!((page[0].start_ms, more), (h + 7 * MINUTE_MS, true));
+        let cpu: Vec<f64> = s
+            .rollups(&u, Resolution::Minute, 0, u64::MAX, 100)
+            .unwrap()
+            .0
+            .iter()
+            .map(|r| r.host.as_ref().unwrap().cpu_pct.last)
+            .collect();
+        assert_eq!(cpu, [10.0, 20.0, 30.0, 50.0, 40.0]);
+        let (hours, _) = s.rollups(&u, Resolution::Hour, 0, u64::MAX, 10).unwrap();
+        assert_eq!(hours.len(), 2);
+        assert_eq!(hours[0].host.as_ref().unwrap().samples, 4);
+    }
+
     #[test]
     fn late_records_merge_into_rolled_minutes_once() {
         use crate::store::rollup::Cutoffs;

@@ -7,6 +7,7 @@
 //! Contract: [`Store::commit`] returns only once everything in the batch is
 //! durable; ingest acks records to agents only after that.
 
+pub mod block;
 mod fjall_store;
 mod keys;
 pub mod rollup;
