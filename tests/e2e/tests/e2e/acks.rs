@@ -341,8 +341,11 @@ fn broker_restart_drains_on_the_collector_hello_not_the_ack_timeout() {
         broker.port(),
         &[&unit_topic(&unit(name), TopicKind::State), COLLECTOR_TOPIC],
     );
-    broker.start_again();
+    // Taken before the spawn: start_again returns once it sees the port
+    // open, and the agent and the watcher may already be connected by then
+    // (CI run 22 saw the birth land before a timestamp taken after it).
     let restarted = Instant::now();
+    broker.start_again();
     // Drained: everything produced up to the restart is stored, with no gap.
     let produced_by_restart = before + 3; // 2 s of 1 s samples and 1 s heartbeats: ≥ 3 records
     let drained = eventually_blocking("the backlog drained after the restart", MIN, || {
