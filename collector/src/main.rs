@@ -119,8 +119,11 @@ fn main() -> anyhow::Result<()> {
     {
         use tracing_subscriber::prelude::*;
         let env = tracing_subscriber::EnvFilter::try_from_default_env()
-            .unwrap_or_else(|_| "info,rumqttd=warn".into());
+            .unwrap_or_else(|_| "info,rumqttd=warn,rumqttc::v5::state=error".into());
         // rumqttd logs every client departure at ERROR: see broker/log.rs.
+        // rumqttc warns once per refused PUBACK (an ACL that drops acks: one
+        // line per ack); ingest::mqtt counts those and logs one line per
+        // 10 s, and warns about refused subscriptions itself.
         let fmt = tracing_subscriber::fmt::layer()
             .with_writer(std::io::stderr)
             .with_filter(muster_collector::broker::log::RumqttdRoutine)

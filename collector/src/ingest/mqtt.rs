@@ -27,7 +27,7 @@ use std::time::Duration;
 use muster_proto::TopicKind;
 use muster_proto::topic::fleet_filter;
 use rumqttc::v5::mqttbytes::QoS;
-use rumqttc::v5::mqttbytes::v5::{Filter, Packet, PubAckReason};
+use rumqttc::v5::mqttbytes::v5::{Filter, Packet, PubAckReason, SubscribeReasonCode};
 use rumqttc::v5::{AsyncClient, Event, EventLoop, MqttOptions};
 use rumqttc::{Outgoing, Transport};
 use tokio::sync::mpsc;
@@ -246,7 +246,19 @@ pub async fn run_event_loop(
                 }
             }
             (Ok(Event::Incoming(Packet::SubAck(s))), Role::Subscriber { hello, .. }) => {
-                debug!(codes = ?s.return_codes, "Subscribed.");
+                let refused: Vec<_> = s
+                    .return_codes
+                    .iter()
+                    .filter(|c| !matches!(c, SubscribeReasonCode::Success(_)))
+                    .collect();
+                if refused.is_empty() {
+                    debug!(codes = ?s.return_codes, "Subscribed.");
+                } else {
+                    // Once per (re)subscription: no telemetry arrives on a
+                    // refused filter (an ACL, or a broker without shared
+                    // subscriptions for mqtt.shared_group).
+                    warn!(codes = ?s.return_codes, "The broker refused a subscription: check its ACL for this user, and mqtt.shared_group.");
+                }
                 conn.connected.store(true, Ordering::Relaxed);
                 match hello.next_payload() {
                     Ok(payload) => match client.try_publish(
