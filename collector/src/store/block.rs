@@ -57,18 +57,25 @@ pub enum BlockError {
 /// The minutes of one hour, by offset (0..60) in ascending order.
 pub type Minutes = [(u8, StoredRollup)];
 
-pub fn encode(minutes: &Minutes) -> Result<Vec<u8>, BlockError> {
-    let k = minutes.len();
-    if k == 0 || k > 60 {
+/// 1 to 60 minute offsets, strictly ascending, each < 60.
+fn check_offsets(offsets: &[u8]) -> Result<(), BlockError> {
+    if offsets.is_empty() || offsets.len() > 60 {
         return Err(BlockError::Malformed("a block holds 1 to 60 minutes"));
     }
-    if minutes.windows(2).any(|w| w[0].0 >= w[1].0) || minutes[k - 1].0 >= 60 {
+    if offsets.windows(2).any(|w| w[0] >= w[1]) || offsets[offsets.len() - 1] >= 60 {
         return Err(BlockError::Malformed("minutes must ascend and be < 60"));
     }
+    Ok(())
+}
+
+pub fn encode(minutes: &Minutes) -> Result<Vec<u8>, BlockError> {
+    let k = minutes.len();
+    let offsets: Vec<u8> = minutes.iter().map(|(m, _)| *m).collect();
+    check_offsets(&offsets)?;
     let mut w = Writer(Vec::with_capacity(64 * k));
     w.0.push(BLOCK_FORMAT);
     w.0.push(k as u8);
-    w.0.extend(minutes.iter().map(|(m, _)| *m));
+    w.0.extend(&offsets);
 
     let hosts: Vec<&StoredHost> = minutes
         .iter()
@@ -131,13 +138,8 @@ pub fn decode(bytes: &[u8]) -> Result<Vec<(u8, StoredRollup)>, BlockError> {
         return Err(BlockError::Malformed("not a minute block"));
     }
     let k = usize::from(r.byte()?);
-    if k == 0 || k > 60 {
-        return Err(BlockError::Malformed("a block holds 1 to 60 minutes"));
-    }
     let offsets = r.take(k)?.to_vec();
-    if offsets.windows(2).any(|w| w[0] >= w[1]) || offsets[k - 1] >= 60 {
-        return Err(BlockError::Malformed("minutes must ascend and be < 60"));
-    }
+    check_offsets(&offsets)?;
     let mut out: Vec<(u8, StoredRollup)> = offsets
         .into_iter()
         .map(|m| (m, StoredRollup::default()))

@@ -202,25 +202,23 @@ pub fn journal_bytes(cache_bytes: u64) -> u64 {
     (write_buffer_bytes(cache_bytes) * 4).max(64 << 20)
 }
 
-/// A stored rollup from its key (which ends in its start) and value.
-fn decode_rollup_kv(k: &[u8], v: &[u8]) -> Result<Rollup, StoreError> {
-    let start = k
-        .len()
+/// The start a rollup key ends in.
+fn rollup_key_start(k: &[u8]) -> Result<u64, StoreError> {
+    k.len()
         .checked_sub(8)
         .map(|at| be_u64(&k[at..]))
-        .ok_or_else(|| corrupt("rollups", "key shorter than its start"))?;
-    rollup::decode(start, v).map_err(|e| corrupt("rollups", e))
+        .ok_or_else(|| corrupt("rollups", "key shorter than its start"))
+}
+
+/// A stored rollup from its key (which ends in its start) and value.
+fn decode_rollup_kv(k: &[u8], v: &[u8]) -> Result<Rollup, StoreError> {
+    rollup::decode(rollup_key_start(k)?, v).map_err(|e| corrupt("rollups", e))
 }
 
 /// The minute rollups under a key of a minutes partition: an hour's block,
 /// or (earlier builds) one minute.
 fn decode_minutes_kv(k: &[u8], v: &[u8]) -> Result<Vec<Rollup>, StoreError> {
-    let start = k
-        .len()
-        .checked_sub(8)
-        .map(|at| be_u64(&k[at..]))
-        .ok_or_else(|| corrupt("rollups", "key shorter than its start"))?;
-    rollup::decode_minutes(start, v).map_err(|e| corrupt("rollups", e))
+    rollup::decode_minutes(rollup_key_start(k)?, v).map_err(|e| corrupt("rollups", e))
 }
 
 fn rollup_key(prefix: &[u8], start_ms: u64) -> Vec<u8> {
