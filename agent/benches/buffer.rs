@@ -70,8 +70,7 @@ fn agent_child() {
     let unit = unit();
     let cfg = UplinkConfig {
         mqtt: MqttSettings {
-            host: "127.0.0.1".into(),
-            port,
+            brokers: vec![("127.0.0.1".into(), port)],
             tls: false,
             client_id: "muster-bench-agent".into(),
             keepalive: Duration::from_secs(30),

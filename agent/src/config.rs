@@ -108,6 +108,7 @@ struct RawTrust {
 #[serde(deny_unknown_fields)]
 struct RawMqtt {
     url: Option<String>,
+    urls: Option<Vec<String>>,
     client_id: Option<String>,
     keepalive: Option<String>,
     connect_timeout: Option<String>,
@@ -310,7 +311,8 @@ impl ProbeSpec {
     }
 }
 
-fn format_host_port(host: &str, port: u16) -> String {
+/// `host:port`, an IPv6 host in brackets.
+pub fn format_host_port(host: &str, port: u16) -> String {
     if host.contains(':') {
         format!("[{host}]:{port}")
     } else {
@@ -601,14 +603,47 @@ fn uri_host_port(uri: &hyper::Uri, default_port: u16) -> Option<(String, u16)> {
     Some((host.to_owned(), port))
 }
 
+/// At most this many brokers in `mqtt.urls` (a cluster is 3 to 5 nodes).
+const MAX_BROKERS: usize = 16;
+
 fn validate_mqtt(raw: Option<RawMqtt>, unit: &UnitId) -> Result<MqttSettings, ConfigError> {
     let raw = raw.ok_or_else(|| ConfigError::invalid("mqtt.url", "missing ([mqtt] table)"))?;
-    let url = raw
-        .url
-        .ok_or_else(|| ConfigError::invalid("mqtt.url", "missing"))?;
-    let MqttUrl { scheme, host, port } =
-        MqttUrl::parse(&url).map_err(|m| ConfigError::invalid("mqtt.url", m))?;
-    let tls = scheme == MqttScheme::Tls;
+    let (key, urls) = match (raw.url, raw.urls) {
+        (Some(_), Some(_)) => {
+            return Err(ConfigError::invalid(
+                "mqtt.urls",
+                "set either mqtt.url or mqtt.urls, not both",
+            ));
+        }
+        (Some(u), None) => ("mqtt.url", vec![u]),
+        (None, Some(us)) => ("mqtt.urls", us),
+        (None, None) => return Err(ConfigError::invalid("mqtt.url", "missing")),
+    };
+    if urls.is_empty() || urls.len() > MAX_BROKERS {
+        return Err(ConfigError::invalid(
+            key,
+            format!("must list 1 to {MAX_BROKERS} brokers"),
+        ));
+    }
+    let mut brokers: Vec<(String, u16)> = Vec::with_capacity(urls.len());
+    let mut scheme = None;
+    for url in &urls {
+        let u = MqttUrl::parse(url).map_err(|m| ConfigError::invalid(key, m))?;
+        if *scheme.get_or_insert(u.scheme) != u.scheme {
+            return Err(ConfigError::invalid(
+                key,
+                "mixes mqtt:// and mqtts:// (one TLS setting serves every broker)",
+            ));
+        }
+        if brokers.iter().any(|(h, p)| *h == u.host && *p == u.port) {
+            return Err(ConfigError::invalid(
+                key,
+                format!("{url:?} is listed twice"),
+            ));
+        }
+        brokers.push((u.host, u.port));
+    }
+    let tls = scheme == Some(MqttScheme::Tls);
     let client_id = raw
         .client_id
         .unwrap_or_else(|| format!("muster-{}-{}", unit.agency, unit.unit));
@@ -686,13 +721,12 @@ fn validate_mqtt(raw: Option<RawMqtt>, unit: &UnitId) -> Result<MqttSettings, Co
     };
     if !tls && (raw.ca_file.is_some() || client_cert.is_some()) {
         return Err(ConfigError::invalid(
-            "mqtt.url",
+            key,
             "TLS files are set but the URL is not mqtts://",
         ));
     }
     Ok(MqttSettings {
-        host,
-        port,
+        brokers,
         tls,
         client_id,
         keepalive,

@@ -105,11 +105,10 @@ fn main() -> ExitCode {
                     }
                 };
                 println!(
-                    "{}: valid. unit {}, mqtt {}:{}{}, buffer {} ({} bytes), sampling every {:?}, {} probe(s), report endpoint {}, {} trusted collector key(s)",
+                    "{}: valid. unit {}, mqtt {}{}, buffer {} ({} bytes), sampling every {:?}, {} probe(s), report endpoint {}, {} trusted collector key(s)",
                     config.display(),
                     c.unit,
-                    c.mqtt.host,
-                    c.mqtt.port,
+                    c.mqtt.broker_list(),
                     if c.mqtt.tls { " (TLS)" } else { "" },
                     c.buffer.path.display(),
                     c.buffer.max_bytes,

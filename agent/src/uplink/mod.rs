@@ -246,9 +246,12 @@ pub async fn run_hooked(
     let mut control = control;
     let boot = BootId(rand::random());
     let now = clock.now_ms();
-    let opts = mqtt::options(&cfg.unit, boot, &cfg.mqtt, &cfg.uplink, now)?;
+    let brokers = mqtt::options(&cfg.unit, boot, &cfg.mqtt, &cfg.uplink, now)?;
     let trust = cfg.trust.clone();
-    let (client, mut eventloop) = AsyncClient::new(opts, usize::from(cfg.uplink.max_inflight) + 64);
+    let (client, mut eventloop) = AsyncClient::new(
+        brokers[0].clone(),
+        usize::from(cfg.uplink.max_inflight) + 64,
+    );
     let mut net = rumqttc::NetworkOptions::new();
     net.set_connection_timeout(cfg.mqtt.connect_timeout.as_secs().max(1));
     eventloop.set_network_options(net);
@@ -256,6 +259,7 @@ pub async fn run_hooked(
     let (link, want) = watch::channel(true);
     let poller = tokio::spawn(mqtt::poll_loop(
         eventloop,
+        brokers,
         ev_tx,
         want,
         cfg.unit.clone(),
@@ -263,7 +267,7 @@ pub async fn run_hooked(
         cfg.uplink.clone(),
         clock.clone(),
     ));
-    info!(unit = %cfg.unit, %boot, backlog = buffer.records(), broker = %format!("{}:{}", cfg.mqtt.host, cfg.mqtt.port), "Uplink starting.");
+    info!(unit = %cfg.unit, %boot, backlog = buffer.records(), brokers = %cfg.mqtt.broker_list(), "Uplink starting.");
 
     let mut up = Uplink {
         unit: cfg.unit.clone(),
@@ -527,6 +531,7 @@ impl Uplink {
             LinkEvent::Connected {
                 connection,
                 session_present,
+                broker,
             } => {
                 self.counters.connects += 1;
                 if self.counters.connects > 1 {
@@ -543,7 +548,7 @@ impl Uplink {
                     return;
                 }
                 self.birth_reason = self.next_birth.take().unwrap_or(PresenceReason::Connected);
-                info!(unit = %self.unit, connection, session_present, backlog_records = self.buffer.records(), reconnects = self.counters.reconnects, "Connected to the broker.");
+                info!(unit = %self.unit, connection, session_present, %broker, backlog_records = self.buffer.records(), reconnects = self.counters.reconnects, "Connected to the broker.");
                 let _ = self
                     .client
                     .try_subscribe(self.ack_topic.clone(), QoS::AtLeastOnce);

@@ -1,6 +1,7 @@
 //! The MQTT edge: client options (stable id, persistent session, will,
 //! keepalive, TLS with rustls/ring, credentials) and the event-loop task
-//! that polls continuously and reconnects with backoff.
+//! that polls continuously and reconnects with backoff, failing over
+//! between the brokers of `mqtt.urls` ([`Failover`]).
 
 use std::io::BufReader;
 use std::path::Path;
@@ -39,6 +40,8 @@ pub enum LinkEvent {
     Connected {
         connection: u32,
         session_present: bool,
+        /// `host:port` of the broker this connection is to.
+        broker: String,
     },
     /// The connection failed or dropped.
     Disconnected { error: String },
@@ -76,28 +79,79 @@ fn will(unit: &UnitId, boot: BootId, connection: u32, at_ms: u64) -> LastWill {
     )
 }
 
-/// Builds the client options for the first connection of this boot.
+/// Which broker the next connection attempt goes to (pure): the first
+/// listed at start; after every failed attempt or lost connection, the
+/// next one (wrapping), so a dead node costs one attempt and one backoff
+/// wait, and a unit whose link is down (a dead zone) cycles through them
+/// all at the backoff's pace. A connection that is up stays where it is:
+/// there is no failing back to the first broker (a cluster's nodes are
+/// equals).
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct Failover {
+    brokers: usize,
+    at: usize,
+}
+
+impl Failover {
+    /// `brokers` >= 1.
+    pub fn new(brokers: usize) -> Failover {
+        Failover {
+            brokers: brokers.max(1),
+            at: 0,
+        }
+    }
+
+    /// The index of the broker connected to, or tried next.
+    pub fn current(&self) -> usize {
+        self.at
+    }
+
+    /// The connection (or attempt) to the current broker failed: the index
+    /// of the broker to try next.
+    pub fn failed(&mut self) -> usize {
+        self.at = (self.at + 1) % self.brokers;
+        self.at
+    }
+}
+
+/// Builds the client options for the first connection of this boot, one
+/// per broker of `mqtt.urls`, in order.
 pub fn options(
     unit: &UnitId,
     boot: BootId,
     m: &MqttSettings,
     u: &UplinkSettings,
     now_ms: u64,
-) -> Result<MqttOptions, UplinkError> {
-    let mut o = MqttOptions::new(m.client_id.clone(), m.host.clone(), m.port);
-    o.set_keep_alive(m.keepalive.max(Duration::from_secs(1)))
-        .set_clean_session(false)
-        .set_max_packet_size(MAX_PACKET_BYTES, MAX_PACKET_BYTES)
-        .set_inflight(u.max_inflight.saturating_mul(2).max(32))
-        .set_request_channel_capacity(usize::from(u.max_inflight) + 64)
-        .set_last_will(will(unit, boot, 1, now_ms));
-    if let Some(user) = &m.username {
-        o.set_credentials(user.clone(), m.password.clone().unwrap_or_default());
-    }
-    if m.tls {
-        o.set_transport(Transport::tls_with_config(tls_config(m)?.into()));
-    }
-    Ok(o)
+) -> Result<Vec<MqttOptions>, UplinkError> {
+    let transport = if m.tls {
+        Some(Transport::tls_with_config(tls_config(m)?.into()))
+    } else {
+        None
+    };
+    Ok(m.brokers
+        .iter()
+        .map(|(host, port)| {
+            let mut o = MqttOptions::new(m.client_id.clone(), host.clone(), *port);
+            o.set_keep_alive(m.keepalive.max(Duration::from_secs(1)))
+                .set_clean_session(false)
+                .set_max_packet_size(MAX_PACKET_BYTES, MAX_PACKET_BYTES)
+                .set_inflight(u.max_inflight.saturating_mul(2).max(32))
+                .set_request_channel_capacity(usize::from(u.max_inflight) + 64)
+                .set_last_will(will(unit, boot, 1, now_ms));
+            if let Some(user) = &m.username {
+                o.set_credentials(user.clone(), m.password.clone().unwrap_or_default());
+            }
+            if let Some(t) = &transport {
+                o.set_transport(t.clone());
+            }
+            o
+        })
+        .collect())
+}
+
+fn broker_name(o: &MqttOptions) -> String {
+    let (host, port) = o.broker_address();
+    crate::config::format_host_port(&host, port)
 }
 
 /// rustls with the ring provider: the CA file (or the system bundle), and a
@@ -175,16 +229,20 @@ pub fn tls_config(
 
 /// Polls the event loop for as long as the client lives: forwards
 /// connections, disconnections and incoming publishes, and waits a backoff
-/// (exponential, full jitter) between failed attempts. Before each new
-/// connection the will is renumbered, and rumqttc's own queue of unacked
-/// publishes is dropped: the disk buffer owns delivery and resends.
+/// (exponential, full jitter) between failed attempts, each of which moves
+/// to the next of `brokers` ([`Failover`]; `el` starts on the first).
+/// Before each new connection the will is renumbered, and rumqttc's own
+/// queue of unacked publishes is dropped: the disk buffer owns delivery and
+/// resends (to whichever broker it is then connected to).
 ///
 /// `want` says whether to be connected: after a connection ends (our own
 /// DISCONNECT or a failure) while it is `false`, the loop does not
 /// reconnect; it waits until it is `true` again (then at once, without
 /// backoff) or its sender is gone (then it ends).
+#[allow(clippy::too_many_arguments)]
 pub async fn poll_loop(
     mut el: EventLoop,
+    brokers: Vec<MqttOptions>,
     tx: mpsc::Sender<LinkEvent>,
     mut want: watch::Receiver<bool>,
     unit: UnitId,
@@ -194,6 +252,7 @@ pub async fn poll_loop(
 ) {
     let mut backoff = Retry::new(settings.reconnect_min, settings.reconnect_max);
     let mut rng = StdRng::from_os_rng();
+    let mut failover = Failover::new(brokers.len());
     let mut connection = 1u32;
     let mut up = false;
     let mut closing = false;
@@ -202,14 +261,17 @@ pub async fn poll_loop(
             Ok(Event::Incoming(Packet::ConnAck(ack))) => {
                 backoff.reset();
                 up = true;
+                let broker = broker_name(&el.mqtt_options);
                 debug!(
                     connection,
                     session_present = ack.session_present,
+                    %broker,
                     "MQTT connected."
                 );
                 let ev = LinkEvent::Connected {
                     connection,
                     session_present: ack.session_present,
+                    broker,
                 };
                 if tx.send(ev).await.is_err() {
                     return;
@@ -262,6 +324,10 @@ pub async fn poll_loop(
                     up = false;
                     connection += 1;
                 }
+                let failed = broker_name(&el.mqtt_options);
+                if brokers.len() > 1 {
+                    el.mqtt_options = brokers[failover.failed()].clone();
+                }
                 el.mqtt_options
                     .set_last_will(will(&unit, boot, connection, clock.now_ms()));
                 if !*want.borrow() {
@@ -282,7 +348,7 @@ pub async fn poll_loop(
                     continue;
                 }
                 let wait = backoff.next_full(rng.random::<f64>());
-                warn!(error = %e, attempt = backoff.attempt(), retry_in_ms = wait.as_millis() as u64, "MQTT connection lost or refused.");
+                warn!(error = %e, broker = %failed, next_broker = %broker_name(&el.mqtt_options), attempt = backoff.attempt(), retry_in_ms = wait.as_millis() as u64, "MQTT connection lost or refused.");
                 if tx
                     .send(LinkEvent::Disconnected {
                         error: e.to_string(),
@@ -301,4 +367,30 @@ pub async fn poll_loop(
 /// Waits until the link is wanted; `false` when the uplink is gone.
 async fn wait_wanted(want: &mut watch::Receiver<bool>) -> bool {
     want.wait_for(|w| *w).await.is_ok()
+}
+
+#[cfg(test)]
+mod tests {
+    use super::Failover;
+
+    #[test]
+    fn failover_tries_each_broker_in_turn_and_wraps() {
+        // (brokers, failures, the broker then current)
+        for (brokers, failures, at) in [
+            (1, 0, 0),
+            (1, 5, 0),
+            (3, 0, 0),
+            (3, 1, 1),
+            (3, 2, 2),
+            (3, 3, 0),
+            (3, 7, 1),
+            (0, 2, 0), // a list is never empty; treated as one broker
+        ] {
+            let mut f = Failover::new(brokers);
+            for _ in 0..failures {
+                f.failed();
+            }
+            assert_eq!(f.current(), at, "{brokers} brokers, {failures} failures");
+        }
+    }
 }

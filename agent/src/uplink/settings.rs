@@ -7,9 +7,10 @@ use std::time::Duration;
 /// `[mqtt]`
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub struct MqttSettings {
-    /// Broker host and port, from `mqtt.url` (`mqtt://host:1883`, `mqtts://host:8883`).
-    pub host: String,
-    pub port: u16,
+    /// Broker hosts and ports, in the order they are tried: `mqtt.url`
+    /// (`mqtt://host:1883`, `mqtts://host:8883`) or `mqtt.urls` (the nodes
+    /// of a cluster). Never empty.
+    pub brokers: Vec<(String, u16)>,
     /// `mqtts://`: TLS with rustls.
     pub tls: bool,
     /// `mqtt.client_id`, default `muster-{agency}-{unit}`: stable, so the broker keeps the session.
@@ -56,5 +57,16 @@ impl Default for UplinkSettings {
             reconnect_max: Duration::from_secs(60),
             heartbeat_interval: Duration::from_secs(30),
         }
+    }
+}
+
+impl MqttSettings {
+    /// The brokers as `host:port`, comma-separated (logs, `check-config`).
+    pub fn broker_list(&self) -> String {
+        self.brokers
+            .iter()
+            .map(|(h, p)| crate::config::format_host_port(h, *p))
+            .collect::<Vec<_>>()
+            .join(", ")
     }
 }

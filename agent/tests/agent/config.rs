@@ -29,8 +29,7 @@ fn the_example_config_is_valid() {
 #[test]
 fn defaults() {
     let c = parse("").unwrap();
-    assert_eq!(c.mqtt.host, "127.0.0.1");
-    assert_eq!(c.mqtt.port, 1883);
+    assert_eq!(c.mqtt.brokers, [("127.0.0.1".to_owned(), 1883)]);
     assert!(!c.mqtt.tls);
     assert_eq!(c.mqtt.client_id, "muster-metro-fire-E12");
     assert_eq!(c.mqtt.keepalive, Duration::from_secs(30));
@@ -123,7 +122,7 @@ fn mqtts_and_auth() {
     ))
     .unwrap();
     assert!(c.mqtt.tls);
-    assert_eq!(c.mqtt.port, 8883);
+    assert_eq!(c.mqtt.brokers, [("broker.example.org".to_owned(), 8883)]);
     assert_eq!(c.mqtt.password.as_deref(), Some("s3cret"));
     let _ = std::fs::remove_dir_all(&dir);
 }
@@ -314,6 +313,48 @@ fn bad_mqtt_urls() {
     }
     let e = Config::parse("agency = \"a\"\nunit_id = \"u\"\n").unwrap_err();
     assert_eq!(e.key(), Some("mqtt.url"));
+}
+
+#[test]
+fn a_cluster_is_a_list_of_brokers_tried_in_order() {
+    let c = Config::parse(
+        "agency = \"a\"\nunit_id = \"u\"\n[mqtt]\nurls = [\"mqtt://n1:4222\", \"mqtt://[::1]:1884\", \"mqtt://n3\"]\n",
+    )
+    .unwrap();
+    assert_eq!(
+        c.mqtt.brokers,
+        [
+            ("n1".to_owned(), 4222),
+            ("::1".to_owned(), 1884),
+            ("n3".to_owned(), 1883)
+        ]
+    );
+    assert_eq!(c.mqtt.broker_list(), "n1:4222, [::1]:1884, n3:1883");
+    let cases: &[(&str, &str)] = &[
+        ("urls = []", "1 to 16 brokers"),
+        (
+            "urls = [\"mqtt://a\", \"mqtts://b\"]",
+            "mixes mqtt:// and mqtts://",
+        ),
+        ("urls = [\"mqtt://a\", \"mqtt://a:1883\"]", "listed twice"),
+        ("urls = [\"mqtt://a\", \"http://b\"]", "mqtt:// or mqtts://"),
+        ("url = \"mqtt://a\"\nurls = [\"mqtt://b\"]", "not both"),
+    ];
+    for (mqtt, fragment) in cases {
+        let e = Config::parse(&format!(
+            "agency = \"a\"\nunit_id = \"u\"\n[mqtt]\n{mqtt}\n"
+        ))
+        .unwrap_err();
+        assert_eq!(e.key(), Some("mqtt.urls"), "{mqtt}: {e}");
+        assert!(e.to_string().contains(fragment), "{mqtt}: {e}");
+    }
+    let many: Vec<String> = (0..17).map(|i| format!("\"mqtt://n{i}\"")).collect();
+    let e = Config::parse(&format!(
+        "agency = \"a\"\nunit_id = \"u\"\n[mqtt]\nurls = [{}]\n",
+        many.join(", ")
+    ))
+    .unwrap_err();
+    assert!(e.to_string().contains("1 to 16 brokers"), "{e}");
 }
 
 #[test]

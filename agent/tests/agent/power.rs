@@ -711,8 +711,7 @@ async fn the_heartbeat_carries_the_observations_dropped() {
     let u = unit();
     let cfg = muster_agent::uplink::UplinkConfig {
         mqtt: muster_agent::uplink::MqttSettings {
-            host: "127.0.0.1".into(),
-            port: broker.port(),
+            brokers: vec![("127.0.0.1".into(), broker.port())],
             tls: false,
             client_id: "muster-metro-fire-E12".into(),
             keepalive: Duration::from_secs(5),

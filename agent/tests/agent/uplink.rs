@@ -243,8 +243,7 @@ fn config(dir: &Path, port: u16) -> UplinkConfig {
     buffer.flush_interval = Duration::from_millis(100);
     UplinkConfig {
         mqtt: MqttSettings {
-            host: "127.0.0.1".into(),
-            port,
+            brokers: vec![("127.0.0.1".into(), port)],
             tls: false,
             client_id: format!("muster-{}-{}", unit.agency, unit.unit),
             keepalive: Duration::from_secs(2),
@@ -403,6 +402,87 @@ async fn every_seq_arrives_through_a_broker_kill_and_restart_and_the_buffer_drai
     drained(&collector, boot).await;
     agent.stop().await;
     // Everything was acked except, at most, what was taken at shutdown.
+    let left = buffered(t.path());
+    assert!(left <= 2, "{left} records left on disk after acks");
+}
+
+/// `mqtt.urls`: the agent fails over to the next broker when its broker
+/// dies (kill -9), resends there what the dead one never got acked, and
+/// fails over again (wrapping to the first) when that one dies too. Each
+/// broker has its own stand-in collector (a cluster's nodes share their
+/// subscribers; two Mosquittos do not), so "nothing missing" is the union.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn the_agent_fails_over_between_the_listed_brokers_and_nothing_is_missing() {
+    let t = TempDir::new().unwrap();
+    let opts = || MosquittoOptions {
+        persistence: false,
+        ..Default::default()
+    };
+    let mut a = Mosquitto::start_with(opts());
+    let mut b = Mosquitto::start_with(opts());
+    let at_a = Collector::start(a.port()).await;
+    let at_b = Collector::start(b.port()).await;
+    let mut cfg = config(t.path(), a.port());
+    cfg.mqtt.brokers.push(("127.0.0.1".into(), b.port()));
+    let mut agent = Agent::start(cfg);
+    agent.sample_for(30, Duration::from_millis(20)).await;
+    eventually(
+        "records at the first broker",
+        Duration::from_secs(10),
+        async || !at_a.log().got.is_empty(),
+    )
+    .await;
+    assert!(
+        at_b.log().got.is_empty(),
+        "the second broker is only a fallback"
+    );
+
+    a.kill();
+    agent.sample_for(30, Duration::from_millis(20)).await;
+    eventually(
+        "records at the second broker",
+        Duration::from_secs(10),
+        async || !at_b.log().got.is_empty(),
+    )
+    .await;
+    // Back to the first once the second dies too.
+    a.start_again();
+    let at_a2 = Collector::start(a.port()).await;
+    b.kill();
+    agent.sample_for(30, Duration::from_millis(20)).await;
+    eventually(
+        "records at the first broker again",
+        Duration::from_secs(10),
+        async || !at_a2.log().got.is_empty(),
+    )
+    .await;
+
+    let boot = only_boot(&at_a.log());
+    let union = || -> BTreeSet<u64> {
+        [&at_a, &at_b, &at_a2]
+            .iter()
+            .flat_map(|c| host_seqs(&c.log(), boot))
+            .collect()
+    };
+    eventually(
+        "all 90 host samples, across the brokers",
+        Duration::from_secs(30),
+        async || {
+            let u = union();
+            (u.len() == 90)
+                .then_some(())
+                .ok_or(format!("{} of 90", u.len()))
+        },
+    )
+    .await;
+    // No gap in any kind (heartbeats share the seq space).
+    let all: BTreeSet<u64> = [&at_a, &at_b, &at_a2]
+        .iter()
+        .flat_map(|c| c.log().distinct(boot))
+        .collect();
+    assert_eq!(all.len() as u64, *all.last().unwrap(), "a seq is missing");
+    drained(&at_a2, boot).await;
+    agent.stop().await;
     let left = buffered(t.path());
     assert!(left <= 2, "{left} records left on disk after acks");
 }
@@ -653,7 +733,7 @@ async fn mutual_tls_with_a_ca_file_client_certificate_and_password() {
     let collector = Collector::start(broker.port()).await;
     let mut cfg = config(t.path(), port);
     cfg.mqtt.tls = true;
-    cfg.mqtt.host = "localhost".into();
+    cfg.mqtt.brokers[0].0 = "localhost".into();
     cfg.mqtt.ca_file = Some(pki.ca.clone());
     cfg.mqtt.client_cert = Some((pki.client_cert.clone(), pki.client_key.clone()));
     cfg.mqtt.username = Some("e12".into());
@@ -672,7 +752,7 @@ async fn mutual_tls_with_a_ca_file_client_certificate_and_password() {
     let proxy = TcpProxy::start(port);
     let mut no_cert = cfg;
     no_cert.mqtt.client_cert = None;
-    no_cert.mqtt.port = proxy.port();
+    no_cert.mqtt.brokers[0].1 = proxy.port();
     let mut agent = Agent::start(no_cert);
     agent.sample_for(3, Duration::from_millis(10)).await;
     eventually(
