@@ -16,7 +16,7 @@
 //! Layout:
 //!
 //! ```text
-//! u8        BLOCK_FORMAT (0x02)
+//! u8        BLOCK_FORMAT (0x03; 0x02 as earlier builds wrote it still reads)
 //! u8        k: minutes in the block, 1..=60
 //! k × u8    each minute's offset in the hour, strictly ascending, < 60
 //! host      bitmap (LEB128) of the k minutes that have a host part, then
@@ -27,8 +27,16 @@
 //!           count Δ, failures Δ, last_after_ms Δ, last_ok bitmap, the
 //!           stat total, p95 Δ, the stats dns, connect, tls, ttfb
 //! stat      bitmap (over the minutes of its part) of minutes that have it,
-//!           then for those: n Δ, min Δ, max-min, last-min, sum-n×min
+//!           then for those: n Δ, min Δ, max-min, last-min, and sum-n×min
+//!           as its quotient and remainder by n (one value when n is 0; 0x02
+//!           has the one value always)
 //! ```
+//!
+//! Why the quotient and remainder: the sum above the minimum is n times
+//! the mean above it, its largest value by log2(n) bits. Rollups store
+//! minute sums as n × the rounded mean (`rollup::encode_minutes`), so the
+//! remainder is 0 and compresses to nearly nothing, while any sum still
+//! round-trips exactly.
 //!
 //! Contract:
 //! * `decode(encode(m)) == m` for every input `encode` takes: minutes
@@ -42,7 +50,14 @@ use muster_proto::rollup::{FixedStat, StoredHost, StoredProbe, StoredRollup};
 
 /// The format byte of a minute block (`muster_proto::rollup` values, one
 /// minute each, start with 0x01; JSON ones with `{`).
-pub const BLOCK_FORMAT: u8 = 0x02;
+pub const BLOCK_FORMAT: u8 = 0x03;
+/// Blocks as issue 14's first cut wrote them (a stat's sum as one value).
+const BLOCK_FORMAT_V2: u8 = 0x02;
+
+/// Whether a stored value is a minute block (of either format).
+pub fn is_block(v: &[u8]) -> bool {
+    matches!(v.first(), Some(&BLOCK_FORMAT | &BLOCK_FORMAT_V2))
+}
 
 #[derive(Debug, thiserror::Error, PartialEq, Eq)]
 pub enum BlockError {
@@ -133,10 +148,15 @@ pub fn decode(bytes: &[u8]) -> Result<Vec<(u8, StoredRollup)>, BlockError> {
     if bytes.len() > muster_proto::MAX_MESSAGE_BYTES {
         return Err(BlockError::TooLarge(bytes.len()));
     }
-    let mut r = Reader(bytes);
-    if r.byte()? != BLOCK_FORMAT {
-        return Err(BlockError::Malformed("not a minute block"));
-    }
+    let mut r = Reader {
+        rest: bytes,
+        split_sums: false,
+    };
+    r.split_sums = match r.byte()? {
+        BLOCK_FORMAT => true,
+        BLOCK_FORMAT_V2 => false,
+        _ => return Err(BlockError::Malformed("not a minute block")),
+    };
     let k = usize::from(r.byte()?);
     let offsets = r.take(k)?.to_vec();
     check_offsets(&offsets)?;
@@ -199,8 +219,8 @@ pub fn decode(bytes: &[u8]) -> Result<Vec<(u8, StoredRollup)>, BlockError> {
             });
         }
     }
-    if !r.0.is_empty() {
-        return Err(BlockError::Trailing(r.0.len()));
+    if !r.rest.is_empty() {
+        return Err(BlockError::Trailing(r.rest.len()));
     }
     // Names were written sorted: each minute's probes come out in name
     // order, as rollups keep them.
@@ -252,30 +272,58 @@ impl Writer {
         for s in &present {
             self.uint(s.max.wrapping_sub(s.min) as u64);
             self.uint(s.last.wrapping_sub(s.min) as u64);
-            self.uint(s.sum.wrapping_sub(s.min.wrapping_mul(i64::from(s.n))) as u64);
+            let above = s.sum.wrapping_sub(s.min.wrapping_mul(i64::from(s.n))) as u64;
+            match u64::from(s.n) {
+                0 => self.uint(above),
+                n => {
+                    self.uint(above / n);
+                    self.uint(above % n);
+                }
+            }
         }
     }
 }
 
-struct Reader<'a>(&'a [u8]);
+struct Reader<'a> {
+    rest: &'a [u8],
+    /// Format 0x03: a sum above the minimum as quotient and remainder.
+    split_sums: bool,
+}
 
 impl Reader<'_> {
     fn byte(&mut self) -> Result<u8, BlockError> {
         let (&b, rest) = self
-            .0
+            .rest
             .split_first()
             .ok_or(BlockError::Malformed("truncated"))?;
-        self.0 = rest;
+        self.rest = rest;
         Ok(b)
     }
 
     fn take(&mut self, n: usize) -> Result<&[u8], BlockError> {
-        if n > self.0.len() {
+        if n > self.rest.len() {
             return Err(BlockError::Malformed("truncated"));
         }
-        let (a, rest) = self.0.split_at(n);
-        self.0 = rest;
+        let (a, rest) = self.rest.split_at(n);
+        self.rest = rest;
         Ok(a)
+    }
+
+    /// A stat's sum above its minimum (see the layout).
+    fn above(&mut self, n: u32) -> Result<u64, BlockError> {
+        let first = self.uint()?;
+        if !self.split_sums || n == 0 {
+            return Ok(first);
+        }
+        let rem = self.uint()?;
+        let n = u64::from(n);
+        if rem >= n {
+            return Err(BlockError::Malformed("a remainder not below its count"));
+        }
+        first
+            .checked_mul(n)
+            .and_then(|q| q.checked_add(rem))
+            .ok_or(BlockError::Malformed("a sum past 64 bits"))
     }
 
     fn uint(&mut self) -> Result<u64, BlockError> {
@@ -321,7 +369,7 @@ impl Reader<'_> {
             let last = at(self.uint()?);
             let sum = min[j]
                 .wrapping_mul(i64::from(count))
-                .wrapping_add(self.uint()? as i64);
+                .wrapping_add(self.above(count)? as i64);
             out[i] = Some(FixedStat {
                 n: count,
                 min: min[j],
@@ -386,6 +434,51 @@ mod tests {
                 ],
             },
         )
+    }
+
+    /// A block as issue 14's first cut wrote it (0x02: a sum above the
+    /// minimum as one value) still reads; the same minute now takes a
+    /// quotient and remainder.
+    #[test]
+    fn the_first_format_still_reads() {
+        let v2 = [
+            0x02, 1, 5, // one minute, offset 5
+            1, 24, 0, // host: samples 12, last_after 0
+            1, 4, 0xc8, 0x01, 50, 10, 30, // cpu: n 2, min 100, +50, +10, sum +30
+            0, 0, 0, // memory, disk, load: none
+            0, // no probes
+        ];
+        let cpu = FixedStat {
+            n: 2,
+            min: 100,
+            max: 150,
+            sum: 230,
+            last: 110,
+        };
+        let want = vec![(
+            5,
+            StoredRollup {
+                host: Some(StoredHost {
+                    samples: 12,
+                    last_after_ms: 0,
+                    cpu: Some(cpu),
+                    memory: None,
+                    disk_max: None,
+                    load1: None,
+                }),
+                probes: vec![],
+            },
+        )];
+        assert!(is_block(&v2));
+        assert_eq!(decode(&v2).unwrap(), want);
+        let v3 = encode(&want).unwrap();
+        assert_eq!(v3[0], BLOCK_FORMAT);
+        assert_eq!(&v3[1..12], &v2[1..12]);
+        assert_eq!(&v3[12..], [15, 0, 0, 0, 0, 0], "30 = 15 x 2 + 0");
+        // A remainder not below its count is refused.
+        let mut bad = v3.clone();
+        bad[13] = 2;
+        assert!(decode(&bad).is_err());
     }
 
     #[test]
