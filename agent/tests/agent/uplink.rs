@@ -16,7 +16,9 @@ use muster_proto::{
     Ack, Body, BootId, Message, Payload, Presence, SeqRange, TopicKind, UnitId, decode, encode,
     fixtures, topic::unit_topic,
 };
-use muster_testkit::{Mosquitto, MosquittoOptions, ProxyMode, TcpProxy, TempDir, free_port};
+use muster_testkit::{
+    Mosquitto, MosquittoOptions, NatsCluster, ProxyMode, TcpProxy, TempDir, free_port,
+};
 use rumqttc::{AsyncClient, Event, MqttOptions, Packet, QoS};
 
 use muster_testkit::eventually;
@@ -482,6 +484,48 @@ async fn the_agent_fails_over_between_the_listed_brokers_and_nothing_is_missing(
         .collect();
     assert_eq!(all.len() as u64, *all.last().unwrap(), "a seq is missing");
     drained(&at_a2, boot).await;
+    agent.stop().await;
+    let left = buffered(t.path());
+    assert!(left <= 2, "{left} records left on disk after acks");
+}
+
+/// Issue 15 (must show 2, at the agent): a 3-node NATS JetStream cluster
+/// with MQTT on every node (Debian's nats-server 2.9). The agent lists two
+/// nodes, the collector's stand-in is on the third; kill -9 the agent's
+/// node: the agent fails over to the next, the cluster routes its records
+/// to the collector and the collector's acks back, and nothing is missing.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn over_a_nats_cluster_a_node_killed_costs_nothing() {
+    let t = TempDir::new().unwrap();
+    let mut nats = tokio::task::spawn_blocking(|| NatsCluster::start(3))
+        .await
+        .unwrap();
+    let collector = Collector::start(nats.mqtt_port(2)).await;
+    let mut cfg = config(t.path(), nats.mqtt_port(0));
+    cfg.mqtt
+        .brokers
+        .push(("127.0.0.1".into(), nats.mqtt_port(1)));
+    let mut agent = Agent::start(cfg);
+    agent.sample_for(30, Duration::from_millis(20)).await;
+    eventually(
+        "records through node 1",
+        Duration::from_secs(15),
+        async || !collector.log().got.is_empty(),
+    )
+    .await;
+    tokio::task::block_in_place(|| nats.kill(0));
+    agent.sample_for(30, Duration::from_millis(20)).await;
+    let boot = only_boot(&collector.log());
+    eventually("all 60 host samples", Duration::from_secs(30), async || {
+        let n = host_seqs(&collector.log(), boot).len();
+        (n == 60).then_some(()).ok_or(format!("{n} of 60"))
+    })
+    .await;
+    eventually("no gap in seq", Duration::from_secs(10), async || {
+        no_gaps(&collector.log(), boot)
+    })
+    .await;
+    drained(&collector, boot).await;
     agent.stop().await;
     let left = buffered(t.path());
     assert!(left <= 2, "{left} records left on disk after acks");

@@ -25,10 +25,12 @@ pub mod eventually;
 pub mod http;
 #[cfg(target_os = "linux")]
 pub mod logind;
+pub mod nats;
 pub mod webdriver;
 
 pub use collector_config::CollectorToml;
 pub use eventually::{eventually, eventually_blocking, eventually_every};
+pub use nats::NatsCluster;
 
 /// A free TCP port on 127.0.0.1. The port is free when this returns; a
 /// process that binds it right away wins it in practice (the kernel does not

@@ -1,0 +1,211 @@
+//! A real NATS cluster for tests: Debian's `nats-server` (2.9), N nodes on
+//! free loopback ports, each with JetStream (its own store dir) and the
+//! MQTT listener (3.1.1, QoS ≤ 1; NATS keeps MQTT sessions, retained
+//! messages and QoS 1 queues in JetStream, so they outlive a node). Nodes
+//! are killed on drop; [`NatsCluster::kill`] is a kill -9.
+
+use std::io::{BufRead, BufReader, Read, Write};
+use std::net::{SocketAddr, TcpStream};
+use std::path::PathBuf;
+use std::process::{Child, Command, Stdio};
+use std::time::Duration;
+
+use crate::{TempDir, eventually_blocking, free_port};
+
+/// Where the server binary is: `NATS_SERVER` in the environment, else
+/// Debian's path.
+pub fn nats_server_binary() -> PathBuf {
+    std::env::var_os("NATS_SERVER")
+        .map(PathBuf::from)
+        .unwrap_or_else(|| PathBuf::from("/usr/sbin/nats-server"))
+}
+
+struct Node {
+    name: String,
+    client: u16,
+    cluster: u16,
+    mqtt: u16,
+    http: u16,
+    child: Option<Child>,
+}
+
+/// A JetStream cluster with MQTT on every node.
+pub struct NatsCluster {
+    dir: TempDir,
+    nodes: Vec<Node>,
+}
+
+impl NatsCluster {
+    /// Starts `n` nodes (3 for a quorum that survives one loss) and waits
+    /// until every node answers `/healthz` (JetStream meta leader elected)
+    /// and its MQTT port accepts.
+    pub fn start(n: usize) -> NatsCluster {
+        let dir = tempfile::tempdir().expect("tempdir");
+        let nodes = (0..n)
+            .map(|i| Node {
+                name: format!("n{}", i + 1),
+                client: free_port(),
+                cluster: free_port(),
+                mqtt: free_port(),
+                http: free_port(),
+                child: None,
+            })
+            .collect();
+        let mut c = NatsCluster { dir, nodes };
+        for i in 0..n {
+            c.spawn(i);
+        }
+        for i in 0..n {
+            c.wait_healthy(i);
+        }
+        c
+    }
+
+    /// `mqtt://127.0.0.1:PORT` of node `i`'s MQTT listener.
+    pub fn mqtt_url(&self, i: usize) -> String {
+        format!("mqtt://127.0.0.1:{}", self.nodes[i].mqtt)
+    }
+
+    pub fn mqtt_port(&self, i: usize) -> u16 {
+        self.nodes[i].mqtt
+    }
+
+    /// `nats://127.0.0.1:PORT` of node `i`'s client listener.
+    pub fn nats_url(&self, i: usize) -> String {
+        format!("nats://127.0.0.1:{}", self.nodes[i].client)
+    }
+
+    fn config(&self, i: usize) -> String {
+        let node = &self.nodes[i];
+        let routes: Vec<String> = self
+            .nodes
+            .iter()
+            .enumerate()
+            .filter(|(j, _)| *j != i)
+            .map(|(_, o)| format!("nats-route://127.0.0.1:{}", o.cluster))
+            .collect();
+        let store = self.dir.path().join(&node.name);
+        format!(
+            r#"server_name: {name}
+listen: 127.0.0.1:{client}
+http: 127.0.0.1:{http}
+jetstream {{
+  store_dir: "{store}"
+  max_memory_store: 64MB
+  max_file_store: 1GB
+}}
+cluster {{
+  name: muster-test
+  listen: 127.0.0.1:{cluster}
+  routes: [{routes}]
+}}
+mqtt {{
+  listen: 127.0.0.1:{mqtt}
+  # Sessions, retained messages and QoS 1 queues on every node (NATS
+  # otherwise sizes them by the nodes it has met when the first client
+  # connects: a stream on 2 of 3 loses its quorum with one node).
+  stream_replicas: {replicas}
+}}
+"#,
+            name = node.name,
+            client = node.client,
+            http = node.http,
+            store = store.display(),
+            cluster = node.cluster,
+            routes = routes.join(", "),
+            mqtt = node.mqtt,
+            replicas = self.nodes.len().min(3),
+        )
+    }
+
+    fn spawn(&mut self, i: usize) {
+        let conf = self.dir.path().join(format!("{}.conf", self.nodes[i].name));
+        std::fs::write(&conf, self.config(i)).expect("write nats.conf");
+        let bin = nats_server_binary();
+        let mut child = Command::new(&bin)
+            .arg("-c")
+            .arg(&conf)
+            .stdin(Stdio::null())
+            .stdout(Stdio::null())
+            .stderr(Stdio::piped())
+            .spawn()
+            .unwrap_or_else(|e| {
+                panic!(
+                    "cannot start {}: {e}. nats-server is a required test dependency: \
+                     apt-get install -y nats-server (the README's test command does this)",
+                    bin.display()
+                )
+            });
+        let name = self.nodes[i].name.clone();
+        if let Some(e) = child.stderr.take() {
+            std::thread::spawn(move || {
+                for line in BufReader::new(e).lines().map_while(Result::ok) {
+                    // Only what a failing test needs: errors and warnings.
+                    if line.contains("[ERR]") || line.contains("[WRN]") || line.contains("[FTL]") {
+                        eprintln!("[nats {name}] {line}");
+                    }
+                }
+            });
+        }
+        self.nodes[i].child = Some(child);
+    }
+
+    fn wait_healthy(&mut self, i: usize) {
+        let node = &mut self.nodes[i];
+        let http = SocketAddr::from(([127, 0, 0, 1], node.http));
+        let mqtt = SocketAddr::from(([127, 0, 0, 1], node.mqtt));
+        let name = node.name.clone();
+        eventually_blocking(
+            &format!("nats {name} healthy with JetStream and MQTT"),
+            Duration::from_secs(30),
+            || {
+                if let Some(c) = node.child.as_mut()
+                    && let Ok(Some(status)) = c.try_wait()
+                {
+                    panic!("nats {name} exited with {status}");
+                }
+                healthz(http)
+                    && TcpStream::connect_timeout(&mqtt, Duration::from_millis(200)).is_ok()
+            },
+        );
+    }
+
+    /// kill -9 node `i` and wait for it to exit.
+    pub fn kill(&mut self, i: usize) {
+        if let Some(mut c) = self.nodes[i].child.take() {
+            let _ = c.kill();
+            let _ = c.wait();
+        }
+    }
+
+    /// Starts a killed node again (same ports, same store) and waits until
+    /// it is healthy.
+    pub fn start_again(&mut self, i: usize) {
+        assert!(self.nodes[i].child.is_none(), "node is still running");
+        self.spawn(i);
+        self.wait_healthy(i);
+    }
+}
+
+/// `GET /healthz` answers 200 (JetStream current on this node).
+fn healthz(addr: SocketAddr) -> bool {
+    let Ok(mut s) = TcpStream::connect_timeout(&addr, Duration::from_millis(200)) else {
+        return false;
+    };
+    let _ = s.set_read_timeout(Some(Duration::from_secs(2)));
+    let req = crate::http::request_bytes("GET", "/healthz", &[], None);
+    if s.write_all(&req).is_err() {
+        return false;
+    }
+    let mut out = String::new();
+    let _ = s.read_to_string(&mut out);
+    out.starts_with("HTTP/1.1 200") || out.starts_with("HTTP/1.0 200")
+}
+
+impl Drop for NatsCluster {
+    fn drop(&mut self) {
+        for i in 0..self.nodes.len() {
+            self.kill(i);
+        }
+    }
+}
