@@ -362,6 +362,41 @@ async fn drained(collector: &Collector, boot: BootId) {
     .await;
 }
 
+/// All `n` host samples of `boot` arrived with no gap in any seq, the
+/// buffer drained, and the agent stopped with at most what it took at
+/// shutdown left on disk.
+async fn all_arrived_and_acked(
+    collector: &Collector,
+    boot: BootId,
+    n: usize,
+    agent: Agent,
+    dir: &Path,
+) {
+    eventually(
+        &format!("all {n} host samples"),
+        Duration::from_secs(30),
+        async || {
+            let got = host_seqs(&collector.log(), boot).len();
+            (got == n).then_some(()).ok_or(format!("{got} of {n}"))
+        },
+    )
+    .await;
+    eventually("no gap in seq", Duration::from_secs(10), async || {
+        no_gaps(&collector.log(), boot)
+    })
+    .await;
+    drained(collector, boot).await;
+    stopped_with_nothing_left(agent, dir).await;
+}
+
+/// Stops the agent; everything was acked except, at most, what was taken
+/// at shutdown.
+async fn stopped_with_nothing_left(agent: Agent, dir: &Path) {
+    agent.stop().await;
+    let left = buffered(dir);
+    assert!(left <= 2, "{left} records left on disk after acks");
+}
+
 fn buffered(dir: &Path) -> u64 {
     let b = Buffer::open(BufferSettings::new(dir.join("buffer")), 0).unwrap();
     b.records()
@@ -391,21 +426,7 @@ async fn every_seq_arrives_through_a_broker_kill_and_restart_and_the_buffer_drai
     agent.sample_for(40, Duration::from_millis(20)).await;
 
     let boot = only_boot(&collector.log());
-    eventually(
-        "all 140 host samples",
-        Duration::from_secs(30),
-        async || host_seqs(&collector.log(), boot).len() == 140,
-    )
-    .await;
-    eventually("no gap in seq", Duration::from_secs(10), async || {
-        no_gaps(&collector.log(), boot)
-    })
-    .await;
-    drained(&collector, boot).await;
-    agent.stop().await;
-    // Everything was acked except, at most, what was taken at shutdown.
-    let left = buffered(t.path());
-    assert!(left <= 2, "{left} records left on disk after acks");
+    all_arrived_and_acked(&collector, boot, 140, agent, t.path()).await;
 }
 
 /// `mqtt.urls`: the agent fails over to the next broker when its broker
@@ -484,9 +505,7 @@ async fn the_agent_fails_over_between_the_listed_brokers_and_nothing_is_missing(
         .collect();
     assert_eq!(all.len() as u64, *all.last().unwrap(), "a seq is missing");
     drained(&at_a2, boot).await;
-    agent.stop().await;
-    let left = buffered(t.path());
-    assert!(left <= 2, "{left} records left on disk after acks");
+    stopped_with_nothing_left(agent, t.path()).await;
 }
 
 /// Issue 15 (must show 2, at the agent): a 3-node NATS JetStream cluster
@@ -516,19 +535,7 @@ async fn over_a_nats_cluster_a_node_killed_costs_nothing() {
     tokio::task::block_in_place(|| nats.kill(0));
     agent.sample_for(30, Duration::from_millis(20)).await;
     let boot = only_boot(&collector.log());
-    eventually("all 60 host samples", Duration::from_secs(30), async || {
-        let n = host_seqs(&collector.log(), boot).len();
-        (n == 60).then_some(()).ok_or(format!("{n} of 60"))
-    })
-    .await;
-    eventually("no gap in seq", Duration::from_secs(10), async || {
-        no_gaps(&collector.log(), boot)
-    })
-    .await;
-    drained(&collector, boot).await;
-    agent.stop().await;
-    let left = buffered(t.path());
-    assert!(left <= 2, "{left} records left on disk after acks");
+    all_arrived_and_acked(&collector, boot, 60, agent, t.path()).await;
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
@@ -593,9 +600,7 @@ async fn without_acks_records_stay_on_disk_and_are_resent() {
         .find(|b| **b != boot1)
         .unwrap();
     drained(&collector, boot2).await;
-    agent.stop().await;
-    let left = buffered(t.path());
-    assert!(left <= 2, "{left} records left on disk after acks");
+    stopped_with_nothing_left(agent, t.path()).await;
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]

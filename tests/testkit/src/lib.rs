@@ -47,6 +47,25 @@ pub fn wait_until(what: &str, timeout: Duration, cond: impl FnMut() -> bool) {
     eventually_blocking(what, timeout, cond)
 }
 
+/// Starts `bin -c conf` (a broker), stdin and stdout closed, stderr piped;
+/// a missing binary panics naming the Debian `package` to install.
+pub fn spawn_with_config(bin: &Path, conf: &Path, package: &str) -> Child {
+    Command::new(bin)
+        .arg("-c")
+        .arg(conf)
+        .stdin(Stdio::null())
+        .stdout(Stdio::null())
+        .stderr(Stdio::piped())
+        .spawn()
+        .unwrap_or_else(|e| {
+            panic!(
+                "cannot start {}: {e}. {package} is a required test dependency: \
+                 apt-get install -y {package} (the README's test command does this)",
+                bin.display()
+            )
+        })
+}
+
 /// Options for a test broker.
 #[derive(Debug, Clone, Default)]
 pub struct MosquittoOptions {
@@ -140,21 +159,7 @@ impl Mosquitto {
     fn spawn(&mut self) {
         let conf = self.dir.path().join("mosquitto.conf");
         std::fs::write(&conf, self.config()).expect("write mosquitto.conf");
-        let bin = mosquitto_binary();
-        let mut child = Command::new(&bin)
-            .arg("-c")
-            .arg(&conf)
-            .stdin(Stdio::null())
-            .stdout(Stdio::null())
-            .stderr(Stdio::piped())
-            .spawn()
-            .unwrap_or_else(|e| {
-                panic!(
-                    "cannot start {}: {e}. Mosquitto is a required test dependency: \
-                     apt-get install -y mosquitto (the README's test command does this)",
-                    bin.display()
-                )
-            });
+        let mut child = spawn_with_config(&mosquitto_binary(), &conf, "mosquitto");
         let addr = self.addr();
         eventually_blocking(
             &format!("mosquitto listening on {addr}"),

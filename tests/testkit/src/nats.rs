@@ -7,7 +7,7 @@
 use std::io::{BufRead, BufReader, Read, Write};
 use std::net::{SocketAddr, TcpStream};
 use std::path::PathBuf;
-use std::process::{Child, Command, Stdio};
+use std::process::Child;
 use std::time::Duration;
 
 use crate::{TempDir, eventually_blocking, free_port};
@@ -121,21 +121,7 @@ mqtt {{
     fn spawn(&mut self, i: usize) {
         let conf = self.dir.path().join(format!("{}.conf", self.nodes[i].name));
         std::fs::write(&conf, self.config(i)).expect("write nats.conf");
-        let bin = nats_server_binary();
-        let mut child = Command::new(&bin)
-            .arg("-c")
-            .arg(&conf)
-            .stdin(Stdio::null())
-            .stdout(Stdio::null())
-            .stderr(Stdio::piped())
-            .spawn()
-            .unwrap_or_else(|e| {
-                panic!(
-                    "cannot start {}: {e}. nats-server is a required test dependency: \
-                     apt-get install -y nats-server (the README's test command does this)",
-                    bin.display()
-                )
-            });
+        let mut child = crate::spawn_with_config(&nats_server_binary(), &conf, "nats-server");
         let name = self.nodes[i].name.clone();
         if let Some(e) = child.stderr.take() {
             std::thread::spawn(move || {
