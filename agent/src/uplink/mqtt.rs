@@ -325,9 +325,7 @@ pub async fn poll_loop(
                     connection += 1;
                 }
                 let failed = broker_name(&el.mqtt_options);
-                if brokers.len() > 1 {
-                    el.mqtt_options = brokers[failover.failed()].clone();
-                }
+                el.mqtt_options = brokers[failover.failed()].clone();
                 el.mqtt_options
                     .set_last_will(will(&unit, boot, connection, clock.now_ms()));
                 if !*want.borrow() {

@@ -1,5 +1,6 @@
 //! The embedded store: one fjall keyspace (an LSM tree per partition, lz4
-//! blocks, deflate for rollups: [`ROLLUP_COMPRESSION`]; one shared journal) under `<data dir>/store`.
+//! blocks, deflate for rollups: [`ROLLUP_COMPRESSION`]; one shared
+//! journal) under `<data dir>/store`.
 //!
 //! Why fjall and not sled: `benches/store.rs` measured it (issue 14): sled
 //! takes 1.3-1.4 KB on disk per ~190-byte record and never gives space

@@ -717,8 +717,9 @@ mod tests {
     }
 
     /// An hour's minutes stored as one block read back with their starts,
-    /// counts and times exact and latencies to 10 µs; a minute outside the
-    /// hour is refused; a minute stored alone (earlier builds) still reads.
+    /// counts and times exact, percentages and latencies to 0.1 ([`MINUTE`]);
+    /// a minute outside the hour is refused; a minute stored alone (earlier
+    /// builds) still reads.
     #[test]
     fn minute_blocks_keep_a_tenth_of_a_percent_and_of_a_millisecond() {
         let h = 1_800_000_000_000 - 1_800_000_000_000 % HOUR_MS;

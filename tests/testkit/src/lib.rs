@@ -66,6 +66,20 @@ pub fn spawn_with_config(bin: &Path, conf: &Path, package: &str) -> Child {
         })
 }
 
+/// Drains the child's stderr (so it never blocks on a full pipe) onto the
+/// test's, each line that `keep` takes prefixed with `[label]`.
+pub fn forward_stderr(child: &mut Child, label: String, keep: fn(&str) -> bool) {
+    if let Some(e) = child.stderr.take() {
+        std::thread::spawn(move || {
+            for line in BufReader::new(e).lines().map_while(Result::ok) {
+                if keep(&line) {
+                    eprintln!("[{label}] {line}");
+                }
+            }
+        });
+    }
+}
+
 /// Options for a test broker.
 #[derive(Debug, Clone, Default)]
 pub struct MosquittoOptions {
@@ -178,14 +192,7 @@ impl Mosquitto {
                 false
             },
         );
-        // Drain stderr so the broker never blocks on a full pipe.
-        if let Some(e) = child.stderr.take() {
-            std::thread::spawn(move || {
-                for line in BufReader::new(e).lines().map_while(Result::ok) {
-                    eprintln!("[mosquitto] {line}");
-                }
-            });
-        }
+        forward_stderr(&mut child, "mosquitto".into(), |_| true);
         self.child = Some(child);
     }
 

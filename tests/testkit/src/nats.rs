@@ -4,13 +4,13 @@
 //! messages and QoS 1 queues in JetStream, so they outlive a node). Nodes
 //! are killed on drop; [`NatsCluster::kill`] is a kill -9.
 
-use std::io::{BufRead, BufReader, Read, Write};
+use std::io::{Read, Write};
 use std::net::{SocketAddr, TcpStream};
 use std::path::PathBuf;
 use std::process::Child;
 use std::time::Duration;
 
-use crate::{TempDir, eventually_blocking, free_port};
+use crate::{TempDir, eventually_blocking, forward_stderr, free_port};
 
 /// Where the server binary is: `NATS_SERVER` in the environment, else
 /// Debian's path.
@@ -122,17 +122,10 @@ mqtt {{
         let conf = self.dir.path().join(format!("{}.conf", self.nodes[i].name));
         std::fs::write(&conf, self.config(i)).expect("write nats.conf");
         let mut child = crate::spawn_with_config(&nats_server_binary(), &conf, "nats-server");
-        let name = self.nodes[i].name.clone();
-        if let Some(e) = child.stderr.take() {
-            std::thread::spawn(move || {
-                for line in BufReader::new(e).lines().map_while(Result::ok) {
-                    // Only what a failing test needs: errors and warnings.
-                    if line.contains("[ERR]") || line.contains("[WRN]") || line.contains("[FTL]") {
-                        eprintln!("[nats {name}] {line}");
-                    }
-                }
-            });
-        }
+        // Only what a failing test needs: errors and warnings.
+        forward_stderr(&mut child, format!("nats {}", self.nodes[i].name), |l| {
+            l.contains("[ERR]") || l.contains("[WRN]") || l.contains("[FTL]")
+        });
         self.nodes[i].child = Some(child);
     }
 
