@@ -9,7 +9,8 @@
 //!
 //! Partitions and keys (the same order as the sled store had):
 //! * `units`: `agency 0x00 unit` -> JSON [`UnitRecord`].
-//! * `raw_<hour ms>`, one partition per hour of event time: `agency 0x00
+//! * `raw15m_<ms>`, one partition per 15 minutes of event time (earlier
+//!   builds: `raw_<hour ms>`, per hour, still read): `agency 0x00
 //!   unit 0x00 at_ms(be) boot(be) seq(be)` -> the record in the wire
 //!   encoding (`muster_proto::encode` of a one-record message: compact, and
 //!   versioned like everything else on the wire). A record for an hour
@@ -21,7 +22,8 @@
 //!   start_ms(be)` -> [`super::rollup::Rollup`] of that hour in
 //!   `muster_proto::rollup`'s fixed point ([`super::rollup::encode`]; JSON
 //!   from earlier builds still reads).
-//! * `min_<day ms>` (per day): `agency 0x00 unit 0x00 hour_ms(be)` -> the
+//! * `min6h_<ms>` (per 6 hours; earlier builds: `min_<day ms>`, per day,
+//!   still read): `agency 0x00 unit 0x00 hour_ms(be)` -> the
 //!   hour's minutes as one block ([`super::rollup::encode_minutes`],
 //!   [`super::block`]: about half the bytes of a key per minute). The
 //!   unit's latest hour, still filling, keeps a key per minute (`start_ms`,
@@ -44,8 +46,11 @@
 //! marks therefore live in partitions that retention drops whole (their
 //! files are deleted at once), so the disk follows retention with no
 //! tombstones. Retention is thus by whole buckets: raw records are kept
-//! `sample_retention` plus up to an hour, minute rollups plus up to a day,
-//! hour rollups plus up to 30 days.
+//! `sample_retention` plus up to 15 minutes, minute rollups plus up to 6
+//! hours, hour rollups plus up to 30 days. A partition's name carries its
+//! width (`Series`): a build that narrows a series writes new buckets
+//! under a new name once the old ones no longer cover the time written,
+//! and reads and drops both.
 //! * `events`: `id(be)` -> JSON [`StoredEvent`]; `events_by_agency`:
 //!   `agency 0x00 id(be)` -> empty, the index agency-scoped listings use.
 //! * `incidents`: incident id -> JSON [`Incident`] (latest version).
@@ -136,38 +141,86 @@ fn finish_cut_creates(path: &Path) -> Result<(), StoreError> {
 /// of a core to 157% (level 6) and the stored ratio from 0.98-1.0 to 0.80.
 const ROLLUP_COMPRESSION: CompressionType = CompressionType::Miniz(6);
 
-/// A family of time-bucketed partitions `<name>_<bucket start ms>`.
+/// A family of time-bucketed partitions `<name>_<bucket start ms>`. The
+/// name carries the width: a build that changes a width takes a new name
+/// and lists the old one in `earlier`.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 struct Series {
     name: &'static str,
     bucket_ms: u64,
     block: u32,
     compression: CompressionType,
+    /// The same series at the width an earlier build used. Its buckets
+    /// are read, and dropped by retention, as this series' own; one that
+    /// covers a time being written takes the write (a rollup is rewritten
+    /// where it already is), so the new width only starts where the old
+    /// buckets end.
+    earlier: Option<Width>,
 }
 
+/// A bucket width under its partition name.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+struct Width {
+    name: &'static str,
+    bucket_ms: u64,
+}
+
+impl Series {
+    /// Earlier width first: where a time is covered by both, that one
+    /// holds it.
+    fn widths(self) -> impl Iterator<Item = Width> {
+        self.earlier.into_iter().chain(std::iter::once(Width {
+            name: self.name,
+            bucket_ms: self.bucket_ms,
+        }))
+    }
+}
+
+/// One bucket partition: the times `start..end` of its series.
+struct Bucket {
+    start: u64,
+    end: u64,
+    part: PartitionHandle,
+}
+
+/// Raw records by the quarter hour: retention drops whole buckets, so raw
+/// records are kept `sample_retention` plus up to 15 minutes (with hour
+/// buckets, up to an hour: at the default 2 h, a third more raw bytes).
 const RAW: Series = Series {
-    name: "raw",
-    bucket_ms: HOUR_MS,
+    name: "raw15m",
+    bucket_ms: 15 * MINUTE_MS,
     block: 32 * 1024,
     compression: CompressionType::Lz4,
+    earlier: Some(Width {
+        name: "raw",
+        bucket_ms: HOUR_MS,
+    }),
 };
+/// Minute rollups by 6 hours (kept `minute_retention` plus up to 6 h;
+/// earlier builds: a day).
 const MINUTES: Series = Series {
-    name: "min",
-    bucket_ms: DAY_MS,
+    name: "min6h",
+    bucket_ms: 6 * HOUR_MS,
     block: 32 * 1024,
     compression: ROLLUP_COMPRESSION,
+    earlier: Some(Width {
+        name: "min",
+        bucket_ms: DAY_MS,
+    }),
 };
 const HOURS: Series = Series {
     name: "hour",
     bucket_ms: 30 * DAY_MS,
     block: 32 * 1024,
     compression: ROLLUP_COMPRESSION,
+    earlier: None,
 };
 const DIRTY: Series = Series {
     name: "dirty",
     bucket_ms: 1,
     block: 4096,
     compression: CompressionType::Lz4,
+    earlier: None,
 };
 use super::keys::{
     EventPage, be_u64, corrupt, decode_sample, event_at, pick_latest, sample_key, sample_prefix,
@@ -337,7 +390,7 @@ impl FjallStore {
             enrollments: open("enrollments", 4096)?,
             ks,
         };
-        let next_gen = store.buckets(DIRTY).last().map_or(0, |(g, _)| g + 1);
+        let next_gen = store.buckets(DIRTY).last().map_or(0, |b| b.start + 1);
         let stored_gen = store.meta.get("generation")?.map_or(0, |v| be_u64(&v));
         store
             .generation
@@ -351,11 +404,19 @@ impl FjallStore {
         Ok(store)
     }
 
-    /// The partition of `series` holding `at_ms` (created if need be).
+    /// The partition of `series` holding `at_ms`: an existing one (of any
+    /// width), else a new one at the series' width.
     fn bucket(&self, series: Series, at_ms: u64) -> Result<PartitionHandle, StoreError> {
+        if let Some(p) = self.existing_bucket(series, at_ms)? {
+            return Ok(p);
+        }
         let start = rollup::floor(at_ms, series.bucket_ms);
+        self.open_bucket(series, &format!("{}_{start}", series.name))
+    }
+
+    fn open_bucket(&self, series: Series, name: &str) -> Result<PartitionHandle, StoreError> {
         Ok(self.ks.open_partition(
-            &format!("{}_{start}", series.name),
+            name,
             PartitionCreateOptions::default()
                 .compression(series.compression)
                 // Scanned in ranges: larger blocks compress better.
@@ -364,32 +425,35 @@ impl FjallStore {
         )?)
     }
 
-    /// The existing partitions of `series`, oldest first, by bucket start.
-    fn buckets(&self, series: Series) -> Vec<(u64, PartitionHandle)> {
-        let mut out: Vec<(u64, PartitionHandle)> = self
-            .ks
-            .list_partitions()
-            .iter()
-            .filter_map(|name| {
-                let start: u64 = name
-                    .strip_prefix(series.name)?
-                    .strip_prefix('_')?
-                    .parse()
-                    .ok()?;
-                Some((start, self.bucket(series, start).ok()?))
+    /// The existing partitions of `series` (every width), by start.
+    fn buckets(&self, series: Series) -> Vec<Bucket> {
+        let names = self.ks.list_partitions();
+        let mut out: Vec<Bucket> = series
+            .widths()
+            .flat_map(|w| {
+                names.iter().filter_map(move |name| {
+                    let start: u64 = name.strip_prefix(w.name)?.strip_prefix('_')?.parse().ok()?;
+                    Some((start, w, name))
+                })
+            })
+            .filter_map(|(start, w, name)| {
+                Some(Bucket {
+                    start,
+                    end: start.saturating_add(w.bucket_ms),
+                    part: self.open_bucket(series, name).ok()?,
+                })
             })
             .collect();
-        out.sort_by_key(|(s, _)| *s);
+        out.sort_by_key(|b| b.start);
         out
     }
 
     /// The buckets that may hold keys from `since_ms` to `until_ms`.
     fn buckets_in(&self, series: Series, since_ms: u64, until_ms: u64) -> Vec<PartitionHandle> {
-        let lo = rollup::floor(since_ms, series.bucket_ms);
         self.buckets(series)
             .into_iter()
-            .filter(|(s, _)| *s >= lo && *s <= until_ms)
-            .map(|(_, p)| p)
+            .filter(|b| b.end > since_ms && b.start <= until_ms)
+            .map(|b| b.part)
             .collect()
     }
 
@@ -397,10 +461,10 @@ impl FjallStore {
     /// many entries they held (approximately, as fjall counts).
     fn drop_buckets(&self, series: Series, before_ms: u64) -> Result<u64, StoreError> {
         let mut n = 0;
-        for (start, p) in self.buckets(series) {
-            if start.saturating_add(series.bucket_ms) <= before_ms {
-                let len = p.approximate_len() as u64;
-                if self.drop_partition(p)? {
+        for b in self.buckets(series) {
+            if b.end <= before_ms {
+                let len = b.part.approximate_len() as u64;
+                if self.drop_partition(b.part)? {
                     n += len;
                 }
             }
@@ -548,22 +612,20 @@ impl FjallStore {
         Ok(())
     }
 
-    /// The partition of `series` holding `at_ms`, if it exists (reads never
-    /// create one).
+    /// The partition of `series` holding `at_ms`, if one exists, of any
+    /// width (reads never create one).
     fn existing_bucket(
         &self,
         series: Series,
         at_ms: u64,
     ) -> Result<Option<PartitionHandle>, StoreError> {
-        let start = rollup::floor(at_ms, series.bucket_ms);
-        if self
-            .ks
-            .partition_exists(&format!("{}_{start}", series.name))
-        {
-            Ok(Some(self.bucket(series, start)?))
-        } else {
-            Ok(None)
+        for w in series.widths() {
+            let name = format!("{}_{}", w.name, rollup::floor(at_ms, w.bucket_ms));
+            if self.ks.partition_exists(&name) {
+                return Ok(Some(self.open_bucket(series, &name)?));
+            }
         }
+        Ok(None)
     }
 
     /// Rolls the marked `minutes` of the unit at `prefix` (see
@@ -713,18 +775,20 @@ impl FjallStore {
     /// partitions (benches; the count is a scan).
     pub fn series_footprint(&self) -> [(u64, usize); 3] {
         [RAW, MINUTES, HOURS].map(|series| {
-            self.buckets(series).iter().fold((0, 0), |(b, n), (_, p)| {
-                let entries = if series.name == MINUTES.name {
-                    // A value holds an hour's minutes.
-                    p.iter()
-                        .filter_map(Result::ok)
-                        .map(|(k, v)| decode_minutes_kv(&k, &v).map_or(0, |m| m.len()))
-                        .sum()
-                } else {
-                    p.len().unwrap_or(0)
-                };
-                (b + p.disk_space(), n + entries)
-            })
+            self.buckets(series)
+                .iter()
+                .fold((0, 0), |(b, n), Bucket { part: p, .. }| {
+                    let entries = if series.name == MINUTES.name {
+                        // A value holds an hour's minutes.
+                        p.iter()
+                            .filter_map(Result::ok)
+                            .map(|(k, v)| decode_minutes_kv(&k, &v).map_or(0, |m| m.len()))
+                            .sum()
+                    } else {
+                        p.len().unwrap_or(0)
+                    };
+                    (b + p.disk_space(), n + entries)
+                })
         })
     }
 
@@ -885,7 +949,7 @@ impl Store for FjallStore {
         const SCAN: usize = 500;
         let prefix = sample_prefix(unit);
         let mut parts: Vec<PartitionHandle> =
-            self.buckets(RAW).into_iter().map(|(_, p)| p).collect();
+            self.buckets(RAW).into_iter().map(|b| b.part).collect();
         parts.push(self.raw_late.clone());
         let sources = parts
             .iter()
@@ -995,8 +1059,8 @@ impl Store for FjallStore {
         let gens: Vec<PartitionHandle> = self
             .buckets(DIRTY)
             .into_iter()
-            .filter(|(g, _)| *g <= generation)
-            .map(|(_, p)| p)
+            .filter(|b| b.start <= generation)
+            .map(|b| b.part)
             .collect();
         let pruned = self.pruned()?;
         let next = (
@@ -1120,7 +1184,7 @@ mod tests {
 
     #[test]
     fn commit_survives_reopen_and_queries_page() {
-        // Raw records go by whole hours of event time: none of these yet.
+        // Raw records go by whole buckets of event time: none of these yet.
         super::super::suite::commit_survives_reopen_and_queries_page(
             |dir| Box::new(FjallStore::open(dir, 1 << 20).unwrap()),
             0,
@@ -1225,7 +1289,7 @@ mod tests {
         let count = |series: Series| -> usize {
             s.buckets(series)
                 .iter()
-                .map(|(_, p)| p.len().unwrap())
+                .map(|b| b.part.len().unwrap())
                 .sum()
         };
         const BLOCK: u64 = 6 * HOUR_MS;
@@ -1267,7 +1331,7 @@ mod tests {
                 let series: u64 = [RAW, MINUTES, HOURS]
                     .into_iter()
                     .flat_map(|x| s.buckets(x))
-                    .map(|(_, p)| p.disk_space())
+                    .map(|b| b.part.disk_space())
                     .sum();
                 sizes.push((series, s.size_on_disk() - s.ks.journal_disk_space()));
                 counts.push([count(RAW), count(MINUTES), count(HOURS), count(DIRTY)]);
@@ -1282,7 +1346,7 @@ mod tests {
                 .unwrap();
         }
         let u = &units[0];
-        // Raw: the last 2 hours (whole hours).
+        // Raw: the last 2 hours (whole 15-minute buckets).
         let (raw, _) = s
             .samples(
                 u,
@@ -1342,6 +1406,155 @@ mod tests {
         // has before compaction merges them: seen +11%. Unbounded, the 30
         // more days written would add 43%.)
         assert!(sizes[1].0 <= sizes[0].0 + sizes[0].0 / 4, "{sizes:?}");
+    }
+
+    /// A store from a build with hourly raw and daily minute buckets: the
+    /// old buckets are read, take the writes for the times they cover (no
+    /// narrower bucket is made beside them), and are dropped by the same
+    /// rule as the new ones; past them, the new widths begin.
+    #[test]
+    fn buckets_of_an_earlier_width_are_read_written_and_dropped() {
+        use crate::store::rollup::Cutoffs;
+        let dir = muster_testkit::TempDir::new().unwrap();
+        let s = FjallStore::open(dir.path(), 1 << 20).unwrap();
+        let u = unit("a", "E1");
+        let day = 1_800_000_000_000 - 1_800_000_000_000 % DAY_MS;
+        let h = day + 5 * HOUR_MS;
+        // What the earlier build had made: this hour's raw bucket and this
+        // day's minute bucket.
+        let old = |series: Series| {
+            let w = series.earlier.unwrap();
+            Series {
+                name: w.name,
+                bucket_ms: w.bucket_ms,
+                earlier: None,
+                ..series
+            }
+        };
+        s.bucket(old(RAW), h).unwrap();
+        s.bucket(old(MINUTES), day).unwrap();
+        let names = |s: &FjallStore, prefix: &str| {
+            let mut n: Vec<String> =
+                s.ks.list_partitions()
+                    .iter()
+                    .filter(|p| p.starts_with(prefix) && !p.starts_with("raw_late"))
+                    .map(|p| p.to_string())
+                    .collect();
+            n.sort();
+            n
+        };
+        let mut seq = 0;
+        let mut commit = |at: u64| {
+            seq += 1;
+            let mut r = fixtures::record(seq, Payload::Host(fixtures::host_sample()));
+            r.at_ms = at;
+            s.commit(&CommitBatch {
+                units: vec![UnitRecord::new(u.clone(), at)],
+                samples: vec![(u.clone(), r)],
+                ..CommitBatch::default()
+            })
+            .unwrap();
+        };
+        // Minutes 10 and 40 of the old hour, and 10 minutes into the next.
+        commit(h + 10 * MINUTE_MS);
+        commit(h + 40 * MINUTE_MS);
+        commit(h + 70 * MINUTE_MS);
+        assert_eq!(
+            names(&s, "raw"),
+            [format!("raw15m_{}", h + HOUR_MS), format!("raw_{h}")]
+        );
+        assert_eq!(
+            s.existing_bucket(RAW, h + 40 * MINUTE_MS)
+                .unwrap()
+                .unwrap()
+                .len()
+                .unwrap(),
+            2
+        );
+        let all = |s: &FjallStore| {
+            s.samples(
+                &u,
+                SampleQuery {
+                    since_ms: 0,
+                    until_ms: u64::MAX,
+                    after: None,
+                    limit: 100,
+                },
+            )
+            .unwrap()
+            .0
+            .iter()
+            .map(|x| (x.at_ms - h) / MINUTE_MS)
+            .collect::<Vec<_>>()
+        };
+        assert_eq!(all(&s), [10, 40, 70]);
+        // A samples query from minute 50: the old hour's bucket overlaps it.
+        let (from_50, _) = s
+            .samples(
+                &u,
+                SampleQuery {
+                    since_ms: h + 30 * MINUTE_MS,
+                    until_ms: u64::MAX,
+                    after: None,
+                    limit: 100,
+                },
+            )
+            .unwrap();
+        assert_eq!(from_50.len(), 2);
+        // Rolled: the minutes of this day go to the old day's bucket.
+        let nothing = Cutoffs {
+            raw_before: 0,
+            minute_before: 0,
+            hour_before: 0,
+        };
+        s.retain(&nothing).unwrap();
+        assert_eq!(names(&s, "min"), [format!("min_{day}")]);
+        let minutes = s
+            .rollups(&u, Resolution::Minute, 0, u64::MAX, 100)
+            .unwrap()
+            .0
+            .into_iter()
+            .map(|r| (r.start_ms - h) / MINUTE_MS)
+            .collect::<Vec<_>>();
+        assert_eq!(minutes, [10, 40, 70]);
+        // The next day's minutes start a 6-hour bucket.
+        commit(day + DAY_MS + 3 * MINUTE_MS);
+        s.retain(&nothing).unwrap();
+        assert_eq!(
+            names(&s, "min"),
+            [format!("min6h_{}", day + DAY_MS), format!("min_{day}")]
+        );
+        // Dropped by the same rule: the old hour once raw retention passes
+        // its end (not before), the old day once minute retention passes
+        // its end. (Buckets go on the second round once flushed.)
+        let round = |c: Cutoffs| {
+            s.flush_memtables().unwrap();
+            for _ in 0..2 {
+                s.retain(&c).unwrap();
+            }
+        };
+        round(Cutoffs {
+            raw_before: h + 45 * MINUTE_MS,
+            ..nothing
+        });
+        assert!(names(&s, "raw").contains(&format!("raw_{h}")));
+        round(Cutoffs {
+            raw_before: h + HOUR_MS,
+            ..nothing
+        });
+        assert_eq!(
+            names(&s, "raw"),
+            [
+                format!("raw15m_{}", h + HOUR_MS),
+                format!("raw15m_{}", day + DAY_MS)
+            ]
+        );
+        round(Cutoffs {
+            raw_before: h + HOUR_MS,
+            minute_before: day + DAY_MS,
+            hour_before: 0,
+        });
+        assert_eq!(names(&s, "min"), [format!("min6h_{}", day + DAY_MS)]);
     }
 
     /// Late data: an agent's backlog for minutes whose raw records were
@@ -1591,7 +1804,7 @@ mod tests {
             fn the_store_behaves_as_an_ordered_map(ops in proptest::collection::vec(op(), 1..20), page in 1usize..7) {
                 let dir = muster_testkit::TempDir::new().unwrap();
                 let units = [unit("a", "E1"), unit("a", "E10"), unit("b", "E1")];
-                // Value: committed after its hour was pruned (kept in
+                // Value: committed after its bucket was pruned (kept in
                 // `raw_late` and listed until a retention round rolls it).
                 let mut model: BTreeMap<(usize, u64, u64), bool> = BTreeMap::new();
                 let mut pruned_before = 0;
@@ -1614,7 +1827,7 @@ mod tests {
                             st.commit(&batch).unwrap();
                         }
                         Op::Prune(before) => {
-                            // By whole hours of event time.
+                            // By whole raw buckets of event time.
                             let before = before * 20 * 60_000;
                             // Buckets go on the second try once flushed
                             // (`drop_partition`).
@@ -1622,7 +1835,7 @@ mod tests {
                             for _ in 0..2 {
                                 st.prune(before, 0).unwrap();
                             }
-                            pruned_before = pruned_before.max(before - before % HOUR_MS);
+                            pruned_before = pruned_before.max(before - before % RAW.bucket_ms);
                             model.retain(|(_, at, _), late| *late || *at >= pruned_before);
                         }
                         Op::Reopen => {
