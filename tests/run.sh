@@ -1,7 +1,7 @@
 #!/usr/bin/env bash
 # Muster's test suite, from a fresh Debian machine with the Rust toolchain.
 # Installs the Debian packages the tests run against (real Mosquitto, its
-# clients, nats-server for the cluster tests, promtool, Chromium and its WebDriver for the dashboard test,
+# clients, nats-server and postgresql for the cluster tests, promtool, Chromium and its WebDriver for the dashboard test,
 # openssl for test certificates, musl-tools for the shipped agent build), then
 # runs every test in the workspace (all of them, even after a failure), and the agent's tests again on the static
 # musl target it ships as (packaging/linux.sh). A missing dependency is a
@@ -10,7 +10,7 @@
 set -euo pipefail
 cd "$(dirname "$0")/.."
 
-packages=(mosquitto mosquitto-clients nats-server prometheus chromium chromium-driver openssl dbus iproute2 musl-tools python3-venv)
+packages=(mosquitto mosquitto-clients nats-server postgresql prometheus chromium chromium-driver openssl dbus iproute2 musl-tools python3-venv)
 missing=()
 for p in "${packages[@]}"; do
     dpkg-query -W -f='${Status}' "$p" 2>/dev/null | grep -q "install ok installed" || missing+=("$p")
@@ -22,6 +22,10 @@ if ((${#missing[@]})); then
         exit 1
     fi
     echo "tests/run.sh: installing ${missing[*]}"
+    # Tests run their own PostgreSQL in a temp dir: no system cluster.
+    mkdir -p /etc/postgresql-common
+    test -e /etc/postgresql-common/createcluster.conf ||
+        echo "create_main_cluster = false" > /etc/postgresql-common/createcluster.conf
     apt-get update -qq
     DEBIAN_FRONTEND=noninteractive apt-get install -y -qq --no-install-recommends "${missing[@]}"
 fi
@@ -31,6 +35,8 @@ export MOSQUITTO=/usr/sbin/mosquitto
 test -x "$MOSQUITTO" || { echo "tests/run.sh: $MOSQUITTO missing" >&2; exit 1; }
 export NATS_SERVER=/usr/sbin/nats-server
 test -x "$NATS_SERVER" || { echo "tests/run.sh: $NATS_SERVER missing" >&2; exit 1; }
+export PG_BINDIR=/usr/lib/postgresql/15/bin
+test -x "$PG_BINDIR/postgres" || { echo "tests/run.sh: $PG_BINDIR/postgres missing" >&2; exit 1; }
 
 musl=x86_64-unknown-linux-musl
 if ! rustup target list --installed 2>/dev/null | grep -qx "$musl"; then

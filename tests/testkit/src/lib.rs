@@ -5,7 +5,8 @@
 //! Modules: [`eventually`] (waiting on a condition), [`http`] (the one HTTP
 //! and SSE client), [`collector_config`] (the test collector's TOML),
 //! [`webdriver`] (chromedriver and headless Chromium), `logind` (a fake
-//! logind on a private bus).
+//! logind on a private bus), [`nats`] (a NATS JetStream cluster with MQTT),
+//! `postgres` (a PostgreSQL cluster in a temp dir).
 
 // Tests and benches drive real processes over real sockets: they wait and
 // measure in real time.
@@ -26,11 +27,15 @@ pub mod http;
 #[cfg(target_os = "linux")]
 pub mod logind;
 pub mod nats;
+#[cfg(unix)]
+pub mod postgres;
 pub mod webdriver;
 
 pub use collector_config::CollectorToml;
 pub use eventually::{eventually, eventually_blocking, eventually_every};
 pub use nats::NatsCluster;
+#[cfg(unix)]
+pub use postgres::Postgres;
 
 /// A free TCP port on 127.0.0.1. The port is free when this returns; a
 /// process that binds it right away wins it in practice (the kernel does not
