@@ -14,12 +14,14 @@
 //! * [`enroll`]: enrolment by claim: per-unit broker credentials.
 //! * [`service`]: systemd readiness and watchdog.
 //! * [`fdlimit`]: the soft open-file limit raised to the hard one at start.
+//! * [`cluster`]: cluster mode's pure partition-lease planner.
 //! * [`app`]: wires it all together with a clean shutdown.
 
 #![forbid(unsafe_code)]
 
 pub mod app;
 pub mod broker;
+pub mod cluster;
 /// The injected clock (its home is `muster_base::clock`).
 pub use muster_base::clock;
 pub mod config;
