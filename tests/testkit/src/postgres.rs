@@ -126,8 +126,11 @@ impl Postgres {
             .stderr(Stdio::piped())
             .spawn()
             .unwrap_or_else(|e| missing("postgres", e));
+        // Errors a failing test needs; not the refusals `wait_ready`'s
+        // probes get while the server starts.
         forward_stderr(&mut child, format!("postgres :{}", self.port), |l| {
-            l.contains("ERROR") || l.contains("FATAL") || l.contains("PANIC")
+            (l.contains("ERROR") || l.contains("FATAL") || l.contains("PANIC"))
+                && !l.contains("the database system is starting up")
         });
         self.child = Some(child);
     }
