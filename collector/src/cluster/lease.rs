@@ -199,6 +199,15 @@ mod tests {
         }
     }
 
+    /// Acquire each of `ps` at the epoch `epoch(p)` read.
+    fn acquire(ps: std::ops::Range<u32>, epoch: impl Fn(u32) -> u64) -> Vec<Action> {
+        ps.map(|p| Action::Acquire {
+            partition: p,
+            epoch: epoch(p),
+        })
+        .collect()
+    }
+
     fn owned(table: &BTreeMap<u32, Lease>, me: &str, now: u64) -> usize {
         table
             .values()
@@ -236,12 +245,7 @@ mod tests {
                 &["a"][..],
                 "a",
                 100,
-                (0..4)
-                    .map(|p| Action::Acquire {
-                        partition: p,
-                        epoch: 0,
-                    })
-                    .collect::<Vec<_>>(),
+                acquire(0..4, |_| 0),
             ),
             (
                 "holding all: renew, epochs kept",
@@ -303,12 +307,7 @@ mod tests {
                 &["b"][..],
                 "b",
                 200,
-                (0..4)
-                    .map(|p| Action::Acquire {
-                        partition: p,
-                        epoch: 3 + p as u64,
-                    })
-                    .collect(),
+                acquire(0..4, |p| 3 + p as u64),
             ),
             (
                 "my own lease expired: acquired again (new epoch), not renewed",
@@ -316,12 +315,7 @@ mod tests {
                 &["a"][..],
                 "a",
                 100,
-                (0..4)
-                    .map(|p| Action::Acquire {
-                        partition: p,
-                        epoch: if p == 0 { 3 } else { 0 },
-                    })
-                    .collect(),
+                acquire(0..4, |p| if p == 0 { 3 } else { 0 }),
             ),
             (
                 "not live yet: renews what it holds, acquires nothing",
@@ -340,12 +334,7 @@ mod tests {
                 &["a"][..],
                 "a",
                 100,
-                (0..4)
-                    .map(|p| Action::Acquire {
-                        partition: p,
-                        epoch: 0,
-                    })
-                    .collect(),
+                acquire(0..4, |_| 0),
             ),
         ] {
             assert_eq!(plan(4, &leases, &ids(live), me, now), want, "{name}");

@@ -71,6 +71,16 @@ pub fn spawn_with_config(bin: &Path, conf: &Path, package: &str) -> Child {
         })
 }
 
+/// Fails the test at once if a server it waits for has exited (instead of
+/// waiting out the timeout).
+pub fn panic_if_exited(child: Option<&mut Child>, what: &str) {
+    if let Some(c) = child
+        && let Ok(Some(status)) = c.try_wait()
+    {
+        panic!("{what} exited with {status}");
+    }
+}
+
 /// Drains the child's stderr (so it never blocks on a full pipe) onto the
 /// test's, each line that `keep` takes prefixed with `[label]`.
 pub fn forward_stderr(child: &mut Child, label: String, keep: fn(&str) -> bool) {

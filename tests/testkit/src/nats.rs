@@ -138,11 +138,7 @@ mqtt {{
             &format!("nats {name} healthy with JetStream and MQTT"),
             Duration::from_secs(30),
             || {
-                if let Some(c) = node.child.as_mut()
-                    && let Ok(Some(status)) = c.try_wait()
-                {
-                    panic!("nats {name} exited with {status}");
-                }
+                crate::panic_if_exited(node.child.as_mut(), &format!("nats {name}"));
                 healthz(http)
                     && TcpStream::connect_timeout(&mqtt, Duration::from_millis(200)).is_ok()
             },

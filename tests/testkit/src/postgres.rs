@@ -141,11 +141,7 @@ impl Postgres {
             &format!("postgres on :{port} answers"),
             Duration::from_secs(30),
             || {
-                if let Some(c) = self.child.as_mut()
-                    && let Ok(Some(status)) = c.try_wait()
-                {
-                    panic!("postgres on :{port} exited with {status}");
-                }
+                crate::panic_if_exited(self.child.as_mut(), &format!("postgres on :{port}"));
                 self.psql_db("postgres", "SELECT 1").is_ok()
             },
         );
