@@ -10,4 +10,5 @@ pub mod mqtt;
 pub mod outqueue;
 pub mod parse;
 pub mod refusal;
+pub mod signpool;
 pub mod worker;

@@ -36,6 +36,7 @@ use tracing::{debug, info, warn};
 
 use super::outqueue::OutQueue;
 use super::parse::{Parsed, Refused, parse};
+use super::signpool::SignPool;
 use crate::config::{MqttConfig, MqttScheme};
 use crate::state::Shared;
 use crate::status_pub::{AckOut, Out, Outbound, OutboundKind};
@@ -329,11 +330,6 @@ pub async fn run_parser(mut raw: mpsc::Receiver<Raw>, parsed: mpsc::Sender<Inbou
 /// can be spread over the machine's cores.
 pub const READY_BATCH: usize = 256;
 
-/// A batch at least this long is signed on blocking threads, split over
-/// the cores; a shorter one in the publisher's task (a thread hand-off
-/// costs more than a few signatures).
-const PARALLEL_SIGN_MIN: usize = 32;
-
 /// Publishes everything queued on `outbound` (QoS 1) through the
 /// coalescing [`OutQueue`] (acks signed here), then disconnects once the
 /// queue's senders are gone and it is empty. While the MQTT client is busy,
@@ -341,10 +337,10 @@ const PARALLEL_SIGN_MIN: usize = 32;
 /// keys (units and status topics), not by how far behind the output is.
 ///
 /// Acks are signed in batches of up to [`READY_BATCH`] taken from the
-/// queue, spread over the cores: an Ed25519 signature costs about 20 µs,
-/// so at 100,000 units (20,000 acks/s) signing in this one task was the
-/// ack path's ceiling (fleet bench: acks fell 4–5 s behind while the store
-/// kept up).
+/// queue, on the [`SignPool`]'s threads (spread over the cores, at a lower
+/// CPU priority): an Ed25519 signature costs about 20 µs, so at 100,000
+/// units (20,000 acks/s) signing in this one task was the ack path's
+/// ceiling (fleet bench: acks fell 4–5 s behind while the store kept up).
 pub async fn run_publisher(
     client: AsyncClient,
     mut outbound: mpsc::UnboundedReceiver<Out>,
@@ -360,6 +356,7 @@ pub async fn run_publisher(
         queue.push(o);
     };
     let cores = std::thread::available_parallelism().map_or(1, |n| n.get());
+    let pool = SignPool::new(cores, signer);
     loop {
         // Everything already sent goes into the queue first, where it is
         // merged: the channel holds only what arrived since, and a publisher
@@ -385,9 +382,7 @@ pub async fn run_publisher(
                 }
                 continue;
             }
-            ready = make_ready(batch, &signer, cores, &m.ack.errors)
-                .await
-                .into();
+            ready = pool.ready(batch, &m.ack.errors).await.into();
         }
         let Some(o) = ready.pop_front() else {
             continue;
@@ -431,56 +426,9 @@ pub async fn run_publisher(
     let _ = client.disconnect().await;
 }
 
-/// `batch` ready to publish, in order: acks signed and encoded, split over
-/// up to `cores` blocking threads when the batch is long.
-async fn make_ready(
-    batch: Vec<Out>,
-    signer: &Arc<crate::signing::Signer>,
-    cores: usize,
-    errors: &std::sync::atomic::AtomicU64,
-) -> Vec<Outbound> {
-    let ready_all = |batch: Vec<Out>, signer: &crate::signing::Signer| -> Vec<Outbound> {
-        batch
-            .into_iter()
-            .filter_map(|o| match o {
-                Out::Message(o) => Some(o),
-                Out::Ack(a) => ready_ack(a, signer),
-            })
-            .collect()
-    };
-    if batch.len() < PARALLEL_SIGN_MIN || cores < 2 {
-        return ready_all(batch, signer);
-    }
-    let per = batch.len().div_ceil(cores);
-    let mut rest = batch;
-    let mut jobs = Vec::with_capacity(cores);
-    while !rest.is_empty() {
-        let tail = rest.split_off(per.min(rest.len()));
-        let chunk = std::mem::replace(&mut rest, tail);
-        let signer = Arc::clone(signer);
-        let len = chunk.len();
-        let job = tokio::task::spawn_blocking(move || ready_all(chunk, &signer));
-        jobs.push((len, job));
-    }
-    let mut out = Vec::new();
-    for (len, job) in jobs {
-        match job.await {
-            Ok(part) => out.extend(part),
-            // Only a panic in signing or encoding: those acks are not sent
-            // (counted as ack errors), and the agents resend the records
-            // after their ack timeout.
-            Err(e) => {
-                errors.fetch_add(len as u64, Ordering::Relaxed);
-                tracing::error!(error = %e, acks = len, "Signing acks failed.");
-            }
-        }
-    }
-    out
-}
-
 /// An ack signed (schema v2; a v1 unit is answered unsigned, in v1) and
 /// encoded for its unit's ack topic.
-fn ready_ack(a: AckOut, signer: &crate::signing::Signer) -> Option<Outbound> {
+pub(super) fn ready_ack(a: AckOut, signer: &crate::signing::Signer) -> Option<Outbound> {
     let ack = if a.version >= 2 {
         signer.sign_ack(&a.unit, a.ack)
     } else {
@@ -501,85 +449,6 @@ fn ready_ack(a: AckOut, signer: &crate::signing::Signer) -> Option<Outbound> {
         Err(e) => {
             tracing::error!(unit = %msg.unit, error = %e, "Cannot encode an ack.");
             None
-        }
-    }
-}
-
-#[cfg(test)]
-mod tests {
-    use super::*;
-    use muster_proto::{Ack, BootId, KeyId, Message, SigningKey, TrustedKeys, UnitId};
-
-    fn ack_out(i: usize) -> Out {
-        Out::Ack(AckOut {
-            unit: UnitId::new("metro-fire", format!("E{i}")).unwrap(),
-            ack: Ack {
-                boot: BootId(7),
-                upto: i as u64 + 1,
-                ranges: Vec::new(),
-                collector_ms: 1_000,
-                key_id: KeyId::NONE,
-                sig: muster_proto::Signature::NONE,
-            },
-            version: 2,
-            since: None,
-        })
-    }
-
-    fn status(i: usize) -> Out {
-        Out::Message(Outbound {
-            topic: format!("status/{i}"),
-            payload: vec![i as u8],
-            retain: true,
-            since: None,
-            kind: OutboundKind::Status,
-        })
-    }
-
-    /// A batch signed over several threads comes back whole, in the order
-    /// it was queued, every ack verifying under the collector's key; short
-    /// and long batches, one core and four.
-    #[tokio::test]
-    async fn a_batch_is_signed_over_the_cores_in_order() {
-        let signer = Arc::new(crate::signing::Signer::from_keys(
-            SigningKey::from_seed(&[3; 32]),
-            None,
-        ));
-        let mut trusted = TrustedKeys::new();
-        trusted.insert(signer.public_key()).unwrap();
-        for (len, cores) in [
-            (0, 2),
-            (5, 2),
-            (PARALLEL_SIGN_MIN, 2),
-            (64, 4),
-            (41, 1),
-            (41, 3),
-        ] {
-            let batch: Vec<Out> = (0..len)
-                .map(|i| if i % 10 == 3 { status(i) } else { ack_out(i) })
-                .collect();
-            let errors = std::sync::atomic::AtomicU64::new(0);
-            let ready = make_ready(batch, &signer, cores, &errors).await;
-            assert_eq!(ready.len(), len, "len {len} cores {cores}");
-            for (i, o) in ready.iter().enumerate() {
-                if i % 10 == 3 {
-                    assert_eq!(o.topic, format!("status/{i}"));
-                    continue;
-                }
-                let unit = UnitId::new("metro-fire", format!("E{i}")).unwrap();
-                assert_eq!(
-                    o.topic,
-                    muster_proto::topic::unit_topic(&unit, TopicKind::Ack)
-                );
-                let Message { body, .. } = muster_proto::decode(&o.payload).unwrap().message;
-                let muster_proto::Body::Ack(ack) = body else {
-                    panic!("not an ack: {body:?}")
-                };
-                assert_eq!(ack.upto, i as u64 + 1);
-                muster_proto::sign::verify_ack(&trusted, &unit, &ack)
-                    .unwrap_or_else(|e| panic!("ack {i} (len {len}, cores {cores}): {e}"));
-            }
-            assert_eq!(errors.load(Ordering::Relaxed), 0);
         }
     }
 }
