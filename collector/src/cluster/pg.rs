@@ -175,7 +175,7 @@ impl LeaseTable {
         sent_ms: u64,
     ) -> Result<BTreeMap<u32, Held>, PgError> {
         let ttl = ms(self.ttl);
-        let held = |epoch| Held::new(epoch, sent_ms, ms(self.ttl) as u64, ms(self.margin) as u64);
+        let held = |epoch| Held::new(epoch, sent_ms, ttl as u64, ms(self.margin) as u64);
         let mut out = BTreeMap::new();
         for a in actions {
             match *a {

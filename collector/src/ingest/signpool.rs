@@ -61,7 +61,8 @@ impl SignPool {
     pub fn new(threads: usize, signer: Arc<Signer>) -> SignPool {
         let mut senders = Vec::new();
         let mut handles = Vec::new();
-        for i in 0..if threads < 2 { 0 } else { threads } {
+        let n = if threads < 2 { 0 } else { threads };
+        for i in 0..n {
             let (tx, rx) = mpsc::channel::<Job>();
             let signer = Arc::clone(&signer);
             let spawned = std::thread::Builder::new()
@@ -103,7 +104,13 @@ impl SignPool {
         }
         let per = batch.len().div_ceil(self.senders.len());
         let mut rest = batch;
-        let mut jobs = Vec::with_capacity(self.senders.len());
+        // Each chunk: signed by a thread (awaited below), or here if its
+        // thread is gone (it cannot be, short of an abort) rather than lost.
+        enum Part {
+            Sent(usize, oneshot::Receiver<Vec<Outbound>>),
+            Here(Vec<Outbound>),
+        }
+        let mut parts = Vec::with_capacity(self.senders.len());
         for tx in &self.senders {
             if rest.is_empty() {
                 break;
@@ -112,20 +119,22 @@ impl SignPool {
             let chunk = std::mem::replace(&mut rest, tail);
             let len = chunk.len();
             let (done, got) = oneshot::channel();
-            if let Err(mpsc::SendError((chunk, _))) = tx.send((chunk, done)) {
-                // The thread is gone (it cannot be, short of an abort):
-                // sign here rather than lose the acks.
-                let (done, got) = oneshot::channel();
-                let _ = done.send(ready_all(chunk, &self.signer));
-                jobs.push((len, got));
-                continue;
-            }
-            jobs.push((len, got));
+            parts.push(match tx.send((chunk, done)) {
+                Ok(()) => Part::Sent(len, got),
+                Err(mpsc::SendError((chunk, _))) => Part::Here(ready_all(chunk, &self.signer)),
+            });
         }
         let mut out = Vec::new();
-        for (len, got) in jobs {
+        for part in parts {
+            let (len, got) = match part {
+                Part::Here(signed) => {
+                    out.extend(signed);
+                    continue;
+                }
+                Part::Sent(len, got) => (len, got),
+            };
             match got.await {
-                Ok(part) => out.extend(part),
+                Ok(signed) => out.extend(signed),
                 Err(_) => {
                     errors.fetch_add(len as u64, Ordering::Relaxed);
                     tracing::error!(

@@ -169,10 +169,22 @@ impl Series {
     /// Earlier width first: where a time is covered by both, that one
     /// holds it.
     fn widths(self) -> impl Iterator<Item = Width> {
-        self.earlier.into_iter().chain(std::iter::once(Width {
+        self.earlier.into_iter().chain(std::iter::once(self.own()))
+    }
+
+    /// This build's width.
+    fn own(self) -> Width {
+        Width {
             name: self.name,
             bucket_ms: self.bucket_ms,
-        }))
+        }
+    }
+}
+
+impl Width {
+    /// The name of the partition at this width holding `at_ms`.
+    fn partition(self, at_ms: u64) -> String {
+        format!("{}_{}", self.name, rollup::floor(at_ms, self.bucket_ms))
     }
 }
 
@@ -410,8 +422,7 @@ impl FjallStore {
         if let Some(p) = self.existing_bucket(series, at_ms)? {
             return Ok(p);
         }
-        let start = rollup::floor(at_ms, series.bucket_ms);
-        self.open_bucket(series, &format!("{}_{start}", series.name))
+        self.open_bucket(series, &series.own().partition(at_ms))
     }
 
     fn open_bucket(&self, series: Series, name: &str) -> Result<PartitionHandle, StoreError> {
@@ -620,7 +631,7 @@ impl FjallStore {
         at_ms: u64,
     ) -> Result<Option<PartitionHandle>, StoreError> {
         for w in series.widths() {
-            let name = format!("{}_{}", w.name, rollup::floor(at_ms, w.bucket_ms));
+            let name = w.partition(at_ms);
             if self.ks.partition_exists(&name) {
                 return Ok(Some(self.open_bucket(series, &name)?));
             }
