@@ -22,9 +22,20 @@
 //! rolls them into minute and hour rollups, and it prints bytes on disk per
 //! raw record and per rollup, both from the same run. `--profile walk`
 //! varies the values as a terminal does instead of as noise ([`Profile`]).
+//!
+//! `--round-cost` (fjall): `--units` units (default 20,000) each write a
+//! minute of records, then one retention round rolls it, `--minutes` times
+//! (default 5), as the collector's prune task does every minute; it prints
+//! each round's time and the time per unit. The bench allocates with
+//! mimalloc, as the collector does (`main.rs`).
 
 // Benches measure in real time.
 #![allow(clippy::disallowed_methods)]
+
+/// The collector's allocator, so that what is measured here is what it pays.
+#[cfg(target_os = "linux")]
+#[global_allocator]
+static GLOBAL: mimalloc::MiMalloc = mimalloc::MiMalloc;
 
 use std::path::Path;
 use std::process::Command;
@@ -435,7 +446,71 @@ fn rollups(units: usize, hours: u64) {
     );
 }
 
+/// `--round-cost`: what one retention round costs per unit when, as in a
+/// running collector, each round has a minute of new records from every
+/// unit (12 rounds of the fleet's records at 5 s) to roll up.
+fn round_cost(units: usize, minutes: u64) {
+    use muster_collector::store::rollup::{HOUR_MS, MINUTE_MS, Retention};
+    let dir = muster_testkit::TempDir::new().unwrap();
+    let s = FjallStore::open_at(dir.path(), CACHE).unwrap();
+    let ids: Vec<UnitId> = (0..units)
+        .map(|i| UnitId::new(format!("agency-{}", i % 8), format!("E{i:06}")).unwrap())
+        .collect();
+    let mut rng = Lcg(7);
+    let mut profile = Profile::from_args(ids.len(), &mut rng);
+    let day = Duration::from_secs(86_400);
+    let retention = Retention {
+        raw: 2 * HOUR_MS_DURATION,
+        minute: 7 * day,
+        hour: 90 * day,
+    };
+    let first = (HOUR_MS - fixtures::AT_MS % HOUR_MS) % HOUR_MS / INTERVAL_MS;
+    let per_minute = MINUTE_MS / INTERVAL_MS;
+    let mut took = Vec::new();
+    for m in 0..minutes {
+        let t = Instant::now();
+        for r in first + m * per_minute..first + (m + 1) * per_minute {
+            let recs = round(&ids, r, &mut rng, &mut profile);
+            for chunk in recs.chunks(2_000) {
+                s.commit(&CommitBatch {
+                    samples: chunk.to_vec(),
+                    ..CommitBatch::default()
+                })
+                .unwrap();
+            }
+        }
+        let ingest_s = t.elapsed().as_secs_f64();
+        let now = fixtures::AT_MS + (first + (m + 1) * per_minute) * INTERVAL_MS;
+        let t = Instant::now();
+        let (st, _) =
+            muster_collector::store::retention_round(&s, now, &retention, 30 * day).unwrap();
+        let round_s = t.elapsed().as_secs_f64();
+        println!(
+            "minute {m}: ingest {ingest_s:.2} s, round {round_s:.2} s ({:.0} us a unit; {} minutes, {} hours rolled)",
+            round_s * 1e6 / units as f64,
+            st.minutes_rolled,
+            st.hours_rolled
+        );
+        took.push(round_s);
+    }
+    took.sort_by(f64::total_cmp);
+    println!(
+        "RESULT round-cost {units} units: median round {:.2} s, {:.0} us a unit",
+        took[took.len() / 2],
+        took[took.len() / 2] * 1e6 / units as f64
+    );
+}
+
+const HOUR_MS_DURATION: Duration = Duration::from_secs(3600);
+
 fn main() {
+    if std::env::args().any(|a| a == "--round-cost") {
+        round_cost(
+            arg("--units").unwrap_or(20_000),
+            arg("--minutes").unwrap_or(5),
+        );
+        return;
+    }
     if std::env::args().any(|a| a == "--rollups") {
         rollups(arg("--units").unwrap_or(1_000), arg("--hours").unwrap_or(1));
         return;

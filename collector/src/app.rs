@@ -360,6 +360,7 @@ async fn prune_loop(
         }
         let now = clock.now_ms();
         let store = Arc::clone(&shared.store);
+        let started = tokio::time::Instant::now();
         match tokio::task::spawn_blocking(move || {
             crate::store::retention_round(&*store, now, &retention, event_retention)
         })
@@ -367,6 +368,7 @@ async fn prune_loop(
         {
             Ok(Ok((r, st))) => {
                 let m = &shared.metrics.store;
+                m.retention_seconds.observe(started.elapsed());
                 m.record_retention(&r, &st);
                 if r.samples_pruned
                     + st.samples

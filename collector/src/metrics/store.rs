@@ -12,6 +12,8 @@ pub struct StoreMetrics {
     pub commits: AtomicU64,
     pub errors: AtomicU64,
     pub commit_seconds: Histogram,
+    /// Wall time of a whole retention round (rollups, then drops).
+    pub retention_seconds: Histogram,
     pub pruned_samples: AtomicU64,
     pub pruned_events: AtomicU64,
     pub pruned_incidents: AtomicU64,
@@ -54,6 +56,11 @@ impl StoreMetrics {
             e,
             "muster_store_commit_seconds",
             "Duration of a group commit including its flush.",
+        );
+        self.retention_seconds.render(
+            e,
+            "muster_store_retention_seconds",
+            "Duration of a retention round: rolling up what was committed since the last one, then dropping what expired.",
         );
         e.family(
             "muster_store_pruned_total",

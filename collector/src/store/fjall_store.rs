@@ -33,7 +33,8 @@
 //! * `dirty_<generation>`: `agency 0x00 unit 0x00 minute_ms(be)` -> empty:
 //!   minutes that got records since they were last rolled up (written by
 //!   `commit` in the same batch as the records). `retain` starts a new
-//!   generation, rolls every marked minute of the older ones, then drops them.
+//!   generation, rolls every marked minute of the older ones that no round
+//!   rolled yet (those from meta `generation` on), then drops them.
 //! * `meta`: `raw_pruned_before`, `minutes_pruned_before`,
 //!   `hours_pruned_before`, `generation` -> u64 (be): what retention already
 //!   dropped, and the next dirty generation (decides how late data is rolled:
@@ -63,11 +64,12 @@
 //! `units` never claims a record whose sample is not there; what was not
 //! synced was not acked and is resent.
 //!
-//! Retention (`retain`) rolls one unit at a time, one batch each; a record
-//! committed meanwhile marks its minute in the new generation, rolled next
-//! round. Its batches are not fsynced one by one: a crash loses a suffix of
-//! whole batches, whose generation is still there and is redone; the round
-//! ends with one fsync before any bucket is dropped.
+//! Retention (`retain`) rolls one unit at a time, [`ROLL_BATCH`] units a
+//! batch; a record committed meanwhile marks its minute in the new
+//! generation, rolled next round. Its batches are not fsynced one by one: a
+//! crash loses a suffix of whole batches, whose generation is still there
+//! and is redone; the round ends with one fsync before any bucket is
+//! dropped.
 //!
 //! Memory: the block cache is `store.cache_mib`; memtables are bounded by
 //! the write buffer ([`write_buffer_bytes`], derived from the cache) and the
@@ -78,7 +80,7 @@
 //! incidents (not raw samples: they are short-lived), then the sled files
 //! move to `<data dir>/sled-old/` (delete it once satisfied).
 
-use std::collections::{BTreeMap, BTreeSet, HashSet};
+use std::collections::{BTreeMap, BTreeSet, HashMap, HashSet};
 use std::path::Path;
 use std::sync::RwLock;
 use std::sync::atomic::{AtomicU64, Ordering};
@@ -188,6 +190,9 @@ impl Width {
     }
 }
 
+/// Units a retention round writes per batch (`retain`).
+const ROLL_BATCH: usize = 256;
+
 /// One bucket partition: the times `start..end` of its series.
 struct Bucket {
     start: u64,
@@ -261,6 +266,18 @@ pub struct FjallStore {
     drop_lock: RwLock<()>,
     /// Buckets seen quiescent in the previous round (`drop_partition`).
     quiescent: std::sync::Mutex<HashSet<String>>,
+    /// Bucket partitions by (width name, start) that `existing_bucket`
+    /// found or `bucket` created, and earlier widths' buckets known not to
+    /// exist (`None`: this build never creates one). fjall's
+    /// `open_partition` takes its partitions write lock, and the name is
+    /// formatted and checked, on every call: a retention round asked about
+    /// six times per unit (store bench `--round-cost`: a tenth of the round).
+    /// `drop_partition` forgets a bucket before deleting it, and
+    /// `drop_buckets` the absent ones it passes.
+    handles: RwLock<HashMap<(&'static str, u64), Option<PartitionHandle>>>,
+    /// Bumped by each `drop_partition` (with `handles` locked): a handle
+    /// opened while a drop ran is not cached.
+    drops: AtomicU64,
     events: PartitionHandle,
     events_by_agency: PartitionHandle,
     incidents: PartitionHandle,
@@ -396,6 +413,8 @@ impl FjallStore {
             generation: AtomicU64::new(0),
             drop_lock: RwLock::new(()),
             quiescent: Default::default(),
+            handles: Default::default(),
+            drops: AtomicU64::new(0),
             events: open("events", 16 * 1024)?,
             events_by_agency: open("events_by_agency", 16 * 1024)?,
             incidents: open("incidents", 4096)?,
@@ -422,7 +441,38 @@ impl FjallStore {
         if let Some(p) = self.existing_bucket(series, at_ms)? {
             return Ok(p);
         }
-        self.open_bucket(series, &series.own().partition(at_ms))
+        let own = series.own();
+        let p = self.open_bucket(series, &own.partition(at_ms))?;
+        self.cached(own, at_ms, false, || Ok(Some(p.clone())))?;
+        Ok(p)
+    }
+
+    /// `handles`' entry for the bucket of `w` holding `at_ms`, else what
+    /// `open` says, cached (an absent one only if `cache_absent`) unless a
+    /// bucket was dropped meanwhile.
+    fn cached(
+        &self,
+        w: Width,
+        at_ms: u64,
+        cache_absent: bool,
+        open: impl FnOnce() -> Result<Option<PartitionHandle>, StoreError>,
+    ) -> Result<Option<PartitionHandle>, StoreError> {
+        let key = (w.name, rollup::floor(at_ms, w.bucket_ms));
+        if let Some(hit) = self
+            .handles
+            .read()
+            .unwrap_or_else(|e| e.into_inner())
+            .get(&key)
+        {
+            return Ok(hit.clone());
+        }
+        let drops = self.drops.load(Ordering::Acquire);
+        let found = open()?;
+        let mut handles = self.handles.write().unwrap_or_else(|e| e.into_inner());
+        if self.drops.load(Ordering::Acquire) == drops && (found.is_some() || cache_absent) {
+            handles.insert(key, found.clone());
+        }
+        Ok(found)
     }
 
     fn open_bucket(&self, series: Series, name: &str) -> Result<PartitionHandle, StoreError> {
@@ -471,6 +521,15 @@ impl FjallStore {
     /// Drops the buckets of `series` that end at or before `before_ms`; how
     /// many entries they held (approximately, as fjall counts).
     fn drop_buckets(&self, series: Series, before_ms: u64) -> Result<u64, StoreError> {
+        self.handles
+            .write()
+            .unwrap_or_else(|e| e.into_inner())
+            .retain(|&(name, start), h| {
+                h.is_some()
+                    || !series
+                        .widths()
+                        .any(|w| w.name == name && start.saturating_add(w.bucket_ms) <= before_ms)
+            });
         let mut n = 0;
         for b in self.buckets(series) {
             if b.end <= before_ms {
@@ -506,6 +565,11 @@ impl FjallStore {
             return Ok(false);
         }
         seen.remove(&name);
+        {
+            let mut handles = self.handles.write().unwrap_or_else(|e| e.into_inner());
+            self.drops.fetch_add(1, Ordering::AcqRel);
+            handles.retain(|_, h| h.as_ref().is_none_or(|h| h.name != p.name));
+        }
         self.ks.delete_partition(p)?;
         Ok(true)
     }
@@ -631,26 +695,33 @@ impl FjallStore {
         at_ms: u64,
     ) -> Result<Option<PartitionHandle>, StoreError> {
         for w in series.widths() {
-            let name = w.partition(at_ms);
-            if self.ks.partition_exists(&name) {
-                return Ok(Some(self.open_bucket(series, &name)?));
+            // An absent bucket of this build's width may be created later.
+            let found = self.cached(w, at_ms, w != series.own(), || {
+                let name = w.partition(at_ms);
+                if self.ks.partition_exists(&name) {
+                    return self.open_bucket(series, &name).map(Some);
+                }
+                Ok(None)
+            })?;
+            if found.is_some() {
+                return Ok(found);
             }
         }
         Ok(None)
     }
 
     /// Rolls the marked `minutes` of the unit at `prefix` (see
-    /// `Store::retain`); `pruned` is what retention dropped before this round,
-    /// `next` what it drops at its end.
+    /// `Store::retain`) into `b`; `pruned` is what retention dropped before
+    /// this round, `next` what it drops at its end.
     fn roll_unit(
         &self,
+        b: &mut Batch,
         prefix: &[u8],
         minutes: &BTreeSet<u64>,
         pruned: (u64, u64, u64),
         next: (u64, u64, u64),
         st: &mut RetainStats,
     ) -> Result<(), StoreError> {
-        let mut b = self.ks.batch();
         // This round's minutes by hour: (minute, rollup, merge into the
         // stored one rather than replace it).
         let mut fresh: BTreeMap<u64, Vec<(u64, Rollup, bool)>> = BTreeMap::new();
@@ -736,7 +807,7 @@ impl FjallStore {
                     rollup::merge(&mut hr, &r);
                 }
                 if kept(HOURS, h, next.2) {
-                    self.put_rollup(&mut b, Resolution::Hour, prefix, &hr)?;
+                    self.put_rollup(b, Resolution::Hour, prefix, &hr)?;
                     st.hours_rolled += 1;
                 }
             }
@@ -746,7 +817,7 @@ impl FjallStore {
             let tree = self.rollup_tree(Resolution::Minute, h)?;
             if Some(h) == current && !has_block {
                 for m in &rolled {
-                    self.put_rollup(&mut b, Resolution::Minute, prefix, &of_hour[m])?;
+                    self.put_rollup(b, Resolution::Minute, prefix, &of_hour[m])?;
                 }
             } else {
                 let minutes: Vec<Rollup> = of_hour.into_values().collect();
@@ -773,11 +844,8 @@ impl FjallStore {
             for r in &late {
                 rollup::merge(&mut hr, r);
             }
-            self.put_rollup(&mut b, Resolution::Hour, prefix, &hr)?;
+            self.put_rollup(b, Resolution::Hour, prefix, &hr)?;
             st.hours_rolled += 1;
-        }
-        if !b.is_empty() {
-            b.commit()?;
         }
         Ok(())
     }
@@ -1067,11 +1135,20 @@ impl Store for FjallStore {
         let mut st = RetainStats::default();
         // Records committed from now on mark the next generation.
         let generation = self.generation.fetch_add(1, Ordering::AcqRel);
-        let gens: Vec<PartitionHandle> = self
+        // A commit that took the old generation before that holds the read
+        // lock until its batch is written: once none does, every mark of
+        // this round's generations is on the partitions scanned below.
+        drop(self.drop_lock.write().unwrap_or_else(|e| e.into_inner()));
+        // Generations below `rolled` were rolled by an earlier round, durably
+        // (its last batch, fsynced, recorded it): they wait only to be
+        // dropped (`drop_partition` takes two more rounds), not to be rolled
+        // again. Rolling them again was idempotent but tripled a round's
+        // work (store bench `--round-cost`).
+        let rolled = self.meta.get("generation")?.map_or(0, |v| be_u64(&v));
+        let gens: Vec<Bucket> = self
             .buckets(DIRTY)
             .into_iter()
             .filter(|b| b.start <= generation)
-            .map(|b| b.part)
             .collect();
         let pruned = self.pruned()?;
         let next = (
@@ -1084,7 +1161,7 @@ impl Store for FjallStore {
                 .max(rollup::floor(cut.hour_before, HOURS.bucket_ms)),
         );
         let mut marks: BTreeMap<Vec<u8>, BTreeSet<u64>> = BTreeMap::new();
-        for p in &gens {
+        for p in gens.iter().filter(|b| b.start >= rolled).map(|b| &b.part) {
             for k in p.keys() {
                 let k = k?;
                 if k.len() < 9 {
@@ -1094,8 +1171,17 @@ impl Store for FjallStore {
                 marks.entry(prefix.to_vec()).or_default().insert(be_u64(m));
             }
         }
-        for (prefix, minutes) in &marks {
-            self.roll_unit(prefix, minutes, pruned, next, &mut st)?;
+        // Units' rollups go in batches of ROLL_BATCH units: one journal
+        // write each, not one per unit (100,000 per round at 100,000 units).
+        let mut b = self.ks.batch();
+        for (i, (prefix, minutes)) in marks.iter().enumerate() {
+            self.roll_unit(&mut b, prefix, minutes, pruned, next, &mut st)?;
+            if (i + 1) % ROLL_BATCH == 0 {
+                std::mem::replace(&mut b, self.ks.batch()).commit()?;
+            }
+        }
+        if !b.is_empty() {
+            b.commit()?;
         }
         // Everything rolled is durable before anything it came from goes.
         let mut b = self.batch();
@@ -1115,8 +1201,8 @@ impl Store for FjallStore {
         }
         // An old generation goes once dropped safely; until then its marks
         // are rolled again each round (idempotent: module docs).
-        for p in gens {
-            self.drop_partition(p)?;
+        for b in gens {
+            self.drop_partition(b.part)?;
         }
         st.samples_pruned += self.drop_buckets(RAW, next.0)?;
         st.minutes_pruned += self.drop_buckets(MINUTES, next.1)?;
@@ -1673,6 +1759,54 @@ mod tests {
         let (hours, _) = s.rollups(&u, Resolution::Hour, 0, u64::MAX, 10).unwrap();
         assert_eq!(hours.len(), 2);
         assert_eq!(hours[0].host.as_ref().unwrap().samples, 4);
+    }
+
+    /// A generation's marks are rolled by one round; the two rounds its
+    /// partition waits to be dropped (`drop_partition`), and a reopen, roll
+    /// nothing again (`--round-cost`: re-rolling them tripled each round).
+    #[test]
+    fn a_round_rolls_each_marked_minute_once() {
+        use crate::store::rollup::Cutoffs;
+        let dir = muster_testkit::TempDir::new().unwrap();
+        let u = unit("a", "E1");
+        let t0 = 1_800_000_000_000 - 1_800_000_000_000 % HOUR_MS;
+        let commit = |s: &FjallStore, seq: u64, at: u64| {
+            let mut r = fixtures::record(seq, Payload::Probe(fixtures::http_probe()));
+            r.at_ms = at;
+            s.commit(&CommitBatch {
+                units: vec![UnitRecord::new(u.clone(), t0)],
+                samples: vec![(u.clone(), r)],
+                ..CommitBatch::default()
+            })
+            .unwrap();
+        };
+        let keep = Cutoffs {
+            raw_before: 0,
+            minute_before: 0,
+            hour_before: 0,
+        };
+        let rolled = |s: &FjallStore| s.retain(&keep).unwrap().minutes_rolled;
+        {
+            let s = FjallStore::open(dir.path(), 1 << 20).unwrap();
+            commit(&s, 1, t0 + 1_000);
+            commit(&s, 2, t0 + MINUTE_MS + 1_000);
+            assert_eq!(rolled(&s), 2);
+            for round in 0..3 {
+                assert_eq!(rolled(&s), 0, "round {round} after");
+            }
+            commit(&s, 3, t0 + MINUTE_MS + 2_000);
+            assert_eq!(rolled(&s), 1);
+        }
+        let s = FjallStore::open(dir.path(), 1 << 20).unwrap();
+        assert_eq!(rolled(&s), 0, "after a reopen");
+        let m = s
+            .rollups(&u, Resolution::Minute, t0, t0 + MINUTE_MS, 2)
+            .unwrap()
+            .0;
+        assert_eq!(
+            m.iter().map(|r| r.probes[0].count).collect::<Vec<_>>(),
+            [1, 2]
+        );
     }
 
     #[test]
