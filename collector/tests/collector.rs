@@ -14,6 +14,8 @@ mod valve;
 
 #[path = "collector/backpressure.rs"]
 mod backpressure;
+#[path = "collector/cluster_nats.rs"]
+mod cluster_nats;
 #[path = "collector/cluster_pg.rs"]
 mod cluster_pg;
 #[path = "collector/dashboard.rs"]

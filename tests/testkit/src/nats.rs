@@ -33,6 +33,8 @@ struct Node {
 pub struct NatsCluster {
     dir: TempDir,
     nodes: Vec<Node>,
+    /// Appended to every node's config.
+    extra: String,
 }
 
 impl NatsCluster {
@@ -40,6 +42,12 @@ impl NatsCluster {
     /// until every node answers `/healthz` (JetStream meta leader elected)
     /// and its MQTT port accepts.
     pub fn start(n: usize) -> NatsCluster {
+        Self::start_with(n, "")
+    }
+
+    /// As [`NatsCluster::start`], with `extra` appended to every node's
+    /// config (e.g. cluster mode's subject mapping).
+    pub fn start_with(n: usize, extra: &str) -> NatsCluster {
         let dir = tempfile::tempdir().expect("tempdir");
         let nodes = (0..n)
             .map(|i| Node {
@@ -51,7 +59,11 @@ impl NatsCluster {
                 child: None,
             })
             .collect();
-        let mut c = NatsCluster { dir, nodes };
+        let mut c = NatsCluster {
+            dir,
+            nodes,
+            extra: extra.to_owned(),
+        };
         for i in 0..n {
             c.spawn(i);
         }
@@ -106,7 +118,7 @@ mqtt {{
   # connects: a stream on 2 of 3 loses its quorum with one node).
   stream_replicas: {replicas}
 }}
-"#,
+{extra}"#,
             name = node.name,
             client = node.client,
             http = node.http,
@@ -115,6 +127,7 @@ mqtt {{
             routes = routes.join(", "),
             mqtt = node.mqtt,
             replicas = self.nodes.len().min(3),
+            extra = self.extra,
         )
     }
 
