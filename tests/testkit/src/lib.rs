@@ -37,14 +37,34 @@ pub use nats::NatsCluster;
 #[cfg(unix)]
 pub use postgres::Postgres;
 
-/// A free TCP port on 127.0.0.1. The port is free when this returns; a
-/// process that binds it right away wins it in practice (the kernel does not
-/// hand out the same ephemeral port again at once).
+/// A free TCP port on 127.0.0.1, for a server a test starts with a config
+/// file (one that cannot take `127.0.0.1:0`).
+///
+/// It is below the kernel's ephemeral range
+/// (`/proc/sys/net/ipv4/ip_local_port_range`), so no outgoing connection
+/// can take it before the server binds it: with a port from `bind(:0)`, a
+/// NATS node dialling its not-yet-started peers' routes once got a local
+/// port another node was about to listen on, and that node exited. Ports
+/// are handed out once per process, from a start that differs by process.
 pub fn free_port() -> u16 {
-    TcpListener::bind("127.0.0.1:0")
-        .and_then(|l| l.local_addr())
-        .expect("bind 127.0.0.1:0")
-        .port()
+    use std::sync::atomic::{AtomicU32, Ordering};
+    const FLOOR: u32 = 10_000;
+    static NEXT: AtomicU32 = AtomicU32::new(0);
+    let ceiling = std::fs::read_to_string("/proc/sys/net/ipv4/ip_local_port_range")
+        .ok()
+        .and_then(|s| s.split_whitespace().next()?.parse::<u32>().ok())
+        .filter(|lo| *lo > FLOOR + 1_000)
+        .unwrap_or(32_768);
+    let span = ceiling - FLOOR;
+    let start = std::process::id().wrapping_mul(7_919) % span;
+    for _ in 0..span {
+        let n = NEXT.fetch_add(1, Ordering::Relaxed);
+        let port = (FLOOR + (start + n) % span) as u16;
+        if TcpListener::bind(("127.0.0.1", port)).is_ok() {
+            return port;
+        }
+    }
+    panic!("no free port on 127.0.0.1 between {FLOOR} and {ceiling}");
 }
 
 /// Waits for `cond` to hold ([`eventually_blocking`] with a `bool` probe).
