@@ -3,16 +3,20 @@
 //! `cluster::partition::nats_config` gives: telemetry an agent publishes
 //! over MQTT on one node arrives, on another node, in the partition
 //! `cluster::partition::of` computes for its unit; state keeps its topic.
+//! The JetStream stream (`cluster::stream`) takes those subjects, and
+//! partition p's durable consumer gets exactly partition p's units.
 
 use std::collections::{BTreeMap, BTreeSet};
 use std::time::Duration;
 
+use futures_util::StreamExt;
 use muster_collector::cluster::partition;
+use muster_collector::cluster::stream::{self, StreamError, StreamSpec};
 use muster_proto::UnitId;
 use muster_testkit::NatsCluster;
 use rumqttc::{AsyncClient, Event, EventLoop, MqttOptions, Packet, QoS};
 
-fn client(id: &str, port: u16) -> (AsyncClient, EventLoop) {
+fn client_on(id: &str, port: u16) -> (AsyncClient, EventLoop) {
     let mut o = MqttOptions::new(id, "127.0.0.1", port);
     o.set_keep_alive(Duration::from_secs(10));
     AsyncClient::new(o, 64)
@@ -29,7 +33,7 @@ async fn nats_puts_telemetry_in_the_partition_the_collector_computes() {
         .map(|i| UnitId::new(format!("agency-{}", i % 3), format!("E{i}")).unwrap())
         .collect();
 
-    let (sub, mut sub_loop) = client("partition-watch", nats.mqtt_port(2));
+    let (sub, mut sub_loop) = client_on("partition-watch", nats.mqtt_port(2));
     sub.subscribe("muster/v1/+/+/telemetry/+", QoS::AtLeastOnce)
         .await
         .unwrap();
@@ -43,7 +47,7 @@ async fn nats_puts_telemetry_in_the_partition_the_collector_computes() {
         }
     }
 
-    let (publ, mut pub_loop) = client("partition-agent", nats.mqtt_port(0));
+    let (publ, mut pub_loop) = client_on("partition-agent", nats.mqtt_port(0));
     let driver = tokio::spawn(async move {
         loop {
             if pub_loop.poll().await.is_err() {
@@ -94,4 +98,120 @@ async fn nats_puts_telemetry_in_the_partition_the_collector_computes() {
         );
     }
     assert!(used.len() > 20, "40 units in {} partitions", used.len());
+}
+
+fn spec(name: &str) -> StreamSpec {
+    StreamSpec {
+        name: name.into(),
+        partitions: 16,
+        replicas: 3,
+        max_bytes: 64 << 20,
+        max_age: Duration::from_secs(600),
+        max_ack_pending: 256,
+        ack_wait: Duration::from_secs(30),
+    }
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn each_partition_consumer_gets_its_units_and_acked_telemetry_leaves_the_stream() {
+    let spec = spec("MUSTER");
+    let config = partition::nats_config(spec.partitions).unwrap();
+    let nats = tokio::task::spawn_blocking(move || NatsCluster::start_with(3, &config))
+        .await
+        .unwrap();
+    let client = async_nats::connect(nats.nats_url(1)).await.unwrap();
+    let js = async_nats::jetstream::new(client);
+    let s = stream::ensure(&js, &spec).await.unwrap();
+    // Every partition's consumer exists before records arrive (interest
+    // retention keeps a message only for consumers that want it).
+    let mut consumers = Vec::new();
+    for p in 0..spec.partitions {
+        consumers.push(stream::partition_consumer(&s, &spec, p).await.unwrap());
+    }
+    // Created twice (another collector starting): the same consumer.
+    stream::partition_consumer(&s, &spec, 0).await.unwrap();
+
+    let units: Vec<UnitId> = (0..48)
+        .map(|i| UnitId::new(format!("agency-{}", i % 4), format!("E{i}")).unwrap())
+        .collect();
+    let (publ, mut pub_loop) = client_on("partition-agent-2", nats.mqtt_port(0));
+    let driver = tokio::spawn(async move {
+        loop {
+            if pub_loop.poll().await.is_err() {
+                tokio::time::sleep(Duration::from_millis(100)).await;
+            }
+        }
+    });
+    for u in &units {
+        let topic = muster_proto::topic::unit_topic(u, muster_proto::topic::TopicKind::Telemetry);
+        publ.publish(topic, QoS::AtLeastOnce, false, u.to_string())
+            .await
+            .unwrap();
+    }
+
+    // Each consumer: what it got, until all units are in (30 s at most).
+    let mut got: BTreeMap<u32, Vec<String>> = BTreeMap::new();
+    let deadline = tokio::time::Instant::now() + Duration::from_secs(30);
+    while got.values().map(Vec::len).sum::<usize>() < units.len() {
+        assert!(
+            tokio::time::Instant::now() < deadline,
+            "only {got:?} of {} arrived",
+            units.len()
+        );
+        for (p, c) in consumers.iter().enumerate() {
+            let mut batch = c
+                .fetch()
+                .max_messages(64)
+                .expires(Duration::from_millis(200))
+                .messages()
+                .await
+                .unwrap();
+            while let Some(m) = batch.next().await {
+                let m = m.unwrap();
+                got.entry(p as u32)
+                    .or_default()
+                    .push(String::from_utf8(m.payload.to_vec()).unwrap());
+                m.ack().await.unwrap();
+            }
+        }
+    }
+    driver.abort();
+    let mut want: BTreeMap<u32, Vec<String>> = BTreeMap::new();
+    for u in &units {
+        want.entry(partition::of(u, spec.partitions).unwrap())
+            .or_default()
+            .push(u.to_string());
+    }
+    for v in got.values_mut().chain(want.values_mut()) {
+        v.sort();
+    }
+    assert_eq!(got, want);
+    assert!(want.len() > 8, "48 units in {} partitions", want.len());
+
+    // Acked by their only interested consumer: gone from the stream.
+    let mut s = js.get_stream(&spec.name).await.unwrap();
+    let mut left = u64::MAX;
+    for _ in 0..50 {
+        left = s.info().await.unwrap().state.messages;
+        if left == 0 {
+            break;
+        }
+        tokio::time::sleep(Duration::from_millis(100)).await;
+    }
+    assert_eq!(left, 0, "acked telemetry still in the stream");
+
+    // A stream of that name with other subjects is named, not changed.
+    js.create_stream(async_nats::jetstream::stream::Config {
+        name: "OTHER".into(),
+        subjects: vec!["other.>".into()],
+        ..Default::default()
+    })
+    .await
+    .unwrap();
+    match stream::ensure(&js, &self::spec("OTHER")).await {
+        Err(StreamError::Mismatch { what, found, .. }) => {
+            assert_eq!((what, found.as_str()), ("subjects", "other.>"));
+        }
+        other => panic!("{other:?}"),
+    }
 }
