@@ -361,26 +361,39 @@ fn run(engine: &str, units: usize, rounds: u64) {
     );
 }
 
-/// `--rollups`: bytes per raw record and per minute and hour rollup.
-fn rollups(units: usize, hours: u64) {
-    use muster_collector::store::rollup::{HOUR_MS, Retention};
+/// A fresh fjall store (the collector's) and `units` unit ids over 8
+/// agencies, with the record generator (`--profile`).
+fn fjall_fleet(
+    units: usize,
+) -> (
+    muster_testkit::TempDir,
+    FjallStore,
+    Vec<UnitId>,
+    Lcg,
+    Profile,
+) {
     let dir = muster_testkit::TempDir::new().unwrap();
     let s = FjallStore::open_at(dir.path(), CACHE).unwrap();
     let ids: Vec<UnitId> = (0..units)
-        .map(|i| UnitId::new(format!("agency-{}", i % 8), format!("E{i:05}")).unwrap())
+        .map(|i| UnitId::new(format!("agency-{}", i % 8), format!("E{i:06}")).unwrap())
         .collect();
     let mut rng = Lcg(7);
-    let mut profile = Profile::from_args(ids.len(), &mut rng);
-    // Whole hours from an hour's start, and one round past them: the round
-    // that rolls that last minute folds every whole hour into its block (a
-    // unit's latest hour keeps a key per minute, as `FjallStore`
-    // documents), so what is measured is the stored form of all but one
-    // minute of each unit, as in a store that has run for days.
-    let first = (HOUR_MS - fixtures::AT_MS % HOUR_MS) % HOUR_MS / INTERVAL_MS;
-    let rounds = hours * HOUR_MS / INTERVAL_MS + 1;
+    let profile = Profile::from_args(ids.len(), &mut rng);
+    (dir, s, ids, rng, profile)
+}
+
+/// Commits `rounds` of the fleet's records, 2,000 a commit, as ingest
+/// does; how many.
+fn write_rounds(
+    s: &FjallStore,
+    ids: &[UnitId],
+    rounds: std::ops::Range<u64>,
+    rng: &mut Lcg,
+    profile: &mut Profile,
+) -> u64 {
     let mut records = 0u64;
-    for r in first..first + rounds {
-        let recs = round(&ids, r, &mut rng, &mut profile);
+    for r in rounds {
+        let recs = round(ids, r, rng, profile);
         for chunk in recs.chunks(2_000) {
             s.commit(&CommitBatch {
                 samples: chunk.to_vec(),
@@ -390,6 +403,21 @@ fn rollups(units: usize, hours: u64) {
             records += chunk.len() as u64;
         }
     }
+    records
+}
+
+/// `--rollups`: bytes per raw record and per minute and hour rollup.
+fn rollups(units: usize, hours: u64) {
+    use muster_collector::store::rollup::{HOUR_MS, Retention};
+    let (_dir, s, ids, mut rng, mut profile) = fjall_fleet(units);
+    // Whole hours from an hour's start, and one round past them: the round
+    // that rolls that last minute folds every whole hour into its block (a
+    // unit's latest hour keeps a key per minute, as `FjallStore`
+    // documents), so what is measured is the stored form of all but one
+    // minute of each unit, as in a store that has run for days.
+    let first = (HOUR_MS - fixtures::AT_MS % HOUR_MS) % HOUR_MS / INTERVAL_MS;
+    let rounds = hours * HOUR_MS / INTERVAL_MS + 1;
+    let records = write_rounds(&s, &ids, first..first + rounds, &mut rng, &mut profile);
     s.flush_memtables().unwrap();
     let [(raw_b, raw_n), ..] = s.series_footprint();
     // Every minute is dirty: one round rolls them all (nothing expires).
@@ -451,13 +479,7 @@ fn rollups(units: usize, hours: u64) {
 /// unit (12 rounds of the fleet's records at 5 s) to roll up.
 fn round_cost(units: usize, minutes: u64) {
     use muster_collector::store::rollup::{HOUR_MS, MINUTE_MS, Retention};
-    let dir = muster_testkit::TempDir::new().unwrap();
-    let s = FjallStore::open_at(dir.path(), CACHE).unwrap();
-    let ids: Vec<UnitId> = (0..units)
-        .map(|i| UnitId::new(format!("agency-{}", i % 8), format!("E{i:06}")).unwrap())
-        .collect();
-    let mut rng = Lcg(7);
-    let mut profile = Profile::from_args(ids.len(), &mut rng);
+    let (_dir, s, ids, mut rng, mut profile) = fjall_fleet(units);
     let day = Duration::from_secs(86_400);
     let retention = Retention {
         raw: 2 * HOUR_MS_DURATION,
@@ -469,16 +491,8 @@ fn round_cost(units: usize, minutes: u64) {
     let mut took = Vec::new();
     for m in 0..minutes {
         let t = Instant::now();
-        for r in first + m * per_minute..first + (m + 1) * per_minute {
-            let recs = round(&ids, r, &mut rng, &mut profile);
-            for chunk in recs.chunks(2_000) {
-                s.commit(&CommitBatch {
-                    samples: chunk.to_vec(),
-                    ..CommitBatch::default()
-                })
-                .unwrap();
-            }
-        }
+        let rounds = first + m * per_minute..first + (m + 1) * per_minute;
+        write_rounds(&s, &ids, rounds, &mut rng, &mut profile);
         let ingest_s = t.elapsed().as_secs_f64();
         let now = fixtures::AT_MS + (first + (m + 1) * per_minute) * INTERVAL_MS;
         let t = Instant::now();

@@ -22,6 +22,30 @@ fn client_on(id: &str, port: u16) -> (AsyncClient, EventLoop) {
     AsyncClient::new(o, 64)
 }
 
+/// An agent stand-in on `port` that publishes each unit's name on its
+/// telemetry topic (QoS 1); the task drives its connection until aborted.
+async fn publish_telemetry(
+    id: &str,
+    port: u16,
+    units: &[UnitId],
+) -> (AsyncClient, tokio::task::JoinHandle<()>) {
+    let (publ, mut pub_loop) = client_on(id, port);
+    let driver = tokio::spawn(async move {
+        loop {
+            if pub_loop.poll().await.is_err() {
+                tokio::time::sleep(Duration::from_millis(100)).await;
+            }
+        }
+    });
+    for u in units {
+        let topic = muster_proto::topic::unit_topic(u, muster_proto::topic::TopicKind::Telemetry);
+        publ.publish(topic, QoS::AtLeastOnce, false, u.to_string())
+            .await
+            .unwrap();
+    }
+    (publ, driver)
+}
+
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn nats_puts_telemetry_in_the_partition_the_collector_computes() {
     const PARTITIONS: u32 = 64;
@@ -47,20 +71,7 @@ async fn nats_puts_telemetry_in_the_partition_the_collector_computes() {
         }
     }
 
-    let (publ, mut pub_loop) = client_on("partition-agent", nats.mqtt_port(0));
-    let driver = tokio::spawn(async move {
-        loop {
-            if pub_loop.poll().await.is_err() {
-                tokio::time::sleep(Duration::from_millis(100)).await;
-            }
-        }
-    });
-    for u in &units {
-        let topic = muster_proto::topic::unit_topic(u, muster_proto::topic::TopicKind::Telemetry);
-        publ.publish(topic, QoS::AtLeastOnce, false, u.to_string())
-            .await
-            .unwrap();
-    }
+    let (publ, driver) = publish_telemetry("partition-agent", nats.mqtt_port(0), &units).await;
     let state = muster_proto::topic::unit_topic(&units[0], muster_proto::topic::TopicKind::State);
     publ.publish(state.clone(), QoS::AtLeastOnce, true, "online")
         .await
@@ -134,20 +145,7 @@ async fn each_partition_consumer_gets_its_units_and_acked_telemetry_leaves_the_s
     let units: Vec<UnitId> = (0..48)
         .map(|i| UnitId::new(format!("agency-{}", i % 4), format!("E{i}")).unwrap())
         .collect();
-    let (publ, mut pub_loop) = client_on("partition-agent-2", nats.mqtt_port(0));
-    let driver = tokio::spawn(async move {
-        loop {
-            if pub_loop.poll().await.is_err() {
-                tokio::time::sleep(Duration::from_millis(100)).await;
-            }
-        }
-    });
-    for u in &units {
-        let topic = muster_proto::topic::unit_topic(u, muster_proto::topic::TopicKind::Telemetry);
-        publ.publish(topic, QoS::AtLeastOnce, false, u.to_string())
-            .await
-            .unwrap();
-    }
+    let (_publ, driver) = publish_telemetry("partition-agent-2", nats.mqtt_port(0), &units).await;
 
     // Each consumer: what it got, until all units are in (30 s at most).
     let mut got: BTreeMap<u32, Vec<String>> = BTreeMap::new();
