@@ -17,6 +17,11 @@
 //!   are refused (discard new): the oldest are the ones a collector is
 //!   about to read, and a refused record stays in its agent's buffer and
 //!   is sent again.
+//! * Interest retention keeps a message only for consumers that exist when
+//!   it arrives: a partition with no consumer yet keeps nothing (its agents
+//!   resend). So every partition's consumer is created at start-up, before
+//!   any lease is taken, and never deleted while the fleet runs
+//!   (`cluster_nats::telemetry_of_a_partition_without_a_consumer_is_not_kept`).
 //! * One durable pull consumer per partition, `telemetry-<p>`, filtered on
 //!   [`super::partition::telemetry_filter`], explicit acks, at most
 //!   `max_ack_pending` unacked (the backpressure window, as MQTT 5's receive

@@ -49,10 +49,7 @@ async fn publish_telemetry(
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn nats_puts_telemetry_in_the_partition_the_collector_computes() {
     const PARTITIONS: u32 = 64;
-    let config = partition::nats_config(PARTITIONS).unwrap();
-    let nats = tokio::task::spawn_blocking(move || NatsCluster::start_with(3, &config))
-        .await
-        .unwrap();
+    let nats = mapped_cluster(PARTITIONS).await;
     let units: Vec<UnitId> = (0..40)
         .map(|i| UnitId::new(format!("agency-{}", i % 3), format!("E{i}")).unwrap())
         .collect();
@@ -123,16 +120,34 @@ fn spec(name: &str) -> StreamSpec {
     }
 }
 
+/// A 3-node cluster whose nodes map telemetry into `partitions`.
+async fn mapped_cluster(partitions: u32) -> NatsCluster {
+    let config = partition::nats_config(partitions).unwrap();
+    tokio::task::spawn_blocking(move || NatsCluster::start_with(3, &config))
+        .await
+        .unwrap()
+}
+
+/// [`mapped_cluster`] with `spec`'s stream, through a client on node `via`.
+async fn cluster_with_stream(
+    spec: &StreamSpec,
+    via: usize,
+) -> (
+    NatsCluster,
+    async_nats::jetstream::Context,
+    async_nats::jetstream::stream::Stream,
+) {
+    let nats = mapped_cluster(spec.partitions).await;
+    let client = async_nats::connect(nats.nats_url(via)).await.unwrap();
+    let js = async_nats::jetstream::new(client);
+    let s = stream::ensure(&js, spec).await.unwrap();
+    (nats, js, s)
+}
+
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn each_partition_consumer_gets_its_units_and_acked_telemetry_leaves_the_stream() {
     let spec = spec("MUSTER");
-    let config = partition::nats_config(spec.partitions).unwrap();
-    let nats = tokio::task::spawn_blocking(move || NatsCluster::start_with(3, &config))
-        .await
-        .unwrap();
-    let client = async_nats::connect(nats.nats_url(1)).await.unwrap();
-    let js = async_nats::jetstream::new(client);
-    let s = stream::ensure(&js, &spec).await.unwrap();
+    let (nats, js, s) = cluster_with_stream(&spec, 1).await;
     // Every partition's consumer exists before records arrive (interest
     // retention keeps a message only for consumers that want it).
     let mut consumers = Vec::new();
@@ -212,4 +227,41 @@ async fn each_partition_consumer_gets_its_units_and_acked_telemetry_leaves_the_s
         }
         other => panic!("{other:?}"),
     }
+}
+
+/// Interest retention keeps a message only for the consumers that exist
+/// when it arrives: telemetry of a partition with no consumer yet is not
+/// kept (its agents still hold it and send it again), so cluster mode
+/// creates every partition's consumer before it takes any lease.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn telemetry_of_a_partition_without_a_consumer_is_not_kept() {
+    let spec = spec("MUSTER");
+    let (nats, js, s) = cluster_with_stream(&spec, 0).await;
+    let with_consumer = 0..spec.partitions / 2;
+    for p in with_consumer.clone() {
+        stream::partition_consumer(&s, &spec, p).await.unwrap();
+    }
+    let units: Vec<UnitId> = (0..48)
+        .map(|i| UnitId::new("agency-0", format!("E{i}")).unwrap())
+        .collect();
+    let kept = units
+        .iter()
+        .filter(|u| with_consumer.contains(&partition::of(u, spec.partitions).unwrap()))
+        .count() as u64;
+    assert!(kept > 0 && kept < 48, "{kept} of 48 in the first half");
+    let (_publ, driver) = publish_telemetry("partition-agent-3", nats.mqtt_port(1), &units).await;
+    // Every record reached the stream's subjects once the last one is in
+    // (one connection, QoS 1, in order): then count what is kept.
+    let mut s = js.get_stream(&spec.name).await.unwrap();
+    let mut seen = (0, 0);
+    for _ in 0..100 {
+        let st = s.info().await.unwrap().state.clone();
+        seen = (st.messages, st.last_sequence);
+        if st.last_sequence >= 48 {
+            break;
+        }
+        tokio::time::sleep(Duration::from_millis(100)).await;
+    }
+    driver.abort();
+    assert_eq!(seen, (kept, 48), "(kept, sequence)");
 }
