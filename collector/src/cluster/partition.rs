@@ -34,6 +34,8 @@ pub const MAX_PARTITIONS: u32 = 4096;
 pub enum PartitionError {
     #[error("partitions must be 1 to {MAX_PARTITIONS}, not {0}")]
     Count(u32),
+    #[error("partition {partition} of {partitions}: partitions are numbered from 0")]
+    OutOfRange { partition: u32, partitions: u32 },
     #[error("{field} {value:?} cannot travel through NATS 2.9: {why}")]
     Id {
         field: &'static str,

@@ -96,7 +96,11 @@ impl StreamSpec {
     /// Partition `p`'s durable consumer.
     pub fn consumer_config(&self, p: u32) -> Result<pull::Config, StreamError> {
         if p >= self.partitions {
-            return Err(partition::PartitionError::Count(p).into());
+            return Err(partition::PartitionError::OutOfRange {
+                partition: p,
+                partitions: self.partitions,
+            }
+            .into());
         }
         Ok(pull::Config {
             durable_name: Some(format!("telemetry-{p}")),

@@ -442,9 +442,10 @@ impl FjallStore {
             return Ok(p);
         }
         let own = series.own();
-        let p = self.open_bucket(series, &own.partition(at_ms))?;
-        self.cached(own, at_ms, false, || Ok(Some(p.clone())))?;
-        Ok(p)
+        let created = self.cached(own, at_ms, false, || {
+            self.open_bucket(series, &own.partition(at_ms)).map(Some)
+        })?;
+        Ok(created.expect("open_bucket opens or creates"))
     }
 
     /// `handles`' entry for the bucket of `w` holding `at_ms`, else what
