@@ -21,6 +21,7 @@ pub struct StoreMetrics {
     pub pruned_hours: AtomicU64,
     pub rolled_minutes: AtomicU64,
     pub rolled_hours: AtomicU64,
+    pub rolled_from_raw: AtomicU64,
 }
 
 impl StoreMetrics {
@@ -36,6 +37,7 @@ impl StoreMetrics {
         add(&self.pruned_hours, r.hours_pruned);
         add(&self.rolled_minutes, r.minutes_rolled);
         add(&self.rolled_hours, r.hours_rolled);
+        add(&self.rolled_from_raw, r.minutes_from_raw);
     }
 
     pub fn render(&self, e: &mut Exposition, size_bytes: u64) {
@@ -83,7 +85,7 @@ impl StoreMetrics {
         e.family(
             "muster_store_rolled_total",
             "counter",
-            "Rollups written by retention (rebuilt from raw samples or merged with late ones), by resolution.",
+            "Rollups written by retention (merged from the records ingest folded, or rebuilt from raw samples), by resolution.",
         );
         for (kind, a) in [
             ("minute", &self.rolled_minutes),
@@ -91,6 +93,16 @@ impl StoreMetrics {
         ] {
             e.sample("muster_store_rolled_total", &[("kind", kind)], get(a));
         }
+        e.family(
+            "muster_store_rolled_from_raw_total",
+            "counter",
+            "Minute rollups retention rebuilt by reading raw samples back (a probe with more than 19 results in the minute, a minute already in its hour's block, or a mark from an earlier build) rather than merging what ingest folded.",
+        );
+        e.sample(
+            "muster_store_rolled_from_raw_total",
+            &[],
+            get(&self.rolled_from_raw),
+        );
         e.family(
             "muster_store_size_bytes",
             "gauge",

@@ -30,11 +30,13 @@
 //!   as an hour rollup is stored), so a retention round writes a minute, not
 //!   a growing block; the round that rolls the unit's next hour folds them
 //!   into the block. Readers take either form (and earlier builds' minutes).
-//! * `dirty_<generation>`: `agency 0x00 unit 0x00 minute_ms(be)` -> empty:
-//!   minutes that got records since they were last rolled up (written by
-//!   `commit` in the same batch as the records). `retain` starts a new
-//!   generation, rolls every marked minute of the older ones that no round
-//!   rolled yet (those from meta `generation` on), then drops them.
+//! * `dirty_<generation>`: the record's raw key -> the record's own rollup
+//!   ([`super::rollup::encode`]), written by `commit` in the same batch as
+//!   the record: what each minute got since it was last rolled up, folded
+//!   at ingest (earlier builds: `agency 0x00 unit 0x00 minute_ms(be)` ->
+//!   empty, rolled from raw). `retain` starts a new generation, merges the
+//!   marks of the older ones that no round rolled yet (those from meta
+//!   `generation` on) into their minutes, then drops them.
 //! * `meta`: `raw_pruned_before`, `minutes_pruned_before`,
 //!   `hours_pruned_before`, `generation` -> u64 (be): what retention already
 //!   dropped, and the next dirty generation (decides how late data is rolled:
@@ -66,10 +68,20 @@
 //!
 //! Retention (`retain`) rolls one unit at a time, [`ROLL_BATCH`] units a
 //! batch; a record committed meanwhile marks its minute in the new
-//! generation, rolled next round. Its batches are not fsynced one by one: a
-//! crash loses a suffix of whole batches, whose generation is still there
-//! and is redone; the round ends with one fsync before any bucket is
-//! dropped.
+//! generation, rolled next round. A round reads no raw records for a
+//! minute it can merge: the stored minute (exact, one key per minute) plus
+//! the marks' rollups is the minute, and p95 merges as the maximum, which
+//! is exact up to [`rollup::P95_IS_MAX_UP_TO`] results of a probe. A
+//! minute beyond that, one already folded into its hour's block (rounded),
+//! or marked by an earlier build is rebuilt from its raw records, read at
+//! the snapshot taken when the round started its generation (so exactly
+//! the records whose marks it scanned). Measured (store bench
+//! `--round-cost`, 20,000 units): reading and decoding raw records was two
+//! thirds of a round. Its batches are not fsynced one by one: a crash
+//! loses a suffix of whole batches; each batch carries the round's progress
+//! (meta `roll_progress`, its last unit), so the next round merges the
+//! rest and never a unit twice. The round ends with one fsync before any
+//! bucket is dropped.
 //!
 //! Memory: the block cache is `store.cache_mib`; memtables are bounded by
 //! the write buffer ([`write_buffer_bytes`], derived from the cache) and the
@@ -80,7 +92,7 @@
 //! incidents (not raw samples: they are short-lived), then the sled files
 //! move to `<data dir>/sled-old/` (delete it once satisfied).
 
-use std::collections::{BTreeMap, BTreeSet, HashMap, HashSet};
+use std::collections::{BTreeMap, HashMap, HashSet};
 use std::path::Path;
 use std::sync::RwLock;
 use std::sync::atomic::{AtomicU64, Ordering};
@@ -89,7 +101,7 @@ use fjall::{
     AbstractTree, Batch, CompressionType, Config, Keyspace, PartitionCreateOptions,
     PartitionHandle, PersistMode,
 };
-use muster_proto::{Body, Message, Payload, UnitId};
+use muster_proto::{Body, Message, UnitId};
 
 use super::rollup::{self, Action, Cutoffs, HOUR_MS, MINUTE_MS, Resolution, Rollup};
 
@@ -193,6 +205,42 @@ impl Width {
 /// Units a retention round writes per batch (`retain`).
 const ROLL_BATCH: usize = 256;
 
+/// Meta key: `generation(be) prefix`, the last unit a round cut short
+/// merged (`retain`).
+const ROLL_PROGRESS: &str = "roll_progress";
+
+/// What a retention round found marked for one minute of one unit.
+#[derive(Debug, Default)]
+struct Marked {
+    /// The merge of the rollups `commit` stored with the marks.
+    delta: Option<Rollup>,
+    /// An earlier build's mark (no rollup): rolled from raw records.
+    from_raw: bool,
+    /// The marked records' keys when they are in `raw_late`.
+    late_keys: Vec<Vec<u8>>,
+}
+
+/// A dirty mark's unit prefix and time: an earlier build's mark is
+/// `prefix minute(be)` with no value, this build's the record's key with
+/// its rollup. `None` for a key too short to be either.
+fn split_mark<'a>(k: &'a [u8], v: &[u8]) -> Option<(&'a [u8], u64)> {
+    let tail = if v.is_empty() { 8 } else { 24 };
+    if k.len() <= tail {
+        return None;
+    }
+    let (prefix, rest) = k.split_at(k.len() - tail);
+    Some((prefix, be_u64(rest)))
+}
+
+/// How a round writes one minute (`roll_unit`).
+enum Part {
+    /// From its raw records.
+    Rebuild,
+    /// Merged into the stored minute; rebuilt from raw instead when the
+    /// merge would not be exact and (`true`) the raw records are all kept.
+    Merge(Box<Rollup>, bool),
+}
+
 /// One bucket partition: the times `start..end` of its series.
 struct Bucket {
     start: u64,
@@ -282,6 +330,12 @@ pub struct FjallStore {
     events_by_agency: PartitionHandle,
     incidents: PartitionHandle,
     enrollments: PartitionHandle,
+    /// Tests: a round stops with an error after this many batches.
+    #[cfg(test)]
+    cut_round_after: std::sync::atomic::AtomicUsize,
+    /// Tests: run by a round once it started its generation.
+    #[cfg(test)]
+    after_bump: std::sync::Mutex<Option<Box<dyn FnOnce() + Send>>>,
 }
 
 /// All memtables together at most this (fjall's write buffer): half the
@@ -420,6 +474,10 @@ impl FjallStore {
             incidents: open("incidents", 4096)?,
             enrollments: open("enrollments", 4096)?,
             ks,
+            #[cfg(test)]
+            cut_round_after: std::sync::atomic::AtomicUsize::new(usize::MAX),
+            #[cfg(test)]
+            after_bump: Default::default(),
         };
         let next_gen = store.buckets(DIRTY).last().map_or(0, |b| b.start + 1);
         let stored_gen = store.meta.get("generation")?.map_or(0, |v| be_u64(&v));
@@ -711,48 +769,87 @@ impl FjallStore {
         Ok(None)
     }
 
+    /// The raw records of minute `m` of the unit at `prefix` as the round
+    /// that took snapshot `at` sees them (exactly those whose marks it
+    /// scanned), from `raw_late` when `late`, with their keys then.
+    fn raw_minute(
+        &self,
+        prefix: &[u8],
+        m: u64,
+        late: bool,
+        at: fjall::Instant,
+    ) -> Result<(Vec<StoredSample>, Vec<Vec<u8>>), StoreError> {
+        let part = if late {
+            Some(self.raw_late.clone())
+        } else {
+            self.existing_bucket(RAW, m)?
+        };
+        let (mut raw, mut keys) = (Vec::new(), Vec::new());
+        if let Some(part) = part {
+            let snap = part.snapshot_at(at);
+            for kv in
+                snap.range(sample_key(prefix, m, 0, 0)..sample_key(prefix, m + MINUTE_MS, 0, 0))
+            {
+                let (k, v) = kv.map_err(fjall::Error::from)?;
+                raw.push(decode_sample(&v)?);
+                if late {
+                    keys.push(k.to_vec());
+                }
+            }
+        }
+        Ok((raw, keys))
+    }
+
     /// Rolls the marked `minutes` of the unit at `prefix` (see
     /// `Store::retain`) into `b`; `pruned` is what retention dropped before
-    /// this round, `next` what it drops at its end.
+    /// this round, `next` what it drops at its end, `at` the round's
+    /// snapshot.
+    #[allow(clippy::too_many_arguments)]
     fn roll_unit(
         &self,
         b: &mut Batch,
         prefix: &[u8],
-        minutes: &BTreeSet<u64>,
+        minutes: &BTreeMap<u64, Marked>,
         pruned: (u64, u64, u64),
         next: (u64, u64, u64),
+        at: fjall::Instant,
         st: &mut RetainStats,
     ) -> Result<(), StoreError> {
-        // This round's minutes by hour: (minute, rollup, merge into the
-        // stored one rather than replace it).
-        let mut fresh: BTreeMap<u64, Vec<(u64, Rollup, bool)>> = BTreeMap::new();
+        // This round's minutes by hour.
+        let mut fresh: BTreeMap<u64, Vec<(u64, Part)>> = BTreeMap::new();
         let mut hour_merges: BTreeMap<u64, Vec<Rollup>> = BTreeMap::new();
-        for &m in minutes {
-            let mut raw = Vec::new();
-            let part = if m < pruned.0 {
-                Some(self.raw_late.clone())
-            } else {
-                self.existing_bucket(RAW, m)?
-            };
-            if let Some(part) = &part {
-                for kv in
-                    part.range(sample_key(prefix, m, 0, 0)..sample_key(prefix, m + MINUTE_MS, 0, 0))
-                {
-                    let (k, v) = kv?;
-                    raw.push(decode_sample(&v)?);
-                    if m < pruned.0 {
-                        // Merged below: the late records go with it, so they
-                        // never count twice.
-                        b.remove(part, k);
-                    }
-                }
-            }
-            let r = rollup::roll(m, &raw);
+        for (&m, mark) in minutes {
             let h = rollup::floor(m, HOUR_MS);
-            match rollup::action(m, pruned.0, pruned.1) {
-                Action::Replace => fresh.entry(h).or_default().push((m, r, false)),
-                Action::MergeMinute => fresh.entry(h).or_default().push((m, r, true)),
-                Action::MergeHour => hour_merges.entry(h).or_default().push(r),
+            let act = rollup::action(m, pruned.0, pruned.1);
+            if act == Action::Replace {
+                let part = match &mark.delta {
+                    Some(d) if !mark.from_raw => Part::Merge(Box::new(d.clone()), true),
+                    _ => Part::Rebuild,
+                };
+                fresh.entry(h).or_default().push((m, part));
+                continue;
+            }
+            // Late records (their raw minute was pruned, so they are in
+            // `raw_late`): merged, and deleted in the same batch, so they
+            // never count twice.
+            let late = if mark.from_raw {
+                let (raw, keys) = self.raw_minute(prefix, m, true, at)?;
+                for k in keys {
+                    b.remove(&self.raw_late, k);
+                }
+                rollup::roll(m, &raw)
+            } else {
+                for k in &mark.late_keys {
+                    b.remove(&self.raw_late, k.clone());
+                }
+                mark.delta.clone().unwrap_or_default()
+            };
+            match act {
+                Action::MergeMinute => fresh
+                    .entry(h)
+                    .or_default()
+                    .push((m, Part::Merge(Box::new(late), false))),
+                _ => hour_merges.entry(h).or_default().push(late),
             }
         }
         let kept = |series: Series, at: u64, before: u64| {
@@ -790,17 +887,28 @@ impl FjallStore {
             if news.is_empty() && alone.is_empty() {
                 continue; // already a block, or nothing stored
             }
-            let rolled: Vec<u64> = news.iter().map(|(m, _, _)| *m).collect();
-            for (m, r, merge) in news {
-                if merge {
-                    let old = of_hour.entry(m).or_insert_with(|| Rollup {
-                        start_ms: m,
-                        ..Rollup::default()
-                    });
-                    rollup::merge(old, &r);
-                } else {
-                    of_hour.insert(m, r);
-                }
+            let rolled: Vec<u64> = news.iter().map(|(m, _)| *m).collect();
+            for (m, part) in news {
+                let r = match part {
+                    Part::Rebuild => rollup::roll(m, &self.raw_minute(prefix, m, false, at)?.0),
+                    Part::Merge(r, can_rebuild) => {
+                        let mut whole = of_hour.get(&m).cloned().unwrap_or(Rollup {
+                            start_ms: m,
+                            ..Rollup::default()
+                        });
+                        rollup::merge(&mut whole, &r);
+                        // A merge is exact only from an exact minute (not a
+                        // block's, which is rounded) and while p95 is the
+                        // maximum; otherwise the raw minute, while kept.
+                        if can_rebuild && (has_block || !rollup::p95_exact_by_merge(&whole)) {
+                            st.minutes_from_raw += 1;
+                            rollup::roll(m, &self.raw_minute(prefix, m, false, at)?.0)
+                        } else {
+                            whole
+                        }
+                    }
+                };
+                of_hour.insert(m, r);
             }
             if !rolled.is_empty() {
                 let mut hr = rollup::roll_hour(h, of_hour.values());
@@ -925,7 +1033,6 @@ impl Store for FjallStore {
         }
         let _r = self.drop_lock.read().unwrap_or_else(|e| e.into_inner());
         let mut b = self.batch();
-        let mut dirty = HashSet::new();
         let marks = if batch.samples.is_empty() {
             None
         } else {
@@ -937,12 +1044,14 @@ impl Store for FjallStore {
             let prefix = sample_prefix(unit);
             let key = sample_key(&prefix, rec.at_ms, rec.boot.0, rec.seq);
             if let Some(marks) = &marks
-                && !matches!(rec.payload, Payload::Presence(_) | Payload::Status(_))
+                && rollup::rolled_up(&rec.payload)
             {
-                let d = rollup_key(&prefix, rollup::floor(rec.at_ms, MINUTE_MS));
-                if dirty.insert(d.clone()) {
-                    b.insert(marks, d, []);
-                }
+                // The record's own rollup: the round merges these and never
+                // reads raw records back (module docs).
+                let m = rollup::floor(rec.at_ms, MINUTE_MS);
+                let r = rollup::roll_points(m, [(rec.at_ms, &rec.payload)]);
+                let v = rollup::encode(&r).map_err(|e| corrupt("dirty", e))?;
+                b.insert(marks, key.clone(), v);
             }
             let start = rollup::floor(rec.at_ms, RAW.bucket_ms);
             let part = match parts.iter().find(|(s, _)| *s == start) {
@@ -1134,17 +1243,28 @@ impl Store for FjallStore {
 
     fn retain(&self, cut: &Cutoffs) -> Result<RetainStats, StoreError> {
         let mut st = RetainStats::default();
-        // Records committed from now on mark the next generation.
-        let generation = self.generation.fetch_add(1, Ordering::AcqRel);
-        // A commit that took the old generation before that holds the read
-        // lock until its batch is written: once none does, every mark of
-        // this round's generations is on the partitions scanned below.
-        drop(self.drop_lock.write().unwrap_or_else(|e| e.into_inner()));
+        // Records committed from now on mark the next generation. A commit
+        // holds the read lock from before it takes its generation until its
+        // batch is written, so under the write lock every record marked in
+        // the generations scanned below is written, and no other: the
+        // snapshot `at` holds exactly their raw records (`raw_minute`), and
+        // a minute rebuilt from raw never counts a record that a later
+        // round merges again.
+        let (generation, at) = {
+            let _w = self.drop_lock.write().unwrap_or_else(|e| e.into_inner());
+            (
+                self.generation.fetch_add(1, Ordering::AcqRel),
+                self.ks.instant(),
+            )
+        };
+        #[cfg(test)]
+        if let Some(f) = self.after_bump.lock().unwrap().take() {
+            f();
+        }
         // Generations below `rolled` were rolled by an earlier round, durably
         // (its last batch, fsynced, recorded it): they wait only to be
         // dropped (`drop_partition` takes two more rounds), not to be rolled
-        // again. Rolling them again was idempotent but tripled a round's
-        // work (store bench `--round-cost`).
+        // again: their marks merge, so a second roll would count twice.
         let rolled = self.meta.get("generation")?.map_or(0, |v| be_u64(&v));
         let gens: Vec<Bucket> = self
             .buckets(DIRTY)
@@ -1161,28 +1281,81 @@ impl Store for FjallStore {
                 .2
                 .max(rollup::floor(cut.hour_before, HOURS.bucket_ms)),
         );
-        let mut marks: BTreeMap<Vec<u8>, BTreeSet<u64>> = BTreeMap::new();
-        for p in gens.iter().filter(|b| b.start >= rolled).map(|b| &b.part) {
-            for k in p.keys() {
-                let k = k?;
-                if k.len() < 9 {
-                    return Err(corrupt("dirty", "short key"));
-                }
-                let (prefix, m) = k.split_at(k.len() - 8);
-                marks.entry(prefix.to_vec()).or_default().insert(be_u64(m));
-            }
-        }
-        // Units' rollups go in batches of ROLL_BATCH units: one journal
-        // write each, not one per unit (100,000 per round at 100,000 units).
+        // A round cut short (a crash) merged the units up to its progress
+        // mark into their minutes: their marks in the generations it
+        // scanned are not merged again.
+        let progress = self.meta.get(ROLL_PROGRESS)?;
+        let sources: Vec<KvIter> = gens
+            .iter()
+            .filter(|b| b.start >= rolled)
+            .map(|b| {
+                let (g, progress) = (b.start, progress.clone());
+                let it = b.part.iter().filter(move |kv| match (kv, &progress) {
+                    (Ok((k, v)), Some(p)) if p.len() >= 8 && g <= be_u64(p) => {
+                        split_mark(k, v).is_none_or(|(prefix, _)| prefix > &p[8..])
+                    }
+                    _ => true,
+                });
+                Box::new(it) as KvIter
+            })
+            .collect();
+        // The generations' marks in key order, so one unit's at a time (a
+        // unit's prefix is never a prefix of another's): memory for one
+        // unit, not the fleet. Units' rollups go in batches of ROLL_BATCH
+        // units: one journal write each, not one per unit (100,000 per
+        // round at 100,000 units), each with the progress mark of its last
+        // unit.
         let mut b = self.ks.batch();
-        for (i, (prefix, minutes)) in marks.iter().enumerate() {
-            self.roll_unit(&mut b, prefix, minutes, pruned, next, &mut st)?;
-            if (i + 1) % ROLL_BATCH == 0 {
-                std::mem::replace(&mut b, self.ks.batch()).commit()?;
+        let mut n = 0;
+        let mut unit: Option<(Vec<u8>, BTreeMap<u64, Marked>)> = None;
+        let mut marks = merged(sources, false);
+        loop {
+            let kv = marks.next().transpose()?;
+            let mark = match &kv {
+                Some((k, v)) => Some((
+                    split_mark(k, v).ok_or_else(|| corrupt("dirty", "short key"))?,
+                    k,
+                    v,
+                )),
+                None => None,
+            };
+            let same =
+                matches!((&mark, &unit), (Some(((p, _), _, _)), Some((q, _))) if *p == &q[..]);
+            if !same && let Some((prefix, minutes)) = unit.take() {
+                self.roll_unit(&mut b, &prefix, &minutes, pruned, next, at, &mut st)?;
+                n += 1;
+                if n % ROLL_BATCH == 0 || mark.is_none() {
+                    let mut p = generation.to_be_bytes().to_vec();
+                    p.extend_from_slice(&prefix);
+                    b.insert(&self.meta, ROLL_PROGRESS, p);
+                    std::mem::replace(&mut b, self.ks.batch()).commit()?;
+                    #[cfg(test)]
+                    if n / ROLL_BATCH >= self.cut_round_after.load(Ordering::Acquire) {
+                        return Err(corrupt("dirty", "round cut short (test)"));
+                    }
+                }
             }
-        }
-        if !b.is_empty() {
-            b.commit()?;
+            let Some(((prefix, at_ms), k, v)) = mark else {
+                break;
+            };
+            let m = rollup::floor(at_ms, MINUTE_MS);
+            let mark = unit
+                .get_or_insert_with(|| (prefix.to_vec(), BTreeMap::new()))
+                .1
+                .entry(m)
+                .or_default();
+            if v.is_empty() {
+                mark.from_raw = true;
+                continue;
+            }
+            let r = rollup::decode(m, v).map_err(|e| corrupt("dirty", e))?;
+            match &mut mark.delta {
+                Some(d) => rollup::merge(d, &r),
+                None => mark.delta = Some(r),
+            }
+            if m < pruned.0 {
+                mark.late_keys.push(k.to_vec());
+            }
         }
         // Everything rolled is durable before anything it came from goes.
         let mut b = self.batch();
@@ -1194,14 +1367,15 @@ impl Store for FjallStore {
         ] {
             b.insert(&self.meta, k, v.to_be_bytes());
         }
+        b.remove(&self.meta, ROLL_PROGRESS);
         b.commit()?;
         {
             // Commits from now on send older records to `raw_late`.
             let _w = self.drop_lock.write().unwrap_or_else(|e| e.into_inner());
             self.raw_pruned_before.fetch_max(next.0, Ordering::AcqRel);
         }
-        // An old generation goes once dropped safely; until then its marks
-        // are rolled again each round (idempotent: module docs).
+        // An old generation goes once dropped safely; until then it is
+        // below the `generation` watermark and not scanned.
         for b in gens {
             self.drop_partition(b.part)?;
         }
@@ -1278,7 +1452,7 @@ impl Store for FjallStore {
 mod tests {
     use super::super::suite::{transition, unit};
     use super::*;
-    use muster_proto::fixtures;
+    use muster_proto::{Payload, fixtures};
 
     #[test]
     fn commit_survives_reopen_and_queries_page() {
@@ -1918,6 +2092,215 @@ mod tests {
             limit: 10,
         };
         assert_eq!(s.samples(&u, q).unwrap().0.len(), 3);
+    }
+
+    /// The minute rollups of `u` between `from` and `to`, and what
+    /// `rollup::roll` makes of the raw records stored for each.
+    fn minutes_and_raw(s: &FjallStore, u: &UnitId, from: u64, to: u64) -> Vec<(Rollup, Rollup)> {
+        let (minutes, _) = s.rollups(u, Resolution::Minute, from, to, 1000).unwrap();
+        minutes
+            .into_iter()
+            .map(|m| {
+                let q = SampleQuery {
+                    since_ms: m.start_ms,
+                    until_ms: m.start_ms + MINUTE_MS - 1,
+                    after: None,
+                    limit: 1000,
+                };
+                let raw = s.samples(u, q).unwrap().0;
+                let want = rollup::roll(m.start_ms, &raw);
+                (m, want)
+            })
+            .collect()
+    }
+
+    fn probe_at(seq: u64, at: u64, ms: u32) -> muster_proto::Record {
+        let mut p = fixtures::http_probe();
+        p.phases.total_us = ms * 1000 + (seq % 7) as u32 * 13;
+        let mut r = fixtures::record(seq, Payload::Probe(p));
+        r.at_ms = at;
+        r
+    }
+
+    /// Rounds running while records are committed (as the prune task runs
+    /// beside ingest) leave every minute equal to the rollup of its raw
+    /// records: merged where the merge is exact, rebuilt from the round's
+    /// snapshot where a probe has more than 19 results (here one unit's
+    /// minutes have 30), never a record counted twice or missed.
+    #[test]
+    fn rounds_beside_commits_leave_every_minute_exact() {
+        use crate::store::rollup::Cutoffs;
+        let dir = muster_testkit::TempDir::new().unwrap();
+        let s = std::sync::Arc::new(FjallStore::open(dir.path(), 8 << 20).unwrap());
+        let t0 = 1_800_000_000_000 - 1_800_000_000_000 % HOUR_MS;
+        let keep = Cutoffs {
+            raw_before: 0,
+            minute_before: 0,
+            hour_before: 0,
+        };
+        // Unit 0 reports every 2 s (30 a minute), the others every 5 s.
+        let units: Vec<(UnitId, u64)> = (0..4)
+            .map(|i| {
+                (
+                    unit("a", &format!("E{i}")),
+                    if i == 0 { 2_000 } else { 5_000 },
+                )
+            })
+            .collect();
+        let stop = std::sync::Arc::new(std::sync::atomic::AtomicBool::new(false));
+        let rounds = {
+            let (s, stop) = (s.clone(), stop.clone());
+            std::thread::spawn(move || {
+                let mut n = 0u64;
+                let mut from_raw = 0;
+                while !stop.load(Ordering::Acquire) {
+                    from_raw += s.retain(&keep).unwrap().minutes_from_raw;
+                    n += 1;
+                }
+                (n, from_raw)
+            })
+        };
+        // Five minutes of records, one commit per 1 s step, in event order.
+        let mut seq = vec![0u64; units.len()];
+        for step in 0..300u64 {
+            let at = t0 + step * 1_000;
+            let mut batch = CommitBatch::default();
+            for (i, (u, every)) in units.iter().enumerate() {
+                if (step * 1_000) % every == 0 {
+                    seq[i] += 1;
+                    batch
+                        .samples
+                        .push((u.clone(), probe_at(seq[i], at, 10 + (step % 50) as u32)));
+                    batch.units.push(UnitRecord::new(u.clone(), t0));
+                }
+            }
+            s.commit(&batch).unwrap();
+        }
+        stop.store(true, Ordering::Release);
+        let (n, from_raw) = rounds.join().unwrap();
+        s.retain(&keep).unwrap();
+        assert!(n >= 3, "only {n} rounds ran beside the commits");
+        assert!(from_raw > 0, "no minute was rebuilt from raw");
+        for (u, every) in &units {
+            let got = minutes_and_raw(&s, u, t0, t0 + 5 * MINUTE_MS);
+            assert_eq!(got.len(), 5, "{u:?}");
+            for (m, want) in got {
+                let (p, w) = (&m.probes[0], &want.probes[0]);
+                assert_eq!(p.count, (MINUTE_MS / every) as u32, "{u:?} {}", m.start_ms);
+                assert_eq!(
+                    (
+                        p.count,
+                        p.failures,
+                        p.p95_ms,
+                        p.total_ms.min,
+                        p.total_ms.max,
+                        p.total_ms.last
+                    ),
+                    (
+                        w.count,
+                        w.failures,
+                        w.p95_ms,
+                        w.total_ms.min,
+                        w.total_ms.max,
+                        w.total_ms.last
+                    ),
+                    "{u:?} minute {}",
+                    m.start_ms
+                );
+                assert!((p.total_ms.sum - w.total_ms.sum).abs() < 1e-6);
+            }
+        }
+    }
+
+    /// An earlier build's mark (no rollup) rolls its minute from raw, as
+    /// the round's snapshot holds it: a record committed after the round
+    /// started its generation is merged by the next round, once.
+    #[test]
+    fn an_earlier_builds_mark_rolls_from_raw_as_of_the_round() {
+        use crate::store::rollup::Cutoffs;
+        let dir = muster_testkit::TempDir::new().unwrap();
+        let s = std::sync::Arc::new(FjallStore::open(dir.path(), 1 << 20).unwrap());
+        let u = unit("a", "E1");
+        let t0 = 1_800_000_000_000 - 1_800_000_000_000 % HOUR_MS;
+        let keep = Cutoffs {
+            raw_before: 0,
+            minute_before: 0,
+            hour_before: 0,
+        };
+        let commit = {
+            let u = u.clone();
+            move |s: &FjallStore, seq: u64| {
+                s.commit(&CommitBatch {
+                    units: vec![UnitRecord::new(u.clone(), t0)],
+                    samples: vec![(u.clone(), probe_at(seq, t0 + seq * 1_000, 20))],
+                    ..CommitBatch::default()
+                })
+                .unwrap();
+            }
+        };
+        commit(&s, 1);
+        // Make its mark an earlier build's: `prefix minute` -> empty.
+        let marks = s.bucket(DIRTY, 0).unwrap();
+        let prefix = sample_prefix(&u);
+        marks
+            .remove(sample_key(&prefix, t0 + 1_000, fixtures::BOOT.0, 1))
+            .unwrap();
+        marks.insert(rollup_key(&prefix, t0), []).unwrap();
+        let later = s.clone();
+        *s.after_bump.lock().unwrap() = Some(Box::new(move || commit(&later, 2)));
+        s.retain(&keep).unwrap();
+        let count = |s: &FjallStore| {
+            s.rollups(&u, Resolution::Minute, t0, t0, 1).unwrap().0[0].probes[0].count
+        };
+        assert_eq!(count(&s), 1, "the round read raw beyond its snapshot");
+        s.retain(&keep).unwrap();
+        assert_eq!(count(&s), 2);
+    }
+
+    /// A round cut short after its first batch of units (a crash: batches
+    /// are not fsynced one by one) left its progress mark; the next round
+    /// merges the units after it, and not the ones before it again.
+    #[test]
+    fn a_round_cut_short_merges_each_unit_once() {
+        use crate::store::rollup::Cutoffs;
+        let dir = muster_testkit::TempDir::new().unwrap();
+        let t0 = 1_800_000_000_000 - 1_800_000_000_000 % HOUR_MS;
+        let keep = Cutoffs {
+            raw_before: 0,
+            minute_before: 0,
+            hour_before: 0,
+        };
+        let units: Vec<UnitId> = (0..ROLL_BATCH + 10)
+            .map(|i| unit("a", &format!("E{i:04}")))
+            .collect();
+        let commit = |s: &FjallStore, seq: u64| {
+            let mut batch = CommitBatch::default();
+            for u in &units {
+                batch
+                    .samples
+                    .push((u.clone(), probe_at(seq, t0 + seq * 1_000, 20)));
+                batch.units.push(UnitRecord::new(u.clone(), t0));
+            }
+            s.commit(&batch).unwrap();
+        };
+        {
+            let s = FjallStore::open(dir.path(), 8 << 20).unwrap();
+            commit(&s, 1);
+            s.retain(&keep).unwrap();
+            commit(&s, 2);
+            s.cut_round_after.store(1, Ordering::Release);
+            assert!(s.retain(&keep).is_err());
+            // Force what the cut round wrote to disk, as a later fsynced
+            // commit would.
+            s.ks.persist(PersistMode::SyncAll).unwrap();
+        }
+        let s = FjallStore::open(dir.path(), 8 << 20).unwrap();
+        commit(&s, 3);
+        s.retain(&keep).unwrap();
+        for u in &units {
+            let (m, _) = s.rollups(u, Resolution::Minute, t0, t0, 1).unwrap();
+            assert_eq!(m[0].probes[0].count, 3, "{u:?}");
+        }
     }
 
     mod model {

@@ -159,8 +159,11 @@ pub struct PruneStats {
 /// What one retention round did (`Store::retain`).
 #[derive(Debug, Default, Clone, Copy, PartialEq, Eq)]
 pub struct RetainStats {
-    /// Minute rollups written (rebuilt from raw or merged with late data).
+    /// Minute rollups written (merged from what `commit` folded, or
+    /// rebuilt from raw).
     pub minutes_rolled: u64,
+    /// Of those, rebuilt from raw records (see `FjallStore`'s docs).
+    pub minutes_from_raw: u64,
     /// Hour rollups written.
     pub hours_rolled: u64,
     pub samples_pruned: u64,

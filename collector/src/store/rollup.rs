@@ -162,16 +162,40 @@ fn p95(values: &mut [f64]) -> f64 {
 /// The rollup of `samples` (event-time order) into the bucket at `start_ms`.
 /// Presence and status records are not rolled up.
 pub fn roll(start_ms: u64, samples: &[StoredSample]) -> Rollup {
+    roll_points(start_ms, samples.iter().map(|s| (s.at_ms, &s.payload)))
+}
+
+/// Whether `payload` is rolled up (presence and status records are not).
+pub fn rolled_up(payload: &Payload) -> bool {
+    matches!(payload, Payload::Host(_) | Payload::Probe(_))
+}
+
+/// A probe with at most this many results in a bucket has its nearest-rank
+/// p95 equal to its maximum: rank ceil(0.95 n) is n exactly when n < 20.
+pub const P95_IS_MAX_UP_TO: u32 = 19;
+
+/// Whether every p95 of `r`, a [`merge`] of parts, is exact: merging takes
+/// the parts' maximum, which is the p95 while a probe has at most
+/// [`P95_IS_MAX_UP_TO`] results.
+pub fn p95_exact_by_merge(r: &Rollup) -> bool {
+    r.probes.iter().all(|p| p.count <= P95_IS_MAX_UP_TO)
+}
+
+/// [`roll`] over `(at_ms, payload)` pairs (event-time order).
+pub fn roll_points<'a>(
+    start_ms: u64,
+    samples: impl IntoIterator<Item = (u64, &'a Payload)>,
+) -> Rollup {
     let mut host: Option<HostRollup> = None;
     let mut probes: std::collections::BTreeMap<String, (ProbeRollup, Vec<f64>)> =
         Default::default();
     let us = |v: u32| f64::from(v) / 1000.0;
-    for s in samples {
-        match &s.payload {
+    for (at_ms, payload) in samples {
+        match payload {
             Payload::Host(h) => {
                 let r = host.get_or_insert_with(HostRollup::default);
                 r.samples += 1;
-                r.last_at_ms = r.last_at_ms.max(s.at_ms);
+                r.last_at_ms = r.last_at_ms.max(at_ms);
                 if let Some(c) = &h.cpu {
                     r.cpu_pct.push(f64::from(c.total_bp) / 100.0);
                 }
@@ -209,8 +233,8 @@ pub fn roll(start_ms: u64, samples: &[StoredSample]) -> Rollup {
                 if !ok {
                     r.failures += 1;
                 }
-                if s.at_ms >= r.last_at_ms {
-                    r.last_at_ms = s.at_ms;
+                if at_ms >= r.last_at_ms {
+                    r.last_at_ms = at_ms;
                     r.last_ok = ok;
                 }
                 let total = us(p.phases.total_us);
