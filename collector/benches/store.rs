@@ -494,6 +494,12 @@ fn round_cost(units: usize, minutes: u64) {
         let rounds = first + m * per_minute..first + (m + 1) * per_minute;
         write_rounds(&s, &ids, rounds, &mut rng, &mut profile);
         let ingest_s = t.elapsed().as_secs_f64();
+        let (disk, marks, kv) = s.dirty_footprint();
+        println!(
+            "minute {m}: dirty marks {marks} ({:.0} B a mark as key and value; {:.1} MiB in segments)",
+            kv as f64 / marks.max(1) as f64,
+            disk as f64 / (1 << 20) as f64
+        );
         let now = fixtures::AT_MS + (first + (m + 1) * per_minute) * INTERVAL_MS;
         let t = Instant::now();
         let (st, _) =

@@ -92,7 +92,13 @@ impl Collector {
     pub async fn start(broker: &Mosquitto, dir: &TempDir, separate_publisher: bool) -> Collector {
         let config = dir.path().join("collector.toml");
         let store = dir.path().join("store");
-        let text = CollectorToml::production(ADMIN, &broker.url(), &store)
+        let mut toml = CollectorToml::production(ADMIN, &broker.url(), &store);
+        // `FLEET_CACHE_MIB=N` sets `store.cache_mib` (and with it fjall's
+        // write buffer and journal: `muster_collector::store::write_buffer_bytes`).
+        if let Ok(mib) = std::env::var("FLEET_CACHE_MIB") {
+            toml.set("store", "cache_mib", &mib);
+        }
+        let text = toml
             .set_str("mqtt", "client_id", "bench-collector")
             .extra(
                 r#"[rules]

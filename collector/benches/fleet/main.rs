@@ -579,5 +579,14 @@ async fn flow_line(collector: &Collector) -> String {
         let short = name.trim_start_matches("muster_ingest_");
         line.push_str(&format!(" {short}={}", collector.metric(name).await));
     }
+    // Retention rounds finished and their wall time (store::retention_round).
+    line.push_str(&format!(
+        "; retention rounds={} seconds={:.2} minutes_from_raw={}",
+        collector
+            .metric("muster_store_retention_seconds_count")
+            .await,
+        collector.metric("muster_store_retention_seconds_sum").await,
+        collector.metric("muster_store_rolled_from_raw_total").await,
+    ));
     line
 }

@@ -338,15 +338,19 @@ pub struct FjallStore {
     after_bump: std::sync::Mutex<Option<Box<dyn FnOnce() + Send>>>,
 }
 
-/// All memtables together at most this (fjall's write buffer): half the
-/// block cache, 16 to 256 MiB. Not smaller: fjall 2.11 sleeps 100 ms in a
-/// commit once the write buffer is 90% full (and 500 ms at 90% of the
-/// journal), so a small one throttles ingest. Measured (`benches/store.rs`,
-/// 64 MiB cache): an eighth of it (8 MiB, journal 32 MiB) gave 23,000
-/// durable records/s; half (32 MiB, journal 128 MiB) 140,000, for 18 MiB
-/// more RSS.
+/// All memtables together at most this (fjall's write buffer): as much as
+/// the block cache, 32 to 256 MiB. Not smaller: fjall 2.11 sleeps 100 ms in
+/// a commit once the write buffer is 90% full, for each partition the
+/// commit wrote (and 500 ms at 90% of the journal), so a small one
+/// throttles ingest. Measured (`benches/store.rs`, 64 MiB cache): an eighth
+/// of it (8 MiB, journal 32 MiB) gave 23,000 durable records/s; half
+/// (32 MiB, journal 128 MiB) 140,000, for 18 MiB more RSS. At 100,000
+/// units (fleet bench, 2 cores) half still stalled: after each retention
+/// round commits took 0.25-1 s for about 8 s, and flag p99 was 2.0 s;
+/// with all of it (64 MiB, journal 256 MiB) no commit stalled, flag p99
+/// was 31 ms and RSS 592 MiB (peak 657).
 pub fn write_buffer_bytes(cache_bytes: u64) -> u64 {
-    (cache_bytes / 2).clamp(16 << 20, 256 << 20)
+    cache_bytes.clamp(32 << 20, 256 << 20)
 }
 
 /// The journal at most this on disk before memtables are flushed (fjall's
@@ -978,6 +982,22 @@ impl FjallStore {
                     (b + p.disk_space(), n + entries)
                 })
         })
+    }
+
+    /// The dirty generations: bytes on disk (segments), entries, and the
+    /// bytes of their keys and values (benches; a scan).
+    pub fn dirty_footprint(&self) -> (u64, u64, u64) {
+        self.buckets(DIRTY)
+            .iter()
+            .fold((0, 0, 0), |(disk, n, kv), Bucket { part: p, .. }| {
+                let (m, b) = p
+                    .iter()
+                    .filter_map(Result::ok)
+                    .fold((0, 0), |(m, b), (k, v)| {
+                        (m + 1, b + (k.len() + v.len()) as u64)
+                    });
+                (disk + p.disk_space(), n + m, kv + b)
+            })
     }
 
     /// Flushes every memtable to (compressed) segments, so that
