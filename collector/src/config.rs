@@ -213,6 +213,7 @@ pub struct RawIngest {
     pub tick_interval: Option<String>,
     pub overload_wait: Option<String>,
     pub refusal_log_interval: Option<String>,
+    pub max_units: Option<usize>,
 }
 
 /// `[broker]`: limits of the embedded broker's public listener (the gate).
@@ -449,7 +450,14 @@ pub struct IngestConfig {
     pub overload_wait: Duration,
     /// At most one log line per refusal reason per this interval.
     pub refusal_log_interval: Duration,
+    /// Units the collector keeps state for at most; a message from a unit
+    /// beyond them is refused (`unit_limit`), not stored and not acked.
+    pub max_units: usize,
 }
+
+/// Default `ingest.max_units`: twice the 100,000 units measured on one
+/// collector (fleet bench), so a fleet meets it only by error or attack.
+pub const DEFAULT_MAX_UNITS: usize = 200_000;
 
 /// Limits of the embedded broker's public listener (`[broker]`); unused
 /// when the collector talks to an external broker.
@@ -879,6 +887,10 @@ impl RawConfig {
             ingest.refusal_log_interval.as_deref(),
             Duration::from_secs(10),
         )?;
+        let max_units = ingest.max_units.unwrap_or(DEFAULT_MAX_UNITS);
+        if !(1..=10_000_000).contains(&max_units) {
+            return Err(invalid("ingest.max_units", "must be 1 to 10000000"));
+        }
 
         // [[agency]]
         let mut agencies = BTreeMap::new();
@@ -995,6 +1007,7 @@ impl RawConfig {
                 tick_interval,
                 overload_wait,
                 refusal_log_interval,
+                max_units,
             },
             agencies,
             webhooks,
@@ -1233,6 +1246,11 @@ token = "police-token-0123456789"
                 "enroll.max_pending:",
             ),
             (
+                "sample_retention = \"2h\"",
+                "sample_retention = \"2h\"\n[ingest]\nmax_units = 0",
+                "ingest.max_units:",
+            ),
+            (
                 "[store]",
                 "[broker]\nmax_packet_bytes = 10\n[store]",
                 "broker.max_packet_bytes:",
@@ -1275,6 +1293,7 @@ token = "police-token-0123456789"
         ))
         .unwrap();
         assert_eq!(c.enroll.max_pending, 10_000);
+        assert_eq!(c.ingest.max_units, DEFAULT_MAX_UNITS);
         assert_eq!(c.enroll.agencies["county-police"].mode, EnrollMode::Auto);
         assert!(!c.enroll.agencies.contains_key("metro-fire"));
         let c = Config::parse(&GOOD.replacen(

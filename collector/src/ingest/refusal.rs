@@ -22,10 +22,14 @@ pub enum Refusal {
     /// A well-formed message of the wrong kind for its topic (an ack on the
     /// telemetry topic, a record on the state topic).
     UnexpectedBody,
+    /// From a unit the collector does not know while it already holds
+    /// `ingest.max_units`: not stored and not acked, so the agent keeps
+    /// its records and sends them again.
+    UnitLimit,
 }
 
 impl Refusal {
-    pub const ALL: [Refusal; 7] = [
+    pub const ALL: [Refusal; 8] = [
         Refusal::Malformed,
         Refusal::Oversized,
         Refusal::UnknownVersion,
@@ -33,6 +37,7 @@ impl Refusal {
         Refusal::Spoofed,
         Refusal::BadTopic,
         Refusal::UnexpectedBody,
+        Refusal::UnitLimit,
     ];
 
     pub fn as_str(self) -> &'static str {
@@ -44,6 +49,7 @@ impl Refusal {
             Refusal::Spoofed => "spoofed",
             Refusal::BadTopic => "bad_topic",
             Refusal::UnexpectedBody => "unexpected_body",
+            Refusal::UnitLimit => "unit_limit",
         }
     }
 

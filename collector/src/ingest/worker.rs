@@ -345,8 +345,16 @@ impl Worker {
         }
     }
 
-    fn unit_entry(&mut self, unit: &UnitId, now: u64) -> &mut UnitRecord {
+    /// The unit's state, created for a new unit; `None` (refused and
+    /// counted: `unit_limit`) for a new unit while `ingest.max_units` are
+    /// known.
+    fn unit_entry(&mut self, unit: &UnitId, now: u64) -> Option<&mut UnitRecord> {
         if !self.units.contains_key(unit) {
+            if self.units.len() >= self.cfg.max_units {
+                let detail = format!("{} units known (ingest.max_units)", self.units.len());
+                self.refuse(Refusal::UnitLimit, &unit.to_string(), &detail);
+                return None;
+            }
             info!(%unit, "New unit.");
             let rec = UnitRecord::new(unit.clone(), now);
             if self.publish_status {
@@ -354,7 +362,7 @@ impl Worker {
             }
             self.units.insert(unit.clone(), rec);
         }
-        self.units.get_mut(unit).expect("inserted")
+        self.units.get_mut(unit)
     }
 
     fn records(&mut self, unit: UnitId, version: u8, records: Vec<Record>, received: Instant) {
@@ -364,8 +372,9 @@ impl Worker {
         // A record with seq 0 is malformed (seqs start at 1): refused and
         // counted, and a message of nothing else never creates a unit.
         let bad_seq = records.iter().filter(|r| r.seq == 0).count();
-        if bad_seq < records.len() {
-            self.unit_entry(&unit, now);
+        if bad_seq < records.len() && self.unit_entry(&unit, now).is_none() {
+            // Not touched: no ack covers them, and the agent resends.
+            return;
         }
         for r in records {
             if r.seq == 0 {
@@ -440,7 +449,9 @@ impl Worker {
     fn presence(&mut self, unit: UnitId, p: Presence) {
         let now = self.clock.now_ms();
         self.note_presence(&unit, &p);
-        self.unit_entry(&unit, now);
+        if self.unit_entry(&unit, now).is_none() {
+            return;
+        }
         // The engine decides what is believed (receive order, never the
         // agent's clock); the unit keeps what the engine believes.
         let (verdict, changes) = self.engine.on_presence_verdict(&unit, &p, now);

@@ -244,6 +244,50 @@ async fn records_with_seq_zero_create_no_unit() {
     );
 }
 
+/// `ingest.max_units` bounds the units the collector keeps state for: a
+/// new unit beyond it is refused and counted, by its records and its
+/// presence alike, and gets no ack (its agent keeps the records); the units
+/// already known carry on.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn units_beyond_max_units_are_refused_and_not_acked() {
+    let broker = muster_testkit::Mosquitto::start();
+    let dir = muster_testkit::TempDir::new().unwrap();
+    let text = collector_config(&broker, &dir.path().join("store"), "collector-test")
+        .set("ingest", "max_units", "2")
+        .render();
+    let c = Collector::start(&text, muster_collector::clock::ManualClock::new(T0)).await;
+    let a = Agent::connect(&broker, "fleet", None).await;
+    let [e1, e2, e3] = ["E1", "E2", "E3"].map(|n| unit("metro-fire", n));
+    let boot = BootId(4);
+    for u in [&e1, &e2] {
+        a.record(u, rec(boot, 1, T0, host(10.0))).await;
+        a.wait_acked(u, boot, [1]).await;
+    }
+    a.presence(&e3, online(boot, 1, T0, true)).await;
+    a.record(&e3, rec(boot, 1, T0, host(10.0))).await;
+    // A known unit after them, so we know they were processed.
+    a.record(&e1, rec(boot, 2, T0 + 5_000, host(10.0))).await;
+    a.wait_acked(&e1, boot, [2]).await;
+    assert_eq!(
+        c.metric("muster_ingest_refused_total{reason=\"unit_limit\"}")
+            .await,
+        2.0
+    );
+    assert!(
+        !a.acked(&e3, boot, [1]),
+        "a refused unit's record was acked"
+    );
+    let units = c.json("/api/v1/units", ADMIN).await;
+    let names: Vec<&str> = units["items"]
+        .as_array()
+        .unwrap()
+        .iter()
+        .map(|v| v["unit"].as_str().unwrap())
+        .collect();
+    assert_eq!(names, ["E1", "E2"], "{units:#}");
+    c.stop().await;
+}
+
 fn announce(boot: BootId, connection: u32, reason: muster_proto::PresenceReason) -> Presence {
     Presence {
         online: false,
