@@ -269,12 +269,7 @@ async fn approval_revocation_cap_and_restart() {
         assert_eq!(s, 403, "{v}");
         let (s, v) = api.list("?state=pending&agency=state-patrol", ADMIN).await;
         assert_eq!(s, 200);
-        let units: Vec<&str> = v["items"]
-            .as_array()
-            .unwrap()
-            .iter()
-            .map(|i| i["unit"].as_str().unwrap())
-            .collect();
+        let units = items(&v, "unit");
         assert_eq!(units, ["P1", "P2"]);
         assert_eq!(v["items"][0]["fingerprint"], &h1[..16]);
         let (s, v) = api.list("?state=pending&limit=1", ADMIN).await;

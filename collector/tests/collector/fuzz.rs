@@ -150,12 +150,7 @@ async fn hostile_input_is_counted_and_breaks_nothing() {
     assert!(refused("oversized").await >= sent[5]);
     // Nothing of the spoofed or garbage traffic became a unit.
     let units = c.json("/api/v1/units", ADMIN).await;
-    let names: Vec<&str> = units["items"]
-        .as_array()
-        .unwrap()
-        .iter()
-        .map(|u| u["unit"].as_str().unwrap())
-        .collect();
+    let names = items(&units, "unit");
     assert_eq!(names, ["G1"]);
     // A message of the wrong kind for its topic, and a valid fixture.
     ga.publish_raw(

@@ -464,3 +464,13 @@ pub fn announcement(boot: BootId, at_ms: u64) -> Presence {
         reason: muster_proto::PresenceReason::Shutdown,
     }
 }
+
+/// The string `field` of each item of a listing (`{"items": [...]}`).
+pub fn items<'a>(listing: &'a serde_json::Value, field: &str) -> Vec<&'a str> {
+    listing["items"]
+        .as_array()
+        .expect("a listing")
+        .iter()
+        .map(|i| i[field].as_str().expect("a string field"))
+        .collect()
+}

@@ -116,12 +116,7 @@ async fn silence_makes_a_unit_stale_and_data_clears_it() {
     c.wait_unit(&u, "fresh again", |v| v["status"] == "ok")
         .await;
     let ev = c.json("/api/v1/events?unit=metro-fire/S1", ADMIN).await;
-    let to: Vec<&str> = ev["items"]
-        .as_array()
-        .unwrap()
-        .iter()
-        .map(|e| e["to"].as_str().unwrap())
-        .collect();
+    let to = items(&ev, "to");
     assert_eq!(to, ["ok", "lost"], "newest first");
 }
 
@@ -230,12 +225,7 @@ async fn records_with_seq_zero_create_no_unit() {
     c.wait_unit(&real, "the real unit", |v| v["seq"]["received"] == 1)
         .await;
     let units = c.json("/api/v1/units", ADMIN).await;
-    let names: Vec<&str> = units["items"]
-        .as_array()
-        .unwrap()
-        .iter()
-        .map(|v| v["unit"].as_str().unwrap())
-        .collect();
+    let names = items(&units, "unit");
     assert_eq!(names, ["REAL"], "{units:#}");
     assert_eq!(
         c.metric("muster_ingest_refused_total{reason=\"malformed\"}")
@@ -278,12 +268,7 @@ async fn units_beyond_max_units_are_refused_and_not_acked() {
         "a refused unit's record was acked"
     );
     let units = c.json("/api/v1/units", ADMIN).await;
-    let names: Vec<&str> = units["items"]
-        .as_array()
-        .unwrap()
-        .iter()
-        .map(|v| v["unit"].as_str().unwrap())
-        .collect();
+    let names = items(&units, "unit");
     assert_eq!(names, ["E1", "E2"], "{units:#}");
     c.stop().await;
 }

@@ -231,12 +231,7 @@ async fn the_stream_keeps_alive_and_lists_filter_by_status() {
     c.wait_unit(&up, "seen", |v| v["seq"]["received"] == 1)
         .await;
     let l = c.json("/api/v1/units?status=offline", FIRE).await;
-    let names: Vec<&str> = l["items"]
-        .as_array()
-        .unwrap()
-        .iter()
-        .map(|u| u["unit"].as_str().unwrap())
-        .collect();
+    let names = items(&l, "unit");
     assert_eq!(names, ["DOWN"]);
     let r = c.get("/api/v1/units?status=sideways", FIRE).await;
     assert_eq!(r.status, 400);
