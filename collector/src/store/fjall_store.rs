@@ -387,10 +387,11 @@ fn rollup_key(prefix: &[u8], start_ms: u64) -> Vec<u8> {
 
 type KvIter = Box<dyn Iterator<Item = fjall::Result<fjall::KvPair>>>;
 
-/// The raw records of several partitions (the hour buckets and `raw_late`)
-/// in key order (`desc`: reversed; each source must already be in that
-/// order). Usually one source has them all; the merge costs one key
-/// comparison per source and item.
+/// The entries of several partitions in key order: the raw buckets and
+/// `raw_late` for a listing, the dirty generations for a retention round
+/// (`desc`: reversed; each source must already be in that order). Usually
+/// one source has them all; the merge costs one key comparison per source
+/// and item.
 fn merged(sources: Vec<KvIter>, desc: bool) -> impl Iterator<Item = fjall::Result<fjall::KvPair>> {
     let mut heads: Vec<(Option<fjall::Result<fjall::KvPair>>, KvIter)> =
         sources.into_iter().map(|mut it| (it.next(), it)).collect();
