@@ -10,12 +10,14 @@
 pub mod block;
 mod fjall_store;
 mod keys;
+mod pg_store;
 pub mod rollup;
 mod sled_store;
 #[cfg(test)]
 mod suite;
 
 pub use fjall_store::{FjallStore, journal_bytes, write_buffer_bytes};
+pub use pg_store::{HeldEpochs, PgStore, PgStoreOptions};
 pub use sled_store::SledStore;
 
 use muster_proto::{AgentStatus, BootId, Payload, Presence, Record, UnitId};
@@ -37,6 +39,16 @@ pub enum StoreError {
     Cursor,
     #[error("store task failed: {0}")]
     Task(String),
+    /// The PostgreSQL store (`PgStore`): a database or connection error,
+    /// or a timeout.
+    #[error("postgres: {0}")]
+    Postgres(String),
+    /// A commit touched a partition this collector does not hold (`epoch`
+    /// `None`), or no longer holds at `epoch`; nothing was written.
+    #[error("partition {partition} is not held (epoch {epoch:?}): write refused")]
+    Fenced { partition: u32, epoch: Option<u64> },
+    #[error("{0}")]
+    Partition(#[from] crate::cluster::partition::PartitionError),
 }
 
 /// A unit in the registry, with everything the collector must remember
