@@ -167,7 +167,7 @@ pub async fn run_with(
         ))
     });
 
-    let engine = Engine::new(cfg.rules);
+    let engine = Engine::new(cfg.rules.clone());
     let worker = Worker::new(
         engine,
         Arc::clone(&shared),
@@ -228,56 +228,20 @@ pub async fn run_with(
     let pruner = tokio::spawn(prune_loop(
         Arc::clone(&shared),
         Arc::clone(&clock),
-        crate::store::rollup::Retention {
-            raw: cfg.store.sample_retention,
-            minute: cfg.store.minute_retention,
-            hour: cfg.store.hour_retention,
-        },
+        retention(&cfg),
         cfg.store.event_retention,
         cfg.store.prune_interval,
         stop_ingest.clone(),
     ));
 
-    let drop_log = Arc::new(feed::server::DropLog::new(cfg.ingest.refusal_log_interval));
-    let limits = feed::server::ServerLimits {
-        timeouts: feed::limits::Timeouts {
-            header_read: cfg.http.header_read_timeout,
-            idle: cfg.http.idle_timeout,
-        },
-        max_connections: cfg.http.max_connections,
-    };
-    let state = FeedState {
-        shared: Arc::clone(&shared),
-        auth: Arc::new(Auth::new(cfg.admin_token.clone(), cfg.agencies.clone())),
-        clock: Arc::clone(&clock),
-        sse_keep_alive: cfg.http.sse_keep_alive,
-        metrics_require_token: cfg.http.metrics_require_token,
-        shutdown: stop_feed.clone(),
-        sse_buffer: cfg.http.sse_buffer,
-        sse_send_timeout: cfg.http.sse_send_timeout,
-        drop_log: Arc::clone(&drop_log),
-        enroll: Arc::new(Enroll::new(
-            Arc::clone(&registry),
-            &cfg.enroll,
-            cfg.ingest.refusal_log_interval.as_millis() as u64,
-        )),
-        retention: crate::store::rollup::Retention {
-            raw: cfg.store.sample_retention,
-            minute: cfg.store.minute_retention,
-            hour: cfg.store.hour_retention,
-        },
-    };
-    if let Ok(addr) = listener.local_addr() {
-        info!(%addr, broker = %format!("{}:{}", cfg.mqtt.host, cfg.mqtt.port), "Collector started.");
-    }
-    let http = tokio::spawn(feed::server::serve(
+    let http = spawn_feed(
+        &cfg,
         listener,
-        feed::router(state),
-        limits,
         Arc::clone(&shared),
-        drop_log,
+        Arc::clone(&registry),
+        Arc::clone(&clock),
         stop_feed.clone(),
-    ));
+    );
 
     let systemd = tokio::spawn(crate::service::systemd(
         Arc::clone(&shared),
@@ -341,9 +305,72 @@ pub async fn run_with(
     result
 }
 
+/// Serves the HTTP feed on `listener` until `stop_feed` (both modes).
+pub(crate) fn spawn_feed(
+    cfg: &Config,
+    listener: TcpListener,
+    shared: Arc<Shared>,
+    registry: Arc<Registry>,
+    clock: SharedClock,
+    stop_feed: CancellationToken,
+) -> tokio::task::JoinHandle<()> {
+    let drop_log = Arc::new(feed::server::DropLog::new(cfg.ingest.refusal_log_interval));
+    let limits = feed::server::ServerLimits {
+        timeouts: feed::limits::Timeouts {
+            header_read: cfg.http.header_read_timeout,
+            idle: cfg.http.idle_timeout,
+        },
+        max_connections: cfg.http.max_connections,
+    };
+    let state = FeedState {
+        shared: Arc::clone(&shared),
+        auth: Arc::new(Auth::new(cfg.admin_token.clone(), cfg.agencies.clone())),
+        clock: Arc::clone(&clock),
+        sse_keep_alive: cfg.http.sse_keep_alive,
+        metrics_require_token: cfg.http.metrics_require_token,
+        shutdown: stop_feed.clone(),
+        sse_buffer: cfg.http.sse_buffer,
+        sse_send_timeout: cfg.http.sse_send_timeout,
+        drop_log: Arc::clone(&drop_log),
+        enroll: Arc::new(Enroll::new(
+            registry,
+            &cfg.enroll,
+            cfg.ingest.refusal_log_interval.as_millis() as u64,
+        )),
+        retention: retention(cfg),
+    };
+    if let Ok(addr) = listener.local_addr() {
+        match &cfg.cluster {
+            None => {
+                info!(%addr, broker = %format!("{}:{}", cfg.mqtt.host, cfg.mqtt.port), "Collector started.")
+            }
+            Some(c) => {
+                info!(%addr, id = %c.id, nats = ?c.nats, "Collector started (cluster mode).")
+            }
+        }
+    }
+    tokio::spawn(feed::server::serve(
+        listener,
+        feed::router(state),
+        limits,
+        shared,
+        drop_log,
+        stop_feed,
+    ))
+}
+
+/// The store's retention, from `[store]`.
+pub(crate) fn retention(cfg: &Config) -> crate::store::rollup::Retention {
+    crate::store::rollup::Retention {
+        raw: cfg.store.sample_retention,
+        minute: cfg.store.minute_retention,
+        hour: cfg.store.hour_retention,
+    }
+}
+
 /// Every `every`: one retention round (`store::retention_round`): rolls up
 /// raw samples, then drops what expired.
-async fn prune_loop(
+pub(crate) async fn prune_loop(
     shared: Arc<Shared>,
     clock: SharedClock,
     retention: crate::store::rollup::Retention,

@@ -134,6 +134,8 @@ pub struct RawConfig {
     pub enroll: RawEnroll,
     #[serde(default)]
     pub signing: RawSigning,
+    /// `[cluster]`: cluster mode (`crate::cluster::config`).
+    pub cluster: Option<crate::cluster::config::RawCluster>,
 }
 
 #[derive(Debug, Deserialize, Default)]
@@ -278,6 +280,9 @@ pub struct Config {
     /// Enrolment by claim: `[enroll]` and each agency's `enroll_token`/`enroll`.
     pub enroll: EnrollConfig,
     pub signing: crate::signing::SigningConfig,
+    /// `[cluster]`: several collectors on NATS JetStream and PostgreSQL;
+    /// `None`: single node (the embedded store and an MQTT broker).
+    pub cluster: Option<crate::cluster::config::ClusterConfig>,
 }
 
 /// How an agency's claims become credentials.
@@ -611,6 +616,7 @@ impl RawConfig {
             enroll,
             signing,
             broker,
+            cluster,
         } = self;
         let mut broker = broker.validate()?;
 
@@ -904,9 +910,17 @@ impl RawConfig {
         }
         // Enrol tokens are checked once every feed token is known.
         let mut enroll_raw = Vec::new();
+        let cluster = cluster
+            .map(|c| c.validate())
+            .transpose()
+            .map_err(|e| invalid(e.key, e.message))?;
         for (i, a) in agency.into_iter().enumerate() {
             muster_proto::ids::validate_part("agency", &a.name)
                 .map_err(|e| invalid(format!("agency[{i}].name"), e.to_string()))?;
+            if cluster.is_some() {
+                crate::cluster::config::check_agency(&a.name)
+                    .map_err(|e| invalid(format!("agency[{i}].name"), e))?;
+            }
             let t = token(&format!("agency[{i}].token"), &a.token)?;
             if agencies.contains_key(&a.name) {
                 return Err(invalid(
@@ -1015,6 +1029,7 @@ impl RawConfig {
             enroll: enroll_cfg,
             signing,
             broker,
+            cluster,
         })
     }
 }

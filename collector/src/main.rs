@@ -150,6 +150,29 @@ fn main() -> anyhow::Result<()> {
             embedded_broker,
         } => {
             let mut cfg = Config::load(&config).with_context(|| format!("{}", config.display()))?;
+            if cfg.cluster.is_some() {
+                anyhow::ensure!(
+                    embedded_broker.is_none(),
+                    "--embedded-broker and [cluster] do not mix: a cluster's agents connect to the NATS nodes' MQTT listeners"
+                );
+                return rt.block_on(async move {
+                    let listener = tokio::net::TcpListener::bind(cfg.http.listen)
+                        .await
+                        .with_context(|| format!("http.listen {}", cfg.http.listen))?;
+                    println!(
+                        "muster-collector listening on http://{}",
+                        listener.local_addr()?
+                    );
+                    muster_collector::cluster::node::run(
+                        cfg,
+                        listener,
+                        Arc::new(TokioClock::new()),
+                        muster_base::shutdown::shutdown_signal(),
+                    )
+                    .await?;
+                    anyhow::Ok(())
+                });
+            }
             rt.block_on(async move {
                 let broker = match embedded_broker {
                     Some(addr) => {

@@ -43,6 +43,9 @@ pub struct Shared {
     /// Rules-engine ticks the ingest worker has run: the systemd watchdog
     /// is fed only while this moves.
     pub worker_ticks: AtomicU64,
+    /// Cluster mode: the lease loop reached PostgreSQL within a lease TTL
+    /// (always true on a single node).
+    pub leases_ok: AtomicBool,
 }
 
 impl Shared {
@@ -62,6 +65,7 @@ impl Shared {
             store_ok: AtomicBool::new(true),
             started: AtomicBool::new(false),
             worker_ticks: AtomicU64::new(0),
+            leases_ok: AtomicBool::new(true),
         })
     }
 

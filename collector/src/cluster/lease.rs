@@ -152,6 +152,45 @@ impl Held {
     }
 }
 
+/// How the partitions a collector acts on must change, given the leases it
+/// holds now.
+#[derive(Debug, Default, Clone, PartialEq, Eq)]
+pub struct Moves {
+    /// Newly held (or held again at a new epoch): adopt, then pull.
+    pub acquired: BTreeMap<u32, u64>,
+    /// No longer held, or no longer valid on the local clock, or held at
+    /// another epoch: stop pulling, then release.
+    pub lost: Vec<u32>,
+}
+
+impl Moves {
+    pub fn is_empty(&self) -> bool {
+        self.acquired.is_empty() && self.lost.is_empty()
+    }
+}
+
+/// `acting`: partition -> epoch the collector acts on now; `held`: the
+/// leases as of the last successful tick; `now_ms`: local monotonic.
+/// A lease past [`Held::until`] is lost even if the database could not be
+/// asked (a collector cut off from it stops on its own clock).
+pub fn moves(acting: &BTreeMap<u32, u64>, held: &BTreeMap<u32, Held>, now_ms: u64) -> Moves {
+    let valid = |p: &u32| held.get(p).filter(|h| h.valid(now_ms)).map(|h| h.epoch);
+    let mut m = Moves::default();
+    for (p, e) in acting {
+        if valid(p) != Some(*e) {
+            m.lost.push(*p);
+        }
+    }
+    for p in held.keys() {
+        if let Some(e) = valid(p)
+            && acting.get(p) != Some(&e)
+        {
+            m.acquired.insert(*p, e);
+        }
+    }
+    m
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;
@@ -435,5 +474,67 @@ mod tests {
         assert!(h.valid(8_999));
         assert!(!h.valid(9_000));
         assert!(!Held::new(1, 0, 1_000, 5_000).valid(0));
+    }
+
+    #[test]
+    fn moves_follow_the_leases_and_the_local_clock() {
+        let held = |v: &[(u32, u64, u64)]| -> BTreeMap<u32, Held> {
+            v.iter()
+                .map(|&(p, epoch, until)| (p, Held { epoch, until }))
+                .collect()
+        };
+        let acting = |v: &[(u32, u64)]| -> BTreeMap<u32, u64> { v.iter().copied().collect() };
+        // (acting, held, now) -> (acquired, lost)
+        // (acting, held, now, acquired, lost)
+        type Case = (
+            BTreeMap<u32, u64>,
+            BTreeMap<u32, Held>,
+            u64,
+            Vec<(u32, u64)>,
+            Vec<u32>,
+        );
+        let cases: Vec<Case> = vec![
+            // First tick: everything held is acquired.
+            (
+                acting(&[]),
+                held(&[(0, 1, 100), (1, 1, 100)]),
+                10,
+                vec![(0, 1), (1, 1)],
+                vec![],
+            ),
+            // Renewed: nothing moves.
+            (acting(&[(0, 1)]), held(&[(0, 1, 200)]), 150, vec![], vec![]),
+            // Released over my share: lost.
+            (
+                acting(&[(0, 1), (1, 1)]),
+                held(&[(0, 1, 200)]),
+                150,
+                vec![],
+                vec![1],
+            ),
+            // The database could not be asked: valid until `until` ...
+            (acting(&[(0, 1)]), held(&[(0, 1, 200)]), 199, vec![], vec![]),
+            // ... and lost from then on, on the local clock.
+            (
+                acting(&[(0, 1)]),
+                held(&[(0, 1, 200)]),
+                200,
+                vec![],
+                vec![0],
+            ),
+            // Taken by another and taken back: a new epoch is a new tenure.
+            (
+                acting(&[(0, 1)]),
+                held(&[(0, 3, 300)]),
+                250,
+                vec![(0, 3)],
+                vec![0],
+            ),
+        ];
+        for (i, (a, h, now, acq, lost)) in cases.into_iter().enumerate() {
+            let m = moves(&a, &h, now);
+            assert_eq!(m.acquired.into_iter().collect::<Vec<_>>(), acq, "case {i}");
+            assert_eq!(m.lost, lost, "case {i}");
+        }
     }
 }

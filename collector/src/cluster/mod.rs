@@ -1,15 +1,22 @@
-//! Cluster mode (issue 15, in progress): several collectors share one
-//! fleet through NATS JetStream and PostgreSQL. So far: [`lease`], the
-//! pure partition-lease planner (ownership, balance, takeover, fencing
-//! epochs), [`pg`], its PostgreSQL edge (migrations, the lease table's
-//! compare-and-sets, the fence before every state write), and
-//! [`partition`], which partition a unit is in (NATS's subject mapping,
-//! and the same hash for the topics that cannot be mapped), and [`stream`],
-//! the JetStream stream and per-partition consumers. The ingest loop on
-//! them and the PostgreSQL store are not built yet; single-node mode does
-//! not use any of it.
+//! Cluster mode (issue 15): several collectors share one fleet through
+//! NATS JetStream and PostgreSQL, chosen by `[cluster]` in the config
+//! ([`config`]); without it the collector is a single node, as before.
+//!
+//! * [`partition`]: which partition a unit is in (NATS's subject mapping,
+//!   and the same hash for the topics that cannot be mapped).
+//! * [`stream`]: the JetStream stream and its per-partition consumers.
+//! * [`lease`] (pure): the partition-lease planner (ownership, balance,
+//!   takeover, fencing epochs) and the moves a collector makes.
+//! * [`pg`]: its PostgreSQL edge (migrations, the lease table's
+//!   compare-and-sets, the fence before every state write).
+//! * [`node`]: one collector of the cluster, end to end (ingest from the
+//!   partitions it leases into `crate::store::PgStore`, the whole feed).
+//! * [`webhooks`]: notifications sent once, by the coordinator.
 
+pub mod config;
 pub mod lease;
+pub mod node;
 pub mod partition;
 pub mod pg;
 pub mod stream;
+pub mod webhooks;

@@ -28,11 +28,19 @@ use tokio_postgres::{Client, GenericClient};
 use super::lease::{Action, Held, Lease, plan};
 
 /// The repo's migrations: (version, name, SQL), in order.
-pub const MIGRATIONS: &[(i32, &str, &str)] = &[(
-    1,
-    "leases",
-    include_str!("../../migrations/0001_leases.sql"),
-)];
+pub const MIGRATIONS: &[(i32, &str, &str)] = &[
+    (
+        1,
+        "leases",
+        include_str!("../../migrations/0001_leases.sql"),
+    ),
+    (2, "state", include_str!("../../migrations/0002_state.sql")),
+    (
+        3,
+        "webhooks",
+        include_str!("../../migrations/0003_webhooks.sql"),
+    ),
+];
 
 /// The advisory lock key migrations take ("muster" in ASCII).
 const MIGRATION_LOCK: i64 = 0x6d75_7374_6572;
@@ -262,5 +270,23 @@ pub async fn fence(
     match row {
         Some(_) => Ok(()),
         None => Err(PgError::Fenced { partition, epoch }),
+    }
+}
+
+impl LeaseTable {
+    /// A clean stop: gives up every lease this collector holds (epochs
+    /// kept: the next owner takes each at epoch + 1) and its heartbeat, so
+    /// the others count it gone and take its partitions at their next
+    /// tick, not after the TTL.
+    pub async fn leave(&self, c: &impl GenericClient) -> Result<u64, PgError> {
+        let n = c
+            .execute(
+                "UPDATE partition_leases SET owner = NULL WHERE owner = $1",
+                &[&self.me],
+            )
+            .await?;
+        c.execute("DELETE FROM collectors WHERE id = $1", &[&self.me])
+            .await?;
+        Ok(n)
     }
 }

@@ -50,6 +50,8 @@ struct Ready {
     store: bool,
     started: bool,
     overloaded: bool,
+    /// Cluster mode: partition leases are being renewed (PostgreSQL reachable).
+    leases: bool,
 }
 
 /// Readiness: connected and subscribed to the broker, the last commit
@@ -62,10 +64,11 @@ pub async fn readyz(State(st): State<FeedState>) -> Response {
         store: s.store_ok.load(Ordering::Relaxed),
         started: s.started.load(Ordering::Relaxed),
         overloaded: s.overloaded.load(Ordering::Relaxed),
+        leases: s.leases_ok.load(Ordering::Relaxed),
         ready: false,
     };
     let r = Ready {
-        ready: r.mqtt && r.store && r.started && !r.overloaded,
+        ready: r.mqtt && r.store && r.started && !r.overloaded && r.leases,
         ..r
     };
     let code = if r.ready {

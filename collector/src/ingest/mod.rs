@@ -10,5 +10,6 @@ pub mod mqtt;
 pub mod outqueue;
 pub mod parse;
 pub mod refusal;
+pub mod settle;
 pub mod signpool;
 pub mod worker;

@@ -62,6 +62,8 @@ pub struct Raw {
     pub topic: bytes::Bytes,
     pub payload: bytes::Bytes,
     pub received: tokio::time::Instant,
+    /// Settled by the worker (JetStream); `None` on MQTT.
+    pub settle: Option<Box<dyn super::settle::Settle>>,
 }
 
 /// One message from the broker, parsed.
@@ -69,6 +71,8 @@ pub struct Raw {
 pub struct Inbound {
     pub parsed: Result<Parsed, Refused>,
     pub received: tokio::time::Instant,
+    /// Settled by the worker (JetStream); `None` on MQTT.
+    pub settle: Option<Box<dyn super::settle::Settle>>,
 }
 
 /// Largest packet we accept from the broker: well above the wire limit, so
@@ -218,6 +222,7 @@ pub async fn run_event_loop(
                     topic: p.topic,
                     payload: p.payload,
                     received: tokio::time::Instant::now(),
+                    settle: None,
                 };
                 shared.queue_depth.fetch_add(1, Ordering::Relaxed);
                 let sent = tokio::select! {
@@ -317,6 +322,7 @@ pub async fn run_parser(mut raw: mpsc::Receiver<Raw>, parsed: mpsc::Sender<Inbou
         let msg = Inbound {
             parsed: parse(&m.topic, &m.payload),
             received: m.received,
+            settle: m.settle,
         };
         if parsed.send(msg).await.is_err() {
             break;
@@ -341,8 +347,34 @@ pub const READY_BATCH: usize = 256;
 /// CPU priority): an Ed25519 signature costs about 20 µs, so at 100,000
 /// units (20,000 acks/s) signing in this one task was the ack path's
 /// ceiling (fleet bench: acks fell 4–5 s behind while the store kept up).
+/// Where the publisher's acks and status go: the MQTT broker (single
+/// node), or NATS (cluster mode: `crate::cluster::node`).
+pub trait Sink: Send + Sync + 'static {
+    /// Queued for the broker (not yet delivered: the agent's buffer owns delivery).
+    fn publish(
+        &self,
+        topic: String,
+        retain: bool,
+        payload: Vec<u8>,
+    ) -> impl std::future::Future<Output = Result<(), String>> + Send;
+    /// Once everything queued is out.
+    fn close(&self) -> impl std::future::Future<Output = ()> + Send;
+}
+
+impl Sink for AsyncClient {
+    async fn publish(&self, topic: String, retain: bool, payload: Vec<u8>) -> Result<(), String> {
+        AsyncClient::publish(self, topic, QoS::AtLeastOnce, retain, payload)
+            .await
+            .map_err(|e| e.to_string())
+    }
+
+    async fn close(&self) {
+        let _ = self.disconnect().await;
+    }
+}
+
 pub async fn run_publisher(
-    client: AsyncClient,
+    client: impl Sink,
     mut outbound: mpsc::UnboundedReceiver<Out>,
     shared: Arc<Shared>,
     signer: Arc<crate::signing::Signer>,
@@ -387,7 +419,7 @@ pub async fn run_publisher(
         let Some(o) = ready.pop_front() else {
             continue;
         };
-        let publish = client.publish(o.topic, QoS::AtLeastOnce, o.retain, o.payload);
+        let publish = client.publish(o.topic, o.retain, o.payload);
         tokio::pin!(publish);
         let r = loop {
             tokio::select! {
@@ -423,7 +455,7 @@ pub async fn run_publisher(
         }
     }
     shared.outbound_queued.store(0, Ordering::Relaxed);
-    let _ = client.disconnect().await;
+    client.close().await;
 }
 
 /// An ack signed (schema v2; a v1 unit is answered unsigned, in v1) and

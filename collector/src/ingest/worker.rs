@@ -34,6 +34,7 @@ use super::flow::Overload;
 use super::mqtt::Inbound;
 use super::parse::{Parsed, Refused};
 use super::refusal::{PresenceNote, Refusal, RefusalLog};
+use super::settle::{Scope, Settle};
 use crate::clock::SharedClock;
 use crate::config::IngestConfig;
 use crate::model::{Change, Incident};
@@ -56,6 +57,9 @@ struct Pending {
     records: usize,
     /// When each message handled for this commit arrived, in order.
     received: Vec<Instant>,
+    /// Deliveries to settle once this commit is durable (JetStream), with
+    /// the unit each message spoke for (`None`: refused unparsed).
+    settle: Vec<(Option<UnitId>, Box<dyn Settle>)>,
 }
 
 /// What a commit answers once durable: the units' acks, and the messages
@@ -63,6 +67,23 @@ struct Pending {
 struct Answers {
     acks: Vec<AckOut>,
     received: Vec<Instant>,
+    settle: Vec<(Option<UnitId>, Box<dyn Settle>)>,
+}
+
+/// Cluster mode's instructions to the worker from the lease loop.
+pub enum Control {
+    /// Partitions were acquired: take over their units (read from the
+    /// shared store) before any of their messages is pulled.
+    Adopt {
+        units: Vec<UnitRecord>,
+        done: tokio::sync::oneshot::Sender<()>,
+    },
+    /// Partitions were lost (the scope already says so, and their pulls
+    /// stopped): forget every unit the scope no longer owns, and what is
+    /// pending for them (their deliveries are nak'd).
+    Release {
+        done: tokio::sync::oneshot::Sender<()>,
+    },
 }
 
 /// A commit that failed, handed back to be written again.
@@ -99,6 +120,12 @@ pub struct Worker {
     notes: RefusalLog<PresenceNote>,
     cfg: IngestConfig,
     publish_status: bool,
+    /// Cluster mode: which units this collector owns now.
+    scope: Option<Arc<dyn Scope>>,
+    /// Changes are broadcast to the feed's stream and webhooks as decided
+    /// (single node); in cluster mode they are not: every collector
+    /// broadcasts what the shared store's event log holds, whoever decided it.
+    broadcast: bool,
 }
 
 impl Worker {
@@ -160,12 +187,60 @@ impl Worker {
             out,
             cfg,
             publish_status,
+            scope: None,
+            broadcast: true,
         })
+    }
+
+    /// Cluster mode: the worker starts with no units and adopts and
+    /// releases them as partitions move (`Control`); a failed commit is
+    /// retried without what is no longer owned; changes are not broadcast
+    /// here (every collector broadcasts the shared store's event log), and
+    /// event ids are the store's.
+    pub fn clustered(
+        engine: Engine,
+        shared: Arc<Shared>,
+        clock: SharedClock,
+        out: mpsc::UnboundedSender<Out>,
+        cfg: IngestConfig,
+        publish_status: bool,
+        scope: Arc<dyn Scope>,
+    ) -> Worker {
+        Worker {
+            engine,
+            units: HashMap::new(),
+            dirty: HashSet::new(),
+            pending: Pending::default(),
+            next_event_id: 1,
+            overload: Overload::new(cfg.overload_wait.as_millis() as u64),
+            failed_commits: 0,
+            last_idle: Instant::now(),
+            refusals: RefusalLog::new(cfg.refusal_log_interval.as_millis() as u64),
+            notes: RefusalLog::new(cfg.refusal_log_interval.as_millis() as u64),
+            shared,
+            clock,
+            out,
+            cfg,
+            publish_status,
+            scope: Some(scope),
+            broadcast: false,
+        }
     }
 
     /// Runs until `shutdown`, then commits what it holds and publishes the
     /// last acks.
-    pub async fn run(mut self, mut inbound: mpsc::Receiver<Inbound>, shutdown: CancellationToken) {
+    pub async fn run(self, inbound: mpsc::Receiver<Inbound>, shutdown: CancellationToken) {
+        let (_tx, control) = mpsc::channel(1);
+        self.run_controlled(inbound, control, shutdown).await
+    }
+
+    /// As [`Worker::run`], taking cluster mode's [`Control`] too.
+    pub async fn run_controlled(
+        mut self,
+        mut inbound: mpsc::Receiver<Inbound>,
+        mut control: mpsc::Receiver<Control>,
+        shutdown: CancellationToken,
+    ) {
         self.shared.started.store(true, Ordering::Relaxed);
         let mut commit_timer = tokio::time::interval(self.cfg.commit_interval);
         commit_timer.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
@@ -201,6 +276,7 @@ impl Worker {
                         in_flight = self.seal();
                     }
                 }
+                Some(c) = control.recv() => self.control(c),
                 _ = tick_timer.tick() => {
                     let now = self.clock.now_ms();
                     let changes = self.engine.tick(now);
@@ -308,6 +384,79 @@ impl Worker {
         }
     }
 
+    fn control(&mut self, c: Control) {
+        match c {
+            Control::Adopt { units, done } => {
+                let now = self.clock.now_ms();
+                let n = units.len();
+                let mut view = self.shared.units.write().unwrap_or_else(|e| e.into_inner());
+                for u in units {
+                    self.engine.forget(&u.unit);
+                    self.engine.restore(&u.unit, u.health.clone());
+                    if let Some(p) = u.presence {
+                        let max_seq = u.seq.boot(p.boot).map_or(0, |b| b.max_seq());
+                        self.engine.restore_presence(&u.unit, p, max_seq, now);
+                    }
+                    view.insert(u.unit.clone(), Arc::new(u.clone()));
+                    self.units.insert(u.unit.clone(), u);
+                }
+                drop(view);
+                info!(
+                    units = n,
+                    owned = self.units.len(),
+                    "Adopted units of acquired partitions."
+                );
+                let _ = done.send(());
+            }
+            Control::Release { done } => {
+                let before = self.units.len();
+                self.drop_unowned();
+                info!(
+                    units = before - self.units.len(),
+                    owned = self.units.len(),
+                    "Released units of lost partitions."
+                );
+                let _ = done.send(());
+            }
+        }
+    }
+
+    /// Forgets every unit the scope does not own, with what is pending
+    /// for them; their deliveries are nak'd (the new owner gets them).
+    fn drop_unowned(&mut self) {
+        let Some(scope) = self.scope.clone() else {
+            return;
+        };
+        let gone: Vec<UnitId> = self
+            .units
+            .keys()
+            .filter(|u| !scope.owns(u))
+            .cloned()
+            .collect();
+        for u in &gone {
+            self.units.remove(u);
+            self.engine.forget(u);
+            self.dirty.remove(u);
+        }
+        let p = &mut self.pending;
+        let before = p.samples.len();
+        p.samples.retain(|(u, _)| scope.owns(u));
+        p.records -= before - p.samples.len();
+        p.events.retain(|e| match &e.change {
+            Change::Transition(t) => scope.owns(&t.unit_id()),
+            Change::Incident(_) => true,
+        });
+        p.touched.retain(|(u, _), _| scope.owns(u));
+        p.first_rx.retain(|u, _| scope.owns(u));
+        let (keep, nak): (Vec<_>, Vec<_>) = std::mem::take(&mut p.settle)
+            .into_iter()
+            .partition(|(u, _)| u.as_ref().is_none_or(|u| scope.owns(u)));
+        p.settle = keep;
+        for (_, s) in nak {
+            s.nak();
+        }
+    }
+
     /// One message from the broker.
     pub fn handle(&mut self, msg: Inbound) {
         self.shared
@@ -316,6 +465,10 @@ impl Worker {
             .messages
             .fetch_add(1, Ordering::Relaxed);
         self.pending.received.push(msg.received);
+        if let Some(s) = msg.settle {
+            let unit = msg.parsed.as_ref().ok().map(|p| p.unit.clone());
+            self.pending.settle.push((unit, s));
+        }
         self.shared.holding.fetch_add(1, Ordering::Relaxed);
         match msg.parsed {
             Err(Refused {
@@ -522,9 +675,11 @@ impl Worker {
                 change,
             };
             self.next_event_id += 1;
-            let ev = Arc::new(ev);
-            let _ = self.shared.changes.send(Arc::clone(&ev));
-            self.pending.events.push((*ev).clone());
+            if self.broadcast {
+                let ev = Arc::new(ev.clone());
+                let _ = self.shared.changes.send(ev);
+            }
+            self.pending.events.push(ev);
             if let (true, Some(agency)) = (self.publish_status, touched_agency) {
                 let incidents = self
                     .shared
@@ -547,6 +702,7 @@ impl Worker {
             && self.pending.events.is_empty()
             && self.pending.incidents.is_empty()
             && self.pending.received.is_empty()
+            && self.pending.settle.is_empty()
         {
             return None;
         }
@@ -591,6 +747,7 @@ impl Worker {
             Answers {
                 acks,
                 received: p.received,
+                settle: p.settle,
             },
         ))
     }
@@ -642,6 +799,9 @@ impl Worker {
                 for a in answers.acks {
                     self.send(Out::Ack(a));
                 }
+                for (_, s) in answers.settle {
+                    s.ack();
+                }
                 let now = Instant::now();
                 for at in &answers.received {
                     m.ingest.wait.observe(now.duration_since(*at));
@@ -650,6 +810,24 @@ impl Worker {
                     .holding
                     .fetch_sub(answers.received.len(), Ordering::Relaxed);
                 Ok(())
+            }
+            Ok((batch, Err(StoreError::Fenced { partition, epoch }))) => {
+                // Cluster mode: the partition moved. Nothing was written;
+                // the commit is retried without what is no longer owned
+                // (`requeue`), and the store is fine.
+                m.store.errors.fetch_add(1, Ordering::Relaxed);
+                m.store.fenced.fetch_add(1, Ordering::Relaxed);
+                warn!(
+                    partition,
+                    ?epoch,
+                    units = batch.units.len(),
+                    records = batch.samples.len(),
+                    "Commit refused: this collector no longer holds the partition's lease (fenced); nothing written, the new owner takes its units."
+                );
+                Err(Box::new(Failed {
+                    batch: Some(batch),
+                    answers,
+                }))
             }
             Ok((batch, Err(e))) => {
                 m.store.errors.fetch_add(1, Ordering::Relaxed);
@@ -684,11 +862,21 @@ impl Worker {
     /// commit writes it again (writes are idempotent) before anything newer
     /// is acked.
     fn requeue(&mut self, failed: Failed) {
+        self.requeue_all(failed);
+        // Cluster mode: a commit refused because a partition moved (fenced)
+        // is retried without that partition's units.
+        self.drop_unowned();
+    }
+
+    fn requeue_all(&mut self, failed: Failed) {
         let Failed { batch, answers } = failed;
         // Its messages stay held, ahead of newer ones.
         let mut received = answers.received;
         received.append(&mut self.pending.received);
         self.pending.received = received;
+        let mut settle = answers.settle;
+        settle.append(&mut self.pending.settle);
+        self.pending.settle = settle;
         let acks = answers.acks;
         let Some(batch) = batch else {
             // The batch was lost with its task: re-dirty every unit so the

@@ -5,6 +5,7 @@
 
 pub mod ack;
 pub mod broker;
+pub mod cluster;
 pub mod enroll;
 pub mod expo;
 pub mod fleet;
@@ -35,6 +36,7 @@ pub struct Metrics {
     pub transitions: fleet::TransitionMetrics,
     pub notify: notify::NotifyMetrics,
     pub enroll: enroll::EnrollMetrics,
+    pub cluster: cluster::ClusterMetrics,
     /// Set when this process runs the embedded broker.
     pub broker: std::sync::OnceLock<std::sync::Arc<broker::BrokerMetrics>>,
 }
@@ -59,6 +61,7 @@ impl Metrics {
         self.mqtt.render(&mut e);
         self.notify.render(&mut e);
         self.enroll.render(&mut e);
+        self.cluster.render(&mut e);
         if let Some(b) = self.broker.get() {
             b.render(&mut e);
         }

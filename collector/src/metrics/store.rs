@@ -11,6 +11,9 @@ use crate::store::{PruneStats, RetainStats};
 pub struct StoreMetrics {
     pub commits: AtomicU64,
     pub errors: AtomicU64,
+    /// Of the errors: commits refused because a partition's lease was
+    /// gone (cluster mode's fence).
+    pub fenced: AtomicU64,
     pub commit_seconds: Histogram,
     /// Wall time of a whole retention round (rollups, then drops).
     pub retention_seconds: Histogram,
@@ -54,6 +57,12 @@ impl StoreMetrics {
             "Store operations that failed (records then stay unacked and are resent).",
         );
         e.sample("muster_store_errors_total", &[], get(&self.errors));
+        e.family(
+            "muster_store_fenced_total",
+            "counter",
+            "Commits refused because this collector no longer held a partition's lease (cluster mode): nothing of them was written.",
+        );
+        e.sample("muster_store_fenced_total", &[], get(&self.fenced));
         self.commit_seconds.render(
             e,
             "muster_store_commit_seconds",

@@ -96,6 +96,8 @@ struct Prepared {
     id: String,
     body: Bytes,
     changes: usize,
+    /// The newest event id it carries.
+    upto: u64,
 }
 
 struct Agency {
@@ -104,7 +106,15 @@ struct Agency {
     outbox: Outbox<Prepared>,
     counters: Arc<WebhookCounters>,
     last_error: Option<String>,
+    /// Event ids in the open window: the first names the notification in
+    /// cluster mode, the last is how far it reaches.
+    window_ids: Option<(u64, u64)>,
 }
+
+/// Cluster mode: where the notifier says how far each agency's
+/// notifications are settled (delivered or dead-lettered), so the next
+/// coordinator resumes after them (`crate::cluster::webhooks`).
+pub type Settled = tokio::sync::mpsc::UnboundedSender<(String, u64)>;
 
 /// The notifier, built before it runs so a bad `ca_file` fails at start.
 pub struct WebhookSender {
@@ -114,6 +124,10 @@ pub struct WebhookSender {
     jitter: Jitter,
     prefix: String,
     next: u64,
+    /// Cluster mode: notifications are named by their first event id
+    /// (`evt-<id>`, the same whichever collector sends them: receivers
+    /// dedup on `X-Muster-Delivery`), and settled ones are reported here.
+    settled: Option<Settled>,
 }
 
 type Attempt = (String, Result<u16, String>);
@@ -151,6 +165,7 @@ impl WebhookSender {
                     outbox: Outbox::new(cfg.queue, cfg.max_attempts, cfg.backoff),
                     counters: shared.metrics.notify.register(&name),
                     last_error: None,
+                    window_ids: None,
                 },
             );
         }
@@ -163,6 +178,19 @@ impl WebhookSender {
             jitter,
             prefix,
             next: 0,
+            settled: None,
+        }
+    }
+
+    /// Cluster mode ([`Settled`]).
+    pub fn clustered(mut self, settled: Settled) -> WebhookSender {
+        self.settled = Some(settled);
+        self
+    }
+
+    fn settle(&self, agency: &str, upto: u64) {
+        if let Some(s) = &self.settled {
+            let _ = s.send((agency.to_owned(), upto));
         }
     }
 
@@ -178,10 +206,15 @@ impl WebhookSender {
                 continue;
             }
             self.next += 1;
-            let id = format!("{}-{}", self.prefix, self.next);
+            let (first, upto) = a.window_ids.unwrap_or((0, 0));
+            let id = match self.settled {
+                Some(_) => format!("evt-{first}"),
+                None => format!("{}-{}", self.prefix, self.next),
+            };
             let Some(n) = a.batcher.take(now, force, id, self.clock.now_ms()) else {
                 continue;
             };
+            a.window_ids = None;
             let changes = n.transitions.len()
                 + n.incidents
                     .iter()
@@ -192,6 +225,9 @@ impl WebhookSender {
                 Err(e) => {
                     a.counters.dead_letters.fetch_add(1, Ordering::Relaxed);
                     warn!(agency = %name, id = %n.id, error = %e, "Webhook notification dead-lettered: cannot serialize.");
+                    if let Some(s) = &self.settled {
+                        let _ = s.send((name.clone(), upto));
+                    }
                     continue;
                 }
             };
@@ -200,9 +236,13 @@ impl WebhookSender {
                 id: n.id,
                 body,
                 changes,
+                upto,
             };
             if let Some(lost) = a.outbox.push(p, now) {
                 dead_letter(name, a, &lost, DeadReason::QueueFull);
+                if let Some(s) = &self.settled {
+                    let _ = s.send((name.clone(), lost.upto));
+                }
             }
             a.counters
                 .queue_depth
@@ -213,6 +253,10 @@ impl WebhookSender {
     fn route(&mut self, ev: &StoredEvent, now: Instant) {
         if let Some(a) = self.agencies.get_mut(ev.agency()) {
             a.counters.changes.fetch_add(1, Ordering::Relaxed);
+            a.window_ids = Some(match a.window_ids {
+                Some((first, _)) => (first, ev.id),
+                None => (ev.id, ev.id),
+            });
             if a.batcher.add(ev.change.clone(), now) {
                 // Full: this agency's window goes now.
                 let agency = ev.agency().to_owned();
@@ -255,6 +299,7 @@ impl WebhookSender {
             return;
         };
         let ok = r.is_ok();
+        let mut settled = None;
         if let Err(e) = &r {
             a.counters.failed.fetch_add(1, Ordering::Relaxed);
             a.last_error = Some(e.clone());
@@ -264,6 +309,7 @@ impl WebhookSender {
                 a.counters.sent.fetch_add(1, Ordering::Relaxed);
                 a.last_error = None;
                 debug!(agency = %name, id = %p.id, "Webhook delivered.");
+                settled = Some(p.upto);
             }
             Some(After::Retry { at, attempts }) => {
                 a.counters.retries.fetch_add(1, Ordering::Relaxed);
@@ -275,12 +321,18 @@ impl WebhookSender {
                     "Webhook delivery failed; will retry."
                 );
             }
-            Some(After::Dead(p, reason)) => dead_letter(&name, a, &p, reason),
+            Some(After::Dead(p, reason)) => {
+                dead_letter(&name, a, &p, reason);
+                settled = Some(p.upto);
+            }
             None => {}
         }
         a.counters
             .queue_depth
             .store(a.outbox.len() as u64, Ordering::Relaxed);
+        if let Some(upto) = settled {
+            self.settle(&name, upto);
+        }
     }
 
     /// Runs until `stop`, then drains for at most `drain`.
@@ -371,9 +423,15 @@ impl WebhookSender {
             }
         }
         inflight.abort_all();
+        let handed_over = self.settled.is_some();
         for (name, a) in &mut self.agencies {
             for p in a.outbox.drain() {
-                dead_letter(name, a, &p, DeadReason::Shutdown);
+                if handed_over {
+                    // Not settled: the next coordinator sends it.
+                    info!(agency = %name, id = %p.id, "Webhook notification left to the next coordinator.");
+                } else {
+                    dead_letter(name, a, &p, DeadReason::Shutdown);
+                }
             }
             a.counters.queue_depth.store(0, Ordering::Relaxed);
         }

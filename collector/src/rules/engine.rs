@@ -570,6 +570,20 @@ impl Engine {
         self.index.get(unit).map(|&i| &self.units[i].health)
     }
 
+    /// Forgets a unit (cluster mode: its partition moved to another
+    /// collector, which restores it from the shared store). Its pending
+    /// `for` timers and windows go with it; incidents already open keep
+    /// their membership until re-derived.
+    pub fn forget(&mut self, unit: &UnitId) {
+        let Some(i) = self.index.remove(unit) else {
+            return;
+        };
+        self.units.swap_remove(i);
+        if let Some(moved) = self.units.get(i) {
+            self.index.insert(moved.id.clone(), i);
+        }
+    }
+
     /// Every unit the engine knows, with its health.
     pub fn units(&self) -> impl Iterator<Item = (&UnitId, &UnitHealth)> {
         self.units.iter().map(|u| (&u.id, &u.health))
