@@ -11,6 +11,8 @@
 mod acks;
 #[path = "e2e/broker_acl.rs"]
 mod broker_acl;
+#[path = "e2e/cluster.rs"]
+mod cluster;
 #[path = "e2e/enroll.rs"]
 mod enroll;
 #[path = "e2e/lifecycle.rs"]

@@ -104,7 +104,10 @@ http: 127.0.0.1:{http}
 jetstream {{
   store_dir: "{store}"
   max_memory_store: 64MB
-  max_file_store: 1GB
+  # As packaging/cluster/nats-server.conf: a reservation, not disk used.
+  # The collectors' stream reserves 1 GiB (cluster.stream_max_mib) and
+  # MQTT's own streams need room beside it.
+  max_file_store: 8GB
 }}
 cluster {{
   name: muster-test

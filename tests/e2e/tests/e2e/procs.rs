@@ -117,6 +117,8 @@ pub fn bins(release: bool) -> &'static Bins {
 pub struct AgentSpec {
     pub unit: String,
     pub url: String,
+    /// Several brokers in failover order (`mqtt.urls`); `url` when empty.
+    pub urls: Vec<String>,
     pub data_dir: PathBuf,
     pub interval: String,
     pub keepalive: String,
@@ -143,6 +145,7 @@ impl AgentSpec {
         AgentSpec {
             unit: unit.into(),
             url: url.into(),
+            urls: Vec::new(),
             data_dir: data_dir.into(),
             interval: "1s".into(),
             keepalive: "5s".into(),
@@ -193,7 +196,7 @@ agency = "{AGENCY}"
 unit_id = "{unit}"
 data_dir = {data_dir:?}
 [mqtt]
-url = "{url}"
+{url}
 keepalive = "{keepalive}"
 connect_timeout = "2s"
 [buffer]
@@ -215,7 +218,11 @@ to = "stderr"
 "#,
             unit = self.unit,
             data_dir = self.data_dir.display().to_string(),
-            url = self.url,
+            url = if self.urls.is_empty() {
+                format!("url = {:?}", self.url)
+            } else {
+                format!("urls = {:?}", self.urls)
+            },
             keepalive = self.keepalive,
             heartbeat = self.heartbeat,
             ack_timeout = self.ack_timeout,
@@ -258,6 +265,11 @@ impl AgentProc {
 
     pub fn pid(&self) -> u32 {
         self.child.id()
+    }
+
+    /// [`AgentProc::kill9`], consuming it.
+    pub fn kill9_now(mut self) {
+        self.kill9();
     }
 
     /// `kill -9`: a power cut, as far as the process can tell.
@@ -412,7 +424,11 @@ impl CollectorProc {
             .args(["run", "--config"])
             .arg(config)
             .args(extra)
-            .env("RUST_LOG", "warn")
+            // MUSTER_E2E_COLLECTOR_LOG=info to see more of a failing test.
+            .env(
+                "RUST_LOG",
+                std::env::var("MUSTER_E2E_COLLECTOR_LOG").unwrap_or_else(|_| "warn".into()),
+            )
             .stdin(Stdio::null())
             .stdout(Stdio::piped())
             .stderr(std::fs::File::create(&log).unwrap())
@@ -431,9 +447,15 @@ impl CollectorProc {
             config: config.into(),
             release,
         };
-        muster_testkit::wait_until("collector /readyz", Duration::from_secs(30), || {
-            http_get(addr, "/readyz", None).is_some_and(|(s, _)| s == 200)
-        });
+        let log_path = log.clone();
+        eventually_blocking(
+            "collector /readyz",
+            Duration::from_secs(60),
+            || match http_get(addr, "/readyz", None) {
+                Some((200, _)) => Ok(()),
+                r => Err(format!("{r:?}\n--- its log ---\n{}", log_tail(&log_path))),
+            },
+        );
         c
     }
 

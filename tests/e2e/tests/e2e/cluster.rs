@@ -1,0 +1,532 @@
+//! Cluster mode end to end (issue 15), with real processes only: three
+//! `nats-server` nodes (JetStream, MQTT, the partition mapping), a
+//! PostgreSQL 15 in a temp dir, two `muster-collector run` in cluster mode
+//! and real `muster-agent run` processes that fail over between the
+//! nodes' MQTT listeners.
+//!
+//! The collectors run the shipped example, `packaging/cluster/collector.toml`,
+//! with only its addresses, secrets and paths replaced ([`collector_toml`]);
+//! the NATS nodes get the mapping block of `packaging/cluster/nats-server.conf`.
+//!
+//! Who owns a partition is read from the lease table (`psql`), and which
+//! partition a unit is in from `cluster::partition::of`, the function
+//! checked against nats-server's own mapping.
+
+use std::collections::BTreeMap;
+use std::path::{Path, PathBuf};
+use std::time::{Duration, Instant};
+
+use muster_collector::cluster::partition;
+use muster_proto::UnitId;
+use muster_testkit::{NatsCluster, Postgres, TempDir, eventually_blocking};
+use serde_json::Value;
+
+use crate::procs::{
+    ADMIN, AGENCY, AgentProc, AgentSpec, CollectorProc, FIRE, all_complete, brief, drained,
+    http_get,
+};
+
+fn packaging(file: &str) -> PathBuf {
+    Path::new(env!("CARGO_MANIFEST_DIR"))
+        .join("../../packaging/cluster")
+        .join(file)
+}
+
+/// The mapping block of the shipped NATS node config.
+fn nats_mappings() -> String {
+    let text = std::fs::read_to_string(packaging("nats-server.conf")).unwrap();
+    let at = text
+        .find("mappings = {")
+        .expect("the example has a mappings block");
+    text[at..].to_owned()
+}
+
+/// The shipped cluster example, re-addressed for this test.
+fn collector_toml(
+    id: &str,
+    nats: &[String],
+    postgres: &str,
+    dir: &Path,
+    extra_ingest: &[(&str, &str)],
+) -> String {
+    let text = std::fs::read_to_string(packaging("collector.toml")).unwrap();
+    let mut t: toml::Table = toml::from_str(&text).expect("the shipped example parses");
+    t.insert("admin_token".into(), ADMIN.into());
+    t["http"]
+        .as_table_mut()
+        .unwrap()
+        .insert("listen".into(), "127.0.0.1:0".into());
+    let agency = &mut t["agency"].as_array_mut().unwrap()[0];
+    let agency = agency.as_table_mut().unwrap();
+    agency.insert("name".into(), AGENCY.into());
+    agency.insert("token".into(), FIRE.into());
+    let key = muster_testkit::write_test_collector_key(&dir.join("keys"));
+    t["signing"]
+        .as_table_mut()
+        .unwrap()
+        .insert("key_file".into(), key.display().to_string().into());
+    let mut store = toml::Table::new();
+    store.insert(
+        "path".into(),
+        dir.join("store").display().to_string().into(),
+    );
+    t.insert("store".into(), store.into());
+    let ingest = t["ingest"].as_table_mut().unwrap();
+    for (k, v) in extra_ingest {
+        let v = match v.parse::<i64>() {
+            Ok(n) => toml::Value::Integer(n),
+            Err(_) => (*v).into(),
+        };
+        ingest.insert((*k).into(), v);
+    }
+    let c = t["cluster"].as_table_mut().unwrap();
+    c.insert("id".into(), id.into());
+    c.insert(
+        "nats".into(),
+        toml::Value::Array(nats.iter().map(|u| u.as_str().into()).collect()),
+    );
+    c.insert("postgres".into(), postgres.into());
+    toml::to_string(&t).unwrap()
+}
+
+struct Rig {
+    dir: TempDir,
+    nats: NatsCluster,
+    pg: Postgres,
+    collectors: Vec<CollectorProc>,
+    agents: Vec<(AgentSpec, Option<AgentProc>)>,
+    partitions: u32,
+}
+
+const IDS: [&str; 2] = ["collector-1", "collector-2"];
+
+impl Rig {
+    /// `ingest[i]`: keys set in collector i's `[ingest]`.
+    fn start(agents: usize, ingest: [&[(&str, &str)]; 2]) -> Rig {
+        let dir = TempDir::new().unwrap();
+        let nats = NatsCluster::start_with(3, &nats_mappings());
+        let pg = Postgres::start();
+        let urls: Vec<String> = (0..3).map(|i| nats.nats_url(i)).collect();
+        let mut collectors = Vec::new();
+        for (id, extra_ingest) in IDS.into_iter().zip(ingest) {
+            let d = dir.path().join(id);
+            std::fs::create_dir_all(&d).unwrap();
+            let cfg = d.join("collector.toml");
+            std::fs::write(&cfg, collector_toml(id, &urls, &pg.url(), &d, extra_ingest)).unwrap();
+            collectors.push(CollectorProc::spawn(&cfg, false));
+        }
+        let partitions = {
+            let text = std::fs::read_to_string(packaging("collector.toml")).unwrap();
+            let t: toml::Table = toml::from_str(&text).unwrap();
+            t["cluster"]["partitions"].as_integer().unwrap() as u32
+        };
+        let mut rig = Rig {
+            dir,
+            nats,
+            pg,
+            collectors,
+            agents: Vec::new(),
+            partitions,
+        };
+        rig.wait_split(&IDS);
+        let mqtt: Vec<String> = (0..3).map(|i| rig.nats.mqtt_url(i)).collect();
+        for i in 0..agents {
+            let unit = format!("E{i}");
+            let mut spec = AgentSpec::new(&unit, &mqtt[0], &rig.dir.path().join(&unit));
+            // Each agent starts on another node.
+            spec.urls = (0..3).map(|k| mqtt[(i + k) % 3].clone()).collect();
+            let a = AgentProc::spawn(&spec, false);
+            rig.agents.push((spec, Some(a)));
+        }
+        rig
+    }
+
+    /// partition -> owner, from the lease table (live leases only).
+    fn owners(&self) -> BTreeMap<u32, String> {
+        let out = self
+            .pg
+            .psql("SELECT partition, owner FROM partition_leases WHERE owner IS NOT NULL AND expires_at > now()")
+            .unwrap_or_default();
+        out.lines()
+            .filter_map(|l| {
+                let (p, o) = l.split_once('|')?;
+                Some((p.trim().parse().ok()?, o.trim().to_owned()))
+            })
+            .collect()
+    }
+
+    /// Waits until `ids` hold every partition between them, evenly.
+    fn wait_split(&self, ids: &[&str]) -> Duration {
+        let t0 = Instant::now();
+        let each = self.partitions as usize / ids.len();
+        eventually_blocking(
+            "the partitions split evenly",
+            Duration::from_secs(60),
+            || {
+                let o = self.owners();
+                let counts: Vec<usize> = ids
+                    .iter()
+                    .map(|id| o.values().filter(|v| v.as_str() == *id).count())
+                    .collect();
+                if o.len() == self.partitions as usize && counts.iter().all(|c| *c >= each) {
+                    Ok(())
+                } else {
+                    Err(format!("{} held: {counts:?}", o.len()))
+                }
+            },
+        );
+        t0.elapsed()
+    }
+
+    /// Waits until `id` holds every partition and acts on them; how long.
+    fn wait_owned_by(&self, id: &str) -> Duration {
+        let c = IDS.iter().position(|x| *x == id).unwrap();
+        let t0 = Instant::now();
+        eventually_blocking(
+            &format!("{id} holds every partition"),
+            Duration::from_secs(30),
+            || {
+                let o = self.owners();
+                let mine = o.values().filter(|v| v.as_str() == id).count();
+                let acting = self
+                    .metric(c, "muster_cluster_partitions_owned")
+                    .unwrap_or(0.0) as u32;
+                if mine == self.partitions as usize && acting == self.partitions {
+                    Ok(())
+                } else {
+                    Err(format!("leases {mine}, acting on {acting}"))
+                }
+            },
+        );
+        t0.elapsed()
+    }
+
+    fn owner_of(&self, unit: &str) -> Option<String> {
+        let p = partition::of(&UnitId::new(AGENCY, unit).unwrap(), self.partitions).unwrap();
+        self.owners().get(&p).cloned()
+    }
+
+    /// An agent whose unit the collector `id` owns now.
+    fn agent_owned_by(&self, id: &str) -> usize {
+        (0..self.agents.len())
+            .find(|i| {
+                self.agents[*i].1.is_some()
+                    && self.owner_of(&self.agents[*i].0.unit).as_deref() == Some(id)
+            })
+            .unwrap_or_else(|| panic!("no running agent is owned by {id}"))
+    }
+
+    /// Every agent's unit is known to collector `c` (whoever owns it) with
+    /// at least `samples` records.
+    fn wait_all_seen(&self, c: usize, samples: u64) {
+        for (spec, _) in &self.agents {
+            self.collectors[c].wait_unit(
+                &spec.unit,
+                "records stored",
+                Duration::from_secs(60),
+                |v| {
+                    v["boots"].as_array().is_some_and(|b| {
+                        b.iter()
+                            .map(|x| x["received"].as_u64().unwrap_or(0))
+                            .sum::<u64>()
+                            >= samples
+                    })
+                },
+            );
+        }
+    }
+
+    /// Restarts killed agents (their buffers hold what was not acked), waits
+    /// until every unit on collector `c` has every record of every boot,
+    /// once, and its agent's buffer is drained.
+    fn wait_nothing_missing(&mut self, c: usize) {
+        for (spec, a) in &mut self.agents {
+            if a.is_none() {
+                *a = Some(AgentProc::spawn(spec, false));
+            }
+        }
+        for (spec, _) in &self.agents {
+            self.collectors[c].wait_unit(
+                &spec.unit,
+                "every record stored once, buffer drained",
+                Duration::from_secs(120),
+                |v| all_complete(v) && drained(v),
+            );
+        }
+    }
+
+    fn metric(&self, c: usize, name: &str) -> Option<f64> {
+        let (s, body) = http_get(self.collectors[c].addr, "/metrics", Some(ADMIN))?;
+        if s != 200 {
+            return None;
+        }
+        body.lines()
+            .find(|l| l.starts_with(name) && l[name.len()..].starts_with(' '))
+            .and_then(|l| l.rsplit(' ').next()?.parse().ok())
+    }
+}
+
+impl Drop for Rig {
+    /// A failing test keeps its processes' logs and configs.
+    fn drop(&mut self) {
+        if std::thread::panicking() {
+            let dir = std::mem::replace(&mut self.dir, TempDir::new().unwrap());
+            eprintln!("cluster rig kept for inspection: {}", dir.keep().display());
+        }
+    }
+}
+
+/// A unit's status on a collector's feed.
+fn status(v: &Value) -> String {
+    v["status"].as_str().unwrap_or_default().to_owned()
+}
+
+/// Must-show 1 and 5: kill -9 a collector; the other takes its partitions
+/// within 10 s (printed), its units keep being flagged, nothing is missing;
+/// and an SSE client on one collector sees a transition the other decided.
+#[test]
+fn a_killed_collectors_partitions_are_taken_over_and_nothing_is_missing() {
+    let mut rig = Rig::start(20, [&[], &[]]);
+    rig.wait_all_seen(0, 3);
+    rig.wait_all_seen(1, 3);
+
+    // Must-show 5: collector-2 decides, collector-1's stream shows it.
+    let victim = rig.agent_owned_by(IDS[1]);
+    let unit = rig.agents[victim].0.unit.clone();
+    let rt = tokio::runtime::Runtime::new().unwrap();
+    let mut sse = rt.block_on(muster_testkit::http::Sse::connect(
+        rig.collectors[0].addr,
+        "/api/v1/stream",
+        Some(ADMIN),
+    ));
+    assert_eq!(sse.status, 200);
+    rig.agents[victim].1.take().unwrap().kill9_now();
+    let (seen, skipped) = rt.block_on(sse.wait_for(Duration::from_secs(30), |ev| {
+        let v = ev.json();
+        v["unit"] == unit.as_str() && v["to"] == "lost"
+    }));
+    let seen = seen.unwrap_or_else(|| {
+        panic!(
+            "collector-1's stream never showed {unit} lost (decided by its owner collector-2); saw {:?}",
+            skipped.iter().map(|e| e.data.clone()).collect::<Vec<_>>()
+        )
+    });
+    println!(
+        "SSE on collector-1 saw collector-2's transition: {}",
+        seen.data
+    );
+
+    // Must-show 1: kill -9 collector-2.
+    rig.collectors[1].kill9();
+    let took = rig.wait_owned_by(IDS[0]);
+    println!(
+        "takeover after kill -9: {:.2} s for {} partitions",
+        took.as_secs_f64(),
+        rig.partitions / 2
+    );
+    assert!(took < Duration::from_secs(10), "takeover took {took:?}");
+
+    // Its units keep being flagged: another of collector-2's agents dies.
+    let p_of = |u: &str| partition::of(&UnitId::new(AGENCY, u).unwrap(), rig.partitions).unwrap();
+    let victim2 = (0..rig.agents.len())
+        .find(|i| {
+            rig.agents[*i].1.is_some() && {
+                // Epoch 1: collector-1 from the start; 2: collector-2 took
+                // it from collector-1's surplus; 3: collector-1 took it back
+                // from the dead collector-2.
+                let p = p_of(&rig.agents[*i].0.unit);
+                rig.pg
+                    .psql(&format!(
+                        "SELECT epoch FROM partition_leases WHERE partition = {p}"
+                    ))
+                    .unwrap_or_default()
+                    .trim()
+                    .parse::<u64>()
+                    .unwrap_or(0)
+                    >= 3
+            }
+        })
+        .expect("an agent of a partition collector-1 took over");
+    let unit2 = rig.agents[victim2].0.unit.clone();
+    rig.agents[victim2].1.take().unwrap().kill9_now();
+    let v = rig.collectors[0].wait_unit(
+        &unit2,
+        "flagged lost by its new owner",
+        Duration::from_secs(30),
+        |v| status(v) == "lost",
+    );
+    println!(
+        "{unit2} flagged by collector-1 after the takeover: {}",
+        brief(&v)
+    );
+
+    rig.wait_nothing_missing(0);
+}
+
+/// Must-show 2: kill -9 a NATS node. Agents on it fail over to the others,
+/// the collectors' NATS connections too, and nothing is missing.
+#[test]
+fn a_killed_nats_node_loses_nothing() {
+    let mut rig = Rig::start(9, [&[], &[]]);
+    rig.wait_all_seen(0, 3);
+    let before: Vec<u64> = rig
+        .agents
+        .iter()
+        .map(|(spec, _)| received(&rig.collectors[0].unit(&spec.unit).unwrap()))
+        .collect();
+    rig.nats.kill(0);
+    println!("nats node n1 killed");
+    for ((spec, _), b) in rig.agents.iter().zip(&before) {
+        rig.collectors[0].wait_unit(
+            &spec.unit,
+            "records after the node died",
+            Duration::from_secs(60),
+            |v| received(v) >= b + 5,
+        );
+    }
+    rig.wait_nothing_missing(0);
+}
+
+/// Records received over every boot of a unit view.
+fn received(v: &Value) -> u64 {
+    v["boots"]
+        .as_array()
+        .map(|b| b.iter().map(|x| x["received"].as_u64().unwrap_or(0)).sum())
+        .unwrap_or(0)
+}
+
+/// Must-show 3: a rolling restart, one collector at a time (SIGTERM,
+/// start again). The feed of the collector not restarting answers every
+/// poll with the whole fleet; a unit that dies while its owner is down is
+/// flagged by the other, once; nothing is missing.
+#[test]
+fn a_rolling_restart_keeps_the_feed_answering_and_loses_nothing() {
+    let mut rig = Rig::start(10, [&[], &[]]);
+    rig.wait_all_seen(0, 3);
+    rig.wait_all_seen(1, 3);
+    let n = rig.agents.len();
+    let mut died = Vec::new();
+    for (i, id) in IDS.into_iter().enumerate() {
+        let other = 1 - i;
+        let addr = rig.collectors[other].addr;
+        let stop = std::sync::Arc::new(std::sync::atomic::AtomicBool::new(false));
+        let poller = {
+            let stop = stop.clone();
+            std::thread::spawn(move || {
+                let (mut ok, mut bad) = (0u64, Vec::new());
+                while !stop.load(std::sync::atomic::Ordering::SeqCst) {
+                    match http_get(addr, "/api/v1/units?limit=1000", Some(ADMIN)) {
+                        Some((200, body)) => {
+                            let v: Value = serde_json::from_str(&body).unwrap();
+                            let units = v["items"].as_array().map_or(0, Vec::len);
+                            if units == n {
+                                ok += 1;
+                            } else {
+                                bad.push(format!("{units} units"));
+                            }
+                        }
+                        other => bad.push(format!("{other:?}")),
+                    }
+                    std::thread::sleep(Duration::from_millis(100));
+                }
+                (ok, bad)
+            })
+        };
+        let victim = rig.agent_owned_by(id);
+        let t0 = Instant::now();
+        muster_testkit::signal(rig.collectors[i].child.id(), "TERM");
+        let st = eventually_blocking(
+            &format!("{} exits after SIGTERM", id),
+            Duration::from_secs(30),
+            || rig.collectors[i].child.try_wait().unwrap().ok_or("running"),
+        );
+        assert!(st.success(), "{} exit: {st}", id);
+        rig.wait_owned_by(IDS[other]);
+        println!(
+            "{} stopped; {} held every partition {:.2} s after SIGTERM",
+            id,
+            IDS[other],
+            t0.elapsed().as_secs_f64()
+        );
+        // A unit dies while its owner is down: the other one flags it.
+        let unit = rig.agents[victim].0.unit.clone();
+        rig.agents[victim].1.take().unwrap().kill9_now();
+        rig.collectors[other].wait_unit(
+            &unit,
+            "flagged lost during the restart",
+            Duration::from_secs(30),
+            |v| status(v) == "lost",
+        );
+        died.push(unit);
+        rig.collectors[i].start_again();
+        rig.wait_split(&IDS);
+        stop.store(true, std::sync::atomic::Ordering::SeqCst);
+        let (ok, bad) = poller.join().unwrap();
+        println!(
+            "{} restarted; {}'s feed answered {ok} polls, {} failed",
+            id,
+            IDS[other],
+            bad.len()
+        );
+        assert!(
+            bad.is_empty(),
+            "polls of {} failed while {} restarted: {bad:?}",
+            IDS[other],
+            id
+        );
+        assert!(ok > 0);
+    }
+    // No transition lost (nor doubled): each death is one `lost` event.
+    for unit in &died {
+        let ev = rig.collectors[0].get(&format!("/api/v1/events?unit={AGENCY}/{unit}&limit=1000"));
+        let lost = ev["items"]
+            .as_array()
+            .unwrap()
+            .iter()
+            .filter(|e| e["to"] == "lost")
+            .count();
+        assert_eq!(lost, 1, "{unit}: {ev}");
+    }
+    rig.wait_nothing_missing(0);
+}
+
+/// Must-show 4: a collector that stops (SIGSTOP: a long GC or VM pause,
+/// the textbook case for fencing) keeps believing it owns its partitions.
+/// While it is stopped the other takes them; when it resumes, its first
+/// commit is refused by the database (`muster_store_fenced_total`) and
+/// nothing of it is written; then it rejoins and nothing is missing.
+///
+/// While collector-2 is stopped, NATS keeps delivering its partitions'
+/// telemetry to its open pull requests (the kernel buffers it). With
+/// `commit_max_records = 1` it commits the first of those the moment it
+/// resumes: microseconds, where learning from the lease table that its
+/// leases are gone takes several round trips to PostgreSQL. So the stale
+/// write is attempted, every time, and the database refuses it.
+#[test]
+fn a_paused_collector_cannot_write_once_its_lease_is_gone() {
+    let mut rig = Rig::start(10, [&[], &[("commit_max_records", "1")]]);
+    rig.wait_all_seen(1, 3);
+    let pid = rig.collectors[1].child.id();
+    let fenced0 = rig.metric(1, "muster_store_fenced_total").unwrap();
+    muster_testkit::signal(pid, "STOP");
+    let took = rig.wait_owned_by(IDS[0]);
+    println!(
+        "collector-2 paused; collector-1 took every partition in {:.2} s",
+        took.as_secs_f64()
+    );
+    muster_testkit::signal(pid, "CONT");
+    let fenced = eventually_blocking(
+        "collector-2's stale commit refused",
+        Duration::from_secs(30),
+        || match rig.metric(1, "muster_store_fenced_total") {
+            Some(f) if f > fenced0 => Ok(f),
+            f => Err(format!("{f:?}")),
+        },
+    );
+    println!(
+        "collector-2 resumed: {} commit(s) refused by the fence",
+        fenced - fenced0
+    );
+    rig.wait_split(&IDS);
+    rig.wait_nothing_missing(0);
+}
