@@ -1,7 +1,8 @@
-//! The processes and connections the bench drives: the collector binary,
-//! `mosquitto_sub` (the transport baseline), and the simulated units' MQTT
-//! connections, each subscribed to its agency's ack topics and feeding
-//! [`crate::acks::Conn`].
+//! The processes and connections the bench drives: the collector binary
+//! ([`Collector::start`] on the bench's Mosquitto; [`Collector::spawn`] on a
+//! config of the caller's, as `--cluster` runs it), `mosquitto_sub` (the
+//! transport baseline), and the simulated units' MQTT connections, each
+//! subscribed to its agency's ack topics and feeding [`crate::acks::Conn`].
 //!
 //! Contract: every process started here is stopped on drop (the collector
 //! with SIGTERM, `mosquitto_sub` killed); a connection's ack subscription
@@ -10,7 +11,7 @@
 
 use std::io::{BufRead, BufReader};
 use std::net::SocketAddr;
-use std::path::PathBuf;
+use std::path::{Path, PathBuf};
 use std::process::{Child, Command, Stdio};
 use std::sync::atomic::{AtomicU64, Ordering};
 use std::sync::{Arc, Mutex};
@@ -68,6 +69,17 @@ impl Drop for Sub {
     }
 }
 
+/// The threshold rule the flag latency is measured on: cpu above 97 is
+/// critical (a violating sample sends 99).
+pub const RULES: &str = r#"[rules]
+[[rules.threshold]]
+name = "bench-cpu"
+field = "cpu.total"
+op = ">"
+threshold = 97
+clear = 90
+severity = "critical""#;
+
 /// The collector binary.
 pub struct Collector {
     child: Child,
@@ -100,16 +112,7 @@ impl Collector {
         }
         let text = toml
             .set_str("mqtt", "client_id", "bench-collector")
-            .extra(
-                r#"[rules]
-[[rules.threshold]]
-name = "bench-cpu"
-field = "cpu.total"
-op = ">"
-threshold = 97
-clear = 90
-severity = "critical""#,
-            )
+            .extra(RULES)
             .extra(if separate_publisher {
                 "[mqtt.publisher]\nclient_id = \"bench-collector-publisher\""
             } else {
@@ -117,6 +120,13 @@ severity = "critical""#,
             })
             .render();
         std::fs::write(&config, text).unwrap();
+        Collector::spawn(&config, store, Duration::from_secs(20)).await
+    }
+
+    /// Starts the binary on `config` (its store directory `store`, for
+    /// [`Collector::store_bytes`]) and waits up to `ready_within` for
+    /// `/readyz`.
+    pub async fn spawn(config: &Path, store: PathBuf, ready_within: Duration) -> Collector {
         // `FLEET_WRAP="heaptrack -o /tmp/x"` profiles the collector (RSS and
         // CPU figures are then the wrapper's).
         let wrap = std::env::var("FLEET_WRAP").unwrap_or_default();
@@ -125,7 +135,7 @@ severity = "critical""#,
         let mut child = Command::new(argv[0])
             .args(&argv[1..])
             .args(["run", "--config"])
-            .arg(&config)
+            .arg(config)
             .env("RUST_LOG", "warn")
             .stdout(Stdio::piped())
             .stderr(Stdio::inherit())
@@ -139,7 +149,7 @@ severity = "critical""#,
             store,
             stopped: false,
         };
-        let deadline = Instant::now() + Duration::from_secs(20);
+        let deadline = Instant::now() + ready_within;
         while http::get(c.addr, "/readyz", None).await.status != 200 {
             assert!(Instant::now() < deadline, "collector not ready");
             tokio::time::sleep(Duration::from_millis(20)).await;

@@ -7,6 +7,7 @@
 //! cargo bench -p muster-collector --bench fleet -- --units 1000,10000 --seconds 30
 //! cargo bench -p muster-collector --bench fleet -- --units 10000 --soak 1800
 //! cargo bench -p muster-collector --bench fleet -- --storm 2000x600 --rounds 2
+//! cargo bench -p muster-collector --bench fleet -- --cluster --units 1000 --seconds 30 --burst 0
 //! ```
 //!
 //! Modes (one greppable line per phase):
@@ -32,6 +33,17 @@
 //!   and its slope over the last half (KiB/min). No burst.
 //! * `--storm UNITSxRECORDS --rounds R` ([`storm`]): units reconnect at once
 //!   and replay a backlog as the agent does; a `storm round` line per round.
+//! * `--cluster` (with `--burst 0`; [`cluster`]): the steady load against
+//!   cluster mode: 3 `nats-server` nodes (connections round-robin over
+//!   their MQTT listeners), PostgreSQL, 2 collectors on the shipped
+//!   `packaging/cluster` example. `leases:` the partition split at the
+//!   start; `cluster steady:` published, acked (ratio acked / published),
+//!   what a plain core NATS subscriber of the telemetry subjects received
+//!   in the same run (ratio acked / baseline), ack latency; `flag latency`
+//!   on collector-1's SSE stream (every collector's transitions);
+//!   `collector-1:` / `collector-2:` RSS and CPU; `postgres:` database size
+//!   before and after, bytes per unit per day. `--no-baseline` drops the
+//!   NATS subscriber.
 //! * `--no-baseline` (with `--burst 0`): no `mosquitto_sub`, so the
 //!   collector gets the CPU it took (about a fifth of a core here, and
 //!   Mosquitto's second delivery of every record).
@@ -43,11 +55,12 @@
 //!
 //! Modules: [`acks`] (counting acked records, pure), [`procfs`] (CPU,
 //! disk, RSS slope, percentiles, pure), [`harness`] (the processes and MQTT
-//! connections), [`storm`] (the replay storm).
+//! connections), [`storm`] (the replay storm), [`cluster`] (cluster mode).
 //!
 //! Without `--bench` (`cargo test -p muster-collector --bench fleet`) the
 //! binary runs its table checks ([`acks::self_test`],
-//! [`procfs::self_test`], [`storm::self_test`]) and starts nothing.
+//! [`procfs::self_test`], [`storm::self_test`], [`cluster::self_test`])
+//! and starts nothing.
 //!
 //! Units share `--connections` MQTT connections (real agents have one
 //! each), one agency per connection, so each connection's one wildcard
@@ -60,6 +73,7 @@
 #![allow(clippy::disallowed_methods)]
 
 mod acks;
+mod cluster;
 mod harness;
 mod procfs;
 mod storm;
@@ -111,6 +125,8 @@ pub struct Args {
     /// record twice for it: near the collector's ceiling that CPU is the
     /// collector's. The acked ratio stays the measurement.
     baseline: bool,
+    /// `--cluster`: the steady load against cluster mode ([`cluster`]).
+    cluster: bool,
 }
 
 fn args(raw: &[String]) -> Args {
@@ -126,6 +142,7 @@ fn args(raw: &[String]) -> Args {
         grace: Duration::from_secs(10),
         one_connection: false,
         baseline: true,
+        cluster: false,
     };
     let mut it = raw.iter();
     while let Some(k) = it.next() {
@@ -154,11 +171,16 @@ fn args(raw: &[String]) -> Args {
             "--grace" => a.grace = Duration::from_secs(v().parse().expect("--grace SECONDS")),
             "--one-connection" => a.one_connection = true,
             "--no-baseline" => a.baseline = false,
+            "--cluster" => a.cluster = true,
             "--bench" => {}
             other => panic!("unknown argument {other}"),
         }
     }
     assert!(a.connections > 0, "--connections must be > 0");
+    assert!(
+        !a.cluster || (a.burst == 0 && a.soak.is_none() && a.storm.is_none()),
+        "--cluster runs the steady phase only: give --burst 0, no --soak, no --storm"
+    );
     a
 }
 
@@ -537,7 +559,7 @@ fn main() {
     let raw: Vec<String> = std::env::args().skip(1).collect();
     if !raw.iter().any(|a| a == "--bench") {
         // `cargo test --bench fleet`: the table checks only.
-        let n = acks::self_test() + procfs::self_test() + storm::self_test();
+        let n = acks::self_test() + procfs::self_test() + storm::self_test() + cluster::self_test();
         println!("fleet bench self-test: {n} checks passed");
         return;
     }
@@ -552,7 +574,11 @@ fn main() {
         return;
     }
     for &n in &a.units {
-        rt.block_on(run(n, &a));
+        if a.cluster {
+            rt.block_on(cluster::run(n, &a));
+        } else {
+            rt.block_on(run(n, &a));
+        }
     }
 }
 

@@ -592,7 +592,12 @@ async fn lease_loop(l: LeaseLoop) -> Option<(LeaseTable, tokio_postgres::Client)
         }
         let sent = mono();
         if client.as_ref().is_none_or(|c| c.is_closed()) {
-            client = lease_client(&l.cl.postgres).await.ok();
+            // Bounded: a connection into a black hole must not stall the
+            // loop past the leases it should let lapse.
+            client = tokio::time::timeout(l.cl.lease_renew, lease_client(&l.cl.postgres))
+                .await
+                .ok()
+                .and_then(Result::ok);
         }
         let result = match &client {
             Some(c) => tokio::time::timeout(l.cl.lease_renew, table.tick(c, sent))

@@ -43,6 +43,8 @@ use crate::store::{HeldEpochs, PgStore, Store};
 pub const COORDINATOR_PARTITION: u32 = 0;
 /// How often the event log is read for the notifier.
 const FEED_EVERY: Duration = Duration::from_millis(250);
+/// Connecting to PostgreSQL, at most.
+const CONNECT_TIMEOUT: Duration = Duration::from_secs(10);
 /// Events in the notifier's queue at most before the feed waits.
 const FEED_QUEUE: usize = 4_096;
 
@@ -91,7 +93,12 @@ pub async fn run(
 }
 
 async fn connect(url: &str) -> Result<tokio_postgres::Client, WebhookError> {
-    let (client, conn) = tokio_postgres::connect(url, tokio_postgres::NoTls).await?;
+    let (client, conn) = tokio::time::timeout(
+        CONNECT_TIMEOUT,
+        tokio_postgres::connect(url, tokio_postgres::NoTls),
+    )
+    .await
+    .map_err(|_| WebhookError::Store("connecting to PostgreSQL timed out".into()))??;
     tokio::spawn(async move {
         let _ = conn.await;
     });
@@ -162,7 +169,10 @@ async fn coordinate(
             .map_err(|e| WebhookError::Store(e.to_string()))?
             .map_err(|e| WebhookError::Store(e.to_string()))?
     };
-    let mut settled = cursors(&client, webhooks.keys(), newest).await?;
+    let mut settled =
+        tokio::time::timeout(CONNECT_TIMEOUT, cursors(&client, webhooks.keys(), newest))
+            .await
+            .map_err(|_| WebhookError::Store("reading webhook cursors timed out".into()))??;
     let mut pos = settled.values().copied().min().unwrap_or(newest);
     let (settled_tx, mut settled_rx) = mpsc::unbounded_channel();
     let (tx, rx) = broadcast::channel(FEED_QUEUE * 2);
@@ -177,8 +187,10 @@ async fn coordinate(
         tokio::select! {
             _ = stop.cancelled() => break Ok(()),
             Some((agency, upto)) = settled_rx.recv() => {
-                if let Err(e) = advance(&mut client, me, epoch, &agency, upto).await {
-                    break Err(e);
+                match tokio::time::timeout(CONNECT_TIMEOUT, advance(&mut client, me, epoch, &agency, upto)).await {
+                    Ok(Ok(())) => {}
+                    Ok(Err(e)) => break Err(e),
+                    Err(_) => break Err(WebhookError::Store("advancing a webhook cursor timed out".into())),
                 }
                 let s = settled.entry(agency).or_default();
                 *s = (*s).max(upto);

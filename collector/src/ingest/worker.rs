@@ -441,7 +441,9 @@ impl Worker {
         let p = &mut self.pending;
         let before = p.samples.len();
         p.samples.retain(|(u, _)| scope.owns(u));
-        p.records -= before - p.samples.len();
+        // `records` counts what this commit took in, not what a failed
+        // one handed back (`requeue_all`): it may be below `samples`.
+        p.records = p.records.saturating_sub(before - p.samples.len());
         p.events.retain(|e| match &e.change {
             Change::Transition(t) => scope.owns(&t.unit_id()),
             Change::Incident(_) => true,

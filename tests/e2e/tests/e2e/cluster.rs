@@ -18,7 +18,7 @@ use std::time::{Duration, Instant};
 
 use muster_collector::cluster::partition;
 use muster_proto::UnitId;
-use muster_testkit::{NatsCluster, Postgres, TempDir, eventually_blocking};
+use muster_testkit::{NatsCluster, Postgres, ProxyMode, TcpProxy, TempDir, eventually_blocking};
 use serde_json::Value;
 
 use crate::procs::{
@@ -96,6 +96,8 @@ struct Rig {
     collectors: Vec<CollectorProc>,
     agents: Vec<(AgentSpec, Option<AgentProc>)>,
     partitions: u32,
+    /// Between the collectors and PostgreSQL, when the test cuts them off.
+    pg_proxy: Option<TcpProxy>,
 }
 
 const IDS: [&str; 2] = ["collector-1", "collector-2"];
@@ -103,16 +105,29 @@ const IDS: [&str; 2] = ["collector-1", "collector-2"];
 impl Rig {
     /// `ingest[i]`: keys set in collector i's `[ingest]`.
     fn start(agents: usize, ingest: [&[(&str, &str)]; 2]) -> Rig {
+        Rig::start_with(agents, ingest, false)
+    }
+
+    /// With `pg_proxy`, the collectors reach PostgreSQL through a
+    /// [`TcpProxy`] the test can black-hole.
+    fn start_with(agents: usize, ingest: [&[(&str, &str)]; 2], pg_proxy: bool) -> Rig {
         let dir = TempDir::new().unwrap();
         let nats = NatsCluster::start_with(3, &nats_mappings());
         let pg = Postgres::start();
+        let pg_proxy = pg_proxy.then(|| TcpProxy::start(pg.port()));
+        let pg_url = match &pg_proxy {
+            Some(p) => pg
+                .url()
+                .replace(&format!(":{}/", pg.port()), &format!(":{}/", p.port())),
+            None => pg.url(),
+        };
         let urls: Vec<String> = (0..3).map(|i| nats.nats_url(i)).collect();
         let mut collectors = Vec::new();
         for (id, extra_ingest) in IDS.into_iter().zip(ingest) {
             let d = dir.path().join(id);
             std::fs::create_dir_all(&d).unwrap();
             let cfg = d.join("collector.toml");
-            std::fs::write(&cfg, collector_toml(id, &urls, &pg.url(), &d, extra_ingest)).unwrap();
+            std::fs::write(&cfg, collector_toml(id, &urls, &pg_url, &d, extra_ingest)).unwrap();
             collectors.push(CollectorProc::spawn(&cfg, false));
         }
         let partitions = {
@@ -127,6 +142,7 @@ impl Rig {
             collectors,
             agents: Vec::new(),
             partitions,
+            pg_proxy,
         };
         rig.wait_split(&IDS);
         let mqtt: Vec<String> = (0..3).map(|i| rig.nats.mqtt_url(i)).collect();
@@ -526,6 +542,78 @@ fn a_paused_collector_cannot_write_once_its_lease_is_gone() {
     println!(
         "collector-2 resumed: {} commit(s) refused by the fence",
         fenced - fenced0
+    );
+    rig.wait_split(&IDS);
+    rig.wait_nothing_missing(0);
+}
+
+/// PostgreSQL unreachable (black-holed between both collectors and it):
+/// once their leases run out on their own clocks they stop pulling and
+/// acking (no ack is published for a while; JetStream holds the data) and
+/// report not ready; when it is reachable again they resume by themselves
+/// and nothing is missing.
+#[test]
+fn postgres_unreachable_stops_acking_and_pulling_and_resumes_by_itself() {
+    let mut rig = Rig::start_with(10, [&[], &[]], true);
+    rig.wait_all_seen(0, 3);
+    rig.pg_proxy.as_ref().unwrap().set(ProxyMode::BlackHole);
+    let t0 = Instant::now();
+    for c in 0..2 {
+        let addr = rig.collectors[c].addr;
+        eventually_blocking(
+            &format!("{} not ready", IDS[c]),
+            Duration::from_secs(30),
+            || match http_get(addr, "/readyz", None) {
+                Some((503, body)) if body.contains("\"leases\":false") => Ok(()),
+                other => Err(format!("{other:?}")),
+            },
+        );
+    }
+    println!(
+        "both collectors not ready {:.2} s after PostgreSQL went dark",
+        t0.elapsed().as_secs_f64()
+    );
+    let acks = |rig: &Rig| -> Vec<f64> {
+        (0..2)
+            .map(|c| rig.metric(c, "muster_acks_published_total").unwrap_or(-1.0))
+            .collect()
+    };
+    let a0 = acks(&rig);
+    let owned: Vec<f64> = (0..2)
+        .map(|c| {
+            rig.metric(c, "muster_cluster_partitions_owned")
+                .unwrap_or(-1.0)
+        })
+        .collect();
+    assert_eq!(
+        owned,
+        [0.0, 0.0],
+        "partitions still acted on without PostgreSQL"
+    );
+    // An observation window, not a synchronisation: agents publish every
+    // second, so three seconds of no acks is what "stops acking" means.
+    std::thread::sleep(Duration::from_secs(3));
+    assert_eq!(
+        acks(&rig),
+        a0,
+        "acks published while PostgreSQL was unreachable"
+    );
+    rig.pg_proxy.as_ref().unwrap().set(ProxyMode::Forward);
+    let t1 = Instant::now();
+    for c in 0..2 {
+        let addr = rig.collectors[c].addr;
+        eventually_blocking(
+            &format!("{} ready again", IDS[c]),
+            Duration::from_secs(60),
+            || match http_get(addr, "/readyz", None) {
+                Some((200, _)) => Ok(()),
+                other => Err(format!("{other:?}")),
+            },
+        );
+    }
+    println!(
+        "both ready again {:.2} s after PostgreSQL came back",
+        t1.elapsed().as_secs_f64()
     );
     rig.wait_split(&IDS);
     rig.wait_nothing_missing(0);
