@@ -48,6 +48,7 @@ fn collector_toml(
     postgres: &str,
     dir: &Path,
     extra_ingest: &[(&str, &str)],
+    webhook: Option<&str>,
 ) -> String {
     let text = std::fs::read_to_string(packaging("collector.toml")).unwrap();
     let mut t: toml::Table = toml::from_str(&text).expect("the shipped example parses");
@@ -60,6 +61,13 @@ fn collector_toml(
     let agency = agency.as_table_mut().unwrap();
     agency.insert("name".into(), AGENCY.into());
     agency.insert("token".into(), FIRE.into());
+    if let Some(url) = webhook {
+        let mut w = toml::Table::new();
+        w.insert("url".into(), url.into());
+        w.insert("secret".into(), "cluster-hook-secret-0123456789".into());
+        w.insert("batch_window".into(), "200ms".into());
+        agency.insert("webhook".into(), w.into());
+    }
     let key = muster_testkit::write_test_collector_key(&dir.join("keys"));
     t["signing"]
         .as_table_mut()
@@ -98,6 +106,95 @@ struct Rig {
     partitions: u32,
     /// Between the collectors and PostgreSQL, when the test cuts them off.
     pg_proxy: Option<TcpProxy>,
+    /// The agency's webhook receiver, when configured.
+    hooks: Option<Hooks>,
+}
+
+/// A transition as notified: (unit, from, to, at_ms).
+type Noted = (String, String, String, u64);
+
+/// A webhook receiver on 127.0.0.1:0 (plain std threads): every request's
+/// `X-Muster-Delivery` and JSON body, answered 200.
+#[derive(Clone, Default)]
+struct Hooks {
+    got: std::sync::Arc<std::sync::Mutex<Vec<(String, Value)>>>,
+}
+
+impl Hooks {
+    fn start() -> (Hooks, String) {
+        use std::io::{BufRead, BufReader, Read, Write};
+        let l = std::net::TcpListener::bind("127.0.0.1:0").unwrap();
+        let url = format!("http://{}/hook", l.local_addr().unwrap());
+        let hooks = Hooks::default();
+        let got = hooks.got.clone();
+        std::thread::spawn(move || {
+            for s in l.incoming().flatten() {
+                let got = got.clone();
+                std::thread::spawn(move || {
+                    let mut r = BufReader::new(s);
+                    loop {
+                        let (mut len, mut delivery) = (0usize, String::new());
+                        let mut line = String::new();
+                        if r.read_line(&mut line).unwrap_or(0) == 0 {
+                            return;
+                        }
+                        loop {
+                            line.clear();
+                            if r.read_line(&mut line).unwrap_or(0) == 0 {
+                                return;
+                            }
+                            let l = line.trim_end();
+                            if l.is_empty() {
+                                break;
+                            }
+                            if let Some((k, v)) = l.split_once(':') {
+                                match k.to_ascii_lowercase().as_str() {
+                                    "content-length" => len = v.trim().parse().unwrap_or(0),
+                                    "x-muster-delivery" => delivery = v.trim().to_owned(),
+                                    _ => {}
+                                }
+                            }
+                        }
+                        let mut body = vec![0u8; len];
+                        if r.read_exact(&mut body).is_err() {
+                            return;
+                        }
+                        let v = serde_json::from_slice(&body).unwrap_or(Value::Null);
+                        got.lock().unwrap().push((delivery, v));
+                        let _ = r
+                            .get_mut()
+                            .write_all(b"HTTP/1.1 200 OK\r\nContent-Length: 0\r\n\r\n");
+                    }
+                });
+            }
+        });
+        (hooks, url)
+    }
+
+    /// Every transition delivered, as (unit, from, to, at_ms), and the
+    /// delivery ids.
+    fn transitions(&self) -> (Vec<Noted>, Vec<String>) {
+        let got = self.got.lock().unwrap();
+        let mut out = Vec::new();
+        for (_, v) in got.iter() {
+            let mut all: Vec<&Value> = v["transitions"]
+                .as_array()
+                .map(|a| a.iter().collect())
+                .unwrap_or_default();
+            for g in v["incidents"].as_array().into_iter().flatten() {
+                all.extend(g["transitions"].as_array().into_iter().flatten());
+            }
+            for t in all {
+                out.push((
+                    t["unit"].as_str().unwrap_or_default().to_owned(),
+                    t["from"].as_str().unwrap_or_default().to_owned(),
+                    t["to"].as_str().unwrap_or_default().to_owned(),
+                    t["at_ms"].as_u64().unwrap_or(0),
+                ));
+            }
+        }
+        (out, got.iter().map(|(d, _)| d.clone()).collect())
+    }
 }
 
 const IDS: [&str; 2] = ["collector-1", "collector-2"];
@@ -111,6 +208,23 @@ impl Rig {
     /// With `pg_proxy`, the collectors reach PostgreSQL through a
     /// [`TcpProxy`] the test can black-hole.
     fn start_with(agents: usize, ingest: [&[(&str, &str)]; 2], pg_proxy: bool) -> Rig {
+        Rig::start_full(agents, ingest, pg_proxy, false)
+    }
+
+    /// With `webhook`, the agency's notifications go to a [`Hooks`].
+    fn start_full(
+        agents: usize,
+        ingest: [&[(&str, &str)]; 2],
+        pg_proxy: bool,
+        webhook: bool,
+    ) -> Rig {
+        let (hooks, hook_url) = match webhook {
+            true => {
+                let (h, u) = Hooks::start();
+                (Some(h), Some(u))
+            }
+            false => (None, None),
+        };
         let dir = TempDir::new().unwrap();
         let nats = NatsCluster::start_with(3, &nats_mappings());
         let pg = Postgres::start();
@@ -127,7 +241,11 @@ impl Rig {
             let d = dir.path().join(id);
             std::fs::create_dir_all(&d).unwrap();
             let cfg = d.join("collector.toml");
-            std::fs::write(&cfg, collector_toml(id, &urls, &pg_url, &d, extra_ingest)).unwrap();
+            std::fs::write(
+                &cfg,
+                collector_toml(id, &urls, &pg_url, &d, extra_ingest, hook_url.as_deref()),
+            )
+            .unwrap();
             collectors.push(CollectorProc::spawn(&cfg, false));
         }
         let partitions = {
@@ -143,6 +261,7 @@ impl Rig {
             agents: Vec::new(),
             partitions,
             pg_proxy,
+            hooks,
         };
         rig.wait_split(&IDS);
         let mqtt: Vec<String> = (0..3).map(|i| rig.nats.mqtt_url(i)).collect();
@@ -283,9 +402,10 @@ impl Rig {
 }
 
 impl Drop for Rig {
-    /// A failing test keeps its processes' logs and configs.
+    /// A failing test (or any, with MUSTER_E2E_KEEP set) keeps its
+    /// processes' logs and configs.
     fn drop(&mut self) {
-        if std::thread::panicking() {
+        if std::thread::panicking() || std::env::var_os("MUSTER_E2E_KEEP").is_some() {
             let dir = std::mem::replace(&mut self.dir, TempDir::new().unwrap());
             eprintln!("cluster rig kept for inspection: {}", dir.keep().display());
         }
@@ -302,7 +422,7 @@ fn status(v: &Value) -> String {
 /// and an SSE client on one collector sees a transition the other decided.
 #[test]
 fn a_killed_collectors_partitions_are_taken_over_and_nothing_is_missing() {
-    let mut rig = Rig::start(20, [&[], &[]]);
+    let mut rig = Rig::start_full(20, [&[], &[]], false, true);
     rig.wait_all_seen(0, 3);
     rig.wait_all_seen(1, 3);
 
@@ -330,6 +450,33 @@ fn a_killed_collectors_partitions_are_taken_over_and_nothing_is_missing() {
     println!(
         "SSE on collector-1 saw collector-2's transition: {}",
         seen.data
+    );
+
+    // Webhooks while both collectors run: the transition is notified, and
+    // in the two seconds after (an observation window: two senders would
+    // each send within a batch window, 200 ms, of reading it) not again.
+    let hooks = rig.hooks.clone().unwrap();
+    let notified = |hooks: &Hooks| {
+        hooks
+            .transitions()
+            .0
+            .iter()
+            .filter(|t| t.0 == unit && t.2 == "lost")
+            .count()
+    };
+    eventually_blocking(
+        "the transition notified",
+        Duration::from_secs(30),
+        || match notified(&hooks) {
+            0 => Err("not yet"),
+            _ => Ok(()),
+        },
+    );
+    std::thread::sleep(Duration::from_secs(2));
+    assert_eq!(
+        notified(&hooks),
+        1,
+        "{unit}'s transition notified more than once"
     );
 
     // Must-show 1: kill -9 collector-2.
@@ -377,6 +524,57 @@ fn a_killed_collectors_partitions_are_taken_over_and_nothing_is_missing() {
     );
 
     rig.wait_nothing_missing(0);
+
+    // Webhooks: every transition in the feed's event log was notified,
+    // once, whichever collector decided it and whatever died meanwhile.
+    let events = rig.collectors[0].get("/api/v1/events?limit=1000");
+    let want: Vec<Noted> = events["items"]
+        .as_array()
+        .unwrap()
+        .iter()
+        .filter(|e| e["type"] == "transition")
+        .map(|e| {
+            (
+                e["unit"].as_str().unwrap().to_owned(),
+                e["from"].as_str().unwrap().to_owned(),
+                e["to"].as_str().unwrap().to_owned(),
+                e["at_ms"].as_u64().unwrap(),
+            )
+        })
+        .collect();
+    assert!(want.len() >= 4, "transitions in the event log: {events}");
+    let hooks = rig.hooks.clone().unwrap();
+    let (got, deliveries) =
+        eventually_blocking("every transition notified", Duration::from_secs(30), || {
+            let (got, d) = hooks.transitions();
+            if want.iter().all(|w| got.contains(w)) {
+                Ok((got, d))
+            } else {
+                Err(format!(
+                    "{} of {} notified",
+                    want.iter().filter(|w| got.contains(w)).count(),
+                    want.len()
+                ))
+            }
+        });
+    let mut seen = std::collections::BTreeSet::new();
+    for t in &got {
+        assert!(
+            seen.insert(t.clone()),
+            "notified twice: {t:?} (deliveries {deliveries:?})"
+        );
+    }
+    let ids: std::collections::BTreeSet<&String> = deliveries.iter().collect();
+    assert_eq!(
+        ids.len(),
+        deliveries.len(),
+        "a delivery id came twice: {deliveries:?}"
+    );
+    println!(
+        "webhooks: {} transitions in {} notifications, each once",
+        got.len(),
+        deliveries.len()
+    );
 }
 
 /// Must-show 2: kill -9 a NATS node. Agents on it fail over to the others,
@@ -558,10 +756,10 @@ fn postgres_unreachable_stops_acking_and_pulling_and_resumes_by_itself() {
     rig.wait_all_seen(0, 3);
     rig.pg_proxy.as_ref().unwrap().set(ProxyMode::BlackHole);
     let t0 = Instant::now();
-    for c in 0..2 {
+    for (c, id) in IDS.iter().enumerate() {
         let addr = rig.collectors[c].addr;
         eventually_blocking(
-            &format!("{} not ready", IDS[c]),
+            &format!("{id} not ready"),
             Duration::from_secs(30),
             || match http_get(addr, "/readyz", None) {
                 Some((503, body)) if body.contains("\"leases\":false") => Ok(()),
@@ -600,10 +798,10 @@ fn postgres_unreachable_stops_acking_and_pulling_and_resumes_by_itself() {
     );
     rig.pg_proxy.as_ref().unwrap().set(ProxyMode::Forward);
     let t1 = Instant::now();
-    for c in 0..2 {
+    for (c, id) in IDS.iter().enumerate() {
         let addr = rig.collectors[c].addr;
         eventually_blocking(
-            &format!("{} ready again", IDS[c]),
+            &format!("{id} ready again"),
             Duration::from_secs(60),
             || match http_get(addr, "/readyz", None) {
                 Some((200, _)) => Ok(()),
