@@ -320,6 +320,9 @@ pub struct EnrollConfig {
     pub max_pending: usize,
     /// Agency name -> its enrolment settings, for agencies with an `enroll_token`.
     pub agencies: BTreeMap<String, AgencyEnroll>,
+    /// Cluster mode: claims for unit ids NATS 2.9 cannot carry are refused
+    /// (`cluster::partition::check_id`).
+    pub nats_ids: bool,
 }
 
 impl Default for EnrollConfig {
@@ -327,6 +330,7 @@ impl Default for EnrollConfig {
         EnrollConfig {
             max_pending: 10_000,
             agencies: BTreeMap::new(),
+            nats_ids: false,
         }
     }
 }
@@ -777,9 +781,14 @@ impl RawConfig {
         }
 
         // [store]
-        let path = store
-            .path
-            .ok_or_else(|| invalid("store.path", "is required (the data directory)"))?;
+        // Cluster mode keeps its state in PostgreSQL: no data directory.
+        let path = match (store.path, cluster.is_some()) {
+            (Some(p), _) => p,
+            (None, true) => PathBuf::new(),
+            (None, false) => {
+                return Err(invalid("store.path", "is required (the data directory)"));
+            }
+        };
         let sample_retention = duration_or(
             "store.sample_retention",
             store.sample_retention.as_deref(),
@@ -914,6 +923,7 @@ impl RawConfig {
             .map(|c| c.validate())
             .transpose()
             .map_err(|e| invalid(e.key, e.message))?;
+        enroll_cfg.nats_ids = cluster.is_some();
         for (i, a) in agency.into_iter().enumerate() {
             muster_proto::ids::validate_part("agency", &a.name)
                 .map_err(|e| invalid(format!("agency[{i}].name"), e.to_string()))?;
@@ -1055,6 +1065,26 @@ token = "fire-token-0123456789"
 name = "county-police"
 token = "police-token-0123456789"
 "#;
+
+    const CLUSTER: &str = "[cluster]\nid = \"c1\"\nnats = [\"nats://127.0.0.1:4222\"]\npostgres = \"postgres://muster@127.0.0.1:5432/muster\"\n";
+
+    #[test]
+    fn cluster_mode_is_chosen_by_config_and_refuses_agencies_nats_cannot_carry() {
+        assert!(Config::parse(GOOD).unwrap().cluster.is_none());
+        let c = Config::parse(&format!("{GOOD}{CLUSTER}")).unwrap();
+        assert_eq!(c.cluster.unwrap().id, "c1");
+        assert!(c.enroll.nats_ids);
+        let dotted = GOOD.replace("metro-fire", "metro.fire");
+        assert!(Config::parse(&dotted).is_ok(), "fine on a single node");
+        match Config::parse(&format!("{dotted}{CLUSTER}")) {
+            Err(ConfigError::Invalid { key, .. }) => assert_eq!(key, "agency[0].name"),
+            other => panic!("{:?}", other.err()),
+        }
+        match Config::parse(&format!("{GOOD}{}", CLUSTER.replace("c1", "c 1"))) {
+            Err(ConfigError::Invalid { key, .. }) => assert_eq!(key, "cluster.id"),
+            other => panic!("{:?}", other.err()),
+        }
+    }
 
     #[test]
     fn good_config_validates() {

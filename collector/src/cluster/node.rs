@@ -35,8 +35,13 @@
 //!   change stream (SSE) is the store's event log tailed by id
 //!   ([`EVENT_TAIL`]), so a client on any collector sees every collector's
 //!   transitions, in one order.
-//! * **Webhooks** are sent by one collector, the coordinator
-//!   ([`super::webhooks`]), from the store's event log.
+//! * **Webhooks** are sent by one collector, the coordinator (the holder
+//!   of partition 0's lease: [`super::webhooks`]), from the store's event
+//!   log; retention rounds run there too.
+//! * **Agency-wide incidents** (`[rules.incidents]`) are not evaluated in
+//!   cluster mode: an agency's units span partitions, so no collector sees
+//!   a whole agency's probe results. Units are flagged one by one as on a
+//!   single node; a warning at start says so.
 //! * **Stopping** cleanly: the feed stops, pulls stop, the worker commits
 //!   what it holds, then the collector leaves the lease table (leases
 //!   released, heartbeat removed), so the others take its partitions at
@@ -290,8 +295,14 @@ pub async fn run(
         held: Arc::clone(&held),
         partitions: cl.stream.partitions,
     });
+    let mut rules = cfg.rules.clone();
+    if rules.incidents.take().is_some() {
+        warn!(
+            "[rules.incidents] is not evaluated in cluster mode: an agency's units span partitions and collectors (ARCHITECTURE.md, \"Cluster mode\"); units are still flagged one by one."
+        );
+    }
     let worker = Worker::clustered(
-        Engine::new(cfg.rules.clone()),
+        Engine::new(rules),
         Arc::clone(&shared),
         Arc::clone(&clock),
         out_tx,
@@ -343,6 +354,15 @@ pub async fn run(
             stop_webhooks.clone(),
         ))
     });
+    let retention = tokio::spawn(coordinate_retention(
+        Arc::clone(&shared),
+        Arc::clone(&held),
+        Arc::clone(&clock),
+        crate::app::retention(&cfg),
+        cfg.store.event_retention,
+        cfg.store.prune_interval,
+        stop_feed.clone(),
+    ));
     let view = tokio::spawn(refresh_view(
         Arc::clone(&store),
         Arc::clone(&scope),
@@ -377,7 +397,12 @@ pub async fn run(
     let _ = state_pull.await;
     let table = leases.await.map_err(|e| AppError::Task(e.to_string()))?;
     stop_ingest.cancel();
-    for (name, t) in [("ingest worker", worker), ("view", view), ("tail", tail)] {
+    for (name, t) in [
+        ("ingest worker", worker),
+        ("view", view),
+        ("tail", tail),
+        ("retention", retention),
+    ] {
         if let Err(e) = t.await {
             warn!(task = name, error = %e, "Task failed.");
         }
@@ -713,6 +738,49 @@ async fn lease_loop(l: LeaseLoop) -> Option<(LeaseTable, tokio_postgres::Client)
         let _ = task.await;
     }
     client.map(|c| (table, c))
+}
+
+/// Retention rounds (`crate::app::prune_loop`) while this collector is
+/// the coordinator (partition 0's lease): one collector rolls up and
+/// prunes the shared store, not every one.
+async fn coordinate_retention(
+    shared: Arc<Shared>,
+    held: Arc<HeldEpochs>,
+    clock: SharedClock,
+    retention: crate::store::rollup::Retention,
+    event_retention: Duration,
+    every: Duration,
+    stop: CancellationToken,
+) {
+    let coordinator = super::webhooks::COORDINATOR_PARTITION;
+    let mut check = tokio::time::interval(Duration::from_secs(1));
+    check.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
+    loop {
+        tokio::select! {
+            _ = check.tick() => {}
+            _ = stop.cancelled() => return,
+        }
+        let Some(epoch) = held.get(coordinator) else {
+            continue;
+        };
+        let round = stop.child_token();
+        let task = tokio::spawn(crate::app::prune_loop(
+            Arc::clone(&shared),
+            Arc::clone(&clock),
+            retention,
+            event_retention,
+            every,
+            round.clone(),
+        ));
+        while held.get(coordinator) == Some(epoch) && !stop.is_cancelled() {
+            tokio::select! {
+                _ = check.tick() => {}
+                _ = stop.cancelled() => {}
+            }
+        }
+        round.cancel();
+        let _ = task.await;
+    }
 }
 
 /// Every [`VIEW_REFRESH`]: units other collectors own, from the store.

@@ -117,6 +117,12 @@ pub async fn claim(
         refuse(&st, &req.unit, &agency, Outcome::Invalid, &e);
         ApiError::bad_request(format!("unit: {e}"))
     })?;
+    if st.enroll.nats_ids
+        && let Err(e) = crate::cluster::partition::check_id(&unit)
+    {
+        refuse(&st, &req.unit, &agency, Outcome::Invalid, &e);
+        return Err(ApiError::bad_request(format!("unit: {e}")));
+    }
     if !is_sha256_hex(&req.credential_sha256) {
         refuse(&st, &unit.unit, &agency, Outcome::Invalid, &"bad hash");
         return Err(ApiError::bad_request(

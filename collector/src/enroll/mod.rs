@@ -30,6 +30,8 @@ pub struct Enroll {
     pub registry: Arc<Registry>,
     agencies: BTreeMap<String, AgencyEnroll>,
     log: Mutex<RefusalLog<registry::Outcome>>,
+    /// Cluster mode: refuse ids NATS cannot carry (`EnrollConfig::nats_ids`).
+    pub nats_ids: bool,
 }
 
 impl Enroll {
@@ -38,6 +40,7 @@ impl Enroll {
             registry,
             agencies: cfg.agencies.clone(),
             log: Mutex::new(RefusalLog::new(log_interval_ms)),
+            nats_ids: cfg.nats_ids,
         }
     }
 

@@ -341,3 +341,23 @@ async fn approval_revocation_cap_and_restart() {
     assert_eq!(c.metric(&m("revoked")).await, 2.0);
     assert_eq!(c.metric(&m("revoked_credential")).await, 1.0);
 }
+
+/// Cluster mode (`[cluster]` configured): a claim for a unit id NATS 2.9
+/// cannot carry (a `.`, which its MQTT listener refuses in topics) is
+/// refused with 400 saying why, and the same agency's plain ids still
+/// enrol. (The harness runs the single-node app: only the feed's answer
+/// to the claim is under test here.)
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn in_cluster_mode_a_unit_id_nats_cannot_carry_is_refused() {
+    let extra = format!(
+        "{EXTRA}\n[cluster]\nid = \"c1\"\nnats = [\"nats://127.0.0.1:1\"]\npostgres = \"postgres://x@127.0.0.1:1/x\"\n"
+    );
+    let w = World::start(&extra).await;
+    let api = Api::new(w.c()).await;
+    let (_, h) = credential(3);
+    let (s, v) = api.claim(POLICE_ENROL, "E.12", &h).await;
+    assert_eq!(s, 400, "{v}");
+    assert!(v.to_string().contains("NATS 2.9"), "{v}");
+    let (s, v) = api.claim(POLICE_ENROL, "E12", &h).await;
+    assert_eq!(s, 201, "{v}");
+}
