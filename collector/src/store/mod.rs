@@ -272,8 +272,9 @@ pub trait Store: Send + Sync + 'static {
     ) -> Result<PruneStats, StoreError>;
     /// One retention round (`rollup` module docs): rolls every minute that
     /// got records since it was last rolled (and their hours), then drops
-    /// raw records, minute and hour rollups older than `cut`. Each unit's
-    /// round is one atomic batch.
+    /// raw records, minute and hour rollups older than `cut`. In the fjall
+    /// store each unit's round is one atomic batch; `PgStore`'s transactions
+    /// are bounded batches of minutes, each leaving its hours consistent.
     fn retain(&self, cut: &rollup::Cutoffs) -> Result<RetainStats, StoreError>;
     /// A unit's rollups at `res` with start in `since_ms..=until_ms`, oldest
     /// first, at most `limit`, and whether more remain.
