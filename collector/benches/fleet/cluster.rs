@@ -31,20 +31,19 @@
 //! by [`self_test`].
 
 use std::collections::{HashMap, HashSet};
-use std::path::{Path, PathBuf};
+use std::path::Path;
 use std::sync::atomic::{AtomicU64, Ordering};
 use std::sync::{Arc, Mutex};
 use std::time::{Duration, Instant};
 
 use futures_util::StreamExt;
-use muster_proto::{BootId, TopicKind, UnitId, topic};
+use muster_proto::BootId;
 use muster_testkit::{NatsCluster, Postgres, TempDir, http, rss_kib};
-use rumqttc::QoS;
 
 use crate::acks::Conn;
 use crate::harness::{Collector, RULES, connect, drain, take_latencies, totals};
 use crate::procfs;
-use crate::{ADMIN, Args, agency, lat3, layout, mib, now_ms, payload, sample, unit_id};
+use crate::{ADMIN, Args, agency, lat3, layout, mib};
 
 /// What the baseline subscribes to: every partitioned telemetry subject
 /// (`muster.v1.<agency>.<unit>.telemetry.<partition>`), what the stream
@@ -59,53 +58,16 @@ const READY_WITHIN: Duration = Duration::from_secs(90);
 /// How long the two collectors may take to split the partitions.
 const SPLIT_WITHIN: Duration = Duration::from_secs(60);
 
-fn packaging(file: &str) -> PathBuf {
-    Path::new(env!("CARGO_MANIFEST_DIR"))
-        .join("../packaging/cluster")
-        .join(file)
-}
-
-/// The mapping block of the shipped NATS node config.
-fn nats_mappings() -> String {
-    let text = std::fs::read_to_string(packaging("nats-server.conf")).unwrap();
-    let at = text
-        .find("mappings = {")
-        .expect("packaging/cluster/nats-server.conf has a mappings block");
-    text[at..].to_owned()
-}
-
-/// The shipped cluster example, re-addressed for collector `id`, its key
-/// and store in `dir`; with the bench's rule. Also the partition count.
+/// The shipped cluster example re-addressed (`muster_testkit::cluster_example`),
+/// with the bench's rule; and the partition count.
 fn collector_toml(id: &str, nats: &[String], postgres: &str, dir: &Path) -> (String, u32) {
-    let text = std::fs::read_to_string(packaging("collector.toml")).unwrap();
-    let mut t: toml::Table = toml::from_str(&text).expect("the shipped example parses");
-    t.insert("admin_token".into(), ADMIN.into());
-    t["http"]
-        .as_table_mut()
-        .unwrap()
-        .insert("listen".into(), "127.0.0.1:0".into());
-    let key = muster_testkit::write_test_collector_key(&dir.join("keys"));
-    t["signing"]
-        .as_table_mut()
-        .unwrap()
-        .insert("key_file".into(), key.display().to_string().into());
-    let mut store = toml::Table::new();
-    store.insert(
-        "path".into(),
-        dir.join("store").display().to_string().into(),
-    );
-    t.insert("store".into(), store.into());
+    let mut t = muster_testkit::cluster_example::collector_toml(id, ADMIN, nats, postgres, dir);
     let rules: toml::Table = toml::from_str(RULES).expect("the bench's rule parses");
     t.insert("rules".into(), rules["rules"].clone());
-    let c = t["cluster"].as_table_mut().unwrap();
-    c.insert("id".into(), id.into());
-    c.insert(
-        "nats".into(),
-        toml::Value::Array(nats.iter().map(|u| u.as_str().into()).collect()),
-    );
-    c.insert("postgres".into(), postgres.into());
-    let partitions = c["partitions"].as_integer().expect("cluster.partitions") as u32;
-    (toml::to_string(&t).unwrap(), partitions)
+    (
+        toml::to_string(&t).expect("render the config"),
+        muster_testkit::cluster_example::partitions(),
+    )
 }
 
 /// `owner|count` lines (psql, unaligned) -> (owner, partitions), as listed.
@@ -189,7 +151,7 @@ pub async fn run(n: usize, a: &Args) {
     );
     let dir = TempDir::new().unwrap();
     let t0 = Instant::now();
-    let nats = NatsCluster::start_with(3, &nats_mappings());
+    let nats = NatsCluster::start_with(3, &muster_testkit::cluster_example::nats_mappings());
     let pg = Postgres::start();
     let urls: Vec<String> = (0..3).map(|i| nats.nats_url(i)).collect();
     let mut collectors = Vec::new();
@@ -300,74 +262,15 @@ pub async fn run(n: usize, a: &Args) {
     let cpu0: Vec<f64> = collectors.iter().map(|c| procfs::cpu_s(c.pid())).collect();
     let run_for = Duration::from_secs(a.seconds);
     let start = Instant::now();
-    let mut tasks = Vec::new();
-    for (c, units) in layout.iter().enumerate() {
-        let (violate, sent_at) = (violate.clone(), sent_at.clone());
-        let (client, conn) = (clients[c].clone(), conns[c].clone());
-        let units = units.clone();
-        let interval = a.interval_ms;
-        tasks.push(tokio::spawn(async move {
-            let ids: Vec<UnitId> = units.iter().map(|&i| unit_id(c, i)).collect();
-            let topics: Vec<String> = ids
-                .iter()
-                .map(|u| topic::unit_topic(u, TopicKind::Telemetry))
-                .collect();
-            // Unit i of n sends at offset i * interval / n in each interval.
-            let mut due: Vec<(u64, usize)> = units
-                .iter()
-                .enumerate()
-                .map(|(j, &i)| (i as u64 * interval / n as u64, j))
-                .collect();
-            due.sort_unstable();
-            let (mut next, mut cycle) = (0usize, 0u64);
-            let mut tick = tokio::time::interval(Duration::from_millis(10));
-            loop {
-                tick.tick().await;
-                let elapsed = start.elapsed();
-                if elapsed >= run_for {
-                    return;
-                }
-                let now = elapsed.as_millis() as u64;
-                while cycle * interval + due[next].0 <= now {
-                    let j = due[next].1;
-                    let bad = violate.lock().unwrap().remove(&units[j]);
-                    let (boot, seq) = conn.lock().unwrap().next_live(j, Instant::now());
-                    let r = sample(boot, seq, if bad { 99 } else { 20 }, now_ms());
-                    if bad {
-                        sent_at
-                            .lock()
-                            .unwrap()
-                            .insert(ids[j].to_string(), Instant::now());
-                    }
-                    let _ = client
-                        .publish(&topics[j], QoS::AtLeastOnce, false, payload(&ids[j], r))
-                        .await;
-                    next += 1;
-                    if next == due.len() {
-                        next = 0;
-                        cycle += 1;
-                    }
-                }
-            }
-        }));
-    }
-    // Mark 5 units a second to violate, after a warm-up interval.
-    let marker = {
-        let violate = violate.clone();
-        let interval = a.interval_ms;
-        tokio::spawn(async move {
-            tokio::time::sleep(Duration::from_millis(interval)).await;
-            let mut k = 0usize;
-            loop {
-                tokio::time::sleep(Duration::from_millis(200)).await;
-                if start.elapsed() + Duration::from_millis(interval) >= run_for {
-                    return;
-                }
-                violate.lock().unwrap().insert((k * 7919) % n);
-                k += 1;
-            }
-        })
-    };
+    let (tasks, marker) = crate::harness::steady_load(
+        &layout,
+        &clients,
+        &conns,
+        (&violate, &sent_at),
+        (start, run_for),
+        a.interval_ms,
+        n,
+    );
     // The database once every unit has sent (and been stored) twice: its
     // one-time rows are in, what follows is the steady growth.
     let warm = Duration::from_millis(2 * a.interval_ms);

@@ -24,6 +24,11 @@ use rumqttc::{AsyncClient, Event, MqttOptions, Packet, QoS};
 use crate::acks::Conn;
 use crate::{ADMIN, procfs};
 
+/// Units marked to send a violating value next (by index).
+pub type Violations = Arc<Mutex<std::collections::HashSet<usize>>>;
+/// When each violating sample was handed to the client (by unit).
+pub type SentAt = Arc<Mutex<std::collections::HashMap<String, Instant>>>;
+
 /// `mosquitto_sub` counting every telemetry message it receives.
 pub struct Sub {
     child: Child,
@@ -272,4 +277,93 @@ pub async fn drain(
         }
     }
     (last, moved)
+}
+
+/// The steady load of the default and `--cluster` modes, until `run_for`
+/// after `start`: on each connection, each of its units publishes one
+/// sample every `interval` ms, unit i of n at offset i × interval / n; a
+/// unit marked in `violate` sends one violating value (its send time goes
+/// into `sent_at`). And the marker: 5 units a second, after a warm-up
+/// interval. The publishers' tasks, and the marker's.
+pub fn steady_load(
+    layout: &[Vec<usize>],
+    clients: &[AsyncClient],
+    conns: &[Arc<Mutex<Conn>>],
+    (violate, sent_at): (&Violations, &SentAt),
+    (start, run_for): (Instant, Duration),
+    interval: u64,
+    n: usize,
+) -> (
+    Vec<tokio::task::JoinHandle<()>>,
+    tokio::task::JoinHandle<()>,
+) {
+    use crate::{now_ms, payload, sample, unit_id};
+    use muster_proto::UnitId;
+    let mut tasks = Vec::new();
+    for (c, units) in layout.iter().enumerate() {
+        let (violate, sent_at) = (violate.clone(), sent_at.clone());
+        let (client, conn) = (clients[c].clone(), conns[c].clone());
+        let units = units.clone();
+        tasks.push(tokio::spawn(async move {
+            let ids: Vec<UnitId> = units.iter().map(|&i| unit_id(c, i)).collect();
+            let topics: Vec<String> = ids
+                .iter()
+                .map(|u| topic::unit_topic(u, TopicKind::Telemetry))
+                .collect();
+            // Unit i of n sends at offset i * interval / n in each interval.
+            let mut due: Vec<(u64, usize)> = units
+                .iter()
+                .enumerate()
+                .map(|(j, &i)| (i as u64 * interval / n as u64, j))
+                .collect();
+            due.sort_unstable();
+            let (mut next, mut cycle) = (0usize, 0u64);
+            let mut tick = tokio::time::interval(Duration::from_millis(10));
+            loop {
+                tick.tick().await;
+                let elapsed = start.elapsed();
+                if elapsed >= run_for {
+                    return;
+                }
+                let now = elapsed.as_millis() as u64;
+                while cycle * interval + due[next].0 <= now {
+                    let j = due[next].1;
+                    let bad = violate.lock().unwrap().remove(&units[j]);
+                    let (boot, seq) = conn.lock().unwrap().next_live(j, Instant::now());
+                    let r = sample(boot, seq, if bad { 99 } else { 20 }, now_ms());
+                    if bad {
+                        sent_at
+                            .lock()
+                            .unwrap()
+                            .insert(ids[j].to_string(), Instant::now());
+                    }
+                    let _ = client
+                        .publish(&topics[j], QoS::AtLeastOnce, false, payload(&ids[j], r))
+                        .await;
+                    next += 1;
+                    if next == due.len() {
+                        next = 0;
+                        cycle += 1;
+                    }
+                }
+            }
+        }));
+    }
+    // Mark 5 units a second to violate, after a warm-up interval.
+    let marker = {
+        let violate = violate.clone();
+        tokio::spawn(async move {
+            tokio::time::sleep(Duration::from_millis(interval)).await;
+            let mut k = 0usize;
+            loop {
+                tokio::time::sleep(Duration::from_millis(200)).await;
+                if start.elapsed() + Duration::from_millis(interval) >= run_for {
+                    return;
+                }
+                violate.lock().unwrap().insert((k * 7919) % n);
+                k += 1;
+            }
+        })
+    };
+    (tasks, marker)
 }

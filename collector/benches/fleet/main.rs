@@ -329,74 +329,15 @@ async fn run(n: usize, a: &Args) {
     let cpu0 = procfs::cpu_s(collector.pid());
     let run_for = Duration::from_secs(seconds);
     let start = Instant::now();
-    let mut tasks = Vec::new();
-    for (c, units) in layout.iter().enumerate() {
-        let (violate, sent_at) = (violate.clone(), sent_at.clone());
-        let (client, conn) = (clients[c].clone(), conns[c].clone());
-        let units = units.clone();
-        let interval = a.interval_ms;
-        tasks.push(tokio::spawn(async move {
-            let ids: Vec<UnitId> = units.iter().map(|&i| unit_id(c, i)).collect();
-            let topics: Vec<String> = ids
-                .iter()
-                .map(|u| topic::unit_topic(u, TopicKind::Telemetry))
-                .collect();
-            // Unit i of n sends at offset i * interval / n in each interval.
-            let mut due: Vec<(u64, usize)> = units
-                .iter()
-                .enumerate()
-                .map(|(j, &i)| (i as u64 * interval / n as u64, j))
-                .collect();
-            due.sort_unstable();
-            let (mut next, mut cycle) = (0usize, 0u64);
-            let mut tick = tokio::time::interval(Duration::from_millis(10));
-            loop {
-                tick.tick().await;
-                let elapsed = start.elapsed();
-                if elapsed >= run_for {
-                    return;
-                }
-                let now = elapsed.as_millis() as u64;
-                while cycle * interval + due[next].0 <= now {
-                    let j = due[next].1;
-                    let bad = violate.lock().unwrap().remove(&units[j]);
-                    let (boot, seq) = conn.lock().unwrap().next_live(j, Instant::now());
-                    let r = sample(boot, seq, if bad { 99 } else { 20 }, now_ms());
-                    if bad {
-                        sent_at
-                            .lock()
-                            .unwrap()
-                            .insert(ids[j].to_string(), Instant::now());
-                    }
-                    let _ = client
-                        .publish(&topics[j], QoS::AtLeastOnce, false, payload(&ids[j], r))
-                        .await;
-                    next += 1;
-                    if next == due.len() {
-                        next = 0;
-                        cycle += 1;
-                    }
-                }
-            }
-        }));
-    }
-    // Mark 5 units a second to violate, after a warm-up interval.
-    let marker = {
-        let violate = violate.clone();
-        let interval = a.interval_ms;
-        tokio::spawn(async move {
-            tokio::time::sleep(Duration::from_millis(interval)).await;
-            let mut k = 0usize;
-            loop {
-                tokio::time::sleep(Duration::from_millis(200)).await;
-                if start.elapsed() + Duration::from_millis(interval) >= run_for {
-                    return;
-                }
-                violate.lock().unwrap().insert((k * 7919) % n);
-                k += 1;
-            }
-        })
-    };
+    let (tasks, marker) = harness::steady_load(
+        &layout,
+        &clients,
+        &conns,
+        (&violate, &sent_at),
+        (start, run_for),
+        a.interval_ms,
+        n,
+    );
     let mut rss_samples = vec![(Duration::ZERO, collector.rss_kib())];
     if soak.is_some() {
         let mut next_report = SOAK_REPORT;

@@ -21,6 +21,7 @@ use std::time::Duration;
 
 pub use tempfile::TempDir;
 
+pub mod cluster_example;
 pub mod collector_config;
 pub mod eventually;
 pub mod http;

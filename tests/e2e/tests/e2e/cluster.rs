@@ -13,7 +13,7 @@
 //! checked against nats-server's own mapping.
 
 use std::collections::BTreeMap;
-use std::path::{Path, PathBuf};
+use std::path::Path;
 use std::time::{Duration, Instant};
 
 use muster_collector::cluster::partition;
@@ -26,22 +26,9 @@ use crate::procs::{
     http_get,
 };
 
-fn packaging(file: &str) -> PathBuf {
-    Path::new(env!("CARGO_MANIFEST_DIR"))
-        .join("../../packaging/cluster")
-        .join(file)
-}
-
-/// The mapping block of the shipped NATS node config.
-fn nats_mappings() -> String {
-    let text = std::fs::read_to_string(packaging("nats-server.conf")).unwrap();
-    let at = text
-        .find("mappings = {")
-        .expect("the example has a mappings block");
-    text[at..].to_owned()
-}
-
-/// The shipped cluster example, re-addressed for this test.
+/// The shipped cluster example, re-addressed for this test
+/// (`muster_testkit::cluster_example`), with the suite's agency, a webhook
+/// and `[ingest]` keys when asked.
 fn collector_toml(
     id: &str,
     nats: &[String],
@@ -50,13 +37,7 @@ fn collector_toml(
     extra_ingest: &[(&str, &str)],
     webhook: Option<&str>,
 ) -> String {
-    let text = std::fs::read_to_string(packaging("collector.toml")).unwrap();
-    let mut t: toml::Table = toml::from_str(&text).expect("the shipped example parses");
-    t.insert("admin_token".into(), ADMIN.into());
-    t["http"]
-        .as_table_mut()
-        .unwrap()
-        .insert("listen".into(), "127.0.0.1:0".into());
+    let mut t = muster_testkit::cluster_example::collector_toml(id, ADMIN, nats, postgres, dir);
     let agency = &mut t["agency"].as_array_mut().unwrap()[0];
     let agency = agency.as_table_mut().unwrap();
     agency.insert("name".into(), AGENCY.into());
@@ -68,17 +49,6 @@ fn collector_toml(
         w.insert("batch_window".into(), "200ms".into());
         agency.insert("webhook".into(), w.into());
     }
-    let key = muster_testkit::write_test_collector_key(&dir.join("keys"));
-    t["signing"]
-        .as_table_mut()
-        .unwrap()
-        .insert("key_file".into(), key.display().to_string().into());
-    let mut store = toml::Table::new();
-    store.insert(
-        "path".into(),
-        dir.join("store").display().to_string().into(),
-    );
-    t.insert("store".into(), store.into());
     let ingest = t["ingest"].as_table_mut().unwrap();
     for (k, v) in extra_ingest {
         let v = match v.parse::<i64>() {
@@ -87,13 +57,6 @@ fn collector_toml(
         };
         ingest.insert((*k).into(), v);
     }
-    let c = t["cluster"].as_table_mut().unwrap();
-    c.insert("id".into(), id.into());
-    c.insert(
-        "nats".into(),
-        toml::Value::Array(nats.iter().map(|u| u.as_str().into()).collect()),
-    );
-    c.insert("postgres".into(), postgres.into());
     toml::to_string(&t).unwrap()
 }
 
@@ -233,7 +196,7 @@ impl Rig {
             false => (None, None),
         };
         let dir = TempDir::new().unwrap();
-        let nats = NatsCluster::start_with(3, &nats_mappings());
+        let nats = NatsCluster::start_with(3, &muster_testkit::cluster_example::nats_mappings());
         let pg = Postgres::start();
         let pg_proxy = pg_proxy.then(|| TcpProxy::start(pg.port()));
         let pg_url = match &pg_proxy {
@@ -255,11 +218,7 @@ impl Rig {
             .unwrap();
             collectors.push(CollectorProc::spawn(&cfg, false));
         }
-        let partitions = {
-            let text = std::fs::read_to_string(packaging("collector.toml")).unwrap();
-            let t: toml::Table = toml::from_str(&text).unwrap();
-            t["cluster"]["partitions"].as_integer().unwrap() as u32
-        };
+        let partitions = muster_testkit::cluster_example::partitions();
         let mut rig = Rig {
             dir,
             nats,
