@@ -79,40 +79,11 @@ fn will(unit: &UnitId, boot: BootId, connection: u32, at_ms: u64) -> LastWill {
     )
 }
 
-/// Which broker the next connection attempt goes to (pure): the first
-/// listed at start; after every failed attempt or lost connection, the
-/// next one (wrapping), so a dead node costs one attempt and one backoff
-/// wait, and a unit whose link is down (a dead zone) cycles through them
-/// all at the backoff's pace. A connection that is up stays where it is:
-/// there is no failing back to the first broker (a cluster's nodes are
-/// equals).
-#[derive(Debug, Clone, PartialEq, Eq)]
-pub struct Failover {
-    brokers: usize,
-    at: usize,
-}
-
-impl Failover {
-    /// `brokers` >= 1.
-    pub fn new(brokers: usize) -> Failover {
-        Failover {
-            brokers: brokers.max(1),
-            at: 0,
-        }
-    }
-
-    /// The index of the broker connected to, or tried next.
-    pub fn current(&self) -> usize {
-        self.at
-    }
-
-    /// The connection (or attempt) to the current broker failed: the index
-    /// of the broker to try next.
-    pub fn failed(&mut self) -> usize {
-        self.at = (self.at + 1) % self.brokers;
-        self.at
-    }
-}
+/// Which broker the next connection attempt goes to: the first listed
+/// at start, the next one (wrapping) after every failed attempt or lost
+/// connection, no failing back (`muster_base::backoff::Failover`, shared
+/// with the cluster collector's status connection).
+pub use muster_base::backoff::Failover;
 
 /// Builds the client options for the first connection of this boot, one
 /// per broker of `mqtt.urls`, in order.
@@ -365,30 +336,4 @@ pub async fn poll_loop(
 /// Waits until the link is wanted; `false` when the uplink is gone.
 async fn wait_wanted(want: &mut watch::Receiver<bool>) -> bool {
     want.wait_for(|w| *w).await.is_ok()
-}
-
-#[cfg(test)]
-mod tests {
-    use super::Failover;
-
-    #[test]
-    fn failover_tries_each_broker_in_turn_and_wraps() {
-        // (brokers, failures, the broker then current)
-        for (brokers, failures, at) in [
-            (1, 0, 0),
-            (1, 5, 0),
-            (3, 0, 0),
-            (3, 1, 1),
-            (3, 2, 2),
-            (3, 3, 0),
-            (3, 7, 1),
-            (0, 2, 0), // a list is never empty; treated as one broker
-        ] {
-            let mut f = Failover::new(brokers);
-            for _ in 0..failures {
-                f.failed();
-            }
-            assert_eq!(f.current(), at, "{brokers} brokers, {failures} failures");
-        }
-    }
 }

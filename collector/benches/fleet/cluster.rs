@@ -60,7 +60,7 @@ const SPLIT_WITHIN: Duration = Duration::from_secs(60);
 
 /// The shipped cluster example re-addressed (`muster_testkit::cluster_example`),
 /// with the bench's rule; and the partition count.
-fn collector_toml(id: &str, nats: &[String], postgres: &str, dir: &Path) -> (String, u32) {
+fn collector_toml(id: &str, nats: &NatsCluster, postgres: &str, dir: &Path) -> (String, u32) {
     let mut t = muster_testkit::cluster_example::collector_toml(id, ADMIN, nats, postgres, dir);
     let rules: toml::Table = toml::from_str(RULES).expect("the bench's rule parses");
     t.insert("rules".into(), rules["rules"].clone());
@@ -153,13 +153,12 @@ pub async fn run(n: usize, a: &Args) {
     let t0 = Instant::now();
     let nats = NatsCluster::start_with(3, &muster_testkit::cluster_example::nats_mappings());
     let pg = Postgres::start();
-    let urls: Vec<String> = (0..3).map(|i| nats.nats_url(i)).collect();
     let mut collectors = Vec::new();
     let mut partitions = 0;
     for id in IDS {
         let d = dir.path().join(id);
         std::fs::create_dir_all(&d).unwrap();
-        let (text, p) = collector_toml(id, &urls, &pg.url(), &d);
+        let (text, p) = collector_toml(id, &nats, &pg.url(), &d);
         partitions = p;
         let cfg = d.join("collector.toml");
         std::fs::write(&cfg, text).unwrap();
@@ -193,7 +192,7 @@ pub async fn run(n: usize, a: &Args) {
     );
 
     let sub = if a.baseline {
-        Some(NatsSub::start(&urls[0]).await)
+        Some(NatsSub::start(&nats.nats_url(0)).await)
     } else {
         None
     };

@@ -7,8 +7,10 @@
 use std::str::FromStr;
 use std::time::Duration;
 
-use muster_base::value::duration_or;
+use muster_base::value::{MqttScheme, MqttUrl, duration_or};
 use serde::Deserialize;
+
+use crate::config::Secret;
 
 use super::partition::{self, DEFAULT_PARTITIONS};
 use super::stream::StreamSpec;
@@ -47,6 +49,31 @@ pub struct RawCluster {
     pub lease_ttl: Option<String>,
     pub lease_renew: Option<String>,
     pub pg_pool: Option<usize>,
+    /// The NATS nodes' MQTT listeners (`mqtt://host:port`): retained status
+    /// goes out over MQTT ([`super::status`]). Unset: status is live only.
+    pub mqtt: Option<Vec<String>>,
+    pub mqtt_username: Option<String>,
+    pub mqtt_password: Option<String>,
+    /// Status messages waiting for the MQTT connection, at most.
+    pub mqtt_queue: Option<usize>,
+}
+
+/// At most this many MQTT listeners in `cluster.mqtt` (as the agent's
+/// `mqtt.urls`: a cluster is 3 to 5 nodes).
+pub const MAX_MQTT_LISTENERS: usize = 16;
+/// `cluster.mqtt_queue` when unset: as the single node's MQTT request
+/// channel.
+pub const DEFAULT_MQTT_QUEUE: usize = 65_536;
+
+/// `[cluster] mqtt`, validated: the connection retained status goes out on.
+#[derive(Debug, Clone, PartialEq)]
+pub struct StatusMqttConfig {
+    /// `(host, port)`, in the order listed: the first is tried first.
+    pub brokers: Vec<(String, u16)>,
+    /// Username and password (`cluster.mqtt_username`, `mqtt_password`).
+    pub credentials: Option<(String, Secret)>,
+    /// The MQTT client's request channel: status messages waiting at most.
+    pub queue: usize,
 }
 
 /// Validated `[cluster]`.
@@ -61,6 +88,8 @@ pub struct ClusterConfig {
     /// How often leases are renewed and the table re-planned.
     pub lease_renew: Duration,
     pub pg_pool: usize,
+    /// `None`: status topics are live only (core NATS), not retained.
+    pub mqtt: Option<StatusMqttConfig>,
 }
 
 impl std::fmt::Debug for ClusterConfig {
@@ -76,6 +105,7 @@ impl std::fmt::Debug for ClusterConfig {
             .field("lease_ttl", &self.lease_ttl)
             .field("lease_renew", &self.lease_renew)
             .field("pg_pool", &self.pg_pool)
+            .field("mqtt", &self.mqtt)
             .finish()
     }
 }
@@ -215,6 +245,11 @@ impl RawCluster {
         if !(1..=64).contains(&pg_pool) {
             return Err(bad("pg_pool", "must be 1 to 64"));
         }
+        let mqtt = status_mqtt(
+            self.mqtt,
+            (self.mqtt_username, self.mqtt_password),
+            self.mqtt_queue,
+        )?;
         Ok(ClusterConfig {
             id,
             nats: self.nats,
@@ -231,8 +266,81 @@ impl RawCluster {
             lease_ttl,
             lease_renew,
             pg_pool,
+            mqtt,
         })
     }
+}
+
+/// `cluster.mqtt` and its credentials and queue: URLs as everywhere else
+/// ([`MqttUrl`]), listed once each; the username and password whole or
+/// absent, as `[mqtt]`'s; credentials or a queue without `mqtt` refused.
+fn status_mqtt(
+    urls: Option<Vec<String>>,
+    (username, password): (Option<String>, Option<String>),
+    queue: Option<usize>,
+) -> Result<Option<StatusMqttConfig>, ClusterConfigError> {
+    let Some(urls) = urls else {
+        for (key, set) in [
+            ("mqtt_username", username.is_some()),
+            ("mqtt_password", password.is_some()),
+            ("mqtt_queue", queue.is_some()),
+        ] {
+            if set {
+                return Err(bad(key, "is only used with cluster.mqtt"));
+            }
+        }
+        return Ok(None);
+    };
+    if urls.is_empty() || urls.len() > MAX_MQTT_LISTENERS {
+        return Err(bad(
+            "mqtt",
+            format!(
+                "must list 1 to {MAX_MQTT_LISTENERS} MQTT listeners of the NATS nodes, e.g. [\"mqtt://10.0.0.1:1883\"] (or leave it out: status is then live only)"
+            ),
+        ));
+    }
+    let mut brokers: Vec<(String, u16)> = Vec::with_capacity(urls.len());
+    for (i, url) in urls.iter().enumerate() {
+        let key = format!("mqtt[{i}]");
+        let u = MqttUrl::parse(url).map_err(|m| bad(&key, m))?;
+        if u.scheme == MqttScheme::Tls {
+            return Err(bad(
+                &key,
+                format!(
+                    "{url:?}: mqtts:// is not supported here (the shipped NATS MQTT listener has no TLS); use mqtt:// on the cluster's network"
+                ),
+            ));
+        }
+        if brokers.iter().any(|(h, p)| *h == u.host && *p == u.port) {
+            return Err(bad(&key, format!("{url:?} is listed twice")));
+        }
+        brokers.push((u.host, u.port));
+    }
+    let credentials = match (username, password) {
+        (Some(u), Some(p)) => Some((u, Secret(p))),
+        (None, None) => None,
+        (Some(_), None) => {
+            return Err(bad(
+                "mqtt_password",
+                "is required with cluster.mqtt_username",
+            ));
+        }
+        (None, Some(_)) => {
+            return Err(bad(
+                "mqtt_username",
+                "is required with cluster.mqtt_password",
+            ));
+        }
+    };
+    let queue = queue.unwrap_or(DEFAULT_MQTT_QUEUE);
+    if !(16..=1 << 20).contains(&queue) {
+        return Err(bad("mqtt_queue", "must be 16 to 1048576"));
+    }
+    Ok(Some(StatusMqttConfig {
+        brokers,
+        credentials,
+        queue,
+    }))
 }
 
 /// An agency name cluster mode can carry (`partition::check_id`): config
@@ -278,6 +386,30 @@ mod tests {
             ("stream = \"a.b\"", "cluster.stream"),
             ("ack_wait = \"0s\"", "cluster.ack_wait"),
             ("pg_pool = 0", "cluster.pg_pool"),
+            ("mqtt = []", "cluster.mqtt"),
+            ("mqtt = [\"nats://h:1883\"]", "cluster.mqtt[0]"),
+            (
+                "mqtt = [\"mqtt://h:1883\", \"mqtts://h:8883\"]",
+                "cluster.mqtt[1]",
+            ),
+            (
+                "mqtt = [\"mqtt://h:1883\", \"mqtt://h\"]",
+                "cluster.mqtt[1]",
+            ),
+            ("mqtt_username = \"u\"", "cluster.mqtt_username"),
+            ("mqtt_queue = 100", "cluster.mqtt_queue"),
+            (
+                "mqtt = [\"mqtt://h\"]\nmqtt_username = \"u\"",
+                "cluster.mqtt_password",
+            ),
+            (
+                "mqtt = [\"mqtt://h\"]\nmqtt_password = \"p\"",
+                "cluster.mqtt_username",
+            ),
+            (
+                "mqtt = [\"mqtt://h\"]\nmqtt_queue = 8",
+                "cluster.mqtt_queue",
+            ),
         ] {
             assert_eq!(raw(extra).unwrap_err().key, key, "{extra}");
         }
@@ -300,6 +432,23 @@ mod tests {
         .validate()
         .unwrap_err();
         assert_eq!(e.key, "cluster.postgres");
+    }
+
+    #[test]
+    fn status_over_mqtt_is_optional_and_its_password_never_printed() {
+        assert_eq!(raw("").unwrap().mqtt, None);
+        let c = raw(
+            "mqtt = [\"mqtt://10.0.0.1:1883\", \"mqtt://[::1]\"]\nmqtt_username = \"collector\"\nmqtt_password = \"s3cret-pw\"",
+        )
+        .unwrap();
+        let m = c.mqtt.as_ref().unwrap();
+        assert_eq!(
+            m.brokers,
+            [("10.0.0.1".to_owned(), 1883), ("::1".to_owned(), 1883)]
+        );
+        assert_eq!(m.queue, DEFAULT_MQTT_QUEUE);
+        assert_eq!(m.credentials.as_ref().unwrap().0, "collector");
+        assert!(!format!("{c:?}").contains("s3cret"), "{c:?}");
     }
 
     #[test]

@@ -11,12 +11,18 @@
 //!   compare-and-sets, the fence before every state write).
 //! * [`node`]: one collector of the cluster, end to end (ingest from the
 //!   partitions it leases into `crate::store::PgStore`, the whole feed).
+//! * [`status`]: where acks (core NATS) and retained status (MQTT to the
+//!   NATS nodes' listeners, `[cluster] mqtt`) go.
 //! * [`webhooks`]: notifications sent once, by the coordinator.
+//! * [`incidents`]: agency-wide incidents, decided by the coordinator
+//!   from every owner's shares.
 
 pub mod config;
+pub mod incidents;
 pub mod lease;
 pub mod node;
 pub mod partition;
 pub mod pg;
+pub mod status;
 pub mod stream;
 pub mod webhooks;

@@ -25,11 +25,19 @@
 //!   collector that pulls a unit it does not own naks it with a short
 //!   delay, and it reaches the owner (or waits, pending, while the
 //!   partition has none).
-//! * **Acks and status** go out as core NATS messages on the MQTT topics'
-//!   subjects; NATS delivers them to the agents' MQTT subscriptions at
-//!   QoS 0 (a lost ack means a resend, absorbed by dedup). NATS 2.9 keeps
-//!   retained MQTT messages only from MQTT publishers, so status topics are
-//!   live updates here, not retained.
+//! * **Acks** go out as core NATS messages on the MQTT topics' subjects;
+//!   NATS delivers them to the agents' MQTT subscriptions at QoS 0 (a lost
+//!   ack means a resend, absorbed by dedup). **Status** (unit status and
+//!   agency incidents, retained topics) goes out over one MQTT 3.1.1
+//!   connection to the NATS nodes' MQTT listeners when `[cluster] mqtt` is
+//!   set ([`super::status`]: QoS 1, retained, failover along the list,
+//!   bounded, drops counted), because NATS 2.9 keeps retained MQTT messages
+//!   only from MQTT publishers; unset, it goes through core NATS too and
+//!   is live only, not retained (said once at start). Only a unit's
+//!   partition owner publishes its status: the worker handles only units
+//!   of partitions this collector holds (see Ownership and State topics);
+//!   a status emitted just before a partition is lost may still go out
+//!   after it, and the new owner publishes at the unit's next transition.
 //! * **The feed** is the whole fleet's: units this collector does not own
 //!   are refreshed from the store every second ([`VIEW_REFRESH`]), and the
 //!   change stream (SSE) is the store's event log tailed by id
@@ -38,10 +46,9 @@
 //! * **Webhooks** are sent by one collector, the coordinator (the holder
 //!   of partition 0's lease: [`super::webhooks`]), from the store's event
 //!   log; retention rounds run there too.
-//! * **Agency-wide incidents** (`[rules.incidents]`) are not evaluated in
-//!   cluster mode: an agency's units span partitions, so no collector sees
-//!   a whole agency's probe results. Units are flagged one by one as on a
-//!   single node; a warning at start says so.
+//! * **Agency-wide incidents** (`[rules.incidents]`): owners store their
+//!   partitions' shares of each group and tag their units; the coordinator
+//!   decides ([`super::incidents`]).
 //! * **Stopping** cleanly: the feed stops, pulls stop, the worker commits
 //!   what it holds, then the collector leaves the lease table (leases
 //!   released, heartbeat removed), so the others take its partitions at
@@ -67,12 +74,13 @@ use super::config::ClusterConfig;
 use super::lease::{Held, moves};
 use super::partition;
 use super::pg::LeaseTable;
+use super::status::{ClusterSink, StatusLink};
 use super::stream::{self, STATE_SUBJECT};
 use crate::app::{AppError, spawn_feed};
 use crate::clock::SharedClock;
 use crate::config::Config;
 use crate::enroll::Registry;
-use crate::ingest::mqtt::{self, Raw, Sink};
+use crate::ingest::mqtt::{self, Raw};
 use crate::ingest::settle::{Scope, Settle};
 use crate::ingest::worker::{Control, Worker};
 use crate::rules::Engine;
@@ -100,9 +108,15 @@ pub struct Owned {
 
 impl Scope for Owned {
     fn owns(&self, unit: &UnitId) -> bool {
-        partition::of(unit, self.partitions)
-            .ok()
-            .is_some_and(|p| self.held.get(p).is_some())
+        self.partition(unit).is_some_and(|p| self.holds(p))
+    }
+
+    fn partition(&self, unit: &UnitId) -> Option<u32> {
+        partition::of(unit, self.partitions).ok()
+    }
+
+    fn holds(&self, p: u32) -> bool {
+        self.held.get(p).is_some()
     }
 }
 
@@ -129,22 +143,6 @@ impl Settle for JsSettle {
         if let Some(a) = self.acker.take() {
             let _ = self.tx.send((a, AckKind::Nak(None)));
         }
-    }
-}
-
-/// Acks and status to the agents through core NATS.
-struct NatsSink(async_nats::Client);
-
-impl Sink for NatsSink {
-    async fn publish(&self, topic: String, _retain: bool, payload: Vec<u8>) -> Result<(), String> {
-        self.0
-            .publish(topic.replace('/', "."), payload.into())
-            .await
-            .map_err(|e| e.to_string())
-    }
-
-    async fn close(&self) {
-        let _ = self.0.flush().await;
     }
 }
 
@@ -295,14 +293,19 @@ pub async fn run(
         held: Arc::clone(&held),
         partitions: cl.stream.partitions,
     });
-    let mut rules = cfg.rules.clone();
-    if rules.incidents.take().is_some() {
-        warn!(
-            "[rules.incidents] is not evaluated in cluster mode: an agency's units span partitions and collectors (ARCHITECTURE.md, \"Cluster mode\"); units are still flagged one by one."
-        );
-    }
+    let stop_incidents = CancellationToken::new();
+    let incidents = cfg.rules.incidents.clone().map(|ic| {
+        tokio::spawn(super::incidents::run(
+            ic,
+            Arc::clone(&store),
+            Arc::clone(&shared),
+            Arc::clone(&clock),
+            cfg.mqtt.publish_status.then(|| out_tx.clone()),
+            stop_incidents.clone(),
+        ))
+    });
     let worker = Worker::clustered(
-        Engine::new(rules),
+        Engine::clustered(cfg.rules.clone()),
         Arc::clone(&shared),
         Arc::clone(&clock),
         out_tx,
@@ -317,8 +320,23 @@ pub async fn run(
     let acker = tokio::spawn(run_acker(ack_rx));
     let parser = tokio::spawn(mqtt::run_parser(raw_rx, in_tx));
     let worker = tokio::spawn(worker.run_controlled(in_rx, control_rx, stop_ingest.clone()));
+    let status_link = match &cl.mqtt {
+        Some(m) => {
+            info!(listeners = ?m.brokers, client_id = %super::status::client_id(&cl.id), "Retained status over MQTT to the NATS nodes' listeners ([cluster] mqtt).");
+            Some(StatusLink::start(m, &cl.id, Arc::clone(&shared)))
+        }
+        None => {
+            info!(
+                "[cluster] mqtt is not set: unit status and incident topics are live only (core NATS), not retained; a subscriber sees a unit's status at its next transition."
+            );
+            None
+        }
+    };
     let publisher = tokio::spawn(mqtt::run_publisher(
-        NatsSink(nats.clone()),
+        ClusterSink {
+            nats: nats.clone(),
+            mqtt: status_link,
+        },
         out_rx,
         Arc::clone(&shared),
         Arc::clone(&signer),
@@ -410,6 +428,10 @@ pub async fn run(
     stop_webhooks.cancel();
     if let Some(w) = webhooks {
         let _ = w.await;
+    }
+    stop_incidents.cancel();
+    if let Some(t) = incidents {
+        let _ = t.await;
     }
     let _ = parser.await;
     let _ = publisher.await;
@@ -832,6 +854,16 @@ async fn tail_events(store: Arc<PgStore>, shared: Arc<Shared>, stop: Cancellatio
             .and_then(Result::ok)
             .unwrap_or(0)
     };
+    // The incidents as they stand (read after the id the tail starts from:
+    // a change in between is tailed again, and a tailed version is never
+    // older than the last one applied for long).
+    let s = Arc::clone(&store);
+    if let Ok(Ok(all)) = tokio::task::spawn_blocking(move || s.incidents()).await {
+        let mut view = shared.incidents.write().unwrap_or_else(|e| e.into_inner());
+        for i in all {
+            view.insert(i.id.clone(), i);
+        }
+    }
     let mut last = start;
     let mut t = tokio::time::interval(EVENT_TAIL);
     t.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);

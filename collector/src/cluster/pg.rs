@@ -40,6 +40,11 @@ pub const MIGRATIONS: &[(i32, &str, &str)] = &[
         "webhooks",
         include_str!("../../migrations/0003_webhooks.sql"),
     ),
+    (
+        4,
+        "incident_shares",
+        include_str!("../../migrations/0004_incident_shares.sql"),
+    ),
 ];
 
 /// The advisory lock key migrations take ("muster" in ASCII).

@@ -23,4 +23,8 @@ pub trait Settle: Send + std::fmt::Debug {
 /// Whether this collector owns a unit (cluster mode: its partition's lease).
 pub trait Scope: Send + Sync + std::fmt::Debug {
     fn owns(&self, unit: &muster_proto::UnitId) -> bool;
+    /// The unit's partition.
+    fn partition(&self, unit: &muster_proto::UnitId) -> Option<u32>;
+    /// Whether this collector holds partition `p`.
+    fn holds(&self, p: u32) -> bool;
 }

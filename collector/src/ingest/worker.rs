@@ -18,7 +18,7 @@
 //! is answered in v1, unsigned) when it sends them, after merging an ack
 //! still queued with a newer one for the same unit (`super::outqueue`).
 
-use std::collections::{HashMap, HashSet};
+use std::collections::{BTreeMap, BTreeSet, HashMap, HashSet};
 use std::sync::Arc;
 use std::sync::atomic::Ordering;
 use std::time::Duration;
@@ -39,17 +39,29 @@ use crate::clock::SharedClock;
 use crate::config::IngestConfig;
 use crate::model::{Change, Incident};
 use crate::rules::Engine;
+use crate::rules::incident::IncidentShare;
 use crate::seq::Observed;
 use crate::state::Shared;
 use crate::status_pub::{self, AckOut, Out};
 use crate::store::{CommitBatch, StoreError, StoredEvent, UnitRecord};
 use muster_proto::presence::Verdict;
 
+/// Hands a message to the publisher, counted in `outbound_depth` until it
+/// is sent.
+pub(crate) fn enqueue(shared: &Shared, out: &mpsc::UnboundedSender<Out>, o: impl Into<Out>) {
+    shared.outbound_depth.fetch_add(1, Ordering::Relaxed);
+    if out.send(o.into()).is_err() {
+        shared.outbound_depth.fetch_sub(1, Ordering::Relaxed);
+    }
+}
+
 #[derive(Default)]
 struct Pending {
     samples: Vec<(UnitId, Record)>,
     events: Vec<StoredEvent>,
     incidents: Vec<Incident>,
+    /// Cluster mode: the held partitions' incident shares.
+    shares: Vec<IncidentShare>,
     /// Seqs stored or seen again in this commit, per unit and boot.
     touched: HashMap<(UnitId, BootId), Vec<u64>>,
     /// When the first message of each unit in this commit arrived.
@@ -126,6 +138,10 @@ pub struct Worker {
     /// (single node); in cluster mode they are not: every collector
     /// broadcasts what the shared store's event log holds, whoever decided it.
     broadcast: bool,
+    /// Cluster mode: per incident group, the partitions whose share this
+    /// collector last stored non-empty (emptied ones are stored once more,
+    /// with no member).
+    share_parts: HashMap<(String, String, String), BTreeSet<u32>>,
 }
 
 impl Worker {
@@ -189,6 +205,7 @@ impl Worker {
             publish_status,
             scope: None,
             broadcast: true,
+            share_parts: HashMap::new(),
         })
     }
 
@@ -224,6 +241,7 @@ impl Worker {
             publish_status,
             scope: Some(scope),
             broadcast: false,
+            share_parts: HashMap::new(),
         }
     }
 
@@ -281,6 +299,7 @@ impl Worker {
                     let now = self.clock.now_ms();
                     let changes = self.engine.tick(now);
                     self.apply_changes(changes);
+                    self.incident_round(now);
                     self.shared.worker_ticks.fetch_add(1, Ordering::Relaxed);
                     if inbound.is_empty() {
                         self.last_idle = Instant::now();
@@ -371,10 +390,7 @@ impl Worker {
     }
 
     fn send(&self, o: impl Into<Out>) {
-        self.shared.outbound_depth.fetch_add(1, Ordering::Relaxed);
-        if self.out.send(o.into()).is_err() {
-            self.shared.outbound_depth.fetch_sub(1, Ordering::Relaxed);
-        }
+        enqueue(&self.shared, &self.out, o);
     }
 
     fn refuse(&mut self, r: Refusal, topic: &str, detail: &dyn std::fmt::Display) {
@@ -421,6 +437,63 @@ impl Worker {
         }
     }
 
+    /// Cluster mode: stores this collector's shares of agency-wide incident
+    /// groups (split by partition) and tags its units with the incidents
+    /// the coordinator decided (`rules::incident::Board`), as the feed's
+    /// view of the store holds them.
+    fn incident_round(&mut self, now: u64) {
+        let Some(scope) = self.scope.clone() else {
+            return;
+        };
+        for g in self.engine.incident_shares(now) {
+            let mut parts: BTreeMap<u32, (usize, Vec<String>)> = BTreeMap::new();
+            for (unit, failing) in g.members {
+                let Some(p) = UnitId::new(g.agency.clone(), unit.clone())
+                    .ok()
+                    .and_then(|u| scope.partition(&u))
+                else {
+                    continue;
+                };
+                let e = parts.entry(p).or_default();
+                e.0 += 1;
+                if failing {
+                    e.1.push(unit);
+                }
+            }
+            let key = (g.agency, g.probe, g.target);
+            let before = self.share_parts.remove(&key).unwrap_or_default();
+            let now_parts: BTreeSet<u32> =
+                parts.keys().copied().filter(|&p| scope.holds(p)).collect();
+            for p in before.union(&now_parts) {
+                if !scope.holds(*p) {
+                    continue;
+                }
+                let (of_units, failing) = parts.remove(p).unwrap_or_default();
+                self.pending.shares.push(IncidentShare {
+                    partition: *p,
+                    agency: key.0.clone(),
+                    probe: key.1.clone(),
+                    target: key.2.clone(),
+                    of_units,
+                    failing,
+                    as_of_ms: now,
+                });
+            }
+            if !now_parts.is_empty() {
+                self.share_parts.insert(key, now_parts);
+            }
+        }
+        let changes = {
+            let incidents = self
+                .shared
+                .incidents
+                .read()
+                .unwrap_or_else(|e| e.into_inner());
+            self.engine.tag_incidents(incidents.values(), now)
+        };
+        self.apply_changes(changes);
+    }
+
     /// Forgets every unit the scope does not own, with what is pending
     /// for them; their deliveries are nak'd (the new owner gets them).
     fn drop_unowned(&mut self) {
@@ -450,6 +523,7 @@ impl Worker {
         });
         p.touched.retain(|(u, _), _| scope.owns(u));
         p.first_rx.retain(|u, _| scope.owns(u));
+        p.shares.retain(|s| scope.holds(s.partition));
         let (keep, nak): (Vec<_>, Vec<_>) = std::mem::take(&mut p.settle)
             .into_iter()
             .partition(|(u, _)| u.as_ref().is_none_or(|u| scope.owns(u)));
@@ -703,6 +777,7 @@ impl Worker {
             && self.pending.samples.is_empty()
             && self.pending.events.is_empty()
             && self.pending.incidents.is_empty()
+            && self.pending.shares.is_empty()
             && self.pending.received.is_empty()
             && self.pending.settle.is_empty()
         {
@@ -715,6 +790,7 @@ impl Worker {
             events: p.events,
             incidents: p.incidents,
             units: Vec::with_capacity(self.dirty.len()),
+            shares: p.shares,
         };
         {
             let mut view = self.shared.units.write().unwrap_or_else(|e| e.into_inner());
@@ -897,6 +973,9 @@ impl Worker {
         let mut incidents = batch.incidents;
         incidents.append(&mut self.pending.incidents);
         self.pending.incidents = incidents;
+        let mut shares = batch.shares;
+        shares.append(&mut self.pending.shares);
+        self.pending.shares = shares;
         for u in batch.units {
             self.dirty.insert(u.unit);
         }

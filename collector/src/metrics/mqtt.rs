@@ -17,7 +17,8 @@ pub struct MqttMetrics {
     /// The connection that subscribes (and publishes, without a separate
     /// publisher).
     pub subscriber: ConnMetrics,
-    /// `[mqtt.publisher]`'s connection, when `separate_publisher`.
+    /// `[mqtt.publisher]`'s connection, when `separate_publisher`; in
+    /// cluster mode, the retained-status connection (`[cluster] mqtt`).
     pub publisher: ConnMetrics,
     pub separate_publisher: AtomicBool,
     /// PUBACKs with a failure reason (MQTT 5): the broker refused a publish.
@@ -75,7 +76,7 @@ impl MqttMetrics {
             e.family(
                 "muster_mqtt_publisher_connected",
                 "gauge",
-                "1 while the publisher connection (acks and status, [mqtt.publisher]) is up.",
+                "1 while the publisher connection (acks and status, [mqtt.publisher]; in cluster mode retained status, [cluster] mqtt) is up.",
             );
             e.sample(
                 "muster_mqtt_publisher_connected",
@@ -116,7 +117,7 @@ impl MqttMetrics {
         e.family(
             "muster_status_publish_errors_total",
             "counter",
-            "Status messages that could not be handed to the MQTT client.",
+            "Status messages that could not be handed to the MQTT client (in cluster mode with [cluster] mqtt: its queue full, or held past cluster.mqtt_queue while disconnected).",
         );
         e.sample(
             "muster_status_publish_errors_total",

@@ -12,7 +12,7 @@ use muster_proto::{
 
 use super::config::{RulesConfig, ThresholdRule};
 use super::field::{Field, ProbeM, Selector, Source, selects};
-use super::incident::{Incidents, Membership};
+use super::incident::{GroupShare, Incidents, Membership};
 use super::skew::{self, SkewTracker};
 use super::words::{self, NetSummary};
 use crate::model::{Change, Incident, Reason, Severity, Status, Transition, UnitHealth};
@@ -229,6 +229,15 @@ impl Engine {
             incidents: Incidents::new(cfg.incidents.clone()),
             cfg,
         }
+    }
+
+    /// Cluster mode: as [`Engine::new`], but agency-wide incidents are
+    /// decided by the coordinator from every owner's shares
+    /// ([`Engine::incident_shares`], [`Engine::tag_incidents`]).
+    pub fn clustered(cfg: RulesConfig) -> Engine {
+        let mut e = Engine::new(cfg);
+        e.incidents = Incidents::new_shared(e.cfg.incidents.clone());
+        e
     }
 
     /// The rules in force.
@@ -578,10 +587,74 @@ impl Engine {
         let Some(i) = self.index.remove(unit) else {
             return;
         };
+        let last = self.units.len() - 1;
         self.units.swap_remove(i);
         if let Some(moved) = self.units.get(i) {
             self.index.insert(moved.id.clone(), i);
         }
+        self.incidents.forget(i, (i != last).then_some(last));
+    }
+
+    /// Cluster mode: the incident groups that changed (and, once per
+    /// quarter window, every non-empty one), for the owner to store as its
+    /// partitions' shares ([`super::incident::Board`] decides).
+    pub fn incident_shares(&mut self, now_ms: u64) -> Vec<GroupShare> {
+        let mut out = Vec::new();
+        self.incidents.shares(now_ms, &mut out);
+        out
+    }
+
+    /// Cluster mode: tags units with the open incidents (as decided by the
+    /// coordinator and read from the store) that name them, and untags
+    /// the rest; returns the transitions this causes.
+    pub fn tag_incidents<'a>(
+        &mut self,
+        open: impl IntoIterator<Item = &'a Incident>,
+        now_ms: u64,
+    ) -> Vec<Change> {
+        let mut want: HashMap<usize, Vec<Membered>> = HashMap::new();
+        if self.incidents.enabled() {
+            for inc in open {
+                if inc.ended_ms.is_some() {
+                    continue;
+                }
+                for name in &inc.affected {
+                    let Ok(id) = UnitId::new(inc.agency.clone(), name.clone()) else {
+                        continue;
+                    };
+                    let Some(&ui) = self.index.get(&id) else {
+                        continue;
+                    };
+                    let group = self.incidents.group(&inc.agency, &inc.probe, &inc.target);
+                    want.entry(ui).or_default().push(Membered {
+                        group,
+                        message: format!(
+                            "{} ({}) is failing for many units of {}: incident {}",
+                            inc.probe, inc.target, inc.agency, inc.id
+                        ),
+                        id: inc.id.clone(),
+                        probe: inc.probe.clone(),
+                    });
+                }
+            }
+        }
+        let cfg = &self.cfg;
+        let fx = Effect {
+            structural: true,
+            observed: false,
+        };
+        let mut out = Vec::new();
+        for (ui, u) in self.units.iter_mut().enumerate() {
+            let mut w = want.remove(&ui).unwrap_or_default();
+            w.sort_by(|a, b| a.id.cmp(&b.id));
+            let same = w.len() == u.incidents.len()
+                && w.iter().zip(&u.incidents).all(|(a, b)| a.id == b.id);
+            if !same {
+                u.incidents = w;
+                refresh(cfg, u, now_ms, &fx, &mut out);
+            }
+        }
+        out
     }
 
     /// Every unit the engine knows, with its health.

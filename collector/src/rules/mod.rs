@@ -184,7 +184,7 @@
 mod config;
 mod engine;
 mod field;
-mod incident;
+pub mod incident;
 
 mod skew;
 pub mod words;
@@ -193,6 +193,7 @@ pub use config::{
     DEFAULT_RULES_TOML, RawClockSkew, RawIncidents, RawOff, RawOffAgency, RawOffline, RawRules,
     RawThreshold, RawValue, RulesConfig, RulesError,
 };
+pub use config::IncidentConfig;
 pub use engine::Engine;
 
 #[cfg(test)]

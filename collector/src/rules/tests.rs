@@ -1726,3 +1726,93 @@ mod net_fields {
         assert!(bad(">", "\"wifi\"").starts_with("rules.threshold[0].op: "));
     }
 }
+
+/// Cluster mode: two owners' engines (each holding half the fleet) store
+/// shares, the coordinator's board decides, and the owners tag their
+/// units: the same incident, the same flags, as one engine holding all.
+#[test]
+fn a_cluster_decides_the_incident_a_single_node_does() {
+    use super::incident::{Board, IncidentShare};
+    let cfg = rules("[rules.incidents]\nwindow = \"2m\"\n");
+    let mut single = Engine::new(cfg.clone());
+    let mut owners = [
+        Engine::clustered(cfg.clone()),
+        Engine::clustered(cfg.clone()),
+    ];
+    let mut board = Board::new(cfg.incidents.clone().unwrap());
+    let mut feeds: Vec<Feed> = (0..40).map(|i| Feed::new(unit(i))).collect();
+    let mut t = T0;
+    let mut round = |failing: usize, t: u64, owners: &mut [Engine; 2], single: &mut Engine| {
+        let mut single_inc = Vec::new();
+        for (i, f) in feeds.iter_mut().enumerate() {
+            let rec = f.rec(t, probe(i >= failing));
+            single.on_record(&f.unit.clone(), &rec, t);
+            owners[i % 2].on_record(&f.unit.clone(), &rec, t);
+        }
+        single_inc.extend(incidents(&single.tick(t + 500)).into_iter().cloned());
+        for (p, o) in owners.iter_mut().enumerate() {
+            assert!(
+                incidents(&o.tick(t + 500)).is_empty(),
+                "owners decide nothing"
+            );
+            for g in o.incident_shares(t + 500) {
+                board.share(IncidentShare {
+                    partition: p as u32,
+                    of_units: g.members.len(),
+                    failing: g
+                        .members
+                        .iter()
+                        .filter(|(_, f)| *f)
+                        .map(|(u, _)| u.clone())
+                        .collect(),
+                    agency: g.agency,
+                    probe: g.probe,
+                    target: g.target,
+                    as_of_ms: t + 500,
+                });
+            }
+        }
+        let mut decided = Vec::new();
+        board.tick(t + 500, &mut decided);
+        let open: Vec<crate::model::Incident> = board.open().cloned().collect();
+        for o in owners.iter_mut() {
+            o.tag_incidents(&open, t + 500);
+        }
+        (single_inc, decided)
+    };
+    let (s, c) = round(0, t, &mut owners, &mut single);
+    assert!(s.is_empty() && c.is_empty());
+    t += 30 * S;
+    let (s, c) = round(37, t, &mut owners, &mut single);
+    assert_eq!(s.len(), 1);
+    assert_eq!(c, s, "the board opens what a single node opens");
+    let reasons = |e: &Engine, u: &UnitId| e.health(u).unwrap().reasons.clone();
+    for i in 0..40 {
+        let u = unit(i);
+        assert_eq!(
+            reasons(&owners[i % 2], &u),
+            reasons(&single, &u),
+            "unit {i}'s flags"
+        );
+    }
+    assert!(
+        reasons(&owners[0], &unit(0))
+            .iter()
+            .any(|r| r.rule == "incident")
+    );
+    // Unchanged: nothing decided again; then healed: ended alike.
+    t += 30 * S;
+    let (s, c) = round(37, t, &mut owners, &mut single);
+    assert!(s.is_empty() && c.is_empty(), "{c:#?}");
+    t += 30 * S;
+    let (s, c) = round(0, t, &mut owners, &mut single);
+    assert_eq!(c, s);
+    assert_eq!(c[0].ended_ms, Some(t + 500));
+    for i in 0..40 {
+        assert!(
+            reasons(&owners[i % 2], &unit(i))
+                .iter()
+                .all(|r| r.rule != "incident")
+        );
+    }
+}

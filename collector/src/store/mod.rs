@@ -25,6 +25,7 @@ use serde::{Deserialize, Serialize};
 
 use crate::enroll::registry::Enrollment;
 use crate::model::{Change, Incident, UnitHealth};
+use crate::rules::incident::IncidentShare;
 use crate::seq::SeqAccount;
 
 #[derive(Debug, thiserror::Error)]
@@ -149,6 +150,10 @@ pub struct CommitBatch {
     pub events: Vec<StoredEvent>,
     pub incidents: Vec<Incident>,
     pub units: Vec<UnitRecord>,
+    /// Cluster mode only (the PostgreSQL store; the others ignore them):
+    /// the partitions' shares of agency-wide incident groups
+    /// (`rules::incident::Board`), fenced like the units they count.
+    pub shares: Vec<IncidentShare>,
 }
 
 impl CommitBatch {
@@ -157,6 +162,7 @@ impl CommitBatch {
             && self.events.is_empty()
             && self.incidents.is_empty()
             && self.units.is_empty()
+            && self.shares.is_empty()
     }
 }
 

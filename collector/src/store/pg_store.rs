@@ -34,6 +34,9 @@
 //!   [`PgStore::units_changed_since`] pages by rev without skipping either.
 //!   The price: commits that write events or units are serialised from
 //!   that point to their commit (their samples are written before it).
+//!   Incident shares (`incident_shares.rev`) are written under the same
+//!   lock and fenced by their partition, like units; the coordinator's
+//!   incidents by partition 0 ([`PgStore::commit_fenced_on`]).
 //! * Connections: a fixed pool of `pool` clients and one small tokio
 //!   runtime (two `muster-pg` threads) of the store's own, on which the
 //!   connections and every query run. Each sync method submits its work
@@ -115,6 +118,7 @@ use crate::cluster::partition::{self, MAX_PARTITIONS, PartitionError};
 use crate::cluster::pg::{PgError, fence, migrate};
 use crate::enroll::registry::Enrollment;
 use crate::model::{Change, Incident};
+use crate::rules::incident::IncidentShare;
 
 /// How long a call may take, connecting included.
 pub const DEFAULT_TIMEOUT: Duration = Duration::from_secs(10);
@@ -377,6 +381,17 @@ struct EventRows {
 }
 
 #[derive(Debug, Default)]
+struct ShareRows {
+    agency: Vec<String>,
+    probe: Vec<String>,
+    target: Vec<String>,
+    partition: Vec<i32>,
+    of: Vec<i32>,
+    failing: Vec<String>,
+    as_of: Vec<i64>,
+}
+
+#[derive(Debug, Default)]
 struct UnitRows {
     agency: Vec<String>,
     unit: Vec<String>,
@@ -393,6 +408,7 @@ struct CommitRows {
     incidents: IncidentRows,
     events: EventRows,
     units: UnitRows,
+    shares: ShareRows,
 }
 
 impl CommitRows {
@@ -477,6 +493,42 @@ impl CommitRows {
             r.json
                 .push(serde_json::to_string(i).map_err(|e| corrupt("incidents", e))?);
         }
+        // The last share of each (group, partition), in key order.
+        let shares: BTreeMap<(&str, &str, &str, u32), &IncidentShare> = batch
+            .shares
+            .iter()
+            .map(|s| {
+                (
+                    (
+                        s.agency.as_str(),
+                        s.probe.as_str(),
+                        s.target.as_str(),
+                        s.partition,
+                    ),
+                    s,
+                )
+            })
+            .collect();
+        for s in shares.into_values() {
+            if s.partition >= partitions {
+                return Err(StoreError::Partition(PartitionError::OutOfRange {
+                    partition: s.partition,
+                    partitions,
+                }));
+            }
+            touched.insert(s.partition);
+            let r = &mut rows.shares;
+            r.agency.push(s.agency.clone());
+            r.probe.push(s.probe.clone());
+            r.target.push(s.target.clone());
+            r.partition
+                .push(i32::try_from(s.partition).unwrap_or(i32::MAX));
+            r.of.push(i32::try_from(s.of_units).unwrap_or(i32::MAX));
+            r.failing.push(
+                serde_json::to_string(&s.failing).map_err(|e| corrupt("incident_shares", e))?,
+            );
+            r.as_of.push(db(s.as_of_ms));
+        }
         rows.partitions = touched;
         Ok(rows)
     }
@@ -514,6 +566,15 @@ const UPSERT_UNITS: &str = "INSERT INTO units (agency, unit, partition, rev, rec
      FROM unnest($1::text[], $2::text[], $3::int4[], $4::text[]) AS x(a, u, p, r)
      ON CONFLICT (agency, unit) DO UPDATE
      SET partition = excluded.partition, rev = excluded.rev, record = excluded.record";
+
+const UPSERT_SHARES: &str = "INSERT INTO incident_shares
+         (agency, probe, target, partition, of_units, failing, as_of_ms, rev)
+     SELECT a, pr, t, p, o, f::jsonb, m, nextval('incident_shares_rev')
+     FROM unnest($1::text[], $2::text[], $3::text[], $4::int4[], $5::int4[], $6::text[], $7::int8[])
+          AS x(a, pr, t, p, o, f, m)
+     ON CONFLICT (agency, probe, target, partition) DO UPDATE
+     SET of_units = excluded.of_units, failing = excluded.failing,
+         as_of_ms = excluded.as_of_ms, rev = excluded.rev";
 
 const DELETE_RAW: &str = "DELETE FROM samples WHERE ctid = ANY(ARRAY(
          SELECT ctid FROM samples WHERE at_ms < $1 AND NOT late LIMIT $2))";
@@ -1072,13 +1133,71 @@ impl PgStore {
         })
     }
 
+    /// Incident shares stored after `rev` (oldest first, at most `limit`)
+    /// and the rev to ask from next, as [`PgStore::units_changed_since`].
+    pub fn shares_changed_since(
+        &self,
+        rev: i64,
+        limit: usize,
+    ) -> Result<(Vec<IncidentShare>, i64), StoreError> {
+        let lim = i64::try_from(limit).unwrap_or(i64::MAX);
+        let rows = self.call("shares_changed_since", move |c| {
+            Box::pin(async move {
+                c.query(
+                    "SELECT rev, agency, probe, target, partition, of_units, failing::text, as_of_ms
+                     FROM incident_shares WHERE rev > $1 ORDER BY rev LIMIT $2",
+                    &[&rev, &lim],
+                )
+                .await
+                .pg()
+            })
+        })?;
+        let mut hw = rev;
+        let mut out = Vec::with_capacity(rows.len());
+        for r in &rows {
+            hw = hw.max(r.get(0));
+            let failing: Vec<String> =
+                serde_json::from_str(r.get(6)).map_err(|e| corrupt("incident_shares", e))?;
+            out.push(IncidentShare {
+                agency: r.get(1),
+                probe: r.get(2),
+                target: r.get(3),
+                partition: u32::try_from(r.get::<_, i32>(4)).unwrap_or(0),
+                of_units: usize::try_from(r.get::<_, i32>(5)).unwrap_or(0),
+                failing,
+                as_of_ms: un(r.get(7)),
+            });
+        }
+        Ok((out, hw))
+    }
+
     /// [`Store::commit`], and the ids the store gave the batch's events, in
     /// batch order (the batch's own ids are ignored).
     pub fn commit_with_ids(&self, batch: &CommitBatch) -> Result<Vec<u64>, StoreError> {
+        self.commit_fenced(batch, None)
+    }
+
+    /// [`PgStore::commit_with_ids`], fenced on `partition` too: the
+    /// coordinator's incidents (agency-wide: no unit's partition) are
+    /// written only while it holds partition 0.
+    pub fn commit_fenced_on(
+        &self,
+        batch: &CommitBatch,
+        partition: u32,
+    ) -> Result<Vec<u64>, StoreError> {
+        self.commit_fenced(batch, Some(partition))
+    }
+
+    fn commit_fenced(
+        &self,
+        batch: &CommitBatch,
+        also: Option<u32>,
+    ) -> Result<Vec<u64>, StoreError> {
         if batch.is_empty() {
             return Ok(Vec::new());
         }
-        let rows = CommitRows::new(batch, self.partitions)?;
+        let mut rows = CommitRows::new(batch, self.partitions)?;
+        rows.partitions.extend(also);
         let mut fences = Vec::with_capacity(rows.partitions.len());
         for &p in &rows.partitions {
             match self.leases.get(p) {
@@ -1147,9 +1266,9 @@ impl PgStore {
                         .await
                         .pg()?;
                 }
-                let (e, u) = (&rows.events, &rows.units);
+                let (e, u, sh) = (&rows.events, &rows.units, &rows.shares);
                 let mut ids = Vec::new();
-                if !e.agency.is_empty() || !u.agency.is_empty() {
+                if !e.agency.is_empty() || !u.agency.is_empty() || !sh.agency.is_empty() {
                     // Held until the commit: ids and revs become visible in
                     // order (module docs).
                     tx.execute("SELECT pg_advisory_xact_lock($1)", &[&ORDER_LOCK])
@@ -1167,6 +1286,22 @@ impl PgStore {
                         tx.execute(UPSERT_UNITS, &[&u.agency, &u.unit, &u.partition, &u.json])
                             .await
                             .pg()?;
+                    }
+                    if !sh.agency.is_empty() {
+                        tx.execute(
+                            UPSERT_SHARES,
+                            &[
+                                &sh.agency,
+                                &sh.probe,
+                                &sh.target,
+                                &sh.partition,
+                                &sh.of,
+                                &sh.failing,
+                                &sh.as_of,
+                            ],
+                        )
+                        .await
+                        .pg()?;
                     }
                 }
                 tx.commit().await.pg()?;
@@ -1721,12 +1856,83 @@ mod tests {
             }],
             incidents: vec![incident(&u.agency, seq)],
             units: vec![UnitRecord::new(u.clone(), first_seen_ms)],
+            shares: Vec::new(),
         }
     }
 
     /// Rows in samples, units, events, incidents, dirty_minutes.
     fn written(pg: &Postgres) -> [u64; 5] {
         ["samples", "units", "events", "incidents", "dirty_minutes"].map(|t| count(pg, t))
+    }
+
+    fn share(p: u32, of_units: usize, failing: &[&str], as_of_ms: u64) -> IncidentShare {
+        IncidentShare {
+            partition: p,
+            agency: "metro-fire".into(),
+            probe: "cad-api".into(),
+            target: "https://cad/health".into(),
+            of_units,
+            failing: failing.iter().map(|s| s.to_string()).collect(),
+            as_of_ms,
+        }
+    }
+
+    /// Incident shares: fenced by their partition, tailed by rev (the last
+    /// version of each), and the coordinator's incidents fenced on
+    /// partition 0 however agency-wide they are.
+    #[test]
+    fn incident_shares_are_fenced_by_partition_and_tailed_by_rev() {
+        let pg = Postgres::start();
+        let s = PgStore::open(opts(&pg, "collector-a")).unwrap();
+        hold(&pg, &s, &[1, 2], 1);
+        let only = |shares: Vec<IncidentShare>| CommitBatch {
+            shares,
+            ..CommitBatch::default()
+        };
+        assert!(matches!(
+            s.commit(&only(vec![share(0, 3, &["A"], 10)])),
+            Err(StoreError::Fenced {
+                partition: 0,
+                epoch: None
+            })
+        ));
+        assert!(matches!(
+            s.commit(&only(vec![share(PARTS, 3, &["A"], 10)])),
+            Err(StoreError::Partition(_))
+        ));
+        s.commit(&only(vec![
+            share(1, 3, &["A", "B"], 10),
+            share(2, 4, &[], 10),
+        ]))
+        .unwrap();
+        let (got, rev) = s.shares_changed_since(0, 100).unwrap();
+        assert_eq!(
+            got,
+            vec![share(1, 3, &["A", "B"], 10), share(2, 4, &[], 10)]
+        );
+        // Updated: the newer version, once, after the rev read.
+        s.commit(&only(vec![share(1, 0, &[], 20)])).unwrap();
+        let (again, rev2) = s.shares_changed_since(rev, 100).unwrap();
+        assert_eq!(again, vec![share(1, 0, &[], 20)]);
+        assert!(rev2 > rev);
+        assert_eq!(s.shares_changed_since(rev2, 100).unwrap().0, vec![]);
+
+        // The coordinator's incidents: refused without partition 0.
+        let inc = CommitBatch {
+            incidents: vec![incident("metro-fire", 7)],
+            ..CommitBatch::default()
+        };
+        assert!(matches!(
+            s.commit_fenced_on(&inc, 0),
+            Err(StoreError::Fenced {
+                partition: 0,
+                epoch: None
+            })
+        ));
+        assert_eq!(count(&pg, "incidents"), 0);
+        hold(&pg, &s, &[0, 1, 2], 1);
+        s.commit_fenced_on(&inc, 0).unwrap();
+        assert_eq!(count(&pg, "incidents"), 1);
     }
 
     #[test]

@@ -15,7 +15,9 @@
 //! * a draw outside `[0, 1]` is clamped.
 //!
 //! [`Retry`] is the stateful counter around it (attempt, reset on success);
-//! [`Jitter`] is a small seedable source of draws (no cryptography needed).
+//! [`Jitter`] is a small seedable source of draws (no cryptography needed);
+//! [`Failover`] is which of several equal servers the next attempt goes to
+//! (the agent's `mqtt.urls`, the cluster collector's `[cluster] mqtt`).
 
 use std::time::Duration;
 
@@ -106,6 +108,40 @@ impl Retry {
     }
 }
 
+/// Which server the next connection attempt goes to (pure): the first
+/// listed at start; after every failed attempt or lost connection, the
+/// next one (wrapping), so a dead node costs one attempt and one backoff
+/// wait, and a client whose link is down cycles through them all at the
+/// backoff's pace. A connection that is up stays where it is: there is no
+/// failing back to the first server (a cluster's nodes are equals).
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct Failover {
+    servers: usize,
+    at: usize,
+}
+
+impl Failover {
+    /// `servers` >= 1 (0 is treated as 1).
+    pub fn new(servers: usize) -> Failover {
+        Failover {
+            servers: servers.max(1),
+            at: 0,
+        }
+    }
+
+    /// The index of the server connected to, or tried next.
+    pub fn current(&self) -> usize {
+        self.at
+    }
+
+    /// The connection (or attempt) to the current server failed: the index
+    /// of the server to try next.
+    pub fn failed(&mut self) -> usize {
+        self.at = (self.at + 1) % self.servers;
+        self.at
+    }
+}
+
 /// A small xorshift generator of draws: no cryptography needed, just spread.
 #[derive(Debug, Clone)]
 pub struct Jitter(u64);
@@ -176,6 +212,27 @@ mod tests {
             assert_eq!(b.equal(*n, *d), *equal, "equal, attempt {n}, draw {d}");
         }
         assert_eq!(Backoff::new(S(5), S(1)).ceiling(3), S(5), "max below min");
+    }
+
+    #[test]
+    fn failover_tries_each_server_in_turn_and_wraps() {
+        // (servers, failures, the server then current)
+        for (servers, failures, at) in [
+            (1, 0, 0),
+            (1, 5, 0),
+            (3, 0, 0),
+            (3, 1, 1),
+            (3, 2, 2),
+            (3, 3, 0),
+            (3, 7, 1),
+            (0, 2, 0), // a list is never empty; treated as one server
+        ] {
+            let mut f = Failover::new(servers);
+            for _ in 0..failures {
+                f.failed();
+            }
+            assert_eq!(f.current(), at, "{servers} servers, {failures} failures");
+        }
     }
 
     #[test]

@@ -24,14 +24,15 @@ pub fn nats_mappings() -> String {
 
 /// `packaging/cluster/collector.toml` for collector `id`: its admin token,
 /// the feed on `127.0.0.1:0`, the suite's signing key written into
-/// `dir/keys`, `store.path` in `dir`, and `[cluster]`'s `id`, `nats` and
+/// `dir/keys`, `store.path` in `dir`, and `[cluster]`'s `id`, `nats` (the
+/// nodes' client URLs), `mqtt` (their MQTT listeners, when shipped) and
 /// `postgres` replaced; everything else as shipped. Callers change more
 /// keys in the table (agencies, webhooks, rules) before rendering it with
 /// `toml::to_string`.
 pub fn collector_toml(
     id: &str,
     admin_token: &str,
-    nats: &[String],
+    nats: &crate::NatsCluster,
     postgres: &str,
     dir: &Path,
 ) -> toml::Table {
@@ -57,10 +58,17 @@ pub fn collector_toml(
         );
     let c = t["cluster"].as_table_mut().expect("[cluster]");
     c.insert("id".into(), id.into());
+    let nodes = nats.nodes();
     c.insert(
         "nats".into(),
-        toml::Value::Array(nats.iter().map(|u| u.as_str().into()).collect()),
+        toml::Value::Array((0..nodes).map(|i| nats.nats_url(i).into()).collect()),
     );
+    if c.contains_key("mqtt") {
+        c.insert(
+            "mqtt".into(),
+            toml::Value::Array((0..nodes).map(|i| nats.mqtt_url(i).into()).collect()),
+        );
+    }
     c.insert("postgres".into(), postgres.into());
     t
 }

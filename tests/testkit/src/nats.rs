@@ -82,6 +82,11 @@ impl NatsCluster {
         self.nodes[i].mqtt
     }
 
+    /// How many nodes the cluster has (killed ones included).
+    pub fn nodes(&self) -> usize {
+        self.nodes.len()
+    }
+
     /// `nats://127.0.0.1:PORT` of node `i`'s client listener.
     pub fn nats_url(&self, i: usize) -> String {
         format!("nats://127.0.0.1:{}", self.nodes[i].client)

@@ -31,7 +31,7 @@ use crate::procs::{
 /// and `[ingest]` keys when asked.
 fn collector_toml(
     id: &str,
-    nats: &[String],
+    nats: &NatsCluster,
     postgres: &str,
     dir: &Path,
     extra_ingest: &[(&str, &str)],
@@ -177,15 +177,17 @@ impl Rig {
     /// With `pg_proxy`, the collectors reach PostgreSQL through a
     /// [`TcpProxy`] the test can black-hole.
     fn start_with(agents: usize, ingest: [&[(&str, &str)]; 2], pg_proxy: bool) -> Rig {
-        Rig::start_full(agents, ingest, pg_proxy, false)
+        Rig::start_full(agents, ingest, pg_proxy, false, "")
     }
 
-    /// With `webhook`, the agency's notifications go to a [`Hooks`].
+    /// With `webhook`, the agency's notifications go to a [`Hooks`];
+    /// `agent_extra` is appended to every agent's config.
     fn start_full(
         agents: usize,
         ingest: [&[(&str, &str)]; 2],
         pg_proxy: bool,
         webhook: bool,
+        agent_extra: &str,
     ) -> Rig {
         let one = ONE_RIG.lock().unwrap_or_else(|e| e.into_inner());
         let (hooks, hook_url) = match webhook {
@@ -205,7 +207,6 @@ impl Rig {
                 .replace(&format!(":{}/", pg.port()), &format!(":{}/", p.port())),
             None => pg.url(),
         };
-        let urls: Vec<String> = (0..3).map(|i| nats.nats_url(i)).collect();
         let mut collectors = Vec::new();
         for (id, extra_ingest) in IDS.into_iter().zip(ingest) {
             let d = dir.path().join(id);
@@ -213,7 +214,7 @@ impl Rig {
             let cfg = d.join("collector.toml");
             std::fs::write(
                 &cfg,
-                collector_toml(id, &urls, &pg_url, &d, extra_ingest, hook_url.as_deref()),
+                collector_toml(id, &nats, &pg_url, &d, extra_ingest, hook_url.as_deref()),
             )
             .unwrap();
             collectors.push(CollectorProc::spawn(&cfg, false));
@@ -237,6 +238,7 @@ impl Rig {
             let mut spec = AgentSpec::new(&unit, &mqtt[0], &rig.dir.path().join(&unit));
             // Each agent starts on another node.
             spec.urls = (0..3).map(|k| mqtt[(i + k) % 3].clone()).collect();
+            spec.extra.push_str(agent_extra);
             let a = AgentProc::spawn(&spec, false);
             rig.agents.push((spec, Some(a)));
         }
@@ -389,7 +391,7 @@ fn status(v: &Value) -> String {
 /// and an SSE client on one collector sees a transition the other decided.
 #[test]
 fn a_killed_collectors_partitions_are_taken_over_and_nothing_is_missing() {
-    let mut rig = Rig::start_full(20, [&[], &[]], false, true);
+    let mut rig = Rig::start_full(20, [&[], &[]], false, true, "");
     rig.wait_all_seen(0, 3);
     rig.wait_all_seen(1, 3);
 
@@ -566,6 +568,115 @@ fn a_killed_nats_node_loses_nothing() {
         );
     }
     rig.wait_nothing_missing(0);
+}
+
+/// Issue 15: unit status topics are retained in cluster mode. The
+/// collectors publish their units' status over MQTT to the NATS nodes'
+/// listeners (`[cluster] mqtt`, as shipped), so a subscriber that connects
+/// later, to another node, gets the unit's last status; after its owner is
+/// killed -9, the new owner's status replaces it.
+#[test]
+fn status_topics_are_retained_and_the_new_owner_replaces_them() {
+    let mut rig = Rig::start(4, [&[], &[]]);
+    rig.wait_all_seen(1, 2);
+    let i = rig.agent_owned_by(IDS[1]);
+    let unit = rig.agents[i].0.unit.clone();
+    let topic = format!("muster/v1/{AGENCY}/{unit}/status");
+
+    // A clean stop: `off`, decided by collector-2, the owner.
+    let t0 = Instant::now();
+    rig.agents[i].1.take().unwrap().stop();
+    let off = rig.collectors[1].wait_unit(&unit, "off", Duration::from_secs(30), |v| {
+        status(v) == "off"
+    });
+    let off_since = off["since_ms"].as_u64().unwrap();
+    let got = eventually_blocking(
+        "the retained off status on node 2",
+        Duration::from_secs(30),
+        || match retained_status(rig.nats.mqtt_port(1), &topic) {
+            Some((true, v)) if status(&v) == "off" => Ok(v),
+            other => Err(format!("{other:?}")),
+        },
+    );
+    assert_eq!(got["since_ms"].as_u64(), Some(off_since), "{got}");
+    assert_eq!(got["unit"], unit.as_str(), "{got}");
+    println!(
+        "{unit}: retained off from collector-2 read on node 2, {:.2} s after the stop: {got}",
+        t0.elapsed().as_secs_f64()
+    );
+
+    // kill -9 the owner; collector-1 takes the partition and decides the
+    // unit's next transition (its agent back: no longer off).
+    rig.collectors[1].kill9();
+    let took = rig.wait_owned_by(IDS[0]);
+    assert_eq!(rig.owner_of(&unit).as_deref(), Some(IDS[0]));
+    println!(
+        "collector-2 killed; collector-1 holds every partition after {:.2} s",
+        took.as_secs_f64()
+    );
+    let spec = rig.agents[i].0.clone();
+    rig.agents[i].1 = Some(AgentProc::spawn(&spec, false));
+    let t1 = Instant::now();
+    let (got, feed) = eventually_blocking(
+        "the new owner's retained status on node 3, as its feed says",
+        Duration::from_secs(60),
+        || {
+            let feed = rig.collectors[0].unit(&unit).ok_or("unknown")?;
+            if status(&feed) == "off" || feed["since_ms"].as_u64() <= Some(off_since) {
+                return Err(format!("feed: {}", brief(&feed)));
+            }
+            match retained_status(rig.nats.mqtt_port(2), &topic) {
+                Some((true, v))
+                    if status(&v) == status(&feed) && v["since_ms"] == feed["since_ms"] =>
+                {
+                    Ok((v, feed))
+                }
+                other => Err(format!("retained {other:?}; feed {}", brief(&feed))),
+            }
+        },
+    );
+    println!(
+        "{unit}: retained {} from collector-1 (the new owner) read on node 3, {:.2} s after the agent restarted: {got}",
+        status(&feed),
+        t1.elapsed().as_secs_f64()
+    );
+    assert_eq!(rig.metric(0, "muster_mqtt_publisher_connected"), Some(1.0));
+}
+
+/// The message a new MQTT subscriber to `topic` on `port` (a NATS node's
+/// listener) gets within 3 s of its subscription: (retain flag, JSON).
+fn retained_status(port: u16, topic: &str) -> Option<(bool, Value)> {
+    use rumqttc::{Client, Event, MqttOptions, Packet, QoS};
+    let mut o = MqttOptions::new(
+        format!("e2e-status-{}", rand::random::<u32>()),
+        "127.0.0.1",
+        port,
+    );
+    o.set_keep_alive(Duration::from_secs(5));
+    let (client, mut conn) = Client::new(o, 16);
+    let deadline = Instant::now() + Duration::from_secs(10);
+    let mut subscribed: Option<Instant> = None;
+    let mut got = None;
+    while Instant::now() < deadline
+        && subscribed.is_none_or(|t| t.elapsed() < Duration::from_secs(3))
+    {
+        match conn.recv_timeout(Duration::from_millis(200)) {
+            Ok(Ok(Event::Incoming(Packet::ConnAck(_)))) => {
+                client.try_subscribe(topic, QoS::AtLeastOnce).unwrap();
+            }
+            Ok(Ok(Event::Incoming(Packet::SubAck(_)))) => subscribed = Some(Instant::now()),
+            Ok(Ok(Event::Incoming(Packet::Publish(p)))) if p.topic == topic => {
+                got = serde_json::from_slice(&p.payload)
+                    .ok()
+                    .map(|v| (p.retain, v));
+                break;
+            }
+            Ok(Err(_)) => std::thread::sleep(Duration::from_millis(200)),
+            _ => {}
+        }
+    }
+    let _ = client.try_disconnect();
+    got
 }
 
 /// Records received over every boot of a unit view.
@@ -782,4 +893,133 @@ fn postgres_unreachable_stops_acking_and_pulling_and_resumes_by_itself() {
     );
     rig.wait_split(&IDS);
     rig.wait_nothing_missing(0);
+}
+
+/// The agency's incidents as a collector's feed shows them:
+/// (id, ended?, affected).
+fn incidents_on(c: &CollectorProc) -> Vec<(String, bool, Vec<String>)> {
+    c.get("/api/v1/incidents?state=all")["items"]
+        .as_array()
+        .unwrap()
+        .iter()
+        .map(|i| {
+            (
+                i["id"].as_str().unwrap().to_owned(),
+                !i["ended_ms"].is_null(),
+                i["affected"]
+                    .as_array()
+                    .unwrap()
+                    .iter()
+                    .map(|u| u.as_str().unwrap().to_owned())
+                    .collect(),
+            )
+        })
+        .collect()
+}
+
+/// Agency-wide incidents in cluster mode: 8 agents on both collectors'
+/// partitions fail the same probe; the coordinator opens one incident
+/// naming units of both, every collector's feed shows it, each owner flags
+/// its units with it; the coordinator is killed -9 while it is open and
+/// the next one carries it on (the same id, never opened twice) and ends
+/// it when the target heals.
+#[test]
+fn an_agency_wide_incident_spans_collectors_and_survives_its_coordinator() {
+    // A port nothing listens on yet: the probe fails until the test listens.
+    let port = std::net::TcpListener::bind("127.0.0.1:0")
+        .unwrap()
+        .local_addr()
+        .unwrap()
+        .port();
+    let probe = format!(
+        "[[probe]]\nname = \"cad-api\"\nkind = \"tcp\"\ntarget = \"127.0.0.1:{port}\"\ninterval = \"1s\"\ntimeout = \"500ms\"\n"
+    );
+    let mut rig = Rig::start_full(8, [&[], &[]], false, false, &probe);
+    let units: Vec<String> = rig.agents.iter().map(|(s, _)| s.unit.clone()).collect();
+    let owners: BTreeMap<String, String> = units
+        .iter()
+        .map(|u| (u.clone(), rig.owner_of(u).unwrap()))
+        .collect();
+    assert!(
+        IDS.iter().all(|id| owners.values().any(|o| o == id)),
+        "the units span both collectors: {owners:?}"
+    );
+    let coordinator = |rig: &Rig| rig.owners().get(&0).cloned().unwrap();
+    let t0 = Instant::now();
+    let open = eventually_blocking(
+        "one incident naming all 8 units, on both collectors",
+        Duration::from_secs(60),
+        || {
+            let got: Vec<_> = rig.collectors.iter().map(incidents_on).collect();
+            match &got[0][..] {
+                [(id, false, affected)] if affected.len() == units.len() && got[1] == got[0] => {
+                    Ok(id.clone())
+                }
+                _ => Err(format!("{got:?}")),
+            }
+        },
+    );
+    println!(
+        "incident {open} open on both collectors {:.1} s after start",
+        t0.elapsed().as_secs_f64()
+    );
+    // Every owner flags its own units with it, whichever collector is asked.
+    for u in &units {
+        rig.collectors[1].wait_unit(
+            u,
+            "flagged with the incident",
+            Duration::from_secs(20),
+            |v| {
+                v["reasons"].as_array().is_some_and(|r| {
+                    r.iter()
+                        .any(|r| r["rule"] == "incident" && r["incident"] == open.as_str())
+                })
+            },
+        );
+    }
+    // kill -9 the coordinator while the incident is open.
+    let first = coordinator(&rig);
+    let c = IDS.iter().position(|x| *x == first).unwrap();
+    let other = 1 - c;
+    rig.collectors[c].kill9();
+    rig.wait_owned_by(IDS[other]);
+    println!(
+        "coordinator {first} killed; {} now holds partition 0",
+        IDS[other]
+    );
+    // The target heals: the next coordinator ends the same incident.
+    // (Accepting: a backlog left full would refuse connections again.)
+    let listening = std::net::TcpListener::bind(("127.0.0.1", port)).unwrap();
+    std::thread::spawn(move || for _ in listening.incoming() {});
+    eventually_blocking("the incident ended", Duration::from_secs(60), || {
+        let got = incidents_on(&rig.collectors[other]);
+        match &got[..] {
+            [(id, true, _)] if *id == open => Ok(()),
+            _ => Err(format!("{got:?}")),
+        }
+    });
+    // Opened once and ended once: the event log holds exactly two
+    // versions of it, whoever decided.
+    let versions = rig
+        .pg
+        .psql(&format!(
+            "SELECT count(*), count(*) FILTER (WHERE change->>'ended_ms' IS NOT NULL) FROM events WHERE change->>'type' = 'incident' AND change->>'id' = '{open}'"
+        ))
+        .unwrap();
+    println!("incident events (all, ended): {versions}");
+    let (all, ended) = versions.trim().split_once('|').unwrap();
+    assert_eq!(ended.trim(), "1", "ended once");
+    assert!(all.trim().parse::<u32>().unwrap() >= 2);
+    let opened = rig
+        .pg
+        .psql("SELECT count(DISTINCT change->>'id') FROM events WHERE change->>'type' = 'incident'")
+        .unwrap();
+    assert_eq!(opened.trim(), "1", "one incident, never opened twice");
+    for u in &units {
+        rig.collectors[other].wait_unit(u, "no incident flag", Duration::from_secs(20), |v| {
+            v["reasons"]
+                .as_array()
+                .is_some_and(|r| r.iter().all(|r| r["rule"] != "incident"))
+        });
+    }
 }
