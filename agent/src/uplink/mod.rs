@@ -375,7 +375,12 @@ pub async fn run_hooked(
     up.flush();
     poller.abort();
     let stats = up.buffer.stats();
-    info!(unit = %up.unit, backlog_records = stats.records, backlog_bytes = stats.bytes, last_seq = up.seq, "Uplink stopped.");
+    let (unit, last_seq) = (up.unit.clone(), up.seq);
+    // Closes the buffer (flushed, segments closed, directory unlocked)
+    // before saying so: once this future completes, the buffer can be
+    // opened again at once.
+    drop(up);
+    info!(%unit, backlog_records = stats.records, backlog_bytes = stats.bytes, last_seq, "Uplink stopped.");
     Ok(())
 }
 

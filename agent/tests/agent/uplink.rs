@@ -563,6 +563,82 @@ async fn over_a_nats_cluster_a_node_killed_costs_nothing() {
     .await;
 }
 
+/// Once the uplink's future has completed, its buffer is closed and
+/// unlocked: this process can open it again at once (as the tests above do
+/// to count what is left on disk), even while another thread is starting a
+/// process. A forked child holds a copy of every descriptor until its exec
+/// closes it, and the `LOCK` flock used to go only with the last copy: a
+/// reopen in that window failed with `Locked` (the failover test, on a
+/// loaded 2-core CI machine). Here a thread starts `true(1)` in a loop; no
+/// open may fail. Without the buffer's explicit unlock most rounds fail.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_stopped_uplink_has_released_its_buffer_even_while_the_process_forks() {
+    let t = TempDir::new().unwrap();
+    // No broker: the uplink retries in the background and stops at once.
+    let cfg = config(t.path(), free_port());
+    let forking = Arc::new(AtomicBool::new(true));
+    let forker = {
+        let forking = forking.clone();
+        std::thread::spawn(move || {
+            let mut n = 0u64;
+            while forking.load(Ordering::SeqCst) {
+                std::process::Command::new("true")
+                    .stdin(std::process::Stdio::null())
+                    .status()
+                    .expect("run true(1)");
+                n += 1;
+            }
+            n
+        })
+    };
+    let mut failed = Vec::new();
+    const ROUNDS: usize = 40;
+    for round in 0..ROUNDS {
+        // The uplink opens the buffer the previous round's test open just
+        // closed, ...
+        let (tx, rx) = tokio::sync::mpsc::channel(16);
+        let (stop, stopped) = oneshot::channel::<()>();
+        let task = tokio::spawn(uplink::run(
+            cfg.clone(),
+            rx,
+            Arc::new(SystemClock),
+            async move {
+                let _ = stopped.await;
+            },
+        ));
+        for _ in 0..2 {
+            let o = Observation {
+                at_ms: now_ms(),
+                payload: Payload::Host(fixtures::host_sample()),
+            };
+            let _ = tx.send(o).await;
+            tokio::time::sleep(Duration::from_millis(5)).await;
+        }
+        let _ = stop.send(());
+        let res = tokio::time::timeout(Duration::from_secs(10), task)
+            .await
+            .expect("uplink shuts down within 10 s")
+            .expect("uplink task did not panic");
+        if let Err(e) = res {
+            failed.push(format!("round {round}, the uplink: {e}"));
+        }
+        // ... and the test opens it as soon as the uplink has returned.
+        if let Err(e) = Buffer::open(cfg.buffer.clone(), now_ms()) {
+            failed.push(format!("round {round}, reopened: {e}"));
+        }
+    }
+    forking.store(false, Ordering::SeqCst);
+    let forks = tokio::task::spawn_blocking(move || forker.join().unwrap())
+        .await
+        .unwrap();
+    assert!(forks > 0, "the forking thread ran");
+    assert!(
+        failed.is_empty(),
+        "{} of {ROUNDS} reopens right after the uplink stopped failed ({forks} forks meanwhile): {failed:#?}",
+        failed.len()
+    );
+}
+
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn without_acks_records_stay_on_disk_and_are_resent() {
     let t = TempDir::new().unwrap();
