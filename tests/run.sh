@@ -6,7 +6,8 @@
 # runs every test in the workspace (all of them, even after a failure), and the agent's tests again on the static
 # musl target it ships as (packaging/linux.sh). A missing dependency is a
 # failure here, never a skipped test. Schemathesis (pinned in
-# tests/schemathesis/requirements.txt) goes into a venv under target/.
+# tests/schemathesis/requirements.txt) and SciPy (pinned in
+# tests/stats/requirements.txt) go into venvs under target/.
 set -euo pipefail
 cd "$(dirname "$0")/.."
 
@@ -59,6 +60,20 @@ if ! cmp -s "$req" "$venv/requirements.txt"; then
 fi
 "$venv/bin/schemathesis" --version >/dev/null || { echo "tests/run.sh: $venv/bin/schemathesis does not run" >&2; exit 1; }
 export SCHEMATHESIS="$PWD/$venv/bin/schemathesis"
+# SciPy for the gate statistics' cross-check (collector/tests/gate_scipy.rs
+# runs tests/stats/scipy_reference.py), pinned, in a venv under target/;
+# reinstalled when the pins change.
+venv=target/scipy-venv
+req=tests/stats/requirements.txt
+if ! cmp -s "$req" "$venv/requirements.txt"; then
+    echo "tests/run.sh: installing scipy into $venv"
+    rm -rf "$venv"
+    /usr/bin/python3 -m venv "$venv"
+    "$venv/bin/pip" install --quiet --disable-pip-version-check --no-deps -r "$req"
+    cp "$req" "$venv/requirements.txt"
+fi
+"$venv/bin/python" -c "import scipy.stats" || { echo "tests/run.sh: $venv/bin/python cannot import scipy" >&2; exit 1; }
+export SCIPY_PYTHON="$PWD/$venv/bin/python"
 
 log=target/test-output.log
 status=0

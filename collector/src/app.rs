@@ -24,6 +24,7 @@ use crate::clock::SharedClock;
 use crate::config::Config;
 use crate::enroll::{Enroll, Registry};
 use crate::feed::{self, Auth, FeedState};
+use crate::gate::book::GateBook;
 use crate::ingest::mqtt::{self, MqttError};
 use crate::ingest::worker::Worker;
 use crate::notify::{self, WebhookSender};
@@ -47,6 +48,8 @@ pub enum AppError {
     Notify(#[from] crate::notify::NotifyError),
     #[error(transparent)]
     Signing(#[from] crate::signing::SigningError),
+    #[error("gates: {0}")]
+    Gates(#[from] crate::gate::book::BookError),
 }
 
 /// Wraps the opened store (tests inject a slow or failing one around it).
@@ -99,6 +102,7 @@ pub async fn run_with(
         store = layer(store);
     }
     let signer = Arc::new(Signer::load(&cfg.signing)?);
+    let gates = open_gates(&cfg)?;
     info!(
         public_key = %signer.public_key(),
         next_key = %signer.next_public_key().map(|k| k.to_string()).unwrap_or_else(|| "none".into()),
@@ -240,6 +244,7 @@ pub async fn run_with(
         Arc::clone(&shared),
         Arc::clone(&registry),
         Arc::clone(&clock),
+        gates,
         stop_feed.clone(),
     );
 
@@ -312,6 +317,7 @@ pub(crate) fn spawn_feed(
     shared: Arc<Shared>,
     registry: Arc<Registry>,
     clock: SharedClock,
+    gates: Arc<GateBook>,
     stop_feed: CancellationToken,
 ) -> tokio::task::JoinHandle<()> {
     let drop_log = Arc::new(feed::server::DropLog::new(cfg.ingest.refusal_log_interval));
@@ -338,6 +344,8 @@ pub(crate) fn spawn_feed(
             cfg.ingest.refusal_log_interval.as_millis() as u64,
         )),
         retention: retention(cfg),
+        gates,
+        gate_max_results: cfg.gates.max_results,
     };
     if let Ok(addr) = listener.local_addr() {
         match &cfg.cluster {
@@ -357,6 +365,13 @@ pub(crate) fn spawn_feed(
         drop_log,
         stop_feed,
     ))
+}
+
+/// The deploy gates: single node, persisted beside the store; cluster
+/// mode, in memory (`crate::gate::book`).
+pub(crate) fn open_gates(cfg: &Config) -> Result<Arc<GateBook>, AppError> {
+    let dir = cfg.cluster.is_none().then_some(cfg.store.path.as_path());
+    Ok(Arc::new(GateBook::open(dir, cfg.gates.max)?))
 }
 
 /// The store's retention, from `[store]`.

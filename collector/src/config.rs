@@ -134,8 +134,37 @@ pub struct RawConfig {
     pub enroll: RawEnroll,
     #[serde(default)]
     pub signing: RawSigning,
+    #[serde(default)]
+    pub gates: RawGates,
     /// `[cluster]`: cluster mode (`crate::cluster::config`).
     pub cluster: Option<crate::cluster::config::RawCluster>,
+}
+
+/// `[gates]`: the deploy gate (`crate::gate`).
+#[derive(Debug, Deserialize, Default)]
+#[serde(deny_unknown_fields)]
+pub struct RawGates {
+    pub max: Option<usize>,
+    pub max_results: Option<u64>,
+}
+
+/// `[gates]`, validated.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct GatesConfig {
+    /// Gates defined at most (default 256).
+    pub max: usize,
+    /// Probe results a verdict reads per side at most (default 500000;
+    /// about 50 bytes each while judged).
+    pub max_results: u64,
+}
+
+impl Default for GatesConfig {
+    fn default() -> Self {
+        GatesConfig {
+            max: 256,
+            max_results: 500_000,
+        }
+    }
 }
 
 #[derive(Debug, Deserialize, Default)]
@@ -280,6 +309,7 @@ pub struct Config {
     /// Enrolment by claim: `[enroll]` and each agency's `enroll_token`/`enroll`.
     pub enroll: EnrollConfig,
     pub signing: crate::signing::SigningConfig,
+    pub gates: GatesConfig,
     /// `[cluster]`: several collectors on NATS JetStream and PostgreSQL;
     /// `None`: single node (the embedded store and an MQTT broker).
     pub cluster: Option<crate::cluster::config::ClusterConfig>,
@@ -619,9 +649,23 @@ impl RawConfig {
             rules,
             enroll,
             signing,
+            gates,
             broker,
             cluster,
         } = self;
+        let mut gates_cfg = GatesConfig::default();
+        if let Some(n) = gates.max {
+            if !(1..=10_000).contains(&n) {
+                return Err(invalid("gates.max", "must be 1 to 10000"));
+            }
+            gates_cfg.max = n;
+        }
+        if let Some(n) = gates.max_results {
+            if !(1_000..=50_000_000).contains(&n) {
+                return Err(invalid("gates.max_results", "must be 1000 to 50000000"));
+            }
+            gates_cfg.max_results = n;
+        }
         let mut broker = broker.validate()?;
 
         let admin_token = admin_token.map(|t| token("admin_token", &t)).transpose()?;
@@ -1037,6 +1081,7 @@ impl RawConfig {
             webhooks,
             rules,
             enroll: enroll_cfg,
+            gates: gates_cfg,
             signing,
             broker,
             cluster,

@@ -30,6 +30,7 @@ pub mod demo;
 pub mod enroll;
 pub mod fdlimit;
 pub mod feed;
+pub mod gate;
 pub mod ingest;
 pub mod metrics;
 pub mod model;

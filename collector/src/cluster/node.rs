@@ -209,6 +209,7 @@ pub async fn run(
     };
     let held = store.leases();
     let signer = Arc::new(Signer::load(&cfg.signing)?);
+    let gates = crate::app::open_gates(&cfg)?;
     info!(id = %cl.id, public_key = %signer.public_key(), partitions = cl.stream.partitions, "Cluster collector starting.");
     let shared = Shared::new(Arc::clone(&store) as Arc<dyn Store>);
     shared.leases_ok.store(false, Ordering::Relaxed);
@@ -398,6 +399,7 @@ pub async fn run(
         Arc::clone(&shared),
         registry,
         Arc::clone(&clock),
+        gates,
         stop_feed.clone(),
     );
     let systemd = tokio::spawn(crate::service::systemd(

@@ -24,6 +24,7 @@ pub(crate) mod auth;
 mod dashboard;
 mod error;
 mod events;
+mod gates;
 pub mod limits;
 pub mod openapi;
 mod ops;
@@ -70,6 +71,10 @@ pub struct FeedState {
     pub enroll: Arc<crate::enroll::Enroll>,
     /// Store retention: which resolution `samples?resolution=auto` serves.
     pub retention: crate::store::rollup::Retention,
+    /// The deploy gates defined here (`gates`).
+    pub gates: Arc<crate::gate::book::GateBook>,
+    /// `gates.max_results`.
+    pub gate_max_results: u64,
 }
 
 pub fn router(state: FeedState) -> Router {
@@ -79,6 +84,9 @@ pub fn router(state: FeedState) -> Router {
     let claim = post(enroll::claim).layer(DefaultBodyLimit::max(enroll::MAX_BODY_BYTES));
     let (approve, revoke) = (post(enroll::approve), post(enroll::revoke));
     let strip = get(timeline::timeline);
+    let gate_new = post(gates::create).layer(DefaultBodyLimit::max(gates::MAX_BODY_BYTES));
+    let gate_one = get(gates::detail).delete(gates::delete);
+    let (gate_verdict, gate_check) = (get(gates::verdict), post(gates::check));
     Router::new()
         .route("/api/v1/units", get(units::list))
         .route("/api/v1/units/{agency}/{unit}", get(units::detail))
@@ -88,6 +96,10 @@ pub fn router(state: FeedState) -> Router {
         .route("/api/v1/incidents", get(events::incidents))
         .route("/api/v1/problems", get(problems::list))
         .route("/api/v1/stream", get(stream::stream))
+        .route("/api/v1/gates", gate_new.get(gates::list))
+        .route("/api/v1/gates/{id}", gate_one)
+        .route("/api/v1/gates/{id}/verdict", gate_verdict)
+        .route("/api/v1/gates/{id}/check", gate_check)
         .route("/api/v1/enroll", claim)
         .route("/api/v1/enrollments", get(enroll::list))
         .route("/api/v1/enrollments/{agency}/{unit}/approve", approve)

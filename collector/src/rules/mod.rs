@@ -189,11 +189,11 @@ pub mod incident;
 mod skew;
 pub mod words;
 
+pub use config::IncidentConfig;
 pub use config::{
     DEFAULT_RULES_TOML, RawClockSkew, RawIncidents, RawOff, RawOffAgency, RawOffline, RawRules,
     RawThreshold, RawValue, RulesConfig, RulesError,
 };
-pub use config::IncidentConfig;
 pub use engine::Engine;
 
 #[cfg(test)]

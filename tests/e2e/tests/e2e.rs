@@ -15,6 +15,8 @@ mod broker_acl;
 mod cluster;
 #[path = "e2e/enroll.rs"]
 mod enroll;
+#[path = "e2e/gates.rs"]
+mod gates;
 #[path = "e2e/lifecycle.rs"]
 mod lifecycle;
 #[path = "e2e/procs.rs"]

@@ -522,6 +522,27 @@ pub mod blocking {
             Duration::from_secs(10),
         )
     }
+
+    /// `method path` with a JSON body (or none), with a bearer token if given.
+    pub fn call(
+        addr: SocketAddr,
+        method: &str,
+        path: &str,
+        token: Option<&str>,
+        body: Option<&[u8]>,
+    ) -> Result<Response, String> {
+        let auth = bearer(token);
+        let mut headers: Vec<(&str, &str)> =
+            auth.iter().map(|a| ("Authorization", a.as_str())).collect();
+        if body.is_some() {
+            headers.push(("Content-Type", "application/json"));
+        }
+        send(
+            addr,
+            &request_bytes(method, path, &headers, body),
+            Duration::from_secs(30),
+        )
+    }
 }
 
 #[cfg(test)]

@@ -1,0 +1,126 @@
+//! A cohort's probe results over a span, read from the store (blocking:
+//! call from a blocking thread). Bounded: at most `max_results` results a
+//! side; past it the side is marked `truncated` (the verdict is judged on
+//! what was read, and says so).
+
+use muster_proto::{Outcome, Payload, ProbeResult, UnitId};
+
+use super::spec::{Cohort, MetricName, Span};
+use crate::store::{SampleQuery, Store, StoreError};
+
+/// Results read per store call.
+const PAGE: usize = 2_000;
+
+/// One side of a comparison.
+#[derive(Debug, Default, Clone, PartialEq)]
+pub struct Side {
+    /// Latencies (ms) of successful results: total, dns, connect, tls, ttfb.
+    pub latency: [Vec<f64>; 5],
+    pub failed: u64,
+    pub results: u64,
+    /// Units with at least one result.
+    pub units_with_data: usize,
+    /// Units the cohort selected.
+    pub units: usize,
+    /// The result budget ran out before the span did.
+    pub truncated: bool,
+}
+
+impl Side {
+    /// The latency samples of a latency metric.
+    pub fn latencies(&self, m: MetricName) -> &[f64] {
+        let i = match m {
+            MetricName::Latency | MetricName::FailureRatio => 0,
+            MetricName::LatencyDns => 1,
+            MetricName::LatencyConnect => 2,
+            MetricName::LatencyTls => 3,
+            MetricName::LatencyTtfb => 4,
+        };
+        &self.latency[i]
+    }
+
+    fn add(&mut self, p: &ProbeResult) {
+        self.results += 1;
+        if p.outcome != Outcome::Ok {
+            self.failed += 1;
+            return;
+        }
+        let ms = |us: u32| f64::from(us) / 1_000.0;
+        let ph = &p.phases;
+        self.latency[0].push(ms(ph.total_us));
+        for (i, v) in [ph.dns_us, ph.connect_us, ph.tls_us, ph.ttfb_us]
+            .into_iter()
+            .enumerate()
+        {
+            if let Some(v) = v {
+                self.latency[i + 1].push(ms(v));
+            }
+        }
+    }
+}
+
+/// The cohort's units among `known` (the collector's view).
+pub fn units_of<'a>(cohort: &Cohort, known: impl Iterator<Item = &'a UnitId>) -> Vec<UnitId> {
+    let listed: Option<std::collections::HashSet<&str>> = cohort
+        .units
+        .as_ref()
+        .map(|l| l.iter().map(String::as_str).collect());
+    known
+        .filter(|u| u.agency == cohort.agency)
+        .filter(|u| listed.as_ref().is_none_or(|l| l.contains(u.unit.as_str())))
+        .cloned()
+        .collect()
+}
+
+/// Reads the cohort's results of its probe in `span`.
+pub fn collect(
+    store: &dyn Store,
+    cohort: &Cohort,
+    units: &[UnitId],
+    span: Span,
+    max_results: u64,
+) -> Result<Side, StoreError> {
+    let mut side = Side {
+        units: units.len(),
+        ..Side::default()
+    };
+    if span.until_ms <= span.since_ms {
+        return Ok(side);
+    }
+    'units: for u in units {
+        let before = side.results;
+        let mut after = None;
+        loop {
+            let q = SampleQuery {
+                since_ms: span.since_ms,
+                // The store's bound is inclusive; the span's is not.
+                until_ms: span.until_ms - 1,
+                after,
+                limit: PAGE,
+            };
+            let (page, next) = store.samples(u, q)?;
+            for s in &page {
+                let Payload::Probe(p) = &s.payload else {
+                    continue;
+                };
+                if p.name != cohort.probe || cohort.target.as_ref().is_some_and(|t| *t != p.target)
+                {
+                    continue;
+                }
+                if side.results >= max_results {
+                    side.truncated = true;
+                    break 'units;
+                }
+                side.add(p);
+            }
+            match next {
+                Some(c) => after = Some(c),
+                None => break,
+            }
+        }
+        if side.results > before {
+            side.units_with_data += 1;
+        }
+    }
+    Ok(side)
+}
