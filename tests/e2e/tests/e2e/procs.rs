@@ -355,6 +355,8 @@ pub struct CollectorProc {
     pub addr: SocketAddr,
     pub config: PathBuf,
     release: bool,
+    /// Arguments after `run --config X` (kept for [`CollectorProc::start_again`]).
+    extra: Vec<String>,
 }
 
 impl CollectorProc {
@@ -446,6 +448,7 @@ impl CollectorProc {
             addr,
             config: config.into(),
             release,
+            extra: extra.to_vec(),
         };
         let log_path = log.clone();
         eventually_blocking(
@@ -464,9 +467,9 @@ impl CollectorProc {
         let _ = self.child.wait();
     }
 
-    /// Starts it again with the same config (and store).
+    /// Starts it again with the same config, store and arguments.
     pub fn start_again(&mut self) {
-        let c = CollectorProc::spawn(&self.config.clone(), self.release);
+        let c = CollectorProc::spawn_with(&self.config.clone(), self.release, &self.extra.clone());
         *self = c;
     }
 
