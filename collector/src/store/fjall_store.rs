@@ -1002,17 +1002,25 @@ impl FjallStore {
     }
 
     /// Flushes every memtable to (compressed) segments, so that
-    /// `size_on_disk` no longer counts them in the journal (tests, benches).
-    /// Not fjall's hidden `major_compact`: in the retention test it brought
-    /// pruned records back.
+    /// `size_on_disk` no longer counts them in the journal (tests, benches),
+    /// and every partition is quiescent for `drop_partition` when it
+    /// returns. Not fjall's hidden `major_compact`: in the retention test it
+    /// brought pruned records back.
     pub fn flush_memtables(&self) -> Result<(), StoreError> {
         for name in self.ks.list_partitions() {
             if let Ok(p) = self
                 .ks
                 .open_partition(&name, PartitionCreateOptions::default())
-                && p.rotate_memtable()?
             {
-                // Its flush, at most 30 s (tests and benches only).
+                // Waits for a flush this did not start too: fjall's monitor
+                // thread rotates memtables on its own (every 250 ms once the
+                // journals pass half of `journal_bytes`, and fjall counts
+                // each journal as the 32 MiB it preallocates, so a few
+                // rotations are enough), and a reopened keyspace recovers
+                // sealed journals as sealed memtables. Then `rotate_memtable`
+                // finds nothing to rotate while a flush is still in flight.
+                p.rotate_memtable()?;
+                // The flushes, at most 30 s (tests and benches only).
                 for _ in 0..6_000 {
                     if p.tree.sealed_memtable_count() == 0 {
                         break;
@@ -2324,9 +2332,53 @@ mod tests {
         }
     }
 
+    /// `flush_memtables` leaves every partition quiescent, also one whose
+    /// memtable someone else rotated (fjall's monitor thread, or a reopen
+    /// recovering sealed journals) and whose flush is still in flight: the
+    /// model test's prunes rely on it (`drop_partition`).
+    #[test]
+    fn flush_memtables_waits_for_flushes_it_did_not_start() {
+        let dir = muster_testkit::TempDir::new().unwrap();
+        let s = FjallStore::open(dir.path(), 1 << 20).unwrap();
+        let mut batch = CommitBatch::default();
+        for i in 0..8u64 {
+            let u = unit("a", &format!("E{i}"));
+            let mut r = fixtures::record(i, Payload::Host(fixtures::host_sample()));
+            r.at_ms = i * 20 * MINUTE_MS;
+            batch.samples.push((u.clone(), r));
+            batch.units.push(UnitRecord::new(u, 0));
+        }
+        s.commit(&batch).unwrap();
+        let parts: Vec<PartitionHandle> =
+            s.ks.list_partitions()
+                .iter()
+                .map(|name| {
+                    s.ks.open_partition(name, PartitionCreateOptions::default())
+                        .unwrap()
+                })
+                .collect();
+        // As the monitor does: rotated, flushed in the background.
+        for p in &parts {
+            p.rotate_memtable().unwrap();
+        }
+        s.flush_memtables().unwrap();
+        for p in &parts {
+            assert_eq!(
+                (
+                    p.tree.active_memtable_size(),
+                    p.tree.sealed_memtable_count()
+                ),
+                (0, 0),
+                "{}",
+                p.name
+            );
+        }
+    }
+
     mod model {
         use super::*;
         use proptest::prelude::*;
+        use proptest::test_runner::TestCaseError;
         use std::collections::BTreeMap;
 
         #[derive(Debug, Clone)]
@@ -2346,76 +2398,119 @@ mod tests {
             ]
         }
 
+        /// Runs `ops` against a store and a BTreeMap, listing every unit's
+        /// records `page` at a time after each op.
+        fn check(ops: Vec<Op>, page: usize) -> Result<(), TestCaseError> {
+            let dir = muster_testkit::TempDir::new().unwrap();
+            let units = [unit("a", "E1"), unit("a", "E10"), unit("b", "E1")];
+            // Value: committed after its bucket was pruned (kept in
+            // `raw_late` and listed until a retention round rolls it).
+            let mut model: BTreeMap<(usize, u64, u64), bool> = BTreeMap::new();
+            let mut pruned_before = 0;
+            let mut s = Some(FjallStore::open(dir.path(), 1 << 20).unwrap());
+            for (n, op) in ops.into_iter().enumerate() {
+                let st = s.as_ref().unwrap();
+                match op {
+                    Op::Commit(recs) => {
+                        let mut batch = CommitBatch::default();
+                        for (u, at, seq) in recs {
+                            let mut r =
+                                fixtures::record(seq, Payload::Host(fixtures::host_sample()));
+                            let at = at * 20 * 60_000;
+                            r.at_ms = at;
+                            batch.samples.push((units[u].clone(), r));
+                            batch.units.push(UnitRecord::new(units[u].clone(), at));
+                            let late = at < pruned_before;
+                            let e = model.entry((u, at, seq)).or_insert(late);
+                            *e |= late;
+                        }
+                        st.commit(&batch).unwrap();
+                    }
+                    Op::Prune(before) => {
+                        // By whole raw buckets of event time.
+                        let before = before * 20 * 60_000;
+                        // Buckets go on the second try once flushed
+                        // (`drop_partition`).
+                        st.flush_memtables().unwrap();
+                        for _ in 0..2 {
+                            st.prune(before, 0).unwrap();
+                        }
+                        pruned_before = pruned_before.max(before - before % RAW.bucket_ms);
+                        model.retain(|(_, at, _), late| *late || *at >= pruned_before);
+                    }
+                    Op::Reopen => {
+                        drop(s.take());
+                        s = Some(FjallStore::open(dir.path(), 1 << 20).unwrap());
+                    }
+                }
+                let st = s.as_ref().unwrap();
+                for (i, u) in units.iter().enumerate() {
+                    let want: Vec<(u64, u64)> = model
+                        .keys()
+                        .filter(|(m, _, _)| *m == i)
+                        .map(|(_, at, seq)| (*at, *seq))
+                        .collect();
+                    let mut got = Vec::new();
+                    let mut after = None;
+                    loop {
+                        let (items, c) = st
+                            .samples(
+                                u,
+                                SampleQuery {
+                                    since_ms: 0,
+                                    until_ms: u64::MAX,
+                                    after,
+                                    limit: page,
+                                },
+                            )
+                            .unwrap();
+                        got.extend(items.iter().map(|x| (x.at_ms, x.seq)));
+                        match c {
+                            Some(c) => after = Some(c),
+                            None => break,
+                        }
+                    }
+                    prop_assert_eq!(got, want, "unit {} after op {}", i, n);
+                }
+            }
+            Ok(())
+        }
+
         proptest! {
             #![proptest_config(ProptestConfig::with_cases(24))]
             /// commit / samples (paged) / prune / reopen against a BTreeMap
             /// (records 20 minutes apart, so pages cross raw buckets).
             #[test]
             fn the_store_behaves_as_an_ordered_map(ops in proptest::collection::vec(op(), 1..20), page in 1usize..7) {
-                let dir = muster_testkit::TempDir::new().unwrap();
-                let units = [unit("a", "E1"), unit("a", "E10"), unit("b", "E1")];
-                // Value: committed after its bucket was pruned (kept in
-                // `raw_late` and listed until a retention round rolls it).
-                let mut model: BTreeMap<(usize, u64, u64), bool> = BTreeMap::new();
-                let mut pruned_before = 0;
-                let mut s = Some(FjallStore::open(dir.path(), 1 << 20).unwrap());
-                for op in ops {
-                    let st = s.as_ref().unwrap();
-                    match op {
-                        Op::Commit(recs) => {
-                            let mut batch = CommitBatch::default();
-                            for (u, at, seq) in recs {
-                                let mut r = fixtures::record(seq, Payload::Host(fixtures::host_sample()));
-                                let at = at * 20 * 60_000;
-                                r.at_ms = at;
-                                batch.samples.push((units[u].clone(), r));
-                                batch.units.push(UnitRecord::new(units[u].clone(), at));
-                                let late = at < pruned_before;
-                                let e = model.entry((u, at, seq)).or_insert(late);
-                                *e |= late;
-                            }
-                            st.commit(&batch).unwrap();
-                        }
-                        Op::Prune(before) => {
-                            // By whole raw buckets of event time.
-                            let before = before * 20 * 60_000;
-                            // Buckets go on the second try once flushed
-                            // (`drop_partition`).
-                            st.flush_memtables().unwrap();
-                            for _ in 0..2 {
-                                st.prune(before, 0).unwrap();
-                            }
-                            pruned_before = pruned_before.max(before - before % RAW.bucket_ms);
-                            model.retain(|(_, at, _), late| *late || *at >= pruned_before);
-                        }
-                        Op::Reopen => {
-                            drop(s.take());
-                            s = Some(FjallStore::open(dir.path(), 1 << 20).unwrap());
-                        }
-                    }
-                    let st = s.as_ref().unwrap();
-                    for (i, u) in units.iter().enumerate() {
-                        let want: Vec<(u64, u64)> = model
-                            .keys()
-                            .filter(|(m, _, _)| *m == i)
-                            .map(|(_, at, seq)| (*at, *seq))
-                            .collect();
-                        let mut got = Vec::new();
-                        let mut after = None;
-                        loop {
-                            let (items, c) = st
-                                .samples(u, SampleQuery { since_ms: 0, until_ms: u64::MAX, after, limit: page })
-                                .unwrap();
-                            got.extend(items.iter().map(|x| (x.at_ms, x.seq)));
-                            match c {
-                                Some(c) => after = Some(c),
-                                None => break,
-                            }
-                        }
-                        prop_assert_eq!(got, want);
-                    }
-                }
+                check(ops, page)?;
             }
+        }
+
+        /// The minimal case proptest shrank a CI failure to (a bucket
+        /// below a prune's cut still listed), replayed every run.
+        #[test]
+        fn replay_ci_failure_bucket_kept_below_the_cut() {
+            use Op::*;
+            #[rustfmt::skip]
+            let ops = vec![
+                Commit(vec![(2, 5, 19), (2, 10, 1), (2, 3, 3), (2, 9, 16), (1, 9, 4), (2, 0, 16), (1, 5, 8), (2, 4, 10)]),
+                Commit(vec![(0, 7, 18), (0, 3, 10), (1, 8, 2)]),
+                Commit(vec![(1, 2, 5), (1, 4, 7), (0, 2, 14), (1, 10, 1), (1, 11, 12), (1, 7, 1), (0, 7, 0)]),
+                Commit(vec![(2, 0, 14), (0, 1, 11), (1, 5, 17), (0, 8, 12), (1, 8, 18)]),
+                Commit(vec![(2, 3, 11), (2, 6, 13), (0, 8, 8), (1, 11, 0), (1, 3, 18), (2, 10, 1), (0, 5, 6)]),
+                Prune(5),
+                Reopen,
+                Commit(vec![(1, 8, 11), (0, 5, 9), (1, 7, 6), (2, 4, 18), (1, 10, 4)]),
+                Commit(vec![(2, 11, 11), (2, 4, 9), (1, 11, 3), (0, 2, 15), (2, 10, 5), (1, 6, 10), (0, 10, 15), (0, 10, 0), (0, 4, 6), (1, 10, 11), (2, 0, 9)]),
+                Commit(vec![(1, 0, 12)]),
+                Commit(vec![(2, 0, 5), (0, 6, 15)]),
+                Prune(1),
+                Commit(vec![(0, 8, 19), (1, 8, 5), (0, 11, 9), (0, 5, 18), (2, 0, 11), (0, 7, 11)]),
+                Reopen,
+                Commit(vec![(2, 7, 9), (0, 7, 7), (2, 3, 10), (0, 2, 17), (2, 7, 6), (0, 9, 4)]),
+                Prune(10),
+            ];
+            check(ops, 3).unwrap();
         }
     }
 }
