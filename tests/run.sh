@@ -46,34 +46,28 @@ if ! rustup target list --installed 2>/dev/null | grep -qx "$musl"; then
 fi
 
 mkdir -p target
+# A pinned Python tool in a venv under target/, reinstalled when its pins
+# change: pinned_venv NAME REQUIREMENTS.
+pinned_venv() {
+    local venv=target/$1 req=$2
+    if ! cmp -s "$req" "$venv/requirements.txt"; then
+        echo "tests/run.sh: installing $req into $venv"
+        rm -rf "$venv"
+        /usr/bin/python3 -m venv "$venv"
+        "$venv/bin/pip" install --quiet --disable-pip-version-check --no-deps -r "$req"
+        cp "$req" "$venv/requirements.txt"
+    fi
+}
 # Schemathesis for the feed's contract test (collector/tests/collector/
-# schemathesis.rs), pinned, in a venv under target/; reinstalled when the
-# pins change.
-venv=target/schemathesis-venv
-req=tests/schemathesis/requirements.txt
-if ! cmp -s "$req" "$venv/requirements.txt"; then
-    echo "tests/run.sh: installing schemathesis into $venv"
-    rm -rf "$venv"
-    /usr/bin/python3 -m venv "$venv"
-    "$venv/bin/pip" install --quiet --disable-pip-version-check --no-deps -r "$req"
-    cp "$req" "$venv/requirements.txt"
-fi
-"$venv/bin/schemathesis" --version >/dev/null || { echo "tests/run.sh: $venv/bin/schemathesis does not run" >&2; exit 1; }
-export SCHEMATHESIS="$PWD/$venv/bin/schemathesis"
+# schemathesis.rs).
+pinned_venv schemathesis-venv tests/schemathesis/requirements.txt
+target/schemathesis-venv/bin/schemathesis --version >/dev/null || { echo "tests/run.sh: target/schemathesis-venv/bin/schemathesis does not run" >&2; exit 1; }
+export SCHEMATHESIS="$PWD/target/schemathesis-venv/bin/schemathesis"
 # SciPy for the gate statistics' cross-check (collector/tests/gate_scipy.rs
-# runs tests/stats/scipy_reference.py), pinned, in a venv under target/;
-# reinstalled when the pins change.
-venv=target/scipy-venv
-req=tests/stats/requirements.txt
-if ! cmp -s "$req" "$venv/requirements.txt"; then
-    echo "tests/run.sh: installing scipy into $venv"
-    rm -rf "$venv"
-    /usr/bin/python3 -m venv "$venv"
-    "$venv/bin/pip" install --quiet --disable-pip-version-check --no-deps -r "$req"
-    cp "$req" "$venv/requirements.txt"
-fi
-"$venv/bin/python" -c "import scipy.stats" || { echo "tests/run.sh: $venv/bin/python cannot import scipy" >&2; exit 1; }
-export SCIPY_PYTHON="$PWD/$venv/bin/python"
+# runs tests/stats/scipy_reference.py).
+pinned_venv scipy-venv tests/stats/requirements.txt
+target/scipy-venv/bin/python -c "import scipy.stats" || { echo "tests/run.sh: target/scipy-venv/bin/python cannot import scipy" >&2; exit 1; }
+export SCIPY_PYTHON="$PWD/target/scipy-venv/bin/python"
 
 log=target/test-output.log
 status=0

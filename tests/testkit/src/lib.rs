@@ -30,6 +30,7 @@ pub mod logind;
 pub mod nats;
 #[cfg(unix)]
 pub mod postgres;
+pub mod rng;
 pub mod webdriver;
 
 pub use collector_config::CollectorToml;
