@@ -51,7 +51,7 @@ fn pattern_ok(p: &str, s: &str) -> bool {
         "^sha256=[0-9a-f]{64}$" => s.strip_prefix("sha256=").is_some_and(|h| hex(h, 64)),
         "^[0-9a-f]{64}$" => hex(s, 64),
         "^ed25519:[0-9a-f]{64}$" => s.strip_prefix("ed25519:").is_some_and(|h| hex(h, 64)),
-        "^[^/+#\\s\\u0000-\\u001f\\u007f]+$" => {
+        "^[^/+#\\s\\u0000-\\u001f\\u007f-\\u009f]+$" => {
             !s.is_empty()
                 && !s
                     .chars()
