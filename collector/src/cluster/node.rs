@@ -648,15 +648,23 @@ async fn lease_loop(l: LeaseLoop) -> Option<(LeaseTable, tokio_postgres::Client)
                 .ok()
                 .and_then(Result::ok);
         }
+        // What a round wins is valid from `sent` until ttl - margin (the
+        // `Held` it returns), so a slow round is waited for that long: cut
+        // at the renewal interval instead, a loaded database that answers
+        // every round in just over it would never be heard.
         let result = match &client {
-            Some(c) => tokio::time::timeout(l.cl.lease_renew, table.tick(c, sent))
+            Some(c) => tokio::time::timeout(l.cl.lease_ttl - table.margin, table.tick(c, sent))
                 .await
                 .map_err(|_| "timed out".to_owned())
                 .and_then(|r| r.map_err(|e| e.to_string())),
             None => Err("not connected".to_owned()),
         };
+        let m = &l.shared.metrics.cluster;
+        m.round_last_ms
+            .store(mono().saturating_sub(sent), Ordering::Relaxed);
         match result {
             Ok(h) => {
+                m.rounds_ok.fetch_add(1, Ordering::Relaxed);
                 if failures > 0 {
                     info!(failures, "PostgreSQL reachable again; leases renewed.");
                 }
@@ -665,6 +673,7 @@ async fn lease_loop(l: LeaseLoop) -> Option<(LeaseTable, tokio_postgres::Client)
                 last_ok = Some(sent);
             }
             Err(e) => {
+                m.rounds_failed.fetch_add(1, Ordering::Relaxed);
                 failures += 1;
                 client = None;
                 if failures % 30 == 1 {

@@ -9,10 +9,12 @@
 //!   advisory lock, so collectors starting together apply each once; a
 //!   database that has a migration this build does not know is refused
 //!   (a newer build ran there: no downgrade).
-//! * Every lease write is one statement and a compare-and-set on the
-//!   partition's epoch (and owner), with expiry judged by the database's
-//!   `now()`: of two collectors acting on one snapshot, at most one wins a
-//!   partition, and a lost race is simply not held.
+//! * Every lease write is a compare-and-set on the partition's epoch (and
+//!   owner), with expiry judged by the database's `now()`: of two
+//!   collectors acting on one snapshot, at most one wins a partition, and a
+//!   lost race is simply not held. A tick's writes are one statement per
+//!   kind (renew, acquire, release) over all its partitions, so its cost
+//!   does not grow with the partitions held.
 //! * [`fence`] runs first in every transaction that writes a partition's
 //!   state: it takes the lease row `FOR SHARE` only if this collector still
 //!   holds it at that epoch, unexpired. The row lock makes a takeover (an
@@ -124,6 +126,25 @@ pub struct LeaseTable {
     pub margin: Duration,
 }
 
+/// One kind of action's partitions and epochs, as the two array
+/// parameters its statement unnests.
+#[derive(Default)]
+struct Columns {
+    partitions: Vec<i32>,
+    epochs: Vec<i64>,
+}
+
+impl Columns {
+    fn push(&mut self, partition: u32, epoch: u64) {
+        self.partitions.push(partition as i32);
+        self.epochs.push(epoch as i64);
+    }
+
+    fn is_empty(&self) -> bool {
+        self.partitions.is_empty()
+    }
+}
+
 fn ms(d: Duration) -> i64 {
     i64::try_from(d.as_millis()).unwrap_or(i64::MAX)
 }
@@ -181,6 +202,13 @@ impl LeaseTable {
 
     /// Applies `actions` (each a compare-and-set); the leases held after
     /// them, valid by this collector's monotonic clock from `sent_ms`.
+    ///
+    /// One statement per kind of action, whatever the number of
+    /// partitions: a tick costs the same few round trips for 1 partition
+    /// or 1024, so a slow database stretches it, never multiplies it (CI
+    /// run of 0cc4ea7: 64 one-row statements under load outlasted the
+    /// renewal timeout at every tick, and a first collector never held a
+    /// partition).
     pub async fn apply(
         &self,
         c: &impl GenericClient,
@@ -189,48 +217,59 @@ impl LeaseTable {
     ) -> Result<BTreeMap<u32, Held>, PgError> {
         let ttl = ms(self.ttl);
         let held = |epoch| Held::new(epoch, sent_ms, ttl as u64, ms(self.margin) as u64);
-        let mut out = BTreeMap::new();
+        let (mut renew, mut acquire, mut release) =
+            (Columns::default(), Columns::default(), Columns::default());
         for a in actions {
             match *a {
-                Action::Renew { partition, epoch } => {
-                    let n = c
-                        .execute(
-                            "UPDATE partition_leases
-                             SET expires_at = now() + $4::bigint * interval '1 millisecond'
-                             WHERE partition = $1 AND owner = $2 AND epoch = $3
-                               AND expires_at > now()",
-                            &[&(partition as i32), &self.me, &(epoch as i64), &ttl],
-                        )
-                        .await?;
-                    if n == 1 {
-                        out.insert(partition, held(epoch));
-                    }
-                }
-                Action::Acquire { partition, epoch } => {
-                    let n = c
-                        .execute(
-                            "INSERT INTO partition_leases AS l (partition, owner, epoch, expires_at)
-                             VALUES ($1, $2, $3::bigint + 1, now() + $4::bigint * interval '1 millisecond')
-                             ON CONFLICT (partition) DO UPDATE
-                             SET owner = excluded.owner, epoch = excluded.epoch,
-                                 expires_at = excluded.expires_at
-                             WHERE l.epoch = $3 AND (l.owner IS NULL OR l.expires_at <= now())",
-                            &[&(partition as i32), &self.me, &(epoch as i64), &ttl],
-                        )
-                        .await?;
-                    if n == 1 {
-                        out.insert(partition, held(epoch + 1));
-                    }
-                }
-                Action::Release { partition, epoch } => {
-                    c.execute(
-                        "UPDATE partition_leases SET owner = NULL
-                         WHERE partition = $1 AND owner = $2 AND epoch = $3",
-                        &[&(partition as i32), &self.me, &(epoch as i64)],
-                    )
-                    .await?;
-                }
+                Action::Renew { partition, epoch } => renew.push(partition, epoch),
+                Action::Acquire { partition, epoch } => acquire.push(partition, epoch),
+                Action::Release { partition, epoch } => release.push(partition, epoch),
             }
+        }
+        let mut out = BTreeMap::new();
+        let mut won = |rows: Vec<tokio_postgres::Row>| {
+            for r in rows {
+                out.insert(r.get::<_, i32>(0) as u32, held(r.get::<_, i64>(1) as u64));
+            }
+        };
+        if !renew.is_empty() {
+            won(c
+                .query(
+                    "UPDATE partition_leases AS l
+                     SET expires_at = now() + $3::bigint * interval '1 millisecond'
+                     FROM unnest($1::int[], $2::bigint[]) AS a(partition, epoch)
+                     WHERE l.partition = a.partition AND l.epoch = a.epoch
+                       AND l.owner = $4 AND l.expires_at > now()
+                     RETURNING l.partition, l.epoch",
+                    &[&renew.partitions, &renew.epochs, &ttl, &self.me],
+                )
+                .await?);
+        }
+        if !acquire.is_empty() {
+            won(c
+                .query(
+                    "INSERT INTO partition_leases AS l (partition, owner, epoch, expires_at)
+                     SELECT a.partition, $4, a.epoch + 1,
+                            now() + $3::bigint * interval '1 millisecond'
+                     FROM unnest($1::int[], $2::bigint[]) AS a(partition, epoch)
+                     ON CONFLICT (partition) DO UPDATE
+                     SET owner = excluded.owner, epoch = excluded.epoch,
+                         expires_at = excluded.expires_at
+                     WHERE l.epoch = excluded.epoch - 1
+                       AND (l.owner IS NULL OR l.expires_at <= now())
+                     RETURNING l.partition, l.epoch",
+                    &[&acquire.partitions, &acquire.epochs, &ttl, &self.me],
+                )
+                .await?);
+        }
+        if !release.is_empty() {
+            c.execute(
+                "UPDATE partition_leases AS l SET owner = NULL
+                 FROM unnest($1::int[], $2::bigint[]) AS a(partition, epoch)
+                 WHERE l.partition = a.partition AND l.epoch = a.epoch AND l.owner = $3",
+                &[&release.partitions, &release.epochs, &self.me],
+            )
+            .await?;
         }
         Ok(out)
     }

@@ -1,7 +1,10 @@
 //! Cluster mode (`crate::cluster::node`): `muster_cluster_partitions_owned`,
 //! the partitions this collector acts on now, and
 //! `muster_cluster_partition_moves_total{move}`, partitions acquired and
-//! lost. Rendered only in cluster mode.
+//! lost; `muster_cluster_lease_rounds_total{result}` and
+//! `muster_cluster_lease_round_last_ms`, the lease rounds with PostgreSQL
+//! and how long the last one took (a round near the lease TTL means
+//! partitions are about to be dropped). Rendered only in cluster mode.
 
 use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};
 
@@ -13,6 +16,9 @@ pub struct ClusterMetrics {
     pub partitions: AtomicU64,
     pub acquired: AtomicU64,
     pub lost: AtomicU64,
+    pub rounds_ok: AtomicU64,
+    pub rounds_failed: AtomicU64,
+    pub round_last_ms: AtomicU64,
 }
 
 impl ClusterMetrics {
@@ -42,5 +48,27 @@ impl ClusterMetrics {
                 v.load(Ordering::Relaxed),
             );
         }
+        e.family(
+            "muster_cluster_lease_rounds_total",
+            "counter",
+            "Lease rounds with PostgreSQL (renew, re-plan), by result.",
+        );
+        for (r, v) in [("ok", &self.rounds_ok), ("failed", &self.rounds_failed)] {
+            e.sample(
+                "muster_cluster_lease_rounds_total",
+                &[("result", r)],
+                v.load(Ordering::Relaxed),
+            );
+        }
+        e.family(
+            "muster_cluster_lease_round_last_ms",
+            "gauge",
+            "How long the last lease round took, ms (failed rounds included).",
+        );
+        e.sample(
+            "muster_cluster_lease_round_last_ms",
+            &[],
+            self.round_last_ms.load(Ordering::Relaxed),
+        );
     }
 }

@@ -99,6 +99,23 @@ async fn leases_split_move_on_expiry_and_fence_the_old_owner() {
     let won_b = tb.apply(&b, &grab, 2).await.unwrap();
     assert_eq!((won_a.len(), won_b.len()), (1, 0), "exactly one wins");
     assert_eq!(won_a[&7].epoch, 3);
+    // A free partition taken on a stale snapshot (epoch 2, now 3) is
+    // refused: the epoch never goes back. Several partitions in one
+    // apply: each stands or falls on its own.
+    pg.psql("UPDATE partition_leases SET owner = NULL WHERE partition IN (6, 7)")
+        .unwrap();
+    let stale = vec![
+        muster_collector::cluster::lease::Action::Acquire {
+            partition: 7,
+            epoch: snap.leases[7].epoch,
+        },
+        muster_collector::cluster::lease::Action::Acquire {
+            partition: 6,
+            epoch: snap.leases[6].epoch,
+        },
+    ];
+    let won_b = tb.apply(&b, &stale, 2).await.unwrap();
+    assert_eq!(epochs(&won_b), [(6, 3)], "only the current epoch wins");
 
     // a is cut off: its heartbeat and leases run out. b takes them over at
     // the next epoch, and a's write with the epoch it held is refused.
@@ -118,7 +135,7 @@ async fn leases_split_move_on_expiry_and_fence_the_old_owner() {
             (3, 2),
             (4, 2),
             (5, 2),
-            (6, 2),
+            (6, 3),
             (7, 4)
         ]
     );
