@@ -36,7 +36,10 @@ use std::ops::RangeInclusive;
 use bincode::config::{Configuration, Limit, LittleEndian, Varint};
 
 use crate::ids::{IdentityError, UnitId};
-use crate::message::{Body, Hello, MAX_HELLO_KEYS, Message, Payload, Presence, Record};
+use crate::message::{
+    Body, ConfigDoc, DocScope, Hello, MAX_CONFIG_BODY, MAX_HELLO_KEYS, Message, Payload, Presence,
+    Record,
+};
 use crate::v1;
 
 /// The schema version this build writes.
@@ -81,6 +84,8 @@ pub enum EncodeError {
     TooManyKeys(usize),
     #[error("{0} cannot be written in schema version {1}")]
     NotInVersion(&'static str, u8),
+    #[error("{0}")]
+    Invalid(String),
 }
 
 /// Why a payload was refused. Each variant is a counted reason at the collector.
@@ -222,6 +227,14 @@ fn check_presence(p: &Presence) -> Result<(), DecodeError> {
 
 /// An announcement record is a departure of the record's own boot.
 fn check_record(r: &Record) -> Result<(), DecodeError> {
+    if let Payload::Facts(f) = &r.payload {
+        return f
+            .validate()
+            .map_err(|e| DecodeError::Malformed(format!("facts: {e}")));
+    }
+    if let Payload::Config(c) = &r.payload {
+        return c.validate().map_err(DecodeError::Malformed);
+    }
     let Payload::Presence(p) = &r.payload else {
         return Ok(());
     };
@@ -280,6 +293,52 @@ pub fn decode_hello(bytes: &[u8]) -> Result<Hello, DecodeError> {
         return Err(DecodeError::TooManyKeys(h.next_keys.len()));
     }
     Ok(h)
+}
+
+// ------------------------------------------------------------ config documents
+
+/// Encodes a signed config document at the current [`SCHEMA_VERSION`].
+pub fn encode_config(d: &ConfigDoc) -> Result<Vec<u8>, EncodeError> {
+    check_config_doc(d).map_err(EncodeError::Invalid)?;
+    let mut out = Vec::with_capacity(160 + d.body.len());
+    out.push(SCHEMA_VERSION);
+    bincode::serde::encode_into_std_write(d, &mut out, config())?;
+    if out.len() > MAX_MESSAGE_BYTES {
+        return Err(EncodeError::TooLarge { len: out.len() });
+    }
+    Ok(out)
+}
+
+/// Decodes a config document (schema 2 or later): its scope's ids valid,
+/// its body within [`MAX_CONFIG_BODY`]. Never panics. The signature and
+/// whether it is for this unit are the reader's checks.
+pub fn decode_config(bytes: &[u8]) -> Result<ConfigDoc, DecodeError> {
+    let (&version, body) = bytes.split_first().ok_or(DecodeError::Empty)?;
+    if bytes.len() > MAX_MESSAGE_BYTES {
+        return Err(DecodeError::TooLarge { len: bytes.len() });
+    }
+    if version < HELLO_MIN_VERSION || !ACCEPTED_VERSIONS.contains(&version) {
+        return Err(DecodeError::UnknownVersion { got: version });
+    }
+    let d: ConfigDoc = decode_exact(body, bytes.len())?;
+    check_config_doc(&d).map_err(DecodeError::Malformed)?;
+    Ok(d)
+}
+
+fn check_config_doc(d: &ConfigDoc) -> Result<(), String> {
+    match &d.scope {
+        DocScope::Agency { agency } => {
+            crate::ids::validate_part("agency", agency).map_err(|e| e.to_string())?
+        }
+        DocScope::Unit { unit } => unit.validate().map_err(|e| e.to_string())?,
+    }
+    if d.body.len() > MAX_CONFIG_BODY {
+        return Err(format!(
+            "config body is {} bytes; the limit is {MAX_CONFIG_BODY}",
+            d.body.len()
+        ));
+    }
+    Ok(())
 }
 
 /// Most entries in any list inside a message (cores, disks, records, ...).

@@ -31,8 +31,8 @@ mod v1;
 
 pub use codec::{
     ACCEPTED_VERSIONS, DecodeError, Decoded, EncodeError, MAX_BATCH_RECORDS, MAX_MESSAGE_BYTES,
-    SCHEMA_VERSION, decode, decode_hello, decode_record, encode, encode_hello, encode_record,
-    encode_version, encoded_len, message_from_encoded,
+    SCHEMA_VERSION, decode, decode_config, decode_hello, decode_record, encode, encode_config,
+    encode_hello, encode_record, encode_version, encoded_len, message_from_encoded,
 };
 pub use ids::{BootId, IdentityError, UnitId};
 pub use message::*;

@@ -58,6 +58,12 @@ pub enum Payload {
     /// retained on the state topic: a collector that was down when it was
     /// said still learns it. Always `online: false`, with the record's boot.
     Presence(Presence),
+    /// The unit's labels and the facts it reports about itself (schema v2,
+    /// issue 16): sent at start and whenever one changes.
+    Facts(UnitFacts),
+    /// A step of the agent's configuration (schema v2, issue 16): a remote
+    /// document applying, applied, failed, refused or rolled back.
+    Config(ConfigStatus),
 }
 
 impl Payload {
@@ -67,7 +73,125 @@ impl Payload {
             Payload::Probe(_) => "probe",
             Payload::Status(_) => "status",
             Payload::Presence(_) => "presence",
+            Payload::Facts(_) => "facts",
+            Payload::Config(_) => "config",
         }
+    }
+}
+
+// ------------------------------------------------------- labels and facts
+
+/// Most labels a unit carries.
+pub const MAX_LABELS: usize = 16;
+/// Longest label key, in bytes (`[a-z0-9_.-]`, starting with a letter).
+pub const MAX_LABEL_KEY: usize = 32;
+/// Longest label value, in characters.
+pub const MAX_LABEL_VALUE: usize = 64;
+/// Longest reported fact (agent version, OS, CAD client version), in characters.
+pub const MAX_FACT_LEN: usize = 128;
+
+/// One operator-given label: `station = "7"`.
+#[derive(Debug, Clone, PartialEq, Eq, PartialOrd, Ord, Hash, Serialize, Deserialize)]
+pub struct Label {
+    pub key: String,
+    pub value: String,
+}
+
+/// Why a label or a fact was refused.
+#[derive(Debug, Clone, PartialEq, Eq, thiserror::Error)]
+pub enum LabelError {
+    #[error("{count} labels; at most {MAX_LABELS} are allowed")]
+    TooMany { count: usize },
+    #[error(
+        "label key {key:?}: 1 to {MAX_LABEL_KEY} of a-z, 0-9, '_', '.', '-', starting with a letter"
+    )]
+    Key { key: String },
+    #[error("label {key:?} is given twice")]
+    Duplicate { key: String },
+    #[error("{field} {value:?}: at most {max} characters, no control characters")]
+    Value {
+        field: String,
+        value: String,
+        max: usize,
+    },
+}
+
+/// Checks a label key: `[a-z][a-z0-9_.-]{0,31}`.
+pub fn validate_label_key(key: &str) -> Result<(), LabelError> {
+    let ok = !key.is_empty()
+        && key.len() <= MAX_LABEL_KEY
+        && key.starts_with(|c: char| c.is_ascii_lowercase())
+        && key.bytes().all(|b| {
+            b.is_ascii_lowercase() || b.is_ascii_digit() || matches!(b, b'_' | b'.' | b'-')
+        });
+    if ok {
+        Ok(())
+    } else {
+        Err(LabelError::Key {
+            key: key.chars().take(MAX_LABEL_KEY + 8).collect(),
+        })
+    }
+}
+
+/// Checks a label value or a fact: at most `max` characters, none a
+/// control character (C0, DEL or C1).
+pub fn validate_text(field: &str, value: &str, max: usize) -> Result<(), LabelError> {
+    if value.chars().count() > max || value.chars().any(char::is_control) {
+        return Err(LabelError::Value {
+            field: field.to_owned(),
+            value: value.chars().take(max + 8).collect(),
+            max,
+        });
+    }
+    Ok(())
+}
+
+/// What a unit is: its labels (from its local config, or set remotely)
+/// and what it reports about itself. Labels are sorted by key, each key
+/// once ([`UnitFacts::validate`]; `decode` refuses anything else as
+/// `malformed`).
+#[derive(Debug, Clone, PartialEq, Eq, Default, Serialize, Deserialize)]
+pub struct UnitFacts {
+    #[serde(deserialize_with = "crate::codec::bounded_vec")]
+    pub labels: Vec<Label>,
+    /// The agent's version (`CARGO_PKG_VERSION`).
+    pub agent_version: String,
+    /// The operating system, e.g. "Debian GNU/Linux 12 (bookworm)" or
+    /// "Windows 10 Pro 22H2 (19045)".
+    pub os: String,
+    /// The watched CAD client's version, where the platform shows it.
+    pub cad_version: Option<String>,
+}
+
+impl UnitFacts {
+    /// Labels sorted by key, unique, within bounds; facts within bounds.
+    pub fn validate(&self) -> Result<(), LabelError> {
+        if self.labels.len() > MAX_LABELS {
+            return Err(LabelError::TooMany {
+                count: self.labels.len(),
+            });
+        }
+        for (i, l) in self.labels.iter().enumerate() {
+            validate_label_key(&l.key)?;
+            validate_text(&format!("label {}", l.key), &l.value, MAX_LABEL_VALUE)?;
+            if i > 0 && self.labels[i - 1].key >= l.key {
+                return Err(LabelError::Duplicate { key: l.key.clone() });
+            }
+        }
+        validate_text("agent_version", &self.agent_version, MAX_FACT_LEN)?;
+        validate_text("os", &self.os, MAX_FACT_LEN)?;
+        if let Some(v) = &self.cad_version {
+            validate_text("cad_version", v, MAX_FACT_LEN)?;
+        }
+        Ok(())
+    }
+
+    /// The value of label `key`.
+    pub fn label(&self, key: &str) -> Option<&str> {
+        self.labels
+            .binary_search_by(|l| l.key.as_str().cmp(key))
+            .ok()
+            .map(|i| self.labels[i].value.as_str())
     }
 }
 
@@ -654,5 +778,172 @@ impl Hello {
     /// of the same process.
     pub fn order(&self) -> (u64, u64) {
         (self.started_ms, self.counter)
+    }
+}
+
+// ------------------------------------------------------------ remote config
+
+/// Largest remote configuration document body (TOML), in bytes.
+pub const MAX_CONFIG_BODY: usize = 64 * 1024;
+/// Longest reason in a [`ConfigStatus`], in characters.
+pub const MAX_CONFIG_REASON: usize = 512;
+
+/// Which units a remote document is for: every unit of an agency, or one
+/// unit (a unit's document overrides its agency's, section by section).
+#[derive(Debug, Clone, PartialEq, Eq, Hash, Serialize, Deserialize)]
+pub enum DocScope {
+    Agency { agency: String },
+    Unit { unit: UnitId },
+}
+
+impl DocScope {
+    pub fn agency(&self) -> &str {
+        match self {
+            DocScope::Agency { agency } => agency,
+            DocScope::Unit { unit } => &unit.agency,
+        }
+    }
+}
+
+/// Collector to agents, retained on the scope's config topic: the
+/// sections a collector sets remotely, as TOML, signed (see
+/// `crate::sign::verify_config`). `version` only grows per scope. Not a
+/// [`Message`]: it has its own codec (`encode_config` / `decode_config`).
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+pub struct ConfigDoc {
+    pub scope: DocScope,
+    pub version: u64,
+    /// When it was signed, unix ms, collector clock (shown, never trusted
+    /// for ordering: `version` orders).
+    pub issued_ms: u64,
+    /// TOML: only top-level sections, at most [`MAX_CONFIG_BODY`] bytes.
+    pub body: String,
+    pub key_id: KeyId,
+    pub sig: Signature,
+}
+
+/// A document as a status names it: its version and hash
+/// (`crate::sign::config_hash`).
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Hash, Serialize, Deserialize)]
+pub struct DocRef {
+    pub version: u64,
+    pub hash: [u8; 32],
+}
+
+/// Where a configuration step stands.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+pub enum ConfigState {
+    /// Verified and valid; being applied.
+    Applying,
+    /// Running; its health window passed (or it is the local config).
+    Applied,
+    /// Could not be applied (a probe would not build, ...); the previous
+    /// configuration keeps running.
+    Failed { reason: String },
+    /// Refused before anything was applied: unsigned, untrusted or bad
+    /// signature, bound to another unit or agency, an older version, a
+    /// section not allowed, or invalid.
+    Refused {
+        reason: RefusalReason,
+        detail: String,
+    },
+    /// Applied, then the agent's own health regressed within the window:
+    /// back on the last known good.
+    RolledBack { reason: String },
+}
+
+/// Why a remote document was refused, for counting.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Hash, Serialize, Deserialize)]
+pub enum RefusalReason {
+    Malformed,
+    Unsigned,
+    UntrustedKey,
+    BadSignature,
+    WrongUnit,
+    WrongAgency,
+    OldVersion,
+    SectionNotAllowed,
+    Invalid,
+}
+
+impl RefusalReason {
+    pub const ALL: [RefusalReason; 9] = [
+        RefusalReason::Malformed,
+        RefusalReason::Unsigned,
+        RefusalReason::UntrustedKey,
+        RefusalReason::BadSignature,
+        RefusalReason::WrongUnit,
+        RefusalReason::WrongAgency,
+        RefusalReason::OldVersion,
+        RefusalReason::SectionNotAllowed,
+        RefusalReason::Invalid,
+    ];
+
+    pub fn as_str(self) -> &'static str {
+        match self {
+            RefusalReason::Malformed => "malformed",
+            RefusalReason::Unsigned => "unsigned",
+            RefusalReason::UntrustedKey => "untrusted_key",
+            RefusalReason::BadSignature => "bad_signature",
+            RefusalReason::WrongUnit => "wrong_unit",
+            RefusalReason::WrongAgency => "wrong_agency",
+            RefusalReason::OldVersion => "old_version",
+            RefusalReason::SectionNotAllowed => "section_not_allowed",
+            RefusalReason::Invalid => "invalid",
+        }
+    }
+}
+
+impl ConfigState {
+    pub fn as_str(&self) -> &'static str {
+        match self {
+            ConfigState::Applying => "applying",
+            ConfigState::Applied => "applied",
+            ConfigState::Failed { .. } => "failed",
+            ConfigState::Refused { .. } => "refused",
+            ConfigState::RolledBack { .. } => "rolled_back",
+        }
+    }
+
+    fn reason(&self) -> Option<&str> {
+        match self {
+            ConfigState::Failed { reason } | ConfigState::RolledBack { reason } => Some(reason),
+            ConfigState::Refused { detail, .. } => Some(detail),
+            ConfigState::Applying | ConfigState::Applied => None,
+        }
+    }
+}
+
+/// Agent to collector, a buffered record: one step of its configuration.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+pub struct ConfigStatus {
+    /// The document this step is about (`None`: the local config alone,
+    /// reported at start).
+    pub doc: Option<(DocScopeKind, DocRef)>,
+    pub state: ConfigState,
+    /// What runs after this step: SHA-256 of the effective configuration's
+    /// canonical form, and the remote documents it was made from.
+    pub running: [u8; 32],
+    pub running_agency: Option<DocRef>,
+    pub running_unit: Option<DocRef>,
+}
+
+/// Which of a unit's two documents (its agency's or its own).
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Hash, Serialize, Deserialize)]
+pub enum DocScopeKind {
+    Agency,
+    Unit,
+}
+
+impl ConfigStatus {
+    /// Reasons within [`MAX_CONFIG_REASON`] characters.
+    pub fn validate(&self) -> Result<(), String> {
+        match self.state.reason() {
+            Some(r) if r.chars().count() > MAX_CONFIG_REASON => Err(format!(
+                "config status reason is {} characters; the limit is {MAX_CONFIG_REASON}",
+                r.chars().count()
+            )),
+            _ => Ok(()),
+        }
     }
 }

@@ -1,4 +1,4 @@
-//! Collector signatures (Ed25519) on acks and hellos: keys, key ids, the
+//! Collector signatures (Ed25519) on acks, hellos and config documents: keys, key ids, the
 //! signed bytes, signing and verification. Pure: no I/O, no clock, no RNG —
 //! a [`SigningKey`] is made from 32 bytes the caller provides (the collector
 //! reads them from its key file, created from the OS RNG).
@@ -9,7 +9,9 @@
 //!   bincode (standard config) of the fields. An ack signs
 //!   `ACK_CONTEXT ‖ bincode(unit, boot, upto, ranges, collector_ms)`, so a
 //!   signature cannot be moved to another unit, boot or range, nor to a
-//!   hello (`HELLO_CONTEXT ‖ bincode(started_ms, counter, next_keys)`).
+//!   hello (`HELLO_CONTEXT ‖ bincode(started_ms, counter, next_keys)`) or
+//!   a config document (`CONFIG_CONTEXT ‖ bincode(scope, version,
+//!   issued_ms, body)`, whose SHA-256 is the document's hash).
 //! * A [`KeyId`] is the first 8 bytes of SHA-256 of the public key; it names
 //!   the key a message claims. Verification looks the id up in
 //!   [`TrustedKeys`] and checks the signature with `verify_strict` (no
@@ -28,12 +30,14 @@ use serde::{Deserialize, Serialize};
 use sha2::{Digest, Sha256};
 
 use crate::ids::{BootId, UnitId};
-use crate::message::{Ack, Hello, SeqRange};
+use crate::message::{Ack, ConfigDoc, DocScope, Hello, SeqRange};
 
 /// Prefix of every signed ack's bytes.
 pub const ACK_CONTEXT: &[u8] = b"muster ack v2\0";
 /// Prefix of every signed hello's bytes.
 pub const HELLO_CONTEXT: &[u8] = b"muster hello v2\0";
+/// Prefix of every signed config document's bytes.
+pub const CONFIG_CONTEXT: &[u8] = b"muster config v1\0";
 /// Most keys an agent trusts at once (configured, persisted and announced).
 pub const MAX_TRUSTED_KEYS: usize = 16;
 /// Text prefix of a public key.
@@ -355,6 +359,58 @@ pub fn sign_hello(
 /// Is the hello signed by a trusted key? Returns the key id that signed it.
 pub fn verify_hello(trusted: &TrustedKeys, h: &Hello) -> Result<KeyId, VerifyError> {
     trusted.verify(h.key_id, &hello_signed_bytes(h), &h.sig)
+}
+
+// ----------------------------------------------------------- remote config
+
+/// The bytes a config document's signature covers: its scope (agency, and
+/// unit for a unit's document), version, issue time and body.
+pub fn config_signed_bytes(d: &ConfigDoc) -> Vec<u8> {
+    let mut out = Vec::with_capacity(96 + d.body.len());
+    out.extend_from_slice(CONFIG_CONTEXT);
+    let _ = bincode::serde::encode_into_std_write(
+        (&d.scope, d.version, d.issued_ms, &d.body),
+        &mut out,
+        config(),
+    );
+    out
+}
+
+/// A document's hash: SHA-256 of what its signature covers, so two
+/// documents with one hash say the same thing to the same units.
+pub fn config_hash(d: &ConfigDoc) -> [u8; 32] {
+    Sha256::digest(config_signed_bytes(d)).into()
+}
+
+/// A signed config document.
+pub fn sign_config(
+    key: &SigningKey,
+    scope: DocScope,
+    version: u64,
+    issued_ms: u64,
+    body: String,
+) -> ConfigDoc {
+    let mut d = ConfigDoc {
+        scope,
+        version,
+        issued_ms,
+        body,
+        key_id: key.key_id(),
+        sig: Signature::NONE,
+    };
+    d.sig = key.sign(&config_signed_bytes(&d));
+    d
+}
+
+/// Is the document signed by a trusted key? Returns the key id that
+/// signed it. Whether it is for this unit is the agent's check.
+pub fn verify_config(trusted: &TrustedKeys, d: &ConfigDoc) -> Result<KeyId, VerifyError> {
+    trusted.verify(d.key_id, &config_signed_bytes(d), &d.sig)
+}
+
+/// Lowercase hex of a hash or key id, for logs and JSON.
+pub fn hex_of(b: &[u8]) -> String {
+    hex(b)
 }
 
 #[cfg(test)]

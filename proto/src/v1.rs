@@ -229,6 +229,12 @@ impl TryFrom<&cur::Record> for Record {
                 cur::Payload::Presence(_) => {
                     return Err(EncodeError::NotInVersion("an announcement record", 1));
                 }
+                cur::Payload::Facts(_) => {
+                    return Err(EncodeError::NotInVersion("a facts record", 1));
+                }
+                cur::Payload::Config(_) => {
+                    return Err(EncodeError::NotInVersion("a config status record", 1));
+                }
             },
         })
     }

@@ -1194,3 +1194,247 @@ fn presence_reasons_are_validated_and_forward_compatible() {
         Err(EncodeError::NotInVersion(..))
     ));
 }
+
+#[test]
+fn config_documents_are_bound_to_their_scope_version_and_body() {
+    let key = fixtures::signing_key();
+    let mut trusted = TrustedKeys::new();
+    trusted.insert(key.public_key()).unwrap();
+    let unit = UnitId::new("metro-pd", "car-12").unwrap();
+    let good = sign::sign_config(
+        &key,
+        DocScope::Unit { unit: unit.clone() },
+        7,
+        1_700_000_000_000,
+        "[sampling]\ninterval = \"5s\"\n".into(),
+    );
+    assert_eq!(sign::verify_config(&trusted, &good), Ok(key.key_id()));
+    let back = decode_config(&encode_config(&good).unwrap()).unwrap();
+    assert_eq!(back, good);
+    assert_eq!(sign::config_hash(&back), sign::config_hash(&good));
+    let with = |f: &dyn Fn(&mut ConfigDoc)| {
+        let mut d = good.clone();
+        f(&mut d);
+        d
+    };
+    let cases: Vec<(&str, ConfigDoc)> = vec![
+        (
+            "another unit",
+            with(&|d| {
+                d.scope = DocScope::Unit {
+                    unit: UnitId::new("metro-pd", "car-13").unwrap(),
+                }
+            }),
+        ),
+        (
+            "the agency's scope",
+            with(&|d| {
+                d.scope = DocScope::Agency {
+                    agency: "metro-pd".into(),
+                }
+            }),
+        ),
+        ("version", with(&|d| d.version += 1)),
+        ("issued", with(&|d| d.issued_ms += 1)),
+        ("body", with(&|d| d.body.push(' '))),
+        ("signature", with(&|d| d.sig.1[3] ^= 1)),
+        (
+            "unsigned",
+            with(&|d| {
+                d.sig = Signature::NONE;
+                d.key_id = KeyId::NONE
+            }),
+        ),
+        (
+            "unknown key",
+            sign::sign_config(
+                &fixtures::next_signing_key(),
+                good.scope.clone(),
+                7,
+                1,
+                good.body.clone(),
+            ),
+        ),
+    ];
+    for (i, (name, d)) in cases.into_iter().enumerate() {
+        assert!(sign::verify_config(&trusted, &d).is_err(), "{name}");
+        // The hash names what a document says (scope, version, issue
+        // time, body), not who signed it.
+        if i < 5 {
+            assert_ne!(sign::config_hash(&d), sign::config_hash(&good), "{name}");
+        }
+    }
+    // A hello's signature is not a document's: the contexts differ.
+    let h = fixtures::hello();
+    let forged = with(&|d| {
+        d.key_id = h.key_id;
+        d.sig = h.sig
+    });
+    assert!(sign::verify_config(&trusted, &forged).is_err());
+}
+
+#[test]
+fn config_documents_are_bounded() {
+    let key = fixtures::signing_key();
+    let scope = DocScope::Agency {
+        agency: "metro-pd".into(),
+    };
+    let at = sign::sign_config(&key, scope.clone(), 1, 0, "x".repeat(MAX_CONFIG_BODY));
+    let bytes = encode_config(&at).unwrap();
+    assert_eq!(decode_config(&bytes).unwrap(), at);
+    let over = sign::sign_config(&key, scope, 1, 0, "x".repeat(MAX_CONFIG_BODY + 1));
+    assert!(matches!(encode_config(&over), Err(EncodeError::Invalid(_))));
+    // Written past the encoder's check: the decoder refuses it too.
+    let mut raw = vec![SCHEMA_VERSION];
+    raw.extend(bincode_of(&over));
+    assert!(matches!(
+        decode_config(&raw),
+        Err(DecodeError::Malformed(_))
+    ));
+    let bad_scope = ConfigDoc {
+        scope: DocScope::Agency {
+            agency: "a/b".into(),
+        },
+        ..at.clone()
+    };
+    assert!(encode_config(&bad_scope).is_err());
+    for cut in [0, 1, bytes.len() / 2, bytes.len() - 1] {
+        assert!(decode_config(&bytes[..cut]).is_err(), "cut at {cut}");
+    }
+}
+
+#[test]
+fn facts_and_config_status_round_trip_and_are_validated() {
+    let boot = BootId(7);
+    let facts = UnitFacts {
+        labels: vec![
+            Label {
+                key: "role".into(),
+                value: "patrol".into(),
+            },
+            Label {
+                key: "station".into(),
+                value: "7".into(),
+            },
+        ],
+        agent_version: "0.1.0".into(),
+        os: "Debian GNU/Linux 12 (bookworm)".into(),
+        cad_version: Some("5.4.2.118".into()),
+    };
+    assert_eq!(facts.label("station"), Some("7"));
+    assert_eq!(facts.label("zone"), None);
+    let status = ConfigStatus {
+        doc: Some((
+            DocScopeKind::Unit,
+            DocRef {
+                version: 3,
+                hash: [1; 32],
+            },
+        )),
+        state: ConfigState::Refused {
+            reason: RefusalReason::OldVersion,
+            detail: "version 3 is not newer than 4".into(),
+        },
+        running: [2; 32],
+        running_agency: None,
+        running_unit: Some(DocRef {
+            version: 4,
+            hash: [3; 32],
+        }),
+    };
+    let unit = UnitId::new("metro-pd", "car-12").unwrap();
+    for payload in [
+        Payload::Facts(facts.clone()),
+        Payload::Config(status.clone()),
+    ] {
+        let msg = Message {
+            unit: unit.clone(),
+            body: Body::Record(Record {
+                boot,
+                seq: 1,
+                at_ms: 5,
+                payload,
+            }),
+        };
+        assert_eq!(decode(&encode(&msg).unwrap()).unwrap().message, msg);
+        assert!(matches!(
+            encode_version(&msg, 1),
+            Err(EncodeError::NotInVersion(..))
+        ));
+    }
+    let bad: Vec<(&str, UnitFacts)> = vec![
+        ("unsorted", {
+            let mut f = facts.clone();
+            f.labels.reverse();
+            f
+        }),
+        ("duplicate", {
+            let mut f = facts.clone();
+            f.labels[1].key = "role".into();
+            f
+        }),
+        ("key", {
+            let mut f = facts.clone();
+            f.labels[0].key = "Role".into();
+            f
+        }),
+        ("value", {
+            let mut f = facts.clone();
+            f.labels[0].value = "a\u{85}b".into();
+            f
+        }),
+        ("too many", {
+            let mut f = facts.clone();
+            f.labels = (0..=MAX_LABELS)
+                .map(|i| Label {
+                    key: format!("k{i:02}"),
+                    value: String::new(),
+                })
+                .collect();
+            f
+        }),
+        ("os", {
+            let mut f = facts.clone();
+            f.os = "x".repeat(MAX_FACT_LEN + 1);
+            f
+        }),
+    ];
+    for (name, f) in bad {
+        assert!(f.validate().is_err(), "{name}");
+        let msg = Message {
+            unit: unit.clone(),
+            body: Body::Record(Record {
+                boot,
+                seq: 1,
+                at_ms: 5,
+                payload: Payload::Facts(f),
+            }),
+        };
+        let bytes = encode(&msg).unwrap();
+        assert!(
+            matches!(decode(&bytes), Err(DecodeError::Malformed(_))),
+            "{name}"
+        );
+    }
+    let mut long = status.clone();
+    long.state = ConfigState::Failed {
+        reason: "x".repeat(MAX_CONFIG_REASON + 1),
+    };
+    let msg = Message {
+        unit,
+        body: Body::Record(Record {
+            boot,
+            seq: 1,
+            at_ms: 5,
+            payload: Payload::Config(long),
+        }),
+    };
+    assert!(matches!(
+        decode(&encode(&msg).unwrap()),
+        Err(DecodeError::Malformed(_))
+    ));
+}
+
+fn bincode_of<T: serde::Serialize>(v: &T) -> Vec<u8> {
+    bincode::serde::encode_to_vec(v, bincode::config::standard()).unwrap()
+}

@@ -30,8 +30,11 @@ impl Kind {
         match p {
             Payload::Host(_) => Kind::Host,
             Payload::Probe(_) => Kind::Probe,
-            // An announcement is never thinned, like a heartbeat.
-            Payload::Status(_) | Payload::Presence(_) => Kind::Status,
+            // An announcement, the unit's facts or a config step are never
+            // thinned, like a heartbeat.
+            Payload::Status(_) | Payload::Presence(_) | Payload::Facts(_) | Payload::Config(_) => {
+                Kind::Status
+            }
         }
     }
     fn byte(self) -> u8 {

@@ -4,7 +4,7 @@
 
 use muster_proto::{
     AgentStatus, Cellular, Cpu, Disk, HostSample, Memory, NetContext, NetIf, Payload, Presence,
-    PresenceReason, ProbeResult, Process, SamplerFailure, Vpn, Wifi,
+    PresenceReason, ProbeResult, Process, SamplerFailure, UnitFacts, Vpn, Wifi,
 };
 use serde::Serialize;
 
@@ -240,6 +240,10 @@ pub enum SampleData {
     Status(AgentStatus),
     /// An announcement record (schema v2): the unit going away, and why.
     Presence(PresenceView),
+    /// The unit's labels and reported facts.
+    Facts(UnitFacts),
+    /// A step of the unit's configuration.
+    Config(ConfigStatusView),
 }
 
 #[derive(Debug, Serialize)]
@@ -263,6 +267,8 @@ impl From<StoredSample> for SampleView {
                 Payload::Probe(p) => SampleData::Probe(p),
                 Payload::Status(st) => SampleData::Status(st),
                 Payload::Presence(p) => SampleData::Presence(PresenceView::from(&p)),
+                Payload::Facts(f) => SampleData::Facts(f),
+                Payload::Config(c) => SampleData::Config(ConfigStatusView::from(&c)),
             },
         }
     }
@@ -379,6 +385,54 @@ mod tests {
             assert_eq!(v["slept_ms"], json!(slept), "{name}");
             assert_eq!(v["back_within_ms"], json!(back), "{name}");
             assert_eq!(v["online"], online);
+        }
+    }
+}
+
+/// A [`muster_proto::ConfigStatus`] for JSON: hashes in hex, the state by name.
+#[derive(Debug, Serialize)]
+pub struct ConfigStatusView {
+    /// `agency` or `unit`: which document the step is about; absent for the
+    /// local config alone.
+    pub doc_scope: Option<&'static str>,
+    pub doc_version: Option<u64>,
+    pub doc_hash: Option<String>,
+    /// `applying`, `applied`, `failed`, `refused` or `rolled_back`.
+    pub state: &'static str,
+    /// A refusal's reason (`unsigned`, `wrong_unit`, ...).
+    pub refusal: Option<&'static str>,
+    pub reason: Option<String>,
+    /// SHA-256 of the configuration running after this step.
+    pub running_hash: String,
+    pub running_agency_version: Option<u64>,
+    pub running_unit_version: Option<u64>,
+}
+
+impl From<&muster_proto::ConfigStatus> for ConfigStatusView {
+    fn from(c: &muster_proto::ConfigStatus) -> Self {
+        use muster_proto::{ConfigState, DocScopeKind, sign::hex_of};
+        let (refusal, reason) = match &c.state {
+            ConfigState::Refused { reason, detail } => {
+                (Some(reason.as_str()), Some(detail.clone()))
+            }
+            ConfigState::Failed { reason } | ConfigState::RolledBack { reason } => {
+                (None, Some(reason.clone()))
+            }
+            ConfigState::Applying | ConfigState::Applied => (None, None),
+        };
+        ConfigStatusView {
+            doc_scope: c.doc.map(|(k, _)| match k {
+                DocScopeKind::Agency => "agency",
+                DocScopeKind::Unit => "unit",
+            }),
+            doc_version: c.doc.map(|(_, d)| d.version),
+            doc_hash: c.doc.map(|(_, d)| hex_of(&d.hash)),
+            state: c.state.as_str(),
+            refusal,
+            reason,
+            running_hash: hex_of(&c.running),
+            running_agency_version: c.running_agency.map(|d| d.version),
+            running_unit_version: c.running_unit.map(|d| d.version),
         }
     }
 }

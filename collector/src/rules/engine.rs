@@ -154,7 +154,9 @@ impl UnitState {
         let track = &self.presence;
         let newest = match &rec.payload {
             Payload::Host(_) => &mut self.host_at,
-            Payload::Status(_) | Payload::Presence(_) => &mut self.status_at,
+            Payload::Status(_) | Payload::Presence(_) | Payload::Facts(_) | Payload::Config(_) => {
+                &mut self.status_at
+            }
             Payload::Probe(p) => {
                 return match self.probes.iter_mut().find(|s| *s.name == *p.name) {
                     Some(s) if !newer(rec, &s.newest, track) => false,
@@ -421,6 +423,8 @@ impl Engine {
                         depart(u, ui, p, now_ms, &mut self.incidents, &mut fx);
                     }
                 }
+                // Not rule inputs: kept with the unit's samples (latest).
+                Payload::Facts(_) | Payload::Config(_) => {}
             }
             eval_skew(cfg, u, now_ms, &mut fx);
         }
