@@ -10,7 +10,7 @@ use std::path::{Path, PathBuf};
 use std::time::Duration;
 
 use muster_base::value::{BadValue, MqttScheme, MqttUrl, bytes, duration, duration_or};
-use muster_proto::{SamplerFamily, UnitId};
+use muster_proto::{Label, LabelError, SamplerFamily, UnitId};
 use serde::Deserialize;
 
 use crate::buffer::settings::{BufferSettings, FullPolicy};
@@ -87,6 +87,18 @@ struct RawConfig {
     enroll: Option<RawEnroll>,
     #[serde(default)]
     trust: RawTrust,
+    #[serde(default)]
+    remote: RawRemote,
+    labels: Option<toml::Table>,
+    #[serde(default)]
+    cad: RawCad,
+}
+
+#[derive(Debug, Deserialize, Default)]
+#[serde(deny_unknown_fields)]
+struct RawRemote {
+    allow: Option<Vec<String>>,
+    health_window: Option<String>,
 }
 
 #[derive(Debug, Deserialize, Default)]
@@ -221,6 +233,73 @@ pub struct Config {
     /// `[trust]`: collector keys (more may be persisted in
     /// `<data_dir>/trusted_keys`, see [`crate::trust`]).
     pub trust: TrustConfig,
+    /// `[remote]`: which sections signed documents may set.
+    pub remote: RemoteSettings,
+    /// `labels`: the unit's operator-given labels, sorted by key.
+    pub labels: Vec<muster_proto::Label>,
+    /// `[cad]`: where the CAD client's version is read.
+    pub cad: CadConfig,
+    /// The local TOML this config was parsed from (the root of trust that
+    /// remote documents are merged onto, [`crate::remote`]).
+    pub local: std::sync::Arc<str>,
+}
+
+/// Top-level sections a remote document may ever set (the wire
+/// contract's list); everything else is local only.
+pub use muster_proto::REMOTE_SECTIONS as REMOTABLE;
+
+/// `[remote]`
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct RemoteSettings {
+    /// `remote.allow`: sections signed documents may set (a subset of
+    /// [`REMOTABLE`]); empty (the default): remote config is off.
+    pub allow: Vec<String>,
+    /// `remote.health_window`: how long after applying a document the
+    /// agent watches its own health before the document becomes the last
+    /// known good; default 5 min, 10 s to 1 h.
+    pub health_window: Duration,
+}
+
+impl Default for RemoteSettings {
+    fn default() -> Self {
+        RemoteSettings {
+            allow: Vec::new(),
+            health_window: Duration::from_secs(300),
+        }
+    }
+}
+
+fn validate_remote(raw: RawRemote) -> Result<RemoteSettings, ConfigError> {
+    let mut allow = Vec::new();
+    for (i, a) in raw.allow.unwrap_or_default().into_iter().enumerate() {
+        if !REMOTABLE.contains(&a.as_str()) {
+            return Err(ConfigError::invalid(
+                format!("remote.allow[{i}]"),
+                format!(
+                    "{a:?} can never be set remotely; allowed: {}",
+                    REMOTABLE.join(", ")
+                ),
+            ));
+        }
+        if !allow.contains(&a) {
+            allow.push(a);
+        }
+    }
+    let health_window = duration_or(
+        "remote.health_window",
+        raw.health_window.as_deref(),
+        RemoteSettings::default().health_window,
+    )?;
+    if health_window < Duration::from_secs(10) || health_window > Duration::from_secs(3600) {
+        return Err(ConfigError::invalid(
+            "remote.health_window",
+            "must be between 10s and 1h",
+        ));
+    }
+    Ok(RemoteSettings {
+        allow,
+        health_window,
+    })
 }
 
 /// `[sampling]`
@@ -386,7 +465,16 @@ impl Config {
     pub fn parse(text: &str) -> Result<Config, ConfigError> {
         let raw: RawConfig =
             toml::from_str(text).map_err(|e| ConfigError::Parse(e.to_string().trim().into()))?;
-        validate(raw)
+        validate(raw, text.into())
+    }
+
+    /// Validates an effective configuration (the local TOML with remote
+    /// sections merged in, [`crate::remote`]) with the same code as
+    /// [`Config::parse`]; `local` stays the local text.
+    pub fn parse_merged(merged: &str, local: std::sync::Arc<str>) -> Result<Config, ConfigError> {
+        let raw: RawConfig =
+            toml::from_str(merged).map_err(|e| ConfigError::Parse(e.to_string().trim().into()))?;
+        validate(raw, local)
     }
 }
 
@@ -396,7 +484,7 @@ fn check_file(key: &str, p: &Path) -> Result<(), ConfigError> {
         .map_err(|e| ConfigError::invalid(key, format!("{}: {e}", p.display())))
 }
 
-fn validate(raw: RawConfig) -> Result<Config, ConfigError> {
+fn validate(raw: RawConfig, local: std::sync::Arc<str>) -> Result<Config, ConfigError> {
     let agency = raw
         .agency
         .ok_or_else(|| ConfigError::invalid("agency", "missing"))?;
@@ -426,6 +514,9 @@ fn validate(raw: RawConfig) -> Result<Config, ConfigError> {
     let log = validate_log(raw.log, &data_dir)?;
     let enroll = raw.enroll.map(validate_enroll).transpose()?;
     let trust = validate_trust(raw.trust, enroll.is_some())?;
+    let labels = validate_labels(raw.labels)?;
+    let cad = validate_cad(raw.cad)?;
+    let remote = validate_remote(raw.remote)?;
 
     let mut probes = Vec::with_capacity(raw.probes.len());
     let mut names = HashSet::new();
@@ -454,6 +545,250 @@ fn validate(raw: RawConfig) -> Result<Config, ConfigError> {
         probes,
         enroll,
         trust,
+        remote,
+        local,
+        labels,
+        cad,
+    })
+}
+
+// ------------------------------------------------- labels and [cad] (issue 16)
+
+/// The key of label `key` in errors: `labels.station`, or
+/// `labels."Station 7"` for a key TOML would have to quote.
+fn label_key(key: &str) -> String {
+    let bare = !key.is_empty()
+        && key
+            .bytes()
+            .all(|b| b.is_ascii_alphanumeric() || matches!(b, b'_' | b'-'));
+    if bare {
+        format!("labels.{key}")
+    } else {
+        format!("labels.{:?}", key.chars().take(40).collect::<String>())
+    }
+}
+
+/// `labels`: at most [`muster_proto::MAX_LABELS`], each checked by the
+/// wire's own rules (`muster_proto::validate_label_key`, `validate_text`),
+/// values strings. TOML keys are unique, so only order is left: sorted.
+fn validate_labels(raw: Option<toml::Table>) -> Result<Vec<Label>, ConfigError> {
+    let table = raw.unwrap_or_default();
+    if table.len() > muster_proto::MAX_LABELS {
+        return Err(ConfigError::invalid(
+            "labels",
+            LabelError::TooMany { count: table.len() },
+        ));
+    }
+    let mut labels = Vec::with_capacity(table.len());
+    for (key, value) in table {
+        let name = label_key(&key);
+        muster_proto::validate_label_key(&key).map_err(|e| ConfigError::invalid(&name, e))?;
+        let value = match value {
+            toml::Value::String(v) => v,
+            v @ (toml::Value::Integer(_) | toml::Value::Float(_) | toml::Value::Boolean(_)) => {
+                return Err(ConfigError::invalid(
+                    &name,
+                    format!("must be a string (quote it: {key} = \"{v}\")"),
+                ));
+            }
+            _ => return Err(ConfigError::invalid(&name, "must be a string")),
+        };
+        muster_proto::validate_text("value", &value, muster_proto::MAX_LABEL_VALUE)
+            .map_err(|e| ConfigError::invalid(&name, e))?;
+        labels.push(Label { key, value });
+    }
+    labels.sort();
+    Ok(labels)
+}
+
+#[derive(Debug, Deserialize, Default)]
+#[serde(deny_unknown_fields)]
+struct RawCad {
+    version_file: Option<PathBuf>,
+    version_command: Option<Vec<String>>,
+    executable: Option<PathBuf>,
+    version_timeout: Option<String>,
+    version_refresh: Option<String>,
+}
+
+/// Where the watched CAD client's version comes from (`[cad]`).
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub enum CadVersionSource {
+    /// `cad.version_file`: the first line of this file, trimmed.
+    File(PathBuf),
+    /// `cad.version_command`: the first line of this program's standard
+    /// output; argv as given, never through a shell.
+    Command(Vec<String>),
+    /// `cad.executable` (Windows): the file version in the executable's
+    /// `VS_VERSIONINFO` resource.
+    Executable(PathBuf),
+}
+
+impl fmt::Display for CadVersionSource {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        match self {
+            CadVersionSource::File(p) => write!(f, "file {}", p.display()),
+            CadVersionSource::Command(argv) => write!(f, "command {argv:?}"),
+            CadVersionSource::Executable(p) => write!(f, "executable {}", p.display()),
+        }
+    }
+}
+
+/// `[cad]`: the watched CAD client's version, reported in the unit's facts.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct CadConfig {
+    /// `None`: the version is not reported.
+    pub version: Option<CadVersionSource>,
+    /// `cad.version_timeout`: the most one reading may take (a command is
+    /// killed then), default 5s (or half of `cad.version_refresh`, if
+    /// that is shorter), 100ms..=60s, shorter than the refresh.
+    pub version_timeout: Duration,
+    /// `cad.version_refresh`: how often the version is read again (facts are
+    /// sent only when something changed), default 10m, 1s..=24h.
+    pub version_refresh: Duration,
+}
+
+/// The default `cad.version_timeout`.
+pub const DEFAULT_VERSION_TIMEOUT: Duration = Duration::from_secs(5);
+/// The default `cad.version_refresh`.
+pub const DEFAULT_VERSION_REFRESH: Duration = Duration::from_secs(600);
+/// `cad.version_command`: at most this many arguments, each at most
+/// [`MAX_COMMAND_ARG`] bytes.
+pub const MAX_COMMAND_ARGS: usize = 32;
+pub const MAX_COMMAND_ARG: usize = 1024;
+
+impl Default for CadConfig {
+    fn default() -> Self {
+        CadConfig {
+            version: None,
+            version_timeout: DEFAULT_VERSION_TIMEOUT,
+            version_refresh: DEFAULT_VERSION_REFRESH,
+        }
+    }
+}
+
+fn absolute(key: &str, p: &Path, what: &str) -> Result<(), ConfigError> {
+    // `Path::is_absolute` is the platform's notion: `C:\...` on Windows.
+    if p.is_absolute() {
+        Ok(())
+    } else {
+        Err(ConfigError::invalid(
+            key,
+            format!(
+                "{:?} is not an absolute path ({what}; a service's working directory is not yours)",
+                p.display().to_string()
+            ),
+        ))
+    }
+}
+
+fn validate_cad(raw: RawCad) -> Result<CadConfig, ConfigError> {
+    let mut given = Vec::new();
+    if raw.version_file.is_some() {
+        given.push("cad.version_file");
+    }
+    if raw.version_command.is_some() {
+        given.push("cad.version_command");
+    }
+    if raw.executable.is_some() {
+        given.push("cad.executable");
+    }
+    if given.len() > 1 {
+        return Err(ConfigError::invalid(
+            given[1],
+            format!("set only one of {} (both are set)", given.join(", ")),
+        ));
+    }
+    let version = if let Some(p) = raw.version_file {
+        absolute(
+            "cad.version_file",
+            &p,
+            "the file the CAD client's version is in",
+        )?;
+        Some(CadVersionSource::File(p))
+    } else if let Some(argv) = raw.version_command {
+        let key = "cad.version_command";
+        if argv.is_empty() || argv.len() > MAX_COMMAND_ARGS {
+            return Err(ConfigError::invalid(
+                key,
+                format!(
+                    "must list the program and its arguments, 1 to {MAX_COMMAND_ARGS} strings (it is run directly, never through a shell)"
+                ),
+            ));
+        }
+        for (i, a) in argv.iter().enumerate() {
+            if a.len() > MAX_COMMAND_ARG || a.contains('\0') {
+                return Err(ConfigError::invalid(
+                    format!("{key}[{i}]"),
+                    format!("must be at most {MAX_COMMAND_ARG} bytes without NUL"),
+                ));
+            }
+        }
+        absolute(
+            &format!("{key}[0]"),
+            Path::new(&argv[0]),
+            "the program is not looked up in PATH",
+        )?;
+        Some(CadVersionSource::Command(argv))
+    } else if let Some(p) = raw.executable {
+        if !cfg!(windows) {
+            return Err(ConfigError::invalid(
+                "cad.executable",
+                "is read only on Windows (an executable's file version); use cad.version_file or cad.version_command",
+            ));
+        }
+        absolute("cad.executable", &p, "the CAD client's .exe")?;
+        Some(CadVersionSource::Executable(p))
+    } else {
+        None
+    };
+    let d = CadConfig::default();
+    if version.is_none() {
+        for (key, set) in [
+            ("cad.version_timeout", raw.version_timeout.is_some()),
+            ("cad.version_refresh", raw.version_refresh.is_some()),
+        ] {
+            if set {
+                return Err(ConfigError::invalid(
+                    key,
+                    "only applies with cad.version_file, cad.version_command or cad.executable",
+                ));
+            }
+        }
+        return Ok(d);
+    }
+    let version_refresh = duration_or(
+        "cad.version_refresh",
+        raw.version_refresh.as_deref(),
+        d.version_refresh,
+    )?;
+    if version_refresh < Duration::from_secs(1) || version_refresh > Duration::from_secs(86_400) {
+        return Err(ConfigError::invalid(
+            "cad.version_refresh",
+            "must be between 1s and 24h",
+        ));
+    }
+    let version_timeout = duration_or(
+        "cad.version_timeout",
+        raw.version_timeout.as_deref(),
+        d.version_timeout.min(version_refresh / 2),
+    )?;
+    if version_timeout < Duration::from_millis(100) || version_timeout > Duration::from_secs(60) {
+        return Err(ConfigError::invalid(
+            "cad.version_timeout",
+            "must be between 100ms and 60s",
+        ));
+    }
+    if version_timeout >= version_refresh {
+        return Err(ConfigError::invalid(
+            "cad.version_timeout",
+            "must be shorter than cad.version_refresh",
+        ));
+    }
+    Ok(CadConfig {
+        version,
+        version_timeout,
+        version_refresh,
     })
 }
 

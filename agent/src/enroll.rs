@@ -24,7 +24,6 @@
 //!   answers first is trusted: use `https://` for `enroll.url`, or list the
 //!   keys in the config.
 
-use std::io::Write;
 use std::path::{Path, PathBuf};
 use std::sync::Arc;
 use std::time::Duration;
@@ -164,29 +163,10 @@ impl Credential {
     }
 }
 
-/// Writes `bytes` to `path` atomically (temporary file, fsync, rename),
-/// readable by the owner only on Unix.
+/// Writes `bytes` to `path` atomically, readable by the owner only on Unix.
 fn write_private(path: &Path, bytes: &[u8]) -> Result<(), EnrollError> {
-    let tmp = path.with_extension("tmp");
-    let _ = std::fs::remove_file(&tmp);
-    let mut o = std::fs::OpenOptions::new();
-    o.write(true).create_new(true);
-    #[cfg(unix)]
-    {
-        use std::os::unix::fs::OpenOptionsExt;
-        o.mode(0o600);
-    }
-    let mut f = o.open(&tmp).map_err(io_err(&tmp))?;
-    f.write_all(bytes).map_err(io_err(&tmp))?;
-    f.sync_all().map_err(io_err(&tmp))?;
-    drop(f);
-    std::fs::rename(&tmp, path).map_err(io_err(path))?;
-    if let Some(dir) = path.parent()
-        && let Ok(d) = std::fs::File::open(dir)
-    {
-        let _ = d.sync_all();
-    }
-    Ok(())
+    muster_base::fsutil::write_atomic(path, bytes, muster_base::fsutil::Mode::Private)
+        .map_err(io_err(path))
 }
 
 /// The unit's credential: read from `<data_dir>/credential`, or made and

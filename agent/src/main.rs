@@ -38,6 +38,16 @@ enum Cmd {
         #[arg(long)]
         compact: bool,
     },
+    /// For the support desk: is the agent running and connected, when did
+    /// the collector last ack, the backlog, and which configuration runs
+    /// (exit 0: running and connected; 1: not; 2: bad config).
+    Status {
+        #[arg(long, short)]
+        config: PathBuf,
+        /// The status file as JSON instead of text.
+        #[arg(long)]
+        json: bool,
+    },
     /// Validate a config file and exit (0: valid, 2: invalid).
     CheckConfig {
         #[arg(long, short)]
@@ -105,7 +115,7 @@ fn main() -> ExitCode {
                     }
                 };
                 println!(
-                    "{}: valid. unit {}, mqtt {}{}, buffer {} ({} bytes), sampling every {:?}, {} probe(s), report endpoint {}, {} trusted collector key(s)",
+                    "{}: valid. unit {}, mqtt {}{}, buffer {} ({} bytes), sampling every {:?}, {} probe(s), report endpoint {}, {} trusted collector key(s), {} label(s), CAD version {}",
                     config.display(),
                     c.unit,
                     c.mqtt.broker_list(),
@@ -119,6 +129,12 @@ fn main() -> ExitCode {
                         .map(|r| r.listen.to_string())
                         .unwrap_or_else(|| "off".into()),
                     trusted.len(),
+                    c.labels.len(),
+                    c.cad
+                        .version
+                        .as_ref()
+                        .map(|s| format!("from {s}, every {:?}", c.cad.version_refresh))
+                        .unwrap_or_else(|| "not reported".into()),
                 );
                 ExitCode::SUCCESS
             }
@@ -173,6 +189,34 @@ fn main() -> ExitCode {
                     eprintln!("muster-agent: {e:#}");
                     ExitCode::FAILURE
                 }
+            }
+        }
+        Cmd::Status { config, json } => {
+            let cfg = match load(&config) {
+                Ok(c) => c,
+                Err(code) => return code,
+            };
+            let s = match muster_agent::status::read(&cfg.data_dir) {
+                Ok(s) => s,
+                Err(e) => {
+                    eprintln!(
+                        "muster-agent: no status in {} ({e}): the agent has not run with this config",
+                        cfg.data_dir.display()
+                    );
+                    return ExitCode::FAILURE;
+                }
+            };
+            let now = muster_agent::clock::Clock::now_ms(&SystemClock);
+            if json {
+                println!("{}", serde_json::to_string_pretty(&s).unwrap_or_default());
+            } else {
+                print!("{}", muster_agent::status::render(&s, now));
+            }
+            let fresh = now.saturating_sub(s.updated_ms) <= muster_agent::status::STALE_AFTER_MS;
+            if s.running && fresh && s.connected {
+                ExitCode::SUCCESS
+            } else {
+                ExitCode::FAILURE
             }
         }
         Cmd::Run { config } => {

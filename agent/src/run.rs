@@ -1,5 +1,5 @@
-//! Wiring: config → sampling thread + probe scheduler + report endpoint →
-//! bounded observation channel → the uplink (`crate::uplink::run`).
+//! Wiring: config → sampling thread + probe scheduler + report endpoint +
+//! facts (`crate::facts`) → bounded observation channel → the uplink (`crate::uplink::run`).
 //!
 //! The channel (`uplink.channel_capacity`, default 1024) decouples measuring
 //! from shipping: producers use `try_send`, so a stalled uplink never blocks
@@ -8,7 +8,7 @@
 //! 1 s interval with a handful of probes, while the uplink normally takes
 //! each one to the disk buffer within milliseconds.
 //!
-//! Threads: the measuring side (probes, report endpoint, watchdog, signals)
+//! Threads: the measuring side (probes, report endpoint, facts, watchdog, signals)
 //! runs on one current-thread runtime; host sampling has its own thread
 //! (`sample::spawn`); the uplink has its own thread and current-thread
 //! runtime (`spawn_uplink`), so a slow fsync or a big replay batch never
@@ -37,6 +37,7 @@ use crate::enroll;
 use crate::power::{self, Event, Power};
 use crate::probe::schedule::{self, ScheduleStats, stopped};
 use crate::probe::{Probe, ProbeError, Runnable};
+use crate::remote;
 use crate::report::{self, ReportStats};
 use crate::sample::{self, DropCounter, SampleError, Sampler};
 use crate::uplink::{self, UplinkConfig, UplinkError};
@@ -199,7 +200,9 @@ pub async fn run_with(
 ) -> Result<(), RunError> {
     let mut events = Some(events);
     let stats = RunStats::default();
-    let (tx, rx) = mpsc::channel(cfg.channel_capacity);
+    // Producers -> the tap (health counters for remote config) -> the uplink.
+    let (tx, tap_rx) = mpsc::channel(cfg.channel_capacity);
+    let (uplink_tx, rx) = mpsc::channel(cfg.channel_capacity);
     let (stop_tx, stop_rx) = watch::channel(false);
     let interval_ms = cfg.sampling.interval.as_millis().min(u32::MAX as u128) as u32;
 
@@ -235,6 +238,10 @@ pub async fn run_with(
     let (uplink_stop_tx, uplink_stop_rx) = tokio::sync::oneshot::channel::<()>();
     // No trusted collector key: nothing could ever be freed; refuse to start.
     let trust = crate::trust::load(&cfg.trust, &cfg.data_dir)?;
+    // Remote config: the effective configuration to measure with (the
+    // running documents persisted last time, checked again).
+    let start = remote::startup(&cfg, &trust);
+    let remote_trust = trust.clone();
     let ucfg = UplinkConfig {
         unit: cfg.unit.clone(),
         mqtt,
@@ -254,45 +261,58 @@ pub async fn run_with(
         clock.clone(),
         cfg.power.announce_timeout,
     ));
+    let view = Arc::new(uplink::UplinkView::default());
+    let (docs_tx, docs_rx) = mpsc::channel(8);
+    let remote_on = !cfg.remote.allow.is_empty();
     let hooks = uplink::Hooks {
         control: Some(control_rx),
         observations_dropped: Some(stats.drops.clone()),
         depart_timeout: cfg.power.announce_timeout,
+        remote: remote_on.then(|| remote::RemoteLinks {
+            docs: docs_tx,
+            docs_dropped: Arc::default(),
+        }),
+        view: Some(view.clone()),
     };
     let mut uplink_task = spawn_uplink(ucfg, buffer, rx, clock.clone(), hooks, uplink_stop_rx)?;
     #[cfg(target_os = "linux")]
     let logind_task = tokio::spawn(power::logind::run(power.clone(), stop_rx.clone()));
 
     let enroll_task = enrolment.map(|e| tokio::spawn(enroll::run(e, stop_rx.clone())));
-    let probes = build_probes(&cfg)?;
-    let sampler = Sampler::new(cfg.sampling.clone())?;
-    let sampler = sample::spawn(
-        sampler,
-        cfg.sampling.interval,
-        tx.clone(),
-        clock.clone(),
-        stats.drops.clone(),
-    )?;
-    let liveness = sampler.liveness();
-    let mut probe_tasks = schedule::spawn_all(
-        probes.into_iter().map(|p| p as Arc<dyn Runnable>).collect(),
-        tx.clone(),
-        clock.clone(),
-        stats.drops.clone(),
-        stats.schedule.clone(),
-        stop_rx.clone(),
-    );
-    let report_task = cfg.report.clone().map(|r| {
-        tokio::spawn(report_endpoint(
-            r.listen,
-            r.max_per_sec,
-            tx.clone(),
+    let health = Arc::new(std::sync::Mutex::new(remote::health::Counters::default()));
+    let tap_task = tokio::spawn(tap(tap_rx, uplink_tx, health.clone()));
+    let liveness = Arc::new(sample::Liveness::new());
+    let measure = Measure {
+        tx: tx.clone(),
+        clock: clock.clone(),
+        stats: &stats,
+        liveness: liveness.clone(),
+    };
+    let mut measuring = measure.start(&start.effective.config)?;
+    let (reconf_tx, mut reconf_rx) = mpsc::channel::<remote::Reconfigure>(1);
+    let config_view = Arc::new(std::sync::Mutex::new(remote::ConfigView::default()));
+    let remote_task = remote_on.then(|| {
+        let r = remote::Remote::new(
+            cfg.clone(),
+            remote_trust,
+            start,
             clock.clone(),
-            stats.drops.clone(),
-            stats.report.clone(),
-            stop_rx.clone(),
-        ))
+            tx.clone(),
+            reconf_tx,
+            health.clone(),
+            view.clone(),
+            config_view.clone(),
+        );
+        tokio::spawn(r.run(docs_rx, stop_rx.clone()))
     });
+    let status_task = tokio::spawn(crate::status::write_loop(
+        cfg.data_dir.clone(),
+        cfg.unit.clone(),
+        view.clone(),
+        config_view.clone(),
+        clock.clone(),
+        stop_rx.clone(),
+    ));
     drop(tx);
 
     let notifier = SystemdNotifier::from_env().map(Arc::new);
@@ -343,6 +363,21 @@ pub async fn run_with(
                     continue;
                 }
             },
+            Some(r) = reconf_rx.recv() => {
+                // Remote config: rebuild the measuring side. The new one is
+                // built first; if it cannot be, the old one keeps running.
+                let answer = match measure.start(&r.config) {
+                    Ok(next) => {
+                        let old = std::mem::replace(&mut measuring, next);
+                        old.stop().await;
+                        tracing::info!(probes = r.config.probes.len(), interval = ?r.config.sampling.interval, "Measuring rebuilt from the new configuration.");
+                        Ok(())
+                    }
+                    Err(e) => Err(e.to_string()),
+                };
+                let _ = r.done.send(answer);
+                continue;
+            }
             r = &mut uplink_task => break (Some(r), None),
         }
         break (None, None);
@@ -351,11 +386,14 @@ pub async fn run_with(
         n.notify("STOPPING=1");
     }
     let _ = stop_tx.send(true);
-    let _ = tokio::task::spawn_blocking(move || sampler.stop()).await;
-    while probe_tasks.join_next().await.is_some() {}
-    if let Some(t) = report_task {
+    drop(reconf_rx);
+    if let Some(t) = remote_task {
         let _ = t.await;
     }
+    measuring.stop().await;
+    drop(measure);
+    let _ = status_task.await;
+    let _ = tap_task.await;
     if let Some(t) = watchdog {
         let _ = t.await;
     }
@@ -416,6 +454,115 @@ pub async fn run_with(
         Err(_) => {
             tracing::error!("The uplink thread panicked.");
             Ok(())
+        }
+    }
+}
+
+/// What builds a measuring side: where observations go, and the shared
+/// counters and watchdog evidence every generation feeds.
+struct Measure<'a> {
+    tx: crate::observation::ObservationTx,
+    clock: Arc<dyn Clock>,
+    stats: &'a RunStats,
+    liveness: Arc<sample::Liveness>,
+}
+
+/// One generation of the measuring side: the sampling thread, the probes,
+/// the report endpoint and the facts reporter, built from one
+/// configuration (remote config replaces a generation whole).
+struct Measuring {
+    stop: watch::Sender<bool>,
+    sampler: sample::SamplerHandle,
+    tasks: tokio::task::JoinSet<()>,
+}
+
+impl Measure<'_> {
+    /// Builds everything first (a probe that will not build fails the
+    /// whole generation before anything starts), then starts it.
+    fn start(&self, cfg: &Config) -> Result<Measuring, RunError> {
+        let probes = build_probes(cfg)?;
+        let sampler = Sampler::new(cfg.sampling.clone())?;
+        let (stop, stop_rx) = watch::channel(false);
+        let sampler = sample::spawn(
+            sampler,
+            cfg.sampling.interval,
+            self.tx.clone(),
+            self.clock.clone(),
+            self.stats.drops.clone(),
+            self.liveness.clone(),
+        )?;
+        let mut tasks = schedule::spawn_all(
+            probes.into_iter().map(|p| p as Arc<dyn Runnable>).collect(),
+            self.tx.clone(),
+            self.clock.clone(),
+            self.stats.drops.clone(),
+            self.stats.schedule.clone(),
+            stop_rx.clone(),
+        );
+        tasks.spawn(crate::facts::run(
+            cfg.labels.clone(),
+            cfg.cad.clone(),
+            self.tx.clone(),
+            self.clock.clone(),
+            stop_rx.clone(),
+        ));
+        if let Some(r) = cfg.report.clone() {
+            tasks.spawn(report_endpoint(
+                r.listen,
+                r.max_per_sec,
+                self.tx.clone(),
+                self.clock.clone(),
+                self.stats.drops.clone(),
+                self.stats.report.clone(),
+                stop_rx,
+            ));
+        }
+        Ok(Measuring {
+            stop,
+            sampler,
+            tasks,
+        })
+    }
+}
+
+impl Measuring {
+    async fn stop(mut self) {
+        let _ = self.stop.send(true);
+        let sampler = self.sampler;
+        let _ = tokio::task::spawn_blocking(move || sampler.stop()).await;
+        while self.tasks.join_next().await.is_some() {}
+    }
+}
+
+/// Passes every observation on to the uplink, counting what remote
+/// config's health window judges: probe results, host samples and their
+/// sampler failures. Ends when every producer has stopped.
+async fn tap(
+    mut rx: crate::observation::ObservationRx,
+    tx: crate::observation::ObservationTx,
+    health: Arc<std::sync::Mutex<remote::health::Counters>>,
+) {
+    while let Some(o) = rx.recv().await {
+        {
+            let mut c = health.lock().unwrap_or_else(|e| e.into_inner());
+            match &o.payload {
+                muster_proto::Payload::Probe(p) if p.outcome == muster_proto::Outcome::Ok => {
+                    c.probe_ok += 1;
+                    c.last_probe_ok_ms = Some(o.at_ms);
+                }
+                muster_proto::Payload::Probe(_) => c.probe_failed += 1,
+                muster_proto::Payload::Host(h) => {
+                    c.samples += 1;
+                    c.last_sample_failing = !h.failures.is_empty();
+                    if c.last_sample_failing {
+                        c.samples_failing += 1;
+                    }
+                }
+                _ => {}
+            }
+        }
+        if tx.send(o).await.is_err() {
+            return;
         }
     }
 }
@@ -484,6 +631,8 @@ pub struct OnceReport {
     pub at_ms: u64,
     pub host: HostSample,
     pub probes: Vec<ProbeResult>,
+    /// The labels and facts `run` would send (`crate::facts`).
+    pub facts: muster_proto::UnitFacts,
 }
 
 /// `muster-agent once`: one host sample and every probe once, concurrently.
@@ -511,6 +660,10 @@ pub async fn once(cfg: &Config, clock: Arc<dyn Clock>) -> Result<OnceReport, Run
         })
         .collect();
     let at_ms = clock.now_ms();
+    let (facts, cad_error) = crate::facts::gather(&cfg.labels, &cfg.cad).await;
+    if let (Some(e), Some(source)) = (cad_error, &cfg.cad.version) {
+        tracing::warn!(%source, error = %e, "Cannot read the CAD client's version.");
+    }
     let host = host
         .await
         .map_err(|e| RunError::Runtime(std::io::Error::other(e.to_string())))??;
@@ -527,6 +680,7 @@ pub async fn once(cfg: &Config, clock: Arc<dyn Clock>) -> Result<OnceReport, Run
         at_ms,
         host,
         probes: results,
+        facts,
     })
 }
 

@@ -17,7 +17,6 @@
 //!   `check-config`: such an agent could never free a record. The one
 //!   exception is an agent that enrols ([`TrustConfig::enrolling`]).
 
-use std::io::Write;
 use std::path::{Path, PathBuf};
 
 use muster_proto::sign::{KeyError, TrustError as SetError};
@@ -94,26 +93,18 @@ pub fn load_file(path: &Path) -> Result<Vec<PublicKey>, TrustError> {
     }
 }
 
-/// Writes `keys` as the whole file (temporary file, fsync, rename).
+/// Writes `keys` as the whole file, atomically.
 pub fn persist(path: &Path, keys: &[PublicKey]) -> Result<(), TrustError> {
-    let io = |source| TrustError::Io {
-        path: path.to_owned(),
-        error: source,
-    };
-    if let Some(dir) = path.parent().filter(|d| !d.as_os_str().is_empty()) {
-        std::fs::create_dir_all(dir).map_err(io)?;
-    }
-    let tmp = path.with_extension("tmp");
     let mut text = String::with_capacity(keys.len() * 73);
     for k in keys {
         text.push_str(&k.to_string());
         text.push('\n');
     }
-    let mut f = std::fs::File::create(&tmp).map_err(io)?;
-    f.write_all(text.as_bytes()).map_err(io)?;
-    f.sync_all().map_err(io)?;
-    drop(f);
-    std::fs::rename(&tmp, path).map_err(io)
+    muster_base::fsutil::write_atomic(path, text.as_bytes(), muster_base::fsutil::Mode::Default)
+        .map_err(|source| TrustError::Io {
+            path: path.to_owned(),
+            error: source,
+        })
 }
 
 /// Adds `key` to the file unless it is there; `Ok(true)` if it was added.

@@ -13,6 +13,9 @@ mod uplink;
 mod cli;
 #[path = "agent/config.rs"]
 mod config;
+#[cfg(unix)]
+#[path = "agent/facts.rs"]
+mod facts;
 #[cfg(target_os = "linux")]
 #[path = "agent/network.rs"]
 mod network;

@@ -158,6 +158,7 @@ pub async fn run_with(
     let (raw_tx, raw_rx) = mpsc::channel(cfg.ingest.queue);
     let (in_tx, in_rx) = mpsc::channel(cfg.ingest.queue.min(mqtt::PARSED_QUEUE));
     let (out_tx, out_rx) = mpsc::unbounded_channel();
+    let config_out = out_tx.clone();
 
     // Webhooks read the change broadcast: subscribed before ingest starts,
     // so they miss nothing, and never in ingest's way.
@@ -238,13 +239,31 @@ pub async fn run_with(
         stop_ingest.clone(),
     ));
 
+    let config_docs = crate::feed::config::ConfigDocs {
+        book: Arc::new(
+            crate::remote::ConfigBook::open(Some(cfg.store.path.as_path()), cfg.max_config_docs)
+                .map_err(|e| AppError::Task(format!("remote config documents: {e}")))?,
+        ),
+        signer: Arc::clone(&signer),
+        out: config_out,
+    };
+    let republished = config_docs.republish_all();
+    if republished > 0 {
+        info!(
+            documents = republished,
+            "Remote config documents republished (retained)."
+        );
+    }
     let http = spawn_feed(
         &cfg,
         listener,
         Arc::clone(&shared),
-        Arc::clone(&registry),
         Arc::clone(&clock),
-        gates,
+        FeedParts {
+            registry: Arc::clone(&registry),
+            gates,
+            config_docs: Some(config_docs),
+        },
         stop_feed.clone(),
     );
 
@@ -310,16 +329,28 @@ pub async fn run_with(
     result
 }
 
+/// What the feed serves besides the live view: enrolment, deploy gates
+/// and (single node) remote config documents.
+pub(crate) struct FeedParts {
+    pub registry: Arc<Registry>,
+    pub gates: Arc<GateBook>,
+    pub config_docs: Option<crate::feed::config::ConfigDocs>,
+}
+
 /// Serves the HTTP feed on `listener` until `stop_feed` (both modes).
 pub(crate) fn spawn_feed(
     cfg: &Config,
     listener: TcpListener,
     shared: Arc<Shared>,
-    registry: Arc<Registry>,
     clock: SharedClock,
-    gates: Arc<GateBook>,
+    parts: FeedParts,
     stop_feed: CancellationToken,
 ) -> tokio::task::JoinHandle<()> {
+    let FeedParts {
+        registry,
+        gates,
+        config_docs,
+    } = parts;
     let drop_log = Arc::new(feed::server::DropLog::new(cfg.ingest.refusal_log_interval));
     let limits = feed::server::ServerLimits {
         timeouts: feed::limits::Timeouts {
@@ -346,6 +377,7 @@ pub(crate) fn spawn_feed(
         retention: retention(cfg),
         gates,
         gate_max_results: cfg.gates.max_results,
+        config_docs,
     };
     if let Ok(addr) = listener.local_addr() {
         match &cfg.cluster {

@@ -136,6 +136,8 @@ pub struct RawConfig {
     pub signing: RawSigning,
     #[serde(default)]
     pub gates: RawGates,
+    #[serde(default)]
+    pub remote_config: RawRemoteConfig,
     /// `[cluster]`: cluster mode (`crate::cluster::config`).
     pub cluster: Option<crate::cluster::config::RawCluster>,
 }
@@ -146,6 +148,13 @@ pub struct RawConfig {
 pub struct RawGates {
     pub max: Option<usize>,
     pub max_results: Option<u64>,
+}
+
+/// `[remote_config]`: signed config documents for agents (`crate::remote`).
+#[derive(Debug, Deserialize, Default)]
+#[serde(deny_unknown_fields)]
+pub struct RawRemoteConfig {
+    pub max_docs: Option<usize>,
 }
 
 /// `[gates]`, validated.
@@ -310,6 +319,9 @@ pub struct Config {
     pub enroll: EnrollConfig,
     pub signing: crate::signing::SigningConfig,
     pub gates: GatesConfig,
+    /// `remote_config.max_docs`: config documents (agencies' and units')
+    /// held at most, default 1000.
+    pub max_config_docs: usize,
     /// `[cluster]`: several collectors on NATS JetStream and PostgreSQL;
     /// `None`: single node (the embedded store and an MQTT broker).
     pub cluster: Option<crate::cluster::config::ClusterConfig>,
@@ -650,9 +662,20 @@ impl RawConfig {
             enroll,
             signing,
             gates,
+            remote_config,
             broker,
             cluster,
         } = self;
+        let max_config_docs = match remote_config.max_docs {
+            None => 1_000,
+            Some(n) if (1..=100_000).contains(&n) => n,
+            Some(_) => {
+                return Err(invalid(
+                    "remote_config.max_docs",
+                    "must be 1 to 100000 (each document is at most 64 KiB)",
+                ));
+            }
+        };
         let mut gates_cfg = GatesConfig::default();
         if let Some(n) = gates.max {
             if !(1..=10_000).contains(&n) {
@@ -1082,6 +1105,7 @@ impl RawConfig {
             rules,
             enroll: enroll_cfg,
             gates: gates_cfg,
+            max_config_docs,
             signing,
             broker,
             cluster,

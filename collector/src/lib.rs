@@ -4,6 +4,7 @@
 //! * [`config`]: TOML config, validated with errors naming the key.
 //! * [`ingest`]: MQTT in, dedup, seq accounting, rules, group commit, acks.
 //! * [`rules`]: the pure rules engine (health, transitions, incidents).
+//! * [`selector`]: label selectors (which units carry given labels), pure.
 //! * [`seq`]: the pure per-unit seq accounting and acks, which ingest and
 //!   the store both reach down to.
 //! * [`store`]: durable state behind the [`store::Store`] trait (sled).
@@ -35,7 +36,9 @@ pub mod ingest;
 pub mod metrics;
 pub mod model;
 pub mod notify;
+pub mod remote;
 pub mod rules;
+pub mod selector;
 pub mod seq;
 pub mod service;
 pub mod signing;

@@ -89,6 +89,12 @@ impl Signer {
     }
 
     /// Signs an ack to `unit`.
+    /// The key that signs now, for remote config documents
+    /// (`crate::remote`); never printed or logged.
+    pub fn current_key(&self) -> &SigningKey {
+        &self.current
+    }
+
     pub fn sign_ack(&self, unit: &UnitId, ack: Ack) -> Ack {
         sign::sign_ack(&self.current, unit, ack)
     }

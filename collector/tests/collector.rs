@@ -30,6 +30,8 @@ mod enroll;
 mod feed_limits;
 #[path = "collector/fuzz.rs"]
 mod fuzz;
+#[path = "collector/gate_body_limit.rs"]
+mod gate_body_limit;
 #[path = "collector/grafana.rs"]
 mod grafana;
 #[path = "collector/ingest.rs"]

@@ -783,6 +783,11 @@ impl Hello {
 
 // ------------------------------------------------------------ remote config
 
+/// Top-level sections of the agent's TOML a remote document may ever set
+/// (an agent's `[remote] allow` names a subset); identity, mqtt, buffer,
+/// uplink, power, log, enroll, trust and remote itself are local only.
+pub const REMOTE_SECTIONS: [&str; 5] = ["probe", "sampling", "network", "report", "labels"];
+
 /// Largest remote configuration document body (TOML), in bytes.
 pub const MAX_CONFIG_BODY: usize = 64 * 1024;
 /// Longest reason in a [`ConfigStatus`], in characters.

@@ -6,6 +6,10 @@
 //! | `muster/v1/{agency}/{unit}/state`      | agent (birth, will) | 1 | yes   | `Presence`               |
 //! | `muster/v1/{agency}/{unit}/ack`        | collector     | 1   | no       | `Ack`                    |
 //! | `muster/v1/{agency}/{unit}/status`     | collector     | 1   | yes      | JSON, for agencies       |
+//! | `muster/v1/{agency}/{unit}/config`     | collector     | 1   | yes      | signed `ConfigDoc`       |
+//!
+//! An agency's own config document goes, retained and signed, to the
+//! four-level [`agency_config_topic`] `muster/v1/{agency}/config`.
 //!
 //! Agency-wide incidents go, as retained JSON, to the four-level topic
 //! `muster/v1/{agency}/incidents`, which cannot collide with a unit topic.
@@ -33,14 +37,16 @@ pub enum TopicKind {
     State,
     Ack,
     Status,
+    Config,
 }
 
 impl TopicKind {
-    pub const ALL: [TopicKind; 4] = [
+    pub const ALL: [TopicKind; 5] = [
         TopicKind::Telemetry,
         TopicKind::State,
         TopicKind::Ack,
         TopicKind::Status,
+        TopicKind::Config,
     ];
 
     pub fn as_str(self) -> &'static str {
@@ -49,6 +55,7 @@ impl TopicKind {
             TopicKind::State => "state",
             TopicKind::Ack => "ack",
             TopicKind::Status => "status",
+            TopicKind::Config => "config",
         }
     }
 }
@@ -141,6 +148,12 @@ pub fn incidents_topic(agency: &str) -> Result<String, IdentityError> {
     Ok(format!("{PREFIX}/{agency}/incidents"))
 }
 
+/// Retained, signed config document for every unit of an agency.
+pub fn agency_config_topic(agency: &str) -> Result<String, IdentityError> {
+    validate_part("agency", agency)?;
+    Ok(format!("{PREFIX}/{agency}/config"))
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;
@@ -199,5 +212,10 @@ mod tests {
             "muster/v1/metro-fire/incidents"
         );
         assert!(incidents_topic("metro+fire").is_err());
+        assert_eq!(
+            agency_config_topic("metro-fire").unwrap(),
+            "muster/v1/metro-fire/config"
+        );
+        assert!(agency_config_topic("metro/fire").is_err());
     }
 }

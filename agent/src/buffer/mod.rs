@@ -964,16 +964,9 @@ impl Buffer {
         self.dirty.extend(failed);
         if self.state_dirty {
             let path = self.dir.join("state.json");
-            let tmp = self.dir.join("state.json.tmp");
             let bytes = serde_json::to_vec(&self.state).expect("state serialises");
-            let write = || -> std::io::Result<()> {
-                use std::io::Write;
-                let mut f = File::create(&tmp)?;
-                f.write_all(&bytes)?;
-                f.sync_all()?;
-                std::fs::rename(&tmp, &path)
-            };
-            write().map_err(io_err(&path))?;
+            muster_base::fsutil::write_atomic(&path, &bytes, muster_base::fsutil::Mode::Default)
+                .map_err(io_err(&path))?;
             self.state_dirty = false;
         }
         self.apply_pending();

@@ -10,7 +10,6 @@
 //! (no stop consumed it) is removed. `within` is at most
 //! [`MAX_WITHIN`]. [`judge`] is the pure part.
 
-use std::io::Write;
 use std::path::{Path, PathBuf};
 use std::time::Duration;
 
@@ -81,21 +80,15 @@ pub fn write(data_dir: &Path, within: Duration, now_ms: u64) -> Result<PathBuf, 
         return Err(MarkerError::Within);
     }
     let dest = path(data_dir);
-    let tmp = data_dir.join(format!(".{FILE}.tmp"));
-    let io = |path: &Path| {
-        let path = path.to_owned();
-        move |source| MarkerError::Io {
-            path,
-            error: source,
-        }
-    };
-    std::fs::create_dir_all(data_dir).map_err(io(data_dir))?;
-    let mut f = std::fs::File::create(&tmp).map_err(io(&tmp))?;
-    f.write_all(render(within.as_millis() as u64, now_ms).as_bytes())
-        .and_then(|()| f.sync_all())
-        .map_err(io(&tmp))?;
-    drop(f);
-    std::fs::rename(&tmp, &dest).map_err(io(&dest))?;
+    muster_base::fsutil::write_atomic(
+        &dest,
+        render(within.as_millis() as u64, now_ms).as_bytes(),
+        muster_base::fsutil::Mode::Default,
+    )
+    .map_err(|source| MarkerError::Io {
+        path: dest.clone(),
+        error: source,
+    })?;
     Ok(dest)
 }
 

@@ -373,8 +373,14 @@ pub struct Liveness {
     last_pass_ms: AtomicU64,
 }
 
+impl Default for Liveness {
+    fn default() -> Self {
+        Liveness::new()
+    }
+}
+
 impl Liveness {
-    fn new() -> Self {
+    pub fn new() -> Self {
         Liveness {
             epoch: Instant::now(),
             last_pass_ms: AtomicU64::new(0),
@@ -421,17 +427,19 @@ impl Drop for SamplerHandle {
 }
 
 /// Starts the sampling thread: a sample every `interval` (fixed rate; a pass
-/// that overruns skips the missed ticks), sent with `try_send`.
+/// that overruns skips the missed ticks), sent with `try_send`. It marks
+/// `liveness` after every pass (shared, so a sampler rebuilt by remote
+/// config keeps feeding the same watchdog).
 pub fn spawn(
     mut sampler: Sampler,
     interval: Duration,
     tx: ObservationTx,
     clock: Arc<dyn Clock>,
     drops: Arc<DropCounter>,
+    liveness: Arc<Liveness>,
 ) -> Result<SamplerHandle, SampleError> {
     let (stop_tx, stop_rx) = std::sync::mpsc::channel::<()>();
     let interval_ms = interval.as_millis().min(u32::MAX as u128) as u32;
-    let liveness = Arc::new(Liveness::new());
     let live = liveness.clone();
     let thread = std::thread::Builder::new()
         .name("sampler".into())

@@ -103,6 +103,23 @@ pub struct Hooks {
     /// How long a departure waits for the ack of its announcement
     /// (`power.announce_timeout`).
     pub depart_timeout: Duration,
+    /// Remote config on: subscribe to the agency's and the unit's config
+    /// topics and hand what arrives to remote config.
+    pub remote: Option<crate::remote::RemoteLinks>,
+    /// What the uplink shows `muster-agent status` and remote config's
+    /// health window.
+    pub view: Option<Arc<UplinkView>>,
+}
+
+/// The uplink's state as others read it: connected, the backlog, the last
+/// verified ack (unix ms, 0: none yet).
+#[derive(Debug, Default)]
+pub struct UplinkView {
+    pub connected: std::sync::atomic::AtomicBool,
+    pub backlog_records: std::sync::atomic::AtomicU64,
+    pub backlog_bytes: std::sync::atomic::AtomicU64,
+    pub last_ack_ms: std::sync::atomic::AtomicU64,
+    pub reconnects: std::sync::atomic::AtomicU64,
 }
 
 /// The default `power.announce_timeout`: fits logind's default
@@ -118,6 +135,8 @@ impl Default for Hooks {
             control: None,
             observations_dropped: None,
             depart_timeout: DEPART_TIMEOUT,
+            remote: None,
+            view: None,
         }
     }
 }
@@ -189,6 +208,11 @@ struct Uplink {
     next_birth: Option<PresenceReason>,
     /// Whether the poll loop may connect.
     link: watch::Sender<bool>,
+    /// Remote config on: (agency's, unit's) config topics, and where
+    /// documents go.
+    config_topics: Option<(String, String)>,
+    remote: Option<crate::remote::RemoteLinks>,
+    view: Arc<UplinkView>,
     observations_dropped: Option<Arc<DropCounter>>,
     last_host_key: Option<u64>,
     clock_offset_ms: Option<i64>,
@@ -242,7 +266,10 @@ pub async fn run_hooked(
         control,
         observations_dropped,
         depart_timeout,
+        remote,
+        view,
     } = hooks;
+    let view = view.unwrap_or_default();
     let mut control = control;
     let boot = BootId(rand::random());
     let now = clock.now_ms();
@@ -276,6 +303,15 @@ pub async fn run_hooked(
         telemetry_topic: unit_topic(&cfg.unit, TopicKind::Telemetry),
         state_topic: unit_topic(&cfg.unit, TopicKind::State),
         ack_topic: unit_topic(&cfg.unit, TopicKind::Ack),
+        config_topics: remote.as_ref().map(|_| {
+            (
+                muster_proto::topic::agency_config_topic(&cfg.unit.agency)
+                    .expect("a validated unit's agency"),
+                unit_topic(&cfg.unit, TopicKind::Config),
+            )
+        }),
+        remote,
+        view,
         sched: Scheduler::new(
             cfg.uplink.max_inflight,
             cfg.uplink
@@ -482,6 +518,12 @@ impl Uplink {
     fn heartbeat(&mut self) {
         let now = self.now();
         let stats = self.buffer.stats();
+        self.view
+            .backlog_records
+            .store(stats.records, std::sync::atomic::Ordering::Relaxed);
+        self.view
+            .backlog_bytes
+            .store(stats.bytes, std::sync::atomic::Ordering::Relaxed);
         let status = AgentStatus {
             version: self.cfg.agent_version.clone(),
             interval_ms: self.cfg.interval_ms,
@@ -561,6 +603,17 @@ impl Uplink {
                     .client
                     .try_subscribe(self.state_topic.clone(), QoS::AtLeastOnce);
                 let _ = self.client.try_subscribe(COLLECTOR_TOPIC, QoS::AtLeastOnce);
+                if let Some((agency, unit)) = &self.config_topics {
+                    let _ = self.client.try_subscribe(agency.clone(), QoS::AtLeastOnce);
+                    let _ = self.client.try_subscribe(unit.clone(), QoS::AtLeastOnce);
+                }
+                self.view
+                    .connected
+                    .store(true, std::sync::atomic::Ordering::Relaxed);
+                self.view.reconnects.store(
+                    u64::from(self.counters.reconnects),
+                    std::sync::atomic::Ordering::Relaxed,
+                );
                 self.publish_birth();
                 // Live first: the newest host sample, then a fresh heartbeat.
                 let newest: Vec<u64> = self.last_host_key.into_iter().collect();
@@ -568,6 +621,9 @@ impl Uplink {
                 self.heartbeat();
             }
             LinkEvent::Disconnected { error } => {
+                self.view
+                    .connected
+                    .store(false, std::sync::atomic::Ordering::Relaxed);
                 if self.connection.take().is_some() {
                     if self.departed {
                         // The clean DISCONNECT after an announced departure.
@@ -714,6 +770,28 @@ impl Uplink {
             self.on_hello(payload);
             return;
         }
+        if let (Some((agency, unit)), Some(remote)) = (&self.config_topics, &self.remote) {
+            let kind = if topic == agency {
+                Some(muster_proto::DocScopeKind::Agency)
+            } else if topic == unit {
+                Some(muster_proto::DocScopeKind::Unit)
+            } else {
+                None
+            };
+            if let Some(kind) = kind {
+                // An empty retained payload clears the topic: no document.
+                if !payload.is_empty() && remote.docs.try_send((kind, payload.to_vec())).is_err() {
+                    let n = remote
+                        .docs_dropped
+                        .fetch_add(1, std::sync::atomic::Ordering::Relaxed)
+                        + 1;
+                    if n == 1 || n.is_multiple_of(100) {
+                        warn!(%topic, dropped = n, "Remote config queue full: document dropped (it is retained; it comes again at the next connection).");
+                    }
+                }
+                return;
+            }
+        }
         let msg = match decode(payload) {
             Ok(d) => d.message,
             Err(e) => {
@@ -750,6 +828,9 @@ impl Uplink {
                 if let Some(off) = acked.clock_offset_ms {
                     self.clock_offset_ms = Some(off);
                 }
+                self.view
+                    .last_ack_ms
+                    .store(now, std::sync::atomic::Ordering::Relaxed);
                 if self.depart_key.is_some_and(|k| acked.freed.contains(&k)) {
                     self.depart_acked = true;
                 }

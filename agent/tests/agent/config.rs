@@ -277,6 +277,99 @@ const BAD: &[(&str, &str, &str)] = &[
         "probe[1].timeout",
         "> 0",
     ),
+    // Labels (issue 16): the wire's rules, the key named.
+    (
+        "[labels]\nStation = \"7\"",
+        "labels.Station",
+        "label key \"Station\"",
+    ),
+    (
+        "[labels]\n7th = \"x\"",
+        "labels.7th",
+        "starting with a letter",
+    ),
+    (
+        "[labels]\n\"station 7\" = \"x\"",
+        "labels.\"station 7\"",
+        "label key",
+    ),
+    (
+        "[labels]\nstation_with_a_very_long_name_xyz = \"x\"",
+        "labels.station_with_a_very_long_name_xyz",
+        "1 to 32",
+    ),
+    ("[labels]\nstation = 7", "labels.station", "station = \"7\""),
+    (
+        "[labels]\nstation = [\"7\"]",
+        "labels.station",
+        "must be a string",
+    ),
+    (
+        "[labels]\nrole = \"patrol\\u0007\"",
+        "labels.role",
+        "no control characters",
+    ),
+    (
+        "[labels]\nrole = \"pppppppppppppppppppppppppppppppppppppppppppppppppppppppppppppppppp\"",
+        "labels.role",
+        "at most 64 characters",
+    ),
+    // [cad] (issue 16)
+    (
+        "[cad]\nversion_file = \"/opt/cad/VERSION\"\nversion_command = [\"/opt/cad/bin/cad\", \"--version\"]",
+        "cad.version_command",
+        "set only one of cad.version_file, cad.version_command",
+    ),
+    (
+        "[cad]\nversion_file = \"VERSION\"",
+        "cad.version_file",
+        "not an absolute path",
+    ),
+    (
+        "[cad]\nversion_command = []",
+        "cad.version_command",
+        "1 to 32 strings",
+    ),
+    (
+        "[cad]\nversion_command = [\"cad\", \"--version\"]",
+        "cad.version_command[0]",
+        "not looked up in PATH",
+    ),
+    (
+        "[cad]\nversion_command = [\"/bin/cad\", \"a\\u0000b\"]",
+        "cad.version_command[1]",
+        "without NUL",
+    ),
+    (
+        "[cad]\nversion_timeout = \"5s\"",
+        "cad.version_timeout",
+        "only applies with cad.version_file",
+    ),
+    (
+        "[cad]\nversion_refresh = \"5m\"",
+        "cad.version_refresh",
+        "only applies with",
+    ),
+    (
+        "[cad]\nversion_file = \"/v\"\nversion_timeout = \"50ms\"",
+        "cad.version_timeout",
+        "between 100ms and 60s",
+    ),
+    (
+        "[cad]\nversion_file = \"/v\"\nversion_timeout = \"soon\"",
+        "cad.version_timeout",
+        "not a duration",
+    ),
+    (
+        "[cad]\nversion_file = \"/v\"\nversion_refresh = \"25h\"",
+        "cad.version_refresh",
+        "between 1s and 24h",
+    ),
+    (
+        "[cad]\nversion_file = \"/v\"\nversion_refresh = \"2s\"\nversion_timeout = \"2s\"",
+        "cad.version_timeout",
+        "shorter than cad.version_refresh",
+    ),
 ];
 
 #[test]
@@ -482,4 +575,90 @@ fn enroll_section_is_validated() {
         parse("[enroll]\nurl = \"http://c\"\ntoken = \"metro-fire-enrol-0123456789\"\nbogus = 1\n")
             .unwrap_err();
     assert!(e.to_string().contains("bogus"), "{e}");
+}
+
+#[test]
+fn labels_and_the_cad_version_source_are_typed() {
+    use muster_agent::config::{
+        CadVersionSource, DEFAULT_VERSION_REFRESH, DEFAULT_VERSION_TIMEOUT,
+    };
+    // Top-level inline table, sorted by key; values as given (any script).
+    let c = Config::parse(&format!(
+        "labels = {{ station = \"7\", role = \"patrol – night\", a = \"\" }}\n{BASE}"
+    ))
+    .unwrap();
+    let kv: Vec<(&str, &str)> = c
+        .labels
+        .iter()
+        .map(|l| (l.key.as_str(), l.value.as_str()))
+        .collect();
+    assert_eq!(
+        kv,
+        [("a", ""), ("role", "patrol – night"), ("station", "7")]
+    );
+    assert_eq!(c.cad.version, None);
+    // No labels, no [cad]: none and defaults.
+    let d = parse("").unwrap();
+    assert!(d.labels.is_empty());
+    assert_eq!(d.cad.version_refresh, DEFAULT_VERSION_REFRESH);
+    assert_eq!(DEFAULT_VERSION_REFRESH, Duration::from_secs(600));
+    // A [labels] table is the same thing; 16 labels of 64 characters pass.
+    let sixteen: String = (0..16)
+        .map(|i| format!("k{i} = \"{}\"\n", "é".repeat(64)))
+        .collect();
+    assert_eq!(
+        parse(&format!("[labels]\n{sixteen}")).unwrap().labels.len(),
+        16
+    );
+    let e = parse(&format!("[labels]\n{sixteen}k16 = \"x\"\n")).unwrap_err();
+    assert_eq!(e.key(), Some("labels"), "{e}");
+    assert!(e.to_string().contains("17 labels; at most 16"), "{e}");
+
+    let c = parse("[cad]\nversion_file = \"/opt/cad/VERSION\"").unwrap();
+    assert_eq!(
+        c.cad.version,
+        Some(CadVersionSource::File("/opt/cad/VERSION".into()))
+    );
+    assert_eq!(c.cad.version_timeout, DEFAULT_VERSION_TIMEOUT);
+    let c = parse(
+        "[cad]\nversion_command = [\"/opt/cad/bin/cadclient\", \"--version\"]\nversion_timeout = \"2s\"\nversion_refresh = \"1m\"",
+    )
+    .unwrap();
+    assert_eq!(
+        c.cad.version,
+        Some(CadVersionSource::Command(vec![
+            "/opt/cad/bin/cadclient".into(),
+            "--version".into()
+        ]))
+    );
+    assert_eq!(
+        (c.cad.version_timeout, c.cad.version_refresh),
+        (Duration::from_secs(2), Duration::from_secs(60))
+    );
+    // A refresh shorter than the default timeout shortens the timeout.
+    let c = parse("[cad]\nversion_file = \"/v\"\nversion_refresh = \"1s\"").unwrap();
+    assert_eq!(c.cad.version_timeout, Duration::from_millis(500));
+    let many: Vec<String> = (0..33).map(|i| format!("\"/a{i}\"")).collect();
+    let e = parse(&format!("[cad]\nversion_command = [{}]", many.join(", "))).unwrap_err();
+    assert_eq!(e.key(), Some("cad.version_command"), "{e}");
+    // An executable's file version is read on Windows only.
+    let exe = parse("[cad]\nexecutable = 'C:\\Program Files\\CAD\\cadclient.exe'");
+    if cfg!(windows) {
+        assert_eq!(
+            exe.unwrap().cad.version,
+            Some(CadVersionSource::Executable(
+                r"C:\Program Files\CAD\cadclient.exe".into()
+            ))
+        );
+    } else {
+        let e = exe.unwrap_err();
+        assert_eq!(e.key(), Some("cad.executable"), "{e}");
+        assert!(e.to_string().contains("only on Windows"), "{e}");
+    }
+    // Unknown keys in [cad] are refused like everywhere else.
+    let e = parse("[cad]\nversion_fiel = \"/v\"").unwrap_err();
+    assert!(
+        matches!(e, ConfigError::Parse(_)) && e.to_string().contains("version_fiel"),
+        "{e}"
+    );
 }

@@ -30,20 +30,18 @@
 //! [`parse_split`], [`parse_size`] and [`per_unit_day`] are pure and checked
 //! by [`self_test`].
 
-use std::collections::{HashMap, HashSet};
 use std::path::Path;
+use std::sync::Arc;
 use std::sync::atomic::{AtomicU64, Ordering};
-use std::sync::{Arc, Mutex};
 use std::time::{Duration, Instant};
 
 use futures_util::StreamExt;
 use muster_proto::BootId;
-use muster_testkit::{NatsCluster, Postgres, TempDir, http, rss_kib};
+use muster_testkit::{NatsCluster, Postgres, TempDir, rss_kib};
 
-use crate::acks::Conn;
-use crate::harness::{Collector, RULES, connect, drain, take_latencies, totals};
+use crate::harness::{Collector, Flags, RULES, Steady, take_latencies, totals};
 use crate::procfs;
-use crate::{ADMIN, Args, agency, lat3, layout, mib};
+use crate::{ADMIN, Args, lat3, layout, mib};
 
 /// What the baseline subscribes to: every partitioned telemetry subject
 /// (`muster.v1.<agency>.<unit>.telemetry.<partition>`), what the stream
@@ -196,64 +194,19 @@ pub async fn run(n: usize, a: &Args) {
     } else {
         None
     };
-    let mut sse = http::Sse::connect(collectors[0].addr, "/api/v1/stream", Some(ADMIN)).await;
-    assert_eq!(
-        sse.next(Duration::from_secs(5)).await.unwrap().event,
-        "ready"
-    );
     // Flag latency: units marked to violate send cpu 99 in their next sample.
-    let violate: Arc<Mutex<HashSet<usize>>> = Arc::default();
-    let sent_at: Arc<Mutex<HashMap<String, Instant>>> = Arc::default();
-    let latencies: Arc<Mutex<Vec<f64>>> = Arc::default();
-    let sse_task = {
-        let sent_at = sent_at.clone();
-        let latencies = latencies.clone();
-        tokio::spawn(async move {
-            while let Some(ev) = sse.next(Duration::from_secs(3600)).await {
-                if ev.event != "transition" {
-                    continue;
-                }
-                let v = ev.json();
-                if v["to"] != "critical" {
-                    continue;
-                }
-                let key = format!(
-                    "{}/{}",
-                    v["agency"].as_str().unwrap_or_default(),
-                    v["unit"].as_str().unwrap_or_default()
-                );
-                if let Some(t) = sent_at.lock().unwrap().remove(&key) {
-                    latencies
-                        .lock()
-                        .unwrap()
-                        .push(t.elapsed().as_secs_f64() * 1000.0);
-                }
-            }
-        })
-    };
+    let flags = Flags::watch(collectors[0].addr).await;
 
     // One agency per connection, connection c on node c % 3's MQTT
     // listener (client ids are unique: NATS refuses a second one).
     let layout = layout(n, a.connections);
-    let mut conns = Vec::new();
-    let mut clients = Vec::new();
-    for (c, units) in layout.iter().enumerate() {
-        let names: Vec<String> = units.iter().map(|&i| format!("U{i:06}")).collect();
-        let boots: Vec<BootId> = units
-            .iter()
-            .map(|&i| BootId(0xc0_0000 + i as u64))
-            .collect();
-        let conn = Arc::new(Mutex::new(Conn::new(&names, &boots)));
-        let client = connect(
-            nats.mqtt_port(c % 3),
-            format!("bench-load-{c}"),
-            &agency(c),
-            conn.clone(),
-        )
-        .await;
-        conns.push(conn);
-        clients.push(client);
-    }
+    let (conns, clients) = crate::harness::connections(
+        &layout,
+        "bench-load",
+        |c| nats.mqtt_port(c % 3),
+        |i| BootId(0xc0_0000 + i as u64),
+    )
+    .await;
     // Let the baseline's interest reach every node's routes.
     tokio::time::sleep(Duration::from_millis(500)).await;
 
@@ -261,11 +214,11 @@ pub async fn run(n: usize, a: &Args) {
     let cpu0: Vec<f64> = collectors.iter().map(|c| procfs::cpu_s(c.pid())).collect();
     let run_for = Duration::from_secs(a.seconds);
     let start = Instant::now();
-    let (tasks, marker) = crate::harness::steady_load(
+    let load = crate::harness::steady_load(
         &layout,
         &clients,
         &conns,
-        (&violate, &sent_at),
+        (&flags.violate, &flags.sent_at),
         (start, run_for),
         a.interval_ms,
         n,
@@ -279,22 +232,15 @@ pub async fn run(n: usize, a: &Args) {
     } else {
         None
     };
-    for t in tasks {
-        t.await.unwrap();
-    }
-    marker.await.unwrap();
-    let elapsed = start.elapsed().as_secs_f64();
-    let (total, acked_at_end, _) = totals(&conns);
-    let (acked, _) = drain(|| totals(&conns).1, total, a.grace, a.grace).await;
-    let baseline = match &sub {
-        Some(sub) => {
-            let (base, _) = drain(|| sub.count(), total, a.grace, a.grace).await;
-            format!(
-                "NATS subscriber ({TELEMETRY_SUBJECT}) received {base}: ratio acked/baseline {:.4} (transport ratio {:.4})",
-                acked as f64 / base.max(1) as f64,
-                base as f64 / total.max(1) as f64,
-            )
-        }
+    let base = sub.as_ref().map(|sub| || sub.count());
+    let steady = Steady::end(load, start, &conns, base, a.grace).await;
+    let (elapsed, acked) = (steady.elapsed, steady.acked);
+    let baseline = match steady.baseline {
+        Some(base) => format!(
+            "NATS subscriber ({TELEMETRY_SUBJECT}) received {base}: ratio acked/baseline {:.4} (transport ratio {:.4})",
+            acked as f64 / base.max(1) as f64,
+            base as f64 / steady.total.max(1) as f64,
+        ),
         None => "NATS subscriber off (--no-baseline)".to_string(),
     };
     let db1 = db_size(&pg);
@@ -304,26 +250,17 @@ pub async fn run(n: usize, a: &Args) {
         .zip(&cpu0)
         .map(|(c, c0)| procfs::cpu_s(c.pid()) - c0)
         .collect();
-    tokio::time::sleep(Duration::from_millis(500)).await;
-    sse_task.abort();
-    let mut lat = latencies.lock().unwrap().clone();
-    lat.sort_by(f64::total_cmp);
-    let unflagged = sent_at.lock().unwrap().len();
+    let flagged = flags.stop().await;
     let ack_lat = take_latencies(&conns);
     let foreign = totals(&conns).2;
     println!(
-        "cluster steady: {n} units: published {total} records in {elapsed:.1} s ({:.0} msg/s) over {} connections on 3 MQTT listeners; acked {acked_at_end} by the last publish, {acked} within {} s after: ratio acked/published {:.4}; {baseline}; ack latency {}; foreign acks {foreign}",
-        total as f64 / elapsed,
+        "cluster steady: {n} units: {} over {} connections on 3 MQTT listeners; {}; {baseline}; ack latency {}; foreign acks {foreign}",
+        steady.published(),
         layout.len(),
-        a.grace.as_secs(),
-        acked as f64 / total.max(1) as f64,
+        steady.acked(a.grace, "ratio acked/published"),
         lat3(&ack_lat),
     );
-    println!(
-        "flag latency (first violating sample -> SSE transition on collector-1): n={} {}; unflagged={unflagged}",
-        lat.len(),
-        lat3(&lat),
-    );
+    flagged.print(" on collector-1");
     for ((id, c), cpu) in IDS.iter().zip(&collectors).zip(&cpu) {
         let (rss, hwm) = rss_kib(c.pid()).unwrap_or((0, 0));
         let stored = c.metric("muster_ingest_stored_records_total").await;

@@ -2,7 +2,10 @@
 //! ([`Collector::start`] on the bench's Mosquitto; [`Collector::spawn`] on a
 //! config of the caller's, as `--cluster` runs it), `mosquitto_sub` (the
 //! transport baseline), and the simulated units' MQTT connections, each
-//! subscribed to its agency's ack topics and feeding [`crate::acks::Conn`].
+//! subscribed to its agency's ack topics and feeding [`crate::acks::Conn`];
+//! and what the default and `--cluster` modes share of their steady phase:
+//! the load ([`steady_load`]), the flag-latency watch on a collector's
+//! change stream ([`Flags`]) and the end of the phase ([`Steady`]).
 //!
 //! Contract: every process started here is stopped on drop (the collector
 //! with SIGTERM, `mosquitto_sub` killed); a connection's ack subscription
@@ -17,12 +20,12 @@ use std::sync::atomic::{AtomicU64, Ordering};
 use std::sync::{Arc, Mutex};
 use std::time::{Duration, Instant};
 
-use muster_proto::{Body, MAX_MESSAGE_BYTES, Message, TopicKind, decode, topic};
+use muster_proto::{Body, BootId, MAX_MESSAGE_BYTES, Message, TopicKind, decode, topic};
 use muster_testkit::{CollectorToml, Mosquitto, TempDir, http, rss_kib, signal};
 use rumqttc::{AsyncClient, Event, MqttOptions, Packet, QoS};
 
 use crate::acks::Conn;
-use crate::{ADMIN, procfs};
+use crate::{ADMIN, agency, lat3, procfs};
 
 /// Units marked to send a violating value next (by index).
 pub type Violations = Arc<Mutex<std::collections::HashSet<usize>>>;
@@ -239,6 +242,188 @@ pub async fn connect(port: u16, id: String, agency: &str, conn: Arc<Mutex<Conn>>
     client
 }
 
+/// The simulated units' connections of a [`crate::layout`]: connection
+/// `c` is client `{prefix}-{c}` of agency `agency-{c}` on MQTT port
+/// `port(c)`, its unit `i` (`U{i:06}`) starting on `boot(i)`. The
+/// connections' ack counters, and their clients.
+pub async fn connections(
+    layout: &[Vec<usize>],
+    prefix: &str,
+    port: impl Fn(usize) -> u16,
+    boot: impl Fn(usize) -> BootId,
+) -> (Vec<Arc<Mutex<Conn>>>, Vec<AsyncClient>) {
+    let mut conns = Vec::new();
+    let mut clients = Vec::new();
+    for (c, units) in layout.iter().enumerate() {
+        let names: Vec<String> = units.iter().map(|&i| format!("U{i:06}")).collect();
+        let boots: Vec<BootId> = units.iter().map(|&i| boot(i)).collect();
+        let conn = Arc::new(Mutex::new(Conn::new(&names, &boots)));
+        let client = connect(port(c), format!("{prefix}-{c}"), &agency(c), conn.clone()).await;
+        conns.push(conn);
+        clients.push(client);
+    }
+    (conns, clients)
+}
+
+/// Flag latency, as both steady modes measure it: units marked in
+/// `violate` send a violating sample ([`steady_load`] notes its send time
+/// in `sent_at`); its transition to critical on a collector's change
+/// stream (SSE) ends its latency.
+pub struct Flags {
+    pub violate: Violations,
+    pub sent_at: SentAt,
+    latencies: Arc<Mutex<Vec<f64>>>,
+    task: tokio::task::JoinHandle<()>,
+}
+
+/// What [`Flags::stop`] found: the flag latencies (ms, sorted) and the
+/// violating samples never flagged.
+pub struct Flagged {
+    pub latencies: Vec<f64>,
+    pub unflagged: usize,
+}
+
+impl Flags {
+    /// Follows the change stream of the collector at `addr` (once it said
+    /// `ready`).
+    pub async fn watch(addr: SocketAddr) -> Flags {
+        let mut sse = http::Sse::connect(addr, "/api/v1/stream", Some(ADMIN)).await;
+        assert_eq!(
+            sse.next(Duration::from_secs(5)).await.unwrap().event,
+            "ready"
+        );
+        let violate = Violations::default();
+        let sent_at = SentAt::default();
+        let latencies: Arc<Mutex<Vec<f64>>> = Arc::default();
+        let task = {
+            let sent_at = sent_at.clone();
+            let latencies = latencies.clone();
+            tokio::spawn(async move {
+                while let Some(ev) = sse.next(Duration::from_secs(3600)).await {
+                    if ev.event != "transition" {
+                        continue;
+                    }
+                    let v = ev.json();
+                    if v["to"] != "critical" {
+                        continue;
+                    }
+                    let key = format!(
+                        "{}/{}",
+                        v["agency"].as_str().unwrap_or_default(),
+                        v["unit"].as_str().unwrap_or_default()
+                    );
+                    if let Some(t) = sent_at.lock().unwrap().remove(&key) {
+                        latencies
+                            .lock()
+                            .unwrap()
+                            .push(t.elapsed().as_secs_f64() * 1000.0);
+                    }
+                }
+            })
+        };
+        Flags {
+            violate,
+            sent_at,
+            latencies,
+            task,
+        }
+    }
+
+    /// Half a second for the last transitions on their way, then stops
+    /// following.
+    pub async fn stop(self) -> Flagged {
+        tokio::time::sleep(Duration::from_millis(500)).await;
+        self.task.abort();
+        let mut latencies = self.latencies.lock().unwrap().clone();
+        latencies.sort_by(f64::total_cmp);
+        let unflagged = self.sent_at.lock().unwrap().len();
+        Flagged {
+            latencies,
+            unflagged,
+        }
+    }
+}
+
+impl Flagged {
+    /// The `flag latency` line; `on` names the stream, if it needs naming.
+    pub fn print(&self, on: &str) {
+        println!(
+            "flag latency (first violating sample -> SSE transition{on}): n={} {}; unflagged={}",
+            self.latencies.len(),
+            lat3(&self.latencies),
+            self.unflagged,
+        );
+    }
+}
+
+/// How a steady phase ended, as both steady modes count it.
+pub struct Steady {
+    /// Seconds from the load's start to its last publish.
+    pub elapsed: f64,
+    /// Records published.
+    pub total: u64,
+    /// Records acked by the last publish.
+    pub acked_at_end: u64,
+    /// Records acked within the grace after it.
+    pub acked: u64,
+    /// What the baseline received within the grace, if it ran.
+    pub baseline: Option<u64>,
+}
+
+impl Steady {
+    /// Waits for the load ([`steady_load`]'s tasks, started at `start`),
+    /// then for acks and for the `baseline`'s count until all are in, each
+    /// at most `grace`: what is not in by then is not counted.
+    pub async fn end(
+        (tasks, marker): Load,
+        start: Instant,
+        conns: &[Arc<Mutex<Conn>>],
+        baseline: Option<impl FnMut() -> u64>,
+        grace: Duration,
+    ) -> Steady {
+        for t in tasks {
+            t.await.unwrap();
+        }
+        marker.await.unwrap();
+        let elapsed = start.elapsed().as_secs_f64();
+        let (total, acked_at_end, _) = totals(conns);
+        let (acked, _) = drain(|| totals(conns).1, total, grace, grace).await;
+        let baseline = match baseline {
+            Some(count) => Some(drain(count, total, grace, grace).await.0),
+            None => None,
+        };
+        Steady {
+            elapsed,
+            total,
+            acked_at_end,
+            acked,
+            baseline,
+        }
+    }
+
+    /// `published N records in S s (R msg/s)`.
+    pub fn published(&self) -> String {
+        format!(
+            "published {} records in {:.1} s ({:.0} msg/s)",
+            self.total,
+            self.elapsed,
+            self.total as f64 / self.elapsed
+        )
+    }
+
+    /// `acked A by the last publish, B within G s after: {ratio} R`, the
+    /// ratio acked / published named `ratio`.
+    pub fn acked(&self, grace: Duration, ratio: &str) -> String {
+        format!(
+            "acked {} by the last publish, {} within {} s after: {ratio} {:.4}",
+            self.acked_at_end,
+            self.acked,
+            grace.as_secs(),
+            self.acked as f64 / self.total.max(1) as f64,
+        )
+    }
+}
+
 /// (published, acked, foreign acks) over all connections.
 pub fn totals(conns: &[Arc<Mutex<Conn>>]) -> (u64, u64, u64) {
     conns.iter().fold((0, 0, 0), |t, c| {
@@ -279,6 +464,12 @@ pub async fn drain(
     (last, moved)
 }
 
+/// A running steady load: the publishers' tasks, and the marker's.
+pub type Load = (
+    Vec<tokio::task::JoinHandle<()>>,
+    tokio::task::JoinHandle<()>,
+);
+
 /// The steady load of the default and `--cluster` modes, until `run_for`
 /// after `start`: on each connection, each of its units publishes one
 /// sample every `interval` ms, unit i of n at offset i × interval / n; a
@@ -293,10 +484,7 @@ pub fn steady_load(
     (start, run_for): (Instant, Duration),
     interval: u64,
     n: usize,
-) -> (
-    Vec<tokio::task::JoinHandle<()>>,
-    tokio::task::JoinHandle<()>,
-) {
+) -> Load {
     use crate::{now_ms, payload, sample, unit_id};
     use muster_proto::UnitId;
     let mut tasks = Vec::new();

@@ -78,16 +78,13 @@ mod harness;
 mod procfs;
 mod storm;
 
-use std::collections::{HashMap, HashSet};
-use std::sync::{Arc, Mutex};
 use std::time::{Duration, Instant, SystemTime, UNIX_EPOCH};
 
-use acks::Conn;
-use harness::{Collector, Sub, connect, drain, take_latencies, totals};
+use harness::{Collector, Flags, Steady, Sub, drain, take_latencies, totals};
 use muster_proto::{
     Body, BootId, Message, Payload, Record, TopicKind, UnitId, encode, fixtures, topic,
 };
-use muster_testkit::{Mosquitto, TempDir, http, rss_kib};
+use muster_testkit::{Mosquitto, TempDir, rss_kib};
 use procfs::{percentile, slope_kib_per_min};
 use rumqttc::QoS;
 
@@ -266,74 +263,28 @@ async fn run(n: usize, a: &Args) {
     );
     let sub = a.baseline.then(|| Sub::start(broker.port()));
     tokio::time::sleep(Duration::from_millis(300)).await; // let mosquitto_sub subscribe
-    let mut sse = http::Sse::connect(collector.addr, "/api/v1/stream", Some(ADMIN)).await;
-    assert_eq!(
-        sse.next(Duration::from_secs(5)).await.unwrap().event,
-        "ready"
-    );
-
     // Flag latency: units marked to violate send cpu 99 in their next sample.
-    let violate: Arc<Mutex<HashSet<usize>>> = Arc::default();
-    let sent_at: Arc<Mutex<HashMap<String, Instant>>> = Arc::default();
-    let latencies: Arc<Mutex<Vec<f64>>> = Arc::default();
-    let sse_task = {
-        let sent_at = sent_at.clone();
-        let latencies = latencies.clone();
-        tokio::spawn(async move {
-            while let Some(ev) = sse.next(Duration::from_secs(3600)).await {
-                if ev.event != "transition" {
-                    continue;
-                }
-                let v = ev.json();
-                if v["to"] != "critical" {
-                    continue;
-                }
-                let key = format!(
-                    "{}/{}",
-                    v["agency"].as_str().unwrap(),
-                    v["unit"].as_str().unwrap()
-                );
-                if let Some(t) = sent_at.lock().unwrap().remove(&key) {
-                    latencies
-                        .lock()
-                        .unwrap()
-                        .push(t.elapsed().as_secs_f64() * 1000.0);
-                }
-            }
-        })
-    };
+    let flags = Flags::watch(collector.addr).await;
 
     // One agency per connection; each connection's units start on boot
     // 0xb0_0000 + unit.
     let layout = layout(n, a.connections);
-    let mut conns = Vec::new();
-    let mut clients = Vec::new();
-    for (c, units) in layout.iter().enumerate() {
-        let names: Vec<String> = units.iter().map(|&i| format!("U{i:06}")).collect();
-        let boots: Vec<BootId> = units
-            .iter()
-            .map(|&i| BootId(0xb0_0000 + i as u64))
-            .collect();
-        let conn = Arc::new(Mutex::new(Conn::new(&names, &boots)));
-        let client = connect(
-            broker.port(),
-            format!("bench-load-{c}"),
-            &agency(c),
-            conn.clone(),
-        )
-        .await;
-        conns.push(conn);
-        clients.push(client);
-    }
+    let (conns, clients) = harness::connections(
+        &layout,
+        "bench-load",
+        |_| broker.port(),
+        |i| BootId(0xb0_0000 + i as u64),
+    )
+    .await;
 
     let cpu0 = procfs::cpu_s(collector.pid());
     let run_for = Duration::from_secs(seconds);
     let start = Instant::now();
-    let (tasks, marker) = harness::steady_load(
+    let load = harness::steady_load(
         &layout,
         &clients,
         &conns,
-        (&violate, &sent_at),
+        (&flags.violate, &flags.sent_at),
         (start, run_for),
         a.interval_ms,
         n,
@@ -363,48 +314,32 @@ async fn run(n: usize, a: &Args) {
             }
         }
     }
-    for t in tasks {
-        t.await.unwrap();
-    }
-    marker.await.unwrap();
-    let elapsed = start.elapsed().as_secs_f64();
-    let (total, acked_at_end, _) = totals(&conns);
     // Drain: wait for acks (and the baseline) until all are in, at most
     // `--grace`. What is not acked by then is not counted.
-    let (acked, _) = drain(|| totals(&conns).1, total, a.grace, a.grace).await;
-    let baseline = match &sub {
-        Some(sub) => {
-            let (base, _) = drain(|| sub.count(), total, a.grace, a.grace).await;
-            format!(
-                "mosquitto_sub received {base}: transport ratio {:.4}",
-                base as f64 / total.max(1) as f64
-            )
-        }
+    let base = sub.as_ref().map(|sub| || sub.count());
+    let steady = Steady::end(load, start, &conns, base, a.grace).await;
+    let (elapsed, acked) = (steady.elapsed, steady.acked);
+    let baseline = match steady.baseline {
+        Some(base) => format!(
+            "mosquitto_sub received {base}: transport ratio {:.4}",
+            base as f64 / steady.total.max(1) as f64
+        ),
         None => "mosquitto_sub off (--no-baseline)".to_string(),
     };
     let decoded = collector.metric("muster_ingest_records_total").await as u64;
     let cpu = procfs::cpu_s(collector.pid()) - cpu0;
     let (rss, hwm) = rss_kib(collector.pid()).unwrap_or((0, 0));
     rss_samples.push((start.elapsed(), rss));
-    tokio::time::sleep(Duration::from_millis(500)).await;
-    sse_task.abort();
-    let mut lat = latencies.lock().unwrap().clone();
-    lat.sort_by(f64::total_cmp);
-    let unflagged = sent_at.lock().unwrap().len();
+    let flagged = flags.stop().await;
     let ack_lat = take_latencies(&conns);
     let foreign = totals(&conns).2;
     println!(
-        "steady: published {total} records in {elapsed:.1} s ({:.0} msg/s); acked {acked_at_end} by the last publish, {acked} within {} s after: ratio {:.4}; {baseline}; ack latency {}; [info: collector decoded {decoded} (muster_ingest_records_total: decoded, not stored)]; foreign acks {foreign}",
-        total as f64 / elapsed,
-        a.grace.as_secs(),
-        acked as f64 / total.max(1) as f64,
+        "steady: {}; {}; {baseline}; ack latency {}; [info: collector decoded {decoded} (muster_ingest_records_total: decoded, not stored)]; foreign acks {foreign}",
+        steady.published(),
+        steady.acked(a.grace, "ratio"),
         lat3(&ack_lat),
     );
-    println!(
-        "flag latency (first violating sample -> SSE transition): n={} {}; unflagged={unflagged}",
-        lat.len(),
-        lat3(&lat),
-    );
+    flagged.print("");
     let store = collector.store_bytes();
     println!(
         "collector: RSS {:.1} MiB (peak {:.1} MiB), CPU {cpu:.2} s over {elapsed:.1} s ({:.0}% of one core), store {:.1} MiB on disk ({:.0} B per acked record)",

@@ -34,9 +34,9 @@ use muster_testkit::{Mosquitto, TempDir};
 use rumqttc::{AsyncClient, QoS};
 
 use crate::acks::{Conn, ms};
-use crate::harness::{Collector, connect, totals};
+use crate::harness::{self, Collector, totals};
 use crate::procfs::percentile;
-use crate::{Args, agency, layout, now_ms, sample, unit_id};
+use crate::{Args, layout, now_ms, sample, unit_id};
 
 /// A round that has not drained by then is reported as it stands.
 const ROUND_TIMEOUT: Duration = Duration::from_secs(600);
@@ -217,23 +217,8 @@ pub async fn run(n: usize, records: u64, rounds: u32, a: &Args) {
     let collector = Collector::start(&broker, &dir, true).await;
     let layout = layout(n, a.connections);
     let boot = |round: u32, i: usize| BootId((u64::from(round) << 32) | 0x5700_0000 | i as u64);
-    let mut conns = Vec::new();
-    let mut clients = Vec::new();
-    for (c, units) in layout.iter().enumerate() {
-        let names: Vec<String> = units.iter().map(|&i| format!("U{i:06}")).collect();
-        let boots: Vec<BootId> = units.iter().map(|&i| boot(1, i)).collect();
-        let conn = Arc::new(Mutex::new(Conn::new(&names, &boots)));
-        clients.push(
-            connect(
-                broker.port(),
-                format!("bench-storm-{c}"),
-                &agency(c),
-                conn.clone(),
-            )
-            .await,
-        );
-        conns.push(conn);
-    }
+    let (conns, clients) =
+        harness::connections(&layout, "bench-storm", |_| broker.port(), |i| boot(1, i)).await;
     // Peak RSS: sampled every 100 ms, reset per round.
     let peak = Arc::new(AtomicU64::new(0));
     let stop = Arc::new(AtomicBool::new(false));

@@ -5,7 +5,7 @@
 //!
 //! | principal | CONNECT will | PUBLISH | SUBSCRIBE |
 //! |---|---|---|---|
-//! | unit `{agency}/{unit}` | own `…/state`, QoS ≤ 1 | own `…/telemetry` (not retained), own `…/state` (retained ok), QoS ≤ 1 | own `…/ack`, own `…/state`, `muster/v1/collector` |
+//! | unit `{agency}/{unit}` | own `…/state`, QoS ≤ 1 | own `…/telemetry` (not retained), own `…/state` (retained ok), QoS ≤ 1 | own `…/ack`, own `…/state`, own `…/config`, its agency's `muster/v1/{agency}/config`, `muster/v1/collector` |
 //! | agency reader `{agency}` | none | none | subsets of `muster/v1/{agency}/+/status` and `muster/v1/{agency}/incidents` |
 //!
 //! A unit subscribes to its own state topic because the agent republishes
@@ -134,6 +134,8 @@ pub fn check_subscribe(p: &Principal, filter: &str) -> Result<(), Refusal> {
         Principal::Unit(u) => [
             unit_topic(u, TopicKind::Ack),
             unit_topic(u, TopicKind::State),
+            unit_topic(u, TopicKind::Config),
+            format!("{PREFIX}/{}/config", u.agency),
             COLLECTOR_HELLO_TOPIC.to_owned(),
         ]
         .iter()
@@ -247,6 +249,9 @@ mod tests {
             (&e12, "muster/v1/metro-fire/E12/status", 1, true, no),
             (&e12, "muster/v1/metro-fire/incidents", 1, true, no),
             (&e12, COLLECTOR_HELLO_TOPIC, 1, true, no),
+            // Config documents come only from the collector.
+            (&e12, "muster/v1/metro-fire/E12/config", 1, true, no),
+            (&e12, "muster/v1/metro-fire/config", 1, true, no),
             (&e12, "muster/v1/metro-fire/+/telemetry", 1, false, no),
             (&e12, "muster/v1/metro-fire/E12/telemetry/x", 1, false, no),
             (&fire, "muster/v1/metro-fire/E12/status", 1, true, no),
@@ -287,6 +292,11 @@ mod tests {
             (&e12, "muster/v1/metro-fire/E12/ack", true),
             (&e12, "muster/v1/metro-fire/E12/state", true),
             (&e12, COLLECTOR_HELLO_TOPIC, true),
+            (&e12, "muster/v1/metro-fire/E12/config", true),
+            (&e12, "muster/v1/metro-fire/config", true),
+            (&e12, "muster/v1/metro-fire/E13/config", false),
+            (&e12, "muster/v1/county-ems/config", false),
+            (&e12, "muster/v1/+/config", false),
             (&e12, "muster/v1/metro-fire/E13/ack", false),
             (&e12, "muster/v1/metro-fire/+/ack", false),
             (&e12, "muster/v1/metro-fire/E12/+", false),
@@ -310,6 +320,7 @@ mod tests {
             (&fire, "$share/g/muster/v1/metro-fire/+/status", false),
             (&fire, "muster/v1/metro-fire/E+/status", false),
             (&fire, COLLECTOR_HELLO_TOPIC, false),
+            (&fire, "muster/v1/metro-fire/config", false),
         ];
         for (p, f, want) in cases {
             assert_eq!(check_subscribe(p, f).is_ok(), *want, "{p:?} {f}");

@@ -141,17 +141,12 @@ fn start(store: &PgStore, cfg: IncidentConfig, epoch: u64) -> Result<Deciding, S
 }
 
 fn read_shares(store: &PgStore, s: &mut Deciding) -> Result<(), StoreError> {
-    loop {
-        let (shares, rev) = store.shares_changed_since(s.rev, PAGE)?;
-        let n = shares.len();
+    let board = &mut s.board;
+    store.tail(&mut s.rev, PAGE, PgStore::shares_changed_since, |shares| {
         for sh in shares {
-            s.board.share(sh);
+            board.share(sh);
         }
-        s.rev = rev;
-        if n < PAGE {
-            return Ok(());
-        }
-    }
+    })
 }
 
 /// One tick: new shares in, decisions out, committed fenced on partition 0.

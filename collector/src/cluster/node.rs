@@ -397,9 +397,12 @@ pub async fn run(
         &cfg,
         listener,
         Arc::clone(&shared),
-        registry,
         Arc::clone(&clock),
-        gates,
+        crate::app::FeedParts {
+            registry,
+            gates,
+            config_docs: None,
+        },
         stop_feed.clone(),
     );
     let systemd = tokio::spawn(crate::service::systemd(
@@ -831,25 +834,25 @@ async fn refresh_view(
             _ = t.tick() => {}
             _ = stop.cancelled() => return,
         }
-        loop {
-            let s = Arc::clone(&store);
-            let r = tokio::task::spawn_blocking(move || s.units_changed_since(rev, 5_000)).await;
-            let Ok(Ok((units, next))) = r else {
-                break;
-            };
-            let n = units.len();
-            {
+        let (s, scope, shared) = (Arc::clone(&store), Arc::clone(&scope), Arc::clone(&shared));
+        let from = rev;
+        let r = tokio::task::spawn_blocking(move || {
+            // A failed read is tried again at the next tick, from the page
+            // after the last one taken.
+            let mut rev = from;
+            let _ = s.tail(&mut rev, 5_000, PgStore::units_changed_since, |units| {
                 let mut view = shared.units.write().unwrap_or_else(|e| e.into_inner());
                 for u in units {
                     if !scope.owns(&u.unit) {
                         view.insert(u.unit.clone(), Arc::new(u));
                     }
                 }
-            }
+            });
+            rev
+        })
+        .await;
+        if let Ok(next) = r {
             rev = next;
-            if n < 5_000 {
-                break;
-            }
         }
     }
 }
@@ -883,27 +886,34 @@ async fn tail_events(store: Arc<PgStore>, shared: Arc<Shared>, stop: Cancellatio
             _ = t.tick() => {}
             _ = stop.cancelled() => return,
         }
-        loop {
-            let s = Arc::clone(&store);
-            let r = tokio::task::spawn_blocking(move || s.events_after(last, 1_000)).await;
-            let Ok(Ok(events)) = r else {
-                break;
+        let (s, shared) = (Arc::clone(&store), Arc::clone(&shared));
+        let from = last;
+        let r = tokio::task::spawn_blocking(move || {
+            // As in `refresh_view`: a failed read is tried again at the next tick.
+            let mut last = from;
+            let page = |s: &PgStore, last: u64, n| {
+                s.events_after(last, n).map(|events| {
+                    let next = events.iter().fold(last, |hw, ev| hw.max(ev.id));
+                    (events, next)
+                })
             };
-            let n = events.len();
-            for ev in events {
-                last = last.max(ev.id);
-                if let crate::model::Change::Incident(i) = &ev.change {
-                    shared
-                        .incidents
-                        .write()
-                        .unwrap_or_else(|e| e.into_inner())
-                        .insert(i.id.clone(), i.clone());
+            let _ = s.tail(&mut last, 1_000, page, |events| {
+                for ev in events {
+                    if let crate::model::Change::Incident(i) = &ev.change {
+                        shared
+                            .incidents
+                            .write()
+                            .unwrap_or_else(|e| e.into_inner())
+                            .insert(i.id.clone(), i.clone());
+                    }
+                    let _ = shared.changes.send(Arc::new(ev));
                 }
-                let _ = shared.changes.send(Arc::new(ev));
-            }
-            if n < 1_000 {
-                break;
-            }
+            });
+            last
+        })
+        .await;
+        if let Ok(next) = r {
+            last = next;
         }
     }
 }

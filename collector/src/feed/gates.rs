@@ -173,8 +173,11 @@ async fn judge(st: &FeedState, g: Gate) -> Result<VerdictView, ApiError> {
     let (b_units, c_units) = {
         let view = st.shared.units.read().unwrap_or_else(|e| e.into_inner());
         (
-            collect::units_of(&baseline_cohort, view.keys()),
-            collect::units_of(&g.spec.cohort, view.keys()),
+            collect::units_of(
+                &baseline_cohort,
+                view.values().map(|u| (&u.unit, u.labels())),
+            ),
+            collect::units_of(&g.spec.cohort, view.values().map(|u| (&u.unit, u.labels()))),
         )
     };
     let store = Arc::clone(&st.shared.store);

@@ -21,6 +21,7 @@
 //! agency's token sees only its units, on every endpoint and the stream.
 
 pub(crate) mod auth;
+pub mod config;
 mod dashboard;
 mod error;
 mod events;
@@ -75,6 +76,8 @@ pub struct FeedState {
     pub gates: Arc<crate::gate::book::GateBook>,
     /// `gates.max_results`.
     pub gate_max_results: u64,
+    /// Remote config documents (`config`); `None` in cluster mode.
+    pub config_docs: Option<config::ConfigDocs>,
 }
 
 pub fn router(state: FeedState) -> Router {
@@ -87,6 +90,15 @@ pub fn router(state: FeedState) -> Router {
     let gate_new = post(gates::create).layer(DefaultBodyLimit::max(gates::MAX_BODY_BYTES));
     let gate_one = get(gates::detail).delete(gates::delete);
     let (gate_verdict, gate_check) = (get(gates::verdict), post(gates::check));
+    let cfg_limit = DefaultBodyLimit::max(config::MAX_BODY_BYTES);
+    let cfg_agency = get(config::get_agency)
+        .put(config::put_agency)
+        .delete(config::delete_agency)
+        .layer(cfg_limit);
+    let cfg_unit = get(config::get_unit)
+        .put(config::put_unit)
+        .delete(config::delete_unit)
+        .layer(cfg_limit);
     Router::new()
         .route("/api/v1/units", get(units::list))
         .route("/api/v1/units/{agency}/{unit}", get(units::detail))
@@ -100,6 +112,9 @@ pub fn router(state: FeedState) -> Router {
         .route("/api/v1/gates/{id}", gate_one)
         .route("/api/v1/gates/{id}/verdict", gate_verdict)
         .route("/api/v1/gates/{id}/check", gate_check)
+        .route("/api/v1/config", get(config::list))
+        .route("/api/v1/config/{agency}", cfg_agency)
+        .route("/api/v1/config/{agency}/{unit}", cfg_unit)
         .route("/api/v1/enroll", claim)
         .route("/api/v1/enrollments", get(enroll::list))
         .route("/api/v1/enrollments/{agency}/{unit}/approve", approve)

@@ -26,6 +26,30 @@ impl Params {
             .map_err(|_| ApiError::bad_request("the query string is not valid"))
     }
 
+    /// As [`Params::from`], with one parameter that may be repeated
+    /// (`?label=a=1&label=b=2`): its values in order, beside the others
+    /// (of which the last one given counts, as with [`Params::from`]).
+    pub fn with_repeated(
+        q: Result<Query<Vec<(String, String)>>, QueryRejection>,
+        repeated: &str,
+    ) -> Result<(Self, Vec<String>), ApiError> {
+        let Query(pairs) = q.map_err(|_| ApiError::bad_request("the query string is not valid"))?;
+        let mut values = Vec::new();
+        let mut rest = HashMap::new();
+        for (k, v) in pairs {
+            if k == repeated {
+                values.push(v);
+            } else {
+                rest.insert(k, v);
+            }
+        }
+        if !values.is_empty() {
+            // Known, so `only` accepts it.
+            rest.insert(repeated.to_owned(), String::new());
+        }
+        Ok((Params(rest), values))
+    }
+
     /// Refuses parameters the endpoint does not know: a typo should not
     /// silently widen a query.
     pub fn only(&self, known: &[&str]) -> Result<(), ApiError> {

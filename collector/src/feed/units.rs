@@ -15,6 +15,7 @@ use super::error::ApiError;
 use super::query::Params;
 use super::views::{BootView, Page, SampleView, UnitDetail, UnitView};
 use crate::model::Status;
+use crate::selector::LabelSelector;
 use crate::store::rollup::{self, Resolution, Rollup};
 use crate::store::{SampleCursor, SampleQuery};
 
@@ -40,14 +41,19 @@ pub(super) fn known_unit(
         .ok_or_else(|| ApiError::not_found(format!("no unit {id}")))
 }
 
+/// `GET /api/v1/units`: `?agency`, `?status`, and `?label=key=value`
+/// (repeatable, at most [`crate::selector::MAX_TERMS`]; a unit must carry
+/// every one).
 pub async fn list(
     State(st): State<FeedState>,
     headers: HeaderMap,
-    q: Result<Query<HashMap<String, String>>, QueryRejection>,
+    q: Result<Query<Vec<(String, String)>>, QueryRejection>,
 ) -> Result<Json<Page<UnitView>>, ApiError> {
     let scope = st.auth.authenticate(&headers)?;
-    let q = Params::from(q)?;
-    q.only(&["agency", "status", "limit", "cursor"])?;
+    let (q, label_terms) = Params::with_repeated(q, "label")?;
+    q.only(&["agency", "status", "label", "limit", "cursor"])?;
+    let labels = LabelSelector::parse(label_terms.iter().map(String::as_str))
+        .map_err(|e| ApiError::bad_request(format!("label: {e}")))?;
     let limit = q.limit()?;
     let agency = q.str("agency");
     if let Some(a) = agency {
@@ -66,6 +72,7 @@ pub async fn list(
         if !scope.sees(&id.agency)
             || agency.is_some_and(|a| a != id.agency)
             || status.is_some_and(|s| s != u.health.status)
+            || !labels.matches(u.labels())
         {
             continue;
         }
@@ -140,10 +147,10 @@ pub async fn samples(
     let until_ms = q.time("until", now)?.unwrap_or(u64::MAX);
     let kind = q.str("kind").map(str::to_owned);
     if let Some(k) = &kind
-        && !["host", "probe", "status", "presence"].contains(&k.as_str())
+        && !["host", "probe", "status", "presence", "facts", "config"].contains(&k.as_str())
     {
         return Err(ApiError::bad_request(format!(
-            "kind: {k:?} is not one of host, probe, status, presence"
+            "kind: {k:?} is not one of host, probe, status, presence, facts, config"
         )));
     }
     if let Some(res) = resolution {

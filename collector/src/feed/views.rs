@@ -2,6 +2,8 @@
 //! rename or remove them. Boot ids are 16-digit hex strings (a u64 does not
 //! survive JavaScript's numbers); times are unix milliseconds.
 
+use std::collections::BTreeMap;
+
 use muster_proto::{
     AgentStatus, Cellular, Cpu, Disk, HostSample, Memory, NetContext, NetIf, Payload, Presence,
     PresenceReason, ProbeResult, Process, SamplerFailure, UnitFacts, Vpn, Wifi,
@@ -10,7 +12,7 @@ use serde::Serialize;
 
 use crate::model::{Change, Reason, Status};
 use crate::seq::BootSeq;
-use crate::store::{Latest, StoredEvent, StoredSample, UnitRecord};
+use crate::store::{KnownFacts, Latest, StoredEvent, StoredSample, UnitRecord};
 
 /// A list response: `{"items": [...], "next_cursor": "..." | null}`. Pass
 /// `next_cursor` back as `?cursor=` for the next page.
@@ -169,6 +171,35 @@ pub struct UnitView {
     pub agent: Option<AgentStatus>,
     /// Open incidents the unit is affected by.
     pub incidents: Vec<String>,
+    /// The unit's labels from its local config (issue 16): `{}` until it
+    /// reports them.
+    pub labels: BTreeMap<String, String>,
+    /// What the unit last reported about itself; `null` before its first
+    /// facts record (an agent older than issue 16 never sends one).
+    pub facts: Option<FactsView>,
+}
+
+/// What a unit reports about itself (issue 16), from its newest facts record.
+#[derive(Debug, Serialize)]
+pub struct FactsView {
+    pub agent_version: String,
+    pub os: String,
+    /// The watched CAD client's version; `null` when the unit's config
+    /// names no source or it could not be read.
+    pub cad_version: Option<String>,
+    /// Event time of the facts record (the agent's clock).
+    pub at_ms: u64,
+}
+
+impl From<&KnownFacts> for FactsView {
+    fn from(k: &KnownFacts) -> Self {
+        FactsView {
+            agent_version: k.facts.agent_version.clone(),
+            os: k.facts.os.clone(),
+            cad_version: k.facts.cad_version.clone(),
+            at_ms: k.at_ms,
+        }
+    }
 }
 
 pub fn hex(b: muster_proto::BootId) -> String {
@@ -206,6 +237,12 @@ impl From<&UnitRecord> for UnitView {
             },
             agent: u.agent.clone(),
             incidents,
+            labels: u
+                .labels()
+                .iter()
+                .map(|l| (l.key.clone(), l.value.clone()))
+                .collect(),
+            facts: u.facts.as_ref().map(FactsView::from),
         }
     }
 }

@@ -11,7 +11,6 @@
 //!   defined on (not shared; said in ARCHITECTURE.md).
 
 use std::collections::BTreeMap;
-use std::io::Write;
 use std::path::{Path, PathBuf};
 use std::sync::Mutex;
 
@@ -92,13 +91,9 @@ impl GateBook {
             path: path.clone(),
             error,
         };
-        let tmp = path.with_extension("json.tmp");
         let body = serde_json::to_vec_pretty(f).expect("gates serialise");
-        let mut w = std::fs::File::create(&tmp).map_err(io)?;
-        w.write_all(&body).map_err(io)?;
-        w.sync_all().map_err(io)?;
-        std::fs::rename(&tmp, path).map_err(io)?;
-        Ok(())
+        muster_base::fsutil::write_atomic(path, &body, muster_base::fsutil::Mode::Private)
+            .map_err(io)
     }
 
     pub fn add(&self, spec: GateSpec, now_ms: u64) -> Result<Gate, BookError> {

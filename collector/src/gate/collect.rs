@@ -3,7 +3,7 @@
 //! side; past it the side is marked `truncated` (the verdict is judged on
 //! what was read, and says so).
 
-use muster_proto::{Outcome, Payload, ProbeResult, UnitId};
+use muster_proto::{Label, Outcome, Payload, ProbeResult, UnitId};
 
 use super::spec::{Cohort, MetricName, Span};
 use crate::store::{SampleQuery, Store, StoreError};
@@ -59,16 +59,25 @@ impl Side {
     }
 }
 
-/// The cohort's units among `known` (the collector's view).
-pub fn units_of<'a>(cohort: &Cohort, known: impl Iterator<Item = &'a UnitId>) -> Vec<UnitId> {
+/// The cohort's units among `known` (the collector's view: each unit and
+/// the labels it last reported): its agency, its listed units if any, and
+/// every one of its labels if any (a unit that never reported labels
+/// carries none). Pure.
+pub fn units_of<'a>(
+    cohort: &Cohort,
+    known: impl Iterator<Item = (&'a UnitId, &'a [Label])>,
+) -> Vec<UnitId> {
     let listed: Option<std::collections::HashSet<&str>> = cohort
         .units
         .as_ref()
         .map(|l| l.iter().map(String::as_str).collect());
+    // Validated with the gate; a stored one that no longer parses selects none.
+    let selector = cohort.selector().ok();
     known
-        .filter(|u| u.agency == cohort.agency)
-        .filter(|u| listed.as_ref().is_none_or(|l| l.contains(u.unit.as_str())))
-        .cloned()
+        .filter(|(u, _)| u.agency == cohort.agency)
+        .filter(|(u, _)| listed.as_ref().is_none_or(|l| l.contains(u.unit.as_str())))
+        .filter(|(_, labels)| selector.as_ref().is_some_and(|s| s.matches(labels)))
+        .map(|(u, _)| u.clone())
         .collect()
 }
 
@@ -123,4 +132,71 @@ pub fn collect(
         }
     }
     Ok(side)
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn a_cohort_selects_by_agency_units_and_labels() {
+        let label = |k: &str, v: &str| Label {
+            key: k.into(),
+            value: v.into(),
+        };
+        let units: Vec<(UnitId, Vec<Label>)> = vec![
+            (
+                UnitId::new("metro-fire", "E1").unwrap(),
+                vec![label("role", "patrol"), label("station", "7")],
+            ),
+            (
+                UnitId::new("metro-fire", "E2").unwrap(),
+                vec![label("role", "engine"), label("station", "7")],
+            ),
+            (
+                UnitId::new("metro-fire", "E3").unwrap(),
+                vec![label("station", "9")],
+            ),
+            // Never reported labels.
+            (UnitId::new("metro-fire", "E4").unwrap(), vec![]),
+            (
+                UnitId::new("county-pd", "P1").unwrap(),
+                vec![label("station", "7")],
+            ),
+        ];
+        let cohort = |units: Option<&[&str]>, labels: Option<&[(&str, &str)]>| Cohort {
+            agency: "metro-fire".into(),
+            probe: "cad-api".into(),
+            target: None,
+            units: units.map(|u| u.iter().map(|s| s.to_string()).collect()),
+            labels: labels.map(|l| {
+                l.iter()
+                    .map(|(k, v)| (k.to_string(), v.to_string()))
+                    .collect()
+            }),
+        };
+        type Case<'a> = (
+            Option<&'a [&'a str]>,
+            Option<&'a [(&'a str, &'a str)]>,
+            &'a [&'a str],
+        );
+        // (listed units, labels, selected)
+        let cases: &[Case] = &[
+            (None, None, &["E1", "E2", "E3", "E4"]),
+            (None, Some(&[("station", "7")]), &["E1", "E2"]),
+            (None, Some(&[("station", "7"), ("role", "patrol")]), &["E1"]),
+            (None, Some(&[("station", "8")]), &[]),
+            (None, Some(&[("shift", "night")]), &[]),
+            (Some(&["E2", "E3"]), Some(&[("station", "7")]), &["E2"]),
+            (Some(&["E3", "E4"]), None, &["E3", "E4"]),
+            // A selector a stored gate could not carry selects none.
+            (None, Some(&[("Bad Key", "7")]), &[]),
+        ];
+        for (listed, labels, want) in cases {
+            let c = cohort(*listed, *labels);
+            let got = units_of(&c, units.iter().map(|(u, l)| (u, l.as_slice())));
+            let got: Vec<&str> = got.iter().map(|u| u.unit.as_str()).collect();
+            assert_eq!(got, *want, "{listed:?} {labels:?}");
+        }
+    }
 }

@@ -3,9 +3,12 @@
 //! validated into a [`GateSpec`] with messages naming the bad field; the
 //! windows are computed from `now` ([`GateSpec::windows`]).
 
+use std::collections::BTreeMap;
+
 use serde::{Deserialize, Serialize};
 
 use super::stats::GateConfig;
+use crate::selector::{LabelSelector, MAX_TERMS, SelectorError};
 
 /// Units listed in a cohort at most.
 pub const MAX_COHORT_UNITS: usize = 10_000;
@@ -94,6 +97,21 @@ pub struct Cohort {
     /// Only these units (`None`: every unit of the agency).
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub units: Option<Vec<String>>,
+    /// Only units carrying all these labels (issue 16), as they last
+    /// reported them (`crate::selector`); 1 to 16, `None`: any labels.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub labels: Option<BTreeMap<String, String>>,
+}
+
+impl Cohort {
+    /// The cohort's label selector (the empty one without `labels`).
+    /// Checked at validation, so a stored gate's always parses.
+    pub fn selector(&self) -> Result<LabelSelector, SelectorError> {
+        match &self.labels {
+            None => Ok(LabelSelector::default()),
+            Some(l) => LabelSelector::from_pairs(l.iter().map(|(k, v)| (k.as_str(), v.as_str()))),
+        }
+    }
 }
 
 /// What the cohort is compared with.
@@ -216,6 +234,26 @@ fn check_cohort(c: &Cohort, field: &str) -> Result<(), SpecError> {
                 format!("{field}.units"),
                 format!("{u:?}: a unit must be 1 to 256 characters"),
             ));
+        }
+    }
+    if let Some(labels) = &c.labels {
+        if labels.is_empty() || labels.len() > MAX_TERMS {
+            return Err(bad(
+                format!("{field}.labels"),
+                format!("must name 1 to {MAX_TERMS} labels"),
+            ));
+        }
+        // A label no unit could carry is refused (the wire's own rules).
+        for (k, v) in labels {
+            LabelSelector::from_pairs([(k.as_str(), v.as_str())]).map_err(|e| {
+                let at = match e {
+                    SelectorError::Label(muster_proto::LabelError::Value { .. }) => {
+                        format!("{field}.labels.{k}")
+                    }
+                    _ => format!("{field}.labels"),
+                };
+                bad(at, e.to_string())
+            })?;
         }
     }
     Ok(())
@@ -359,11 +397,37 @@ mod tests {
             (format!(r#"{{"name":"n",{c},"baseline":{{"before_ms":1}},"metrics":{{}}}}"#), "metrics"),
             (format!(r#"{{"name":"n",{c},"baseline":{{"before_ms":1}},"config":{{"alpha":2}}}}"#), "config"),
             (format!(r#"{{"name":"n",{c},"baseline":{{"before_ms":1}},"config":{{"min_failure_total":1000000001}}}}"#), "config"),
+            (r#"{"name":"n","cohort":{"agency":"a","probe":"p","labels":{}},"baseline":{"before_ms":1}}"#.into(), "cohort.labels"),
+            (format!(r#"{{"name":"n","cohort":{{"agency":"a","probe":"p","labels":{{{}}}}},"baseline":{{"before_ms":1}}}}"#,
+                (0..17).map(|i| format!(r#""k{i}":"v""#)).collect::<Vec<_>>().join(",")), "cohort.labels"),
+            (r#"{"name":"n","cohort":{"agency":"a","probe":"p","labels":{"Station":"7"}},"baseline":{"before_ms":1}}"#.into(), "cohort.labels"),
+            (r#"{"name":"n","cohort":{"agency":"a","probe":"p","labels":{"":"7"}},"baseline":{"before_ms":1}}"#.into(), "cohort.labels"),
+            (format!(r#"{{"name":"n","cohort":{{"agency":"a","probe":"p","labels":{{"station":"{}"}}}},"baseline":{{"before_ms":1}}}}"#, "7".repeat(65)), "cohort.labels.station"),
+            (r#"{"name":"n","cohort":{"agency":"a","probe":"p","labels":{"station":"7\u0007"}},"baseline":{"before_ms":1}}"#.into(), "cohort.labels.station"),
+            (format!(r#"{{"name":"n",{c},"baseline":{{"cohort":{{"agency":"a","probe":"p","labels":{{"a b":"7"}}}}}}}}"#), "baseline.cohort.labels"),
         ];
         for (body, field) in cases {
             let e = raw(&body).validate().unwrap_err();
             assert_eq!(e.field, field, "{body}: {e}");
         }
+        // A label selector: 16 labels of 64 characters each (any script).
+        let sixteen = (0..16)
+            .map(|i| format!(r#""k{i}":"{}""#, "é".repeat(64)))
+            .collect::<Vec<_>>()
+            .join(",");
+        let l = raw(&format!(
+            r#"{{"name":"n","cohort":{{"agency":"a","probe":"p","labels":{{{sixteen}}}}},"baseline":{{"before_ms":1}}}}"#
+        ))
+        .validate()
+        .unwrap();
+        assert_eq!(l.cohort.labels.as_ref().unwrap().len(), 16);
+        assert!(!l.cohort.selector().unwrap().is_empty());
+        // It is stored and read back (`gates.json`); without labels the
+        // stored form is as before.
+        let back: GateSpec = serde_json::from_str(&serde_json::to_string(&l).unwrap()).unwrap();
+        assert_eq!(back, l);
+        assert!(!serde_json::to_string(&g).unwrap().contains("labels"));
+        assert!(g.cohort.selector().unwrap().is_empty());
         // Unknown fields and metrics are refused by the parser.
         assert!(serde_json::from_str::<RawGate>(&ok.replace("\"name\"", "\"nmae\"")).is_err());
         assert!(
@@ -395,6 +459,7 @@ mod tests {
             probe: "p".into(),
             target: None,
             units: None,
+            labels: None,
         });
         let (c, bs, cs) = g.windows(5_000_000);
         assert_eq!(c.agency, "b");

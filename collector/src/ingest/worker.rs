@@ -43,7 +43,7 @@ use crate::rules::incident::IncidentShare;
 use crate::seq::Observed;
 use crate::state::Shared;
 use crate::status_pub::{self, AckOut, Out};
-use crate::store::{CommitBatch, StoreError, StoredEvent, UnitRecord};
+use crate::store::{CommitBatch, KnownFacts, StoreError, StoredEvent, UnitRecord};
 use muster_proto::presence::Verdict;
 
 /// Hands a message to the publisher, counted in `outbound_depth` until it
@@ -165,6 +165,9 @@ impl Worker {
                     let max_seq = u.seq.boot(p.boot).map_or(0, |b| b.max_seq());
                     engine.restore_presence(&u.unit, p, max_seq, now);
                 }
+                if let Some(f) = &u.facts {
+                    engine.restore_facts(&u.unit, f.boot, f.seq, f.at_ms);
+                }
                 view.insert(u.unit.clone(), Arc::new(u.clone()));
                 units.insert(u.unit.clone(), u);
             }
@@ -188,24 +191,10 @@ impl Worker {
             next_event_id, "Restored state from the store."
         );
         Ok(Worker {
-            engine,
             units,
-            dirty: HashSet::new(),
             pending,
             next_event_id,
-            overload: Overload::new(cfg.overload_wait.as_millis() as u64),
-            failed_commits: 0,
-            last_idle: Instant::now(),
-            refusals: RefusalLog::new(cfg.refusal_log_interval.as_millis() as u64),
-            notes: RefusalLog::new(cfg.refusal_log_interval.as_millis() as u64),
-            shared,
-            clock,
-            out,
-            cfg,
-            publish_status,
-            scope: None,
-            broadcast: true,
-            share_parts: HashMap::new(),
+            ..Worker::empty(engine, shared, clock, out, cfg, publish_status)
         })
     }
 
@@ -224,6 +213,24 @@ impl Worker {
         scope: Arc<dyn Scope>,
     ) -> Worker {
         Worker {
+            scope: Some(scope),
+            broadcast: false,
+            ..Worker::empty(engine, shared, clock, out, cfg, publish_status)
+        }
+    }
+
+    /// A single node's worker holding nothing yet: no units, nothing
+    /// pending, event ids from 1. [`Worker::new`] and [`Worker::clustered`]
+    /// start from it.
+    fn empty(
+        engine: Engine,
+        shared: Arc<Shared>,
+        clock: SharedClock,
+        out: mpsc::UnboundedSender<Out>,
+        cfg: IngestConfig,
+        publish_status: bool,
+    ) -> Worker {
+        Worker {
             engine,
             units: HashMap::new(),
             dirty: HashSet::new(),
@@ -239,8 +246,8 @@ impl Worker {
             out,
             cfg,
             publish_status,
-            scope: Some(scope),
-            broadcast: false,
+            scope: None,
+            broadcast: true,
             share_parts: HashMap::new(),
         }
     }
@@ -412,6 +419,9 @@ impl Worker {
                     if let Some(p) = u.presence {
                         let max_seq = u.seq.boot(p.boot).map_or(0, |b| b.max_seq());
                         self.engine.restore_presence(&u.unit, p, max_seq, now);
+                    }
+                    if let Some(f) = &u.facts {
+                        self.engine.restore_facts(&u.unit, f.boot, f.seq, f.at_ms);
                     }
                     view.insert(u.unit.clone(), Arc::new(u.clone()));
                     self.units.insert(u.unit.clone(), u);
@@ -637,6 +647,19 @@ impl Worker {
                 _ => {}
             }
             let changes = self.engine.on_record(&unit, &r, now);
+            if let Payload::Facts(f) = &r.payload
+                && self.engine.newest_facts(&unit) == Some((r.boot, r.seq))
+                && let Some(state) = self.units.get_mut(&unit)
+            {
+                // The unit's newest labels and facts (the engine orders
+                // them; replayed history does not replace them).
+                state.facts = Some(KnownFacts {
+                    boot: r.boot,
+                    seq: r.seq,
+                    at_ms: r.at_ms,
+                    facts: f.clone(),
+                });
+            }
             if let Payload::Presence(p) = &r.payload {
                 // An announcement record: stored and acked like every
                 // record; the engine decides whether it is believed.

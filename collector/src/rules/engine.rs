@@ -85,6 +85,9 @@ struct UnitState {
     stamp: u32,
     host_at: Option<Newest>,
     status_at: Option<Newest>,
+    /// The newest facts record (issue 16): its own stream, so a heartbeat
+    /// never makes a unit's facts look like history.
+    facts_at: Option<Newest>,
     probes: Vec<ProbeStream>,
     /// Collector time anything was last received from the unit.
     last_rx_ms: Option<u64>,
@@ -121,6 +124,7 @@ impl UnitState {
             stamp: 0,
             host_at: None,
             status_at: None,
+            facts_at: None,
             probes: Vec::new(),
             last_rx_ms: None,
             host_interval_ms: None,
@@ -154,9 +158,8 @@ impl UnitState {
         let track = &self.presence;
         let newest = match &rec.payload {
             Payload::Host(_) => &mut self.host_at,
-            Payload::Status(_) | Payload::Presence(_) | Payload::Facts(_) | Payload::Config(_) => {
-                &mut self.status_at
-            }
+            Payload::Status(_) | Payload::Presence(_) | Payload::Config(_) => &mut self.status_at,
+            Payload::Facts(_) => &mut self.facts_at,
             Payload::Probe(p) => {
                 return match self.probes.iter_mut().find(|s| *s.name == *p.name) {
                     Some(s) if !newer(rec, &s.newest, track) => false,
@@ -423,8 +426,11 @@ impl Engine {
                         depart(u, ui, p, now_ms, &mut self.incidents, &mut fx);
                     }
                 }
+                // Not a rule input: the newest is kept with the unit
+                // (`Engine::newest_facts` says which record it is).
+                Payload::Facts(_) => {}
                 // Not rule inputs: kept with the unit's samples (latest).
-                Payload::Facts(_) | Payload::Config(_) => {}
+                Payload::Config(_) => {}
             }
             eval_skew(cfg, u, now_ms, &mut fx);
         }
@@ -474,6 +480,22 @@ impl Engine {
     pub fn presence(&self, unit: &UnitId) -> Option<Presence> {
         let &i = self.index.get(unit)?;
         self.units[i].presence.current().copied()
+    }
+
+    /// The (boot, seq) of the newest facts record of `unit`: the one whose
+    /// labels and facts the unit carries now. A facts record older than it
+    /// (replayed history) does not replace it.
+    pub fn newest_facts(&self, unit: &UnitId) -> Option<(BootId, u64)> {
+        let &i = self.index.get(unit)?;
+        self.units[i].facts_at.map(|(boot, seq, _)| (boot, seq))
+    }
+
+    /// Re-seed which facts record is the unit's newest, from the store at
+    /// start (`boot`, `seq`, event time `at_ms`). Call after
+    /// [`Engine::restore_presence`], which orders boots.
+    pub fn restore_facts(&mut self, unit: &UnitId, boot: BootId, seq: u64, at_ms: u64) {
+        let i = self.unit_index(unit, at_ms);
+        self.units[i].facts_at = Some((boot, seq, at_ms));
     }
 
     /// Re-seed a unit's believed presence from the store at start, with the

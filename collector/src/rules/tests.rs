@@ -1816,3 +1816,66 @@ fn a_cluster_decides_the_incident_a_single_node_does() {
         );
     }
 }
+
+/// The newest facts record is the one a unit carries: a facts record
+/// replayed from before it never replaces it, a heartbeat sent after it
+/// does not make it history, a new boot's facts replace the old boot's,
+/// and a restored collector remembers which one it was.
+#[test]
+fn the_newest_facts_record_is_the_units_own_stream() {
+    let facts = || Payload::Facts(muster_proto::UnitFacts::default());
+    let mut e = Engine::new(rules(""));
+    let mut f = Feed::new(unit(1));
+    assert_eq!(e.newest_facts(&f.unit), None);
+    // seq 1: facts; seq 2: a heartbeat; seq 3: facts again.
+    f.send(&mut e, T0, facts(), T0);
+    assert_eq!(e.newest_facts(&f.unit), Some((f.boot, 1)));
+    f.send(&mut e, T0 + S, Payload::Status(fixtures::status()), T0 + S);
+    assert_eq!(e.newest_facts(&f.unit), Some((f.boot, 1)));
+    f.send(&mut e, T0 + 2 * S, facts(), T0 + 2 * S);
+    assert_eq!(e.newest_facts(&f.unit), Some((f.boot, 3)));
+    // Seq 1 again, replayed after a reconnect: history.
+    let old = Record {
+        boot: f.boot,
+        seq: 1,
+        at_ms: T0,
+        payload: facts(),
+    };
+    e.on_record(&f.unit, &old, T0 + 3 * S);
+    assert_eq!(e.newest_facts(&f.unit), Some((f.boot, 3)));
+    // A facts record sent before a heartbeat it arrives after (out of
+    // order within the boot) is still the newest facts: seq 5 before 4.
+    f.seq += 1;
+    f.send(
+        &mut e,
+        T0 + 4 * S,
+        Payload::Status(fixtures::status()),
+        T0 + 4 * S,
+    );
+    let late = Record {
+        boot: f.boot,
+        seq: 4,
+        at_ms: T0 + 3 * S,
+        payload: facts(),
+    };
+    e.on_record(&f.unit, &late, T0 + 5 * S);
+    assert_eq!(e.newest_facts(&f.unit), Some((f.boot, 4)));
+    // A new boot (its birth says it is live) replaces the old boot's.
+    let next = BootId(f.boot.0 + 1);
+    e.on_presence(&f.unit, &presence(true, next.0, 1, T0 + 6 * S), T0 + 6 * S);
+    let fresh = Record {
+        boot: next,
+        seq: 1,
+        at_ms: T0 + 6 * S,
+        payload: facts(),
+    };
+    e.on_record(&f.unit, &fresh, T0 + 6 * S);
+    assert_eq!(e.newest_facts(&f.unit), Some((next, 1)));
+
+    // Restored: the stored newest stays newest against a replay.
+    let mut e2 = Engine::new(rules(""));
+    e2.restore(&f.unit, crate::model::UnitHealth::ok(T0));
+    e2.restore_facts(&f.unit, f.boot, 3, T0 + 2 * S);
+    e2.on_record(&f.unit, &old, T0 + 7 * S);
+    assert_eq!(e2.newest_facts(&f.unit), Some((f.boot, 3)));
+}

@@ -20,7 +20,7 @@ pub use fjall_store::{FjallStore, journal_bytes, write_buffer_bytes};
 pub use pg_store::{HeldEpochs, PgStore, PgStoreOptions};
 pub use sled_store::SledStore;
 
-use muster_proto::{AgentStatus, BootId, Payload, Presence, Record, UnitId};
+use muster_proto::{AgentStatus, BootId, Label, Payload, Presence, Record, UnitFacts, UnitId};
 use serde::{Deserialize, Serialize};
 
 use crate::enroll::registry::Enrollment;
@@ -72,6 +72,22 @@ pub struct UnitRecord {
     pub agent: Option<AgentStatus>,
     /// Wire schema version the unit last spoke (acks answer in it).
     pub wire_version: u8,
+    /// The unit's newest labels and facts (issue 16), and which record
+    /// said them; `None` before its first facts record. Stored with the
+    /// unit, so a restart, or another collector in cluster mode, knows them.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub facts: Option<KnownFacts>,
+}
+
+/// A unit's newest `Payload::Facts` record: which one it was (the rules
+/// engine orders them, `Engine::newest_facts`) and what it said.
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+pub struct KnownFacts {
+    pub boot: BootId,
+    pub seq: u64,
+    /// Event time of the record (the agent's clock).
+    pub at_ms: u64,
+    pub facts: UnitFacts,
 }
 
 impl UnitRecord {
@@ -87,7 +103,13 @@ impl UnitRecord {
             interval_ms: None,
             agent: None,
             wire_version: muster_proto::SCHEMA_VERSION,
+            facts: None,
         }
+    }
+
+    /// The labels the unit last reported (none before its first facts).
+    pub fn labels(&self) -> &[Label] {
+        self.facts.as_ref().map_or(&[], |f| &f.facts.labels)
     }
 
     /// Is the unit connected, as far as the collector believes? Its
@@ -328,6 +350,21 @@ impl From<sled::Error> for StoreError {
 mod tests {
     use super::*;
     use muster_proto::PresenceReason;
+
+    /// A unit stored by an earlier build has no `facts`; one without facts
+    /// is written without the key (the record stays as it was).
+    #[test]
+    fn facts_are_optional_in_a_stored_unit() {
+        let u = UnitRecord::new(UnitId::new("metro-fire", "E1").unwrap(), 1);
+        let json = serde_json::to_value(&u).unwrap();
+        assert!(json.get("facts").is_none(), "{json}");
+        let back: UnitRecord = serde_json::from_value(json).unwrap();
+        assert_eq!(back.facts, None);
+        assert!(back.labels().is_empty());
+        let with = super::suite::with_facts(u);
+        let back: UnitRecord = serde_json::from_slice(&serde_json::to_vec(&with).unwrap()).unwrap();
+        assert_eq!(back, with);
+    }
 
     /// A unit stored before schema v2: its presence has no `reason`.
     #[test]

@@ -1086,24 +1086,13 @@ impl PgStore {
         rev: i64,
         limit: usize,
     ) -> Result<(Vec<UnitRecord>, i64), StoreError> {
-        let lim = i64::try_from(limit).unwrap_or(i64::MAX);
-        let rows = self.call("units_changed_since", move |c| {
-            Box::pin(async move {
-                c.query(
-                    "SELECT rev, record::text FROM units WHERE rev > $1 ORDER BY rev LIMIT $2",
-                    &[&rev, &lim],
-                )
-                .await
-                .pg()
-            })
-        })?;
-        let mut hw = rev;
-        let mut out = Vec::with_capacity(rows.len());
-        for r in &rows {
-            hw = hw.max(r.get(0));
-            out.push(unit_record(r.get(1))?);
-        }
-        Ok((out, hw))
+        self.changed_since(
+            "units_changed_since",
+            "SELECT rev, record::text FROM units WHERE rev > $1 ORDER BY rev LIMIT $2",
+            rev,
+            limit,
+            |r| unit_record(r.get(1)),
+        )
     }
 
     /// Events with ids above `id`, oldest first, at most `limit`. Ids
@@ -1140,35 +1129,77 @@ impl PgStore {
         rev: i64,
         limit: usize,
     ) -> Result<(Vec<IncidentShare>, i64), StoreError> {
+        self.changed_since(
+            "shares_changed_since",
+            "SELECT rev, agency, probe, target, partition, of_units, failing::text, as_of_ms
+             FROM incident_shares WHERE rev > $1 ORDER BY rev LIMIT $2",
+            rev,
+            limit,
+            |r| {
+                let failing: Vec<String> =
+                    serde_json::from_str(r.get(6)).map_err(|e| corrupt("incident_shares", e))?;
+                Ok(IncidentShare {
+                    agency: r.get(1),
+                    probe: r.get(2),
+                    target: r.get(3),
+                    partition: u32::try_from(r.get::<_, i32>(4)).unwrap_or(0),
+                    of_units: usize::try_from(r.get::<_, i32>(5)).unwrap_or(0),
+                    failing,
+                    as_of_ms: un(r.get(7)),
+                })
+            },
+        )
+    }
+
+    /// One page of a table read by rev, the shape of
+    /// [`PgStore::units_changed_since`] and [`PgStore::shares_changed_since`]:
+    /// `sql` selects the rev first (`$1` the rev to read after, `$2` the
+    /// limit, ordered by rev), `row` makes each row's item; and the rev to
+    /// ask from next, the last one returned, else `rev`.
+    fn changed_since<T>(
+        &self,
+        what: &'static str,
+        sql: &'static str,
+        rev: i64,
+        limit: usize,
+        row: impl Fn(&tokio_postgres::Row) -> Result<T, StoreError>,
+    ) -> Result<(Vec<T>, i64), StoreError> {
         let lim = i64::try_from(limit).unwrap_or(i64::MAX);
-        let rows = self.call("shares_changed_since", move |c| {
-            Box::pin(async move {
-                c.query(
-                    "SELECT rev, agency, probe, target, partition, of_units, failing::text, as_of_ms
-                     FROM incident_shares WHERE rev > $1 ORDER BY rev LIMIT $2",
-                    &[&rev, &lim],
-                )
-                .await
-                .pg()
-            })
+        let rows = self.call(what, move |c| {
+            Box::pin(async move { c.query(sql, &[&rev, &lim]).await.pg() })
         })?;
         let mut hw = rev;
         let mut out = Vec::with_capacity(rows.len());
         for r in &rows {
             hw = hw.max(r.get(0));
-            let failing: Vec<String> =
-                serde_json::from_str(r.get(6)).map_err(|e| corrupt("incident_shares", e))?;
-            out.push(IncidentShare {
-                agency: r.get(1),
-                probe: r.get(2),
-                target: r.get(3),
-                partition: u32::try_from(r.get::<_, i32>(4)).unwrap_or(0),
-                of_units: usize::try_from(r.get::<_, i32>(5)).unwrap_or(0),
-                failing,
-                as_of_ms: un(r.get(7)),
-            });
+            out.push(row(r)?);
         }
         Ok((out, hw))
+    }
+
+    /// Reads what lies past `*cursor` a page of `page` at a time until a
+    /// page comes back short: the one home of tailing the store by rev or
+    /// id. `fetch(self, cursor, page)` reads one page and the cursor to ask
+    /// from next (e.g. [`PgStore::units_changed_since`]); `each` takes the
+    /// pages in order, and `*cursor` moves past each page once `each` has
+    /// it. A failed read ends the tail with its error; `*cursor` is then
+    /// past the last page taken.
+    pub fn tail<T, C: Copy>(
+        &self,
+        cursor: &mut C,
+        page: usize,
+        mut fetch: impl FnMut(&Self, C, usize) -> Result<(Vec<T>, C), StoreError>,
+        mut each: impl FnMut(Vec<T>),
+    ) -> Result<(), StoreError> {
+        loop {
+            let (items, next) = fetch(self, *cursor, page)?;
+            let n = items.len();
+            each(items);
+            *cursor = next;
+            if n < page {
+                return Ok(());
+            }
+        }
     }
 
     /// [`Store::commit`], and the ids the store gave the batch's events, in
@@ -2515,6 +2546,17 @@ mod tests {
         let mut all = units.clone();
         all.sort_by(|a, b| (&a.agency, &a.unit).cmp(&(&b.agency, &b.unit)));
         assert_eq!(seen, all);
+
+        // `tail` reads the same pages and stops at the first short one,
+        // its cursor at the high-water.
+        let (mut from, mut pages) = (0, Vec::new());
+        s.tail(&mut from, 7, PgStore::units_changed_since, |p| {
+            pages.push(p.len())
+        })
+        .unwrap();
+        let (last, full) = pages.split_last().unwrap();
+        assert!(*last < 7 && full.iter().all(|&n| n == 7), "{pages:?}");
+        assert_eq!((pages.iter().sum::<usize>(), from), (units.len(), rev));
 
         // Three units change: the next page from the high-water has them only.
         let changed = [&units[3], &units[17], &units[31]];

@@ -23,6 +23,31 @@ pub fn transition(a: &str, u: &str, at_ms: u64) -> Change {
     })
 }
 
+/// `u` with labels and facts, as a unit's facts record leaves them.
+pub fn with_facts(mut u: UnitRecord) -> UnitRecord {
+    u.facts = Some(KnownFacts {
+        boot: muster_proto::BootId(u64::MAX - 1),
+        seq: 3,
+        at_ms: fixtures::AT_MS,
+        facts: muster_proto::UnitFacts {
+            labels: vec![
+                muster_proto::Label {
+                    key: "role".into(),
+                    value: "patrol – night".into(),
+                },
+                muster_proto::Label {
+                    key: "station".into(),
+                    value: "7".into(),
+                },
+            ],
+            agent_version: "0.1.0".into(),
+            os: "Linux (Debian GNU/Linux 12)".into(),
+            cad_version: Some("7.4.1".into()),
+        },
+    });
+    u
+}
+
 /// Commit, drop, reopen; then samples page by cursor, latest, events by
 /// agency and unit, and prune (`raw_pruned`: how many of the ten raw
 /// records the store's prune removes at a cut-off after the third).
@@ -39,7 +64,7 @@ pub fn commit_survives_reopen_and_queries_page(
             let rec = fixtures::record(seq, Payload::Host(fixtures::host_sample()));
             batch.samples.push((u.clone(), rec));
         }
-        batch.units.push(UnitRecord::new(u.clone(), 5));
+        batch.units.push(with_facts(UnitRecord::new(u.clone(), 5)));
         batch.events = (1..=5)
             .map(|id| StoredEvent {
                 id,
@@ -49,7 +74,14 @@ pub fn commit_survives_reopen_and_queries_page(
         s.commit(&batch).unwrap();
     }
     let s = open(dir.path());
-    assert_eq!(s.load_units().unwrap().len(), 1);
+    let units = s.load_units().unwrap();
+    assert_eq!(units.len(), 1);
+    // The unit's labels and facts are kept with it (issue 16).
+    assert_eq!(
+        units[0].facts,
+        with_facts(UnitRecord::new(u.clone(), 5)).facts
+    );
+    assert_eq!(units[0].labels().len(), 2);
     assert_eq!(s.last_event_id().unwrap(), 5);
     let q = SampleQuery {
         since_ms: 0,

@@ -51,6 +51,8 @@ fn pattern_ok(p: &str, s: &str) -> bool {
         "^sha256=[0-9a-f]{64}$" => s.strip_prefix("sha256=").is_some_and(|h| hex(h, 64)),
         "^[0-9a-f]{64}$" => hex(s, 64),
         "^ed25519:[0-9a-f]{64}$" => s.strip_prefix("ed25519:").is_some_and(|h| hex(h, 64)),
+        "^[a-z][a-z0-9_.-]{0,31}$" => muster_proto::validate_label_key(s).is_ok(),
+        "^[^\\u0000-\\u001f\\u007f-\\u009f]*$" => !s.chars().any(char::is_control),
         "^[^/+#\\s\\u0000-\\u001f\\u007f-\\u009f]+$" => {
             !s.is_empty()
                 && !s
@@ -97,6 +99,9 @@ impl<'a> Validator<'a> {
                 "pattern",
                 "minLength",
                 "maxLength",
+                "minProperties",
+                "maxProperties",
+                "propertyNames",
                 "oneOf",
                 "anyOf",
                 "allOf",
@@ -147,7 +152,8 @@ impl<'a> Validator<'a> {
             }
         }
         if let Some(st) = v.as_str() {
-            let n = st.len() as u64;
+            // JSON Schema counts characters, not bytes.
+            let n = st.chars().count() as u64;
             if let Some(m) = s.get("minLength").and_then(Value::as_u64)
                 && n < m
             {
@@ -165,6 +171,26 @@ impl<'a> Validator<'a> {
             return Err(format!("{at}: {st:?} does not match {p}"));
         }
         if let Some(o) = v.as_object() {
+            let n = o.len() as u64;
+            if let Some(m) = s.get("minProperties").and_then(Value::as_u64)
+                && n < m
+            {
+                return Err(format!("{at}: fewer than {m} properties"));
+            }
+            if let Some(m) = s.get("maxProperties").and_then(Value::as_u64)
+                && n > m
+            {
+                return Err(format!("{at}: more than {m} properties"));
+            }
+            if let Some(names) = s.get("propertyNames") {
+                for k in o.keys() {
+                    self.validate(
+                        names,
+                        &Value::String(k.clone()),
+                        &format!("{at} name {k:?}"),
+                    )?;
+                }
+            }
             let props = s.get("properties").and_then(Value::as_object);
             if let Some(req) = s.get("required") {
                 for k in req.as_array().unwrap() {
@@ -430,6 +456,34 @@ async fn real_responses_of_every_endpoint_validate_against_the_served_document()
         v["seq"]["received"] == 5 && v["status"] == "degraded"
     })
     .await;
+    // Labels and facts (issue 16): H1 and E1 at station 7, E2 at 9; E3 and
+    // E4 never say.
+    a.record(
+        &h1,
+        rec(
+            boot,
+            6,
+            T0 + 25_000,
+            facts(&[("station", "7"), ("role", "patrol")], Some("7.4.1")),
+        ),
+    )
+    .await;
+    c.wait_unit(&h1, "facts", |v| v["facts"]["cad_version"] == "7.4.1")
+        .await;
+    for (u, station) in [(&es[0], "7"), (&es[1], "9")] {
+        a.record(
+            u,
+            rec(
+                BootId(1),
+                5,
+                T0 + 25_000,
+                facts(&[("station", station)], None),
+            ),
+        )
+        .await;
+        c.wait_unit(u, "labels", |v| v["labels"]["station"] == station)
+            .await;
+    }
     eventually("an open incident", Duration::from_secs(20), || async {
         let l = c.json("/api/v1/incidents?state=open", ADMIN).await;
         if l["items"].as_array().unwrap().is_empty() {
@@ -490,6 +544,12 @@ async fn real_responses_of_every_endpoint_validate_against_the_served_document()
             ADMIN,
         ),
         ("/api/v1/units", "/api/v1/units?status=off", FIRE),
+        ("/api/v1/units", "/api/v1/units?label=station=7", FIRE),
+        (
+            "/api/v1/units",
+            "/api/v1/units?label=station%3D7&label=role=patrol&agency=metro-fire",
+            ADMIN,
+        ),
         ("/api/v1/units", "/api/v1/units?status=offline", ADMIN),
         ("/api/v1/events", "/api/v1/events", ADMIN),
         ("/api/v1/events", "/api/v1/events?unit=metro-fire/H1", FIRE),
@@ -544,7 +604,39 @@ async fn real_responses_of_every_endpoint_validate_against_the_served_document()
         .iter()
         .map(|s| s["kind"].as_str().unwrap())
         .collect();
-    assert_eq!(kinds, BTreeSet::from(["host", "probe", "status"]));
+    assert_eq!(kinds, BTreeSet::from(["facts", "host", "probe", "status"]));
+    // Labels and facts, and the units a label selector lists.
+    assert_eq!(
+        h["labels"],
+        json!({"role": "patrol", "station": "7"}),
+        "{h:#}"
+    );
+    assert_eq!(h["facts"]["os"], "Linux (Debian GNU/Linux 12)", "{h:#}");
+    assert_eq!(
+        bodies["/api/v1/units/metro-fire/E1"]["facts"]["cad_version"],
+        json!(null)
+    );
+    let listed = |path: &str| -> Vec<String> {
+        bodies[path]["items"]
+            .as_array()
+            .unwrap()
+            .iter()
+            .map(|u| u["unit"].as_str().unwrap().to_owned())
+            .collect()
+    };
+    assert_eq!(listed("/api/v1/units?label=station=7"), ["E1", "H1"]);
+    assert_eq!(
+        listed("/api/v1/units?label=station%3D7&label=role=patrol&agency=metro-fire"),
+        ["H1"]
+    );
+    let all = &bodies["/api/v1/units"]["items"];
+    let e3 = all
+        .as_array()
+        .unwrap()
+        .iter()
+        .find(|u| u["unit"] == "E3")
+        .unwrap();
+    assert_eq!((&e3["labels"], &e3["facts"]), (&json!({}), &json!(null)));
     let types: BTreeSet<&str> = bodies["/api/v1/events"]["items"]
         .as_array()
         .unwrap()
@@ -611,6 +703,18 @@ async fn real_responses_of_every_endpoint_validate_against_the_served_document()
         ("/api/v1/units", "/api/v1/units", None, 401),
         ("/api/v1/units", "/api/v1/units?limit=0", Some(FIRE), 400),
         ("/api/v1/units", "/api/v1/units?bogus=1", Some(FIRE), 400),
+        (
+            "/api/v1/units",
+            "/api/v1/units?label=Station=7",
+            Some(FIRE),
+            400,
+        ),
+        (
+            "/api/v1/units",
+            "/api/v1/units?label=station",
+            Some(FIRE),
+            400,
+        ),
         (
             "/api/v1/units",
             "/api/v1/units?agency=county-police",
@@ -793,7 +897,43 @@ async fn real_responses_of_every_endpoint_validate_against_the_served_document()
         v.schema("UnitDetail", &kind).is_err(),
         "the wire's numeric link kind passed"
     );
+    let mut label = detail.clone();
+    label["labels"]["station"] = json!(7);
+    assert!(
+        v.schema("UnitDetail", &label).is_err(),
+        "a label that is not a string passed"
+    );
+    let mut key = detail.clone();
+    key["labels"]["Station"] = json!("7");
+    assert!(
+        v.schema("UnitDetail", &key).is_err(),
+        "a bad label key passed"
+    );
+    let mut facts = detail.clone();
+    facts["facts"].as_object_mut().unwrap().remove("os");
+    assert!(
+        v.schema("UnitDetail", &facts).is_err(),
+        "facts without os passed"
+    );
     v.schema("UnitDetail", detail).unwrap();
+}
+
+/// A facts record's payload: these labels, a fixed agent version and OS.
+fn facts(labels: &[(&str, &str)], cad: Option<&str>) -> Payload {
+    let mut labels: Vec<muster_proto::Label> = labels
+        .iter()
+        .map(|(k, v)| muster_proto::Label {
+            key: (*k).into(),
+            value: (*v).into(),
+        })
+        .collect();
+    labels.sort();
+    Payload::Facts(muster_proto::UnitFacts {
+        labels,
+        agent_version: "0.1.0".into(),
+        os: "Linux (Debian GNU/Linux 12)".into(),
+        cad_version: cad.map(str::to_owned),
+    })
 }
 
 /// Percent-encodes a cursor for the query string.

@@ -3,6 +3,8 @@
 //!
 //! * [`clock`]: the injected wall clock (`Clock`, `SystemClock`,
 //!   `TokioClock` that follows paused tokio time, `ManualClock`).
+//! * [`fsutil`]: a small file written atomically (temporary, fsync,
+//!   rename), optionally owner-only.
 //! * [`shutdown`]: the SIGTERM / SIGINT / Ctrl-C future, installed early.
 //! * [`backoff`]: exponential backoff with injected randomness (full or
 //!   equal jitter) and a small seedable jitter source.
@@ -19,6 +21,7 @@
 
 pub mod backoff;
 pub mod clock;
+pub mod fsutil;
 pub mod shutdown;
 pub mod systemd;
 pub mod value;

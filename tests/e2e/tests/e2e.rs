@@ -17,9 +17,13 @@ mod cluster;
 mod enroll;
 #[path = "e2e/gates.rs"]
 mod gates;
+#[path = "e2e/labels.rs"]
+mod labels;
 #[path = "e2e/lifecycle.rs"]
 mod lifecycle;
 #[path = "e2e/procs.rs"]
 mod procs;
+#[path = "e2e/remote_config.rs"]
+mod remote_config;
 #[path = "e2e/store_forward.rs"]
 mod store_forward;

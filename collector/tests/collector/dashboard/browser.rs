@@ -272,6 +272,13 @@ async fn dashboard_scenario() {
          && document.querySelector('#detail-body .chart[data-probe=\"cad-api\"] path.area')",
     )
     .await;
+    b.wait(
+        "E2's labels, OS and CAD client",
+        "document.getElementById('detail-labels').textContent.includes('role=engine, station=7') \
+         && document.getElementById('detail-os').textContent.includes('Windows 10 Pro (build 19045)') \
+         && document.getElementById('detail-cad').textContent.includes('7.4.1.2')",
+    )
+    .await;
     b.screenshot(&shots.join("dashboard-desktop-unit.png"))
         .await;
 

@@ -190,6 +190,29 @@ pub(super) async fn seed(clock: &ManualClock, c: &Collector, a: &Agent, start: u
             seqs[i] += 1;
         }
     }
+    // E2's labels and what it reports about itself (issue 16).
+    let e2 = FLEET.iter().position(|f| f.1 == "E2").unwrap();
+    let facts = muster_proto::UnitFacts {
+        labels: vec![
+            muster_proto::Label {
+                key: "role".into(),
+                value: "engine".into(),
+            },
+            muster_proto::Label {
+                key: "station".into(),
+                value: "7".into(),
+            },
+        ],
+        agent_version: "0.1.0".into(),
+        os: "Windows 10 Pro (build 19045)".into(),
+        cad_version: Some("7.4.1.2".into()),
+    };
+    a.record(
+        &unit("metro-fire", "E2"),
+        rec(boot, seqs[e2], t, Payload::Facts(facts)),
+    )
+    .await;
+    seqs[e2] += 1;
     wait_received(c, &seqs).await;
     a.presence(&unit("county-police", "K9-2"), online(boot, 1, t, false))
         .await;

@@ -505,7 +505,10 @@ function renderDetail(d, host, probes, events, hours, strip) {
     h("div", { id: "detail-presence", "data-reason": d.presence ? d.presence.reason : "" }, h("span", {}, "Connection"),
       d.online === null ? "unknown" : d.presence ? presenceText(d.presence) : d.online ? "online" : "lost (MQTT will)"),
     h("div", {}, h("span", {}, "Backlog on the unit"), a ? `${a.backlog_records.toLocaleString()} records (${bytes(a.backlog_bytes)})` : "—"),
-    h("div", {}, h("span", {}, "Agent"), a ? a.version : "—"),
+    h("div", {}, h("span", {}, "Agent"), a ? a.version : d.facts ? d.facts.agent_version : "—"),
+    h("div", { id: "detail-labels" }, h("span", {}, "Labels"), labelsText(d.labels)),
+    h("div", { id: "detail-os" }, h("span", {}, "OS"), d.facts ? d.facts.os : "—"),
+    h("div", { id: "detail-cad" }, h("span", {}, "CAD client"), d.facts && d.facts.cad_version ? d.facts.cad_version : "—"),
     h("div", {}, h("span", {}, "Records"), `${d.seq.received.toLocaleString()} received, ${d.seq.missing} missing, ${d.seq.duplicates} duplicate`),
     h("div", {}, h("span", {}, "First seen"), when(d.first_seen_ms)),
     h("div", {}, h("span", {}, "Reconnects"), a ? a.reconnects : "—"),
@@ -552,6 +555,12 @@ function renderDetail(d, host, probes, events, hours, strip) {
     h("h3", {}, `Last ${strip ? Math.round((strip.to_ms - strip.from_ms) / 3600000) || "<1" : 24} h: on, off, asleep, lost`),
     stripView(strip),
     h("h3", {}, `Last ${hours} h`), charts, h("h3", {}, "Transitions"), trTable);
+}
+
+/** A unit's labels as `station=7, role=patrol` (— when it reported none). */
+function labelsText(labels) {
+  const kv = Object.entries(labels || {}).map(([k, v]) => `${k}=${v}`);
+  return kv.length ? kv.join(", ") : "—";
 }
 
 /** The presence in words: "online", "shut down 18:02 (OS shutdown)"... */
