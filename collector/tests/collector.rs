@@ -18,6 +18,8 @@ mod backpressure;
 mod cluster_nats;
 #[path = "collector/cluster_pg.rs"]
 mod cluster_pg;
+#[path = "collector/config_body_limit.rs"]
+mod config_body_limit;
 #[path = "collector/dashboard.rs"]
 mod dashboard;
 #[path = "collector/demo.rs"]

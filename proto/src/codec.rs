@@ -263,24 +263,28 @@ pub(crate) fn decode_exact<T: serde::de::DeserializeOwned>(
     Ok(v)
 }
 
-// ------------------------------------------------------------ collector hello
+// ------------------------------------------------- schema-2 envelopes
+//
+// The collector hello and config documents are not `Message`s: each is
+// `[SCHEMA_VERSION][bincode(T)]`, read from schema 2 ([`HELLO_MIN_VERSION`])
+// on, within [`MAX_MESSAGE_BYTES`]. One writer and one reader for both.
 
-/// Encodes a collector hello at the current [`SCHEMA_VERSION`].
-pub fn encode_hello(h: &Hello) -> Result<Vec<u8>, EncodeError> {
-    if h.next_keys.len() > MAX_HELLO_KEYS {
-        return Err(EncodeError::TooManyKeys(h.next_keys.len()));
-    }
-    let mut out = Vec::with_capacity(128 + 33 * h.next_keys.len());
+/// Writes `v` in the schema-2 envelope at the current [`SCHEMA_VERSION`];
+/// `capacity` is only a preallocation hint.
+fn encode_v2_envelope<T: serde::Serialize>(v: &T, capacity: usize) -> Result<Vec<u8>, EncodeError> {
+    let mut out = Vec::with_capacity(capacity);
     out.push(SCHEMA_VERSION);
-    bincode::serde::encode_into_std_write(h, &mut out, config())?;
+    bincode::serde::encode_into_std_write(v, &mut out, config())?;
     if out.len() > MAX_MESSAGE_BYTES {
         return Err(EncodeError::TooLarge { len: out.len() });
     }
     Ok(out)
 }
 
-/// Decodes a collector hello (schema 2 or later). Never panics.
-pub fn decode_hello(bytes: &[u8]) -> Result<Hello, DecodeError> {
+/// Reads a schema-2 envelope: not empty, within [`MAX_MESSAGE_BYTES`], a
+/// version from [`HELLO_MIN_VERSION`] that this build accepts, and exactly
+/// one `T` after it. The caller checks `T`'s own bounds.
+fn decode_v2_envelope<T: serde::de::DeserializeOwned>(bytes: &[u8]) -> Result<T, DecodeError> {
     let (&version, body) = bytes.split_first().ok_or(DecodeError::Empty)?;
     if bytes.len() > MAX_MESSAGE_BYTES {
         return Err(DecodeError::TooLarge { len: bytes.len() });
@@ -288,7 +292,22 @@ pub fn decode_hello(bytes: &[u8]) -> Result<Hello, DecodeError> {
     if version < HELLO_MIN_VERSION || !ACCEPTED_VERSIONS.contains(&version) {
         return Err(DecodeError::UnknownVersion { got: version });
     }
-    let h: Hello = decode_exact(body, bytes.len())?;
+    decode_exact(body, bytes.len())
+}
+
+// ------------------------------------------------------------ collector hello
+
+/// Encodes a collector hello at the current [`SCHEMA_VERSION`].
+pub fn encode_hello(h: &Hello) -> Result<Vec<u8>, EncodeError> {
+    if h.next_keys.len() > MAX_HELLO_KEYS {
+        return Err(EncodeError::TooManyKeys(h.next_keys.len()));
+    }
+    encode_v2_envelope(h, 128 + 33 * h.next_keys.len())
+}
+
+/// Decodes a collector hello (schema 2 or later). Never panics.
+pub fn decode_hello(bytes: &[u8]) -> Result<Hello, DecodeError> {
+    let h: Hello = decode_v2_envelope(bytes)?;
     if h.next_keys.len() > MAX_HELLO_KEYS {
         return Err(DecodeError::TooManyKeys(h.next_keys.len()));
     }
@@ -300,27 +319,14 @@ pub fn decode_hello(bytes: &[u8]) -> Result<Hello, DecodeError> {
 /// Encodes a signed config document at the current [`SCHEMA_VERSION`].
 pub fn encode_config(d: &ConfigDoc) -> Result<Vec<u8>, EncodeError> {
     check_config_doc(d).map_err(EncodeError::Invalid)?;
-    let mut out = Vec::with_capacity(160 + d.body.len());
-    out.push(SCHEMA_VERSION);
-    bincode::serde::encode_into_std_write(d, &mut out, config())?;
-    if out.len() > MAX_MESSAGE_BYTES {
-        return Err(EncodeError::TooLarge { len: out.len() });
-    }
-    Ok(out)
+    encode_v2_envelope(d, 160 + d.body.len())
 }
 
 /// Decodes a config document (schema 2 or later): its scope's ids valid,
 /// its body within [`MAX_CONFIG_BODY`]. Never panics. The signature and
 /// whether it is for this unit are the reader's checks.
 pub fn decode_config(bytes: &[u8]) -> Result<ConfigDoc, DecodeError> {
-    let (&version, body) = bytes.split_first().ok_or(DecodeError::Empty)?;
-    if bytes.len() > MAX_MESSAGE_BYTES {
-        return Err(DecodeError::TooLarge { len: bytes.len() });
-    }
-    if version < HELLO_MIN_VERSION || !ACCEPTED_VERSIONS.contains(&version) {
-        return Err(DecodeError::UnknownVersion { got: version });
-    }
-    let d: ConfigDoc = decode_exact(body, bytes.len())?;
+    let d: ConfigDoc = decode_v2_envelope(bytes)?;
     check_config_doc(&d).map_err(DecodeError::Malformed)?;
     Ok(d)
 }

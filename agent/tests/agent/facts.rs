@@ -11,20 +11,8 @@ use muster_agent::clock::SystemClock;
 use muster_agent::config::{CadConfig, CadVersionSource};
 use muster_agent::facts::{self, cad};
 use muster_proto::{Label, Payload, UnitFacts};
+use muster_testkit::program;
 use tokio::sync::{mpsc, watch};
-
-/// The absolute path of a program of the test machine (`sleep`, `yes`):
-/// the config only takes absolute paths.
-fn program(name: &str) -> String {
-    std::env::var_os("PATH")
-        .into_iter()
-        .flat_map(|p| std::env::split_paths(&p).collect::<Vec<_>>())
-        .map(|d| d.join(name))
-        .find(|p| p.is_file())
-        .unwrap_or_else(|| panic!("{name} is not on PATH: the tests need coreutils"))
-        .display()
-        .to_string()
-}
 
 fn command(argv: &[&str]) -> CadVersionSource {
     let mut v: Vec<String> = argv.iter().map(|s| s.to_string()).collect();

@@ -74,6 +74,16 @@ pub fn wait_until(what: &str, timeout: Duration, cond: impl FnMut() -> bool) {
     eventually_blocking(what, timeout, cond)
 }
 
+/// The absolute path of a program of the test machine (`printf`, `sleep`,
+/// `mkfifo`), found on `PATH` by [`webdriver::find_binary`]: agent configs
+/// take only absolute paths. A missing one fails the test.
+pub fn program(name: &str) -> String {
+    webdriver::find_binary(&[name])
+        .unwrap_or_else(|| panic!("{name} is not on PATH: the tests need coreutils"))
+        .display()
+        .to_string()
+}
+
 /// Starts `bin -c conf` (a broker), stdin and stdout closed, stderr piped;
 /// a missing binary panics naming the Debian `package` to install.
 pub fn spawn_with_config(bin: &Path, conf: &Path, package: &str) -> Child {

@@ -9,7 +9,7 @@
 
 use std::time::Duration;
 
-use muster_testkit::{TempDir, eventually_blocking, http::blocking};
+use muster_testkit::{TempDir, eventually_blocking, http::blocking, program};
 use serde_json::{Value, json};
 
 use crate::procs::{AGENCY, AgentProc, AgentSpec, CollectorProc, FIRE};
@@ -31,18 +31,6 @@ fn listed(c: &CollectorProc, query: &str) -> Vec<String> {
         .iter()
         .map(|u| u["unit"].as_str().unwrap().to_owned())
         .collect()
-}
-
-/// The absolute path of a program of the test machine.
-fn program(name: &str) -> String {
-    std::env::var_os("PATH")
-        .into_iter()
-        .flat_map(|p| std::env::split_paths(&p).collect::<Vec<_>>())
-        .map(|d| d.join(name))
-        .find(|p| p.is_file())
-        .unwrap_or_else(|| panic!("{name} is not on PATH"))
-        .display()
-        .to_string()
 }
 
 #[test]
