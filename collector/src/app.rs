@@ -229,7 +229,9 @@ pub async fn run_with(
         Arc::clone(&signer),
     ));
     let parser = tokio::spawn(mqtt::run_parser(raw_rx, in_tx));
-    let worker = tokio::spawn(worker.run(in_rx, stop_ingest.clone()));
+    // The worker's control queue: rollout steps become events there.
+    let (control_tx, control_rx) = mpsc::channel(256);
+    let worker = tokio::spawn(worker.run_controlled(in_rx, control_rx, stop_ingest.clone()));
     let pruner = tokio::spawn(prune_loop(
         Arc::clone(&shared),
         Arc::clone(&clock),
@@ -254,6 +256,23 @@ pub async fn run_with(
             "Remote config documents republished (retained)."
         );
     }
+    let rollouts = Arc::new(crate::rollout::Rollouts {
+        book: Arc::new(
+            crate::rollout::book::RolloutBook::open(
+                Some(cfg.store.path.as_path()),
+                cfg.rollouts.max,
+            )
+            .map_err(|e| AppError::Task(format!("rollouts: {e}")))?,
+        ),
+        docs: config_docs.clone(),
+        shared: Arc::clone(&shared),
+        clock: Arc::clone(&clock),
+        events: control_tx,
+        max_results: cfg.gates.max_results,
+    });
+    let stop_rollouts = CancellationToken::new();
+    let rollout_loop =
+        tokio::spawn(Arc::clone(&rollouts).run(cfg.rollouts.tick, stop_rollouts.clone()));
     let http = spawn_feed(
         &cfg,
         listener,
@@ -263,6 +282,7 @@ pub async fn run_with(
             registry: Arc::clone(&registry),
             gates,
             config_docs: Some(config_docs),
+            rollouts: Some(rollouts),
         },
         stop_feed.clone(),
     );
@@ -276,6 +296,11 @@ pub async fn run_with(
     info!("Shutting down.");
     stop_feed.cancel();
     let _ = systemd.await;
+    // Rollouts stop before ingest: their last steps reach the worker.
+    stop_rollouts.cancel();
+    if let Err(e) = rollout_loop.await {
+        warn!(error = %e, "Rollout loop failed.");
+    }
     stop_ingest.cancel();
     let grace = tokio::spawn({
         let hard_stop = hard_stop.clone();
@@ -335,6 +360,7 @@ pub(crate) struct FeedParts {
     pub registry: Arc<Registry>,
     pub gates: Arc<GateBook>,
     pub config_docs: Option<crate::feed::config::ConfigDocs>,
+    pub rollouts: Option<Arc<crate::rollout::Rollouts>>,
 }
 
 /// Serves the HTTP feed on `listener` until `stop_feed` (both modes).
@@ -350,6 +376,7 @@ pub(crate) fn spawn_feed(
         registry,
         gates,
         config_docs,
+        rollouts,
     } = parts;
     let drop_log = Arc::new(feed::server::DropLog::new(cfg.ingest.refusal_log_interval));
     let limits = feed::server::ServerLimits {
@@ -378,6 +405,7 @@ pub(crate) fn spawn_feed(
         gates,
         gate_max_results: cfg.gates.max_results,
         config_docs,
+        rollouts,
     };
     if let Ok(addr) = listener.local_addr() {
         match &cfg.cluster {

@@ -138,6 +138,8 @@ pub struct RawConfig {
     pub gates: RawGates,
     #[serde(default)]
     pub remote_config: RawRemoteConfig,
+    #[serde(default)]
+    pub rollouts: RawRollouts,
     /// `[cluster]`: cluster mode (`crate::cluster::config`).
     pub cluster: Option<crate::cluster::config::RawCluster>,
 }
@@ -155,6 +157,24 @@ pub struct RawGates {
 #[serde(deny_unknown_fields)]
 pub struct RawRemoteConfig {
     pub max_docs: Option<usize>,
+}
+
+/// `[rollouts]`: staged rollouts (`crate::rollout`).
+#[derive(Debug, Deserialize, Default)]
+#[serde(deny_unknown_fields)]
+pub struct RawRollouts {
+    pub max: Option<usize>,
+    pub tick: Option<String>,
+}
+
+/// `[rollouts]`, validated.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct RolloutsConfig {
+    /// Rollouts kept at most, running and finished (default 64): a full
+    /// book forgets its oldest finished one.
+    pub max: usize,
+    /// How often running rollouts take a step (default 1s, 100ms to 1m).
+    pub tick: Duration,
 }
 
 /// `[gates]`, validated.
@@ -322,6 +342,7 @@ pub struct Config {
     /// `remote_config.max_docs`: config documents (agencies' and units')
     /// held at most, default 1000.
     pub max_config_docs: usize,
+    pub rollouts: RolloutsConfig,
     /// `[cluster]`: several collectors on NATS JetStream and PostgreSQL;
     /// `None`: single node (the embedded store and an MQTT broker).
     pub cluster: Option<crate::cluster::config::ClusterConfig>,
@@ -663,6 +684,7 @@ impl RawConfig {
             signing,
             gates,
             remote_config,
+            rollouts,
             broker,
             cluster,
         } = self;
@@ -675,6 +697,24 @@ impl RawConfig {
                     "must be 1 to 100000 (each document is at most 64 KiB)",
                 ));
             }
+        };
+        let rollouts = RolloutsConfig {
+            max: match rollouts.max {
+                None => 64,
+                Some(n) if (1..=10_000).contains(&n) => n,
+                Some(_) => return Err(invalid("rollouts.max", "must be 1 to 10000")),
+            },
+            tick: {
+                let t = duration_or(
+                    "rollouts.tick",
+                    rollouts.tick.as_deref(),
+                    Duration::from_secs(1),
+                )?;
+                if t < Duration::from_millis(100) || t > Duration::from_secs(60) {
+                    return Err(invalid("rollouts.tick", "must be 100ms to 1m"));
+                }
+                t
+            },
         };
         let mut gates_cfg = GatesConfig::default();
         if let Some(n) = gates.max {
@@ -1106,6 +1146,7 @@ impl RawConfig {
             enroll: enroll_cfg,
             gates: gates_cfg,
             max_config_docs,
+            rollouts,
             signing,
             broker,
             cluster,
@@ -1444,6 +1485,36 @@ token = "police-token-0123456789"
             "sample_retention = \"2h\"\nminute_retention = \"2h\"\nhour_retention = \"2h\"",
         );
         Config::parse(&ok).unwrap();
+    }
+
+    #[test]
+    fn rollouts_default_and_are_bounded() {
+        let c = Config::parse(GOOD).unwrap();
+        assert_eq!(
+            c.rollouts,
+            RolloutsConfig {
+                max: 64,
+                tick: Duration::from_secs(1)
+            }
+        );
+        for (extra, want) in [
+            ("[rollouts]\nmax = 0", "rollouts.max:"),
+            ("[rollouts]\nmax = 10001", "rollouts.max:"),
+            ("[rollouts]\ntick = \"50ms\"", "rollouts.tick:"),
+            ("[rollouts]\ntick = \"2m\"", "rollouts.tick:"),
+            ("[rollouts]\ntick = \"soon\"", "rollouts.tick:"),
+            ("[rollouts]\nsurprise = 1", "unknown field `surprise`"),
+        ] {
+            let err = Config::parse(&format!("{GOOD}\n{extra}\n"))
+                .unwrap_err()
+                .to_string();
+            assert!(err.contains(want), "{extra}: {err}");
+        }
+        let c = Config::parse(&format!("{GOOD}\n[rollouts]\nmax = 5\ntick = \"250ms\"\n")).unwrap();
+        assert_eq!(
+            (c.rollouts.max, c.rollouts.tick),
+            (5, Duration::from_millis(250))
+        );
     }
 
     #[test]

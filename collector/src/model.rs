@@ -178,4 +178,28 @@ pub enum Change {
     Transition(Transition),
     /// An incident opened, changed its affected set, or ended.
     Incident(Incident),
+    /// A rollout took a step (`crate::rollout`).
+    Rollout(RolloutEvent),
+}
+
+/// A step of a staged rollout: started, wave issued, applied, judged,
+/// paused, resumed, rolling back, rolled back, completed, aborted.
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+pub struct RolloutEvent {
+    /// Its id (`r<n>`).
+    pub rollout: String,
+    pub name: String,
+    pub agency: String,
+    /// `started`, `wave_issued`, `wave_applied`, `wave_judged`, `paused`,
+    /// `resumed`, `rolling_back`, `aborting`, `rolled_back`, `aborted`,
+    /// `completed`.
+    pub step: String,
+    /// The wave (1-based) and how many there are.
+    pub wave: usize,
+    pub waves: usize,
+    /// The rollout's phase after the step.
+    pub phase: String,
+    pub at_ms: u64,
+    /// For people.
+    pub summary: String,
 }

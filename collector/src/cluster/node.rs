@@ -402,6 +402,7 @@ pub async fn run(
             registry,
             gates,
             config_docs: None,
+            rollouts: None,
         },
         stop_feed.clone(),
     );

@@ -7,8 +7,9 @@
 //!   or sets a section that cannot be set remotely; 409 when the book is
 //!   full; 501 in cluster mode.
 //! * `GET` the same paths: the current document (404: none).
-//! * `DELETE` the same paths: clears the retained topic (the version is
-//!   kept, so the next one is newer); 204, 404 if there was none.
+//! * `DELETE` the same paths: publishes the next version with an empty
+//!   body (agents drop that scope's sections and run on the rest); 204,
+//!   404 if there was none.
 //! * `GET /api/v1/config`: every current document.
 
 use std::sync::Arc;
@@ -49,7 +50,7 @@ impl ConfigDocs {
         n
     }
 
-    fn publish(&self, topic: String, d: &muster_proto::ConfigDoc) {
+    pub(crate) fn publish(&self, topic: String, d: &muster_proto::ConfigDoc) {
         let payload = match muster_proto::encode_config(d) {
             Ok(p) => p,
             Err(e) => {
@@ -196,16 +197,24 @@ async fn clear(
     unit: Option<String>,
 ) -> Result<StatusCode, ApiError> {
     let d = docs(&st, &headers)?;
-    let book = Arc::clone(&d.book);
+    let (book, signer, now) = (
+        Arc::clone(&d.book),
+        Arc::clone(&d.signer),
+        st.clock.now_ms(),
+    );
     let (a, u) = (agency.clone(), unit.clone());
-    let cleared = tokio::task::spawn_blocking(move || book.clear(&a, u.as_deref()))
-        .await
-        .map_err(|e| ApiError::internal(&e))?
-        .map_err(doc_error)?;
+    let cleared = tokio::task::spawn_blocking(move || {
+        book.clear(&a, u.as_deref(), signer.current_key(), now)
+    })
+    .await
+    .map_err(|e| ApiError::internal(&e))?
+    .map_err(doc_error)?;
     match cleared {
-        Some(e) => {
-            // An empty retained message removes the retained document.
-            d.send(e.topic(), Vec::new());
+        Some((e, doc)) => {
+            // A signed empty document, retained: running agents drop the
+            // scope's sections (an empty retained message would not reach
+            // them as a change).
+            d.publish(e.topic(), &doc);
             tracing::info!(topic = %e.topic(), version = e.version, "Config document cleared.");
             Ok(StatusCode::NO_CONTENT)
         }

@@ -24,8 +24,8 @@ use super::FeedState;
 use super::error::ApiError;
 use crate::gate::book::{BookError, Gate};
 use crate::gate::collect::{self, Side};
-use crate::gate::spec::{MetricName, RawGate, Span};
-use crate::gate::stats::{self, GateVerdict, MetricInput, MetricKind};
+use crate::gate::spec::{RawGate, Span};
+use crate::gate::stats::{self, GateVerdict, MetricInput};
 
 /// A gate definition's body, at most.
 pub const MAX_BODY_BYTES: usize = 1024 * 1024;
@@ -196,22 +196,7 @@ async fn judge(st: &FeedState, g: Gate) -> Result<VerdictView, ApiError> {
         .spec
         .metrics
         .iter()
-        .map(|(metric, opts)| MetricInput {
-            name: metric.as_str().to_owned(),
-            key: opts.key,
-            kind: match *metric {
-                MetricName::FailureRatio => MetricKind::Failures {
-                    baseline_fail: baseline.failed,
-                    baseline_total: baseline.results,
-                    canary_fail: canary.failed,
-                    canary_total: canary.results,
-                },
-                lat => MetricKind::Latency {
-                    baseline: baseline.latencies(lat).to_vec(),
-                    canary: canary.latencies(lat).to_vec(),
-                },
-            },
-        })
+        .map(|(metric, opts)| collect::probe_input(*metric, opts.key, &baseline, &canary))
         .collect();
     let verdict = stats::verdict(&inputs, &g.spec.config).map_err(|e| ApiError::internal(&e))?;
     let side = |agency: &str, span: Span, s: &Side| SideView {

@@ -16,6 +16,9 @@
 //! | `GET /healthz`, `GET /readyz` | liveness, readiness |
 //! | `POST /api/v1/enroll` | a terminal claims its credential (`crate::enroll::http`) |
 //! | `GET /api/v1/enrollments`, `POST …/{agency}/{unit}/approve`, `…/revoke` | the admin's enrolment queue |
+//! | `/api/v1/gates…` | the deploy gate (`gates.rs`) |
+//! | `/api/v1/config…` | signed remote config documents (`config.rs`) |
+//! | `/api/v1/rollouts…` | staged rollouts, pause, resume, abort (`rollouts.rs`) |
 //!
 //! Every `/api/v1` request needs `Authorization: Bearer <token>`; an
 //! agency's token sees only its units, on every endpoint and the stream.
@@ -31,6 +34,7 @@ pub mod openapi;
 mod ops;
 mod problems;
 mod query;
+mod rollouts;
 pub mod server;
 mod stream;
 pub mod timeline;
@@ -78,6 +82,8 @@ pub struct FeedState {
     pub gate_max_results: u64,
     /// Remote config documents (`config`); `None` in cluster mode.
     pub config_docs: Option<config::ConfigDocs>,
+    /// Staged rollouts (`rollouts`); `None` in cluster mode.
+    pub rollouts: Option<Arc<crate::rollout::Rollouts>>,
 }
 
 pub fn router(state: FeedState) -> Router {
@@ -99,6 +105,12 @@ pub fn router(state: FeedState) -> Router {
         .put(config::put_unit)
         .delete(config::delete_unit)
         .layer(cfg_limit);
+    let ro_new = post(rollouts::create).layer(DefaultBodyLimit::max(rollouts::MAX_BODY_BYTES));
+    let (ro_pause, ro_resume, ro_abort) = (
+        post(rollouts::pause),
+        post(rollouts::resume),
+        post(rollouts::abort),
+    );
     Router::new()
         .route("/api/v1/units", get(units::list))
         .route("/api/v1/units/{agency}/{unit}", get(units::detail))
@@ -115,6 +127,11 @@ pub fn router(state: FeedState) -> Router {
         .route("/api/v1/config", get(config::list))
         .route("/api/v1/config/{agency}", cfg_agency)
         .route("/api/v1/config/{agency}/{unit}", cfg_unit)
+        .route("/api/v1/rollouts", ro_new.get(rollouts::list))
+        .route("/api/v1/rollouts/{id}", get(rollouts::detail))
+        .route("/api/v1/rollouts/{id}/pause", ro_pause)
+        .route("/api/v1/rollouts/{id}/resume", ro_resume)
+        .route("/api/v1/rollouts/{id}/abort", ro_abort)
         .route("/api/v1/enroll", claim)
         .route("/api/v1/enrollments", get(enroll::list))
         .route("/api/v1/enrollments/{agency}/{unit}/approve", approve)

@@ -87,6 +87,6 @@ pub async fn method_not_allowed() -> ApiError {
     ApiError::new(
         StatusCode::METHOD_NOT_ALLOWED,
         "method_not_allowed",
-        "this endpoint only answers GET",
+        "this endpoint does not answer this method (the Allow header lists those it does)",
     )
 }

@@ -102,6 +102,7 @@ pub async fn stream(
                     let name = match ev.change {
                         Change::Transition(_) => "transition",
                         Change::Incident(_) => "incident",
+                        Change::Rollout(_) => "rollout",
                     };
                     Event::default()
                         .id(ev.id.to_string())

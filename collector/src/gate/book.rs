@@ -17,19 +17,12 @@ use std::sync::Mutex;
 use serde::{Deserialize, Serialize};
 
 use super::spec::GateSpec;
+use crate::jsonfile::{self, FileError};
 
 #[derive(Debug, thiserror::Error)]
 pub enum BookError {
-    #[error("{path}: {error}")]
-    Io {
-        path: PathBuf,
-        error: std::io::Error,
-    },
-    #[error("{path}: not a gates file: {error}")]
-    Corrupt {
-        path: PathBuf,
-        error: serde_json::Error,
-    },
+    #[error(transparent)]
+    File(#[from] FileError),
     #[error("{max} gates are defined already (gates.max); delete one first")]
     Full { max: usize },
 }
@@ -60,22 +53,7 @@ impl GateBook {
     /// The book in `dir/gates.json` (`None`: in memory only).
     pub fn open(dir: Option<&Path>, max: usize) -> Result<GateBook, BookError> {
         let path = dir.map(|d| d.join("gates.json"));
-        let file = match &path {
-            Some(p) => match std::fs::read(p) {
-                Ok(b) => serde_json::from_slice(&b).map_err(|error| BookError::Corrupt {
-                    path: p.clone(),
-                    error,
-                })?,
-                Err(e) if e.kind() == std::io::ErrorKind::NotFound => File::default(),
-                Err(error) => {
-                    return Err(BookError::Io {
-                        path: p.clone(),
-                        error,
-                    });
-                }
-            },
-            None => File::default(),
-        };
+        let file = jsonfile::load(path.as_deref())?;
         Ok(GateBook {
             path,
             max,
@@ -84,16 +62,7 @@ impl GateBook {
     }
 
     fn save(&self, f: &File) -> Result<(), BookError> {
-        let Some(path) = &self.path else {
-            return Ok(());
-        };
-        let io = |error| BookError::Io {
-            path: path.clone(),
-            error,
-        };
-        let body = serde_json::to_vec_pretty(f).expect("gates serialise");
-        muster_base::fsutil::write_atomic(path, &body, muster_base::fsutil::Mode::Private)
-            .map_err(io)
+        Ok(jsonfile::save(self.path.as_deref(), f)?)
     }
 
     pub fn add(&self, spec: GateSpec, now_ms: u64) -> Result<Gate, BookError> {
@@ -188,7 +157,7 @@ mod tests {
         std::fs::write(dir.path().join("gates.json"), b"{not json").unwrap();
         assert!(matches!(
             GateBook::open(Some(dir.path()), 2),
-            Err(BookError::Corrupt { .. })
+            Err(BookError::File(FileError::Corrupt { .. }))
         ));
     }
 }

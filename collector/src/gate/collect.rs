@@ -6,6 +6,7 @@
 use muster_proto::{Label, Outcome, Payload, ProbeResult, UnitId};
 
 use super::spec::{Cohort, MetricName, Span};
+use super::stats::{MetricInput, MetricKind};
 use crate::store::{SampleQuery, Store, StoreError};
 
 /// Results read per store call.
@@ -24,6 +25,77 @@ pub struct Side {
     pub units: usize,
     /// The result budget ran out before the span did.
     pub truncated: bool,
+    /// Units that reported their watched processes in the span, and those
+    /// whose processes restarted within it (a restart count that grew).
+    pub units_with_processes: usize,
+    pub units_restarting: usize,
+    /// Units that reported their agent's status in the span, and those
+    /// whose agent dropped records or observations within it.
+    pub units_with_status: usize,
+    pub units_dropping: usize,
+}
+
+/// A unit's counters over the span: (first, last) seen.
+#[derive(Default)]
+struct Growth {
+    restarts: std::collections::HashMap<String, (u32, u32)>,
+    drops: Option<(u64, u64)>,
+}
+
+impl Growth {
+    fn host(&mut self, h: &muster_proto::HostSample) {
+        for p in &h.processes {
+            let e = self
+                .restarts
+                .entry(p.name.clone())
+                .or_insert((p.restarts, p.restarts));
+            e.1 = p.restarts;
+        }
+    }
+
+    fn status(&mut self, s: &muster_proto::AgentStatus) {
+        let n = s.dropped.total() + s.observations_dropped;
+        let e = self.drops.get_or_insert((n, n));
+        e.1 = n;
+    }
+
+    fn fold(self, side: &mut Side) {
+        if !self.restarts.is_empty() {
+            side.units_with_processes += 1;
+            // A count that went down is a restarted agent: not a restart.
+            if self.restarts.values().any(|(a, b)| b > a) {
+                side.units_restarting += 1;
+            }
+        }
+        if let Some((a, b)) = self.drops {
+            side.units_with_status += 1;
+            if b > a {
+                side.units_dropping += 1;
+            }
+        }
+    }
+}
+
+/// A metric's input from the two sides: latencies for a latency metric,
+/// failed results for the failure ratio. One home for the gate's and the
+/// rollouts' comparisons.
+pub fn probe_input(m: MetricName, key: bool, baseline: &Side, canary: &Side) -> MetricInput {
+    MetricInput {
+        name: m.as_str().to_owned(),
+        key,
+        kind: match m {
+            MetricName::FailureRatio => MetricKind::Failures {
+                baseline_fail: baseline.failed,
+                baseline_total: baseline.results,
+                canary_fail: canary.failed,
+                canary_total: canary.results,
+            },
+            lat => MetricKind::Latency {
+                baseline: baseline.latencies(lat).to_vec(),
+                canary: canary.latencies(lat).to_vec(),
+            },
+        },
+    }
 }
 
 impl Side {
@@ -98,6 +170,7 @@ pub fn collect(
     }
     'units: for u in units {
         let before = side.results;
+        let mut growth = Growth::default();
         let mut after = None;
         loop {
             let q = SampleQuery {
@@ -109,8 +182,17 @@ pub fn collect(
             };
             let (page, next) = store.samples(u, q)?;
             for s in &page {
-                let Payload::Probe(p) = &s.payload else {
-                    continue;
+                let p = match &s.payload {
+                    Payload::Probe(p) => p,
+                    Payload::Host(h) => {
+                        growth.host(h);
+                        continue;
+                    }
+                    Payload::Status(a) => {
+                        growth.status(a);
+                        continue;
+                    }
+                    _ => continue,
                 };
                 if p.name != cohort.probe || cohort.target.as_ref().is_some_and(|t| *t != p.target)
                 {
@@ -118,6 +200,7 @@ pub fn collect(
                 }
                 if side.results >= max_results {
                     side.truncated = true;
+                    growth.fold(&mut side);
                     break 'units;
                 }
                 side.add(p);
@@ -130,6 +213,7 @@ pub fn collect(
         if side.results > before {
             side.units_with_data += 1;
         }
+        growth.fold(&mut side);
     }
     Ok(side)
 }

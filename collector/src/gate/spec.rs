@@ -22,6 +22,7 @@ pub const MAX_COUNT: u64 = 1_000_000_000;
 /// The default window.
 pub const DEFAULT_WINDOW_MS: u64 = 15 * 60_000;
 
+/// A definition refused: the field, and why (gates and rollouts).
 #[derive(Debug, thiserror::Error, PartialEq)]
 #[error("{field}: {message}")]
 pub struct SpecError {
@@ -29,7 +30,8 @@ pub struct SpecError {
     pub message: String,
 }
 
-fn bad(field: impl Into<String>, message: impl Into<String>) -> SpecError {
+/// A [`SpecError`] (shared with `crate::rollout::spec`).
+pub(crate) fn bad(field: impl Into<String>, message: impl Into<String>) -> SpecError {
     SpecError {
         field: field.into(),
         message: message.into(),

@@ -96,6 +96,10 @@ pub enum Control {
     Release {
         done: tokio::sync::oneshot::Sender<()>,
     },
+    /// A change from outside the rules engine (a rollout's step): given
+    /// an event id, stored with the next commit and broadcast to the
+    /// stream and the webhooks like the engine's own.
+    Event(Change),
 }
 
 /// A commit that failed, handed back to be written again.
@@ -409,6 +413,7 @@ impl Worker {
 
     fn control(&mut self, c: Control) {
         match c {
+            Control::Event(change) => self.apply_changes(vec![change]),
             Control::Adopt { units, done } => {
                 let now = self.clock.now_ms();
                 let n = units.len();
@@ -529,7 +534,7 @@ impl Worker {
         p.records = p.records.saturating_sub(before - p.samples.len());
         p.events.retain(|e| match &e.change {
             Change::Transition(t) => scope.owns(&t.unit_id()),
-            Change::Incident(_) => true,
+            Change::Incident(_) | Change::Rollout(_) => true,
         });
         p.touched.retain(|(u, _), _| scope.owns(u));
         p.first_rx.retain(|u, _| scope.owns(u));
@@ -643,6 +648,10 @@ impl Worker {
                         state.interval_ms = Some(s.interval_ms);
                     }
                     state.agent = Some(s.clone());
+                }
+                Payload::Config(c) => {
+                    crate::store::KnownConfig::update(&mut state.config, r.at_ms, c);
+                    metrics.metrics.remote.config_step(&c.state);
                 }
                 _ => {}
             }
@@ -767,6 +776,9 @@ impl Worker {
                         }
                     }
                     touched_agency = Some(i.agency.clone());
+                }
+                Change::Rollout(r) => {
+                    info!(rollout = %r.rollout, step = %r.step, wave = r.wave, phase = %r.phase, summary = %r.summary, "Rollout step.");
                 }
             }
             let ev = StoredEvent {

@@ -14,6 +14,7 @@ pub mod http;
 pub mod ingest;
 pub mod mqtt;
 pub mod notify;
+pub mod remote;
 pub mod store;
 pub mod stream;
 
@@ -37,6 +38,7 @@ pub struct Metrics {
     pub notify: notify::NotifyMetrics,
     pub enroll: enroll::EnrollMetrics,
     pub cluster: cluster::ClusterMetrics,
+    pub remote: remote::RemoteMetrics,
     /// Set when this process runs the embedded broker.
     pub broker: std::sync::OnceLock<std::sync::Arc<broker::BrokerMetrics>>,
 }
@@ -62,6 +64,7 @@ impl Metrics {
         self.notify.render(&mut e);
         self.enroll.render(&mut e);
         self.cluster.render(&mut e);
+        self.remote.render(&mut e);
         if let Some(b) = self.broker.get() {
             b.render(&mut e);
         }

@@ -8,7 +8,7 @@ use std::collections::BTreeMap;
 use serde::{Deserialize, Serialize};
 use tokio::time::{Duration, Instant};
 
-use crate::model::{Change, Incident, Status, Transition};
+use crate::model::{Change, Incident, RolloutEvent, Status, Transition};
 
 /// The JSON body of a webhook. An API boundary like the feed's JSON: add
 /// fields, do not rename or remove them.
@@ -27,6 +27,9 @@ pub struct Notification {
     pub incidents: Vec<IncidentGroup>,
     /// Transitions not part of any incident, oldest first.
     pub transitions: Vec<Transition>,
+    /// Rollout steps (`crate::rollout`), oldest first.
+    #[serde(default)]
+    pub rollouts: Vec<RolloutEvent>,
 }
 
 #[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
@@ -53,6 +56,7 @@ pub struct Batcher {
     /// under it even when the incident itself did not change this window.
     known: BTreeMap<String, Incident>,
     transitions: Vec<Transition>,
+    rollouts: Vec<RolloutEvent>,
 }
 
 impl Batcher {
@@ -64,6 +68,7 @@ impl Batcher {
             incidents: BTreeMap::new(),
             known: BTreeMap::new(),
             transitions: Vec::new(),
+            rollouts: Vec::new(),
         }
     }
 
@@ -72,7 +77,7 @@ impl Batcher {
     }
 
     fn len(&self) -> usize {
-        self.incidents.len() + self.transitions.len()
+        self.incidents.len() + self.transitions.len() + self.rollouts.len()
     }
 
     /// Adds a change of this agency. Returns true when the window is full
@@ -81,6 +86,7 @@ impl Batcher {
         self.opened.get_or_insert(now);
         match change {
             Change::Transition(t) => self.transitions.push(t),
+            Change::Rollout(r) => self.rollouts.push(r),
             Change::Incident(i) => {
                 if i.ended_ms.is_some() {
                     self.known.remove(&i.id);
@@ -149,7 +155,17 @@ impl Batcher {
             }
         }
         let incidents: Vec<IncidentGroup> = groups.into_values().collect();
-        let summary = summarize(&self.agency, &incidents, &loose);
+        let rollouts = std::mem::take(&mut self.rollouts);
+        let mut summary = summarize(&self.agency, &incidents, &loose);
+        for r in &rollouts {
+            if !summary.is_empty() {
+                summary.push_str("; ");
+            }
+            summary.push_str(&format!(
+                "rollout {} ({}): {}",
+                r.rollout, r.name, r.summary
+            ));
+        }
         Some(Notification {
             id,
             agency: self.agency.clone(),
@@ -157,6 +173,7 @@ impl Batcher {
             summary,
             incidents,
             transitions: loose,
+            rollouts,
         })
     }
 }
@@ -452,6 +469,45 @@ mod tests {
                 .contains("500 units of fire changed status: 500 failing (500 degraded)"),
             "{}",
             n.summary
+        );
+    }
+
+    #[test]
+    fn rollout_steps_ride_in_the_window_and_say_so_in_the_summary() {
+        let t0 = Instant::now();
+        let mut b = Batcher::new("fire", Duration::from_secs(2));
+        let step = |step: &str, summary: &str| {
+            Change::Rollout(RolloutEvent {
+                rollout: "r1".into(),
+                name: "probe timeout".into(),
+                agency: "fire".into(),
+                step: step.into(),
+                wave: 1,
+                waves: 3,
+                phase: "rolling_back".into(),
+                at_ms: 7,
+                summary: summary.into(),
+            })
+        };
+        b.add(tr("E1", Status::Degraded, None), t0);
+        b.add(step("wave_judged", "wave 1: fail: failure_ratio"), t0);
+        b.add(step("rolling_back", "rolling back 1 units"), t0);
+        let n = b.take(t0, true, "x".into(), 0).unwrap();
+        assert_eq!(n.rollouts.len(), 2);
+        assert_eq!(n.rollouts[1].step, "rolling_back");
+        assert_eq!(n.transitions.len(), 1);
+        assert!(
+            n.summary
+                .ends_with("; rollout r1 (probe timeout): wave 1: fail: failure_ratio; rollout r1 (probe timeout): rolling back 1 units"),
+            "{}",
+            n.summary
+        );
+        // A notification without rollouts still carries the (empty) list.
+        b.add(tr("E2", Status::Degraded, None), t0);
+        let n = b.take(t0, true, "y".into(), 0).unwrap();
+        assert_eq!(
+            serde_json::to_value(&n).unwrap()["rollouts"],
+            serde_json::json!([])
         );
     }
 }

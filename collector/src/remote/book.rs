@@ -5,11 +5,12 @@ use std::collections::BTreeMap;
 use std::path::{Path, PathBuf};
 use std::sync::Mutex;
 
-use muster_base::fsutil::{Mode, write_atomic};
 use muster_proto::{
     ConfigDoc, DocScope, MAX_CONFIG_BODY, REMOTE_SECTIONS, SigningKey, UnitId, sign, topic,
 };
 use serde::{Deserialize, Serialize};
+
+use crate::jsonfile::{self, FileError};
 
 #[derive(Debug, thiserror::Error)]
 pub enum DocError {
@@ -17,16 +18,8 @@ pub enum DocError {
     Invalid(String),
     #[error("the collector holds {max} config documents already (remote_config.max_docs)")]
     Full { max: usize },
-    #[error("{path}: {error}")]
-    Io {
-        path: PathBuf,
-        error: std::io::Error,
-    },
-    #[error("{path}: {error}")]
-    Json {
-        path: PathBuf,
-        error: serde_json::Error,
-    },
+    #[error(transparent)]
+    File(#[from] FileError),
 }
 
 /// One scope's current document (or its cleared state: `body: None`).
@@ -106,28 +99,11 @@ impl ConfigBook {
     /// Opens the book at `<dir>/config_docs.json` (`dir` None: in memory).
     pub fn open(dir: Option<&Path>, max: usize) -> Result<ConfigBook, DocError> {
         let path = dir.map(|d| d.join("config_docs.json"));
-        let mut docs = BTreeMap::new();
-        if let Some(p) = &path {
-            match std::fs::read(p) {
-                Ok(b) => {
-                    let list: Vec<DocEntry> =
-                        serde_json::from_slice(&b).map_err(|error| DocError::Json {
-                            path: p.clone(),
-                            error,
-                        })?;
-                    for d in list {
-                        docs.insert((d.agency.clone(), d.unit.clone()), d);
-                    }
-                }
-                Err(e) if e.kind() == std::io::ErrorKind::NotFound => {}
-                Err(error) => {
-                    return Err(DocError::Io {
-                        path: p.clone(),
-                        error,
-                    });
-                }
-            }
-        }
+        let list: Vec<DocEntry> = jsonfile::load(path.as_deref())?;
+        let docs = list
+            .into_iter()
+            .map(|d| ((d.agency.clone(), d.unit.clone()), d))
+            .collect();
         Ok(ConfigBook {
             path,
             max,
@@ -136,18 +112,8 @@ impl ConfigBook {
     }
 
     fn save(&self, docs: &BTreeMap<Key, DocEntry>) -> Result<(), DocError> {
-        let Some(p) = &self.path else {
-            return Ok(());
-        };
         let list: Vec<&DocEntry> = docs.values().collect();
-        let body = serde_json::to_vec_pretty(&list).map_err(|error| DocError::Json {
-            path: p.clone(),
-            error,
-        })?;
-        write_atomic(p, &body, Mode::Private).map_err(|error| DocError::Io {
-            path: p.clone(),
-            error,
-        })
+        Ok(jsonfile::save(self.path.as_deref(), &list)?)
     }
 
     /// Sets a scope's document: the next version, signed by `key`. Returns
@@ -194,25 +160,68 @@ impl ConfigBook {
         Ok((e, d))
     }
 
-    /// Clears a scope's document (its version is kept); `None` if it had
-    /// none.
-    pub fn clear(&self, agency: &str, unit: Option<&str>) -> Result<Option<DocEntry>, DocError> {
+    /// Clears a scope's document: the next version, signed by `key`, with
+    /// an empty body (the agents drop that scope's sections; an empty
+    /// retained message would leave a running agent on the old ones).
+    /// Returns the cleared entry and the document to publish; `None` if the
+    /// scope had no document.
+    pub fn clear(
+        &self,
+        agency: &str,
+        unit: Option<&str>,
+        key: &SigningKey,
+        now_ms: u64,
+    ) -> Result<Option<(DocEntry, ConfigDoc)>, DocError> {
         let mut docs = self.docs.lock().unwrap_or_else(|e| e.into_inner());
         let k = (agency.to_owned(), unit.map(str::to_owned));
         let Some(e) = docs.get(&k).filter(|e| e.body.is_some()).cloned() else {
             return Ok(None);
         };
-        let cleared = DocEntry {
+        let mut cleared = DocEntry {
+            version: e.version + 1,
+            issued_ms: now_ms,
             body: None,
             hash: None,
             ..e.clone()
         };
+        let d = sign::sign_config(
+            key,
+            cleared.scope()?,
+            cleared.version,
+            now_ms,
+            String::new(),
+        );
+        cleared.hash = Some(sign::hex_of(&sign::config_hash(&d)));
         docs.insert(k.clone(), cleared.clone());
         if let Err(err) = self.save(&docs) {
             docs.insert(k, e);
             return Err(err);
         }
-        Ok(Some(cleared))
+        Ok(Some((cleared, d)))
+    }
+
+    /// A unit's own document body now (`None`: it has none).
+    pub fn unit_body(&self, agency: &str, unit: &str) -> Option<String> {
+        self.get(agency, Some(unit)).and_then(|e| e.body)
+    }
+
+    /// A scope's version (set or cleared).
+    pub fn version(&self, agency: &str, unit: Option<&str>) -> Option<u64> {
+        let docs = self.docs.lock().unwrap_or_else(|e| e.into_inner());
+        docs.get(&(agency.to_owned(), unit.map(str::to_owned)))
+            .map(|e| e.version)
+    }
+
+    /// Scopes the book can still take.
+    pub fn room(&self) -> usize {
+        let docs = self.docs.lock().unwrap_or_else(|e| e.into_inner());
+        self.max.saturating_sub(docs.len())
+    }
+
+    /// Is this scope held (set, or cleared with its version kept)?
+    pub fn holds(&self, agency: &str, unit: Option<&str>) -> bool {
+        let docs = self.docs.lock().unwrap_or_else(|e| e.into_inner());
+        docs.contains_key(&(agency.to_owned(), unit.map(str::to_owned)))
     }
 
     pub fn get(&self, agency: &str, unit: Option<&str>) -> Option<DocEntry> {
@@ -231,14 +240,15 @@ impl ConfigBook {
             .collect()
     }
 
-    /// Every current document signed again by `key` (same version, scope
-    /// and body, so the same hash), to republish at start.
+    /// Every scope's document signed again by `key` (same version, scope
+    /// and body, so the same hash; a cleared scope's empty one too, so an
+    /// agent that was away learns it), to republish at start.
     pub fn signed(&self, key: &SigningKey) -> Vec<(String, ConfigDoc)> {
-        self.list()
-            .into_iter()
+        let docs = self.docs.lock().unwrap_or_else(|e| e.into_inner());
+        docs.values()
             .filter_map(|e| {
                 let scope = e.scope().ok()?;
-                let body = e.body.clone()?;
+                let body = e.body.clone().unwrap_or_default();
                 Some((
                     e.topic(),
                     sign::sign_config(key, scope, e.version, e.issued_ms, body),
@@ -246,6 +256,28 @@ impl ConfigBook {
             })
             .collect()
     }
+}
+
+/// `change`'s top-level sections over `base`'s (whole sections, as the
+/// agent merges a unit's document over its agency's): what a rollout
+/// issues to a unit that has a document of its own. Both were checked
+/// with [`check_body`].
+pub fn merge_sections(base: Option<&str>, change: &str) -> Result<String, DocError> {
+    let parse = |s: &str| {
+        s.parse::<toml::Table>()
+            .map_err(|e| DocError::Invalid(format!("not TOML: {}", e.message())))
+    };
+    let mut t = match base {
+        Some(b) => parse(b)?,
+        None => toml::Table::new(),
+    };
+    for (k, v) in parse(change)? {
+        t.insert(k, v);
+    }
+    let out =
+        toml::to_string(&t).map_err(|e| DocError::Invalid(format!("cannot write TOML: {e}")))?;
+    check_body(&out)?;
+    Ok(out)
 }
 
 #[cfg(test)]
@@ -291,9 +323,10 @@ mod tests {
         assert_eq!(e1.topic(), "muster/v1/metro/config");
         let (e2, _) = b.set("metro", None, body(), &key(), 11).unwrap();
         assert_eq!(e2.version, 2);
-        assert!(b.clear("metro", None).unwrap().is_some());
+        let (c, cd) = b.clear("metro", None, &key(), 12).unwrap().unwrap();
+        assert_eq!((c.version, cd.version, cd.body.as_str()), (3, 3, ""));
         assert!(b.get("metro", None).is_none());
-        assert!(b.clear("metro", None).unwrap().is_none());
+        assert!(b.clear("metro", None, &key(), 12).unwrap().is_none());
         let (u1, _) = b.set("metro", Some("car-1"), body(), &key(), 12).unwrap();
         assert_eq!(u1.topic(), "muster/v1/metro/car-1/config");
         // Two scopes held (one cleared counts: its version is kept).
@@ -303,7 +336,7 @@ mod tests {
         ));
         let again = ConfigBook::open(Some(dir.path()), 2).unwrap();
         let (e3, d3) = again.set("metro", None, body(), &key(), 14).unwrap();
-        assert_eq!(e3.version, 3, "a version is never issued twice");
+        assert_eq!(e3.version, 4, "a version is never issued twice");
         // Republished at start: the same hash as when it was set.
         let signed = again.signed(&key());
         let (_, same) = signed

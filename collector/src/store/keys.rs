@@ -67,6 +67,7 @@ pub fn event_at(ev: &StoredEvent) -> u64 {
     match &ev.change {
         Change::Transition(t) => t.at_ms,
         Change::Incident(i) => i.ended_ms.unwrap_or(i.since_ms),
+        Change::Rollout(r) => r.at_ms,
     }
 }
 

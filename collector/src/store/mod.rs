@@ -77,6 +77,54 @@ pub struct UnitRecord {
     /// unit, so a restart, or another collector in cluster mode, knows them.
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub facts: Option<KnownFacts>,
+    /// The unit's configuration as it last reported it (issue 16), and
+    /// its last step about its own document: what a rollout waits for.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub config: Option<KnownConfig>,
+}
+
+/// What a unit's `Payload::Config` records said, newest by event time.
+#[derive(Debug, Clone, PartialEq, Eq, Default, Serialize, Deserialize)]
+pub struct KnownConfig {
+    /// Event time of the newest record.
+    pub at_ms: u64,
+    /// SHA-256 of the effective configuration, hex.
+    pub running: String,
+    /// The versions of the documents it runs.
+    pub running_agency: Option<u64>,
+    pub running_unit: Option<u64>,
+    /// The newest step about the unit's own document: its version, state
+    /// (`applying`, `applied`, `failed`, `refused`, `rolled_back`) and
+    /// reason.
+    pub unit_step: Option<(u64, String, Option<String>)>,
+    pub unit_step_at_ms: u64,
+}
+
+impl KnownConfig {
+    /// Folds in a record with event time `at_ms` (older ones than what is
+    /// known change nothing: a buffer replayed late does not turn a unit
+    /// back). Pure.
+    pub fn update(known: &mut Option<KnownConfig>, at_ms: u64, s: &muster_proto::ConfigStatus) {
+        let k = known.get_or_insert_with(KnownConfig::default);
+        if at_ms >= k.at_ms {
+            k.at_ms = at_ms;
+            k.running = muster_proto::sign::hex_of(&s.running);
+            k.running_agency = s.running_agency.map(|d| d.version);
+            k.running_unit = s.running_unit.map(|d| d.version);
+        }
+        if let Some((muster_proto::DocScopeKind::Unit, d)) = &s.doc
+            && at_ms >= k.unit_step_at_ms
+        {
+            let reason = match &s.state {
+                muster_proto::ConfigState::Failed { reason }
+                | muster_proto::ConfigState::RolledBack { reason } => Some(reason.clone()),
+                muster_proto::ConfigState::Refused { detail, .. } => Some(detail.clone()),
+                _ => None,
+            };
+            k.unit_step = Some((d.version, s.state.as_str().to_owned(), reason));
+            k.unit_step_at_ms = at_ms;
+        }
+    }
 }
 
 /// A unit's newest `Payload::Facts` record: which one it was (the rules
@@ -104,6 +152,7 @@ impl UnitRecord {
             agent: None,
             wire_version: muster_proto::SCHEMA_VERSION,
             facts: None,
+            config: None,
         }
     }
 
@@ -161,6 +210,7 @@ impl StoredEvent {
         match &self.change {
             Change::Transition(t) => &t.agency,
             Change::Incident(i) => &i.agency,
+            Change::Rollout(r) => &r.agency,
         }
     }
 }
@@ -364,6 +414,78 @@ mod tests {
         let with = super::suite::with_facts(u);
         let back: UnitRecord = serde_json::from_slice(&serde_json::to_vec(&with).unwrap()).unwrap();
         assert_eq!(back, with);
+    }
+
+    /// What a rollout waits for: a unit's newest configuration, and its
+    /// newest step about its own document, each by event time.
+    #[test]
+    fn known_config_keeps_the_newest_by_event_time() {
+        use muster_proto::{ConfigState, ConfigStatus, DocRef, DocScopeKind, RefusalReason};
+        let st = |doc: Option<(DocScopeKind, u64)>, state: ConfigState, unit: Option<u64>| {
+            ConfigStatus {
+                doc: doc.map(|(k, v)| {
+                    (
+                        k,
+                        DocRef {
+                            version: v,
+                            hash: [1; 32],
+                        },
+                    )
+                }),
+                state,
+                running: [unit.unwrap_or(0) as u8; 32],
+                running_agency: None,
+                running_unit: unit.map(|v| DocRef {
+                    version: v,
+                    hash: [2; 32],
+                }),
+            }
+        };
+        let mut k = None;
+        KnownConfig::update(&mut k, 10, &st(None, ConfigState::Applied, None));
+        assert_eq!(k.as_ref().unwrap().unit_step, None);
+        KnownConfig::update(
+            &mut k,
+            20,
+            &st(Some((DocScopeKind::Unit, 3)), ConfigState::Applied, Some(3)),
+        );
+        let refused = ConfigState::Refused {
+            reason: RefusalReason::OldVersion,
+            detail: "old".into(),
+        };
+        // An agency document's step leaves the unit's step alone.
+        KnownConfig::update(
+            &mut k,
+            30,
+            &st(Some((DocScopeKind::Agency, 9)), refused.clone(), Some(3)),
+        );
+        let now = k.clone().unwrap();
+        assert_eq!((now.at_ms, now.running_unit), (30, Some(3)));
+        assert_eq!(now.unit_step, Some((3, "applied".into(), None)));
+        // A record replayed late (older event time) changes nothing.
+        KnownConfig::update(
+            &mut k,
+            15,
+            &st(Some((DocScopeKind::Unit, 2)), refused, Some(2)),
+        );
+        assert_eq!(k.clone().unwrap(), now);
+        KnownConfig::update(
+            &mut k,
+            40,
+            &st(
+                Some((DocScopeKind::Unit, 4)),
+                ConfigState::RolledBack {
+                    reason: "no ack".into(),
+                },
+                Some(3),
+            ),
+        );
+        let k = k.unwrap();
+        assert_eq!(
+            k.unit_step,
+            Some((4, "rolled_back".into(), Some("no ack".into())))
+        );
+        assert_eq!(k.running, muster_proto::sign::hex_of(&[3; 32]));
     }
 
     /// A unit stored before schema v2: its presence has no `reason`.

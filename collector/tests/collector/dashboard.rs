@@ -1,6 +1,7 @@
 //! The dashboard at `/`, by concern: [`assets`] (the page, its assets and
 //! headers, the stream's `?access_token=` for EventSource), [`fleet`] (the
-//! demo fleet the browser test seeds) and [`browser`] (the page itself in a
+//! demo fleet the browser test seeds), [`rollout`] (the staged rollout it
+//! follows in the Rollouts panel) and [`browser`] (the page itself in a
 //! real headless Chromium, driven over WebDriver by
 //! `muster_testkit::webdriver`; screenshots at a desktop and a tablet width
 //! go to `target/ci-artifacts/`).
@@ -11,3 +12,5 @@ mod assets;
 mod browser;
 #[path = "dashboard/fleet.rs"]
 mod fleet;
+#[path = "dashboard/rollout.rs"]
+mod rollout;

@@ -96,6 +96,8 @@ impl<'a> Validator<'a> {
                 "maxItems",
                 "minimum",
                 "maximum",
+                "exclusiveMinimum",
+                "exclusiveMaximum",
                 "pattern",
                 "minLength",
                 "maxLength",
@@ -149,6 +151,16 @@ impl<'a> Validator<'a> {
                 && n > m
             {
                 return Err(format!("{at}: {n} > maximum {m}"));
+            }
+            if let Some(m) = s.get("exclusiveMinimum").and_then(Value::as_f64)
+                && n <= m
+            {
+                return Err(format!("{at}: {n} <= exclusiveMinimum {m}"));
+            }
+            if let Some(m) = s.get("exclusiveMaximum").and_then(Value::as_f64)
+                && n >= m
+            {
+                return Err(format!("{at}: {n} >= exclusiveMaximum {m}"));
             }
         }
         if let Some(st) = v.as_str() {
@@ -272,16 +284,17 @@ impl<'a> Validator<'a> {
 
 // ------------------------------------------------------------ the spec side
 
-/// The `responses` entry of `GET {template}` for a status.
-fn response_spec<'a>(doc: &'a Value, template: &str, status: u16) -> &'a Value {
-    let op = doc["paths"][template]["get"]
+/// The `responses` entry of `{method} {template}` for a status.
+fn response_spec<'a>(doc: &'a Value, method: &str, template: &str, status: u16) -> &'a Value {
+    let m = method.to_uppercase();
+    let op = doc["paths"][template][method]
         .as_object()
-        .unwrap_or_else(|| panic!("the document has no GET {template}"));
+        .unwrap_or_else(|| panic!("the document has no {m} {template}"));
     let r = op["responses"]
         .get(status.to_string())
         .or_else(|| op["responses"].get(format!("{}XX", status / 100)))
         .unwrap_or_else(|| {
-            panic!("GET {template} answered {status}, which the document does not list")
+            panic!("{m} {template} answered {status}, which the document does not list")
         });
     match r.get("$ref").and_then(Value::as_str) {
         Some(p) => doc.pointer(p.strip_prefix('#').unwrap()).unwrap(),
@@ -289,10 +302,22 @@ fn response_spec<'a>(doc: &'a Value, template: &str, status: u16) -> &'a Value {
     }
 }
 
-/// Checks one real response against the document: its status and content
-/// type are listed, and a JSON body validates. Returns the JSON body.
+/// Checks one real response of a GET against the document: its status and
+/// content type are listed, and a JSON body validates. Returns the JSON body.
 fn check(v: &mut Validator, template: &str, path: &str, r: &Response) -> Option<Value> {
-    let spec = response_spec(v.doc, template, r.status);
+    check_op(v, "get", template, path, r)
+}
+
+/// [`check`] for any method (lowercase, as the document's keys).
+fn check_op(
+    v: &mut Validator,
+    method: &str,
+    template: &str,
+    path: &str,
+    r: &Response,
+) -> Option<Value> {
+    let m = method.to_uppercase();
+    let spec = response_spec(v.doc, method, template, r.status);
     let ctype = r
         .header("content-type")
         .unwrap_or_default()
@@ -304,14 +329,14 @@ fn check(v: &mut Validator, template: &str, path: &str, r: &Response) -> Option<
     let Some(content) = spec.get("content") else {
         assert!(
             r.body.is_empty(),
-            "GET {path}: {} has no content in the document",
+            "{m} {path}: {} has no content in the document",
             r.status
         );
         return None;
     };
     let media = content.get(&ctype).unwrap_or_else(|| {
         panic!(
-            "GET {path}: content type {ctype:?} of a {} is not in the document ({:?})",
+            "{m} {path}: content type {ctype:?} of a {} is not in the document ({:?})",
             r.status,
             content.as_object().unwrap().keys().collect::<Vec<_>>()
         )
@@ -321,8 +346,8 @@ fn check(v: &mut Validator, template: &str, path: &str, r: &Response) -> Option<
     }
     let body = r.json();
     let schema = &media["schema"];
-    if let Err(e) = v.validate(schema, &body, &format!("GET {path} {}", r.status)) {
-        panic!("GET {path}: the response does not match the document: {e}\n{body:#}");
+    if let Err(e) = v.validate(schema, &body, &format!("{m} {path} {}", r.status)) {
+        panic!("{m} {path}: the response does not match the document: {e}\n{body:#}");
     }
     Some(body)
 }
@@ -829,6 +854,8 @@ async fn real_responses_of_every_endpoint_validate_against_the_served_document()
         let b = check(&mut v, template, path, &r).expect("errors are JSON");
         assert!(v.schema("Error", &b).is_ok());
     }
+    rollouts(&mut v, c).await;
+
     // Not in the document, same shape: an unknown path.
     let r = c.get("/api/v1/nope", FIRE).await;
     assert_eq!(r.status, 404);
@@ -916,6 +943,203 @@ async fn real_responses_of_every_endpoint_validate_against_the_served_document()
         "facts without os passed"
     );
     v.schema("UnitDetail", detail).unwrap();
+}
+
+/// Staged rollouts' answers: none yet, the refusals, then one over two fire
+/// units steered through pause, resume and abort; its steps are events.
+async fn rollouts(v: &mut Validator<'_>, c: &Collector) {
+    let list = "/api/v1/rollouts";
+    let one = "/api/v1/rollouts/{id}";
+    for token in [ADMIN, FIRE] {
+        let r = c.get(list, token).await;
+        assert_eq!(r.status, 200, "GET {list}: {}", r.text());
+        let b = check(v, list, list, &r).unwrap();
+        assert_eq!(b, json!({"items": []}));
+    }
+    let target = "https://cad.metro.example/api/health";
+    let def = |units: &[&str]| {
+        json!({
+            "name": "probe every 10 s",
+            "change": "[sampling]\ninterval = \"10s\"\n",
+            "target": {"agency": "metro-fire", "units": units},
+            "probe": "cad-api",
+            "probe_target": target,
+            "waves": [{"units": 1}, {"percent": 100}],
+            "soak_ms": 10_000,
+            "metrics": {"failure_ratio": {"key": true}, "lost": {}},
+            "config": {"alpha": 0.05},
+        })
+    };
+    let post = |path: &str, token: Option<&str>, body: &Value| {
+        let body = body.to_string();
+        let (addr, path, token) = (c.addr, path.to_owned(), token.map(str::to_owned));
+        async move { http::post(addr, &path, token.as_deref(), body.as_bytes()).await }
+    };
+    // Refusals, each in the one error shape and listed.
+    let mut soak = def(&["E3"]);
+    soak["soak_ms"] = json!(5);
+    let mut extra = def(&["E3"]);
+    extra["surprise"] = json!(1);
+    let refused: &[(&str, &str, Option<&str>, Value, u16)] = &[
+        (list, list, None, def(&["E3"]), 401),
+        (list, list, Some(FIRE), def(&["E3"]), 403),
+        (list, list, Some(ADMIN), json!("not a definition"), 400),
+        (list, list, Some(ADMIN), json!({"name": "x"}), 400),
+        (list, list, Some(ADMIN), soak, 400),
+        (list, list, Some(ADMIN), extra, 400),
+        // A target no known unit matches.
+        (list, list, Some(ADMIN), def(&["NOPE"]), 400),
+        (
+            "/api/v1/rollouts/{id}/pause",
+            "/api/v1/rollouts/r404/pause",
+            Some(ADMIN),
+            json!({}),
+            404,
+        ),
+        (
+            "/api/v1/rollouts/{id}/abort",
+            "/api/v1/rollouts/r404/abort",
+            Some(FIRE),
+            json!({}),
+            403,
+        ),
+    ];
+    for (template, path, token, body, want) in refused {
+        let r = post(path, *token, body).await;
+        assert_eq!(r.status, *want, "POST {path} {body}: {}", r.text());
+        let b = check_op(v, "post", template, path, &r).expect("errors are JSON");
+        v.schema("Error", &b).unwrap();
+    }
+    for (path, token, want) in [
+        ("/api/v1/rollouts/r404", Some(ADMIN), 404),
+        ("/api/v1/rollouts", None, 401),
+    ] {
+        let r = http::get(c.addr, path, token).await;
+        assert_eq!(r.status, want, "GET {path}: {}", r.text());
+        check(v, if path == list { list } else { one }, path, &r).expect("errors are JSON");
+    }
+
+    // One over E3 and E4: started, then a unit of the same target is taken.
+    let r = post(list, Some(ADMIN), &def(&["E3", "E4"])).await;
+    assert_eq!(r.status, 201, "{}", r.text());
+    let made = check_op(v, "post", list, list, &r).unwrap();
+    assert_eq!(made["phase"], "applying", "{made:#}");
+    assert_eq!(made["target_units"], 2, "{made:#}");
+    assert_eq!(made["wave_count"], 2, "{made:#}");
+    assert_eq!(made["config"]["alpha"], 0.05, "{made:#}");
+    let id = made["id"].as_str().unwrap().to_owned();
+    let r = post(list, Some(ADMIN), &def(&["E4"])).await;
+    assert_eq!(r.status, 409, "{}", r.text());
+    check_op(v, "post", list, list, &r).unwrap();
+
+    let at = format!("/api/v1/rollouts/{id}");
+    for (token, n) in [(ADMIN, 1), (FIRE, 1), (POLICE, 0)] {
+        let r = c.get(list, token).await;
+        assert_eq!(r.status, 200, "GET {list}: {}", r.text());
+        let b = check(v, list, list, &r).unwrap();
+        assert_eq!(b["items"].as_array().unwrap().len(), n, "{b:#}");
+    }
+    let r = c.get(&at, POLICE).await;
+    assert_eq!(r.status, 404, "another agency's rollout: {}", r.text());
+    check(v, one, &at, &r).unwrap();
+    // The rollout loop issues the first wave.
+    eventually("the first wave issued", Duration::from_secs(20), || async {
+        let r = c.get(&at, FIRE).await;
+        let b = r.json();
+        if r.status == 200 && b["counts"]["issued"] == 1 {
+            Ok(())
+        } else {
+            Err(b)
+        }
+    })
+    .await;
+    let r = c.get(&at, FIRE).await;
+    let b = check(v, one, &at, &r).unwrap();
+    assert_eq!(b["units"][0]["state"], "issued", "{b:#}");
+
+    // Steered: each answer is the rollout after the step; a step its phase
+    // does not allow is a conflict.
+    for (action, want, phase) in [
+        ("pause", 200, Some("paused")),
+        ("pause", 409, None),
+        ("resume", 200, Some("applying")),
+        ("abort", 200, Some("rolling_back")),
+        ("abort", 409, None),
+        ("resume", 409, None),
+    ] {
+        let path = format!("{at}/{action}");
+        let template = format!("/api/v1/rollouts/{{id}}/{action}");
+        let r = post(&path, Some(ADMIN), &json!({})).await;
+        assert_eq!(r.status, want, "POST {path}: {}", r.text());
+        let b = check_op(v, "post", &template, &path, &r).unwrap();
+        if let Some(p) = phase {
+            assert_eq!(b["phase"], p, "{b:#}");
+        }
+    }
+    let r = c.get(&at, ADMIN).await;
+    let b = check(v, one, &at, &r).unwrap();
+    assert_eq!(b["aborted"], true, "{b:#}");
+    assert_eq!(b["units"][0]["state"], "reverting", "{b:#}");
+    // The schemas catch drift: a phase's field missing, the detail's units
+    // missing, a unit state or a wave that is not one.
+    let mut phase = b.clone();
+    phase.as_object_mut().unwrap().remove("aborted");
+    assert!(
+        v.schema("RolloutDetail", &phase).is_err(),
+        "a phase without its field passed"
+    );
+    let mut bare = b.clone();
+    bare.as_object_mut().unwrap().remove("units");
+    assert!(
+        v.schema("RolloutDetail", &bare).is_err(),
+        "a detail without units passed"
+    );
+    v.schema("Rollout", &bare).unwrap();
+    let mut state = b.clone();
+    state["units"][0]["state"] = json!("gone");
+    assert!(
+        v.schema("RolloutDetail", &state).is_err(),
+        "a bad unit state passed"
+    );
+    let mut revert = b.clone();
+    revert["units"][0]
+        .as_object_mut()
+        .unwrap()
+        .remove("revert_version");
+    assert!(
+        v.schema("RolloutDetail", &revert).is_err(),
+        "a reverting unit without its version passed"
+    );
+    let mut wave = b.clone();
+    wave["waves"][0] = json!({"units": 1, "percent": 5});
+    assert!(
+        v.schema("RolloutDetail", &wave).is_err(),
+        "a wave of two kinds passed"
+    );
+
+    // Its steps are events of the fire agency.
+    let events = "/api/v1/events?agency=metro-fire";
+    eventually("rollout events", Duration::from_secs(20), || async {
+        let b = c.json(events, FIRE).await;
+        let steps: BTreeSet<String> = b["items"]
+            .as_array()
+            .unwrap()
+            .iter()
+            .filter(|e| e["type"] == "rollout")
+            .map(|e| e["step"].as_str().unwrap().to_owned())
+            .collect();
+        if ["started", "wave_issued", "paused", "resumed", "aborting"]
+            .iter()
+            .all(|s| steps.contains(*s))
+        {
+            Ok(())
+        } else {
+            Err(steps)
+        }
+    })
+    .await;
+    let r = c.get(events, FIRE).await;
+    check(v, "/api/v1/events", events, &r).unwrap();
 }
 
 /// A facts record's payload: these labels, a fixed agent version and OS.

@@ -255,3 +255,124 @@ async fn the_stream_keeps_alive_and_lists_filter_by_status() {
     assert_ne!(p1["items"][0]["unit"], p2["items"][0]["unit"]);
     assert!(p2["next_cursor"].is_null());
 }
+
+/// Rollouts: only the admin starts or changes one; an agency sees its own
+/// (list, detail, events, stream) and nothing of another's.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn rollouts_are_the_admins_to_change_and_an_agencys_to_see() {
+    let w = World::start("").await;
+    let c = w.c();
+    let mut fire_stream = c.stream(FIRE).await;
+    let mut police_stream = c.stream(POLICE).await;
+    let p = unit("county-police", "P1");
+    let boot = BootId(1);
+    let ap = Agent::connect(&w.broker, "p", Some((&p, online(boot, 1, T0, false)))).await;
+    ap.presence(&p, online(boot, 1, T0, true)).await;
+    ap.record(&p, rec(boot, 1, T0, host(10.0))).await;
+    c.wait_unit(&p, "seen", |v| v["seq"]["received"] == 1).await;
+
+    let def = |target: serde_json::Value| {
+        serde_json::to_vec(&serde_json::json!({
+            "name": "<b>interval</b>",
+            "change": "[sampling]\ninterval = \"10s\"\n",
+            "target": target,
+            "probe": "cad-api",
+        }))
+        .unwrap()
+    };
+    let police = def(serde_json::json!({"agency": "county-police"}));
+    let post = |path: &'static str, token: &'static str, body: Vec<u8>| {
+        let addr = c.addr;
+        async move { http::post(addr, path, Some(token), &body).await }
+    };
+    // An agency token cannot start one, even for its own agency.
+    for token in [FIRE, POLICE] {
+        let r = post("/api/v1/rollouts", token, police.clone()).await;
+        assert_eq!(r.status, 403, "{}", r.text());
+        assert_eq!(r.json()["error"]["code"], "forbidden");
+    }
+    // Bad definitions name what is wrong; nothing is started.
+    for (body, want) in [
+        (
+            def(serde_json::json!({"agency": "county-police", "units": ["P1", "P9"]})),
+            "target.units: not known to this collector: P9",
+        ),
+        (
+            def(serde_json::json!({"agency": "metro-fire"})),
+            "target: no unit of metro-fire",
+        ),
+        (
+            def(serde_json::json!({"agency": "county police"})),
+            "target.agency",
+        ),
+        (b"{}".to_vec(), "the body is not a rollout definition"),
+    ] {
+        let r = post("/api/v1/rollouts", ADMIN, body).await;
+        assert_eq!(r.status, 400, "{}", r.text());
+        let m = r.json()["error"]["message"].as_str().unwrap().to_owned();
+        assert!(m.contains(want), "{m}");
+    }
+    let r = post("/api/v1/rollouts", ADMIN, police.clone()).await;
+    assert_eq!(r.status, 201, "{}", r.text());
+    let id = r.json()["id"].as_str().unwrap().to_owned();
+    assert_eq!(r.json()["name"], "<b>interval</b>");
+    // The same unit cannot be in two running rollouts.
+    let r = post("/api/v1/rollouts", ADMIN, police).await;
+    assert_eq!(r.status, 409, "{}", r.text());
+
+    // Fire sees nothing of it; police sees it but cannot change it.
+    let detail = format!("/api/v1/rollouts/{id}");
+    assert_eq!(
+        c.json("/api/v1/rollouts", FIRE).await["items"],
+        serde_json::json!([])
+    );
+    assert_eq!(c.get(&detail, FIRE).await.status, 404);
+    let list = c.json("/api/v1/rollouts", POLICE).await;
+    assert_eq!(list["items"][0]["id"], id.as_str());
+    assert!(
+        list["items"][0].get("units").is_none(),
+        "the list has no per-unit detail"
+    );
+    // Its first round issues the change to P1.
+    muster_testkit::eventually("P1 issued", Duration::from_secs(10), async || {
+        let v = c.json(&detail, POLICE).await;
+        (v["units"][0]["unit"] == "P1").then_some(()).ok_or(v)
+    })
+    .await;
+    for action in ["pause", "resume", "abort"] {
+        let path: &'static str = Box::leak(format!("{detail}/{action}").into_boxed_str());
+        let r = post(path, POLICE, Vec::new()).await;
+        assert_eq!(r.status, 403, "{action}: {}", r.text());
+    }
+    let abort: &'static str = Box::leak(format!("{detail}/abort").into_boxed_str());
+    let r = post(abort, ADMIN, Vec::new()).await;
+    assert_eq!(r.status, 200, "{}", r.text());
+    assert_eq!(r.json()["phase"], "rolling_back");
+    let r = post(abort, ADMIN, Vec::new()).await;
+    assert_eq!(r.status, 409, "{}", r.text());
+    let r = post("/api/v1/rollouts/r999/abort", ADMIN, Vec::new()).await;
+    assert_eq!(r.status, 404, "{}", r.text());
+
+    // Its steps reach police's stream, not fire's.
+    let (found, _) = police_stream
+        .wait_for(Duration::from_secs(10), |e| {
+            e.event == "rollout" && e.json()["step"] == "aborting"
+        })
+        .await;
+    assert!(found.is_some(), "police saw the rollout's steps");
+    let (_, fire_seen) = fire_stream
+        .wait_for(Duration::from_millis(500), |_| false)
+        .await;
+    assert!(
+        fire_seen.iter().all(|e| e.event != "rollout"),
+        "{fire_seen:?}"
+    );
+    let ev = c.json("/api/v1/events?agency=county-police", POLICE).await;
+    assert!(
+        ev["items"]
+            .as_array()
+            .unwrap()
+            .iter()
+            .any(|e| e["type"] == "rollout" && e["step"] == "started")
+    );
+}

@@ -25,5 +25,7 @@ mod lifecycle;
 mod procs;
 #[path = "e2e/remote_config.rs"]
 mod remote_config;
+#[path = "e2e/rollouts.rs"]
+mod rollouts;
 #[path = "e2e/store_forward.rs"]
 mod store_forward;

@@ -12,6 +12,7 @@ use muster_testkit::{Mosquitto, TempDir};
 use serde_json::json;
 
 use super::fleet::*;
+use super::rollout;
 use crate::harness::*;
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
@@ -34,7 +35,7 @@ async fn dashboard_scenario() {
     );
     let c = Collector::start(&text, Arc::clone(&clock)).await;
     let a = Agent::connect(&broker, "fleet", None).await;
-    let seqs = Box::pin(seed(&clock, &c, &a, start)).await;
+    let mut seqs = Box::pin(seed(&clock, &c, &a, start)).await;
     // The seeded history made problems to rank and an incident.
     let problems = c.json("/api/v1/problems?hours=24", ADMIN).await;
     let rules: Vec<&str> = problems["items"]
@@ -228,6 +229,7 @@ async fn dashboard_scenario() {
         rec(BootId(0x5eed), seqs[i], t, slow_probe(3_400)),
     )
     .await;
+    seqs[i] += 1;
     b.wait(
         "E2 degraded on the live stream",
         &format!(
@@ -251,7 +253,158 @@ async fn dashboard_scenario() {
         "document.querySelectorAll('#incident-list .incident').length === 1",
     )
     .await;
+
+    // A staged rollout (issue 16), started through the API: the Rollouts
+    // panel shows it, its name as text (not markup), and follows each
+    // step on the stream.
+    let id = rollout::start(&c).await;
+    let row = format!("tr.rollout[data-rollout='{id}']");
+    let r = format!("document.querySelector(\"{row}\")");
+    b.wait(
+        "the rollout in the panel, its name as text",
+        &format!(
+            "!document.getElementById('rollouts').hidden && {r} \
+             && {r}.querySelector('.rollout-name').textContent === {name} \
+             && !{r}.querySelector('b') \
+             && {r}.querySelector('.rid').textContent === '{id}' \
+             && {r}.querySelector('td.ragency').textContent.startsWith('metro-fire')",
+            name = json!(rollout::NAME)
+        ),
+    )
+    .await;
+    let v = rollout::wait(&c, &id, "its first wave issued", |v| {
+        v["counts"]["issued"] == 1
+    })
+    .await;
+    assert_eq!(v["phase"], "applying", "{v:#}");
+    assert_eq!(v["wave_count"], 2, "{v:#}");
+    let (first, version) = rollout::issued(&v);
+    b.wait(
+        "applying wave 1 of 2, none applied yet",
+        &format!(
+            "{r}.dataset.phase === 'applying' \
+             && {r}.querySelector('.badge.phase').textContent === 'Applying' \
+             && {r}.querySelector('td.wave').textContent === '1 of 2' \
+             && {r}.querySelector('td.applied').textContent.startsWith('0 / 1')"
+        ),
+    )
+    .await;
+    let phase_bg = |st: &str| {
+        format!(
+            "getComputedStyle(document.querySelector(\"{row} .badge.ph-{st}\")).backgroundColor"
+        )
+    };
+    let mut colours = vec![b.js(&format!("return {}", phase_bg("applying"))).await];
+    // Its first unit applies the change: the wave soaks.
+    let fi = FLEET.iter().position(|f| f.1 == first).unwrap();
+    rollout::report_applied(&a, &first, seqs[fi], t, version).await;
+    seqs[fi] += 1;
+    rollout::wait(&c, &id, "soaking", |v| v["phase"] == "soaking").await;
+    b.wait(
+        "soaking, 1 of 1 applied",
+        &format!(
+            "{r}.dataset.phase === 'soaking' \
+             && {r}.querySelector('td.applied').textContent.startsWith('1 / 1')"
+        ),
+    )
+    .await;
+    // The soak ends: the verdict, its reason and each metric's.
+    clock.set(t + 11_000);
+    let v = rollout::wait(&c, &id, "judged at the end of its soak", |v| {
+        v["verdicts"]
+            .as_array()
+            .is_some_and(|l| l.iter().any(|x| x["final"] == true))
+            && v["phase"] != "soaking"
+    })
+    .await;
+    let verdict = v["verdicts"].as_array().unwrap().last().unwrap().clone();
+    let metrics: Vec<&str> = verdict["metrics"]
+        .as_array()
+        .unwrap()
+        .iter()
+        .map(|m| m["name"].as_str().unwrap())
+        .collect();
+    assert!(!metrics.is_empty(), "{v:#}");
+    b.wait(
+        "the verdict with its reason, and the phase it led to",
+        &format!(
+            "{r}.dataset.phase === {phase} \
+             && {r}.querySelector('td.verdict').dataset.verdict === {verdict} \
+             && {r}.querySelector('td.verdict .vreason').textContent === {reason} \
+             && {r}.querySelector('td.verdict .vline').title.includes({first_metric}) \
+             && {r}.querySelector('.why').textContent === {why}",
+            phase = v["phase"],
+            verdict = verdict["verdict"],
+            reason = verdict["reason"],
+            first_metric = json!(metrics[0]),
+            why = v["reason"],
+        ),
+    )
+    .await;
+    assert_eq!(
+        v["phase"], "paused",
+        "no data in the soak never passes: {v:#}"
+    );
+    colours.push(b.js(&format!("return {}", phase_bg("paused"))).await);
+    b.click(&format!("{row} td.verdict details summary")).await;
+    b.wait(
+        "each metric's verdict, expanded",
+        &format!(
+            "[...{r}.querySelectorAll('details[open] li[data-metric]')].map(l => l.dataset.metric).join() === '{}'",
+            metrics.join(",")
+        ),
+    )
+    .await;
     let shots = artifacts_dir();
+    b.screenshot(&shots.join("dashboard-desktop-rollout.png"))
+        .await;
+    // An operator aborts it: rolling back (the metrics stay expanded),
+    // then aborted once its unit runs its previous document again.
+    let v = rollout::act(&c, &id, "abort").await;
+    assert_eq!(v["phase"], "rolling_back", "{v:#}");
+    b.wait(
+        "rolling back, on the stream",
+        &format!(
+            "{r}.dataset.phase === 'rolling_back' \
+             && {r}.querySelector('.badge.phase').textContent === 'Rolling back' \
+             && {r}.querySelector('.why').textContent === 'aborted by an operator' \
+             && {r}.querySelector('td.verdict details[open]')"
+        ),
+    )
+    .await;
+    colours.push(b.js(&format!("return {}", phase_bg("rolling_back"))).await);
+    let v = rollout::wait(&c, &id, "its unit reverting", |v| {
+        v["units"][0]["state"] == "reverting"
+    })
+    .await;
+    let (unit_name, reverted) = rollout::issued(&v);
+    assert!(reverted > version, "{v:#}");
+    let fi = FLEET.iter().position(|f| f.1 == unit_name).unwrap();
+    rollout::report_applied(&a, &unit_name, seqs[fi], t + 11_000, reverted).await;
+    seqs[fi] += 1;
+    rollout::wait(&c, &id, "aborted", |v| v["phase"] == "aborted").await;
+    b.wait(
+        "aborted",
+        &format!(
+            "{r}.dataset.phase === 'aborted' \
+             && {r}.querySelector('.badge.phase').textContent === 'Aborted' \
+             && {r}.querySelector('td.applied').textContent.includes('1 reverted')"
+        ),
+    )
+    .await;
+    colours.push(b.js(&format!("return {}", phase_bg("aborted"))).await);
+    // Each of those phases looks different.
+    for (i, x) in colours.iter().enumerate() {
+        assert!(
+            !colours[..i].contains(x),
+            "applying, paused, rolling back, aborted: {colours:?}"
+        );
+    }
+    assert_eq!(
+        b.js("return window.__musterLoad").await,
+        "first",
+        "the page was reloaded"
+    );
     b.screenshot(&shots.join("dashboard-desktop.png")).await;
     b.full_screenshot(&shots.join("dashboard-desktop-full.png"))
         .await;
@@ -366,11 +519,46 @@ async fn dashboard_scenario() {
         shown.split(',').all(|u| u.starts_with("metro-fire/")),
         "{shown}"
     );
+    // And the rollouts of its agency.
+    b.wait(
+        "metro-fire's rollout",
+        &format!(
+            "document.querySelectorAll('tr.rollout').length === 1 \
+             && document.querySelector(\"{row}\").dataset.phase === 'aborted'"
+        ),
+    )
+    .await;
     let text = b
         .js("return document.getElementById('main').textContent")
         .await;
     assert!(!text.as_str().unwrap().contains("county-police"));
     assert!(!text.as_str().unwrap().contains("K9-2"));
+
+    // A collector in cluster mode runs no rollouts (501, not_implemented):
+    // the panel hides itself, quietly. Simulated in the page: its fetch
+    // answers for the rollouts as such a collector does (the reload below
+    // puts the real one back).
+    b.js(
+        "const real = window.fetch; window.__errors = []; \
+         const err = console.error; console.error = (...a) => { window.__errors.push(a.join(' ')); err(...a); }; \
+         window.fetch = (url, opts) => String(url).startsWith('/api/v1/rollouts') \
+           ? Promise.resolve(new Response(JSON.stringify({ error: { code: 'not_implemented', \
+               message: 'rollouts are run by a single-node collector in this version' } }), \
+               { status: 501, headers: { 'content-type': 'application/json' } })) \
+           : real(url, opts); \
+         loadRollouts(); return true",
+    )
+    .await;
+    b.wait(
+        "the Rollouts panel hidden, no error",
+        &format!(
+            "document.getElementById('rollouts').hidden && window.__errors.length === 0 \
+             && !document.getElementById('main').hidden \
+             && document.getElementById('login').hidden \
+             && document.querySelectorAll('tr.unit').length === {fire}"
+        ),
+    )
+    .await;
 
     // A token that stops working (here: a stale one in the tab's storage)
     // sends the page back to the sign-in form with the reason.

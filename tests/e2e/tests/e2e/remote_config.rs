@@ -22,7 +22,7 @@ use serde_json::{Value, json};
 use crate::procs::{ADMIN, AGENCY, AgentProc, AgentSpec, CollectorProc, bins};
 
 /// An HTTP server on 127.0.0.1:0 that answers 200 to everything.
-fn ok_server() -> u16 {
+pub(crate) fn ok_server() -> u16 {
     let l = std::net::TcpListener::bind("127.0.0.1:0").unwrap();
     let port = l.local_addr().unwrap().port();
     std::thread::spawn(move || {
@@ -43,12 +43,12 @@ fn ok_server() -> u16 {
 }
 
 /// A loopback port nothing listens on: connections are refused.
-fn closed_port() -> u16 {
+pub(crate) fn closed_port() -> u16 {
     let l = std::net::TcpListener::bind("127.0.0.1:0").unwrap();
     l.local_addr().unwrap().port()
 }
 
-fn probe(name: &str, port: u16) -> String {
+pub(crate) fn probe(name: &str, port: u16) -> String {
     format!(
         "[[probe]]\nname = \"{name}\"\nkind = \"http\"\ntarget = \"http://127.0.0.1:{port}/\"\ninterval = \"1s\"\ntimeout = \"900ms\"\n"
     )
@@ -87,7 +87,7 @@ fn inject(m: &Mosquitto, topic: &str, payload: &[u8], dir: &std::path::Path) {
 }
 
 /// The unit's config steps as the collector stored them, oldest first.
-fn steps(c: &CollectorProc, unit: &str) -> Vec<Value> {
+pub(crate) fn steps(c: &CollectorProc, unit: &str) -> Vec<Value> {
     if c.unit(unit).is_none() {
         return Vec::new();
     }
@@ -99,7 +99,12 @@ fn steps(c: &CollectorProc, unit: &str) -> Vec<Value> {
     items.into_iter().map(|x| x["data"].clone()).collect()
 }
 
-fn wait_step(c: &CollectorProc, unit: &str, what: &str, f: impl Fn(&Value) -> bool) -> Value {
+pub(crate) fn wait_step(
+    c: &CollectorProc,
+    unit: &str,
+    what: &str,
+    f: impl Fn(&Value) -> bool,
+) -> Value {
     let mut found = Value::Null;
     eventually_blocking(what, Duration::from_secs(60), || {
         let s = steps(c, unit);

@@ -20,6 +20,12 @@ const state = {
   detail: null,          // "agency/unit" shown in the unit view
   flashed: new Set(),
   refreshTimer: null,
+  rollouts: [],          // newest first; null: this collector runs none (cluster mode)
+  rolloutError: null,
+  rolloutSeq: 0,         // the latest request: an older answer is dropped
+  rolloutTimer: null,
+  rolloutsOpen: new Set(), // ids whose per-metric verdicts are expanded
+  rolloutFlash: new Set(),
 };
 
 const $ = (id) => document.getElementById(id);
@@ -100,6 +106,11 @@ function token() { return sessionStorage.getItem(TOKEN_KEY); }
 
 class AuthError extends Error {}
 
+/** A refused request other than auth: its HTTP status and the API's error code. */
+class HttpError extends Error {
+  constructor(message, status, code) { super(message); this.status = status; this.code = code; }
+}
+
 async function api(path) {
   const t = token();
   if (!t) throw new AuthError("no token");
@@ -110,9 +121,9 @@ async function api(path) {
     throw new AuthError(msg);
   }
   if (!r.ok) {
-    let msg = "HTTP " + r.status;
-    try { msg = (await r.json()).error.message || msg; } catch (_) { /* keep */ }
-    throw new Error(msg);
+    let msg = "HTTP " + r.status, code = null;
+    try { const e = (await r.json()).error; msg = e.message || msg; code = e.code || null; } catch (_) { /* keep */ }
+    throw new HttpError(msg, r.status, code);
   }
   return r.json();
 }
@@ -138,6 +149,11 @@ function askToken(message) {
   $("detail").hidden = true;
   $("signout").hidden = true;
   $("scope").textContent = "";
+  // Another token may see other agencies' rollouts: forget these.
+  state.rollouts = [];
+  state.rolloutSeq++;
+  $("rollouts").hidden = true;
+  $("rollout-list").replaceChildren();
   setLive("connecting", "signed out");
   $("login-error").textContent = message || "";
   $("login").hidden = false;
@@ -163,6 +179,10 @@ async function loadAll() {
   $("scope").textContent = agencies.length ? "Showing: " + agencies.join(", ") : "No units visible to this token";
   renderAll();
   loadProblems();
+  state.rollouts = [];
+  state.rolloutError = null;
+  state.rolloutsOpen.clear();
+  loadRollouts();
 }
 
 async function loadProblems() {
@@ -203,10 +223,12 @@ function startStream() {
     // Catch up on whatever happened while we were not subscribed.
     refreshUnits();
     loadIncidents();
+    loadRollouts();
   });
   es.addEventListener("transition", (ev) => onTransition(JSON.parse(ev.data)));
   es.addEventListener("incident", (ev) => onIncident(JSON.parse(ev.data)));
-  es.addEventListener("lagged", () => { refreshUnits(); loadIncidents(); });
+  es.addEventListener("rollout", (ev) => onRollout(JSON.parse(ev.data)));
+  es.addEventListener("lagged", () => { refreshUnits(); loadIncidents(); loadRollouts(); });
   es.onerror = async () => {
     if (es.readyState === EventSource.CLOSED) {
       setLive("down", "disconnected");
@@ -432,6 +454,145 @@ function renderProblems() {
         h("td", { class: "num" }, p.units),
         h("td", { class: "opt" }, p.agencies.join(", ")));
     }))));
+}
+
+// ---------------------------------------------------------------- rollouts
+
+const PHASE_LABEL = {
+  applying: "Applying", soaking: "Soaking", paused: "Paused", rolling_back: "Rolling back",
+  completed: "Completed", rolled_back: "Rolled back", aborted: "Aborted",
+};
+/** Phases whose `reason` says why the rollout stopped or turned back. */
+const PHASE_WHY = new Set(["paused", "rolling_back", "rolled_back", "aborted"]);
+const VERDICT_LABEL = { pass: "Pass", fail: "Fail", inconclusive: "Inconclusive", no_data: "No data" };
+
+/** `r12` -> 12: ids are given in order, so this breaks ties in time. */
+function rolloutNo(r) { return Number(String(r.id).replace(/\D/g, "")) || 0; }
+const unitCount = (n) => `${n} unit${n === 1 ? "" : "s"}`;
+const newestFirst = (a, b) => (b.created_ms || 0) - (a.created_ms || 0) || rolloutNo(b) - rolloutNo(a);
+
+/**
+ * The rollouts this token sees. A collector that runs none (cluster mode
+ * answers 501) hides the panel quietly until the next sign-in.
+ */
+async function loadRollouts() {
+  if (state.rollouts === null) return;
+  const n = ++state.rolloutSeq;
+  try {
+    const page = await api("/api/v1/rollouts");
+    if (n !== state.rolloutSeq || state.rollouts === null) return;
+    state.rollouts = page.items.slice().sort(newestFirst);
+    state.rolloutError = null;
+  } catch (e) {
+    if (n !== state.rolloutSeq) return;
+    if (e instanceof AuthError) { handleError(e); return; }
+    if (e instanceof HttpError && (e.status === 501 || e.status === 404)) {
+      state.rollouts = null;
+      $("rollouts").hidden = true;
+      return;
+    }
+    state.rolloutError = e.message;
+  }
+  renderRollouts();
+}
+
+/** Coalesces a burst of steps into one reload. */
+function scheduleRollouts() {
+  clearTimeout(state.rolloutTimer);
+  state.rolloutTimer = setTimeout(loadRollouts, 250);
+}
+
+/** A step on the stream: show the new phase at once, then reload the rollout's figures. */
+function onRollout(ev) {
+  if (state.rollouts === null) return;
+  const r = state.rollouts.find((x) => x.id === ev.rollout);
+  if (r) {
+    if (r.phase !== ev.phase) delete r.reason; // the reload brings the new one
+    r.phase = ev.phase;
+    r.wave = ev.wave;
+    r.wave_count = ev.waves;
+    r.updated_ms = Math.max(r.updated_ms || 0, ev.at_ms);
+  }
+  state.rolloutFlash.add(ev.rollout);
+  renderRollouts();
+  scheduleRollouts();
+}
+
+function phaseBadge(r) {
+  const title = r.phase === "soaking" && r.until_ms ? "soaks until " + absolute(r.until_ms) : r.reason || null;
+  return h("span", { class: "badge phase ph-" + r.phase, "data-phase": r.phase, title }, PHASE_LABEL[r.phase] || r.phase);
+}
+
+function verdictBadge(v) {
+  return h("span", { class: "badge verdict v-" + v, "data-verdict": v }, VERDICT_LABEL[v] || v);
+}
+
+/** The latest verdict, its reason, and each metric's on expand (and on hover). */
+function verdictCell(r) {
+  const v = r.verdicts && r.verdicts.length ? r.verdicts[r.verdicts.length - 1] : null;
+  if (!v) {
+    return h("td", { class: "verdict" }, h("span", { class: "empty" },
+      r.phase === "soaking" ? "Soaking: not judged yet" : "No verdict yet"));
+  }
+  const metricText = (m) => `${m.name}: ${VERDICT_LABEL[m.verdict] || m.verdict} (${m.reason})`;
+  const id = r.id;
+  return h("td", { class: "verdict", "data-verdict": v.verdict, "data-wave": v.wave },
+    h("div", { class: "vline", title: v.metrics.map(metricText).join("\n") || null },
+      verdictBadge(v.verdict), " ",
+      h("span", { class: "vwave" }, `wave ${v.wave}`, v.final ? "" : ", during the soak"), " · ", when(v.at_ms)),
+    h("div", { class: "vreason" }, v.reason),
+    v.metrics.length ? h("details", {
+      open: state.rolloutsOpen.has(id),
+      ontoggle: (e) => { if (e.target.open) state.rolloutsOpen.add(id); else state.rolloutsOpen.delete(id); },
+    },
+    h("summary", {}, `${v.metrics.length} metrics · ${unitCount(v.canary_units)} updated against ${v.baseline_units}`),
+    h("ul", { class: "metrics" }, v.metrics.map((m) => h("li", { "data-metric": m.name },
+      verdictBadge(m.verdict), h("strong", {}, m.name), h("span", {}, m.reason))))) : null);
+}
+
+/** How the target narrows its agency's units, if it does. */
+function targetNote(t) {
+  if (!t) return null;
+  const parts = [];
+  if (t.units) parts.push(t.units.length === 1 ? "unit " + t.units[0] : t.units.length + " listed units");
+  if (t.labels) parts.push(labelsText(t.labels));
+  return parts.length ? h("div", { class: "sub" }, parts.join("; ")) : null;
+}
+
+function rolloutRow(r) {
+  const c = r.counts || { issued: 0, applied: 0, failed: 0, reverting: 0, reverted: 0 };
+  const back = [c.reverting && `${c.reverting} reverting`, c.reverted && `${c.reverted} reverted`].filter(Boolean).join(" · ");
+  return h("tr", {
+    class: "rollout ph-" + r.phase + (state.rolloutFlash.has(r.id) ? " flash" : ""), "data-rollout": r.id, "data-phase": r.phase,
+  },
+  h("td", { class: "phase" }, phaseBadge(r), PHASE_WHY.has(r.phase) && r.reason ? h("div", { class: "why" }, r.reason) : null),
+  h("td", { class: "rname" }, h("span", { class: "rollout-name" }, r.name), h("span", { class: "rid" }, r.id)),
+  h("td", { class: "ragency" }, r.target ? r.target.agency : "—", targetNote(r.target)),
+  h("td", { class: "num wave" }, `${r.wave} of ${r.wave_count}`),
+  h("td", { class: "num applied", title: `${c.applied} of the ${c.issued} units issued the change applied it; ${r.target_units} units in the target` },
+    `${c.applied} / ${c.issued}`, h("div", { class: "sub" }, `of ${unitCount(r.target_units)}`),
+    c.failed ? h("div", { class: "stale" }, `${c.failed} failed`) : null,
+    back ? h("div", { class: "sub" }, back) : null),
+  verdictCell(r),
+  h("td", { class: "when opt" }, when(r.updated_ms)),
+  );
+}
+
+function renderRollouts() {
+  const box = $("rollout-list");
+  if (state.rollouts === null) { $("rollouts").hidden = true; return; }
+  $("rollouts").hidden = false;
+  const error = state.rolloutError ? h("p", { class: "error" }, "Could not load rollouts: " + state.rolloutError) : null;
+  if (!state.rollouts.length) {
+    box.replaceChildren(error || h("p", { class: "empty" }, "No rollouts."));
+    return;
+  }
+  box.replaceChildren(...(error ? [error] : []), h("table", {},
+    h("thead", {}, h("tr", {},
+      h("th", {}, "Phase"), h("th", {}, "Rollout"), h("th", {}, "Agency"), h("th", { class: "num" }, "Wave"),
+      h("th", { class: "num" }, "Applied"), h("th", {}, "Latest verdict"), h("th", { class: "opt" }, "Updated"))),
+    h("tbody", {}, state.rollouts.map(rolloutRow))));
+  setTimeout(() => state.rolloutFlash.clear(), 2500);
 }
 
 // ---------------------------------------------------------------- unit view
@@ -780,7 +941,7 @@ async function begin() {
   startStream();
   clearInterval(state.refreshTimer);
   // Last seen and backlog are not on the stream: refresh them quietly.
-  state.refreshTimer = setInterval(() => { refreshUnits(); loadProblems(); }, 30000);
+  state.refreshTimer = setInterval(() => { refreshUnits(); loadProblems(); loadRollouts(); }, 30000);
   const m = location.hash.match(/^#unit=(.+)$/);
   if (m) openDetail(decodeURIComponent(m[1]));
 }
