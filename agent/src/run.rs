@@ -200,9 +200,7 @@ pub async fn run_with(
 ) -> Result<(), RunError> {
     let mut events = Some(events);
     let stats = RunStats::default();
-    // Producers -> the tap (health counters for remote config) -> the uplink.
-    let (tx, tap_rx) = mpsc::channel(cfg.channel_capacity);
-    let (uplink_tx, rx) = mpsc::channel(cfg.channel_capacity);
+    let (tx, rx) = mpsc::channel(cfg.channel_capacity);
     let (stop_tx, stop_rx) = watch::channel(false);
     let interval_ms = cfg.sampling.interval.as_millis().min(u32::MAX as u128) as u32;
 
@@ -239,8 +237,9 @@ pub async fn run_with(
     // No trusted collector key: nothing could ever be freed; refuse to start.
     let trust = crate::trust::load(&cfg.trust, &cfg.data_dir)?;
     // Remote config: the effective configuration to measure with (the
-    // running documents persisted last time, checked again).
-    let start = remote::startup(&cfg, &trust);
+    // running documents persisted last time, checked again; or the last
+    // known good, when the agent keeps restarting within a health window).
+    let start = remote::startup(&cfg, &trust, clock.now_ms());
     let remote_trust = trust.clone();
     let ucfg = UplinkConfig {
         unit: cfg.unit.clone(),
@@ -279,8 +278,6 @@ pub async fn run_with(
     let logind_task = tokio::spawn(power::logind::run(power.clone(), stop_rx.clone()));
 
     let enroll_task = enrolment.map(|e| tokio::spawn(enroll::run(e, stop_rx.clone())));
-    let health = Arc::new(std::sync::Mutex::new(remote::health::Counters::default()));
-    let tap_task = tokio::spawn(tap(tap_rx, uplink_tx, health.clone()));
     let liveness = Arc::new(sample::Liveness::new());
     let measure = Measure {
         tx: tx.clone(),
@@ -299,7 +296,6 @@ pub async fn run_with(
             clock.clone(),
             tx.clone(),
             reconf_tx,
-            health.clone(),
             view.clone(),
             config_view.clone(),
         );
@@ -387,13 +383,16 @@ pub async fn run_with(
     }
     let _ = stop_tx.send(true);
     drop(reconf_rx);
-    if let Some(t) = remote_task {
-        let _ = t.await;
+    if let Some(t) = remote_task
+        && let Ok(r) = t.await
+        && uplink_early.is_none()
+    {
+        // Asked to stop (not the uplink failing): not a crash.
+        r.stopped_cleanly();
     }
     measuring.stop().await;
     drop(measure);
     let _ = status_task.await;
-    let _ = tap_task.await;
     if let Some(t) = watchdog {
         let _ = t.await;
     }
@@ -531,39 +530,6 @@ impl Measuring {
         let sampler = self.sampler;
         let _ = tokio::task::spawn_blocking(move || sampler.stop()).await;
         while self.tasks.join_next().await.is_some() {}
-    }
-}
-
-/// Passes every observation on to the uplink, counting what remote
-/// config's health window judges: probe results, host samples and their
-/// sampler failures. Ends when every producer has stopped.
-async fn tap(
-    mut rx: crate::observation::ObservationRx,
-    tx: crate::observation::ObservationTx,
-    health: Arc<std::sync::Mutex<remote::health::Counters>>,
-) {
-    while let Some(o) = rx.recv().await {
-        {
-            let mut c = health.lock().unwrap_or_else(|e| e.into_inner());
-            match &o.payload {
-                muster_proto::Payload::Probe(p) if p.outcome == muster_proto::Outcome::Ok => {
-                    c.probe_ok += 1;
-                    c.last_probe_ok_ms = Some(o.at_ms);
-                }
-                muster_proto::Payload::Probe(_) => c.probe_failed += 1,
-                muster_proto::Payload::Host(h) => {
-                    c.samples += 1;
-                    c.last_sample_failing = !h.failures.is_empty();
-                    if c.last_sample_failing {
-                        c.samples_failing += 1;
-                    }
-                }
-                _ => {}
-            }
-        }
-        if tx.send(o).await.is_err() {
-            return;
-        }
     }
 }
 

@@ -72,7 +72,13 @@ pub async fn write_loop(
         };
         let body = serde_json::to_vec_pretty(&s).expect("status serialises");
         let path = data_dir.join(STATUS_FILE);
-        match muster_base::fsutil::write_atomic(&path, &body, muster_base::fsutil::Mode::Default) {
+        // Unsynced: rewritten every 5 s and only about the present, so a
+        // write lost to a power cut costs nothing; an fsync each time would.
+        match muster_base::fsutil::write_atomic_unsynced(
+            &path,
+            &body,
+            muster_base::fsutil::Mode::Default,
+        ) {
             Ok(()) => failed = false,
             Err(e) if !failed => {
                 failed = true;
@@ -208,6 +214,54 @@ mod tests {
                 refused: [("bad_signature".to_owned(), 2)].into_iter().collect(),
             },
         }
+    }
+
+    #[tokio::test(start_paused = true)]
+    async fn write_loop_rewrites_the_file_and_says_stopped_as_it_stops() {
+        let dir = muster_testkit::TempDir::new().unwrap();
+        let view = Arc::new(uplink::UplinkView::default());
+        view.connected.store(true, Ordering::Relaxed);
+        view.last_ack_ms.store(49_000, Ordering::Relaxed);
+        view.backlog_records.store(7, Ordering::Relaxed);
+        let clock = muster_base::clock::ManualClock::new(50_000);
+        let (stop_tx, stop_rx) = watch::channel(false);
+        let task = tokio::spawn(write_loop(
+            dir.path().to_owned(),
+            UnitId::new("metro-pd", "car-12").unwrap(),
+            view.clone(),
+            Arc::default(),
+            clock.clone(),
+            stop_rx,
+        ));
+        // The first write is at once.
+        tokio::time::sleep(Duration::from_millis(10)).await;
+        let s = read(dir.path()).unwrap();
+        assert!(s.running && s.connected, "{s:?}");
+        assert_eq!(
+            (
+                s.unit.as_str(),
+                s.updated_ms,
+                s.last_ack_ms,
+                s.backlog_records
+            ),
+            ("metro-pd/car-12", 50_000, Some(49_000), 7)
+        );
+        // Rewritten every 5 s with what the view says then.
+        clock.set(55_000);
+        view.backlog_records.store(9, Ordering::Relaxed);
+        tokio::time::sleep(Duration::from_secs(5)).await;
+        let s = read(dir.path()).unwrap();
+        assert_eq!((s.updated_ms, s.backlog_records), (55_000, 9));
+        // Once more as it stops: not running, not connected.
+        stop_tx.send(true).unwrap();
+        task.await.unwrap();
+        let s = read(dir.path()).unwrap();
+        assert!(!s.running && !s.connected, "{s:?}");
+        let names: Vec<_> = std::fs::read_dir(dir.path())
+            .unwrap()
+            .map(|e| e.unwrap().file_name())
+            .collect();
+        assert_eq!(names, [STATUS_FILE], "no temporary left");
     }
 
     #[test]

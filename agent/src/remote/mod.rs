@@ -40,8 +40,22 @@
 //!   known good.
 //! * **Restart**: the running documents are persisted and, re-verified,
 //!   make the effective config at the next start, before anything is
-//!   measured. A window cut short by a restart is not resumed: the
-//!   documents count as running, not yet last known good.
+//!   measured. So is the open health window ([`store::Window`]: the
+//!   document it is about, when it opened, its length, the starts within
+//!   it), and a restart does not end it: the window is carried over and
+//!   judged on restarts alone ([`health::at_start`]).
+//! * **A crash loop rolls back**: the agent starting
+//!   [`health::CRASH_STARTS`] (3) times within one window (the start that
+//!   applied the document is the first; two unclean restarts after it)
+//!   starts on the last known good instead, persists that, and reports the
+//!   document `rolled_back` ("the agent restarted 2 times within the
+//!   health window of unit v7"); its version stays seen, so it is never
+//!   applied again. One kill -9 or power cut in a window is normal for a
+//!   vehicle terminal and does not roll back. A clean stop (SIGTERM, a
+//!   service stop, the OS going down) is recorded in the window and the
+//!   next start is not counted. A window that ended while the agent was
+//!   down reopens, fresh, for the same document: no running agent has
+//!   watched it whole.
 
 pub mod decide;
 pub mod health;

@@ -1,8 +1,9 @@
 //! What remote config keeps on disk, in `<data_dir>/remote/`: the signed
 //! documents running now (`agency.doc`, `unit.doc`), the last known good
-//! ones (`lkg-agency.doc`, `lkg-unit.doc`) and the highest document seen
-//! per scope (`seen.json`). Documents are kept as received (signed bytes),
-//! so they are verified again at every start. Every write is atomic.
+//! ones (`lkg-agency.doc`, `lkg-unit.doc`), the highest document seen
+//! per scope (`seen.json`) and the open health window (`window.json`, see
+//! [`Window`]). Documents are kept as received (signed bytes), so they are
+//! verified again at every start. Every write is atomic.
 
 use std::path::{Path, PathBuf};
 
@@ -60,6 +61,37 @@ impl Docs {
             DocScopeKind::Unit => self.unit = d,
         }
     }
+}
+
+/// The open health window, persisted so that it survives a restart
+/// (`window.json`): written when a document is applied, updated at each
+/// start and at a clean stop, removed when the window passes or rolls
+/// back. The rule it serves is in [`super::health::at_start`].
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct Window {
+    /// The document the window is about.
+    pub scope: DocScopeKind,
+    pub doc: DocRef,
+    /// When it opened (unix ms, the agent's clock) and how long it is.
+    pub opened_ms: u64,
+    pub window_ms: u64,
+    /// Starts made while it is open; the process that applied the
+    /// document is the first.
+    pub starts: u32,
+    /// The last process stopped in order (SIGTERM, a service stop, the OS
+    /// going down): the next start is not counted.
+    pub clean_stop: bool,
+}
+
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize)]
+struct WindowJson {
+    scope: DocScopeKind,
+    version: u64,
+    hash: [u8; 32],
+    opened_ms: u64,
+    window_ms: u64,
+    starts: u32,
+    clean_stop: bool,
 }
 
 #[derive(Debug, Clone)]
@@ -168,6 +200,56 @@ impl Store {
         })?;
         write_atomic(&p, &body, Mode::Private).map_err(Self::io(&p))
     }
+
+    /// The persisted open health window, if any.
+    pub fn window(&self) -> Result<Option<Window>, StoreError> {
+        let p = self.dir.join("window.json");
+        let j: WindowJson = match std::fs::read(&p) {
+            Ok(b) => serde_json::from_slice(&b).map_err(|error| StoreError::Json {
+                path: p.clone(),
+                error,
+            })?,
+            Err(e) if e.kind() == std::io::ErrorKind::NotFound => return Ok(None),
+            Err(e) => return Err(Self::io(&p)(e)),
+        };
+        Ok(Some(Window {
+            scope: j.scope,
+            doc: DocRef {
+                version: j.version,
+                hash: j.hash,
+            },
+            opened_ms: j.opened_ms,
+            window_ms: j.window_ms,
+            starts: j.starts,
+            clean_stop: j.clean_stop,
+        }))
+    }
+
+    /// Persists the open health window; `None` removes it.
+    pub fn save_window(&self, w: Option<&Window>) -> Result<(), StoreError> {
+        let p = self.dir.join("window.json");
+        let Some(w) = w else {
+            return match std::fs::remove_file(&p) {
+                Ok(()) => Ok(()),
+                Err(e) if e.kind() == std::io::ErrorKind::NotFound => Ok(()),
+                Err(e) => Err(Self::io(&p)(e)),
+            };
+        };
+        let body = serde_json::to_vec(&WindowJson {
+            scope: w.scope,
+            version: w.doc.version,
+            hash: w.doc.hash,
+            opened_ms: w.opened_ms,
+            window_ms: w.window_ms,
+            starts: w.starts,
+            clean_stop: w.clean_stop,
+        })
+        .map_err(|error| StoreError::Json {
+            path: p.clone(),
+            error,
+        })?;
+        write_atomic(&p, &body, Mode::Private).map_err(Self::io(&p))
+    }
 }
 
 #[cfg(test)]
@@ -204,5 +286,40 @@ mod tests {
         // Cleared: the file goes.
         again.save(&Docs::default(), false).unwrap();
         assert!(again.load_raw(false).unwrap().is_empty());
+    }
+
+    #[test]
+    fn the_open_window_survives_a_reopen_and_is_removed() {
+        let dir = muster_testkit::TempDir::new().unwrap();
+        let s = Store::new(dir.path());
+        assert_eq!(s.window().unwrap(), None);
+        // Removing what is not there is nothing.
+        s.save_window(None).unwrap();
+        let w = Window {
+            scope: DocScopeKind::Agency,
+            doc: DocRef {
+                version: 7,
+                hash: [0xab; 32],
+            },
+            opened_ms: 1_700_000_000_123,
+            window_ms: 60_000,
+            starts: 2,
+            clean_stop: true,
+        };
+        s.save_window(Some(&w)).unwrap();
+        assert_eq!(Store::new(dir.path()).window().unwrap(), Some(w));
+        let next = Window {
+            starts: 3,
+            clean_stop: false,
+            ..w
+        };
+        s.save_window(Some(&next)).unwrap();
+        assert_eq!(Store::new(dir.path()).window().unwrap(), Some(next));
+        s.save_window(None).unwrap();
+        assert_eq!(s.window().unwrap(), None);
+        assert!(!dir.path().join("remote").join("window.json").exists());
+        // Unreadable: an error, not a window.
+        std::fs::write(dir.path().join("remote").join("window.json"), b"{").unwrap();
+        assert!(s.window().is_err());
     }
 }

@@ -2,20 +2,19 @@
 //! handed to the run loop to apply ([`Reconfigure`]), reported as
 //! `ConfigStatus` records, watched for a health window, rolled back.
 
-use std::sync::atomic::{AtomicU64, Ordering};
+use std::sync::atomic::AtomicU64;
 use std::sync::{Arc, Mutex};
 use std::time::Duration;
 
 use muster_proto::{
-    ConfigDoc, ConfigState, ConfigStatus, DocRef, DocScopeKind, Payload, RefusalReason,
-    TrustedKeys, UnitId,
+    ConfigDoc, ConfigState, ConfigStatus, DocRef, DocScopeKind, Payload, RefusalReason, TrustedKeys,
 };
 use serde::Serialize;
 use tokio::sync::{mpsc, oneshot, watch};
 
 use super::decide::{self, Effective, Refused};
-use super::health::{self, Baseline, Counters, Verdict};
-use super::store::{Docs, Store};
+use super::health::{self, AtStart, Baseline, Verdict};
+use super::store::{Docs, Store, Window};
 use crate::clock::Clock;
 use crate::config::Config;
 use crate::observation::{Observation, ObservationTx};
@@ -59,6 +58,11 @@ pub struct Startup {
     pub running: Docs,
     pub lkg: Docs,
     pub seen: (Option<DocRef>, Option<DocRef>),
+    /// The health window carried over the restart (this start counted).
+    pub window: Option<Window>,
+    /// Rolled back at this start ([`health::at_start`]): the document and
+    /// why, reported `rolled_back` once the task runs.
+    pub rolled_back: Option<((DocScopeKind, DocRef), String)>,
 }
 
 fn check_stored(
@@ -80,9 +84,12 @@ fn check_stored(
 /// The effective configuration at start: the running documents persisted
 /// last time, verified and merged again; failing that the last known
 /// good; failing that the local config alone. Each fall-back is logged.
-pub fn startup(local: &Config, trusted: &TrustedKeys) -> Startup {
+/// A health window persisted open is carried over, this start counted, or
+/// rolls back to the last known good ([`health::at_start`]); `now_ms` is
+/// the agent's clock.
+pub fn startup(local: &Config, trusted: &TrustedKeys, now_ms: u64) -> Startup {
     let store = Store::new(&local.data_dir);
-    let seen = store.seen().unwrap_or_else(|e| {
+    let mut seen = store.seen().unwrap_or_else(|e| {
         tracing::warn!(error = %e, "Remote config: cannot read the versions seen; starting from none.");
         (None, None)
     });
@@ -94,62 +101,116 @@ pub fn startup(local: &Config, trusted: &TrustedKeys) -> Startup {
             tracing::warn!(error = %e, "Remote config: last known good documents unusable.");
             Docs::default()
         });
-    let local_only = || decide::merge(local, None, None).expect("the local config is valid");
-    if local.remote.allow.is_empty() {
-        return Startup {
-            effective: local_only(),
-            running: Docs::default(),
-            lkg: Docs::default(),
-            seen,
-        };
-    }
-    let running = store
-        .load_raw(false)
-        .map_err(|e| e.to_string())
-        .and_then(|raw| check_stored(raw, local, trusted));
+    // (effective, running, last known good)
+    let local_only = || {
+        let effective = decide::merge(local, None, None).expect("the local config is valid");
+        (effective, Docs::default(), Docs::default())
+    };
     let attempt = |docs: &Docs| {
         decide::merge(local, docs.agency.as_ref(), docs.unit.as_ref()).map_err(|e| e.to_string())
     };
-    match running.and_then(|d| attempt(&d).map(|e| (d, e))) {
-        Ok((running, effective)) => Startup {
-            effective,
-            running,
-            lkg,
-            seen,
-        },
-        Err(e) => {
-            tracing::warn!(error = %e, "Remote config: running documents unusable; starting on the last known good.");
-            match attempt(&lkg) {
-                Ok(effective) => Startup {
-                    effective,
-                    running: lkg.clone(),
-                    lkg,
-                    seen,
-                },
-                Err(e) => {
-                    tracing::warn!(error = %e, "Remote config: last known good unusable; starting on the local config.");
-                    Startup {
-                        effective: local_only(),
-                        running: Docs::default(),
-                        lkg: Docs::default(),
-                        seen,
+    let (mut effective, mut running, mut lkg) = if local.remote.allow.is_empty() {
+        local_only()
+    } else {
+        let running = store
+            .load_raw(false)
+            .map_err(|e| e.to_string())
+            .and_then(|raw| check_stored(raw, local, trusted));
+        match running.and_then(|d| attempt(&d).map(|e| (d, e))) {
+            Ok((running, effective)) => (effective, running, lkg),
+            Err(e) => {
+                tracing::warn!(error = %e, "Remote config: running documents unusable; starting on the last known good.");
+                match attempt(&lkg) {
+                    Ok(effective) => (effective, lkg.clone(), lkg),
+                    Err(e) => {
+                        tracing::warn!(error = %e, "Remote config: last known good unusable; starting on the local config.");
+                        local_only()
                     }
                 }
             }
         }
+    };
+    // The health window left open by the last process. Remote config off:
+    // left as it is, for when it is on again.
+    let persisted = if local.remote.allow.is_empty() {
+        None
+    } else {
+        store.window().unwrap_or_else(|e| {
+            tracing::warn!(error = %e, "Remote config: the persisted health window is unreadable; dropped.");
+            let _ = store.save_window(None);
+            None
+        })
+    };
+    let mut window = None;
+    let mut rolled_back = None;
+    if let Some(w) = persisted {
+        let save = |w: Option<&Window>| {
+            if let Err(e) = store.save_window(w) {
+                tracing::error!(error = %e, "Remote config: cannot persist the health window.");
+            }
+        };
+        if running.get(w.scope).map(decide::doc_ref) != Some(w.doc) {
+            // The document it was about does not run (it no longer
+            // verifies, say): nothing to watch.
+            tracing::info!(scope = ?w.scope, version = w.doc.version, "Remote config: the persisted health window is about a document not running; dropped.");
+            save(None);
+        } else {
+            let window_ms = local.remote.health_window.as_millis() as u64;
+            match health::at_start(&w, now_ms, window_ms) {
+                AtStart::Watch(next) => {
+                    tracing::info!(scope = ?next.scope, version = next.doc.version, starts = next.starts, until_ms = next.opened_ms.saturating_add(next.window_ms), "Remote config: a health window is open; watching it again.");
+                    save(Some(&next));
+                    window = Some(next);
+                }
+                AtStart::RollBack(reason) => {
+                    tracing::warn!(%reason, "Remote config: restarting in a loop within a health window; starting on the last known good.");
+                    (effective, running, lkg) = match attempt(&lkg) {
+                        Ok(effective) => (effective, lkg.clone(), lkg),
+                        Err(e) => {
+                            tracing::warn!(error = %e, "Remote config: last known good unusable; starting on the local config.");
+                            local_only()
+                        }
+                    };
+                    if let Err(e) = store.save(&running, false) {
+                        tracing::error!(error = %e, "Remote config: cannot persist the rollback.");
+                    }
+                    // Never applied again, even were the version seen lost.
+                    let seen_k = match w.scope {
+                        DocScopeKind::Agency => &mut seen.0,
+                        DocScopeKind::Unit => &mut seen.1,
+                    };
+                    if seen_k.is_none_or(|s| s.version < w.doc.version) {
+                        *seen_k = Some(w.doc);
+                        if let Err(e) = store.save_seen(seen.0, seen.1) {
+                            tracing::error!(error = %e, "Remote config: cannot persist the versions seen.");
+                        }
+                    }
+                    save(None);
+                    rolled_back = Some(((w.scope, w.doc), reason));
+                }
+            }
+        }
+    }
+    Startup {
+        effective,
+        running,
+        lkg,
+        seen,
+        window,
+        rolled_back,
     }
 }
 
 /// The task's state.
 pub struct Remote {
     local: Config,
-    unit: UnitId,
     trusted: TrustedKeys,
     store: Store,
     clock: Arc<dyn Clock>,
     tx: ObservationTx,
     reconf: mpsc::Sender<Reconfigure>,
-    counters: Arc<Mutex<Counters>>,
+    /// The uplink's view: the last ack and the counts the health window
+    /// judges ([`crate::uplink::UplinkView::health`]).
     uplink: Arc<crate::uplink::UplinkView>,
     view: Arc<Mutex<ConfigView>>,
     running: Docs,
@@ -157,9 +218,12 @@ pub struct Remote {
     lkg: Docs,
     seen_agency: Option<DocRef>,
     seen_unit: Option<DocRef>,
-    /// An open health window: its baseline, the documents before it (to
-    /// roll back to: the last known good) and the document it is about.
-    window: Option<(Baseline, (DocScopeKind, DocRef))>,
+    /// An open health window: its baseline and what is persisted of it
+    /// (the document it is about, the starts within it). Rolling back goes
+    /// to the last known good.
+    window: Option<(Baseline, Window)>,
+    /// Rolled back at start, to report first.
+    rolled_back: Option<((DocScopeKind, DocRef), String)>,
     refused: [u64; RefusalReason::ALL.len()],
 }
 
@@ -172,19 +236,16 @@ impl Remote {
         clock: Arc<dyn Clock>,
         tx: ObservationTx,
         reconf: mpsc::Sender<Reconfigure>,
-        counters: Arc<Mutex<Counters>>,
         uplink: Arc<crate::uplink::UplinkView>,
         view: Arc<Mutex<ConfigView>>,
     ) -> Remote {
         Remote {
-            unit: local.unit.clone(),
             store: Store::new(&local.data_dir),
             local,
             trusted,
             clock,
             tx,
             reconf,
-            counters,
             uplink,
             view,
             running_hash: start.effective.hash,
@@ -192,16 +253,41 @@ impl Remote {
             lkg: start.lkg,
             seen_agency: start.seen.0,
             seen_unit: start.seen.1,
-            window: None,
+            window: start
+                .window
+                .map(|w| (health::carried(w.opened_ms, w.window_ms), w)),
+            rolled_back: start.rolled_back,
             refused: [0; RefusalReason::ALL.len()],
         }
     }
 
-    fn counters(&self) -> Counters {
-        let mut c = *self.counters.lock().unwrap_or_else(|e| e.into_inner());
-        let ack = self.uplink.last_ack_ms.load(Ordering::Relaxed);
-        c.last_ack_ms = (ack > 0).then_some(ack);
-        c
+    /// Opens (`Some`) or closes the health window, persisted.
+    fn set_window(&mut self, w: Option<(Baseline, Window)>) {
+        if let Err(e) = self.store.save_window(w.as_ref().map(|(_, w)| w)) {
+            tracing::error!(error = %e, "Remote config: cannot persist the health window; a crash loop within it would not roll back.");
+        }
+        self.window = w;
+    }
+
+    /// The agent is stopping in order (a terminate asked for, not the
+    /// uplink failing): the next start, within an open health window, is
+    /// not counted as a crash.
+    pub fn stopped_cleanly(&self) {
+        let Some((_, w)) = &self.window else {
+            return;
+        };
+        let w = Window {
+            clean_stop: true,
+            ..*w
+        };
+        match self.store.save_window(Some(&w)) {
+            Ok(()) => {
+                tracing::debug!("Remote config: clean stop recorded in the open health window.")
+            }
+            Err(e) => {
+                tracing::warn!(error = %e, "Remote config: cannot record the clean stop; the next start counts as a crash.")
+            }
+        }
     }
 
     fn origin(&self) -> String {
@@ -238,7 +324,7 @@ impl Remote {
             v.watching_until_ms = self
                 .window
                 .as_ref()
-                .map(|(b, _)| b.applied_ms + b.window_ms);
+                .map(|(b, _)| b.applied_ms.saturating_add(b.window_ms));
             v.refused = RefusalReason::ALL
                 .iter()
                 .zip(self.refused)
@@ -329,10 +415,10 @@ impl Remote {
     }
 
     async fn on_doc(&mut self, k: DocScopeKind, bytes: Vec<u8>) {
-        let checked = decide::check(&bytes, k, &self.unit, &self.trusted, self.seen(k));
+        let checked = decide::check(&bytes, k, &self.local.unit, &self.trusted, self.seen(k));
         let checked = match checked {
             Err(e) if e.reason == RefusalReason::UntrustedKey && self.reload_trust() => {
-                decide::check(&bytes, k, &self.unit, &self.trusted, self.seen(k))
+                decide::check(&bytes, k, &self.local.unit, &self.trusted, self.seen(k))
             }
             other => other,
         };
@@ -376,7 +462,17 @@ impl Remote {
         }
         let now = self.clock.now_ms();
         let window_ms = self.local.remote.health_window.as_millis() as u64;
-        self.window = Some((health::baseline(&self.counters(), now, window_ms), (k, r)));
+        self.set_window(Some((
+            health::baseline(&self.uplink.health(), now, window_ms),
+            Window {
+                scope: k,
+                doc: r,
+                opened_ms: now,
+                window_ms,
+                starts: 1,
+                clean_stop: false,
+            },
+        )));
         tracing::info!(scope = ?k, version = r.version, hash = %muster_proto::sign::hex_of(&r.hash), origin = %self.origin(), "Remote config applied; watching its health.");
         self.report(Some((k, r)), ConfigState::Applied);
     }
@@ -392,13 +488,14 @@ impl Remote {
     }
 
     async fn judge(&mut self) {
-        let Some((b, about)) = self.window else {
+        let Some((b, w)) = self.window else {
             return;
         };
-        match health::judge(&b, &self.counters(), self.clock.now_ms()) {
+        let about = (w.scope, w.doc);
+        match health::judge(&b, &self.uplink.health(), self.clock.now_ms()) {
             Verdict::Watching => {}
             Verdict::Healthy => {
-                self.window = None;
+                self.set_window(None);
                 self.lkg = self.running.clone();
                 if let Err(e) = self.store.save(&self.lkg, true) {
                     tracing::error!(error = %e, "Remote config: cannot persist the last known good.");
@@ -408,6 +505,8 @@ impl Remote {
                 v.watching_until_ms = None;
             }
             Verdict::Regressed(reason) => {
+                // The persisted window goes once the rollback is: a crash
+                // before then still counts against the document.
                 self.window = None;
                 let lkg = self.lkg.clone();
                 let back = decide::merge(&self.local, lkg.agency.as_ref(), lkg.unit.as_ref());
@@ -439,29 +538,363 @@ impl Remote {
                         );
                     }
                 }
+                self.set_window(None);
             }
         }
     }
 
-    /// Runs until `stop`: reports the running configuration, then takes
-    /// documents and judges health windows.
+    /// Runs until `stop`: reports the running configuration (or the
+    /// rollback made at start), then takes documents and judges health
+    /// windows. Returns itself, for [`Remote::stopped_cleanly`].
     pub async fn run(
         mut self,
         mut docs: mpsc::Receiver<(DocScopeKind, Vec<u8>)>,
         mut stop: watch::Receiver<bool>,
-    ) {
-        self.report(None, ConfigState::Applied);
+    ) -> Remote {
+        match self.rolled_back.take() {
+            Some((about, reason)) => self.report(Some(about), ConfigState::RolledBack { reason }),
+            None => self.report(None, ConfigState::Applied),
+        }
         let mut tick = tokio::time::interval(Duration::from_secs(1));
         tick.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
         loop {
             tokio::select! {
                 d = docs.recv() => match d {
                     Some((k, bytes)) => self.on_doc(k, bytes).await,
-                    None => return,
+                    None => return self,
                 },
                 _ = tick.tick() => self.judge().await,
-                _ = crate::probe::schedule::stopped(&mut stop) => return,
+                _ = crate::probe::schedule::stopped(&mut stop) => return self,
             }
         }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use muster_proto::{DocScope, SigningKey, UnitId, sign};
+
+    use muster_base::clock::ManualClock;
+
+    const T0: u64 = 1_700_000_000_000;
+
+    fn key() -> SigningKey {
+        SigningKey::from_seed(&[9; 32])
+    }
+
+    fn local(dir: &std::path::Path, allow: &str) -> Config {
+        let text = format!(
+            "agency = \"metro-pd\"\nunit_id = \"car-12\"\ndata_dir = {dir:?}\n\
+             [mqtt]\nurl = \"mqtt://127.0.0.1:1883\"\n\
+             [trust]\ncollector_keys = [\"{}\"]\n\
+             [remote]\nallow = [{allow}]\n\
+             [sampling]\ninterval = \"5s\"\n",
+            key().public_key()
+        );
+        Config::parse(&text).unwrap()
+    }
+
+    fn trusted() -> TrustedKeys {
+        let mut t = TrustedKeys::new();
+        t.insert(key().public_key()).unwrap();
+        t
+    }
+
+    fn unit_docs(version: u64, interval: &str) -> Docs {
+        let unit = UnitId::new("metro-pd", "car-12").unwrap();
+        let body = format!("[sampling]\ninterval = \"{interval}\"\n");
+        Docs {
+            agency: None,
+            unit: Some(sign::sign_config(
+                &key(),
+                DocScope::Unit { unit },
+                version,
+                1,
+                body,
+            )),
+        }
+    }
+
+    /// Each fall-back of [`startup`]: the running documents, the last
+    /// known good, the local config; and remote config off.
+    #[test]
+    fn startup_falls_back_running_then_last_known_good_then_local() {
+        let dir = muster_testkit::TempDir::new().unwrap();
+        let store = Store::new(dir.path());
+        let (running, lkg) = (unit_docs(2, "10s"), unit_docs(1, "20s"));
+        store.save(&running, false).unwrap();
+        store.save(&lkg, true).unwrap();
+        let seen = DocRef {
+            version: 2,
+            hash: sign::config_hash(running.unit.as_ref().unwrap()),
+        };
+        store.save_seen(None, Some(seen)).unwrap();
+        let on = local(dir.path(), "\"sampling\"");
+        let interval = |s: &Startup| s.effective.config.sampling.interval.as_secs();
+
+        let s = startup(&on, &trusted(), T0);
+        assert_eq!(
+            (interval(&s), &s.running, &s.lkg, s.seen),
+            (10, &running, &lkg, (None, Some(seen)))
+        );
+
+        // Remote config off: the local config alone, whatever is stored.
+        let s = startup(&local(dir.path(), ""), &trusted(), T0);
+        assert_eq!(
+            (interval(&s), &s.running, &s.lkg, s.seen),
+            (5, &Docs::default(), &Docs::default(), (None, Some(seen)))
+        );
+
+        // The running documents no longer verify: the last known good.
+        let running_file = dir.path().join("remote").join("unit.doc");
+        std::fs::write(&running_file, b"garbage").unwrap();
+        let s = startup(&on, &trusted(), T0);
+        assert_eq!((interval(&s), &s.running, &s.lkg), (20, &lkg, &lkg));
+
+        // Neither does the last known good: the local config.
+        std::fs::write(dir.path().join("remote").join("lkg-unit.doc"), b"garbage").unwrap();
+        let s = startup(&on, &trusted(), T0);
+        assert_eq!(
+            (interval(&s), &s.running, &s.lkg),
+            (5, &Docs::default(), &Docs::default())
+        );
+    }
+
+    fn unit_ref(d: &Docs) -> DocRef {
+        decide::doc_ref(d.unit.as_ref().unwrap())
+    }
+
+    /// What a persisted window does at [`startup`] where it is not about
+    /// the running documents, and with remote config off.
+    #[test]
+    fn startup_drops_a_window_about_another_document_and_keeps_it_with_remote_off() {
+        let dir = muster_testkit::TempDir::new().unwrap();
+        let store = Store::new(dir.path());
+        let running = unit_docs(2, "10s");
+        store.save(&running, false).unwrap();
+        let w = Window {
+            scope: DocScopeKind::Unit,
+            doc: unit_ref(&running),
+            opened_ms: T0,
+            window_ms: 60_000,
+            starts: 1,
+            clean_stop: false,
+        };
+        store.save_window(Some(&w)).unwrap();
+        // Off: untouched, not counted.
+        let s = startup(&local(dir.path(), ""), &trusted(), T0 + 1_000);
+        assert_eq!((s.window, &s.rolled_back), (None, &None));
+        assert_eq!(store.window().unwrap(), Some(w));
+        // About another version of the unit's document: dropped.
+        let other = Window {
+            doc: unit_ref(&unit_docs(3, "10s")),
+            ..w
+        };
+        store.save_window(Some(&other)).unwrap();
+        let on = local(dir.path(), "\"sampling\"");
+        let s = startup(&on, &trusted(), T0 + 1_000);
+        assert_eq!(
+            (s.window, &s.rolled_back, &s.running),
+            (None, &None, &running)
+        );
+        assert_eq!(store.window().unwrap(), None);
+        // Unreadable: dropped too.
+        std::fs::write(dir.path().join("remote").join("window.json"), b"[").unwrap();
+        let s = startup(&on, &trusted(), T0 + 1_000);
+        assert_eq!((s.window, &s.running), (None, &running));
+        assert_eq!(store.window().unwrap(), None);
+    }
+
+    /// The running task, where documents go, its stop, what it reports.
+    type Running = (
+        tokio::task::JoinHandle<Remote>,
+        mpsc::Sender<(DocScopeKind, Vec<u8>)>,
+        watch::Sender<bool>,
+        mpsc::Receiver<Observation>,
+    );
+
+    /// The task with the run loop's side answering every reconfiguration.
+    fn task(on: &Config, start: Startup, clock: Arc<ManualClock>) -> Running {
+        let (tx, rx) = mpsc::channel(64);
+        let (reconf_tx, mut reconf_rx) = mpsc::channel::<Reconfigure>(1);
+        tokio::spawn(async move {
+            while let Some(r) = reconf_rx.recv().await {
+                let _ = r.done.send(Ok(()));
+            }
+        });
+        let r = Remote::new(
+            on.clone(),
+            trusted(),
+            start,
+            clock,
+            tx,
+            reconf_tx,
+            Arc::default(),
+            Arc::default(),
+        );
+        let (docs_tx, docs_rx) = mpsc::channel(8);
+        let (stop_tx, stop_rx) = watch::channel(false);
+        (tokio::spawn(r.run(docs_rx, stop_rx)), docs_tx, stop_tx, rx)
+    }
+
+    async fn next_step(rx: &mut mpsc::Receiver<Observation>) -> ConfigStatus {
+        match rx.recv().await.expect("a step").payload {
+            Payload::Config(c) => c,
+            other => panic!("{other:?}"),
+        }
+    }
+
+    /// The health window across restarts: persisted when a document
+    /// applies, counted at each start, not counted after a clean stop,
+    /// and at the third counted start the last known good runs, the
+    /// document is reported rolled back and is never applied again.
+    #[tokio::test(start_paused = true)]
+    async fn a_crash_loop_within_the_health_window_rolls_back_at_start() {
+        let dir = muster_testkit::TempDir::new().unwrap();
+        let store = Store::new(dir.path());
+        let lkg = unit_docs(1, "20s");
+        store.save(&lkg, false).unwrap();
+        store.save(&lkg, true).unwrap();
+        store.save_seen(None, Some(unit_ref(&lkg))).unwrap();
+        let on = local(dir.path(), "\"sampling\"");
+        let lkg_hash = startup(&on, &trusted(), T0).effective.hash;
+
+        // Start 1: v2 arrives and applies; its window is persisted.
+        let (t, docs, _stop, mut rx) =
+            task(&on, startup(&on, &trusted(), T0), ManualClock::new(T0));
+        assert_eq!(next_step(&mut rx).await.state, ConfigState::Applied);
+        let v2 = unit_docs(2, "10s");
+        let v2_bytes = muster_proto::encode_config(v2.unit.as_ref().unwrap()).unwrap();
+        docs.send((DocScopeKind::Unit, v2_bytes.clone()))
+            .await
+            .unwrap();
+        assert_eq!(next_step(&mut rx).await.state, ConfigState::Applying);
+        let applied = next_step(&mut rx).await;
+        assert_eq!(applied.state, ConfigState::Applied);
+        let w = Window {
+            scope: DocScopeKind::Unit,
+            doc: unit_ref(&v2),
+            opened_ms: T0,
+            window_ms: 300_000,
+            starts: 1,
+            clean_stop: false,
+        };
+        assert_eq!(store.window().unwrap(), Some(w));
+        // kill -9: nothing more is written.
+        t.abort();
+
+        // Start 2, 10 s later: v2 runs, the window carried, counted.
+        let s = startup(&on, &trusted(), T0 + 10_000);
+        assert_eq!((&s.running, &s.rolled_back), (&v2, &None));
+        let carried = Window { starts: 2, ..w };
+        assert_eq!(
+            (s.window, store.window().unwrap()),
+            (Some(carried), Some(carried))
+        );
+        // ... stopped cleanly (SIGTERM): recorded.
+        let (t, _docs, stop, mut rx) = task(&on, s, ManualClock::new(T0 + 10_000));
+        let first = next_step(&mut rx).await;
+        assert_eq!((first.doc, first.running_unit), (None, Some(unit_ref(&v2))));
+        stop.send(true).unwrap();
+        t.await.unwrap().stopped_cleanly();
+        let clean = Window {
+            clean_stop: true,
+            ..carried
+        };
+        assert_eq!(store.window().unwrap(), Some(clean));
+
+        // Start 3: after a clean stop, not counted.
+        let s = startup(&on, &trusted(), T0 + 20_000);
+        assert_eq!((&s.running, s.window), (&v2, Some(carried)));
+        // kill -9 again (no clean stop recorded). Start 4: the third
+        // counted start within the window: the last known good.
+        let s = startup(&on, &trusted(), T0 + 30_000);
+        let reason = "the agent restarted 2 times within the health window of unit v2";
+        assert_eq!(
+            (&s.running, &s.lkg, s.window, s.effective.hash),
+            (&lkg, &lkg, None, lkg_hash)
+        );
+        assert_eq!(
+            s.rolled_back,
+            Some(((DocScopeKind::Unit, unit_ref(&v2)), reason.to_owned()))
+        );
+        assert_eq!(s.effective.config.sampling.interval.as_secs(), 20);
+        // Persisted: the next start is on the last known good, no window.
+        assert_eq!(store.window().unwrap(), None);
+        let again = startup(&on, &trusted(), T0 + 31_000);
+        assert_eq!(
+            (&again.running, again.window, &again.rolled_back),
+            (&lkg, None, &None)
+        );
+        assert_eq!(again.seen.1, Some(unit_ref(&v2)));
+
+        // Reported, as a record, for v2, running the last known good.
+        let (_t, docs, _stop, mut rx) = task(&on, s, ManualClock::new(T0 + 30_000));
+        let back = next_step(&mut rx).await;
+        assert_eq!(
+            back,
+            ConfigStatus {
+                doc: Some((DocScopeKind::Unit, unit_ref(&v2))),
+                state: ConfigState::RolledBack {
+                    reason: reason.to_owned()
+                },
+                running: lkg_hash,
+                running_agency: None,
+                running_unit: Some(unit_ref(&lkg)),
+            }
+        );
+        // v2 again (retained, redelivered): nothing; v3 applies.
+        docs.send((DocScopeKind::Unit, v2_bytes)).await.unwrap();
+        let v3 = unit_docs(3, "30s");
+        let v3_bytes = muster_proto::encode_config(v3.unit.as_ref().unwrap()).unwrap();
+        docs.send((DocScopeKind::Unit, v3_bytes)).await.unwrap();
+        let next = next_step(&mut rx).await;
+        assert_eq!(
+            (next.doc, next.state),
+            (
+                Some((DocScopeKind::Unit, unit_ref(&v3))),
+                ConfigState::Applying
+            )
+        );
+    }
+
+    /// A window carried over a restart ends when it would have: still up
+    /// then, the documents become the last known good and the persisted
+    /// window goes.
+    #[tokio::test(start_paused = true)]
+    async fn a_carried_window_passes_at_its_end() {
+        let dir = muster_testkit::TempDir::new().unwrap();
+        let store = Store::new(dir.path());
+        let v2 = unit_docs(2, "10s");
+        store.save(&v2, false).unwrap();
+        let w = Window {
+            scope: DocScopeKind::Unit,
+            doc: unit_ref(&v2),
+            opened_ms: T0,
+            window_ms: 60_000,
+            starts: 1,
+            clean_stop: false,
+        };
+        store.save_window(Some(&w)).unwrap();
+        let on = local(dir.path(), "\"sampling\"");
+        let s = startup(&on, &trusted(), T0 + 50_000);
+        assert_eq!(s.window, Some(Window { starts: 2, ..w }));
+        let clock = ManualClock::new(T0 + 50_000);
+        let (_t, _docs, _stop, mut rx) = task(&on, s, clock.clone());
+        next_step(&mut rx).await;
+        tokio::time::sleep(Duration::from_secs(3)).await;
+        assert!(store.window().unwrap().is_some(), "still open");
+        assert!(store.load_raw(true).unwrap().is_empty());
+        clock.set(T0 + 60_000);
+        tokio::time::sleep(Duration::from_secs(2)).await;
+        assert_eq!(store.window().unwrap(), None);
+        assert_eq!(
+            store.load_raw(true).unwrap(),
+            vec![(
+                DocScopeKind::Unit,
+                muster_proto::encode_config(v2.unit.as_ref().unwrap()).unwrap()
+            )]
+        );
     }
 }

@@ -23,6 +23,8 @@
 //!   (`crate::trust`).
 //! * An `AgentStatus` heartbeat record every `heartbeat_interval`, with
 //!   the measuring side's `observations_dropped`.
+//! * Every observation taken is counted for remote config's health window
+//!   ([`Taken`], shown in [`UplinkView`]): no hop or lock on the way.
 //! * Departures ([`Control`], from `crate::power`): `Depart{reason}` takes
 //!   what is queued, records a `Payload::Presence{online: false, reason}`
 //!   (buffered, numbered and acked like every record), publishes it live
@@ -112,7 +114,8 @@ pub struct Hooks {
 }
 
 /// The uplink's state as others read it: connected, the backlog, the last
-/// verified ack (unix ms, 0: none yet).
+/// verified ack (unix ms, 0: none yet), and what it took from the
+/// measuring side.
 #[derive(Debug, Default)]
 pub struct UplinkView {
     pub connected: std::sync::atomic::AtomicBool,
@@ -120,6 +123,72 @@ pub struct UplinkView {
     pub backlog_bytes: std::sync::atomic::AtomicU64,
     pub last_ack_ms: std::sync::atomic::AtomicU64,
     pub reconnects: std::sync::atomic::AtomicU64,
+    pub taken: Taken,
+}
+
+/// What remote config's health window judges (`crate::remote::health`),
+/// counted as the uplink takes each observation to the disk buffer
+/// ([`Taken::count`]): probe results passed and failed, host samples and
+/// those with sampler failures. Monotonic; one writer (the uplink), read
+/// by remote config through [`UplinkView::health`]. Times are unix ms, 0:
+/// none yet.
+#[derive(Debug, Default)]
+pub struct Taken {
+    pub probe_ok: std::sync::atomic::AtomicU64,
+    pub probe_failed: std::sync::atomic::AtomicU64,
+    pub last_probe_ok_ms: std::sync::atomic::AtomicU64,
+    pub samples: std::sync::atomic::AtomicU64,
+    pub samples_failing: std::sync::atomic::AtomicU64,
+    pub last_sample_failing: std::sync::atomic::AtomicBool,
+}
+
+impl Taken {
+    /// Counts one observation (any payload; only probe results and host
+    /// samples count).
+    pub fn count(&self, at_ms: u64, payload: &Payload) {
+        use std::sync::atomic::Ordering::{Relaxed, Release};
+        match payload {
+            Payload::Probe(p) if p.outcome == muster_proto::Outcome::Ok => {
+                self.last_probe_ok_ms.store(at_ms, Relaxed);
+                self.probe_ok.fetch_add(1, Relaxed);
+            }
+            Payload::Probe(_) => {
+                self.probe_failed.fetch_add(1, Relaxed);
+            }
+            Payload::Host(h) => {
+                let failing = !h.failures.is_empty();
+                self.samples.fetch_add(1, Relaxed);
+                self.last_sample_failing.store(failing, Relaxed);
+                if failing {
+                    // Release after `samples`: a reader that sees this
+                    // failing sample sees it counted in `samples` too.
+                    self.samples_failing.fetch_add(1, Release);
+                }
+            }
+            _ => {}
+        }
+    }
+}
+
+impl UplinkView {
+    /// The counters remote config's health window judges, now.
+    pub fn health(&self) -> crate::remote::health::Counters {
+        use std::sync::atomic::Ordering::{Acquire, Relaxed};
+        let t = &self.taken;
+        let some = |ms: u64| (ms > 0).then_some(ms);
+        // `samples_failing` first (see `Taken::count`): never more failing
+        // samples than samples.
+        let samples_failing = t.samples_failing.load(Acquire);
+        crate::remote::health::Counters {
+            probe_ok: t.probe_ok.load(Relaxed),
+            probe_failed: t.probe_failed.load(Relaxed),
+            last_probe_ok_ms: some(t.last_probe_ok_ms.load(Relaxed)),
+            samples: t.samples.load(Relaxed),
+            samples_failing,
+            last_sample_failing: t.last_sample_failing.load(Relaxed),
+            last_ack_ms: some(self.last_ack_ms.load(Relaxed)),
+        }
+    }
 }
 
 /// The default `power.announce_timeout`: fits logind's default
@@ -481,7 +550,10 @@ impl Uplink {
     }
 
     /// Stamps and buffers one observation; its buffer key when stored.
+    /// Every observation is counted for remote config's health window
+    /// first ([`Taken`]), whatever the buffer then does with it.
     fn record(&mut self, at_ms: u64, payload: Payload) -> Option<u64> {
+        self.view.taken.count(at_ms, &payload);
         let rec = Record {
             boot: self.boot,
             seq: self.seq + 1,

@@ -221,3 +221,149 @@ timeout = "1s"
     let _ = sub.wait();
     let _ = std::fs::remove_dir_all(&dir);
 }
+
+/// The health window across restarts, with the built binary: a SIGTERM
+/// within it is a clean stop and the next start is not counted; after two
+/// kill -9s (three counted starts, the one that applied the document the
+/// first) the agent starts on the last known good and says why.
+#[test]
+fn restarts_within_a_health_window_count_unless_stopped_cleanly() {
+    use muster_agent::remote::store::{Docs, Store, Window};
+    use muster_proto::{DocRef, DocScope, DocScopeKind, UnitId, encode_config, sign};
+
+    let dir = servers::scratch("window");
+    let closed = std::net::TcpListener::bind("127.0.0.1:0")
+        .unwrap()
+        .local_addr()
+        .unwrap()
+        .port();
+    let cfg = dir.join("agent.toml");
+    std::fs::write(
+        &cfg,
+        format!(
+            "agency = \"metro-fire\"\nunit_id = \"E12\"\ndata_dir = {:?}\n\
+             [mqtt]\nurl = \"mqtt://127.0.0.1:{closed}\"\n{}\
+             [remote]\nallow = [\"sampling\"]\nhealth_window = \"60s\"\n",
+            dir.display().to_string(),
+            muster_testkit::agent_trust_toml(),
+        ),
+    )
+    .unwrap();
+    // v1 passed its window (the last known good); v2 applied just now.
+    let doc = |version: u64, interval: &str| {
+        sign::sign_config(
+            &muster_testkit::test_collector_key(),
+            DocScope::Unit {
+                unit: UnitId::new("metro-fire", "E12").unwrap(),
+            },
+            version,
+            1,
+            format!("[sampling]\ninterval = \"{interval}\"\n"),
+        )
+    };
+    let (v1, v2) = (doc(1, "3s"), doc(2, "2s"));
+    let v2_ref = DocRef {
+        version: 2,
+        hash: sign::config_hash(&v2),
+    };
+    let store = Store::new(&dir);
+    let unit = |d: &muster_proto::ConfigDoc| Docs {
+        agency: None,
+        unit: Some(d.clone()),
+    };
+    store.save(&unit(&v1), true).unwrap();
+    store.save(&unit(&v2), false).unwrap();
+    store.save_seen(None, Some(v2_ref)).unwrap();
+    let applied = Window {
+        scope: DocScopeKind::Unit,
+        doc: v2_ref,
+        opened_ms: muster_agent::clock::unix_ms_now(),
+        window_ms: 60_000,
+        starts: 1,
+        clean_stop: false,
+    };
+    store.save_window(Some(&applied)).unwrap();
+
+    let notify_path = dir.join("notify.sock");
+    let notify = UnixDatagram::bind(&notify_path).unwrap();
+    let start = || {
+        let agent = Command::new(BIN)
+            .args(["run", "--config"])
+            .arg(&cfg)
+            .env("NOTIFY_SOCKET", &notify_path)
+            .env_remove("WATCHDOG_USEC")
+            .stdin(Stdio::null())
+            .stdout(Stdio::null())
+            .stderr(Stdio::null())
+            .spawn()
+            .unwrap();
+        wait_notify(&notify, "READY=1", Duration::from_secs(10));
+        agent
+    };
+    let stop = |mut agent: std::process::Child| {
+        muster_testkit::signal(agent.id(), "TERM");
+        let st = muster_testkit::eventually_blocking(
+            "the agent's exit on SIGTERM",
+            Duration::from_secs(20),
+            || agent.try_wait().unwrap(),
+        );
+        assert!(st.success(), "{st}");
+    };
+    let kill9 = |mut agent: std::process::Child| {
+        agent.kill().unwrap();
+        agent.wait().unwrap();
+    };
+    let running = || store.load_raw(false).unwrap();
+
+    // Start 2: counted; then SIGTERM: recorded as a clean stop.
+    let agent = start();
+    let counted = Window {
+        starts: 2,
+        ..applied
+    };
+    assert_eq!(store.window().unwrap(), Some(counted));
+    stop(agent);
+    let clean = Window {
+        clean_stop: true,
+        ..counted
+    };
+    assert_eq!(store.window().unwrap(), Some(clean));
+
+    // The next start is not counted; kill -9 records nothing.
+    let agent = start();
+    assert_eq!(store.window().unwrap(), Some(counted));
+    kill9(agent);
+    assert_eq!(store.window().unwrap(), Some(counted));
+    assert_eq!(
+        running(),
+        vec![(DocScopeKind::Unit, encode_config(&v2).unwrap())]
+    );
+
+    // The third counted start: the last known good, persisted; the window
+    // is gone; the status says why.
+    let agent = start();
+    assert_eq!(store.window().unwrap(), None);
+    assert_eq!(
+        running(),
+        vec![(DocScopeKind::Unit, encode_config(&v1).unwrap())]
+    );
+    let status = muster_testkit::eventually_blocking(
+        "the status shows the rollback",
+        Duration::from_secs(10),
+        || {
+            muster_agent::status::read(&dir)
+                .ok()
+                .filter(|s| s.config.last_state == "rolled_back")
+        },
+    );
+    assert_eq!(status.config.origin, "unit v1", "{status:?}");
+    assert_eq!(
+        status.config.last_reason.as_deref(),
+        Some("the agent restarted 2 times within the health window of unit v2")
+    );
+    assert_eq!(status.config.watching_until_ms, None);
+    stop(agent);
+    // Stopped cleanly with no window open: nothing recorded.
+    assert_eq!(store.window().unwrap(), None);
+    let _ = std::fs::remove_dir_all(&dir);
+}

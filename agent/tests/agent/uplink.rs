@@ -704,6 +704,71 @@ async fn without_acks_records_stay_on_disk_and_are_resent() {
     stopped_with_nothing_left(agent, t.path()).await;
 }
 
+/// Remote config's health window reads what the uplink took to the disk
+/// buffer (`UplinkView::health`): probe results passed and failed, host
+/// samples and those with sampler failures; counted with no broker too.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn the_uplink_counts_what_the_health_window_judges_as_it_buffers() {
+    let t = TempDir::new().unwrap();
+    // Nothing listens there: every observation waits in the buffer.
+    let cfg = config(t.path(), free_port());
+    let view = Arc::new(uplink::UplinkView::default());
+    let (tx, rx) = tokio::sync::mpsc::channel(16);
+    let (stop, stopped) = oneshot::channel::<()>();
+    let buffer = Buffer::open(cfg.buffer.clone(), now_ms()).unwrap();
+    let task = tokio::spawn(uplink::run_hooked(
+        cfg,
+        buffer,
+        rx,
+        Arc::new(SystemClock),
+        uplink::Hooks {
+            view: Some(view.clone()),
+            ..Default::default()
+        },
+        async move {
+            let _ = stopped.await;
+        },
+    ));
+    let mut failing = fixtures::host_sample();
+    failing.failures.push(muster_proto::SamplerFailure {
+        collector: muster_proto::SamplerFamily::Wifi,
+        reason: "no adapter".into(),
+    });
+    let observations = [
+        (1_000, Payload::Probe(fixtures::http_probe())),
+        (1_001, Payload::Probe(fixtures::icmp_probe_failed())),
+        (1_002, Payload::Probe(fixtures::icmp_probe_failed())),
+        (1_003, Payload::Host(fixtures::host_sample())),
+        (1_004, Payload::Host(failing)),
+    ];
+    for (at_ms, payload) in observations {
+        tx.send(Observation { at_ms, payload }).await.unwrap();
+    }
+    let want = muster_agent::remote::health::Counters {
+        probe_ok: 1,
+        probe_failed: 2,
+        last_probe_ok_ms: Some(1_000),
+        samples: 2,
+        samples_failing: 1,
+        last_sample_failing: true,
+        last_ack_ms: None,
+    };
+    eventually("the counts", Duration::from_secs(10), async || {
+        let got = view.health();
+        if got == want { Ok(()) } else { Err(got) }
+    })
+    .await;
+    let _ = stop.send(());
+    tokio::time::timeout(Duration::from_secs(10), task)
+        .await
+        .expect("uplink shuts down within 10 s")
+        .unwrap()
+        .unwrap();
+    assert_eq!(view.health(), want, "heartbeats and the stop count nothing");
+    // Counted as they went to the buffer: all of them are there.
+    assert!(buffered(t.path()) >= 5);
+}
+
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn live_first_after_reconnect_then_backlog_oldest_first() {
     let t = TempDir::new().unwrap();

@@ -15,7 +15,10 @@ use std::io::{BufRead, BufReader, Write};
 use std::process::Command;
 use std::time::Duration;
 
-use muster_proto::{ConfigDoc, DocScope, SigningKey, UnitId, decode_config, encode_config, sign};
+use muster_proto::{
+    ConfigDoc, DecodeError, DocScope, MAX_CONFIG_BODY, SigningKey, UnitId, decode_config,
+    encode_config, sign,
+};
 use muster_testkit::{Mosquitto, TempDir, eventually_blocking, http::blocking};
 use serde_json::{Value, json};
 
@@ -343,4 +346,216 @@ fn remote_config_applies_without_restart_refuses_bad_documents_and_rolls_back_by
     let newest = steps(&col, "R1").pop().unwrap();
     assert_eq!(newest["running_unit_version"], 2, "{newest} / {again}");
     assert_eq!(newest["running_hash"], good_hash);
+}
+
+/// `d` (its body [`MAX_CONFIG_BODY`] + 1 bytes, ASCII) as `encode_config`
+/// would write it were the limit not there: `encode_config` refuses it, so
+/// the bytes are those of the document one byte shorter with the body's
+/// length prefix raised and the last byte put back. bincode writes a
+/// length from 2^16 to 2^32 - 1 as 252 and four bytes little endian, so
+/// the prefix keeps its size.
+fn encode_past_the_limit(d: &ConfigDoc) -> Vec<u8> {
+    assert_eq!(d.body.len(), MAX_CONFIG_BODY + 1);
+    let (at_limit, last) = d.body.split_at(MAX_CONFIG_BODY);
+    let shorter = ConfigDoc {
+        body: at_limit.to_owned(),
+        ..d.clone()
+    };
+    let mut bytes = encode_config(&shorter).unwrap();
+    let prefix = |len: usize| {
+        let mut p = vec![252u8];
+        p.extend_from_slice(&u32::try_from(len).unwrap().to_le_bytes());
+        p
+    };
+    let mut needle = prefix(MAX_CONFIG_BODY);
+    needle.extend_from_slice(&at_limit.as_bytes()[..64]);
+    let at = bytes
+        .windows(needle.len())
+        .position(|w| w == needle.as_slice())
+        .expect("the body's length prefix");
+    bytes.splice(at..at + 5, prefix(MAX_CONFIG_BODY + 1));
+    let end = at + 5 + MAX_CONFIG_BODY;
+    assert_eq!(&bytes[at + 5..end], at_limit.as_bytes());
+    bytes.splice(end..end, last.bytes());
+    // Well formed in every other way: the decoder reads all of it and
+    // refuses it for its body's size alone.
+    match decode_config(&bytes) {
+        Err(DecodeError::Malformed(m)) => assert_eq!(
+            m,
+            format!(
+                "config body is {} bytes; the limit is {MAX_CONFIG_BODY}",
+                MAX_CONFIG_BODY + 1
+            )
+        ),
+        other => panic!("{other:?}"),
+    }
+    bytes
+}
+
+/// `head`, then a comment of `x` to exactly `len` bytes.
+fn padded_toml(head: &str, len: usize) -> String {
+    let toml = format!("{head}#{}\n", "x".repeat(len - head.len() - 2));
+    assert_eq!(toml.len(), len);
+    toml
+}
+
+#[test]
+fn a_document_one_byte_over_the_body_limit_is_refused_and_one_at_the_limit_applies() {
+    let dir = TempDir::new().unwrap();
+    let m = Mosquitto::start();
+    let col = CollectorProc::spawn_on(&m.url(), &dir.path().join("collector"));
+    let data = dir.path().join("B1");
+    let mut spec = AgentSpec::new("B1", &m.url(), &data);
+    spec.extra = "[remote]\nallow = [\"sampling\"]\nhealth_window = \"10s\"\n".into();
+    let mut agent = AgentProc::spawn(&spec, false);
+    let pid = agent.child.id();
+    wait_step(&col, "B1", "the local config reported", |x| {
+        x["state"] == "applied" && x["doc_scope"].is_null()
+    });
+
+    // One byte over, signed by the key the agent trusts (the collector's
+    // API would not take it): published on the unit's topic, as the
+    // collector would, and refused as malformed.
+    let topic = format!("muster/v1/{AGENCY}/B1/config");
+    let over = sign::sign_config(
+        &muster_testkit::test_collector_key(),
+        DocScope::Unit {
+            unit: UnitId::new(AGENCY, "B1").unwrap(),
+        },
+        1,
+        crate::procs::now_ms(),
+        padded_toml("[sampling]\ninterval = \"2s\"\n", MAX_CONFIG_BODY + 1),
+    );
+    inject(&m, &topic, &encode_past_the_limit(&over), dir.path());
+    let refused = wait_step(&col, "B1", "the oversized document refused", |x| {
+        x["state"] == "refused"
+    });
+    assert_eq!(refused["refusal"], "malformed", "{refused}");
+    assert!(
+        refused["reason"]
+            .as_str()
+            .unwrap_or("")
+            .contains(&format!("the limit is {MAX_CONFIG_BODY}")),
+        "{refused}"
+    );
+    assert!(refused["running_unit_version"].is_null(), "{refused}");
+
+    // Exactly the limit, through the collector: applied, by the same
+    // agent process.
+    let at = padded_toml("[sampling]\ninterval = \"1s\"\n", MAX_CONFIG_BODY);
+    let v1 = put(&col, "B1", &at);
+    assert_eq!(v1["version"], 1, "{v1}");
+    let applied = wait_step(&col, "B1", "the document at the limit applied", |x| {
+        x["state"] == "applied" && x["doc_version"] == 1
+    });
+    assert_eq!(applied["doc_hash"], v1["hash"], "{applied}");
+    assert_eq!(applied["running_unit_version"], 1, "{applied}");
+    assert!(
+        agent.child.try_wait().unwrap().is_none(),
+        "the agent exited"
+    );
+    assert_eq!(agent.child.id(), pid);
+
+    // `muster-agent status` counts the refusal by its reason.
+    eventually_blocking("status counts the refusal", Duration::from_secs(20), || {
+        let (t, js) = status(&data.join("agent.toml"));
+        let refused = &js["config"]["refused"];
+        (refused["malformed"].as_u64() == Some(1)
+            && js["config"]["origin"] == "unit v1"
+            && js["connected"] == true)
+            .then_some(())
+            .ok_or(t)
+    });
+}
+
+/// The health window survives a restart: a document applied with a 60 s
+/// window, then one kill -9 and restart within it (a power cut, normal for
+/// a vehicle terminal): the document still runs. A second kill -9 (three
+/// starts within the window, the one that applied it the first): the
+/// agent starts on what ran before the document, reports it rolled back
+/// with the reason, and never applies it again though it stays retained.
+#[test]
+fn restarting_in_a_loop_within_the_health_window_rolls_the_document_back() {
+    let dir = TempDir::new().unwrap();
+    let m = Mosquitto::start();
+    let col = CollectorProc::spawn_on(&m.url(), &dir.path().join("collector"));
+    let data = dir.path().join("C1");
+    let mut spec = AgentSpec::new("C1", &m.url(), &data);
+    spec.extra = "[remote]\nallow = [\"sampling\"]\nhealth_window = \"60s\"\n".into();
+    let mut agent = AgentProc::spawn(&spec, false);
+    let local = wait_step(&col, "C1", "the local config reported", |x| {
+        x["state"] == "applied" && x["doc_scope"].is_null()
+    });
+    let before_hash = local["running_hash"].clone();
+
+    let v1 = put(&col, "C1", "[sampling]\ninterval = \"2s\"\n");
+    assert_eq!(v1["version"], 1, "{v1}");
+    let applied = wait_step(&col, "C1", "v1 applied", |x| {
+        x["state"] == "applied" && x["doc_version"] == 1
+    });
+    let t_applied = std::time::Instant::now();
+    let v1_hash = applied["running_hash"].clone();
+    assert_ne!(v1_hash, before_hash, "{applied}");
+
+    // Start 2: after one kill -9 within the window, v1 still runs.
+    let restart = |agent: &mut AgentProc| {
+        agent.kill9();
+        let n = steps(&col, "C1").len();
+        let next = AgentProc::spawn(&spec, false);
+        let first = eventually_blocking("the restart's report", Duration::from_secs(30), || {
+            let s = steps(&col, "C1");
+            s.get(n).cloned().ok_or(format!("{} steps", s.len()))
+        });
+        (next, first)
+    };
+    let (mut agent, first) = restart(&mut agent);
+    assert_eq!(
+        (&first["state"], &first["doc_scope"]),
+        (&json!("applied"), &Value::Null),
+        "{first}"
+    );
+    assert_eq!(first["running_unit_version"], 1, "{first}");
+    assert_eq!(first["running_hash"], v1_hash, "{first}");
+
+    // Start 3: a second kill -9 within the window: rolled back at start.
+    let (mut agent, back) = restart(&mut agent);
+    assert!(
+        t_applied.elapsed() < Duration::from_secs(60),
+        "three starts within the window"
+    );
+    assert_eq!(
+        (&back["state"], &back["doc_version"], &back["doc_hash"]),
+        (&json!("rolled_back"), &json!(1), &v1["hash"]),
+        "{back}"
+    );
+    assert_eq!(
+        back["reason"], "the agent restarted 2 times within the health window of unit v1",
+        "{back}"
+    );
+    assert_eq!(back["running_hash"], before_hash, "{back}");
+    assert!(back["running_unit_version"].is_null(), "{back}");
+
+    // v1 stays retained and is not applied again: the next document is
+    // the next step, and `muster-agent status` says why v1 went.
+    let v2 = put(&col, "C1", "[sampling]\ninterval = \"3s\"\n");
+    assert_eq!(v2["version"], 2, "{v2}");
+    wait_step(&col, "C1", "v2 applied", |x| {
+        x["state"] == "applied" && x["doc_version"] == 2
+    });
+    let s = steps(&col, "C1");
+    let at = s.iter().rposition(|x| x["state"] == "rolled_back").unwrap();
+    let after: Vec<_> = s[at + 1..]
+        .iter()
+        .map(|x| (x["state"].clone(), x["doc_version"].clone()))
+        .collect();
+    assert_eq!(
+        after,
+        [(json!("applying"), json!(2)), (json!("applied"), json!(2))]
+    );
+    assert!(agent.alive(), "{}", agent.log_tail());
+    let log = std::fs::read_to_string(&agent.log).unwrap();
+    assert!(
+        log.contains("restarting in a loop within a health window"),
+        "{log}"
+    );
 }
