@@ -203,8 +203,24 @@ pub struct Span {
 }
 
 /// Characters (as JSON Schema's `maxLength` counts them).
-fn chars(s: &str) -> usize {
+pub(crate) fn chars(s: &str) -> usize {
     s.chars().count()
+}
+
+/// The thresholds a definition names (the defaults for what it does not),
+/// checked: gates' and rollouts' `config`.
+pub(crate) fn check_config(config: Option<GateConfig>) -> Result<GateConfig, SpecError> {
+    let config = config.unwrap_or_default();
+    if config.min_latency_samples > MAX_COUNT as usize || config.min_failure_total > MAX_COUNT {
+        return Err(bad(
+            "config",
+            "minimum sample sizes must be at most 1000000000",
+        ));
+    }
+    config
+        .validate()
+        .map_err(|e| bad("config", e.to_string()))?;
+    Ok(config)
 }
 
 /// A cohort is a filter: an agency or unit name that cannot exist matches
@@ -293,16 +309,7 @@ impl RawGate {
         if metrics.is_empty() {
             return Err(bad("metrics", "must name at least one metric"));
         }
-        let config = self.config.unwrap_or_default();
-        if config.min_latency_samples > MAX_COUNT as usize || config.min_failure_total > MAX_COUNT {
-            return Err(bad(
-                "config",
-                "minimum sample sizes must be at most 1000000000",
-            ));
-        }
-        config
-            .validate()
-            .map_err(|e| bad("config", e.to_string()))?;
+        let config = check_config(self.config)?;
         Ok(GateSpec {
             name: self.name,
             cohort: self.cohort,

@@ -7,7 +7,7 @@ use std::collections::BTreeMap;
 
 use serde::{Deserialize, Serialize};
 
-use crate::gate::spec::{MAX_COHORT_UNITS, MetricName, SpecError, bad, whole};
+use crate::gate::spec::{MAX_COHORT_UNITS, MetricName, SpecError, bad, chars, check_config, whole};
 use crate::gate::stats::GateConfig;
 use crate::selector::{LabelSelector, MAX_TERMS, SelectorError};
 
@@ -152,10 +152,6 @@ pub struct RolloutSpec {
     pub config: GateConfig,
 }
 
-fn chars(s: &str) -> usize {
-    s.chars().count()
-}
-
 impl RawRollout {
     pub fn validate(self) -> Result<RolloutSpec, SpecError> {
         if self.name.is_empty() || chars(&self.name) > 200 {
@@ -249,18 +245,7 @@ impl RawRollout {
         if metrics.is_empty() {
             return Err(bad("metrics", "must name at least one metric"));
         }
-        let config = self.config.unwrap_or_default();
-        if config.min_latency_samples > crate::gate::spec::MAX_COUNT as usize
-            || config.min_failure_total > crate::gate::spec::MAX_COUNT
-        {
-            return Err(bad(
-                "config",
-                "minimum sample sizes must be at most 1000000000",
-            ));
-        }
-        config
-            .validate()
-            .map_err(|e| bad("config", e.to_string()))?;
+        let config = check_config(self.config)?;
         Ok(RolloutSpec {
             name: self.name,
             change: self.change,
