@@ -611,7 +611,15 @@ impl Rollout {
                     .values()
                     .filter(|s| !matches!(s.state, UnitState::Reverted { .. }))
                     .count();
-                if waiting == 0 || now >= since_ms + self.spec.apply_timeout_ms {
+                // The timeout ends the wait for reports, not the retries of
+                // a revert the book refused: that unit would keep the change.
+                let unissued = self.issued.values().any(|s| {
+                    !matches!(
+                        s.state,
+                        UnitState::Reverting { .. } | UnitState::Reverted { .. }
+                    )
+                });
+                if waiting == 0 || (!unissued && now >= since_ms + self.spec.apply_timeout_ms) {
                     let note = if waiting > 0 {
                         format!(
                             "; {waiting} units have not confirmed yet (they get it when they connect)"
@@ -663,8 +671,9 @@ impl Rollout {
         docs: &mut dyn Docs,
     ) -> Vec<RolloutEvent> {
         let mut out = Vec::new();
-        if !matches!(self.phase, Phase::Soaking { .. }) {
-            // Paused, aborted or rolled back meanwhile.
+        if !matches!(self.phase, Phase::Soaking { since_ms, .. } if since_ms == req.span.0) {
+            // Paused, aborted or rolled back meanwhile (or paused and
+            // resumed: a verdict over the soak before is not this one's).
             return out;
         }
         self.last_judged_ms = now;
@@ -811,5 +820,7 @@ impl Rollout {
     }
 }
 
+#[cfg(test)]
+mod model;
 #[cfg(test)]
 mod tests;
