@@ -406,6 +406,7 @@ pub(crate) fn spawn_feed(
         gate_max_results: cfg.gates.max_results,
         config_docs,
         rollouts,
+        runbooks: Arc::clone(&cfg.runbooks),
     };
     if let Ok(addr) = listener.local_addr() {
         match &cfg.cluster {

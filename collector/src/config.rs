@@ -142,6 +142,17 @@ pub struct RawConfig {
     pub rollouts: RawRollouts,
     /// `[cluster]`: cluster mode (`crate::cluster::config`).
     pub cluster: Option<crate::cluster::config::RawCluster>,
+    #[serde(default)]
+    pub runbooks: RawRunbooks,
+}
+
+/// `[runbooks]`: the site's runbooks (`crate::runbooks`).
+#[derive(Debug, Deserialize, Default)]
+#[serde(deny_unknown_fields)]
+pub struct RawRunbooks {
+    /// A directory of `<rule>.md` files, read at start: each adds a
+    /// runbook or overrides the built-in one of that rule.
+    pub dir: Option<PathBuf>,
 }
 
 /// `[gates]`: the deploy gate (`crate::gate`).
@@ -346,6 +357,9 @@ pub struct Config {
     /// `[cluster]`: several collectors on NATS JetStream and PostgreSQL;
     /// `None`: single node (the embedded store and an MQTT broker).
     pub cluster: Option<crate::cluster::config::ClusterConfig>,
+    /// The runbooks served at `/runbooks/{rule}`: the built-in ones and
+    /// `[runbooks] dir`'s, read when the config was loaded.
+    pub runbooks: std::sync::Arc<crate::runbooks::Runbooks>,
 }
 
 /// How an agency's claims become credentials.
@@ -687,6 +701,7 @@ impl RawConfig {
             rollouts,
             broker,
             cluster,
+            runbooks,
         } = self;
         let max_config_docs = match remote_config.max_docs {
             None => 1_000,
@@ -1091,9 +1106,21 @@ impl RawConfig {
             );
         }
 
-        let rules = rules
+        let mut rules = rules
             .validate()
             .map_err(|e| ConfigError::Rules(e.to_string()))?;
+
+        // [runbooks]
+        if runbooks
+            .dir
+            .as_ref()
+            .is_some_and(|d| d.as_os_str().is_empty())
+        {
+            return Err(invalid("runbooks.dir", "must not be empty"));
+        }
+        let runbooks = crate::runbooks::Runbooks::load(runbooks.dir.as_deref())
+            .map_err(|e| invalid("runbooks.dir", e.to_string()))?;
+        rules.set_local_runbooks(runbooks.names());
 
         Ok(Config {
             admin_token,
@@ -1150,7 +1177,43 @@ impl RawConfig {
             signing,
             broker,
             cluster,
+            runbooks: std::sync::Arc::new(runbooks),
         })
+    }
+}
+
+/// The runbook link earlier versions shipped for every rule.
+const PLACEHOLDER_RUNBOOKS: &str = "https://runbooks.example.org/";
+
+impl Config {
+    /// What `check-config` warns about and `run` logs, without refusing the
+    /// config: each rule that can raise a flag with neither a runbook here
+    /// (built-in or in `[runbooks] dir`) nor a runbook URL of its own, and
+    /// runbook URLs still on the placeholder earlier versions shipped.
+    pub fn warnings(&self) -> Vec<String> {
+        let dir = match &self.runbooks.dir {
+            Some(d) => d.display().to_string(),
+            None => "[runbooks] dir (not set)".to_owned(),
+        };
+        let mut out = Vec::new();
+        for (rule, key, url) in self.rules.runbook_sources() {
+            match url {
+                None if !self.runbooks.contains(&rule) => out.push(format!(
+                    "rule {rule:?} has no runbook: the support desk gets no help with its flags; \
+                     add {rule}.md to {dir}, or set {key} to its URL"
+                )),
+                Some(u) if u.starts_with(PLACEHOLDER_RUNBOOKS) => out.push(format!(
+                    "rule {rule:?}: {key} {u:?} is the placeholder earlier versions shipped; {}",
+                    if self.runbooks.contains(&rule) {
+                        format!("remove it and flags link to /runbooks/{rule}")
+                    } else {
+                        format!("add {rule}.md to {dir}, or set a real URL")
+                    }
+                )),
+                _ => {}
+            }
+        }
+        out
     }
 }
 
@@ -1514,6 +1577,101 @@ token = "police-token-0123456789"
         assert_eq!(
             (c.rollouts.max, c.rollouts.tick),
             (5, Duration::from_millis(250))
+        );
+    }
+
+    #[test]
+    fn site_runbooks_load_and_their_errors_name_the_key_and_the_file() {
+        let dir =
+            std::env::temp_dir().join(format!("muster-config-runbooks-{}", std::process::id()));
+        let _ = std::fs::remove_dir_all(&dir);
+        std::fs::create_dir_all(&dir).unwrap();
+        let with = |extra: &str| Config::parse(&format!("{GOOD}\n{extra}\n"));
+        let at = |d: &Path| format!("[runbooks]\ndir = {:?}", d.display().to_string());
+
+        // None configured: the built-in ones, and every flag can link.
+        let c = Config::parse(GOOD).unwrap();
+        assert!(c.runbooks.contains("lost.will") && c.runbooks.dir.is_none());
+        assert!(c.rules.local_runbooks.contains("cpu-high"));
+
+        std::fs::write(dir.join("wwan-errors.md"), "# wwan-errors\n").unwrap();
+        std::fs::write(dir.join("cpu-high.md"), "# cpu-high here\n").unwrap();
+        let c = with(&at(&dir)).unwrap();
+        assert_eq!(
+            c.runbooks.get("cpu-high").unwrap().source,
+            crate::runbooks::Source::Site
+        );
+        assert_eq!(
+            c.rules.runbook_link("wwan-errors", None).as_deref(),
+            Some("/runbooks/wwan-errors"),
+            "a site runbook is linked"
+        );
+
+        std::fs::write(dir.join("bad.md"), b"\xff\xfe").unwrap();
+        let err = with(&at(&dir)).unwrap_err().to_string();
+        assert_eq!(
+            err,
+            format!(
+                "runbooks.dir: {}: is not UTF-8 (invalid byte at offset 0)",
+                dir.join("bad.md").display()
+            )
+        );
+        std::fs::remove_dir_all(&dir).unwrap();
+        let err = with(&at(&dir)).unwrap_err().to_string();
+        assert!(
+            err.starts_with(&format!(
+                "runbooks.dir: {}: cannot read the directory",
+                dir.display()
+            )),
+            "{err}"
+        );
+        let err = with("[runbooks]\ndir = \"\"").unwrap_err().to_string();
+        assert_eq!(err, "runbooks.dir: must not be empty");
+        let err = with("[runbooks]\npath = \"/x\"").unwrap_err().to_string();
+        assert!(err.contains("unknown field `path`"), "{err}");
+    }
+
+    #[test]
+    fn warnings_name_rules_without_a_runbook_and_old_placeholders() {
+        let c = Config::parse(GOOD).unwrap();
+        assert_eq!(
+            c.warnings(),
+            Vec::<String>::new(),
+            "the shipped rules all have one"
+        );
+        let own = "[[rules.threshold]]\nname = \"wwan-errors\"\nfield = 'net[\"wwan0\"].rx_errors'\nop = \">\"\nthreshold = 100\n";
+        let c = Config::parse(&format!("{GOOD}\n[rules]\n{own}")).unwrap();
+        assert_eq!(
+            c.warnings(),
+            [
+                "rule \"wwan-errors\" has no runbook: the support desk gets no help with its flags; \
+                 add wwan-errors.md to [runbooks] dir (not set), or set the runbook of \
+                 [[rules.threshold]] \"wwan-errors\" to its URL"
+            ]
+        );
+        let linked = own.replace(
+            "threshold = 100",
+            "threshold = 100\nrunbook = \"https://wiki.example.org/wwan\"",
+        );
+        let c = Config::parse(&format!("{GOOD}\n[rules]\n{linked}")).unwrap();
+        assert!(c.warnings().is_empty(), "{:?}", c.warnings());
+        // A rule that is not in force is not warned about.
+        let c = Config::parse(&format!(
+            "{GOOD}\n[rules]\ndisabled = [\"wwan-errors\"]\n{own}"
+        ))
+        .unwrap();
+        assert!(c.warnings().is_empty(), "{:?}", c.warnings());
+        // A placeholder copied from an earlier version's shipped rules.
+        let c = Config::parse(&format!(
+            "{GOOD}\n[rules.clock_skew]\nrunbook = \"https://runbooks.example.org/muster/clock-skew\"\n"
+        ))
+        .unwrap();
+        assert_eq!(
+            c.warnings(),
+            [
+                "rule \"clock_skew\": rules.clock_skew.runbook \"https://runbooks.example.org/muster/clock-skew\" \
+                 is the placeholder earlier versions shipped; remove it and flags link to /runbooks/clock_skew"
+            ]
         );
     }
 

@@ -4,6 +4,7 @@
 //! * [`config`]: TOML config, validated with errors naming the key.
 //! * [`ingest`]: MQTT in, dedup, seq accounting, rules, group commit, acks.
 //! * [`rules`]: the pure rules engine (health, transitions, incidents).
+//! * [`runbooks`]: the built-in and site runbooks, and their safe rendering.
 //! * [`selector`]: label selectors (which units carry given labels), pure.
 //! * [`seq`]: the pure per-unit seq accounting and acks, which ingest and
 //!   the store both reach down to.
@@ -40,6 +41,7 @@ pub mod notify;
 pub mod remote;
 pub mod rollout;
 pub mod rules;
+pub mod runbooks;
 pub mod selector;
 pub mod seq;
 pub mod service;

@@ -117,7 +117,11 @@ fn main() -> anyhow::Result<()> {
     // Ends when `rt` drops.
     match cli.cmd {
         Cmd::CheckConfig { config } => match Config::load(&config) {
-            Ok(_) => {
+            Ok(cfg) => {
+                // Warnings do not fail the check: the config runs as it is.
+                for w in cfg.warnings() {
+                    eprintln!("{}: warning: {w}", config.display());
+                }
                 println!("{}: ok", config.display());
                 Ok(())
             }
@@ -150,6 +154,9 @@ fn main() -> anyhow::Result<()> {
             embedded_broker,
         } => {
             let mut cfg = Config::load(&config).with_context(|| format!("{}", config.display()))?;
+            for w in cfg.warnings() {
+                tracing::warn!(config = %config.display(), "{w}");
+            }
             if cfg.cluster.is_some() {
                 anyhow::ensure!(
                     embedded_broker.is_none(),

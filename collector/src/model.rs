@@ -103,6 +103,9 @@ pub struct Reason {
     pub threshold: Option<f64>,
     /// Event time (unix ms) the condition started to hold.
     pub since_ms: u64,
+    /// Where the support desk reads what to do: the rule's own runbook URL,
+    /// else `/runbooks/<rule>` on this collector when it has a runbook of
+    /// that name (`RulesConfig::runbook_link`), else none.
     pub runbook: Option<String>,
     /// One line for people: `cpu.total 96.2 > 90 for 2m`.
     pub message: String,

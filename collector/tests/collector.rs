@@ -50,6 +50,8 @@ mod problems;
 mod restart;
 #[path = "collector/rules.rs"]
 mod rules;
+#[path = "collector/runbooks.rs"]
+mod runbooks;
 #[path = "collector/schemathesis.rs"]
 mod schemathesis;
 #[path = "collector/scoping.rs"]

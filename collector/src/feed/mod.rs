@@ -19,6 +19,8 @@
 //! | `/api/v1/gates…` | the deploy gate (`gates.rs`) |
 //! | `/api/v1/config…` | signed remote config documents (`config.rs`) |
 //! | `/api/v1/rollouts…` | staged rollouts, pause, resume, abort (`rollouts.rs`) |
+//! | `GET /runbooks`, `GET /runbooks/{rule}` | the runbooks as pages (no token; `runbooks.rs`) |
+//! | `GET /api/v1/runbooks`, `GET /api/v1/runbooks/{rule}` | the runbooks' Markdown (`runbooks.rs`) |
 //!
 //! Every `/api/v1` request needs `Authorization: Bearer <token>`; an
 //! agency's token sees only its units, on every endpoint and the stream.
@@ -35,6 +37,7 @@ mod ops;
 mod problems;
 mod query;
 mod rollouts;
+mod runbooks;
 pub mod server;
 mod stream;
 pub mod timeline;
@@ -84,6 +87,8 @@ pub struct FeedState {
     pub config_docs: Option<config::ConfigDocs>,
     /// Staged rollouts (`rollouts`); `None` in cluster mode.
     pub rollouts: Option<Arc<crate::rollout::Rollouts>>,
+    /// The runbooks served (`runbooks`): built-in and the site's.
+    pub runbooks: Arc<crate::runbooks::Runbooks>,
 }
 
 pub fn router(state: FeedState) -> Router {
@@ -132,6 +137,10 @@ pub fn router(state: FeedState) -> Router {
         .route("/api/v1/rollouts/{id}/pause", ro_pause)
         .route("/api/v1/rollouts/{id}/resume", ro_resume)
         .route("/api/v1/rollouts/{id}/abort", ro_abort)
+        .route("/api/v1/runbooks", get(runbooks::list))
+        .route("/api/v1/runbooks/{rule}", get(runbooks::get))
+        .route("/runbooks", get(runbooks::index))
+        .route("/runbooks/{rule}", get(runbooks::page))
         .route("/api/v1/enroll", claim)
         .route("/api/v1/enrollments", get(enroll::list))
         .route("/api/v1/enrollments/{agency}/{unit}/approve", approve)

@@ -1,7 +1,7 @@
 //! The `[rules]` table: raw (serde, as written) and validated (typed).
 
 use muster_base::value::BadValue;
-use std::collections::{BTreeMap, HashMap};
+use std::collections::{BTreeMap, BTreeSet, HashMap};
 use std::sync::Arc;
 
 use serde::Deserialize;
@@ -68,7 +68,7 @@ impl Default for RawOffline {
             stale_factor: 3,
             min_stale: "15s".into(),
             default_interval: "30s".into(),
-            runbook: Some("https://runbooks.example.org/muster/offline".into()),
+            runbook: None,
         }
     }
 }
@@ -95,7 +95,7 @@ impl Default for RawOff {
     fn default() -> Self {
         RawOff {
             max: "16h".into(),
-            runbook: Some("https://runbooks.example.org/muster/overdue".into()),
+            runbook: None,
             agency: BTreeMap::new(),
         }
     }
@@ -117,7 +117,7 @@ impl Default for RawClockSkew {
             enabled: true,
             threshold: "2m".into(),
             severity: "degraded".into(),
-            runbook: Some("https://runbooks.example.org/muster/clock-skew".into()),
+            runbook: None,
         }
     }
 }
@@ -144,7 +144,7 @@ impl Default for RawIncidents {
             clear_ratio: 0.25,
             window: "2m".into(),
             severity: "degraded".into(),
-            runbook: Some("https://runbooks.example.org/muster/incident".into()),
+            runbook: None,
         }
     }
 }
@@ -361,6 +361,10 @@ pub struct RulesConfig {
     pub clock_skew: Option<SkewConfig>,
     /// `None` when disabled.
     pub incidents: Option<IncidentConfig>,
+    /// The rules this collector serves a runbook for (`/runbooks/<rule>`):
+    /// the built-in runbooks, and the site's once the collector's config
+    /// has read them ([`RulesConfig::set_local_runbooks`]).
+    pub local_runbooks: Arc<BTreeSet<String>>,
 }
 
 impl Default for RulesConfig {
@@ -375,6 +379,67 @@ impl RulesConfig {
     /// The names of the threshold rules in force.
     pub fn rule_names(&self) -> impl Iterator<Item = &str> {
         self.threshold.iter().map(|r| &*r.name)
+    }
+
+    /// The runbook link of a flag of `rule`: the URL configured for it,
+    /// else this collector's own page `/runbooks/<rule>` when it has a
+    /// runbook of that name, else none.
+    pub fn runbook_link(&self, rule: &str, configured: Option<&str>) -> Option<String> {
+        match configured {
+            Some(url) => Some(url.to_owned()),
+            None if self.local_runbooks.contains(rule) => Some(format!("/runbooks/{rule}")),
+            None => None,
+        }
+    }
+
+    /// The rules this config can raise a flag for, each with the config
+    /// key of its runbook URL and that URL: the built-in rules (`off`,
+    /// `overdue`, `lost.will`, `lost.stale`, and `clock_skew` and
+    /// `incident` unless disabled), then the threshold rules in force.
+    pub fn runbook_sources(&self) -> Vec<(String, String, Option<String>)> {
+        let mut out = vec![
+            ("off".to_owned(), "rules.off".to_owned(), None),
+            (
+                "overdue".to_owned(),
+                "rules.off.runbook".to_owned(),
+                self.off.runbook.clone(),
+            ),
+        ];
+        for rule in ["lost.will", "lost.stale"] {
+            out.push((
+                rule.to_owned(),
+                "rules.offline.runbook".to_owned(),
+                self.offline.runbook.clone(),
+            ));
+        }
+        if let Some(s) = &self.clock_skew {
+            out.push((
+                "clock_skew".to_owned(),
+                "rules.clock_skew.runbook".to_owned(),
+                s.runbook.clone(),
+            ));
+        }
+        if let Some(i) = &self.incidents {
+            out.push((
+                "incident".to_owned(),
+                "rules.incidents.runbook".to_owned(),
+                i.runbook.clone(),
+            ));
+        }
+        for r in &self.threshold {
+            out.push((
+                r.name.to_string(),
+                format!("the runbook of [[rules.threshold]] {:?}", &*r.name),
+                r.runbook.as_deref().map(str::to_owned),
+            ));
+        }
+        out
+    }
+
+    /// Which rules have a runbook this collector serves (replaces the
+    /// built-in names `validate` starts with).
+    pub fn set_local_runbooks<'a>(&mut self, names: impl IntoIterator<Item = &'a str>) {
+        self.local_runbooks = Arc::new(names.into_iter().map(str::to_owned).collect());
     }
 }
 
@@ -547,6 +612,11 @@ impl RawRules {
             off,
             clock_skew: self.clock_skew.enabled.then_some(skew),
             incidents: self.incidents.enabled.then_some(incidents),
+            local_runbooks: Arc::new(
+                crate::runbooks::builtin_names()
+                    .map(str::to_owned)
+                    .collect(),
+            ),
         })
     }
 }
@@ -771,13 +841,20 @@ mod tests {
             (cpu.threshold, cpu.clear, cpu.for_ms),
             (90.0, 80.0, 120_000)
         );
+        // No shipped rule names a URL: each links to its built-in runbook.
         for r in &cfg.threshold {
-            let url = r.runbook.as_deref().unwrap();
+            assert_eq!(r.runbook, None, "{}", r.name);
             assert_eq!(
-                url,
-                format!("https://runbooks.example.org/muster/{}", r.name)
+                cfg.runbook_link(&r.name, None),
+                Some(format!("/runbooks/{}", r.name))
             );
         }
+        assert_eq!(
+            cfg.runbook_link("cpu-high", Some("https://wiki.example.org/cpu")),
+            Some("https://wiki.example.org/cpu".to_owned()),
+            "a URL of its own wins"
+        );
+        assert_eq!(cfg.runbook_link("wwan-errors", None), None);
         // An empty [rules] table is the shipped rules too.
         let empty = validate("[rules]\n").unwrap();
         assert_eq!(empty.threshold.len(), cfg.threshold.len());

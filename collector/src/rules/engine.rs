@@ -1064,7 +1064,7 @@ fn build_reasons(cfg: &RulesConfig, u: &UnitState) -> Vec<Reason> {
                 observed: signal,
                 threshold: Some(after as f64),
                 since_ms: rx,
-                runbook: cfg.offline.runbook.clone(),
+                runbook: cfg.runbook_link("lost.stale", cfg.offline.runbook.as_deref()),
                 message,
                 incident: None,
             });
@@ -1081,7 +1081,7 @@ fn build_reasons(cfg: &RulesConfig, u: &UnitState) -> Vec<Reason> {
                 observed: signal,
                 threshold: None,
                 since_ms: *since,
-                runbook: cfg.offline.runbook.clone(),
+                runbook: cfg.runbook_link("lost.will", cfg.offline.runbook.as_deref()),
                 message: words::lost(*since, Some(&how), u.net.as_ref()),
                 incident: None,
             });
@@ -1104,7 +1104,7 @@ fn build_reasons(cfg: &RulesConfig, u: &UnitState) -> Vec<Reason> {
                     observed: None,
                     threshold: Some(limit as f64),
                     since_ms: *since,
-                    runbook: None,
+                    runbook: cfg.runbook_link("off", None),
                     message: said,
                     incident: None,
                 },
@@ -1116,7 +1116,7 @@ fn build_reasons(cfg: &RulesConfig, u: &UnitState) -> Vec<Reason> {
                     observed: Some(*since as f64),
                     threshold: Some(limit as f64),
                     since_ms: at,
-                    runbook: cfg.off.runbook.clone(),
+                    runbook: cfg.runbook_link("overdue", cfg.off.runbook.as_deref()),
                     message: format!("{said}: off for longer than {}", words::span(limit)),
                     incident: None,
                 },
@@ -1132,7 +1132,7 @@ fn build_reasons(cfg: &RulesConfig, u: &UnitState) -> Vec<Reason> {
             observed: Some(est as f64),
             threshold: Some(sk.threshold_ms as f64),
             since_ms: since,
-            runbook: sk.runbook.clone(),
+            runbook: cfg.runbook_link("clock_skew", sk.runbook.as_deref()),
             message: format!(
                 "{} (more than {})",
                 skew::describe(est),
@@ -1162,7 +1162,7 @@ fn build_reasons(cfg: &RulesConfig, u: &UnitState) -> Vec<Reason> {
             observed: Some(s.observed),
             threshold: Some(rule.threshold),
             since_ms: s.pending_since,
-            runbook: rule.runbook.as_deref().map(str::to_string),
+            runbook: cfg.runbook_link(&rule.name, rule.runbook.as_deref()),
             message: s.message.clone(),
             incident,
         });
@@ -1179,7 +1179,7 @@ fn build_reasons(cfg: &RulesConfig, u: &UnitState) -> Vec<Reason> {
                 observed: None,
                 threshold: None,
                 since_ms: incident_since(&m.id),
-                runbook: ic.runbook.clone(),
+                runbook: cfg.runbook_link("incident", ic.runbook.as_deref()),
                 message: m.message.clone(),
                 incident: Some(m.id.clone()),
             });

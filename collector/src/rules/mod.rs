@@ -59,11 +59,11 @@
 //! stale_factor = 3           # lost.stale after 3 x the unit's interval ...
 //! min_stale = "15s"          # ... and at least this
 //! default_interval = "30s"   # until the unit has told its interval
-//! runbook = "https://runbooks.example.org/muster/offline"
+//! # runbook = "https://wiki.example.org/lost"   # optional, lost.will and lost.stale
 //!
 //! [rules.off]
 //! max = "16h"                # an announced departure is `overdue` after this
-//! runbook = "https://runbooks.example.org/muster/overdue"
+//! # runbook = "https://wiki.example.org/overdue"
 //! [rules.off.agency."metro-fire"]
 //! max = "10h"                # per agency
 //!
@@ -71,7 +71,7 @@
 //! enabled = true
 //! threshold = "2m"
 //! severity = "degraded"
-//! runbook = "https://runbooks.example.org/muster/clock-skew"
+//! # runbook = "https://wiki.example.org/clock"
 //!
 //! [rules.incidents]
 //! enabled = true
@@ -80,7 +80,7 @@
 //! clear_ratio = 0.25
 //! window = "2m"
 //! severity = "degraded"
-//! runbook = "https://runbooks.example.org/muster/incident"
+//! # runbook = "https://wiki.example.org/incident"
 //!
 //! [[rules.threshold]]
 //! name = "cpu-high"          # a shipped rule's name replaces it
@@ -91,11 +91,19 @@
 //! for = "2m"                 # sustained, on event time; default 0
 //! window = "5m"              # failure_ratio only (required there)
 //! severity = "degraded"      # or "critical"; default degraded
-//! runbook = "https://runbooks.example.org/muster/cpu-high"
+//! runbook = "https://wiki.example.org/cpu-high"   # optional: see Runbooks below
 //! agencies = ["metro-fire"]  # optional: only these agencies' units
 //! ```
 //!
 //! The shipped rules are in `default_rules.toml` ([`DEFAULT_RULES_TOML`]).
+//!
+//! **Runbooks.** A reason's `runbook` is the rule's own `runbook` URL when
+//! it sets one, else `/runbooks/<rule>` on this collector when the
+//! collector has a runbook of that name (every built-in and shipped rule
+//! does; a site adds or overrides them in `[runbooks] dir`:
+//! [`crate::runbooks`]), else `null`. `[rules.offline] runbook` is
+//! `lost.will`'s and `lost.stale`'s, `[rules.off] runbook` is `overdue`'s;
+//! `off` has no URL key: it links to its runbook page.
 //!
 //! # Semantics
 //!

@@ -166,6 +166,69 @@ fn each_operator_raises_and_clears() {
 }
 
 #[test]
+fn a_flag_links_its_own_url_else_the_collectors_runbook_else_none() {
+    let body = format!(
+        "{}{}",
+        rule("wwan-errors", "cpu.total", ">", "90", ""),
+        rule(
+            "cpu-high",
+            "cpu.total",
+            ">",
+            "90",
+            "runbook = \"https://wiki.example.org/cpu\""
+        )
+    );
+    let link = |cfg: RulesConfig| {
+        let mut e = Engine::new(cfg);
+        let mut f = Feed::new(unit(1));
+        f.send(&mut e, T0, cpu(95.0), T0);
+        let mut links: Vec<(String, Option<String>)> = e
+            .health(&f.unit)
+            .unwrap()
+            .reasons
+            .iter()
+            .map(|r| (r.rule.clone(), r.runbook.clone()))
+            .collect();
+        links.sort();
+        links
+    };
+    // No runbook of its own and none on the collector: no link.
+    let own = |s: &str| Some(s.to_owned());
+    assert_eq!(
+        link(rules(&body)),
+        [
+            ("cpu-high".into(), own("https://wiki.example.org/cpu")),
+            ("wwan-errors".into(), None),
+        ]
+    );
+    // A site runbook of that name: the collector's page. A URL of its own
+    // still wins over a runbook the collector has.
+    let mut cfg = rules(&body);
+    cfg.set_local_runbooks(["wwan-errors", "cpu-high"]);
+    assert_eq!(
+        link(cfg),
+        [
+            ("cpu-high".into(), own("https://wiki.example.org/cpu")),
+            ("wwan-errors".into(), own("/runbooks/wwan-errors")),
+        ]
+    );
+    // A built-in rule links to its built-in runbook: off, announced.
+    let mut e = Engine::new(rules(""));
+    let u = unit(2);
+    let mut f = Feed::new(u.clone());
+    e.on_presence(&u, &presence(true, fixtures::BOOT.0, 1, T0), T0);
+    f.send(&mut e, T0, cpu(10.0), T0);
+    let mut gone = presence(false, fixtures::BOOT.0, 1, T0 + 1_000);
+    gone.reason = muster_proto::PresenceReason::Shutdown;
+    e.on_presence(&u, &gone, T0 + 1_000);
+    let r = &e.health(&u).unwrap().reasons[0];
+    assert_eq!(
+        (r.rule.as_str(), r.runbook.as_deref()),
+        ("off", Some("/runbooks/off"))
+    );
+}
+
+#[test]
 fn for_needs_the_condition_sustained_on_event_time() {
     let cfg = rules(&rule(
         "cpu-high",
@@ -345,10 +408,7 @@ fn the_will_and_late_wills_of_older_connections() {
         if *want == X {
             let r = &e.health(&u).unwrap().reasons[0];
             assert_eq!(r.rule, "lost.will");
-            assert_eq!(
-                r.runbook.as_deref(),
-                Some("https://runbooks.example.org/muster/offline")
-            );
+            assert_eq!(r.runbook.as_deref(), Some("/runbooks/lost.will"));
         }
     }
     assert_eq!(n, 4);
@@ -997,7 +1057,7 @@ fn shipped_defaults_flag_a_realistic_mct() {
     assert_eq!(status(&e, &f.unit), Status::Critical);
     assert_eq!(
         e.health(&f.unit).unwrap().reasons[0].runbook.as_deref(),
-        Some("https://runbooks.example.org/muster/cad-client-down")
+        Some("/runbooks/cad-client-down")
     );
 }
 
@@ -1254,10 +1314,7 @@ mod departures {
                 ("overdue", crate::model::Severity::Degraded)
             );
             assert_eq!(r.since_ms, T0 + max);
-            assert_eq!(
-                r.runbook.as_deref(),
-                Some("https://runbooks.example.org/muster/overdue")
-            );
+            assert_eq!(r.runbook.as_deref(), Some("/runbooks/overdue"));
             assert!(
                 r.message
                     .ends_with(&format!("off for longer than {}", words::span(max)))
@@ -1650,10 +1707,7 @@ mod net_fields {
             (r.rule.as_str(), r.field.as_str(), r.observed),
             ("signal-weak", "net.signal_dbm", Some(-120.0))
         );
-        assert_eq!(
-            r.runbook.as_deref(),
-            Some("https://runbooks.example.org/muster/signal-weak")
-        );
+        assert_eq!(r.runbook.as_deref(), Some("/runbooks/signal-weak"));
     }
 
     #[test]

@@ -52,6 +52,7 @@ fn pattern_ok(p: &str, s: &str) -> bool {
         "^[0-9a-f]{64}$" => hex(s, 64),
         "^ed25519:[0-9a-f]{64}$" => s.strip_prefix("ed25519:").is_some_and(|h| hex(h, 64)),
         "^[a-z][a-z0-9_.-]{0,31}$" => muster_proto::validate_label_key(s).is_ok(),
+        "^[A-Za-z0-9._-]+$" => muster_collector::runbooks::valid_name(s),
         "^[^\\u0000-\\u001f\\u007f-\\u009f]*$" => !s.chars().any(char::is_control),
         "^[^/+#\\s\\u0000-\\u001f\\u007f-\\u009f]+$" => {
             !s.is_empty()
@@ -591,6 +592,17 @@ async fn real_responses_of_every_endpoint_validate_against_the_served_document()
         ("/readyz", "/readyz", ADMIN),
         ("/", "/", ADMIN),
         ("/index.html", "/index.html", ADMIN),
+        ("/api/v1/runbooks", "/api/v1/runbooks", FIRE),
+        (
+            "/api/v1/runbooks/{rule}",
+            "/api/v1/runbooks/lost.will",
+            POLICE,
+        ),
+        (
+            "/api/v1/runbooks/{rule}",
+            "/api/v1/runbooks/cpu-high",
+            ADMIN,
+        ),
     ];
     let mut bodies = std::collections::BTreeMap::new();
     for (template, path, token) in ok {
@@ -674,6 +686,58 @@ async fn real_responses_of_every_endpoint_validate_against_the_served_document()
             .as_array()
             .unwrap()
             .is_empty()
+    );
+
+    // Runbooks: every built-in one listed; one as Markdown; the pages need
+    // no token, and a flag without a URL of its own links to its page.
+    let listed: BTreeSet<&str> = bodies["/api/v1/runbooks"]["items"]
+        .as_array()
+        .unwrap()
+        .iter()
+        .map(|r| {
+            assert_eq!(r["source"], "builtin", "{r}");
+            r["rule"].as_str().unwrap()
+        })
+        .collect();
+    let builtin: BTreeSet<&str> = muster_collector::runbooks::builtin_names().collect();
+    assert_eq!(listed, builtin);
+    let lw = &bodies["/api/v1/runbooks/lost.will"];
+    assert_eq!(
+        lw["markdown"],
+        include_str!("../../runbooks/lost.will.md"),
+        "the built-in runbook as written"
+    );
+    assert!(lw["title"].as_str().unwrap().contains("lost.will"), "{lw}");
+    let s9 = c.unit(&s9).await.unwrap();
+    let off = &s9["reasons"][0];
+    assert_eq!(
+        (&off["rule"], &off["runbook"]),
+        (&json!("off"), &json!("/runbooks/off")),
+        "{s9:#}"
+    );
+    for (template, path) in [
+        ("/runbooks/{rule}", off["runbook"].as_str().unwrap()),
+        ("/runbooks/{rule}", "/runbooks/lost.will"),
+        ("/runbooks", "/runbooks"),
+    ] {
+        let r = http::get(c.addr, path, None).await;
+        assert_eq!(r.status, 200, "GET {path}: {}", r.text());
+        check(&mut v, template, path, &r);
+        assert!(
+            r.header("content-security-policy")
+                .is_some_and(|p| p.starts_with("default-src 'none'")),
+            "GET {path}: the dashboard's CSP"
+        );
+    }
+    // A rule with a URL of its own links there, not to a runbook page.
+    assert_eq!(
+        h["reasons"]
+            .as_array()
+            .unwrap()
+            .iter()
+            .find(|r| r["rule"] == "cpu-hot")
+            .map(|r| r["runbook"].clone()),
+        Some(json!("https://runbooks.example.org/muster/cpu-hot"))
     );
 
     // A dashboard asset, named as the page names it.
@@ -847,6 +911,33 @@ async fn real_responses_of_every_endpoint_validate_against_the_served_document()
         ("/metrics", "/metrics", Some(FIRE), 403),
         ("/metrics", "/metrics", None, 401),
         ("/assets/{name}", "/assets/nope.js", None, 404),
+        ("/api/v1/runbooks", "/api/v1/runbooks", None, 401),
+        (
+            "/api/v1/runbooks",
+            "/api/v1/runbooks?rule=off",
+            Some(FIRE),
+            400,
+        ),
+        (
+            "/api/v1/runbooks/{rule}",
+            "/api/v1/runbooks/lost.will",
+            None,
+            401,
+        ),
+        (
+            "/api/v1/runbooks/{rule}",
+            "/api/v1/runbooks/no-such-rule",
+            Some(FIRE),
+            404,
+        ),
+        (
+            "/api/v1/runbooks/{rule}",
+            "/api/v1/runbooks/off?format=html",
+            Some(FIRE),
+            400,
+        ),
+        ("/runbooks/{rule}", "/runbooks/no-such-rule", None, 404),
+        ("/runbooks/{rule}", "/runbooks/%FF", None, 400),
     ];
     for (template, path, token, want) in errors {
         let r = http::get(c.addr, path, *token).await;
@@ -943,6 +1034,20 @@ async fn real_responses_of_every_endpoint_validate_against_the_served_document()
         "facts without os passed"
     );
     v.schema("UnitDetail", detail).unwrap();
+    let book = &bodies["/api/v1/runbooks/lost.will"];
+    let mut source = book.clone();
+    source["source"] = json!("wiki");
+    assert!(
+        v.schema("Runbook", &source).is_err(),
+        "a runbook source that is not one passed"
+    );
+    let mut bare = book.clone();
+    bare.as_object_mut().unwrap().remove("markdown");
+    assert!(
+        v.schema("Runbook", &bare).is_err(),
+        "a runbook without its markdown passed"
+    );
+    v.schema("Runbook", book).unwrap();
 }
 
 /// Staged rollouts' answers: none yet, the refusals, then one over two fire

@@ -66,6 +66,12 @@ fn version_of(name: &str) -> Option<String> {
     ASSETS.iter().find(|a| a.name == name).map(|a| hash(a.body))
 }
 
+/// An asset's address with its content hash (`/assets/app.css?v=…`), for
+/// the other pages that use the dashboard's style (`super::runbooks`).
+pub(super) fn asset_url(name: &str) -> String {
+    format!("/assets/{name}?v={}", version_of(name).unwrap_or_default())
+}
+
 /// The page with each `{{v:name}}` replaced by that asset's hash.
 static PAGE: LazyLock<String> = LazyLock::new(|| {
     let mut page = INDEX.to_owned();
@@ -75,7 +81,9 @@ static PAGE: LazyLock<String> = LazyLock::new(|| {
     page
 });
 
-fn secure(r: &mut Response) {
+/// The dashboard's security headers (CSP, nosniff, no framing, no
+/// referrer), also on the runbook pages.
+pub(super) fn secure(r: &mut Response) {
     let h = r.headers_mut();
     h.insert(
         header::CONTENT_SECURITY_POLICY,

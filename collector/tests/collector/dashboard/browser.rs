@@ -27,11 +27,19 @@ async fn dashboard_scenario() {
     let now = wall_ms();
     let start = now - STEPS * STEP_MS;
     let clock = ManualClock::new(start);
+    // The site overrides the built-in `incident` runbook with one whose
+    // markup must stay text in the page.
+    let site = dir.path().join("runbooks");
+    std::fs::create_dir(&site).unwrap();
+    std::fs::write(site.join("incident.md"), SITE_INCIDENT).unwrap();
     let text = config_text(
         &broker,
         &dir.path().join("store"),
         "collector-dashboard",
-        CAD_SLOW_RULE,
+        &format!(
+            "{CAD_SLOW_RULE}\n[runbooks]\ndir = {:?}\n",
+            site.display().to_string()
+        ),
     );
     let c = Collector::start(&text, Arc::clone(&clock)).await;
     let a = Agent::connect(&broker, "fleet", None).await;
@@ -475,6 +483,128 @@ async fn dashboard_scenario() {
     b.screenshot(&shots.join("dashboard-desktop-strip.png"))
         .await;
 
+    // Its flag's runbook, expanded inline: the built-in lost.will, as
+    // rendered by the collector and rebuilt by the page.
+    let lost = "#detail-reasons li[data-rule='lost.will']";
+    assert_eq!(
+        b.js(&format!(
+            "return document.querySelector(\"{lost} details.runbook-inline\").open"
+        ))
+        .await,
+        false,
+        "closed until asked"
+    );
+    b.click(&format!("{lost} details.runbook-inline summary"))
+        .await;
+    let body = format!("document.querySelector(\"{lost} .runbook-body\")");
+    b.wait(
+        "lost.will's runbook inline",
+        &format!(
+            "{body}.dataset.state === 'loaded' \
+             && {body}.querySelector('article.runbook h1').textContent.includes('lost.will') \
+             && [...{body}.querySelectorAll('h2')].map(x => x.textContent).join() \
+                === 'What it means,Confirm it,Likely causes, most likely first,Fix,Escalate' \
+             && {body}.querySelector('table td code').textContent === 'status' \
+             && {body}.querySelector('a.runbook').getAttribute('href') === '/runbooks/lost.will'"
+        ),
+    )
+    .await;
+    b.js(&format!(
+        "document.querySelector(\"{lost}\").scrollIntoView({{block: 'start'}}); return true"
+    ))
+    .await;
+    b.screenshot(&shots.join("dashboard-desktop-runbook.png"))
+        .await;
+    // The unit view re-renders on every transition: the runbook stays open.
+    b.js("openDetail('county-police/K9-2', true); return true")
+        .await;
+    b.wait(
+        "still open after a re-render",
+        &format!(
+            "document.querySelector(\"{lost} details.runbook-inline\").open \
+             && {body}.dataset.state === 'loaded' && {body}.querySelectorAll('h2').length === 5"
+        ),
+    )
+    .await;
+
+    // A site's runbook: its markup is text, its unsafe link goes nowhere.
+    b.click("#detail-close").await;
+    b.js("window.__pwned = undefined; return true").await;
+    b.click("tr[data-unit='county-police/P11']").await;
+    let inc = "#detail-reasons li[data-rule='incident']";
+    b.wait(
+        "P11's incident flag",
+        &format!("document.querySelector(\"{inc} details.runbook-inline summary\")"),
+    )
+    .await;
+    b.click(&format!("{inc} details.runbook-inline summary"))
+        .await;
+    let body = format!("document.querySelector(\"{inc} .runbook-body\")");
+    b.wait(
+        "the site's incident runbook",
+        &format!(
+            "{body}.dataset.state === 'loaded' \
+             && {body}.querySelector('article.runbook').dataset.source === 'site' \
+             && {body}.textContent.includes('Call the CAD desk')"
+        ),
+    )
+    .await;
+    let seen = b
+        .js(&format!(
+            "const b = {body}; return {{ \
+               pwned: window.__pwned === undefined ? null : window.__pwned, \
+               elements: b.querySelectorAll('script, img, iframe, style, [onerror], [onclick]').length, \
+               text: b.textContent.includes('<script>window.__pwned = 1</script>') \
+                 && b.textContent.includes('<img src=x onerror=\"window.__pwned = 2\">'), \
+               trap: [...b.querySelectorAll('a')].filter(a => a.textContent === 'a trap').map(a => a.getAttribute('href')), \
+               tel: b.querySelector('a[href^=\"tel:\"]').getAttribute('href'), \
+               https: b.querySelector('a[href^=\"https:\"]').target }}"
+        ))
+        .await;
+    assert_eq!(
+        seen,
+        json!({
+            "pwned": null,
+            "elements": 0,
+            "text": true,
+            "trap": [null],
+            "tel": "tel:+15550100",
+            "https": "_blank",
+        }),
+        "the site's runbook as text"
+    );
+    // The page's own rebuild, on markup the collector would never send:
+    // only its few elements, only safe addresses, nothing runs.
+    let rebuilt = b
+        .js("const doc = new DOMParser().parseFromString('<article id=\"runbook\"><h2 onclick=\"x()\">Fix</h2>\
+               <p>a<img src=x onerror=\"window.__pwned = 4\"><script>window.__pwned = 5</script>\
+               <iframe src=\"/\"></iframe><a href=\"javascript:window.__pwned = 6\">j</a>\
+               <a href=\"/runbooks/off\">off</a><a href=\"//evil.example/\">e</a></p></article>', 'text/html'); \
+             const out = h('div', {}, runbookNodes(doc.getElementById('runbook'))); \
+             document.body.append(out); \
+             const r = { html: out.innerHTML, pwned: window.__pwned === undefined ? null : window.__pwned }; \
+             out.remove(); return r")
+        .await;
+    assert_eq!(
+        rebuilt,
+        json!({
+            "html": "<h2>Fix</h2><p>awindow.__pwned = 5<a>j</a>\
+                     <a href=\"/runbooks/off\" target=\"_blank\" rel=\"noopener noreferrer\">off</a><a>e</a></p>",
+            "pwned": null,
+        }),
+        "the page's rebuild of a runbook"
+    );
+    b.click("#detail-close").await;
+    b.click("tr[data-unit='county-police/K9-2']").await;
+    b.wait(
+        "K9-2's runbook open again",
+        &format!(
+            "document.querySelector(\"{lost} details.runbook-inline\").open \
+             && document.querySelector(\"{lost} .runbook-body\").dataset.state === 'loaded'"
+        ),
+    )
+    .await;
+
     // Tablet width.
     b.click("#detail-close").await;
     b.set_size(820, 1180).await;
@@ -576,6 +706,13 @@ async fn dashboard_scenario() {
     drop(driver);
     c.stop().await;
 }
+
+/// The site's `incident.md` in this scenario: a runbook of its own, with
+/// markup and a link that must not become live in the page.
+const SITE_INCIDENT: &str = "# incident at County dispatch\n\n\
+Call the CAD desk on [555 0100](tel:+15550100); the [status page](https://status.example.org/cad) says what is known.\n\n\
+<script>window.__pwned = 1</script>\n\n\
+Inline <img src=x onerror=\"window.__pwned = 2\"> and [a trap](javascript:window.__pwned=3).\n";
 
 fn artifacts_dir() -> PathBuf {
     let target = std::env::var_os("CARGO_TARGET_DIR")

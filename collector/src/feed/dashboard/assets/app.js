@@ -25,6 +25,8 @@ const state = {
   rolloutSeq: 0,         // the latest request: an older answer is dropped
   rolloutTimer: null,
   rolloutsOpen: new Set(), // ids whose per-metric verdicts are expanded
+  runbooksOpen: new Set(), // "agency/unit rule": runbooks expanded in the unit view
+  runbooks: new Map(),     // runbook page URL -> Promise of its parsed <article>
   rolloutFlash: new Set(),
 };
 
@@ -678,7 +680,7 @@ function renderDetail(d, host, probes, events, hours, strip) {
     ? h("ul", { class: "reason-list", id: "detail-reasons" }, d.reasons.map((r) => h("li", { "data-rule": r.rule },
       badge(r.severity), h("span", { class: "rule" }, r.rule), h("span", { class: "msg" }, r.message),
       h("span", {}, "since ", when(r.since_ms)),
-      r.runbook ? h("a", { href: r.runbook, target: "_blank", rel: "noopener noreferrer", class: "runbook" }, "Runbook ↗") : h("span", { class: "empty" }, "no runbook"))))
+      runbookView(r, d.agency + "/" + d.unit))))
     : h("p", { class: "empty", id: "detail-reasons" }, "No active flags: the unit is OK.");
   const now = Date.now();
   const t0 = now - hours * 3600000;
@@ -716,6 +718,88 @@ function renderDetail(d, host, probes, events, hours, strip) {
     h("h3", {}, `Last ${strip ? Math.round((strip.to_ms - strip.from_ms) / 3600000) || "<1" : 24} h: on, off, asleep, lost`),
     stripView(strip),
     h("h3", {}, `Last ${hours} h`), charts, h("h3", {}, "Transitions"), trTable);
+}
+
+// ---------------------------------------------------------------- runbooks
+
+/**
+ * A flag's runbook: this collector's own (`/runbooks/{rule}`) expands inline
+ * under the flag; another site's URL is a link; none says so.
+ */
+function runbookView(r, key) {
+  if (!r.runbook) return h("span", { class: "empty" }, "no runbook");
+  if (!r.runbook.startsWith("/runbooks/")) {
+    return h("a", { href: r.runbook, target: "_blank", rel: "noopener noreferrer", class: "runbook" }, "Runbook ↗");
+  }
+  const id = key + " " + r.rule;
+  const body = h("div", { class: "runbook-body" });
+  // An `open` details element fires `toggle` once it is built too, so a
+  // runbook left open survives the unit view's re-renders.
+  return h("details", {
+    class: "runbook-inline", "data-rule": r.rule, open: state.runbooksOpen.has(id),
+    ontoggle: (e) => {
+      if (e.target.open) { state.runbooksOpen.add(id); fillRunbook(body, r.runbook); } else state.runbooksOpen.delete(id);
+    },
+  }, h("summary", {}, "Runbook"), body);
+}
+
+/** The runbook page's `<article id="runbook">`, fetched once per page load (no token needed). */
+function loadRunbook(url) {
+  if (!state.runbooks.has(url)) {
+    const p = fetch(url, { cache: "no-cache" }).then(async (r) => {
+      if (!r.ok) throw new Error(r.status === 404 ? "this collector has no runbook for this rule" : "HTTP " + r.status);
+      // DOMParser's document is inert: nothing in it runs or loads.
+      const doc = new DOMParser().parseFromString(await r.text(), "text/html");
+      const article = doc.getElementById("runbook");
+      if (!article) throw new Error("not a runbook page");
+      return article;
+    });
+    p.catch(() => state.runbooks.delete(url));
+    state.runbooks.set(url, p);
+  }
+  return state.runbooks.get(url);
+}
+
+/** Elements a runbook may show; anything else is replaced by its text. */
+const RUNBOOK_TAGS = new Set(["H1", "H2", "H3", "H4", "H5", "H6", "P", "UL", "OL", "LI", "CODE", "PRE", "EM",
+  "STRONG", "DEL", "BLOCKQUOTE", "HR", "BR", "A", "TABLE", "THEAD", "TBODY", "TR", "TH", "TD"]);
+
+/**
+ * The runbook rebuilt with `h()`: the server already escaped it, and this
+ * keeps the page's rule anyway: only the elements above, no attributes but
+ * a link's http(s), mailto, tel or same-site address (opened in a new tab),
+ * text always as text.
+ */
+function runbookNodes(src) {
+  const out = [];
+  for (const n of src.childNodes) {
+    if (n.nodeType === Node.TEXT_NODE) { out.push(n.textContent); continue; }
+    if (n.nodeType !== Node.ELEMENT_NODE) continue;
+    const kids = runbookNodes(n);
+    if (!RUNBOOK_TAGS.has(n.tagName)) { out.push(...kids); continue; }
+    const attrs = {};
+    const href = n.tagName === "A" ? n.getAttribute("href") || "" : "";
+    if (/^(https?:|mailto:|tel:|\/(?!\/))/i.test(href)) Object.assign(attrs, { href, target: "_blank", rel: "noopener noreferrer" });
+    out.push(h(n.tagName.toLowerCase(), attrs, kids));
+  }
+  return out;
+}
+
+async function fillRunbook(body, url) {
+  if (body.dataset.state === "loading" || body.dataset.state === "loaded") return;
+  body.dataset.state = "loading";
+  body.replaceChildren(h("p", { class: "empty" }, "Loading the runbook…"));
+  try {
+    const article = await loadRunbook(url);
+    body.replaceChildren(
+      h("article", { class: "runbook", "data-source": article.dataset.source || "" }, runbookNodes(article)),
+      h("p", { class: "runbook-open" }, article.dataset.source === "site" ? "This centre's runbook. " : "Built-in runbook. ",
+        h("a", { href: url, target: "_blank", rel: "noopener noreferrer", class: "runbook" }, "Open as a page ↗")));
+    body.dataset.state = "loaded";
+  } catch (e) {
+    body.replaceChildren(h("p", { class: "error" }, "Could not load the runbook: " + e.message));
+    body.dataset.state = "";
+  }
 }
 
 /** A unit's labels as `station=7, role=patrol` (— when it reported none). */
