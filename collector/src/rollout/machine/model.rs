@@ -13,10 +13,9 @@ use proptest::test_runner::{Config, TestCaseError, TestRunner};
 
 use super::*;
 use crate::gate::stats::GateConfig;
-use crate::rollout::spec::{RawRollout, Target, Wave};
+use crate::rollout::spec::Wave;
 
-const SOAK: u64 = 60_000;
-const APPLY: u64 = 30_000;
+use super::tests::{APPLY, SOAK};
 const START: u64 = 1_000;
 
 /// Which calls the config book refuses.
@@ -198,24 +197,7 @@ fn errs(
 
 impl World {
     fn new(n: usize, waves: Vec<Wave>) -> World {
-        let spec = RawRollout {
-            name: "timeout".into(),
-            change: "[sampling]\ninterval = \"10s\"\n".into(),
-            target: Target {
-                agency: "metro".into(),
-                units: None,
-                labels: None,
-            },
-            probe: "cad".into(),
-            probe_target: None,
-            waves: Some(waves),
-            soak_ms: Some(SOAK),
-            apply_timeout_ms: Some(APPLY),
-            metrics: None,
-            config: None,
-        }
-        .validate()
-        .unwrap();
+        let spec = super::tests::spec(waves);
         let units = order("r7", (0..n).map(|i| format!("u{i:02}")).collect());
         let mut book = Book {
             order: units.clone(),

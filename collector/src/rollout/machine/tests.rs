@@ -2,7 +2,7 @@ use std::collections::BTreeMap;
 
 use super::*;
 use crate::gate::stats::GateConfig;
-use crate::rollout::spec::{RawRollout, Wave};
+use crate::rollout::spec::{RawRollout, RolloutSpec, Wave};
 
 /// The config book, faked: versions per unit, what was issued.
 #[derive(Default)]
@@ -57,11 +57,13 @@ impl Units {
     }
 }
 
-const SOAK: u64 = 60_000;
-const APPLY: u64 = 30_000;
+pub(super) const SOAK: u64 = 60_000;
+pub(super) const APPLY: u64 = 30_000;
 
-fn rollout(n: usize, waves: Vec<Wave>) -> Rollout {
-    let spec = RawRollout {
+/// The definition the machine's tests and its model run: every unit of
+/// `metro`, probe `cad`, soak [`SOAK`], apply timeout [`APPLY`].
+pub(super) fn spec(waves: Vec<Wave>) -> RolloutSpec {
+    RawRollout {
         name: "timeout".into(),
         change: "[sampling]\ninterval = \"10s\"\n".into(),
         target: crate::rollout::spec::Target {
@@ -78,7 +80,11 @@ fn rollout(n: usize, waves: Vec<Wave>) -> Rollout {
         config: None,
     }
     .validate()
-    .unwrap();
+    .unwrap()
+}
+
+fn rollout(n: usize, waves: Vec<Wave>) -> Rollout {
+    let spec = spec(waves);
     let units = (0..n).map(|i| format!("u{i:02}")).collect();
     Rollout::new("r1".into(), spec, units, 1_000)
 }
