@@ -235,6 +235,9 @@ fn check_record(r: &Record) -> Result<(), DecodeError> {
     if let Payload::Config(c) = &r.payload {
         return c.validate().map_err(DecodeError::Malformed);
     }
+    if let Payload::Action(a) = &r.payload {
+        return a.validate().map_err(DecodeError::Malformed);
+    }
     let Payload::Presence(p) = &r.payload else {
         return Ok(());
     };
@@ -345,6 +348,23 @@ fn check_config_doc(d: &ConfigDoc) -> Result<(), String> {
         ));
     }
     Ok(())
+}
+
+// ------------------------------------------------------------ action requests
+
+/// Encodes a signed action request at the current [`SCHEMA_VERSION`].
+pub fn encode_action(r: &crate::action::ActionRequest) -> Result<Vec<u8>, EncodeError> {
+    r.validate().map_err(EncodeError::Invalid)?;
+    encode_v2_envelope(r, 256)
+}
+
+/// Decodes an action request (schema 2 or later) within the wire's bounds
+/// (`ActionRequest::validate`). Never panics. The signature, the unit, the
+/// expiry and the nonce are the agent's checks.
+pub fn decode_action(bytes: &[u8]) -> Result<crate::action::ActionRequest, DecodeError> {
+    let r: crate::action::ActionRequest = decode_v2_envelope(bytes)?;
+    r.validate().map_err(DecodeError::Malformed)?;
+    Ok(r)
 }
 
 /// Most entries in any list inside a message (cores, disks, records, ...).

@@ -6,7 +6,9 @@
 //! * [`topic`]: the MQTT topic scheme, built and parsed.
 //! * [`codec`]: the versioned envelope, `encode` / `decode` with a size limit;
 //!   `v1` is the frozen previous schema, still read and written.
-//! * [`sign`]: Ed25519 keys, key ids, signed acks and hellos.
+//! * [`sign`]: Ed25519 keys, key ids, signed acks, hellos, config documents
+//!   and action requests.
+//! * [`action`]: action requests and their audit records.
 //! * [`rollup`]: the collector's stored rollups, in fixed point (not on the
 //!   wire; here because this crate alone knows bincode).
 //! * [`presence`]: which presence of a unit a receiver believes (receive
@@ -19,6 +21,7 @@
 
 #![forbid(unsafe_code)]
 
+pub mod action;
 pub mod codec;
 pub mod fixtures;
 pub mod ids;
@@ -29,10 +32,12 @@ pub mod sign;
 pub mod topic;
 mod v1;
 
+pub use action::{ActionAudit, ActionParam, ActionRef, ActionRefusal, ActionRequest, ActionStep};
 pub use codec::{
     ACCEPTED_VERSIONS, DecodeError, Decoded, EncodeError, MAX_BATCH_RECORDS, MAX_MESSAGE_BYTES,
-    SCHEMA_VERSION, decode, decode_config, decode_hello, decode_record, encode, encode_config,
-    encode_hello, encode_record, encode_version, encoded_len, message_from_encoded,
+    SCHEMA_VERSION, decode, decode_action, decode_config, decode_hello, decode_record, encode,
+    encode_action, encode_config, encode_hello, encode_record, encode_version, encoded_len,
+    message_from_encoded,
 };
 pub use ids::{BootId, IdentityError, UnitId};
 pub use message::*;

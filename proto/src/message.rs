@@ -64,6 +64,9 @@ pub enum Payload {
     /// A step of the agent's configuration (schema v2, issue 16): a remote
     /// document applying, applied, failed, refused or rolled back.
     Config(ConfigStatus),
+    /// One step of an action request (schema v2, issue 17): refused,
+    /// started, finished or failed, for the audit.
+    Action(crate::action::ActionAudit),
 }
 
 impl Payload {
@@ -75,6 +78,7 @@ impl Payload {
             Payload::Presence(_) => "presence",
             Payload::Facts(_) => "facts",
             Payload::Config(_) => "config",
+            Payload::Action(_) => "action",
         }
     }
 }

@@ -1,4 +1,5 @@
-//! Collector signatures (Ed25519) on acks, hellos and config documents: keys, key ids, the
+//! Collector signatures (Ed25519) on acks, hellos, config documents and
+//! action requests: keys, key ids, the
 //! signed bytes, signing and verification. Pure: no I/O, no clock, no RNG —
 //! a [`SigningKey`] is made from 32 bytes the caller provides (the collector
 //! reads them from its key file, created from the OS RNG).
@@ -11,7 +12,9 @@
 //!   signature cannot be moved to another unit, boot or range, nor to a
 //!   hello (`HELLO_CONTEXT ‖ bincode(started_ms, counter, next_keys)`) or
 //!   a config document (`CONFIG_CONTEXT ‖ bincode(scope, version,
-//!   issued_ms, body)`, whose SHA-256 is the document's hash).
+//!   issued_ms, body)`, whose SHA-256 is the document's hash), or an action
+//!   request (`ACTION_CONTEXT ‖ bincode(unit, action, params, nonce,
+//!   issued_ms, expires_ms, requested_by)`).
 //! * A [`KeyId`] is the first 8 bytes of SHA-256 of the public key; it names
 //!   the key a message claims. Verification looks the id up in
 //!   [`TrustedKeys`] and checks the signature with `verify_strict` (no
@@ -29,6 +32,7 @@ use ed25519_dalek::{Signer, VerifyingKey};
 use serde::{Deserialize, Serialize};
 use sha2::{Digest, Sha256};
 
+use crate::action::ActionRequest;
 use crate::ids::{BootId, UnitId};
 use crate::message::{Ack, ConfigDoc, DocScope, Hello, SeqRange};
 
@@ -38,6 +42,8 @@ pub const ACK_CONTEXT: &[u8] = b"muster ack v2\0";
 pub const HELLO_CONTEXT: &[u8] = b"muster hello v2\0";
 /// Prefix of every signed config document's bytes.
 pub const CONFIG_CONTEXT: &[u8] = b"muster config v1\0";
+/// Prefix of every signed action request's bytes.
+pub const ACTION_CONTEXT: &[u8] = b"muster action v1\0";
 /// Most keys an agent trusts at once (configured, persisted and announced).
 pub const MAX_TRUSTED_KEYS: usize = 16;
 /// Text prefix of a public key.
@@ -406,6 +412,41 @@ pub fn sign_config(
 /// signed it. Whether it is for this unit is the agent's check.
 pub fn verify_config(trusted: &TrustedKeys, d: &ConfigDoc) -> Result<KeyId, VerifyError> {
     trusted.verify(d.key_id, &config_signed_bytes(d), &d.sig)
+}
+
+// ---------------------------------------------------------- action requests
+
+/// The bytes an action request's signature covers: everything it says.
+pub fn action_signed_bytes(r: &ActionRequest) -> Vec<u8> {
+    let mut out = Vec::with_capacity(160);
+    out.extend_from_slice(ACTION_CONTEXT);
+    let _ = bincode::serde::encode_into_std_write(
+        (
+            &r.unit,
+            &r.action,
+            &r.params,
+            r.nonce,
+            r.issued_ms,
+            r.expires_ms,
+            &r.requested_by,
+        ),
+        &mut out,
+        config(),
+    );
+    out
+}
+
+/// Signs `r` with `key`: sets its `key_id` and `sig`.
+pub fn sign_action(key: &SigningKey, mut r: ActionRequest) -> ActionRequest {
+    r.key_id = key.key_id();
+    r.sig = key.sign(&action_signed_bytes(&r));
+    r
+}
+
+/// Is the request signed by a trusted key? Returns the key id that signed
+/// it. The unit, the expiry and the nonce are the agent's checks.
+pub fn verify_action(trusted: &TrustedKeys, r: &ActionRequest) -> Result<KeyId, VerifyError> {
+    trusted.verify(r.key_id, &action_signed_bytes(r), &r.sig)
 }
 
 /// Lowercase hex of a hash or key id, for logs and JSON.

@@ -38,15 +38,18 @@ pub enum TopicKind {
     Ack,
     Status,
     Config,
+    /// Signed action requests, collector to one agent (never retained).
+    Action,
 }
 
 impl TopicKind {
-    pub const ALL: [TopicKind; 5] = [
+    pub const ALL: [TopicKind; 6] = [
         TopicKind::Telemetry,
         TopicKind::State,
         TopicKind::Ack,
         TopicKind::Status,
         TopicKind::Config,
+        TopicKind::Action,
     ];
 
     pub fn as_str(self) -> &'static str {
@@ -56,6 +59,7 @@ impl TopicKind {
             TopicKind::Ack => "ack",
             TopicKind::Status => "status",
             TopicKind::Config => "config",
+            TopicKind::Action => "action",
         }
     }
 }

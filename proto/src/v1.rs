@@ -235,6 +235,9 @@ impl TryFrom<&cur::Record> for Record {
                 cur::Payload::Config(_) => {
                     return Err(EncodeError::NotInVersion("a config status record", 1));
                 }
+                cur::Payload::Action(_) => {
+                    return Err(EncodeError::NotInVersion("an action audit record", 1));
+                }
             },
         })
     }

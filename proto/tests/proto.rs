@@ -1438,3 +1438,203 @@ fn facts_and_config_status_round_trip_and_are_validated() {
 fn bincode_of<T: serde::Serialize>(v: &T) -> Vec<u8> {
     bincode::serde::encode_to_vec(v, bincode::config::standard()).unwrap()
 }
+
+fn action_request() -> ActionRequest {
+    sign::sign_action(
+        &fixtures::signing_key(),
+        ActionRequest {
+            unit: UnitId::new("metro-pd", "car-12").unwrap(),
+            action: "restart-cad-client".into(),
+            params: vec![ActionParam {
+                name: "service".into(),
+                value: "cad".into(),
+            }],
+            nonce: [5; 16],
+            issued_ms: 1_700_000_000_000,
+            expires_ms: 1_700_000_060_000,
+            requested_by: "operator:metro-pd".into(),
+            key_id: KeyId::NONE,
+            sig: Signature::NONE,
+        },
+    )
+}
+
+#[test]
+fn action_requests_are_bound_to_everything_they_say() {
+    let key = fixtures::signing_key();
+    let mut trusted = TrustedKeys::new();
+    trusted.insert(key.public_key()).unwrap();
+    let good = action_request();
+    assert_eq!(sign::verify_action(&trusted, &good), Ok(key.key_id()));
+    assert_eq!(decode_action(&encode_action(&good).unwrap()).unwrap(), good);
+    let with = |f: &dyn Fn(&mut ActionRequest)| {
+        let mut r = good.clone();
+        f(&mut r);
+        r
+    };
+    let cases: Vec<(&str, ActionRequest)> = vec![
+        (
+            "another unit",
+            with(&|r| r.unit = UnitId::new("metro-pd", "car-13").unwrap()),
+        ),
+        (
+            "another agency",
+            with(&|r| r.unit = UnitId::new("county-fd", "car-12").unwrap()),
+        ),
+        ("action", with(&|r| r.action = "flush-dns".into())),
+        ("param value", with(&|r| r.params[0].value = "cad2".into())),
+        ("param name", with(&|r| r.params[0].name = "unit".into())),
+        ("no params", with(&|r| r.params.clear())),
+        ("nonce", with(&|r| r.nonce[0] ^= 1)),
+        ("issued", with(&|r| r.issued_ms += 1)),
+        ("expiry", with(&|r| r.expires_ms += 1)),
+        ("requested_by", with(&|r| r.requested_by = "admin".into())),
+        ("signature", with(&|r| r.sig.0[0] ^= 1)),
+        (
+            "unsigned",
+            with(&|r| {
+                r.sig = Signature::NONE;
+                r.key_id = KeyId::NONE
+            }),
+        ),
+        (
+            "unknown key",
+            sign::sign_action(&fixtures::next_signing_key(), good.clone()),
+        ),
+        (
+            "a hello's signature",
+            with(&|r| {
+                let h = fixtures::hello();
+                r.key_id = h.key_id;
+                r.sig = h.sig
+            }),
+        ),
+    ];
+    for (name, r) in cases {
+        assert!(sign::verify_action(&trusted, &r).is_err(), "{name}");
+    }
+    assert_eq!(
+        sign::verify_action(&TrustedKeys::new(), &good),
+        Err(VerifyError::UnknownKey(key.key_id()))
+    );
+}
+
+#[test]
+fn action_requests_and_audits_are_bounded() {
+    let good = action_request();
+    let with = |f: &dyn Fn(&mut ActionRequest)| {
+        let mut r = good.clone();
+        f(&mut r);
+        r
+    };
+    // At each limit it encodes; one over, neither side takes it.
+    let at = with(&|r| {
+        r.params = (0..muster_proto::action::MAX_ACTION_PARAMS)
+            .map(|i| ActionParam {
+                name: format!("p{i}"),
+                value: "v".repeat(muster_proto::action::MAX_PARAM_VALUE),
+            })
+            .collect();
+        r.action = "a".repeat(muster_proto::action::MAX_ACTION_NAME);
+        r.requested_by = "b".repeat(muster_proto::action::MAX_REQUESTED_BY);
+    });
+    assert_eq!(decode_action(&encode_action(&at).unwrap()).unwrap(), at);
+    let over: Vec<(&str, ActionRequest)> = vec![
+        (
+            "value",
+            with(&|r| r.params[0].value = "v".repeat(muster_proto::action::MAX_PARAM_VALUE + 1)),
+        ),
+        (
+            "params",
+            with(&|r| {
+                r.params = (0..=muster_proto::action::MAX_ACTION_PARAMS)
+                    .map(|i| ActionParam {
+                        name: format!("p{i}"),
+                        value: String::new(),
+                    })
+                    .collect()
+            }),
+        ),
+        (
+            "name",
+            with(&|r| r.action = "a".repeat(muster_proto::action::MAX_ACTION_NAME + 1)),
+        ),
+        ("name chars", with(&|r| r.action = "restart;reboot".into())),
+        (
+            "param name chars",
+            with(&|r| r.params[0].name = "a b".into()),
+        ),
+        (
+            "requested_by",
+            with(&|r| r.requested_by = "b".repeat(muster_proto::action::MAX_REQUESTED_BY + 1)),
+        ),
+        ("unit", with(&|r| r.unit.unit = "a/b".into())),
+    ];
+    for (name, r) in over {
+        assert!(
+            matches!(encode_action(&r), Err(EncodeError::Invalid(_))),
+            "{name}"
+        );
+        let mut raw = vec![SCHEMA_VERSION];
+        raw.extend(bincode_of(&r));
+        assert!(
+            matches!(decode_action(&raw), Err(DecodeError::Malformed(_))),
+            "{name}"
+        );
+    }
+    // A newline in a value is the agent's to refuse (against its pattern),
+    // not the wire's: it must arrive to be audited.
+    let nl = with(&|r| r.params[0].value = "cad\n; rm -rf /".into());
+    assert_eq!(decode_action(&encode_action(&nl).unwrap()).unwrap(), nl);
+    let bytes = encode_action(&good).unwrap();
+    for cut in [0, 1, bytes.len() / 2, bytes.len() - 1] {
+        assert!(decode_action(&bytes[..cut]).is_err(), "cut at {cut}");
+    }
+
+    // Audit records travel as records and are bounded the same way.
+    let unit = good.unit.clone();
+    let rec = |step: ActionStep| Message {
+        unit: unit.clone(),
+        body: Body::Record(Record {
+            boot: BootId(7),
+            seq: 1,
+            at_ms: 2,
+            payload: Payload::Action(ActionAudit {
+                request: Some(good.reference()),
+                step,
+            }),
+        }),
+    };
+    let out = "o".repeat(muster_proto::action::MAX_ACTION_OUTPUT);
+    let fin = rec(ActionStep::Finished {
+        exit_code: Some(0),
+        timed_out: false,
+        duration_ms: 12,
+        stdout: out.clone(),
+        stderr: out.clone(),
+    });
+    round_trip(&fin);
+    let too_long = rec(ActionStep::Finished {
+        exit_code: None,
+        timed_out: true,
+        duration_ms: 12,
+        stdout: out.clone() + "o",
+        stderr: String::new(),
+    });
+    assert!(matches!(
+        decode(&[&[SCHEMA_VERSION][..], &bincode_of(&too_long)].concat()),
+        Err(DecodeError::Malformed(_))
+    ));
+    let refused = rec(ActionStep::Refused {
+        reason: ActionRefusal::Replayed,
+        detail: "r".repeat(muster_proto::action::MAX_ACTION_REASON + 1),
+    });
+    assert!(matches!(
+        decode(&[&[SCHEMA_VERSION][..], &bincode_of(&refused)].concat()),
+        Err(DecodeError::Malformed(_))
+    ));
+    assert!(matches!(
+        encode_version(&fin, 1),
+        Err(EncodeError::NotInVersion(..))
+    ));
+}

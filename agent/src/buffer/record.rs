@@ -30,11 +30,13 @@ impl Kind {
         match p {
             Payload::Host(_) => Kind::Host,
             Payload::Probe(_) => Kind::Probe,
-            // An announcement, the unit's facts or a config step are never
-            // thinned, like a heartbeat.
-            Payload::Status(_) | Payload::Presence(_) | Payload::Facts(_) | Payload::Config(_) => {
-                Kind::Status
-            }
+            // An announcement, the unit's facts, a config step or an
+            // action's audit are never thinned, like a heartbeat.
+            Payload::Status(_)
+            | Payload::Presence(_)
+            | Payload::Facts(_)
+            | Payload::Config(_)
+            | Payload::Action(_) => Kind::Status,
         }
     }
     fn byte(self) -> u8 {

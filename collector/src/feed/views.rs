@@ -281,6 +281,8 @@ pub enum SampleData {
     Facts(UnitFacts),
     /// A step of the unit's configuration.
     Config(ConfigStatusView),
+    /// A step of an action request: the audit.
+    Action(ActionAuditView),
 }
 
 #[derive(Debug, Serialize)]
@@ -306,6 +308,7 @@ impl From<StoredSample> for SampleView {
                 Payload::Presence(p) => SampleData::Presence(PresenceView::from(&p)),
                 Payload::Facts(f) => SampleData::Facts(f),
                 Payload::Config(c) => SampleData::Config(ConfigStatusView::from(&c)),
+                Payload::Action(a) => SampleData::Action(ActionAuditView::from(&a)),
             },
         }
     }
@@ -427,6 +430,74 @@ mod tests {
 }
 
 /// A [`muster_proto::ConfigStatus`] for JSON: hashes in hex, the state by name.
+#[derive(Debug, Serialize)]
+pub struct ActionAuditView {
+    /// The request's nonce, hex: names the request across its steps.
+    /// Absent when the agent could not read the request far enough.
+    pub request: Option<String>,
+    pub action: Option<String>,
+    pub requested_by: Option<String>,
+    pub issued_ms: Option<u64>,
+    /// `refused`, `started`, `finished` or `failed`.
+    pub step: &'static str,
+    /// A refusal's reason (`bad_signature`, `replayed`, ...).
+    pub refusal: Option<&'static str>,
+    pub reason: Option<String>,
+    pub exit_code: Option<i32>,
+    pub timed_out: Option<bool>,
+    pub duration_ms: Option<u64>,
+    pub stdout: Option<String>,
+    pub stderr: Option<String>,
+}
+
+impl From<&muster_proto::ActionAudit> for ActionAuditView {
+    fn from(a: &muster_proto::ActionAudit) -> Self {
+        use muster_proto::{ActionStep, sign::hex_of};
+        let mut v = ActionAuditView {
+            request: a.request.as_ref().map(|r| hex_of(&r.nonce)),
+            action: a.request.as_ref().map(|r| r.action.clone()),
+            requested_by: a.request.as_ref().map(|r| r.requested_by.clone()),
+            issued_ms: a.request.as_ref().map(|r| r.issued_ms),
+            step: a.step.as_str(),
+            refusal: None,
+            reason: None,
+            exit_code: None,
+            timed_out: None,
+            duration_ms: None,
+            stdout: None,
+            stderr: None,
+        };
+        match &a.step {
+            ActionStep::Refused { reason, detail } => {
+                v.refusal = Some(reason.as_str());
+                v.reason = Some(detail.clone());
+            }
+            ActionStep::Started => {}
+            ActionStep::Finished {
+                exit_code,
+                timed_out,
+                duration_ms,
+                stdout,
+                stderr,
+            } => {
+                v.exit_code = *exit_code;
+                v.timed_out = Some(*timed_out);
+                v.duration_ms = Some(*duration_ms);
+                v.stdout = Some(stdout.clone());
+                v.stderr = Some(stderr.clone());
+            }
+            ActionStep::Failed {
+                reason,
+                duration_ms,
+            } => {
+                v.reason = Some(reason.clone());
+                v.duration_ms = Some(*duration_ms);
+            }
+        }
+        v
+    }
+}
+
 #[derive(Debug, Serialize)]
 pub struct ConfigStatusView {
     /// `agency` or `unit`: which document the step is about; absent for the

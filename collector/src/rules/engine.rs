@@ -158,7 +158,9 @@ impl UnitState {
         let track = &self.presence;
         let newest = match &rec.payload {
             Payload::Host(_) => &mut self.host_at,
-            Payload::Status(_) | Payload::Presence(_) | Payload::Config(_) => &mut self.status_at,
+            Payload::Status(_) | Payload::Presence(_) | Payload::Config(_) | Payload::Action(_) => {
+                &mut self.status_at
+            }
             Payload::Facts(_) => &mut self.facts_at,
             Payload::Probe(p) => {
                 return match self.probes.iter_mut().find(|s| *s.name == *p.name) {
@@ -431,6 +433,9 @@ impl Engine {
                 Payload::Facts(_) => {}
                 // Not rule inputs: kept with the unit's samples (latest).
                 Payload::Config(_) => {}
+                // The audit of an action: what automation asked for is
+                // matched to its outcome by the collector's actions.
+                Payload::Action(_) => {}
             }
             eval_skew(cfg, u, now_ms, &mut fx);
         }
