@@ -9,6 +9,7 @@
 //! * [`backoff`]: exponential backoff with injected randomness (full or
 //!   equal jitter) and a small seedable jitter source.
 //! * [`systemd`]: `Type=notify` datagrams and the watchdog interval.
+//! * [`rate`]: "N per D" limits: the parser and the sliding-window counter.
 //! * [`value`]: config values: durations, byte sizes and MQTT URLs, with
 //!   errors that name the key.
 //!
@@ -22,6 +23,7 @@
 pub mod backoff;
 pub mod clock;
 pub mod fsutil;
+pub mod rate;
 pub mod shutdown;
 pub mod systemd;
 pub mod value;
