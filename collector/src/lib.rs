@@ -22,6 +22,7 @@
 #![forbid(unsafe_code)]
 
 pub mod app;
+pub mod automation;
 pub mod broker;
 pub mod cluster;
 /// The injected clock (its home is `muster_base::clock`).

@@ -76,6 +76,16 @@ pub enum Severity {
     Critical,
 }
 
+impl Severity {
+    /// One step up (automation's escalation); `critical` stays.
+    pub fn escalated(self) -> Severity {
+        match self {
+            Severity::Info => Severity::Degraded,
+            Severity::Degraded | Severity::Critical => Severity::Critical,
+        }
+    }
+}
+
 impl From<Severity> for Status {
     fn from(s: Severity) -> Status {
         match s {

@@ -39,8 +39,10 @@ pub const MAX_PARAM_NAME: usize = 32;
 pub const MAX_PARAM_VALUE: usize = 256;
 /// Longest `requested_by`, in bytes.
 pub const MAX_REQUESTED_BY: usize = 128;
-/// Most bytes of stdout, and of stderr, an audit record carries.
-pub const MAX_ACTION_OUTPUT: usize = 4096;
+/// Most bytes of stdout, and of stderr, an audit record carries (an
+/// agent cuts to its own, smaller or equal, `output_max`; diagnostics use
+/// all of it).
+pub const MAX_ACTION_OUTPUT: usize = 16 * 1024;
 /// Longest reason or detail in an audit record, in characters.
 pub const MAX_ACTION_REASON: usize = 512;
 /// Longest a request may be valid for (expiry minus issue time): an agent

@@ -164,6 +164,13 @@ pub struct RawThreshold {
     pub severity: Option<String>,
     pub runbook: Option<String>,
     pub agencies: Option<Vec<String>>,
+    /// The agent action automation requests when this flag raises
+    /// (`crate::automation`).
+    pub auto_action: Option<String>,
+    /// At most this many automatic requests per unit: `"1 per 1h"`.
+    pub auto_max: Option<String>,
+    /// The flag must clear within this after the action, else it escalates.
+    pub auto_window: Option<String>,
 }
 
 /// A threshold: a number, `true` / `false` for true/false fields, or a
@@ -277,7 +284,25 @@ pub struct ThresholdRule {
     pub runbook: Option<Arc<str>>,
     /// Only units of these agencies; `None` = all.
     pub agencies: Option<Vec<String>>,
+    /// What automation does when this flag raises.
+    pub auto: Option<AutoRule>,
 }
+
+/// A rule's automation (`auto_action`, `auto_max`, `auto_window`).
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct AutoRule {
+    /// The name of an `[[action]]` in the units' own configs.
+    pub action: String,
+    /// Automatic requests per unit at most; past it the flag escalates.
+    pub max: muster_base::rate::Rate,
+    /// The flag must clear within this after the action ran.
+    pub window_ms: u64,
+}
+
+/// `auto_max` when a rule names only `auto_action`.
+pub const DEFAULT_AUTO_MAX: &str = "1 per 1h";
+/// `auto_window` when a rule names only `auto_action`.
+pub const DEFAULT_AUTO_WINDOW_MS: u64 = 10 * 60_000;
 
 impl ThresholdRule {
     pub fn applies_to(&self, agency: &str) -> bool {
@@ -792,7 +817,45 @@ fn threshold_rule(key: &str, raw: RawThreshold) -> Result<ThresholdRule, RulesEr
         )?,
         runbook: runbook(&k("runbook"), raw.runbook)?.map(Into::into),
         agencies: raw.agencies,
+        auto: auto_rule(key, raw.auto_action, raw.auto_max, raw.auto_window)?,
     })
+}
+
+fn auto_rule(
+    key: &str,
+    action: Option<String>,
+    max: Option<String>,
+    window: Option<String>,
+) -> Result<Option<AutoRule>, RulesError> {
+    let k = |sub: &str| format!("{key}.{sub}");
+    let Some(action) = action else {
+        if max.is_some() {
+            return Err(invalid(k("auto_max"), "needs auto_action"));
+        }
+        if window.is_some() {
+            return Err(invalid(k("auto_window"), "needs auto_action"));
+        }
+        return Ok(None);
+    };
+    muster_proto::action::check_name(
+        "an action name",
+        &action,
+        muster_proto::action::MAX_ACTION_NAME,
+    )
+    .map_err(|e| invalid(k("auto_action"), e))?;
+    let max = muster_base::rate::rate(&k("auto_max"), max.as_deref().unwrap_or(DEFAULT_AUTO_MAX))?;
+    let window_ms = match window {
+        None => DEFAULT_AUTO_WINDOW_MS,
+        Some(w) => match duration(&k("auto_window"), &w)? {
+            ms @ 1_000..=86_400_000 => ms,
+            _ => return Err(invalid(k("auto_window"), "must be 1s to 24h")),
+        },
+    };
+    Ok(Some(AutoRule {
+        action,
+        max,
+        window_ms,
+    }))
 }
 
 #[cfg(test)]

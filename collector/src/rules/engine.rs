@@ -57,6 +57,11 @@ struct Slot {
     seen: u32,
     /// The message, fixed when the flag went up.
     message: String,
+    /// Automation's word on the raised flag ([`Engine::annotate`]):
+    /// joins the message.
+    note: Option<Box<str>>,
+    /// Automation escalated it: one severity step above the rule's.
+    escalated: bool,
 }
 
 #[derive(Debug)]
@@ -338,7 +343,10 @@ impl Engine {
                         observed: r.observed.unwrap_or(rule.threshold),
                         active: true,
                         seen: 0,
+                        // A note was joined into the stored message.
                         message: r.message.clone(),
+                        note: None,
+                        escalated: r.severity > rule.severity,
                     });
                 }
             }
@@ -606,6 +614,44 @@ impl Engine {
         out
     }
 
+    /// Automation's word on the raised flags of threshold rule `rule` on
+    /// `unit` (`crate::automation`): `note` joins each one's message
+    /// ("auto: restart-cad-client at 14:02Z, exit 0"), `escalate` raises
+    /// its severity one step (kept until the flag clears). A severity
+    /// change is a transition; a note alone only updates the reasons.
+    /// Nothing when the flag is not raised (it cleared meanwhile).
+    pub fn annotate(
+        &mut self,
+        unit: &UnitId,
+        rule: &str,
+        note: Option<&str>,
+        escalate: bool,
+        now_ms: u64,
+    ) -> Vec<Change> {
+        let mut out = Vec::new();
+        let (Some(&ui), Some(ri)) = (
+            self.index.get(unit),
+            self.cfg.threshold.iter().position(|r| *r.name == *rule),
+        ) else {
+            return out;
+        };
+        let u = &mut self.units[ui];
+        let mut fx = Effect::default();
+        for s in u
+            .slots
+            .iter_mut()
+            .filter(|s| s.active && usize::from(s.rule) == ri)
+        {
+            if let Some(n) = note {
+                s.note = Some(n.into());
+            }
+            s.escalated |= escalate;
+            fx.structural = true;
+        }
+        refresh(&self.cfg, u, now_ms, &fx, &mut out);
+        out
+    }
+
     pub fn health(&self, unit: &UnitId) -> Option<&UnitHealth> {
         self.index.get(unit).map(|&i| &self.units[i].health)
     }
@@ -766,6 +812,8 @@ fn eval_value(
                     active: false,
                     seen: stamp,
                     message: String::new(),
+                    note: None,
+                    escalated: false,
                 };
                 if rule.for_ms == 0 {
                     raise(rule, &mut s);
@@ -1162,13 +1210,20 @@ fn build_reasons(cfg: &RulesConfig, u: &UnitState) -> Vec<Reason> {
         };
         out.push(Reason {
             rule: rule.name.to_string(),
-            severity: rule.severity,
+            severity: if s.escalated {
+                rule.severity.escalated()
+            } else {
+                rule.severity
+            },
             field: s.field.to_string(),
             observed: Some(s.observed),
             threshold: Some(rule.threshold),
             since_ms: s.pending_since,
             runbook: cfg.runbook_link(&rule.name, rule.runbook.as_deref()),
-            message: s.message.clone(),
+            message: match &s.note {
+                Some(n) => format!("{}; {n}", s.message),
+                None => s.message.clone(),
+            },
             incident,
         });
     }

@@ -198,6 +198,7 @@ mod skew;
 pub mod words;
 
 pub use config::IncidentConfig;
+pub use config::{AutoRule, DEFAULT_AUTO_MAX, DEFAULT_AUTO_WINDOW_MS};
 pub use config::{
     DEFAULT_RULES_TOML, RawClockSkew, RawIncidents, RawOff, RawOffAgency, RawOffline, RawRules,
     RawThreshold, RawValue, RulesConfig, RulesError,

@@ -7,7 +7,7 @@ use muster_proto::{
 };
 
 use super::*;
-use crate::model::{Change, Status, Transition};
+use crate::model::{Change, Severity, Status, Transition};
 
 const T0: u64 = fixtures::AT_MS;
 const S: u64 = 1_000;
@@ -1932,4 +1932,123 @@ fn the_newest_facts_record_is_the_units_own_stream() {
     e2.restore_facts(&f.unit, f.boot, 3, T0 + 2 * S);
     e2.on_record(&f.unit, &old, T0 + 7 * S);
     assert_eq!(e2.newest_facts(&f.unit), Some((f.boot, 3)));
+}
+
+#[test]
+fn automation_notes_join_the_reason_and_escalation_raises_severity_until_clear() {
+    let cfg = rules(&rule(
+        "cad-client-down",
+        r#"process["cadclient"].running"#,
+        "==",
+        "false",
+        "severity = \"degraded\"\nauto_action = \"restart-cad-client\"",
+    ));
+    let auto = cfg.threshold[0].auto.clone().unwrap();
+    assert_eq!(auto.action, "restart-cad-client");
+    assert_eq!(auto.max.to_string(), "1 per 1h");
+    assert_eq!(auto.window_ms, 10 * MIN);
+    let down = || host_with(|s| s.processes[0].running = false);
+    let up = || Payload::Host(fixtures::host_sample());
+    let mut e = Engine::new(cfg);
+    let mut f = Feed::new(unit(1));
+    // Not raised: nothing to say.
+    assert!(
+        e.annotate(&f.unit, "cad-client-down", Some("x"), true, T0)
+            .is_empty()
+    );
+    f.send(&mut e, T0, down(), T0);
+    assert_eq!(status(&e, &f.unit), Status::Degraded);
+    // A note alone updates the reason, no transition.
+    let ch = e.annotate(
+        &f.unit,
+        "cad-client-down",
+        Some("auto: restart-cad-client at 14:02Z, exit 0"),
+        false,
+        T0 + S,
+    );
+    assert!(transitions(&ch).is_empty(), "{ch:?}");
+    let r = &e.health(&f.unit).unwrap().reasons[0];
+    assert_eq!(
+        r.message,
+        r#"process["cadclient"].running == false; auto: restart-cad-client at 14:02Z, exit 0"#
+    );
+    assert_eq!(r.severity, Severity::Degraded);
+    // Escalated: one step up, a transition (webhooks see it).
+    let ch = e.annotate(&f.unit, "cad-client-down", None, true, T0 + 2 * S);
+    let t = transitions(&ch);
+    assert_eq!(t.len(), 1, "{ch:?}");
+    assert_eq!((t[0].from, t[0].to), (Status::Degraded, Status::Critical));
+    assert_eq!(t[0].reasons[0].severity, Severity::Critical);
+    // Still down: stays escalated; an unknown rule changes nothing.
+    f.send(&mut e, T0 + 3 * S, down(), T0 + 3 * S);
+    assert_eq!(status(&e, &f.unit), Status::Critical);
+    assert!(e.annotate(&f.unit, "nope", Some("x"), true, T0).is_empty());
+    // Cleared, then raised again: a fresh flag, no note, rule severity.
+    f.send(&mut e, T0 + 4 * S, up(), T0 + 4 * S);
+    assert_eq!(status(&e, &f.unit), Status::Ok);
+    f.send(&mut e, T0 + 5 * S, down(), T0 + 5 * S);
+    let r = &e.health(&f.unit).unwrap().reasons[0];
+    assert_eq!(r.severity, Severity::Degraded);
+    assert_eq!(r.message, r#"process["cadclient"].running == false"#);
+    assert_eq!(Severity::Critical.escalated(), Severity::Critical);
+    assert_eq!(Severity::Info.escalated(), Severity::Degraded);
+}
+
+#[test]
+fn automation_keys_are_validated_naming_the_key() {
+    let bad = |extra: &str| {
+        #[derive(serde::Deserialize)]
+        struct File {
+            rules: RawRules,
+        }
+        let text = format!(
+            "[rules]\ndefaults = false\n{}",
+            rule("r", "cpu.total", ">", "90", extra)
+        );
+        toml::from_str::<File>(&text)
+            .unwrap()
+            .rules
+            .validate()
+            .unwrap_err()
+            .to_string()
+    };
+    let cases = [
+        (
+            "auto_max = \"1 per 1h\"",
+            "rules.threshold[0].auto_max: needs auto_action",
+        ),
+        (
+            "auto_window = \"5m\"",
+            "rules.threshold[0].auto_window: needs auto_action",
+        ),
+        ("auto_action = \"rm -rf\"", "rules.threshold[0].auto_action"),
+        (
+            "auto_action = \"a\"\nauto_max = \"often\"",
+            "rules.threshold[0].auto_max",
+        ),
+        (
+            "auto_action = \"a\"\nauto_window = \"0s\"",
+            "rules.threshold[0].auto_window: must be 1s to 24h",
+        ),
+        (
+            "auto_action = \"a\"\nauto_window = \"2d\"",
+            "rules.threshold[0].auto_window: must be 1s to 24h",
+        ),
+    ];
+    for (extra, want) in cases {
+        let e = bad(extra);
+        assert!(e.starts_with(want), "{extra}: {e}");
+    }
+    let cfg = rules(&rule(
+        "r",
+        "cpu.total",
+        ">",
+        "90",
+        "auto_action = \"flush-dns\"\nauto_max = \"2 per 30m\"\nauto_window = \"90s\"",
+    ));
+    let a = cfg.threshold[0].auto.clone().unwrap();
+    assert_eq!(
+        (a.max.max, a.max.per_ms(), a.window_ms),
+        (2, 30 * MIN, 90 * S)
+    );
 }
