@@ -11,12 +11,20 @@
 #     C:\ProgramData\Muster\agent and publishes its first records to a real
 #     Mosquitto at MQTT_URL; a major upgrade (a higher version, no
 #     properties) keeps a local config edit and the buffer; `msiexec /x`
-#     removes the service and the program, and keeps config and buffer.
+#     removes the service and the program, and keeps config and buffer;
+#  3. under Wine, the `restart_service` action's Windows path
+#     (agent/src/action/service.rs) against Wine's SCM: a second service,
+#     CadStandIn, runs the installed agent with a config of its own, and the
+#     agent's unit tests `action::service::windows_tests` (ignored elsewhere)
+#     restart it (the pid changes, the old process goes), start it stopped,
+#     time out typed, and find no unknown service.
 #
 # Usage: packaging/test-msi.sh [MSI]
 #   Without MSI: cross-builds the agent and builds the MSI into a temp dir.
 #   Either way the upgrade test builds a second MSI (version + 0.0.1) from
-#   target/x86_64-pc-windows-gnu/release/muster-agent.exe (or $MUSTER_EXE).
+#   target/x86_64-pc-windows-gnu/release/muster-agent.exe (or $MUSTER_EXE),
+#   and the agent's unit tests are cross-built (--release, --no-run) unless
+#   $MUSTER_AGENT_TEST_EXE names that test .exe already.
 # Needs: msitools (msiinfo, msibuild), wixl, mingw-w64, wine (64-bit),
 # mosquitto + mosquitto-clients.
 set -euo pipefail
@@ -45,6 +53,17 @@ if [ -z "$msi" ]; then
     msi=$("$here/msi/build-msi.sh" "$work/msi")
 fi
 [ -f "$msi" ] || fail "$msi missing"
+test_exe=${MUSTER_AGENT_TEST_EXE:-}
+if [ -z "$test_exe" ]; then
+    step "build: the agent's unit tests for Windows"
+    test_exe=$(cd "$root" && cargo test --release --locked --target x86_64-pc-windows-gnu -p muster-agent --lib \
+        --no-run --message-format=json | python3 -c '
+import json, sys
+exes = [m["executable"] for m in map(json.loads, sys.stdin)
+        if m.get("reason") == "compiler-artifact" and m.get("executable") and m["profile"]["test"]]
+print(exes[-1] if exes else "")')
+fi
+[ -f "$test_exe" ] || fail "the agent's unit test .exe is missing: '$test_exe'"
 version=$(msiinfo export "$msi" Property | tr -d '\r' | awk -F'\t' '$1 == "ProductVersion" { print $2 }')
 echo "MSI: $msi (version $version)"
 
@@ -181,6 +200,39 @@ log_has 'Agent running. unit=metro-fire/E12' || fail "no 'Agent running' in $dat
 wait "$sub_pid" || { cat "$work/first-telemetry"; fail "no telemetry from metro-fire/E12 at MQTT_URL within 60 s"; }
 echo "first telemetry: $(cut -c1-60 "$work/first-telemetry")"
 ls "$data" "$data/log"
+
+step "Wine: restart_service restarts a second service through the SCM"
+# The stand-in: the installed agent as a second service, with its own data
+# dir (the buffer is locked by its owner) and no broker (it must not take
+# the first service's MQTT client id).
+standin_dir=$WINEPREFIX/drive_c/ProgramData/Muster/standin
+standin='C:\ProgramData\Muster\standin'
+mkdir -p "$standin_dir"
+cat >"$standin_dir/agent.toml" <<TOML
+agency = "ci"
+unit_id = "STANDIN"
+data_dir = '$standin'
+[mqtt]
+url = "mqtt://127.0.0.1:9"
+[trust]
+collector_keys = ["$key"]
+TOML
+wine "$prog/muster-agent.exe" check-config --config "$standin\agent.toml" >/dev/null || fail "the stand-in's config"
+wine sc create CadStandIn binPath= "\"C:\Program Files\Muster\muster-agent.exe\" service run --config $standin\agent.toml" \
+    start= demand >/dev/null || fail "sc create CadStandIn"
+# Wine stops (SHUTDOWN, then kills) its services once the prefix's last
+# other process exits, so a service started here would be gone by the time
+# the test runs: the test starts it itself (with the SCM directly), then
+# restarts it with restart_service.
+wine "$test_exe" --ignored --test-threads=1 --nocapture action::service::windows_tests:: \
+    >"$work/restart-service.log" 2>&1 || { cat "$work/restart-service.log"; fail "action::service::windows_tests"; }
+grep -q 'test result: ok. 2 passed' "$work/restart-service.log" \
+    || { cat "$work/restart-service.log"; fail "action::service::windows_tests did not run both tests"; }
+grep -oE '(restarted|started|no time|unknown): .*' "$work/restart-service.log" | tr -d '\r'
+grep -q 'Agent stopped.' "$standin_dir"/log/*.log || fail "the stand-in was not stopped cleanly (no 'Agent stopped.' in its log)"
+wine sc stop CadStandIn >/dev/null 2>&1 || true
+wine sc delete CadStandIn >/dev/null || fail "sc delete CadStandIn"
+[ "$(service_state)" = RUNNING ] || fail "MusterAgent is $(service_state), not RUNNING, after the stand-in's restarts"
 
 step "Wine: major upgrade keeps the local config edit and the buffer"
 # A local edit an administrator might make.

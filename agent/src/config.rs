@@ -92,6 +92,8 @@ struct RawConfig {
     labels: Option<toml::Table>,
     #[serde(default)]
     cad: RawCad,
+    #[serde(default, rename = "action")]
+    actions: Vec<RawAction>,
 }
 
 #[derive(Debug, Deserialize, Default)]
@@ -242,6 +244,12 @@ pub struct Config {
     /// The local TOML this config was parsed from (the root of trust that
     /// remote documents are merged onto, [`crate::remote`]).
     pub local: std::sync::Arc<str>,
+    /// `[[action]]`: what the collector may ask this agent to run
+    /// ([`crate::action`]). Local only: no remote document can set it.
+    pub actions: Vec<ActionSpec>,
+    /// The file this config was loaded from ([`Config::load`]; `None` when
+    /// parsed from text): `collect_diagnostics` runs `once` with it.
+    pub path: Option<PathBuf>,
 }
 
 /// Top-level sections a remote document may ever set (the wire
@@ -458,7 +466,9 @@ impl Config {
             path: path.to_owned(),
             error: source,
         })?;
-        Config::parse(&text)
+        let mut c = Config::parse(&text)?;
+        c.path = Some(std::path::absolute(path).unwrap_or_else(|_| path.to_owned()));
+        Ok(c)
     }
 
     /// Parses and validates TOML text.
@@ -517,6 +527,7 @@ fn validate(raw: RawConfig, local: std::sync::Arc<str>) -> Result<Config, Config
     let labels = validate_labels(raw.labels)?;
     let cad = validate_cad(raw.cad)?;
     let remote = validate_remote(raw.remote)?;
+    let actions = validate_actions(raw.actions)?;
 
     let mut probes = Vec::with_capacity(raw.probes.len());
     let mut names = HashSet::new();
@@ -549,6 +560,8 @@ fn validate(raw: RawConfig, local: std::sync::Arc<str>) -> Result<Config, Config
         local,
         labels,
         cad,
+        actions,
+        path: None,
     })
 }
 
@@ -790,6 +803,489 @@ fn validate_cad(raw: RawCad) -> Result<CadConfig, ConfigError> {
         version_timeout,
         version_refresh,
     })
+}
+
+// --------------------------------------------------------- [[action]] (issue 17)
+
+#[derive(Debug, Deserialize, Default)]
+#[serde(deny_unknown_fields)]
+struct RawAction {
+    name: Option<String>,
+    kind: Option<String>,
+    process: Option<String>,
+    start: Option<Vec<String>>,
+    service: Option<String>,
+    interface: Option<String>,
+    argv: Option<Vec<String>>,
+    timeout: Option<String>,
+    rate: Option<String>,
+    output_max: Option<u64>,
+    params: Option<std::collections::BTreeMap<String, RawParam>>,
+}
+
+#[derive(Debug, Deserialize, Default)]
+#[serde(deny_unknown_fields)]
+struct RawParam {
+    #[serde(rename = "type")]
+    ty: Option<String>,
+    pattern: Option<String>,
+    min: Option<i64>,
+    max: Option<i64>,
+}
+
+/// The default `action[].timeout`.
+pub const DEFAULT_ACTION_TIMEOUT: Duration = Duration::from_secs(30);
+/// The default `action[].output_max` (bytes of stdout, and of stderr).
+pub const DEFAULT_ACTION_OUTPUT: usize = 4096;
+/// Most `[[action]]`s in one config.
+pub const MAX_ACTIONS: usize = 64;
+/// Longest `action[].params.*.pattern`, in bytes.
+pub const MAX_PATTERN: usize = 1024;
+
+/// One `[[action]]`: something the collector may ask this agent to run
+/// (`crate::action`).
+#[derive(Debug, Clone)]
+pub struct ActionSpec {
+    /// `[a-z0-9_-]`, starting with a letter (`muster_proto::action::check_name`).
+    pub name: String,
+    pub kind: ActionKind,
+    /// Killed (its whole process group) after this; 1 s to 10 min, default 30 s.
+    pub timeout: Duration,
+    /// At most this many starts per window on this unit (`"3 per 1h"`,
+    /// default [`DEFAULT_ACTION_RATE`]; `muster_base::rate`).
+    pub rate: muster_base::rate::Rate,
+    /// Bytes of stdout, and of stderr, kept in the audit (default 4096, at
+    /// most `muster_proto::action::MAX_ACTION_OUTPUT`).
+    pub output_max: usize,
+}
+
+/// The default `action[].rate`: 6 per 1h.
+pub const DEFAULT_ACTION_RATE: muster_base::rate::Rate = muster_base::rate::Rate {
+    max: 6,
+    per: Duration::from_secs(3600),
+};
+
+/// What an action does: a small typed set, never a shell.
+#[derive(Debug, Clone)]
+pub enum ActionKind {
+    /// A Windows service or a systemd unit, restarted through the service
+    /// manager (`service`).
+    RestartService {
+        service: String,
+    },
+    /// Every process named `process` (as the process sampler matches names)
+    /// is killed, then `start` (absolute program path) is started detached.
+    RestartProcess {
+        process: String,
+        start: Vec<String>,
+    },
+    FlushDns,
+    /// `interface`: `None` renews every interface.
+    RenewDhcp {
+        interface: Option<String>,
+    },
+    /// The agent's status, the tail of its log file and its `once` output.
+    CollectDiagnostics,
+    /// A fixed argv (absolute program path); `{name}` arguments are
+    /// replaced, whole, by the request's validated parameters.
+    Command {
+        argv: Vec<ArgPart>,
+        params: std::collections::BTreeMap<String, ParamType>,
+    },
+}
+
+impl ActionKind {
+    /// The config's name of the kind.
+    pub fn as_str(&self) -> &'static str {
+        match self {
+            ActionKind::RestartService { .. } => "restart_service",
+            ActionKind::RestartProcess { .. } => "restart_process",
+            ActionKind::FlushDns => "flush_dns",
+            ActionKind::RenewDhcp { .. } => "renew_dhcp",
+            ActionKind::CollectDiagnostics => "collect_diagnostics",
+            ActionKind::Command { .. } => "command",
+        }
+    }
+}
+
+/// One argument of a `command`'s argv.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub enum ArgPart {
+    Literal(String),
+    /// `"{name}"`: the value of parameter `name`, as one argument.
+    Param(String),
+}
+
+/// `action[].params.<name>.type`: what a value must be. Whatever the type,
+/// a value with a control character is refused (`crate::action::decide`).
+#[derive(Debug, Clone)]
+pub enum ParamType {
+    /// A DNS name: dot-separated labels of `A-Z a-z 0-9 -`, not starting
+    /// or ending with `-`, ≤ 63 bytes each, ≤ 253 in all.
+    Hostname,
+    /// An IPv4 or IPv6 address (passed on in its canonical form).
+    Ip,
+    /// A decimal integer within `min..=max` (passed on canonical).
+    Integer { min: Option<i64>, max: Option<i64> },
+    /// A string the whole of which matches `pattern`: the agent compiles
+    /// `\A(?:pattern)\z`, never multi-line.
+    String {
+        pattern: String,
+        regex: regex_lite::Regex,
+    },
+}
+
+impl ParamType {
+    pub fn as_str(&self) -> &'static str {
+        match self {
+            ParamType::Hostname => "hostname",
+            ParamType::Ip => "ip",
+            ParamType::Integer { .. } => "integer",
+            ParamType::String { .. } => "string",
+        }
+    }
+}
+
+const ACTION_KINDS: &str =
+    "restart_service, restart_process, flush_dns, renew_dhcp, collect_diagnostics, command";
+
+/// A placeholder argument's name: `"{host}"` → `host`.
+fn placeholder(arg: &str) -> Option<&str> {
+    let name = arg.strip_prefix('{')?.strip_suffix('}')?;
+    muster_proto::action::check_name("", name, muster_proto::action::MAX_PARAM_NAME)
+        .ok()
+        .map(|()| name)
+}
+
+/// Whether `arg` holds a placeholder that is not the whole argument
+/// (`"--host={host}"`): refused, a value is only ever a whole argument.
+fn embedded_placeholder(arg: &str) -> bool {
+    arg.char_indices().filter(|(_, c)| *c == '{').any(|(i, _)| {
+        arg[i..]
+            .find('}')
+            .is_some_and(|j| placeholder(&arg[i..=i + j]).is_some())
+    })
+}
+
+/// An argv from the config: 1 to [`MAX_COMMAND_ARGS`] strings of at most
+/// [`MAX_COMMAND_ARG`] bytes without NUL, the program an absolute path.
+fn check_argv(key: &str, argv: &[String]) -> Result<(), ConfigError> {
+    if argv.is_empty() || argv.len() > MAX_COMMAND_ARGS {
+        return Err(ConfigError::invalid(
+            key,
+            format!(
+                "must list the program and its arguments, 1 to {MAX_COMMAND_ARGS} strings (run directly, never through a shell)"
+            ),
+        ));
+    }
+    for (i, a) in argv.iter().enumerate() {
+        if a.len() > MAX_COMMAND_ARG || a.contains('\0') {
+            return Err(ConfigError::invalid(
+                format!("{key}[{i}]"),
+                format!("must be at most {MAX_COMMAND_ARG} bytes without NUL"),
+            ));
+        }
+    }
+    absolute(
+        &format!("{key}[0]"),
+        Path::new(&argv[0]),
+        "the program is not looked up in PATH",
+    )
+}
+
+/// A pattern with an inline flag group that turns on multi-line (`(?m)`,
+/// `(?im:…)`): refused, patterns are never multi-line.
+fn multi_line_flag(pattern: &str) -> bool {
+    pattern.match_indices("(?").any(|(i, _)| {
+        pattern[i + 2..]
+            .chars()
+            .take_while(|c| c.is_ascii_alphabetic())
+            .any(|c| c == 'm')
+    })
+}
+
+fn validate_param(key: &str, raw: RawParam) -> Result<ParamType, ConfigError> {
+    let k = |f: &str| format!("{key}.{f}");
+    let ty = raw.ty.ok_or_else(|| {
+        ConfigError::invalid(k("type"), "missing (hostname, ip, integer, string)")
+    })?;
+    let forbid = |f: &str, set: bool| {
+        if set {
+            Err(ConfigError::invalid(
+                k(f),
+                format!("does not apply to type {ty:?}"),
+            ))
+        } else {
+            Ok(())
+        }
+    };
+    match ty.as_str() {
+        "hostname" | "ip" => {
+            forbid("pattern", raw.pattern.is_some())?;
+            forbid("min", raw.min.is_some())?;
+            forbid("max", raw.max.is_some())?;
+            Ok(if ty == "ip" {
+                ParamType::Ip
+            } else {
+                ParamType::Hostname
+            })
+        }
+        "integer" => {
+            forbid("pattern", raw.pattern.is_some())?;
+            if let (Some(lo), Some(hi)) = (raw.min, raw.max)
+                && lo > hi
+            {
+                return Err(ConfigError::invalid(k("max"), "is below min"));
+            }
+            Ok(ParamType::Integer {
+                min: raw.min,
+                max: raw.max,
+            })
+        }
+        "string" => {
+            forbid("min", raw.min.is_some())?;
+            forbid("max", raw.max.is_some())?;
+            let pattern = raw.pattern.ok_or_else(|| {
+                ConfigError::invalid(
+                    k("pattern"),
+                    "missing (a string parameter needs the pattern its whole value must match)",
+                )
+            })?;
+            if pattern.is_empty() || pattern.len() > MAX_PATTERN {
+                return Err(ConfigError::invalid(
+                    k("pattern"),
+                    format!("must be 1 to {MAX_PATTERN} bytes"),
+                ));
+            }
+            if multi_line_flag(&pattern) {
+                return Err(ConfigError::invalid(
+                    k("pattern"),
+                    "must not turn on multi-line matching ((?m)): a value is matched whole",
+                ));
+            }
+            let regex = regex_lite::RegexBuilder::new(&format!(r"\A(?:{pattern})\z"))
+                .multi_line(false)
+                .build()
+                .map_err(|e| ConfigError::invalid(k("pattern"), format!("not a regex: {e}")))?;
+            Ok(ParamType::String { pattern, regex })
+        }
+        other => Err(ConfigError::invalid(
+            k("type"),
+            format!("{other:?} is not one of hostname, ip, integer, string"),
+        )),
+    }
+}
+
+fn validate_action(i: usize, raw: RawAction) -> Result<ActionSpec, ConfigError> {
+    let k = |f: &str| format!("action[{i}].{f}");
+    let name = raw
+        .name
+        .ok_or_else(|| ConfigError::invalid(k("name"), "missing"))?;
+    muster_proto::action::check_name("action name", &name, muster_proto::action::MAX_ACTION_NAME)
+        .map_err(|e| ConfigError::invalid(k("name"), e))?;
+    let kind = raw
+        .kind
+        .ok_or_else(|| ConfigError::invalid(k("kind"), format!("missing ({ACTION_KINDS})")))?;
+    // Which kind-specific keys are set, and which the kind takes.
+    let set = [
+        ("process", raw.process.is_some()),
+        ("start", raw.start.is_some()),
+        ("service", raw.service.is_some()),
+        ("interface", raw.interface.is_some()),
+        ("argv", raw.argv.is_some()),
+        ("params", raw.params.is_some()),
+    ];
+    let takes: &[&str] = match kind.as_str() {
+        "restart_service" => &["service"],
+        "restart_process" => &["process", "start"],
+        "flush_dns" | "collect_diagnostics" => &[],
+        "renew_dhcp" => &["interface"],
+        "command" => &["argv", "params"],
+        other => {
+            return Err(ConfigError::invalid(
+                k("kind"),
+                format!("{other:?} is not one of {ACTION_KINDS}"),
+            ));
+        }
+    };
+    if let Some((f, _)) = set.iter().find(|(f, s)| *s && !takes.contains(f)) {
+        return Err(ConfigError::invalid(
+            k(f),
+            format!("does not apply to kind {kind:?}"),
+        ));
+    }
+    let missing = |f: &str| ConfigError::invalid(k(f), format!("missing (kind {kind:?})"));
+    let text = |f: &str, v: &str, max: usize| {
+        if v.is_empty()
+            || v.len() > max
+            || v.chars().any(|c| c.is_control() || c == '/')
+            || v.trim() != v
+        {
+            Err(ConfigError::invalid(
+                k(f),
+                format!(
+                    "{v:?} must be 1 to {max} bytes, without '/', control characters or surrounding spaces"
+                ),
+            ))
+        } else {
+            Ok(())
+        }
+    };
+    let kind = match kind.as_str() {
+        "restart_service" => {
+            let service = raw.service.ok_or_else(|| missing("service"))?;
+            text("service", &service, 256)?;
+            ActionKind::RestartService { service }
+        }
+        "restart_process" => {
+            let process = raw.process.ok_or_else(|| missing("process"))?;
+            text("process", &process, 255)?;
+            let start = raw.start.ok_or_else(|| missing("start"))?;
+            check_argv(&k("start"), &start)?;
+            ActionKind::RestartProcess { process, start }
+        }
+        "flush_dns" => ActionKind::FlushDns,
+        "collect_diagnostics" => ActionKind::CollectDiagnostics,
+        "renew_dhcp" => {
+            if let Some(ifname) = &raw.interface {
+                text("interface", ifname, 64)?;
+                if ifname.contains(' ') || ifname.starts_with('-') {
+                    return Err(ConfigError::invalid(
+                        k("interface"),
+                        format!("{ifname:?} is not an interface name"),
+                    ));
+                }
+            }
+            ActionKind::RenewDhcp {
+                interface: raw.interface,
+            }
+        }
+        _ => {
+            let argv = raw.argv.ok_or_else(|| missing("argv"))?;
+            check_argv(&k("argv"), &argv)?;
+            let raw_params = raw.params.unwrap_or_default();
+            if raw_params.len() > muster_proto::action::MAX_ACTION_PARAMS {
+                return Err(ConfigError::invalid(
+                    k("params"),
+                    format!(
+                        "{} parameters; at most {}",
+                        raw_params.len(),
+                        muster_proto::action::MAX_ACTION_PARAMS
+                    ),
+                ));
+            }
+            let mut params = std::collections::BTreeMap::new();
+            for (pname, p) in raw_params {
+                let key = format!("action[{i}].params.{pname}");
+                muster_proto::action::check_name(
+                    "parameter name",
+                    &pname,
+                    muster_proto::action::MAX_PARAM_NAME,
+                )
+                .map_err(|e| ConfigError::invalid(&key, e))?;
+                params.insert(pname, validate_param(&key, p)?);
+            }
+            let mut parts = Vec::with_capacity(argv.len());
+            let mut used = HashSet::new();
+            for (j, a) in argv.into_iter().enumerate() {
+                let akey = k(&format!("argv[{j}]"));
+                if let Some(p) = placeholder(&a) {
+                    if j == 0 {
+                        return Err(ConfigError::invalid(
+                            akey,
+                            "the program cannot be a parameter",
+                        ));
+                    }
+                    if !params.contains_key(p) {
+                        return Err(ConfigError::invalid(
+                            akey,
+                            format!("{a:?} names no [action.params.{p}]"),
+                        ));
+                    }
+                    if !used.insert(p.to_owned()) {
+                        return Err(ConfigError::invalid(
+                            akey,
+                            format!("{a:?} is used twice (each parameter is one argument)"),
+                        ));
+                    }
+                    parts.push(ArgPart::Param(p.to_owned()));
+                } else if embedded_placeholder(&a) {
+                    return Err(ConfigError::invalid(
+                        akey,
+                        format!("{a:?}: a placeholder must be a whole argument, like \"{{host}}\""),
+                    ));
+                } else {
+                    parts.push(ArgPart::Literal(a));
+                }
+            }
+            if let Some(unused) = params.keys().find(|p| !used.contains(*p)) {
+                return Err(ConfigError::invalid(
+                    format!("action[{i}].params.{unused}"),
+                    format!("is not used in argv (add \"{{{unused}}}\" as an argument)"),
+                ));
+            }
+            ActionKind::Command {
+                argv: parts,
+                params,
+            }
+        }
+    };
+    let timeout = duration_or(
+        &k("timeout"),
+        raw.timeout.as_deref(),
+        DEFAULT_ACTION_TIMEOUT,
+    )?;
+    if timeout < Duration::from_secs(1) || timeout > Duration::from_secs(600) {
+        return Err(ConfigError::invalid(
+            k("timeout"),
+            "must be between 1s and 10min",
+        ));
+    }
+    let rate = match &raw.rate {
+        Some(r) => muster_base::rate::rate(&k("rate"), r)?,
+        None => DEFAULT_ACTION_RATE,
+    };
+    let output_max = match raw.output_max {
+        None => DEFAULT_ACTION_OUTPUT,
+        Some(n) if (1..=muster_proto::action::MAX_ACTION_OUTPUT as u64).contains(&n) => n as usize,
+        Some(_) => {
+            return Err(ConfigError::invalid(
+                k("output_max"),
+                format!(
+                    "must be between 1 and {} bytes",
+                    muster_proto::action::MAX_ACTION_OUTPUT
+                ),
+            ));
+        }
+    };
+    Ok(ActionSpec {
+        name,
+        kind,
+        timeout,
+        rate,
+        output_max,
+    })
+}
+
+fn validate_actions(raw: Vec<RawAction>) -> Result<Vec<ActionSpec>, ConfigError> {
+    if raw.len() > MAX_ACTIONS {
+        return Err(ConfigError::invalid(
+            "action",
+            format!("{} actions; at most {MAX_ACTIONS}", raw.len()),
+        ));
+    }
+    let mut out: Vec<ActionSpec> = Vec::with_capacity(raw.len());
+    for (i, a) in raw.into_iter().enumerate() {
+        let spec = validate_action(i, a)?;
+        if out.iter().any(|o| o.name == spec.name) {
+            return Err(ConfigError::invalid(
+                format!("action[{i}].name"),
+                format!("{:?} is used by another action", spec.name),
+            ));
+        }
+        out.push(spec);
+    }
+    Ok(out)
 }
 
 // ------------------------------------------------------------------ [power]
@@ -1769,6 +2265,123 @@ mod tests {
         assert_eq!(split_host_port("a.b:0"), None);
         assert_eq!(split_host_port("::1:53"), None);
         assert_eq!(split_host_port(":80"), None);
+    }
+
+    const BASE: &str = "agency = \"metro-pd\"\nunit_id = \"car-12\"\n[mqtt]\nurl = \"mqtt://127.0.0.1:1883\"\n[trust]\ncollector_keys = [\"ed25519:3b6a27bcceb6a42d62a3a8d02a6f0d73653215771de243a63ac048a18b59da29\"]\n";
+
+    fn actions(toml: &str) -> Result<Vec<ActionSpec>, (String, String)> {
+        Config::parse(&format!("{BASE}{toml}"))
+            .map(|c| c.actions)
+            .map_err(|e| (e.key().unwrap_or("").to_owned(), e.to_string()))
+    }
+
+    #[test]
+    fn actions_are_typed_with_defaults() {
+        let a = actions(
+            r#"
+[[action]]
+name = "restart-cad-client"
+kind = "restart_process"
+process = "cadclient"
+start = ["/opt/cad/cadclient", "--mct"]
+timeout = "20s"
+rate = "3 per 1h"
+[[action]]
+name = "ping"
+kind = "command"
+argv = ["/usr/bin/ping", "-c", "3", "{host}"]
+output_max = 100
+[action.params.host]
+type = "hostname"
+[[action]]
+name = "renew"
+kind = "renew_dhcp"
+[[action]]
+name = "svc"
+kind = "restart_service"
+service = "cad-client.service"
+[[action]]
+name = "diag"
+kind = "collect_diagnostics"
+[[action]]
+name = "dns"
+kind = "flush_dns"
+"#,
+        )
+        .unwrap();
+        assert_eq!(a.len(), 6);
+        assert!(
+            matches!(&a[0].kind, ActionKind::RestartProcess { process, start }
+            if process == "cadclient" && start.len() == 2)
+        );
+        assert_eq!(
+            (a[0].timeout, a[0].rate, a[0].output_max),
+            (
+                Duration::from_secs(20),
+                muster_base::rate::Rate {
+                    max: 3,
+                    per: Duration::from_secs(3600)
+                },
+                DEFAULT_ACTION_OUTPUT
+            )
+        );
+        let ActionKind::Command { argv, params } = &a[1].kind else {
+            panic!("{:?}", a[1].kind)
+        };
+        assert_eq!(argv[3], ArgPart::Param("host".into()));
+        assert!(matches!(params["host"], ParamType::Hostname));
+        assert_eq!(
+            (a[1].timeout, a[1].rate, a[1].output_max),
+            (DEFAULT_ACTION_TIMEOUT, DEFAULT_ACTION_RATE, 100)
+        );
+        assert!(matches!(
+            a[2].kind,
+            ActionKind::RenewDhcp { interface: None }
+        ));
+    }
+
+    /// Each bad `[[action]]` names its key.
+    #[test]
+    fn bad_actions_name_their_key() {
+        let cmd = |argv: &str, params: &str| {
+            format!("[[action]]\nname = \"c\"\nkind = \"command\"\nargv = {argv}\n{params}")
+        };
+        let p = |body: &str| format!("[action.params.host]\n{body}\n");
+        let cases: Vec<(String, &str, &str)> = vec![
+            ("[[action]]\nkind = \"flush_dns\"".into(), "action[0].name", "missing"),
+            ("[[action]]\nname = \"Bad Name\"\nkind = \"flush_dns\"".into(), "action[0].name", "a-z"),
+            ("[[action]]\nname = \"a\"\nkind = \"reboot\"".into(), "action[0].kind", "not one of"),
+            ("[[action]]\nname = \"a\"\nkind = \"flush_dns\"\n[[action]]\nname = \"a\"\nkind = \"flush_dns\"".into(), "action[1].name", "another action"),
+            ("[[action]]\nname = \"a\"\nkind = \"flush_dns\"\nservice = \"x\"".into(), "action[0].service", "does not apply"),
+            ("[[action]]\nname = \"a\"\nkind = \"restart_service\"".into(), "action[0].service", "missing"),
+            ("[[action]]\nname = \"a\"\nkind = \"restart_process\"\nprocess = \"x\"".into(), "action[0].start", "missing"),
+            ("[[action]]\nname = \"a\"\nkind = \"restart_process\"\nprocess = \"x\"\nstart = [\"cadclient\"]".into(), "action[0].start[0]", "absolute"),
+            ("[[action]]\nname = \"a\"\nkind = \"flush_dns\"\ntimeout = \"11m\"".into(), "action[0].timeout", "between 1s and 10min"),
+            ("[[action]]\nname = \"a\"\nkind = \"flush_dns\"\nrate = \"often\"".into(), "action[0].rate", "3 per 1h"),
+            ("[[action]]\nname = \"a\"\nkind = \"flush_dns\"\nrate = \"0 per 1h\"".into(), "action[0].rate", "3 per 1h"),
+            ("[[action]]\nname = \"a\"\nkind = \"flush_dns\"\noutput_max = 999999".into(), "action[0].output_max", "between"),
+            (cmd("[\"/bin/echo\", \"{host}\"]", ""), "action[0].argv[1]", "names no [action.params.host]"),
+            (cmd("[\"/bin/echo\", \"--to={host}\"]", &p("type = \"hostname\"")), "action[0].argv[1]", "whole argument"),
+            (cmd("[\"{host}\"]", &p("type = \"hostname\"")), "action[0].argv[0]", "program"),
+            (cmd("[\"/bin/echo\", \"{host}\", \"{host}\"]", &p("type = \"hostname\"")), "action[0].argv[2]", "twice"),
+            (cmd("[\"/bin/echo\"]", &p("type = \"hostname\"")), "action[0].params.host", "not used in argv"),
+            (cmd("[\"/bin/echo\", \"{host}\"]", &p("type = \"url\"")), "action[0].params.host.type", "not one of"),
+            (cmd("[\"/bin/echo\", \"{host}\"]", &p("")), "action[0].params.host.type", "missing"),
+            (cmd("[\"/bin/echo\", \"{host}\"]", &p("type = \"string\"")), "action[0].params.host.pattern", "missing"),
+            (cmd("[\"/bin/echo\", \"{host}\"]", &p("type = \"string\"\npattern = \"[a-z\"")), "action[0].params.host.pattern", "not a regex"),
+            (cmd("[\"/bin/echo\", \"{host}\"]", &p("type = \"string\"\npattern = \"(?m)^a$\"")), "action[0].params.host.pattern", "multi-line"),
+            (cmd("[\"/bin/echo\", \"{host}\"]", &p("type = \"hostname\"\npattern = \"a\"")), "action[0].params.host.pattern", "does not apply"),
+            (cmd("[\"/bin/echo\", \"{host}\"]", &p("type = \"integer\"\nmin = 5\nmax = 1")), "action[0].params.host.max", "below min"),
+            (cmd("[\"/bin/echo\", \"{host}\"]", &p("type = \"hostname\"\nshell = true")), "", "unknown field"),
+            ("[[action]]\nname = \"a\"\nkind = \"flush_dns\"\nshell = true".into(), "", "unknown field"),
+        ];
+        for (toml, key, frag) in cases {
+            let (k, msg) = actions(&toml)
+                .map(|a| panic!("{toml}: accepted {a:?}"))
+                .unwrap_err();
+            assert_eq!(k, key, "{toml}: {msg}");
+            assert!(msg.contains(frag), "{toml}: {msg}");
+        }
     }
 
     #[test]

@@ -9,10 +9,13 @@
 //! * [`enroll`]: enrolment by claim (the unit's own broker credential).
 //! * [`facts`]: the unit's labels and what it reports about itself (agent,
 //!   OS and CAD client versions), sent at start and on change.
+//! * [`action`]: signed requests from the collector to run one of the
+//!   actions the local config defines, checked, bounded and audited.
 //! * [`power`]: why the agent goes away (shutdown, stop, sleep), announced before it goes.
 //! * [`dbus`] (Linux): a small blocking D-Bus client for logind and ModemManager.
 //! * [`config`], [`run`], [`service`]: configuration, wiring, running as a service.
 
+pub mod action;
 pub mod buffer;
 /// The injected clock (its home is `muster_base::clock`).
 pub use muster_base::clock;

@@ -115,7 +115,7 @@ fn main() -> ExitCode {
                     }
                 };
                 println!(
-                    "{}: valid. unit {}, mqtt {}{}, buffer {} ({} bytes), sampling every {:?}, {} probe(s), report endpoint {}, {} trusted collector key(s), {} label(s), CAD version {}",
+                    "{}: valid. unit {}, mqtt {}{}, buffer {} ({} bytes), sampling every {:?}, {} probe(s), report endpoint {}, {} trusted collector key(s), {} label(s), CAD version {}, {} action(s)",
                     config.display(),
                     c.unit,
                     c.mqtt.broker_list(),
@@ -135,7 +135,11 @@ fn main() -> ExitCode {
                         .as_ref()
                         .map(|s| format!("from {s}, every {:?}", c.cad.version_refresh))
                         .unwrap_or_else(|| "not reported".into()),
+                    c.actions.len(),
                 );
+                for a in &c.actions {
+                    println!("  action {}", describe_action(a));
+                }
                 ExitCode::SUCCESS
             }
             Err(code) => code,
@@ -270,6 +274,52 @@ fn main() -> ExitCode {
             }
         }
     }
+}
+
+/// One `[[action]]` as `check-config` prints it.
+fn describe_action(a: &muster_agent::config::ActionSpec) -> String {
+    use muster_agent::config::{ActionKind, ArgPart, ParamType};
+    let what = match &a.kind {
+        ActionKind::RestartService { service } => format!("restart_service {service}"),
+        ActionKind::RestartProcess { process, start } => {
+            format!("restart_process {process}, start {start:?}")
+        }
+        ActionKind::FlushDns => "flush_dns".into(),
+        ActionKind::RenewDhcp { interface } => format!(
+            "renew_dhcp {}",
+            interface.as_deref().unwrap_or("(every interface)")
+        ),
+        ActionKind::CollectDiagnostics => "collect_diagnostics".into(),
+        ActionKind::Command { argv, params } => {
+            let argv: Vec<String> = argv
+                .iter()
+                .map(|p| match p {
+                    ArgPart::Literal(s) => format!("{s:?}"),
+                    ArgPart::Param(n) => format!("{{{n}}}"),
+                })
+                .collect();
+            let params: Vec<String> = params
+                .iter()
+                .map(|(n, t)| match t {
+                    ParamType::String { pattern, .. } => format!("{n}: string {pattern:?}"),
+                    ParamType::Integer { min, max } => format!(
+                        "{n}: integer {}..={}",
+                        min.map_or(String::new(), |m| m.to_string()),
+                        max.map_or(String::new(), |m| m.to_string())
+                    ),
+                    other => format!("{n}: {}", other.as_str()),
+                })
+                .collect();
+            format!("command [{}] ({})", argv.join(", "), params.join("; "))
+        }
+    };
+    format!(
+        "{}: {what}; timeout {}, at most {}, output {} bytes",
+        a.name,
+        humantime_secs(a.timeout),
+        a.rate,
+        a.output_max
+    )
 }
 
 fn humantime_secs(d: std::time::Duration) -> String {

@@ -15,6 +15,11 @@
 //! delays a probe's clock. No work-stealing pool: the agent does little work
 //! and sits beside a CAD client, so threads and their stacks are kept few.
 //!
+//! Actions (`crate::action`), when the config defines any: the uplink
+//! hands requests from the unit's action topic to the actions task, which
+//! audits through the same observation channel (awaited, never dropped);
+//! at a stop it kills what runs and audits it before the departure.
+//!
 //! Departures (`crate::power`): the uplink gets a control channel and the
 //! drop counter; logind's task (Linux) and the platform's requests
 //! ([`PowerRequest`], the Windows service) go through one [`Power`]. On a
@@ -241,6 +246,7 @@ pub async fn run_with(
     // known good, when the agent keeps restarting within a health window).
     let start = remote::startup(&cfg, &trust, clock.now_ms());
     let remote_trust = trust.clone();
+    let action_trust = trust.clone();
     let ucfg = UplinkConfig {
         unit: cfg.unit.clone(),
         mqtt,
@@ -263,6 +269,9 @@ pub async fn run_with(
     let view = Arc::new(uplink::UplinkView::default());
     let (docs_tx, docs_rx) = mpsc::channel(8);
     let remote_on = !cfg.remote.allow.is_empty();
+    // Actions: subscribed and run only when the local config defines some.
+    let actions_on = !cfg.actions.is_empty();
+    let (action_links, action_rx) = crate::action::ActionLinks::new(16);
     let hooks = uplink::Hooks {
         control: Some(control_rx),
         observations_dropped: Some(stats.drops.clone()),
@@ -271,6 +280,7 @@ pub async fn run_with(
             docs: docs_tx,
             docs_dropped: Arc::default(),
         }),
+        actions: actions_on.then(|| action_links.clone()),
         view: Some(view.clone()),
     };
     let mut uplink_task = spawn_uplink(ucfg, buffer, rx, clock.clone(), hooks, uplink_stop_rx)?;
@@ -301,11 +311,26 @@ pub async fn run_with(
         );
         tokio::spawn(r.run(docs_rx, stop_rx.clone()))
     });
+    let action_view = Arc::new(std::sync::Mutex::new(crate::action::ActionView::default()));
+    let action_task = actions_on.then(|| {
+        let a = crate::action::Actions::new(
+            &cfg,
+            action_trust,
+            clock.clone(),
+            tx.clone(),
+            view.clone(),
+            action_view.clone(),
+            &action_links,
+        );
+        tokio::spawn(a.run(action_rx, stop_rx.clone()))
+    });
+    drop(action_links);
     let status_task = tokio::spawn(crate::status::write_loop(
         cfg.data_dir.clone(),
         cfg.unit.clone(),
         view.clone(),
         config_view.clone(),
+        action_view.clone(),
         clock.clone(),
         stop_rx.clone(),
     ));
@@ -330,6 +355,7 @@ pub async fn run_with(
         unit = %cfg.unit,
         interval = ?cfg.sampling.interval,
         probes = cfg.probes.len(),
+        actions = cfg.actions.len(),
         report = ?cfg.report.as_ref().map(|r| r.listen),
         "Agent running."
     );
@@ -389,6 +415,11 @@ pub async fn run_with(
     {
         // Asked to stop (not the uplink failing): not a crash.
         r.stopped_cleanly();
+    }
+    // Running actions are killed and audited while the uplink still takes
+    // records (the departure comes after).
+    if let Some(t) = action_task {
+        let _ = t.await;
     }
     measuring.stop().await;
     drop(measure);

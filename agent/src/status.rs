@@ -3,7 +3,8 @@
 //! it stops, `running: false`); the command reads it and says whether the
 //! agent runs, is connected, when the collector last acked, the backlog,
 //! and which configuration runs (local, or which remote documents, its
-//! hash, the last step and refusals). A file older than 15 s means the
+//! hash, the last step and refusals), and what actions did (refusals by
+//! reason, runs, the last step). A file older than 15 s means the
 //! agent is not running (or hung).
 
 use std::sync::Arc;
@@ -35,6 +36,9 @@ pub struct StatusFile {
     pub backlog_records: u64,
     pub backlog_bytes: u64,
     pub config: remote::ConfigView,
+    /// Actions (issue 17); absent in files of earlier agents.
+    #[serde(default)]
+    pub actions: crate::action::ActionView,
 }
 
 /// The status file's name in the data directory.
@@ -45,6 +49,7 @@ pub async fn write_loop(
     unit: UnitId,
     view: Arc<uplink::UplinkView>,
     config: Arc<std::sync::Mutex<remote::ConfigView>>,
+    actions: Arc<std::sync::Mutex<crate::action::ActionView>>,
     clock: Arc<dyn Clock>,
     mut stop: watch::Receiver<bool>,
 ) {
@@ -69,6 +74,7 @@ pub async fn write_loop(
             backlog_records: view.backlog_records.load(Ordering::Relaxed),
             backlog_bytes: view.backlog_bytes.load(Ordering::Relaxed),
             config: config.lock().unwrap_or_else(|e| e.into_inner()).clone(),
+            actions: actions.lock().unwrap_or_else(|e| e.into_inner()).clone(),
         };
         let body = serde_json::to_vec_pretty(&s).expect("status serialises");
         let path = data_dir.join(STATUS_FILE);
@@ -186,6 +192,35 @@ pub fn render(s: &StatusFile, now_ms: u64) -> String {
         let r: Vec<String> = c.refused.iter().map(|(k, n)| format!("{k} {n}")).collect();
         line("refused", r.join(", "));
     }
+    let a = &s.actions;
+    if !a.configured.is_empty() {
+        line(
+            "actions",
+            format!(
+                "{} configured; {} started, {} finished ({} timed out), {} failed{}",
+                a.configured.len(),
+                a.started,
+                a.finished,
+                a.timed_out,
+                a.failed,
+                if a.running.is_empty() {
+                    String::new()
+                } else {
+                    format!("; running: {}", a.running.join(", "))
+                }
+            ),
+        );
+        if let Some(last) = &a.last {
+            line("last action", last.clone());
+        }
+        if !a.refused.is_empty() || a.dropped > 0 {
+            let mut r: Vec<String> = a.refused.iter().map(|(k, n)| format!("{k} {n}")).collect();
+            if a.dropped > 0 {
+                r.push(format!("queue full {}", a.dropped));
+            }
+            line("refused", r.join(", "));
+        }
+    }
     out
 }
 
@@ -213,6 +248,15 @@ mod tests {
                 watching_until_ms: None,
                 refused: [("bad_signature".to_owned(), 2)].into_iter().collect(),
             },
+            actions: crate::action::ActionView {
+                configured: vec!["restart-cad-client".into()],
+                started: 3,
+                finished: 2,
+                timed_out: 1,
+                last: Some("restart-cad-client finished (exit 0)".into()),
+                refused: [("replayed".to_owned(), 4)].into_iter().collect(),
+                ..Default::default()
+            },
         }
     }
 
@@ -229,6 +273,7 @@ mod tests {
             dir.path().to_owned(),
             UnitId::new("metro-pd", "car-12").unwrap(),
             view.clone(),
+            Arc::default(),
             Arc::default(),
             clock.clone(),
             stop_rx,
@@ -275,6 +320,9 @@ mod tests {
             "agency v3 + unit v7, hash abababababababab",
             "rolled_back: every probe failed",
             "bad_signature 2",
+            "1 configured; 3 started, 2 finished (1 timed out), 0 failed",
+            "restart-cad-client finished (exit 0)",
+            "replayed 4",
         ] {
             assert!(text.contains(want), "{want:?} in\n{text}");
         }

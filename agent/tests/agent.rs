@@ -4,6 +4,9 @@
 // measure in real time.
 #![allow(clippy::disallowed_methods)]
 
+#[cfg(target_os = "linux")]
+#[path = "agent/actions.rs"]
+mod actions;
 #[path = "agent/buffer.rs"]
 mod buffer;
 #[path = "agent/uplink.rs"]

@@ -254,10 +254,10 @@ impl ActionAudit {
     /// [`MAX_ACTION_OUTPUT`] bytes, reasons within [`MAX_ACTION_REASON`]
     /// characters.
     pub fn validate(&self) -> Result<(), String> {
-        if let Some(r) = &self.request {
-            if r.action.len() > MAX_ACTION_NAME || r.requested_by.len() > MAX_REQUESTED_BY {
-                return Err("action audit names a request past the wire's bounds".into());
-            }
+        if let Some(r) = &self.request
+            && (r.action.len() > MAX_ACTION_NAME || r.requested_by.len() > MAX_REQUESTED_BY)
+        {
+            return Err("action audit names a request past the wire's bounds".into());
         }
         let reason = |s: &str| {
             if s.chars().count() > MAX_ACTION_REASON {

@@ -7,7 +7,8 @@
 //!   (`%xx` escapes decoded; other transports skipped).
 //! * [`Conn::connect`]: SASL EXTERNAL ([`super::auth`]) asking for unix fd
 //!   passing, then `Hello`; everything bounded by the timeout given.
-//! * [`Conn::call`] sends a METHOD_CALL and waits (≤ the timeout) for the
+//! * [`Conn::call`] sends a METHOD_CALL and waits (≤ the timeout, which
+//!   [`Conn::set_timeout`] may change later) for the
 //!   METHOD_RETURN or ERROR whose reply serial matches; an ERROR is
 //!   [`DbusError::Remote`]. Signals read meanwhile are queued for
 //!   [`Conn::next_signal`] when [`Conn::keep_signals`] was asked for, at most
@@ -229,6 +230,13 @@ impl Conn {
     /// Whether the bus agreed to pass unix fds.
     pub fn unix_fd(&self) -> bool {
         self.unix_fd
+    }
+
+    /// Bounds each later call (and write) by `timeout` instead of the one
+    /// given at connect: e.g. what is left of a caller's deadline.
+    pub fn set_timeout(&mut self, timeout: Duration) -> io::Result<()> {
+        self.timeout = timeout;
+        self.sock.set_write_timeout(Some(timeout))
     }
 
     /// Keep signals for [`Conn::next_signal`] (off: they are dropped).

@@ -23,6 +23,11 @@
 //!   (`crate::trust`).
 //! * An `AgentStatus` heartbeat record every `heartbeat_interval`, with
 //!   the measuring side's `observations_dropped`.
+//! * Actions configured ([`Hooks::actions`]): the unit's action topic is
+//!   subscribed (QoS 1) and every payload on it handed to the actions task
+//!   (`crate::action`) over a bounded channel; a full one drops the
+//!   request, counted and logged rate-limited. The clock offset of the
+//!   last verified ack is shared through [`UplinkView::clock_offset`].
 //! * Every observation taken is counted for remote config's health window
 //!   ([`Taken`], shown in [`UplinkView`]): no hop or lock on the way.
 //! * Departures ([`Control`], from `crate::power`): `Depart{reason}` takes
@@ -108,6 +113,9 @@ pub struct Hooks {
     /// Remote config on: subscribe to the agency's and the unit's config
     /// topics and hand what arrives to remote config.
     pub remote: Option<crate::remote::RemoteLinks>,
+    /// Actions configured: subscribe to the unit's action topic and hand
+    /// what arrives to the actions task (`crate::action`).
+    pub actions: Option<crate::action::ActionLinks>,
     /// What the uplink shows `muster-agent status` and remote config's
     /// health window.
     pub view: Option<Arc<UplinkView>>,
@@ -124,6 +132,10 @@ pub struct UplinkView {
     pub last_ack_ms: std::sync::atomic::AtomicU64,
     pub reconnects: std::sync::atomic::AtomicU64,
     pub taken: Taken,
+    /// The clock offset to the collector from the last verified ack
+    /// (collector − agent, ms), once known ([`UplinkView::clock_offset`]).
+    pub clock_offset_ms: std::sync::atomic::AtomicI64,
+    pub clock_offset_known: std::sync::atomic::AtomicBool,
 }
 
 /// What remote config's health window judges (`crate::remote::health`),
@@ -171,6 +183,15 @@ impl Taken {
 }
 
 impl UplinkView {
+    /// The agent's offset to the collector's clock (collector − agent,
+    /// ms), from the last verified ack; `None` before one.
+    pub fn clock_offset(&self) -> Option<i64> {
+        use std::sync::atomic::Ordering::Acquire;
+        self.clock_offset_known
+            .load(Acquire)
+            .then(|| self.clock_offset_ms.load(Acquire))
+    }
+
     /// The counters remote config's health window judges, now.
     pub fn health(&self) -> crate::remote::health::Counters {
         use std::sync::atomic::Ordering::{Acquire, Relaxed};
@@ -205,6 +226,7 @@ impl Default for Hooks {
             observations_dropped: None,
             depart_timeout: DEPART_TIMEOUT,
             remote: None,
+            actions: None,
             view: None,
         }
     }
@@ -281,6 +303,9 @@ struct Uplink {
     /// documents go.
     config_topics: Option<(String, String)>,
     remote: Option<crate::remote::RemoteLinks>,
+    /// Actions configured: the unit's action topic, and where requests go.
+    action_topic: Option<String>,
+    actions: Option<crate::action::ActionLinks>,
     view: Arc<UplinkView>,
     observations_dropped: Option<Arc<DropCounter>>,
     last_host_key: Option<u64>,
@@ -336,6 +361,7 @@ pub async fn run_hooked(
         observations_dropped,
         depart_timeout,
         remote,
+        actions,
         view,
     } = hooks;
     let view = view.unwrap_or_default();
@@ -380,6 +406,10 @@ pub async fn run_hooked(
             )
         }),
         remote,
+        action_topic: actions
+            .as_ref()
+            .map(|_| unit_topic(&cfg.unit, TopicKind::Action)),
+        actions,
         view,
         sched: Scheduler::new(
             cfg.uplink.max_inflight,
@@ -679,6 +709,9 @@ impl Uplink {
                     let _ = self.client.try_subscribe(agency.clone(), QoS::AtLeastOnce);
                     let _ = self.client.try_subscribe(unit.clone(), QoS::AtLeastOnce);
                 }
+                if let Some(t) = &self.action_topic {
+                    let _ = self.client.try_subscribe(t.clone(), QoS::AtLeastOnce);
+                }
                 self.view
                     .connected
                     .store(true, std::sync::atomic::Ordering::Relaxed);
@@ -842,6 +875,20 @@ impl Uplink {
             self.on_hello(payload);
             return;
         }
+        if let (Some(t), Some(actions)) = (&self.action_topic, &self.actions)
+            && topic == t
+        {
+            if actions.requests.try_send(payload.to_vec()).is_err() {
+                let n = actions
+                    .dropped
+                    .fetch_add(1, std::sync::atomic::Ordering::Relaxed)
+                    + 1;
+                if n == 1 || n.is_multiple_of(100) {
+                    warn!(%topic, dropped = n, "Action queue full: request dropped (not audited).");
+                }
+            }
+            return;
+        }
         if let (Some((agency, unit)), Some(remote)) = (&self.config_topics, &self.remote) {
             let kind = if topic == agency {
                 Some(muster_proto::DocScopeKind::Agency)
@@ -899,6 +946,9 @@ impl Uplink {
                 };
                 if let Some(off) = acked.clock_offset_ms {
                     self.clock_offset_ms = Some(off);
+                    use std::sync::atomic::Ordering::Release;
+                    self.view.clock_offset_ms.store(off, Release);
+                    self.view.clock_offset_known.store(true, Release);
                 }
                 self.view
                     .last_ack_ms

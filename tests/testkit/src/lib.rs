@@ -5,7 +5,8 @@
 //! Modules: [`eventually`] (waiting on a condition), [`http`] (the one HTTP
 //! and SSE client), [`collector_config`] (the test collector's TOML),
 //! [`webdriver`] (chromedriver and headless Chromium), `logind` (a fake
-//! logind on a private bus), [`nats`] (a NATS JetStream cluster with MQTT),
+//! logind on a private bus), `systemd` (a fake systemd manager whose units
+//! are real processes), [`nats`] (a NATS JetStream cluster with MQTT),
 //! `postgres` (a PostgreSQL cluster in a temp dir).
 
 // Tests and benches drive real processes over real sockets: they wait and
@@ -31,6 +32,8 @@ pub mod nats;
 #[cfg(unix)]
 pub mod postgres;
 pub mod rng;
+#[cfg(target_os = "linux")]
+pub mod systemd;
 pub mod webdriver;
 
 pub use collector_config::CollectorToml;

@@ -6,8 +6,8 @@
 //! [`Logind::locks`] shows every lock taken (what, who, why, mode) and when
 //! its holder released it (EOF). [`Logind::shutdown`] and [`Logind::sleep`]
 //! emit `PrepareForShutdown` and `PrepareForSleep` as logind does.
-//! [`Systemd`] is a fake `org.freedesktop.systemd1` manager whose
-//! `SystemState` the test sets (e.g. "stopping").
+//! [`Systemd`] is the fake `org.freedesktop.systemd1` manager of
+//! [`crate::systemd`], whose `SystemState` the test sets (e.g. "stopping").
 
 use std::io::Read;
 use std::sync::{Arc, Mutex};
@@ -121,40 +121,6 @@ impl Logind {
     }
 }
 
-struct FakeSystemd {
-    state: String,
-}
-
-#[zbus::interface(name = "org.freedesktop.systemd1.Manager")]
-impl FakeSystemd {
-    #[zbus(property)]
-    fn system_state(&self) -> String {
-        self.state.clone()
-    }
-}
-
-/// A fake systemd manager (`org.freedesktop.systemd1`) whose
-/// `SystemState` is `state`, serving while this lives.
-pub struct Systemd {
-    _conn: zbus::Connection,
-}
-
-impl Systemd {
-    pub async fn start(bus: &DbusDaemon, state: &str) -> Systemd {
-        let conn = zbus::connection::Builder::address(bus.address())
-            .expect("bus address")
-            .name("org.freedesktop.systemd1")
-            .expect("systemd's name")
-            .serve_at(
-                "/org/freedesktop/systemd1",
-                FakeSystemd {
-                    state: state.into(),
-                },
-            )
-            .expect("serve the manager")
-            .build()
-            .await
-            .expect("fake systemd on the private bus");
-        Systemd { _conn: conn }
-    }
-}
+/// The fake systemd manager lives in [`crate::systemd`] (units and their
+/// restart jobs too); re-exported here for the power tests.
+pub use crate::systemd::Systemd;
