@@ -617,8 +617,8 @@ impl Engine {
     /// Automation's word on the raised flags of threshold rule `rule` on
     /// `unit` (`crate::automation`): `note` joins each one's message
     /// ("auto: restart-cad-client at 14:02Z, exit 0"), `escalate` raises
-    /// its severity one step (kept until the flag clears). A severity
-    /// change is a transition; a note alone only updates the reasons.
+    /// its severity one step (kept until the flag clears). Either is a
+    /// transition (a note alone: from and to the same status).
     /// Nothing when the flag is not raised (it cleared meanwhile).
     pub fn annotate(
         &mut self,
@@ -649,6 +649,18 @@ impl Engine {
             fx.structural = true;
         }
         refresh(&self.cfg, u, now_ms, &fx, &mut out);
+        if fx.structural && out.is_empty() && note.is_some() {
+            // Same flags, same severity, a new note: still a transition (in
+            // place), so the events, the stream and webhooks carry it.
+            out.push(Change::Transition(Transition {
+                agency: u.id.agency.clone(),
+                unit: u.id.unit.clone(),
+                from: u.health.status,
+                to: u.health.status,
+                at_ms: now_ms,
+                reasons: u.health.reasons.clone(),
+            }));
+        }
         out
     }
 

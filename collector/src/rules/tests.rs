@@ -1958,7 +1958,7 @@ fn automation_notes_join_the_reason_and_escalation_raises_severity_until_clear()
     );
     f.send(&mut e, T0, down(), T0);
     assert_eq!(status(&e, &f.unit), Status::Degraded);
-    // A note alone updates the reason, no transition.
+    // A note alone is a transition in place, carrying it.
     let ch = e.annotate(
         &f.unit,
         "cad-client-down",
@@ -1966,7 +1966,9 @@ fn automation_notes_join_the_reason_and_escalation_raises_severity_until_clear()
         false,
         T0 + S,
     );
-    assert!(transitions(&ch).is_empty(), "{ch:?}");
+    let t = transitions(&ch);
+    assert_eq!(t.len(), 1, "{ch:?}");
+    assert_eq!((t[0].from, t[0].to), (Status::Degraded, Status::Degraded));
     let r = &e.health(&f.unit).unwrap().reasons[0];
     assert_eq!(
         r.message,
