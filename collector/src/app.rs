@@ -50,6 +50,8 @@ pub enum AppError {
     Signing(#[from] crate::signing::SigningError),
     #[error("gates: {0}")]
     Gates(#[from] crate::gate::book::BookError),
+    #[error("actions: {0}")]
+    Actions(#[from] crate::actions::audit::AuditError),
 }
 
 /// Wraps the opened store (tests inject a slow or failing one around it).
@@ -87,6 +89,20 @@ pub async fn run_with(
     clock: SharedClock,
     shutdown: impl Future<Output = ()> + Send + 'static,
     wiring: Wiring,
+) -> Result<(), AppError> {
+    let nonces = Arc::new(crate::actions::OsNonces);
+    run_injected(cfg, listener, clock, shutdown, wiring, nonces).await
+}
+
+/// As [`run_with`], with the source of action request nonces injected
+/// (tests seed it; [`run`] uses the OS RNG).
+pub async fn run_injected(
+    cfg: Config,
+    listener: TcpListener,
+    clock: SharedClock,
+    shutdown: impl Future<Output = ()> + Send + 'static,
+    wiring: Wiring,
+    nonces: Arc<dyn crate::actions::Nonces>,
 ) -> Result<(), AppError> {
     let store_path = cfg.store.path.clone();
     let cache = cfg.store.cache_bytes;
@@ -229,9 +245,40 @@ pub async fn run_with(
         Arc::clone(&signer),
     ));
     let parser = tokio::spawn(mqtt::run_parser(raw_rx, in_tx));
-    // The worker's control queue: rollout steps become events there.
+    // The worker's control queue: rollout steps become events there, and
+    // action steps are logged there.
     let (control_tx, control_rx) = mpsc::channel(256);
+    let actions = Arc::new(crate::actions::Actions::open(
+        cfg.actions,
+        &cfg.store.path,
+        crate::actions::Wires {
+            shared: Arc::clone(&shared),
+            signer: Arc::clone(&signer),
+            control: control_tx.clone(),
+            nonces,
+            clock: Arc::clone(&clock),
+        },
+    )?);
+    {
+        let (a, now) = (Arc::clone(&actions), clock.now_ms());
+        let restored = tokio::task::spawn_blocking(move || a.restore(now))
+            .await
+            .map_err(|e| AppError::Task(e.to_string()))?
+            .map_err(|source| AppError::Store {
+                path: cfg.store.path.display().to_string(),
+                error: source,
+            })?;
+        if restored > 0 {
+            info!(
+                pending = restored,
+                "Action requests still waiting for their units."
+            );
+        }
+    }
+    let worker = worker.with_actions(Arc::clone(&actions));
     let worker = tokio::spawn(worker.run_controlled(in_rx, control_rx, stop_ingest.clone()));
+    let stop_actions = CancellationToken::new();
+    let actions_loop = tokio::spawn(Arc::clone(&actions).run(stop_actions.clone()));
     let pruner = tokio::spawn(prune_loop(
         Arc::clone(&shared),
         Arc::clone(&clock),
@@ -273,7 +320,7 @@ pub async fn run_with(
     let stop_rollouts = CancellationToken::new();
     let rollout_loop =
         tokio::spawn(Arc::clone(&rollouts).run(cfg.rollouts.tick, stop_rollouts.clone()));
-    let http = spawn_feed(
+    let http = spawn_feed_with(
         &cfg,
         listener,
         Arc::clone(&shared),
@@ -284,6 +331,7 @@ pub async fn run_with(
             config_docs: Some(config_docs),
             rollouts: Some(rollouts),
         },
+        Some(actions),
         stop_feed.clone(),
     );
 
@@ -320,6 +368,11 @@ pub async fn run_with(
         if let Err(e) = t.await {
             warn!(task = name, error = %e, "Task failed.");
         }
+    }
+    // The worker's last commit is in: the audit file takes the last steps.
+    stop_actions.cancel();
+    if let Err(e) = actions_loop.await {
+        warn!(error = %e, "Actions task failed.");
     }
     // Ingest has broadcast its last changes: the webhooks drain them.
     stop_notify.cancel();
@@ -363,13 +416,27 @@ pub(crate) struct FeedParts {
     pub rollouts: Option<Arc<crate::rollout::Rollouts>>,
 }
 
-/// Serves the HTTP feed on `listener` until `stop_feed` (both modes).
+/// Serves the HTTP feed on `listener` until `stop_feed` (both modes);
+/// without actions (cluster mode: 501).
 pub(crate) fn spawn_feed(
     cfg: &Config,
     listener: TcpListener,
     shared: Arc<Shared>,
     clock: SharedClock,
     parts: FeedParts,
+    stop_feed: CancellationToken,
+) -> tokio::task::JoinHandle<()> {
+    spawn_feed_with(cfg, listener, shared, clock, parts, None, stop_feed)
+}
+
+/// As [`spawn_feed`], with the actions a single node issues.
+pub(crate) fn spawn_feed_with(
+    cfg: &Config,
+    listener: TcpListener,
+    shared: Arc<Shared>,
+    clock: SharedClock,
+    parts: FeedParts,
+    actions: Option<Arc<crate::actions::Actions>>,
     stop_feed: CancellationToken,
 ) -> tokio::task::JoinHandle<()> {
     let FeedParts {
@@ -388,7 +455,10 @@ pub(crate) fn spawn_feed(
     };
     let state = FeedState {
         shared: Arc::clone(&shared),
-        auth: Arc::new(Auth::new(cfg.admin_token.clone(), cfg.agencies.clone())),
+        auth: Arc::new(
+            Auth::new(cfg.admin_token.clone(), cfg.agencies.clone())
+                .with_operators(cfg.operators.clone()),
+        ),
         clock: Arc::clone(&clock),
         sse_keep_alive: cfg.http.sse_keep_alive,
         metrics_require_token: cfg.http.metrics_require_token,
@@ -407,6 +477,12 @@ pub(crate) fn spawn_feed(
         config_docs,
         rollouts,
         runbooks: Arc::clone(&cfg.runbooks),
+        actions,
+        action_refusals: Arc::new(std::sync::Mutex::new(
+            crate::ingest::refusal::RefusalLog::new(
+                cfg.ingest.refusal_log_interval.as_millis() as u64
+            ),
+        )),
     };
     if let Ok(addr) = listener.local_addr() {
         match &cfg.cluster {

@@ -144,6 +144,90 @@ pub struct RawConfig {
     pub cluster: Option<crate::cluster::config::RawCluster>,
     #[serde(default)]
     pub runbooks: RawRunbooks,
+    #[serde(default)]
+    pub actions: RawActions,
+}
+
+/// `[actions]`: action requests to units (`crate::actions`).
+#[derive(Debug, Deserialize, Default)]
+#[serde(deny_unknown_fields)]
+pub struct RawActions {
+    pub ttl: Option<String>,
+    pub max_pending: Option<usize>,
+    pub per_agency_per_min: Option<u32>,
+    pub audit_max_bytes: Option<String>,
+}
+
+/// `[actions]`, validated.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct ActionsConfig {
+    /// How long a request is valid when the caller does not say (default
+    /// 60s; 1s to `muster_proto::action::MAX_ACTION_TTL_MS`).
+    pub ttl: Duration,
+    /// Requests issued and not yet answered by their unit, collector-wide,
+    /// at most (default 1024); also the most request messages the
+    /// publisher's queue holds.
+    pub max_pending: usize,
+    /// Requests issued per agency within any minute, at most (default 60).
+    pub per_agency_per_min: u32,
+    /// The audit file (`<store.path>/actions/audit.jsonl`) is rotated past
+    /// this many bytes, keeping one previous file (default 64 MiB).
+    pub audit_max_bytes: u64,
+}
+
+impl Default for ActionsConfig {
+    fn default() -> Self {
+        ActionsConfig {
+            ttl: Duration::from_secs(60),
+            max_pending: 1024,
+            per_agency_per_min: 60,
+            audit_max_bytes: 64 * 1024 * 1024,
+        }
+    }
+}
+
+/// Smallest `actions.audit_max_bytes`: a few entries with full output.
+pub const MIN_AUDIT_BYTES: u64 = 4096;
+
+impl RawActions {
+    fn validate(self) -> Result<ActionsConfig, ConfigError> {
+        let d = ActionsConfig::default();
+        let max_ttl = Duration::from_millis(muster_proto::action::MAX_ACTION_TTL_MS);
+        let ttl = duration_or("actions.ttl", self.ttl.as_deref(), d.ttl)?;
+        if ttl < Duration::from_secs(1) || ttl > max_ttl {
+            return Err(invalid(
+                "actions.ttl",
+                format!(
+                    "must be 1s to {} (the longest an agent accepts)",
+                    humantime::format_duration(max_ttl)
+                ),
+            ));
+        }
+        let max_pending = self.max_pending.unwrap_or(d.max_pending);
+        if !(1..=100_000).contains(&max_pending) {
+            return Err(invalid("actions.max_pending", "must be 1 to 100000"));
+        }
+        let per_agency_per_min = self.per_agency_per_min.unwrap_or(d.per_agency_per_min);
+        if !(1..=10_000).contains(&per_agency_per_min) {
+            return Err(invalid("actions.per_agency_per_min", "must be 1 to 10000"));
+        }
+        let audit_max_bytes = match self.audit_max_bytes.as_deref() {
+            None => d.audit_max_bytes,
+            Some(s) => muster_base::value::bytes("actions.audit_max_bytes", s)?,
+        };
+        if !(MIN_AUDIT_BYTES..=1 << 40).contains(&audit_max_bytes) {
+            return Err(invalid(
+                "actions.audit_max_bytes",
+                "must be 4KiB to 1TiB (two files of it are kept)",
+            ));
+        }
+        Ok(ActionsConfig {
+            ttl,
+            max_pending,
+            per_agency_per_min,
+            audit_max_bytes,
+        })
+    }
 }
 
 /// `[runbooks]`: the site's runbooks (`crate::runbooks`).
@@ -313,7 +397,11 @@ pub struct RawBrokerUnit {
 #[serde(deny_unknown_fields)]
 pub struct RawAgency {
     pub name: String,
+    /// The viewer's token: reads the agency's units.
     pub token: String,
+    /// The operator's token (issue 17): reads what the viewer reads, and
+    /// may request actions from the agency's units.
+    pub operator_token: Option<String>,
     /// The token this agency's terminals enrol with (`POST /api/v1/enroll`).
     pub enroll_token: Option<String>,
     /// `"auto"` or `"approve"` (default).
@@ -340,8 +428,13 @@ pub struct Config {
     pub http: HttpConfig,
     pub store: StoreConfig,
     pub ingest: IngestConfig,
-    /// Agency name -> bearer token.
+    /// Agency name -> its viewer's bearer token.
     pub agencies: BTreeMap<String, String>,
+    /// Agency name -> its operator's bearer token, for agencies that have
+    /// one (`operator_token`).
+    pub operators: BTreeMap<String, String>,
+    /// `[actions]`.
+    pub actions: ActionsConfig,
     /// Agency name -> its webhook, for agencies that have one.
     pub webhooks: BTreeMap<String, crate::notify::WebhookConfig>,
     pub rules: RulesConfig,
@@ -702,7 +795,9 @@ impl RawConfig {
             broker,
             cluster,
             runbooks,
+            actions,
         } = self;
+        let actions = actions.validate()?;
         let max_config_docs = match remote_config.max_docs {
             None => 1_000,
             Some(n) if (1..=100_000).contains(&n) => n,
@@ -1041,6 +1136,7 @@ impl RawConfig {
         }
         // Enrol tokens are checked once every feed token is known.
         let mut enroll_raw = Vec::new();
+        let mut operator_raw = Vec::new();
         let cluster = cluster
             .map(|c| c.validate())
             .transpose()
@@ -1070,7 +1166,27 @@ impl RawConfig {
                 webhooks.insert(a.name.clone(), w.validate(&format!("agency[{i}].webhook"))?);
             }
             enroll_raw.push((i, a.name.clone(), a.enroll_token, a.enroll));
+            if let Some(op) = a.operator_token {
+                operator_raw.push((i, a.name.clone(), op));
+            }
             agencies.insert(a.name, t);
+        }
+        // Operator tokens, once every feed token is known: each differs
+        // from every other token (a token is one role of one agency).
+        let mut operators: BTreeMap<String, String> = BTreeMap::new();
+        for (i, name, tok) in operator_raw {
+            let key = format!("agency[{i}].operator_token");
+            let tok = token(&key, &tok)?;
+            let clash = agencies.values().any(|v| *v == tok)
+                || admin_token.as_deref() == Some(tok.as_str())
+                || operators.values().any(|v| *v == tok);
+            if clash {
+                return Err(invalid(
+                    key,
+                    "must differ from every feed token, every other operator_token and the admin token",
+                ));
+            }
+            operators.insert(name, tok);
         }
         for (i, name, tok, mode) in enroll_raw {
             let mode = match mode.as_deref() {
@@ -1089,12 +1205,13 @@ impl RawConfig {
             let key = format!("agency[{i}].enroll_token");
             let tok = token(&key, &tok)?;
             let clash = agencies.values().any(|v| *v == tok)
+                || operators.values().any(|v| *v == tok)
                 || admin_token.as_deref() == Some(tok.as_str())
                 || enroll_cfg.agencies.values().any(|e| e.token.0 == tok);
             if clash {
                 return Err(invalid(
                     key,
-                    "must differ from every feed token, every other enroll_token and the admin token",
+                    "must differ from every feed and operator token, every other enroll_token and the admin token",
                 ));
             }
             enroll_cfg.agencies.insert(
@@ -1168,6 +1285,8 @@ impl RawConfig {
                 max_units,
             },
             agencies,
+            operators,
+            actions,
             webhooks,
             rules,
             enroll: enroll_cfg,
@@ -1188,8 +1307,9 @@ const PLACEHOLDER_RUNBOOKS: &str = "https://runbooks.example.org/";
 impl Config {
     /// What `check-config` warns about and `run` logs, without refusing the
     /// config: each rule that can raise a flag with neither a runbook here
-    /// (built-in or in `[runbooks] dir`) nor a runbook URL of its own, and
-    /// runbook URLs still on the placeholder earlier versions shipped.
+    /// (built-in or in `[runbooks] dir`) nor a runbook URL of its own,
+    /// runbook URLs still on the placeholder earlier versions shipped, and
+    /// runbook front matter other than `action: <name>` (naming the file).
     pub fn warnings(&self) -> Vec<String> {
         let dir = match &self.runbooks.dir {
             Some(d) => d.display().to_string(),
@@ -1213,6 +1333,7 @@ impl Config {
                 _ => {}
             }
         }
+        out.extend(self.runbooks.warnings());
         out
     }
 }
@@ -1459,6 +1580,71 @@ token = "police-token-0123456789"
                 "agency[1].enroll:",
             ),
             (
+                "token = \"police-token-0123456789\"",
+                "token = \"police-token-0123456789\"\noperator_token = \"short\"",
+                "agency[1].operator_token: must be at least",
+            ),
+            (
+                "token = \"police-token-0123456789\"",
+                "token = \"police-token-0123456789\"\noperator_token = \"police-token-0123456789\"",
+                "agency[1].operator_token: must differ",
+            ),
+            (
+                "token = \"police-token-0123456789\"",
+                "token = \"police-token-0123456789\"\noperator_token = \"fire-token-0123456789\"",
+                "agency[1].operator_token: must differ",
+            ),
+            (
+                "token = \"police-token-0123456789\"",
+                "token = \"police-token-0123456789\"\noperator_token = \"admin-token-0123456789\"",
+                "agency[1].operator_token: must differ",
+            ),
+            (
+                "token = \"fire-token-0123456789\"\n[[agency]]\nname = \"county-police\"\ntoken = \"police-token-0123456789\"",
+                "token = \"fire-token-0123456789\"\noperator_token = \"same-operator-0123\"\n[[agency]]\nname = \"county-police\"\ntoken = \"police-token-0123456789\"\noperator_token = \"same-operator-0123\"",
+                "agency[1].operator_token: must differ",
+            ),
+            (
+                "token = \"police-token-0123456789\"",
+                "token = \"police-token-0123456789\"\noperator_token = \"police-op-0123456789\"\nenroll_token = \"police-op-0123456789\"",
+                "agency[1].enroll_token: must differ",
+            ),
+            (
+                "sample_retention = \"2h\"",
+                "sample_retention = \"2h\"\n[actions]\nttl = \"16m\"",
+                "actions.ttl: must be 1s to 15m",
+            ),
+            (
+                "sample_retention = \"2h\"",
+                "sample_retention = \"2h\"\n[actions]\nttl = \"soon\"",
+                "actions.ttl:",
+            ),
+            (
+                "sample_retention = \"2h\"",
+                "sample_retention = \"2h\"\n[actions]\nmax_pending = 0",
+                "actions.max_pending: must be 1 to 100000",
+            ),
+            (
+                "sample_retention = \"2h\"",
+                "sample_retention = \"2h\"\n[actions]\nper_agency_per_min = 0",
+                "actions.per_agency_per_min: must be 1 to 10000",
+            ),
+            (
+                "sample_retention = \"2h\"",
+                "sample_retention = \"2h\"\n[actions]\naudit_max_bytes = \"1KiB\"",
+                "actions.audit_max_bytes: must be 4KiB",
+            ),
+            (
+                "sample_retention = \"2h\"",
+                "sample_retention = \"2h\"\n[actions]\naudit_max_bytes = \"lots\"",
+                "actions.audit_max_bytes: \"lots\" is not a byte size",
+            ),
+            (
+                "sample_retention = \"2h\"",
+                "sample_retention = \"2h\"\n[actions]\nrate = 5",
+                "unknown field `rate`",
+            ),
+            (
                 "sample_retention = \"2h\"",
                 "sample_retention = \"2h\"\n[enroll]\nmax_pending = 0",
                 "enroll.max_pending:",
@@ -1500,6 +1686,40 @@ token = "police-token-0123456789"
             let err = Config::parse(&text).unwrap_err().to_string();
             assert!(err.contains(want), "{to}: got {err:?}, want {want:?}");
         }
+    }
+
+    #[test]
+    fn operator_tokens_are_optional_and_actions_have_defaults() {
+        let c = Config::parse(GOOD).unwrap();
+        assert!(c.operators.is_empty());
+        assert_eq!(c.actions, ActionsConfig::default());
+        assert_eq!(c.actions.ttl, Duration::from_secs(60));
+        assert_eq!(c.actions.max_pending, 1024);
+        assert_eq!(c.actions.per_agency_per_min, 60);
+        assert_eq!(c.actions.audit_max_bytes, 64 << 20);
+        let c = Config::parse(&format!(
+            "{}\n[actions]\nttl = \"15m\"\nmax_pending = 3\nper_agency_per_min = 2\naudit_max_bytes = \"4KiB\"\n",
+            GOOD.replacen(
+                "token = \"police-token-0123456789\"",
+                "token = \"police-token-0123456789\"\noperator_token = \"police-op-0123456789\"",
+                1,
+            )
+        ))
+        .unwrap();
+        assert_eq!(c.operators.len(), 1);
+        assert_eq!(c.operators["county-police"], "police-op-0123456789");
+        assert_eq!(c.agencies["county-police"], "police-token-0123456789");
+        assert_eq!(
+            c.actions,
+            ActionsConfig {
+                ttl: Duration::from_secs(900),
+                max_pending: 3,
+                per_agency_per_min: 2,
+                audit_max_bytes: 4096,
+            }
+        );
+        // Never in a log line.
+        assert!(!format!("{c:?}").contains("police-op"));
     }
 
     #[test]

@@ -1,6 +1,7 @@
 //! Muster collector library: everything but argument parsing lives here, so
 //! tests drive the real thing with injected listeners, clock and shutdown.
 //!
+//! * [`actions`]: signed action requests to units, and their audit.
 //! * [`config`]: TOML config, validated with errors naming the key.
 //! * [`ingest`]: MQTT in, dedup, seq accounting, rules, group commit, acks.
 //! * [`rules`]: the pure rules engine (health, transitions, incidents).
@@ -21,6 +22,7 @@
 
 #![forbid(unsafe_code)]
 
+pub mod actions;
 pub mod app;
 pub mod automation;
 pub mod broker;

@@ -23,7 +23,8 @@ pub struct Outbound {
 /// What the worker hands the publisher (`ingest::outqueue` coalesces it).
 #[derive(Debug, Clone)]
 pub enum Out {
-    /// A status message (retained: the newest per topic is what counts).
+    /// A status message (retained: the newest per topic is what counts),
+    /// or an action request (never coalesced).
     Message(Outbound),
     /// An ack, signed and encoded when it is sent, so one still queued can
     /// be merged with a newer one for the same unit and boot.
@@ -50,6 +51,10 @@ pub struct AckOut {
 pub enum OutboundKind {
     Ack,
     Status,
+    /// A signed action request (`crate::actions`): QoS 1, never retained,
+    /// never coalesced (each is its own entry in the publisher's queue,
+    /// which holds at most `[actions] max_pending` of them).
+    Action,
 }
 
 /// The retained JSON on a unit's status topic.

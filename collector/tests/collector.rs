@@ -12,6 +12,8 @@ mod harness;
 #[path = "collector/valve.rs"]
 mod valve;
 
+#[path = "collector/actions.rs"]
+mod actions;
 #[path = "collector/backpressure.rs"]
 mod backpressure;
 #[path = "collector/cluster_nats.rs"]

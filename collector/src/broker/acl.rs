@@ -5,11 +5,13 @@
 //!
 //! | principal | CONNECT will | PUBLISH | SUBSCRIBE |
 //! |---|---|---|---|
-//! | unit `{agency}/{unit}` | own `…/state`, QoS ≤ 1 | own `…/telemetry` (not retained), own `…/state` (retained ok), QoS ≤ 1 | own `…/ack`, own `…/state`, own `…/config`, its agency's `muster/v1/{agency}/config`, `muster/v1/collector` |
+//! | unit `{agency}/{unit}` | own `…/state`, QoS ≤ 1 | own `…/telemetry` (not retained), own `…/state` (retained ok), QoS ≤ 1 | own `…/ack`, own `…/state`, own `…/config`, own `…/action`, its agency's `muster/v1/{agency}/config`, `muster/v1/collector` |
 //! | agency reader `{agency}` | none | none | subsets of `muster/v1/{agency}/+/status` and `muster/v1/{agency}/incidents` |
 //!
 //! A unit subscribes to its own state topic because the agent republishes
-//! its birth when it sees a late will of its own say "offline" there.
+//! its birth when it sees a late will of its own say "offline" there. Its
+//! action topic (signed requests, issue 17) it may only read: only the
+//! collector, on rumqttd's internal listener, publishes there.
 //!
 //! A SUBSCRIBE filter is allowed when every topic it can match is one the
 //! principal may read ([`is_subset`]): `muster/v1/{agency}/E12/status` and
@@ -135,6 +137,7 @@ pub fn check_subscribe(p: &Principal, filter: &str) -> Result<(), Refusal> {
             unit_topic(u, TopicKind::Ack),
             unit_topic(u, TopicKind::State),
             unit_topic(u, TopicKind::Config),
+            unit_topic(u, TopicKind::Action),
             format!("{PREFIX}/{}/config", u.agency),
             COLLECTOR_HELLO_TOPIC.to_owned(),
         ]
@@ -252,6 +255,12 @@ mod tests {
             // Config documents come only from the collector.
             (&e12, "muster/v1/metro-fire/E12/config", 1, true, no),
             (&e12, "muster/v1/metro-fire/config", 1, true, no),
+            // So do action requests: not its own, not another's, any QoS.
+            (&e12, "muster/v1/metro-fire/E12/action", 1, false, no),
+            (&e12, "muster/v1/metro-fire/E12/action", 0, false, no),
+            (&e12, "muster/v1/metro-fire/E12/action", 1, true, no),
+            (&e12, "muster/v1/metro-fire/E13/action", 1, false, no),
+            (&fire, "muster/v1/metro-fire/E12/action", 1, false, no),
             (&e12, "muster/v1/metro-fire/+/telemetry", 1, false, no),
             (&e12, "muster/v1/metro-fire/E12/telemetry/x", 1, false, no),
             (&fire, "muster/v1/metro-fire/E12/status", 1, true, no),
@@ -295,6 +304,15 @@ mod tests {
             (&e12, "muster/v1/metro-fire/E12/config", true),
             (&e12, "muster/v1/metro-fire/config", true),
             (&e12, "muster/v1/metro-fire/E13/config", false),
+            // Its own action requests only.
+            (&e12, "muster/v1/metro-fire/E12/action", true),
+            (&e12, "muster/v1/metro-fire/E13/action", false),
+            (&e12, "muster/v1/county-ems/E12/action", false),
+            (&e12, "muster/v1/metro-fire/+/action", false),
+            (&e12, "muster/v1/+/E12/action", false),
+            (&e12, "muster/v1/+/+/action", false),
+            (&fire, "muster/v1/metro-fire/E12/action", false),
+            (&fire, "muster/v1/metro-fire/+/action", false),
             (&e12, "muster/v1/county-ems/config", false),
             (&e12, "muster/v1/+/config", false),
             (&e12, "muster/v1/metro-fire/E13/ack", false),

@@ -1,6 +1,14 @@
 //! Bearer tokens: each agency's token sees that agency's units; the admin
 //! token sees all. No or an unknown token is 401; a known token asking for
 //! another agency's data is 403.
+//!
+//! Roles (issue 17): an agency's `token` is its **viewer**; its optional
+//! `operator_token` is its **operator**, which sees exactly what the viewer
+//! sees ([`Scope::Agency`]: every existing endpoint treats it as the
+//! viewer) and may also request actions from the agency's units; the admin
+//! token is **admin**. The role is asked for only where it matters
+//! ([`Auth::access`]), so every `sees()` caller stays right by
+//! construction.
 
 use std::collections::BTreeMap;
 
@@ -38,11 +46,42 @@ impl Scope {
     }
 }
 
+/// What a token may do besides reading what its scope sees.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Role {
+    /// An agency's `token`: reads its agency's units.
+    Viewer,
+    /// An agency's `operator_token`: reads as the viewer, and requests
+    /// actions from its agency's units.
+    Operator,
+    /// The admin token.
+    Admin,
+}
+
+impl Role {
+    pub fn as_str(self) -> &'static str {
+        match self {
+            Role::Viewer => "viewer",
+            Role::Operator => "operator",
+            Role::Admin => "admin",
+        }
+    }
+}
+
+/// A token's scope and role.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct Access {
+    pub scope: Scope,
+    pub role: Role,
+}
+
 #[derive(Debug, Default)]
 pub struct Auth {
     admin: Option<String>,
-    /// Agency name -> token.
+    /// Agency name -> its viewer's token.
     agencies: BTreeMap<String, String>,
+    /// Agency name -> its operator's token.
+    operators: BTreeMap<String, String>,
 }
 
 /// Compares without an early exit, so timing does not tell how much of a
@@ -65,25 +104,57 @@ pub(crate) fn ct_eq(a: &[u8], b: &[u8]) -> bool {
 
 impl Auth {
     pub fn new(admin: Option<String>, agencies: BTreeMap<String, String>) -> Self {
-        Auth { admin, agencies }
+        Auth {
+            admin,
+            agencies,
+            operators: BTreeMap::new(),
+        }
     }
 
-    pub fn scope_of(&self, token: &str) -> Option<Scope> {
+    /// With the agencies' operator tokens (agency name -> token).
+    pub fn with_operators(mut self, operators: BTreeMap<String, String>) -> Self {
+        self.operators = operators;
+        self
+    }
+
+    /// The token's scope and role. Every token is compared (no early
+    /// exit), so timing does not tell which kind a token is.
+    pub fn access_of(&self, token: &str) -> Option<Access> {
         let mut found = None;
         if self.admin.as_deref().is_some_and(|t| same(t, token)) {
-            found = Some(Scope::Admin);
+            found = Some(Access {
+                scope: Scope::Admin,
+                role: Role::Admin,
+            });
         }
-        for (agency, t) in &self.agencies {
-            if same(t, token) {
-                found = Some(Scope::Agency(agency.clone()));
+        for (role, tokens) in [
+            (Role::Viewer, &self.agencies),
+            (Role::Operator, &self.operators),
+        ] {
+            for (agency, t) in tokens {
+                if same(t, token) {
+                    found = Some(Access {
+                        scope: Scope::Agency(agency.clone()),
+                        role,
+                    });
+                }
             }
         }
         found
     }
 
+    pub fn scope_of(&self, token: &str) -> Option<Scope> {
+        self.access_of(token).map(|a| a.scope)
+    }
+
     pub fn authenticate(&self, headers: &HeaderMap) -> Result<Scope, ApiError> {
+        self.access(headers).map(|a| a.scope)
+    }
+
+    /// As [`Auth::authenticate`], with the token's role.
+    pub fn access(&self, headers: &HeaderMap) -> Result<Access, ApiError> {
         let token = bearer(headers)?;
-        self.scope_of(token)
+        self.access_of(token)
             .ok_or_else(|| ApiError::unauthorized("unknown token"))
     }
 }
@@ -119,6 +190,7 @@ mod tests {
             ]
             .into(),
         )
+        .with_operators([("a".to_string(), "a-operator-0123456789".to_string())].into())
     }
 
     #[test]
@@ -138,6 +210,12 @@ mod tests {
                 Ok(Scope::Agency("b".into())),
             ),
             (Some("Bearer admin-token-0123456789"), Ok(Scope::Admin)),
+            // An operator reads exactly what its agency's viewer reads.
+            (
+                Some("Bearer a-operator-0123456789"),
+                Ok(Scope::Agency("a".into())),
+            ),
+            (Some("Bearer a-operator-012345678"), Err("unauthorized")),
         ];
         for (h, want) in cases {
             let mut headers = HeaderMap::new();
@@ -147,6 +225,33 @@ mod tests {
             let got = auth.authenticate(&headers).map_err(|e| e.code);
             assert_eq!(got, want.clone(), "{h:?}");
         }
+    }
+
+    #[test]
+    fn roles_table() {
+        let auth = auth();
+        let cases: &[(&str, Option<(Scope, Role)>)] = &[
+            ("admin-token-0123456789", Some((Scope::Admin, Role::Admin))),
+            (
+                "a-token-0123456789",
+                Some((Scope::Agency("a".into()), Role::Viewer)),
+            ),
+            (
+                "b-token-0123456789",
+                Some((Scope::Agency("b".into()), Role::Viewer)),
+            ),
+            (
+                "a-operator-0123456789",
+                Some((Scope::Agency("a".into()), Role::Operator)),
+            ),
+            ("b-operator-0123456789", None),
+            ("", None),
+        ];
+        for (token, want) in cases {
+            let got = auth.access_of(token).map(|a| (a.scope, a.role));
+            assert_eq!(got, *want, "{token:?}");
+        }
+        assert_eq!(Role::Operator.as_str(), "operator");
     }
 
     #[test]

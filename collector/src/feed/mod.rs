@@ -19,12 +19,16 @@
 //! | `/api/v1/gates…` | the deploy gate (`gates.rs`) |
 //! | `/api/v1/config…` | signed remote config documents (`config.rs`) |
 //! | `/api/v1/rollouts…` | staged rollouts, pause, resume, abort (`rollouts.rs`) |
+//! | `POST /api/v1/units/{agency}/{unit}/actions` | a signed action request to a unit (`actions.rs`) |
+//! | `GET /api/v1/actions`, `GET /api/v1/actions/export` | the action audit, and its export (`actions.rs`) |
 //! | `GET /runbooks`, `GET /runbooks/{rule}` | the runbooks as pages (no token; `runbooks.rs`) |
 //! | `GET /api/v1/runbooks`, `GET /api/v1/runbooks/{rule}` | the runbooks' Markdown (`runbooks.rs`) |
 //!
 //! Every `/api/v1` request needs `Authorization: Bearer <token>`; an
-//! agency's token sees only its units, on every endpoint and the stream.
+//! agency's token (its viewer's, or its operator's: `auth.rs`) sees only its
+//! units, on every endpoint and the stream.
 
+pub mod actions;
 pub(crate) mod auth;
 pub mod config;
 mod dashboard;
@@ -89,6 +93,10 @@ pub struct FeedState {
     pub rollouts: Option<Arc<crate::rollout::Rollouts>>,
     /// The runbooks served (`runbooks`): built-in and the site's.
     pub runbooks: Arc<crate::runbooks::Runbooks>,
+    /// Action requests and their audit (`actions`); `None` in cluster mode.
+    pub actions: Option<Arc<crate::actions::Actions>>,
+    /// Rate-limited log of refused action requests.
+    pub action_refusals: Arc<actions::RefusalLines>,
 }
 
 pub fn router(state: FeedState) -> Router {
@@ -116,11 +124,16 @@ pub fn router(state: FeedState) -> Router {
         post(rollouts::resume),
         post(rollouts::abort),
     );
+    let act_new = post(actions::issue).layer(DefaultBodyLimit::max(actions::MAX_BODY_BYTES));
+    let (act_list, act_export) = (get(actions::list), get(actions::export));
     Router::new()
         .route("/api/v1/units", get(units::list))
         .route("/api/v1/units/{agency}/{unit}", get(units::detail))
         .route("/api/v1/units/{agency}/{unit}/samples", get(units::samples))
         .route("/api/v1/units/{agency}/{unit}/timeline", strip)
+        .route("/api/v1/units/{agency}/{unit}/actions", act_new)
+        .route("/api/v1/actions", act_list)
+        .route("/api/v1/actions/export", act_export)
         .route("/api/v1/events", get(events::list))
         .route("/api/v1/incidents", get(events::incidents))
         .route("/api/v1/problems", get(problems::list))

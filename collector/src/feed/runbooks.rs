@@ -8,8 +8,10 @@
 //!   dashboard shows inline under a flag.
 //! * `GET /runbooks`: the list of them as a page.
 //! * `GET /api/v1/runbooks/{rule}` (any token: runbooks are not an
-//!   agency's): `{rule, source, title, markdown}`, `source` `builtin` or
-//!   `site` (a file in `[runbooks] dir`, which may override a built-in).
+//!   agency's): `{rule, source, title, markdown, action}`, `source`
+//!   `builtin` or `site` (a file in `[runbooks] dir`, which may override a
+//!   built-in), `action` the action its front matter suggests, or `null`
+//!   (`markdown` is without the front matter).
 //! * `GET /api/v1/runbooks`: `{items: [{rule, source, title}]}` by rule
 //!   name, not paginated (at most the built-in ones plus
 //!   `runbooks::MAX_SITE_RUNBOOKS`).
@@ -39,6 +41,8 @@ struct RunbookView<'a> {
     /// The text of its first heading; `null` when it does not start with one.
     title: Option<&'a str>,
     markdown: &'a str,
+    /// The action the runbook suggests (front matter `action:`).
+    action: Option<&'a str>,
 }
 
 #[derive(Serialize)]
@@ -92,6 +96,7 @@ pub async fn get(
         source: b.source,
         title: b.title.as_deref(),
         markdown: &b.markdown,
+        action: b.action.as_deref(),
     })
     .into_response())
 }

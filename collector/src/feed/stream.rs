@@ -1,6 +1,8 @@
 //! `/api/v1/stream`: Server-Sent Events of transitions (`event:
-//! transition`) and incident changes (`event: incident`), each with the
-//! event id `/api/v1/events` uses, filtered to what the token may see.
+//! transition`), incident changes (`event: incident`), rollout steps
+//! (`event: rollout`) and action steps (`event: action`, single node), each
+//! with the event id `/api/v1/events` uses, filtered to what the token may
+//! see.
 //! The first event is `ready` (the stream is subscribed); a client too slow
 //! to keep up gets `lagged` with how many it missed, and should reload.
 //! Comments keep the connection alive every `http.sse_keep_alive`.
@@ -41,6 +43,7 @@ use super::limits::HttpDrop;
 use super::query::Params;
 use super::server::ConnKill;
 use super::views::EventView;
+use crate::actions::ActionView;
 use crate::model::Change;
 use crate::state::Shared;
 
@@ -90,9 +93,11 @@ pub async fn stream(
         scope.check(a)?;
     }
     let rx = st.shared.changes.subscribe();
+    let action_rx = st.actions.as_ref().map(|a| a.subscribe());
     let guard = ClientGuard::new(st.shared.clone());
     let shared = st.shared.clone();
     let ready = Event::default().event("ready").data("{}");
+    let (action_scope, action_agency) = (scope.clone(), agency.clone());
     let events = BroadcastStream::new(rx).filter_map(move |item| {
         let m = &shared.metrics.stream;
         let out = match item {
@@ -124,6 +129,35 @@ pub async fn stream(
         };
         std::future::ready(out)
     });
+    let shared = st.shared.clone();
+    let action_events = stream::iter(action_rx)
+        .flat_map(BroadcastStream::new)
+        .filter_map(move |item| {
+            let out = match item {
+                Ok(a) => {
+                    let ag = a.event.agency.as_str();
+                    (action_scope.sees(ag) && action_agency.as_deref().is_none_or(|x| x == ag))
+                        .then(|| {
+                            Event::default()
+                                .id(a.id.to_string())
+                                .event("action")
+                                .json_data(ActionView::from(&*a))
+                                .ok()
+                        })
+                        .flatten()
+                }
+                Err(BroadcastStreamRecvError::Lagged(n)) => {
+                    shared.metrics.stream.lagged.fetch_add(n, Ordering::Relaxed);
+                    Some(
+                        Event::default()
+                            .event("lagged")
+                            .data(format!("{{\"missed\":{n}}}")),
+                    )
+                }
+            };
+            std::future::ready(out)
+        });
+    let events = stream::select(events, action_events);
     let (tx, queue) = mpsc::channel(st.sse_buffer);
     tokio::spawn(forward(
         events,

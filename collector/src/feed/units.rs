@@ -147,10 +147,13 @@ pub async fn samples(
     let until_ms = q.time("until", now)?.unwrap_or(u64::MAX);
     let kind = q.str("kind").map(str::to_owned);
     if let Some(k) = &kind
-        && !["host", "probe", "status", "presence", "facts", "config"].contains(&k.as_str())
+        && ![
+            "host", "probe", "status", "presence", "facts", "config", "action",
+        ]
+        .contains(&k.as_str())
     {
         return Err(ApiError::bad_request(format!(
-            "kind: {k:?} is not one of host, probe, status, presence, facts, config"
+            "kind: {k:?} is not one of host, probe, status, presence, facts, config, action"
         )));
     }
     if let Some(res) = resolution {

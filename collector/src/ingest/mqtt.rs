@@ -419,6 +419,7 @@ pub async fn run_publisher(
         let Some(o) = ready.pop_front() else {
             continue;
         };
+        let topic = (o.kind == OutboundKind::Action).then(|| o.topic.clone());
         let publish = client.publish(o.topic, o.retain, o.payload);
         tokio::pin!(publish);
         let r = loop {
@@ -451,6 +452,12 @@ pub async fn run_publisher(
             (OutboundKind::Status, Err(e)) => {
                 m.mqtt.status_errors.fetch_add(1, Ordering::Relaxed);
                 debug!(error = %e, "Status not queued.");
+            }
+            (OutboundKind::Action, r) => {
+                m.actions.dequeued(r.is_ok());
+                if let Err(e) = r {
+                    debug!(topic = ?topic, error = %e, "Action request not queued.");
+                }
             }
         }
     }

@@ -8,13 +8,17 @@
 //! however far the MQTT connection's output falls behind ingest, the queue
 //! holds at most one ack per unit and boot and one message per status
 //! topic, in the order each key was first queued. Merges are counted.
+//! Action requests (`OutboundKind::Action`) and other messages that are
+//! not retained are never merged: each is its own entry. Requests are
+//! bounded before they get here (`[actions] max_pending`, counted in
+//! `muster_actions_queued` until the publisher takes them).
 
 use std::collections::{HashMap, VecDeque};
 
 use muster_proto::{BootId, UnitId};
 
 use crate::seq::merge_acks;
-use crate::status_pub::Out;
+use crate::status_pub::{Out, OutboundKind};
 
 #[derive(Debug, Clone, PartialEq, Eq, Hash)]
 enum Key {
@@ -45,7 +49,9 @@ impl OutQueue {
     pub fn push(&mut self, o: Out) {
         let key = match &o {
             Out::Ack(a) => Key::Ack(a.unit.clone(), a.ack.boot),
-            Out::Message(m) if m.retain => Key::Retained(m.topic.clone()),
+            Out::Message(m) if m.retain && m.kind != OutboundKind::Action => {
+                Key::Retained(m.topic.clone())
+            }
             Out::Message(_) => {
                 self.next_once += 1;
                 Key::Once(self.next_once)
@@ -83,7 +89,7 @@ impl OutQueue {
 #[cfg(test)]
 mod tests {
     use super::*;
-    use crate::status_pub::{AckOut, Outbound, OutboundKind};
+    use crate::status_pub::{AckOut, Outbound};
     use muster_proto::{Ack, KeyId, SeqRange, Signature};
 
     fn ack(unit: &str, boot: u64, upto: u64, ranges: &[(u64, u64)]) -> Out {
@@ -158,5 +164,35 @@ mod tests {
             ]
         );
         assert!(q.is_empty());
+    }
+
+    #[test]
+    fn action_requests_are_never_merged_even_on_one_topic() {
+        let mut q = OutQueue::default();
+        let request = |body: &str, retain: bool| {
+            Out::Message(Outbound {
+                topic: "muster/v1/metro-fire/E1/action".into(),
+                payload: body.as_bytes().to_vec(),
+                retain,
+                since: None,
+                kind: OutboundKind::Action,
+            })
+        };
+        q.push(request("a", false));
+        q.push(status("s/E1", "ok", true));
+        q.push(request("b", false));
+        // Even one marked retained by mistake keeps its own entry.
+        q.push(request("c", true));
+        assert_eq!((q.len(), q.merged), (4, 0));
+        let got: Vec<String> = std::iter::from_fn(|| q.pop()).map(describe).collect();
+        assert_eq!(
+            got,
+            [
+                "muster/v1/metro-fire/E1/action a",
+                "s/E1 ok",
+                "muster/v1/metro-fire/E1/action b",
+                "muster/v1/metro-fire/E1/action c",
+            ]
+        );
     }
 }

@@ -17,6 +17,12 @@
 //! collector's key: an agent frees records only on a signed ack; a v1 unit
 //! is answered in v1, unsigned) when it sends them, after merging an ack
 //! still queued with a newer one for the same unit (`super::outqueue`).
+//!
+//! Action steps (`crate::actions`): a unit's audit record, new after dedup,
+//! and each step `Control::Action` hands over (a request issued, one
+//! expired) get an id from the events' sequence and are committed with the
+//! next group commit; a request issued is published only once the commit
+//! holding its `requested` step is durable.
 
 use std::collections::{BTreeMap, BTreeSet, HashMap, HashSet};
 use std::sync::Arc;
@@ -35,6 +41,7 @@ use super::mqtt::Inbound;
 use super::parse::{Parsed, Refused};
 use super::refusal::{PresenceNote, Refusal, RefusalLog};
 use super::settle::{Scope, Settle};
+use crate::actions::{ActionEvent, Actions, StoredAction};
 use crate::clock::SharedClock;
 use crate::config::IngestConfig;
 use crate::model::{Change, Incident};
@@ -42,7 +49,7 @@ use crate::rules::Engine;
 use crate::rules::incident::IncidentShare;
 use crate::seq::Observed;
 use crate::state::Shared;
-use crate::status_pub::{self, AckOut, Out};
+use crate::status_pub::{self, AckOut, Out, Outbound};
 use crate::store::{CommitBatch, KnownFacts, StoreError, StoredEvent, UnitRecord};
 use muster_proto::presence::Verdict;
 
@@ -72,6 +79,11 @@ struct Pending {
     /// Deliveries to settle once this commit is durable (JetStream), with
     /// the unit each message spoke for (`None`: refused unparsed).
     settle: Vec<(Option<UnitId>, Box<dyn Settle>)>,
+    /// Action steps to store with this commit.
+    actions: Vec<StoredAction>,
+    /// Action requests to publish once this commit (holding their
+    /// `requested` steps) is durable.
+    publish: Vec<Outbound>,
 }
 
 /// What a commit answers once durable: the units' acks, and the messages
@@ -80,6 +92,8 @@ struct Answers {
     acks: Vec<AckOut>,
     received: Vec<Instant>,
     settle: Vec<(Option<UnitId>, Box<dyn Settle>)>,
+    /// Action requests whose `requested` steps the commit holds.
+    publish: Vec<Outbound>,
 }
 
 /// Cluster mode's instructions to the worker from the lease loop.
@@ -100,6 +114,14 @@ pub enum Control {
     /// an event id, stored with the next commit and broadcast to the
     /// stream and the webhooks like the engine's own.
     Event(Change),
+    /// An action step from outside ingest (`crate::actions`: a request
+    /// issued, one expired unanswered): given an id from the same
+    /// sequence, streamed, stored with the next commit; `publish` (the
+    /// request itself) goes out once that commit is durable.
+    Action {
+        event: Box<ActionEvent>,
+        publish: Option<Outbound>,
+    },
 }
 
 /// A commit that failed, handed back to be written again.
@@ -146,6 +168,26 @@ pub struct Worker {
     /// collector last stored non-empty (emptied ones are stored once more,
     /// with no member).
     share_parts: HashMap<(String, String, String), BTreeSet<u32>>,
+    /// Single node: actions (`crate::actions`), which log units' audit
+    /// steps. Without it (cluster mode) they are counted and stored as the
+    /// units' samples only.
+    actions: Option<Arc<Actions>>,
+    /// Rate-limited log of units' action steps.
+    action_log: RefusalLog<ActionNote>,
+}
+
+/// Units' action steps: one log line per interval (a unit controls how
+/// many it sends).
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+enum ActionNote {
+    Step,
+}
+
+impl super::refusal::LogReason for ActionNote {
+    const COUNT: usize = 1;
+    fn index(self) -> usize {
+        0
+    }
 }
 
 impl Worker {
@@ -245,6 +287,8 @@ impl Worker {
             last_idle: Instant::now(),
             refusals: RefusalLog::new(cfg.refusal_log_interval.as_millis() as u64),
             notes: RefusalLog::new(cfg.refusal_log_interval.as_millis() as u64),
+            action_log: RefusalLog::new(cfg.refusal_log_interval.as_millis() as u64),
+            actions: None,
             shared,
             clock,
             out,
@@ -254,6 +298,12 @@ impl Worker {
             broadcast: true,
             share_parts: HashMap::new(),
         }
+    }
+
+    /// Logs action steps (single node: `crate::actions`).
+    pub fn with_actions(mut self, actions: Arc<Actions>) -> Worker {
+        self.actions = Some(actions);
+        self
     }
 
     /// Runs until `shutdown`, then commits what it holds and publishes the
@@ -414,6 +464,14 @@ impl Worker {
     fn control(&mut self, c: Control) {
         match c {
             Control::Event(change) => self.apply_changes(vec![change]),
+            Control::Action { event, publish } => {
+                // Published only with its audit (no actions here: neither).
+                if self.push_action(*event)
+                    && let Some(p) = publish
+                {
+                    self.pending.publish.push(p);
+                }
+            }
             Control::Adopt { units, done } => {
                 let now = self.clock.now_ms();
                 let n = units.len();
@@ -669,6 +727,11 @@ impl Worker {
                     facts: f.clone(),
                 });
             }
+            if let Payload::Action(a) = &r.payload {
+                // New (not a duplicate): logged once, committed with the
+                // record and the seq state that makes a replay a duplicate.
+                self.unit_action(&unit, &r, a, now);
+            }
             if let Payload::Presence(p) = &r.payload {
                 // An announcement record: stored and acked like every
                 // record; the engine decides whether it is believed.
@@ -691,6 +754,36 @@ impl Worker {
             self.dirty.insert(unit.clone());
             self.pending.first_rx.entry(unit).or_insert(received);
         }
+    }
+
+    /// A unit's audit step (a new record): counted, and logged as an action
+    /// step when this collector logs them.
+    fn unit_action(&mut self, unit: &UnitId, r: &Record, a: &muster_proto::ActionAudit, now: u64) {
+        self.shared.metrics.actions.step(&a.step);
+        let Some(actions) = self.actions.clone() else {
+            return;
+        };
+        let ev = actions.unit_step(unit, (r.boot, r.seq, r.at_ms), a, now);
+        if let Some(suppressed) = self.action_log.admit(ActionNote::Step, now) {
+            info!(%unit, step = ev.step.as_str(), request = ev.request.as_deref().unwrap_or("-"), action = ev.action.as_deref().unwrap_or("-"), suppressed, summary = %ev.summary, "Action step from a unit.");
+        }
+        let _ = self.push_action(ev);
+    }
+
+    /// Gives an action step its id, streams it, and stores it with the
+    /// next commit; `false` when this worker logs no actions.
+    fn push_action(&mut self, event: ActionEvent) -> bool {
+        let Some(actions) = self.actions.clone() else {
+            return false;
+        };
+        let stored = Arc::new(StoredAction {
+            id: self.next_event_id,
+            event,
+        });
+        self.next_event_id += 1;
+        actions.emitted(&stored);
+        self.pending.actions.push(Arc::unwrap_or_clone(stored));
+        true
     }
 
     /// Counts a presence by reason; an unknown reason is logged (rate-limited).
@@ -815,6 +908,8 @@ impl Worker {
             && self.pending.shares.is_empty()
             && self.pending.received.is_empty()
             && self.pending.settle.is_empty()
+            && self.pending.actions.is_empty()
+            && self.pending.publish.is_empty()
         {
             return None;
         }
@@ -826,6 +921,7 @@ impl Worker {
             incidents: p.incidents,
             units: Vec::with_capacity(self.dirty.len()),
             shares: p.shares,
+            actions: p.actions,
         };
         {
             let mut view = self.shared.units.write().unwrap_or_else(|e| e.into_inner());
@@ -861,6 +957,7 @@ impl Worker {
                 acks,
                 received: p.received,
                 settle: p.settle,
+                publish: p.publish,
             },
         ))
     }
@@ -911,6 +1008,15 @@ impl Worker {
                 }
                 for a in answers.acks {
                     self.send(Out::Ack(a));
+                }
+                // Their `requested` steps are durable now.
+                for p in answers.publish {
+                    self.send(p);
+                }
+                if !batch.actions.is_empty()
+                    && let Some(a) = &self.actions
+                {
+                    a.committed();
                 }
                 for (_, s) in answers.settle {
                     s.ack();
@@ -997,8 +1103,20 @@ impl Worker {
             // they were never acked.
             self.dirty.extend(self.units.keys().cloned());
             self.held_acks_dropped(acks.len());
+            // Its action steps are lost with it: their requests are never
+            // published (no request goes out unaudited); they expire.
+            for p in answers.publish {
+                self.shared.metrics.actions.dequeued(false);
+                warn!(topic = %p.topic, "Action request dropped: the commit holding its audit was lost.");
+            }
             return;
         };
+        let mut publish = answers.publish;
+        publish.append(&mut self.pending.publish);
+        self.pending.publish = publish;
+        let mut actions = batch.actions;
+        actions.append(&mut self.pending.actions);
+        self.pending.actions = actions;
         let mut samples = batch.samples;
         samples.append(&mut self.pending.samples);
         self.pending.samples = samples;

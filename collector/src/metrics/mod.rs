@@ -4,6 +4,7 @@
 //! from the live view at scrape time.
 
 pub mod ack;
+pub mod actions;
 pub mod broker;
 pub mod cluster;
 pub mod enroll;
@@ -39,6 +40,7 @@ pub struct Metrics {
     pub enroll: enroll::EnrollMetrics,
     pub cluster: cluster::ClusterMetrics,
     pub remote: remote::RemoteMetrics,
+    pub actions: actions::ActionMetrics,
     /// Set when this process runs the embedded broker.
     pub broker: std::sync::OnceLock<std::sync::Arc<broker::BrokerMetrics>>,
 }
@@ -65,6 +67,7 @@ impl Metrics {
         self.enroll.render(&mut e);
         self.cluster.render(&mut e);
         self.remote.render(&mut e);
+        self.actions.render(&mut e);
         if let Some(b) = self.broker.get() {
             b.render(&mut e);
         }

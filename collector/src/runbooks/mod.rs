@@ -19,6 +19,22 @@
 //! The feed serves them (`crate::feed::runbooks`): rendered at
 //! `/runbooks/{rule}` ([`render::to_html`]: raw HTML escaped, unsafe link
 //! schemes dropped), raw at `/api/v1/runbooks/{rule}`.
+//!
+//! A runbook may start with front matter (issue 17), a block between two
+//! `---` lines, naming the action that helps with its flag:
+//!
+//! ```text
+//! ---
+//! action: restart-cad-client
+//! ---
+//! ```
+//!
+//! `action` is the only key read ([`front_matter`]); it is served as the
+//! runbook's `action` (the name of an `[[action]]` in the agents' config,
+//! which an operator may request). The block is neither rendered nor in
+//! the served Markdown. Any other key, a line that is not `key: value`,
+//! or an action that is not an action name is a `check-config` warning
+//! naming the file ([`Runbooks::warnings`]), never an error.
 
 pub mod render;
 
@@ -94,7 +110,12 @@ pub enum Source {
 pub struct Runbook {
     pub rule: String,
     pub source: Source,
+    /// Its Markdown, without the front matter.
     pub markdown: Arc<str>,
+    /// The action its front matter suggests (`action: <name>`).
+    pub action: Option<String>,
+    /// What its front matter got wrong (check-config warns).
+    pub warnings: Vec<String>,
     /// The text of its first heading, if it starts with one.
     pub title: Option<String>,
     /// The rendered HTML fragment ([`render::to_html`]), made once.
@@ -102,15 +123,90 @@ pub struct Runbook {
 }
 
 impl Runbook {
-    fn new(rule: &str, source: Source, markdown: Arc<str>) -> Self {
+    fn new(rule: &str, source: Source, text: &str) -> Self {
+        let (fm, body) = front_matter(text);
+        let fm = fm.unwrap_or_default();
         Runbook {
             rule: rule.to_owned(),
             source,
-            title: render::title(&markdown),
-            html: render::to_html(&markdown).into(),
-            markdown,
+            title: render::title(body),
+            html: render::to_html(body).into(),
+            markdown: Arc::from(body),
+            action: fm.action,
+            warnings: fm.warnings,
         }
     }
+}
+
+/// What a runbook's front matter says.
+#[derive(Debug, Clone, Default, PartialEq, Eq)]
+pub struct FrontMatter {
+    /// `action: <name>`, when it names a valid action.
+    pub action: Option<String>,
+    /// Everything else in the block, in words.
+    pub warnings: Vec<String>,
+}
+
+/// Splits `text` into its front matter (a first line `---`, then lines up
+/// to the next `---` line) and the rest. Without a closing `---` there is
+/// no front matter (a runbook may open with a thematic break). Pure.
+pub fn front_matter(text: &str) -> (Option<FrontMatter>, &str) {
+    let line_end = |s: &str| s.find('\n').map_or(s.len(), |i| i + 1);
+    let first = &text[..line_end(text)];
+    if first.trim_end_matches(['\r', '\n']) != "---" {
+        return (None, text);
+    }
+    let mut pos = first.len();
+    let mut lines = Vec::new();
+    loop {
+        if pos >= text.len() {
+            return (None, text);
+        }
+        let rest = &text[pos..];
+        let line = &rest[..line_end(rest)];
+        pos += line.len();
+        let l = line.trim_end_matches(['\r', '\n']);
+        if l == "---" {
+            break;
+        }
+        lines.push(l);
+    }
+    let mut fm = FrontMatter::default();
+    for (i, l) in lines.iter().enumerate() {
+        let n = i + 2;
+        let t = l.trim();
+        if t.is_empty() || t.starts_with('#') {
+            continue;
+        }
+        let Some((k, v)) = t.split_once(':') else {
+            fm.warnings
+                .push(format!("front matter line {n}: {t:?} is not `key: value`"));
+            continue;
+        };
+        let (k, v) = (k.trim(), v.trim());
+        let v = v
+            .strip_prefix('"')
+            .and_then(|x| x.strip_suffix('"'))
+            .or_else(|| v.strip_prefix('\'').and_then(|x| x.strip_suffix('\'')))
+            .unwrap_or(v);
+        match k {
+            "action" if fm.action.is_some() => fm
+                .warnings
+                .push(format!("front matter line {n}: action is set twice")),
+            "action" => match muster_proto::action::check_name(
+                "action",
+                v,
+                muster_proto::action::MAX_ACTION_NAME,
+            ) {
+                Ok(()) => fm.action = Some(v.to_owned()),
+                Err(e) => fm.warnings.push(format!("front matter line {n}: {e}")),
+            },
+            other => fm.warnings.push(format!(
+                "front matter line {n}: unknown key {other:?} (only `action` is read)"
+            )),
+        }
+    }
+    (Some(fm), &text[pos..])
 }
 
 /// Why the site's runbooks were refused; each names the file or directory.
@@ -150,12 +246,7 @@ impl Default for Runbooks {
     fn default() -> Self {
         let by_rule = BUILTIN
             .iter()
-            .map(|(rule, md)| {
-                (
-                    (*rule).to_owned(),
-                    Runbook::new(rule, Source::Builtin, Arc::from(*md)),
-                )
-            })
+            .map(|(rule, md)| ((*rule).to_owned(), Runbook::new(rule, Source::Builtin, md)))
             .collect();
         Runbooks { by_rule, dir: None }
     }
@@ -168,7 +259,7 @@ impl Runbooks {
         if let Some(dir) = dir {
             books.dir = Some(dir.to_owned());
             for (rule, markdown) in read_site(dir)? {
-                let book = Runbook::new(&rule, Source::Site, markdown.into());
+                let book = Runbook::new(&rule, Source::Site, &markdown);
                 books.by_rule.insert(rule, book);
             }
         }
@@ -190,6 +281,22 @@ impl Runbooks {
 
     pub fn names(&self) -> impl Iterator<Item = &str> {
         self.by_rule.keys().map(String::as_str)
+    }
+
+    /// What the runbooks' front matter got wrong, each naming the file
+    /// (`check-config` prints them; `run` logs them).
+    pub fn warnings(&self) -> Vec<String> {
+        let mut out = Vec::new();
+        for b in self.by_rule.values() {
+            let file = match (b.source, &self.dir) {
+                (Source::Site, Some(d)) => d.join(format!("{}.md", b.rule)).display().to_string(),
+                _ => format!("built-in runbook {}.md", b.rule),
+            };
+            for w in &b.warnings {
+                out.push(format!("{file}: {w}"));
+            }
+        }
+        out
     }
 
     /// The rules in force that have neither a runbook here nor a runbook
@@ -430,6 +537,100 @@ mod tests {
             }
         }
         assert!(checked > 40, "only {checked} field paths checked");
+    }
+
+    #[test]
+    fn front_matter_names_an_action_and_everything_else_is_a_warning() {
+        type Case = (
+            &'static str,
+            Option<&'static str>,
+            &'static [&'static str],
+            &'static str,
+        );
+        let cases: &[Case] = &[
+            // No front matter.
+            ("# t\n", None, &[], "# t\n"),
+            ("", None, &[], ""),
+            // A thematic break that never closes is Markdown.
+            ("---\n# t\n", None, &[], "---\n# t\n"),
+            (
+                "---\naction: restart-cad-client\n---\n# t\n",
+                Some("restart-cad-client"),
+                &[],
+                "# t\n",
+            ),
+            (
+                "---\r\naction: \"flush-dns\"\r\n---\r\n# t",
+                Some("flush-dns"),
+                &[],
+                "# t",
+            ),
+            (
+                "---\n\n# a comment\naction: 'x1'\n---\n",
+                Some("x1"),
+                &[],
+                "",
+            ),
+            ("---\n---\nbody", None, &[], "body"),
+            (
+                "---\naction: Restart CAD\n---\n# t\n",
+                None,
+                &["front matter line 2: action \"Restart CAD\" must be 1 to 64 of a-z"],
+                "# t\n",
+            ),
+            (
+                "---\ntitle: x\naction: a\nowner\naction: b\n---\n# t\n",
+                Some("a"),
+                &[
+                    "front matter line 2: unknown key \"title\" (only `action` is read)",
+                    "front matter line 4: \"owner\" is not `key: value`",
+                    "front matter line 5: action is set twice",
+                ],
+                "# t\n",
+            ),
+        ];
+        for (text, action, warnings, body) in cases {
+            let (fm, rest) = front_matter(text);
+            assert_eq!(rest, *body, "{text:?}");
+            let fm = fm.unwrap_or_default();
+            assert_eq!(fm.action.as_deref(), *action, "{text:?}");
+            assert_eq!(
+                fm.warnings.len(),
+                warnings.len(),
+                "{text:?}: {:?}",
+                fm.warnings
+            );
+            for (got, want) in fm.warnings.iter().zip(warnings.iter()) {
+                assert!(got.starts_with(want), "{text:?}: {got:?} vs {want:?}");
+            }
+        }
+    }
+
+    #[test]
+    fn the_cad_client_runbook_suggests_restarting_it_and_no_builtin_warns() {
+        let books = Runbooks::default();
+        let cad = books.get("cad-client-down").unwrap();
+        assert_eq!(cad.action.as_deref(), Some("restart-cad-client"));
+        assert!(!cad.markdown.contains("action:"), "the block is not served");
+        assert!(!cad.html.contains("action:"), "nor rendered");
+        assert_eq!(
+            cad.title.as_deref(),
+            Some("cad-client-down: the CAD client is not running")
+        );
+        assert!(books.warnings().is_empty(), "{:?}", books.warnings());
+        assert_eq!(books.get("cpu-high").unwrap().action, None);
+        // A site's front matter problems name its file.
+        let d = dir();
+        std::fs::write(d.join("vpn-down.md"), "---\nowner: desk\n---\n# vpn-down\n").unwrap();
+        let books = Runbooks::load(Some(&d)).unwrap();
+        assert_eq!(
+            books.warnings(),
+            [format!(
+                "{}: front matter line 2: unknown key \"owner\" (only `action` is read)",
+                d.join("vpn-down.md").display()
+            )]
+        );
+        std::fs::remove_dir_all(&d).unwrap();
     }
 
     #[test]

@@ -56,6 +56,10 @@
 //! and reads and drops both.
 //! * `events`: `id(be)` -> JSON [`StoredEvent`]; `events_by_agency`:
 //!   `agency 0x00 id(be)` -> empty, the index agency-scoped listings use.
+//! * `actions`, `actions_by_agency`: the same for action steps
+//!   ([`StoredAction`], `crate::actions`), whose ids come from the events'
+//!   sequence; kept and pruned like events. Their own partitions, so a
+//!   build without actions reads a store that has them.
 //! * `incidents`: incident id -> JSON [`Incident`] (latest version).
 //! * `enrollments`: `agency 0x00 unit` -> JSON [`Enrollment`].
 //!
@@ -288,12 +292,12 @@ const DIRTY: Series = Series {
     earlier: None,
 };
 use super::keys::{
-    EventPage, be_u64, corrupt, decode_sample, event_at, pick_latest, sample_key, sample_prefix,
-    unit_key,
+    EventPage, agency_key, be_u64, corrupt, decode_sample, event_at, pick_latest, sample_key,
+    sample_prefix, unit_key,
 };
 use super::{
-    CommitBatch, EventQuery, Latest, PruneStats, RetainStats, SampleCursor, SampleQuery, Store,
-    StoreError, StoredEvent, StoredSample, UnitRecord,
+    ActionQuery, CommitBatch, EventQuery, Latest, PruneStats, RetainStats, SampleCursor,
+    SampleQuery, Store, StoreError, StoredAction, StoredEvent, StoredSample, UnitRecord,
 };
 use crate::enroll::registry::Enrollment;
 use crate::model::Incident;
@@ -328,6 +332,8 @@ pub struct FjallStore {
     drops: AtomicU64,
     events: PartitionHandle,
     events_by_agency: PartitionHandle,
+    actions: PartitionHandle,
+    actions_by_agency: PartitionHandle,
     incidents: PartitionHandle,
     enrollments: PartitionHandle,
     /// Tests: a round stops with an error after this many batches.
@@ -476,6 +482,8 @@ impl FjallStore {
             drops: AtomicU64::new(0),
             events: open("events", 16 * 1024)?,
             events_by_agency: open("events_by_agency", 16 * 1024)?,
+            actions: open("actions", 16 * 1024)?,
+            actions_by_agency: open("actions_by_agency", 16 * 1024)?,
             incidents: open("incidents", 4096)?,
             enrollments: open("enrollments", 4096)?,
             ks,
@@ -1049,11 +1057,11 @@ impl Store for FjallStore {
     }
 
     fn last_event_id(&self) -> Result<u64, StoreError> {
-        Ok(self
-            .events
-            .last_key_value()?
-            .map(|(k, _)| be_u64(&k))
-            .unwrap_or(0))
+        // Action steps take their ids from the same sequence.
+        let last = |p: &PartitionHandle| -> Result<u64, StoreError> {
+            Ok(p.last_key_value()?.map(|(k, _)| be_u64(&k)).unwrap_or(0))
+        };
+        Ok(last(&self.events)?.max(last(&self.actions)?))
     }
 
     fn commit(&self, batch: &CommitBatch) -> Result<(), StoreError> {
@@ -1108,6 +1116,15 @@ impl Store for FjallStore {
             k.push(0);
             k.extend_from_slice(&ev.id.to_be_bytes());
             b.insert(&self.events_by_agency, k, []);
+        }
+        for a in &batch.actions {
+            let v = serde_json::to_vec(a).map_err(|e| corrupt("actions", e))?;
+            b.insert(&self.actions, a.id.to_be_bytes(), v);
+            b.insert(
+                &self.actions_by_agency,
+                agency_key(&a.event.agency, a.id),
+                [],
+            );
         }
         for i in &batch.incidents {
             let v = serde_json::to_vec(i).map_err(|e| corrupt("incidents", e))?;
@@ -1216,6 +1233,87 @@ impl Store for FjallStore {
         Ok(page.finish(more))
     }
 
+    fn actions(&self, q: &ActionQuery) -> Result<(Vec<StoredAction>, bool), StoreError> {
+        let before = q.before_id.unwrap_or(u64::MAX);
+        let mut out = Vec::new();
+        // Each candidate: Ok(Some) to offer, Ok(None) to stop (older than
+        // `since_ms`).
+        let mut offer = |a: StoredAction| -> Option<bool> {
+            if a.event.at_ms < q.since_ms {
+                return None;
+            }
+            if q.unit
+                .as_ref()
+                .is_some_and(|u| u.agency != a.event.agency || u.unit != a.event.unit)
+            {
+                return Some(true);
+            }
+            if out.len() == q.limit {
+                return Some(false);
+            }
+            out.push(a);
+            Some(true)
+        };
+        let mut more = false;
+        let agency = q
+            .agency
+            .clone()
+            .or_else(|| q.unit.as_ref().map(|u| u.agency.clone()));
+        match agency {
+            None => {
+                for kv in self.actions.range(..before.to_be_bytes()).rev() {
+                    let (_, v) = kv?;
+                    let a = serde_json::from_slice(&v).map_err(|e| corrupt("actions", e))?;
+                    match offer(a) {
+                        None => break,
+                        Some(true) => {}
+                        Some(false) => {
+                            more = true;
+                            break;
+                        }
+                    }
+                }
+            }
+            Some(agency) => {
+                let lo = agency_key(&agency, 0);
+                let prefix = lo.len() - 8;
+                let hi = agency_key(&agency, before);
+                for kv in self.actions_by_agency.range(lo..hi).rev() {
+                    let (k, _) = kv?;
+                    let id = be_u64(&k[prefix..]);
+                    let Some(v) = self.actions.get(id.to_be_bytes())? else {
+                        continue; // pruned between the index and the step
+                    };
+                    let a = serde_json::from_slice(&v).map_err(|e| corrupt("actions", e))?;
+                    match offer(a) {
+                        None => break,
+                        Some(true) => {}
+                        Some(false) => {
+                            more = true;
+                            break;
+                        }
+                    }
+                }
+            }
+        }
+        Ok((out, more))
+    }
+
+    fn actions_after(&self, after_id: u64, limit: usize) -> Result<Vec<StoredAction>, StoreError> {
+        let mut out = Vec::new();
+        let Some(from) = after_id.checked_add(1) else {
+            return Ok(out);
+        };
+        for kv in self.actions.range(from.to_be_bytes()..) {
+            if out.len() == limit {
+                break;
+            }
+            let (_, v) = kv?;
+            out.push(serde_json::from_slice(&v).map_err(|e| corrupt("actions", e))?);
+        }
+        Ok(out)
+    }
+
     fn incidents(&self) -> Result<Vec<Incident>, StoreError> {
         self.incidents
             .iter()
@@ -1256,6 +1354,18 @@ impl Store for FjallStore {
             ik.extend_from_slice(&k);
             b.remove(&self.events, k);
             b.remove(&self.events_by_agency, ik);
+            stats.events += 1;
+        }
+        // Action steps: ids grow with the collector's clock, so the oldest
+        // come first.
+        for kv in self.actions.iter() {
+            let (k, v) = kv?;
+            let a: StoredAction = serde_json::from_slice(&v).map_err(|e| corrupt("actions", e))?;
+            if a.event.at_ms >= events_before_ms {
+                break;
+            }
+            b.remove(&self.actions, k);
+            b.remove(&self.actions_by_agency, agency_key(&a.event.agency, a.id));
             stats.events += 1;
         }
         for inc in self.incidents()? {
@@ -1489,6 +1599,121 @@ mod tests {
         super::super::suite::commit_survives_reopen_and_queries_page(
             |dir| Box::new(FjallStore::open(dir, 1 << 20).unwrap()),
             0,
+        );
+    }
+
+    /// Action steps: stored with a commit, listed newest first by agency,
+    /// unit, cursor and `since_ms`, followed by id, counted in the event
+    /// ids, pruned with the events, and still there after a reopen.
+    #[test]
+    fn action_steps_are_stored_listed_followed_and_pruned_like_events() {
+        use crate::actions::{ActionEvent, StoredAction};
+        let dir = muster_testkit::TempDir::new().unwrap();
+        let step = |id: u64, agency: &str, u: &str, at_ms: u64| StoredAction {
+            id,
+            event: ActionEvent::denied(&unit(agency, u), "viewer:x", None, "viewer", at_ms),
+        };
+        let q = |agency: Option<&str>,
+                 u: Option<(&str, &str)>,
+                 before: Option<u64>,
+                 since: u64,
+                 limit: usize| {
+            ActionQuery {
+                agency: agency.map(str::to_owned),
+                unit: u.map(|(a, u)| unit(a, u)),
+                before_id: before,
+                since_ms: since,
+                limit,
+            }
+        };
+        let ids =
+            |r: (Vec<StoredAction>, bool)| (r.0.iter().map(|a| a.id).collect::<Vec<_>>(), r.1);
+        {
+            let s = FjallStore::open(dir.path(), 1 << 20).unwrap();
+            assert_eq!(s.last_event_id().unwrap(), 0);
+            let batch = CommitBatch {
+                events: vec![StoredEvent {
+                    id: 3,
+                    change: transition("metro-fire", "E1", 100),
+                }],
+                actions: vec![
+                    step(1, "metro-fire", "E1", 100),
+                    step(2, "county-police", "P1", 200),
+                    step(4, "metro-fire", "E2", 300),
+                    step(5, "metro-fire", "E1", 400),
+                ],
+                ..CommitBatch::default()
+            };
+            s.commit(&batch).unwrap();
+            assert_eq!(s.last_event_id().unwrap(), 5);
+            s.commit(&CommitBatch {
+                events: vec![StoredEvent {
+                    id: 6,
+                    change: transition("metro-fire", "E1", 500),
+                }],
+                ..CommitBatch::default()
+            })
+            .unwrap();
+            assert_eq!(s.last_event_id().unwrap(), 6);
+        }
+        let s = FjallStore::open(dir.path(), 1 << 20).unwrap();
+        let table: Vec<(ActionQuery, (Vec<u64>, bool))> = vec![
+            (q(None, None, None, 0, 10), (vec![5, 4, 2, 1], false)),
+            (q(None, None, None, 0, 2), (vec![5, 4], true)),
+            (q(None, None, Some(4), 0, 2), (vec![2, 1], false)),
+            (
+                q(Some("metro-fire"), None, None, 0, 10),
+                (vec![5, 4, 1], false),
+            ),
+            (q(Some("metro-fire"), None, None, 0, 1), (vec![5], true)),
+            (
+                q(Some("metro-fire"), None, Some(5), 0, 10),
+                (vec![4, 1], false),
+            ),
+            (
+                q(None, Some(("metro-fire", "E1")), None, 0, 10),
+                (vec![5, 1], false),
+            ),
+            (
+                q(None, Some(("metro-fire", "E1")), None, 0, 1),
+                (vec![5], true),
+            ),
+            (
+                q(Some("county-police"), None, None, 0, 10),
+                (vec![2], false),
+            ),
+            (q(Some("nobody"), None, None, 0, 10), (vec![], false)),
+            // since_ms: stops at the first older one.
+            (q(None, None, None, 250, 10), (vec![5, 4], false)),
+            (q(Some("metro-fire"), None, None, 300, 1), (vec![5], true)),
+        ];
+        for (query, want) in table {
+            assert_eq!(ids(s.actions(&query).unwrap()), want, "{query:?}");
+        }
+        let after = |id, limit| {
+            s.actions_after(id, limit)
+                .unwrap()
+                .iter()
+                .map(|a| a.id)
+                .collect::<Vec<_>>()
+        };
+        assert_eq!(after(0, 10), [1, 2, 4, 5]);
+        assert_eq!(after(1, 2), [2, 4]);
+        assert_eq!(after(5, 10), Vec::<u64>::new());
+        assert_eq!(after(u64::MAX, 10), Vec::<u64>::new());
+        // Pruned with the events, by when they were logged.
+        let st = s.prune(0, 250).unwrap();
+        assert_eq!(st.events, 3, "two steps and one transition");
+        assert_eq!(
+            ids(s.actions(&q(None, None, None, 0, 10)).unwrap()),
+            (vec![5, 4], false)
+        );
+        assert_eq!(after(0, 10), [4, 5]);
+        assert_eq!(
+            ids(s
+                .actions(&q(Some("metro-fire"), None, None, 0, 10))
+                .unwrap()),
+            (vec![5, 4], false)
         );
     }
 

@@ -21,6 +21,15 @@ pub fn unit_key(u: &UnitId) -> Vec<u8> {
     k
 }
 
+/// An agency index's key: `agency 0x00 id(be)`.
+pub fn agency_key(agency: &str, id: u64) -> Vec<u8> {
+    let mut k = Vec::with_capacity(agency.len() + 9);
+    k.extend_from_slice(agency.as_bytes());
+    k.push(0);
+    k.extend_from_slice(&id.to_be_bytes());
+    k
+}
+
 pub fn sample_prefix(u: &UnitId) -> Vec<u8> {
     let mut k = unit_key(u);
     k.push(0);

@@ -23,6 +23,7 @@ pub use sled_store::SledStore;
 use muster_proto::{AgentStatus, BootId, Label, Payload, Presence, Record, UnitFacts, UnitId};
 use serde::{Deserialize, Serialize};
 
+pub use crate::actions::StoredAction;
 use crate::enroll::registry::Enrollment;
 use crate::model::{Change, Incident, UnitHealth};
 use crate::rules::incident::IncidentShare;
@@ -226,12 +227,16 @@ pub struct CommitBatch {
     /// the partitions' shares of agency-wide incident groups
     /// (`rules::incident::Board`), fenced like the units they count.
     pub shares: Vec<IncidentShare>,
+    /// Single node only (the embedded store; the others ignore them):
+    /// action steps (`crate::actions`), with ids from the events' sequence.
+    pub actions: Vec<StoredAction>,
 }
 
 impl CommitBatch {
     pub fn is_empty(&self) -> bool {
         self.samples.is_empty()
             && self.events.is_empty()
+            && self.actions.is_empty()
             && self.incidents.is_empty()
             && self.units.is_empty()
             && self.shares.is_empty()
@@ -313,6 +318,21 @@ pub struct EventQuery {
     pub limit: usize,
 }
 
+/// A query over logged action steps, newest first.
+#[derive(Debug, Clone)]
+pub struct ActionQuery {
+    /// Only this agency's steps (`None`: all, for the admin).
+    pub agency: Option<String>,
+    /// Only this unit's.
+    pub unit: Option<UnitId>,
+    /// Only ids below this (the cursor).
+    pub before_id: Option<u64>,
+    /// Only steps logged at or after this (collector clock); the listing
+    /// stops at the first older one (ids grow with the collector's clock).
+    pub since_ms: u64,
+    pub limit: usize,
+}
+
 /// The unit's newest data, for the unit detail view.
 #[derive(Debug, Clone, Default)]
 pub struct Latest {
@@ -371,6 +391,20 @@ pub trait Store: Send + Sync + 'static {
     /// Writes one enrolment (replacing the unit's previous one) and makes it
     /// durable before returning.
     fn put_enrollment(&self, e: &Enrollment) -> Result<(), StoreError>;
+    /// Action steps newest first, and whether more remain. Stores that keep
+    /// none (cluster mode's: actions are single-node) have none.
+    fn actions(&self, _q: &ActionQuery) -> Result<(Vec<StoredAction>, bool), StoreError> {
+        Ok((Vec::new(), false))
+    }
+    /// Action steps with ids above `after_id`, oldest first, at most
+    /// `limit` (the audit file follows the store with it).
+    fn actions_after(
+        &self,
+        _after_id: u64,
+        _limit: usize,
+    ) -> Result<Vec<StoredAction>, StoreError> {
+        Ok(Vec::new())
+    }
 }
 
 /// One retention round at `now_ms` (the prune task's, and the retention

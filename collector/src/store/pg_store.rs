@@ -1888,6 +1888,7 @@ mod tests {
             incidents: vec![incident(&u.agency, seq)],
             units: vec![UnitRecord::new(u.clone(), first_seen_ms)],
             shares: Vec::new(),
+            actions: Vec::new(),
         }
     }
 

@@ -65,18 +65,27 @@ impl Collector {
 
     /// As [`Collector::start`], with the app's optional wiring; the
     /// enrolment registry is kept in `registry`.
-    pub async fn start_with(
-        text: &str,
+    pub async fn start_with(text: &str, clock: Arc<ManualClock>, wiring: app::Wiring) -> Collector {
+        let cfg = Config::parse(text).expect("test config is valid");
+        Self::start_cfg(cfg, clock, wiring, None).await
+    }
+
+    /// As [`Collector::start_with`], from a parsed config (tests that edit
+    /// it, e.g. for the embedded broker), with action request nonces from
+    /// `nonces` (default: the OS RNG).
+    pub async fn start_cfg(
+        cfg: Config,
         clock: Arc<ManualClock>,
         mut wiring: app::Wiring,
+        nonces: Option<Arc<dyn muster_collector::actions::Nonces>>,
     ) -> Collector {
-        let cfg = Config::parse(text).expect("test config is valid");
         let listener = tokio::net::TcpListener::bind("127.0.0.1:0").await.unwrap();
         let addr = listener.local_addr().unwrap();
         let (tx, rx) = oneshot::channel();
         let (reg_tx, reg_rx) = oneshot::channel();
         wiring.registry = Some(reg_tx);
-        let task = tokio::spawn(app::run_with(
+        let nonces = nonces.unwrap_or_else(|| Arc::new(muster_collector::actions::OsNonces));
+        let task = tokio::spawn(app::run_injected(
             cfg,
             listener,
             clock,
@@ -84,6 +93,7 @@ impl Collector {
                 let _ = rx.await;
             },
             wiring,
+            nonces,
         ));
         let registry = tokio::time::timeout(Duration::from_secs(20), reg_rx)
             .await

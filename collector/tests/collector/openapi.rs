@@ -50,6 +50,11 @@ fn pattern_ok(p: &str, s: &str) -> bool {
         "^[0-9]+$" => !s.is_empty() && s.bytes().all(|b| b.is_ascii_digit()),
         "^sha256=[0-9a-f]{64}$" => s.strip_prefix("sha256=").is_some_and(|h| hex(h, 64)),
         "^[0-9a-f]{64}$" => hex(s, 64),
+        "^[0-9a-f]{32}$" => hex(s, 32),
+        "^[a-z][a-z0-9_-]{0,63}$" => {
+            muster_proto::action::check_name("action", s, muster_proto::action::MAX_ACTION_NAME)
+                .is_ok()
+        }
         "^ed25519:[0-9a-f]{64}$" => s.strip_prefix("ed25519:").is_some_and(|h| hex(h, 64)),
         "^[a-z][a-z0-9_.-]{0,31}$" => muster_proto::validate_label_key(s).is_ok(),
         "^[A-Za-z0-9._-]+$" => muster_collector::runbooks::valid_name(s),
@@ -946,6 +951,7 @@ async fn real_responses_of_every_endpoint_validate_against_the_served_document()
         assert!(v.schema("Error", &b).is_ok());
     }
     rollouts(&mut v, c).await;
+    actions(&mut v, c, &a, &h1, boot).await;
 
     // Not in the document, same shape: an unknown path.
     let r = c.get("/api/v1/nope", FIRE).await;
@@ -1048,6 +1054,244 @@ async fn real_responses_of_every_endpoint_validate_against_the_served_document()
         "a runbook without its markdown passed"
     );
     v.schema("Runbook", book).unwrap();
+}
+
+/// Actions' answers (issue 17): a request issued and refused every way the
+/// document lists (but 413 and 429, `actions::`), the unit's step as a
+/// sample, the listings and events with action steps, the export's lines,
+/// and a runbook's suggested action.
+async fn actions(
+    v: &mut Validator<'_>,
+    c: &Collector,
+    a: &Agent,
+    h1: &muster_proto::UnitId,
+    boot: BootId,
+) {
+    let tpl = "/api/v1/units/{agency}/{unit}/actions";
+    let h1_path = "/api/v1/units/metro-fire/H1/actions";
+    let post = |path: &str, token: Option<&str>, body: &Value| {
+        let body = body.to_string();
+        let (addr, path, token) = (c.addr, path.to_owned(), token.map(str::to_owned));
+        async move { http::post(addr, &path, token.as_deref(), body.as_bytes()).await }
+    };
+    let ask = json!({"action": "restart-cad-client", "params": {"mode": "soft"}, "ttl_ms": 30_000});
+    let r = post(h1_path, Some(ADMIN), &ask).await;
+    assert_eq!(r.status, 202, "{}", r.text());
+    let issued = check_op(v, "post", tpl, h1_path, &r).unwrap();
+    let nonce = issued["request"].as_str().unwrap().to_owned();
+    let refused: &[(&str, Option<&str>, Value, u16)] = &[
+        (h1_path, None, ask.clone(), 401),
+        (h1_path, Some(FIRE), ask.clone(), 403),
+        (
+            "/api/v1/units/metro-fire/NOPE/actions",
+            Some(ADMIN),
+            ask.clone(),
+            404,
+        ),
+        (h1_path, Some(ADMIN), json!({"action": "Restart CAD"}), 400),
+        (
+            h1_path,
+            Some(ADMIN),
+            json!({"action": "x", "ttl_ms": 5}),
+            400,
+        ),
+        (h1_path, Some(ADMIN), json!("not a request"), 400),
+    ];
+    for (path, token, body, want) in refused {
+        let r = post(path, *token, body).await;
+        assert_eq!(r.status, *want, "POST {path} {body}: {}", r.text());
+        let b = check_op(v, "post", tpl, path, &r).expect("errors are JSON");
+        v.schema("Error", &b).unwrap();
+    }
+    // The unit's answer: a step of its own, as a record.
+    let mut n = [0u8; 16];
+    for (i, b) in n.iter_mut().enumerate() {
+        *b = u8::from_str_radix(&nonce[2 * i..2 * i + 2], 16).unwrap();
+    }
+    let finished = Payload::Action(muster_proto::ActionAudit {
+        request: Some(muster_proto::ActionRef {
+            nonce: n,
+            action: "restart-cad-client".into(),
+            requested_by: "admin".into(),
+            issued_ms: T0,
+        }),
+        step: muster_proto::ActionStep::Finished {
+            exit_code: Some(0),
+            timed_out: false,
+            duration_ms: 900,
+            stdout: "ok\n".into(),
+            stderr: String::new(),
+        },
+    });
+    a.record(h1, rec(boot, 7, T0 + 26_000, finished)).await;
+    eventually(
+        "the unit's step is listed",
+        Duration::from_secs(20),
+        || async {
+            let l = c.json("/api/v1/actions?unit=metro-fire/H1", FIRE).await;
+            if l["items"][0]["step"] == "finished" {
+                Ok(())
+            } else {
+                Err(l)
+            }
+        },
+    )
+    .await;
+    let ok: &[(&str, &str, &str)] = &[
+        ("/api/v1/actions", "/api/v1/actions", ADMIN),
+        ("/api/v1/actions", "/api/v1/actions?limit=1", FIRE),
+        (
+            "/api/v1/actions",
+            "/api/v1/actions?unit=metro-fire/H1&since_ms=0",
+            FIRE,
+        ),
+        (
+            "/api/v1/actions",
+            "/api/v1/actions?agency=county-police",
+            POLICE,
+        ),
+        ("/api/v1/events", "/api/v1/events?unit=metro-fire/H1", FIRE),
+        (
+            "/api/v1/units/{agency}/{unit}/samples",
+            "/api/v1/units/metro-fire/H1/samples?kind=action",
+            FIRE,
+        ),
+        (
+            "/api/v1/runbooks/{rule}",
+            "/api/v1/runbooks/cad-client-down",
+            FIRE,
+        ),
+    ];
+    let mut bodies = std::collections::BTreeMap::new();
+    for (template, path, token) in ok {
+        let r = c.get(path, token).await;
+        assert_eq!(r.status, 200, "GET {path}: {}", r.text());
+        bodies.insert(*path, check(v, template, path, &r).unwrap());
+    }
+    let steps: Vec<&str> = bodies["/api/v1/actions"]["items"]
+        .as_array()
+        .unwrap()
+        .iter()
+        .map(|i| i["step"].as_str().unwrap())
+        .collect();
+    assert_eq!(steps, ["finished", "denied", "requested"], "{steps:?}");
+    assert!(bodies["/api/v1/actions?limit=1"]["next_cursor"].is_string());
+    let types: BTreeSet<&str> = bodies["/api/v1/events?unit=metro-fire/H1"]["items"]
+        .as_array()
+        .unwrap()
+        .iter()
+        .map(|e| e["type"].as_str().unwrap())
+        .collect();
+    assert!(types.contains("action"), "{types:?}");
+    let sample = &bodies["/api/v1/units/metro-fire/H1/samples?kind=action"]["items"][0];
+    assert_eq!(
+        (&sample["kind"], &sample["data"]["exit_code"]),
+        (&json!("action"), &json!(0))
+    );
+    assert_eq!(
+        bodies["/api/v1/runbooks/cad-client-down"]["action"],
+        "restart-cad-client"
+    );
+    let errors: &[(&str, &str, Option<&str>, u16)] = &[
+        ("/api/v1/actions", "/api/v1/actions", None, 401),
+        (
+            "/api/v1/actions",
+            "/api/v1/actions?agency=county-police",
+            Some(FIRE),
+            403,
+        ),
+        (
+            "/api/v1/actions",
+            "/api/v1/actions?unit=county-police/P1",
+            Some(FIRE),
+            403,
+        ),
+        (
+            "/api/v1/actions",
+            "/api/v1/actions?cursor=x",
+            Some(FIRE),
+            400,
+        ),
+        (
+            "/api/v1/actions",
+            "/api/v1/actions?unit=H1",
+            Some(FIRE),
+            400,
+        ),
+        (
+            "/api/v1/actions",
+            "/api/v1/actions?since_ms=soon",
+            Some(FIRE),
+            400,
+        ),
+        (
+            "/api/v1/actions",
+            "/api/v1/actions?surprise=1",
+            Some(FIRE),
+            400,
+        ),
+        (
+            "/api/v1/actions/export",
+            "/api/v1/actions/export",
+            None,
+            401,
+        ),
+        (
+            "/api/v1/actions/export",
+            "/api/v1/actions/export",
+            Some(FIRE),
+            403,
+        ),
+        (
+            "/api/v1/actions/export",
+            "/api/v1/actions/export?x=1",
+            Some(ADMIN),
+            400,
+        ),
+    ];
+    for (template, path, token, want) in errors {
+        let r = http::get(c.addr, path, *token).await;
+        assert_eq!(r.status, *want, "GET {path}: {}", r.text());
+        let b = check(v, template, path, &r).expect("errors are JSON");
+        v.schema("Error", &b).unwrap();
+    }
+    // The export: NDJSON, each line an ActionEvent.
+    let lines = eventually(
+        "the export has the finish",
+        Duration::from_secs(20),
+        || async {
+            let r = c.get("/api/v1/actions/export", ADMIN).await;
+            assert_eq!(r.status, 200);
+            if r.text().contains("\"finished\"") {
+                Ok(r)
+            } else {
+                Err(r.text())
+            }
+        },
+    )
+    .await;
+    assert!(
+        check(
+            v,
+            "/api/v1/actions/export",
+            "/api/v1/actions/export",
+            &lines
+        )
+        .is_none()
+    );
+    let text = lines.text();
+    assert_eq!(text.lines().count(), 3, "{text}");
+    for l in text.lines() {
+        let line: Value = serde_json::from_str(l).unwrap();
+        v.schema("ActionEvent", &line).unwrap();
+    }
+    let mut renamed: Value = serde_json::from_str(text.lines().next().unwrap()).unwrap();
+    let x = renamed.as_object_mut().unwrap().remove("step").unwrap();
+    renamed["state"] = x;
+    assert!(
+        v.schema("ActionEvent", &renamed).is_err(),
+        "a renamed field passed"
+    );
 }
 
 /// Staged rollouts' answers: none yet, the refusals, then one over two fire

@@ -133,8 +133,17 @@ async fn runbooks_are_served_escaped_and_a_sites_own_override_or_add() {
             "source": "site",
             "title": "incident at Metro dispatch",
             "markdown": HOSTILE_INCIDENT,
+            "action": null,
         })
     );
+    // The CAD client's runbook suggests restarting it (its front matter),
+    // which is neither in its Markdown nor on its page.
+    let cad = c.json("/api/v1/runbooks/cad-client-down", FIRE).await;
+    assert_eq!(cad["action"], "restart-cad-client", "{cad}");
+    let md = cad["markdown"].as_str().unwrap();
+    assert!(md.starts_with("# `cad-client-down`"), "{md}");
+    let page = http::get(c.addr, "/runbooks/cad-client-down", None).await;
+    assert!(!page.text().contains("action: restart"), "{}", page.text());
     assert_eq!(
         http::get(c.addr, "/api/v1/runbooks/incident", None)
             .await
@@ -252,6 +261,30 @@ fn check_config_warns_about_rules_with_no_runbook_and_fails_on_a_bad_one() {
     std::fs::write(site.join("wwan-errors.md"), "# wwan-errors\n").unwrap();
     let (code, _, err) = check_config(&config);
     assert_eq!((code, err.as_str()), (0, ""), "every rule has a runbook");
+
+    // Front matter (issue 17): `action` is read; anything else is a
+    // warning naming the file, and the config is still fine.
+    std::fs::write(
+        site.join("wwan-errors.md"),
+        "---\naction: reset-modem\nowner: radio desk\n---\n# wwan-errors\n",
+    )
+    .unwrap();
+    let (code, _, err) = check_config(&config);
+    assert_eq!(code, 0, "{err}");
+    assert_eq!(
+        err,
+        format!(
+            "{shown}: warning: {}: front matter line 3: unknown key \"owner\" (only `action` is read)\n",
+            site.join("wwan-errors.md").display()
+        )
+    );
+    std::fs::write(
+        site.join("wwan-errors.md"),
+        "---\naction: reset-modem\n---\n# wwan-errors\n",
+    )
+    .unwrap();
+    let (code, _, err) = check_config(&config);
+    assert_eq!((code, err.as_str()), (0, ""), "`action` alone is fine");
 
     // A site runbook that is not UTF-8, or too large: refused, naming the
     // key and the file.
