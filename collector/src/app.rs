@@ -275,7 +275,13 @@ pub async fn run_injected(
             );
         }
     }
-    let worker = worker.with_actions(Arc::clone(&actions));
+    let automation = Arc::new(
+        crate::automation::Automation::open(&cfg.rules, Some(cfg.store.path.as_path()))
+            .map_err(|e| AppError::Task(format!("automation: {e}")))?,
+    );
+    let worker = worker
+        .with_actions(Arc::clone(&actions))
+        .with_automation(Arc::clone(&automation));
     let worker = tokio::spawn(worker.run_controlled(in_rx, control_rx, stop_ingest.clone()));
     let stop_actions = CancellationToken::new();
     let actions_loop = tokio::spawn(Arc::clone(&actions).run(stop_actions.clone()));
@@ -330,6 +336,7 @@ pub async fn run_injected(
             gates,
             config_docs: Some(config_docs),
             rollouts: Some(rollouts),
+            automation: Some(Arc::clone(&automation)),
         },
         Some(actions),
         stop_feed.clone(),
@@ -414,6 +421,8 @@ pub(crate) struct FeedParts {
     pub gates: Arc<GateBook>,
     pub config_docs: Option<crate::feed::config::ConfigDocs>,
     pub rollouts: Option<Arc<crate::rollout::Rollouts>>,
+    /// Single node: automation's kill switches (`crate::automation`).
+    pub automation: Option<Arc<crate::automation::Automation>>,
 }
 
 /// Serves the HTTP feed on `listener` until `stop_feed` (both modes);
@@ -444,6 +453,7 @@ pub(crate) fn spawn_feed_with(
         gates,
         config_docs,
         rollouts,
+        automation,
     } = parts;
     let drop_log = Arc::new(feed::server::DropLog::new(cfg.ingest.refusal_log_interval));
     let limits = feed::server::ServerLimits {
@@ -476,6 +486,7 @@ pub(crate) fn spawn_feed_with(
         gate_max_results: cfg.gates.max_results,
         config_docs,
         rollouts,
+        automation,
         runbooks: Arc::clone(&cfg.runbooks),
         actions,
         action_refusals: Arc::new(std::sync::Mutex::new(

@@ -193,6 +193,64 @@ pub enum Change {
     Incident(Incident),
     /// A rollout took a step (`crate::rollout`).
     Rollout(RolloutEvent),
+    /// Automation took a step (`crate::automation`).
+    Automation(AutomationEvent),
+}
+
+/// A step of automation on one unit's flag: an action requested, its
+/// outcome, the flag cleared after it, escalated, or suppressed by the
+/// agency's kill switch.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+pub struct AutomationEvent {
+    pub agency: String,
+    pub unit: String,
+    /// The threshold rule whose flag it is about.
+    pub rule: String,
+    /// The action the rule names (`auto_action`).
+    pub action: String,
+    pub step: AutomationStep,
+    pub at_ms: u64,
+    /// For people: "restart-cad-client at 14:02Z, exit 0".
+    pub summary: String,
+}
+
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Hash, PartialOrd, Ord, Serialize, Deserialize)]
+#[serde(rename_all = "snake_case")]
+pub enum AutomationStep {
+    /// The action was requested from the unit.
+    Requested,
+    /// The unit ran it and it exited 0.
+    Succeeded,
+    /// Not sent, refused, failed, non-zero, timed out or unanswered.
+    Failed,
+    /// The flag cleared within the window after a requested action.
+    Helped,
+    /// The flag went up a severity step and people were told.
+    Escalated,
+    /// Not requested: the agency's kill switch is off.
+    Suppressed,
+}
+
+impl AutomationStep {
+    pub const ALL: [AutomationStep; 6] = [
+        AutomationStep::Requested,
+        AutomationStep::Succeeded,
+        AutomationStep::Failed,
+        AutomationStep::Helped,
+        AutomationStep::Escalated,
+        AutomationStep::Suppressed,
+    ];
+
+    pub fn as_str(self) -> &'static str {
+        match self {
+            AutomationStep::Requested => "requested",
+            AutomationStep::Succeeded => "succeeded",
+            AutomationStep::Failed => "failed",
+            AutomationStep::Helped => "helped",
+            AutomationStep::Escalated => "escalated",
+            AutomationStep::Suppressed => "suppressed",
+        }
+    }
 }
 
 /// A step of a staged rollout: started, wave issued, applied, judged,

@@ -185,7 +185,15 @@ impl Watched {
                         .map(|(pid, p)| (*pid, p)),
                 ),
             };
-            for (pid, p) in found {
+            // A zombie (dead, not yet reaped by a parent that never waits,
+            // e.g. a launcher) is not a running CAD client.
+            let alive = |p: &sysinfo::Process| {
+                !matches!(
+                    p.status(),
+                    sysinfo::ProcessStatus::Zombie | sysinfo::ProcessStatus::Dead
+                )
+            };
+            for (pid, p) in found.filter(|(_, p)| alive(p)) {
                 let pid = pid.as_u32();
                 self.pids.push(pid);
                 let key = (p.start_time(), pid);
@@ -298,6 +306,39 @@ mod tests {
             assert_eq!(p.pid, None);
             assert_eq!(p.restarts, round);
         }
+        // Killed and never reaped by its parent (a launcher that does not
+        // wait): a zombie is dead, not running.
+        let mut z = std::process::Command::new(&exe).arg("30").spawn().unwrap();
+        let zpid = z.id();
+        let mut p = observe(&mut sys);
+        for _ in 1..YOUNG_READS {
+            if p.running {
+                break;
+            }
+            std::thread::sleep(std::time::Duration::from_millis(100));
+            p = observe(&mut sys);
+        }
+        assert_eq!(p.pid, Some(zpid));
+        z.kill().unwrap();
+        let zombie = || {
+            std::fs::read_to_string(format!("/proc/{zpid}/stat"))
+                .ok()
+                .and_then(|s| {
+                    s.rsplit_once(')')
+                        .map(|(_, r)| r.trim_start().starts_with('Z'))
+                })
+                .unwrap_or(false)
+        };
+        for _ in 0..100 {
+            if zombie() {
+                break;
+            }
+            std::thread::sleep(std::time::Duration::from_millis(10));
+        }
+        assert!(zombie(), "pid {zpid} a zombie");
+        let p = observe(&mut sys);
+        assert!(!p.running, "a zombie: {p:?}");
+        z.wait().unwrap();
         let _ = std::fs::remove_dir_all(&dir);
     }
 

@@ -10,6 +10,7 @@ use muster_base::rate::Window;
 use muster_proto::{ActionStep, UnitId};
 use serde::{Deserialize, Serialize};
 
+use crate::model::{AutomationEvent, AutomationStep as StepKind};
 use crate::rules::AutoRule;
 
 /// What the driver does.
@@ -31,49 +32,7 @@ pub enum Out {
         escalate: bool,
     },
     /// A step for the events, the stream, webhooks and top problems.
-    Event(Step),
-}
-
-/// One automation step, as people and top problems read it.
-#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
-pub struct Step {
-    pub unit: UnitId,
-    pub rule: String,
-    pub action: String,
-    pub kind: StepKind,
-    pub at_ms: u64,
-    /// For people: "restart-cad-client requested (1 of 1 per 1h)".
-    pub summary: String,
-}
-
-#[derive(Debug, Clone, Copy, PartialEq, Eq, Hash, PartialOrd, Ord, Serialize, Deserialize)]
-#[serde(rename_all = "snake_case")]
-pub enum StepKind {
-    /// The action was requested from the unit.
-    Requested,
-    /// The unit ran it and it exited 0.
-    Succeeded,
-    /// Not sent, refused, failed, non-zero, timed out or unanswered.
-    Failed,
-    /// The flag cleared within the window after a requested action.
-    Helped,
-    /// The flag went up a severity step and people were told.
-    Escalated,
-    /// Not requested: the agency's kill switch is off.
-    Suppressed,
-}
-
-impl StepKind {
-    pub fn as_str(self) -> &'static str {
-        match self {
-            StepKind::Requested => "requested",
-            StepKind::Succeeded => "succeeded",
-            StepKind::Failed => "failed",
-            StepKind::Helped => "helped",
-            StepKind::Escalated => "escalated",
-            StepKind::Suppressed => "suppressed",
-        }
-    }
+    Event(AutomationEvent),
 }
 
 /// One raised flag's automation, from raise to clear.
@@ -95,6 +54,8 @@ struct Episode {
 struct Track {
     fired: Window,
     episode: Option<Episode>,
+    /// The flag is raised now (as the last transition said).
+    up: bool,
 }
 
 /// What is persisted (`automation.json`): the kill switches and each
@@ -182,6 +143,59 @@ impl Machine {
         self.pending.len()
     }
 
+    /// At start: the rules raised on `unit` in its restored health, so
+    /// the next transition does not take them for new raises.
+    pub fn seed<'a>(&mut self, unit: &UnitId, present: impl IntoIterator<Item = &'a str>) {
+        for r in present {
+            if let Some((name, _)) = self.rules.get_key_value(r) {
+                let name = name.clone();
+                self.tracks.entry((unit.clone(), name)).or_default().up = true;
+            }
+        }
+    }
+
+    /// A transition of `unit`: `present`, the rules of its reasons after
+    /// it. Each rule with automation that is new there raised; each that
+    /// is gone cleared.
+    pub fn transition<'a>(
+        &mut self,
+        unit: &UnitId,
+        present: impl IntoIterator<Item = &'a str>,
+        now_ms: u64,
+    ) -> Vec<Out> {
+        if self.rules.is_empty() {
+            return Vec::new();
+        }
+        let present: BTreeSet<&str> = present
+            .into_iter()
+            .filter(|r| self.rules.contains_key(*r))
+            .collect();
+        let mut raised = Vec::new();
+        let mut cleared = Vec::new();
+        for name in self.rules.keys() {
+            let up_now = present.contains(&**name);
+            let key = (unit.clone(), name.clone());
+            let was = self.tracks.get(&key).is_some_and(|t| t.up);
+            match (was, up_now) {
+                (false, true) => raised.push(name.clone()),
+                (true, false) => cleared.push(name.clone()),
+                _ => {}
+            }
+        }
+        let mut out = Vec::new();
+        for r in cleared {
+            if let Some(t) = self.tracks.get_mut(&(unit.clone(), r.clone())) {
+                t.up = false;
+            }
+            out.extend(self.cleared(unit, &r, now_ms));
+        }
+        for r in raised {
+            self.tracks.entry((unit.clone(), r.clone())).or_default().up = true;
+            out.extend(self.raised(unit, &r, now_ms));
+        }
+        out
+    }
+
     fn event(
         unit: &UnitId,
         rule: &str,
@@ -190,11 +204,12 @@ impl Machine {
         at_ms: u64,
         summary: String,
     ) -> Out {
-        Out::Event(Step {
-            unit: unit.clone(),
+        Out::Event(AutomationEvent {
+            agency: unit.agency.clone(),
+            unit: unit.unit.clone(),
             rule: rule.to_owned(),
             action: auto.action.clone(),
-            kind,
+            step: kind,
             at_ms,
             summary,
         })
@@ -333,8 +348,18 @@ impl Machine {
 
     /// An audit record from a unit (exactly once per record). Steps of
     /// requests automation did not make are not its business.
-    pub fn audit(&mut self, nonce: [u8; 16], step: &ActionStep, now_ms: u64) -> Vec<Out> {
+    pub fn audit(
+        &mut self,
+        unit: &UnitId,
+        nonce: [u8; 16],
+        step: &ActionStep,
+        now_ms: u64,
+    ) -> Vec<Out> {
         if matches!(step, ActionStep::Started) {
+            return Vec::new();
+        }
+        // Only the unit asked answers for its request.
+        if self.pending.get(&nonce).is_none_or(|(u, _)| u != unit) {
             return Vec::new();
         }
         let Some(key) = self.pending.remove(&nonce) else {
@@ -486,7 +511,7 @@ impl Machine {
             };
             // `allows` forgets the requests that left the window.
             t.fired.allows(auto.max, now_ms);
-            t.episode.is_some() || t.fired.times().next().is_some()
+            t.up || t.episode.is_some() || t.fired.times().next().is_some()
         });
         out
     }
@@ -494,13 +519,13 @@ impl Machine {
     /// Per (rule, action): how often each step happened, from the events
     /// (`crate::store`): top problems' "fix these first" for automation.
     pub fn tally<'a>(
-        steps: impl IntoIterator<Item = &'a Step>,
+        steps: impl IntoIterator<Item = &'a AutomationEvent>,
     ) -> BTreeMap<(String, String), BTreeMap<StepKind, u64>> {
         let mut t: BTreeMap<(String, String), BTreeMap<StepKind, u64>> = BTreeMap::new();
         for s in steps {
             *t.entry((s.rule.clone(), s.action.clone()))
                 .or_default()
-                .entry(s.kind)
+                .entry(s.step)
                 .or_default() += 1;
         }
         t

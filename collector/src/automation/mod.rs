@@ -36,9 +36,11 @@
 //!   it has neither an open episode nor requests within its limit; units
 //!   are bounded by `ingest.max_units`.
 
+pub mod driver;
 pub mod machine;
 
-pub use machine::{Machine, Out, Persisted, Step, StepKind};
+pub use driver::Automation;
+pub use machine::{Machine, Out, Persisted};
 
 #[cfg(test)]
 mod tests;

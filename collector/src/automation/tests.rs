@@ -5,6 +5,7 @@ use std::sync::Arc;
 use muster_proto::{ActionRefusal, ActionStep, UnitId};
 
 use super::*;
+use crate::model::AutomationStep as StepKind;
 use crate::rules::AutoRule;
 
 const T0: u64 = 1_700_000_000_000 - 1_700_000_000_000 % 86_400_000 + 14 * 3_600_000 + 2 * 60_000; // 14:02Z
@@ -41,7 +42,7 @@ fn ok() -> ActionStep {
 fn steps(out: &[Out]) -> Vec<(StepKind, String)> {
     out.iter()
         .filter_map(|o| match o {
-            Out::Event(s) => Some((s.kind, s.summary.clone())),
+            Out::Event(s) => Some((s.step, s.summary.clone())),
             _ => None,
         })
         .collect()
@@ -79,9 +80,12 @@ fn a_raise_requests_once_the_answer_joins_the_reason_and_a_clear_counts_as_helpe
     m.issued(&u, RULE, [1; 16]);
     assert_eq!(m.pending(), 1);
     // Started says nothing; another request's audit is not automation's.
-    assert!(m.audit([1; 16], &ActionStep::Started, T0 + 100).is_empty());
-    assert!(m.audit([9; 16], &ok(), T0 + 100).is_empty());
-    let out = m.audit([1; 16], &ok(), T0 + 900);
+    assert!(
+        m.audit(&u, [1; 16], &ActionStep::Started, T0 + 100)
+            .is_empty()
+    );
+    assert!(m.audit(&u, [9; 16], &ok(), T0 + 100).is_empty());
+    let out = m.audit(&u, [1; 16], &ok(), T0 + 900);
     assert_eq!(
         note(&out).as_deref(),
         Some("auto: restart-cad-client at 14:02Z, exit 0")
@@ -89,7 +93,7 @@ fn a_raise_requests_once_the_answer_joins_the_reason_and_a_clear_counts_as_helpe
     assert!(!escalates(&out));
     assert_eq!(steps(&out)[0].0, StepKind::Succeeded);
     // The same audit again (it cannot come twice, but if it did): nothing.
-    assert!(m.audit([1; 16], &ok(), T0 + 950).is_empty());
+    assert!(m.audit(&u, [1; 16], &ok(), T0 + 950).is_empty());
     let out = m.cleared(&u, RULE, T0 + MIN);
     assert_eq!(
         steps(&out),
@@ -108,7 +112,7 @@ fn a_second_raise_within_the_limit_escalates_instead_of_repeating() {
     let u = unit();
     assert!(requested(&m.raised(&u, RULE, T0)));
     m.issued(&u, RULE, [1; 16]);
-    m.audit([1; 16], &ok(), T0 + 1_000);
+    m.audit(&u, [1; 16], &ok(), T0 + 1_000);
     m.cleared(&u, RULE, T0 + MIN);
     // 20 minutes later it crash-loops again.
     let out = m.raised(&u, RULE, T0 + 20 * MIN);
@@ -135,7 +139,7 @@ fn a_flag_that_outlives_its_window_escalates_once() {
     let u = unit();
     m.raised(&u, RULE, T0);
     m.issued(&u, RULE, [1; 16]);
-    m.audit([1; 16], &ok(), T0 + 1_000);
+    m.audit(&u, [1; 16], &ok(), T0 + 1_000);
     assert!(m.tick(T0 + 10 * MIN - 1).is_empty());
     let out = m.tick(T0 + 10 * MIN);
     assert!(escalates(&out));
@@ -194,7 +198,7 @@ fn failures_escalate_at_once_and_say_why() {
         let u = unit();
         m.raised(&u, RULE, T0);
         m.issued(&u, RULE, [1; 16]);
-        let out = m.audit([1; 16], &step, T0 + 1_000);
+        let out = m.audit(&u, [1; 16], &step, T0 + 1_000);
         assert!(escalates(&out), "{want}");
         assert_eq!(
             steps(&out),
@@ -258,4 +262,39 @@ fn tracks_are_forgotten_once_nothing_is_left_to_remember() {
     m.tick(T0 + 61 * MIN);
     assert!(m.persisted().fired.is_empty());
     assert_eq!(m.pending(), 0);
+}
+
+#[test]
+fn transitions_raise_and_clear_by_the_rules_present_and_only_the_unit_answers() {
+    let mut m = machine("2 per 1h");
+    let u = unit();
+    let other = UnitId::new("metro-fire", "E2").unwrap();
+    // Another rule's flag, then ours with it: ours raised once.
+    assert!(m.transition(&u, ["cpu-high"], T0).is_empty());
+    let out = m.transition(&u, ["cpu-high", RULE], T0);
+    assert!(requested(&out));
+    // The same set again (a note, another flag): nothing new.
+    assert!(m.transition(&u, [RULE], T0 + 1).is_empty());
+    m.issued(&u, RULE, [4; 16]);
+    // Another unit answering this request is not heard.
+    assert!(m.audit(&other, [4; 16], &ok(), T0 + 2).is_empty());
+    assert_eq!(m.pending(), 1);
+    assert_eq!(
+        steps(&m.audit(&u, [4; 16], &ok(), T0 + 3))[0].0,
+        StepKind::Succeeded
+    );
+    // Gone from the set: cleared (helped).
+    let out = m.transition(&u, ["cpu-high"], T0 + MIN);
+    assert_eq!(steps(&out)[0].0, StepKind::Helped);
+    // Suppressed raises are raises too: clearing and raising again
+    // under the switch does not request twice.
+    m.set_enabled("metro-fire", false);
+    assert_eq!(
+        steps(&m.transition(&u, [RULE], T0 + 2 * MIN))[0].0,
+        StepKind::Suppressed
+    );
+    assert!(
+        m.transition(&u, [RULE, "cpu-high"], T0 + 3 * MIN)
+            .is_empty()
+    );
 }

@@ -403,6 +403,7 @@ pub async fn run(
             gates,
             config_docs: None,
             rollouts: None,
+            automation: None,
         },
         stop_feed.clone(),
     );

@@ -143,6 +143,11 @@ impl Auth {
         found
     }
 
+    /// An agency this collector serves (it has a viewer token).
+    pub fn knows_agency(&self, agency: &str) -> bool {
+        self.agencies.contains_key(agency)
+    }
+
     pub fn scope_of(&self, token: &str) -> Option<Scope> {
         self.access_of(token).map(|a| a.scope)
     }

@@ -21,6 +21,7 @@
 //! | `/api/v1/rollouts…` | staged rollouts, pause, resume, abort (`rollouts.rs`) |
 //! | `POST /api/v1/units/{agency}/{unit}/actions` | a signed action request to a unit (`actions.rs`) |
 //! | `GET /api/v1/actions`, `GET /api/v1/actions/export` | the action audit, and its export (`actions.rs`) |
+//! | `GET`/`PUT /api/v1/agencies/{agency}/automation` | an agency's automation kill switch (`automation.rs`) |
 //! | `GET /runbooks`, `GET /runbooks/{rule}` | the runbooks as pages (no token; `runbooks.rs`) |
 //! | `GET /api/v1/runbooks`, `GET /api/v1/runbooks/{rule}` | the runbooks' Markdown (`runbooks.rs`) |
 //!
@@ -30,12 +31,14 @@
 
 pub mod actions;
 pub(crate) mod auth;
+pub mod automation;
 pub mod config;
 mod dashboard;
 mod error;
 mod events;
 mod gates;
 pub mod limits;
+mod me;
 pub mod openapi;
 mod ops;
 mod problems;
@@ -93,6 +96,8 @@ pub struct FeedState {
     pub rollouts: Option<Arc<crate::rollout::Rollouts>>,
     /// The runbooks served (`runbooks`): built-in and the site's.
     pub runbooks: Arc<crate::runbooks::Runbooks>,
+    /// Automation's kill switches (`automation.rs`); `None` in cluster mode.
+    pub automation: Option<Arc<crate::automation::Automation>>,
     /// Action requests and their audit (`actions`); `None` in cluster mode.
     pub actions: Option<Arc<crate::actions::Actions>>,
     /// Rate-limited log of refused action requests.
@@ -126,6 +131,9 @@ pub fn router(state: FeedState) -> Router {
     );
     let act_new = post(actions::issue).layer(DefaultBodyLimit::max(actions::MAX_BODY_BYTES));
     let (act_list, act_export) = (get(actions::list), get(actions::export));
+    let auto_switch = get(automation::get)
+        .put(automation::put)
+        .layer(DefaultBodyLimit::max(automation::MAX_BODY_BYTES));
     Router::new()
         .route("/api/v1/units", get(units::list))
         .route("/api/v1/units/{agency}/{unit}", get(units::detail))
@@ -134,6 +142,7 @@ pub fn router(state: FeedState) -> Router {
         .route("/api/v1/units/{agency}/{unit}/actions", act_new)
         .route("/api/v1/actions", act_list)
         .route("/api/v1/actions/export", act_export)
+        .route("/api/v1/agencies/{agency}/automation", auto_switch)
         .route("/api/v1/events", get(events::list))
         .route("/api/v1/incidents", get(events::incidents))
         .route("/api/v1/problems", get(problems::list))
@@ -150,6 +159,7 @@ pub fn router(state: FeedState) -> Router {
         .route("/api/v1/rollouts/{id}/pause", ro_pause)
         .route("/api/v1/rollouts/{id}/resume", ro_resume)
         .route("/api/v1/rollouts/{id}/abort", ro_abort)
+        .route("/api/v1/me", get(me::me))
         .route("/api/v1/runbooks", get(runbooks::list))
         .route("/api/v1/runbooks/{rule}", get(runbooks::get))
         .route("/runbooks", get(runbooks::index))

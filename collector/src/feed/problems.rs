@@ -9,6 +9,11 @@
 //! probe field (`probe["cad-api"].total_ms`, agency-wide `incident` flags)
 //! count under that probe, with the target the incidents name for it.
 //!
+//! Automation (`crate::automation`) is tallied beside the ranking from its
+//! stored steps in the window: per rule and action, how often it was
+//! requested, succeeded, failed, helped (the flag cleared within its
+//! window), escalated or was suppressed by the kill switch.
+//!
 //! Only faults count: while a unit is `off` (announced; see
 //! `model::Status::is_fault`) nothing of it counts, and neutral reasons
 //! (`Severity::Info`, the `off` reason itself) never do.
@@ -25,8 +30,7 @@ use super::FeedState;
 use super::auth::Scope;
 use super::error::ApiError;
 use super::query::{Params, digits};
-use super::views::Page;
-use crate::model::{Change, Severity, Status};
+use crate::model::{AutomationStep, Change, Severity, Status};
 use crate::store::{EventQuery, StoredEvent};
 
 /// The longest window `?hours=` takes (the store keeps events 30 days by default).
@@ -178,7 +182,7 @@ pub async fn list(
     State(st): State<FeedState>,
     headers: HeaderMap,
     q: Result<Query<HashMap<String, String>>, QueryRejection>,
-) -> Result<Json<Page<Problem>>, ApiError> {
+) -> Result<Json<ProblemPage>, ApiError> {
     let scope = st.auth.authenticate(&headers)?;
     let q = Params::from(q)?;
     q.only(&["hours", "agency", "limit", "cursor"])?;
@@ -235,7 +239,63 @@ pub async fn list(
     let items: Vec<Problem> = ranked.iter().skip(offset).take(limit).cloned().collect();
     let next_cursor =
         (offset + items.len() < ranked.len()).then(|| (offset + items.len()).to_string());
-    Ok(Json(Page { items, next_cursor }))
+    Ok(Json(ProblemPage {
+        items,
+        next_cursor,
+        automation: automation(now, hours * 3_600_000, &events),
+    }))
+}
+
+/// The ranking, and what automation did in the same window.
+#[derive(Debug, Serialize)]
+pub struct ProblemPage {
+    pub items: Vec<Problem>,
+    pub next_cursor: Option<String>,
+    pub automation: Vec<AutomationTally>,
+}
+
+/// How often automation acted on one rule's flags with one action, and
+/// whether it helped (`crate::automation`).
+#[derive(Debug, Clone, PartialEq, Eq, Serialize)]
+pub struct AutomationTally {
+    pub rule: String,
+    pub action: String,
+    pub requested: u64,
+    pub succeeded: u64,
+    pub failed: u64,
+    /// The flag cleared within the window after the action.
+    pub helped: u64,
+    pub escalated: u64,
+    /// Not requested: the agency's kill switch was off.
+    pub suppressed: u64,
+}
+
+/// Automation's steps within the window, per rule and action, most
+/// requested first.
+pub fn automation(now_ms: u64, window_ms: u64, events: &[StoredEvent]) -> Vec<AutomationTally> {
+    let from = now_ms.saturating_sub(window_ms);
+    let steps = events.iter().filter_map(|e| match &e.change {
+        Change::Automation(a) if a.at_ms >= from => Some(a),
+        _ => None,
+    });
+    let mut out: Vec<AutomationTally> = crate::automation::Machine::tally(steps)
+        .into_iter()
+        .map(|((rule, action), n)| {
+            let c = |s: AutomationStep| n.get(&s).copied().unwrap_or(0);
+            AutomationTally {
+                rule,
+                action,
+                requested: c(AutomationStep::Requested),
+                succeeded: c(AutomationStep::Succeeded),
+                failed: c(AutomationStep::Failed),
+                helped: c(AutomationStep::Helped),
+                escalated: c(AutomationStep::Escalated),
+                suppressed: c(AutomationStep::Suppressed),
+            }
+        })
+        .collect();
+    out.sort_by(|a, b| b.requested.cmp(&a.requested));
+    out
 }
 
 #[cfg(test)]

@@ -108,6 +108,7 @@ pub async fn stream(
                         Change::Transition(_) => "transition",
                         Change::Incident(_) => "incident",
                         Change::Rollout(_) => "rollout",
+                        Change::Automation(_) => "automation",
                     };
                     Event::default()
                         .id(ev.id.to_string())

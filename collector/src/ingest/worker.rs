@@ -174,6 +174,9 @@ pub struct Worker {
     actions: Option<Arc<Actions>>,
     /// Rate-limited log of units' action steps.
     action_log: RefusalLog<ActionNote>,
+    /// Single node: automation (`crate::automation`), fed transitions,
+    /// audit steps and ticks; it asks for actions through `actions`.
+    automation: Option<Arc<crate::automation::Automation>>,
 }
 
 /// Units' action steps: one log line per interval (a unit controls how
@@ -289,6 +292,7 @@ impl Worker {
             notes: RefusalLog::new(cfg.refusal_log_interval.as_millis() as u64),
             action_log: RefusalLog::new(cfg.refusal_log_interval.as_millis() as u64),
             actions: None,
+            automation: None,
             shared,
             clock,
             out,
@@ -304,6 +308,77 @@ impl Worker {
     pub fn with_actions(mut self, actions: Arc<Actions>) -> Worker {
         self.actions = Some(actions);
         self
+    }
+
+    /// Runs automation (single node, with actions): the flags raised in
+    /// the restored health are known raised, not new.
+    pub fn with_automation(mut self, automation: Arc<crate::automation::Automation>) -> Worker {
+        {
+            let mut m = automation.lock();
+            for (unit, u) in &self.units {
+                m.seed(unit, u.health.reasons.iter().map(|r| r.rule.as_str()));
+            }
+        }
+        self.automation = Some(automation);
+        self
+    }
+
+    /// Carries out what automation says: requests through `actions`,
+    /// notes and escalations through the engine, steps as changes.
+    fn automate(&mut self, outs: Vec<crate::automation::Out>) {
+        use crate::automation::Out as A;
+        let Some(auto) = self.automation.clone() else {
+            return;
+        };
+        if outs.is_empty() {
+            return;
+        }
+        let now = self.clock.now_ms();
+        let mut queue: std::collections::VecDeque<A> = outs.into();
+        let mut changes = Vec::new();
+        let mut requested = false;
+        while let Some(o) = queue.pop_front() {
+            match o {
+                A::Request { unit, rule, action } => {
+                    requested = true;
+                    let by = crate::actions::request::RequestedBy::Auto(rule.to_string());
+                    let sent = match &self.actions {
+                        Some(a) => a
+                            .request(&unit, &action, &BTreeMap::new(), &by, now)
+                            .map_err(|e| e.to_string()),
+                        None => Err("this collector sends no actions".to_owned()),
+                    };
+                    match sent {
+                        Ok(issued) => auto.lock().issued(&unit, &rule, issued.nonce),
+                        Err(e) => {
+                            warn!(%unit, %rule, %action, error = %e, "Automation could not request its action.");
+                            queue.extend(auto.lock().issue_failed(&unit, &rule, &e, now));
+                        }
+                    }
+                }
+                A::Annotate {
+                    unit,
+                    rule,
+                    note,
+                    escalate,
+                } => changes.extend(self.engine.annotate(
+                    &unit,
+                    &rule,
+                    note.as_deref(),
+                    escalate,
+                    now,
+                )),
+                A::Event(e) => {
+                    self.shared.metrics.actions.automation_step(e.step);
+                    info!(agency = %e.agency, unit = %e.unit, rule = %e.rule, action = %e.action, step = e.step.as_str(), summary = %e.summary, "Automation step.");
+                    changes.push(Change::Automation(e));
+                }
+            }
+        }
+        if requested && let Err(e) = auto.save() {
+            warn!(error = %e, "Cannot persist automation's limits; they hold until a restart.");
+        }
+        self.apply_changes(changes);
     }
 
     /// Runs until `shutdown`, then commits what it holds and publishes the
@@ -360,6 +435,10 @@ impl Worker {
                     let now = self.clock.now_ms();
                     let changes = self.engine.tick(now);
                     self.apply_changes(changes);
+                    if let Some(a) = &self.automation {
+                        let outs = a.lock().tick(now);
+                        self.automate(outs);
+                    }
                     self.incident_round(now);
                     self.shared.worker_ticks.fetch_add(1, Ordering::Relaxed);
                     if inbound.is_empty() {
@@ -593,6 +672,9 @@ impl Worker {
         p.events.retain(|e| match &e.change {
             Change::Transition(t) => scope.owns(&t.unit_id()),
             Change::Incident(_) | Change::Rollout(_) => true,
+            Change::Automation(a) => {
+                UnitId::new(a.agency.clone(), a.unit.clone()).is_ok_and(|u| scope.owns(&u))
+            }
         });
         p.touched.retain(|(u, _), _| scope.owns(u));
         p.first_rx.retain(|u, _| scope.owns(u));
@@ -764,6 +846,10 @@ impl Worker {
             return;
         };
         let ev = actions.unit_step(unit, (r.boot, r.seq, r.at_ms), a, now);
+        if let (Some(auto), Some(req)) = (self.automation.clone(), &a.request) {
+            let outs = auto.lock().audit(unit, req.nonce, &a.step, now);
+            self.automate(outs);
+        }
         if let Some(suppressed) = self.action_log.admit(ActionNote::Step, now) {
             info!(%unit, step = ev.step.as_str(), request = ev.request.as_deref().unwrap_or("-"), action = ev.action.as_deref().unwrap_or("-"), suppressed, summary = %ev.summary, "Action step from a unit.");
         }
@@ -836,12 +922,20 @@ impl Worker {
     }
 
     fn apply_changes(&mut self, changes: Vec<Change>) {
+        let mut auto_outs = Vec::new();
         for change in changes {
             let mut touched_agency = None;
             match &change {
                 Change::Transition(t) => {
                     self.shared.metrics.transitions.count(t.to);
                     let unit = t.unit_id();
+                    if let Some(a) = &self.automation {
+                        auto_outs.extend(a.lock().transition(
+                            &unit,
+                            t.reasons.iter().map(|r| r.rule.as_str()),
+                            self.clock.now_ms(),
+                        ));
+                    }
                     info!(%unit, from = t.from.as_str(), to = t.to.as_str(), "Status changed.");
                     self.refresh_health(&unit);
                     if self.publish_status
@@ -873,6 +967,7 @@ impl Worker {
                 Change::Rollout(r) => {
                     info!(rollout = %r.rollout, step = %r.step, wave = r.wave, phase = %r.phase, summary = %r.summary, "Rollout step.");
                 }
+                Change::Automation(_) => {}
             }
             let ev = StoredEvent {
                 id: self.next_event_id,
@@ -895,6 +990,7 @@ impl Worker {
                 }
             }
         }
+        self.automate(auto_outs);
     }
 
     /// Seals the pending commit and starts writing it. It never waits on

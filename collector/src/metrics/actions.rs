@@ -6,6 +6,7 @@
 //!   `started`, `finished`, `failed`; new records only, not duplicates);
 //! * `muster_action_refusals_total{reason}`: requests units refused, by
 //!   reason (`muster_proto::ActionRefusal`);
+//! * `muster_automation_steps_total{step}`: automation steps (`crate::automation`)
 //! * `muster_actions_api_refused_total{reason}`: requests the API refused
 //!   ([`ApiRefusal`]);
 //! * `muster_actions_unanswered_total`: requests that expired with no step
@@ -107,6 +108,7 @@ pub struct ActionMetrics {
     steps: [AtomicU64; STEPS.len()],
     refusals: [AtomicU64; ActionRefusal::ALL.len()],
     api_refused: [AtomicU64; ApiRefusal::ALL.len()],
+    automation: [AtomicU64; crate::model::AutomationStep::ALL.len()],
     pub unanswered: AtomicU64,
     pub pending: AtomicU64,
     pub queued: AtomicU64,
@@ -135,6 +137,11 @@ impl ActionMetrics {
         {
             self.refusals[i].fetch_add(1, Ordering::Relaxed);
         }
+    }
+
+    /// An automation step (`crate::automation`).
+    pub fn automation_step(&self, s: crate::model::AutomationStep) {
+        self.automation[s as usize].fetch_add(1, Ordering::Relaxed);
     }
 
     pub fn api_refused(&self, r: ApiRefusal) {
@@ -191,6 +198,18 @@ impl ActionMetrics {
             "reason",
             &reasons,
             &self.refusals,
+        );
+        let auto: Vec<&str> = crate::model::AutomationStep::ALL
+            .iter()
+            .map(|s| s.as_str())
+            .collect();
+        fam(
+            e,
+            "muster_automation_steps_total",
+            "Automation steps (auto_action): requested, succeeded, failed, helped, escalated, suppressed.",
+            "step",
+            &auto,
+            &self.automation,
         );
         let api: Vec<&str> = ApiRefusal::ALL.iter().map(|r| r.as_str()).collect();
         fam(

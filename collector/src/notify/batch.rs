@@ -8,7 +8,7 @@ use std::collections::BTreeMap;
 use serde::{Deserialize, Serialize};
 use tokio::time::{Duration, Instant};
 
-use crate::model::{Change, Incident, RolloutEvent, Status, Transition};
+use crate::model::{AutomationEvent, Change, Incident, RolloutEvent, Status, Transition};
 
 /// The JSON body of a webhook. An API boundary like the feed's JSON: add
 /// fields, do not rename or remove them.
@@ -30,6 +30,10 @@ pub struct Notification {
     /// Rollout steps (`crate::rollout`), oldest first.
     #[serde(default)]
     pub rollouts: Vec<RolloutEvent>,
+    /// Automation steps (`crate::automation`), oldest first: an
+    /// `escalated` step is what pages people.
+    #[serde(default)]
+    pub automation: Vec<AutomationEvent>,
 }
 
 #[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
@@ -57,6 +61,7 @@ pub struct Batcher {
     known: BTreeMap<String, Incident>,
     transitions: Vec<Transition>,
     rollouts: Vec<RolloutEvent>,
+    automation: Vec<AutomationEvent>,
 }
 
 impl Batcher {
@@ -69,6 +74,7 @@ impl Batcher {
             known: BTreeMap::new(),
             transitions: Vec::new(),
             rollouts: Vec::new(),
+            automation: Vec::new(),
         }
     }
 
@@ -77,7 +83,7 @@ impl Batcher {
     }
 
     fn len(&self) -> usize {
-        self.incidents.len() + self.transitions.len() + self.rollouts.len()
+        self.incidents.len() + self.transitions.len() + self.rollouts.len() + self.automation.len()
     }
 
     /// Adds a change of this agency. Returns true when the window is full
@@ -87,6 +93,7 @@ impl Batcher {
         match change {
             Change::Transition(t) => self.transitions.push(t),
             Change::Rollout(r) => self.rollouts.push(r),
+            Change::Automation(a) => self.automation.push(a),
             Change::Incident(i) => {
                 if i.ended_ms.is_some() {
                     self.known.remove(&i.id);
@@ -166,6 +173,16 @@ impl Batcher {
                 r.rollout, r.name, r.summary
             ));
         }
+        let automation = std::mem::take(&mut self.automation);
+        for a in &automation {
+            if !summary.is_empty() {
+                summary.push_str("; ");
+            }
+            summary.push_str(&format!(
+                "{}/{} {}: {}",
+                a.agency, a.unit, a.rule, a.summary
+            ));
+        }
         Some(Notification {
             id,
             agency: self.agency.clone(),
@@ -174,6 +191,7 @@ impl Batcher {
             incidents,
             transitions: loose,
             rollouts,
+            automation,
         })
     }
 }

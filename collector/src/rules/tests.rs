@@ -104,7 +104,7 @@ fn transitions(changes: &[Change]) -> Vec<&Transition> {
         .iter()
         .filter_map(|c| match c {
             Change::Transition(t) => Some(t),
-            Change::Incident(_) | Change::Rollout(_) => None,
+            Change::Incident(_) | Change::Rollout(_) | Change::Automation(_) => None,
         })
         .collect()
 }
@@ -643,7 +643,7 @@ fn incidents(ch: &[Change]) -> Vec<&crate::model::Incident> {
     ch.iter()
         .filter_map(|c| match c {
             Change::Incident(i) => Some(i),
-            Change::Transition(_) | Change::Rollout(_) => None,
+            Change::Transition(_) | Change::Rollout(_) | Change::Automation(_) => None,
         })
         .collect()
 }

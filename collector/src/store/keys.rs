@@ -77,6 +77,7 @@ pub fn event_at(ev: &StoredEvent) -> u64 {
         Change::Transition(t) => t.at_ms,
         Change::Incident(i) => i.ended_ms.unwrap_or(i.since_ms),
         Change::Rollout(r) => r.at_ms,
+        Change::Automation(a) => a.at_ms,
     }
 }
 

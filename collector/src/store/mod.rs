@@ -212,6 +212,7 @@ impl StoredEvent {
             Change::Transition(t) => &t.agency,
             Change::Incident(i) => &i.agency,
             Change::Rollout(r) => &r.agency,
+            Change::Automation(a) => &a.agency,
         }
     }
 }

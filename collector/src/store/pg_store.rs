@@ -459,7 +459,7 @@ impl CommitRows {
                     part(&t.unit_id())?;
                     Some(t.unit.clone())
                 }
-                Change::Incident(_) | Change::Rollout(_) => None,
+                Change::Incident(_) | Change::Rollout(_) | Change::Automation(_) => None,
             };
             let e = &mut rows.events;
             e.agency.push(ev.agency().to_owned());

@@ -9,6 +9,8 @@
 
 #[path = "e2e/acks.rs"]
 mod acks;
+#[path = "e2e/actions.rs"]
+mod actions;
 #[path = "e2e/broker_acl.rs"]
 mod broker_acl;
 #[path = "e2e/cluster.rs"]

@@ -138,6 +138,8 @@ pub struct AgentSpec {
     /// `DBUS_SYSTEM_BUS_ADDRESS`. By default a socket path that does not
     /// exist, so no test ever reaches the machine's own system bus.
     pub system_bus: String,
+    /// `sampling.processes`: the processes watched.
+    pub processes: Vec<String>,
 }
 
 impl AgentSpec {
@@ -159,6 +161,7 @@ impl AgentSpec {
             extra: String::new(),
             trust: muster_testkit::agent_trust_toml(),
             system_bus: format!("unix:path={}", data_dir.join("no-system-bus").display()),
+            processes: vec!["mosquitto".into()],
         }
     }
 
@@ -209,7 +212,7 @@ ack_timeout = "{ack_timeout}"
 {uplink}
 [sampling]
 interval = "{interval}"
-processes = ["mosquitto"]
+processes = {processes:?}
 [log]
 level = "info"
 to = "stderr"
@@ -229,6 +232,7 @@ to = "stderr"
             interval = self.interval,
             trust = self.trust,
             extra = self.extra,
+            processes = self.processes,
         )
     }
 }
