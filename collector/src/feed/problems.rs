@@ -525,3 +525,69 @@ mod tests {
         assert_eq!(probe_of(r#"probe["open"#), None);
     }
 }
+
+#[cfg(test)]
+mod automation_tests {
+    use super::*;
+    use crate::model::AutomationEvent;
+
+    const MIN: u64 = 60_000;
+
+    fn step(id: u64, unit: &str, rule: &str, step: AutomationStep, at_min: u64) -> StoredEvent {
+        StoredEvent {
+            id,
+            change: Change::Automation(AutomationEvent {
+                agency: "metro-fire".into(),
+                unit: unit.into(),
+                rule: rule.into(),
+                action: "restart-cad-client".into(),
+                step,
+                at_ms: at_min * MIN,
+                summary: String::new(),
+            }),
+        }
+    }
+
+    #[test]
+    fn automation_is_tallied_per_rule_and_action_within_the_window() {
+        use AutomationStep::*;
+        let events = vec![
+            // Before the window: not counted.
+            step(1, "E1", "cad-client-down", Requested, 10),
+            step(2, "E1", "cad-client-down", Requested, 100),
+            step(3, "E1", "cad-client-down", Succeeded, 100),
+            step(4, "E1", "cad-client-down", Helped, 101),
+            step(5, "E2", "cad-client-down", Requested, 110),
+            step(6, "E2", "cad-client-down", Failed, 110),
+            step(7, "E2", "cad-client-down", Escalated, 110),
+            step(8, "E3", "cad-api-failing", Suppressed, 120),
+        ];
+        let t = automation(180 * MIN, 120 * MIN, &events);
+        assert_eq!(
+            t,
+            vec![
+                AutomationTally {
+                    rule: "cad-client-down".into(),
+                    action: "restart-cad-client".into(),
+                    requested: 2,
+                    succeeded: 1,
+                    failed: 1,
+                    helped: 1,
+                    escalated: 1,
+                    suppressed: 0,
+                },
+                AutomationTally {
+                    rule: "cad-api-failing".into(),
+                    action: "restart-cad-client".into(),
+                    requested: 0,
+                    succeeded: 0,
+                    failed: 0,
+                    helped: 0,
+                    escalated: 0,
+                    suppressed: 1,
+                },
+            ]
+        );
+        assert!(automation(180 * MIN, 120 * MIN, &[]).is_empty());
+    }
+}

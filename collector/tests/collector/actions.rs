@@ -1186,3 +1186,93 @@ async fn the_shipped_mosquitto_acl_lets_a_unit_read_only_its_own_requests_and_on
     assert_eq!(c.metric("muster_mqtt_publishes_refused_total").await, 0.0);
     c.stop().await;
 }
+
+async fn put_switch(c: &Collector, token: &str, agency: &str, body: &[u8]) -> Response {
+    let auth = format!("Bearer {token}");
+    let raw = http::request_bytes(
+        "PUT",
+        &format!("/api/v1/agencies/{agency}/automation"),
+        &[
+            ("Content-Type", "application/json"),
+            ("Authorization", &auth),
+        ],
+        Some(body),
+    );
+    http::send(c.addr, &raw, Duration::from_secs(20))
+        .await
+        .unwrap()
+}
+
+/// The automation kill switch (issue 17 part 4): the admin or the
+/// agency's operator turns it; a viewer, another agency's operator, an
+/// unknown agency, a bad body or one byte over the limit are refused; it
+/// is persisted before it is answered, so a restart keeps it.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn the_kill_switch_takes_the_admin_or_the_agencys_operator_and_survives_a_restart() {
+    let mut s = Site::start("").await;
+    let path = "/api/v1/agencies/metro-fire/automation";
+    let r = http::get(s.c().addr, path, Some(FIRE)).await;
+    assert_eq!((r.status, r.json()["enabled"].clone()), (200, json!(true)));
+    let off = br#"{"enabled": false}"#;
+    // Refused, each with its status; the switch stays on.
+    for (token, agency, body, want) in [
+        (FIRE, "metro-fire", &off[..], 403),
+        (POLICE_OP, "metro-fire", &off[..], 403),
+        (POLICE, "metro-fire", &off[..], 403),
+        (ADMIN, "no-such-agency", &off[..], 404),
+        (FIRE_OP, "metro-fire", &br#"{"enabled": "no"}"#[..], 400),
+        (
+            FIRE_OP,
+            "metro-fire",
+            &br#"{"enabled": false, "x": 1}"#[..],
+            400,
+        ),
+        ("not-a-token-0123456789", "metro-fire", &off[..], 401),
+    ] {
+        let r = put_switch(s.c(), token, agency, body).await;
+        assert_eq!(r.status, want, "{token} {agency} {}", r.text());
+    }
+    // At the limit the body is read; one byte over is 413.
+    let pad = |n: usize| {
+        let mut b = br#"{"enabled": true}"#.to_vec();
+        b.splice(1..1, std::iter::repeat_n(b' ', n - b.len()));
+        b
+    };
+    let limit = muster_collector::feed::automation::MAX_BODY_BYTES;
+    assert_eq!(
+        put_switch(s.c(), FIRE_OP, "metro-fire", &pad(limit))
+            .await
+            .status,
+        200
+    );
+    assert_eq!(
+        put_switch(s.c(), FIRE_OP, "metro-fire", &pad(limit + 1))
+            .await
+            .status,
+        413
+    );
+    let r = http::get(s.c().addr, path, Some(ADMIN)).await;
+    assert_eq!(r.json()["enabled"], true);
+    // The agency's operator turns it off; the admin sees it; the other
+    // agency's is untouched.
+    let r = put_switch(s.c(), FIRE_OP, "metro-fire", off).await;
+    assert_eq!(
+        (r.status, r.json()["enabled"].clone()),
+        (200, json!(false)),
+        "{}",
+        r.text()
+    );
+    let other = http::get(
+        s.c().addr,
+        "/api/v1/agencies/county-police/automation",
+        Some(POLICE),
+    )
+    .await;
+    assert_eq!(other.json()["enabled"], true);
+    // Restarted: still off.
+    s.c.take().unwrap().stop().await;
+    s.start_collector().await;
+    let r = http::get(s.c().addr, path, Some(FIRE)).await;
+    assert_eq!((r.status, r.json()["enabled"].clone()), (200, json!(false)));
+    s.c.unwrap().stop().await;
+}
