@@ -294,7 +294,7 @@ pub fn automation(now_ms: u64, window_ms: u64, events: &[StoredEvent]) -> Vec<Au
             }
         })
         .collect();
-    out.sort_by(|a, b| b.requested.cmp(&a.requested));
+    out.sort_by_key(|t| std::cmp::Reverse(t.requested));
     out
 }
 

@@ -77,13 +77,14 @@ impl CadClient {
         CadClient { path, name }
     }
 
-    /// Started as a supervisor would, then left alone.
+    /// Started as a supervisor would, which reaps it when it dies.
     fn start(&self) {
-        Command::new(&self.path)
+        let mut c = Command::new(&self.path)
             .arg("600")
             .stdin(Stdio::null())
             .spawn()
             .unwrap();
+        std::thread::spawn(move || c.wait());
     }
 
     /// Kills it, then a crash loop: started five times, each dying after
