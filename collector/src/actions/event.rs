@@ -184,6 +184,56 @@ fn blank(unit: &UnitId, step: Step, at_ms: u64) -> ActionEvent {
     }
 }
 
+/// What a unit's step says beyond its kind, as the audit and the unit's
+/// samples (`feed::views`) both show it; fields that do not apply are absent.
+#[derive(Debug, Clone, Default, PartialEq, Eq, Serialize)]
+pub struct StepFields {
+    /// `refused`: why (`bad_signature`, `replayed`, ...).
+    pub refusal: Option<&'static str>,
+    /// `refused`: the unit's detail; `failed`: why it could not start.
+    pub reason: Option<String>,
+    /// `finished`: `None` when killed (by its timeout, or a signal).
+    pub exit_code: Option<i32>,
+    pub timed_out: Option<bool>,
+    pub duration_ms: Option<u64>,
+    pub stdout: Option<String>,
+    pub stderr: Option<String>,
+}
+
+impl StepFields {
+    pub fn of(step: &ActionStep) -> StepFields {
+        let mut f = StepFields::default();
+        match step {
+            ActionStep::Refused { reason, detail } => {
+                f.refusal = Some(reason.as_str());
+                f.reason = Some(detail.clone());
+            }
+            ActionStep::Started => {}
+            ActionStep::Finished {
+                exit_code,
+                timed_out,
+                duration_ms,
+                stdout,
+                stderr,
+            } => {
+                f.exit_code = *exit_code;
+                f.timed_out = Some(*timed_out);
+                f.duration_ms = Some(*duration_ms);
+                f.stdout = Some(stdout.clone());
+                f.stderr = Some(stderr.clone());
+            }
+            ActionStep::Failed {
+                reason,
+                duration_ms,
+            } => {
+                f.reason = Some(reason.clone());
+                f.duration_ms = Some(*duration_ms);
+            }
+        }
+        f
+    }
+}
+
 /// `1.2s`, `340ms`, `2m05s`.
 fn took(ms: u64) -> String {
     match ms {
@@ -244,29 +294,21 @@ impl ActionEvent {
             at_ms: record_at_ms,
         });
         let name = e.action.clone().unwrap_or_else(|| "a request".into());
+        let f = StepFields::of(&a.step);
         e.summary = match &a.step {
+            ActionStep::Refused { reason, detail } if detail.is_empty() => {
+                format!("{name} refused: {}", reason.as_str())
+            }
             ActionStep::Refused { reason, detail } => {
-                e.refusal = Some(reason.as_str().to_owned());
-                e.reason = Some(detail.clone());
-                if detail.is_empty() {
-                    format!("{name} refused: {}", reason.as_str())
-                } else {
-                    format!("{name} refused: {} ({detail})", reason.as_str())
-                }
+                format!("{name} refused: {} ({detail})", reason.as_str())
             }
             ActionStep::Started => format!("{name} started"),
             ActionStep::Finished {
                 exit_code,
                 timed_out,
                 duration_ms,
-                stdout,
-                stderr,
+                ..
             } => {
-                e.exit_code = *exit_code;
-                e.timed_out = Some(*timed_out);
-                e.duration_ms = Some(*duration_ms);
-                e.stdout = Some(stdout.clone());
-                e.stderr = Some(stderr.clone());
                 let how = match (exit_code, timed_out) {
                     (_, true) => "timed out".to_owned(),
                     (Some(c), false) => format!("exit {c}"),
@@ -274,15 +316,11 @@ impl ActionEvent {
                 };
                 format!("{name} finished: {how} in {}", took(*duration_ms))
             }
-            ActionStep::Failed {
-                reason,
-                duration_ms,
-            } => {
-                e.reason = Some(reason.clone());
-                e.duration_ms = Some(*duration_ms);
-                format!("{name} failed: {reason}")
-            }
+            ActionStep::Failed { reason, .. } => format!("{name} failed: {reason}"),
         };
+        (e.refusal, e.reason, e.exit_code, e.timed_out) =
+            (f.refusal.map(str::to_owned), f.reason, f.exit_code, f.timed_out);
+        (e.duration_ms, e.stdout, e.stderr) = (f.duration_ms, f.stdout, f.stderr);
         e
     }
 

@@ -440,61 +440,21 @@ pub struct ActionAuditView {
     pub issued_ms: Option<u64>,
     /// `refused`, `started`, `finished` or `failed`.
     pub step: &'static str,
-    /// A refusal's reason (`bad_signature`, `replayed`, ...).
-    pub refusal: Option<&'static str>,
-    pub reason: Option<String>,
-    pub exit_code: Option<i32>,
-    pub timed_out: Option<bool>,
-    pub duration_ms: Option<u64>,
-    pub stdout: Option<String>,
-    pub stderr: Option<String>,
+    #[serde(flatten)]
+    pub fields: crate::actions::event::StepFields,
 }
 
 impl From<&muster_proto::ActionAudit> for ActionAuditView {
     fn from(a: &muster_proto::ActionAudit) -> Self {
-        use muster_proto::{ActionStep, sign::hex_of};
-        let mut v = ActionAuditView {
+        use muster_proto::sign::hex_of;
+        ActionAuditView {
             request: a.request.as_ref().map(|r| hex_of(&r.nonce)),
             action: a.request.as_ref().map(|r| r.action.clone()),
             requested_by: a.request.as_ref().map(|r| r.requested_by.clone()),
             issued_ms: a.request.as_ref().map(|r| r.issued_ms),
             step: a.step.as_str(),
-            refusal: None,
-            reason: None,
-            exit_code: None,
-            timed_out: None,
-            duration_ms: None,
-            stdout: None,
-            stderr: None,
-        };
-        match &a.step {
-            ActionStep::Refused { reason, detail } => {
-                v.refusal = Some(reason.as_str());
-                v.reason = Some(detail.clone());
-            }
-            ActionStep::Started => {}
-            ActionStep::Finished {
-                exit_code,
-                timed_out,
-                duration_ms,
-                stdout,
-                stderr,
-            } => {
-                v.exit_code = *exit_code;
-                v.timed_out = Some(*timed_out);
-                v.duration_ms = Some(*duration_ms);
-                v.stdout = Some(stdout.clone());
-                v.stderr = Some(stderr.clone());
-            }
-            ActionStep::Failed {
-                reason,
-                duration_ms,
-            } => {
-                v.reason = Some(reason.clone());
-                v.duration_ms = Some(*duration_ms);
-            }
+            fields: crate::actions::event::StepFields::of(&a.step),
         }
-        v
     }
 }
 
