@@ -6,6 +6,16 @@
 //! `/api/v1` feed with it and follows `/api/v1/stream?access_token=`
 //! (EventSource cannot send headers).
 //!
+//! Actions: under a flag's inline runbook, when the runbook suggests one
+//! (`/api/v1/runbooks/{rule}`'s `action`) and `/api/v1/me` says the token
+//! is the admin or an operator of the unit's agency, the page offers a
+//! button ("Run restart-cad-client on E7"), asks for confirmation in the
+//! page, posts the request and shows its steps as they are logged (the
+//! stream's `action` events matched by the request's nonce, or
+//! `/api/v1/actions?unit=` while the stream is down); refusals (403, 429
+//! with its `Retry-After`, 501) are shown as text. A viewer gets no button
+//! (and the API would refuse it anyway).
+//!
 //! Caching: `/` is `no-cache` and names its assets with a content hash
 //! (`/assets/app.js?v=<hash>`); an asset asked for with the current hash is
 //! cached for a year (`immutable`), otherwise revalidated. Every response

@@ -714,7 +714,7 @@ Call the CAD desk on [555 0100](tel:+15550100); the [status page](https://status
 <script>window.__pwned = 1</script>\n\n\
 Inline <img src=x onerror=\"window.__pwned = 2\"> and [a trap](javascript:window.__pwned=3).\n";
 
-fn artifacts_dir() -> PathBuf {
+pub(super) fn artifacts_dir() -> PathBuf {
     let target = std::env::var_os("CARGO_TARGET_DIR")
         .map(PathBuf::from)
         .unwrap_or_else(|| PathBuf::from(env!("CARGO_MANIFEST_DIR")).join("../target"));

@@ -28,6 +28,12 @@ const state = {
   runbooksOpen: new Set(), // "agency/unit rule": runbooks expanded in the unit view
   runbooks: new Map(),     // runbook page URL -> Promise of its parsed <article>
   rolloutFlash: new Set(),
+  me: null,                // {role, agency} of this token (/api/v1/me); null: unknown, no actions offered
+  actionOf: new Map(),     // rule -> Promise of the action its runbook suggests (or null)
+  actionRuns: new Map(),   // "agency/unit rule" -> the latest run asked for there (see runAction)
+  actionSent: [],          // every run this page sent (a request nonce), oldest first; at most 50
+  actionSteps: new Map(),  // request nonce -> Map(id -> logged step), from the stream or /api/v1/actions
+  actionTimer: null,       // polls /api/v1/actions while a run is pending and the stream is down
 };
 
 const $ = (id) => document.getElementById(id);
@@ -151,6 +157,14 @@ function askToken(message) {
   $("detail").hidden = true;
   $("signout").hidden = true;
   $("scope").textContent = "";
+  // Another token may be someone else: forget who, and what they ran.
+  state.me = null;
+  state.actionOf.clear();
+  state.actionRuns.clear();
+  state.actionSent = [];
+  state.actionSteps.clear();
+  clearInterval(state.actionTimer);
+  state.actionTimer = null;
   // Another token may see other agencies' rollouts: forget these.
   state.rollouts = [];
   state.rolloutSeq++;
@@ -171,14 +185,19 @@ function handleError(e) {
 // ---------------------------------------------------------------- loading
 
 async function loadAll() {
-  const [units, incidents] = await Promise.all([all("/api/v1/units"), all("/api/v1/incidents?state=open")]);
+  const [units, incidents, me] = await Promise.all([all("/api/v1/units"), all("/api/v1/incidents?state=open"),
+    // Who this token is decides which actions the page offers; a collector
+    // without /api/v1/me offers none.
+    api("/api/v1/me").catch(() => null)]);
+  state.me = me;
   state.units = new Map(units.map((u) => [u.agency + "/" + u.unit, u]));
   state.incidents = new Map(incidents.map((i) => [i.id, i]));
   $("login").hidden = true;
   $("main").hidden = false;
   $("signout").hidden = false;
   const agencies = [...new Set(units.map((u) => u.agency))].sort();
-  $("scope").textContent = agencies.length ? "Showing: " + agencies.join(", ") : "No units visible to this token";
+  $("scope").textContent = (agencies.length ? "Showing: " + agencies.join(", ") : "No units visible to this token")
+    + (me ? " · signed in as " + me.role : "");
   renderAll();
   loadProblems();
   state.rollouts = [];
@@ -226,11 +245,13 @@ function startStream() {
     refreshUnits();
     loadIncidents();
     loadRollouts();
+    pollActions(true);
   });
   es.addEventListener("transition", (ev) => onTransition(JSON.parse(ev.data)));
   es.addEventListener("incident", (ev) => onIncident(JSON.parse(ev.data)));
   es.addEventListener("rollout", (ev) => onRollout(JSON.parse(ev.data)));
-  es.addEventListener("lagged", () => { refreshUnits(); loadIncidents(); loadRollouts(); });
+  es.addEventListener("action", (ev) => addSteps([JSON.parse(ev.data)]));
+  es.addEventListener("lagged", () => { refreshUnits(); loadIncidents(); loadRollouts(); pollActions(true); });
   es.onerror = async () => {
     if (es.readyState === EventSource.CLOSED) {
       setLive("down", "disconnected");
@@ -599,7 +620,7 @@ function renderRollouts() {
 
 // ---------------------------------------------------------------- unit view
 
-async function openDetail(key, refresh) {
+async function openDetail(key, refresh, tries) {
   const [agency, unit] = key.split("/");
   state.detail = key;
   const hours = Number($("d-hours").value);
@@ -621,6 +642,15 @@ async function openDetail(key, refresh) {
       api(`${base}/timeline?hours=24`).catch((e) => { if (e instanceof AuthError) throw e; return null; }),
     ]);
     if (state.detail !== key) return;
+    // A transition reaches the stream a moment before the unit's view has
+    // it (the view follows the store's commit): until the view agrees with
+    // the stream, ask again shortly.
+    const u = state.units.get(key);
+    const flags = (x) => x.status + " " + x.reasons.map((r) => r.rule).join();
+    if (refresh && u && flags(u) !== flags(d) && (tries || 0) < 10) {
+      setTimeout(() => { if (state.detail === key) openDetail(key, true, (tries || 0) + 1); }, 200);
+      return;
+    }
     const host = hostItems.flatMap((x) => (x.start_ms !== undefined ? rolledHost(x) : [x]));
     const probes = probeItems.flatMap((x) => (x.start_ms !== undefined ? rolledProbes(x) : [x]));
     renderDetail(d, host, probes, events.items, hours, strip);
@@ -714,6 +744,7 @@ function renderDetail(d, host, probes, events, hours, strip) {
         h("td", {}, t.reasons.map((r) => r.rule).join(", ") || "cleared")))))
     : h("p", { class: "empty", id: "detail-transitions" }, "No transitions stored.");
   $("detail-body").replaceChildren(facts, h("h3", {}, "Active flags"), reasons,
+    h("div", { id: "detail-actions" }, pastActions(d.agency + "/" + d.unit, d.reasons)),
     h("h3", {}, "Network"), networkView(host.length && !host[host.length - 1].rolled ? host[host.length - 1].data.network : d.latest && d.latest.host ? d.latest.host.data.network : null),
     h("h3", {}, `Last ${strip ? Math.round((strip.to_ms - strip.from_ms) / 3600000) || "<1" : 24} h: on, off, asleep, lost`),
     stripView(strip),
@@ -733,14 +764,19 @@ function runbookView(r, key) {
   }
   const id = key + " " + r.rule;
   const body = h("div", { class: "runbook-body" });
+  const act = h("div", { class: "runbook-action", "data-unit": key, "data-rule": r.rule, hidden: true });
   // An `open` details element fires `toggle` once it is built too, so a
   // runbook left open survives the unit view's re-renders.
   return h("details", {
     class: "runbook-inline", "data-rule": r.rule, open: state.runbooksOpen.has(id),
     ontoggle: (e) => {
-      if (e.target.open) { state.runbooksOpen.add(id); fillRunbook(body, r.runbook); } else state.runbooksOpen.delete(id);
+      if (e.target.open) {
+        state.runbooksOpen.add(id);
+        fillAction(act);
+        fillRunbook(body, r.runbook);
+      } else state.runbooksOpen.delete(id);
     },
-  }, h("summary", {}, "Runbook"), body);
+  }, h("summary", {}, "Runbook"), act, body);
 }
 
 /** The runbook page's `<article id="runbook">`, fetched once per page load (no token needed). */
@@ -800,6 +836,274 @@ async function fillRunbook(body, url) {
     body.replaceChildren(h("p", { class: "error" }, "Could not load the runbook: " + e.message));
     body.dataset.state = "";
   }
+}
+
+// ---------------------------------------------------------------- actions
+
+/** Steps after which a request is over. */
+const ACTION_DONE = new Set(["finished", "failed", "refused", "expired_unanswered", "denied"]);
+const ACTION_HTTP = { 400: "Refused", 403: "Not allowed", 404: "Unknown unit", 413: "Refused", 429: "Too many requests", 501: "Not available here", 503: "Unavailable" };
+
+/**
+ * Whether this token may ask a unit of `agency` to run an action: the
+ * admin, or that agency's operator. The API decides anyway (a viewer gets
+ * a 403); this only keeps the button from those who cannot use it.
+ */
+function mayAct(agency) {
+  const me = state.me;
+  return !!me && (me.role === "admin" || (me.role === "operator" && me.agency === agency));
+}
+
+/** The action a rule's runbook suggests (its front matter), or null; asked once per page load. */
+function runbookAction(rule) {
+  if (!state.actionOf.has(rule)) {
+    const p = api("/api/v1/runbooks/" + encodeURIComponent(rule)).then((b) => b.action || null);
+    p.catch(() => state.actionOf.delete(rule));
+    state.actionOf.set(rule, p);
+  }
+  return state.actionOf.get(rule);
+}
+
+/** Fills a runbook's action slot: a button for those who may use it, nothing for anyone else. */
+async function fillAction(slot) {
+  if (!mayAct(slot.dataset.unit.split("/")[0])) return;
+  let action = null;
+  try {
+    action = await runbookAction(slot.dataset.rule);
+  } catch (e) {
+    if (e instanceof AuthError) handleError(e);
+    else console.error(e);
+    return;
+  }
+  if (!action) return;
+  slot.dataset.action = action;
+  renderAction(slot);
+}
+
+function runId(key, rule) { return key + " " + rule; }
+
+/** The logged steps of a request, oldest first. */
+function stepsOf(request) {
+  const m = request ? state.actionSteps.get(request) : null;
+  return m ? [...m.values()].sort((a, b) => a.id - b.id) : [];
+}
+
+function runDone(run) { return stepsOf(run.request).some((e) => ACTION_DONE.has(e.step)); }
+
+/** Where a run stands, for the page and its tests: confirm, sending, error, or its latest step. */
+function runState(run) {
+  if (run.stage !== "sent") return run.stage;
+  const steps = stepsOf(run.request);
+  return steps.length ? steps[steps.length - 1].step : "sent";
+}
+
+/** `1.2 s`, `340 ms`, `2 min`. */
+function secs(ms) {
+  if (ms < 1000) return ms + " ms";
+  if (ms < 60000) return (ms / 1000).toFixed(1) + " s";
+  return dur(ms);
+}
+
+/** One step in words: `finished, exit 0, 1.2 s`, `refused (rate_limited)`… */
+function stepText(e) {
+  switch (e.step) {
+    case "requested": return "requested" + (e.requested_by ? " by " + e.requested_by : "");
+    case "started": return "started on the unit";
+    case "finished": {
+      const how = e.timed_out ? "timed out" : e.exit_code === undefined || e.exit_code === null ? "killed" : "exit " + e.exit_code;
+      return "finished, " + how + (e.duration_ms === undefined ? "" : ", " + secs(e.duration_ms));
+    }
+    case "refused": return `refused (${e.refusal || "unknown"})` + (e.reason ? ": " + e.reason : "");
+    case "failed": return "failed" + (e.reason ? ": " + e.reason : "");
+    case "expired_unanswered": return "expired unanswered: the unit did not answer in time";
+    case "denied": return `denied (${e.reason || "unknown"})`;
+    default: return e.summary || e.step;
+  }
+}
+
+function stepClass(e) {
+  if (e.step === "finished") return e.exit_code === 0 && !e.timed_out ? "good" : "bad";
+  return ACTION_DONE.has(e.step) ? "bad" : "";
+}
+
+/** A request's steps as they arrived, and its output once finished. */
+function stepsView(run) {
+  const steps = stepsOf(run.request);
+  const out = steps.filter((e) => e.step === "finished" && (e.stdout || e.stderr));
+  return h("div", { class: "action-outcome", "data-request": run.request, "data-state": runState(run) },
+    h("ol", { class: "action-steps", "aria-live": "polite" },
+      steps.map((e) => h("li", { "data-step": e.step, class: stepClass(e), title: e.summary || null },
+        h("span", { class: "step" }, stepText(e)), " ", when(e.at_ms))),
+      runDone(run) ? null : h("li", { class: "pending" }, steps.length ? "waiting for the unit…" : "sent, waiting for the collector…")),
+    out.map((e) => h("details", { class: "action-output" }, h("summary", {}, "Output"),
+      e.stdout ? h("pre", { "data-stream": "stdout" }, e.stdout) : null,
+      e.stderr ? h("pre", { "data-stream": "stderr" }, e.stderr) : null)));
+}
+
+/** The slot under a flag's runbook: its button, the confirmation, the outcome. */
+function renderAction(slot) {
+  const key = slot.dataset.unit, rule = slot.dataset.rule, action = slot.dataset.action;
+  const run = state.actionRuns.get(runId(key, rule));
+  const unit = key.split("/")[1];
+  const label = `Run ${action} on ${unit}`;
+  const busy = !!run && (run.stage === "confirm" || run.stage === "sending" || (run.stage === "sent" && !runDone(run)));
+  slot.hidden = false;
+  slot.dataset.state = run ? runState(run) : "idle";
+  slot.dataset.request = run && run.request ? run.request : "";
+  const kids = [
+    h("div", { class: "action-head" },
+      h("span", { class: "hint" }, "This runbook suggests:"),
+      h("button", {
+        type: "button", class: "action-run", disabled: busy,
+        onclick: () => { state.actionRuns.set(runId(key, rule), { key, rule, action, stage: "confirm", prev: run }); renderAction(slot); },
+      }, label)),
+  ];
+  if (run && run.stage === "confirm") {
+    // Cancelled: the previous run's outcome, if any, shows again.
+    const no = () => {
+      if (run.prev) state.actionRuns.set(runId(key, rule), run.prev);
+      else state.actionRuns.delete(runId(key, rule));
+      renderAction(slot);
+    };
+    const title = "action-confirm-" + Math.random().toString(36).slice(2);
+    const box = h("div", {
+      class: "action-confirm", role: "alertdialog", "aria-labelledby": title,
+      onkeydown: (e) => { if (e.key === "Escape") { e.stopPropagation(); no(); } },
+    },
+    h("p", { id: title }, h("strong", {}, `Run ${action} on ${key}?`),
+      " The unit runs it as its agent's config defines it. Every step is logged in the action audit."),
+    h("div", { class: "action-buttons" },
+      h("button", { type: "button", class: "action-yes", onclick: () => runAction(key, rule, action) }, "Run it"),
+      h("button", { type: "button", class: "action-no", onclick: no }, "Cancel")));
+    kids.push(box);
+    slot.replaceChildren(...kids);
+    box.querySelector(".action-no").focus();
+    return;
+  }
+  if (run && run.stage === "sending") kids.push(h("p", { class: "empty action-sending" }, "Sending the request…"));
+  if (run && run.stage === "error") kids.push(h("p", { class: "error action-error", role: "alert" }, run.error));
+  if (run && run.stage === "sent") kids.push(stepsView(run));
+  slot.replaceChildren(...kids);
+}
+
+/** Asks the collector to send the signed request; the outcome follows from the audit. */
+async function runAction(key, rule, action) {
+  const id = runId(key, rule);
+  const run = { key, rule, action, stage: "sending" };
+  state.actionRuns.set(id, run);
+  refreshActions(null);
+  const [agency, unit] = key.split("/");
+  try {
+    const t = token();
+    if (!t) throw new AuthError("no token");
+    const r = await fetch(`/api/v1/units/${encodeURIComponent(agency)}/${encodeURIComponent(unit)}/actions`, {
+      method: "POST", cache: "no-store",
+      headers: { Authorization: "Bearer " + t, "Content-Type": "application/json" },
+      body: JSON.stringify({ action }),
+    });
+    let body = null;
+    try { body = await r.json(); } catch (_) { /* no JSON */ }
+    const message = body && body.error && body.error.message;
+    if (r.status === 401) throw new AuthError(message || "That token is not valid.");
+    if (r.status !== 202) {
+      // Refusals are the operator's to read, not a reason to sign out.
+      let text = `${ACTION_HTTP[r.status] || "Failed"} (HTTP ${r.status}): ${message || "no reason given"}`;
+      const retry = r.headers.get("Retry-After");
+      // 429: when to try again, unless the message says it already.
+      if (retry && !/retry in|try again/i.test(text)) text += ` Try again in ${retry} s.`;
+      run.stage = "error";
+      run.error = text;
+    } else {
+      run.stage = "sent";
+      run.request = body.request;
+      run.expires_ms = body.expires_ms;
+      state.actionSent.push(run);
+      if (state.actionSent.length > 50) state.actionSent.shift();
+    }
+  } catch (e) {
+    if (e instanceof AuthError) { handleError(e); return; }
+    run.stage = "error";
+    run.error = "Could not reach the collector: " + e.message;
+  }
+  refreshActions(null);
+  if (run.stage === "sent") {
+    // Steps the stream brought before this answer are kept; whatever it
+    // did not bring (not connected, lagged), the audit has.
+    pollActions(true);
+    if (!state.actionTimer) state.actionTimer = setInterval(() => pollActions(false), 2000);
+  }
+}
+
+/** Steps from the stream or the audit; re-renders the runs they belong to. */
+function addSteps(list) {
+  const touched = new Set();
+  for (const e of list) {
+    if (!e.request || e.id === undefined) continue;
+    let m = state.actionSteps.get(e.request);
+    if (!m) {
+      m = new Map();
+      state.actionSteps.set(e.request, m);
+    }
+    if (!m.has(e.id)) { m.set(e.id, e); touched.add(e.request); }
+  }
+  // Kept: every run's steps, and the latest others (a step may come before
+  // the answer that names its request).
+  const mine = new Set(state.actionSent.map((r) => r.request));
+  for (const k of state.actionSteps.keys()) {
+    if (state.actionSteps.size <= 200) break;
+    if (!mine.has(k)) state.actionSteps.delete(k);
+  }
+  if ([...touched].some((t) => mine.has(t))) refreshActions(touched);
+}
+
+/**
+ * Catches up from `/api/v1/actions` on every unit with a pending run: at
+ * once when `force`, else only while the stream is not open (its `action`
+ * events bring the steps then). Stops once no run is pending.
+ */
+async function pollActions(force) {
+  const pending = state.actionSent.filter((r) => !runDone(r));
+  if (!pending.length) {
+    clearInterval(state.actionTimer);
+    state.actionTimer = null;
+    return;
+  }
+  if (!force && state.stream && state.stream.readyState === EventSource.OPEN) return;
+  for (const key of new Set(pending.map((r) => r.key))) {
+    try {
+      const page = await api(`/api/v1/actions?unit=${encodeURIComponent(key)}&limit=100`);
+      addSteps(page.items);
+    } catch (e) {
+      if (e instanceof AuthError) { handleError(e); return; }
+      console.error(e);
+    }
+  }
+}
+
+/** Re-renders the runs' slots (those of `requests`, or all) and the unit view's past runs. */
+function refreshActions(requests) {
+  for (const slot of document.querySelectorAll(".runbook-action[data-action]")) {
+    const run = state.actionRuns.get(runId(slot.dataset.unit, slot.dataset.rule));
+    if (!requests || (run && requests.has(run.request))) renderAction(slot);
+  }
+  const box = $("detail-actions");
+  if (box && state.detail) {
+    const d = state.units.get(state.detail);
+    box.replaceChildren(...(pastActions(state.detail, d ? d.reasons : []) || []));
+  }
+}
+
+/**
+ * Runs from this page whose flag is no longer raised (the action fixed it,
+ * most likely): their outcome stays in the unit view.
+ */
+function pastActions(key, reasons) {
+  const flagged = new Set(reasons.map((r) => r.rule));
+  const runs = state.actionSent.filter((r) => r.key === key && !flagged.has(r.rule)).reverse();
+  if (!runs.length) return null;
+  return [h("h3", {}, "Actions from this page"), h("ul", { class: "reason-list past-actions" }, runs.map((r) =>
+    h("li", { class: "past-action", "data-rule": r.rule, "data-request": r.request },
+      h("span", { class: "rule" }, r.action), h("span", { class: "msg" }, `for ${r.rule} (flag cleared)`), stepsView(r))))];
 }
 
 /** A unit's labels as `station=7, role=patrol` (— when it reported none). */
