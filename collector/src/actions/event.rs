@@ -318,8 +318,12 @@ impl ActionEvent {
             }
             ActionStep::Failed { reason, .. } => format!("{name} failed: {reason}"),
         };
-        (e.refusal, e.reason, e.exit_code, e.timed_out) =
-            (f.refusal.map(str::to_owned), f.reason, f.exit_code, f.timed_out);
+        (e.refusal, e.reason, e.exit_code, e.timed_out) = (
+            f.refusal.map(str::to_owned),
+            f.reason,
+            f.exit_code,
+            f.timed_out,
+        );
         (e.duration_ms, e.stdout, e.stderr) = (f.duration_ms, f.stdout, f.stderr);
         e
     }
