@@ -18,6 +18,9 @@ pub const FILE: &str = "automation.json";
 pub struct Automation {
     machine: Mutex<Machine>,
     path: Option<PathBuf>,
+    /// Held from the snapshot to the end of its write, so two savers
+    /// (the worker, the kill switch) never write an older snapshot last.
+    saving: Mutex<()>,
 }
 
 impl Automation {
@@ -35,6 +38,7 @@ impl Automation {
         Ok(Automation {
             machine: Mutex::new(machine),
             path,
+            saving: Mutex::new(()),
         })
     }
 
@@ -44,6 +48,7 @@ impl Automation {
 
     /// Writes what is persisted.
     pub fn save(&self) -> Result<(), FileError> {
+        let _one = self.saving.lock().unwrap_or_else(|e| e.into_inner());
         let p = self.lock().persisted();
         jsonfile::save(self.path.as_deref(), &p)
     }

@@ -355,7 +355,17 @@ impl Machine {
         step: &ActionStep,
         now_ms: u64,
     ) -> Vec<Out> {
-        if matches!(step, ActionStep::Started) {
+        // A `replayed` refusal is the unit turning away a second delivery
+        // of the request (MQTT QoS 1 redelivers after a reconnect): it says
+        // nothing about how the first one went.
+        if matches!(
+            step,
+            ActionStep::Started
+                | ActionStep::Refused {
+                    reason: muster_proto::ActionRefusal::Replayed,
+                    ..
+                }
+        ) {
             return Vec::new();
         }
         // Only the unit asked answers for its request.

@@ -298,3 +298,21 @@ fn transitions_raise_and_clear_by_the_rules_present_and_only_the_unit_answers() 
             .is_empty()
     );
 }
+
+#[test]
+fn a_replay_refusal_of_a_redelivered_request_is_not_the_outcome() {
+    let mut m = machine("1 per 1h");
+    let u = unit();
+    m.raised(&u, RULE, T0);
+    m.issued(&u, RULE, [1; 16]);
+    // The request came twice (QoS 1 after a reconnect): the unit refuses
+    // the second as replayed, maybe before the first finishes.
+    let replayed = ActionStep::Refused {
+        reason: ActionRefusal::Replayed,
+        detail: "nonce seen".into(),
+    };
+    assert!(m.audit(&u, [1; 16], &replayed, T0 + 100).is_empty());
+    let out = m.audit(&u, [1; 16], &ok(), T0 + 900);
+    assert!(!escalates(&out), "{out:?}");
+    assert_eq!(steps(&out)[0].0, StepKind::Succeeded);
+}
