@@ -313,12 +313,17 @@ impl Machine {
             return Vec::new();
         };
         ep.answered = true;
-        self.escalate(
-            &key,
+        let why = format!("{} could not be sent: {error}", auto.action);
+        let mut out = vec![Self::event(
+            unit,
+            rule,
             &auto,
-            format!("{} could not be sent: {error}", auto.action),
+            StepKind::Failed,
             now_ms,
-        )
+            why.clone(),
+        )];
+        out.extend(self.escalate(&key, &auto, why, now_ms));
+        out
     }
 
     fn escalate(

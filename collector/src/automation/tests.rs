@@ -216,6 +216,10 @@ fn failures_escalate_at_once_and_say_why() {
     m.raised(&u, RULE, T0);
     let out = m.issue_failed(&u, RULE, "the collector holds 1024 pending requests", T0);
     assert!(escalates(&out));
+    assert_eq!(
+        steps(&out).iter().map(|s| s.0).collect::<Vec<_>>(),
+        vec![StepKind::Failed, StepKind::Escalated]
+    );
     // Sent, never answered: the window ends it.
     let mut m = machine("1 per 1h");
     m.raised(&u, RULE, T0);
