@@ -720,28 +720,7 @@ fn validate_cad(raw: RawCad) -> Result<CadConfig, ConfigError> {
         )?;
         Some(CadVersionSource::File(p))
     } else if let Some(argv) = raw.version_command {
-        let key = "cad.version_command";
-        if argv.is_empty() || argv.len() > MAX_COMMAND_ARGS {
-            return Err(ConfigError::invalid(
-                key,
-                format!(
-                    "must list the program and its arguments, 1 to {MAX_COMMAND_ARGS} strings (it is run directly, never through a shell)"
-                ),
-            ));
-        }
-        for (i, a) in argv.iter().enumerate() {
-            if a.len() > MAX_COMMAND_ARG || a.contains('\0') {
-                return Err(ConfigError::invalid(
-                    format!("{key}[{i}]"),
-                    format!("must be at most {MAX_COMMAND_ARG} bytes without NUL"),
-                ));
-            }
-        }
-        absolute(
-            &format!("{key}[0]"),
-            Path::new(&argv[0]),
-            "the program is not looked up in PATH",
-        )?;
+        check_argv("cad.version_command", &argv)?;
         Some(CadVersionSource::Command(argv))
     } else if let Some(p) = raw.executable {
         if !cfg!(windows) {

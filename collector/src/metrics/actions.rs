@@ -163,27 +163,14 @@ impl ActionMetrics {
     }
 
     pub fn render(&self, e: &mut Exposition) {
-        let fam = |e: &mut Exposition,
-                   name: &str,
-                   help: &str,
-                   label: &str,
-                   names: &[&str],
-                   v: &[AtomicU64]| {
-            e.family(name, "counter", help);
-            for (n, c) in names.iter().zip(v) {
-                e.sample(name, &[(label, n)], c.load(Ordering::Relaxed));
-            }
-        };
-        fam(
-            e,
+        e.counters(
             "muster_actions_requested_total",
             "Action requests issued, by who asked.",
             "requested_by_kind",
             &RequestedBy::KINDS,
             &self.requested,
         );
-        fam(
-            e,
+        e.counters(
             "muster_action_steps_total",
             "Action steps units reported, by step.",
             "step",
@@ -191,8 +178,7 @@ impl ActionMetrics {
             &self.steps,
         );
         let reasons: Vec<&str> = ActionRefusal::ALL.iter().map(|r| r.as_str()).collect();
-        fam(
-            e,
+        e.counters(
             "muster_action_refusals_total",
             "Action requests units refused, by reason.",
             "reason",
@@ -203,8 +189,7 @@ impl ActionMetrics {
             .iter()
             .map(|s| s.as_str())
             .collect();
-        fam(
-            e,
+        e.counters(
             "muster_automation_steps_total",
             "Automation steps (auto_action): requested, succeeded, failed, helped, escalated, suppressed.",
             "step",
@@ -212,8 +197,7 @@ impl ActionMetrics {
             &self.automation,
         );
         let api: Vec<&str> = ApiRefusal::ALL.iter().map(|r| r.as_str()).collect();
-        fam(
-            e,
+        e.counters(
             "muster_actions_api_refused_total",
             "Action requests the API refused, by reason.",
             "reason",

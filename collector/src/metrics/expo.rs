@@ -33,6 +33,26 @@ impl Exposition {
         let _ = writeln!(self.0, " {value}");
     }
 
+    /// A counter family with one sample per label value: `names[i]`
+    /// counted by `values[i]`.
+    pub fn counters(
+        &mut self,
+        name: &str,
+        help: &str,
+        label: &str,
+        names: &[&str],
+        values: &[std::sync::atomic::AtomicU64],
+    ) {
+        self.family(name, "counter", help);
+        for (n, c) in names.iter().zip(values) {
+            self.sample(
+                name,
+                &[(label, n)],
+                c.load(std::sync::atomic::Ordering::Relaxed),
+            );
+        }
+    }
+
     pub fn finish(self) -> String {
         self.0
     }

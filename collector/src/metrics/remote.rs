@@ -80,19 +80,7 @@ impl RemoteMetrics {
     }
 
     pub fn render(&self, e: &mut Exposition) {
-        let fam = |e: &mut Exposition,
-                   name: &str,
-                   help: &str,
-                   label: &str,
-                   names: &[&str],
-                   v: &[AtomicU64]| {
-            e.family(name, "counter", help);
-            for (n, c) in names.iter().zip(v) {
-                e.sample(name, &[(label, n)], c.load(Ordering::Relaxed));
-            }
-        };
-        fam(
-            e,
+        e.counters(
             "muster_config_steps_total",
             "Configuration steps units reported, by state.",
             "state",
@@ -100,24 +88,21 @@ impl RemoteMetrics {
             &self.steps,
         );
         let reasons: Vec<&str> = RefusalReason::ALL.iter().map(|r| r.as_str()).collect();
-        fam(
-            e,
+        e.counters(
             "muster_config_refusals_total",
             "Remote config documents units refused, by reason.",
             "reason",
             &reasons,
             &self.refusals,
         );
-        fam(
-            e,
+        e.counters(
             "muster_rollout_steps_total",
             "Rollout steps taken, by step.",
             "step",
             &STEPS,
             &self.rollout_steps,
         );
-        fam(
-            e,
+        e.counters(
             "muster_rollout_verdicts_total",
             "Rollout wave judgements, by verdict.",
             "verdict",
