@@ -163,11 +163,31 @@ impl Transition {
     }
 }
 
-/// Many units of one agency failing the same probe target at the same time.
+/// What an agency-wide incident is about.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Hash, Default, Serialize, Deserialize)]
+#[serde(rename_all = "snake_case")]
+pub enum IncidentKind {
+    /// Many units failing the same probe target (`[rules.incidents]`).
+    #[default]
+    ProbeFailing,
+    /// The whole cohort probing one target got slower at once: the
+    /// server's problem, not the units' (`[rules.peers]`, issue 18).
+    LatencyShift,
+    /// The agency's message rate fell far below its baseline: many units
+    /// silent at once (a carrier or VPN concentrator down; `[rules.traffic]`).
+    TrafficDrop,
+}
+
+/// An agency-wide incident: many units of one agency failing the same
+/// probe target at the same time, the cohort of a target slower at once,
+/// or many units falling silent at once ([`IncidentKind`]).
 #[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
 pub struct Incident {
     /// Stable while the incident lasts: `{agency}:{probe}:{since_ms}`.
     pub id: String,
+    /// Absent in incidents stored before issue 18: `probe_failing`.
+    #[serde(default)]
+    pub kind: IncidentKind,
     pub agency: String,
     /// The probe's name and target the units fail.
     pub probe: String,

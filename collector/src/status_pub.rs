@@ -138,6 +138,7 @@ mod tests {
     fn incidents_list_only_the_agencys_open_ones() {
         let inc = |agency: &str, ended: Option<u64>| Incident {
             id: format!("{agency}:cad:1"),
+            kind: crate::model::IncidentKind::ProbeFailing,
             agency: agency.into(),
             probe: "cad".into(),
             target: "https://cad".into(),

@@ -466,6 +466,11 @@ pub enum ProbeKind {
     Icmp,
     /// A transaction timing the CAD client reported to the agent itself.
     Reported,
+    /// A synthetic transaction (issue 18): one result named `<probe>` for
+    /// the whole flow (its outcome names the failing step), and one named
+    /// `<probe>.<step>` for each step that ran, with that step's phases.
+    /// Appended last, so the schema-v2 bytes of the other kinds are unchanged.
+    Transaction,
 }
 
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Hash, Serialize, Deserialize)]
@@ -499,6 +504,9 @@ pub enum ErrorClass {
     Protocol,
     /// The client reported a failed transaction (`Reported` probes).
     Reported,
+    /// A transaction step's extraction found nothing: the JSON pointer or
+    /// header it names is absent, or the body is not JSON (issue 18).
+    Extract,
 }
 
 /// Phase timings in microseconds, where the probe kind has them. For HTTP the

@@ -209,6 +209,7 @@ fn error_class() -> impl Strategy<Value = ErrorClass> {
         Just(ErrorClass::Permission),
         Just(ErrorClass::Protocol),
         Just(ErrorClass::Reported),
+        Just(ErrorClass::Extract),
     ]
 }
 
@@ -219,6 +220,7 @@ fn probe_result() -> impl Strategy<Value = ProbeResult> {
         Just(ProbeKind::Dns),
         Just(ProbeKind::Icmp),
         Just(ProbeKind::Reported),
+        Just(ProbeKind::Transaction),
     ];
     let outcome = prop_oneof![Just(Outcome::Ok), error_class().prop_map(Outcome::Fail)];
     let phases = (

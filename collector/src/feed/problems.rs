@@ -348,6 +348,7 @@ mod tests {
             id,
             change: Change::Incident(Incident {
                 id: format!("{agency}:{probe}:1"),
+                kind: crate::model::IncidentKind::ProbeFailing,
                 agency: agency.into(),
                 probe: probe.into(),
                 target: target.into(),

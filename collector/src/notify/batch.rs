@@ -310,6 +310,7 @@ mod tests {
     fn inc(id: &str, ended: bool) -> Change {
         Change::Incident(Incident {
             id: id.into(),
+            kind: crate::model::IncidentKind::ProbeFailing,
             agency: "fire".into(),
             probe: "cad-api".into(),
             target: "https://cad/health".into(),

@@ -345,6 +345,7 @@ pub fn decide(
                 let inc = Incident {
                     summary: summary(probe, target, failing, of),
                     id: format!("{agency}:{probe}:{now_ms}"),
+                    kind: crate::model::IncidentKind::ProbeFailing,
                     agency: agency.to_string(),
                     probe: probe.to_string(),
                     target: target.to_string(),

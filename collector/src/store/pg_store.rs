@@ -1831,6 +1831,7 @@ mod tests {
     fn incident(agency: &str, since_ms: u64) -> Incident {
         Incident {
             id: format!("{agency}:cad-api:{since_ms}"),
+            kind: crate::model::IncidentKind::ProbeFailing,
             agency: agency.into(),
             probe: "cad-api".into(),
             target: "https://cad/health".into(),
