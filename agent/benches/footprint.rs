@@ -4,7 +4,10 @@
 //!
 //! * muster-agent: 1 s sampling interval, every host collector on, two
 //!   watched processes, 4 probes against local targets (http, tcp, dns, icmp;
-//!   every `FOOTPRINT_PROBE_INTERVAL`, default 5 s), shipping over MQTT.
+//!   every `FOOTPRINT_PROBE_INTERVAL`, default 5 s), and one 3-step
+//!   synthetic transaction (log in, fetch the unit's assignments, open an
+//!   incident; issue 18) against the testkit's CAD API server every
+//!   `FOOTPRINT_TXN_INTERVAL` (default 30 s), shipping over MQTT.
 //! * The same agent without the network context families (route, wifi,
 //!   cellular, vpn), in the same run: the baseline that prices network
 //!   sampling (CPU and bytes, printed as a percentage).
@@ -45,6 +48,7 @@ use std::sync::Arc;
 use std::sync::atomic::{AtomicU64, Ordering};
 use std::time::{Duration, Instant};
 
+use muster_testkit::cad_api::CadApi;
 use muster_testkit::{Mosquitto, TempDir};
 
 fn agent_bin() -> String {
@@ -225,6 +229,53 @@ impl Tracked {
 const NO_NETWORK: &str =
     r#"collectors = ["cpu", "load", "memory", "disks", "networks", "processes", "uptime"]"#;
 
+/// The 3-step transaction: its credentials file (mode 0600) in `dir`.
+fn transaction(dir: &Path, cad: &CadApi, interval: u64) -> String {
+    let creds = dir.join("cad-probe.toml");
+    std::fs::write(&creds, "user = \"bench\"\npassword = \"bench-secret\"\n").unwrap();
+    {
+        use std::os::unix::fs::PermissionsExt;
+        std::fs::set_permissions(&creds, std::fs::Permissions::from_mode(0o600)).unwrap();
+    }
+    format!(
+        r#"
+[[probe]]
+name = "cad-dispatch"
+kind = "transaction"
+interval = "{interval}s"
+timeout = "5s"
+credentials = "{creds}"
+[[probe.step]]
+name = "login"
+method = "POST"
+url = "{login}"
+headers = {{ "Content-Type" = "application/json" }}
+body = '{{"user":"{{{{cred.user}}}}","password":"{{{{cred.password}}}}"}}'
+expect_status = 200
+body_contains = "token"
+extract = {{ token = {{ json = "/token" }} }}
+[[probe.step]]
+name = "assignments"
+url = "{units}/{{{{unit}}}}/assignments"
+headers = {{ Authorization = "Bearer {{{{token}}}}" }}
+expect_status = 200
+body_contains = "assignments"
+[[probe.step]]
+name = "incident"
+method = "POST"
+url = "{incidents}"
+headers = {{ Authorization = "Bearer {{{{token}}}}", "Content-Type" = "application/json" }}
+body = '{{"unit":"{{{{unit}}}}","kind":"probe"}}'
+expect_status = 201
+"#,
+        creds = creds.display(),
+        login = cad.url("/api/login"),
+        units = cad.url("/api/units"),
+        incidents = cad.url("/api/incidents"),
+    )
+}
+
+#[allow(clippy::too_many_arguments)]
 fn agent_config(
     dir: &Path,
     unit: &str,
@@ -232,9 +283,12 @@ fn agent_config(
     mqtt_port: u16,
     report_port: u16,
     probe_interval: u64,
+    cad: &CadApi,
+    txn_interval: u64,
 ) -> String {
     let http = http_target();
     let tcp = tcp_target();
+    let txn = transaction(dir, cad, txn_interval);
     format!(
         r#"
 agency = "bench"
@@ -276,6 +330,7 @@ kind = "icmp"
 target = "127.0.0.1"
 interval = "{probe_interval}s"
 timeout = "1s"
+{txn}
 {trust}"#,
         dir = dir.display().to_string(),
         trust = muster_testkit::agent_trust_toml(),
@@ -341,6 +396,7 @@ fn main() {
     let total = env_secs("FOOTPRINT_SECS", 330);
     let warmup = env_secs("FOOTPRINT_WARMUP_SECS", 30).min(total / 2);
     let probe_interval = env_secs("FOOTPRINT_PROBE_INTERVAL", 5);
+    let txn_interval = env_secs("FOOTPRINT_TXN_INTERVAL", 30);
     let agent_bin = agent_bin();
     println!("footprint: agent binary {agent_bin}");
     let collectd_bin = std::env::var("COLLECTD").unwrap_or_else(|_| "/usr/sbin/collectd".into());
@@ -360,6 +416,7 @@ fn main() {
     );
 
     let broker = Mosquitto::start();
+    let cad = CadApi::start(&[("bench", "bench-secret")]);
     let dir = TempDir::new().unwrap();
     let (agent_port, agent_sent) = counting_relay(broker.port());
     let (collectd_port, collectd_sent) = counting_relay(broker.port());
@@ -378,6 +435,8 @@ fn main() {
             agent_port,
             report_port,
             probe_interval,
+            &cad,
+            txn_interval,
         ),
     )
     .unwrap();
@@ -393,6 +452,8 @@ fn main() {
             nonet_port,
             muster_testkit::free_port(),
             probe_interval,
+            &cad,
+            txn_interval,
         ),
     )
     .unwrap();
@@ -477,7 +538,7 @@ fn main() {
     ];
 
     eprintln!(
-        "footprint: running muster-agent and collectd for {total}s ({warmup}s warm-up), 1 s interval, agent probes every {probe_interval}s"
+        "footprint: running muster-agent and collectd for {total}s ({warmup}s warm-up), 1 s interval, agent probes every {probe_interval}s, a 3-step transaction every {txn_interval}s"
     );
     let t0 = Instant::now();
     let mut next = t0;
@@ -574,6 +635,19 @@ fn main() {
         a.bytes_per_hour,
         n.bytes_per_hour,
         (ratio(a.bytes_per_hour, n.bytes_per_hour) - 1.0) * 100.0,
+    );
+    // Both agents ran the transaction; each run is a login.
+    let logins = cad.hits("/api/login");
+    println!(
+        "transaction: {logins} runs by the two agents (login {}, assignments {}, incident {} requests); every {txn_interval}s",
+        logins,
+        cad.hits("/api/units/"),
+        cad.hits("/api/incidents"),
+    );
+    // At most one run per agent may be cut short by the stop.
+    assert!(
+        logins > 0 && logins - cad.hits("/api/incidents") <= 2,
+        "every transaction run should reach its last step"
     );
     if a.bytes_per_hour == 0.0 {
         println!("note: the agent sent nothing to the broker (is the uplink implemented?)");

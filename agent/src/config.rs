@@ -200,6 +200,31 @@ struct RawProbe {
     insecure_skip_verify: Option<bool>,
     // icmp
     count: Option<u16>,
+    // transaction (issue 18)
+    credentials: Option<PathBuf>,
+    step: Option<Vec<RawStep>>,
+}
+
+/// One `[[probe.step]]` of a transaction.
+#[derive(Debug, Deserialize, Default)]
+#[serde(deny_unknown_fields)]
+struct RawStep {
+    name: Option<String>,
+    method: Option<String>,
+    url: Option<String>,
+    headers: Option<std::collections::BTreeMap<String, String>>,
+    body: Option<String>,
+    expect_status: Option<StatusSpec>,
+    body_contains: Option<String>,
+    extract: Option<std::collections::BTreeMap<String, RawExtract>>,
+}
+
+/// `extract = { token = { json = "/token" } }` or `{ header = "X-Session" }`.
+#[derive(Debug, Deserialize)]
+#[serde(deny_unknown_fields)]
+struct RawExtract {
+    json: Option<String>,
+    header: Option<String>,
 }
 
 #[derive(Debug, Deserialize)]
@@ -384,6 +409,7 @@ impl ProbeSpec {
             ProbeTarget::Tcp { host, port } => format_host_port(host, *port),
             ProbeTarget::Dns { name } => name.clone(),
             ProbeTarget::Icmp { host, .. } => host.clone(),
+            ProbeTarget::Transaction(t) => t.steps[0].url.text.clone(),
         }
     }
 
@@ -394,6 +420,7 @@ impl ProbeSpec {
             ProbeTarget::Tcp { .. } => K::Tcp,
             ProbeTarget::Dns { .. } => K::Dns,
             ProbeTarget::Icmp { .. } => K::Icmp,
+            ProbeTarget::Transaction(_) => K::Transaction,
         }
     }
 }
@@ -410,15 +437,124 @@ pub fn format_host_port(host: &str, port: u16) -> String {
 #[derive(Debug, Clone)]
 pub enum ProbeTarget {
     Http(HttpSpec),
-    Tcp { host: String, port: u16 },
-    Dns { name: String },
-    Icmp { host: String, count: u16 },
+    Tcp {
+        host: String,
+        port: u16,
+    },
+    Dns {
+        name: String,
+    },
+    Icmp {
+        host: String,
+        count: u16,
+    },
+    /// `kind = "transaction"` (issue 18): steps run in order, each on a fresh
+    /// connection, within one `timeout` for the whole run.
+    Transaction(Box<TransactionSpec>),
 }
 
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 pub enum HttpMethod {
     Get,
     Head,
+    Post,
+    Put,
+    Patch,
+    Delete,
+}
+
+impl HttpMethod {
+    pub fn as_hyper(self) -> hyper::Method {
+        match self {
+            HttpMethod::Get => hyper::Method::GET,
+            HttpMethod::Head => hyper::Method::HEAD,
+            HttpMethod::Post => hyper::Method::POST,
+            HttpMethod::Put => hyper::Method::PUT,
+            HttpMethod::Patch => hyper::Method::PATCH,
+            HttpMethod::Delete => hyper::Method::DELETE,
+        }
+    }
+
+    fn parse(s: Option<&str>) -> Option<HttpMethod> {
+        Some(match s.map(str::to_ascii_uppercase).as_deref() {
+            None | Some("GET") => HttpMethod::Get,
+            Some("HEAD") => HttpMethod::Head,
+            Some("POST") => HttpMethod::Post,
+            Some("PUT") => HttpMethod::Put,
+            Some("PATCH") => HttpMethod::Patch,
+            Some("DELETE") => HttpMethod::Delete,
+            Some(_) => return None,
+        })
+    }
+}
+
+/// The most steps of one transaction.
+pub const MAX_STEPS: usize = 16;
+/// The most extractions of one transaction, all steps together.
+pub const MAX_EXTRACTIONS: usize = 16;
+/// The most headers of one step.
+pub const MAX_STEP_HEADERS: usize = 32;
+/// The longest step body template.
+pub const MAX_STEP_BODY: usize = 64 * 1024;
+/// The largest credentials file, and the most credentials in it.
+pub const MAX_CREDENTIALS_FILE: u64 = 64 * 1024;
+pub const MAX_CREDENTIALS: usize = 64;
+/// Headers the agent writes itself; a step may not set them.
+const AGENT_HEADERS: [&str; 4] = ["host", "content-length", "connection", "transfer-encoding"];
+
+/// A `transaction` probe's settings (issue 18).
+#[derive(Debug, Clone)]
+pub struct TransactionSpec {
+    pub steps: Vec<StepSpec>,
+    /// `credentials`: the file's secrets, read (and its mode checked) when
+    /// the config is validated. Empty when no file is configured.
+    pub credentials: crate::probe::template::Secrets,
+    /// `body_max_bytes`, per step (default 64 KiB, at most 16 MiB).
+    pub body_max_bytes: usize,
+    /// For https steps, as for http probes.
+    pub ca_file: Option<PathBuf>,
+    pub insecure_skip_verify: bool,
+    /// `{{unit}}` and `{{agency}}`.
+    pub unit: String,
+    pub agency: String,
+}
+
+/// One `[[probe.step]]`.
+#[derive(Debug, Clone)]
+pub struct StepSpec {
+    pub name: String,
+    pub method: HttpMethod,
+    pub url: UrlTemplate,
+    pub headers: Vec<(hyper::header::HeaderName, crate::probe::template::Template)>,
+    pub body: Option<crate::probe::template::Template>,
+    /// Accepted status codes, as inclusive ranges (default 200..=399).
+    pub expect_status: Vec<(u16, u16)>,
+    pub body_contains: Option<String>,
+    /// Variable name → where its value comes from, in name order.
+    pub extract: Vec<(String, Extract)>,
+}
+
+/// A step's URL: scheme, host and port fixed; the path and query a template.
+#[derive(Debug, Clone)]
+pub struct UrlTemplate {
+    /// As configured (the results' target: a template, never a value).
+    pub text: String,
+    pub tls: bool,
+    pub host: String,
+    pub port: u16,
+    /// `host[:port]` as written, for the `Host` header.
+    pub authority: String,
+    /// The path and query, `/` when the URL has none.
+    pub path: crate::probe::template::Template,
+}
+
+/// Where an extracted variable's value comes from.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub enum Extract {
+    /// An RFC 6901 pointer into the JSON body.
+    Json(String),
+    /// The first value of a response header.
+    Header(hyper::header::HeaderName),
 }
 
 /// An `http` probe's settings.
@@ -531,8 +667,9 @@ fn validate(raw: RawConfig, local: std::sync::Arc<str>) -> Result<Config, Config
 
     let mut probes = Vec::with_capacity(raw.probes.len());
     let mut names = HashSet::new();
+    let local_credentials = local_credentials(&local);
     for (i, p) in raw.probes.into_iter().enumerate() {
-        let spec = validate_probe(i, p)?;
+        let spec = validate_probe(i, p, &unit, &local_credentials)?;
         if !names.insert(spec.name.clone()) {
             return Err(ConfigError::invalid(
                 format!("probe[{i}].name"),
@@ -540,6 +677,21 @@ fn validate(raw: RawConfig, local: std::sync::Arc<str>) -> Result<Config, Config
             ));
         }
         probes.push(spec);
+    }
+    // A transaction's step results are named `<probe>.<step>`: no other
+    // probe may have that name.
+    for (i, p) in probes.iter().enumerate() {
+        if let ProbeTarget::Transaction(t) = &p.target {
+            for (j, s) in t.steps.iter().enumerate() {
+                let full = format!("{}.{}", p.name, s.name);
+                if names.contains(&full) {
+                    return Err(ConfigError::invalid(
+                        format!("probe[{i}].step[{j}].name"),
+                        format!("its results are named {full:?}, the name of another probe"),
+                    ));
+                }
+            }
+        }
     }
 
     Ok(Config {
@@ -2037,10 +2189,16 @@ fn valid_hostname(s: &str) -> bool {
         })
 }
 
-fn validate_probe(i: usize, raw: RawProbe) -> Result<ProbeSpec, ConfigError> {
+fn validate_probe(
+    i: usize,
+    mut raw: RawProbe,
+    unit: &UnitId,
+    local_credentials: &HashSet<PathBuf>,
+) -> Result<ProbeSpec, ConfigError> {
     let k = |f: &str| format!("probe[{i}].{f}");
     let name = raw
         .name
+        .take()
         .ok_or_else(|| ConfigError::invalid(k("name"), "missing"))?;
     if name.is_empty()
         || name.len() > 64
@@ -2055,10 +2213,32 @@ fn validate_probe(i: usize, raw: RawProbe) -> Result<ProbeSpec, ConfigError> {
     }
     let kind = raw
         .kind
+        .take()
         .ok_or_else(|| ConfigError::invalid(k("kind"), "missing"))?;
-    let target = raw
-        .target
-        .ok_or_else(|| ConfigError::invalid(k("target"), "missing"))?;
+    let is_transaction = kind == "transaction";
+    if !is_transaction
+        && let Some(f) = [
+            ("credentials", raw.credentials.is_some()),
+            ("step", raw.step.is_some()),
+        ]
+        .iter()
+        .find(|(_, set)| *set)
+    {
+        return Err(ConfigError::invalid(
+            k(f.0),
+            format!("only applies to transaction probes, not {kind:?}"),
+        ));
+    }
+    let target = match (is_transaction, raw.target.take()) {
+        (true, Some(_)) => {
+            return Err(ConfigError::invalid(
+                k("target"),
+                "does not apply to transaction probes: each [[probe.step]] has its url",
+            ));
+        }
+        (true, None) => String::new(),
+        (false, t) => t.ok_or_else(|| ConfigError::invalid(k("target"), "missing"))?,
+    };
     let interval = duration_or(
         &k("interval"),
         raw.interval.as_deref(),
@@ -2094,7 +2274,16 @@ fn validate_probe(i: usize, raw: RawProbe) -> Result<ProbeSpec, ConfigError> {
         ("ca_file", raw.ca_file.is_some()),
         ("insecure_skip_verify", raw.insecure_skip_verify.is_some()),
     ];
-    if !is_http && let Some((f, _)) = http_only.iter().find(|(_, set)| *set) {
+    if is_transaction && let Some((f, _)) = http_only[..3].iter().find(|(_, set)| *set) {
+        return Err(ConfigError::invalid(
+            k(f),
+            "set it on each [[probe.step]] of a transaction",
+        ));
+    }
+    if !is_http
+        && !is_transaction
+        && let Some((f, _)) = http_only.iter().find(|(_, set)| *set)
+    {
         return Err(ConfigError::invalid(
             k(f),
             format!("only applies to http probes, not {kind:?}"),
@@ -2139,7 +2328,7 @@ fn validate_probe(i: usize, raw: RawProbe) -> Result<ProbeSpec, ConfigError> {
                 Some(o) => {
                     return Err(ConfigError::invalid(
                         k("method"),
-                        format!("{o:?} is not GET or HEAD"),
+                        format!("{o:?} is not GET or HEAD (other methods: a transaction step)"),
                     ));
                 }
             };
@@ -2153,21 +2342,8 @@ fn validate_probe(i: usize, raw: RawProbe) -> Result<ProbeSpec, ConfigError> {
                 None => vec![(200, 399)],
                 Some(s) => parse_status(&k("expect_status"), s)?,
             };
-            let body_max_bytes = match raw
-                .body_max_bytes
-                .as_deref()
-                .map(|s| bytes(&k("body_max_bytes"), s))
-                .transpose()?
-            {
-                None => 64 * 1024,
-                Some(b) if (1..=16 << 20).contains(&b) => b as usize,
-                Some(_) => {
-                    return Err(ConfigError::invalid(
-                        k("body_max_bytes"),
-                        "must be between 1 byte and 16MiB",
-                    ));
-                }
-            };
+            let body_max_bytes =
+                body_max_bytes(&k("body_max_bytes"), raw.body_max_bytes.as_deref())?;
             if raw.body_contains.as_deref() == Some("") {
                 return Err(ConfigError::invalid(k("body_contains"), "is empty"));
             }
@@ -2217,10 +2393,17 @@ fn validate_probe(i: usize, raw: RawProbe) -> Result<ProbeSpec, ConfigError> {
                 count,
             }
         }
+        "transaction" => ProbeTarget::Transaction(Box::new(validate_transaction(
+            i,
+            &name,
+            raw,
+            unit,
+            local_credentials,
+        )?)),
         other => {
             return Err(ConfigError::invalid(
                 k("kind"),
-                format!("{other:?} is not one of http, https, tcp, dns, icmp"),
+                format!("{other:?} is not one of http, https, tcp, dns, icmp, transaction"),
             ));
         }
     };
@@ -2229,6 +2412,453 @@ fn validate_probe(i: usize, raw: RawProbe) -> Result<ProbeSpec, ConfigError> {
         interval,
         timeout,
         target,
+    })
+}
+
+/// `body_max_bytes`: default 64 KiB, 1 byte to 16 MiB.
+fn body_max_bytes(key: &str, raw: Option<&str>) -> Result<usize, ConfigError> {
+    match raw.map(|s| bytes(key, s)).transpose()? {
+        None => Ok(64 * 1024),
+        Some(b) if (1..=16 << 20).contains(&b) => Ok(b as usize),
+        Some(_) => Err(ConfigError::invalid(
+            key,
+            "must be between 1 byte and 16MiB",
+        )),
+    }
+}
+
+/// Reads a transaction's credentials file: TOML of `name = "secret"`
+/// strings, at most 64 KiB and 64 names, on Unix readable by its owner only.
+/// No error quotes the file's text (a TOML error would show the line).
+fn read_credentials(
+    key: &str,
+    path: &Path,
+) -> Result<crate::probe::template::Secrets, ConfigError> {
+    use crate::probe::template::{Secret, valid_name};
+    let bad = |msg: String| ConfigError::invalid(key, format!("{}: {msg}", path.display()));
+    let meta = std::fs::metadata(path).map_err(|e| bad(e.to_string()))?;
+    if !meta.is_file() {
+        return Err(bad("is not a file".into()));
+    }
+    #[cfg(unix)]
+    {
+        use std::os::unix::fs::PermissionsExt;
+        let mode = meta.permissions().mode() & 0o777;
+        if mode & 0o077 != 0 {
+            return Err(bad(format!(
+                "is readable or writable by group or others (mode {mode:04o}); it holds \
+                 secrets: make it the agent user's alone (chmod 600)"
+            )));
+        }
+    }
+    if meta.len() > MAX_CREDENTIALS_FILE {
+        return Err(bad(format!(
+            "is {} bytes; at most {MAX_CREDENTIALS_FILE}",
+            meta.len()
+        )));
+    }
+    let text = std::fs::read_to_string(path).map_err(|e| bad(e.to_string()))?;
+    let table: toml::Table = toml::from_str(&text).map_err(|e| {
+        let line = e
+            .span()
+            .map(|s| text[..s.start.min(text.len())].lines().count().max(1));
+        bad(format!(
+            "is not TOML of name = \"secret\" strings{}",
+            line.map_or(String::new(), |l| format!(" (line {l})"))
+        ))
+    })?;
+    if table.len() > MAX_CREDENTIALS {
+        return Err(bad(format!(
+            "has {} credentials; at most {MAX_CREDENTIALS}",
+            table.len()
+        )));
+    }
+    let mut out = crate::probe::template::Secrets::new();
+    for (name, v) in table {
+        if !valid_name(&name) {
+            return Err(bad(format!(
+                "credential name {name:?} must be 1 to 64 of A-Z a-z 0-9 _ -"
+            )));
+        }
+        let toml::Value::String(v) = v else {
+            return Err(bad(format!("{name} is not a string")));
+        };
+        out.insert(name, Secret::new(v));
+    }
+    Ok(out)
+}
+
+/// A step's URL: `http(s)://host[:port]` fixed, then a path-and-query template.
+fn url_template(key: &str, text: &str) -> Result<UrlTemplate, ConfigError> {
+    use crate::probe::template::{Encoding, Lookup, Template, Var};
+    let bad = |why: &str| ConfigError::invalid(key, format!("{text:?} {why}"));
+    let (scheme, rest) = text
+        .split_once("://")
+        .ok_or_else(|| bad("must start with http:// or https://"))?;
+    let tls = match scheme {
+        "http" => false,
+        "https" => true,
+        _ if scheme.contains("{{") => {
+            return Err(bad(
+                "has a variable in its scheme: variables may only be in the path and query",
+            ));
+        }
+        _ => return Err(bad("must start with http:// or https://")),
+    };
+    let end = rest.find(['/', '?', '#']).unwrap_or(rest.len());
+    let (authority, path) = rest.split_at(end);
+    if authority.contains("{{") {
+        return Err(bad(
+            "has a variable in its host or port: variables may only be in the path and query",
+        ));
+    }
+    if path.contains('#') {
+        return Err(bad("has a fragment (#…), which is never sent"));
+    }
+    let path = match path {
+        "" => "/".to_owned(),
+        p if p.starts_with('?') => format!("/{p}"),
+        p => p.to_owned(),
+    };
+    let tpl = Template::parse(&path).map_err(|e| ConfigError::invalid(key, e))?;
+    // The URL must parse with any values (they are percent-encoded).
+    struct Any;
+    impl Lookup for Any {
+        fn value(&self, _: &Var) -> Option<&str> {
+            Some("x")
+        }
+    }
+    let sample = tpl
+        .render(&Any, Encoding::Url)
+        .expect("Any has every value");
+    let uri: hyper::Uri = format!("{scheme}://{authority}{sample}")
+        .parse()
+        .map_err(|_| bad("is not a URL"))?;
+    let (host, port) = uri_host_port(&uri, if tls { 443 } else { 80 })
+        .ok_or_else(|| bad("has no host or a bad port"))?;
+    if !valid_hostname(&host) {
+        return Err(bad("has an invalid host name"));
+    }
+    Ok(UrlTemplate {
+        text: text.to_owned(),
+        tls,
+        host,
+        port,
+        authority: authority.to_owned(),
+        path: tpl,
+    })
+}
+
+/// The credentials files the local TOML's `[[probe]]` tables name: the only
+/// ones a configuration may use, so that a remote document (which may set
+/// `[[probe]]`) can never make the agent read another local secret file and
+/// send its contents where the document says.
+fn local_credentials(local: &str) -> HashSet<PathBuf> {
+    let Ok(t) = local.parse::<toml::Table>() else {
+        return HashSet::new();
+    };
+    t.get("probe")
+        .and_then(|p| p.as_array())
+        .into_iter()
+        .flatten()
+        .filter_map(|p| p.get("credentials")?.as_str())
+        .map(PathBuf::from)
+        .collect()
+}
+
+/// A `kind = "transaction"` probe: its steps, credentials and limits. Every
+/// variable a step uses must be a credential in the file, a built-in, or
+/// extracted by an earlier step.
+fn validate_transaction(
+    i: usize,
+    probe: &str,
+    raw: RawProbe,
+    unit: &UnitId,
+    local_credentials: &HashSet<PathBuf>,
+) -> Result<TransactionSpec, ConfigError> {
+    use crate::probe::template::{Template, Var, check_pointer, valid_name};
+    use hyper::header::{HeaderName, HeaderValue};
+    let k = |f: &str| format!("probe[{i}].{f}");
+    let credentials = match &raw.credentials {
+        None => crate::probe::template::Secrets::new(),
+        Some(p) if !local_credentials.contains(p) => {
+            return Err(ConfigError::invalid(
+                k("credentials"),
+                format!(
+                    "{} is not a credentials file the local configuration names: remote \
+                     documents may only use those",
+                    p.display()
+                ),
+            ));
+        }
+        Some(p) => read_credentials(&k("credentials"), p)?,
+    };
+    let body_max_bytes = body_max_bytes(&k("body_max_bytes"), raw.body_max_bytes.as_deref())?;
+    let raw_steps = raw.step.unwrap_or_default();
+    if raw_steps.is_empty() {
+        return Err(ConfigError::invalid(
+            k("step"),
+            "missing: a transaction needs at least one [[probe.step]]",
+        ));
+    }
+    if raw_steps.len() > MAX_STEPS {
+        return Err(ConfigError::invalid(
+            k("step"),
+            format!("{} steps; at most {MAX_STEPS}", raw_steps.len()),
+        ));
+    }
+    // Every extraction first, with the step that makes it, so a use can be
+    // told "not defined" from "defined too late".
+    let mut extracted_by: std::collections::BTreeMap<String, usize> = Default::default();
+    let mut n_extract = 0;
+    for (j, st) in raw_steps.iter().enumerate() {
+        for var in st.extract.iter().flat_map(|e| e.keys()) {
+            let key = format!("probe[{i}].step[{j}].extract.{var}");
+            if !valid_name(var) || matches!(var.as_str(), "unit" | "agency" | "cred") {
+                return Err(ConfigError::invalid(
+                    key,
+                    "a variable name is 1 to 64 of A-Z a-z 0-9 _ -, and not unit, agency or cred",
+                ));
+            }
+            if let Some(first) = extracted_by.get(var) {
+                return Err(ConfigError::invalid(
+                    key,
+                    format!("{{{{{var}}}}} is already extracted by step[{first}]"),
+                ));
+            }
+            extracted_by.insert(var.clone(), j);
+            n_extract += 1;
+        }
+    }
+    if n_extract > MAX_EXTRACTIONS {
+        return Err(ConfigError::invalid(
+            k("step"),
+            format!("{n_extract} extractions; at most {MAX_EXTRACTIONS} in one transaction"),
+        ));
+    }
+    let check_vars = |key: &str, tpl: &Template, j: usize| -> Result<(), ConfigError> {
+        for v in tpl.vars() {
+            match v {
+                Var::Unit | Var::Agency => {}
+                Var::Cred(n) => match &raw.credentials {
+                    None => {
+                        return Err(ConfigError::invalid(
+                            key,
+                            format!("{v} needs a credentials file (probe[{i}].credentials)"),
+                        ));
+                    }
+                    Some(p) if !credentials.contains_key(n) => {
+                        return Err(ConfigError::invalid(
+                            key,
+                            format!("{v}: no credential {n:?} in {}", p.display()),
+                        ));
+                    }
+                    Some(_) => {}
+                },
+                Var::Extracted(n) => match extracted_by.get(n) {
+                    Some(by) if *by < j => {}
+                    Some(by) if *by == j => {
+                        return Err(ConfigError::invalid(
+                            key,
+                            format!(
+                                "{v} is extracted by this same step: a step can use only what earlier steps extracted"
+                            ),
+                        ));
+                    }
+                    Some(by) => {
+                        return Err(ConfigError::invalid(
+                            key,
+                            format!(
+                                "{v} is extracted by a later step (step[{by}]): a step can use only what earlier steps extracted"
+                            ),
+                        ));
+                    }
+                    None => {
+                        return Err(ConfigError::invalid(
+                            key,
+                            format!("{v} is not defined by an earlier step"),
+                        ));
+                    }
+                },
+            }
+        }
+        Ok(())
+    };
+    let mut steps: Vec<StepSpec> = Vec::with_capacity(raw_steps.len());
+    for (j, st) in raw_steps.into_iter().enumerate() {
+        let sk = |f: &str| format!("probe[{i}].step[{j}].{f}");
+        let name = st
+            .name
+            .ok_or_else(|| ConfigError::invalid(sk("name"), "missing"))?;
+        if name.is_empty()
+            || !name
+                .bytes()
+                .all(|b| b.is_ascii_lowercase() || b.is_ascii_digit() || b == b'_' || b == b'-')
+        {
+            return Err(ConfigError::invalid(
+                sk("name"),
+                format!("{name:?} must be 1 or more of a-z 0-9 _ -"),
+            ));
+        }
+        if probe.len() + 1 + name.len() > 64 {
+            return Err(ConfigError::invalid(
+                sk("name"),
+                format!("\"{probe}.{name}\" (its results' name) is longer than 64"),
+            ));
+        }
+        if let Some(other) = steps.iter().position(|s| s.name == name) {
+            return Err(ConfigError::invalid(
+                sk("name"),
+                format!("{name:?} is used by step[{other}]"),
+            ));
+        }
+        let method = HttpMethod::parse(st.method.as_deref()).ok_or_else(|| {
+            ConfigError::invalid(
+                sk("method"),
+                format!(
+                    "{:?} is not one of GET, HEAD, POST, PUT, PATCH, DELETE",
+                    st.method.as_deref().unwrap_or_default()
+                ),
+            )
+        })?;
+        let url_text = st
+            .url
+            .ok_or_else(|| ConfigError::invalid(sk("url"), "missing"))?;
+        let url = url_template(&sk("url"), &url_text)?;
+        check_vars(&sk("url"), &url.path, j)?;
+        let raw_headers = st.headers.unwrap_or_default();
+        if raw_headers.len() > MAX_STEP_HEADERS {
+            return Err(ConfigError::invalid(
+                sk("headers"),
+                format!("{} headers; at most {MAX_STEP_HEADERS}", raw_headers.len()),
+            ));
+        }
+        let mut headers: Vec<(HeaderName, Template)> = Vec::with_capacity(raw_headers.len());
+        for (hname, hval) in raw_headers {
+            let hk = sk(&format!("headers.{hname}"));
+            let header = HeaderName::from_bytes(hname.as_bytes())
+                .map_err(|_| ConfigError::invalid(&hk, "is not a header name"))?;
+            if AGENT_HEADERS.contains(&header.as_str()) {
+                return Err(ConfigError::invalid(
+                    &hk,
+                    "is written by the agent itself; a step cannot set it",
+                ));
+            }
+            if headers.iter().any(|(h, _)| *h == header) {
+                return Err(ConfigError::invalid(
+                    &hk,
+                    "is set twice (header names are case-insensitive)",
+                ));
+            }
+            let tpl = Template::parse(&hval).map_err(|e| ConfigError::invalid(&hk, e))?;
+            if tpl.literals().any(|l| HeaderValue::from_str(l).is_err()) {
+                return Err(ConfigError::invalid(
+                    &hk,
+                    "holds characters a header value cannot (only visible ASCII, space and tab)",
+                ));
+            }
+            check_vars(&hk, &tpl, j)?;
+            headers.push((header, tpl));
+        }
+        let body = match st.body {
+            None => None,
+            Some(_) if matches!(method, HttpMethod::Get | HttpMethod::Head) => {
+                return Err(ConfigError::invalid(
+                    sk("body"),
+                    "a GET or HEAD request has no body",
+                ));
+            }
+            Some(b) if b.len() > MAX_STEP_BODY => {
+                return Err(ConfigError::invalid(
+                    sk("body"),
+                    format!("is {} bytes; at most {MAX_STEP_BODY}", b.len()),
+                ));
+            }
+            Some(b) => {
+                let tpl = Template::parse(&b).map_err(|e| ConfigError::invalid(sk("body"), e))?;
+                check_vars(&sk("body"), &tpl, j)?;
+                Some(tpl)
+            }
+        };
+        let expect_status = match &st.expect_status {
+            None => vec![(200, 399)],
+            Some(s) => parse_status(&sk("expect_status"), s)?,
+        };
+        match st.body_contains.as_deref() {
+            Some("") => return Err(ConfigError::invalid(sk("body_contains"), "is empty")),
+            Some(_) if method == HttpMethod::Head => {
+                return Err(ConfigError::invalid(
+                    sk("body_contains"),
+                    "a HEAD request has no body",
+                ));
+            }
+            _ => {}
+        }
+        let mut extract = Vec::new();
+        for (var, e) in st.extract.unwrap_or_default() {
+            let ek = sk(&format!("extract.{var}"));
+            let from = match (e.json, e.header) {
+                (Some(p), None) => {
+                    check_pointer(&p).map_err(|e| ConfigError::invalid(format!("{ek}.json"), e))?;
+                    if method == HttpMethod::Head {
+                        return Err(ConfigError::invalid(
+                            format!("{ek}.json"),
+                            "a HEAD request has no body",
+                        ));
+                    }
+                    Extract::Json(p)
+                }
+                (None, Some(h)) => {
+                    Extract::Header(HeaderName::from_bytes(h.as_bytes()).map_err(|_| {
+                        ConfigError::invalid(
+                            format!("{ek}.header"),
+                            format!("{h:?} is not a header name"),
+                        )
+                    })?)
+                }
+                _ => {
+                    return Err(ConfigError::invalid(
+                        ek,
+                        "set exactly one of json (a JSON pointer) or header",
+                    ));
+                }
+            };
+            extract.push((var, from));
+        }
+        steps.push(StepSpec {
+            name,
+            method,
+            url,
+            headers,
+            body,
+            expect_status,
+            body_contains: st.body_contains,
+            extract,
+        });
+    }
+    if !steps.iter().any(|s| s.url.tls)
+        && (raw.ca_file.is_some() || raw.insecure_skip_verify.is_some())
+    {
+        return Err(ConfigError::invalid(
+            k(if raw.ca_file.is_some() {
+                "ca_file"
+            } else {
+                "insecure_skip_verify"
+            }),
+            "only applies to https:// steps, and this transaction has none",
+        ));
+    }
+    if let Some(ca) = &raw.ca_file {
+        check_file(&k("ca_file"), ca)?;
+    }
+    Ok(TransactionSpec {
+        steps,
+        credentials,
+        body_max_bytes,
+        ca_file: raw.ca_file,
+        insecure_skip_verify: raw.insecure_skip_verify.unwrap_or(false),
+        unit: unit.unit.clone(),
+        agency: unit.agency.clone(),
     })
 }
 

@@ -41,7 +41,7 @@ use crate::config::Config;
 use crate::enroll;
 use crate::power::{self, Event, Power};
 use crate::probe::schedule::{self, ScheduleStats, stopped};
-use crate::probe::{Probe, ProbeError, Runnable};
+use crate::probe::{Probe, ProbeError, ProbeStats, Runnable};
 use crate::remote;
 use crate::report::{self, ReportStats};
 use crate::sample::{self, DropCounter, SampleError, Sampler};
@@ -115,12 +115,13 @@ fn spawn_uplink(
     Ok(done_rx)
 }
 
-/// Builds every configured probe (TLS configs, CA files) once.
-pub fn build_probes(cfg: &Config) -> Result<Vec<Arc<Probe>>, RunError> {
+/// Builds every configured probe (TLS configs, CA files) once, counting
+/// into `stats`.
+pub fn build_probes(cfg: &Config, stats: &Arc<ProbeStats>) -> Result<Vec<Arc<Probe>>, RunError> {
     cfg.probes
         .iter()
         .map(|spec| {
-            Probe::new(spec.clone())
+            Probe::with_stats(spec.clone(), stats.clone())
                 .map(Arc::new)
                 .map_err(|source| RunError::Probe {
                     name: spec.name.clone(),
@@ -136,6 +137,8 @@ pub struct RunStats {
     pub drops: Arc<DropCounter>,
     pub schedule: Arc<ScheduleStats>,
     pub report: Arc<ReportStats>,
+    /// What every probe counts (bodies cut), for `muster-agent status`.
+    pub probes: Arc<ProbeStats>,
 }
 
 /// What a platform's event source asks of a running agent (the Windows
@@ -328,9 +331,13 @@ pub async fn run_with(
     let status_task = tokio::spawn(crate::status::write_loop(
         cfg.data_dir.clone(),
         cfg.unit.clone(),
-        view.clone(),
-        config_view.clone(),
-        action_view.clone(),
+        crate::status::Sources {
+            uplink: view.clone(),
+            config: config_view.clone(),
+            actions: action_view.clone(),
+            schedule: stats.schedule.clone(),
+            probes: stats.probes.clone(),
+        },
         clock.clone(),
         stop_rx.clone(),
     ));
@@ -434,6 +441,7 @@ pub async fn run_with(
         observations_dropped = stats.drops.get(),
         probe_runs = stats.schedule.runs.load(Ordering::Relaxed),
         probe_timeouts = stats.schedule.timeouts.load(Ordering::Relaxed),
+        probe_body_cuts = stats.probes.body_cuts.load(Ordering::Relaxed),
         reports_accepted = stats.report.accepted.load(Ordering::Relaxed),
         reports_malformed = stats.report.malformed.load(Ordering::Relaxed),
         "Measuring stopped."
@@ -510,7 +518,7 @@ impl Measure<'_> {
     /// Builds everything first (a probe that will not build fails the
     /// whole generation before anything starts), then starts it.
     fn start(&self, cfg: &Config) -> Result<Measuring, RunError> {
-        let probes = build_probes(cfg)?;
+        let probes = build_probes(cfg, &self.stats.probes)?;
         let sampler = Sampler::new(cfg.sampling.clone())?;
         let (stop, stop_rx) = watch::channel(false);
         let sampler = sample::spawn(
@@ -634,7 +642,7 @@ pub struct OnceReport {
 
 /// `muster-agent once`: one host sample and every probe once, concurrently.
 pub async fn once(cfg: &Config, clock: Arc<dyn Clock>) -> Result<OnceReport, RunError> {
-    let probes = build_probes(cfg)?;
+    let probes = build_probes(cfg, &Arc::default())?;
     let interval_ms = cfg.sampling.interval.as_millis().min(u32::MAX as u128) as u32;
     let sampling = cfg.sampling.clone();
     let host = tokio::task::spawn_blocking(move || -> Result<HostSample, SampleError> {
@@ -649,9 +657,10 @@ pub async fn once(cfg: &Config, clock: Arc<dyn Clock>) -> Result<OnceReport, Run
         .map(|p| {
             let p = p.clone();
             tokio::spawn(async move {
-                match tokio::time::timeout(p.spec().timeout, p.run()).await {
+                let safety = p.spec().timeout + crate::probe::SAFETY_MARGIN;
+                match tokio::time::timeout(safety, p.run_all()).await {
                     Ok(r) => r,
-                    Err(_) => p.timed_out(),
+                    Err(_) => vec![p.timed_out()],
                 }
             })
         })
@@ -666,7 +675,7 @@ pub async fn once(cfg: &Config, clock: Arc<dyn Clock>) -> Result<OnceReport, Run
         .map_err(|e| RunError::Runtime(std::io::Error::other(e.to_string())))??;
     let mut results = Vec::with_capacity(probe_runs.len());
     for r in probe_runs {
-        results.push(
+        results.extend(
             r.await
                 .map_err(|e| RunError::Runtime(std::io::Error::other(e.to_string())))?,
         );

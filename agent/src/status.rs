@@ -3,9 +3,10 @@
 //! it stops, `running: false`); the command reads it and says whether the
 //! agent runs, is connected, when the collector last acked, the backlog,
 //! and which configuration runs (local, or which remote documents, its
-//! hash, the last step and refusals), and what actions did (refusals by
-//! reason, runs, the last step). A file older than 15 s means the
-//! agent is not running (or hung).
+//! hash, the last step and refusals), what actions did (refusals by
+//! reason, runs, the last step), and the probes' counters (runs, runs cut
+//! off by the scheduler, response bodies cut at `body_max_bytes`). A file
+//! older than 15 s means the agent is not running (or hung).
 
 use std::sync::Arc;
 use std::sync::atomic::Ordering;
@@ -39,6 +40,29 @@ pub struct StatusFile {
     /// Actions (issue 17); absent in files of earlier agents.
     #[serde(default)]
     pub actions: crate::action::ActionView,
+    /// Probe counters (issue 18); absent in files of earlier agents.
+    #[serde(default)]
+    pub probes: ProbeView,
+}
+
+/// The probes' counters since the agent started.
+#[derive(Debug, Clone, Default, PartialEq, Eq, Serialize, serde::Deserialize)]
+pub struct ProbeView {
+    /// Probe runs started (a transaction's run is one).
+    pub runs: u64,
+    /// Runs the scheduler cut off (the probe's own deadline did not end it).
+    pub timeouts: u64,
+    /// Response bodies cut at their `body_max_bytes`.
+    pub body_cuts: u64,
+}
+
+/// Where the running agent's status comes from.
+pub struct Sources {
+    pub uplink: Arc<uplink::UplinkView>,
+    pub config: Arc<std::sync::Mutex<remote::ConfigView>>,
+    pub actions: Arc<std::sync::Mutex<crate::action::ActionView>>,
+    pub schedule: Arc<crate::probe::schedule::ScheduleStats>,
+    pub probes: Arc<crate::probe::ProbeStats>,
 }
 
 /// The status file's name in the data directory.
@@ -47,12 +71,17 @@ pub const STATUS_FILE: &str = "status.json";
 pub async fn write_loop(
     data_dir: std::path::PathBuf,
     unit: UnitId,
-    view: Arc<uplink::UplinkView>,
-    config: Arc<std::sync::Mutex<remote::ConfigView>>,
-    actions: Arc<std::sync::Mutex<crate::action::ActionView>>,
+    sources: Sources,
     clock: Arc<dyn Clock>,
     mut stop: watch::Receiver<bool>,
 ) {
+    let Sources {
+        uplink: view,
+        config,
+        actions,
+        schedule,
+        probes,
+    } = sources;
     let mut tick = tokio::time::interval(Duration::from_secs(5));
     tick.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
     let mut failed = false;
@@ -75,6 +104,11 @@ pub async fn write_loop(
             backlog_bytes: view.backlog_bytes.load(Ordering::Relaxed),
             config: config.lock().unwrap_or_else(|e| e.into_inner()).clone(),
             actions: actions.lock().unwrap_or_else(|e| e.into_inner()).clone(),
+            probes: ProbeView {
+                runs: schedule.runs.load(Ordering::Relaxed),
+                timeouts: schedule.timeouts.load(Ordering::Relaxed),
+                body_cuts: probes.body_cuts.load(Ordering::Relaxed),
+            },
         };
         let body = serde_json::to_vec_pretty(&s).expect("status serialises");
         let path = data_dir.join(STATUS_FILE);
@@ -192,6 +226,16 @@ pub fn render(s: &StatusFile, now_ms: u64) -> String {
         let r: Vec<String> = c.refused.iter().map(|(k, n)| format!("{k} {n}")).collect();
         line("refused", r.join(", "));
     }
+    let p = &s.probes;
+    if p.runs > 0 || p.body_cuts > 0 {
+        line(
+            "probes",
+            format!(
+                "{} runs, {} cut off at their timeout, {} response bodies cut at body_max_bytes",
+                p.runs, p.timeouts, p.body_cuts
+            ),
+        );
+    }
     let a = &s.actions;
     if !a.configured.is_empty() {
         line(
@@ -257,6 +301,11 @@ mod tests {
                 refused: [("replayed".to_owned(), 4)].into_iter().collect(),
                 ..Default::default()
             },
+            probes: ProbeView {
+                runs: 120,
+                timeouts: 1,
+                body_cuts: 3,
+            },
         }
     }
 
@@ -269,12 +318,18 @@ mod tests {
         view.backlog_records.store(7, Ordering::Relaxed);
         let clock = muster_base::clock::ManualClock::new(50_000);
         let (stop_tx, stop_rx) = watch::channel(false);
+        let probes = Arc::new(crate::probe::ProbeStats::default());
+        probes.body_cuts.store(2, Ordering::Relaxed);
         let task = tokio::spawn(write_loop(
             dir.path().to_owned(),
             UnitId::new("metro-pd", "car-12").unwrap(),
-            view.clone(),
-            Arc::default(),
-            Arc::default(),
+            Sources {
+                uplink: view.clone(),
+                config: Arc::default(),
+                actions: Arc::default(),
+                schedule: Arc::default(),
+                probes: probes.clone(),
+            },
             clock.clone(),
             stop_rx,
         ));
@@ -291,6 +346,7 @@ mod tests {
             ),
             ("metro-pd/car-12", 50_000, Some(49_000), 7)
         );
+        assert_eq!(s.probes.body_cuts, 2);
         // Rewritten every 5 s with what the view says then.
         clock.set(55_000);
         view.backlog_records.store(9, Ordering::Relaxed);
@@ -323,6 +379,7 @@ mod tests {
             "1 configured; 3 started, 2 finished (1 timed out), 0 failed",
             "restart-cad-client finished (exit 0)",
             "replayed 4",
+            "120 runs, 1 cut off at their timeout, 3 response bodies cut at body_max_bytes",
         ] {
             assert!(text.contains(want), "{want:?} in\n{text}");
         }

@@ -38,3 +38,6 @@ mod run;
 mod schedule;
 #[path = "agent/servers.rs"]
 mod servers;
+#[cfg(unix)]
+#[path = "agent/transaction.rs"]
+mod transaction;

@@ -1,9 +1,23 @@
 //! Synthetic transactions: one file per probe kind (`http`, `tcp`, `dns`,
-//! `icmp`), the failure classification (`classify`) and the scheduler
-//! (`schedule`: per-target interval and timeout, never overlapping itself).
+//! `icmp`, `transaction`), the failure classification (`classify`), the
+//! scheduler (`schedule`: per-target interval and timeout, never overlapping
+//! itself) and the `{{var}}` templates of transaction steps (`template`).
 //!
 //! Each probe enforces its own deadline step by step, so a timeout says which
-//! step ran out of time; the scheduler's outer timeout is the safety net.
+//! step ran out of time; the scheduler's outer timeout, a little later
+//! ([`SAFETY_MARGIN`]), is the safety net.
+//!
+//! A run yields one result per probe, except a transaction (issue 18): its
+//! own result `<probe>` first (kind `Transaction`, target the first step's
+//! URL template, the outcome and detail of the first failing step —
+//! `step "assignments": status 401, expected 200` —, `phases.total_us` the
+//! whole run), then `<probe>.<step>` for each step that ran, with that
+//! step's phases, status and URL template; steps after a failure do not run.
+//! Targets are templates and details fixed phrases: credentials and
+//! extracted values never reach a result or a log line.
+//!
+//! [`ProbeStats`] counts what every probe shares: bodies cut at their
+//! `body_max_bytes` (in `muster-agent status`).
 
 pub mod cert;
 pub mod classify;
@@ -12,11 +26,15 @@ pub mod http;
 pub mod icmp;
 pub mod schedule;
 pub mod tcp;
+pub mod template;
+pub mod transaction;
 
 use std::future::Future;
 use std::net::{IpAddr, SocketAddr};
 use std::path::PathBuf;
 use std::pin::Pin;
+use std::sync::Arc;
+use std::sync::atomic::{AtomicU64, Ordering};
 use std::time::Duration;
 
 use muster_proto::{ErrorClass, IcmpStats, Outcome, Phases, ProbeKind, ProbeResult};
@@ -32,6 +50,34 @@ pub enum ProbeError {
     Tls(String),
     #[error("CA file {0}: {1}")]
     CaFile(PathBuf, String),
+}
+
+/// How much later than a probe's own timeout the scheduler cuts a run off:
+/// the probe's own deadline fires first and says which step ran out of time.
+pub const SAFETY_MARGIN: Duration = Duration::from_millis(250);
+
+/// Self-metrics every probe feeds, shared by all generations of the
+/// measuring side.
+#[derive(Debug, Default)]
+pub struct ProbeStats {
+    /// Response bodies longer than their `body_max_bytes`: read up to it,
+    /// then the connection closed (http probes and transaction steps).
+    pub body_cuts: AtomicU64,
+}
+
+impl ProbeStats {
+    /// Counts a cut; warns on the first and every 100th.
+    pub(crate) fn body_cut(&self, probe: &str, body_max_bytes: usize) {
+        let n = self.body_cuts.fetch_add(1, Ordering::Relaxed) + 1;
+        if n == 1 || n.is_multiple_of(100) {
+            tracing::warn!(
+                probe,
+                body_max_bytes,
+                body_cuts = n,
+                "A response body was longer than body_max_bytes: read up to it and cut (counted; logged on the first and every 100th)."
+            );
+        }
+    }
 }
 
 /// What one run of a probe measured, before it becomes a `ProbeResult`.
@@ -119,6 +165,7 @@ enum Kind {
     Tcp,
     Dns,
     Icmp,
+    Transaction(Box<transaction::Transaction>),
 }
 
 /// A configured probe, ready to run.
@@ -130,11 +177,24 @@ pub struct Probe {
 
 impl Probe {
     pub fn new(spec: ProbeSpec) -> Result<Self, ProbeError> {
+        Probe::with_stats(spec, Arc::default())
+    }
+
+    /// A probe that counts into `stats` (the running agent's, shown by
+    /// `muster-agent status`).
+    pub fn with_stats(spec: ProbeSpec, stats: Arc<ProbeStats>) -> Result<Self, ProbeError> {
         let kind = match &spec.target {
-            ProbeTarget::Http(h) => Kind::Http(Box::new(http::HttpProbe::new(h.clone())?)),
+            ProbeTarget::Http(h) => Kind::Http(Box::new(http::HttpProbe::with_stats(
+                h.clone(),
+                &spec.name,
+                stats,
+            )?)),
             ProbeTarget::Tcp { .. } => Kind::Tcp,
             ProbeTarget::Dns { .. } => Kind::Dns,
             ProbeTarget::Icmp { .. } => Kind::Icmp,
+            ProbeTarget::Transaction(t) => Kind::Transaction(Box::new(
+                transaction::Transaction::new(&spec.name, t, stats)?,
+            )),
         };
         Ok(Probe {
             target_text: spec.target_text(),
@@ -147,10 +207,12 @@ impl Probe {
         &self.spec
     }
 
-    /// Runs the probe once, within its timeout.
-    pub async fn run(&self) -> ProbeResult {
+    /// Runs the probe once, within its timeout: its results, its own first
+    /// (a transaction's steps follow it).
+    pub async fn run_all(&self) -> Vec<ProbeResult> {
         let timeout = self.spec.timeout;
         let run = match (&self.kind, &self.spec.target) {
+            (Kind::Transaction(t), _) => return t.run(timeout).await,
             (Kind::Http(h), _) => h.run(timeout).await,
             (Kind::Tcp, ProbeTarget::Tcp { host, port }) => tcp::run(host, *port, timeout).await,
             (Kind::Dns, ProbeTarget::Dns { name }) => dns::run(name, timeout).await,
@@ -159,7 +221,17 @@ impl Probe {
             }
             _ => unreachable!("a probe's kind is built from its target"),
         };
-        self.result(run)
+        vec![self.result(run)]
+    }
+
+    /// Runs the probe once: its own result (for a transaction the overall
+    /// one; [`Probe::run_all`] has the steps too).
+    pub async fn run(&self) -> ProbeResult {
+        self.run_all()
+            .await
+            .into_iter()
+            .next()
+            .expect("every run yields the probe's own result")
     }
 
     /// The result of a run.
@@ -188,7 +260,9 @@ pub trait Runnable: Send + Sync + 'static {
     fn name(&self) -> &str;
     fn interval(&self) -> Duration;
     fn timeout(&self) -> Duration;
-    fn run(&self) -> Pin<Box<dyn Future<Output = ProbeResult> + Send + '_>>;
+    /// One run's results: the probe's own first, then any of its parts (a
+    /// transaction's steps). Never empty.
+    fn run(&self) -> Pin<Box<dyn Future<Output = Vec<ProbeResult>> + Send + '_>>;
     /// The result when the scheduler's own timeout fires.
     fn timed_out(&self) -> ProbeResult;
 }
@@ -203,8 +277,8 @@ impl Runnable for Probe {
     fn timeout(&self) -> Duration {
         self.spec.timeout
     }
-    fn run(&self) -> Pin<Box<dyn Future<Output = ProbeResult> + Send + '_>> {
-        Box::pin(Probe::run(self))
+    fn run(&self) -> Pin<Box<dyn Future<Output = Vec<ProbeResult>> + Send + '_>> {
+        Box::pin(Probe::run_all(self))
     }
     fn timed_out(&self) -> ProbeResult {
         let mut r = self.result(Run {

@@ -2,9 +2,14 @@
 //! and a slow probe delays nothing else (host sampling runs on its own thread).
 //!
 //! Each task runs its probe at a fixed rate (`interval`), each run bounded by
-//! the probe's `timeout`. A run that overruns its interval (it cannot, while
-//! `timeout <= interval`, which the config enforces, but the wall clock can
-//! jump) skips the missed ticks instead of bursting to catch up.
+//! the probe's `timeout` (its own deadline; the scheduler cuts a run off
+//! [`super::SAFETY_MARGIN`] later). A run that overruns its interval (it
+//! cannot, while `timeout <= interval`, which the config enforces, unless a
+//! probe ignores its own deadline or the wall clock jumps) skips the missed
+//! ticks instead of bursting to catch up.
+//!
+//! A run's results (one, or a transaction's own and its steps') go to the
+//! channel in order, each an observation stamped with the run's start.
 
 use std::sync::Arc;
 use std::sync::atomic::{AtomicU64, Ordering};
@@ -15,7 +20,7 @@ use tokio::sync::watch;
 use tokio::task::JoinSet;
 use tokio::time::{Instant, sleep_until, timeout};
 
-use super::Runnable;
+use super::{Runnable, SAFETY_MARGIN};
 use crate::clock::Clock;
 use crate::observation::Observation;
 use crate::observation::ObservationTx;
@@ -71,23 +76,25 @@ pub async fn run_probe(
         }
         stats.runs.fetch_add(1, Ordering::Relaxed);
         let at_ms = clock.now_ms();
-        let result = tokio::select! {
-            r = timeout(probe.timeout(), probe.run()) => match r {
+        let results = tokio::select! {
+            r = timeout(probe.timeout() + SAFETY_MARGIN, probe.run()) => match r {
                 Ok(r) => r,
                 Err(_) => {
                     stats.timeouts.fetch_add(1, Ordering::Relaxed);
-                    probe.timed_out()
+                    vec![probe.timed_out()]
                 }
             },
             _ = stopped(&mut stop) => return,
         };
-        tracing::debug!(probe = probe.name(), outcome = ?result.outcome, total_us = result.phases.total_us, "Probe ran.");
-        let obs = Observation {
-            at_ms,
-            payload: Payload::Probe(result),
-        };
-        if !drops.try_send(&tx, obs, "probe") {
-            return;
+        for result in results {
+            tracing::debug!(probe = %result.name, outcome = ?result.outcome, total_us = result.phases.total_us, "Probe ran.");
+            let obs = Observation {
+                at_ms,
+                payload: Payload::Probe(result),
+            };
+            if !drops.try_send(&tx, obs, "probe") {
+                return;
+            }
         }
         let (next, skipped) = next_start(start, interval, Instant::now());
         if skipped > 0 {

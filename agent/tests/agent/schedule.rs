@@ -58,14 +58,19 @@ impl Runnable for Slow {
     fn timeout(&self) -> Duration {
         self.timeout
     }
-    fn run(&self) -> Pin<Box<dyn Future<Output = ProbeResult> + Send + '_>> {
+    fn run(&self) -> Pin<Box<dyn Future<Output = Vec<ProbeResult>> + Send + '_>> {
         Box::pin(async move {
             self.started.fetch_add(1, Ordering::SeqCst);
             let now = self.active.fetch_add(1, Ordering::SeqCst) + 1;
             self.max_active.fetch_max(now, Ordering::SeqCst);
             let _g = ActiveGuard(&self.active);
             tokio::time::sleep(self.takes).await;
-            reported(self.name, true, self.takes.as_micros() as u32, None)
+            vec![reported(
+                self.name,
+                true,
+                self.takes.as_micros() as u32,
+                None,
+            )]
         })
     }
     fn timed_out(&self) -> ProbeResult {

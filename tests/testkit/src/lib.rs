@@ -22,6 +22,7 @@ use std::time::Duration;
 
 pub use tempfile::TempDir;
 
+pub mod cad_api;
 pub mod cluster_example;
 pub mod collector_config;
 pub mod eventually;
