@@ -188,7 +188,35 @@ pub async fn run_injected(
         ))
     });
 
-    let engine = Engine::new(cfg.rules.clone());
+    let mut engine = Engine::new(cfg.rules.clone());
+    engine.set_baseline_metrics(Arc::clone(&shared.metrics.baseline));
+    // The baselines saved at the last clean stop (`rules::baseline`).
+    let baseline_file = cfg.store.path.join(crate::rules::baseline::SNAPSHOT_FILE);
+    match std::fs::read(&baseline_file) {
+        Ok(bytes) => match engine.load_baselines(&bytes, cfg.ingest.max_units) {
+            Ok((units, streams, dropped, saved_ms)) => tracing::info!(
+                path = %baseline_file.display(),
+                units,
+                streams,
+                dropped,
+                saved_ms,
+                "Loaded the baselines saved at the last stop."
+            ),
+            Err(e) => tracing::warn!(
+                path = %baseline_file.display(),
+                error = %e,
+                "Cannot load the saved baselines: they are learned again."
+            ),
+        },
+        Err(e) if e.kind() == std::io::ErrorKind::NotFound => {}
+        Err(e) => tracing::warn!(
+            path = %baseline_file.display(),
+            error = %e,
+            "Cannot read the saved baselines: they are learned again."
+        ),
+    }
+    engine.set_peer_metrics(Arc::clone(&shared.metrics.peers));
+    engine.set_traffic_metrics(Arc::clone(&shared.metrics.traffic));
     let worker = Worker::new(
         engine,
         Arc::clone(&shared),
@@ -201,6 +229,7 @@ pub async fn run_injected(
         path: cfg.store.path.display().to_string(),
         error: source,
     })?;
+    let worker = worker.with_baseline_file(baseline_file);
 
     let stop_ingest = CancellationToken::new();
     let hard_stop = CancellationToken::new();

@@ -101,7 +101,8 @@ impl From<Severity> for Status {
 pub struct Reason {
     /// The rule's name from config (`cpu-high`), or a built-in one:
     /// `lost.will`, `lost.stale` (before schema v2: `offline.will`,
-    /// `offline.stale`), `off`, `overdue`, `clock_skew`, `incident`.
+    /// `offline.stale`), `off`, `overdue`, `clock_skew`, `incident`,
+    /// `slower-than-peers`, `latency-shift` (`crate::rules::peers`).
     pub rule: String,
     pub severity: Severity,
     /// What the rule looks at, as written in config (`cpu.total`,
@@ -183,18 +184,25 @@ pub enum IncidentKind {
 /// or many units falling silent at once ([`IncidentKind`]).
 #[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
 pub struct Incident {
-    /// Stable while the incident lasts: `{agency}:{probe}:{since_ms}`.
+    /// Stable while the incident lasts: `{agency}:{probe}:{since_ms}`
+    /// (a latency shift: `{agency}:{probe}:shift:{since_ms}`).
     pub id: String,
     /// Absent in incidents stored before issue 18: `probe_failing`.
     #[serde(default)]
     pub kind: IncidentKind,
     pub agency: String,
-    /// The probe's name and target the units fail.
+    /// The probe's name and target the units fail. A traffic drop has
+    /// probe `traffic` and target `messages` (`crate::rules::traffic`); a
+    /// latency shift's target is the server, a URL cut to
+    /// `scheme://host[:port]` (`crate::rules::peers`).
     pub probe: String,
     pub target: String,
-    /// Affected unit ids, sorted.
+    /// Affected unit ids, sorted. A traffic drop lists its units still
+    /// silent, at most `[rules.traffic] max_affected` (the summary keeps
+    /// the count).
     pub affected: Vec<String>,
-    /// Units of the agency that run this probe.
+    /// Units of the agency that run this probe; for a traffic drop, the
+    /// agency's units counted (heard within the baseline span, not departed).
     pub of_units: usize,
     pub since_ms: u64,
     /// Set once the incident is over.

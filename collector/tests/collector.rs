@@ -16,6 +16,8 @@ mod valve;
 mod actions;
 #[path = "collector/backpressure.rs"]
 mod backpressure;
+#[path = "collector/baseline.rs"]
+mod baseline;
 #[path = "collector/cluster_nats.rs"]
 mod cluster_nats;
 #[path = "collector/cluster_pg.rs"]
@@ -60,5 +62,7 @@ mod schemathesis;
 mod scoping;
 #[path = "collector/tls.rs"]
 mod tls;
+#[path = "collector/traffic.rs"]
+mod traffic;
 #[path = "collector/webhook.rs"]
 mod webhook;

@@ -222,6 +222,7 @@ pub async fn run(n: usize, a: &Args) {
         (start, run_for),
         a.interval_ms,
         n,
+        a.probes,
     );
     // The database once every unit has sent (and been stored) twice: its
     // one-time rows are in, what follows is the steady growth.

@@ -78,7 +78,8 @@ impl Drop for Sub {
 }
 
 /// The threshold rule the flag latency is measured on: cpu above 97 is
-/// critical (a violating sample sends 99).
+/// critical (a violating sample sends 99). The shipped rules stay on,
+/// the baseline rules (`latency-spike`, `traffic-drop`) among them.
 pub const RULES: &str = r#"[rules]
 [[rules.threshold]]
 name = "bench-cpu"
@@ -110,6 +111,18 @@ impl Collector {
     /// `separate_publisher`: acks and status on their own connection
     /// (`[mqtt.publisher]`), as a large deployment runs it.
     pub async fn start(broker: &Mosquitto, dir: &TempDir, separate_publisher: bool) -> Collector {
+        Collector::start_with(broker, dir, separate_publisher, true).await
+    }
+
+    /// As [`Collector::start`]; `baselines: false` disables the shipped
+    /// baseline rules (`latency-spike`, `traffic-drop`), so the collector
+    /// keeps no baselines (`--baselines off`).
+    pub async fn start_with(
+        broker: &Mosquitto,
+        dir: &TempDir,
+        separate_publisher: bool,
+        baselines: bool,
+    ) -> Collector {
         let config = dir.path().join("collector.toml");
         let store = dir.path().join("store");
         let mut toml = CollectorToml::production(ADMIN, &broker.url(), &store);
@@ -120,7 +133,15 @@ impl Collector {
         }
         let text = toml
             .set_str("mqtt", "client_id", "bench-collector")
-            .extra(RULES)
+            .extra(&if baselines {
+                RULES.to_owned()
+            } else {
+                RULES.replacen(
+                    "[rules]\n",
+                    "[rules]\ndisabled = [\"latency-spike\", \"traffic-drop\"]\n",
+                    1,
+                )
+            })
             .extra(if separate_publisher {
                 "[mqtt.publisher]\nclient_id = \"bench-collector-publisher\""
             } else {
@@ -474,8 +495,12 @@ pub type Load = (
 /// after `start`: on each connection, each of its units publishes one
 /// sample every `interval` ms, unit i of n at offset i × interval / n; a
 /// unit marked in `violate` sends one violating value (its send time goes
-/// into `sent_at`). And the marker: 5 units a second, after a warm-up
-/// interval. The publishers' tasks, and the marker's.
+/// into `sent_at`). With `probes`, every other record of a unit is a probe
+/// result (`cad-api`, 80-92 ms) instead of a host sample, so both baseline
+/// rules have streams to keep (the violating record is always a host
+/// sample). And the marker: 5 units a second, after a warm-up interval.
+/// The publishers' tasks, and the marker's.
+#[allow(clippy::too_many_arguments)]
 pub fn steady_load(
     layout: &[Vec<usize>],
     clients: &[AsyncClient],
@@ -484,8 +509,9 @@ pub fn steady_load(
     (start, run_for): (Instant, Duration),
     interval: u64,
     n: usize,
+    probes: bool,
 ) -> Load {
-    use crate::{now_ms, payload, sample, unit_id};
+    use crate::{now_ms, payload, probe_record, sample, unit_id};
     use muster_proto::UnitId;
     let mut tasks = Vec::new();
     for (c, units) in layout.iter().enumerate() {
@@ -518,7 +544,11 @@ pub fn steady_load(
                     let j = due[next].1;
                     let bad = violate.lock().unwrap().remove(&units[j]);
                     let (boot, seq) = conn.lock().unwrap().next_live(j, Instant::now());
-                    let r = sample(boot, seq, if bad { 99 } else { 20 }, now_ms());
+                    let r = if probes && !bad && cycle % 2 == 1 {
+                        probe_record(boot, seq, now_ms())
+                    } else {
+                        sample(boot, seq, if bad { 99 } else { 20 }, now_ms())
+                    };
                     if bad {
                         sent_at
                             .lock()

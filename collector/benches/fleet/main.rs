@@ -47,6 +47,17 @@
 //! * `--no-baseline` (with `--burst 0`): no `mosquitto_sub`, so the
 //!   collector gets the CPU it took (about a fifth of a core here, and
 //!   Mosquitto's second delivery of every record).
+//! * `--probes`: every other record of a unit is a probe result (`cad-api`)
+//!   instead of a host sample (whose interfaces `traffic-drop` reads), so
+//!   both shipped baseline rules keep a stream per unit.
+//! * `--baselines on|off|compare` (default `on`): the shipped baseline rules
+//!   (`latency-spike`, `traffic-drop`) on, disabled, or one run of each per
+//!   `--units` size (off first). Each steady run prints `baselines:` —
+//!   streams, `muster_baseline_bytes` per unit, the collector's CPU per
+//!   stored record (CPU seconds from /proc over the load and its drain /
+//!   `muster_ingest_stored_records_total`); `compare` adds `baseline
+//!   cost:`, the on / off ratio of that CPU per record. The issue's
+//!   must-show: `--units 30000 --probes --baselines compare --burst 0`.
 //! * `--one-connection`: no `[mqtt.publisher]`: acks and status share the
 //!   subscribing connection (by default they have their own, as a large
 //!   deployment is configured).
@@ -124,6 +135,10 @@ pub struct Args {
     baseline: bool,
     /// `--cluster`: the steady load against cluster mode ([`cluster`]).
     cluster: bool,
+    /// `--probes`: units alternate host samples and probe results.
+    probes: bool,
+    /// `--baselines on|off|compare`: (on, off) runs per size.
+    baselines: (bool, bool),
 }
 
 fn args(raw: &[String]) -> Args {
@@ -140,6 +155,8 @@ fn args(raw: &[String]) -> Args {
         one_connection: false,
         baseline: true,
         cluster: false,
+        probes: false,
+        baselines: (true, false),
     };
     let mut it = raw.iter();
     while let Some(k) = it.next() {
@@ -169,6 +186,15 @@ fn args(raw: &[String]) -> Args {
             "--one-connection" => a.one_connection = true,
             "--no-baseline" => a.baseline = false,
             "--cluster" => a.cluster = true,
+            "--probes" => a.probes = true,
+            "--baselines" => {
+                a.baselines = match v().as_str() {
+                    "on" => (true, false),
+                    "off" => (false, true),
+                    "compare" => (true, true),
+                    other => panic!("--baselines on|off|compare, not {other}"),
+                }
+            }
             "--bench" => {}
             other => panic!("unknown argument {other}"),
         }
@@ -220,6 +246,18 @@ pub fn sample(boot: BootId, seq: u64, cpu_pct: u16, at_ms: u64) -> Record {
     }
 }
 
+/// A probe result as an agent's `cad-api` HTTP check sends it, 80-92 ms.
+pub fn probe_record(boot: BootId, seq: u64, at_ms: u64) -> Record {
+    let mut p = fixtures::http_probe();
+    p.phases.total_us = 80_000 + (seq % 13) as u32 * 1_000;
+    Record {
+        boot,
+        seq,
+        at_ms,
+        payload: Payload::Probe(p),
+    }
+}
+
 fn payload(u: &UnitId, r: Record) -> Vec<u8> {
     encode(&Message {
         unit: u.clone(),
@@ -241,22 +279,40 @@ fn lat3(sorted: &[f64]) -> String {
     )
 }
 
-async fn run(n: usize, a: &Args) {
+/// What a steady run measured of the baselines' cost.
+struct Cost {
+    cpu_s: f64,
+    stored: f64,
+}
+
+impl Cost {
+    fn us_per_record(&self) -> f64 {
+        self.cpu_s * 1e6 / self.stored.max(1.0)
+    }
+}
+
+async fn run(n: usize, a: &Args, baselines: bool) -> Cost {
     let soak = a.soak;
     let seconds = soak.unwrap_or(a.seconds);
     println!(
-        "== {n} units, {} ms interval, {seconds} s{}{} ==",
+        "== {n} units, {} ms interval, {seconds} s{}{}{}, baselines {} ==",
         a.interval_ms,
         if soak.is_some() { ", soak" } else { "" },
         if a.one_connection {
             ", one connection"
         } else {
             ", acks on [mqtt.publisher]"
-        }
+        },
+        if a.probes {
+            ", host samples and probe results"
+        } else {
+            ", host samples"
+        },
+        if baselines { "on" } else { "off" },
     );
     let broker = Mosquitto::start();
     let dir = TempDir::new().unwrap();
-    let mut collector = Collector::start(&broker, &dir, !a.one_connection).await;
+    let mut collector = Collector::start_with(&broker, &dir, !a.one_connection, baselines).await;
     assert!(
         a.baseline || a.burst == 0,
         "--no-baseline needs --burst 0: the burst is measured against mosquitto_sub"
@@ -288,6 +344,7 @@ async fn run(n: usize, a: &Args) {
         (start, run_for),
         a.interval_ms,
         n,
+        a.probes,
     );
     let mut rss_samples = vec![(Duration::ZERO, collector.rss_kib())];
     if soak.is_some() {
@@ -350,6 +407,21 @@ async fn run(n: usize, a: &Args) {
         store as f64 / acked.max(1) as f64,
     );
     println!("{}", flow_line(&collector).await);
+    let stored = collector.metric("muster_ingest_stored_records_total").await;
+    let cost = Cost { cpu_s: cpu, stored };
+    let streams = collector.metric("muster_baseline_streams").await;
+    let bytes = collector.metric("muster_baseline_bytes").await;
+    println!(
+        "baselines: {}; {streams} streams, {bytes} B: {:.0} B per unit, {:.0} B per stream; collector CPU per stored record {:.1} us ({cpu:.2} s / {stored} records); samples {}, refused streams {}",
+        if baselines { "on" } else { "off" },
+        bytes / n as f64,
+        bytes / streams.max(1.0),
+        cost.us_per_record(),
+        collector.metric("muster_baseline_samples_total").await,
+        collector
+            .metric("muster_baseline_streams_refused_total")
+            .await,
+    );
     if soak.is_some() {
         let first = rss_samples[0].1;
         let last = rss_samples.last().unwrap().1;
@@ -361,11 +433,11 @@ async fn run(n: usize, a: &Args) {
             store / 1024
         );
         report_stop(&mut collector);
-        return;
+        return cost;
     }
     if a.burst == 0 {
         report_stop(&mut collector);
-        return;
+        return cost;
     }
 
     // Burst: every connection publishes its share as fast as the broker
@@ -429,6 +501,7 @@ async fn run(n: usize, a: &Args) {
     );
     report_stop(&mut collector);
     drop(sub);
+    cost
 }
 
 fn main() {
@@ -452,8 +525,18 @@ fn main() {
     for &n in &a.units {
         if a.cluster {
             rt.block_on(cluster::run(n, &a));
-        } else {
-            rt.block_on(run(n, &a));
+            continue;
+        }
+        let (on, off) = a.baselines;
+        let off = off.then(|| rt.block_on(run(n, &a, false)));
+        let on = on.then(|| rt.block_on(run(n, &a, true)));
+        if let (Some(on), Some(off)) = (on, off) {
+            println!(
+                "baseline cost: {n} units: collector CPU per stored record {:.1} us with baselines, {:.1} us without: ratio {:.3}",
+                on.us_per_record(),
+                off.us_per_record(),
+                on.us_per_record() / off.us_per_record().max(f64::MIN_POSITIVE)
+            );
         }
     }
 }

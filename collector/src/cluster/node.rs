@@ -305,8 +305,10 @@ pub async fn run(
             stop_incidents.clone(),
         ))
     });
+    let mut engine = Engine::clustered(cfg.rules.clone());
+    engine.set_baseline_metrics(Arc::clone(&shared.metrics.baseline));
     let worker = Worker::clustered(
-        Engine::clustered(cfg.rules.clone()),
+        engine,
         Arc::clone(&shared),
         Arc::clone(&clock),
         out_tx,

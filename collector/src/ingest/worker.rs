@@ -177,6 +177,9 @@ pub struct Worker {
     /// Single node: automation (`crate::automation`), fed transitions,
     /// audit steps and ticks; it asks for actions through `actions`.
     automation: Option<Arc<crate::automation::Automation>>,
+    /// Single node: where the engine's baselines are saved at a clean
+    /// stop (`crate::rules::baseline::SNAPSHOT_FILE` in the store directory).
+    baseline_file: Option<std::path::PathBuf>,
 }
 
 /// Units' action steps: one log line per interval (a unit controls how
@@ -301,6 +304,42 @@ impl Worker {
             scope: None,
             broadcast: true,
             share_parts: HashMap::new(),
+            baseline_file: None,
+        }
+    }
+
+    /// Saves the engine's baselines to `path` when it stops (single node).
+    pub fn with_baseline_file(mut self, path: std::path::PathBuf) -> Worker {
+        self.baseline_file = Some(path);
+        self
+    }
+
+    /// The baselines' snapshot and where it goes, when this worker saves one.
+    fn baseline_snapshot(&self) -> Option<(std::path::PathBuf, Vec<u8>)> {
+        let path = self.baseline_file.clone()?;
+        Some((path, self.engine.baseline_snapshot(self.clock.now_ms())?))
+    }
+
+    /// Writes the baselines' snapshot (atomically, fsynced), off the runtime.
+    async fn save_baselines(save: Option<(std::path::PathBuf, Vec<u8>)>) {
+        let Some((path, bytes)) = save else {
+            return;
+        };
+        let len = bytes.len();
+        let write = tokio::task::spawn_blocking(move || {
+            muster_base::fsutil::write_atomic(&path, &bytes, muster_base::fsutil::Mode::Default)
+                .map(|()| path)
+        });
+        match write.await {
+            Ok(Ok(path)) => {
+                info!(path = %path.display(), bytes = len, "Saved the baselines for the next start.")
+            }
+            Ok(Err(e)) => {
+                warn!(error = %e, "Cannot save the baselines: they are learned again after the restart.")
+            }
+            Err(e) => {
+                warn!(error = %e, "Cannot save the baselines: they are learned again after the restart.")
+            }
         }
     }
 
@@ -480,6 +519,7 @@ impl Worker {
                 Err(again) => self.requeue(*again),
             }
         }
+        Worker::save_baselines(self.baseline_snapshot()).await;
         info!("Ingest stopped; state committed.");
     }
 

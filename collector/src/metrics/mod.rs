@@ -5,6 +5,7 @@
 
 pub mod ack;
 pub mod actions;
+pub mod baseline;
 pub mod broker;
 pub mod cluster;
 pub mod enroll;
@@ -15,9 +16,11 @@ pub mod http;
 pub mod ingest;
 pub mod mqtt;
 pub mod notify;
+pub mod peers;
 pub mod remote;
 pub mod store;
 pub mod stream;
+pub mod traffic;
 
 use std::collections::BTreeMap;
 
@@ -41,6 +44,12 @@ pub struct Metrics {
     pub cluster: cluster::ClusterMetrics,
     pub remote: remote::RemoteMetrics,
     pub actions: actions::ActionMetrics,
+    /// Peer comparison: the rules engine holds a handle (`Engine::set_peer_metrics`).
+    pub peers: std::sync::Arc<peers::PeerMetrics>,
+    /// Agencies' message rates: the rules engine holds a handle (`Engine::set_traffic_metrics`).
+    pub traffic: std::sync::Arc<traffic::TrafficMetrics>,
+    /// Baselines: the rules engine holds a handle (`Engine::set_baseline_metrics`).
+    pub baseline: std::sync::Arc<baseline::BaselineMetrics>,
     /// Set when this process runs the embedded broker.
     pub broker: std::sync::OnceLock<std::sync::Arc<broker::BrokerMetrics>>,
 }
@@ -68,6 +77,9 @@ impl Metrics {
         self.cluster.render(&mut e);
         self.remote.render(&mut e);
         self.actions.render(&mut e);
+        self.peers.render(&mut e);
+        self.traffic.render(&mut e);
+        self.baseline.render(&mut e);
         if let Some(b) = self.broker.get() {
             b.render(&mut e);
         }

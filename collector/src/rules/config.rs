@@ -6,6 +6,7 @@ use std::sync::Arc;
 
 use serde::Deserialize;
 
+use super::baseline::{BaselineOp, Direction};
 use super::field::{Field, LINK_KINDS, kind_name, kind_value};
 use crate::model::Severity;
 
@@ -22,6 +23,9 @@ const RESERVED: &[&str] = &[
     "overdue",
     "clock_skew",
     "incident",
+    super::peers::SLOWER,
+    super::peers::SHIFT,
+    super::traffic::RULE,
 ];
 
 /// The `[rules]` table of the collector's TOML config, as written.
@@ -44,6 +48,15 @@ pub struct RawRules {
     pub clock_skew: RawClockSkew,
     #[serde(default)]
     pub incidents: RawIncidents,
+    /// `[rules.peers]`: compared with its peers (`super::peers`).
+    #[serde(default)]
+    pub peers: super::peers::RawPeers,
+    /// `[rules.traffic]`: the agency's message rate (`super::traffic`).
+    #[serde(default)]
+    pub traffic: super::traffic::RawTraffic,
+    /// `[rules.baseline]`: each stream's own past (`super::baseline`).
+    #[serde(default)]
+    pub baseline: super::baseline::RawBaseline,
     #[serde(default)]
     pub threshold: Vec<RawThreshold>,
 }
@@ -156,8 +169,16 @@ pub struct RawThreshold {
     pub name: String,
     pub field: String,
     pub op: String,
-    pub threshold: RawValue,
+    /// Required, except on `above_baseline` / `below_baseline` (refused there).
+    pub threshold: Option<RawValue>,
     pub clear: Option<RawValue>,
+    /// Baseline ops: how far beyond the usual (`> 1`).
+    pub factor: Option<f64>,
+    /// Baseline ops on millisecond fields: the least difference from the
+    /// usual that counts.
+    pub min_delta_ms: Option<f64>,
+    /// Baseline ops on other fields: the same, in the field's unit.
+    pub min_delta: Option<f64>,
     #[serde(rename = "for")]
     pub for_: Option<String>,
     pub window: Option<String>,
@@ -210,7 +231,7 @@ pub enum RulesError {
     Invalid { key: String, problem: String },
 }
 
-fn invalid(key: impl Into<String>, problem: impl Into<String>) -> RulesError {
+pub(super) fn invalid(key: impl Into<String>, problem: impl Into<String>) -> RulesError {
     RulesError::Invalid {
         key: key.into(),
         problem: problem.into(),
@@ -286,6 +307,9 @@ pub struct ThresholdRule {
     pub agencies: Option<Vec<String>>,
     /// What automation does when this flag raises.
     pub auto: Option<AutoRule>,
+    /// `above_baseline` / `below_baseline`: judged against the unit's own
+    /// past (`super::baseline`), not `threshold` (then 0).
+    pub baseline: Option<super::baseline::BaselineOp>,
 }
 
 /// A rule's automation (`auto_action`, `auto_max`, `auto_window`).
@@ -386,6 +410,12 @@ pub struct RulesConfig {
     pub clock_skew: Option<SkewConfig>,
     /// `None` when disabled.
     pub incidents: Option<IncidentConfig>,
+    /// `[rules.peers]`; `None` when disabled.
+    pub peers: Option<super::peers::PeerConfig>,
+    /// `[rules.traffic]`; `None` when disabled.
+    pub traffic: Option<super::traffic::TrafficConfig>,
+    /// `[rules.baseline]`.
+    pub baseline: super::baseline::BaselineConfig,
     /// The rules this collector serves a runbook for (`/runbooks/<rule>`):
     /// the built-in runbooks, and the site's once the collector's config
     /// has read them ([`RulesConfig::set_local_runbooks`]).
@@ -420,7 +450,8 @@ impl RulesConfig {
     /// The rules this config can raise a flag for, each with the config
     /// key of its runbook URL and that URL: the built-in rules (`off`,
     /// `overdue`, `lost.will`, `lost.stale`, and `clock_skew` and
-    /// `incident` unless disabled), then the threshold rules in force.
+    /// `incident` unless disabled, `slower-than-peers` and `latency-shift`
+    /// unless `[rules.peers]` is), then the threshold rules in force.
     pub fn runbook_sources(&self) -> Vec<(String, String, Option<String>)> {
         let mut out = vec![
             ("off".to_owned(), "rules.off".to_owned(), None),
@@ -451,6 +482,25 @@ impl RulesConfig {
                 i.runbook.clone(),
             ));
         }
+        if let Some(p) = &self.peers {
+            out.push((
+                super::peers::SLOWER.to_owned(),
+                "rules.peers.runbook".to_owned(),
+                p.runbook.clone(),
+            ));
+            out.push((
+                super::peers::SHIFT.to_owned(),
+                "rules.peers.shift_runbook".to_owned(),
+                p.shift_runbook.clone(),
+            ));
+        }
+        if let Some(t) = &self.traffic {
+            out.push((
+                super::traffic::RULE.to_owned(),
+                "rules.traffic.runbook".to_owned(),
+                t.runbook.clone(),
+            ));
+        }
         for r in &self.threshold {
             out.push((
                 r.name.to_string(),
@@ -468,13 +518,13 @@ impl RulesConfig {
     }
 }
 
-fn duration(key: &str, value: &str) -> Result<u64, RulesError> {
+pub(super) fn duration(key: &str, value: &str) -> Result<u64, RulesError> {
     let d = muster_base::value::duration(key, value)?;
     u64::try_from(d.as_millis())
         .map_err(|_| BadValue::new(key, format!("{value:?} is too long")).into())
 }
 
-fn severity(key: &str, value: &str) -> Result<Severity, RulesError> {
+pub(super) fn severity(key: &str, value: &str) -> Result<Severity, RulesError> {
     match value {
         "degraded" => Ok(Severity::Degraded),
         "critical" => Ok(Severity::Critical),
@@ -485,7 +535,7 @@ fn severity(key: &str, value: &str) -> Result<Severity, RulesError> {
     }
 }
 
-fn runbook(key: &str, value: Option<String>) -> Result<Option<String>, RulesError> {
+pub(super) fn runbook(key: &str, value: Option<String>) -> Result<Option<String>, RulesError> {
     match value {
         Some(url) if !(url.starts_with("https://") || url.starts_with("http://")) => {
             Err(invalid(key, format!("{url:?} is not an http(s) URL")))
@@ -494,7 +544,7 @@ fn runbook(key: &str, value: Option<String>) -> Result<Option<String>, RulesErro
     }
 }
 
-fn ratio(key: &str, v: f64) -> Result<f64, RulesError> {
+pub(super) fn ratio(key: &str, v: f64) -> Result<f64, RulesError> {
     if (0.0..=1.0).contains(&v) {
         Ok(v)
     } else {
@@ -593,6 +643,11 @@ impl RawRules {
             return Err(invalid("rules.incidents.window", "must not be zero"));
         }
 
+        let peers = self.peers.validate()?;
+        let traffic = self.traffic.validate(&offline)?;
+
+        let baseline = self.baseline.validate()?;
+
         // Threshold rules: the user's, then the shipped ones not replaced.
         let mut rules = Vec::new();
         for (n, raw) in self.threshold.into_iter().enumerate() {
@@ -637,6 +692,9 @@ impl RawRules {
             off,
             clock_skew: self.clock_skew.enabled.then_some(skew),
             incidents: self.incidents.enabled.then_some(incidents),
+            peers,
+            traffic,
+            baseline,
             local_runbooks: Arc::new(
                 crate::runbooks::builtin_names()
                     .map(str::to_owned)
@@ -673,15 +731,39 @@ fn threshold_rule(key: &str, raw: RawThreshold) -> Result<ThresholdRule, RulesEr
         value: raw.field.clone(),
         problem,
     })?;
-    let op = Op::parse(raw.op.trim()).ok_or_else(|| {
-        invalid(
-            k("op"),
-            format!(
-                "{:?} is not an operator; expected >, >=, <, <=, == or !=",
-                raw.op
-            ),
-        )
-    })?;
+    let baseline = match Direction::parse(raw.op.trim()) {
+        Some(dir) => Some(baseline_op(key, &raw, &field, dir)?),
+        None => {
+            for (sub, given) in [
+                ("factor", raw.factor.is_some()),
+                ("min_delta_ms", raw.min_delta_ms.is_some()),
+                ("min_delta", raw.min_delta.is_some()),
+            ] {
+                if given {
+                    return Err(invalid(
+                        k(sub),
+                        format!("only above_baseline and below_baseline take {sub}"),
+                    ));
+                }
+            }
+            None
+        }
+    };
+    let op = match &baseline {
+        Some(b) => match b.direction {
+            Direction::Above => Op::Ge,
+            Direction::Below => Op::Le,
+        },
+        None => Op::parse(raw.op.trim()).ok_or_else(|| {
+            invalid(
+                k("op"),
+                format!(
+                    "{:?} is not an operator; expected >, >=, <, <=, ==, !=, above_baseline or below_baseline",
+                    raw.op
+                ),
+            )
+        })?,
+    };
     let value = |sub: &str, v: RawValue| -> Result<f64, RulesError> {
         if field.is_kind() {
             let names: Vec<&str> = LINK_KINDS.iter().map(|k| k.as_str()).collect();
@@ -722,7 +804,17 @@ fn threshold_rule(key: &str, raw: RawThreshold) -> Result<ThresholdRule, RulesEr
             )),
         }
     };
-    let threshold = value("threshold", raw.threshold)?;
+    let threshold = match (raw.threshold, &baseline) {
+        // Refused with a baseline op (baseline_op).
+        (_, Some(_)) => 0.0,
+        (Some(t), None) => value("threshold", t)?,
+        (None, None) => {
+            return Err(invalid(
+                k("threshold"),
+                format!("missing: give the value {} is compared with", raw.field),
+            ));
+        }
+    };
     if field.is_bool() && !matches!(op, Op::Eq | Op::Ne) {
         return Err(invalid(
             k("op"),
@@ -736,6 +828,8 @@ fn threshold_rule(key: &str, raw: RawThreshold) -> Result<ThresholdRule, RulesEr
         ));
     }
     let clear = match raw.clear {
+        // A factor, in `baseline`.
+        _ if baseline.is_some() => 0.0,
         None => threshold,
         Some(_) if matches!(op, Op::Eq | Op::Ne) => {
             return Err(invalid(
@@ -818,6 +912,116 @@ fn threshold_rule(key: &str, raw: RawThreshold) -> Result<ThresholdRule, RulesEr
         runbook: runbook(&k("runbook"), raw.runbook)?.map(Into::into),
         agencies: raw.agencies,
         auto: auto_rule(key, raw.auto_action, raw.auto_max, raw.auto_window)?,
+        baseline,
+    })
+}
+
+/// `above_baseline` / `below_baseline`: `factor`, `min_delta_ms` (or
+/// `min_delta`) and `clear` as a factor; `threshold` refused.
+fn baseline_op(
+    key: &str,
+    raw: &RawThreshold,
+    field: &Field,
+    direction: Direction,
+) -> Result<BaselineOp, RulesError> {
+    let k = |sub: &str| format!("{key}.{sub}");
+    let op = direction.as_str();
+    let name = raw.field.trim();
+    if raw.threshold.is_some() {
+        return Err(invalid(
+            k("threshold"),
+            format!(
+                "{op} compares with the unit's own baseline: give factor and {}, not threshold",
+                if field.is_ms() {
+                    "min_delta_ms"
+                } else {
+                    "min_delta"
+                }
+            ),
+        ));
+    }
+    if field.is_bool() || field.is_kind() {
+        return Err(invalid(
+            k("op"),
+            format!("{name} is not a number: {op} needs one"),
+        ));
+    }
+    if field.is_signed() {
+        return Err(invalid(
+            k("op"),
+            format!("{name} can be negative: {op} judges magnitudes (0 and up)"),
+        ));
+    }
+    let factor = match raw.factor {
+        Some(f) if f.is_finite() && f > 1.0 => f,
+        Some(f) => {
+            return Err(invalid(
+                k("factor"),
+                format!("{} is not above 1", show_num(f)),
+            ));
+        }
+        None => {
+            return Err(invalid(
+                k("factor"),
+                format!("{op} needs a factor above 1: how many times the usual, e.g. 5"),
+            ));
+        }
+    };
+    let (wrong, right) = if field.is_ms() {
+        ("min_delta", "min_delta_ms")
+    } else {
+        ("min_delta_ms", "min_delta")
+    };
+    let (given, wrong_given) = if field.is_ms() {
+        (raw.min_delta_ms, raw.min_delta.is_some())
+    } else {
+        (raw.min_delta, raw.min_delta_ms.is_some())
+    };
+    if wrong_given {
+        return Err(invalid(
+            k(wrong),
+            if field.is_ms() {
+                format!("{name} is in milliseconds: give min_delta_ms")
+            } else {
+                format!("{name} is not in milliseconds: give min_delta, in its own unit")
+            },
+        ));
+    }
+    let min_delta = match given {
+        Some(d) if d.is_finite() && d >= 0.0 => d,
+        Some(d) => {
+            return Err(invalid(
+                k(right),
+                format!("{} is not a difference (0 or more)", show_num(d)),
+            ));
+        }
+        None => {
+            return Err(invalid(
+                k(right),
+                format!(
+                    "{op} needs {right}: the least difference from the usual that counts (0: the factor alone)"
+                ),
+            ));
+        }
+    };
+    let clear = match &raw.clear {
+        None => factor.sqrt(),
+        Some(RawValue::Num(c)) if c.is_finite() && (1.0..=factor).contains(c) => *c,
+        Some(_) => {
+            return Err(invalid(
+                k("clear"),
+                format!(
+                    "on {op}, clear is a factor from 1 to factor ({}): the flag stays up while the value is that far beyond the usual",
+                    show_num(factor)
+                ),
+            ));
+        }
+    };
+    Ok(BaselineOp {
+        direction,
+        factor,
+        clear,
+        min_delta,
     })
 }
 
@@ -983,7 +1187,7 @@ mod tests {
             ),
             (
                 CPU.replace("\">\"", "\"=>\"").replace("[[rules", "[rules]\ndefaults = false\n[[rules"),
-                r#"rules.threshold[0].op: "=>" is not an operator; expected >, >=, <, <=, == or !="#,
+                r#"rules.threshold[0].op: "=>" is not an operator; expected >, >=, <, <=, ==, !=, above_baseline or below_baseline"#,
             ),
             (
                 rule("clear = 95\n"),

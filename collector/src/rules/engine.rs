@@ -10,10 +10,13 @@ use muster_proto::{
     Record, UnitId,
 };
 
+use super::baseline::{self, Baseline, Sample, UnitStreams};
 use super::config::{RulesConfig, ThresholdRule};
-use super::field::{Field, ProbeM, Selector, Source, selects};
+use super::field::{AgentM, Field, ProbeM, Selector, Source, selects};
 use super::incident::{GroupShare, Incidents, Membership};
+use super::peers::{self, PeerMark, Peers};
 use super::skew::{self, SkewTracker};
+use super::traffic::{self, Traffic, UnitSeen};
 use super::words::{self, NetSummary};
 use crate::model::{Change, Incident, Reason, Severity, Status, Transition, UnitHealth};
 use muster_proto::presence::{PresenceTrack, Verdict};
@@ -62,6 +65,9 @@ struct Slot {
     note: Option<Box<str>>,
     /// Automation escalated it: one severity step above the rule's.
     escalated: bool,
+    /// A baseline rule's level when the flag went up (its reason's
+    /// `threshold`); a threshold rule's threshold.
+    limit: f64,
 }
 
 #[derive(Debug)]
@@ -72,6 +78,8 @@ struct ProbeStream {
     /// (event time, failed) of recent results, oldest first.
     window: VecDeque<(u64, bool)>,
     group: Option<usize>,
+    /// Its peer cohort (`[rules.peers]`).
+    peer: Option<peers::Handle>,
 }
 
 #[derive(Debug)]
@@ -116,8 +124,16 @@ struct UnitState {
     skew_flag: Option<(u64, i64)>,
     prev_dropped: Option<u64>,
     incidents: Vec<Membered>,
+    /// `slower-than-peers` flags and `latency-shift` reasons, by cohort.
+    peer_marks: Vec<(peers::Handle, peers::Mark)>,
+    /// Its agency's index in [`Traffic`] (resolved on its first receipt).
+    traffic: Option<usize>,
+    /// The traffic-drop incident it is one of the silent units of.
+    traffic_tag: Option<traffic::Tag>,
     /// Restored from the store, not heard from since.
     restored: bool,
+    /// The unit's baseline streams (`super::baseline`).
+    base: UnitStreams,
 }
 
 impl UnitState {
@@ -144,15 +160,25 @@ impl UnitState {
             skew_flag: None,
             prev_dropped: None,
             incidents: Vec::new(),
+            peer_marks: Vec::new(),
+            traffic: None,
+            traffic_tag: None,
             restored: false,
+            base: UnitStreams::default(),
+        }
+    }
+
+    /// The unit's interval: the smaller of its samples' and its status',
+    /// else `[rules.offline] default_interval`.
+    fn interval_ms(&self, cfg: &RulesConfig) -> u64 {
+        match (self.host_interval_ms, self.status_interval_ms) {
+            (Some(a), Some(b)) => a.min(b),
+            (a, b) => a.or(b).unwrap_or(cfg.offline.default_interval_ms),
         }
     }
 
     fn stale_after_ms(&self, cfg: &RulesConfig) -> u64 {
-        let interval = match (self.host_interval_ms, self.status_interval_ms) {
-            (Some(a), Some(b)) => a.min(b),
-            (a, b) => a.or(b).unwrap_or(cfg.offline.default_interval_ms),
-        };
+        let interval = self.interval_ms(cfg);
         (interval.saturating_mul(u64::from(cfg.offline.stale_factor))).max(cfg.offline.min_stale_ms)
     }
 
@@ -181,6 +207,7 @@ impl UnitState {
                             newest: me,
                             window: VecDeque::new(),
                             group: None,
+                            peer: None,
                         });
                         true
                     }
@@ -219,6 +246,13 @@ pub struct Engine {
     index: HashMap<UnitId, usize>,
     units: Vec<UnitState>,
     incidents: Incidents,
+    /// The fields baseline rules look at, and the baselines' counters.
+    feeds: Feeds,
+    /// Compared with its peers (`[rules.peers]`).
+    pub(super) peers: Peers,
+    /// The agencies' message rates (`[rules.traffic]`); `None` when off.
+    traffic: Option<Traffic>,
+    traffic_metrics: Option<Arc<crate::metrics::traffic::TrafficMetrics>>,
 }
 
 impl Engine {
@@ -227,11 +261,12 @@ impl Engine {
             cfg.threshold
                 .iter()
                 .enumerate()
-                .filter(|(_, r)| r.field.source() == src)
+                .filter(|(_, r)| r.field.source() == src && r.baseline.is_none())
                 .map(|(i, _)| i as u16)
                 .collect()
         };
         Engine {
+            feeds: Feeds::of(&cfg),
             host_rules: by(Source::Host),
             probe_rules: by(Source::Probe),
             status_rules: by(Source::Status),
@@ -239,16 +274,110 @@ impl Engine {
             index: HashMap::new(),
             units: Vec::new(),
             incidents: Incidents::new(cfg.incidents.clone()),
+            peers: Peers::new(cfg.peers.clone()),
+            traffic: cfg.traffic.clone().map(Traffic::new),
+            traffic_metrics: None,
             cfg,
         }
     }
 
+    /// Where the baselines' counters go (the collector's `/metrics`),
+    /// published at every tick.
+    pub fn set_baseline_metrics(&mut self, m: Arc<crate::metrics::baseline::BaselineMetrics>) {
+        self.feeds.metrics = Some(m);
+    }
+
+    /// The baselines' counters now.
+    pub fn baseline_stats(&self) -> baseline::Stats {
+        self.feeds.stats
+    }
+
+    /// Every unit's baselines as a snapshot ([`baseline::read`]), for the
+    /// store directory at a clean shutdown; `None` when no rule keeps one.
+    pub fn baseline_snapshot(&self, now_ms: u64) -> Option<Vec<u8>> {
+        if self.feeds.list.is_empty() {
+            return None;
+        }
+        let mut w = baseline::write_header(&self.cfg.baseline, now_ms, &self.feeds.keys);
+        let mut n = 0u32;
+        let pending = self.feeds.pending.iter();
+        for (id, base) in self.units.iter().map(|u| (&u.id, &u.base)).chain(pending) {
+            if !base.streams().is_empty() {
+                baseline::write_unit(&mut w, &id.agency, &id.unit, base);
+                n += 1;
+            }
+        }
+        Some(baseline::finish(w, n))
+    }
+
+    /// Loads a snapshot written by [`Engine::baseline_snapshot`] (at most
+    /// `max_units` units): each unit gets its streams now or when it is
+    /// first known. Streams of metrics no rule looks at now are dropped;
+    /// a snapshot of another format or ring length is refused whole.
+    /// Returns (units, streams, streams dropped, when it was saved).
+    pub fn load_baselines(
+        &mut self,
+        bytes: &[u8],
+        max_units: usize,
+    ) -> Result<(usize, usize, usize, u64), baseline::SnapshotError> {
+        let keys = &self.feeds.keys;
+        let feed_of = |k: &str| keys.iter().position(|x| x == k).map(|i| i as u16);
+        let loaded = baseline::read(bytes, &self.cfg.baseline, feed_of, max_units)?;
+        let units = loaded.units.len();
+        for (agency, unit, base) in loaded.units {
+            let Ok(id) = UnitId::new(agency, unit) else {
+                continue;
+            };
+            match self.index.get(&id) {
+                Some(&i) => {
+                    let (streams, bytes) = base.held();
+                    let st = &mut self.feeds.stats;
+                    let (was_s, was_b) = self.units[i].base.held();
+                    st.streams = (st.streams + streams).saturating_sub(was_s);
+                    st.bytes = (st.bytes + bytes).saturating_sub(was_b);
+                    self.units[i].base = base;
+                }
+                None => {
+                    self.feeds.pending.insert(id, base);
+                }
+            }
+        }
+        Ok((
+            units,
+            loaded.streams,
+            loaded.dropped_streams,
+            loaded.saved_ms,
+        ))
+    }
+
+    /// Where peer comparison's counters go (the collector's `/metrics`).
+    pub fn set_peer_metrics(&mut self, m: Arc<crate::metrics::peers::PeerMetrics>) {
+        self.peers.set_metrics(m);
+    }
+
+    /// Where the agencies' message rates go (the collector's `/metrics`),
+    /// published at every tick.
+    pub fn set_traffic_metrics(&mut self, m: Arc<crate::metrics::traffic::TrafficMetrics>) {
+        self.traffic_metrics = Some(m);
+    }
+
     /// Cluster mode: as [`Engine::new`], but agency-wide incidents are
     /// decided by the coordinator from every owner's shares
-    /// ([`Engine::incident_shares`], [`Engine::tag_incidents`]).
+    /// ([`Engine::incident_shares`], [`Engine::tag_incidents`]). Peer
+    /// comparison (`[rules.peers]`) is off: a collector sees only its
+    /// partitions' units, and every owner would open its own latency shift.
     pub fn clustered(cfg: RulesConfig) -> Engine {
         let mut e = Engine::new(cfg);
         e.incidents = Incidents::new_shared(e.cfg.incidents.clone());
+        // Traffic drops (`[rules.traffic]`) are off too: an owner sees only
+        // its partitions' traffic, a share of each agency's rate.
+        if e.traffic.take().is_some() {
+            tracing::info!("Traffic drops ([rules.traffic]) are off in cluster mode.");
+        }
+        if e.peers.enabled() {
+            tracing::info!("Peer comparison ([rules.peers]) is off in cluster mode.");
+            e.peers = Peers::new(None);
+        }
         e
     }
 
@@ -262,7 +391,15 @@ impl Engine {
             return i;
         }
         let i = self.units.len();
-        self.units.push(UnitState::new(unit.clone(), since_ms));
+        let mut u = UnitState::new(unit.clone(), since_ms);
+        if let Some(base) = self.feeds.pending.remove(unit) {
+            // Its baselines from before the restart.
+            let (streams, bytes) = base.held();
+            self.feeds.stats.streams += streams;
+            self.feeds.stats.bytes += bytes;
+            u.base = base;
+        }
+        self.units.push(u);
         self.index.insert(unit.clone(), i);
         i
     }
@@ -347,6 +484,7 @@ impl Engine {
                         message: r.message.clone(),
                         note: None,
                         escalated: r.severity > rule.severity,
+                        limit: r.threshold.unwrap_or(rule.threshold),
                     });
                 }
             }
@@ -381,6 +519,9 @@ impl Engine {
         let u = &mut self.units[ui];
         u.restored = false;
         u.last_rx_ms = Some(u.last_rx_ms.map_or(now_ms, |t| t.max(now_ms)));
+        if let Some(t) = &mut self.traffic {
+            t.receipt(&mut u.traffic, &u.id.agency, now_ms);
+        }
         let mut fx = Effect::default();
         let mut at = now_ms;
         if u.stale.take().is_some() {
@@ -410,6 +551,7 @@ impl Engine {
                         }
                     }
                     eval_host(cfg, &self.host_rules, u, s, rec.at_ms, &mut fx);
+                    eval_baselines(cfg, &mut self.feeds, u, rec, now_ms, true, &mut fx);
                 }
                 Payload::Status(s) => {
                     if s.interval_ms > 0 {
@@ -419,21 +561,38 @@ impl Engine {
                         u.skew.agent_estimate(off, now_ms);
                     }
                     eval_status(cfg, &self.status_rules, u, s, rec.at_ms, &mut fx);
+                    eval_baselines(cfg, &mut self.feeds, u, rec, now_ms, true, &mut fx);
                     u.prev_dropped = Some(s.dropped.total());
                 }
                 Payload::Probe(p) => {
                     let group =
                         probe_window(u, p, rec.at_ms, self.max_window_ms, &mut self.incidents);
                     eval_probe(cfg, &self.probe_rules, u, p, rec.at_ms, &mut fx);
+                    eval_baselines(cfg, &mut self.feeds, u, rec, now_ms, true, &mut fx);
                     if let Some(g) = group {
                         let failing = p.outcome != Outcome::Ok;
                         self.incidents.result(g, ui, &u.id.unit, failing, now_ms);
+                    }
+                    if self.peers.enabled()
+                        && let Some(s) = u.probes.iter_mut().find(|s| *s.name == *p.name)
+                    {
+                        let id = &u.id;
+                        self.peers
+                            .result(&mut s.peer, &id.agency, ui, &id.unit, p, now_ms);
                     }
                 }
                 Payload::Presence(p) => {
                     let nrb = u.newest.map(|(b, _)| b);
                     if u.presence.announcement(p, rec.seq, nrb) == Verdict::Believed {
-                        depart(u, ui, p, now_ms, &mut self.incidents, &mut fx);
+                        depart(
+                            u,
+                            ui,
+                            p,
+                            now_ms,
+                            &mut self.incidents,
+                            &mut self.peers,
+                            &mut fx,
+                        );
                     }
                 }
                 // Not a rule input: the newest is kept with the unit
@@ -446,6 +605,9 @@ impl Engine {
                 Payload::Action(_) => {}
             }
             eval_skew(cfg, u, now_ms, &mut fx);
+        } else {
+            // Replayed history builds the baselines, never judged.
+            eval_baselines(cfg, &mut self.feeds, u, rec, now_ms, false, &mut fx);
         }
         let mut out = Vec::new();
         refresh(cfg, u, at, &fx, &mut out);
@@ -478,11 +640,22 @@ impl Engine {
         if p.online {
             u.restored = false;
             u.last_rx_ms = Some(u.last_rx_ms.map_or(now_ms, |t| t.max(now_ms)));
+            if let Some(t) = &mut self.traffic {
+                t.receipt(&mut u.traffic, &u.id.agency, now_ms);
+            }
             fx.structural |= u.gone.take().is_some();
             fx.structural |= u.stale.take().is_some();
             u.overdue = None;
         } else {
-            depart(u, ui, p, now_ms, &mut self.incidents, &mut fx);
+            depart(
+                u,
+                ui,
+                p,
+                now_ms,
+                &mut self.incidents,
+                &mut self.peers,
+                &mut fx,
+            );
         }
         let mut out = Vec::new();
         refresh(cfg, u, now_ms, &fx, &mut out);
@@ -533,6 +706,9 @@ impl Engine {
     pub fn tick(&mut self, now_ms: u64) -> Vec<Change> {
         let cfg = &self.cfg;
         let mut out = Vec::new();
+        if let Some(m) = &self.feeds.metrics {
+            m.publish(&self.feeds.stats);
+        }
         for u in &mut self.units {
             if u.restored && u.last_rx_ms.is_none() {
                 // Restored at start: silent from now on unless it reports.
@@ -611,6 +787,81 @@ impl Engine {
             }
             out.extend(changed.into_iter().map(Change::Incident));
         }
+        if self.peers.enabled() {
+            let mut marks: Vec<PeerMark> = Vec::new();
+            let mut changed: Vec<Incident> = Vec::new();
+            self.peers.tick(now_ms, &mut marks, &mut changed);
+            // Units first, so a feed that sees the incident finds its units tagged.
+            let mut touched: Vec<usize> = Vec::new();
+            for m in marks {
+                let Some(u) = self.units.get_mut(m.unit) else {
+                    continue;
+                };
+                u.peer_marks.retain(|(h, _)| *h != m.cohort);
+                match m.mark {
+                    Some(mark) if !m.structural => {
+                        // Only `observed` changed: in place, no transition.
+                        if let Some(r) = u
+                            .health
+                            .reasons
+                            .iter_mut()
+                            .find(|r| r.rule == mark.rule && r.field == mark.field)
+                        {
+                            r.observed = mark.observed;
+                        }
+                        u.peer_marks.push((m.cohort, mark));
+                    }
+                    Some(mark) => {
+                        u.peer_marks.push((m.cohort, mark));
+                        touched.push(m.unit);
+                    }
+                    None => touched.push(m.unit),
+                }
+            }
+            touched.sort_unstable();
+            touched.dedup();
+            let fx = Effect {
+                structural: true,
+                observed: false,
+            };
+            for ui in touched {
+                refresh(cfg, &mut self.units[ui], now_ms, &fx, &mut out);
+            }
+            out.extend(changed.into_iter().map(Change::Incident));
+        }
+        if let Some(t) = &mut self.traffic {
+            let mut changed: Vec<Incident> = Vec::new();
+            let mut tags: Vec<(usize, Option<traffic::Tag>)> = Vec::new();
+            let seen = self.units.iter().enumerate().filter_map(|(i, u)| {
+                // Restored at start and not heard since: not counted.
+                if u.restored {
+                    return None;
+                }
+                Some(UnitSeen {
+                    unit: i,
+                    agency: u.traffic?,
+                    name: &u.id.unit,
+                    last_rx_ms: u.last_rx_ms?,
+                    interval_ms: u.interval_ms(cfg),
+                    departed: u.gone.is_some_and(|(_, p)| p.reason.is_announced()),
+                })
+            });
+            t.tick(now_ms, seen, &mut changed, &mut tags);
+            // Units first, so a feed that sees the incident finds its units tagged.
+            let fx = Effect {
+                structural: true,
+                observed: false,
+            };
+            for (ui, tag) in tags {
+                let u = &mut self.units[ui];
+                u.traffic_tag = tag;
+                refresh(cfg, u, now_ms, &fx, &mut out);
+            }
+            out.extend(changed.into_iter().map(Change::Incident));
+            if let Some(m) = &self.traffic_metrics {
+                m.publish(t.views(), t.unwatched());
+            }
+        }
         out
     }
 
@@ -677,11 +928,19 @@ impl Engine {
             return;
         };
         let last = self.units.len() - 1;
+        let (streams, bytes) = self.units[i].base.held();
+        let st = &mut self.feeds.stats;
+        st.streams = st.streams.saturating_sub(streams);
+        st.bytes = st.bytes.saturating_sub(bytes);
         self.units.swap_remove(i);
         if let Some(moved) = self.units.get(i) {
             self.index.insert(moved.id.clone(), i);
         }
         self.incidents.forget(i, (i != last).then_some(last));
+        self.peers.forget(i, (i != last).then_some(last));
+        if let Some(t) = &mut self.traffic {
+            t.forget(i, (i != last).then_some(last));
+        }
     }
 
     /// Cluster mode: the incident groups that changed (and, once per
@@ -751,9 +1010,12 @@ impl Engine {
         self.units.iter().map(|u| (&u.id, &u.health))
     }
 
-    /// Open incidents.
+    /// Open incidents (a latency shift is one too).
     pub fn incidents(&self) -> impl Iterator<Item = &Incident> {
-        self.incidents.open()
+        self.incidents
+            .open()
+            .chain(self.peers.open())
+            .chain(self.traffic.iter().flat_map(|t| t.open()))
     }
 }
 
@@ -768,12 +1030,41 @@ struct Eval<'a> {
     at: u64,
 }
 
-/// Updates one slot with a value taken at event time `ev.at`.
+/// Whether a value satisfies a rule: raises it (pending, then up after
+/// `for`), keeps a raised flag up; for a baseline rule, the baseline it
+/// was judged against.
+#[derive(Clone, Copy)]
+struct Cond {
+    raise: bool,
+    stay: bool,
+    base: Option<Baseline>,
+}
+
+/// Updates one slot with a value taken at event time `ev.at`, judged by the
+/// rule's operator and threshold.
 fn eval_value(
     ev: Eval<'_>,
     slots: &mut Vec<Slot>,
     instance: Option<&str>,
     v: f64,
+    fx: &mut Effect,
+) {
+    let rule = ev.rule;
+    let cond = Cond {
+        raise: rule.op.holds(v, rule.threshold),
+        stay: rule.op.holds(v, rule.clear),
+        base: None,
+    };
+    eval_cond(ev, slots, instance, v, cond, fx);
+}
+
+/// Updates one slot with a value taken at event time `ev.at`, as `c` judges it.
+fn eval_cond(
+    ev: Eval<'_>,
+    slots: &mut Vec<Slot>,
+    instance: Option<&str>,
+    v: f64,
+    c: Cond,
     fx: &mut Effect,
 ) {
     let Eval {
@@ -790,7 +1081,7 @@ fn eval_value(
             let s = &mut slots[i];
             s.seen = stamp;
             if s.active {
-                if rule.op.holds(v, rule.clear) {
+                if c.stay {
                     if s.observed.to_bits() != v.to_bits() {
                         s.observed = v;
                         fx.observed = true;
@@ -799,10 +1090,10 @@ fn eval_value(
                     slots.swap_remove(i);
                     fx.structural = true;
                 }
-            } else if rule.op.holds(v, rule.threshold) {
+            } else if c.raise {
                 s.observed = v;
                 if at.saturating_sub(s.pending_since) >= rule.for_ms {
-                    raise(rule, s);
+                    raise(rule, s, c.base);
                     fx.structural = true;
                 }
             } else {
@@ -810,7 +1101,7 @@ fn eval_value(
             }
         }
         None => {
-            if rule.op.holds(v, rule.threshold) {
+            if c.raise {
                 let field = match instance {
                     Some(name) => Field::instance_text(&rule.field_text, name).into(),
                     None => rule.field_text.clone(),
@@ -826,9 +1117,10 @@ fn eval_value(
                     message: String::new(),
                     note: None,
                     escalated: false,
+                    limit: rule.threshold,
                 };
                 if rule.for_ms == 0 {
-                    raise(rule, &mut s);
+                    raise(rule, &mut s, c.base);
                     fx.structural = true;
                 }
                 slots.push(s);
@@ -837,7 +1129,7 @@ fn eval_value(
     }
 }
 
-fn raise(rule: &ThresholdRule, s: &mut Slot) {
+fn raise(rule: &ThresholdRule, s: &mut Slot, base: Option<Baseline>) {
     s.active = true;
     let mut m = format!(
         "{} {} {} {}",
@@ -854,6 +1146,11 @@ fn raise(rule: &ThresholdRule, s: &mut Slot) {
             rule.show(rule.threshold)
         );
     }
+    if let (Some(op), Some(b)) = (&rule.baseline, &base) {
+        // `probe["cad-api"].total_ms 912 ms, usual 84 ms (median, MAD 6 ms, ...)`.
+        s.limit = op.level(b);
+        m = baseline::describe(&s.field, s.observed, b, rule.field.value_unit());
+    }
     if rule.window_ms > 0 {
         m.push_str(&format!(
             " over {}",
@@ -867,6 +1164,219 @@ fn raise(rule: &ThresholdRule, s: &mut Slot) {
         ));
     }
     s.message = m;
+}
+
+/// The fields baseline rules look at (each metric once, with the rules on
+/// it), and the baselines' counters.
+#[derive(Debug, Default)]
+struct Feeds {
+    list: Vec<Feed>,
+    /// Indexes into `list` by the record kind they read.
+    host: Vec<u16>,
+    probe: Vec<u16>,
+    status: Vec<u16>,
+    stats: baseline::Stats,
+    metrics: Option<Arc<crate::metrics::baseline::BaselineMetrics>>,
+    /// Each feed's key in a snapshot: `probe[*].total_ms@0`.
+    keys: Vec<String>,
+    /// Streams loaded from a snapshot for units the engine does not know
+    /// yet: given to each unit as it comes (`Engine::unit_index`).
+    pending: HashMap<UnitId, UnitStreams>,
+}
+
+/// One metric baseline rules look at: every instance (`[*]`) of it that
+/// one of `rules` selects keeps a stream.
+#[derive(Debug)]
+struct Feed {
+    field: Field,
+    window_ms: u64,
+    rules: Vec<u16>,
+}
+
+impl Feeds {
+    fn of(cfg: &RulesConfig) -> Feeds {
+        let mut f = Feeds::default();
+        for (i, r) in cfg.threshold.iter().enumerate() {
+            if r.baseline.is_none() {
+                continue;
+            }
+            let field = r.field.with_any();
+            let at = match f
+                .list
+                .iter()
+                .position(|x| x.field == field && x.window_ms == r.window_ms)
+            {
+                Some(j) => j,
+                None => {
+                    let j = f.list.len();
+                    match field.source() {
+                        Source::Host => f.host.push(j as u16),
+                        Source::Probe => f.probe.push(j as u16),
+                        Source::Status => f.status.push(j as u16),
+                    }
+                    f.list.push(Feed {
+                        field,
+                        window_ms: r.window_ms,
+                        rules: Vec::new(),
+                    });
+                    f.keys.push(format!(
+                        "{}@{}",
+                        Field::any_text(&r.field_text),
+                        r.window_ms
+                    ));
+                    j
+                }
+            };
+            f.list[at].rules.push(i as u16);
+        }
+        f
+    }
+}
+
+/// The failure ratio over the last `window_ms` before `at`, of a probe's
+/// recent results; `None` without results.
+fn failure_ratio(w: &VecDeque<(u64, bool)>, at: u64, window_ms: u64) -> Option<f64> {
+    let horizon = at.saturating_sub(window_ms);
+    let (n, failed) = w
+        .iter()
+        .rev()
+        .take_while(|(t, _)| *t > horizon)
+        .fold((0u32, 0u32), |(n, f), (_, failed)| {
+            (n + 1, f + u32::from(*failed))
+        });
+    (n > 0).then(|| f64::from(failed) / f64::from(n))
+}
+
+/// Baseline rules (`above_baseline`, `below_baseline`): each value of a
+/// field one of them looks at goes into the unit's stream for it, by its
+/// event time; a `current` record's value is then judged against the
+/// stream's baseline (no baseline: the condition does not hold). Replayed
+/// history (`current == false`) only builds the baselines; it has no
+/// `failure_ratio` (the window holds current results) nor `dropped_new`.
+fn eval_baselines(
+    cfg: &RulesConfig,
+    feeds: &mut Feeds,
+    u: &mut UnitState,
+    rec: &Record,
+    now_ms: u64,
+    current: bool,
+    fx: &mut Effect,
+) {
+    let (payload, at) = (&rec.payload, rec.at_ms);
+    let ids = match payload {
+        Payload::Host(_) => &feeds.host,
+        Payload::Probe(_) => &feeds.probe,
+        Payload::Status(_) => &feeds.status,
+        _ => return,
+    };
+    if ids.is_empty() {
+        return;
+    }
+    u.stamp = u.stamp.wrapping_add(1);
+    let stamp = u.stamp;
+    let UnitState {
+        id,
+        slots,
+        base,
+        probes,
+        prev_dropped,
+        ..
+    } = u;
+    let agency = id.agency.as_str();
+    let stats = &mut feeds.stats;
+    for &fi in ids {
+        let feed = &feeds.list[usize::from(fi)];
+        let mut take = |inst: Option<&str>, v: f64| {
+            let wanted = |ri: &u16| {
+                let r = &cfg.threshold[usize::from(*ri)];
+                r.applies_to(agency) && inst.is_none_or(|n| r.field.selects_instance(n))
+            };
+            if !feed.rules.iter().any(wanted) {
+                return;
+            }
+            let sample = Sample {
+                feed: fi,
+                instance: inst,
+                at_ms: at,
+                value: v,
+            };
+            let b = base.observe(&cfg.baseline, sample, now_ms, current, stats);
+            if !current {
+                return;
+            }
+            for ri in feed.rules.iter().filter(|ri| wanted(ri)) {
+                let rule = &cfg.threshold[usize::from(*ri)];
+                let Some(op) = &rule.baseline else { continue };
+                let instance = match rule.field.selector() {
+                    Some(Selector::Any) => inst,
+                    _ => None,
+                };
+                let cond = match &b {
+                    Some(b) => Cond {
+                        raise: op.raises(v, b),
+                        stay: op.stays(v, b),
+                        base: Some(*b),
+                    },
+                    // No baseline yet: the condition does not hold.
+                    None => Cond {
+                        raise: false,
+                        stay: false,
+                        base: None,
+                    },
+                };
+                let ev = Eval {
+                    idx: *ri,
+                    rule,
+                    stamp,
+                    at,
+                };
+                eval_cond(ev, slots, instance, v, cond, fx);
+            }
+        };
+        let had_data = match (payload, &feed.field) {
+            (Payload::Host(s), f) => f.host_values(s, &mut take),
+            (Payload::Probe(p), Field::Probe(_, m)) => {
+                let v = if *m == ProbeM::FailureRatio {
+                    if !current {
+                        continue;
+                    }
+                    probes
+                        .iter()
+                        .find(|x| *x.name == *p.name)
+                        .and_then(|x| failure_ratio(&x.window, at, feed.window_ms))
+                } else {
+                    Field::probe_value(*m, p)
+                };
+                if let Some(v) = v {
+                    take(Some(&p.name), v);
+                }
+                false
+            }
+            (Payload::Status(s), Field::Agent(m)) => {
+                if !current && *m == AgentM::DroppedNew {
+                    continue;
+                }
+                if let Some(v) = Field::agent_value(*m, s, *prev_dropped) {
+                    take(None, v);
+                }
+                false
+            }
+            _ => false,
+        };
+        if current && had_data {
+            // `[*]` instances gone from the sample (a disk unmounted): their flags go.
+            for &ri in &feed.rules {
+                let rule = &cfg.threshold[usize::from(ri)];
+                if matches!(rule.field.selector(), Some(Selector::Any)) {
+                    let before = slots.len();
+                    slots.retain(|x| x.rule != ri || x.seen == stamp);
+                    if slots.len() != before {
+                        fx.structural = true;
+                    }
+                }
+            }
+        }
+    }
 }
 
 fn eval_host(
@@ -985,18 +1495,7 @@ fn eval_probe(
             continue;
         }
         let v = if *m == ProbeM::FailureRatio {
-            stream.and_then(|i| {
-                let w = &u.probes[i].window;
-                let horizon = at.saturating_sub(rule.window_ms);
-                let (n, failed) = w
-                    .iter()
-                    .rev()
-                    .take_while(|(t, _)| *t > horizon)
-                    .fold((0u32, 0u32), |(n, f), (_, failed)| {
-                        (n + 1, f + u32::from(*failed))
-                    });
-                (n > 0).then(|| f64::from(failed) / f64::from(n))
-            })
+            stream.and_then(|i| failure_ratio(&u.probes[i].window, at, rule.window_ms))
         } else {
             Field::probe_value(*m, p)
         };
@@ -1048,6 +1547,7 @@ fn depart(
     p: &Presence,
     now_ms: u64,
     inc: &mut Incidents,
+    peers: &mut Peers,
     fx: &mut Effect,
 ) {
     let same_kind = u
@@ -1074,6 +1574,9 @@ fn depart(
         for s in &mut u.probes {
             if let Some(g) = s.group {
                 inc.leave(g, ui);
+            }
+            if let Some(h) = s.peer {
+                peers.leave(h, ui);
             }
         }
     }
@@ -1212,12 +1715,18 @@ fn build_reasons(cfg: &RulesConfig, u: &UnitState) -> Vec<Reason> {
             Field::Probe(sel, _) => u
                 .incidents
                 .iter()
-                .find(|m| match (sel, &s.instance) {
-                    (Selector::Name(n), _) => *n == m.probe,
-                    (Selector::Any, Some(i)) => **i == *m.probe,
+                .map(|m| (m.probe.as_str(), &m.id))
+                .chain(
+                    u.peer_marks
+                        .iter()
+                        .filter_map(|(_, m)| Some((m.probe.as_str(), m.incident.as_ref()?))),
+                )
+                .find(|(probe, _)| match (sel, &s.instance) {
+                    (Selector::Name(n), _) => n.as_str() == *probe,
+                    (Selector::Any, Some(i)) => **i == **probe,
                     (Selector::Any, None) => false,
                 })
-                .map(|m| m.id.clone()),
+                .map(|(_, id)| id.clone()),
             _ => None,
         };
         out.push(Reason {
@@ -1229,7 +1738,11 @@ fn build_reasons(cfg: &RulesConfig, u: &UnitState) -> Vec<Reason> {
             },
             field: s.field.to_string(),
             observed: Some(s.observed),
-            threshold: Some(rule.threshold),
+            threshold: Some(if rule.baseline.is_some() {
+                s.limit
+            } else {
+                rule.threshold
+            }),
             since_ms: s.pending_since,
             runbook: cfg.runbook_link(&rule.name, rule.runbook.as_deref()),
             message: match &s.note {
@@ -1254,6 +1767,39 @@ fn build_reasons(cfg: &RulesConfig, u: &UnitState) -> Vec<Reason> {
                 runbook: cfg.runbook_link("incident", ic.runbook.as_deref()),
                 message: m.message.clone(),
                 incident: Some(m.id.clone()),
+            });
+        }
+    }
+    if let (Some(tc), Some(tag)) = (&cfg.traffic, &u.traffic_tag) {
+        out.push(Reason {
+            rule: traffic::RULE.into(),
+            severity: tc.severity,
+            field: traffic::PROBE.into(),
+            observed: None,
+            threshold: None,
+            since_ms: tag.since_ms,
+            runbook: cfg.runbook_link(traffic::RULE, tc.runbook.as_deref()),
+            message: tag.message.clone(),
+            incident: Some(tag.id.clone()),
+        });
+    }
+    if let Some(pc) = &cfg.peers {
+        for (_, m) in &u.peer_marks {
+            let url = if m.rule == peers::SLOWER {
+                &pc.runbook
+            } else {
+                &pc.shift_runbook
+            };
+            out.push(Reason {
+                rule: m.rule.to_owned(),
+                severity: m.severity,
+                field: m.field.clone(),
+                observed: m.observed,
+                threshold: m.threshold,
+                since_ms: m.since_ms,
+                runbook: cfg.runbook_link(m.rule, url.as_deref()),
+                message: m.message.clone(),
+                incident: m.incident.clone(),
             });
         }
     }

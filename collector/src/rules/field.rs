@@ -3,6 +3,8 @@
 
 use muster_proto::{AgentStatus, HostSample, LinkKind, Outcome, ProbeResult, SamplerFamily};
 
+use super::baseline::ValueUnit;
+
 /// Which instance of a list a field looks at.
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub enum Selector {
@@ -58,6 +60,29 @@ pub enum RouteM {
 
 /// Metrics of `net` without a selector: the network context.
 const ROUTE_METRICS: &[&str] = &["kind", "signal_dbm", "vpn_up", "route_changes"];
+
+/// The unit's traffic over all its interfaces but loopback (`net.rx_bps`,
+/// `net.tx_bps`, `net.bps` without a selector): a vehicle roaming from
+/// Wi-Fi to cellular moves its traffic between interfaces, its total stays.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum TotalM {
+    RxBps,
+    TxBps,
+    /// Received plus sent.
+    Bps,
+}
+
+/// Metrics of `net` without a selector: the unit's totals.
+const TOTAL_METRICS: &[&str] = &["rx_bps", "tx_bps", "bps"];
+
+/// Loopback interfaces, left out of the totals: `lo` (Linux), `lo0`
+/// (BSD), `Loopback Pseudo-Interface 1` (Windows).
+pub fn is_loopback(name: &str) -> bool {
+    let b = name.as_bytes();
+    name == "lo"
+        || (b.len() > 2 && name.starts_with("lo") && b[2..].iter().all(u8::is_ascii_digit))
+        || (b.len() >= 8 && b[..8].eq_ignore_ascii_case(b"loopback"))
+}
 
 /// The names `net.kind` compares with.
 pub const LINK_KINDS: [LinkKind; 5] = [
@@ -130,6 +155,8 @@ pub enum Field {
     Net(Selector, NetM),
     /// `net.kind`, `net.signal_dbm`, `net.vpn_up`, `net.route_changes`.
     Route(RouteM),
+    /// `net.rx_bps`, `net.tx_bps`, `net.bps`: totals over the interfaces.
+    NetTotal(TotalM),
     Process(Selector, ProcM),
     Host(HostM),
     Probe(Selector, ProbeM),
@@ -217,20 +244,25 @@ impl Field {
             && selector.is_none()
             && let Some(m) = rest.strip_prefix('.')
         {
-            return Ok(Field::Route(match m {
-                "kind" => RouteM::Kind,
-                "signal_dbm" => RouteM::SignalDbm,
-                "vpn_up" => RouteM::VpnUp,
-                "route_changes" => RouteM::RouteChanges,
+            return Ok(match m {
+                "kind" => Field::Route(RouteM::Kind),
+                "signal_dbm" => Field::Route(RouteM::SignalDbm),
+                "vpn_up" => Field::Route(RouteM::VpnUp),
+                "route_changes" => Field::Route(RouteM::RouteChanges),
+                "rx_bps" => Field::NetTotal(TotalM::RxBps),
+                "tx_bps" => Field::NetTotal(TotalM::TxBps),
+                "bps" => Field::NetTotal(TotalM::Bps),
                 _ => {
                     return Err(format!(
                         "unknown metric {m:?} of net; expected one of {} (the network context), \
+                         {} (totals over the interfaces), \
                          or net[\"interface\"].metric with one of {}",
                         ROUTE_METRICS.join(", "),
+                        TOTAL_METRICS.join(", "),
                         metrics.join(", ")
                     ));
                 }
-            }));
+            });
         }
         match (wants_sel, &selector) {
             (true, None) => {
@@ -346,6 +378,87 @@ impl Field {
         matches!(self, Field::Probe(_, ProbeM::FailureRatio))
     }
 
+    /// In milliseconds (a baseline op's `min_delta_ms`).
+    pub fn is_ms(&self) -> bool {
+        matches!(
+            self,
+            Field::Probe(
+                _,
+                ProbeM::TotalMs
+                    | ProbeM::DnsMs
+                    | ProbeM::ConnectMs
+                    | ProbeM::TlsMs
+                    | ProbeM::TtfbMs
+                    | ProbeM::RttMs
+            ) | Field::Agent(AgentM::ClockOffsetMs)
+        )
+    }
+
+    /// Can be below zero (no baseline op: those judge magnitudes).
+    pub fn is_signed(&self) -> bool {
+        matches!(
+            self,
+            Field::Route(RouteM::SignalDbm)
+                | Field::Probe(_, ProbeM::CertDaysLeft)
+                | Field::Agent(AgentM::ClockOffsetMs)
+        )
+    }
+
+    /// How its values read in messages.
+    pub fn value_unit(&self) -> ValueUnit {
+        match self {
+            f if f.is_ms() => ValueUnit::Ms,
+            Field::Disk(_, DiskM::ReadBps | DiskM::WriteBps)
+            | Field::Net(_, NetM::RxBps | NetM::TxBps)
+            | Field::NetTotal(_) => ValueUnit::BytesPerSec,
+            Field::Cpu(_)
+            | Field::Memory(MemM::UsedPct)
+            | Field::Swap(MemM::UsedPct)
+            | Field::Disk(_, DiskM::UsedPct)
+            | Field::Process(_, ProcM::CpuPct)
+            | Field::Probe(_, ProbeM::LossPct) => ValueUnit::Percent,
+            _ => ValueUnit::Plain,
+        }
+    }
+
+    /// A field's text with its selector as `[*]` (`probe["cad-api"].total_ms`
+    /// is `probe[*].total_ms`): the metric, whatever the instance.
+    pub fn any_text(text: &str) -> String {
+        let t = text.trim();
+        match (t.find('['), t.rfind("].")) {
+            (Some(i), Some(j)) if i < j => format!("{}[*].{}", &t[..i], &t[j + 2..]),
+            _ => t.to_owned(),
+        }
+    }
+
+    /// The same metric of every instance (`[*]`), for fields with a selector.
+    pub fn with_any(&self) -> Field {
+        let mut f = self.clone();
+        match &mut f {
+            Field::Disk(s, _) | Field::Net(s, _) | Field::Process(s, _) | Field::Probe(s, _) => {
+                *s = Selector::Any
+            }
+            _ => {}
+        }
+        f
+    }
+
+    /// Does this field's selector take the instance `name`, compared as
+    /// the scope compares names (drives and processes loosely)? Fields
+    /// without a selector take none.
+    pub fn selects_instance(&self, name: &str) -> bool {
+        match self {
+            Field::Disk(Selector::Name(n), _) => same_mount(n, name),
+            Field::Process(Selector::Name(n), _) => same_process(n, name),
+            Field::Net(Selector::Name(n), _) | Field::Probe(Selector::Name(n), _) => n == name,
+            Field::Disk(Selector::Any, _)
+            | Field::Process(Selector::Any, _)
+            | Field::Net(Selector::Any, _)
+            | Field::Probe(Selector::Any, _) => true,
+            _ => false,
+        }
+    }
+
     pub fn selector(&self) -> Option<&Selector> {
         match self {
             Field::Disk(s, _) | Field::Net(s, _) | Field::Process(s, _) | Field::Probe(s, _) => {
@@ -455,6 +568,21 @@ impl Field {
                 !failed(SamplerFamily::Uptime) && one(Some(s.uptime_s as f64))
             }
             Field::Host(HostM::Failures) => one(Some(s.failures.len() as f64)),
+            Field::NetTotal(m) => {
+                if failed(SamplerFamily::Networks) {
+                    return false;
+                }
+                let mut total: Option<f64> = None;
+                for n in s.nets.iter().filter(|n| !is_loopback(&n.name)) {
+                    let v = match m {
+                        TotalM::RxBps => n.rx_bps as f64,
+                        TotalM::TxBps => n.tx_bps as f64,
+                        TotalM::Bps => n.rx_bps as f64 + n.tx_bps as f64,
+                    };
+                    *total.get_or_insert(0.0) += v;
+                }
+                one(total)
+            }
             Field::Route(m) => {
                 let family = match m {
                     RouteM::Kind | RouteM::RouteChanges => SamplerFamily::Route,
@@ -682,6 +810,9 @@ mod tests {
             ("net.signal_dbm", Field::Route(RouteM::SignalDbm)),
             ("net.vpn_up", Field::Route(RouteM::VpnUp)),
             ("net.route_changes", Field::Route(RouteM::RouteChanges)),
+            ("net.rx_bps", Field::NetTotal(TotalM::RxBps)),
+            ("net.tx_bps", Field::NetTotal(TotalM::TxBps)),
+            ("net.bps", Field::NetTotal(TotalM::Bps)),
             (
                 r#"probe["cad-api"].failure_ratio"#,
                 Field::Probe(Selector::Name("cad-api".into()), ProbeM::FailureRatio),
@@ -769,6 +900,49 @@ mod tests {
         assert_eq!(host("disk[*].used_pct", &failed), vec![]);
         failed.cpu = None;
         assert_eq!(host("cpu.total", &failed), vec![]);
+    }
+
+    #[test]
+    fn net_totals_leave_out_loopback() {
+        let mut s = fixtures::host_sample();
+        // eth0 (down, 0), wlan0 1532 / 804, wwan0 20480 / 6144.
+        assert_eq!(host("net.rx_bps", &s), vec![(None, 22_012.0)]);
+        assert_eq!(host("net.tx_bps", &s), vec![(None, 6_948.0)]);
+        assert_eq!(host("net.bps", &s), vec![(None, 28_960.0)]);
+        for lo in ["lo", "lo0", "Loopback Pseudo-Interface 1"] {
+            let mut t = s.clone();
+            t.nets.push(muster_proto::NetIf {
+                name: lo.into(),
+                up: true,
+                rx_bps: 1_000_000,
+                tx_bps: 1_000_000,
+                ..Default::default()
+            });
+            assert_eq!(host("net.bps", &t), vec![(None, 28_960.0)], "{lo}");
+        }
+        for name in ["log0", "lo-bridge", "wlan0", "local"] {
+            assert!(!is_loopback(name), "{name}");
+        }
+        // No interface but loopback, or the family failed: no value.
+        s.nets.retain(|n| n.name == "eth0");
+        s.nets[0].name = "lo".into();
+        assert_eq!(host("net.bps", &s), vec![]);
+        let mut f = fixtures::host_sample();
+        f.failures.push(muster_proto::SamplerFailure {
+            collector: SamplerFamily::Networks,
+            reason: "no /proc".into(),
+        });
+        assert_eq!(host("net.bps", &f), vec![]);
+        // The baseline helpers.
+        let t = Field::parse("net.bps").unwrap();
+        assert_eq!(t.value_unit(), ValueUnit::BytesPerSec);
+        let p = Field::parse(r#"probe["cad-api"].total_ms"#).unwrap();
+        assert!(p.is_ms() && !p.is_signed());
+        assert_eq!(p.with_any(), Field::parse("probe[*].total_ms").unwrap());
+        assert!(p.selects_instance("cad-api") && !p.selects_instance("cad-ap"));
+        let d = Field::parse(r#"disk["C:"].read_bps"#).unwrap();
+        assert!(d.selects_instance("c:\\"));
+        assert!(Field::parse("net.signal_dbm").unwrap().is_signed());
     }
 
     #[test]

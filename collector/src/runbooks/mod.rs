@@ -56,6 +56,18 @@ pub const BUILTIN: &[(&str, &str)] = &[
     ("lost.stale", include_str!("../../runbooks/lost.stale.md")),
     ("clock_skew", include_str!("../../runbooks/clock_skew.md")),
     ("incident", include_str!("../../runbooks/incident.md")),
+    (
+        "slower-than-peers",
+        include_str!("../../runbooks/slower-than-peers.md"),
+    ),
+    (
+        "latency-shift",
+        include_str!("../../runbooks/latency-shift.md"),
+    ),
+    (
+        "agency-traffic-drop",
+        include_str!("../../runbooks/agency-traffic-drop.md"),
+    ),
     ("cpu-high", include_str!("../../runbooks/cpu-high.md")),
     ("memory-high", include_str!("../../runbooks/memory-high.md")),
     ("swap-high", include_str!("../../runbooks/swap-high.md")),
@@ -77,6 +89,14 @@ pub const BUILTIN: &[(&str, &str)] = &[
         include_str!("../../runbooks/probe-failing.md"),
     ),
     ("probe-slow", include_str!("../../runbooks/probe-slow.md")),
+    (
+        "latency-spike",
+        include_str!("../../runbooks/latency-spike.md"),
+    ),
+    (
+        "traffic-drop",
+        include_str!("../../runbooks/traffic-drop.md"),
+    ),
     ("icmp-loss", include_str!("../../runbooks/icmp-loss.md")),
     (
         "cert-expiring",

@@ -23,6 +23,8 @@ mod gates;
 mod labels;
 #[path = "e2e/lifecycle.rs"]
 mod lifecycle;
+#[path = "e2e/peers.rs"]
+mod peers;
 #[path = "e2e/procs.rs"]
 mod procs;
 #[path = "e2e/remote_config.rs"]
