@@ -200,6 +200,17 @@ pub struct PgStore {
     me: String,
     partitions: u32,
     timeout: Duration,
+    /// The database's size as last measured ([`Store::size_on_disk`]):
+    /// `/metrics` reads it without waiting on PostgreSQL, and starts one
+    /// measurement in the background (never two at once).
+    size: Arc<SizeCache>,
+}
+
+/// The last measured database size, and whether a measurement is running.
+#[derive(Debug, Default)]
+struct SizeCache {
+    bytes: std::sync::atomic::AtomicU64,
+    busy: std::sync::atomic::AtomicBool,
 }
 
 /// A unit, minute: a dirty mark.
@@ -1032,6 +1043,7 @@ impl PgStore {
             me: opts.me,
             partitions: opts.partitions,
             timeout,
+            size: Arc::new(SizeCache::default()),
         };
         let applied = store.call("migrate", |c| {
             Box::pin(async move {
@@ -1719,9 +1731,14 @@ impl Store for PgStore {
         Ok((out, more))
     }
 
-    /// The whole database's size (every collector's state).
+    /// The whole database's size (every collector's state), as last
+    /// measured (0 before the first measurement ends): each call answers at
+    /// once and starts the next measurement in the background, so a scrape
+    /// of `/metrics` never waits out the store's timeout while PostgreSQL
+    /// is unreachable.
     fn size_on_disk(&self) -> u64 {
-        let size = self.call("size_on_disk", |c| {
+        use std::sync::atomic::Ordering::{AcqRel, Acquire, Release};
+        fn query(c: &mut Client) -> BoxFuture<'_, Result<i64, StoreError>> {
             Box::pin(async move {
                 Ok(
                     c.query_one("SELECT pg_database_size(current_database())", &[])
@@ -1730,14 +1747,27 @@ impl Store for PgStore {
                         .get::<_, i64>(0),
                 )
             })
-        });
-        match size {
-            Ok(n) => un(n),
-            Err(e) => {
-                tracing::warn!(error = %e, "store: cannot read the database's size");
-                0
-            }
         }
+        let cache = &self.size;
+        if let Some(rt) = &self.rt
+            && cache
+                .busy
+                .compare_exchange(false, true, AcqRel, Acquire)
+                .is_ok()
+        {
+            let pool = self.pool.clone();
+            let cache = Arc::clone(cache);
+            rt.spawn(async move {
+                match pool.run("size_on_disk", Box::new(query)).await {
+                    Ok(n) => cache.bytes.store(un(n), Release),
+                    Err(e) => {
+                        tracing::warn!(error = %e, "store: cannot read the database's size")
+                    }
+                }
+                cache.busy.store(false, Release);
+            });
+        }
+        cache.bytes.load(Acquire)
     }
 
     fn load_enrollments(&self) -> Result<Vec<Enrollment>, StoreError> {
@@ -2654,7 +2684,16 @@ mod tests {
         s.ping().unwrap();
         assert!(s.load_units().unwrap().is_empty());
         assert_eq!(s.last_event_id().unwrap(), 0);
-        assert!(s.size_on_disk() > 0);
+        // Measured in the background: the first answer may be 0.
+        let mut size = s.size_on_disk();
+        for _ in 0..100 {
+            if size > 0 {
+                break;
+            }
+            std::thread::sleep(Duration::from_millis(50));
+            size = s.size_on_disk();
+        }
+        assert!(size > 0);
         let s = Arc::new(s);
         let t = {
             let s = s.clone();

@@ -172,7 +172,20 @@ fn a_gate_fails_a_3x_slower_cohort_passes_an_unchanged_one_and_has_no_data_for_a
     );
     assert_eq!(lat["verdict"], "fail");
     assert!(lat["median_ratio"].as_f64().unwrap() > 2.0, "{lat:#}");
-    let u = judged(&unchanged);
+    // Both cohorts gain results at the same pace, so when the slowed one
+    // has its minimum the unchanged one may be a result short: wait for
+    // its canary side to fill ("inconclusive: too few samples"), never
+    // for a particular verdict.
+    let u = eventually_blocking(
+        "the unchanged cohort has enough results",
+        Duration::from_secs(30),
+        || {
+            let u = judged(&unchanged);
+            let short = u["verdict"] == "inconclusive"
+                && u["reason"].as_str().is_some_and(|r| r.contains("too few"));
+            (!short).then_some(u.clone()).ok_or(u.to_string())
+        },
+    );
     println!(
         "unchanged: {} ({})",
         u["verdict"],
