@@ -8,7 +8,8 @@
 //!   (`Connection: close`), with its own phases, so a step's DNS, connect,
 //!   TLS, TTFB and total are its own.
 //! - Before a step runs, its URL path and query (values percent-encoded),
-//!   header values and body (values as is) are rendered from the built-ins
+//!   header values (as is) and body (JSON-string-escaped when the step
+//!   sends a JSON `Content-Type`, else as is) are rendered from the built-ins
 //!   (`{{unit}}`, `{{agency}}`), the credentials (`{{cred.NAME}}`) and what
 //!   earlier steps extracted. The config guarantees each name has a value
 //!   by then.
