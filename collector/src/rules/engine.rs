@@ -776,16 +776,7 @@ impl Engine {
                 }
                 touched.push(ui);
             }
-            touched.sort_unstable();
-            touched.dedup();
-            let fx = Effect {
-                structural: true,
-                observed: false,
-            };
-            for ui in touched {
-                refresh(cfg, &mut self.units[ui], now_ms, &fx, &mut out);
-            }
-            out.extend(changed.into_iter().map(Change::Incident));
+            refresh_then_incidents(cfg, &mut self.units, touched, changed, now_ms, &mut out);
         }
         if self.peers.enabled() {
             let mut marks: Vec<PeerMark> = Vec::new();
@@ -818,16 +809,7 @@ impl Engine {
                     None => touched.push(m.unit),
                 }
             }
-            touched.sort_unstable();
-            touched.dedup();
-            let fx = Effect {
-                structural: true,
-                observed: false,
-            };
-            for ui in touched {
-                refresh(cfg, &mut self.units[ui], now_ms, &fx, &mut out);
-            }
-            out.extend(changed.into_iter().map(Change::Incident));
+            refresh_then_incidents(cfg, &mut self.units, touched, changed, now_ms, &mut out);
         }
         if let Some(t) = &mut self.traffic {
             let mut changed: Vec<Incident> = Vec::new();
@@ -1826,6 +1808,29 @@ fn incident_since(id: &str) -> u64 {
 /// After an input: rebuild the unit's reasons if flags changed and emit a
 /// transition when the status, the set of flags (rule and field) or their
 /// incident tags changed; otherwise just refresh the observed values.
+/// Units first, so a feed that sees an incident finds its units tagged:
+/// refreshes each touched unit once (a structural change), then emits the
+/// incidents that changed.
+fn refresh_then_incidents(
+    cfg: &RulesConfig,
+    units: &mut [UnitState],
+    mut touched: Vec<usize>,
+    changed: Vec<Incident>,
+    now_ms: u64,
+    out: &mut Vec<Change>,
+) {
+    touched.sort_unstable();
+    touched.dedup();
+    let fx = Effect {
+        structural: true,
+        observed: false,
+    };
+    for ui in touched {
+        refresh(cfg, &mut units[ui], now_ms, &fx, out);
+    }
+    out.extend(changed.into_iter().map(Change::Incident));
+}
+
 fn refresh(cfg: &RulesConfig, u: &mut UnitState, at: u64, fx: &Effect, out: &mut Vec<Change>) {
     if fx.structural {
         let reasons = build_reasons(cfg, u);
