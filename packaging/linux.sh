@@ -1,7 +1,7 @@
 # Sourced by build.sh and test-deb.sh: how the Linux artifacts are built.
 #
 # The agent ships as a static musl binary built with the `agent` profile
-# (opt-level "s", fat LTO; see Cargo.toml): it runs beside the CAD client on
+# (opt-level "z", fat LTO; see Cargo.toml): it runs beside the CAD client on
 # every terminal, so its resident memory is what matters (ARCHITECTURE.md,
 # "Why the agent is a static musl binary"). Needs the Rust target
 # x86_64-unknown-linux-musl and Debian's musl-tools (ring builds C with
@@ -11,8 +11,50 @@
 AGENT_TARGET=x86_64-unknown-linux-musl
 AGENT_PROFILE=agent
 
+# The agent is linked by the toolchain's own lld (rust-lld, shipped with
+# rustc) so that packaging/agent.order can pack the functions that run at
+# the start of .text: resident code is then those functions, not every
+# 64 KiB window one of them falls in (packaging/agent-order.sh says how the
+# file is made; ARCHITECTURE.md, "Agent footprint"). Symbols the file names
+# that the binary lacks are skipped silently: a stale file costs memory only.
+# Cargo does not see a linker input change, so the flags name a copy of the
+# file whose name holds its hash: a new order is a new link.
+agent_rustflags() {
+    local gcc_ld root src order
+    gcc_ld="$(rustc --print sysroot)/lib/rustlib/$(rustc -vV | sed -n 's/^host: //p')/bin/gcc-ld"
+    [ -x "$gcc_ld/ld.lld" ] || { echo "rust-lld missing: expected $gcc_ld/ld.lld" >&2; return 1; }
+    root=$(dirname "$(cargo locate-project --workspace --message-format plain)")
+    src="$root/packaging/agent.order"
+    [ -f "$src" ] || { echo "missing $src (packaging/agent-order.sh makes it)" >&2; return 1; }
+    order="${CARGO_TARGET_DIR:-$root/target}/agent-order-$(sha256sum <"$src" | cut -c1-16).txt"
+    mkdir -p "$(dirname "$order")"
+    [ -f "$order" ] || cp "$src" "$order"
+    printf '%s' "-C link-arg=-fuse-ld=lld -C link-arg=-B$gcc_ld"
+    printf '%s' " -C link-arg=-Wl,--symbol-ordering-file=$order -C link-arg=-Wl,--no-warn-symbol-ordering"
+}
+
+# How much of packaging/agent.order the agent just built still has: after
+# large changes, names drift and the packing thins out (memory, not
+# correctness); below half, say so.
+agent_order_report() {
+    local root bin order total found
+    root=$(dirname "$(cargo locate-project --workspace --message-format plain)")
+    bin="${CARGO_TARGET_DIR:-$root/target}/$AGENT_TARGET/$AGENT_PROFILE/muster-agent"
+    order="$root/packaging/agent.order"
+    total=$(wc -l <"$order")
+    found=$(nm "$bin" | awk '$2 ~ /^[tT]$/ { print $3 }' | grep -cxF -f "$order" || true)
+    echo "packaging/agent.order: $found of $total functions are in the agent"
+    if [ $((found * 2)) -lt "$total" ]; then
+        echo "warning: packaging/agent.order is stale; regenerate it with packaging/agent-order.sh" >&2
+    fi
+}
+
 build_linux() {
-    cargo build --locked --profile "$AGENT_PROFILE" --target "$AGENT_TARGET" -p muster-agent
+    local flags
+    flags=$(agent_rustflags) || return 1
+    CARGO_TARGET_X86_64_UNKNOWN_LINUX_MUSL_RUSTFLAGS="$flags" \
+        cargo build --locked --profile "$AGENT_PROFILE" --target "$AGENT_TARGET" -p muster-agent
+    agent_order_report
     cargo build --locked --release -p muster-collector --no-default-features
 }
 
