@@ -12,10 +12,13 @@
 # 3-step transaction, MQTT with acks, the status file; agent/benches/
 # footprint.rs) runs with each agent under valgrind's callgrind, which
 # names every function that ran, mangled as in the symbol table. The file
-# is those names, in symbol-table order, kept only if the binary has them.
+# is those names, in nm's (name) order, kept only if the binary has them.
 # A function that is not in the file (new code, a path the workload never
 # takes) is laid out after the packed ones, as before: a stale file costs
 # memory, never correctness. Regenerate after large changes to the agent.
+#
+# ORDER_SECS (default 120) is how long the workload runs: functions that run
+# only every few minutes need a longer run to be packed.
 #
 # Needs what agent/benches/footprint.sh needs, plus valgrind. About 5 min.
 set -eu
@@ -23,7 +26,7 @@ cd "$(dirname "$0")/.."
 command -v valgrind >/dev/null || { echo "valgrind missing: apt-get install -y valgrind" >&2; exit 1; }
 . packaging/linux.sh
 build_linux
-agent=$(pwd)/target/$AGENT_TARGET/$AGENT_PROFILE/muster-agent
+agent=$(agent_bin)
 work=$(mktemp -d)
 trap 'rm -rf "$work"' EXIT
 cat >"$work/agent" <<EOF
@@ -32,7 +35,7 @@ exec valgrind --tool=callgrind --demangle=no --callgrind-out-file=$work/cg.%p $a
 EOF
 chmod +x "$work/agent"
 # The bench's figures are meaningless under valgrind: only the names count.
-MUSTER_AGENT=$work/agent FOOTPRINT_SECS=120 cargo bench -p muster-agent --bench footprint >"$work/bench.log" 2>&1 \
+MUSTER_AGENT=$work/agent FOOTPRINT_SECS=${ORDER_SECS:-120} cargo bench -p muster-agent --bench footprint >"$work/bench.log" 2>&1 \
     || { cat "$work/bench.log" >&2; exit 1; }
 # callgrind names a function once per file as "fn=(id) name" (or cfn=).
 sed -n 's/^c\{0,1\}fn=([0-9]*) \(.*\)$/\1/p' "$work"/cg.* | sort -u >"$work/ran"

@@ -11,6 +11,15 @@
 AGENT_TARGET=x86_64-unknown-linux-musl
 AGENT_PROFILE=agent
 
+workspace_root() {
+    dirname "$(cargo locate-project --workspace --message-format plain)"
+}
+
+# The agent binary build_linux makes.
+agent_bin() {
+    echo "${CARGO_TARGET_DIR:-$(workspace_root)/target}/$AGENT_TARGET/$AGENT_PROFILE/muster-agent"
+}
+
 # The agent is linked by the toolchain's own lld (rust-lld, shipped with
 # rustc) so that packaging/agent.order can pack the functions that run at
 # the start of .text: resident code is then those functions, not every
@@ -23,7 +32,7 @@ agent_rustflags() {
     local gcc_ld root src order
     gcc_ld="$(rustc --print sysroot)/lib/rustlib/$(rustc -vV | sed -n 's/^host: //p')/bin/gcc-ld"
     [ -x "$gcc_ld/ld.lld" ] || { echo "rust-lld missing: expected $gcc_ld/ld.lld" >&2; return 1; }
-    root=$(dirname "$(cargo locate-project --workspace --message-format plain)")
+    root=$(workspace_root)
     src="$root/packaging/agent.order"
     [ -f "$src" ] || { echo "missing $src (packaging/agent-order.sh makes it)" >&2; return 1; }
     order="${CARGO_TARGET_DIR:-$root/target}/agent-order-$(sha256sum <"$src" | cut -c1-16).txt"
@@ -37,12 +46,10 @@ agent_rustflags() {
 # large changes, names drift and the packing thins out (memory, not
 # correctness); below half, say so.
 agent_order_report() {
-    local root bin order total found
-    root=$(dirname "$(cargo locate-project --workspace --message-format plain)")
-    bin="${CARGO_TARGET_DIR:-$root/target}/$AGENT_TARGET/$AGENT_PROFILE/muster-agent"
-    order="$root/packaging/agent.order"
+    local order total found
+    order="$(workspace_root)/packaging/agent.order"
     total=$(wc -l <"$order")
-    found=$(nm "$bin" | awk '$2 ~ /^[tT]$/ { print $3 }' | grep -cxF -f "$order" || true)
+    found=$(nm "$(agent_bin)" | awk '$2 ~ /^[tT]$/ { print $3 }' | grep -cxF -f "$order" || true)
     echo "packaging/agent.order: $found of $total functions are in the agent"
     if [ $((found * 2)) -lt "$total" ]; then
         echo "warning: packaging/agent.order is stale; regenerate it with packaging/agent-order.sh" >&2

@@ -18,6 +18,6 @@ command -v /usr/sbin/mosquitto >/dev/null || { echo "mosquitto missing: apt-get 
 . packaging/linux.sh
 # The real collector acks the agent's records, as in production.
 build_linux
-MUSTER_AGENT=$(pwd)/target/$AGENT_TARGET/$AGENT_PROFILE/muster-agent
+MUSTER_AGENT=$(agent_bin)
 export MUSTER_AGENT
 exec cargo bench -p muster-agent --bench footprint
