@@ -40,5 +40,7 @@ MUSTER_AGENT=$work/agent FOOTPRINT_SECS=${ORDER_SECS:-120} cargo bench -p muster
 # callgrind names a function once per file as "fn=(id) name" (or cfn=).
 sed -n 's/^c\{0,1\}fn=([0-9]*) \(.*\)$/\1/p' "$work"/cg.* | sort -u >"$work/ran"
 [ -s "$work/ran" ] || { echo "callgrind named no functions" >&2; exit 1; }
-nm "$agent" | awk '$2 ~ /^[tT]$/ { print $3 }' | grep -xF -f "$work/ran" >packaging/agent.order
+nm "$agent" | awk '$2 ~ /^[tT]$/ { print $3 }' | grep -xF -f "$work/ran" >"$work/order" \
+    || { echo "none of the functions callgrind named is in $agent" >&2; exit 1; }
+mv "$work/order" packaging/agent.order
 echo "packaging/agent.order: $(wc -l <packaging/agent.order) functions ($(wc -l <"$work/ran") named by callgrind)"

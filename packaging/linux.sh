@@ -44,14 +44,15 @@ agent_rustflags() {
 
 # How much of packaging/agent.order the agent just built still has: after
 # large changes, names drift and the packing thins out (memory, not
-# correctness); below half, say so.
+# correctness); below half, or an empty file, say so.
 agent_order_report() {
     local order total found
     order="$(workspace_root)/packaging/agent.order"
     total=$(wc -l <"$order")
     found=$(nm "$(agent_bin)" | awk '$2 ~ /^[tT]$/ { print $3 }' | grep -cxF -f "$order" || true)
+    found=${found:-0}
     echo "packaging/agent.order: $found of $total functions are in the agent"
-    if [ $((found * 2)) -lt "$total" ]; then
+    if [ "$total" -eq 0 ] || [ $((found * 2)) -lt "$total" ]; then
         echo "warning: packaging/agent.order is stale; regenerate it with packaging/agent-order.sh" >&2
     fi
 }
